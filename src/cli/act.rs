@@ -1,0 +1,163 @@
+//! Operator actions on queued messages, for every front end (`postsuper`,
+//! `exim -Mrm`, `posthorn queue delete`, ...): the request goes to the
+//! running daemon over the control socket, whose scheduler stops a delivery
+//! in flight first, so a message reported removed is never delivered. Each
+//! change is appended to `SPOOL/audit.log` (time, user, action, ids). With
+//! no daemon, nothing is changed: the command says so and exits 75.
+//!
+//! Also the read side the front ends share: opening the spool for listing
+//! (which works with the daemon down) and ISO dates for logs.
+
+use super::exit;
+use crate::config::Config;
+use crate::control::{self, ControlError, Request};
+use crate::queue::{ActResult, Action};
+use crate::spool::Spool;
+use std::io::Write;
+
+/// Ids sent per control request: keeps each request well inside the
+/// control protocol's time limit even for a queue of a million.
+const BATCH: usize = 5000;
+
+/// Asks the daemon to apply `action` to `ids`; one result per id, in order.
+/// Errors are already reported on stderr as `prog: fatal: ...`; the value
+/// is the exit code.
+pub fn act(config: &Config, prog: &str, action: Action, ids: &[String]) -> Result<Vec<ActResult>, u8> {
+    let mut results = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(BATCH) {
+        let request = Request::Act { action, ids: chunk.to_vec() };
+        match control::request_blocking(&config.control_socket(), &request) {
+            Ok(r) if r.ok => {
+                audit(config, prog, action, &r.results);
+                results.extend(r.results);
+            }
+            Ok(r) => {
+                eprintln!("{prog}: fatal: the posthorn daemon refused the request: {}", r.message);
+                return Err(exit::SOFTWARE);
+            }
+            Err(e) => {
+                report_unreachable(prog, config, &e);
+                return Err(exit::TEMPFAIL);
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// The sentence an operator sees when the daemon cannot be asked.
+pub fn report_unreachable(prog: &str, config: &Config, e: &ControlError) {
+    match e {
+        ControlError::NotRunning(_) => eprintln!(
+            "{prog}: fatal: the posthorn daemon is not running (no answer on {}); \
+             queue changes go through it: start it with `postfix start` or `posthorn serve`",
+            config.control_socket().display()
+        ),
+        other => eprintln!("{prog}: fatal: {other}"),
+    }
+}
+
+/// Whether a result means the action was carried out.
+pub fn changed(r: &ActResult) -> bool {
+    r.found_in.is_some() && r.error.is_none()
+}
+
+/// Appends one line for the messages `results` changed:
+/// `2026-11-25T13:35:46Z user=root uid=0 via=postsuper action=delete count=2 ids=A,B`.
+fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
+    let ids: Vec<&str> = results.iter().filter(|r| changed(r)).map(|r| r.id.as_str()).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let action = serde_json::to_value(action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let line = format!(
+        "{} user={} uid={uid} via={prog} action={action} count={} ids={}\n",
+        iso(crate::timefmt::now_secs()),
+        crate::ingress::local::user_name(uid),
+        ids.len(),
+        ids.join(",")
+    );
+    let path = config.spool.join("audit.log");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("{prog}: warning: cannot append to {}: {e}", path.display());
+    }
+}
+
+/// The spool for reading, or `None` when it was never created (an empty
+/// queue). Never creates anything.
+pub fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
+    if !config.spool.join("incoming").is_dir() {
+        return Ok(None);
+    }
+    Spool::open(&config.spool, None).map(Some).map_err(|e| {
+        eprintln!("{prog}: fatal: cannot open the spool {}: {e}", config.spool.display());
+        exit::CONFIG
+    })
+}
+
+/// `2026-11-25T13:35:46Z`
+pub fn iso(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// `2026-11-25 13:35:46`, Exim's log time stamp (UTC).
+pub fn log_time(secs: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+}
+
+/// `Wed Nov 25 13:35:46 2026`, asctime(3) as `postcat` prints times (UTC).
+pub fn asctime(secs: u64) -> String {
+    let (y, ..) = civil(secs);
+    format!("{} {y}", crate::timefmt::mailq(secs))
+}
+
+/// (year, month, day, hour, minute, second) in UTC. The calendar
+/// arithmetic lives in `timefmt`, which does not export it; its RFC 5322
+/// form is parsed back rather than duplicating the algorithm.
+fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    // "Wed, 25 Nov 2026 13:35:46 +0000"
+    let text = crate::timefmt::rfc5322(secs);
+    let mut parts = text.split([' ', ':']).skip(1);
+    let mut next = || parts.next().unwrap_or("0");
+    let day: u32 = next().parse().unwrap_or(1);
+    let month = next();
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == month)
+        .map_or(1, |p| p as u32 + 1);
+    let year: i64 = next().parse().unwrap_or(1970);
+    let (h, mi, s) = (next().parse().unwrap_or(0), next().parse().unwrap_or(0), next().parse().unwrap_or(0));
+    (year, month, day, h, mi, s)
+}
+
+/// A short human duration: `45s`, `12m`, `3h`, `2d`.
+pub fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso(1_795_613_746), "2026-11-25T13:35:46Z");
+        assert_eq!(log_time(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(asctime(1_795_613_746), "Wed Nov 25 13:35:46 2026");
+        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(short_duration(59), "59s");
+        assert_eq!(short_duration(3 * 3600), "3h");
+    }
+}

@@ -1,0 +1,94 @@
+//! `posthorn check` (and later `postfix check`): validate the configuration
+//! and the spool without starting anything. Prints one line per problem
+//! and exits 1 when there is any, 0 otherwise.
+
+use super::exit;
+use crate::config::Role;
+use crate::spool::{State, id};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+pub fn main(explicit: Option<&Path>) -> u8 {
+    let config = match super::load_config(explicit, "posthorn check") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let problems = problems(&config);
+    for p in &problems {
+        println!("posthorn check: {p}");
+    }
+    if problems.is_empty() {
+        let source = config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in".into());
+        println!("posthorn check: configuration {source} and spool {} are in order", config.spool.display());
+        exit::OK
+    } else {
+        1
+    }
+}
+
+/// Everything wrong with `config` and its spool, as sentences.
+pub fn problems(config: &crate::config::Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if config.role == Role::Satellite && config.relay.smarthosts.is_empty() {
+        out.push("relay.smarthosts is empty: a satellite has nowhere to send mail".into());
+    }
+    let spool = &config.spool;
+    match std::fs::metadata(spool) {
+        Err(e) => out.push(format!("spool {}: {e} (it is created at first start)", spool.display())),
+        Ok(meta) => {
+            let me = rustix::process::geteuid().as_raw();
+            if me != 0 && meta.uid() != me {
+                out.push(format!("spool {}: owned by uid {}, not by this user ({me})", spool.display(), meta.uid()));
+            }
+            if meta.permissions().mode() & 0o044 != 0 {
+                out.push(format!(
+                    "spool {}: readable by others (mode {:o})",
+                    spool.display(),
+                    meta.permissions().mode() & 0o7777
+                ));
+            }
+            for dir in
+                ["tmp", "data"].into_iter().chain(State::QUEUED.map(State::dir_name)).chain(["corrupt", "maildrop"])
+            {
+                if !spool.join(dir).is_dir() {
+                    out.push(format!("spool {}: missing directory {dir}/", spool.display()));
+                }
+            }
+            if let Ok(meta) = std::fs::metadata(spool.join("maildrop")) {
+                if meta.permissions().mode() & 0o7777 != 0o1733 {
+                    out.push(format!("maildrop: mode {:o}, expected 1733", meta.permissions().mode() & 0o7777));
+                }
+            }
+            out.extend(spool_contents(spool));
+        }
+    }
+    out
+}
+
+fn spool_contents(spool: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(spool.join("corrupt")) {
+        let names: Vec<String> =
+            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        if !names.is_empty() {
+            out.push(format!(
+                "{} unreadable file(s) quarantined in {}/corrupt: {}",
+                names.len(),
+                spool.display(),
+                names.join(" ")
+            ));
+        }
+    }
+    for state in State::QUEUED {
+        let Ok(entries) = std::fs::read_dir(spool.join(state.dir_name())) else { continue };
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !id::is_valid(&name) {
+                out.push(format!("{}/{name}: not a queue file", state.dir_name()));
+            } else if !spool.join("data").join(&name).exists() {
+                out.push(format!("{}/{name}: message body missing", state.dir_name()));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,315 @@
+//! Command-line front ends: the native `posthorn <noun> <verb>` interface,
+//! and the names operators already type (`sendmail`, `mailq`, `postqueue`,
+//! `postsuper`, `postcat`, `postconf`, `postfix`, `exim`, `exiqgrep`).
+//! Front ends are thin: they parse arguments, then ask the daemon over the
+//! control socket (every change to the queue) or, for read-only listings,
+//! read the spool, and format what comes back.
+//!
+//! - `mod.rs`: dispatch on the invoked name, the native clap interface,
+//!   and a small POSIX `getopt` for the compatibility names.
+//! - `select`: choosing queue entries (sender, recipient, age, state, ...).
+//! - `act`: operator actions through the daemon, and the audit log.
+//! - `queue`: `posthorn queue list|show|why|delete|hold|release|requeue|bounce`.
+//! - one file per compatibility name; `install` makes their symlinks.
+
+pub mod act;
+pub mod check;
+pub mod exim;
+pub mod exiqgrep;
+pub mod install;
+pub mod mailq;
+pub mod postcat;
+pub mod postconf;
+pub mod postfix;
+pub mod postqueue;
+pub mod postsuper;
+pub mod queue;
+pub mod select;
+pub mod sendmail;
+
+use crate::config::Config;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// sysexits(3) codes, which `sendmail` callers (cron, mail(1)) understand.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const USAGE: u8 = 64;
+    pub const DATAERR: u8 = 65;
+    pub const NOINPUT: u8 = 66;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const CANTCREAT: u8 = 73;
+    pub const TEMPFAIL: u8 = 75;
+    pub const CONFIG: u8 = 78;
+}
+
+/// The names `posthorn` answers to besides its own; `install-links` makes
+/// one symlink for each.
+pub const COMPAT_NAMES: [&str; 9] =
+    ["sendmail", "mailq", "postqueue", "postsuper", "postcat", "postconf", "postfix", "exim", "exiqgrep"];
+
+#[derive(Parser)]
+#[command(name = "posthorn", version, about = "A mail transfer agent for satellites and hubs")]
+#[command(after_help = "Also answers, by the name it is called with or as `posthorn NAME ARGS`, to: \
+sendmail, mailq, postqueue, postsuper, postcat, postconf, postfix, exim, exiqgrep.")]
+struct Cli {
+    /// Configuration file (default: $POSTHORN_CONFIG, then /etc/posthorn/posthorn.toml,
+    /// then a built-in satellite configuration on 127.0.0.1:2525)
+    #[arg(short = 'c', long = "config", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Native,
+}
+
+#[derive(Subcommand)]
+enum Native {
+    /// Run the daemon in the foreground
+    Serve {
+        /// Log line format on stderr
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate the configuration and the spool; exit non-zero on problems
+    Check,
+    /// Submit a message the way sendmail(1) does (all sendmail options apply)
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Inspect and act on the queue
+    Queue {
+        #[command(subcommand)]
+        verb: queue::Verb,
+    },
+    /// Create the compatibility symlinks (sendmail, mailq, postqueue, ...) in DIR
+    InstallLinks {
+        /// Directory for the links, e.g. /usr/local/sbin
+        dir: PathBuf,
+        /// Replace existing files of the same names
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Entry point: dispatch on the invoked name, then on arguments.
+pub fn main(argv: Vec<OsString>) -> ExitCode {
+    let name = invoked_name(&argv);
+    let rest: Vec<OsString> = argv.iter().skip(1).cloned().collect();
+    let code = match compat(&name, &rest) {
+        Some(code) => code,
+        // `posthorn postqueue -p` is `postqueue -p`.
+        None => match rest.first().and_then(|a| a.to_str()).filter(|a| *a != "sendmail") {
+            Some(sub) if COMPAT_NAMES.contains(&sub) => compat(sub, &rest[1..]).unwrap_or(exit::SOFTWARE),
+            _ => native(argv),
+        },
+    };
+    ExitCode::from(code)
+}
+
+fn invoked_name(argv: &[OsString]) -> String {
+    argv.first().and_then(|a| Path::new(a).file_name()).and_then(|n| n.to_str()).unwrap_or("posthorn").to_string()
+}
+
+/// Runs the compatibility command `name`, or `None` when `name` is not one.
+fn compat(name: &str, args: &[OsString]) -> Option<u8> {
+    let strings = || args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+    Some(match name {
+        "sendmail" => sendmail::main(args, None),
+        "mailq" => mailq::main_args(&strings()),
+        "postqueue" => postqueue::main(&strings()),
+        "postsuper" => postsuper::main(&strings()),
+        "postcat" => postcat::main(&strings()),
+        "postconf" => postconf::main(&strings()),
+        "postfix" => postfix::main(&strings()),
+        "exim" => exim::main(args),
+        "exiqgrep" => exiqgrep::main(&strings()),
+        _ => return None,
+    })
+}
+
+fn native(argv: Vec<OsString>) -> u8 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+        }
+    };
+    let explicit = cli.config.as_deref();
+    match cli.command {
+        Native::Serve { log_format } => serve(explicit, log_format),
+        Native::Check => check::main(explicit),
+        Native::Sendmail { args } => sendmail::main(&args, explicit),
+        Native::Queue { verb } => queue::main(explicit, verb),
+        Native::InstallLinks { dir, force } => install::main(&dir, force),
+    }
+}
+
+/// Loads the configuration or prints why not (file, line, key).
+pub fn load_config(explicit: Option<&Path>, prog: &str) -> Result<Config, u8> {
+    Config::discover(explicit).map_err(|e| {
+        eprintln!("{prog}: fatal: {e}");
+        exit::CONFIG
+    })
+}
+
+/// The configuration file a compatibility `-c` names: Postfix's `-c` takes
+/// a directory, so a directory means its `posthorn.toml`.
+pub fn config_arg(value: &str) -> PathBuf {
+    let path = PathBuf::from(value);
+    if path.is_dir() { path.join("posthorn.toml") } else { path }
+}
+
+fn serve(explicit: Option<&Path>, format: LogFormat) -> u8 {
+    let config = match load_config(explicit, "posthorn") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("posthorn: fatal: cannot start the runtime: {e}");
+            return exit::SOFTWARE;
+        }
+    };
+    match rt.block_on(crate::daemon::serve(config)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("posthorn: fatal: {e:#}");
+            exit::CONFIG
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTHORN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never in a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// `postqueue -f`, `sendmail -q`, `posthorn queue flush`, `exim -q`.
+pub fn flush(explicit: Option<&Path>) -> u8 {
+    flush_as(explicit, "posthorn")
+}
+
+pub fn flush_as(explicit: Option<&Path>, prog: &str) -> u8 {
+    let config = match load_config(explicit, prog) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::control::request_blocking(&config.control_socket(), &crate::control::Request::Flush) {
+        Ok(r) if r.ok => exit::OK,
+        Ok(r) => {
+            eprintln!("{prog}: flush refused: {}", r.message);
+            exit::SOFTWARE
+        }
+        Err(e) => {
+            eprintln!("{prog}: fatal: cannot flush the queue: {e}");
+            exit::TEMPFAIL
+        }
+    }
+}
+
+/// One parsed option: its letter and, for options that take one, its value.
+pub type Opt = (char, Option<String>);
+
+/// POSIX getopt(3): `spec` lists option letters, a `:` after a letter means
+/// it takes a value (glued `-dID` or apart `-d ID`). Options end at `--` or
+/// at the first operand, as with Postfix's `+` getopt. An error is the
+/// message getopt would print.
+pub fn getopt(args: &[String], spec: &str) -> Result<(Vec<Opt>, Vec<String>), String> {
+    let mut opts = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "--" {
+            i += 1;
+            break;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            break;
+        }
+        let chars: Vec<char> = arg[1..].chars().collect();
+        let mut j = 0;
+        while j < chars.len() {
+            let c = chars[j];
+            let Some(pos) = spec.find(c).filter(|_| c != ':') else {
+                return Err(format!("invalid option -- '{c}'"));
+            };
+            if spec[pos + c.len_utf8()..].starts_with(':') {
+                let glued: String = chars[j + 1..].iter().collect();
+                let value = if !glued.is_empty() {
+                    glued
+                } else {
+                    i += 1;
+                    args.get(i).cloned().ok_or_else(|| format!("option requires an argument -- '{c}'"))?
+                };
+                opts.push((c, Some(value)));
+                break;
+            }
+            opts.push((c, None));
+            j += 1;
+        }
+        i += 1;
+    }
+    Ok((opts, args[i.min(args.len())..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn go(args: &[&str], spec: &str) -> Result<(Vec<Opt>, Vec<String>), String> {
+        getopt(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>(), spec)
+    }
+
+    #[test]
+    fn getopt_table() {
+        let some = |s: &str| Some(s.to_string());
+        let cases: Vec<(&[&str], Result<(Vec<Opt>, Vec<&str>), &str>)> = vec![
+            (&["-d", "ID", "deferred"], Ok((vec![('d', some("ID"))], vec!["deferred"]))),
+            (&["-dID", "-v"], Ok((vec![('d', some("ID")), ('v', None)], vec![]))),
+            (&["-vd", "ALL"], Ok((vec![('v', None), ('d', some("ALL"))], vec![]))),
+            (&["-d", "-"], Ok((vec![('d', some("-"))], vec![]))),
+            (&["x", "-v"], Ok((vec![], vec!["x", "-v"]))),
+            (&["--", "-v"], Ok((vec![], vec!["-v"]))),
+            (&["-Z"], Err("invalid option -- 'Z'")),
+            (&["-d"], Err("option requires an argument -- 'd'")),
+        ];
+        for (args, expected) in cases {
+            let expected =
+                expected.map(|(o, r)| (o, r.into_iter().map(String::from).collect::<Vec<_>>())).map_err(String::from);
+            assert_eq!(go(args, "c:d:h:H:pr:sv"), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn every_compat_name_dispatches() {
+        for name in COMPAT_NAMES {
+            // Help/usage paths must not touch a spool: an unknown option is
+            // a usage error for every name.
+            let code = compat(name, &[OsString::from("-Z-bogus")]).expect(name);
+            assert_eq!(code, exit::USAGE, "{name}");
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The control socket: how commands reach the running daemon.
+//!
+//! `SPOOL/control.sock` is a Unix socket only the daemon's user (and root)
+//! can open (mode 0600). A client sends one JSON request line, the daemon
+//! answers one JSON line. Every request carries the protocol version so an
+//! old command talking to a new daemon gets a clear refusal, not a guess.
+//!
+//! `SPOOL/pickup.sock` is open to every local user and carries no data: a
+//! connection only wakes the maildrop pickup, the way Postfix's public
+//! pickup fifo does, so `sendmail` run by anyone gets prompt delivery
+//! without any power over the queue.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness check.
+    Ping,
+    /// Retry every deferred message now.
+    Flush,
+    /// Scan the maildrop now.
+    Pickup,
+    /// An operator action on the named messages.
+    Act { action: crate::queue::Action, ids: Vec<String> },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub count: Option<usize>,
+    /// Per-message results of `Act`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<crate::queue::ActResult>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("the posthorn daemon is not running (no answer on {0})")]
+    NotRunning(String),
+    #[error("the posthorn daemon did not answer in time")]
+    Timeout,
+    #[error("control protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A request on its way to the daemon's handler, with where to answer.
+pub type Incoming = (Request, oneshot::Sender<Response>);
+
+/// Sends one request to the daemon whose control socket is `path`.
+pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let not_running = || ControlError::NotRunning(path.display().to_string());
+    let work = async {
+        let stream = UnixStream::connect(path).await.map_err(|_| not_running())?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(&Envelope { v: VERSION, body: req.clone() })
+            .map_err(|e| ControlError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        write.write_all(&line).await.map_err(|_| not_running())?;
+        let mut answer = String::new();
+        BufReader::new(read.take(256 << 20)).read_line(&mut answer).await.map_err(|_| not_running())?;
+        serde_json::from_str::<Response>(&answer).map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
+    };
+    tokio::time::timeout(Duration::from_secs(30), work).await.map_err(|_| ControlError::Timeout)?
+}
+
+/// Blocking form for the command-line front ends.
+pub fn request_blocking(path: &Path, req: &Request) -> Result<Response, ControlError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ControlError::Protocol(e.to_string()))?;
+    rt.block_on(request(path, req))
+}
+
+/// Pokes the daemon's pickup socket; false when no daemon listens.
+pub fn wake_pickup(spool: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(spool.join("pickup.sock")).is_ok()
+}
+
+/// Binds a Unix socket at `path` with `mode`, replacing a stale one.
+pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is in use: is another posthorn running on this spool?", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Serves the control socket, handing each request to `handler`.
+pub async fn serve(listener: UnixListener, handler: mpsc::Sender<Incoming>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            // Room for an action on a few hundred thousand ids.
+            let mut reader = BufReader::new(read.take(64 << 20));
+            let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line));
+            if !matches!(read.await, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            let response = match serde_json::from_str::<Envelope<Request>>(&line) {
+                Ok(env) if env.v == VERSION => {
+                    let (tx, rx) = oneshot::channel();
+                    match handler.send((env.body, tx)).await {
+                        Ok(()) => rx.await.unwrap_or_else(|_| failure("the daemon is shutting down")),
+                        Err(_) => failure("the daemon is shutting down"),
+                    }
+                }
+                Ok(env) => {
+                    failure(&format!("control protocol version {} not supported (this daemon speaks {VERSION})", env.v))
+                }
+                Err(e) => failure(&format!("bad request: {e}")),
+            };
+            let mut out = serde_json::to_vec(&response).unwrap_or_default();
+            out.push(b'\n');
+            let _ = write.write_all(&out).await;
+        });
+    }
+}
+
+pub fn failure(message: &str) -> Response {
+    Response { ok: false, message: message.into(), count: None, results: Vec::new() }
+}
+
+pub fn success(message: impl Into<String>, count: Option<usize>) -> Response {
+    Response { ok: true, message: message.into(), count, results: Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn request_roundtrip_and_version_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = bind(&path, 0o600).unwrap();
+        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        tokio::spawn(serve(listener, tx));
+        tokio::spawn(async move {
+            while let Some((req, answer)) = rx.recv().await {
+                let _ = answer.send(success(format!("{req:?}"), Some(7)));
+            }
+        });
+        let r = request(&path, &Request::Flush).await.unwrap();
+        assert_eq!(r, success("Flush", Some(7)));
+
+        let mut raw = UnixStream::connect(&path).await.unwrap();
+        raw.write_all(b"{\"v\":99,\"cmd\":\"ping\"}\n").await.unwrap();
+        let mut answer = String::new();
+        BufReader::new(raw).read_line(&mut answer).await.unwrap();
+        assert!(answer.contains("version 99 not supported"), "{answer}");
+
+        assert!(matches!(
+            request(&dir.path().join("none.sock"), &Request::Ping).await,
+            Err(ControlError::NotRunning(_))
+        ));
+    }
+}

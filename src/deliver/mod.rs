@@ -1,0 +1,104 @@
+//! Delivery transports. Each transport takes one message that the queue has
+//! loaded into memory and reports an `Outcome` per recipient; transports never
+//! touch queue files (the queue records outcomes and moves files).
+//!
+//! - `relay`: every message to a list of smarthosts, in priority order.
+
+pub mod relay;
+
+use crate::smtp::proto::reply::Reply;
+use std::sync::Arc;
+
+/// The envelope parameters a transport needs for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutRecipient {
+    /// Index of this recipient in the queued envelope; outcomes refer to it.
+    pub index: usize,
+    pub address: String,
+    /// RFC 3461 NOTIFY value as received (`SUCCESS,FAILURE`), passed on when
+    /// the next hop offers DSN.
+    pub notify: Option<String>,
+    /// RFC 3461 ORCPT value as received (`rfc822;user@example.org`).
+    pub orcpt: Option<String>,
+}
+
+/// One message handed to a transport.
+#[derive(Clone, Debug)]
+pub struct OutMessage {
+    /// Queue id, for logs.
+    pub id: String,
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<OutRecipient>,
+    /// The message exactly as stored: CRLF line ends, not dot-stuffed.
+    pub body: Arc<[u8]>,
+    /// The message contains 8-bit data (BODY=8BITMIME was given on intake).
+    pub eight_bit: bool,
+    /// SMTPUTF8 was given on intake.
+    pub smtputf8: bool,
+    /// RFC 3461 RET and ENVID, when given on intake.
+    pub ret: Option<String>,
+    pub envid: Option<String>,
+}
+
+/// What went wrong when no reply was available, for logs and `queue why`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    Dns,
+    Connect,
+    Tls,
+    Timeout,
+    Protocol,
+    /// The remote server answered 4xx.
+    #[serde(rename = "4xx")]
+    Reply4xx,
+    /// The remote server answered 5xx.
+    #[serde(rename = "5xx")]
+    Reply5xx,
+    /// Local trouble (reading the message, configuration).
+    Local,
+}
+
+/// The result for one recipient: the type that carries transient vs
+/// permanent from the SMTP client all the way to the bounce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered(Attempt),
+    Transient(Attempt),
+    Permanent(Attempt),
+}
+
+/// Where and how one recipient was tried, and what came back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// `host[ip]:port` of the server that gave the answer, when one was reached.
+    pub relay: Option<String>,
+    /// Whether the connection was encrypted.
+    pub tls: bool,
+    /// The remote reply when there was one.
+    pub reply: Option<Reply>,
+    /// The error class when there was no usable reply (or the reply's class).
+    pub class: Option<ErrorClass>,
+    /// Human-readable reason, safe to log and to put in a bounce.
+    pub detail: String,
+}
+
+impl Outcome {
+    pub fn attempt(&self) -> &Attempt {
+        match self {
+            Outcome::Delivered(a) | Outcome::Transient(a) | Outcome::Permanent(a) => a,
+        }
+    }
+}
+
+/// What a transport reports for one message.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// One outcome per recipient handed in, in the same order.
+    pub outcomes: Vec<Outcome>,
+    /// The next hop as a whole could not be reached (every host refused,
+    /// timed out or failed DNS): the queue then holds back every message for
+    /// that destination until its retry time, instead of knocking again.
+    pub hop_down: bool,
+}

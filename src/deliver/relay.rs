@@ -1,0 +1,816 @@
+//! The smarthost transport: every message goes to the hosts in
+//! `relay.smarthosts`, tried in order, over pooled SMTP sessions.
+//!
+//! A host that cannot be reached, or whose session fails before the message
+//! is handed over, makes us try the next one; once a host has answered the
+//! transaction, its answers are final for this attempt (recipients it
+//! deferred wait for the queue's next retry rather than going to another
+//! host, which keeps each attempt predictable). When no host could even be
+//! talked to, the `Delivery` says `hop_down` so the queue holds back the
+//! rest of the mail for the smarthosts instead of knocking again.
+//!
+//! Sessions that ended a transaction cleanly are kept per host for
+//! `relay.idle_timeout` and reused; at most `relay.max_connections` are open
+//! at once, idle ones included. The per-recipient status line is the
+//! queue's to log (it knows the whole delay); this module logs connection
+//! events at debug level only.
+
+use crate::config::{Config, TlsPolicy};
+use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
+use crate::smtp::client::{Client, ClientError, Phase, RcptResult, Timeouts, relay_label};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// Addresses tried per host name; a name with more is misconfigured.
+const MAX_ADDRESSES: usize = 8;
+
+/// Splits `host`, `host:port`, `[host]:port`, `[1.2.3.4]:port`, `[::1]:port`
+/// or `[IPv6:2001:db8::1]:port` into host and port. Brackets are accepted
+/// (Postfix writes `[host]` for "no MX lookup", which is all a smarthost
+/// does anyway) and dropped from the result.
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    let value = s.trim();
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: missing `]`"))?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:port` after `]`"))?),
+        };
+        let inner = match inner.get(..5) {
+            Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
+                inner[5..].parse::<std::net::Ipv6Addr>().map_err(|_| format!("`{s}`: not an IPv6 address"))?;
+                &inner[5..]
+            }
+            _ => inner,
+        };
+        (inner, port)
+    } else if value.parse::<std::net::Ipv6Addr>().is_ok() {
+        (value, None)
+    } else if value.matches(':').count() > 1 {
+        return Err(format!("`{s}`: write IPv6 addresses in brackets, like [::1]:25"));
+    } else {
+        match value.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (value, None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
+    };
+    if host.parse::<IpAddr>().is_err() && !valid_host_name(host) {
+        return Err(format!("`{s}` is not a host name or address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn valid_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// The smarthost transport; one per daemon, shared by every delivery.
+pub struct Relay {
+    /// Parsed `relay.smarthosts`, in order. The configuration checks them on
+    /// load; an entry that still fails here is reported at delivery.
+    hosts: Vec<Result<(String, u16), String>>,
+    tls: TlsPolicy,
+    helo: String,
+    timeouts: Timeouts,
+    pool: Arc<Pool>,
+}
+
+/// What one host made of the message.
+enum HostTry {
+    /// The host answered the transaction; these outcomes are final.
+    Done(Vec<Outcome>),
+    /// No session, or it broke before the message was handed over.
+    Unreachable(Attempt),
+    /// The session worked but MAIL got 4xx: try the next host.
+    Deferred(Attempt),
+}
+
+impl Relay {
+    pub fn new(config: &Config) -> Relay {
+        let timeouts = Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() };
+        Relay {
+            hosts: config.relay.smarthosts.iter().map(|h| parse_host_port(h, 25)).collect(),
+            tls: config.relay.tls,
+            helo: config.hostname.clone(),
+            timeouts,
+            pool: Arc::new(Pool::new(config.relay.max_connections, config.relay.idle_timeout)),
+        }
+    }
+
+    /// Replaces the per-phase timeouts (tests; the connect timeout comes from
+    /// the configuration otherwise).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Relay {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// Delivers `msg` to its recipients; one outcome per recipient, in order.
+    pub async fn deliver(&self, msg: &OutMessage) -> Delivery {
+        let n = msg.recipients.len();
+        if n == 0 {
+            return Delivery { outcomes: Vec::new(), hop_down: false };
+        }
+        if self.hosts.is_empty() {
+            let attempt = local(ErrorClass::Local, "no smarthost configured (relay.smarthosts)".into());
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true };
+        }
+        if matches!(self.tls, TlsPolicy::Encrypt | TlsPolicy::Verify) {
+            // Never fall back to clear text when the operator asked for TLS.
+            let attempt = local(ErrorClass::Tls, "TLS required by relay.tls but not available".into());
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true };
+        }
+        let mut last = None;
+        let mut hop_down = true;
+        for host in 0..self.hosts.len() {
+            match self.try_host(host, msg).await {
+                HostTry::Done(outcomes) => return Delivery { outcomes, hop_down: false },
+                HostTry::Unreachable(attempt) => last = Some(attempt),
+                HostTry::Deferred(attempt) => {
+                    last = Some(attempt);
+                    hop_down = false;
+                }
+            }
+        }
+        let attempt = last.unwrap_or_else(|| local(ErrorClass::Local, "no smarthost could be tried".into()));
+        Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down }
+    }
+
+    /// QUITs every idle session (daemon shutdown).
+    pub async fn close_idle(&self) {
+        let idle = self.pool.drain_all();
+        for entry in idle {
+            entry.conn.client.quit().await;
+        }
+    }
+
+    /// One host: a pooled session if there is a live one, else a new session
+    /// to each of its addresses in turn until one answers.
+    async fn try_host(&self, host: usize, msg: &OutMessage) -> HostTry {
+        let (name, port) = match &self.hosts[host] {
+            Ok((name, port)) => (name.as_str(), *port),
+            Err(m) => return HostTry::Unreachable(local(ErrorClass::Local, format!("relay.smarthosts: {m}"))),
+        };
+        let n = msg.recipients.len();
+        let permit = match self.pool.checkout(Some(host)).await {
+            Checkout::Slot(permit) => permit,
+            Checkout::Reused(conn) => {
+                let (label, result, freed) = self.transact(host, *conn, msg).await;
+                if !stale(&result) {
+                    return judge(&label, n, result);
+                }
+                // Servers close idle sessions on their own schedule; that is
+                // not the host failing, so a new session goes in transparently.
+                tracing::debug!("{}: reused session to {label} had gone stale; reconnecting", msg.id);
+                match freed {
+                    Some(permit) => permit,
+                    None => self.pool.slot().await,
+                }
+            }
+        };
+        let addrs = match self.resolve(name, port).await {
+            Ok(addrs) => addrs,
+            Err(attempt) => return HostTry::Unreachable(attempt),
+        };
+        let mut last = None;
+        for addr in addrs {
+            match Client::connect(addr, name, &self.helo, self.timeouts).await {
+                Ok(client) => {
+                    tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
+                    let (label, result, _) = self.transact(host, Conn { client, permit }, msg).await;
+                    return judge(&label, n, result);
+                }
+                Err(e) => {
+                    let attempt = session_error(&relay_label(name, addr), &e);
+                    tracing::debug!("{}: {}", msg.id, attempt.detail);
+                    last = Some(attempt);
+                }
+            }
+        }
+        HostTry::Unreachable(last.unwrap_or_else(|| dns_error(name, "no address")))
+    }
+
+    /// Runs the transaction and puts the session back in the pool when it
+    /// ended cleanly. A broken session is dropped (there is nobody left to
+    /// say QUIT to) and its connection slot handed back.
+    async fn transact(
+        &self,
+        host: usize,
+        mut conn: Conn,
+        msg: &OutMessage,
+    ) -> (String, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>) {
+        let result = conn.client.send(msg, &msg.recipients).await;
+        let label = conn.client.relay_label().to_string();
+        if conn.client.is_usable() {
+            self.pool.put(host, conn);
+            (label, result, None)
+        } else {
+            (label, result, Some(conn.permit))
+        }
+    }
+
+    /// The addresses of a smarthost, at most `MAX_ADDRESSES`. A DNS lookup
+    /// gets the connect timeout: a resolver that hangs must not hold the
+    /// delivery forever.
+    async fn resolve(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, Attempt> {
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        match tokio::time::timeout(self.timeouts.connect, tokio::net::lookup_host((name, port))).await {
+            Err(_) => Err(dns_error(name, "lookup timed out")),
+            Ok(Err(e)) => Err(dns_error(name, &e.to_string())),
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.take(MAX_ADDRESSES).collect();
+                if addrs.is_empty() { Err(dns_error(name, "no address")) } else { Ok(addrs) }
+            }
+        }
+    }
+}
+
+/// A session reused from the pool that had died while idle: the error comes
+/// at the very first command, or the server greets the MAIL with the 421 it
+/// sends when it times idle sessions out.
+fn stale(result: &Result<Vec<RcptResult>, ClientError>) -> bool {
+    match result {
+        Err(ClientError::Io { phase: Phase::Mail, .. }) => true,
+        Ok(results) => {
+            !results.is_empty()
+                && results
+                    .iter()
+                    .all(|r| matches!(r, RcptResult::Refused { stage: Phase::Mail, reply } if reply.code == 421))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Turns a transaction's result for `n` recipients into the host's verdict.
+fn judge(label: &str, n: usize, result: Result<Vec<RcptResult>, ClientError>) -> HostTry {
+    let results = match result {
+        // Once the final dot is out, the server may have the message: trying
+        // another host now would risk a duplicate, so wait for the retry.
+        Err(e) if e.phase() == Phase::DataEnd => {
+            return HostTry::Done(vec![Outcome::Transient(session_error(label, &e)); n]);
+        }
+        Err(e) => return HostTry::Unreachable(session_error(label, &e)),
+        Ok(results) => results,
+    };
+    // A refused MAIL reaches every recipient; 4xx there is the host's
+    // trouble, not the message's, so the next host may do better.
+    let mail = results.iter().find_map(|r| match r {
+        RcptResult::Refused { stage: Phase::Mail, reply } => Some(reply),
+        _ => None,
+    });
+    if let Some(reply) = mail.filter(|r| !r.is_permanent()) {
+        return HostTry::Deferred(refused_attempt(label, Phase::Mail, reply));
+    }
+    HostTry::Done(results.iter().map(|r| outcome(label, r)).collect())
+}
+
+/// The outcome for one recipient the host answered.
+fn outcome(label: &str, result: &RcptResult) -> Outcome {
+    match result {
+        RcptResult::Accepted(reply) => Outcome::Delivered(Attempt {
+            relay: Some(label.to_string()),
+            tls: false,
+            reply: Some(reply.clone()),
+            class: None,
+            detail: reply.to_string(),
+        }),
+        RcptResult::Refused { stage, reply } if reply.is_permanent() => {
+            Outcome::Permanent(refused_attempt(label, *stage, reply))
+        }
+        RcptResult::Refused { stage, reply } => Outcome::Transient(refused_attempt(label, *stage, reply)),
+        RcptResult::NotSent(reason) => Outcome::Permanent(Attempt {
+            relay: Some(label.to_string()),
+            tls: false,
+            reply: None,
+            class: Some(ErrorClass::Protocol),
+            detail: reason.clone(),
+        }),
+    }
+}
+
+fn refused_attempt(label: &str, stage: Phase, reply: &crate::smtp::proto::reply::Reply) -> Attempt {
+    Attempt {
+        relay: Some(label.to_string()),
+        tls: false,
+        reply: Some(reply.clone()),
+        class: Some(if reply.is_permanent() { ErrorClass::Reply5xx } else { ErrorClass::Reply4xx }),
+        detail: format!("host {label} said: {reply} (in reply to {stage})"),
+    }
+}
+
+/// A session that failed; `label` is `host[ip]:port`.
+fn session_error(label: &str, e: &ClientError) -> Attempt {
+    let (relay, detail) = match e {
+        ClientError::Connect(io) => (None, format!("connect to {label}: {io}")),
+        ClientError::Timeout(Phase::Connect) => (None, format!("connect to {label}: timed out")),
+        ClientError::Reply { phase, reply } => {
+            (Some(label), format!("host {label} refused to talk to us: {reply} (in reply to {phase})"))
+        }
+        other => (Some(label), format!("{label}: {other}")),
+    };
+    Attempt { relay: relay.map(str::to_string), tls: false, reply: e.reply().cloned(), class: Some(e.class()), detail }
+}
+
+fn dns_error(name: &str, why: &str) -> Attempt {
+    local(ErrorClass::Dns, format!("cannot resolve smarthost {name}: {why}"))
+}
+
+/// An attempt that reached no server.
+fn local(class: ErrorClass, detail: String) -> Attempt {
+    Attempt { relay: None, tls: false, reply: None, class: Some(class), detail }
+}
+
+/// A session and the connection slot it occupies.
+struct Conn {
+    client: Client,
+    permit: OwnedSemaphorePermit,
+}
+
+struct Idle {
+    host: usize,
+    conn: Conn,
+    since: Instant,
+}
+
+/// Idle sessions, reusable per host, and the slots that bound how many
+/// connections are open at once. A flat list: it never holds more than
+/// `relay.max_connections` entries.
+struct Pool {
+    slots: Arc<Semaphore>,
+    /// Signalled when a session comes back: a delivery waiting for a slot
+    /// may be able to use it instead (an idle session keeps its slot).
+    returned: Notify,
+    idle_timeout: Duration,
+    state: Mutex<PoolState>,
+}
+
+/// What a delivery gets from the pool.
+enum Checkout {
+    Reused(Box<Conn>),
+    /// A free connection slot: open a new session with it.
+    Slot(OwnedSemaphorePermit),
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Idle>,
+    /// A reaper task is running; it stops when the pool is empty.
+    reaping: bool,
+}
+
+impl Pool {
+    fn new(max_connections: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            returned: Notify::new(),
+            idle_timeout,
+            state: Mutex::new(PoolState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // A panic elsewhere while holding the lock leaves a list that is
+        // still consistent; keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used live session for `host`; expired and dead
+    /// ones met on the way are closed.
+    fn take(&self, host: usize) -> Option<Conn> {
+        loop {
+            let entry = {
+                let mut state = self.lock();
+                let expired = drain_expired(&mut state.idle, self.idle_timeout);
+                quit_later(expired);
+                let at = state.idle.iter().rposition(|e| e.host == host)?;
+                state.idle.remove(at)
+            };
+            let mut conn = entry.conn;
+            if conn.client.still_open() {
+                return Some(conn);
+            }
+            tracing::debug!("idle session to {} was closed by the server", conn.client.relay_label());
+        }
+    }
+
+    /// Keeps a session that ended its transaction cleanly.
+    fn put(self: &Arc<Self>, host: usize, conn: Conn) {
+        if self.idle_timeout.is_zero() {
+            quit_later(vec![Idle { host, conn, since: Instant::now() }]);
+            return;
+        }
+        {
+            let mut state = self.lock();
+            state.idle.push(Idle { host, conn, since: Instant::now() });
+            if !state.reaping {
+                state.reaping = true;
+                tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            }
+        }
+        self.returned.notify_one();
+    }
+
+    /// A live idle session for `reuse_for` when given, else a slot for a new
+    /// connection. With every slot taken, the oldest idle session (of
+    /// another host, or `take` would have returned it) is closed without
+    /// QUIT, so the bound holds at every instant, and gives its slot up;
+    /// with none idle, wait for a slot or a returned session.
+    async fn checkout(&self, reuse_for: Option<usize>) -> Checkout {
+        loop {
+            let returned = self.returned.notified();
+            if let Some(conn) = reuse_for.and_then(|host| self.take(host)) {
+                return Checkout::Reused(Box::new(conn));
+            }
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return Checkout::Slot(permit);
+            }
+            let oldest = {
+                let mut state = self.lock();
+                (!state.idle.is_empty()).then(|| state.idle.remove(0))
+            };
+            if let Some(idle) = oldest {
+                return Checkout::Slot(idle.conn.permit);
+            }
+            tokio::select! {
+                permit = self.slots.clone().acquire_owned() => {
+                    return Checkout::Slot(permit.expect("the connection semaphore is never closed"));
+                }
+                () = returned => {}
+            }
+        }
+    }
+
+    /// A slot for a new connection, never a pooled session.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        match self.checkout(None).await {
+            Checkout::Slot(permit) => permit,
+            Checkout::Reused(conn) => conn.permit,
+        }
+    }
+
+    fn drain_all(&self) -> Vec<Idle> {
+        std::mem::take(&mut self.lock().idle)
+    }
+}
+
+fn drain_expired(idle: &mut Vec<Idle>, limit: Duration) -> Vec<Idle> {
+    let (expired, kept) = std::mem::take(idle).into_iter().partition(|e| e.since.elapsed() >= limit);
+    *idle = kept;
+    expired
+}
+
+/// QUITs sessions in the background; each keeps its slot until closed.
+fn quit_later(sessions: Vec<Idle>) {
+    for idle in sessions {
+        tracing::debug!("closing session to {}", idle.conn.client.relay_label());
+        let Conn { client, permit } = idle.conn;
+        tokio::spawn(async move {
+            client.quit().await;
+            drop(permit);
+        });
+    }
+}
+
+/// Closes sessions idle past the timeout even when no mail comes to take
+/// them; ends when the pool is empty or gone.
+async fn reap(pool: Weak<Pool>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut state = pool.lock();
+        let expired = drain_expired(&mut state.idle, pool.idle_timeout);
+        if state.idle.is_empty() {
+            state.reaping = false;
+        }
+        let done = !state.reaping;
+        drop(state);
+        quit_later(expired);
+        if done {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::OutRecipient;
+    use crate::smtp::client::test_server::{HANG, Script, Server, start};
+    use std::path::Path;
+
+    #[test]
+    fn host_port_table() {
+        let ok = |s: &str, h: &str, p: u16| assert_eq!(parse_host_port(s, 25), Ok((h.to_string(), p)), "{s}");
+        ok("mail.example.org", "mail.example.org", 25);
+        ok("mail.example.org:2525", "mail.example.org", 2525);
+        ok(" mail.example.org.:587 ", "mail.example.org.", 587);
+        ok("[mail.example.org]", "mail.example.org", 25);
+        ok("[mail.example.org]:26", "mail.example.org", 26);
+        ok("[127.0.0.1]:2526", "127.0.0.1", 2526);
+        ok("127.0.0.1", "127.0.0.1", 25);
+        ok("[::1]:2526", "::1", 2526);
+        ok("[IPv6:2001:db8::1]:25", "2001:db8::1", 25);
+        ok("::1", "::1", 25);
+        ok("relay_1.lan", "relay_1.lan", 25);
+        let err = |s: &str, contains: &str| {
+            let e = parse_host_port(s, 25).unwrap_err();
+            assert!(e.contains(contains) && e.contains(s.trim()), "{s}: {e}");
+        };
+        err("", "is not a host name");
+        err("mail:0", "bad port");
+        err("mail:smtp", "bad port `smtp`");
+        err("mail:70000", "bad port");
+        err("[::1", "missing `]`");
+        err("[::1]25", "expected `:port`");
+        err("2001:db8::1:25:x", "in brackets");
+        err("mail example", "is not a host name");
+        err("mail..example", "is not a host name");
+        err("[IPv6:mail]:25", "not an IPv6 address");
+    }
+
+    fn config(hosts: &[String], extra: &str) -> Config {
+        let list: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+        let text = format!(
+            "hostname = \"sat.test\"\n[relay]\nsmarthosts = [{}]\nconnect_timeout = \"2s\"\n{extra}",
+            list.join(", ")
+        );
+        Config::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    fn host(server: &Server) -> String {
+        format!("[127.0.0.1]:{}", server.addr.port())
+    }
+
+    /// A port on which nothing listens.
+    async fn closed_port() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        format!("127.0.0.1:{port}")
+    }
+
+    fn message(rcpts: &[&str]) -> OutMessage {
+        OutMessage {
+            id: "TESTID".into(),
+            sender: "cron@sat.test".into(),
+            recipients: rcpts
+                .iter()
+                .enumerate()
+                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+                .collect(),
+            body: Arc::from(&b"Subject: test\r\n\r\nbody\r\n"[..]),
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        }
+    }
+
+    /// `D`, `T` or `P` per outcome.
+    fn kinds(delivery: &Delivery) -> String {
+        let kind = |o: &Outcome| match o {
+            Outcome::Delivered(_) => 'D',
+            Outcome::Transient(_) => 'T',
+            Outcome::Permanent(_) => 'P',
+        };
+        delivery.outcomes.iter().map(kind).collect()
+    }
+
+    fn bodies(server: &Server) -> usize {
+        server.log().iter().filter(|l| l.starts_with("BODY")).count()
+    }
+
+    #[tokio::test]
+    async fn refused_connection_fails_over_to_the_next_host() {
+        let second = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[closed_port().await, host(&second)], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test", "b@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "DD");
+        assert!(!delivery.hop_down);
+        let attempt = delivery.outcomes[0].attempt();
+        assert_eq!(attempt.relay.as_deref(), Some(format!("127.0.0.1[127.0.0.1]:{}", second.addr.port()).as_str()));
+        assert_eq!(attempt.detail, "250 2.0.0 Ok: queued as TEST");
+        assert!(!attempt.tls);
+        assert_eq!(bodies(&second), 1);
+    }
+
+    #[tokio::test]
+    async fn greeting_421_fails_over() {
+        let mut busy = Script::esmtp(&[]);
+        busy.greeting = "421 4.3.2 mx.test busy".into();
+        let first = start(busy).await;
+        let second = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&first), host(&second)], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "D");
+        assert_eq!(first.connections(), 1);
+        assert_eq!(bodies(&second), 1);
+    }
+
+    #[tokio::test]
+    async fn every_host_down_is_hop_down() {
+        let mut busy = Script::esmtp(&[]);
+        busy.greeting = "421 4.3.2 mx.test busy".into();
+        let second = start(busy).await;
+        let relay = Relay::new(&config(&[closed_port().await, host(&second)], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test", "b@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "TT");
+        assert!(delivery.hop_down);
+        // The last host's error is reported.
+        let attempt = delivery.outcomes[1].attempt();
+        assert_eq!(attempt.class, Some(ErrorClass::Reply4xx));
+        assert_eq!(attempt.reply.as_ref().map(|r| r.code), Some(421));
+        assert!(attempt.detail.contains("421 4.3.2 mx.test busy"), "{}", attempt.detail);
+
+        let relay = Relay::new(&config(&[closed_port().await], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+        let attempt = delivery.outcomes[0].attempt();
+        assert!(delivery.hop_down);
+        assert_eq!(attempt.class, Some(ErrorClass::Connect));
+        assert_eq!(attempt.relay, None);
+        assert!(attempt.detail.starts_with("connect to 127.0.0.1[127.0.0.1]:"), "{}", attempt.detail);
+    }
+
+    #[tokio::test]
+    async fn per_recipient_results() {
+        let script = Script::esmtp(&["PIPELINING"])
+            .rule("RCPT TO:<b@", "550 5.1.1 <b@hub.test>: Recipient address rejected")
+            .rule("RCPT TO:<c@", "450 4.2.0 <c@hub.test>: try again");
+        let first = start(script).await;
+        let second = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&first), host(&second)], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test", "b@hub.test", "c@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "DPT");
+        assert!(!delivery.hop_down);
+        let bounced = delivery.outcomes[1].attempt();
+        assert_eq!(bounced.class, Some(ErrorClass::Reply5xx));
+        assert_eq!(bounced.reply.as_ref().unwrap().code, 550);
+        let label = format!("127.0.0.1[127.0.0.1]:{}", first.addr.port());
+        assert_eq!(
+            bounced.detail,
+            format!("host {label} said: 550 5.1.1 <b@hub.test>: Recipient address rejected (in reply to RCPT TO)")
+        );
+        assert_eq!(delivery.outcomes[2].attempt().class, Some(ErrorClass::Reply4xx));
+        // The deferred recipient waits for the next retry, not for host two.
+        assert_eq!(second.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn mail_refusals() {
+        let first = start(Script::esmtp(&["PIPELINING"]).rule("MAIL", "451 4.3.0 try later")).await;
+        let second = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&first), host(&second)], ""));
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        assert_eq!(bodies(&second), 1);
+
+        let first = start(Script::esmtp(&["PIPELINING"]).rule("MAIL", "553 5.7.1 sender rejected")).await;
+        let second = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&first), host(&second)], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test", "b@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "PP");
+        assert!(delivery.outcomes[0].attempt().detail.ends_with("(in reply to MAIL FROM)"));
+        assert_eq!(second.connections(), 0);
+
+        // MAIL 4xx everywhere: deferred, but the hosts are up.
+        let first = start(Script::esmtp(&[]).rule("MAIL", "452 4.3.1 disk full")).await;
+        let relay = Relay::new(&config(&[host(&first)], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "T");
+        assert!(!delivery.hop_down);
+    }
+
+    #[tokio::test]
+    async fn no_second_host_after_the_final_dot() {
+        let first = start(Script::esmtp(&["PIPELINING"]).rule(".", HANG)).await;
+        let second = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&first), host(&second)], ""))
+            .with_timeouts(Timeouts::default().capped(Duration::from_millis(300)));
+        let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "T");
+        assert_eq!(delivery.outcomes[0].attempt().class, Some(ErrorClass::Timeout));
+        assert!(!delivery.hop_down);
+        assert_eq!(second.connections(), 0, "the message may have arrived; no duplicate now");
+    }
+
+    #[tokio::test]
+    async fn session_reused_for_the_next_message() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&server)], ""));
+        for _ in 0..3 {
+            assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        }
+        assert_eq!(server.connections(), 1);
+        assert_eq!(bodies(&server), 3);
+    }
+
+    #[tokio::test]
+    async fn idle_session_past_the_timeout_is_not_reused() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&server)], "idle_timeout = \"100ms\"\n"));
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        assert_eq!(server.connections(), 2);
+        // The expired session said goodbye.
+        assert!(server.log().iter().any(|l| l == "QUIT"));
+    }
+
+    #[tokio::test]
+    async fn stale_sessions_are_replaced_transparently() {
+        // The server closes right after each message: noticed on take.
+        let mut script = Script::esmtp(&["PIPELINING"]);
+        script.close_after_message = true;
+        let server = start(script).await;
+        let relay = Relay::new(&config(&[host(&server)], ""));
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "D");
+        assert_eq!(server.connections(), 2);
+
+        // The server answers the second MAIL with 421 and closes: noticed
+        // only when used, and still not a host failure.
+        let mut script = Script::esmtp(&["PIPELINING"]);
+        script.max_mail_per_conn = Some(1);
+        let server = start(script).await;
+        let relay = Relay::new(&config(&[host(&server)], ""));
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        assert_eq!(server.connections(), 2);
+        assert_eq!(bodies(&server), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_limit_holds() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Arc::new(Relay::new(&config(&[host(&server)], "max_connections = 1\n")));
+        let deliveries: Vec<_> = (0..4)
+            .map(|_| {
+                let relay = relay.clone();
+                tokio::spawn(async move { relay.deliver(&message(&["a@hub.test"])).await })
+            })
+            .collect();
+        // Waiting deliveries must take the returned session, not wait for
+        // it to expire.
+        let all = async {
+            for d in deliveries {
+                assert_eq!(kinds(&d.await.unwrap()), "D");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), all).await.expect("deliveries waited for an idle session");
+        assert_eq!(server.connections(), 1, "one slot: every message on the same session");
+    }
+
+    #[tokio::test]
+    async fn no_smarthost_configured() {
+        let relay = Relay::new(&config(&[], ""));
+        let delivery = relay.deliver(&message(&["a@hub.test", "b@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "TT");
+        assert!(delivery.hop_down);
+        let attempt = delivery.outcomes[0].attempt();
+        assert_eq!(attempt.class, Some(ErrorClass::Local));
+        assert_eq!(attempt.detail, "no smarthost configured (relay.smarthosts)");
+    }
+
+    #[tokio::test]
+    async fn required_tls_never_falls_back_to_clear_text() {
+        let server = start(Script::esmtp(&["PIPELINING", "STARTTLS"])).await;
+        for policy in ["encrypt", "verify"] {
+            let relay = Relay::new(&config(&[host(&server)], &format!("tls = \"{policy}\"\n")));
+            let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+            assert_eq!(kinds(&delivery), "T");
+            assert!(delivery.hop_down);
+            let attempt = delivery.outcomes[0].attempt();
+            assert_eq!(attempt.class, Some(ErrorClass::Tls));
+            assert_eq!(attempt.detail, "TLS required by relay.tls but not available");
+        }
+        assert_eq!(server.connections(), 0);
+        for policy in ["none", "may"] {
+            let relay = Relay::new(&config(&[host(&server)], &format!("tls = \"{policy}\"\n")));
+            assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_idle_says_quit() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let relay = Relay::new(&config(&[host(&server)], ""));
+        relay.deliver(&message(&["a@hub.test"])).await;
+        relay.close_idle().await;
+        assert_eq!(server.log().last().map(String::as_str), Some("QUIT"));
+    }
+}

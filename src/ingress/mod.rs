@@ -1,0 +1,317 @@
+//! The one door into the queue.
+//!
+//! Everything that creates a message goes through here: SMTP sessions,
+//! `sendmail` (through the maildrop), and later bounces and filter
+//! reinjection. So the `Received:` header, the headers added to local
+//! submissions, the size limit, the durable commit and the "new mail"
+//! notice to the scheduler happen in one place, the same way for all.
+//!
+//! An `Ingress` either feeds the spool (inside the daemon) or writes to the
+//! maildrop (inside `sendmail -bs`, when no daemon process is involved);
+//! the SMTP session cannot tell the difference.
+
+pub mod local;
+pub mod maildrop;
+
+use crate::config::Config;
+use crate::smtp::proto::reply::{Enhanced, Reply};
+use crate::spool::envelope::{self, Envelope, Origin as EnvOrigin, Recipient};
+use crate::spool::{BodyWriter, Spool};
+use crate::timefmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// The body type declared with MAIL FROM (RFC 6152, RFC 3030).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyType {
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// How the message arrived: the `with` clause of `Received:`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Smtp,
+    Esmtp,
+    Local,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "SMTP",
+            Protocol::Esmtp => "ESMTP",
+            Protocol::Local => "local",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub protocol: Protocol,
+    pub helo: Option<String>,
+    pub client: Option<SocketAddr>,
+    pub local_user: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RcptIn {
+    pub address: String,
+    pub notify: Option<String>,
+    pub orcpt: Option<String>,
+}
+
+/// One message's envelope as the client gave it.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<RcptIn>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+    pub ret: Option<String>,
+    pub envid: Option<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("message exceeds the size limit of {0} bytes")]
+    TooBig(u64),
+    #[error("no recipients")]
+    NoRecipients,
+    #[error("spool I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl IngressError {
+    /// The reply an SMTP client gets; never exposes local paths.
+    pub fn reply(&self) -> Reply {
+        match self {
+            IngressError::TooBig(_) => Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"),
+            IngressError::NoRecipients => Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
+            IngressError::Io(_) => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
+        }
+    }
+}
+
+enum Sink {
+    /// Inside the daemon: commit to the spool, tell the scheduler.
+    Queue { spool: Spool, scheduler: Option<mpsc::UnboundedSender<Envelope>> },
+    /// Inside `sendmail -bs`: each message becomes a maildrop file.
+    Maildrop { dir: PathBuf },
+}
+
+struct Inner {
+    hostname: String,
+    max_size: u64,
+    sink: Sink,
+}
+
+/// Cheap to clone; every session holds one.
+#[derive(Clone)]
+pub struct Ingress {
+    inner: Arc<Inner>,
+}
+
+impl Ingress {
+    /// The daemon's door: messages go to `spool`, and their envelopes to the
+    /// scheduler once durable.
+    pub fn to_queue(config: &Config, spool: Spool, scheduler: Option<mpsc::UnboundedSender<Envelope>>) -> Ingress {
+        Ingress::new(config, Sink::Queue { spool, scheduler })
+    }
+
+    /// `sendmail -bs`'s door: messages become maildrop files for the daemon.
+    pub fn to_maildrop(config: &Config, dir: PathBuf) -> Ingress {
+        Ingress::new(config, Sink::Maildrop { dir })
+    }
+
+    fn new(config: &Config, sink: Sink) -> Ingress {
+        Ingress {
+            inner: Arc::new(Inner { hostname: config.hostname.clone(), max_size: config.smtp.max_message_size, sink }),
+        }
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.inner.hostname
+    }
+
+    pub fn max_size(&self) -> u64 {
+        self.inner.max_size
+    }
+
+    /// Starts a message: allocates its queue id and writes the `Received:`
+    /// header. The caller streams the message with `write` and ends with
+    /// `commit`; dropping the writer discards the message.
+    pub async fn open(&self, tx: Transaction) -> Result<MessageWriter, IngressError> {
+        if tx.recipients.is_empty() {
+            return Err(IngressError::NoRecipients);
+        }
+        match &self.inner.sink {
+            Sink::Queue { spool, .. } => {
+                let id = spool.new_id();
+                let mut body = spool.body_writer(&id);
+                body.write(self.received(&tx, &id).as_bytes()).await?;
+                let env = self.envelope(&tx, &id);
+                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Queue(body), written: 0 })
+            }
+            Sink::Maildrop { .. } => {
+                let id = maildrop::new_name();
+                let env = self.envelope(&tx, &id);
+                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Maildrop(Vec::new()), written: 0 })
+            }
+        }
+    }
+
+    fn envelope(&self, tx: &Transaction, id: &str) -> Envelope {
+        let now = timefmt::now_secs();
+        Envelope {
+            v: envelope::VERSION,
+            id: id.to_string(),
+            arrival: now,
+            sender: tx.sender.clone(),
+            size: 0,
+            eight_bit: tx.body != BodyType::SevenBit,
+            smtputf8: tx.smtputf8,
+            ret: tx.ret.clone(),
+            envid: tx.envid.clone(),
+            origin: EnvOrigin {
+                protocol: tx.origin.protocol.name().to_string(),
+                helo: tx.origin.helo.clone(),
+                client: tx.origin.client.map(|c| c.ip().to_string()),
+                user: tx.origin.local_user.clone(),
+            },
+            recipients: tx
+                .recipients
+                .iter()
+                .map(|r| Recipient::new(r.address.clone(), r.notify.clone(), r.orcpt.clone()))
+                .collect(),
+            attempts: 0,
+            next_attempt: now,
+            frozen: false,
+        }
+    }
+
+    /// The trace header (RFC 5321 4.4). `for` names the recipient only when
+    /// there is exactly one, so a Bcc list is never disclosed.
+    fn received(&self, tx: &Transaction, id: &str) -> String {
+        let mut h = String::from("Received: ");
+        match (&tx.origin.helo, tx.origin.client) {
+            (helo, Some(client)) => {
+                let helo = helo.as_deref().map(sanitize).unwrap_or_else(|| "unknown".into());
+                h.push_str(&format!("from {helo} ([{}])\r\n\t", client.ip()));
+            }
+            (_, None) => {
+                if let Some(user) = &tx.origin.local_user {
+                    h.push_str(&format!("(from {})\r\n\t", sanitize(user)));
+                }
+            }
+        }
+        h.push_str(&format!("by {} (posthorn) with {} id {id}", self.inner.hostname, tx.origin.protocol.name()));
+        if let [only] = tx.recipients.as_slice() {
+            h.push_str(&format!("\r\n\tfor <{}>", sanitize(&only.address)));
+        }
+        h.push_str(&format!("; {}\r\n", timefmt::rfc5322(timefmt::now_secs())));
+        h
+    }
+}
+
+/// Keeps client-supplied text from breaking a header: no CR, LF or
+/// control characters, bounded length.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(255).collect()
+}
+
+enum Out {
+    Queue(BodyWriter),
+    Maildrop(Vec<u8>),
+}
+
+/// A message being received; see `Ingress::open`.
+pub struct MessageWriter {
+    ingress: Ingress,
+    env: Envelope,
+    out: Out,
+    written: u64,
+}
+
+impl MessageWriter {
+    pub fn id(&self) -> &str {
+        &self.env.id
+    }
+
+    /// Appends decoded message bytes (CRLF line ends, not dot-stuffed).
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), IngressError> {
+        self.written += chunk.len() as u64;
+        if self.written > self.ingress.inner.max_size {
+            return Err(IngressError::TooBig(self.ingress.inner.max_size));
+        }
+        match &mut self.out {
+            Out::Queue(body) => body.write(chunk).await?,
+            Out::Maildrop(buf) => buf.extend_from_slice(chunk),
+        }
+        Ok(())
+    }
+
+    /// Makes the message durable and returns its id. For the spool this is
+    /// the moment a `250` may be sent.
+    pub async fn commit(self) -> Result<String, IngressError> {
+        let MessageWriter { ingress, mut env, out, .. } = self;
+        match (out, &ingress.inner.sink) {
+            (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
+                env.size = body.size();
+                spool.commit_new(&env, body).await?;
+                log_accepted(&env);
+                if let Some(tx) = scheduler {
+                    let _ = tx.send(env.clone());
+                }
+                Ok(env.id)
+            }
+            (Out::Maildrop(message), Sink::Maildrop { dir }) => {
+                let drop = maildrop::Drop {
+                    sender: Some(env.sender.clone()),
+                    recipients: env.recipients.iter().map(|r| r.address.clone()).collect(),
+                    extract_recipients: false,
+                    full_name: None,
+                };
+                let dir = dir.clone();
+                let name = env.id.clone();
+                tokio::task::spawn_blocking(move || maildrop::write_named(&dir, &name, &drop, &message))
+                    .await
+                    .map_err(io::Error::other)??;
+                Ok(env.id)
+            }
+            _ => unreachable!("a writer's output always matches its ingress"),
+        }
+    }
+}
+
+fn log_accepted(env: &Envelope) {
+    let client = match (&env.origin.client, &env.origin.user) {
+        (Some(ip), _) => format!("client=[{ip}]"),
+        (None, Some(user)) => format!("uid={user}"),
+        (None, None) => "local".into(),
+    };
+    tracing::info!(
+        "{}: {client}, from=<{}>, size={}, nrcpt={} (queue active)",
+        env.id,
+        env.sender,
+        env.size,
+        env.recipients.len()
+    );
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A daemon-side ingress on a fresh spool under `dir`.
+    pub fn queue_ingress(dir: &std::path::Path, config: &Config) -> (Ingress, Spool) {
+        let spool = Spool::open(dir, None).expect("spool");
+        (Ingress::to_queue(config, spool.clone(), None), spool)
+    }
+}

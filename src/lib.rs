@@ -1,0 +1,43 @@
+//! posthorn: one mail transfer agent for both halves of a relay setup.
+//!
+//! A *satellite* on every machine takes mail from local programs, queues it
+//! durably and relays it to the mail node; the *hub* on the mail node accepts
+//! from the fleet and delivers onward. Both are this crate, chosen by
+//! `role` in the configuration.
+//!
+//! # Module map
+//!
+//! Arrows mean "may use".
+//!
+//! ```text
+//! main.rs ─> cli ─> control ─> (daemon)
+//! daemon ─> smtp::server ─> ingress ─> spool
+//!        ─> queue ─> deliver ─> smtp::client ─> smtp::proto
+//! ```
+//!
+//! - [`config`]: TOML to typed configuration, role defaults, located errors.
+//! - [`smtp::proto`]: sans-IO protocol: commands, replies, addresses, DATA decoding.
+//! - [`smtp::server`]: listener and per-connection session (one function per verb).
+//! - [`smtp::client`]: one outbound SMTP transaction with per-recipient results.
+//! - [`spool`]: queue ids, envelopes (never the body), bodies, atomic state
+//!   moves, group commit and crash recovery.
+//! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
+//! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
+//! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table.
+//! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
+//! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
+//! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them.
+//! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
+//! - [`timefmt`]: RFC 5322 dates without a calendar crate.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod deliver;
+pub mod ingress;
+pub mod queue;
+pub mod route;
+pub mod smtp;
+pub mod spool;
+pub mod timefmt;

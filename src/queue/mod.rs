@@ -1,0 +1,425 @@
+//! The scheduler: decides which queued message is tried when.
+//!
+//! One task owns the schedule; deliveries run as tasks it spawns, each
+//! reporting back when done. New mail is preferred over the backlog (two
+//! lines, fresh and retry, served two to one), the number of messages in
+//! delivery is bounded (the active window), and retries are timed per
+//! destination: when the next hop is down, every message for it waits out
+//! the destination's backoff instead of each knocking on the closed door.
+//! Only the envelope of a deferred message is kept in memory as
+//! `(due time, id)`; envelopes are read when the message becomes active.
+
+pub mod attempt;
+pub mod backoff;
+
+use crate::config::Config;
+use crate::deliver::relay::Relay;
+use crate::spool::envelope::Envelope;
+use crate::spool::{Spool, State};
+use crate::timefmt::now_secs;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Requests other parts of the daemon (the control socket) send in.
+#[derive(Debug)]
+pub enum Command {
+    /// Try every deferred message now and forget destination backoff
+    /// (`postqueue -f`, `sendmail -q`). Answers with the number scheduled.
+    Flush(oneshot::Sender<usize>),
+    /// An operator action on some messages; answers one result per id.
+    Act { action: Action, ids: Vec<String>, reply: oneshot::Sender<Vec<ActResult>> },
+}
+
+/// What an operator can do to a queued message. Actions go through the
+/// scheduler so they never race a delivery: a message in delivery has its
+/// delivery stopped first, so once `Delete` has answered, the message will
+/// not be delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Delete,
+    Hold,
+    Freeze,
+    Release,
+    Requeue,
+    /// Attempt now, ignoring the retry time (`exim -M`, `postqueue -i`).
+    Deliver,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ActResult {
+    pub id: String,
+    /// The state the message was in, when it was found.
+    pub found_in: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A message waiting for a delivery slot.
+#[derive(Debug)]
+enum Job {
+    /// Just accepted; the envelope came from ingress.
+    Fresh(Envelope),
+    /// On disk in `incoming/` or `deferred/`; read when started.
+    OnDisk(String, State),
+}
+
+impl Job {
+    fn id(&self) -> &str {
+        match self {
+            Job::Fresh(e) => &e.id,
+            Job::OnDisk(id, _) => id,
+        }
+    }
+}
+
+/// What a finished delivery task reports.
+#[derive(Debug)]
+pub struct Done {
+    pub id: String,
+    /// The next hop could not be reached at all.
+    pub hop_down: bool,
+    /// The delivery reached the next hop (resets its backoff).
+    pub hop_up: bool,
+    /// When the message is due again, if it is still queued.
+    pub next_attempt: Option<u64>,
+    /// Why the last attempt failed, for the "suspended" note.
+    pub reason: Option<String>,
+    /// The message was gone or elsewhere when its turn came (a stale entry
+    /// after an operator action); nothing was done.
+    pub skipped: bool,
+}
+
+/// Backoff state of one next hop.
+#[derive(Debug, Default)]
+struct Destination {
+    in_flight: usize,
+    failures: u32,
+    down_until: Option<u64>,
+    reason: String,
+}
+
+/// A delivery in progress: its task, and whether it holds one of the
+/// destination's connection slots (a suspended deferral does not).
+#[derive(Debug)]
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    holds_slot: bool,
+}
+
+/// Fresh mail kept in memory; beyond this, only ids are kept and the
+/// envelope is read again from disk when its turn comes.
+const FRESH_IN_MEMORY: usize = 10_000;
+
+pub struct Scheduler {
+    config: Arc<Config>,
+    spool: Spool,
+    relay: Arc<Relay>,
+    fresh: VecDeque<Job>,
+    retry: VecDeque<Job>,
+    waiting: BTreeSet<(u64, String)>,
+    /// Ids queued in `fresh`/`retry`/`waiting` or in delivery, so a message
+    /// is never scheduled twice (a rescan can meet one already known).
+    known: HashSet<String>,
+    /// Deliveries running, by message id, so an operator action can stop one.
+    running: HashMap<String, Running>,
+    in_flight: usize,
+    dest: Destination,
+    turn: u32,
+}
+
+impl Scheduler {
+    pub fn new(config: Arc<Config>, spool: Spool, relay: Arc<Relay>) -> Scheduler {
+        Scheduler {
+            config,
+            spool,
+            relay,
+            fresh: VecDeque::new(),
+            retry: VecDeque::new(),
+            waiting: BTreeSet::new(),
+            known: HashSet::new(),
+            running: HashMap::new(),
+            in_flight: 0,
+            dest: Destination::default(),
+            turn: 0,
+        }
+    }
+
+    /// Loads what is on disk: `incoming/` is due now, `deferred/` at the
+    /// time its envelope says. Unreadable envelopes are quarantined.
+    pub fn load(&mut self) -> std::io::Result<()> {
+        let mut incoming = self.spool.list(State::Incoming)?;
+        incoming.sort();
+        for id in incoming {
+            self.known.insert(id.clone());
+            self.fresh.push_back(Job::OnDisk(id, State::Incoming));
+        }
+        for id in self.spool.list(State::Deferred)? {
+            match self.spool.read_envelope(State::Deferred, &id) {
+                Ok(env) => {
+                    self.known.insert(id.clone());
+                    self.waiting.insert((env.next_attempt, id));
+                }
+                Err(e) => {
+                    tracing::error!("{id}: unreadable envelope ({e}); moved to corrupt/");
+                    let _ = self.spool.quarantine(State::Deferred, &id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn run(
+        mut self,
+        mut new_mail: mpsc::UnboundedReceiver<Envelope>,
+        mut commands: mpsc::Receiver<Command>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        loop {
+            self.promote_due();
+            self.dispatch(&done_tx);
+            let sleep = self.next_wakeup();
+            tokio::select! {
+                Some(env) = new_mail.recv() => self.add_fresh(env),
+                Some(done) = done_rx.recv() => self.finished(done),
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Deliveries in flight finish or are cut off with the process;
+        // recovery returns anything left in active/ to the queue.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.in_flight > 0 {
+            match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                Ok(Some(done)) => self.finished(done),
+                _ => break,
+            }
+        }
+    }
+
+    fn add_fresh(&mut self, env: Envelope) {
+        if !self.known.insert(env.id.clone()) {
+            return;
+        }
+        if self.fresh.len() < FRESH_IN_MEMORY {
+            self.fresh.push_back(Job::Fresh(env));
+        } else {
+            self.fresh.push_back(Job::OnDisk(env.id, State::Incoming));
+        }
+    }
+
+    /// Moves deferred messages whose time has come to the retry line.
+    fn promote_due(&mut self) {
+        let now = now_secs();
+        while let Some((at, _)) = self.waiting.first() {
+            if *at > now || self.retry.len() >= self.config.queue.active_limit {
+                break;
+            }
+            let (_, id) = self.waiting.pop_first().expect("non-empty");
+            self.retry.push_back(Job::OnDisk(id, State::Deferred));
+        }
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let idle = Duration::from_secs(3600);
+        match self.waiting.first() {
+            Some((at, _)) => Duration::from_secs(at.saturating_sub(now_secs())).min(idle),
+            None => idle,
+        }
+        .max(Duration::from_millis(if self.retry.is_empty() { 0 } else { 50 }))
+    }
+
+    /// Starts deliveries while the active window and the destination's
+    /// concurrency allow. Fresh mail gets two turns for every retry turn.
+    fn dispatch(&mut self, done_tx: &mpsc::UnboundedSender<Done>) {
+        let limit = self.config.queue.active_limit;
+        let dest_limit = self.config.relay.max_connections;
+        loop {
+            let suspended = self.dest.down_until.is_some_and(|t| t > now_secs());
+            if self.in_flight >= limit || (!suspended && self.dest.in_flight >= dest_limit) {
+                return;
+            }
+            self.turn = self.turn.wrapping_add(1);
+            let prefer_retry = self.turn % 3 == 0;
+            let job = if prefer_retry {
+                self.retry.pop_front().or_else(|| self.fresh.pop_front())
+            } else {
+                self.fresh.pop_front().or_else(|| self.retry.pop_front())
+            };
+            let Some(job) = job else { return };
+            if self.running.contains_key(job.id()) {
+                continue; // a stale duplicate of a message being delivered
+            }
+            self.in_flight += 1;
+            let suspend_reason = suspended.then(|| self.dest.reason.clone());
+            let holds_slot = suspend_reason.is_none();
+            if holds_slot {
+                self.dest.in_flight += 1;
+            }
+            let ctx = attempt::Context {
+                spool: self.spool.clone(),
+                relay: self.relay.clone(),
+                config: self.config.clone(),
+                dest_failures: self.dest.failures,
+                suspended: suspend_reason,
+                down_until: self.dest.down_until,
+            };
+            let done_tx = done_tx.clone();
+            let id = job.id().to_string();
+            let handle = tokio::spawn(async move {
+                let done = match job {
+                    Job::Fresh(env) => attempt::run(ctx, env, State::Incoming).await,
+                    Job::OnDisk(id, state) => attempt::run_from_disk(ctx, id, state).await,
+                };
+                let _ = done_tx.send(done);
+            });
+            self.running.insert(id, Running { task: handle, holds_slot });
+        }
+    }
+
+    fn finished(&mut self, done: Done) {
+        let Some(running) = self.running.remove(&done.id) else {
+            return; // stopped by an operator action, already accounted for
+        };
+        self.release_slot(&running);
+        if done.skipped {
+            return;
+        }
+        if done.hop_up {
+            self.dest.failures = 0;
+            self.dest.down_until = None;
+        } else if done.hop_down {
+            let now = now_secs();
+            // Several deliveries in flight may report the same outage; count it once.
+            if self.dest.down_until.is_none_or(|t| t <= now) {
+                self.dest.failures += 1;
+                let wait = backoff::next(self.dest.failures, self.config.queue.retry_min, self.config.queue.retry_max);
+                self.dest.down_until = Some(now + wait.as_secs().max(1));
+                tracing::info!(
+                    "destination relay: down ({}), deliveries suspended for {}s",
+                    done.reason.as_deref().unwrap_or("unreachable"),
+                    wait.as_secs()
+                );
+            }
+            if let Some(r) = done.reason {
+                self.dest.reason = r;
+            }
+        }
+        match done.next_attempt {
+            Some(at) => {
+                self.waiting.insert((at, done.id));
+            }
+            None => {
+                self.known.remove(&done.id);
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Act { action, ids, reply } => {
+                let results = self.act(action, ids).await;
+                let _ = reply.send(results);
+            }
+            Command::Flush(reply) => {
+                self.dest.down_until = None;
+                self.dest.failures = 0;
+                let n = self.waiting.len();
+                while let Some((_, id)) = self.waiting.pop_first() {
+                    self.retry.push_back(Job::OnDisk(id, State::Deferred));
+                }
+                tracing::info!("flush: {n} deferred message(s) scheduled now");
+                let _ = reply.send(n);
+            }
+        }
+    }
+}
+
+impl Scheduler {
+    /// Carries out an operator action: stops deliveries of the named
+    /// messages, waits until their pending renames are durable, then changes
+    /// the files and the schedule.
+    async fn act(&mut self, action: Action, ids: Vec<String>) -> Vec<ActResult> {
+        for id in &ids {
+            if let Some(running) = self.running.remove(id) {
+                running.task.abort();
+                self.release_slot(&running);
+                let _ = running.task.await;
+                tracing::info!("{id}: delivery stopped by operator action {action:?}");
+            }
+        }
+        let _ = self.spool.barrier().await;
+        let spool = self.spool.clone();
+        let ids_for_io = ids.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            let results: Vec<std::io::Result<Option<State>>> = ids_for_io
+                .iter()
+                .map(|id| match action {
+                    Action::Delete => spool.delete_any(id),
+                    Action::Hold => spool.hold(id, false),
+                    Action::Freeze => spool.hold(id, true),
+                    Action::Release => spool.release(id),
+                    Action::Requeue | Action::Deliver => spool.requeue(id),
+                })
+                .collect();
+            let _ = spool.sync_states();
+            results
+        })
+        .await
+        .unwrap_or_default();
+        let mut results = Vec::with_capacity(ids.len());
+        for (id, outcome) in ids.into_iter().zip(outcomes) {
+            let result = match outcome {
+                Ok(found) => {
+                    self.reschedule(action, &id, found);
+                    ActResult { id, found_in: found.map(|s| s.dir_name().to_string()), error: None }
+                }
+                Err(e) => ActResult { id, found_in: None, error: Some(e.to_string()) },
+            };
+            if result.found_in.is_some() && result.error.is_none() {
+                tracing::info!("{}: {} by operator", result.id, action.past_tense());
+            }
+            results.push(result);
+        }
+        results
+    }
+
+    fn release_slot(&mut self, running: &Running) {
+        self.in_flight -= 1;
+        if running.holds_slot {
+            self.dest.in_flight -= 1;
+        }
+    }
+
+    fn reschedule(&mut self, action: Action, id: &str, found: Option<State>) {
+        match (action, found) {
+            (_, None) => {}
+            (Action::Delete | Action::Hold | Action::Freeze, _) => {
+                // Entries still in the lines are skipped when their turn comes.
+                self.known.remove(id);
+            }
+            (Action::Release, Some(State::Hold))
+            | (Action::Requeue | Action::Deliver, Some(State::Deferred | State::Active)) => {
+                self.known.insert(id.to_string());
+                self.retry.push_front(Job::OnDisk(id.to_string(), State::Incoming));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Action {
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Action::Delete => "removed",
+            Action::Hold => "placed on hold",
+            Action::Freeze => "frozen",
+            Action::Release => "released from hold",
+            Action::Requeue => "requeued",
+            Action::Deliver => "scheduled for delivery",
+        }
+    }
+}

@@ -1,0 +1,1511 @@
+//! One outbound SMTP session: greeting, EHLO (HELO as a fallback), and
+//! MAIL/RCPT/DATA transactions that report a result per recipient.
+//!
+//! Existing Rust clients abort the whole transaction when one recipient is
+//! refused, do not pipeline and give no per-recipient result, so this one is
+//! ours. A `Client` owns one connection; `send` runs one transaction on it.
+//! Choosing hosts, pooling sessions and turning results into queue outcomes
+//! belong to the transports (`deliver::relay`).
+//!
+//! Everything is bounded: each phase has its RFC 5321 4.5.3.2 timeout
+//! (callers may shorten them), a reply may not exceed `MAX_REPLY_LINES` lines
+//! or `MAX_REPLY_BYTES` bytes, and a pipelined group holds at most
+//! `PIPELINE_WINDOW` commands, so neither side can fill the other's socket
+//! buffers while nobody reads.
+//!
+//! The connection is a `Stream` enum rather than a bare `TcpStream` so that
+//! STARTTLS can later replace the plain stream with a TLS one in place.
+
+use crate::deliver::{ErrorClass, OutMessage, OutRecipient};
+use crate::smtp::proto::reply::Reply;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most lines accepted in one reply; an EHLO list is about fifteen.
+const MAX_REPLY_LINES: usize = 100;
+/// Most bytes accepted in one reply, line ends included.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// Commands written before their replies are read when pipelining. A hundred
+/// commands and their replies are a few kilobytes each way, well inside any
+/// socket buffer, so a server that answers before reading on cannot
+/// deadlock against us.
+const PIPELINE_WINDOW: usize = 100;
+/// Size of the writes that carry the message body: large for throughput,
+/// bounded so a 50 MB message is never copied whole.
+const BODY_CHUNK: usize = 64 * 1024;
+/// AUTH mechanisms remembered from EHLO; more is a hostile server.
+const MAX_AUTH_MECHANISMS: usize = 16;
+
+/// A step of the session, for timeouts and error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Connect,
+    Greeting,
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt,
+    /// The DATA command itself, up to its 354.
+    DataInit,
+    /// Writing the message body.
+    DataBlock,
+    /// Waiting for the reply to the final dot.
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Connect => "connect",
+            Phase::Greeting => "greeting",
+            Phase::Ehlo => "EHLO",
+            Phase::Helo => "HELO",
+            Phase::Mail => "MAIL FROM",
+            Phase::Rcpt => "RCPT TO",
+            Phase::DataInit => "DATA",
+            Phase::DataBlock => "message body",
+            Phase::DataEnd => "end of DATA",
+            Phase::Rset => "RSET",
+            Phase::Quit => "QUIT",
+        })
+    }
+}
+
+/// Time allowed for each phase. The defaults are RFC 5321 4.5.3.2's minimums
+/// (which a client should not undercut towards arbitrary servers); RSET and
+/// QUIT have none in the RFC and get Postfix's 20 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    pub helo: Duration,
+    pub mail: Duration,
+    pub rcpt: Duration,
+    pub data_init: Duration,
+    /// Each write of the body.
+    pub data_block: Duration,
+    pub data_end: Duration,
+    pub rset: Duration,
+    pub quit: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        let min = |m: u64| Duration::from_secs(60 * m);
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: min(5),
+            helo: min(5),
+            mail: min(5),
+            rcpt: min(5),
+            data_init: min(2),
+            data_block: min(3),
+            data_end: min(10),
+            rset: Duration::from_secs(20),
+            quit: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Every phase limited to at most `max` (tests, impatient callers).
+    pub fn capped(self, max: Duration) -> Timeouts {
+        let c = |d: Duration| d.min(max);
+        Timeouts {
+            connect: c(self.connect),
+            greeting: c(self.greeting),
+            helo: c(self.helo),
+            mail: c(self.mail),
+            rcpt: c(self.rcpt),
+            data_init: c(self.data_init),
+            data_block: c(self.data_block),
+            data_end: c(self.data_end),
+            rset: c(self.rset),
+            quit: c(self.quit),
+        }
+    }
+
+    fn for_phase(&self, phase: Phase) -> Duration {
+        match phase {
+            Phase::Connect => self.connect,
+            Phase::Greeting => self.greeting,
+            Phase::Ehlo | Phase::Helo => self.helo,
+            Phase::Mail => self.mail,
+            Phase::Rcpt => self.rcpt,
+            Phase::DataInit => self.data_init,
+            Phase::DataBlock => self.data_block,
+            Phase::DataEnd => self.data_end,
+            Phase::Rset => self.rset,
+            Phase::Quit => self.quit,
+        }
+    }
+}
+
+/// What the server offered in its EHLO reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    /// SIZE was offered; the number is the server's limit, 0 when none given.
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    pub enhanced_status_codes: bool,
+    pub starttls: bool,
+    pub chunking: bool,
+    /// AUTH mechanisms, upper case, in the server's order.
+    pub auth: Vec<String>,
+}
+
+impl Capabilities {
+    /// Reads the keyword lines of an EHLO reply (every line after the first).
+    pub fn parse<S: AsRef<str>>(lines: &[S]) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in lines {
+            let mut words = line.as_ref().split_ascii_whitespace();
+            let Some(first) = words.next() else { continue };
+            let first = first.to_ascii_uppercase();
+            // Some old servers still announce `AUTH=LOGIN PLAIN`.
+            let (keyword, inline) = match first.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (first.as_str(), None),
+            };
+            match keyword {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "DSN" => caps.dsn = true,
+                "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
+                "STARTTLS" => caps.starttls = true,
+                "CHUNKING" => caps.chunking = true,
+                "AUTH" => {
+                    for mech in inline.into_iter().chain(words) {
+                        let mech = mech.to_ascii_uppercase();
+                        if !mech.is_empty() && !caps.auth.contains(&mech) && caps.auth.len() < MAX_AUTH_MECHANISMS {
+                            caps.auth.push(mech);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Why a session could not go on. Each maps to an `ErrorClass`; none of the
+/// texts include anything the server sent except a reply, so all are safe to
+/// log and to put in a bounce.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("timed out during {0}")]
+    Timeout(Phase),
+    #[error("protocol error during {phase}: {what}")]
+    Protocol { phase: Phase, what: String },
+    /// The server refused the session (greeting, EHLO/HELO).
+    #[error("{reply} (in reply to {phase})")]
+    Reply { phase: Phase, reply: Reply },
+    #[error("lost connection during {phase}: {source}")]
+    Io {
+        phase: Phase,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ClientError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ClientError::Connect(_) | ClientError::Io { .. } => ErrorClass::Connect,
+            ClientError::Timeout(_) => ErrorClass::Timeout,
+            ClientError::Protocol { .. } => ErrorClass::Protocol,
+            ClientError::Reply { reply, .. } if reply.is_permanent() => ErrorClass::Reply5xx,
+            ClientError::Reply { .. } => ErrorClass::Reply4xx,
+        }
+    }
+
+    /// The phase the session was in when it failed.
+    pub fn phase(&self) -> Phase {
+        match self {
+            ClientError::Connect(_) => Phase::Connect,
+            ClientError::Timeout(p) => *p,
+            ClientError::Protocol { phase, .. } | ClientError::Reply { phase, .. } | ClientError::Io { phase, .. } => {
+                *phase
+            }
+        }
+    }
+
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            ClientError::Reply { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// What became of one recipient in a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcptResult {
+    /// The server took the message for this recipient (2xx to the final dot).
+    Accepted(Reply),
+    /// The server said no. `stage` is the command whose reply decided: a
+    /// refused MAIL, DATA or final dot applies to every recipient it reaches.
+    /// 5xx is permanent; anything else is transient.
+    Refused { stage: Phase, reply: Reply },
+    /// Decided here without sending, always permanent: the message needs an
+    /// extension the server lacks (SMTPUTF8), or an address cannot be
+    /// written on the wire.
+    NotSent(String),
+}
+
+impl RcptResult {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, RcptResult::Accepted(_))
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            RcptResult::Accepted(_) => false,
+            RcptResult::Refused { reply, .. } => reply.is_permanent(),
+            RcptResult::NotSent(_) => true,
+        }
+    }
+
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            RcptResult::Accepted(r) | RcptResult::Refused { reply: r, .. } => Some(r),
+            RcptResult::NotSent(_) => None,
+        }
+    }
+}
+
+/// `host[ip]:port`, the way logs and attempt records name a server.
+pub fn relay_label(host: &str, addr: SocketAddr) -> String {
+    format!("{host}[{}]:{}", addr.ip(), addr.port())
+}
+
+/// The byte stream under a session. STARTTLS will add a `Tls` variant and
+/// swap it in place; callers never see the difference.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One command of a transaction, before it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cmd {
+    Mail,
+    /// Index into the recipients handed to `send`.
+    Rcpt(usize),
+    Data,
+}
+
+impl Cmd {
+    fn phase(self) -> Phase {
+        match self {
+            Cmd::Mail => Phase::Mail,
+            Cmd::Rcpt(_) => Phase::Rcpt,
+            Cmd::Data => Phase::DataInit,
+        }
+    }
+}
+
+/// The replies gathered during the command part of one transaction.
+#[derive(Default)]
+struct Replies {
+    mail: Option<Reply>,
+    /// Recipients whose RCPT was accepted, in order.
+    accepted: Vec<usize>,
+    data: Option<Reply>,
+    /// A 421 and the phase it arrived in: the server is closing the session.
+    closing: Option<(Phase, Reply)>,
+}
+
+impl Replies {
+    fn mail_ok(&self) -> bool {
+        self.mail.as_ref().is_some_and(|r| r.code / 100 == 2)
+    }
+    fn mail_refused(&self) -> bool {
+        self.mail.is_some() && !self.mail_ok()
+    }
+}
+
+/// One open SMTP session.
+pub struct Client {
+    stream: Stream,
+    /// Bytes received and not yet consumed as reply lines.
+    rbuf: Vec<u8>,
+    label: String,
+    greeting: Reply,
+    caps: Capabilities,
+    timeouts: Timeouts,
+    /// Cleared by any error, timeout or 421: the session's state is unknown
+    /// or over, so it must not carry another transaction.
+    usable: bool,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client").field("relay", &self.label).field("usable", &self.usable).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused
+    /// with 5xx). `host_label` is the name the address was found under, for
+    /// logs; `helo` is our own host name.
+    pub async fn connect(
+        addr: SocketAddr,
+        host_label: &str,
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> Result<Client, ClientError> {
+        if helo.is_empty() || helo.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(ClientError::Protocol {
+                phase: Phase::Ehlo,
+                what: "our HELO name is empty or has spaces".into(),
+            });
+        }
+        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+            Err(_) => return Err(ClientError::Timeout(Phase::Connect)),
+            Ok(Err(e)) => return Err(ClientError::Connect(e)),
+            Ok(Ok(tcp)) => tcp,
+        };
+        // Commands go out whole (a pipelined group is one write), so Nagle
+        // would only add a round trip of delay in lock-step mode.
+        let _ = tcp.set_nodelay(true);
+        let mut client = Client {
+            stream: Stream::Plain(tcp),
+            rbuf: Vec::with_capacity(1024),
+            label: relay_label(host_label, addr),
+            greeting: Reply::plain(220, ""),
+            caps: Capabilities::default(),
+            timeouts,
+            usable: true,
+        };
+        let greeting = client.read_reply(Phase::Greeting).await?;
+        if greeting.code / 100 != 2 {
+            // RFC 5321 3.1: after a refusing greeting the client still
+            // says QUIT (unless it was a 421, which closes by itself).
+            client.quit().await;
+            return Err(ClientError::Reply { phase: Phase::Greeting, reply: greeting });
+        }
+        client.greeting = greeting;
+        match client.hello(helo).await {
+            Ok(()) => Ok(client),
+            Err(e @ ClientError::Reply { .. }) => {
+                client.quit().await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// EHLO, or HELO when the server does not know EHLO (RFC 5321 3.2).
+    async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
+        let reply = self.command(Phase::Ehlo, format!("EHLO {helo}\r\n").as_bytes()).await?;
+        if reply.code / 100 == 2 {
+            self.caps = Capabilities::parse(&reply.lines[1..]);
+            return Ok(());
+        }
+        if !reply.is_permanent() {
+            return Err(ClientError::Reply { phase: Phase::Ehlo, reply });
+        }
+        let reply = self.command(Phase::Helo, format!("HELO {helo}\r\n").as_bytes()).await?;
+        if reply.code / 100 != 2 {
+            return Err(ClientError::Reply { phase: Phase::Helo, reply });
+        }
+        Ok(())
+    }
+
+    /// `host[ip]:port` of the server.
+    pub fn relay_label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// Whether the session may carry another transaction: the last one ended
+    /// cleanly (final reply read, or RSET accepted) and nothing failed.
+    pub fn is_usable(&self) -> bool {
+        self.usable
+    }
+
+    /// For a session that has sat idle: true when it is still open and the
+    /// server has sent nothing unasked (an idle-timeout 421, or EOF). Does
+    /// not wait.
+    pub fn still_open(&mut self) -> bool {
+        if !self.usable || !self.rbuf.is_empty() {
+            self.usable = false;
+            return false;
+        }
+        let mut probe = [0u8; 512];
+        let open = match &self.stream {
+            Stream::Plain(tcp) => matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        };
+        self.usable = open;
+        open
+    }
+
+    /// Runs one transaction for `rcpts` and returns one result per
+    /// recipient, in order. An `Err` means the session broke before every
+    /// recipient was decided; the caller treats them all as transient (one
+    /// that was refused will be refused again at the next try).
+    pub async fn send(&mut self, msg: &OutMessage, rcpts: &[OutRecipient]) -> Result<Vec<RcptResult>, ClientError> {
+        if !self.usable {
+            return Err(ClientError::Protocol { phase: Phase::Mail, what: "the session is no longer usable".into() });
+        }
+        if let Some(reason) = self.refuse_message(msg) {
+            return Ok(vec![RcptResult::NotSent(reason); rcpts.len()]);
+        }
+        if msg.eight_bit && !self.caps.eight_bit_mime {
+            // Sent as is, as most MTAs do; converting to 7 bit is later work.
+            tracing::debug!("{}: 8-bit message to {}, which does not offer 8BITMIME", msg.id, self.label);
+        }
+        let mut results: Vec<Option<RcptResult>> = vec![None; rcpts.len()];
+        let mut cmds = Vec::with_capacity(rcpts.len() + 2);
+        cmds.push(Cmd::Mail);
+        for (i, rcpt) in rcpts.iter().enumerate() {
+            if wire_safe_address(&rcpt.address) {
+                cmds.push(Cmd::Rcpt(i));
+            } else {
+                results[i] = Some(RcptResult::NotSent("recipient address contains a control character".into()));
+            }
+        }
+        if cmds.len() > 1 {
+            cmds.push(Cmd::Data);
+            let replies = self.commands(msg, rcpts, &cmds, &mut results).await?;
+            self.finish(msg, replies, &mut results).await?;
+        }
+        // Every recipient is decided by now; should one not be, saying so
+        // as a (transient) error beats inventing a verdict.
+        results.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| ClientError::Protocol {
+            phase: Phase::DataInit,
+            what: "a recipient was left without a reply".into(),
+        })
+    }
+
+    /// Writes MAIL, the RCPTs and DATA, in pipelined groups when the server
+    /// offers PIPELINING (RFC 2920) and one at a time otherwise, and collects
+    /// the replies. Refused RCPTs are recorded in `results` as they come.
+    async fn commands(
+        &mut self,
+        msg: &OutMessage,
+        rcpts: &[OutRecipient],
+        cmds: &[Cmd],
+        results: &mut [Option<RcptResult>],
+    ) -> Result<Replies, ClientError> {
+        let window = if self.caps.pipelining { PIPELINE_WINDOW } else { 1 };
+        let mut got = Replies::default();
+        let mut next = 0;
+        while next < cmds.len() && !got.mail_refused() && got.closing.is_none() {
+            let end = (next + window).min(cmds.len());
+            let group = &cmds[next..end];
+            // DATA goes out only while some recipient is, or may yet be,
+            // accepted; pipelined, it travels with the last RCPTs unseen.
+            if group == [Cmd::Data] && got.accepted.is_empty() {
+                break;
+            }
+            let mut wire = Vec::with_capacity(64 * group.len());
+            for cmd in group {
+                self.write_command(*cmd, msg, rcpts, &mut wire);
+            }
+            self.write(group[0].phase(), &wire).await?;
+            for cmd in group {
+                let reply = self.read_reply(cmd.phase()).await?;
+                if reply.code == 421 {
+                    got.closing = Some((cmd.phase(), reply));
+                    break;
+                }
+                match *cmd {
+                    Cmd::Mail => got.mail = Some(reply),
+                    // After a refused MAIL the server answers RCPTs with 503;
+                    // the MAIL reply is what counts then.
+                    Cmd::Rcpt(_) if !got.mail_ok() => {}
+                    Cmd::Rcpt(i) if reply.code / 100 == 2 => got.accepted.push(i),
+                    Cmd::Rcpt(i) => results[i] = Some(RcptResult::Refused { stage: Phase::Rcpt, reply }),
+                    Cmd::Data => got.data = Some(reply),
+                }
+            }
+            next = end;
+        }
+        Ok(got)
+    }
+
+    /// Sends the body when DATA was accepted and decides every recipient
+    /// still open; otherwise resets the session for the next transaction.
+    async fn finish(
+        &mut self,
+        msg: &OutMessage,
+        got: Replies,
+        results: &mut [Option<RcptResult>],
+    ) -> Result<(), ClientError> {
+        let undecided = |results: &mut [Option<RcptResult>], stage: Phase, reply: &Reply| {
+            for r in results.iter_mut().filter(|r| r.is_none()) {
+                *r = Some(RcptResult::Refused { stage, reply: reply.clone() });
+            }
+        };
+        if let Some((stage, reply)) = &got.closing {
+            // 421: the server is going away; no RSET, no reuse.
+            self.usable = false;
+            undecided(results, *stage, reply);
+            return Ok(());
+        }
+        if let Some(mail) = got.mail.as_ref().filter(|_| got.mail_refused()) {
+            undecided(results, Phase::Mail, mail);
+        }
+        let go_ahead = got.data.as_ref().is_some_and(|r| r.code / 100 == 3);
+        if go_ahead && !got.accepted.is_empty() {
+            self.write_body(&msg.body).await?;
+            let end = self.read_reply(Phase::DataEnd).await?;
+            for &i in &got.accepted {
+                results[i] = Some(if end.code / 100 == 2 {
+                    RcptResult::Accepted(end.clone())
+                } else {
+                    RcptResult::Refused { stage: Phase::DataEnd, reply: end.clone() }
+                });
+            }
+            return Ok(());
+        }
+        if go_ahead {
+            // A pipelined DATA was accepted although no recipient was: send
+            // an empty message to get back to command mode (RFC 2920 3.1),
+            // its reply means nothing.
+            self.write(Phase::DataBlock, b".\r\n").await?;
+            self.read_reply(Phase::DataEnd).await?;
+        } else if let Some(data) = &got.data {
+            undecided(results, Phase::DataInit, data);
+        }
+        self.reset_quietly().await;
+        Ok(())
+    }
+
+    /// Local reasons not to send the message to this server at all.
+    fn refuse_message(&self, msg: &OutMessage) -> Option<String> {
+        if msg.smtputf8 && !self.caps.smtputf8 {
+            // RFC 6531 3.4: without SMTPUTF8 on the next hop the message
+            // cannot be delivered as it is.
+            return Some(format!("SMTPUTF8 is required, but was not offered by {}", self.label));
+        }
+        if !wire_safe_address(&msg.sender) {
+            return Some("sender address contains a control character".into());
+        }
+        None
+    }
+
+    /// Appends the command line for `cmd`, with the ESMTP parameters the
+    /// server offers, to `out`.
+    fn write_command(&self, cmd: Cmd, msg: &OutMessage, rcpts: &[OutRecipient], out: &mut Vec<u8>) {
+        let mut line = String::with_capacity(80);
+        match cmd {
+            Cmd::Mail => {
+                line.push_str(&format!("MAIL FROM:<{}>", msg.sender));
+                if self.caps.size.is_some() {
+                    line.push_str(&format!(" SIZE={}", msg.body.len()));
+                }
+                if msg.eight_bit && self.caps.eight_bit_mime {
+                    line.push_str(" BODY=8BITMIME");
+                }
+                if msg.smtputf8 {
+                    line.push_str(" SMTPUTF8");
+                }
+                if self.caps.dsn {
+                    push_param(&mut line, "RET", msg.ret.as_deref());
+                    push_param(&mut line, "ENVID", msg.envid.as_deref());
+                }
+            }
+            Cmd::Rcpt(i) => {
+                let rcpt = &rcpts[i];
+                line.push_str(&format!("RCPT TO:<{}>", rcpt.address));
+                if self.caps.dsn {
+                    push_param(&mut line, "NOTIFY", rcpt.notify.as_deref());
+                    push_param(&mut line, "ORCPT", rcpt.orcpt.as_deref());
+                }
+            }
+            Cmd::Data => line.push_str("DATA"),
+        }
+        line.push_str("\r\n");
+        out.extend_from_slice(line.as_bytes());
+    }
+
+    /// Writes the dot-stuffed body and the final dot in `BODY_CHUNK` writes.
+    async fn write_body(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        let mut pos = 0;
+        let mut chunk = Vec::with_capacity(BODY_CHUNK + 1024);
+        loop {
+            chunk.clear();
+            let done = stuff_into(body, &mut pos, &mut chunk, BODY_CHUNK);
+            self.write(Phase::DataBlock, &chunk).await?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Aborts any transaction in progress so the session can be reused.
+    pub async fn rset(&mut self) -> Result<Reply, ClientError> {
+        let reply = self.command(Phase::Rset, b"RSET\r\n").await?;
+        if reply.code / 100 != 2 {
+            self.usable = false;
+        }
+        Ok(reply)
+    }
+
+    /// RSET after a transaction that sent no message; the results are
+    /// already known, so a failure here only makes the session unusable.
+    async fn reset_quietly(&mut self) {
+        if self.usable {
+            let _ = self.rset().await;
+        }
+    }
+
+    /// Says goodbye and closes. Errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.usable {
+            let _ = self.command(Phase::Quit, b"QUIT\r\n").await;
+        }
+        let _ = tokio::time::timeout(self.timeouts.quit, self.stream.shutdown()).await;
+    }
+
+    async fn command(&mut self, phase: Phase, line: &[u8]) -> Result<Reply, ClientError> {
+        self.write(phase, line).await?;
+        self.read_reply(phase).await
+    }
+
+    async fn write(&mut self, phase: Phase, bytes: &[u8]) -> Result<(), ClientError> {
+        let limit = self.timeouts.for_phase(phase);
+        let stream = &mut self.stream;
+        let result = tokio::time::timeout(limit, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => {
+                self.usable = false;
+                Err(ClientError::Io { phase, source })
+            }
+            Err(_) => {
+                self.usable = false;
+                Err(ClientError::Timeout(phase))
+            }
+        }
+    }
+
+    /// Reads one complete (possibly multi-line) reply within the phase's
+    /// time. Any failure, or a 421, ends the session's usefulness.
+    async fn read_reply(&mut self, phase: Phase) -> Result<Reply, ClientError> {
+        let limit = self.timeouts.for_phase(phase);
+        let result = match tokio::time::timeout(limit, self.read_reply_lines(phase)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(phase)),
+        };
+        if result.as_ref().map_or(true, |r| r.code == 421) {
+            self.usable = false;
+        }
+        result
+    }
+
+    async fn read_reply_lines(&mut self, phase: Phase) -> Result<Reply, ClientError> {
+        let mut lines: Vec<String> = Vec::new();
+        let mut used = 0;
+        loop {
+            let line = self.read_line(phase, MAX_REPLY_BYTES - used).await?;
+            used += line.len() + 2;
+            let last = match line.as_bytes().get(3) {
+                None | Some(b' ') => true,
+                Some(b'-') => false,
+                Some(_) => return Err(malformed(phase, &line)),
+            };
+            lines.push(line);
+            if last {
+                break;
+            }
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(ClientError::Protocol {
+                    phase,
+                    what: format!("reply longer than {MAX_REPLY_LINES} lines"),
+                });
+            }
+        }
+        Reply::from_lines(&lines).ok_or_else(|| malformed(phase, &lines[0]))
+    }
+
+    /// One line without its line end; `budget` bounds its length.
+    async fn read_line(&mut self, phase: Phase, budget: usize) -> Result<String, ClientError> {
+        let mut scanned = 0;
+        loop {
+            if let Some(at) = self.rbuf[scanned..].iter().position(|&b| b == b'\n') {
+                let end = scanned + at;
+                let mut line: Vec<u8> = self.rbuf.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(String::from_utf8_lossy(&line).into_owned());
+            }
+            scanned = self.rbuf.len();
+            if self.rbuf.len() >= budget {
+                return Err(ClientError::Protocol {
+                    phase,
+                    what: format!("reply longer than {MAX_REPLY_BYTES} bytes"),
+                });
+            }
+            self.rbuf.reserve(4096);
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => {
+                    let source = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed by the server");
+                    return Err(ClientError::Io { phase, source });
+                }
+                Ok(_) => {}
+                Err(source) => return Err(ClientError::Io { phase, source }),
+            }
+        }
+    }
+}
+
+/// A protocol error quoting the start of the offending line, escaped, so the
+/// text is safe in a log line.
+fn malformed(phase: Phase, line: &str) -> ClientError {
+    let quoted: String = line.chars().take(60).flat_map(char::escape_debug).collect();
+    ClientError::Protocol { phase, what: format!("malformed reply \"{quoted}\"") }
+}
+
+/// Whether an address can go between angle brackets without breaking the
+/// command line: control characters (CR, LF above all) would let it inject
+/// commands.
+fn wire_safe_address(address: &str) -> bool {
+    !address.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// Appends ` NAME=value` when there is a value and it is printable ASCII
+/// without spaces (xtext); anything else is dropped rather than sent broken.
+fn push_param(line: &mut String, name: &str, value: Option<&str>) {
+    if let Some(v) = value.filter(|v| !v.is_empty() && v.bytes().all(|b| (0x21..0x7f).contains(&b))) {
+        line.push_str(&format!(" {name}={v}"));
+    }
+}
+
+/// Appends the dot-stuffed body from `*pos` to `out` until `out` holds at
+/// least `limit` bytes or the body ends. At the end it adds a missing final
+/// CRLF and the terminating `.` line and returns true.
+fn stuff_into(body: &[u8], pos: &mut usize, out: &mut Vec<u8>, limit: usize) -> bool {
+    while *pos < body.len() {
+        if out.len() >= limit {
+            return false;
+        }
+        let start = *pos;
+        // RFC 5321 4.5.2: a line starting with a period gets another one.
+        // A bare LF counts as a line end too, so that no receiver can be
+        // made to see an early end of data.
+        if body[start] == b'.' && (start == 0 || body[start - 1] == b'\n') {
+            out.push(b'.');
+        }
+        let line_end = body[start..].iter().position(|&b| b == b'\n').map_or(body.len(), |i| start + i + 1);
+        let end = line_end.min(start + limit.saturating_sub(out.len()).max(1));
+        out.extend_from_slice(&body[start..end]);
+        *pos = end;
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(if body.ends_with(b"\r") { b"\n" } else { b"\r\n" });
+    }
+    out.extend_from_slice(b".\r\n");
+    true
+}
+
+/// A scripted SMTP server for tests: canned replies chosen by command
+/// prefix, and a record of everything it received. Shared with the
+/// transports' tests.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+
+    /// Reply that drops the connection without answering.
+    pub const CLOSE: &str = "CLOSE";
+    /// Reply that never comes.
+    pub const HANG: &str = "HANG";
+
+    #[derive(Clone, Debug)]
+    pub struct Script {
+        /// The greeting as sent; lines joined with CRLF, the last one added.
+        pub greeting: String,
+        pub ehlo: String,
+        /// `(command prefix, reply)`, first match wins, compared without
+        /// case; `.` is the end of DATA. Unmatched commands get defaults.
+        pub rules: Vec<(String, String)>,
+        /// Hold the MAIL and RCPT replies until DATA arrives: a client that
+        /// waits for them instead of pipelining times out.
+        pub hold_until_data: bool,
+        /// After this many MAIL commands on one connection, answer 421 and
+        /// close (an idle or overloaded server).
+        pub max_mail_per_conn: Option<usize>,
+        /// Close the connection right after answering the final dot.
+        pub close_after_message: bool,
+    }
+
+    impl Script {
+        pub fn esmtp(extensions: &[&str]) -> Script {
+            let mut ehlo = vec!["250-mx.test".to_string()];
+            ehlo.extend(extensions.iter().map(|e| format!("250-{e}")));
+            let last = ehlo.len() - 1;
+            ehlo[last].replace_range(3..4, " ");
+            Script {
+                greeting: "220 mx.test ESMTP".into(),
+                ehlo: ehlo.join("\r\n"),
+                rules: Vec::new(),
+                hold_until_data: false,
+                max_mail_per_conn: None,
+                close_after_message: false,
+            }
+        }
+
+        pub fn rule(mut self, prefix: &str, reply: &str) -> Script {
+            self.rules.push((prefix.to_ascii_uppercase(), reply.to_string()));
+            self
+        }
+    }
+
+    pub struct Server {
+        pub addr: SocketAddr,
+        log: Arc<Mutex<Vec<String>>>,
+        connections: Arc<AtomicUsize>,
+        sent_ahead: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Server {
+        /// Commands received, in order, and each message body (still
+        /// dot-stuffed) as `BODY <text>`.
+        pub fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+        pub fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+        /// A command arrived before the previous one was answered although
+        /// the server did not offer PIPELINING.
+        pub fn sent_ahead(&self) -> bool {
+            self.sent_ahead.load(Ordering::SeqCst)
+        }
+    }
+
+    pub async fn start(script: Script) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let sent_ahead = Arc::new(AtomicBool::new(false));
+        let script = Arc::new(script);
+        let (l, c, s) = (log.clone(), connections.clone(), sent_ahead.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (script, log, ahead) = (script.clone(), l.clone(), s.clone());
+                tokio::spawn(async move {
+                    let _ = session(stream, &script, &log, &ahead).await;
+                });
+            }
+        });
+        Server { addr, log, connections, sent_ahead, task }
+    }
+
+    fn wire(reply: &str) -> Vec<u8> {
+        format!("{}\r\n", reply.trim_end_matches("\r\n")).into_bytes()
+    }
+
+    async fn session(
+        stream: tokio::net::TcpStream,
+        script: &Script,
+        log: &Mutex<Vec<String>>,
+        sent_ahead: &AtomicBool,
+    ) -> std::io::Result<()> {
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
+        wr.write_all(&wire(&script.greeting)).await?;
+        if script.greeting.starts_with('4') {
+            return Ok(());
+        }
+        // After a 554 greeting a server answers 503 to everything but QUIT.
+        let refusing = script.greeting.starts_with('5');
+        let pipelining = script.ehlo.contains("PIPELINING");
+        let (mut mails, mut accepted, mut held) = (0, 0, Vec::new());
+        loop {
+            let mut line = String::new();
+            if rd.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let cmd = line.trim_end_matches(['\r', '\n']).to_string();
+            log.lock().unwrap().push(cmd.clone());
+            if !pipelining && !rd.buffer().is_empty() {
+                sent_ahead.store(true, Ordering::SeqCst);
+            }
+            let upper = cmd.to_ascii_uppercase();
+            let verb = upper.split([' ', ':']).next().unwrap_or("").to_string();
+            if verb == "MAIL" {
+                mails += 1;
+                if script.max_mail_per_conn.is_some_and(|max| mails > max) {
+                    wr.write_all(b"421 4.4.2 mx.test closing connection\r\n").await?;
+                    return Ok(());
+                }
+            }
+            let rule = script.rules.iter().find(|(prefix, _)| upper.starts_with(prefix.as_str()));
+            let reply = match (rule, verb.as_str()) {
+                (_, "QUIT") if refusing => "221 2.0.0 Bye".into(),
+                _ if refusing => "503 5.5.1 no service".into(),
+                (Some((_, r)), _) => r.clone(),
+                (None, "EHLO") => script.ehlo.clone(),
+                (None, "HELO") => "250 mx.test".into(),
+                (None, "MAIL") => "250 2.1.0 Ok".into(),
+                (None, "RCPT") => "250 2.1.5 Ok".into(),
+                (None, "DATA") if accepted > 0 => "354 End data with <CR><LF>.<CR><LF>".into(),
+                (None, "DATA") => "554 5.5.1 Error: no valid recipients".into(),
+                (None, "RSET") => "250 2.0.0 Ok".into(),
+                (None, "QUIT") => "221 2.0.0 Bye".into(),
+                (None, _) => "502 5.5.2 Error: command not recognized".into(),
+            };
+            match reply.as_str() {
+                CLOSE => return Ok(()),
+                HANG => std::future::pending::<()>().await,
+                _ => {}
+            }
+            match verb.as_str() {
+                "RCPT" if reply.starts_with('2') => accepted += 1,
+                "RSET" => accepted = 0,
+                _ => {}
+            }
+            if script.hold_until_data && (verb == "MAIL" || verb == "RCPT") {
+                held.extend(wire(&reply));
+                continue;
+            }
+            held.extend(wire(&reply));
+            wr.write_all(&held).await?;
+            held.clear();
+            if verb == "QUIT" {
+                return Ok(());
+            }
+            if verb == "DATA" && reply.starts_with('3') {
+                accepted = 0;
+                let mut body = Vec::new();
+                loop {
+                    let mut line = Vec::new();
+                    if rd.read_until(b'\n', &mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    body.extend_from_slice(&line);
+                }
+                log.lock().unwrap().push(format!("BODY {}", String::from_utf8_lossy(&body)));
+                let end = script.rules.iter().find(|(p, _)| p == ".").map(|(_, r)| r.clone());
+                let end = end.unwrap_or_else(|| "250 2.0.0 Ok: queued as TEST".into());
+                match end.as_str() {
+                    CLOSE => return Ok(()),
+                    HANG => std::future::pending::<()>().await,
+                    _ => wr.write_all(&wire(&end)).await?,
+                }
+                if script.close_after_message {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_server::{CLOSE, HANG, Script, Server, start};
+    use super::*;
+    use std::sync::Arc;
+
+    fn message(body: &[u8]) -> OutMessage {
+        OutMessage {
+            id: "TESTID".into(),
+            sender: "sender@sat.test".into(),
+            recipients: Vec::new(),
+            body: Arc::from(body),
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        }
+    }
+
+    fn rcpts(addresses: &[&str]) -> Vec<OutRecipient> {
+        addresses
+            .iter()
+            .enumerate()
+            .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+            .collect()
+    }
+
+    fn quick() -> Timeouts {
+        Timeouts::default().capped(Duration::from_secs(5))
+    }
+
+    async fn connect(server: &Server) -> Client {
+        Client::connect(server.addr, "mx.test", "sat.test", quick()).await.unwrap()
+    }
+
+    /// The codes of the results, `A250` for accepted, `R550` for refused,
+    /// `N` for not sent.
+    fn codes(results: &[RcptResult]) -> Vec<String> {
+        results
+            .iter()
+            .map(|r| match r {
+                RcptResult::Accepted(r) => format!("A{}", r.code),
+                RcptResult::Refused { reply, .. } => format!("R{}", reply.code),
+                RcptResult::NotSent(_) => "N".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capabilities_table() {
+        let caps = Capabilities::parse(&[
+            "PIPELINING",
+            "SIZE 10240000",
+            "8BITMIME",
+            "smtputf8",
+            "DSN",
+            "ENHANCEDSTATUSCODES",
+            "STARTTLS",
+            "AUTH PLAIN login",
+            "AUTH=LOGIN CRAM-MD5",
+            "CHUNKING",
+            "",
+            "X-UNKNOWN foo",
+        ]);
+        assert!(caps.pipelining && caps.eight_bit_mime && caps.smtputf8 && caps.dsn);
+        assert!(caps.enhanced_status_codes && caps.starttls && caps.chunking);
+        assert_eq!(caps.size, Some(10_240_000));
+        assert_eq!(caps.auth, ["PLAIN", "LOGIN", "CRAM-MD5"]);
+        assert_eq!(Capabilities::parse(&["SIZE"]).size, Some(0));
+        assert_eq!(Capabilities::parse::<&str>(&[]), Capabilities::default());
+    }
+
+    #[test]
+    fn dot_stuffing_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b".\r\n"),
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b"a", b"a\r\n.\r\n"),
+            (b"a\r", b"a\r\n.\r\n"),
+            (b".\r\n", b"..\r\n.\r\n"),
+            (b".a\r\nb\r\n..c\r\n.", b"..a\r\nb\r\n...c\r\n..\r\n.\r\n"),
+            (b"a.b\r\n x.\r\n", b"a.b\r\n x.\r\n.\r\n"),
+            (b"a\n.\r\n", b"a\n..\r\n.\r\n"),
+        ];
+        for (body, expected) in cases {
+            // Whole, and in tiny chunks so that lines are split at every place.
+            for limit in [BODY_CHUNK, 1, 2, 3] {
+                let (mut pos, mut out) = (0, Vec::new());
+                let mut chunks = 0;
+                loop {
+                    let mut chunk = Vec::new();
+                    let done = stuff_into(body, &mut pos, &mut chunk, limit);
+                    out.extend_from_slice(&chunk);
+                    chunks += 1;
+                    assert!(chunks < 100, "no progress");
+                    if done {
+                        break;
+                    }
+                }
+                assert_eq!(out, *expected, "{:?} limit {limit}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_transaction() {
+        // The server answers nothing before DATA: a client waiting for the
+        // MAIL reply would time out.
+        let mut script = Script::esmtp(&["PIPELINING", "SIZE 1000000", "8BITMIME"]);
+        script.hold_until_data = true;
+        let server = start(script).await;
+        let mut client = connect(&server).await;
+        assert!(client.capabilities().pipelining);
+        let mut msg = message(b"Subject: hi\r\n\r\nhello\r\n");
+        msg.eight_bit = true;
+        let results = client.send(&msg, &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["A250", "A250"]);
+        assert!(client.is_usable());
+        client.quit().await;
+        let log = server.log();
+        assert_eq!(log[1], format!("MAIL FROM:<sender@sat.test> SIZE={} BODY=8BITMIME", msg.body.len()));
+        assert_eq!(log[2..5], ["RCPT TO:<a@hub.test>", "RCPT TO:<b@hub.test>", "DATA"]);
+        assert_eq!(log[5], "BODY Subject: hi\r\n\r\nhello\r\n");
+        assert_eq!(log[6], "QUIT");
+    }
+
+    #[tokio::test]
+    async fn lock_step_without_pipelining() {
+        let server = start(Script::esmtp(&["8BITMIME"])).await;
+        let mut client = connect(&server).await;
+        let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["A250", "A250"]);
+        assert!(!server.sent_ahead(), "commands were pipelined to a server without PIPELINING");
+        // 8BITMIME offered but the message is 7 bit; no SIZE offered.
+        assert_eq!(server.log()[1], "MAIL FROM:<sender@sat.test>");
+    }
+
+    #[tokio::test]
+    async fn one_of_three_refused() {
+        for ext in [&["PIPELINING"][..], &[]] {
+            let script = Script::esmtp(ext).rule("RCPT TO:<b@", "550 5.1.1 <b@hub.test>: Recipient address rejected");
+            let server = start(script).await;
+            let mut client = connect(&server).await;
+            let results =
+                client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test", "c@hub.test"])).await.unwrap();
+            assert_eq!(codes(&results), ["A250", "R550", "A250"], "{ext:?}");
+            let RcptResult::Refused { stage, reply } = &results[1] else { unreachable!() };
+            assert_eq!(*stage, Phase::Rcpt);
+            assert!(results[1].is_permanent());
+            assert_eq!(reply.lines[0], "<b@hub.test>: Recipient address rejected");
+            assert!(server.log().iter().any(|l| l.starts_with("BODY")));
+        }
+    }
+
+    #[tokio::test]
+    async fn all_refused_sends_rset_and_no_body() {
+        for ext in [&["PIPELINING"][..], &[]] {
+            let server = start(Script::esmtp(ext).rule("RCPT", "550 5.1.1 no such user")).await;
+            let mut client = connect(&server).await;
+            let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+            assert_eq!(codes(&results), ["R550", "R550"]);
+            let log = server.log();
+            assert!(!log.iter().any(|l| l.starts_with("BODY")), "{log:?}");
+            assert_eq!(log.last().unwrap(), "RSET");
+            // Pipelined, DATA went out with the RCPTs (and got 554); lock-step, never.
+            assert_eq!(log.iter().any(|l| l == "DATA"), !ext.is_empty());
+            assert!(client.is_usable());
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_data_accepted_without_recipients() {
+        // A sloppy server answers 354 although it refused every RCPT.
+        let server = start(Script::esmtp(&["PIPELINING"]).rule("RCPT", "450 4.2.0 busy").rule("DATA", "354 go")).await;
+        let mut client = connect(&server).await;
+        let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["R450"]);
+        let log = server.log();
+        assert_eq!(log[log.len() - 2], "BODY ", "an empty message closes the DATA");
+        assert_eq!(log.last().unwrap(), "RSET");
+    }
+
+    #[tokio::test]
+    async fn mail_refused() {
+        for ext in [&["PIPELINING"][..], &[]] {
+            let script = Script::esmtp(ext)
+                .rule("MAIL", "553 5.7.1 <sender@sat.test>: Sender address rejected")
+                .rule("RCPT", "503 5.5.1 Error: need MAIL command")
+                .rule("DATA", "503 5.5.1 Error: need RCPT command");
+            let server = start(script).await;
+            let mut client = connect(&server).await;
+            let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+            assert_eq!(codes(&results), ["R553", "R553"]);
+            assert!(results.iter().all(|r| matches!(r, RcptResult::Refused { stage: Phase::Mail, .. })));
+            let log = server.log();
+            assert_eq!(log.iter().filter(|l| l.starts_with("RCPT")).count(), if ext.is_empty() { 0 } else { 2 });
+            assert_eq!(log.last().unwrap(), "RSET");
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_at_end_of_data() {
+        let server = start(Script::esmtp(&["PIPELINING"]).rule(".", "451 4.3.0 Error: queue file write error")).await;
+        let mut client = connect(&server).await;
+        let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["R451", "R451"]);
+        assert!(matches!(&results[0], RcptResult::Refused { stage: Phase::DataEnd, .. }));
+        assert!(!results[0].is_permanent());
+        assert!(client.is_usable(), "a refused message ends the transaction cleanly");
+    }
+
+    #[tokio::test]
+    async fn data_refused() {
+        let server = start(Script::esmtp(&["PIPELINING"]).rule("DATA", "452 4.3.1 Insufficient system storage")).await;
+        let mut client = connect(&server).await;
+        let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test"])).await.unwrap();
+        assert!(matches!(&results[0], RcptResult::Refused { stage: Phase::DataInit, reply } if reply.code == 452));
+        assert_eq!(server.log().last().unwrap(), "RSET");
+    }
+
+    #[tokio::test]
+    async fn greeting_refused() {
+        let mut script = Script::esmtp(&[]);
+        script.greeting = "554 5.7.1 mx.test: no service for you".into();
+        let server = start(script).await;
+        let err = Client::connect(server.addr, "mx.test", "sat.test", quick()).await.unwrap_err();
+        assert!(matches!(&err, ClientError::Reply { phase: Phase::Greeting, reply } if reply.code == 554), "{err}");
+        assert_eq!(err.class(), ErrorClass::Reply5xx);
+        assert_eq!(server.log(), ["QUIT"]);
+    }
+
+    #[tokio::test]
+    async fn multi_line_replies() {
+        let mut script = Script::esmtp(&["PIPELINING", "DSN"])
+            .rule("RCPT TO:<b@", "550-5.1.1 first line\r\n550-5.1.1 second line\r\n550 5.1.1 third line");
+        script.greeting = "220-mx.test ESMTP\r\n220-no UCE\r\n220 really".into();
+        let server = start(script).await;
+        let mut client = connect(&server).await;
+        assert_eq!(client.greeting().lines, ["mx.test ESMTP", "no UCE", "really"]);
+        assert!(client.capabilities().dsn);
+        let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        let reply = results[1].reply().unwrap();
+        assert_eq!(reply.lines, ["first line", "second line", "third line"]);
+        assert_eq!(reply.to_string(), "550 5.1.1 first line second line third line");
+        assert!(results[0].is_accepted());
+    }
+
+    #[tokio::test]
+    async fn body_is_dot_stuffed() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let mut client = connect(&server).await;
+        let body = b"Subject: dots\r\n\r\n.hidden\r\nplain\r\n..two\r\n.";
+        let results = client.send(&message(body), &rcpts(&["a@hub.test"])).await.unwrap();
+        assert!(results[0].is_accepted());
+        let log = server.log();
+        assert_eq!(
+            log.iter().find(|l| l.starts_with("BODY")).unwrap(),
+            "BODY Subject: dots\r\n\r\n..hidden\r\nplain\r\n...two\r\n..\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn large_body_in_several_writes() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let mut client = connect(&server).await;
+        let line = b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n";
+        let body: Vec<u8> = line.iter().copied().cycle().take(line.len() * 4000).collect();
+        let results = client.send(&message(&body), &rcpts(&["a@hub.test"])).await.unwrap();
+        assert!(results[0].is_accepted());
+        let log = server.log();
+        let got = log.iter().find(|l| l.starts_with("BODY")).unwrap();
+        assert_eq!(got.len(), "BODY ".len() + body.len());
+    }
+
+    #[tokio::test]
+    async fn dsn_and_utf8_parameters() {
+        let server = start(Script::esmtp(&["PIPELINING", "DSN", "SMTPUTF8", "8BITMIME"])).await;
+        let mut client = connect(&server).await;
+        let mut msg = message(b"x\r\n");
+        msg.smtputf8 = true;
+        msg.eight_bit = true;
+        msg.ret = Some("HDRS".into());
+        msg.envid = Some("QQ314159".into());
+        let mut list = rcpts(&["jöran@hub.test"]);
+        list[0].notify = Some("SUCCESS,FAILURE".into());
+        list[0].orcpt = Some("rfc822;j+C3+B6ran@hub.test".into());
+        list[0].index = 7;
+        let results = client.send(&msg, &list).await.unwrap();
+        assert!(results[0].is_accepted());
+        let log = server.log();
+        assert_eq!(log[1], "MAIL FROM:<sender@sat.test> BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=QQ314159");
+        assert_eq!(log[2], "RCPT TO:<jöran@hub.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;j+C3+B6ran@hub.test");
+
+        // Without DSN on the server the parameters are left out.
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let mut client = connect(&server).await;
+        msg.smtputf8 = false;
+        client.send(&msg, &list).await.unwrap();
+        assert_eq!(server.log()[1..3], ["MAIL FROM:<sender@sat.test>", "RCPT TO:<jöran@hub.test>"]);
+    }
+
+    #[tokio::test]
+    async fn smtputf8_not_offered_is_permanent() {
+        let server = start(Script::esmtp(&["PIPELINING", "8BITMIME"])).await;
+        let mut client = connect(&server).await;
+        let mut msg = message(b"x\r\n");
+        msg.smtputf8 = true;
+        let results = client.send(&msg, &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["N", "N"]);
+        assert!(results.iter().all(RcptResult::is_permanent));
+        assert!(!server.log().iter().any(|l| l.starts_with("MAIL")));
+        assert!(client.is_usable());
+    }
+
+    #[tokio::test]
+    async fn control_characters_never_reach_the_wire() {
+        let server = start(Script::esmtp(&["PIPELINING", "DSN"])).await;
+        let mut client = connect(&server).await;
+        let mut list = rcpts(&["a@hub.test", "b@hub.test\r\nRSET"]);
+        list[0].notify = Some("NEVER\r\nQUIT".into());
+        let results = client.send(&message(b"x\r\n"), &list).await.unwrap();
+        assert_eq!(codes(&results), ["A250", "N"]);
+        let log = server.log();
+        assert_eq!(log[2], "RCPT TO:<a@hub.test>");
+        assert!(!log.iter().any(|l| l == "QUIT" || l == "RSET"), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn ehlo_refused_falls_back_to_helo() {
+        let server =
+            start(Script::esmtp(&["PIPELINING"]).rule("EHLO", "502 5.5.2 Error: command not recognized")).await;
+        let mut client = connect(&server).await;
+        assert_eq!(*client.capabilities(), Capabilities::default());
+        let results = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test"])).await.unwrap();
+        assert!(results[0].is_accepted());
+        let log = server.log();
+        assert_eq!(log[..2], ["EHLO sat.test", "HELO sat.test"]);
+        assert!(!server.sent_ahead());
+    }
+
+    #[tokio::test]
+    async fn ehlo_transient_is_an_error() {
+        let server = start(Script::esmtp(&[]).rule("EHLO", "421 4.3.2 shutting down")).await;
+        let err = Client::connect(server.addr, "mx.test", "sat.test", quick()).await.unwrap_err();
+        assert!(matches!(&err, ClientError::Reply { phase: Phase::Ehlo, .. }));
+        assert_eq!(err.class(), ErrorClass::Reply4xx);
+    }
+
+    #[tokio::test]
+    async fn connection_closed_mid_transaction() {
+        for ext in [&["PIPELINING"][..], &[]] {
+            let server = start(Script::esmtp(ext).rule("RCPT TO:<b@", CLOSE)).await;
+            let mut client = connect(&server).await;
+            let err = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap_err();
+            assert!(matches!(err, ClientError::Io { phase: Phase::Rcpt, .. }), "{err}");
+            assert_eq!(err.class(), ErrorClass::Connect);
+            assert!(!client.is_usable());
+            assert!(client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test"])).await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn reply_timeout() {
+        let server = start(Script::esmtp(&["PIPELINING"]).rule(".", HANG)).await;
+        let timeouts = Timeouts::default().capped(Duration::from_millis(300));
+        let mut client = Client::connect(server.addr, "mx.test", "sat.test", timeouts).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test"])).await.unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(Phase::DataEnd)), "{err}");
+        assert_eq!(err.class(), ErrorClass::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(!client.is_usable());
+    }
+
+    #[tokio::test]
+    async fn server_closing_with_421() {
+        let server = start(Script::esmtp(&["PIPELINING"]).rule("RCPT TO:<b@", "421 4.7.0 mx.test closing")).await;
+        let mut client = connect(&server).await;
+        let results =
+            client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test", "b@hub.test", "c@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["R421", "R421", "R421"]);
+        assert!(!client.is_usable());
+    }
+
+    #[tokio::test]
+    async fn overlong_reply_is_a_protocol_error() {
+        let mut script = Script::esmtp(&[]);
+        script.ehlo = (0..150).map(|i| format!("250-X{i}")).chain(["250 END".into()]).collect::<Vec<_>>().join("\r\n");
+        let server = start(script).await;
+        let err = Client::connect(server.addr, "mx.test", "sat.test", quick()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Protocol { phase: Phase::Ehlo, .. }), "{err}");
+
+        let mut script = Script::esmtp(&[]);
+        script.greeting = format!("220 {}", "x".repeat(MAX_REPLY_BYTES + 10));
+        let server = start(script).await;
+        let err = Client::connect(server.addr, "mx.test", "sat.test", quick()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Protocol { phase: Phase::Greeting, .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn garbage_reply_is_a_protocol_error() {
+        let mut script = Script::esmtp(&[]);
+        script.greeting = "hello there\u{7}".into();
+        let server = start(script).await;
+        let err = Client::connect(server.addr, "mx.test", "sat.test", quick()).await.unwrap_err();
+        assert_eq!(err.to_string(), "protocol error during greeting: malformed reply \"hello there\\u{7}\"");
+    }
+
+    #[tokio::test]
+    async fn session_carries_several_transactions() {
+        let server = start(Script::esmtp(&["PIPELINING"]).rule("RCPT TO:<bad@", "550 5.1.1 no")).await;
+        let mut client = connect(&server).await;
+        for rcpt in ["a@hub.test", "bad@hub.test", "c@hub.test"] {
+            client.send(&message(b"x\r\n"), &rcpts(&[rcpt])).await.unwrap();
+            assert!(client.is_usable());
+            assert!(client.still_open());
+        }
+        assert_eq!(server.connections(), 1);
+        assert_eq!(server.log().iter().filter(|l| l.starts_with("BODY")).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn still_open_notices_a_closed_session() {
+        let mut script = Script::esmtp(&["PIPELINING"]);
+        script.close_after_message = true;
+        let server = start(script).await;
+        let mut client = connect(&server).await;
+        client.send(&message(b"x\r\n"), &rcpts(&["a@hub.test"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!client.still_open());
+        assert!(!client.is_usable());
+    }
+
+    #[tokio::test]
+    async fn connect_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = Client::connect(addr, "mx.test", "sat.test", quick()).await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect(_)), "{err}");
+        assert_eq!(err.class(), ErrorClass::Connect);
+    }
+}

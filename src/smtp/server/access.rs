@@ -1,0 +1,99 @@
+//! Relay access: which recipients a client may give.
+//!
+//! This module owns the one rule that keeps posthorn from being an open
+//! relay. A recipient is accepted when the client is trusted (a local
+//! submission, or an address in `access.trusted_networks`) or when the
+//! recipient's domain is one this host handles (`access.relay_domains`,
+//! `access.local_domains`). The bare `postmaster` is always accepted, as
+//! RFC 5321 4.5.1 requires. Authenticated clients and per-domain recipient
+//! checks will be added here.
+
+use super::session::Peer;
+use crate::config::Access;
+use crate::smtp::proto::address;
+use crate::smtp::proto::reply::{Enhanced, Reply};
+
+/// Accepts or refuses `recipient` (a mailbox as the parser returns it) from
+/// `peer`; the refusal is the reply to send.
+pub fn check_relay(access: &Access, peer: &Peer, recipient: &str) -> Result<(), Reply> {
+    if is_trusted(access, peer) {
+        return Ok(());
+    }
+    match address::domain_of(recipient) {
+        None => Ok(()),
+        Some(domain) if is_our_domain(access, domain) => Ok(()),
+        Some(_) => Err(Reply::new(554, Enhanced(5, 7, 1), format!("<{recipient}>: Relay access denied"))),
+    }
+}
+
+/// Whether `peer` may relay to any domain.
+pub fn is_trusted(access: &Access, peer: &Peer) -> bool {
+    match peer {
+        Peer::Local { .. } => true,
+        Peer::Tcp(addr) => access.trusted_networks.iter().any(|net| net.contains(addr.ip())),
+    }
+}
+
+/// Whether mail for `domain` is accepted from anyone: case-insensitive, a
+/// trailing dot ignored on either side.
+pub fn is_our_domain(access: &Access, domain: &str) -> bool {
+    let domain = domain.trim_end_matches('.');
+    access
+        .relay_domains
+        .iter()
+        .chain(&access.local_domains)
+        .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access() -> Access {
+        Access {
+            trusted_networks: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
+            relay_domains: vec!["webplatform.org".into(), "relay.example.".into()],
+            local_domains: vec!["mail.example.org".into()],
+        }
+    }
+
+    #[test]
+    fn relay_table() {
+        let tcp = |s: &str| Peer::Tcp(s.parse().unwrap());
+        let local = Peer::Local { user: "cron".into() };
+        let cases = [
+            // Trusted clients may send anywhere.
+            (tcp("10.1.2.3:40000"), "anyone@gmail.example", true),
+            (tcp("[::ffff:10.1.2.3]:40000"), "anyone@gmail.example", true),
+            (tcp("[2001:db8::5]:25"), "anyone@gmail.example", true),
+            (local.clone(), "anyone@gmail.example", true),
+            // Others only to our domains.
+            (tcp("192.0.2.7:40000"), "anyone@gmail.example", false),
+            (tcp("192.0.2.7:40000"), "ops@webplatform.org", true),
+            (tcp("192.0.2.7:40000"), "ops@WebPlatform.ORG", true),
+            (tcp("192.0.2.7:40000"), "ops@relay.example", true),
+            (tcp("192.0.2.7:40000"), "root@mail.example.org", true),
+            (tcp("192.0.2.7:40000"), "ops@sub.webplatform.org", false),
+            (tcp("192.0.2.7:40000"), "ops@webplatform.org.evil.example", false),
+            (tcp("192.0.2.7:40000"), "\"a@webplatform.org\"@evil.example", false),
+            (tcp("192.0.2.7:40000"), "a@[10.0.0.1]", false),
+            (tcp("[2001:db9::1]:25"), "anyone@gmail.example", false),
+            // The bare postmaster is always ours.
+            (tcp("192.0.2.7:40000"), "postmaster", true),
+        ];
+        for (peer, rcpt, allowed) in cases {
+            let got = check_relay(&access(), &peer, rcpt);
+            assert_eq!(got.is_ok(), allowed, "{peer} -> {rcpt}");
+            if let Err(reply) = got {
+                assert_eq!(reply.to_string(), format!("554 5.7.1 <{rcpt}>: Relay access denied"));
+            }
+        }
+    }
+
+    #[test]
+    fn no_networks_no_domains_refuses_everything_remote() {
+        let none = Access { trusted_networks: vec![], relay_domains: vec![], local_domains: vec![] };
+        assert!(check_relay(&none, &Peer::Tcp("127.0.0.1:1".parse().unwrap()), "a@b.example").is_err());
+        assert!(check_relay(&none, &Peer::Local { user: "root".into() }, "a@b.example").is_ok());
+    }
+}

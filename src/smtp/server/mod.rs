@@ -1,0 +1,167 @@
+//! The SMTP server: the listener and the per-connection sessions.
+//!
+//! - `Server::run` (here) accepts connections, enforces
+//!   `smtp.max_connections` and stops on shutdown.
+//! - `session`: one SMTP conversation, one function per verb.
+//! - `access`: the relay rule (who may send to which domains).
+//!
+//! Everything a session accepts goes through the `Ingress`; the server
+//! never touches the spool itself.
+
+pub mod access;
+pub mod session;
+
+use crate::config::Config;
+use crate::ingress::Ingress;
+use crate::smtp::proto::reply::{Enhanced, Reply};
+use session::Peer;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// How long `run` waits after shutdown for sessions still inside DATA.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// One listening socket's server.
+pub struct Server {
+    config: Arc<Config>,
+    ingress: Ingress,
+}
+
+impl Server {
+    pub fn new(config: Arc<Config>, ingress: Ingress) -> Server {
+        Server { config, ingress }
+    }
+
+    /// Accepts connections until `shutdown` turns true (or its sender is
+    /// dropped), then waits up to `SHUTDOWN_GRACE` for the sessions: idle
+    /// ones close at once with 421, one receiving a message finishes it.
+    pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.smtp.max_connections));
+        let mut sessions = JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = shutdown.wait_for(|v| *v) => break,
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!("SMTP session ended abnormally: {e}");
+                    }
+                    continue;
+                }
+            };
+            let (stream, addr) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE/ENFILE: pause instead of spinning, the
+                    // way mini-redis backs off.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                refuse(stream, addr, &self.config.hostname);
+                continue;
+            };
+            // Replies are batched by the session; Nagle would only delay them.
+            let _ = stream.set_nodelay(true);
+            let config = self.config.clone();
+            let ingress = self.ingress.clone();
+            let shutdown = shutdown.clone();
+            sessions.spawn(async move {
+                session::run_session_until(stream, Peer::Tcp(addr), &config, &ingress, shutdown).await;
+                drop(slot);
+            });
+        }
+        drop(listener);
+        let drain = async { while sessions.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("{} SMTP session(s) still open after {SHUTDOWN_GRACE:?}; closing them", sessions.len());
+        }
+        // Dropping the set aborts what is left; their messages were never
+        // acknowledged, so the clients will send them again.
+    }
+}
+
+/// Turns away a connection over the limit. The write is a non-blocking
+/// attempt on a fresh socket (whose send buffer is empty, so it succeeds in
+/// practice): no task, no waiting, so a flood cannot pile up work here.
+fn refuse(stream: TcpStream, addr: SocketAddr, hostname: &str) {
+    tracing::warn!("connect from {}: too many connections", Peer::Tcp(addr));
+    let reply = Reply::new(421, Enhanced(4, 7, 0), format!("{hostname} Too many connections, try again later"));
+    if let Ok(mut std) = stream.into_std() {
+        let _ = std.write(&reply.to_wire());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::test_support::queue_ingress;
+    use std::path::Path;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    fn config(max_connections: usize) -> Arc<Config> {
+        let text = format!("hostname = \"mx.test\"\n[smtp]\nmax_connections = {max_connections}\n");
+        Arc::new(Config::parse(&text, Path::new("test.toml")).unwrap())
+    }
+
+    /// Reads one reply line from a fresh connection (empty at end of stream).
+    async fn line(stream: &mut BufReader<TcpStream>) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_line(&mut line))
+            .await
+            .expect("reply in time")
+            .unwrap();
+        line
+    }
+
+    async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+        BufReader::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn connection_limit_and_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(2);
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(Server::new(config, ingress).run(listener, stopped));
+
+        let mut first = connect(addr).await;
+        assert_eq!(line(&mut first).await, "220 mx.test ESMTP posthorn\r\n");
+        let mut second = connect(addr).await;
+        assert_eq!(line(&mut second).await, "220 mx.test ESMTP posthorn\r\n");
+        let mut third = connect(addr).await;
+        assert_eq!(line(&mut third).await, "421 4.7.0 mx.test Too many connections, try again later\r\n");
+        assert_eq!(line(&mut third).await, "", "closed after 421");
+
+        // A slot frees when a session ends.
+        first.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+        assert_eq!(line(&mut first).await, "221 2.0.0 Bye\r\n");
+        let mut fourth = None;
+        for _ in 0..50 {
+            let mut c = connect(addr).await;
+            if line(&mut c).await.starts_with("220 ") {
+                fourth = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut fourth = fourth.expect("a slot freed after QUIT");
+
+        // Shutdown: idle sessions get 421 4.3.2, the server stops.
+        stop.send(true).unwrap();
+        assert_eq!(line(&mut second).await, "421 4.3.2 mx.test Service shutting down\r\n");
+        assert_eq!(line(&mut fourth).await, "421 4.3.2 mx.test Service shutting down\r\n");
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+}

@@ -1,0 +1,1454 @@
+//! One SMTP session, from greeting to close.
+//!
+//! Split in two on purpose. `Session` holds the protocol state and has one
+//! small function per verb that returns a `Reply`; it never touches the
+//! stream. `serve` is the only code that reads and writes: it feeds client
+//! bytes to the line reader, hands complete commands to `Session`, queues
+//! the replies, and streams DATA into the ingress.
+//!
+//! Replies are collected in one buffer and written when no complete command
+//! is left in the input (RFC 2920): a pipelining client sending fifty
+//! commands in one packet gets fifty replies in one packet, which is what
+//! makes PIPELINING pay off.
+//!
+//! Every wait is bounded: `smtp.command_timeout` for a command (and for
+//! writing replies to a client that does not read), `smtp.data_timeout`
+//! between reads in DATA. On shutdown a session waiting for a command gets
+//! `421 4.3.2` at once; a session inside DATA is left to finish its message,
+//! because cutting it off would throw away work the client has already done.
+
+use super::access;
+use crate::config::Config;
+use crate::ingress::{self, Ingress, MessageWriter, Origin, Protocol, RcptIn, Transaction};
+use crate::smtp::proto::command::{BodyType, Command, MailFrom, RcptTo, Verb};
+use crate::smtp::proto::data::DataDecoder;
+use crate::smtp::proto::line::{Line, LineReader};
+use crate::smtp::proto::reply::{Enhanced, Reply};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+/// Bytes read from the client at once. Small enough that hundreds of idle
+/// sessions cost little, large enough that DATA is a few reads per message.
+const READ_SIZE: usize = 16 * 1024;
+
+/// Who is on the other end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client.
+    Tcp(SocketAddr),
+    /// `sendmail -bs` over stdin/stdout, run by this local user.
+    Local { user: String },
+}
+
+impl fmt::Display for Peer {
+    /// Postfix's `host[ip]`; posthorn does no reverse lookups, so the host
+    /// is always `unknown`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "unknown[{}]", addr.ip()),
+            Peer::Local { user } => write!(f, "local[{user}]"),
+        }
+    }
+}
+
+/// Runs one session until QUIT, an error limit, a timeout or a lost
+/// connection.
+pub async fn run_session<S>(stream: S, peer: Peer, config: &Config, ingress: &Ingress)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve(stream, peer, config, ingress, None).await
+}
+
+/// Like `run_session`, but ends with `421 4.3.2` when `shutdown` turns true
+/// while the session waits for a command.
+pub async fn run_session_until<S>(
+    stream: S,
+    peer: Peer,
+    config: &Config,
+    ingress: &Ingress,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve(stream, peer, config, ingress, Some(shutdown)).await
+}
+
+// ---------------------------------------------------------------------------
+// Protocol state: one function per verb, no I/O.
+
+/// What the loop does after a command.
+#[derive(Debug)]
+enum Step {
+    Reply(Reply),
+    /// DATA was accepted in principle: open the message, send 354.
+    Data(Transaction),
+    /// Send the reply, then close.
+    Close(Reply),
+}
+
+struct Session<'a> {
+    config: &'a Config,
+    peer: Peer,
+    helo: Option<String>,
+    esmtp: bool,
+    mail: Option<MailFrom>,
+    rcpts: Vec<RcptTo>,
+    /// RCPT commands tried in this transaction, accepted or not: tells
+    /// "need RCPT" from "no valid recipients" at DATA.
+    rcpt_tried: usize,
+    /// Error replies sent (5xx), for `smtp.max_errors`.
+    errors: u32,
+    stats: Stats,
+    last_verb: Option<Verb>,
+}
+
+impl<'a> Session<'a> {
+    fn new(config: &'a Config, peer: Peer) -> Session<'a> {
+        Session {
+            config,
+            peer,
+            helo: None,
+            esmtp: false,
+            mail: None,
+            rcpts: Vec::new(),
+            rcpt_tried: 0,
+            errors: 0,
+            stats: Stats::default(),
+            last_verb: None,
+        }
+    }
+
+    fn hostname(&self) -> &str {
+        &self.config.hostname
+    }
+
+    fn greeting(&self) -> Reply {
+        Reply::plain(220, format!("{} ESMTP posthorn", self.hostname()))
+    }
+
+    /// Parses and runs one command line.
+    fn command(&mut self, line: &[u8]) -> Step {
+        let cmd = match Command::parse(line) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                let reply = e.reply();
+                if let Some(verb @ (Verb::Mail | Verb::Rcpt)) = e.verb {
+                    self.log_reject(verb, &reply, None);
+                }
+                self.stats.record(e.verb, false);
+                self.last_verb = e.verb;
+                return Step::Reply(reply);
+            }
+        };
+        let verb = cmd.verb();
+        self.last_verb = Some(verb);
+        let step = match cmd {
+            Command::Ehlo(name) => Step::Reply(self.ehlo(name)),
+            Command::Helo(name) => Step::Reply(self.helo(name)),
+            Command::Mail(mail) => Step::Reply(self.mail(mail)),
+            Command::Rcpt(rcpt) => Step::Reply(self.rcpt(rcpt)),
+            Command::Data => match self.data() {
+                Ok(tx) => return Step::Data(tx),
+                Err(reply) => Step::Reply(reply),
+            },
+            Command::Rset => Step::Reply(self.rset()),
+            Command::Noop => Step::Reply(Reply::new(250, Enhanced(2, 0, 0), "Ok")),
+            Command::Quit => Step::Close(Reply::new(221, Enhanced(2, 0, 0), "Bye")),
+            Command::Vrfy(_) => Step::Reply(vrfy()),
+            Command::Help(_) => Step::Reply(help()),
+            Command::Expn(_) | Command::StartTls | Command::Auth { .. } | Command::Bdat { .. } => {
+                Step::Reply(not_implemented())
+            }
+        };
+        let ok = match &step {
+            Step::Reply(r) | Step::Close(r) => r.is_positive(),
+            Step::Data(_) => true,
+        };
+        self.stats.record(Some(verb), ok);
+        step
+    }
+
+    fn ehlo(&mut self, name: String) -> Reply {
+        self.reset();
+        self.helo = Some(name);
+        self.esmtp = true;
+        let lines = [
+            self.hostname().to_string(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.smtp.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "DSN".into(),
+        ];
+        Reply::multi(250, lines.into())
+    }
+
+    fn helo(&mut self, name: String) -> Reply {
+        self.reset();
+        self.helo = Some(name);
+        self.esmtp = false;
+        Reply::plain(250, self.hostname())
+    }
+
+    fn mail(&mut self, mail: MailFrom) -> Reply {
+        let reply = self.check_mail(&mail);
+        match reply {
+            Some(reply) => {
+                self.log_reject(Verb::Mail, &reply, Some((&mail.sender, None)));
+                reply
+            }
+            None => {
+                self.mail = Some(mail);
+                Reply::new(250, Enhanced(2, 1, 0), "Ok")
+            }
+        }
+    }
+
+    /// Why MAIL is refused, if it is.
+    fn check_mail(&self, mail: &MailFrom) -> Option<Reply> {
+        if self.helo.is_none() {
+            return Some(Reply::new(503, Enhanced(5, 5, 1), "Error: send HELO/EHLO first"));
+        }
+        if self.mail.is_some() {
+            return Some(Reply::new(503, Enhanced(5, 5, 1), "Error: nested MAIL command"));
+        }
+        if !self.esmtp && mail.has_parameters() {
+            return Some(Reply::new(555, Enhanced(5, 5, 4), "Error: MAIL parameters need EHLO"));
+        }
+        if mail.body == Some(BodyType::BinaryMime) {
+            // BINARYMIME only works with BDAT (RFC 3030), which is not offered.
+            return Some(Reply::new(555, Enhanced(5, 5, 4), "Error: BODY=BINARYMIME is not supported"));
+        }
+        if mail.size.is_some_and(|s| s > self.config.smtp.max_message_size) {
+            return Some(Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"));
+        }
+        None
+    }
+
+    fn rcpt(&mut self, rcpt: RcptTo) -> Reply {
+        let Some(mail) = &self.mail else {
+            return Reply::new(503, Enhanced(5, 5, 1), "Error: need MAIL command");
+        };
+        self.rcpt_tried += 1;
+        let refused = if !self.esmtp && rcpt.has_parameters() {
+            Some(Reply::new(555, Enhanced(5, 5, 4), "Error: RCPT parameters need EHLO"))
+        } else if rcpt.needs_smtputf8() && !mail.smtputf8 {
+            Some(Reply::new(553, Enhanced(5, 6, 7), "Non-ASCII address requires SMTPUTF8"))
+        } else if self.rcpts.len() >= self.config.smtp.max_recipients {
+            Some(Reply::new(452, Enhanced(4, 5, 3), "Error: too many recipients"))
+        } else {
+            access::check_relay(&self.config.access, &self.peer, &rcpt.address).err()
+        };
+        if let Some(reply) = refused {
+            let from = mail.sender.clone();
+            self.log_reject(Verb::Rcpt, &reply, Some((&from, Some(&rcpt.address))));
+            return reply;
+        }
+        let mut rcpt = rcpt;
+        if rcpt.address == "postmaster" {
+            // The bare postmaster (RFC 5321 4.5.1) is this host's.
+            rcpt.address = format!("postmaster@{}", self.hostname());
+        }
+        // A repeated recipient is accepted but kept once: one copy is enough.
+        if !self.rcpts.iter().any(|r| r.address == rcpt.address) {
+            self.rcpts.push(rcpt);
+        }
+        Reply::new(250, Enhanced(2, 1, 5), "Ok")
+    }
+
+    /// DATA, before any message byte: the transaction to open, or why not.
+    fn data(&mut self) -> Result<Transaction, Reply> {
+        let Some(mail) = &self.mail else {
+            return Err(Reply::new(503, Enhanced(5, 5, 1), "Error: need MAIL command"));
+        };
+        if self.rcpts.is_empty() {
+            return Err(if self.rcpt_tried > 0 {
+                Reply::new(554, Enhanced(5, 5, 1), "Error: no valid recipients")
+            } else {
+                Reply::new(503, Enhanced(5, 5, 1), "Error: need RCPT command")
+            });
+        }
+        let protocol = match (&self.peer, self.esmtp) {
+            (Peer::Local { .. }, _) => Protocol::Local,
+            (Peer::Tcp(_), true) => Protocol::Esmtp,
+            (Peer::Tcp(_), false) => Protocol::Smtp,
+        };
+        let (client, local_user) = match &self.peer {
+            Peer::Tcp(addr) => (Some(*addr), None),
+            Peer::Local { user } => (None, Some(user.clone())),
+        };
+        Ok(Transaction {
+            sender: mail.sender.clone(),
+            recipients: self
+                .rcpts
+                .iter()
+                .map(|r| RcptIn { address: r.address.clone(), notify: r.notify.clone(), orcpt: r.orcpt.clone() })
+                .collect(),
+            body: match mail.body {
+                None | Some(BodyType::SevenBit) => ingress::BodyType::SevenBit,
+                Some(BodyType::EightBitMime) => ingress::BodyType::EightBitMime,
+                Some(BodyType::BinaryMime) => ingress::BodyType::BinaryMime,
+            },
+            smtputf8: mail.smtputf8,
+            ret: mail.ret.clone(),
+            envid: mail.envid.clone(),
+            origin: Origin { protocol, helo: self.helo.clone(), client, local_user },
+        })
+    }
+
+    /// The reply at the end of DATA; the transaction is over either way.
+    fn data_end(&mut self, id: &str, result: Result<String, Reply>) -> Reply {
+        let reply = match result {
+            Ok(id) => Reply::new(250, Enhanced(2, 0, 0), format!("Ok: queued as {id}")),
+            Err(reply) => {
+                let from = self.mail.as_ref().map(|m| m.sender.clone()).unwrap_or_default();
+                tracing::info!(
+                    "{id}: reject: END-OF-MESSAGE from {}: {reply}; from=<{from}> proto={} helo=<{}>",
+                    self.peer,
+                    self.proto(),
+                    self.helo.as_deref().unwrap_or("")
+                );
+                reply
+            }
+        };
+        self.stats.record(Some(Verb::Data), reply.is_positive());
+        self.reset();
+        reply
+    }
+
+    fn rset(&mut self) -> Reply {
+        self.reset();
+        Reply::new(250, Enhanced(2, 0, 0), "Ok")
+    }
+
+    fn line_too_long(&mut self) -> Reply {
+        self.stats.record(None, false);
+        Reply::new(500, Enhanced(5, 5, 2), "Error: line too long")
+    }
+
+    fn reset(&mut self) {
+        self.mail = None;
+        self.rcpts.clear();
+        self.rcpt_tried = 0;
+    }
+
+    /// Counts an outgoing reply against the error limit; true when the
+    /// limit is reached (0 means no limit).
+    fn count_error(&mut self, reply: &Reply) -> bool {
+        if reply.code >= 500 {
+            self.errors += 1;
+        }
+        self.config.smtp.max_errors > 0 && self.errors >= self.config.smtp.max_errors
+    }
+
+    fn proto(&self) -> &'static str {
+        if self.esmtp { "ESMTP" } else { "SMTP" }
+    }
+
+    /// Postfix-style reject line, so existing log tooling finds it.
+    fn log_reject(&self, verb: Verb, reply: &Reply, envelope: Option<(&str, Option<&str>)>) {
+        let mut line = format!("NOQUEUE: reject: {} from {}: {reply};", verb.name().to_ascii_uppercase(), self.peer);
+        if let Some((from, to)) = envelope {
+            line.push_str(&format!(" from=<{from}>"));
+            if let Some(to) = to {
+                line.push_str(&format!(" to=<{to}>"));
+            }
+        }
+        line.push_str(&format!(" proto={} helo=<{}>", self.proto(), self.helo.as_deref().unwrap_or("")));
+        tracing::info!("{line}");
+    }
+}
+
+fn vrfy() -> Reply {
+    Reply::new(252, Enhanced(2, 5, 2), "Cannot VRFY user; try RCPT to attempt delivery")
+}
+
+fn help() -> Reply {
+    Reply::new(214, Enhanced(2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+}
+
+fn not_implemented() -> Reply {
+    Reply::new(502, Enhanced(5, 5, 1), "Error: command not implemented")
+}
+
+/// Per-verb counts for the disconnect line: `mail=1 rcpt=0/1 commands=2/3`.
+#[derive(Default)]
+struct Stats {
+    /// (accepted, total) per verb, indexed by `Verb as usize`.
+    verbs: [(u32, u32); Verb::ALL.len()],
+    unknown: (u32, u32),
+    commands: (u32, u32),
+}
+
+impl Stats {
+    /// Postfix's order, so the line reads the same as its.
+    const ORDER: [Verb; 14] = [
+        Verb::Helo,
+        Verb::Ehlo,
+        Verb::StartTls,
+        Verb::Auth,
+        Verb::Mail,
+        Verb::Rcpt,
+        Verb::Data,
+        Verb::Bdat,
+        Verb::Rset,
+        Verb::Noop,
+        Verb::Vrfy,
+        Verb::Expn,
+        Verb::Help,
+        Verb::Quit,
+    ];
+
+    fn record(&mut self, verb: Option<Verb>, ok: bool) {
+        let slot = match verb {
+            Some(v) => &mut self.verbs[v as usize],
+            None => &mut self.unknown,
+        };
+        for (accepted, total) in [slot, &mut self.commands] {
+            *total += 1;
+            *accepted += u32::from(ok);
+        }
+    }
+
+    fn summary(&self) -> String {
+        let one = |name: &str, (ok, total): (u32, u32)| match (ok, total) {
+            (_, 0) => None,
+            (ok, total) if ok == total => Some(format!("{name}={total}")),
+            (ok, total) => Some(format!("{name}={ok}/{total}")),
+        };
+        let verbs = Stats::ORDER.iter().filter_map(|v| one(v.name(), self.verbs[*v as usize]));
+        let rest = [one("unknown", self.unknown), Some(one("commands", self.commands).unwrap_or("commands=0".into()))];
+        verbs.chain(rest.into_iter().flatten()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The loop: the only code that touches the stream.
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Quit,
+    Lost,
+    Timeout,
+    /// The client stopped reading our replies; nothing more can be sent.
+    Stalled,
+    Shutdown,
+    TooManyErrors,
+    Io(std::io::Error),
+}
+
+/// The stream with its input and output buffers.
+struct Conn<S> {
+    stream: S,
+    reader: LineReader,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    write_timeout: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn queue(&mut self, reply: &Reply) {
+        self.out.extend_from_slice(&reply.to_wire());
+    }
+
+    /// Writes the queued replies in one go.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(Ok(())) => {
+                self.out.clear();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::Stalled),
+        }
+    }
+
+    /// Reads what is available into `buf`; returns the count (never 0).
+    async fn read(&mut self, limit: Duration) -> Result<usize, End> {
+        match tokio::time::timeout(limit, self.stream.read(&mut self.buf)).await {
+            Ok(Ok(0)) => Err(End::Lost),
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(End::Io(e)),
+            Err(_) => Err(End::Timeout),
+        }
+    }
+}
+
+async fn serve<S>(
+    stream: S,
+    peer: Peer,
+    config: &Config,
+    ingress: &Ingress,
+    mut shutdown: Option<watch::Receiver<bool>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut session = Session::new(config, peer);
+    tracing::info!("connect from {}", session.peer);
+    let mut conn = Conn {
+        stream,
+        reader: LineReader::new(config.smtp.max_line_length),
+        buf: vec![0; READ_SIZE],
+        out: Vec::with_capacity(1024),
+        write_timeout: config.smtp.command_timeout,
+    };
+    let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
+        Ok(end) | Err(end) => end,
+    };
+    let hostname = &config.hostname;
+    let farewell = match &end {
+        End::Timeout => Some(Reply::new(421, Enhanced(4, 4, 2), format!("{hostname} Error: timeout exceeded"))),
+        End::Shutdown => Some(Reply::new(421, Enhanced(4, 3, 2), format!("{hostname} Service shutting down"))),
+        End::TooManyErrors => Some(Reply::new(421, Enhanced(4, 7, 0), format!("{hostname} Error: too many errors"))),
+        End::Quit | End::Lost | End::Stalled | End::Io(_) => None,
+    };
+    if let Some(reply) = farewell {
+        conn.queue(&reply);
+        let _ = conn.flush().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    let after = session.last_verb.map_or("CONNECT".to_string(), |v| v.name().to_ascii_uppercase());
+    match &end {
+        End::Lost => tracing::info!("lost connection after {after} from {}", session.peer),
+        End::Timeout => tracing::info!("timeout after {after} from {}", session.peer),
+        End::Stalled => tracing::info!("client stopped reading after {after} from {}", session.peer),
+        End::Io(e) => tracing::info!("connection error after {after} from {}: {e}", session.peer),
+        End::TooManyErrors => tracing::info!("too many errors after {after} from {}", session.peer),
+        End::Quit | End::Shutdown => {}
+    }
+    tracing::info!("disconnect from {} {}", session.peer, session.stats.summary());
+}
+
+/// The command loop. Returns (or fails with) the reason the session ends;
+/// a closing reply, if any, is the caller's to send.
+async fn drive<S>(
+    session: &mut Session<'_>,
+    conn: &mut Conn<S>,
+    ingress: &Ingress,
+    shutdown: &mut Option<watch::Receiver<bool>>,
+) -> Result<End, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.queue(&session.greeting());
+    loop {
+        // Handle every complete command already read, then flush once.
+        loop {
+            if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+                conn.flush().await?;
+                return Ok(End::Shutdown);
+            }
+            let step = match conn.reader.next_line() {
+                None => break,
+                Some(Line::TooLong) => Step::Reply(session.line_too_long()),
+                Some(Line::Command(line)) => session.command(line),
+            };
+            let reply = match step {
+                Step::Reply(reply) => reply,
+                Step::Close(reply) => {
+                    conn.queue(&reply);
+                    conn.flush().await?;
+                    return Ok(End::Quit);
+                }
+                Step::Data(tx) => data(session, conn, ingress, tx).await?,
+            };
+            conn.queue(&reply);
+            if session.count_error(&reply) {
+                conn.flush().await?;
+                return Ok(End::TooManyErrors);
+            }
+        }
+        conn.flush().await?;
+        let n = tokio::select! {
+            n = conn.read(session.config.smtp.command_timeout) => n?,
+            () = shutdown_signal(shutdown) => return Ok(End::Shutdown),
+        };
+        conn.reader.push(&conn.buf[..n]);
+    }
+}
+
+/// Resolves when shutdown is requested; never when there is no signal or
+/// its sender is gone.
+async fn shutdown_signal(shutdown: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = shutdown
+        && rx.wait_for(|v| *v).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// DATA after the checks passed: opens the message, sends 354, receives the
+/// text, and returns the final reply. Fails only when the session must end.
+async fn data<S>(
+    session: &mut Session<'_>,
+    conn: &mut Conn<S>,
+    ingress: &Ingress,
+    tx: Transaction,
+) -> Result<Reply, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let writer = match ingress.open(tx).await {
+        Ok(w) => w,
+        Err(e) => {
+            // The transaction stays: the client may retry DATA or RSET.
+            session.stats.record(Some(Verb::Data), false);
+            return Ok(e.reply());
+        }
+    };
+    let id = writer.id().to_string();
+    conn.queue(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
+    conn.flush().await?;
+    let config = session.config;
+    let limits = &config.smtp;
+    let mut incoming = Incoming::new(writer, limits.max_message_size, limits.max_data_line_length);
+    // What the client sent after DATA in the same packet is message text.
+    let early = conn.reader.take_buffered();
+    let used = incoming.take(&early).await;
+    if incoming.decoder.is_done() {
+        conn.reader.push(&early[used..]);
+    } else {
+        loop {
+            let n = conn.read(limits.data_timeout).await?;
+            let used = incoming.take(&conn.buf[..n]).await;
+            if incoming.decoder.is_done() {
+                conn.reader.push(&conn.buf[used..n]);
+                break;
+            }
+        }
+    }
+    let result = incoming.finish().await;
+    Ok(session.data_end(&id, result))
+}
+
+/// One message being received: the decoder, and the writer until the
+/// message is known to be refused (dropping the writer discards it).
+struct Incoming {
+    decoder: DataDecoder,
+    writer: Option<MessageWriter>,
+    decoded: Vec<u8>,
+    max_size: u64,
+    /// The ingress refused a write (disk trouble); the message is lost.
+    write_failure: Option<Reply>,
+}
+
+impl Incoming {
+    fn new(writer: MessageWriter, max_size: u64, max_line: usize) -> Incoming {
+        Incoming {
+            decoder: DataDecoder::new(max_line),
+            writer: Some(writer),
+            decoded: Vec::with_capacity(READ_SIZE + 64),
+            max_size,
+            write_failure: None,
+        }
+    }
+
+    /// Decodes a chunk and stores what belongs to the message; returns the
+    /// bytes of `chunk` used. Once the message is known to be refused, the
+    /// rest is still read (the client only listens again after the final
+    /// dot) but no longer stored.
+    async fn take(&mut self, chunk: &[u8]) -> usize {
+        self.decoded.clear();
+        let used = self.decoder.feed(chunk, &mut self.decoded);
+        if self.refusal().is_some() {
+            self.writer = None;
+        }
+        if let Some(writer) = self.writer.as_mut()
+            && !self.decoded.is_empty()
+            && let Err(e) = writer.write(&self.decoded).await
+        {
+            self.write_failure = Some(e.reply());
+            self.writer = None;
+        }
+        used
+    }
+
+    /// The refusal the decoder's findings call for, most serious first:
+    /// smuggling before size, so a message both too big and carrying a bare
+    /// LF is reported as what it is most likely to be.
+    fn refusal(&self) -> Option<Reply> {
+        let d = &self.decoder;
+        if d.saw_bare_line_ending() {
+            Some(Reply::new(550, Enhanced(5, 5, 2), "Message contains bare CR or LF"))
+        } else if d.size() > self.max_size {
+            Some(Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"))
+        } else if d.saw_long_line() {
+            Some(Reply::new(550, Enhanced(5, 6, 0), "Message contains a line that is too long"))
+        } else {
+            None
+        }
+    }
+
+    /// After the final dot: commits the message, or says why not.
+    async fn finish(self) -> Result<String, Reply> {
+        if let Some(reply) = self.refusal().or(self.write_failure) {
+            return Err(reply);
+        }
+        match self.writer {
+            Some(writer) => writer.commit().await.map_err(|e| e.reply()),
+            None => Err(Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingress::test_support::queue_ingress;
+    use crate::spool::Spool;
+    use std::path::Path;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+
+    const TRUSTED: &str = "10.0.0.5:40000";
+    const STRANGER: &str = "192.0.2.9:40000";
+
+    /// The test configuration; `smtp` lines go into `[smtp]`, replacing
+    /// the defaults of the same key.
+    fn config(smtp: &str) -> Config {
+        let defaults =
+            ["max_recipients = 3", "max_message_size = 5000", "max_data_line_length = 1000", "max_errors = 50"];
+        let given: Vec<&str> = smtp.lines().filter(|l| !l.trim().is_empty()).collect();
+        let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+        let mut section: Vec<&str> = defaults.into_iter().filter(|d| !given.iter().any(|g| key(g) == key(d))).collect();
+        section.extend(given);
+        let text = format!(
+            "hostname = \"mx.test\"\n[smtp]\n{}\n[access]\ntrusted_networks = [\"10.0.0.0/8\"]\nrelay_domains = [\"example.org\"]\n",
+            section.join("\n")
+        );
+        Config::parse(&text, Path::new("test.toml")).expect("test config")
+    }
+
+    fn tcp(addr: &str) -> Peer {
+        Peer::Tcp(addr.parse().unwrap())
+    }
+
+    /// Command lines joined with CRLF, CRLF-terminated.
+    fn lines(lines: &[&str]) -> Vec<u8> {
+        lines.iter().flat_map(|l| [l.as_bytes(), b"\r\n"]).flatten().copied().collect()
+    }
+
+    /// `250 2.1.0` for a reply with an enhanced code, `250` without.
+    fn short(r: &Reply) -> String {
+        match r.enhanced {
+            Some(e) => format!("{} {e}", r.code),
+            None => r.code.to_string(),
+        }
+    }
+
+    /// Splits what the server wrote into replies.
+    fn replies(output: &str) -> Vec<Reply> {
+        let mut out = Vec::new();
+        let mut pending = Vec::new();
+        for line in output.split("\r\n").filter(|l| !l.is_empty()) {
+            pending.push(line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                out.push(Reply::from_lines(&pending).unwrap_or_else(|| panic!("bad reply {pending:?}")));
+                pending.clear();
+            }
+        }
+        assert!(pending.is_empty(), "unterminated reply {pending:?}");
+        out
+    }
+
+    /// Sends `input` in one write, closes the sending side, and returns
+    /// every reply until the server closed, with the spool it used.
+    async fn converse(config: &Config, peer: Peer, input: &[u8]) -> (Vec<Reply>, Spool, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = queue_ingress(dir.path(), config);
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let client = async move {
+            let (mut r, mut w) = tokio::io::split(client);
+            w.write_all(input).await.unwrap();
+            w.shutdown().await.unwrap();
+            let mut out = String::new();
+            r.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ((), output) = tokio::join!(run_session(server, peer, config, &ingress), client);
+        (replies(&output), spool, dir)
+    }
+
+    fn message(size: usize, line: usize) -> String {
+        let mut m = String::from("Subject: test\r\n\r\n");
+        while m.len() < size {
+            m.push_str(&"x".repeat(line.min(size - m.len()).max(1)));
+            m.push_str("\r\n");
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn dialog_table() {
+        let ehlo = "EHLO client.example";
+        let mail = "MAIL FROM:<sender@example.net>";
+        let rcpt = "RCPT TO:<user@example.org>";
+        let long_command = format!("NOOP {}", "x".repeat(3000));
+        let big = message(6000, 100);
+        let long_line = format!("Subject: x\r\n\r\n{}\r\n", "x".repeat(1100));
+        // (name, peer, input, expected replies after the greeting)
+        let cases: Vec<(&str, &str, Vec<u8>, Vec<&str>)> = vec![
+            (
+                "good transaction",
+                TRUSTED,
+                lines(&[ehlo, mail, rcpt, "DATA", "Subject: hi", "", "body", ".", "QUIT"]),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+            ),
+            (
+                "plain HELO",
+                TRUSTED,
+                lines(&["HELO client", mail, rcpt, "DATA", "x", ".", "QUIT"]),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+            ),
+            (
+                "HELO takes no ESMTP parameters",
+                TRUSTED,
+                lines(&[
+                    "HELO client",
+                    "MAIL FROM:<a@example.net> SIZE=10",
+                    mail,
+                    "RCPT TO:<u@example.org> NOTIFY=NEVER",
+                ]),
+                vec!["250", "555 5.5.4", "250 2.1.0", "555 5.5.4"],
+            ),
+            (
+                "null sender",
+                TRUSTED,
+                lines(&[ehlo, "MAIL FROM:<>", rcpt, "DATA", "bounce", ".", "QUIT"]),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+            ),
+            (
+                "out of order",
+                TRUSTED,
+                lines(&[mail, ehlo, rcpt, "DATA", mail, mail, "DATA", rcpt, "QUIT"]),
+                vec![
+                    "503 5.5.1",
+                    "250",
+                    "503 5.5.1",
+                    "503 5.5.1",
+                    "250 2.1.0",
+                    "503 5.5.1",
+                    "503 5.5.1",
+                    "250 2.1.5",
+                    "221 2.0.0",
+                ],
+            ),
+            (
+                "no valid recipients",
+                TRUSTED,
+                lines(&[ehlo, mail, "RCPT TO:<jø@example.org>", "DATA", "QUIT"]),
+                vec!["250", "250 2.1.0", "553 5.6.7", "554 5.5.1", "221 2.0.0"],
+            ),
+            (
+                "EHLO resets the transaction",
+                TRUSTED,
+                lines(&[ehlo, mail, ehlo, rcpt]),
+                vec!["250", "250 2.1.0", "250", "503 5.5.1"],
+            ),
+            (
+                "RSET mid-transaction",
+                TRUSTED,
+                lines(&[ehlo, mail, rcpt, "RSET", "DATA", mail, rcpt, "DATA", "x", ".", "QUIT"]),
+                vec![
+                    "250",
+                    "250 2.1.0",
+                    "250 2.1.5",
+                    "250 2.0.0",
+                    "503 5.5.1",
+                    "250 2.1.0",
+                    "250 2.1.5",
+                    "354",
+                    "250 2.0.0",
+                    "221 2.0.0",
+                ],
+            ),
+            (
+                "unknown command, then a good transaction",
+                TRUSTED,
+                lines(&["FOO bar", ehlo, "XYZZY", mail, rcpt, "DATA", "x", ".", "QUIT"]),
+                vec!["500 5.5.2", "250", "500 5.5.2", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+            ),
+            (
+                "bad syntax",
+                TRUSTED,
+                lines(&[
+                    "EHLO",
+                    ehlo,
+                    "MAIL FROM:sender@example.net",
+                    "MAIL TO:<a@example.net>",
+                    "MAIL FROM:<> FOO=1",
+                    "MAIL FROM:<> SIZE=abc",
+                    "MAIL FROM:<> BODY=BINARYMIME",
+                    mail,
+                    "RCPT TO:<a b@example.org>",
+                    "RCPT TO:<>",
+                    "RCPT TO:<u@example.org> SIZE=1",
+                    "DATA now",
+                    "RSET all",
+                ]),
+                vec![
+                    "501 5.5.4",
+                    "250",
+                    "501 5.1.7",
+                    "501 5.5.4",
+                    "555 5.5.4",
+                    "501 5.5.4",
+                    "555 5.5.4",
+                    "250 2.1.0",
+                    "501 5.1.3",
+                    "501 5.1.3",
+                    "555 5.5.4",
+                    "501 5.5.4",
+                    "501 5.5.4",
+                ],
+            ),
+            (
+                "SIZE against the limit",
+                TRUSTED,
+                lines(&[ehlo, "MAIL FROM:<> SIZE=5001", "MAIL FROM:<> SIZE=5000"]),
+                vec!["250", "552 5.3.4", "250 2.1.0"],
+            ),
+            (
+                "too many recipients",
+                TRUSTED,
+                lines(&[
+                    ehlo,
+                    mail,
+                    "RCPT TO:<a@example.org>",
+                    "RCPT TO:<b@example.org>",
+                    "RCPT TO:<c@example.org>",
+                    "RCPT TO:<d@example.org>",
+                    "DATA",
+                    "x",
+                    ".",
+                ]),
+                vec!["250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3", "354", "250 2.0.0"],
+            ),
+            (
+                "message too big, session goes on",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt, "DATA"]), big.clone().into_bytes(), lines(&[".", "NOOP", "QUIT"])].concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "250 2.0.0", "221 2.0.0"],
+            ),
+            (
+                "data line too long",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt, "DATA"]), long_line.into_bytes(), lines(&[".", "QUIT"])].concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.6.0", "221 2.0.0"],
+            ),
+            (
+                "bare LF in DATA",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt, "DATA"]), b"Subject: x\n\nbody\r\n".to_vec(), lines(&[".", "NOOP"])]
+                    .concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.5.2", "250 2.0.0"],
+            ),
+            (
+                "bare CR in DATA",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt, "DATA"]), b"a\rb\r\n".to_vec(), lines(&[".", "NOOP"])].concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.5.2", "250 2.0.0"],
+            ),
+            (
+                // The smuggled transaction must be message text, not commands.
+                "smuggling attempt",
+                TRUSTED,
+                [
+                    lines(&[ehlo, mail, rcpt, "DATA"]),
+                    b"one\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n"
+                        .to_vec(),
+                    lines(&[".", "QUIT"]),
+                ]
+                .concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.5.2", "221 2.0.0"],
+            ),
+            (
+                "command line too long",
+                TRUSTED,
+                lines(&[ehlo, &long_command, "NOOP"]),
+                vec!["250", "500 5.5.2", "250 2.0.0"],
+            ),
+            (
+                "the small verbs",
+                TRUSTED,
+                lines(&[
+                    "VRFY root",
+                    "HELP",
+                    "NOOP",
+                    "NOOP hello",
+                    "EXPN staff",
+                    "STARTTLS",
+                    "AUTH PLAIN",
+                    "BDAT 10 LAST",
+                    "QUIT",
+                ]),
+                vec![
+                    "252 2.5.2",
+                    "214 2.0.0",
+                    "250 2.0.0",
+                    "250 2.0.0",
+                    "502 5.5.1",
+                    "502 5.5.1",
+                    "502 5.5.1",
+                    "502 5.5.1",
+                    "221 2.0.0",
+                ],
+            ),
+            (
+                "SMTPUTF8",
+                TRUSTED,
+                lines(&[
+                    ehlo,
+                    "MAIL FROM:<jø@example.net>",
+                    "MAIL FROM:<jø@example.net> SMTPUTF8",
+                    "RCPT TO:<ü@bücher.example.org>",
+                    "RSET",
+                    mail,
+                    "RCPT TO:<ü@example.org>",
+                ]),
+                vec!["250", "553 5.6.7", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.1.0", "553 5.6.7"],
+            ),
+            (
+                "relay access from a stranger",
+                STRANGER,
+                lines(&[
+                    ehlo,
+                    mail,
+                    "RCPT TO:<someone@elsewhere.example>",
+                    rcpt,
+                    "RCPT TO:<Postmaster>",
+                    "DATA",
+                    "x",
+                    ".",
+                ]),
+                vec!["250", "250 2.1.0", "554 5.7.1", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0"],
+            ),
+            (
+                "relay access from a trusted network",
+                TRUSTED,
+                lines(&[ehlo, mail, "RCPT TO:<someone@elsewhere.example>"]),
+                vec!["250", "250 2.1.0", "250 2.1.5"],
+            ),
+            ("commands ending in bare LF", TRUSTED, b"EHLO x\nNOOP\n".to_vec(), vec!["250", "250 2.0.0"]),
+            (
+                "empty message",
+                TRUSTED,
+                lines(&[ehlo, mail, rcpt, "DATA", "."]),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0"],
+            ),
+            (
+                "client leaves in the middle of DATA",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt, "DATA"]), b"partial".to_vec()].concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354"],
+            ),
+        ];
+        let config = config("");
+        for (name, peer, input, expected) in cases {
+            let (got, _spool, _dir) = converse(&config, tcp(peer), &input).await;
+            let got: Vec<String> = got.iter().map(short).collect();
+            assert_eq!(got[0], "220", "{name}: greeting");
+            assert_eq!(got[1..], expected, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_transactions_in_one_write() {
+        let config = config("");
+        let mut input = Vec::new();
+        for i in 0..3 {
+            input.extend(lines(&[
+                "MAIL FROM:<s@example.net>",
+                &format!("RCPT TO:<r{i}@example.org>"),
+                "DATA",
+                &format!("Subject: {i}"),
+                "",
+                "..dot",
+                ".",
+            ]));
+        }
+        let input = [lines(&["EHLO c"]), input, lines(&["QUIT"])].concat();
+        let (got, spool, _dir) = converse(&config, tcp(TRUSTED), &input).await;
+        let codes: Vec<u16> = got.iter().map(|r| r.code).collect();
+        assert_eq!(codes, [220, 250, 250, 250, 354, 250, 250, 250, 354, 250, 250, 250, 354, 250, 221]);
+        for (i, reply) in got.iter().filter(|r| r.lines[0].starts_with("Ok: queued as ")).enumerate() {
+            let id = reply.lines[0].trim_start_matches("Ok: queued as ");
+            let (_, env) = spool.find(id).expect("queued");
+            assert_eq!(env.recipients[0].address, format!("r{i}@example.org"));
+            let body = spool.read_body(id).unwrap();
+            assert!(body.starts_with(b"Received: "), "{}", String::from_utf8_lossy(&body));
+            let text = format!("Subject: {i}\r\n\r\n.dot\r\n");
+            assert!(body.ends_with(text.as_bytes()), "{}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    #[tokio::test]
+    async fn envelope_carries_the_transaction() {
+        let config = config("");
+        let input = lines(&[
+            "EHLO client.example",
+            "MAIL FROM:<s@example.net> BODY=8BITMIME RET=HDRS ENVID=abc+2Bdef SMTPUTF8",
+            "RCPT TO:<a@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a@example.org",
+            "RCPT TO:<a@example.org>",
+            "RCPT TO:<postmaster>",
+            "DATA",
+            "Subject: x",
+            "",
+            "b\u{f8}dy",
+            ".",
+        ]);
+        let (got, spool, _dir) = converse(&config, tcp(TRUSTED), &input).await;
+        let last = got.last().unwrap();
+        assert_eq!(short(last), "250 2.0.0", "{got:?}");
+        let id = last.lines[0].trim_start_matches("Ok: queued as ");
+        let (_, env) = spool.find(id).unwrap();
+        assert_eq!(env.sender, "s@example.net");
+        assert!(env.eight_bit && env.smtputf8);
+        assert_eq!(env.ret.as_deref(), Some("HDRS"));
+        assert_eq!(env.envid.as_deref(), Some("abc+2Bdef"));
+        let rcpts: Vec<_> =
+            env.recipients.iter().map(|r| (r.address.as_str(), r.notify.as_deref(), r.orcpt.as_deref())).collect();
+        assert_eq!(
+            rcpts,
+            [
+                ("a@example.org", Some("SUCCESS,FAILURE"), Some("rfc822;a@example.org")),
+                ("postmaster@mx.test", None, None),
+            ]
+        );
+        assert_eq!(env.origin.protocol, "ESMTP");
+        assert_eq!(env.origin.helo.as_deref(), Some("client.example"));
+        assert_eq!(env.origin.client.as_deref(), Some("10.0.0.5"));
+        assert!(spool.read_body(id).unwrap().ends_with("Subject: x\r\n\r\nbødy\r\n".as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn refused_messages_leave_nothing_queued() {
+        let config = config("");
+        let input = [
+            lines(&["EHLO c", "MAIL FROM:<>", "RCPT TO:<a@example.org>", "DATA"]),
+            message(6000, 100).into_bytes(),
+            lines(&[".", "MAIL FROM:<>", "RCPT TO:<a@example.org>", "DATA", "bare\nLF", "."]),
+        ]
+        .concat();
+        let (got, spool, _dir) = converse(&config, tcp(TRUSTED), &input).await;
+        assert_eq!(got.iter().filter(|r| r.code == 354).count(), 2);
+        assert_eq!(spool.list(crate::spool::State::Incoming).unwrap(), Vec::<String>::new());
+        assert_eq!(std::fs::read_dir(spool.root().join("data")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn local_peer_relays_anywhere() {
+        let config = config("");
+        let input = lines(&[
+            "HELO localhost",
+            "MAIL FROM:<cron@vm1>",
+            "RCPT TO:<ops@elsewhere.example>",
+            "DATA",
+            "x",
+            ".",
+            "QUIT",
+        ]);
+        let (got, spool, _dir) = converse(&config, Peer::Local { user: "cron".into() }, &input).await;
+        let codes: Vec<String> = got.iter().map(short).collect();
+        assert_eq!(codes, ["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]);
+        let id = got[5].lines[0].trim_start_matches("Ok: queued as ");
+        let (_, env) = spool.find(id).unwrap();
+        assert_eq!(env.origin.protocol, "local");
+        assert_eq!(env.origin.user.as_deref(), Some("cron"));
+    }
+
+    #[tokio::test]
+    async fn greeting_and_ehlo_text() {
+        let config = config("");
+        let (got, _, _dir) = converse(&config, tcp(TRUSTED), &lines(&["EHLO c", "HELO c"])).await;
+        assert_eq!(got[0].to_wire(), b"220 mx.test ESMTP posthorn\r\n");
+        assert_eq!(
+            String::from_utf8(got[1].to_wire()).unwrap(),
+            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 5000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n"
+        );
+        assert_eq!(got[2].to_wire(), b"250 mx.test\r\n");
+    }
+
+    #[tokio::test]
+    async fn too_many_errors_closes() {
+        let config = config("max_errors = 3");
+        let input = lines(&["EHLO c", "FOO", "BAR", "NOOP", "MAIL FROM:<x", "NOOP", "NOOP"]);
+        let (got, _, _dir) = converse(&config, tcp(TRUSTED), &input).await;
+        let codes: Vec<String> = got.iter().map(short).collect();
+        assert_eq!(codes, ["220", "250", "500 5.5.2", "500 5.5.2", "250 2.0.0", "501 5.1.7", "421 4.7.0"]);
+        assert_eq!(got[6].lines[0], "mx.test Error: too many errors");
+    }
+
+    /// A client that talks step by step.
+    struct Client {
+        r: BufReader<ReadHalf<DuplexStream>>,
+        w: WriteHalf<DuplexStream>,
+    }
+
+    impl Client {
+        fn new(stream: DuplexStream) -> Client {
+            let (r, w) = tokio::io::split(stream);
+            Client { r: BufReader::new(r), w }
+        }
+
+        async fn send(&mut self, bytes: &[u8]) {
+            self.w.write_all(bytes).await.unwrap();
+        }
+
+        /// The next reply, or `None` at end of stream.
+        async fn reply(&mut self) -> Option<Reply> {
+            let mut raw = Vec::new();
+            loop {
+                let mut line = String::new();
+                if self.r.read_line(&mut line).await.unwrap() == 0 {
+                    assert!(raw.is_empty(), "stream ended inside a reply");
+                    return None;
+                }
+                let line = line.trim_end_matches("\r\n").to_string();
+                let last = line.as_bytes().get(3) != Some(&b'-');
+                raw.push(line);
+                if last {
+                    return Some(Reply::from_lines(&raw).expect("a reply"));
+                }
+            }
+        }
+
+        async fn expect(&mut self, expected: &str) -> Reply {
+            let reply = self.reply().await.unwrap_or_else(|| panic!("closed, expected {expected}"));
+            assert_eq!(short(&reply), expected, "{reply}");
+            reply
+        }
+    }
+
+    #[tokio::test]
+    async fn step_by_step_data_split_across_writes() {
+        let config = config("");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            c.send(b"EHLO c\r\n").await;
+            c.expect("250").await;
+            c.send(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n").await;
+            c.expect("250 2.1.0").await;
+            c.expect("250 2.1.5").await;
+            c.expect("354").await;
+            // The terminator arrives in pieces, with the next command glued on.
+            for piece in [&b"line one\r\n"[..], b"line two\r", b"\n.", b"\r", b"\nNO", b"OP\r\n"] {
+                c.send(piece).await;
+                tokio::task::yield_now().await;
+            }
+            let queued = c.expect("250 2.0.0").await;
+            c.expect("250 2.0.0").await;
+            c.send(b"QUIT\r\n").await;
+            c.expect("221 2.0.0").await;
+            assert!(c.reply().await.is_none(), "closed after QUIT");
+            queued.lines[0].trim_start_matches("Ok: queued as ").to_string()
+        };
+        let ((), id) = tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+        assert!(spool.read_body(&id).unwrap().ends_with(b"\r\nline one\r\nline two\r\n"));
+    }
+
+    /// Counts the writes that reach the stream.
+    struct CountingWrites<S> {
+        inner: S,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountingWrites<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountingWrites<S> {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_replies_go_out_in_one_write() {
+        let config = config("");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let server = CountingWrites { inner: server, writes: writes.clone() };
+        let counted = writes.clone();
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            assert_eq!(counted.load(Ordering::SeqCst), 1);
+            let batch = lines(&[
+                "EHLO c",
+                "MAIL FROM:<a@example.net>",
+                "RCPT TO:<b@example.org>",
+                "RCPT TO:<c@example.org>",
+                "NOOP",
+            ]);
+            c.send(&batch).await;
+            for expected in ["250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.0.0"] {
+                c.expect(expected).await;
+            }
+            assert_eq!(counted.load(Ordering::SeqCst), 2, "five replies, one write");
+        };
+        tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn command_timeout() {
+        let config = config("command_timeout = \"30s\"");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            let start = tokio::time::Instant::now();
+            let reply = c.expect("421 4.4.2").await;
+            assert_eq!(reply.lines[0], "mx.test Error: timeout exceeded");
+            assert!(start.elapsed() >= Duration::from_secs(30));
+            assert!(c.reply().await.is_none());
+        };
+        tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_timeout() {
+        let config = config("command_timeout = \"1h\"\ndata_timeout = \"20s\"");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            c.send(&lines(&["EHLO c", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>", "DATA"])).await;
+            for expected in ["250", "250 2.1.0", "250 2.1.5", "354"] {
+                c.expect(expected).await;
+            }
+            c.send(b"Subject: slow\r\n").await;
+            let start = tokio::time::Instant::now();
+            c.expect("421 4.4.2").await;
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(60), "{waited:?}");
+            assert!(c.reply().await.is_none());
+        };
+        tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+        assert_eq!(spool.list(crate::spool::State::Incoming).unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_is_dropped() {
+        let config = config("command_timeout = \"30s\"");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        // A tiny pipe: the replies to these NOOPs cannot all fit.
+        let (client, server) = tokio::io::duplex(64);
+        let (_r, mut w) = tokio::io::split(client);
+        let session = run_session(server, tcp(TRUSTED), &config, &ingress);
+        let start = tokio::time::Instant::now();
+        let noops = b"NOOP\r\n".repeat(10);
+        let ((), _) = tokio::join!(session, w.write_all(&noops));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(60), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_while_idle_says_421() {
+        let config = config("");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let (stop, stopped) = watch::channel(false);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            c.send(b"EHLO c\r\n").await;
+            c.expect("250").await;
+            stop.send(true).unwrap();
+            let reply = c.expect("421 4.3.2").await;
+            assert_eq!(reply.lines[0], "mx.test Service shutting down");
+            assert!(c.reply().await.is_none());
+        };
+        tokio::join!(run_session_until(server, tcp(TRUSTED), &config, &ingress, stopped), talk);
+    }
+
+    #[tokio::test]
+    async fn shutdown_during_data_lets_the_message_finish() {
+        let config = config("");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let (stop, stopped) = watch::channel(false);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            c.send(&lines(&["EHLO c", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>", "DATA"])).await;
+            for expected in ["250", "250 2.1.0", "250 2.1.5", "354"] {
+                c.expect(expected).await;
+            }
+            c.send(b"Subject: x\r\n").await;
+            stop.send(true).unwrap();
+            tokio::task::yield_now().await;
+            c.send(b"\r\nbody\r\n.\r\nNOOP\r\n").await;
+            let queued = c.expect("250 2.0.0").await;
+            c.expect("421 4.3.2").await;
+            assert!(c.reply().await.is_none());
+            queued.lines[0].trim_start_matches("Ok: queued as ").to_string()
+        };
+        let ((), id) = tokio::join!(run_session_until(server, tcp(TRUSTED), &config, &ingress, stopped), talk);
+        assert!(spool.find(&id).is_some());
+    }
+
+    #[test]
+    fn disconnect_summary() {
+        let mut s = Stats::default();
+        assert_eq!(s.summary(), "commands=0");
+        s.record(Some(Verb::Ehlo), true);
+        s.record(Some(Verb::Mail), true);
+        s.record(Some(Verb::Rcpt), false);
+        s.record(Some(Verb::Rcpt), true);
+        s.record(None, false);
+        s.record(Some(Verb::Data), true);
+        s.record(Some(Verb::Quit), true);
+        assert_eq!(s.summary(), "ehlo=1 mail=1 rcpt=1/2 data=1 quit=1 unknown=0/1 commands=5/7");
+    }
+
+    #[test]
+    fn peer_display() {
+        assert_eq!(tcp("192.0.2.1:25").to_string(), "unknown[192.0.2.1]");
+        assert_eq!(Peer::Tcp("[2001:db8::1]:25".parse().unwrap()).to_string(), "unknown[2001:db8::1]");
+        assert_eq!(Peer::Local { user: "root".into() }.to_string(), "local[root]");
+    }
+}

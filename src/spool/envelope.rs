@@ -1,0 +1,141 @@
+//! The envelope: everything about a queued message except its body.
+//!
+//! Stored as one small JSON document per message, so listing and selecting
+//! over a large queue reads envelopes only. It carries per-recipient state
+//! and attempt history, which is what `queue why` prints.
+
+use serde::{Deserialize, Serialize};
+
+/// Version written into every envelope; readers refuse newer ones.
+pub const VERSION: u32 = 1;
+/// Attempts remembered per recipient; older ones are dropped first.
+pub const HISTORY_LIMIT: usize = 20;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    pub v: u32,
+    pub id: String,
+    /// Arrival, seconds since the epoch.
+    pub arrival: u64,
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub sender: String,
+    /// Body size in bytes as stored.
+    pub size: u64,
+    #[serde(default)]
+    pub eight_bit: bool,
+    #[serde(default)]
+    pub smtputf8: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    pub origin: Origin,
+    pub recipients: Vec<Recipient>,
+    /// Delivery attempts made on this message.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Earliest time of the next attempt, seconds since the epoch.
+    #[serde(default)]
+    pub next_attempt: u64,
+    /// Frozen (Exim `-Mf`): kept in `hold/`, shown as frozen, not tried
+    /// until thawed. A plain hold (Postfix `postsuper -h`) leaves it false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen: bool,
+}
+
+/// How the message reached us, for the `Received:` header and logs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Origin {
+    /// `SMTP`, `ESMTP`, `local`.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    /// Not yet delivered; deferred when it has history.
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Recipient {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    pub state: RcptState,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// One delivery attempt for one recipient.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// `sent`, `deferred` or `bounced`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<crate::deliver::ErrorClass>,
+    pub detail: String,
+}
+
+impl Envelope {
+    pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
+        self.recipients.iter().enumerate().filter(|(_, r)| r.state == RcptState::Pending)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.recipients.iter().all(|r| r.state != RcptState::Pending)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("an envelope always serializes");
+        out.push(b'\n');
+        out
+    }
+
+    pub fn from_json(data: &[u8]) -> Result<Envelope, String> {
+        let env: Envelope = serde_json::from_slice(data).map_err(|e| format!("envelope does not parse: {e}"))?;
+        if env.v > VERSION {
+            return Err(format!("envelope version {} is newer than this posthorn ({VERSION})", env.v));
+        }
+        if !super::id::is_valid(&env.id) {
+            return Err(format!("envelope carries an invalid queue id {:?}", env.id));
+        }
+        Ok(env)
+    }
+
+    /// The newest attempt's reason for a pending recipient, for listings.
+    pub fn last_reason(&self) -> Option<&str> {
+        self.pending().filter_map(|(_, r)| r.history.last()).map(|a| a.detail.as_str()).next()
+    }
+}
+
+impl Recipient {
+    pub fn new(address: String, notify: Option<String>, orcpt: Option<String>) -> Recipient {
+        Recipient { address, notify, orcpt, state: RcptState::Pending, history: Vec::new() }
+    }
+
+    pub fn record(&mut self, attempt: AttemptRecord) {
+        if self.history.len() >= HISTORY_LIMIT {
+            self.history.remove(0);
+        }
+        self.history.push(attempt);
+    }
+}

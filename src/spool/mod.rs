@@ -1,0 +1,522 @@
+//! The spool: queued messages as files, with every state change atomic.
+//!
+//! ```text
+//! SPOOL/
+//!   tmp/        files being written; swept at start-up
+//!   data/ID     message bodies, written once, never changed
+//!   incoming/ID envelopes accepted and not yet tried
+//!   active/ID   envelopes being delivered right now
+//!   deferred/ID envelopes waiting for their next attempt
+//!   hold/ID     envelopes put on hold by an operator
+//!   corrupt/ID  envelopes that could not be read, kept for inspection
+//!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
+//! ```
+//!
+//! A message's state is the directory its envelope is in, so a state change
+//! is one rename and a crash leaves every message in exactly one state. New
+//! messages are committed as: body written and synced, envelope written to
+//! `tmp/` and synced, then (group commit, see `commit`) body directory
+//! synced, envelope renamed into `incoming/`, directory synced. The rename is
+//! the commit point. Envelopes are updated the same way (write tmp, sync,
+//! rename over), never in place. This module knows nothing of SMTP.
+
+pub mod commit;
+pub mod envelope;
+pub mod id;
+
+use envelope::Envelope;
+use std::collections::HashSet;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// Bodies smaller than this are written with one system call at commit.
+const BODY_BUFFER: usize = 256 * 1024;
+
+/// Where an envelope is; the directory of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    Incoming,
+    Active,
+    Deferred,
+    Hold,
+    Corrupt,
+}
+
+impl State {
+    pub const QUEUED: [State; 4] = [State::Incoming, State::Active, State::Deferred, State::Hold];
+
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            State::Incoming => "incoming",
+            State::Active => "active",
+            State::Deferred => "deferred",
+            State::Hold => "hold",
+            State::Corrupt => "corrupt",
+        }
+    }
+}
+
+/// What start-up recovery found and did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub tmp_removed: usize,
+    pub active_requeued: usize,
+    pub orphan_bodies_removed: usize,
+    pub missing_body: Vec<String>,
+    pub newest_id: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    ids: id::IdGen,
+    committer: OnceLock<commit::Committer>,
+}
+
+/// A handle to one spool directory; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+impl Spool {
+    /// Opens (creating when needed) the spool at `root`. Ids handed out
+    /// afterwards sort after `newest_id`.
+    pub fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder.create(root)?;
+        for dir in ["tmp", "data"].into_iter().chain(State::QUEUED.map(State::dir_name)).chain(["corrupt"]) {
+            builder.create(root.join(dir))?;
+        }
+        let maildrop = root.join("maildrop");
+        if !maildrop.exists() {
+            builder.create(&maildrop)?;
+            // Any local user may drop a message, none may read or remove
+            // another's: write+search for all, sticky.
+            std::fs::set_permissions(&maildrop, std::fs::Permissions::from_mode(0o1733))?;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
+        }
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                ids: id::IdGen::new(newest_id),
+                committer: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+    pub fn dir(&self, state: State) -> PathBuf {
+        self.inner.root.join(state.dir_name())
+    }
+    pub fn maildrop_dir(&self) -> PathBuf {
+        self.inner.root.join("maildrop")
+    }
+    pub fn envelope_path(&self, state: State, id: &str) -> PathBuf {
+        self.dir(state).join(id)
+    }
+    pub fn body_path(&self, id: &str) -> PathBuf {
+        self.inner.root.join("data").join(id)
+    }
+    fn tmp_path(&self, id: &str) -> PathBuf {
+        self.inner.root.join("tmp").join(format!("{id}.{}", fastrand::u32(..)))
+    }
+    fn committer(&self) -> &commit::Committer {
+        self.inner.committer.get_or_init(commit::Committer::start)
+    }
+
+    pub fn new_id(&self) -> String {
+        self.inner.ids.next()
+    }
+
+    /// Starts writing the body of message `id`.
+    pub fn body_writer(&self, id: &str) -> BodyWriter {
+        BodyWriter { path: self.body_path(id), buf: Vec::new(), file: None, size: 0, committed: false }
+    }
+
+    /// Makes a new message durable: the body's remaining bytes and the
+    /// envelope are written and synced, then the envelope is renamed into
+    /// `incoming/` by the group committer. When this returns `Ok` the
+    /// message survives a crash.
+    pub async fn commit_new(&self, env: &Envelope, mut body: BodyWriter) -> io::Result<()> {
+        let tmp = self.tmp_path(&env.id);
+        let json = env.to_json();
+        let (file, buf, path) = (body.file.take(), std::mem::take(&mut body.buf), body.path.clone());
+        let tmp_for_write = tmp.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let mut file = match file {
+                Some(f) => f,
+                None => create_file(&path)?,
+            };
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            let mut env_file = create_file(&tmp_for_write)?;
+            env_file.write_all(&json)?;
+            env_file.sync_data()
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let to = self.envelope_path(State::Incoming, &env.id);
+        let data_dir = self.inner.root.join("data");
+        match self.committer().commit(vec![commit::Rename { from: tmp.clone(), to }], Some(data_dir)).await {
+            Ok(()) => {
+                body.committed = true;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads one envelope.
+    pub fn read_envelope(&self, state: State, id: &str) -> io::Result<Envelope> {
+        let data = std::fs::read(self.envelope_path(state, id))?;
+        Envelope::from_json(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Finds a message's envelope in whichever queue state it is.
+    pub fn find(&self, id: &str) -> Option<(State, Envelope)> {
+        if !id::is_valid(id) {
+            return None;
+        }
+        State::QUEUED.into_iter().find_map(|s| self.read_envelope(s, id).ok().map(|e| (s, e)))
+    }
+
+    pub fn read_body(&self, id: &str) -> io::Result<Vec<u8>> {
+        std::fs::read(self.body_path(id))
+    }
+
+    /// Writes `env` durably as the envelope in state `to`, replacing the one
+    /// in state `from` (the same state for an update in place). Crash-safe:
+    /// the new content lands in `from` first, then moves, each one rename.
+    pub async fn save(&self, env: &Envelope, from: State, to: State) -> io::Result<()> {
+        let tmp = self.tmp_path(&env.id);
+        let json = env.to_json();
+        let tmp_w = tmp.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut f = create_file(&tmp_w)?;
+            f.write_all(&json)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let at_from = self.envelope_path(from, &env.id);
+        let mut renames = vec![commit::Rename { from: tmp.clone(), to: at_from.clone() }];
+        if from != to {
+            renames.push(commit::Rename { from: at_from, to: self.envelope_path(to, &env.id) });
+        }
+        let result = self.committer().commit(renames, None).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Moves an envelope between states without changing it (one rename).
+    pub async fn move_to(&self, id: &str, from: State, to: State) -> io::Result<()> {
+        let renames = vec![commit::Rename { from: self.envelope_path(from, id), to: self.envelope_path(to, id) }];
+        self.committer().commit(renames, None).await
+    }
+
+    /// A rename that need not be durable before the caller goes on: used
+    /// for incoming -> active, which recovery undoes anyway.
+    pub fn move_now(&self, id: &str, from: State, to: State) -> io::Result<()> {
+        std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id))
+    }
+
+    /// Removes a finished message: envelope first (the commit point of
+    /// "done"), then the body. A crash between leaves an orphan body, which
+    /// recovery removes.
+    pub fn remove(&self, state: State, id: &str) -> io::Result<()> {
+        std::fs::remove_file(self.envelope_path(state, id))?;
+        match std::fs::remove_file(self.body_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ids of the envelopes in one state, unsorted; no envelope is read.
+    pub fn list(&self, state: State) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(self.dir(state))? {
+            let name = entry?.file_name();
+            if let Some(name) = name.to_str().filter(|n| id::is_valid(n)) {
+                ids.push(name.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Moves an envelope that cannot be read to `corrupt/`, keeping its
+    /// body beside it for inspection.
+    pub fn quarantine(&self, state: State, id: &str) -> io::Result<()> {
+        std::fs::rename(self.envelope_path(state, id), self.envelope_path(State::Corrupt, id))
+    }
+
+    /// Returns once every rename queued before this call is durable.
+    pub async fn barrier(&self) -> io::Result<()> {
+        self.committer().commit(Vec::new(), None).await
+    }
+
+    /// Operator actions, run on a blocking thread. Each returns the state the
+    /// message was found in (`None`: no such message). Directory syncs are
+    /// left to `sync_states`, once per batch.
+    pub fn delete_any(&self, id: &str) -> io::Result<Option<State>> {
+        let Some(state) = self.locate(id) else { return Ok(None) };
+        self.remove(state, id)?;
+        Ok(Some(state))
+    }
+
+    /// Puts a message on hold (`frozen`: Exim's freeze). A message already
+    /// held is left where it is, with the frozen mark updated.
+    pub fn hold(&self, id: &str, frozen: bool) -> io::Result<Option<State>> {
+        let Some(state) = self.locate(id) else { return Ok(None) };
+        self.rewrite_into(id, state, State::Hold, |env| env.frozen = frozen)?;
+        Ok(Some(state))
+    }
+
+    /// Releases a held or frozen message to `incoming/`, due now.
+    pub fn release(&self, id: &str) -> io::Result<Option<State>> {
+        match self.locate(id) {
+            Some(State::Hold) => {
+                self.rewrite_into(id, State::Hold, State::Incoming, |env| env.frozen = false)?;
+                Ok(Some(State::Hold))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Makes a waiting message due now (`postsuper -r`, `exim -M`).
+    pub fn requeue(&self, id: &str) -> io::Result<Option<State>> {
+        match self.locate(id) {
+            Some(state @ (State::Deferred | State::Active)) => {
+                self.move_now(id, state, State::Incoming)?;
+                Ok(Some(state))
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn locate(&self, id: &str) -> Option<State> {
+        if !id::is_valid(id) {
+            return None;
+        }
+        State::QUEUED.into_iter().find(|s| self.envelope_path(*s, id).exists())
+    }
+
+    /// Rewrites an envelope with `change` and moves it from `from` to `to`,
+    /// crash-safe (the new content lands in `from` first).
+    fn rewrite_into(&self, id: &str, from: State, to: State, change: impl FnOnce(&mut Envelope)) -> io::Result<()> {
+        let mut env = self.read_envelope(from, id)?;
+        change(&mut env);
+        let tmp = self.tmp_path(id);
+        let mut f = create_file(&tmp)?;
+        f.write_all(&env.to_json())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, self.envelope_path(from, id))?;
+        if from != to {
+            self.move_now(id, from, to)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the queue directories after a batch of operator actions.
+    pub fn sync_states(&self) -> io::Result<()> {
+        for state in State::QUEUED {
+            commit::sync_dir(&self.dir(state))?;
+        }
+        commit::sync_dir(&self.inner.root.join("data"))
+    }
+
+    /// Start-up recovery, run before anything else touches the spool:
+    /// sweeps half-written files, returns messages that were in delivery to
+    /// `incoming/`, removes bodies no envelope refers to, and quarantines
+    /// envelopes whose body is missing.
+    pub fn recover(&self) -> io::Result<Recovery> {
+        let mut report = Recovery::default();
+        for entry in std::fs::read_dir(self.inner.root.join("tmp"))? {
+            std::fs::remove_file(entry?.path())?;
+            report.tmp_removed += 1;
+        }
+        for id in self.list(State::Active)? {
+            self.move_now(&id, State::Active, State::Incoming)?;
+            report.active_requeued += 1;
+        }
+        let mut known = HashSet::new();
+        for state in State::QUEUED.into_iter().chain([State::Corrupt]) {
+            for id in self.list(state)? {
+                if state != State::Corrupt && !self.body_path(&id).exists() {
+                    self.quarantine(state, &id)?;
+                    report.missing_body.push(id.clone());
+                }
+                known.insert(id);
+            }
+        }
+        for entry in std::fs::read_dir(self.inner.root.join("data"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            match name.to_str() {
+                Some(n) if known.contains(n) => {}
+                _ => {
+                    std::fs::remove_file(entry.path())?;
+                    report.orphan_bodies_removed += 1;
+                }
+            }
+        }
+        report.newest_id = known.into_iter().max();
+        commit::sync_dir(&self.inner.root.join("incoming"))?;
+        commit::sync_dir(&self.inner.root.join("data"))?;
+        Ok(report)
+    }
+}
+
+fn create_file(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// The body of a message being received. Small bodies stay in memory until
+/// commit; large ones spill to their file as they arrive. Dropped without
+/// commit, it removes what it wrote.
+#[derive(Debug)]
+pub struct BodyWriter {
+    path: PathBuf,
+    buf: Vec<u8>,
+    file: Option<std::fs::File>,
+    size: u64,
+    committed: bool,
+}
+
+impl BodyWriter {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(data);
+        self.size += data.len() as u64;
+        if self.buf.len() >= BODY_BUFFER {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    async fn spill(&mut self) -> io::Result<()> {
+        let (file, buf, path) = (self.file.take(), std::mem::take(&mut self.buf), self.path.clone());
+        let (file, mut buf) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let mut file = match file {
+                Some(f) => f,
+                None => create_file(&path)?,
+            };
+            file.write_all(&buf)?;
+            Ok((file, buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        buf.clear();
+        self.file = Some(file);
+        self.buf = buf;
+        Ok(())
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if !self.committed && (self.file.is_some() || self.path.exists()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envelope::{Origin, Recipient};
+
+    fn envelope(spool: &Spool) -> Envelope {
+        Envelope {
+            v: envelope::VERSION,
+            id: spool.new_id(),
+            arrival: 1,
+            sender: "a@example.org".into(),
+            size: 0,
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            origin: Origin::default(),
+            recipients: vec![Recipient::new("b@example.org".into(), None, None)],
+            attempts: 0,
+            next_attempt: 0,
+            frozen: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_move_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let env = envelope(&spool);
+        let mut body = spool.body_writer(&env.id);
+        body.write(b"Subject: x\r\n\r\nhello\r\n").await.unwrap();
+        spool.commit_new(&env, body).await.unwrap();
+        assert_eq!(spool.list(State::Incoming).unwrap(), vec![env.id.clone()]);
+        assert_eq!(spool.read_body(&env.id).unwrap(), b"Subject: x\r\n\r\nhello\r\n");
+
+        // In delivery when the process dies: recovery puts it back.
+        spool.move_now(&env.id, State::Incoming, State::Active).unwrap();
+        std::fs::write(dir.path().join("tmp/half-written"), b"x").unwrap();
+        std::fs::write(dir.path().join("data/0000000001"), b"orphan").unwrap();
+        let reopened = Spool::open(dir.path(), None).unwrap();
+        let report = reopened.recover().unwrap();
+        assert_eq!((report.tmp_removed, report.active_requeued, report.orphan_bodies_removed), (1, 1, 1));
+        assert_eq!(report.newest_id.as_deref(), Some(env.id.as_str()));
+        let (state, read) = reopened.find(&env.id).unwrap();
+        assert_eq!((state, read), (State::Incoming, env));
+    }
+
+    #[tokio::test]
+    async fn save_updates_and_moves_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let mut env = envelope(&spool);
+        spool.commit_new(&env, spool.body_writer(&env.id)).await.unwrap();
+        env.attempts = 3;
+        spool.save(&env, State::Incoming, State::Deferred).await.unwrap();
+        assert!(spool.list(State::Incoming).unwrap().is_empty());
+        assert_eq!(spool.read_envelope(State::Deferred, &env.id).unwrap().attempts, 3);
+        assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+        spool.remove(State::Deferred, &env.id).unwrap();
+        assert!(spool.find(&env.id).is_none());
+        assert!(!spool.body_path(&env.id).exists());
+    }
+
+    #[tokio::test]
+    async fn large_bodies_spill_and_abandoned_ones_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let id = spool.new_id();
+        let mut body = spool.body_writer(&id);
+        body.write(&vec![b'x'; BODY_BUFFER + 10]).await.unwrap();
+        assert!(spool.body_path(&id).exists());
+        drop(body);
+        assert!(!spool.body_path(&id).exists());
+    }
+
+    #[test]
+    fn missing_body_is_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let env = envelope(&spool);
+        std::fs::write(spool.envelope_path(State::Deferred, &env.id), env.to_json()).unwrap();
+        let report = spool.recover().unwrap();
+        assert_eq!(report.missing_body, vec![env.id.clone()]);
+        assert!(spool.envelope_path(State::Corrupt, &env.id).exists());
+    }
+}
