@@ -92,6 +92,8 @@ pub struct Queue {
     pub active_limit: usize,
     /// How often the maildrop is scanned even without a wake-up.
     pub pickup_interval: Duration,
+    /// Delivery status notifications per sender per hour, at most.
+    pub bounce_rate_limit: usize,
 }
 
 /// An IPv4 or IPv6 network in CIDR notation.
@@ -229,6 +231,7 @@ impl Config {
             },
             active_limit: raw.queue.active_limit.unwrap_or(2000).max(1),
             pickup_interval: raw.queue.pickup_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+            bounce_rate_limit: raw.queue.bounce_rate_limit.unwrap_or(20),
         };
         if queue.retry_min > queue.retry_max {
             return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));
@@ -446,6 +449,7 @@ struct RawQueue {
     delay_warning: Option<Dur>,
     active_limit: Option<usize>,
     pickup_interval: Option<Dur>,
+    bounce_rate_limit: Option<usize>,
 }
 
 #[cfg(test)]

@@ -54,10 +54,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let relay = Arc::new(Relay::new(&config));
-    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), relay);
+    let ingress = Ingress::to_queue(&config, spool.clone(), Some(new_tx));
+    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), relay, ingress.clone());
     scheduler.load().context("loading the queue")?;
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
-    let ingress = Ingress::to_queue(&config, spool.clone(), Some(new_tx));
 
     let pickup_now = Arc::new(Notify::new());
     tokio::spawn(pickup_loop(ingress.clone(), spool.clone(), config.clone(), pickup_now.clone(), shutdown_rx.clone()));

@@ -25,6 +25,7 @@
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
 //! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
+//! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
 //! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod deliver;
+pub mod dsn;
 pub mod ingress;
 pub mod queue;
 pub mod route;

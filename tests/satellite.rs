@@ -7,6 +7,7 @@
 //! 1. smtplib submits; the message arrives with its envelope, headers,
 //!    body, and a `Received:` header carrying the queue id.
 //! 2. mail-send (a Rust client) submits; same checks.
+//!    swaks (with PIPELINING) submits; same checks.
 //! 3. `sendmail -t` takes the recipients from To/Cc/Bcc and drops Bcc.
 //! 4. `sendmail -f SENDER RCPT...` (as `posthorn sendmail` and through a
 //!    symlink named `sendmail`).
@@ -128,6 +129,41 @@ async fn mail_send_submission_is_relayed() {
     assert_eq!(String::from_utf8_lossy(&got[0].body()), "42 invoices sent.\n");
     let queue_id = sent_queue_id(&ph, "finance@example.test");
     assert_received_by(&ph, &got[0], &queue_id);
+}
+
+#[test]
+fn swaks_pipelined_submission_is_relayed() {
+    let sink = Sink::start();
+    let ph = satellite(&sink);
+    let out = swaks(
+        ph.smtp_addr(),
+        &[
+            "--pipeline",
+            "--from",
+            "monitor@vm9.test",
+            "--to",
+            "a@example.test,b@example.test",
+            "--header",
+            "Subject: load average",
+            "--header",
+            "Message-Id: <swaks-1@vm9.test>",
+            "--body",
+            "load is 0.42",
+        ],
+    );
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "swaks: {:?}\n{transcript}\nlog:\n{}", out.status, ph.log());
+    assert!(transcript.contains("PIPELINING"), "EHLO reply lacks PIPELINING:\n{transcript}");
+
+    let got = sink.wait_for_parsed(1, secs(15));
+    assert_eq!(got.len(), 1, "log:\n{}", ph.log());
+    assert_eq!(got[0].mail_from, "monitor@vm9.test");
+    let mut rcpts = got[0].rcpt_to.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@example.test", "b@example.test"]);
+    assert_eq!(got[0].header("Subject").as_deref(), Some("load average"));
+    assert_eq!(got[0].header("Message-ID").as_deref(), Some("<swaks-1@vm9.test>"));
+    assert!(String::from_utf8_lossy(&got[0].body()).starts_with("load is 0.42"));
 }
 
 #[test]

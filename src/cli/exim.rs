@@ -264,7 +264,7 @@ fn show(config: &Config, what: Show, queue_id: &str) -> u8 {
 /// between belongs to neither, as in Exim's spool files.
 fn split_body(text: &str) -> (&str, &str) {
     if text.starts_with('\n') {
-        return ("", &text[1..]);
+        return ("", text.strip_prefix('\n').unwrap_or(text));
     }
     match text.find("\n\n") {
         Some(at) => (&text[..at + 1], &text[at + 2..]),
@@ -418,7 +418,6 @@ fn act_on(config: &Config, action: Action, ids: &[String]) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::envelope::{Origin, Recipient, VERSION};
 
     fn p(args: &[&str]) -> Result<Option<Mode>, String> {
         parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map(|o| o.map(|p| p.mode))
@@ -449,22 +448,9 @@ mod tests {
             [size(812), size(2970), size(14_000), size(1_250_000), size(50 << 20)],
             ["  812", " 2.9K", "  14K", " 1.2M", "  50M"]
         );
-        let mut env = Envelope {
-            v: VERSION,
-            id: "0KAB12CD34".into(),
-            arrival: 1000,
-            sender: "root@vm1".into(),
-            size: 2970,
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: Origin::default(),
-            recipients: vec![Recipient::new("a@x".into(), None, None), Recipient::new("b@x".into(), None, None)],
-            attempts: 0,
-            next_attempt: 0,
-            frozen: true,
-        };
+        let mut env = crate::cli::select::sample("0KAB12CD34", "root@vm1", &["a@x", "b@x"], 1000);
+        env.size = 2970;
+        env.frozen = true;
         env.recipients[1].state = RcptState::Delivered;
         let expected = "25m  2.9K 0KAB12CD34 <root@vm1> *** frozen ***\n          a@x\n        D b@x\n\n";
         assert_eq!(render(&env, 1000 + 25 * 60, false), expected);

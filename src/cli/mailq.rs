@@ -138,7 +138,7 @@ pub fn json_line(state: State, env: &Envelope) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::envelope::{AttemptRecord, Origin, Recipient, VERSION};
+    use crate::spool::envelope::{AttemptRecord, Recipient};
 
     #[test]
     fn postfix_layout() {
@@ -152,22 +152,10 @@ mod tests {
             class: None,
             detail: "connect to 127.0.0.1:25: Connection refused".into(),
         });
-        let env = Envelope {
-            v: VERSION,
-            id: "0KAB12CD34".into(),
-            arrival: 1_795_613_746,
-            sender: String::new(),
-            size: 1234,
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: Origin::default(),
-            recipients: vec![rcpt, Recipient::new("b@example.org".into(), None, None)],
-            attempts: 1,
-            next_attempt: 0,
-            frozen: false,
-        };
+        let mut env = crate::cli::select::sample("0KAB12CD34", "", &[], 1_795_613_746);
+        env.size = 1234;
+        env.attempts = 1;
+        env.recipients = vec![rcpt, Recipient::new("b@example.org".into(), None, None)];
         let got = render(&[(State::Active, env)]);
         let expected = "\
 -Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------

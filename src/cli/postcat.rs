@@ -183,26 +183,13 @@ pub fn find(spool: &Option<Spool>, queue_id: &str) -> Option<(State, Envelope, V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::envelope::{Origin, Recipient, VERSION};
 
     #[test]
     fn sections() {
-        let env = Envelope {
-            v: VERSION,
-            id: "0KAB12CD34".into(),
-            arrival: 1_795_613_746,
-            sender: "root@vm1".into(),
-            size: 40,
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: Origin { protocol: "local".into(), user: Some("root".into()), ..Origin::default() },
-            recipients: vec![Recipient::new("ops@example.org".into(), None, None)],
-            attempts: 2,
-            next_attempt: 0,
-            frozen: false,
-        };
+        let mut env = crate::cli::select::sample("0KAB12CD34", "root@vm1", &["ops@example.org"], 1_795_613_746);
+        env.size = 40;
+        env.origin.user = Some("root".into());
+        env.attempts = 2;
         let body = b"Subject: hi\r\nTo: ops@example.org\r\n\r\nhello\r\n";
         let all = render(State::Deferred, &env, body, Parts { envelope: true, header: true, body: true });
         let expected = "\

@@ -123,29 +123,26 @@ pub fn parse_age(s: &str) -> Result<u64, String> {
     s.parse::<crate::config::Dur>().map(|d| d.0.as_secs())
 }
 
+/// A pending envelope for tests, built from JSON so that fields added to
+/// `Envelope` later (with serde defaults) need no change here.
+#[cfg(test)]
+pub fn sample(id: &str, sender: &str, rcpts: &[&str], arrival: u64) -> Envelope {
+    let rcpts: Vec<_> = rcpts.iter().map(|r| serde_json::json!({"address": r, "state": "pending"})).collect();
+    let v = serde_json::json!({
+        "v": 1, "id": id, "arrival": arrival, "sender": sender, "size": 10,
+        "origin": {"protocol": "local"}, "recipients": rcpts,
+    });
+    Envelope::from_json(v.to_string().as_bytes()).expect("sample envelope")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::deliver::ErrorClass;
-    use crate::spool::envelope::{AttemptRecord, Origin, Recipient, VERSION};
+    use crate::spool::envelope::AttemptRecord;
 
     fn env(id: &str, sender: &str, rcpts: &[&str], arrival: u64) -> Envelope {
-        Envelope {
-            v: VERSION,
-            id: id.into(),
-            arrival,
-            sender: sender.into(),
-            size: 10,
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-            origin: Origin::default(),
-            recipients: rcpts.iter().map(|r| Recipient::new(r.to_string(), None, None)).collect(),
-            attempts: 0,
-            next_attempt: 0,
-            frozen: false,
-        }
+        sample(id, sender, rcpts, arrival)
     }
 
     #[test]

@@ -101,4 +101,8 @@ pub struct Delivery {
     /// timed out or failed DNS): the queue then holds back every message for
     /// that destination until its retry time, instead of knocking again.
     pub hop_down: bool,
+    /// The server that took the message offered DSN, so NOTIFY went on with
+    /// it and success notices are its job (RFC 3461 5.2.2); otherwise a
+    /// NOTIFY=SUCCESS recipient gets a "relayed" notice from us.
+    pub remote_dsn: bool,
 }

@@ -90,8 +90,9 @@ pub struct Relay {
 
 /// What one host made of the message.
 enum HostTry {
-    /// The host answered the transaction; these outcomes are final.
-    Done(Vec<Outcome>),
+    /// The host answered the transaction; these outcomes are final. The
+    /// flag says whether the host offered DSN.
+    Done(Vec<Outcome>, bool),
     /// No session, or it broke before the message was handed over.
     Unreachable(Attempt),
     /// The session worked but MAIL got 4xx: try the next host.
@@ -121,22 +122,22 @@ impl Relay {
     pub async fn deliver(&self, msg: &OutMessage) -> Delivery {
         let n = msg.recipients.len();
         if n == 0 {
-            return Delivery { outcomes: Vec::new(), hop_down: false };
+            return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false };
         }
         if self.hosts.is_empty() {
             let attempt = local(ErrorClass::Local, "no smarthost configured (relay.smarthosts)".into());
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true };
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
         }
         if matches!(self.tls, TlsPolicy::Encrypt | TlsPolicy::Verify) {
             // Never fall back to clear text when the operator asked for TLS.
             let attempt = local(ErrorClass::Tls, "TLS required by relay.tls but not available".into());
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true };
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
         }
         let mut last = None;
         let mut hop_down = true;
         for host in 0..self.hosts.len() {
             match self.try_host(host, msg).await {
-                HostTry::Done(outcomes) => return Delivery { outcomes, hop_down: false },
+                HostTry::Done(outcomes, remote_dsn) => return Delivery { outcomes, hop_down: false, remote_dsn },
                 HostTry::Unreachable(attempt) => last = Some(attempt),
                 HostTry::Deferred(attempt) => {
                     last = Some(attempt);
@@ -145,7 +146,7 @@ impl Relay {
             }
         }
         let attempt = last.unwrap_or_else(|| local(ErrorClass::Local, "no smarthost could be tried".into()));
-        Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down }
+        Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
     }
 
     /// QUITs every idle session (daemon shutdown).
@@ -167,9 +168,9 @@ impl Relay {
         let permit = match self.pool.checkout(Some(host)).await {
             Checkout::Slot(permit) => permit,
             Checkout::Reused(conn) => {
-                let (label, result, freed) = self.transact(host, *conn, msg).await;
+                let (label, result, freed, dsn) = self.transact(host, *conn, msg).await;
                 if !stale(&result) {
-                    return judge(&label, n, result);
+                    return judge(&label, n, result, dsn);
                 }
                 // Servers close idle sessions on their own schedule; that is
                 // not the host failing, so a new session goes in transparently.
@@ -189,8 +190,8 @@ impl Relay {
             match Client::connect(addr, name, &self.helo, self.timeouts).await {
                 Ok(client) => {
                     tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
-                    let (label, result, _) = self.transact(host, Conn { client, permit }, msg).await;
-                    return judge(&label, n, result);
+                    let (label, result, _, dsn) = self.transact(host, Conn { client, permit }, msg).await;
+                    return judge(&label, n, result, dsn);
                 }
                 Err(e) => {
                     let attempt = session_error(&relay_label(name, addr), &e);
@@ -210,14 +211,15 @@ impl Relay {
         host: usize,
         mut conn: Conn,
         msg: &OutMessage,
-    ) -> (String, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>) {
+    ) -> (String, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>, bool) {
         let result = conn.client.send(msg, &msg.recipients).await;
         let label = conn.client.relay_label().to_string();
+        let dsn = conn.client.capabilities().dsn;
         if conn.client.is_usable() {
             self.pool.put(host, conn);
-            (label, result, None)
+            (label, result, None, dsn)
         } else {
-            (label, result, Some(conn.permit))
+            (label, result, Some(conn.permit), dsn)
         }
     }
 
@@ -256,12 +258,12 @@ fn stale(result: &Result<Vec<RcptResult>, ClientError>) -> bool {
 }
 
 /// Turns a transaction's result for `n` recipients into the host's verdict.
-fn judge(label: &str, n: usize, result: Result<Vec<RcptResult>, ClientError>) -> HostTry {
+fn judge(label: &str, n: usize, result: Result<Vec<RcptResult>, ClientError>, dsn: bool) -> HostTry {
     let results = match result {
         // Once the final dot is out, the server may have the message: trying
         // another host now would risk a duplicate, so wait for the retry.
         Err(e) if e.phase() == Phase::DataEnd => {
-            return HostTry::Done(vec![Outcome::Transient(session_error(label, &e)); n]);
+            return HostTry::Done(vec![Outcome::Transient(session_error(label, &e)); n], false);
         }
         Err(e) => return HostTry::Unreachable(session_error(label, &e)),
         Ok(results) => results,
@@ -275,7 +277,7 @@ fn judge(label: &str, n: usize, result: Result<Vec<RcptResult>, ClientError>) ->
     if let Some(reply) = mail.filter(|r| !r.is_permanent()) {
         return HostTry::Deferred(refused_attempt(label, Phase::Mail, reply));
     }
-    HostTry::Done(results.iter().map(|r| outcome(label, r)).collect())
+    HostTry::Done(results.iter().map(|r| outcome(label, r)).collect(), dsn)
 }
 
 /// The outcome for one recipient the host answered.

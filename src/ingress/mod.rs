@@ -167,6 +167,14 @@ impl Ingress {
         }
     }
 
+    /// Queues a complete message generated inside the daemon (delivery
+    /// status notifications); returns its queue id once durable.
+    pub async fn submit(&self, tx: Transaction, message: &[u8]) -> Result<String, IngressError> {
+        let mut writer = self.open(tx).await?;
+        writer.write(message).await?;
+        writer.commit().await
+    }
+
     fn envelope(&self, tx: &Transaction, id: &str) -> Envelope {
         let now = timefmt::now_secs();
         Envelope {
@@ -193,6 +201,7 @@ impl Ingress {
             attempts: 0,
             next_attempt: now,
             frozen: false,
+            delay_warned: false,
         }
     }
 

@@ -2,10 +2,12 @@
 //! recipients, record every outcome in the envelope, then either remove the
 //! message (nothing left to do) or save it as deferred with its next time.
 
+use super::notice::{self, Limiter};
 use super::{Done, backoff};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::deliver::relay::Relay;
 use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, OutRecipient, Outcome};
+use crate::ingress::Ingress;
 use crate::spool::envelope::{AttemptRecord, Envelope, RcptState};
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
@@ -21,6 +23,9 @@ pub struct Context {
     /// The destination is down: record a deferral without connecting.
     pub suspended: Option<String>,
     pub down_until: Option<u64>,
+    /// The door for notices to senders.
+    pub ingress: Ingress,
+    pub limiter: Arc<Limiter>,
 }
 
 pub async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
@@ -52,6 +57,7 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
         },
     };
     let pending: Vec<usize> = env.pending().map(|(i, _)| i).collect();
+    let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
     let now = now_secs();
     let mut reason = None;
     for (index, outcome) in pending.iter().zip(&delivery.outcomes) {
@@ -79,6 +85,10 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
         env.attempts += 1;
     }
     expire_if_too_old(&mut env, &ctx.config, now);
+    let delay_warning = ctx.config.queue.delay_warning.map(|d| d.as_secs());
+    for items in notice::due(&mut env, &before, delivery.remote_dsn, delay_warning, now) {
+        notice::send(&ctx.ingress, &ctx.spool, &ctx.limiter, &env, items, now).await;
+    }
     let hop_up = ctx.suspended.is_none() && !delivery.hop_down;
     let hop_down = ctx.suspended.is_none() && delivery.hop_down;
     if env.is_done() {
@@ -107,12 +117,19 @@ fn next_attempt(ctx: &Context, env: &Envelope, hop_down: bool, now: u64) -> u64 
     now + backoff::next(failures, q.retry_min, q.retry_max).as_secs().max(1)
 }
 
-/// Recipients still pending after `queue.max_lifetime` fail for good.
+/// Recipients still pending after `queue.max_lifetime` fail for good,
+/// except on a satellite whose smarthosts could not be reached: the
+/// fleet's mail waits for its hub however long that takes, because the
+/// sender can do nothing about it and a bounce would only add noise.
 fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64) {
     if now.saturating_sub(env.arrival) < config.queue.max_lifetime.as_secs() {
         return;
     }
     for rcpt in env.recipients.iter_mut().filter(|r| r.state == RcptState::Pending) {
+        let hub_answered = rcpt.history.last().is_some_and(|a| a.reply.is_some());
+        if config.role == Role::Satellite && !hub_answered {
+            continue;
+        }
         let last = rcpt.history.last().map(|a| a.detail.clone()).unwrap_or_default();
         tracing::info!("{}: to=<{}>, status=expired, returned to sender ({last})", env.id, rcpt.address);
         rcpt.state = RcptState::Failed;
@@ -157,7 +174,11 @@ fn out_message(env: &Envelope, body: Arc<[u8]>) -> OutMessage {
 
 fn all_transient(env: &Envelope, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
     let attempt = Attempt { relay: None, tls: false, reply: None, class: Some(class), detail };
-    Delivery { outcomes: env.pending().map(|_| Outcome::Transient(attempt.clone())).collect(), hop_down }
+    Delivery {
+        outcomes: env.pending().map(|_| Outcome::Transient(attempt.clone())).collect(),
+        hop_down,
+        remote_dsn: false,
+    }
 }
 
 fn suspended(env: &Envelope, reason: &str) -> Delivery {

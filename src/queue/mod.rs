@@ -11,9 +11,11 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod notice;
 
 use crate::config::Config;
 use crate::deliver::relay::Relay;
+use crate::ingress::Ingress;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
@@ -116,6 +118,8 @@ pub struct Scheduler {
     config: Arc<Config>,
     spool: Spool,
     relay: Arc<Relay>,
+    ingress: Ingress,
+    limiter: Arc<notice::Limiter>,
     fresh: VecDeque<Job>,
     retry: VecDeque<Job>,
     waiting: BTreeSet<(u64, String)>,
@@ -130,11 +134,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: Arc<Config>, spool: Spool, relay: Arc<Relay>) -> Scheduler {
+    pub fn new(config: Arc<Config>, spool: Spool, relay: Arc<Relay>, ingress: Ingress) -> Scheduler {
         Scheduler {
+            limiter: Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit)),
             config,
             spool,
             relay,
+            ingress,
             fresh: VecDeque::new(),
             retry: VecDeque::new(),
             waiting: BTreeSet::new(),
@@ -266,6 +272,8 @@ impl Scheduler {
                 dest_failures: self.dest.failures,
                 suspended: suspend_reason,
                 down_until: self.dest.down_until,
+                ingress: self.ingress.clone(),
+                limiter: self.limiter.clone(),
             };
             let done_tx = done_tx.clone();
             let id = job.id().to_string();

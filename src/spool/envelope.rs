@@ -41,6 +41,9 @@ pub struct Envelope {
     /// until thawed. A plain hold (Postfix `postsuper -h`) leaves it false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub frozen: bool,
+    /// A delay warning went to the sender already (sent once per message).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
 }
 
 /// How the message reached us, for the `Received:` header and logs.

@@ -455,6 +455,7 @@ mod tests {
             attempts: 0,
             next_attempt: 0,
             frozen: false,
+            delay_warned: false,
         }
     }
 

@@ -68,6 +68,16 @@ pub fn smtplib_transaction(addr: SocketAddr, from: &str, to: &[&str], body: &str
     Ok((reply["code"].as_u64().unwrap_or(0) as u16, reply["text"].as_str().unwrap_or("").to_string()))
 }
 
+/// Runs swaks against `addr` with extra `args` (`--from`, `--to`,
+/// `--header`, `--body`, `--pipeline`, ...); quiet unless it fails.
+/// Arguments go to swaks as argv, never through a shell.
+pub fn swaks(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("swaks");
+    cmd.arg("--server").arg(addr.ip().to_string()).arg("--port").arg(addr.port().to_string());
+    cmd.args(["--helo", "swaks.test", "--timeout", "30"]).args(args);
+    run_with_timeout(cmd, b"", COMMAND_TIMEOUT)
+}
+
 /// A reply: code and the text of all its lines joined by "\n".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
