@@ -42,6 +42,22 @@ pub struct Config {
     pub access: Access,
     pub relay: Relay,
     pub queue: Queue,
+    pub deliver: Deliver,
+}
+
+#[derive(Clone, Debug)]
+pub struct Deliver {
+    /// Transport tables (`hash:/etc/posthorn/transport`), searched in order.
+    pub transport_maps: Vec<String>,
+    /// Where local mail goes; `{domain}` and `{user}` are replaced.
+    pub maildir_root: String,
+    /// DNS servers (`ip:port`) for MX and address lookups; empty means
+    /// the system's /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    /// The port MX hosts are contacted on (25; tests change it).
+    pub mx_port: u16,
+    /// Connections open at once to one destination (domain or relay host).
+    pub destination_concurrency: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +284,23 @@ impl Config {
                 idle_timeout: raw.relay.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
             },
             queue,
+            deliver: Deliver {
+                transport_maps: raw.deliver.transport_maps.unwrap_or_default(),
+                maildir_root: raw.deliver.maildir_root.unwrap_or_else(|| "/var/mail/{domain}/{user}".into()),
+                dns_servers: raw
+                    .deliver
+                    .dns_servers
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| {
+                        s.parse::<SocketAddr>()
+                            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                            .map_err(|_| err("deliver.dns_servers", format!("`{s}` is not an address or address:port")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                mx_port: raw.deliver.mx_port.unwrap_or(25),
+                destination_concurrency: raw.deliver.destination_concurrency.unwrap_or(20).max(1),
+            },
         })
     }
 
@@ -395,7 +428,7 @@ struct Raw {
     #[serde(default)]
     rewrite: Option<toml::Table>,
     #[serde(default)]
-    deliver: Option<toml::Table>,
+    deliver: RawDeliver,
     #[serde(default)]
     tls: Option<toml::Table>,
     #[serde(default)]
@@ -438,6 +471,16 @@ struct RawRelay {
     connect_timeout: Option<Dur>,
     max_connections: Option<usize>,
     idle_timeout: Option<Dur>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeliver {
+    transport_maps: Option<Vec<String>>,
+    maildir_root: Option<String>,
+    dns_servers: Option<Vec<String>>,
+    mx_port: Option<u16>,
+    destination_concurrency: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]

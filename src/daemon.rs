@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::deliver::relay::Relay;
+use crate::deliver::Transports;
 use crate::ingress::{Ingress, maildrop};
 use crate::queue::{Command, Scheduler};
 use crate::smtp::server::Server;
@@ -53,9 +53,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
-    let relay = Arc::new(Relay::new(&config));
+    let transports = Arc::new(Transports::new(&config));
     let ingress = Ingress::to_queue(&config, spool.clone(), Some(new_tx));
-    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), relay, ingress.clone());
+    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), transports.clone(), ingress.clone());
     scheduler.load().context("loading the queue")?;
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
 
@@ -66,10 +66,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(control::serve(control_listener, ctl_tx));
     tokio::spawn(handle_control(ctl_rx, cmd_tx, pickup_now));
 
+    let mut servers = Vec::new();
     for listener in listeners {
         eprintln!("listening smtp={}", listener.local_addr()?);
         let server = Server::new(config.clone(), ingress.clone());
-        tokio::spawn(server.run(listener, shutdown_rx.clone()));
+        servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
     tracing::info!("posthorn {} started as {:?} for {}", env!("CARGO_PKG_VERSION"), config.role, config.hostname);
     eprintln!("ready");
@@ -86,7 +87,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    // Sessions in the middle of DATA finish their message (the server
+    // bounds that wait); then deliveries in flight get a few seconds.
+    for server in servers {
+        let _ = server.await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
+    transports.close_idle().await;
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(pid_file);

@@ -22,6 +22,7 @@
 //! Every file is played (in parallel, on one daemon) and all mismatches are
 //! reported together, each with its file name and line.
 
+#[allow(unused_imports)] // the harness re-exports more than dialogs use
 mod harness;
 
 use std::io::{BufRead, BufReader, Write};

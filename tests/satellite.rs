@@ -413,5 +413,11 @@ fn kill9_during_submissions_loses_no_accepted_message() {
         duplicates,
         extra
     );
-    assert!(all_in && missing.is_empty(), "{} accepted messages never delivered, e.g. {:?}; log tail:\n{}", missing.len(), missing.iter().take(5).collect::<Vec<_>>(), ph.log());
+    assert!(
+        all_in && missing.is_empty(),
+        "{} accepted messages never delivered, e.g. {:?}; log tail:\n{}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        ph.log()
+    );
 }

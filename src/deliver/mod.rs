@@ -106,3 +106,48 @@ pub struct Delivery {
     /// NOTIFY=SUCCESS recipient gets a "relayed" notice from us.
     pub remote_dsn: bool,
 }
+
+/// The next hop for a group of recipients: which transport, to where.
+/// Recipients of one message with the same hop are delivered together.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Hop {
+    /// The configured smarthosts (`relay.smarthosts`).
+    Relay,
+}
+
+impl Hop {
+    /// The destination key its backoff and connection limit are kept under.
+    pub fn key(&self) -> String {
+        match self {
+            Hop::Relay => "relay".into(),
+        }
+    }
+}
+
+/// Every transport the daemon has, built once from the configuration.
+pub struct Transports {
+    relay: relay::Relay,
+}
+
+impl Transports {
+    pub fn new(config: &crate::config::Config) -> Transports {
+        Transports { relay: relay::Relay::new(config) }
+    }
+
+    /// Where `address` goes next. A satellite sends everything to its
+    /// smarthosts; so does a hub until per-domain routing is configured.
+    pub fn hop_for(&self, _address: &str) -> Hop {
+        Hop::Relay
+    }
+
+    pub async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
+        match hop {
+            Hop::Relay => self.relay.deliver(msg).await,
+        }
+    }
+
+    /// Closes idle pooled connections politely (shutdown).
+    pub async fn close_idle(&self) {
+        self.relay.close_idle().await;
+    }
+}

@@ -1,66 +1,164 @@
-//! One delivery attempt of one message: load, deliver the pending
-//! recipients, record every outcome in the envelope, then either remove the
+//! One delivery attempt of one message: load it, route each pending
+//! recipient to its next hop, deliver each group (respecting the
+//! destination's connection limit and backoff), record every outcome in
+//! the envelope, send the notices that are due, then either remove the
 //! message (nothing left to do) or save it as deferred with its next time.
 
+use super::dest::Destinations;
 use super::notice::{self, Limiter};
 use super::{Done, backoff};
 use crate::config::{Config, Role};
-use crate::deliver::relay::Relay;
-use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, OutRecipient, Outcome};
+use crate::deliver::{Attempt, Delivery, ErrorClass, Hop, OutMessage, OutRecipient, Outcome, Transports};
 use crate::ingress::Ingress;
 use crate::spool::envelope::{AttemptRecord, Envelope, RcptState};
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
 use std::sync::Arc;
 
-/// What the scheduler knows that a delivery needs.
+/// What the scheduler shares with every delivery.
 pub struct Context {
     pub spool: Spool,
-    pub relay: Arc<Relay>,
+    pub transports: Arc<Transports>,
+    pub dests: Arc<Destinations>,
     pub config: Arc<Config>,
-    /// Consecutive failures of the destination before this attempt.
-    pub dest_failures: u32,
-    /// The destination is down: record a deferral without connecting.
-    pub suspended: Option<String>,
-    pub down_until: Option<u64>,
     /// The door for notices to senders.
     pub ingress: Ingress,
     pub limiter: Arc<Limiter>,
 }
 
+fn skipped(id: String) -> Done {
+    Done { id, next_attempt: None, skipped: true }
+}
+
 pub async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
     match ctx.spool.read_envelope(state, &id) {
         Ok(env) => run(ctx, env, state).await,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // Deleted or held by an operator meanwhile: nothing to do.
-            Done { id, hop_down: false, hop_up: false, next_attempt: None, reason: None, skipped: true }
-        }
+        // Deleted or held by an operator meanwhile: nothing to do.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => skipped(id),
         Err(e) => {
             tracing::error!("{id}: unreadable envelope ({e}); moved to corrupt/");
             let _ = ctx.spool.quarantine(state, &id);
-            Done { id, hop_down: false, hop_up: false, next_attempt: None, reason: None, skipped: false }
+            Done { id, next_attempt: None, skipped: false }
         }
     }
+}
+
+/// The result of delivering one group of recipients.
+struct GroupResult {
+    indexes: Vec<usize>,
+    delivery: Delivery,
+    /// When the group's destination is due again, if it was down.
+    down_until: Option<u64>,
+    attempted: bool,
 }
 
 pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let id = env.id.clone();
     if let Err(e) = ctx.spool.move_now(&id, from, State::Active) {
         tracing::debug!("{id}: not in {} any more ({e}); skipped", from.dir_name());
-        return Done { id, hop_down: false, hop_up: false, next_attempt: None, reason: None, skipped: true };
+        return skipped(id);
     }
-    let delivery = match &ctx.suspended {
-        Some(reason) => suspended(&env, reason),
-        None => match load_body(&ctx.spool, &id).await {
-            Ok(body) => ctx.relay.deliver(&out_message(&env, body)).await,
-            Err(e) => local_trouble(&env, format!("cannot read message body: {e}")),
+    let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
+    let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
+    for (i, r) in env.pending() {
+        let hop = ctx.transports.hop_for(&r.address);
+        match groups.iter_mut().find(|(h, _)| *h == hop) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((hop, vec![i])),
+        }
+    }
+    let mut body: Option<Arc<[u8]>> = None;
+    let mut results = Vec::with_capacity(groups.len());
+    for (hop, indexes) in groups {
+        results.push(deliver_group(&ctx, &env, &hop, indexes, &mut body).await);
+    }
+    let now = now_secs();
+    let mut remote_dsn = false;
+    for group in &results {
+        remote_dsn |= group.delivery.remote_dsn;
+        record(&mut env, group, now);
+    }
+    if results.iter().any(|g| g.attempted) {
+        env.attempts += 1;
+    }
+    expire_if_too_old(&mut env, &ctx.config, now);
+    let delay_warning = ctx.config.queue.delay_warning.map(|d| d.as_secs());
+    for items in notice::due(&mut env, &before, remote_dsn, delay_warning, now) {
+        notice::send(&ctx.ingress, &ctx.spool, &ctx.limiter, &env, items, now).await;
+    }
+    if env.is_done() {
+        if let Err(e) = ctx.spool.remove(State::Active, &id) {
+            tracing::error!("{id}: cannot remove finished message: {e}");
+        } else {
+            tracing::info!("{id}: removed");
+        }
+        return Done { id, next_attempt: None, skipped: false };
+    }
+    env.next_attempt = next_attempt(&ctx.config, &env, &results, now);
+    if let Err(e) = ctx.spool.save(&env, State::Active, State::Deferred).await {
+        // Left in active/: recovery requeues it at the next start; until
+        // then, retry from memory at the computed time.
+        tracing::error!("{id}: cannot save deferred envelope: {e}");
+    }
+    Done { id, next_attempt: Some(env.next_attempt), skipped: false }
+}
+
+/// Delivers the recipients `indexes` of `env` to `hop`, unless the
+/// destination is down, in which case they are deferred without a
+/// connection attempt. The body is read once, on first need.
+async fn deliver_group(
+    ctx: &Context,
+    env: &Envelope,
+    hop: &Hop,
+    indexes: Vec<usize>,
+    body: &mut Option<Arc<[u8]>>,
+) -> GroupResult {
+    let dest = ctx.dests.get(&hop.key());
+    let suspended = |until: u64, reason: String, indexes: Vec<usize>| GroupResult {
+        delivery: all_transient(
+            indexes.len(),
+            ErrorClass::Connect,
+            format!("delivery temporarily suspended: {reason}"),
+            false,
+        ),
+        indexes,
+        down_until: Some(until),
+        attempted: false,
+    };
+    if let Some((until, reason)) = dest.down() {
+        return suspended(until, reason, indexes);
+    }
+    let _slot = dest.slot().await;
+    // The destination may have gone down while this delivery waited.
+    if let Some((until, reason)) = dest.down() {
+        return suspended(until, reason, indexes);
+    }
+    let data = match body {
+        Some(b) => b.clone(),
+        None => match load_body(&ctx.spool, &env.id).await {
+            Ok(b) => body.insert(b).clone(),
+            Err(e) => {
+                let detail = format!("cannot read message body: {e}");
+                tracing::error!("{}: {detail}", env.id);
+                let delivery = all_transient(indexes.len(), ErrorClass::Local, detail, false);
+                return GroupResult { indexes, delivery, down_until: None, attempted: false };
+            }
         },
     };
-    let pending: Vec<usize> = env.pending().map(|(i, _)| i).collect();
-    let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
-    let now = now_secs();
-    let mut reason = None;
-    for (index, outcome) in pending.iter().zip(&delivery.outcomes) {
+    let delivery = ctx.transports.deliver(hop, &out_message(env, &indexes, data)).await;
+    let down_until = if delivery.hop_down {
+        let reason = delivery.outcomes.first().map(|o| o.attempt().detail.clone()).unwrap_or_default();
+        Some(dest.failed(&reason, ctx.config.queue.retry_min, ctx.config.queue.retry_max))
+    } else {
+        dest.up();
+        None
+    };
+    GroupResult { indexes, delivery, down_until, attempted: true }
+}
+
+/// Applies a group's outcomes to the envelope and logs each.
+fn record(env: &mut Envelope, group: &GroupResult, now: u64) {
+    for (index, outcome) in group.indexes.iter().zip(&group.delivery.outcomes) {
         let rcpt = &mut env.recipients[*index];
         let (status, state) = match outcome {
             Outcome::Delivered(_) => ("sent", RcptState::Delivered),
@@ -68,8 +166,7 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
             Outcome::Permanent(_) => ("bounced", RcptState::Failed),
         };
         let a = outcome.attempt();
-        log_outcome(&id, &rcpt.address, a, status, env.arrival);
-        reason.get_or_insert_with(|| a.detail.clone());
+        log_outcome(&env.id, &rcpt.address, a, status, env.arrival);
         rcpt.state = state;
         rcpt.record(AttemptRecord {
             at: now,
@@ -81,40 +178,20 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
             detail: a.detail.clone(),
         });
     }
-    if ctx.suspended.is_none() {
-        env.attempts += 1;
-    }
-    expire_if_too_old(&mut env, &ctx.config, now);
-    let delay_warning = ctx.config.queue.delay_warning.map(|d| d.as_secs());
-    for items in notice::due(&mut env, &before, delivery.remote_dsn, delay_warning, now) {
-        notice::send(&ctx.ingress, &ctx.spool, &ctx.limiter, &env, items, now).await;
-    }
-    let hop_up = ctx.suspended.is_none() && !delivery.hop_down;
-    let hop_down = ctx.suspended.is_none() && delivery.hop_down;
-    if env.is_done() {
-        if let Err(e) = ctx.spool.remove(State::Active, &id) {
-            tracing::error!("{id}: cannot remove finished message: {e}");
-        } else {
-            tracing::info!("{id}: removed");
-        }
-        return Done { id, hop_down, hop_up, next_attempt: None, reason, skipped: false };
-    }
-    env.next_attempt = next_attempt(&ctx, &env, hop_down, now);
-    if let Err(e) = ctx.spool.save(&env, State::Active, State::Deferred).await {
-        // Left in active/: recovery requeues it at the next start; until
-        // then, retry from memory at the computed time.
-        tracing::error!("{id}: cannot save deferred envelope: {e}");
-    }
-    Done { id, hop_down, hop_up, next_attempt: Some(env.next_attempt), reason, skipped: false }
 }
 
-fn next_attempt(ctx: &Context, env: &Envelope, hop_down: bool, now: u64) -> u64 {
-    let q = &ctx.config.queue;
-    if let Some(until) = ctx.down_until.filter(|_| ctx.suspended.is_some()) {
-        return until.max(now + 1);
-    }
-    let failures = if hop_down { ctx.dest_failures + 1 } else { env.attempts };
-    now + backoff::next(failures, q.retry_min, q.retry_max).as_secs().max(1)
+/// The earliest time any still-pending group is due: a destination that
+/// was down is due when its backoff ends; a recipient that got a
+/// temporary refusal backs off with the message's attempt count.
+fn next_attempt(config: &Config, env: &Envelope, results: &[GroupResult], now: u64) -> u64 {
+    let q = &config.queue;
+    let own = now + backoff::next(env.attempts.max(1), q.retry_min, q.retry_max).as_secs().max(1);
+    results
+        .iter()
+        .filter(|g| g.indexes.iter().any(|i| env.recipients[*i].state == RcptState::Pending))
+        .map(|g| g.down_until.map(|t| t.max(now + 1)).unwrap_or(own))
+        .min()
+        .unwrap_or(own)
 }
 
 /// Recipients still pending after `queue.max_lifetime` fail for good,
@@ -151,17 +228,15 @@ async fn load_body(spool: &Spool, id: &str) -> std::io::Result<Arc<[u8]>> {
     Ok(data.into())
 }
 
-fn out_message(env: &Envelope, body: Arc<[u8]>) -> OutMessage {
+fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage {
     OutMessage {
         id: env.id.clone(),
         sender: env.sender.clone(),
-        recipients: env
-            .pending()
-            .map(|(index, r)| OutRecipient {
-                index,
-                address: r.address.clone(),
-                notify: r.notify.clone(),
-                orcpt: r.orcpt.clone(),
+        recipients: indexes
+            .iter()
+            .map(|&index| {
+                let r = &env.recipients[index];
+                OutRecipient { index, address: r.address.clone(), notify: r.notify.clone(), orcpt: r.orcpt.clone() }
             })
             .collect(),
         body,
@@ -172,22 +247,9 @@ fn out_message(env: &Envelope, body: Arc<[u8]>) -> OutMessage {
     }
 }
 
-fn all_transient(env: &Envelope, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
+fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
     let attempt = Attempt { relay: None, tls: false, reply: None, class: Some(class), detail };
-    Delivery {
-        outcomes: env.pending().map(|_| Outcome::Transient(attempt.clone())).collect(),
-        hop_down,
-        remote_dsn: false,
-    }
-}
-
-fn suspended(env: &Envelope, reason: &str) -> Delivery {
-    all_transient(env, ErrorClass::Connect, format!("delivery temporarily suspended: {reason}"), false)
-}
-
-fn local_trouble(env: &Envelope, detail: String) -> Delivery {
-    tracing::error!("{}: {detail}", env.id);
-    all_transient(env, ErrorClass::Local, detail, false)
+    Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
 }
 
 /// The Postfix-style result line an operator greps for.

@@ -11,14 +11,16 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod dest;
 pub mod notice;
 
 use crate::config::Config;
-use crate::deliver::relay::Relay;
+use crate::deliver::Transports;
 use crate::ingress::Ingress;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
+use dest::Destinations;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,34 +82,11 @@ impl Job {
 #[derive(Debug)]
 pub struct Done {
     pub id: String,
-    /// The next hop could not be reached at all.
-    pub hop_down: bool,
-    /// The delivery reached the next hop (resets its backoff).
-    pub hop_up: bool,
     /// When the message is due again, if it is still queued.
     pub next_attempt: Option<u64>,
-    /// Why the last attempt failed, for the "suspended" note.
-    pub reason: Option<String>,
     /// The message was gone or elsewhere when its turn came (a stale entry
     /// after an operator action); nothing was done.
     pub skipped: bool,
-}
-
-/// Backoff state of one next hop.
-#[derive(Debug, Default)]
-struct Destination {
-    in_flight: usize,
-    failures: u32,
-    down_until: Option<u64>,
-    reason: String,
-}
-
-/// A delivery in progress: its task, and whether it holds one of the
-/// destination's connection slots (a suspended deferral does not).
-#[derive(Debug)]
-struct Running {
-    task: tokio::task::JoinHandle<()>,
-    holds_slot: bool,
 }
 
 /// Fresh mail kept in memory; beyond this, only ids are kept and the
@@ -117,7 +96,8 @@ const FRESH_IN_MEMORY: usize = 10_000;
 pub struct Scheduler {
     config: Arc<Config>,
     spool: Spool,
-    relay: Arc<Relay>,
+    transports: Arc<Transports>,
+    dests: Arc<Destinations>,
     ingress: Ingress,
     limiter: Arc<notice::Limiter>,
     fresh: VecDeque<Job>,
@@ -127,27 +107,24 @@ pub struct Scheduler {
     /// is never scheduled twice (a rescan can meet one already known).
     known: HashSet<String>,
     /// Deliveries running, by message id, so an operator action can stop one.
-    running: HashMap<String, Running>,
-    in_flight: usize,
-    dest: Destination,
+    running: HashMap<String, tokio::task::JoinHandle<()>>,
     turn: u32,
 }
 
 impl Scheduler {
-    pub fn new(config: Arc<Config>, spool: Spool, relay: Arc<Relay>, ingress: Ingress) -> Scheduler {
+    pub fn new(config: Arc<Config>, spool: Spool, transports: Arc<Transports>, ingress: Ingress) -> Scheduler {
         Scheduler {
             limiter: Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit)),
+            dests: Arc::new(Destinations::new(config.deliver.destination_concurrency)),
             config,
             spool,
-            relay,
+            transports,
             ingress,
             fresh: VecDeque::new(),
             retry: VecDeque::new(),
             waiting: BTreeSet::new(),
             known: HashSet::new(),
             running: HashMap::new(),
-            in_flight: 0,
-            dest: Destination::default(),
             turn: 0,
         }
     }
@@ -198,7 +175,7 @@ impl Scheduler {
         // Deliveries in flight finish or are cut off with the process;
         // recovery returns anything left in active/ to the queue.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.in_flight > 0 {
+        while !self.running.is_empty() {
             match tokio::time::timeout_at(deadline, done_rx.recv()).await {
                 Ok(Some(done)) => self.finished(done),
                 _ => break,
@@ -238,19 +215,13 @@ impl Scheduler {
         .max(Duration::from_millis(if self.retry.is_empty() { 0 } else { 50 }))
     }
 
-    /// Starts deliveries while the active window and the destination's
-    /// concurrency allow. Fresh mail gets two turns for every retry turn.
+    /// Starts deliveries while the active window allows. Fresh mail gets
+    /// two turns for every retry turn. Per-destination limits are applied
+    /// by the deliveries themselves (see `dest`).
     fn dispatch(&mut self, done_tx: &mpsc::UnboundedSender<Done>) {
-        let limit = self.config.queue.active_limit;
-        let dest_limit = self.config.relay.max_connections;
-        loop {
-            let suspended = self.dest.down_until.is_some_and(|t| t > now_secs());
-            if self.in_flight >= limit || (!suspended && self.dest.in_flight >= dest_limit) {
-                return;
-            }
+        while self.running.len() < self.config.queue.active_limit {
             self.turn = self.turn.wrapping_add(1);
-            let prefer_retry = self.turn % 3 == 0;
-            let job = if prefer_retry {
+            let job = if self.turn % 3 == 0 {
                 self.retry.pop_front().or_else(|| self.fresh.pop_front())
             } else {
                 self.fresh.pop_front().or_else(|| self.retry.pop_front())
@@ -259,19 +230,11 @@ impl Scheduler {
             if self.running.contains_key(job.id()) {
                 continue; // a stale duplicate of a message being delivered
             }
-            self.in_flight += 1;
-            let suspend_reason = suspended.then(|| self.dest.reason.clone());
-            let holds_slot = suspend_reason.is_none();
-            if holds_slot {
-                self.dest.in_flight += 1;
-            }
             let ctx = attempt::Context {
                 spool: self.spool.clone(),
-                relay: self.relay.clone(),
+                transports: self.transports.clone(),
+                dests: self.dests.clone(),
                 config: self.config.clone(),
-                dest_failures: self.dest.failures,
-                suspended: suspend_reason,
-                down_until: self.dest.down_until,
                 ingress: self.ingress.clone(),
                 limiter: self.limiter.clone(),
             };
@@ -284,37 +247,16 @@ impl Scheduler {
                 };
                 let _ = done_tx.send(done);
             });
-            self.running.insert(id, Running { task: handle, holds_slot });
+            self.running.insert(id, handle);
         }
     }
 
     fn finished(&mut self, done: Done) {
-        let Some(running) = self.running.remove(&done.id) else {
+        if self.running.remove(&done.id).is_none() {
             return; // stopped by an operator action, already accounted for
-        };
-        self.release_slot(&running);
+        }
         if done.skipped {
             return;
-        }
-        if done.hop_up {
-            self.dest.failures = 0;
-            self.dest.down_until = None;
-        } else if done.hop_down {
-            let now = now_secs();
-            // Several deliveries in flight may report the same outage; count it once.
-            if self.dest.down_until.is_none_or(|t| t <= now) {
-                self.dest.failures += 1;
-                let wait = backoff::next(self.dest.failures, self.config.queue.retry_min, self.config.queue.retry_max);
-                self.dest.down_until = Some(now + wait.as_secs().max(1));
-                tracing::info!(
-                    "destination relay: down ({}), deliveries suspended for {}s",
-                    done.reason.as_deref().unwrap_or("unreachable"),
-                    wait.as_secs()
-                );
-            }
-            if let Some(r) = done.reason {
-                self.dest.reason = r;
-            }
         }
         match done.next_attempt {
             Some(at) => {
@@ -333,8 +275,7 @@ impl Scheduler {
                 let _ = reply.send(results);
             }
             Command::Flush(reply) => {
-                self.dest.down_until = None;
-                self.dest.failures = 0;
+                self.dests.reset_all();
                 let n = self.waiting.len();
                 while let Some((_, id)) = self.waiting.pop_first() {
                     self.retry.push_back(Job::OnDisk(id, State::Deferred));
@@ -352,10 +293,9 @@ impl Scheduler {
     /// the files and the schedule.
     async fn act(&mut self, action: Action, ids: Vec<String>) -> Vec<ActResult> {
         for id in &ids {
-            if let Some(running) = self.running.remove(id) {
-                running.task.abort();
-                self.release_slot(&running);
-                let _ = running.task.await;
+            if let Some(task) = self.running.remove(id) {
+                task.abort();
+                let _ = task.await;
                 tracing::info!("{id}: delivery stopped by operator action {action:?}");
             }
         }
@@ -393,13 +333,6 @@ impl Scheduler {
             results.push(result);
         }
         results
-    }
-
-    fn release_slot(&mut self, running: &Running) {
-        self.in_flight -= 1;
-        if running.holds_slot {
-            self.dest.in_flight -= 1;
-        }
     }
 
     fn reschedule(&mut self, action: Action, id: &str, found: Option<State>) {

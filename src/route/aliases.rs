@@ -49,6 +49,10 @@ fn check_value(item: &str) -> Result<(), String> {
         Ok((inner, "")) if item.starts_with('"') => inner,
         _ => item.to_string(),
     };
+    if bare.starts_with('#') {
+        // `root: admin # note` would otherwise send mail to `#` and `note`.
+        return Err(format!("{item}: comments must be on a line of their own"));
+    }
     if bare.starts_with('|') {
         return Err(format!(
             "{item}: delivery to a command is not supported (posthorn never runs commands from alias files)"
@@ -114,6 +118,7 @@ mod tests {
             ("bad: @example.org", "without a local part"),
             ("bad: user@", "without a domain"),
             ("bad: \\", "empty address"),
+            ("root: admin # the admin", "#: comments must be on a line of their own"),
             ("bad: \\user@example.org", "local names only"),
             ("\"open: x", "missing closing double quote"),
         ];

@@ -20,5 +20,74 @@ pub mod table;
 pub mod transport;
 
 pub use rewrite::{Expansion, Limits, RewriteError, Rewriter, Step};
-pub use table::{Syntax, Table, TableError, TableSpec};
+pub use table::{Syntax, Table, TableError, TableSpec, open_all};
 pub use transport::{NextHop, Route, Transport, TransportMaps};
+
+use std::fmt::Write;
+
+/// The text of `posthorn route explain ADDRESS`: every rewriting step,
+/// then the route of each final recipient. `default_for` gives the next
+/// hop a recipient takes when no transport entry matches (Maildir for local
+/// domains, MX otherwise on a hub; the smarthosts on a satellite).
+pub fn explain(
+    rewriter: &Rewriter,
+    transports: &TransportMaps,
+    default_for: &dyn Fn(&str) -> NextHop,
+    address: &str,
+) -> String {
+    let mut out = String::new();
+    let expansion = match rewriter.expand(address) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = writeln!(out, "{address}: error: {e}");
+            return out;
+        }
+    };
+    out.push_str(&expansion.to_string());
+    for rcpt in &expansion.recipients {
+        let route = transports.route(rcpt, &default_for(rcpt));
+        let _ = writeln!(out, "{rcpt}: {route}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn explains_the_whole_chain() {
+        let v = Table::from_text(
+            "hash:/etc/postfix/virtual",
+            "@staging.example.org team@example.org\nteam@example.org alice@example.org, bob@example.net\n",
+            Syntax::Map,
+        )
+        .unwrap();
+        let t = Table::from_text(
+            "hash:/etc/posthorn/transport",
+            "example.net relay:[gw.example.net]:2525\n",
+            Syntax::Transport,
+        )
+        .unwrap();
+        let rewriter = Rewriter::new("example.org", |d| d == "example.org").with_virtual_maps(vec![Arc::new(v)]);
+        let transports = TransportMaps::new(vec![Arc::new(t)]);
+        let default_for = |rcpt: &str| if rcpt.ends_with("@example.org") { NextHop::maildir() } else { NextHop::mx() };
+        let want = "\
+deploy@staging.example.org: virtual alias (hash:/etc/postfix/virtual line 1, key \"@staging.example.org\") -> team@example.org
+  team@example.org: virtual alias (hash:/etc/postfix/virtual line 2, key \"team@example.org\") -> alice@example.org, bob@example.net
+    alice@example.org: final recipient
+    bob@example.net: final recipient
+alice@example.org: transport default: maildir:
+bob@example.net: transport hash:/etc/posthorn/transport: relay:[gw.example.net]:2525 (line 1, key \"example.net\", value \"relay:[gw.example.net]:2525\")
+";
+        assert_eq!(explain(&rewriter, &transports, &default_for, "deploy@staging.example.org"), want);
+
+        let looping = Table::from_text("v", "a@x.net b@x.net\nb@x.net a@x.net\n", Syntax::Map).unwrap();
+        let rewriter = Rewriter::new("example.org", |_| false).with_virtual_maps(vec![Arc::new(looping)]);
+        assert_eq!(
+            explain(&rewriter, &transports, &default_for, "a@x.net"),
+            "a@x.net: error: alias loop: a@x.net -> b@x.net -> a@x.net\n"
+        );
+    }
+}

@@ -424,8 +424,11 @@ fn read_bounded(path: &Path) -> Result<(String, Identity), TableError> {
 /// [`CHECK_INTERVAL`], or on [`Table::refresh`]). A new version with a bad
 /// line is logged (file and line) and ignored: the previous one stays.
 ///
-/// Lookups are cheap and lock-free of I/O except for the occasional check;
-/// share a `Table` behind an `Arc`.
+/// Lookups take no lock that I/O holds, except for the check itself: a
+/// stat once a second, and a read when the file changed (bounded by
+/// [`MAX_FILE_SIZE`]; callers on an async runtime with huge tables may call
+/// [`Table::refresh`] from a blocking task instead). Share a `Table`
+/// behind an `Arc`.
 #[derive(Debug)]
 pub struct Table {
     name: String,
@@ -563,6 +566,12 @@ impl Table {
     }
 }
 
+/// Opens every table of a configuration list (`virtual_alias_maps =
+/// ["hash:/etc/postfix/virtual", ...]`), in order.
+pub fn open_all<S: AsRef<str>>(specs: &[S], syntax: Syntax) -> Result<Vec<Arc<Table>>, TableError> {
+    specs.iter().map(|s| Table::open_str(s.as_ref(), syntax).map(Arc::new)).collect()
+}
+
 /// Reads and parses a file, refusing it when any line is bad; logs the
 /// duplicate-key warnings.
 fn load_checked(path: &Path, syntax: Syntax) -> Result<(Contents, Identity), TableError> {
@@ -582,7 +591,10 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn entries(text: &str) -> Vec<(String, String, usize)> {
+    /// (key, value, line)
+    type Row = (String, String, usize);
+
+    fn entries(text: &str) -> Vec<Row> {
         let c = parse(text, Syntax::Map);
         assert!(c.errors.is_empty(), "{text:?}: {:?}", c.errors);
         c.entries().iter().map(|e| (e.key.clone(), e.value.clone(), e.line)).collect()
@@ -591,7 +603,7 @@ mod tests {
     #[test]
     fn parses_postmap_source() {
         let e = |k: &str, v: &str, l| (k.to_string(), v.to_string(), l);
-        let cases: &[(&str, Vec<(String, String, usize)>)] = &[
+        let cases: &[(&str, Vec<Row>)] = &[
             ("root admin@example.org\n", vec![e("root", "admin@example.org", 1)]),
             ("root\tadmin@example.org", vec![e("root", "admin@example.org", 1)]),
             ("root   a@x, b@x  \n", vec![e("root", "a@x, b@x", 1)]),
@@ -697,7 +709,8 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        let cases: &[(&str, Result<(TableKind, &str), &str>)] = &[
+        type Want = Result<(TableKind, &'static str), &'static str>;
+        let cases: &[(&str, Want)] = &[
             ("hash:/etc/postfix/virtual", Ok((TableKind::Hash, "/etc/postfix/virtual"))),
             ("texthash:/etc/postfix/virtual", Ok((TableKind::TextHash, "/etc/postfix/virtual"))),
             ("HASH:/x", Ok((TableKind::Hash, "/x"))),
@@ -843,6 +856,20 @@ mod tests {
         assert_eq!(t.lookup("root").as_deref(), Some("b@x"));
         replace(&path, "root c@x\nbad\n");
         assert_eq!(t.lookup("root").as_deref(), Some("b@x"));
+    }
+
+    #[test]
+    fn opens_configuration_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "k 1\n").unwrap();
+        std::fs::write(&b, "k 2\n").unwrap();
+        let specs = [format!("hash:{}", a.display()), format!("texthash:{}", b.display())];
+        let tables = open_all(&specs, Syntax::Map).unwrap();
+        assert_eq!(tables.iter().map(|t| t.lookup("k").unwrap()).collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(tables[1].name(), specs[1]);
+        assert!(open_all(&["hash:/nonexistent/x"], Syntax::Map).is_err());
+        assert!(open_all::<&str>(&[], Syntax::Map).unwrap().is_empty());
     }
 
     #[test]

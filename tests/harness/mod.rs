@@ -13,7 +13,7 @@
 //!
 //! When a test panics while a [`Posthorn`] is alive, its drop prints the
 //! directory and the tail of the daemon's log into the test's output.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod sink;
@@ -387,10 +387,8 @@ impl Posthorn {
         }
         let mut child = self.child.take().unwrap();
         let status = if ok { wait_timeout(&mut child, secs(5)) } else { None };
-        if status.is_none() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = child.kill();
+        let _ = child.wait();
         let why = match status {
             Some(s) => format!("exited with {s} before `ready`"),
             None => format!("printed no `ready` within {READY_TIMEOUT:?}"),
@@ -506,7 +504,8 @@ impl Posthorn {
         self.command(&all, stdin)
     }
 
-    /// `posthorn ARGS` with `POSTHORN_CONFIG` pointing here.
+    /// `posthorn ARGS` (any subcommand) with `POSTHORN_CONFIG` pointing
+    /// here and `stdin` as input; killed and a panic after 60 s.
     pub fn command(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.args(args).env("POSTHORN_CONFIG", &self.config).current_dir(self.dir.path());
@@ -651,10 +650,10 @@ pub fn headers(message: &[u8], name: &str) -> Vec<String> {
         if let Some(done) = current.take() {
             out.push(done);
         }
-        if let Some((n, v)) = line.split_once(':') {
-            if n.trim().eq_ignore_ascii_case(name) {
-                current = Some(v.trim().to_string());
-            }
+        if let Some((n, v)) = line.split_once(':')
+            && n.trim().eq_ignore_ascii_case(name)
+        {
+            current = Some(v.trim().to_string());
         }
     }
     if let Some(done) = current {

@@ -21,8 +21,8 @@
 //! X-Mail-Args: <sender@x> SIZE=123 ...    (MAIL FROM argument + parameters)
 //! X-Rcpt-Args: <rcpt@y> NOTIFY=...        (one line per accepted RCPT)
 //! Received: from helo ([127.0.0.1])
-//! 	by smtp-sink (smtp-sink) with ESMTP id 1a2b3c4d;
-//! 	<date>
+//! <TAB>by smtp-sink (smtp-sink) with ESMTP id 1a2b3c4d;
+//! <TAB><date>
 //! <the message as received: headers, empty line, body; dot-unstuffed>
 //! <one extra empty line>
 //! ```
@@ -403,11 +403,11 @@ pub fn parse_dump(raw: &[u8]) -> Dumped {
 /// `<a@b> KEY=V ...` -> ("a@b", ["KEY=V", ...]).
 fn split_path(args: &str) -> (String, Vec<String>) {
     let args = args.trim();
-    if let Some(inner) = args.strip_prefix('<') {
-        if let Some(end) = inner.find('>') {
-            let params = inner[end + 1..].split_whitespace().map(str::to_string).collect();
-            return (inner[..end].to_string(), params);
-        }
+    if let Some(inner) = args.strip_prefix('<')
+        && let Some(end) = inner.find('>')
+    {
+        let params = inner[end + 1..].split_whitespace().map(str::to_string).collect();
+        return (inner[..end].to_string(), params);
     }
     let mut words = args.split_whitespace();
     let addr = words.next().unwrap_or("").to_string();

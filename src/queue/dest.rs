@@ -1,0 +1,148 @@
+//! Destinations: the next hops mail is queued for, each with its own
+//! connection limit and backoff.
+//!
+//! A destination is a key naming a next hop (`relay` for the smarthosts,
+//! `mx:example.org`, `smtp:[10.0.0.1]:25`, `maildir`). When a delivery
+//! finds the next hop unreachable, the destination is marked down until its
+//! retry time, and every other message for it is deferred without a
+//! connection attempt until then: a thousand messages for a dead host cost
+//! at most `limit` connection attempts per retry round, not a thousand.
+
+use super::backoff;
+use crate::timefmt::now_secs;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    down_until: Option<u64>,
+    reason: String,
+}
+
+/// One next hop.
+#[derive(Debug)]
+pub struct Dest {
+    pub key: String,
+    slots: Arc<Semaphore>,
+    health: Mutex<Health>,
+}
+
+impl Dest {
+    /// `Some((until, reason))` while the destination is marked down.
+    pub fn down(&self) -> Option<(u64, String)> {
+        let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.down_until.filter(|t| *t > now_secs()).map(|t| (t, h.reason.clone()))
+    }
+
+    /// Waits for one of the destination's connection slots.
+    pub async fn slot(&self) -> OwnedSemaphorePermit {
+        self.slots.clone().acquire_owned().await.expect("destination semaphores are never closed")
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).failures
+    }
+
+    /// The next hop answered: forget past failures.
+    pub fn up(&self) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if h.failures > 0 {
+            tracing::info!("destination {}: reachable again", self.key);
+        }
+        *h = Health::default();
+    }
+
+    /// The next hop could not be reached: mark it down for the backoff of
+    /// its failure count and return the time it is due again. Deliveries
+    /// running in parallel report the same outage once.
+    pub fn failed(&self, reason: &str, min: Duration, max: Duration) -> u64 {
+        let now = now_secs();
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = h.down_until.filter(|t| *t > now) {
+            return until;
+        }
+        h.failures += 1;
+        let wait = backoff::next(h.failures, min, max).as_secs().max(1);
+        h.down_until = Some(now + wait);
+        h.reason = reason.to_string();
+        tracing::info!("destination {}: down ({reason}); deliveries suspended for {wait}s", self.key);
+        now + wait
+    }
+
+    /// Forget the backoff (`postqueue -f`).
+    pub fn reset(&self) {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::default();
+    }
+}
+
+/// All destinations seen so far.
+#[derive(Debug)]
+pub struct Destinations {
+    limit: usize,
+    map: Mutex<HashMap<String, Arc<Dest>>>,
+}
+
+impl Destinations {
+    pub fn new(limit: usize) -> Destinations {
+        Destinations { limit: limit.max(1), map: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn get(&self, key: &str) -> Arc<Dest> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = map.get(key) {
+            return d.clone();
+        }
+        // Healthy, idle destinations are forgotten so the table stays small.
+        if map.len() > 10_000 {
+            map.retain(|_, d| Arc::strong_count(d) > 1 || d.failures() > 0);
+        }
+        let d = Arc::new(Dest {
+            key: key.to_string(),
+            slots: Arc::new(Semaphore::new(self.limit)),
+            health: Mutex::new(Health::default()),
+        });
+        map.insert(key.to_string(), d.clone());
+        d
+    }
+
+    pub fn reset_all(&self) {
+        for d in self.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            d.reset();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_outage_counts_once_and_up_forgets_it() {
+        let table = Destinations::new(2);
+        let d = table.get("relay");
+        assert!(d.down().is_none());
+        let (min, max) = (Duration::from_secs(10), Duration::from_secs(100));
+        let until = d.failed("refused", min, max);
+        assert_eq!(d.failed("refused again", min, max), until, "a parallel report of the same outage");
+        assert_eq!(d.failures(), 1);
+        assert_eq!(d.down().map(|(_, r)| r), Some("refused".into()));
+        d.up();
+        assert!(d.down().is_none());
+        assert!(Arc::ptr_eq(&d, &table.get("relay")));
+    }
+
+    #[tokio::test]
+    async fn slots_bound_concurrency() {
+        let table = Destinations::new(2);
+        let d = table.get("mx:example.org");
+        let a = d.slot().await;
+        let _b = d.slot().await;
+        assert!(tokio::time::timeout(Duration::from_millis(50), d.slot()).await.is_err());
+        drop(a);
+        assert!(tokio::time::timeout(Duration::from_millis(50), d.slot()).await.is_ok());
+    }
+}
