@@ -43,6 +43,16 @@ pub struct Config {
     pub relay: Relay,
     pub queue: Queue,
     pub deliver: Deliver,
+    pub rewrite: Rewrite,
+}
+
+/// Recipient rewriting tables (Postfix formats).
+#[derive(Clone, Debug, Default)]
+pub struct Rewrite {
+    /// virtual(5) tables: `hash:/etc/postfix/virtual`.
+    pub virtual_alias_maps: Vec<String>,
+    /// aliases(5) files for local names: `/etc/aliases`.
+    pub alias_maps: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +94,8 @@ pub struct Access {
     pub trusted_networks: Vec<Cidr>,
     pub relay_domains: Vec<String>,
     pub local_domains: Vec<String>,
+    /// Tables of known local users; empty: any user of a local domain.
+    pub local_recipient_maps: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -275,6 +287,7 @@ impl Config {
                 trusted_networks,
                 relay_domains: lower(raw.access.relay_domains.unwrap_or_default()),
                 local_domains: lower(raw.access.local_domains.unwrap_or_default()),
+                local_recipient_maps: raw.access.local_recipient_maps.unwrap_or_default(),
             },
             relay: Relay {
                 smarthosts: raw.relay.smarthosts.unwrap_or_default(),
@@ -284,6 +297,10 @@ impl Config {
                 idle_timeout: raw.relay.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
             },
             queue,
+            rewrite: Rewrite {
+                virtual_alias_maps: raw.rewrite.virtual_alias_maps.unwrap_or_default(),
+                alias_maps: raw.rewrite.alias_maps.unwrap_or_default(),
+            },
             deliver: Deliver {
                 transport_maps: raw.deliver.transport_maps.unwrap_or_default(),
                 maildir_root: raw.deliver.maildir_root.unwrap_or_else(|| "/var/mail/{domain}/{user}".into()),
@@ -426,7 +443,7 @@ struct Raw {
     // Sections owned by later features; accepted so a hub file parses, and
     // validated by the features that read them.
     #[serde(default)]
-    rewrite: Option<toml::Table>,
+    rewrite: RawRewrite,
     #[serde(default)]
     deliver: RawDeliver,
     #[serde(default)]
@@ -471,6 +488,13 @@ struct RawRelay {
     connect_timeout: Option<Dur>,
     max_connections: Option<usize>,
     idle_timeout: Option<Dur>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRewrite {
+    virtual_alias_maps: Option<Vec<String>>,
+    alias_maps: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]

@@ -12,6 +12,7 @@ use crate::control::{self, Request};
 use crate::deliver::Transports;
 use crate::ingress::{Ingress, maildrop};
 use crate::queue::{Command, Scheduler};
+use crate::route::router::Router;
 use crate::smtp::server::Server;
 use crate::spool::{Spool, State};
 use anyhow::Context;
@@ -54,7 +55,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let transports = Arc::new(Transports::new(&config));
-    let ingress = Ingress::to_queue(&config, spool.clone(), Some(new_tx));
+    let router = Arc::new(Router::from_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let ingress = Ingress::to_queue(&config, spool.clone(), Some(new_tx), Some(router.clone()));
     let mut scheduler = Scheduler::new(config.clone(), spool.clone(), transports.clone(), ingress.clone());
     scheduler.load().context("loading the queue")?;
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
@@ -66,6 +68,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(control::serve(control_listener, ctl_tx));
     tokio::spawn(handle_control(ctl_rx, cmd_tx, pickup_now));
 
+    // Signal handlers go in before `ready`: a SIGTERM right after it must
+    // mean a clean shutdown, not the default action.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut servers = Vec::new();
     for listener in listeners {
         eprintln!("listening smtp={}", listener.local_addr()?);
@@ -75,9 +82,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("posthorn {} started as {:?} for {}", env!("CARGO_PKG_VERSION"), config.role, config.hostname);
     eprintln!("ready");
 
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,

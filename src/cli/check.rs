@@ -32,6 +32,9 @@ pub fn problems(config: &crate::config::Config) -> Vec<String> {
     if config.role == Role::Satellite && config.relay.smarthosts.is_empty() {
         out.push("relay.smarthosts is empty: a satellite has nowhere to send mail".into());
     }
+    if let Err(e) = crate::route::router::Router::from_config(config) {
+        out.push(e);
+    }
     let spool = &config.spool;
     match std::fs::metadata(spool) {
         Err(e) => out.push(format!("spool {}: {e} (it is created at first start)", spool.display())),

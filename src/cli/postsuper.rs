@@ -118,7 +118,18 @@ pub fn main(args: &[String]) -> u8 {
             eprintln!("postsuper: warning: option \"-{} ALL\" will ignore other command line queue IDs", letter(op));
         }
         let result = match &spool {
-            None => Ok(0),
+            None if all => Ok(0),
+            // No spool yet: nothing is queued, and every name is unknown.
+            None => {
+                for queue_id in named_ids(&mine, &mut stdin_read).iter().filter(|i| !i.is_empty()) {
+                    if id::is_valid(queue_id) {
+                        eprintln!("postsuper: warning: {queue_id}: no such message in the mail queue");
+                    } else {
+                        eprintln!("postsuper: warning: invalid mail queue id: {queue_id}");
+                    }
+                }
+                Ok(0)
+            }
             Some(spool) if all => run_all(&config, spool, op, &states),
             Some(spool) => {
                 let ids = named_ids(&mine, &mut stdin_read);

@@ -2,8 +2,15 @@
 //! loaded into memory and reports an `Outcome` per recipient; transports never
 //! touch queue files (the queue records outcomes and moves files).
 //!
-//! - `relay`: every message to a list of smarthosts, in priority order.
+//! - `relay`: every message to a list of hosts (the smarthosts, or one
+//!   destination's MX hosts), in order, over pooled sessions.
+//! - `mx`: to a domain by its MX records, or to an explicit next hop.
+//! - `maildir`: into local Maildirs.
+//! - `dns`: MX and address lookups for them.
 
+pub mod dns;
+pub mod maildir;
+pub mod mx;
 pub mod relay;
 
 use crate::smtp::proto::reply::Reply;

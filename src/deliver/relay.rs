@@ -1,21 +1,27 @@
-//! The smarthost transport: every message goes to the hosts in
-//! `relay.smarthosts`, tried in order, over pooled SMTP sessions.
+//! Host-list SMTP delivery: every message goes to a list of hosts, tried in
+//! order, over pooled SMTP sessions. The smarthosts (`relay.smarthosts`)
+//! are one such list; `deliver::mx` keeps one per destination domain, fed
+//! with that domain's MX hosts in the order of each attempt.
 //!
-//! A host that cannot be reached, or whose session fails before the message
-//! is handed over, makes us try the next one; once a host has answered the
+//! A host (or one of its addresses) that cannot be reached, greets with
+//! 4xx, or whose session fails before the message is handed over, makes us
+//! try the next one; so does a 4xx to MAIL. Once a host has answered the
 //! transaction, its answers are final for this attempt (recipients it
 //! deferred wait for the queue's next retry rather than going to another
 //! host, which keeps each attempt predictable). When no host could even be
 //! talked to, the `Delivery` says `hop_down` so the queue holds back the
-//! rest of the mail for the smarthosts instead of knocking again.
+//! rest of the mail for that next hop instead of knocking again.
 //!
 //! Sessions that ended a transaction cleanly are kept per host for
-//! `relay.idle_timeout` and reused; at most `relay.max_connections` are open
-//! at once, idle ones included. The per-recipient status line is the
+//! `idle_timeout` and reused; at most `max_connections` are open at once,
+//! idle ones included. Host names are looked up through `deliver::dns` when
+//! `deliver.dns_servers` is set (tests never read /etc/resolv.conf), else
+//! through the system resolver. The per-recipient status line is the
 //! queue's to log (it knows the whole delay); this module logs connection
 //! events at debug level only.
 
 use crate::config::{Config, TlsPolicy};
+use crate::deliver::dns::Dns;
 use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
 use crate::smtp::client::{Client, ClientError, Phase, RcptResult, Timeouts, relay_label};
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +31,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Addresses tried per host name; a name with more is misconfigured.
 const MAX_ADDRESSES: usize = 8;
+/// New sessions (addresses) tried for one message, over all hosts: ten MX
+/// hosts with eight addresses each and a 30 s connect timeout must not hold
+/// one delivery for forty minutes.
+const MAX_SESSIONS: usize = 10;
 
 /// Splits `host`, `host:port`, `[host]:port`, `[1.2.3.4]:port`, `[::1]:port`
 /// or `[IPv6:2001:db8::1]:port` into host and port. Brackets are accepted
@@ -77,14 +87,78 @@ fn valid_host_name(host: &str) -> bool {
         })
 }
 
-/// The smarthost transport; one per daemon, shared by every delivery.
+/// One host of a host list: its name (for logs, and the name a TLS
+/// certificate will be checked against), its port, and its addresses when
+/// the caller already knows them (an MX fallback to the domain's own
+/// addresses, an IP literal); `None` means look the name up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub port: u16,
+    pub addrs: Option<Vec<IpAddr>>,
+}
+
+impl Host {
+    /// A host whose addresses are looked up when it is tried.
+    pub fn named(name: &str, port: u16) -> Host {
+        Host { name: name.to_string(), port, addrs: None }
+    }
+
+    /// The key pooled sessions are kept under.
+    fn key(&self) -> String {
+        format!("{}:{}", self.name, self.port)
+    }
+}
+
+/// What a host-list transport needs besides its hosts.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub tls: TlsPolicy,
+    /// The name we give in EHLO.
+    pub helo: String,
+    pub timeouts: Timeouts,
+    /// Connections open at once, idle ones included.
+    pub max_connections: usize,
+    /// How long a session that ended cleanly is kept for the next message.
+    pub idle_timeout: Duration,
+    /// Where host names are looked up; the system resolver when `None`.
+    pub dns: Option<Arc<Dns>>,
+    /// What the hosts are called in error texts: `smarthost`, `MX host`.
+    pub noun: &'static str,
+    /// Take an idle session to any host of the list before walking the
+    /// list in order (MX delivery, as Postfix's connection cache does per
+    /// destination). Off for smarthosts: a backup is left as soon as the
+    /// first host works again.
+    pub reuse_any_host: bool,
+}
+
+impl Settings {
+    /// The smarthost settings from `[relay]`; `deliver.dns_servers`, when
+    /// set, is used for the host names too.
+    pub fn relay(config: &Config) -> Settings {
+        Settings {
+            tls: config.relay.tls,
+            helo: config.hostname.clone(),
+            timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
+            max_connections: config.relay.max_connections,
+            idle_timeout: config.relay.idle_timeout,
+            dns: (!config.deliver.dns_servers.is_empty())
+                .then(|| Arc::new(Dns::with_servers(&config.deliver.dns_servers))),
+            noun: "smarthost",
+            reuse_any_host: false,
+        }
+    }
+}
+
+/// A host-list transport: the smarthosts (`Relay::new`), or one
+/// destination's MX hosts (`Relay::for_hosts`, used by `deliver::mx`).
+/// Shared by every delivery to it.
 pub struct Relay {
-    /// Parsed `relay.smarthosts`, in order. The configuration checks them on
-    /// load; an entry that still fails here is reported at delivery.
-    hosts: Vec<Result<(String, u16), String>>,
-    tls: TlsPolicy,
-    helo: String,
-    timeouts: Timeouts,
+    /// The hosts `deliver` tries, in order. Smarthosts are checked when the
+    /// configuration loads; an entry that still fails here is reported at
+    /// delivery.
+    hosts: Vec<Result<Host, String>>,
+    settings: Settings,
     pool: Arc<Pool>,
 }
 
@@ -100,43 +174,104 @@ enum HostTry {
 }
 
 impl Relay {
+    /// The smarthost transport for `relay.smarthosts`.
     pub fn new(config: &Config) -> Relay {
-        let timeouts = Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() };
-        Relay {
-            hosts: config.relay.smarthosts.iter().map(|h| parse_host_port(h, 25)).collect(),
-            tls: config.relay.tls,
-            helo: config.hostname.clone(),
-            timeouts,
-            pool: Arc::new(Pool::new(config.relay.max_connections, config.relay.idle_timeout)),
-        }
+        let hosts = config
+            .relay
+            .smarthosts
+            .iter()
+            .map(|h| parse_host_port(h, 25).map(|(name, port)| Host::named(&name, port)))
+            .collect();
+        Relay::build(hosts, Settings::relay(config))
+    }
+
+    /// A transport for `hosts`, tried in order by `deliver`; `deliver_via`
+    /// takes another order per message and shares the same pool.
+    pub fn for_hosts(hosts: Vec<Host>, settings: Settings) -> Relay {
+        Relay::build(hosts.into_iter().map(Ok).collect(), settings)
+    }
+
+    fn build(hosts: Vec<Result<Host, String>>, settings: Settings) -> Relay {
+        let pool = Arc::new(Pool::new(settings.max_connections, settings.idle_timeout));
+        Relay { hosts, settings, pool }
     }
 
     /// Replaces the per-phase timeouts (tests; the connect timeout comes from
     /// the configuration otherwise).
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Relay {
-        self.timeouts = timeouts;
+        self.settings.timeouts = timeouts;
+        self
+    }
+
+    /// Looks host names up through `dns` (shared with the other transports)
+    /// instead of the system resolver.
+    pub fn with_dns(mut self, dns: Arc<Dns>) -> Relay {
+        self.settings.dns = Some(dns);
         self
     }
 
     /// Delivers `msg` to its recipients; one outcome per recipient, in order.
     pub async fn deliver(&self, msg: &OutMessage) -> Delivery {
+        if self.hosts.is_empty() && !msg.recipients.is_empty() {
+            let attempt = local(ErrorClass::Local, format!("no {} configured (relay.smarthosts)", self.settings.noun));
+            let n = msg.recipients.len();
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
+        }
+        self.deliver_list(self.hosts.iter().map(|h| h.as_ref().map_err(String::as_str)), msg).await
+    }
+
+    /// Delivers `msg` to `hosts` in this order (an MX list shuffled for this
+    /// message), over this transport's pool.
+    pub async fn deliver_via(&self, hosts: &[Host], msg: &OutMessage) -> Delivery {
+        self.deliver_list(hosts.iter().map(Ok), msg).await
+    }
+
+    async fn deliver_list<'a>(
+        &self,
+        hosts: impl Iterator<Item = Result<&'a Host, &'a str>> + Clone,
+        msg: &OutMessage,
+    ) -> Delivery {
         let n = msg.recipients.len();
         if n == 0 {
             return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false };
         }
-        if self.hosts.is_empty() {
-            let attempt = local(ErrorClass::Local, "no smarthost configured (relay.smarthosts)".into());
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
-        }
-        if matches!(self.tls, TlsPolicy::Encrypt | TlsPolicy::Verify) {
+        if matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify) {
             // Never fall back to clear text when the operator asked for TLS.
             let attempt = local(ErrorClass::Tls, "TLS required by relay.tls but not available".into());
             return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
         }
         let mut last = None;
         let mut hop_down = true;
-        for host in 0..self.hosts.len() {
-            match self.try_host(host, msg).await {
+        if self.settings.reuse_any_host {
+            let keys: Vec<String> = hosts.clone().filter_map(|h| h.ok().map(Host::key)).collect();
+            if let Some((key, conn)) = self.pool.take_any(&keys) {
+                match self.try_pooled(&key, conn, msg).await {
+                    Ok(HostTry::Done(outcomes, remote_dsn)) => return Delivery { outcomes, hop_down: false, remote_dsn },
+                    Ok(HostTry::Deferred(attempt)) => {
+                        last = Some(attempt);
+                        hop_down = false;
+                    }
+                    Ok(HostTry::Unreachable(attempt)) => last = Some(attempt),
+                    // Gone stale: the list below opens a new session.
+                    Err(_permit) => {}
+                }
+            }
+        }
+        let mut budget = MAX_SESSIONS;
+        let mut any = false;
+        for host in hosts {
+            any = true;
+            if budget == 0 {
+                break;
+            }
+            let host = match host {
+                Ok(host) => host,
+                Err(m) => {
+                    last = Some(local(ErrorClass::Local, format!("relay.smarthosts: {m}")));
+                    continue;
+                }
+            };
+            match self.try_host(host, msg, &mut budget).await {
                 HostTry::Done(outcomes, remote_dsn) => return Delivery { outcomes, hop_down: false, remote_dsn },
                 HostTry::Unreachable(attempt) => last = Some(attempt),
                 HostTry::Deferred(attempt) => {
@@ -145,7 +280,8 @@ impl Relay {
                 }
             }
         }
-        let attempt = last.unwrap_or_else(|| local(ErrorClass::Local, "no smarthost could be tried".into()));
+        let why = if any { "could be tried" } else { "to try" };
+        let attempt = last.unwrap_or_else(|| local(ErrorClass::Local, format!("no {} {why}", self.settings.noun)));
         Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
     }
 
@@ -157,50 +293,83 @@ impl Relay {
         }
     }
 
-    /// One host: a pooled session if there is a live one, else a new session
-    /// to each of its addresses in turn until one answers.
-    async fn try_host(&self, host: usize, msg: &OutMessage) -> HostTry {
-        let (name, port) = match &self.hosts[host] {
-            Ok((name, port)) => (name.as_str(), *port),
-            Err(m) => return HostTry::Unreachable(local(ErrorClass::Local, format!("relay.smarthosts: {m}"))),
+    /// Whether the pool holds no session, idle or busy (the transport may
+    /// be dropped without cutting anyone off).
+    pub fn is_unused(&self) -> bool {
+        self.pool.slots.available_permits() == self.settings.max_connections.max(1)
+    }
+
+    /// A pooled session for `key`: the transaction's verdict, or the slot
+    /// back when the session had gone stale.
+    async fn try_pooled(
+        &self,
+        key: &str,
+        conn: Conn,
+        msg: &OutMessage,
+    ) -> Result<HostTry, Option<OwnedSemaphorePermit>> {
+        let (label, result, freed, dsn) = self.transact(key, conn, msg).await;
+        if !stale(&result) {
+            return Ok(judge(&label, msg.recipients.len(), result, dsn));
+        }
+        // Servers close idle sessions on their own schedule; that is not
+        // the host failing, so a new session goes in transparently.
+        tracing::debug!("{}: reused session to {label} had gone stale; reconnecting", msg.id);
+        Err(freed)
+    }
+
+    /// One host: a pooled session if there is a live one, else a new
+    /// session to each of its addresses in turn until one takes the
+    /// message or `budget` sessions have been tried.
+    async fn try_host(&self, host: &Host, msg: &OutMessage, budget: &mut usize) -> HostTry {
+        let key = host.key();
+        let mut permit = match self.pool.checkout(Some(&key)).await {
+            Checkout::Slot(permit) => Some(permit),
+            Checkout::Reused(conn) => match self.try_pooled(&key, *conn, msg).await {
+                Ok(verdict) => return verdict,
+                Err(freed) => freed,
+            },
         };
-        let n = msg.recipients.len();
-        let permit = match self.pool.checkout(Some(host)).await {
-            Checkout::Slot(permit) => permit,
-            Checkout::Reused(conn) => {
-                let (label, result, freed, dsn) = self.transact(host, *conn, msg).await;
-                if !stale(&result) {
-                    return judge(&label, n, result, dsn);
-                }
-                // Servers close idle sessions on their own schedule; that is
-                // not the host failing, so a new session goes in transparently.
-                tracing::debug!("{}: reused session to {label} had gone stale; reconnecting", msg.id);
-                match freed {
-                    Some(permit) => permit,
-                    None => self.pool.slot().await,
-                }
-            }
-        };
-        let addrs = match self.resolve(name, port).await {
+        let addrs = match self.resolve(host).await {
             Ok(addrs) => addrs,
             Err(attempt) => return HostTry::Unreachable(attempt),
         };
         let mut last = None;
+        let mut up = false;
         for addr in addrs {
-            match Client::connect(addr, name, &self.helo, self.timeouts).await {
-                Ok(client) => {
-                    tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
-                    let (label, result, _, dsn) = self.transact(host, Conn { client, permit }, msg).await;
-                    return judge(&label, n, result, dsn);
-                }
+            if *budget == 0 {
+                break;
+            }
+            *budget -= 1;
+            let slot = match permit.take() {
+                Some(permit) => permit,
+                None => self.pool.slot().await,
+            };
+            let client = match Client::connect(addr, &host.name, &self.settings.helo, self.settings.timeouts).await {
+                Ok(client) => client,
                 Err(e) => {
-                    let attempt = session_error(&relay_label(name, addr), &e);
+                    let attempt = session_error(&relay_label(&host.name, addr), &e);
                     tracing::debug!("{}: {}", msg.id, attempt.detail);
                     last = Some(attempt);
+                    permit = Some(slot);
+                    continue;
+                }
+            };
+            tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
+            let (label, result, freed, dsn) = self.transact(&key, Conn { client, permit: slot }, msg).await;
+            permit = freed;
+            // An address that greets with 4xx or defers MAIL may be one
+            // busy machine of several behind the name: try the next.
+            match judge(&label, msg.recipients.len(), result, dsn) {
+                done @ HostTry::Done(..) => return done,
+                HostTry::Unreachable(attempt) => last = Some(attempt),
+                HostTry::Deferred(attempt) => {
+                    last = Some(attempt);
+                    up = true;
                 }
             }
         }
-        HostTry::Unreachable(last.unwrap_or_else(|| dns_error(name, "no address")))
+        let last = last.unwrap_or_else(|| dns_error(self.settings.noun, &host.name, "no address"));
+        if up { HostTry::Deferred(last) } else { HostTry::Unreachable(last) }
     }
 
     /// Runs the transaction and puts the session back in the pool when it
@@ -208,7 +377,7 @@ impl Relay {
     /// say QUIT to) and its connection slot handed back.
     async fn transact(
         &self,
-        host: usize,
+        key: &str,
         mut conn: Conn,
         msg: &OutMessage,
     ) -> (String, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>, bool) {
@@ -216,26 +385,40 @@ impl Relay {
         let label = conn.client.relay_label().to_string();
         let dsn = conn.client.capabilities().dsn;
         if conn.client.is_usable() {
-            self.pool.put(host, conn);
+            self.pool.put(key, conn);
             (label, result, None, dsn)
         } else {
             (label, result, Some(conn.permit), dsn)
         }
     }
 
-    /// The addresses of a smarthost, at most `MAX_ADDRESSES`. A DNS lookup
-    /// gets the connect timeout: a resolver that hangs must not hold the
-    /// delivery forever.
-    async fn resolve(&self, name: &str, port: u16) -> Result<Vec<SocketAddr>, Attempt> {
+    /// The addresses of a host, at most `MAX_ADDRESSES`: given ones, an IP
+    /// literal, or a lookup (through `Dns` when configured, else the system
+    /// resolver). A lookup gets the connect timeout: a resolver that hangs
+    /// must not hold the delivery forever.
+    async fn resolve(&self, host: &Host) -> Result<Vec<SocketAddr>, Attempt> {
+        let (name, port, noun) = (host.name.as_str(), host.port, self.settings.noun);
+        let with_port = |ips: &[IpAddr]| ips.iter().take(MAX_ADDRESSES).map(|ip| SocketAddr::new(*ip, port)).collect();
+        if let Some(ips) = &host.addrs {
+            return if ips.is_empty() { Err(dns_error(noun, name, "no address")) } else { Ok(with_port(ips)) };
+        }
         if let Ok(ip) = name.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
-        match tokio::time::timeout(self.timeouts.connect, tokio::net::lookup_host((name, port))).await {
-            Err(_) => Err(dns_error(name, "lookup timed out")),
-            Ok(Err(e)) => Err(dns_error(name, &e.to_string())),
+        if let Some(dns) = &self.settings.dns {
+            return match tokio::time::timeout(self.settings.timeouts.connect, dns.addresses(name)).await {
+                Err(_) => Err(dns_error(noun, name, "lookup timed out")),
+                Ok(Err(e)) => Err(dns_error(noun, name, &e.to_string())),
+                Ok(Ok(ips)) if ips.is_empty() => Err(dns_error(noun, name, "no A or AAAA record")),
+                Ok(Ok(ips)) => Ok(with_port(&ips)),
+            };
+        }
+        match tokio::time::timeout(self.settings.timeouts.connect, tokio::net::lookup_host((name, port))).await {
+            Err(_) => Err(dns_error(noun, name, "lookup timed out")),
+            Ok(Err(e)) => Err(dns_error(noun, name, &e.to_string())),
             Ok(Ok(addrs)) => {
                 let addrs: Vec<SocketAddr> = addrs.take(MAX_ADDRESSES).collect();
-                if addrs.is_empty() { Err(dns_error(name, "no address")) } else { Ok(addrs) }
+                if addrs.is_empty() { Err(dns_error(noun, name, "no address")) } else { Ok(addrs) }
             }
         }
     }
@@ -327,8 +510,8 @@ fn session_error(label: &str, e: &ClientError) -> Attempt {
     Attempt { relay: relay.map(str::to_string), tls: false, reply: e.reply().cloned(), class: Some(e.class()), detail }
 }
 
-fn dns_error(name: &str, why: &str) -> Attempt {
-    local(ErrorClass::Dns, format!("cannot resolve smarthost {name}: {why}"))
+fn dns_error(noun: &str, name: &str, why: &str) -> Attempt {
+    local(ErrorClass::Dns, format!("cannot resolve {noun} {name}: {why}"))
 }
 
 /// An attempt that reached no server.
@@ -343,7 +526,8 @@ struct Conn {
 }
 
 struct Idle {
-    host: usize,
+    /// The host's key (`name:port`).
+    host: String,
     conn: Conn,
     since: Instant,
 }
@@ -392,25 +576,31 @@ impl Pool {
 
     /// The most recently used live session for `host`; expired and dead
     /// ones met on the way are closed.
-    fn take(&self, host: usize) -> Option<Conn> {
+    fn take(&self, host: &str) -> Option<Conn> {
+        self.take_any(&[host]).map(|(_, conn)| conn)
+    }
+
+    /// The most recently used live session for any of `hosts`, with its key.
+    fn take_any<S: AsRef<str>>(&self, hosts: &[S]) -> Option<(String, Conn)> {
         loop {
             let entry = {
                 let mut state = self.lock();
                 let expired = drain_expired(&mut state.idle, self.idle_timeout);
                 quit_later(expired);
-                let at = state.idle.iter().rposition(|e| e.host == host)?;
+                let at = state.idle.iter().rposition(|e| hosts.iter().any(|h| h.as_ref() == e.host))?;
                 state.idle.remove(at)
             };
             let mut conn = entry.conn;
             if conn.client.still_open() {
-                return Some(conn);
+                return Some((entry.host, conn));
             }
             tracing::debug!("idle session to {} was closed by the server", conn.client.relay_label());
         }
     }
 
     /// Keeps a session that ended its transaction cleanly.
-    fn put(self: &Arc<Self>, host: usize, conn: Conn) {
+    fn put(self: &Arc<Self>, host: &str, conn: Conn) {
+        let host = host.to_string();
         if self.idle_timeout.is_zero() {
             quit_later(vec![Idle { host, conn, since: Instant::now() }]);
             return;
@@ -431,7 +621,7 @@ impl Pool {
     /// another host, or `take` would have returned it) is closed without
     /// QUIT, so the bound holds at every instant, and gives its slot up;
     /// with none idle, wait for a slot or a returned session.
-    async fn checkout(&self, reuse_for: Option<usize>) -> Checkout {
+    async fn checkout(&self, reuse_for: Option<&str>) -> Checkout {
         loop {
             let returned = self.returned.notified();
             if let Some(conn) = reuse_for.and_then(|host| self.take(host)) {

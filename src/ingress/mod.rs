@@ -14,6 +14,7 @@ pub mod local;
 pub mod maildrop;
 
 use crate::config::Config;
+use crate::route::router::Router;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use crate::spool::envelope::{self, Envelope, Origin as EnvOrigin, Recipient};
 use crate::spool::{BodyWriter, Spool};
@@ -86,6 +87,9 @@ pub enum IngressError {
     NoRecipients,
     #[error("spool I/O: {0}")]
     Io(#[from] io::Error),
+    /// A recipient the routing tables refuse (alias loop, unknown user).
+    #[error("{0}")]
+    Rejected(Reply),
 }
 
 impl IngressError {
@@ -95,6 +99,7 @@ impl IngressError {
             IngressError::TooBig(_) => Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"),
             IngressError::NoRecipients => Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
             IngressError::Io(_) => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
+            IngressError::Rejected(reply) => reply.clone(),
         }
     }
 }
@@ -110,6 +115,8 @@ struct Inner {
     hostname: String,
     max_size: u64,
     sink: Sink,
+    /// Virtual aliases and local recipient checks; none on a plain satellite.
+    router: Option<Arc<Router>>,
 }
 
 /// Cheap to clone; every session holds one.
@@ -121,19 +128,68 @@ pub struct Ingress {
 impl Ingress {
     /// The daemon's door: messages go to `spool`, and their envelopes to the
     /// scheduler once durable.
-    pub fn to_queue(config: &Config, spool: Spool, scheduler: Option<mpsc::UnboundedSender<Envelope>>) -> Ingress {
-        Ingress::new(config, Sink::Queue { spool, scheduler })
+    pub fn to_queue(
+        config: &Config,
+        spool: Spool,
+        scheduler: Option<mpsc::UnboundedSender<Envelope>>,
+        router: Option<Arc<Router>>,
+    ) -> Ingress {
+        Ingress::new(config, Sink::Queue { spool, scheduler }, router)
     }
 
     /// `sendmail -bs`'s door: messages become maildrop files for the daemon.
     pub fn to_maildrop(config: &Config, dir: PathBuf) -> Ingress {
-        Ingress::new(config, Sink::Maildrop { dir })
+        Ingress::new(config, Sink::Maildrop { dir }, None)
     }
 
-    fn new(config: &Config, sink: Sink) -> Ingress {
+    fn new(config: &Config, sink: Sink, router: Option<Arc<Router>>) -> Ingress {
         Ingress {
-            inner: Arc::new(Inner { hostname: config.hostname.clone(), max_size: config.smtp.max_message_size, sink }),
+            inner: Arc::new(Inner {
+                hostname: config.hostname.clone(),
+                max_size: config.smtp.max_message_size,
+                sink,
+                router,
+            }),
         }
+    }
+
+    /// Whether `address` is acceptable as a recipient: it expands without
+    /// a loop, and its final recipients in local domains exist. Asked at
+    /// RCPT so that unknown users are refused, not bounced later.
+    pub fn check_recipient(&self, address: &str) -> Result<(), Reply> {
+        match &self.inner.router {
+            None => Ok(()),
+            Some(router) => router
+                .check(address)
+                .map(|_| ())
+                .map_err(|r| Reply::new(r.code, Enhanced(r.status.0, r.status.1, r.status.2), r.text)),
+        }
+    }
+
+    /// Replaces each recipient by its final recipients (virtual aliases,
+    /// catch-all, local aliases), remembering the original in ORCPT, and
+    /// drops duplicates. This is the one place aliases are applied.
+    fn expand(&self, recipients: Vec<RcptIn>) -> Result<Vec<RcptIn>, IngressError> {
+        let Some(router) = &self.inner.router else { return Ok(recipients) };
+        let mut out: Vec<RcptIn> = Vec::with_capacity(recipients.len());
+        let mut seen = std::collections::HashSet::new();
+        for r in recipients {
+            let finals = router.check(&r.address).map_err(|refusal| {
+                IngressError::Rejected(Reply::new(
+                    refusal.code,
+                    Enhanced(refusal.status.0, refusal.status.1, refusal.status.2),
+                    refusal.text,
+                ))
+            })?;
+            for address in finals {
+                if !seen.insert(address.to_ascii_lowercase()) {
+                    continue;
+                }
+                let orcpt = r.orcpt.clone().or_else(|| (address != r.address).then(|| format!("rfc822;{}", r.address)));
+                out.push(RcptIn { address, notify: r.notify.clone(), orcpt });
+            }
+        }
+        Ok(out)
     }
 
     pub fn hostname(&self) -> &str {
@@ -147,7 +203,8 @@ impl Ingress {
     /// Starts a message: allocates its queue id and writes the `Received:`
     /// header. The caller streams the message with `write` and ends with
     /// `commit`; dropping the writer discards the message.
-    pub async fn open(&self, tx: Transaction) -> Result<MessageWriter, IngressError> {
+    pub async fn open(&self, mut tx: Transaction) -> Result<MessageWriter, IngressError> {
+        tx.recipients = self.expand(std::mem::take(&mut tx.recipients))?;
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
         }
@@ -321,6 +378,6 @@ pub(crate) mod test_support {
     /// A daemon-side ingress on a fresh spool under `dir`.
     pub fn queue_ingress(dir: &std::path::Path, config: &Config) -> (Ingress, Spool) {
         let spool = Spool::open(dir, None).expect("spool");
-        (Ingress::to_queue(config, spool.clone(), None), spool)
+        (Ingress::to_queue(config, spool.clone(), None, None), spool)
     }
 }

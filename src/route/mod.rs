@@ -11,11 +11,14 @@
 //!   `@domain`), local aliases, loops, limits, duplicates, and a trace of
 //!   every step for `posthorn route explain`.
 //! - [`transport`]: transport(5) lookup and the typed [`NextHop`].
+//! - [`router`]: the configuration's tables opened once; recipient checks
+//!   at the door and next-hop decisions at delivery time.
 //!
 //! No I/O beyond reading table files; no SMTP, no queue.
 
 pub mod aliases;
 pub mod rewrite;
+pub mod router;
 pub mod table;
 pub mod transport;
 

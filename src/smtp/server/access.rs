@@ -19,11 +19,23 @@ pub fn check_relay(access: &Access, peer: &Peer, recipient: &str) -> Result<(), 
     if is_trusted(access, peer) {
         return Ok(());
     }
+    let denied = || Err(Reply::new(554, Enhanced(5, 7, 1), format!("<{recipient}>: Relay access denied")));
     match address::domain_of(recipient) {
         None => Ok(()),
+        // `user%elsewhere@ours`, `elsewhere!user@ours` and `"user@elsewhere"@ours`
+        // name another destination inside our domain: the classic ways to
+        // make some MTA behind us relay onward. Untrusted clients get none.
+        Some(_) if routes_elsewhere(recipient) => denied(),
         Some(domain) if is_our_domain(access, domain) => Ok(()),
-        Some(_) => Err(Reply::new(554, Enhanced(5, 7, 1), format!("<{recipient}>: Relay access denied"))),
+        Some(_) => denied(),
     }
+}
+
+/// A local part carrying a routing hint of its own: a `%` or `!`, or an
+/// `@` (necessarily quoted).
+fn routes_elsewhere(recipient: &str) -> bool {
+    let local = recipient.rsplit_once('@').map(|(l, _)| l).unwrap_or(recipient);
+    local.contains(['%', '!', '@'])
 }
 
 /// Whether `peer` may relay to any domain.
@@ -54,6 +66,7 @@ mod tests {
             trusted_networks: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::/32".parse().unwrap()],
             relay_domains: vec!["webplatform.org".into(), "relay.example.".into()],
             local_domains: vec!["mail.example.org".into()],
+            local_recipient_maps: vec![],
         }
     }
 
@@ -77,6 +90,10 @@ mod tests {
             (tcp("192.0.2.7:40000"), "ops@webplatform.org.evil.example", false),
             (tcp("192.0.2.7:40000"), "\"a@webplatform.org\"@evil.example", false),
             (tcp("192.0.2.7:40000"), "a@[10.0.0.1]", false),
+            (tcp("192.0.2.7:40000"), "user%evil.example@webplatform.org", false),
+            (tcp("192.0.2.7:40000"), "evil.example!user@webplatform.org", false),
+            (tcp("192.0.2.7:40000"), "\"user@evil.example\"@webplatform.org", false),
+            (tcp("10.1.2.3:40000"), "user%evil.example@webplatform.org", true),
             (tcp("[2001:db9::1]:25"), "anyone@gmail.example", false),
             // The bare postmaster is always ours.
             (tcp("192.0.2.7:40000"), "postmaster", true),
@@ -92,7 +109,12 @@ mod tests {
 
     #[test]
     fn no_networks_no_domains_refuses_everything_remote() {
-        let none = Access { trusted_networks: vec![], relay_domains: vec![], local_domains: vec![] };
+        let none = Access {
+            trusted_networks: vec![],
+            relay_domains: vec![],
+            local_domains: vec![],
+            local_recipient_maps: vec![],
+        };
         assert!(check_relay(&none, &Peer::Tcp("127.0.0.1:1".parse().unwrap()), "a@b.example").is_err());
         assert!(check_relay(&none, &Peer::Local { user: "root".into() }, "a@b.example").is_ok());
     }

@@ -92,6 +92,8 @@ enum Step {
 
 struct Session<'a> {
     config: &'a Config,
+    /// Asked about recipients at RCPT (aliases, known local users).
+    ingress: &'a Ingress,
     peer: Peer,
     helo: Option<String>,
     esmtp: bool,
@@ -107,9 +109,10 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(config: &'a Config, peer: Peer) -> Session<'a> {
+    fn new(config: &'a Config, ingress: &'a Ingress, peer: Peer) -> Session<'a> {
         Session {
             config,
+            ingress,
             peer,
             helo: None,
             esmtp: false,
@@ -242,7 +245,9 @@ impl<'a> Session<'a> {
         } else if self.rcpts.len() >= self.config.smtp.max_recipients {
             Some(Reply::new(452, Enhanced(4, 5, 3), "Error: too many recipients"))
         } else {
-            access::check_relay(&self.config.access, &self.peer, &rcpt.address).err()
+            access::check_relay(&self.config.access, &self.peer, &rcpt.address)
+                .and_then(|()| self.ingress.check_recipient(&rcpt.address))
+                .err()
         };
         if let Some(reply) = refused {
             let from = mail.sender.clone();
@@ -496,7 +501,7 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut session = Session::new(config, peer);
+    let mut session = Session::new(config, ingress, peer);
     tracing::info!("connect from {}", session.peer);
     let mut conn = Conn {
         stream,

@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# bench/queue.sh -- the operator commands on a big queue, side by side with
+# Postfix.
+#
+# N messages (default 100,000) go by SMTP (Postfix's smtp-source) into
+#   1. a posthorn satellite whose smarthost refuses connections, and
+#   2. a private Postfix instance (own config dir and queue, needs root)
+#      whose relayhost refuses connections,
+# and the script waits until every message is deferred. Then it times:
+#   posthorn: mailq | wc -l, exiqgrep -c -f RE, posthorn queue list --json | wc -l,
+#             postsuper -d ALL (through the daemon), and the daemon's RSS
+#             (VmRSS with the full queue, and its peak VmHWM);
+#   Postfix:  mailq | wc -l (postqueue -p), postqueue -j | wc -l,
+#             postsuper -d ALL, and the memory of its processes with the full
+#             queue (summed PSS, so shared pages count once).
+# Targets (issue 5): listing and counting under 1 s, deleting all under
+# 10 s, daemon RSS under 200 MB. Figures are printed, never asserted on.
+# Everything started here is stopped and removed on exit.
+#
+# usage: bench/queue.sh [N]             (default N=100000)
+# env:   SESSIONS=20 SIZE=512 POSTHORN_BIN=path SKIP_POSTFIX=1 SKIP_POSTHORN=1
+#        CARGO_TARGET_DIR (where to find or build target/release/posthorn)
+set -euo pipefail
+
+N=${1:-${N:-100000}}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-512}
+SOURCE=/usr/sbin/smtp-source
+POSTFIX=/usr/sbin/postfix
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+[ -x "$SOURCE" ] || { echo "missing $SOURCE: apt-get install postfix" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "missing python3" >&2; exit 1; }
+
+WORK=$(mktemp -d /var/tmp/posthorn-queue-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+PF_DIR=""
+
+cleanup() {
+    set +e
+    if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/etc/main.cf" ]; then
+        "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1
+        local m
+        m=$(pf_master_pid)
+        for _ in $(seq 50); do
+            [ -n "$m" ] && [ -d "/proc/$m" ] || break
+            sleep 0.1
+        done
+        [ -n "$m" ] && [ -d "/proc/$m" ] && kill -9 "$m"
+    fi
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A free TCP port on address $1; nothing listens there afterwards, so
+# connections to it are refused: the "next hop down".
+free_port() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
+}
+
+wait_listening() {
+    for _ in $(seq 200); do
+        if python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),0.2).close()' "$1" "$2" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "nothing listening on $1:$2" >&2
+    return 1
+}
+
+now() { date +%s.%N; }
+calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
+
+# Files under directory $1 (recursively), fast for big directories.
+count_files() { find "$1" -type f 2>/dev/null | wc -l; }
+
+# Waits until count_files $1 reaches N, printing progress; gives up after
+# $2 seconds without progress.
+wait_deferred() {
+    local dir=$1 stall=$2 last=-1 since n
+    since=$(date +%s)
+    while :; do
+        n=$(count_files "$dir")
+        [ "$n" -ge "$N" ] && { echo "  $n deferred" >&2; return 0; }
+        if [ "$n" != "$last" ]; then
+            last=$n
+            since=$(date +%s)
+            echo "  $n deferred ..." >&2
+        elif [ $(($(date +%s) - since)) -gt "$stall" ]; then
+            echo "stuck at $n deferred messages of $N" >&2
+            return 1
+        fi
+        sleep 2
+    done
+}
+
+# Sends N messages to $1:$2; prints the wall seconds it took.
+fill() {
+    local t0
+    t0=$(now)
+    "$SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" -f bench@client.test -t rcpt@example.test \
+        -M client.test "$1:$2" >"$WORK/source-$2.log" 2>&1 ||
+        { echo "smtp-source failed:" >&2; cat "$WORK/source-$2.log" >&2; return 1; }
+    calc "$(now) - $t0"
+}
+
+# Times the shell pipeline $1 (run with bash -c); prints "seconds output".
+timed() {
+    local t0 out
+    t0=$(now)
+    out=$(bash -c "$1" 2>&1 | tail -1)
+    echo "$(calc "$(now) - $t0") $out"
+}
+
+RESULTS=()
+result() { RESULTS+=("$(printf '%-9s %-44s %9s  %s' "$1" "$2" "$3" "$4")"); }
+
+bench_posthorn() {
+    local bin=${POSTHORN_BIN:-}
+    if [ -z "$bin" ]; then
+        bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/posthorn
+        echo "building $bin ..." >&2
+        (cd "$ROOT" && cargo build --release --quiet) >&2
+    fi
+    local dir=$WORK/posthorn
+    mkdir -p "$dir/bin"
+    "$bin" install-links "$dir/bin" >/dev/null
+    local dead
+    dead=$(free_port 127.0.0.1)
+    cat >"$dir/posthorn.toml" <<EOF
+role = "satellite"
+hostname = "bench-posthorn.test"
+spool = "$dir/spool"
+
+[smtp]
+listen = ["127.0.0.1:0"]
+
+[relay]
+smarthosts = ["127.0.0.1:$dead"]
+tls = "none"
+
+[queue]
+retry_min = "1h"
+retry_max = "1h"
+EOF
+    "$bin" serve -c "$dir/posthorn.toml" 2>"$dir/posthorn.log" &
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 400); do
+        grep -qx 'ready' "$dir/posthorn.log" 2>/dev/null && break
+        [ -d "/proc/$pid" ] || { cat "$dir/posthorn.log" >&2; return 1; }
+        sleep 0.05
+    done
+    grep -qx 'ready' "$dir/posthorn.log" || { echo "posthorn not ready:" >&2; cat "$dir/posthorn.log" >&2; return 1; }
+    local addr secs
+    addr=$(sed -n 's/.*listening smtp=\([0-9.]*:[0-9]*\).*/\1/p' "$dir/posthorn.log" | head -1)
+    echo "posthorn: submitting $N messages ..." >&2
+    secs=$(fill "${addr%:*}" "${addr##*:}")
+    result posthorn "submit $N by SMTP (s)" "$secs" ""
+    wait_deferred "$dir/spool/deferred" 120
+    sleep 2
+    local rss hwm
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+    result posthorn "daemon RSS with the queue / peak (MiB)" "$(calc "$rss / 1024")" "peak $(calc "$hwm / 1024")"
+
+    local env="PATH=$dir/bin:\$PATH POSTHORN_CONFIG=$dir/posthorn.toml"
+    local r
+    r=$(timed "$env mailq | wc -l"); result posthorn "mailq | wc -l (s)" "${r%% *}" "${r#* } lines"
+    r=$(timed "$env mailq | tail -1"); result posthorn "mailq footer" "" "${r#* }"
+    r=$(timed "$env exiqgrep -c -f '^<bench@'"); result posthorn "exiqgrep -c -f RE (s)" "${r%% *}" "${r#* }"
+    r=$(timed "$env $bin queue list --json | wc -l"); result posthorn "posthorn queue list --json | wc -l (s)" "${r%% *}" "${r#* } lines"
+    r=$(timed "$env postsuper -d ALL"); result posthorn "postsuper -d ALL (s)" "${r%% *}" "${r#* }"
+    r=$(timed "$env mailq"); result posthorn "mailq afterwards" "" "${r#* }"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+pf_master_pid() {
+    [ -n "$PF_DIR" ] && head -1 "$PF_DIR/queue/pid/master.pid" 2>/dev/null | tr -d ' ' || true
+}
+
+# Sum of the proportional set sizes (kB) of process $1 and its children:
+# shared pages (libraries, Postfix's shared code) are counted once overall,
+# not once per process as a sum of RSS would.
+tree_pss() {
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1"); do
+        total=$((total + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+bench_postfix() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "skipping Postfix: a private Postfix instance needs root" >&2
+        return 0
+    fi
+    [ -x "$POSTFIX" ] || { echo "missing $POSTFIX: apt-get install postfix" >&2; return 1; }
+    PF_DIR=$WORK/postfix
+    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
+    chown postfix "$PF_DIR/data"
+    local ip=127.0.0.$((100 + RANDOM % 100))
+    local port dead
+    port=$(free_port "$ip")
+    dead=$(free_port 127.0.0.1)
+    cat >"$PF_DIR/etc/main.cf" <<EOF
+# Private instance for bench/queue.sh: the relayhost refuses connections.
+compatibility_level = 3.6
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench-postfix.test
+mydomain = test
+myorigin = \$myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+relayhost = [127.0.0.1]:$dead
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+minimal_backoff_time = 1h
+maximal_backoff_time = 1h
+queue_run_delay = 1h
+maillog_file = $PF_DIR/maillog
+syslog_name = postfix-bench
+biff = no
+EOF
+    cat >"$PF_DIR/etc/master.cf" <<EOF
+$ip:$port inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+    "$POSTFIX" -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 ||
+        { echo "postfix check failed:" >&2; cat "$WORK/postfix-check.log" "$PF_DIR/maillog" >&2; return 1; }
+    "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
+        { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
+    wait_listening "$ip" "$port"
+    local master secs
+    for _ in $(seq 100); do
+        master=$(pf_master_pid)
+        [ -n "$master" ] && break
+        sleep 0.05
+    done
+    echo "Postfix: submitting $N messages ..." >&2
+    secs=$(fill "$ip" "$port")
+    result postfix "submit $N by SMTP (s)" "$secs" ""
+    wait_deferred "$PF_DIR/queue/deferred" 300
+    sleep 2
+    result postfix "PSS of its processes with the queue (MiB)" "$(calc "$(tree_pss "$master") / 1024")" "$(($(pgrep -P "$master" | wc -l) + 1)) processes"
+    local c="-c $PF_DIR/etc" r
+    r=$(timed "/usr/sbin/postqueue $c -p | wc -l"); result postfix "mailq | wc -l (s)" "${r%% *}" "${r#* } lines"
+    r=$(timed "/usr/sbin/postqueue $c -p | tail -1"); result postfix "mailq footer" "" "${r#* }"
+    r=$(timed "/usr/sbin/postqueue $c -j | wc -l"); result postfix "postqueue -j | wc -l (s)" "${r%% *}" "${r#* } lines"
+    r=$(timed "/usr/sbin/postsuper $c -d ALL"); result postfix "postsuper -d ALL (s)" "${r%% *}" "${r#* }"
+    "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+}
+
+[ "${SKIP_POSTHORN:-}" = 1 ] || bench_posthorn
+[ "${SKIP_POSTFIX:-}" = 1 ] || bench_postfix
+
+echo
+echo "queue benchmark: $N deferred messages of $SIZE bytes (next hop down); $(nproc) cores"
+printf '%-9s %-44s %9s  %s\n' MTA measure value output
+for r in "${RESULTS[@]}"; do
+    echo "$r"
+done
+echo "(targets: listing and counting < 1 s, deleting all < 10 s, daemon RSS < 200 MiB)"

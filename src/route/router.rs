@@ -1,0 +1,224 @@
+//! The daemon's router: the tables of the configuration opened once, and
+//! the three questions asked of them.
+//!
+//! - At RCPT and at the door into the queue: what final recipients does
+//!   this address stand for (virtual aliases, catch-all, local aliases), and
+//!   are they acceptable (no loop, a known user in a local domain)?
+//! - At delivery time: where does each final recipient go next (transport
+//!   table, then local Maildir for local domains, then the smarthosts when
+//!   configured, else MX)? Decided per attempt, so a changed table applies
+//!   to mail already queued.
+//! - For `posthorn route explain`: all of it, step by step.
+
+use super::rewrite::{Expansion, RewriteError, Rewriter};
+use super::table::{Syntax, Table, TableError, open_all};
+use super::transport::{NextHop, TransportMaps};
+use crate::config::{Config, Role};
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Where one final recipient goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The configured smarthosts, with their failover (`relay.smarthosts`).
+    Smarthosts,
+    /// A transport and next hop; `domain` is the recipient's.
+    Next { hop: NextHop, domain: String },
+}
+
+/// Why a recipient is refused at RCPT (or at the door).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u16,
+    pub status: (u8, u16, u16),
+    pub text: String,
+}
+
+pub struct Router {
+    role: Role,
+    local_domains: Vec<String>,
+    has_smarthosts: bool,
+    rewriter: Rewriter,
+    transports: TransportMaps,
+    /// Known local users; empty means any user of a local domain.
+    local_recipients: Vec<Arc<Table>>,
+}
+
+impl Router {
+    /// Opens every table the configuration names. An error names the key
+    /// and the table's problem (file and line).
+    pub fn from_config(config: &Config) -> Result<Router, String> {
+        let open = |key: &str, specs: &[String], syntax| {
+            open_all(specs, syntax).map_err(|e: TableError| format!("{key}: {e}"))
+        };
+        let local: Vec<String> = config.access.local_domains.clone();
+        let is_local = {
+            let local = local.clone();
+            move |d: &str| local.iter().any(|l| l.eq_ignore_ascii_case(d.trim_end_matches('.')))
+        };
+        let rewriter = Rewriter::new(&config.hostname, is_local)
+            .with_virtual_maps(open("rewrite.virtual_alias_maps", &config.rewrite.virtual_alias_maps, Syntax::Map)?)
+            .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?);
+        Ok(Router {
+            role: config.role,
+            local_domains: local,
+            has_smarthosts: !config.relay.smarthosts.is_empty(),
+            rewriter,
+            transports: TransportMaps::new(open(
+                "deliver.transport_maps",
+                &config.deliver.transport_maps,
+                Syntax::Transport,
+            )?),
+            local_recipients: open("access.local_recipient_maps", &config.access.local_recipient_maps, Syntax::Map)?,
+        })
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.local_domains.iter().any(|l| l.eq_ignore_ascii_case(domain))
+    }
+
+    /// The final recipients `address` stands for.
+    pub fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
+        self.rewriter.expand(address)
+    }
+
+    /// Expands `address` and checks every final recipient; the refusal
+    /// says why not, with the reply code a client should get.
+    pub fn check(&self, address: &str) -> Result<Vec<String>, Refusal> {
+        let expansion = self.expand(address).map_err(|e| match e {
+            RewriteError::Loop { .. } => Refusal { code: 550, status: (5, 4, 6), text: format!("<{address}>: {e}") },
+            _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },
+        })?;
+        for rcpt in &expansion.recipients {
+            if !self.known_local(rcpt) {
+                return Err(Refusal {
+                    code: 550,
+                    status: (5, 1, 1),
+                    text: format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
+                });
+            }
+        }
+        Ok(expansion.recipients)
+    }
+
+    /// A recipient outside the local domains is always "known"; inside,
+    /// it must be in `access.local_recipient_maps` when that is set (as
+    /// `user@domain` or `user`). `postmaster` always exists (RFC 5321 4.5.1).
+    fn known_local(&self, rcpt: &str) -> bool {
+        let Some((user, domain)) = rcpt.rsplit_once('@') else { return true };
+        if !self.is_local_domain(domain) || self.local_recipients.is_empty() || user.eq_ignore_ascii_case("postmaster")
+        {
+            return true;
+        }
+        self.local_recipients.iter().any(|t| t.lookup(rcpt).is_some() || t.lookup(user).is_some())
+    }
+
+    /// Where a final recipient goes next.
+    pub fn decide(&self, rcpt: &str) -> Decision {
+        let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("").trim_end_matches('.').to_ascii_lowercase();
+        let default = self.default_hop(&domain);
+        let route = self.transports.route(rcpt, default.as_ref().unwrap_or(&NextHop::mx()));
+        match (route.matched, default) {
+            (None, None) => Decision::Smarthosts,
+            (_, _) => Decision::Next { hop: route.next_hop, domain },
+        }
+    }
+
+    /// The next hop without a transport entry; `None` means the smarthosts.
+    fn default_hop(&self, domain: &str) -> Option<NextHop> {
+        match self.role {
+            Role::Satellite => None,
+            Role::Hub if self.is_local_domain(domain) => Some(NextHop::maildir()),
+            Role::Hub if self.has_smarthosts => None,
+            Role::Hub => Some(NextHop::mx()),
+        }
+    }
+
+    /// `posthorn route explain ADDRESS`.
+    pub fn explain(&self, address: &str) -> String {
+        let mut out = String::new();
+        let expansion = match self.check(address) {
+            Ok(_) => self.expand(address).expect("checked above"),
+            Err(r) => {
+                let _ = writeln!(
+                    out,
+                    "{address}: refused: {} {}.{}.{} {}",
+                    r.code, r.status.0, r.status.1, r.status.2, r.text
+                );
+                if let Ok(x) = self.expand(address) {
+                    out.push_str(&x.to_string());
+                }
+                return out;
+            }
+        };
+        out.push_str(&expansion.to_string());
+        for rcpt in &expansion.recipients {
+            let line = match self.decide(rcpt) {
+                Decision::Smarthosts => "relay to the smarthosts (relay.smarthosts), in order".to_string(),
+                Decision::Next { hop, domain } => {
+                    let route = self.transports.route(rcpt, &hop);
+                    let how = match route.matched {
+                        Some(m) => format!("{}:{}: {} {}", m.table, m.line, m.key, m.value),
+                        None if hop == NextHop::maildir() => format!("{domain} is a local domain"),
+                        None => "default: MX lookup of the recipient's domain".into(),
+                    };
+                    format!("{hop} -> {} ({how})", hop.destination(&domain))
+                }
+            };
+            let _ = writeln!(out, "{rcpt}: {line}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn router(dir: &Path, role: &str, extra: &str) -> Router {
+        std::fs::write(dir.join("virtual"), "info@example.org  alice@example.org, bob@example.net\n@staging.example.org team@example.org\nloop1@example.org loop2@example.org\nloop2@example.org loop1@example.org\n").unwrap();
+        std::fs::write(dir.join("users"), "alice@example.org x\nteam x\n").unwrap();
+        std::fs::write(dir.join("transport"), ".internal.example relay:[10.0.0.9]:2525\n").unwrap();
+        let text = format!(
+            "role = \"{role}\"\nhostname = \"mx.example.org\"\n[access]\nlocal_domains = [\"example.org\"]\nlocal_recipient_maps = [\"hash:{d}/users\"]\n[rewrite]\nvirtual_alias_maps = [\"hash:{d}/virtual\"]\n[deliver]\ntransport_maps = [\"hash:{d}/transport\"]\n{extra}",
+            d = dir.display()
+        );
+        Router::from_config(&Config::parse(&text, Path::new("t.toml")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn recipients_are_checked_at_the_door() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = router(dir.path(), "hub", "");
+        assert_eq!(r.check("info@example.org").unwrap(), vec!["alice@example.org", "bob@example.net"]);
+        assert_eq!(r.check("x@staging.example.org").unwrap(), vec!["team@example.org"]);
+        assert_eq!(r.check("nobody@example.org").unwrap_err().status, (5, 1, 1));
+        assert_eq!(r.check("loop1@example.org").unwrap_err().status, (5, 4, 6));
+        assert_eq!(r.check("anyone@elsewhere.example").unwrap(), vec!["anyone@elsewhere.example"]);
+        assert!(r.check("postmaster@example.org").is_ok());
+    }
+
+    #[test]
+    fn next_hops_by_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = router(dir.path(), "hub", "");
+        let next = |r: &Router, a: &str| match r.decide(a) {
+            Decision::Smarthosts => "smarthosts".to_string(),
+            Decision::Next { hop, domain } => format!("{hop} {domain}"),
+        };
+        assert_eq!(next(&hub, "alice@example.org"), "maildir: example.org");
+        assert_eq!(next(&hub, "a@example.net"), "smtp: example.net");
+        assert_eq!(next(&hub, "a@db.internal.example"), "relay:[10.0.0.9]:2525 db.internal.example");
+        let upstream = router(dir.path(), "hub", "[relay]\nsmarthosts = [\"[10.0.0.1]:25\"]\n");
+        assert_eq!(next(&upstream, "a@example.net"), "smarthosts");
+        assert_eq!(next(&upstream, "alice@example.org"), "maildir: example.org");
+        let sat = router(dir.path(), "satellite", "");
+        assert_eq!(next(&sat, "a@example.net"), "smarthosts");
+        assert_eq!(next(&sat, "a@db.internal.example"), "relay:[10.0.0.9]:2525 db.internal.example");
+        let text = hub.explain("info@example.org");
+        assert!(text.contains("alice@example.org: maildir:"), "{text}");
+        assert!(text.contains("bob@example.net: smtp:"), "{text}");
+    }
+}
