@@ -5,15 +5,23 @@
 //!
 //! Start-up order matters: recovery runs before anything touches the spool,
 //! the scheduler loads the queue before the first new message can arrive,
-//! and `ready` is printed only when every listener accepts connections.
+//! signal handlers are in place before `ready` is printed, and `ready` is
+//! printed only when every listener accepts connections.
+//!
+//! SIGHUP (or `posthorn reload`) builds a new *generation* — configuration,
+//! routing tables, transports, the door into the queue — and publishes it:
+//! new connections and the next deliveries use it; sessions and deliveries
+//! in progress finish with the one they started with; the queue is untouched.
+//! A configuration that does not load is refused and the old one stays.
 
 use crate::config::Config;
-use crate::control::{self, Request};
+use crate::control::{self, Request, Response};
 use crate::deliver::Transports;
 use crate::ingress::{Ingress, maildrop};
 use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
-use crate::smtp::server::Server;
+use crate::smtp::server::{Generation, Server};
+use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use anyhow::Context;
 use std::sync::Arc;
@@ -22,23 +30,24 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+/// What a reload needs to build a new generation.
+struct Builder {
+    spool: Spool,
+    new_mail: mpsc::UnboundedSender<Envelope>,
+}
+
+impl Builder {
+    fn build(&self, config: &Config) -> anyhow::Result<(Arc<Config>, Ingress, Arc<Transports>)> {
+        let router = Arc::new(Router::from_config(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router));
+        let transports = Arc::new(Transports::new(config));
+        Ok((Arc::new(config.clone()), ingress, transports))
+    }
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
     let root = config.spool.clone();
-    let spool = Spool::open(&root, None).with_context(|| format!("cannot open the spool {}", root.display()))?;
-    let recovery = spool.recover().with_context(|| format!("recovering the spool {}", root.display()))?;
-    if recovery.tmp_removed + recovery.active_requeued + recovery.orphan_bodies_removed > 0 {
-        tracing::info!(
-            "recovery: {} half-written file(s) removed, {} message(s) in delivery requeued, {} orphan bodies removed",
-            recovery.tmp_removed,
-            recovery.active_requeued,
-            recovery.orphan_bodies_removed
-        );
-    }
-    for id in &recovery.missing_body {
-        tracing::error!("{id}: body missing; envelope moved to corrupt/");
-    }
-    let spool = Spool::open(&root, recovery.newest_id.as_deref())?;
+    let spool = open_spool(&config)?;
 
     let mut listeners = Vec::new();
     for addr in &config.smtp.listen {
@@ -54,19 +63,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
-    let transports = Arc::new(Transports::new(&config));
-    let router = Arc::new(Router::from_config(&config).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let ingress = Ingress::to_queue(&config, spool.clone(), Some(new_tx), Some(router.clone()));
+    let builder = Builder { spool: spool.clone(), new_mail: new_tx };
+    let (config, ingress, transports) = builder.build(&config)?;
     let mut scheduler = Scheduler::new(config.clone(), spool.clone(), transports.clone(), ingress.clone());
     scheduler.load().context("loading the queue")?;
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
+    let (generation_tx, generation_rx) = watch::channel::<Generation>((config.clone(), ingress));
 
     let pickup_now = Arc::new(Notify::new());
-    tokio::spawn(pickup_loop(ingress.clone(), spool.clone(), config.clone(), pickup_now.clone(), shutdown_rx.clone()));
+    tokio::spawn(pickup_loop(generation_rx.clone(), spool.clone(), pickup_now.clone(), shutdown_rx.clone()));
     tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone()));
-    let (ctl_tx, ctl_rx) = mpsc::channel(64);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctl_tx));
-    tokio::spawn(handle_control(ctl_rx, cmd_tx, pickup_now));
 
     // Signal handlers go in before `ready`: a SIGTERM right after it must
     // mean a clean shutdown, not the default action.
@@ -76,17 +84,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for listener in listeners {
         eprintln!("listening smtp={}", listener.local_addr()?);
-        let server = Server::new(config.clone(), ingress.clone());
+        let server = Server::following(generation_rx.clone());
         servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
     tracing::info!("posthorn {} started as {:?} for {}", env!("CARGO_PKG_VERSION"), config.role, config.hostname);
     eprintln!("ready");
 
+    let mut reloader = Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), transports };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("SIGHUP: live reload is not available in this version; restart posthorn to apply changes"),
+            _ = hup.recv() => {
+                if let Err(e) = reloader.reload().await {
+                    tracing::error!("reload refused, the running configuration stays: {e:#}");
+                }
+            }
+            Some((req, answer)) = ctl_rx.recv() => {
+                let response = match req {
+                    Request::Reload => match reloader.reload().await {
+                        Ok(()) => control::success("configuration reloaded", None),
+                        Err(e) => control::failure(&format!("reload refused, the running configuration stays: {e:#}")),
+                    },
+                    other => handle_control(other, &cmd_tx, &pickup_now).await,
+                };
+                let _ = answer.send(response);
+            }
         }
     }
     tracing::info!("shutting down");
@@ -97,24 +120,84 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = server.await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
-    transports.close_idle().await;
+    reloader.transports.close_idle().await;
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(pid_file);
     Ok(())
 }
 
+/// Opens the spool and runs crash recovery on it.
+fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+    let root = &config.spool;
+    let spool = Spool::open(root, None).with_context(|| format!("cannot open the spool {}", root.display()))?;
+    let recovery = spool.recover().with_context(|| format!("recovering the spool {}", root.display()))?;
+    if recovery.tmp_removed + recovery.active_requeued + recovery.orphan_bodies_removed > 0 {
+        tracing::info!(
+            "recovery: {} half-written file(s) removed, {} message(s) in delivery requeued, {} orphan bodies removed",
+            recovery.tmp_removed,
+            recovery.active_requeued,
+            recovery.orphan_bodies_removed
+        );
+    }
+    for id in &recovery.missing_body {
+        tracing::error!("{id}: body missing; envelope moved to corrupt/");
+    }
+    Ok(Spool::open(root, recovery.newest_id.as_deref())?)
+}
+
+struct Reloader {
+    builder: Builder,
+    generation: watch::Sender<Generation>,
+    scheduler: mpsc::Sender<Command>,
+    transports: Arc<Transports>,
+}
+
+impl Reloader {
+    /// Reads the configuration file again and publishes a new generation.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let old = self.generation.borrow().0.clone();
+        let fresh = match &old.source {
+            Some(path) => Config::load(path)?,
+            None => Config::builtin(),
+        };
+        if fresh.spool != old.spool {
+            anyhow::bail!(
+                "spool changed from {} to {}: that needs a restart",
+                old.spool.display(),
+                fresh.spool.display()
+            );
+        }
+        if fresh.smtp.listen != old.smtp.listen || fresh.smtp.max_connections != old.smtp.max_connections {
+            tracing::warn!("reload: smtp.listen and smtp.max_connections take effect at the next restart");
+        }
+        let (config, ingress, transports) = self.builder.build(&fresh)?;
+        let _ = self
+            .scheduler
+            .send(Command::Reload { config: config.clone(), transports: transports.clone(), ingress: ingress.clone() })
+            .await;
+        self.generation.send_replace((config, ingress));
+        let old_transports = std::mem::replace(&mut self.transports, transports);
+        tokio::spawn(async move { old_transports.close_idle().await });
+        tracing::info!(
+            "reload: configuration {} applied",
+            old.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in".into())
+        );
+        Ok(())
+    }
+}
+
 /// Takes maildrop files into the queue: at start, when poked, and every
 /// `queue.pickup_interval` in case a poke was missed.
 async fn pickup_loop(
-    ingress: Ingress,
+    generation: watch::Receiver<Generation>,
     spool: Spool,
-    config: Arc<Config>,
     now: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let quarantine = spool.dir(State::Corrupt);
     loop {
+        let (config, ingress) = generation.borrow().clone();
         maildrop::pickup(&ingress, &spool.maildrop_dir(), &quarantine).await;
         tokio::select! {
             _ = now.notified() => {}
@@ -130,43 +213,39 @@ async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>) {
     }
 }
 
-async fn handle_control(
-    mut rx: mpsc::Receiver<control::Incoming>,
-    scheduler: mpsc::Sender<Command>,
-    pickup: Arc<Notify>,
-) {
-    while let Some((req, answer)) = rx.recv().await {
-        let response = match req {
-            Request::Ping => control::success("pong", None),
-            Request::Pickup => {
-                pickup.notify_one();
-                control::success("pickup scheduled", None)
+/// Answers the control requests that go to the scheduler or the pickup.
+async fn handle_control(req: Request, scheduler: &mpsc::Sender<Command>, pickup: &Notify) -> Response {
+    let stopped = || control::failure("the scheduler has stopped");
+    match req {
+        Request::Ping => control::success("pong", None),
+        Request::Pickup => {
+            pickup.notify_one();
+            control::success("pickup scheduled", None)
+        }
+        Request::Reload => control::failure("reload is handled by the daemon's main loop"),
+        Request::Act { action, ids } => {
+            let (tx, rx) = oneshot::channel();
+            if scheduler.send(Command::Act { action, ids, reply: tx }).await.is_err() {
+                return stopped();
             }
-            Request::Act { action, ids } => {
-                let (tx, rx) = oneshot::channel();
-                match scheduler.send(Command::Act { action, ids, reply: tx }).await {
-                    Ok(()) => match rx.await {
-                        Ok(results) => {
-                            let mut r = control::success(action.past_tense(), Some(results.len()));
-                            r.results = results;
-                            r
-                        }
-                        Err(_) => control::failure("the scheduler has stopped"),
-                    },
-                    Err(_) => control::failure("the scheduler has stopped"),
+            match rx.await {
+                Ok(results) => {
+                    let mut r = control::success(action.past_tense(), Some(results.len()));
+                    r.results = results;
+                    r
                 }
+                Err(_) => stopped(),
             }
-            Request::Flush => {
-                let (tx, rx) = oneshot::channel();
-                match scheduler.send(Command::Flush(tx)).await {
-                    Ok(()) => match rx.await {
-                        Ok(n) => control::success(format!("{n} deferred message(s) scheduled for delivery"), Some(n)),
-                        Err(_) => control::failure("the scheduler has stopped"),
-                    },
-                    Err(_) => control::failure("the scheduler has stopped"),
-                }
+        }
+        Request::Flush => {
+            let (tx, rx) = oneshot::channel();
+            if scheduler.send(Command::Flush(tx)).await.is_err() {
+                return stopped();
             }
-        };
-        let _ = answer.send(response);
+            match rx.await {
+                Ok(n) => control::success(format!("{n} deferred message(s) scheduled for delivery"), Some(n)),
+                Err(_) => stopped(),
+            }
+        }
     }
 }

@@ -30,6 +30,8 @@ pub enum Request {
     Pickup,
     /// An operator action on the named messages.
     Act { action: crate::queue::Action, ids: Vec<String> },
+    /// Read the configuration and tables again (same as SIGHUP).
+    Reload,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -1,0 +1,392 @@
+//! Delivery to the internet: a domain's mail goes to its MX hosts (RFC 5321
+//! 5.1), or to an explicit next hop from the transport table.
+//!
+//! The MX list is ordered by preference, randomly among equal preferences,
+//! afresh for every attempt (the resolver caches the answer for its TTL).
+//! A domain without MX records is its own host (its A/AAAA records); a null
+//! MX (RFC 7505) and a domain that does not exist bounce at once; a DNS
+//! failure that may pass (SERVFAIL, timeout) defers with `hop_down` and
+//! never bounces. Trying the hosts in turn, failing over on connect errors,
+//! 4xx greetings and 4xx to MAIL, is `relay::Relay`'s work: each
+//! destination (domain, or explicit next hop) gets one, whose pool keeps
+//! sessions for the next message and holds at most
+//! `deliver.destination_concurrency` connections.
+//!
+//! Failures found here, before any server is reached, carry a reply made up
+//! locally (no `relay`): its enhanced status code (5.1.10 null MX, 5.1.2 no
+//! such domain, 4.4.3 DNS trouble) is what the bounce or the delay warning
+//! reports.
+
+use crate::config::{Config, TlsPolicy};
+use crate::deliver::dns::{Dns, DnsError, MxAnswer, MxHost};
+use crate::deliver::relay::{Host, Relay, Settings, parse_host_port};
+use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
+use crate::smtp::client::Timeouts;
+use crate::smtp::proto::reply::{Enhanced, Reply};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the destination map is swept for transports nobody uses.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// An explicit next hop, as the transport table names it: `[host]:port`
+/// (no MX lookup: the host's own addresses, or an IP literal) or
+/// `host[:port]` (the MX hosts of `host`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: String,
+    /// `None`: `deliver.mx_port`.
+    pub port: Option<u16>,
+    /// Look up the MX records of `host` first.
+    pub mx: bool,
+}
+
+impl Target {
+    /// Parses Postfix's next-hop syntax: `[mail.example.org]:2525`,
+    /// `[192.0.2.1]`, `[IPv6:2001:db8::1]:25`, `example.org`,
+    /// `example.org:587`. A bare IP address is never MX-looked-up.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let value = s.trim();
+        let bracketed = value.starts_with('[');
+        let has_port = if bracketed {
+            value.rsplit_once(']').is_some_and(|(_, after)| !after.is_empty())
+        } else {
+            value.contains(':') && value.parse::<IpAddr>().is_err()
+        };
+        let (host, port) = parse_host_port(value, 25)?;
+        let literal = host.parse::<IpAddr>().is_ok();
+        Ok(Target { host: host.to_ascii_lowercase(), port: has_port.then_some(port), mx: !bracketed && !literal })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.mx, self.port) {
+            (true, None) => write!(f, "{}", self.host),
+            (true, Some(p)) => write!(f, "{}:{p}", self.host),
+            (false, None) => write!(f, "[{}]", self.host),
+            (false, Some(p)) => write!(f, "[{}]:{p}", self.host),
+        }
+    }
+}
+
+/// The MX transport; one per daemon, shared by every delivery.
+pub struct Mx {
+    dns: Arc<Dns>,
+    port: u16,
+    /// Our own name: an MX list naming it is cut there (RFC 5321 5.1).
+    hostname: String,
+    settings: Settings,
+    dests: Mutex<Dests>,
+}
+
+/// The transport per destination, made on first use and dropped once it
+/// has been unused for a while.
+#[derive(Default)]
+struct Dests {
+    map: HashMap<String, (Arc<Relay>, Instant)>,
+    swept: Option<Instant>,
+}
+
+/// Where one delivery goes, or why it goes nowhere.
+enum Route {
+    Hosts(Vec<Host>),
+    Fail(Delivery),
+}
+
+impl Mx {
+    pub fn new(config: &Config, dns: Arc<Dns>) -> Mx {
+        let settings = Settings {
+            // Opportunistic towards the internet: `relay.tls` is the
+            // smarthosts' policy, and requiring TLS of every MX would defer
+            // mail to half the world.
+            tls: TlsPolicy::May,
+            helo: config.hostname.clone(),
+            timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
+            max_connections: config.deliver.destination_concurrency,
+            idle_timeout: config.relay.idle_timeout,
+            dns: Some(dns.clone()),
+            noun: "MX host",
+            reuse_any_host: true,
+        };
+        Mx {
+            dns,
+            port: config.deliver.mx_port,
+            hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
+            settings,
+            dests: Mutex::new(Dests::default()),
+        }
+    }
+
+    /// Replaces the per-phase timeouts (tests).
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Mx {
+        self.settings.timeouts = timeouts;
+        self
+    }
+
+    /// Delivers `msg` to the MX hosts of `domain`; every recipient of `msg`
+    /// is in `domain`. An address literal (`[192.0.2.1]`) is delivered to
+    /// directly.
+    pub async fn deliver(&self, domain: &str, msg: &OutMessage) -> Delivery {
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let route = match literal(&domain) {
+            Some(ip) => Route::Hosts(vec![Host { name: domain.clone(), port: self.port, addrs: Some(vec![ip]) }]),
+            None => self.by_mx(&domain, self.port, msg).await,
+        };
+        self.send(&domain, route, msg).await
+    }
+
+    /// Delivers `msg` to an explicit next hop. Address lookups of a `[host]`
+    /// that fail, even with NXDOMAIN, defer: the name is the operator's,
+    /// and a typo in the transport table must not bounce mail.
+    pub async fn deliver_to(&self, target: &Target, msg: &OutMessage) -> Delivery {
+        let port = target.port.unwrap_or(self.port);
+        let route = if target.mx {
+            self.by_mx(&target.host, port, msg).await
+        } else {
+            Route::Hosts(vec![Host::named(&target.host, port)])
+        };
+        self.send(&target.to_string(), route, msg).await
+    }
+
+    /// QUITs every idle session (daemon shutdown).
+    pub async fn close_idle(&self) {
+        let relays: Vec<Arc<Relay>> = self.lock().map.values().map(|(r, _)| r.clone()).collect();
+        for relay in relays {
+            relay.close_idle().await;
+        }
+    }
+
+    async fn send(&self, dest: &str, route: Route, msg: &OutMessage) -> Delivery {
+        match route {
+            Route::Fail(delivery) => delivery,
+            Route::Hosts(hosts) => self.relay_for(dest).deliver_via(&hosts, msg).await,
+        }
+    }
+
+    /// The hosts for `domain` by its MX records, each on `port`.
+    async fn by_mx(&self, domain: &str, port: u16, msg: &OutMessage) -> Route {
+        let n = msg.recipients.len();
+        let answer = match self.dns.mx(domain).await {
+            Ok(answer) => answer,
+            Err(e) => return Route::Fail(dns_failure(n, &e, "MX")),
+        };
+        let hosts = match answer {
+            MxAnswer::Hosts(hosts) => hosts,
+            MxAnswer::Null => {
+                let reply = Reply::new(556, Enhanced(5, 1, 10), format!("Domain {domain} does not accept mail (null MX)"));
+                return Route::Fail(every(n, Outcome::Permanent, local_reply(reply)));
+            }
+            MxAnswer::NoRecords => return self.implicit_mx(domain, port, n).await,
+        };
+        match below_self(hosts, &self.hostname) {
+            Some(hosts) => Route::Hosts(hosts.iter().map(|h| Host::named(&h.host, port)).collect()),
+            None => {
+                // A configuration error (we are the best MX, yet the domain
+                // is not ours): wait for the operator rather than bounce.
+                let detail = format!("mail for {domain} loops back to myself ({} is its best MX host)", self.hostname);
+                let attempt = Attempt { class: Some(ErrorClass::Local), ..local_reply(Reply::new(451, Enhanced(4, 4, 6), detail)) };
+                Route::Fail(Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false })
+            }
+        }
+    }
+
+    /// RFC 5321 5.1: no MX records, so the domain's own addresses.
+    async fn implicit_mx(&self, domain: &str, port: u16, n: usize) -> Route {
+        match self.dns.addresses(domain).await {
+            Ok(ips) if ips.is_empty() => {
+                let reply =
+                    Reply::new(550, Enhanced(5, 1, 2), format!("Host or domain name not found: {domain} has no MX, A or AAAA record"));
+                Route::Fail(every(n, Outcome::Permanent, local_reply(reply)))
+            }
+            Ok(ips) => Route::Hosts(vec![Host { name: domain.to_string(), port, addrs: Some(ips) }]),
+            Err(e) => Route::Fail(dns_failure(n, &e, "A/AAAA")),
+        }
+    }
+
+    /// The transport for one destination, made on first use.
+    fn relay_for(&self, dest: &str) -> Arc<Relay> {
+        let mut dests = self.lock();
+        let now = Instant::now();
+        if dests.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+            dests.swept = Some(now);
+            let keep_for = self.settings.idle_timeout.max(SWEEP_EVERY);
+            // Nobody holds it, no session is open (idle ones were QUIT by
+            // its reaper), and it has not been used for a while.
+            dests.map.retain(|_, (relay, used)| {
+                Arc::strong_count(relay) > 1 || !relay.is_unused() || now.duration_since(*used) < keep_for
+            });
+        }
+        let entry = dests
+            .map
+            .entry(dest.to_string())
+            .or_insert_with(|| (Arc::new(Relay::for_hosts(Vec::new(), self.settings.clone())), now));
+        entry.1 = now;
+        entry.0.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Dests> {
+        self.dests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The IP address of an address-literal domain (`[192.0.2.1]`,
+/// `[IPv6:2001:db8::1]`).
+fn literal(domain: &str) -> Option<IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("ipv6:") => &inner[5..],
+        _ => inner,
+    };
+    inner.parse().ok()
+}
+
+/// RFC 5321 5.1: when we are one of the MX hosts, only the hosts with a
+/// better (lower) preference may be used; `None` when that leaves none.
+fn below_self(hosts: Vec<MxHost>, me: &str) -> Option<Vec<MxHost>> {
+    let mine = hosts.iter().find(|h| h.host == me).map(|h| h.preference);
+    let kept: Vec<MxHost> = match mine {
+        Some(pref) => hosts.into_iter().filter(|h| h.preference < pref).collect(),
+        None => hosts,
+    };
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// The outcome of a lookup that failed before any host: NXDOMAIN and bad
+/// names bounce (5.1.2), anything else defers with the destination down.
+fn dns_failure(n: usize, e: &DnsError, what: &str) -> Delivery {
+    match e {
+        DnsError::Temporary { name, detail } => {
+            let text = format!("Host or domain name lookup failed for {name}: {detail}");
+            let attempt = local_reply(Reply::new(451, Enhanced(4, 4, 3), text));
+            Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false }
+        }
+        DnsError::NotFound(name) => {
+            let text = format!("Host or domain name not found: {name} (NXDOMAIN for {what})");
+            every(n, Outcome::Permanent, local_reply(Reply::new(550, Enhanced(5, 1, 2), text)))
+        }
+        DnsError::Invalid(name) => {
+            let text = format!("{name} is not a valid domain name");
+            every(n, Outcome::Permanent, local_reply(Reply::new(550, Enhanced(5, 1, 2), text)))
+        }
+    }
+}
+
+/// An attempt that reached no server, with a reply made up here.
+fn local_reply(reply: Reply) -> Attempt {
+    Attempt { relay: None, tls: false, detail: reply.to_string(), reply: Some(reply), class: Some(ErrorClass::Dns) }
+}
+
+fn every(n: usize, kind: fn(Attempt) -> Outcome, attempt: Attempt) -> Delivery {
+    Delivery { outcomes: vec![kind(attempt); n], hop_down: false, remote_dsn: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::OutRecipient;
+    use crate::smtp::client::test_server::{Script, start};
+    use std::path::Path;
+
+    #[test]
+    fn target_table() {
+        let t = |host: &str, port: Option<u16>, mx: bool| Target { host: host.into(), port, mx };
+        let cases = [
+            ("example.org", t("example.org", None, true)),
+            ("Example.ORG:2525", t("example.org", Some(2525), true)),
+            ("[mail.example.org]", t("mail.example.org", None, false)),
+            ("[mail.example.org]:587", t("mail.example.org", Some(587), false)),
+            ("[192.0.2.1]:25", t("192.0.2.1", Some(25), false)),
+            ("[IPv6:2001:db8::1]", t("2001:db8::1", None, false)),
+            ("[::1]:2525", t("::1", Some(2525), false)),
+            ("192.0.2.1", t("192.0.2.1", None, false)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Target::parse(input).as_ref(), Ok(&want), "{input}");
+        }
+        for bad in ["", "[host", "mail example", "host:0", "[host]x"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Target::parse("[mx.example.org]:26").unwrap().to_string(), "[mx.example.org]:26");
+        assert_eq!(Target::parse("example.org").unwrap().to_string(), "example.org");
+    }
+
+    #[test]
+    fn literal_domains() {
+        assert_eq!(literal("[192.0.2.1]"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(literal("[ipv6:2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(literal("example.org"), None);
+        assert_eq!(literal("[example.org]"), None);
+    }
+
+    #[test]
+    fn mx_lists_are_cut_at_ourselves() {
+        let list = |v: &[(u16, &str)]| -> Vec<MxHost> {
+            v.iter().map(|(p, h)| MxHost { preference: *p, host: h.to_string() }).collect()
+        };
+        let all = list(&[(5, "a"), (10, "b"), (10, "me"), (20, "c")]);
+        assert_eq!(below_self(all.clone(), "me"), Some(list(&[(5, "a")])));
+        assert_eq!(below_self(all.clone(), "other"), Some(all));
+        assert_eq!(below_self(list(&[(10, "me"), (10, "b")]), "me"), None);
+    }
+
+    #[test]
+    fn dns_failures_map_to_outcomes() {
+        let temp = dns_failure(2, &DnsError::Temporary { name: "x.test".into(), detail: "SERVFAIL".into() }, "MX");
+        assert!(temp.hop_down);
+        assert!(matches!(temp.outcomes[1], Outcome::Transient(_)));
+        let a = temp.outcomes[0].attempt();
+        assert_eq!(a.class, Some(ErrorClass::Dns));
+        assert_eq!(a.reply.as_ref().unwrap().enhanced, Some(Enhanced(4, 4, 3)));
+        assert_eq!(a.relay, None);
+
+        let gone = dns_failure(1, &DnsError::NotFound("x.test".into()), "MX");
+        assert!(!gone.hop_down);
+        let Outcome::Permanent(a) = &gone.outcomes[0] else { panic!("{gone:?}") };
+        assert_eq!(a.detail, "550 5.1.2 Host or domain name not found: x.test (NXDOMAIN for MX)");
+    }
+
+    fn message(rcpts: &[&str]) -> OutMessage {
+        OutMessage {
+            id: "TESTID".into(),
+            sender: "cron@hub.test".into(),
+            recipients: rcpts
+                .iter()
+                .enumerate()
+                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+                .collect(),
+            body: Arc::from(&b"Subject: test\r\n\r\nbody\r\n"[..]),
+            eight_bit: false,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        }
+    }
+
+    fn config(port: u16) -> Config {
+        // DNS is never asked in these tests: the server is a black hole.
+        let text = format!(
+            "hostname = \"hub.test\"\n[deliver]\nmx_port = {port}\ndns_servers = [\"127.0.0.1:9\"]\n[relay]\nconnect_timeout = \"2s\"\n"
+        );
+        Config::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn explicit_next_hop_and_address_literal() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let config = config(server.addr.port());
+        let mx = Mx::new(&config, Arc::new(Dns::from_config(&config).unwrap()));
+        let target = Target::parse("[127.0.0.1]").unwrap();
+        let delivery = mx.deliver_to(&target, &message(&["a@example.test"])).await;
+        assert!(matches!(delivery.outcomes[0], Outcome::Delivered(_)), "{delivery:?}");
+        let delivery = mx.deliver("[127.0.0.1]", &message(&["postmaster@[127.0.0.1]"])).await;
+        assert!(matches!(delivery.outcomes[0], Outcome::Delivered(_)), "{delivery:?}");
+        // Two destinations, two transports: no shared session.
+        assert_eq!(server.connections(), 2);
+        let again = mx.deliver_to(&target, &message(&["b@example.test"])).await;
+        assert!(matches!(again.outcomes[0], Outcome::Delivered(_)));
+        assert_eq!(server.connections(), 2, "the session to the next hop was reused");
+    }
+}

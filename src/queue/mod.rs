@@ -27,13 +27,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests other parts of the daemon (the control socket) send in.
-#[derive(Debug)]
 pub enum Command {
     /// Try every deferred message now and forget destination backoff
     /// (`postqueue -f`, `sendmail -q`). Answers with the number scheduled.
     Flush(oneshot::Sender<usize>),
     /// An operator action on some messages; answers one result per id.
     Act { action: Action, ids: Vec<String>, reply: oneshot::Sender<Vec<ActResult>> },
+    /// A reloaded configuration: deliveries started from now on use it.
+    Reload { config: Arc<Config>, transports: Arc<Transports>, ingress: Ingress },
 }
 
 /// What an operator can do to a queued message. Actions go through the
@@ -273,6 +274,14 @@ impl Scheduler {
             Command::Act { action, ids, reply } => {
                 let results = self.act(action, ids).await;
                 let _ = reply.send(results);
+            }
+            Command::Reload { config, transports, ingress } => {
+                if config.queue.bounce_rate_limit != self.config.queue.bounce_rate_limit {
+                    self.limiter = Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit));
+                }
+                self.config = config;
+                self.transports = transports;
+                self.ingress = ingress;
             }
             Command::Flush(reply) => {
                 self.dests.reset_all();

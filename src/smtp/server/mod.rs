@@ -28,20 +28,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// One listening socket's server.
 pub struct Server {
-    config: Arc<Config>,
-    ingress: Ingress,
+    current: watch::Receiver<Generation>,
 }
+
+/// The configuration and the door in force. A reload publishes a new
+/// generation: connections accepted afterwards use it, sessions already
+/// running finish with the one they started with.
+pub type Generation = (Arc<Config>, Ingress);
 
 impl Server {
     pub fn new(config: Arc<Config>, ingress: Ingress) -> Server {
-        Server { config, ingress }
+        Server::following(watch::channel((config, ingress)).1)
+    }
+
+    /// A server that picks up every generation published on `current`.
+    pub fn following(current: watch::Receiver<Generation>) -> Server {
+        Server { current }
     }
 
     /// Accepts connections until `shutdown` turns true (or its sender is
     /// dropped), then waits up to `SHUTDOWN_GRACE` for the sessions: idle
     /// ones close at once with 421, one receiving a message finishes it.
     pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.smtp.max_connections));
+        // The connection limit is fixed for the listener's life; a reload
+        // changes everything else.
+        let slots = Arc::new(Semaphore::new(self.current.borrow().0.smtp.max_connections));
         let mut sessions = JoinSet::new();
         loop {
             let accepted = tokio::select! {
@@ -65,13 +76,12 @@ impl Server {
                 }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                refuse(stream, addr, &self.config.hostname);
+                refuse(stream, addr, &self.current.borrow().0.hostname);
                 continue;
             };
             // Replies are batched by the session; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
-            let config = self.config.clone();
-            let ingress = self.ingress.clone();
+            let (config, ingress) = self.current.borrow().clone();
             let shutdown = shutdown.clone();
             sessions.spawn(async move {
                 session::run_session_until(stream, Peer::Tcp(addr), &config, &ingress, shutdown).await;
