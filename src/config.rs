@@ -122,6 +122,9 @@ pub struct Queue {
     pub pickup_interval: Duration,
     /// Delivery status notifications per sender per hour, at most.
     pub bounce_rate_limit: usize,
+    /// How accepted mail is made durable: `batch` (one syncfs per group
+    /// commit) or `per-file` (fdatasync of every file, as Postfix does).
+    pub sync: crate::spool::commit::SyncMode,
 }
 
 /// An IPv4 or IPv6 network in CIDR notation.
@@ -260,6 +263,7 @@ impl Config {
             active_limit: raw.queue.active_limit.unwrap_or(2000).max(1),
             pickup_interval: raw.queue.pickup_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
             bounce_rate_limit: raw.queue.bounce_rate_limit.unwrap_or(20),
+            sync: raw.queue.sync.unwrap_or(crate::spool::commit::SyncMode::Batch),
         };
         if queue.retry_min > queue.retry_max {
             return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));
@@ -517,6 +521,7 @@ struct RawQueue {
     active_limit: Option<usize>,
     pickup_interval: Option<Dur>,
     bounce_rate_limit: Option<usize>,
+    sync: Option<crate::spool::commit::SyncMode>,
 }
 
 #[cfg(test)]

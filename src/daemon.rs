@@ -130,7 +130,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// Opens the spool and runs crash recovery on it.
 fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     let root = &config.spool;
-    let spool = Spool::open(root, None).with_context(|| format!("cannot open the spool {}", root.display()))?;
+    let spool = Spool::open_with(root, None, config.queue.sync)
+        .with_context(|| format!("cannot open the spool {}", root.display()))?;
     let recovery = spool.recover().with_context(|| format!("recovering the spool {}", root.display()))?;
     if recovery.tmp_removed + recovery.active_requeued + recovery.orphan_bodies_removed > 0 {
         tracing::info!(
@@ -143,7 +144,7 @@ fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     for id in &recovery.missing_body {
         tracing::error!("{id}: body missing; envelope moved to corrupt/");
     }
-    Ok(Spool::open(root, recovery.newest_id.as_deref())?)
+    Ok(Spool::open_with(root, recovery.newest_id.as_deref(), config.queue.sync)?)
 }
 
 struct Reloader {

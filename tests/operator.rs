@@ -166,7 +166,7 @@ fn mailq_layout_and_json() {
         assert!(fields[1].parse::<u64>().is_ok(), "size in {line}");
         assert_eq!(fields.len(), 7, "id, size, 4 date fields, sender: {line}");
         assert_eq!(fields[6], sender, "{line}");
-        assert_eq!(line.find(fields[1]).unwrap() + fields[1].len(), 20, "size right-aligned: {line}");
+        assert_eq!(line[12..20].trim_start(), fields[1], "size right-aligned in columns 13-20: {line}");
     };
     id_line(&ids[0], "root@vm1.test");
     id_line(&ids[1], "MAILER-DAEMON");
@@ -348,7 +348,7 @@ fn exim_and_exiqgrep_forms() {
     let mut blocks = bp.split("\n\n");
     let first = blocks.next().unwrap();
     let head: Vec<&str> = first.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(head[0], "0m", "{bp}");
+    assert!(head[0].ends_with('m') && head[0][..head[0].len() - 1].parse::<u32>().is_ok(), "age: {bp}");
     assert!(head[1].parse::<u64>().is_ok(), "{bp}");
     assert_eq!(&head[2..], [ids[0].as_str(), "<alice@example.org>"], "{bp}");
     assert_eq!(first.lines().skip(1).collect::<Vec<_>>(), ["          ops@example.org", "          dev@example.org"]);
@@ -377,7 +377,10 @@ fn exim_and_exiqgrep_forms() {
     assert_eq!(run(&ph, "exiqgrep -c -y 3600"), "2 matches out of 2 messages\n");
     assert_eq!(run(&ph, "exiqgrep -c -f ALICE"), "0 matches out of 2 messages\n", "case-sensitive, as in Perl");
     assert_eq!(run(&ph, "exiqgrep -b -f bob"), format!("{} From: <bob@example.org> To: ops@other.example\n", ids[1]));
-    assert!(run(&ph, "exiqgrep -f bob").starts_with(" 0m "));
+    assert!(
+        run(&ph, "exiqgrep -f bob")
+            .contains(&format!(" {} <bob@example.org>\n          ops@other.example\n\n", ids[1]))
+    );
 
     let mark = ph.log_mark();
     assert_eq!(run(&ph, &format!("exim -M {}", ids[0])), "");
@@ -532,9 +535,17 @@ fn postfix_start_status_stop() {
     assert!(postfix("reload").status.success());
     assert!(postfix("flush").status.success());
     assert!(postfix("check").status.success(), "{}", text(&postfix("check").stdout));
-    assert!(wait_until(secs(5), || std::fs::read_to_string(spool.join("posthorn.log"))
-        .unwrap_or_default()
-        .contains("SIGHUP")));
+    let log = || std::fs::read_to_string(spool.join("posthorn.log")).unwrap_or_default();
+    assert!(wait_until(secs(5), || log().contains("reload: configuration")), "{}", log());
+    // A configuration that no longer loads is refused, with file, line and
+    // key; the daemon goes on with the one it has.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, good.replace("[queue]", "[queue]\npickup_interval = \"soon\"")).unwrap();
+    let out = postfix("reload");
+    assert_eq!(code(&out), 78, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("queue.pickup_interval"), "{}", text(&out.stderr));
+    std::fs::write(&config, good).unwrap();
+    assert!(postfix("status").status.success());
     let out = postfix("stop");
     assert!(out.status.success(), "stop: {}", text(&out.stderr));
     assert!(!spool.join("posthorn.pid").exists());

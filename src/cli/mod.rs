@@ -9,8 +9,11 @@
 //!   and a small POSIX `getopt` for the compatibility names.
 //! - `select`: choosing queue entries (sender, recipient, age, state, ...).
 //! - `act`: operator actions through the daemon, and the audit log.
-//! - `queue`: `posthorn queue list|show|why|delete|hold|release|requeue|bounce`.
-//! - one file per compatibility name; `install` makes their symlinks.
+//! - `queue`: `posthorn queue list|show|why|delete|hold|release|requeue|bounce|flush`.
+//! - `check`: `posthorn check`; `postfix`: the daemon's life cycle, and
+//!   `posthorn reload`.
+//! - one file per compatibility name; `install` makes their symlinks
+//!   (`posthorn install-links DIR`).
 
 pub mod act;
 pub mod check;
@@ -84,6 +87,8 @@ enum Native {
         #[command(subcommand)]
         verb: queue::Verb,
     },
+    /// Make the running daemon read its configuration and tables again (as SIGHUP)
+    Reload,
     /// Create the compatibility symlinks (sendmail, mailq, postqueue, ...) in DIR
     InstallLinks {
         /// Directory for the links, e.g. /usr/local/sbin
@@ -150,6 +155,10 @@ fn native(argv: Vec<OsString>) -> u8 {
         Native::Check => check::main(explicit),
         Native::Sendmail { args } => sendmail::main(&args, explicit),
         Native::Queue { verb } => queue::main(explicit, verb),
+        Native::Reload => match load_config(explicit, "posthorn") {
+            Ok(config) => postfix::reload(&config),
+            Err(code) => code,
+        },
         Native::InstallLinks { dir, force } => install::main(&dir, force),
     }
 }
@@ -286,7 +295,8 @@ mod tests {
     #[test]
     fn getopt_table() {
         let some = |s: &str| Some(s.to_string());
-        let cases: Vec<(&[&str], Result<(Vec<Opt>, Vec<&str>), &str>)> = vec![
+        type Expected<'a> = Result<(Vec<Opt>, Vec<&'a str>), &'a str>;
+        let cases: Vec<(&[&str], Expected)> = vec![
             (&["-d", "ID", "deferred"], Ok((vec![('d', some("ID"))], vec!["deferred"]))),
             (&["-dID", "-v"], Ok((vec![('d', some("ID")), ('v', None)], vec![]))),
             (&["-vd", "ALL"], Ok((vec![('v', None), ('d', some("ALL"))], vec![]))),

@@ -6,8 +6,9 @@
 //!   the daemon answers on the control socket;
 //! - `stop` sends SIGTERM to the pid in `SPOOL/posthorn.pid` and waits;
 //! - `status` asks the daemon (exit 0 running, 1 not);
-//! - `reload` sends SIGHUP; `flush` retries deferred mail; `check` is
-//!   `posthorn check`.
+//! - `reload` asks the daemon to load its configuration again (refused,
+//!   with the reason, when it does not load); `flush` retries deferred
+//!   mail; `check` is `posthorn check`.
 //!
 //! Messages go to stderr, worded like Postfix's `postfix-script`.
 
@@ -180,17 +181,25 @@ fn status(config: &Config) -> u8 {
     }
 }
 
-fn reload(config: &Config) -> u8 {
-    let Some(pid) = pid(config).filter(|_| running(config)) else {
-        eprintln!("{PREFIX}: fatal: the posthorn mail system is not running");
-        return 1;
-    };
-    eprintln!("{PREFIX}: refreshing the posthorn mail system");
-    match rustix::process::kill_process(pid, Signal::HUP) {
-        Ok(()) => exit::OK,
-        Err(e) => {
-            eprintln!("{PREFIX}: fatal: cannot signal process {}: {e}", pid.as_raw_nonzero());
+/// Asks the daemon to read its configuration and tables again; a
+/// configuration that does not load is refused and the running one stays.
+pub fn reload(config: &Config) -> u8 {
+    match control::request_blocking(&config.control_socket(), &Request::Reload) {
+        Ok(r) if r.ok => {
+            eprintln!("{PREFIX}: refreshing the posthorn mail system");
+            exit::OK
+        }
+        Ok(r) => {
+            eprintln!("{PREFIX}: fatal: {}", r.message);
             1
+        }
+        Err(control::ControlError::NotRunning(_)) => {
+            eprintln!("{PREFIX}: fatal: the posthorn mail system is not running");
+            1
+        }
+        Err(e) => {
+            eprintln!("{PREFIX}: fatal: {e}");
+            exit::TEMPFAIL
         }
     }
 }

@@ -178,7 +178,7 @@ fn list(config: &Config, json: bool, select: &SelectArgs) -> u8 {
     if json {
         let mut text = String::new();
         for (state, env) in &queue {
-            text.push_str(&native_json(*state, env).to_string());
+            text.push_str(&native_json(*state, env));
             text.push('\n');
         }
         let _ = out.write_all(text.as_bytes());
@@ -189,32 +189,55 @@ fn list(config: &Config, json: bool, select: &SelectArgs) -> u8 {
 }
 
 /// One message for scripts: Postfix's `-j` fields plus posthorn's own.
-pub fn native_json(state: State, env: &Envelope) -> serde_json::Value {
-    let recipients: Vec<_> = env
+#[derive(serde::Serialize)]
+struct NativeMessage<'a> {
+    queue_name: &'a str,
+    queue_id: &'a str,
+    arrival_time: u64,
+    message_size: u64,
+    sender: &'a str,
+    frozen: bool,
+    attempts: u32,
+    next_attempt: u64,
+    recipients: Vec<NativeRecipient<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct NativeRecipient<'a> {
+    address: &'a str,
+    state: RcptState,
+    delay_reason: Option<&'a str>,
+    error_class: Option<String>,
+    last_attempt: Option<u64>,
+}
+
+pub fn native_json(state: State, env: &Envelope) -> String {
+    let recipients = env
         .recipients
         .iter()
         .map(|r| {
             let last = r.history.last();
-            serde_json::json!({
-                "address": r.address,
-                "state": r.state,
-                "delay_reason": last.map(|a| a.detail.clone()),
-                "error_class": super::select::last_class(r),
-                "last_attempt": last.map(|a| a.at),
-            })
+            NativeRecipient {
+                address: &r.address,
+                state: r.state,
+                delay_reason: last.map(|a| a.detail.as_str()),
+                error_class: super::select::last_class(r),
+                last_attempt: last.map(|a| a.at),
+            }
         })
         .collect();
-    serde_json::json!({
-        "queue_name": state.dir_name(),
-        "queue_id": env.id,
-        "arrival_time": env.arrival,
-        "message_size": env.size,
-        "sender": env.sender,
-        "frozen": env.frozen,
-        "attempts": env.attempts,
-        "next_attempt": env.next_attempt,
-        "recipients": recipients,
-    })
+    let m = NativeMessage {
+        queue_name: state.dir_name(),
+        queue_id: &env.id,
+        arrival_time: env.arrival,
+        message_size: env.size,
+        sender: &env.sender,
+        frozen: env.frozen,
+        attempts: env.attempts,
+        next_attempt: env.next_attempt,
+        recipients,
+    };
+    serde_json::to_string(&m).unwrap_or_default()
 }
 
 fn find(config: &Config, verb: &str, queue_id: &str) -> Result<(State, Envelope, Vec<u8>), u8> {

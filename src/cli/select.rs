@@ -107,7 +107,7 @@ fn domain_of(address: &str) -> &str {
 /// envelope (`connect`, `4xx`, ...).
 pub fn last_class(r: &crate::spool::envelope::Recipient) -> Option<String> {
     let class = r.history.last()?.class?;
-    serde_json::to_value(class).ok()?.as_str().map(str::to_string)
+    serde_json::to_string(&class).ok().map(|s| s.trim_matches('"').to_string())
 }
 
 /// Compiles an operator's pattern, case-insensitive (addresses are).

@@ -227,10 +227,21 @@ fn classify(
         }
         NetError::Dns(WireError::NoRecordsFound(no)) if no.response_code == ResponseCode::NoError => Ok(None),
         NetError::Dns(WireError::ResponseCode(code)) => {
-            Err(DnsError::Temporary { name, detail: format!("{rtype} lookup: server answered {code}") })
+            Err(DnsError::Temporary { name, detail: format!("{rtype} lookup: server answered {}", rcode(*code)) })
         }
         NetError::Timeout => Err(DnsError::Temporary { name, detail: format!("{rtype} lookup timed out") }),
         other => Err(DnsError::Temporary { name, detail: format!("{rtype} lookup: {other}") }),
+    }
+}
+
+/// A response code as written in RFCs and `dig` output.
+fn rcode(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        other => other.to_string(),
     }
 }
 
@@ -309,7 +320,10 @@ mod tests {
             // Preference other than 0 with a root target: still no mail.
             (&[(10, ".")], MxAnswer::Null),
             (&[(0, "")], MxAnswer::Null),
-            (&[(0, "."), (10, "mx.example.org")], MxAnswer::Hosts(vec![MxHost { preference: 10, host: "mx.example.org".into() }])),
+            (
+                &[(0, "."), (10, "mx.example.org")],
+                MxAnswer::Hosts(vec![MxHost { preference: 10, host: "mx.example.org".into() }]),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(&mx_answer(recs(input), &mut rng), want, "{input:?}");
@@ -320,7 +334,12 @@ mod tests {
     fn sorted_by_preference_and_cleaned() {
         let mut rng = fastrand::Rng::with_seed(1);
         let answer = mx_answer(
-            recs(&[(20, "MX2.Example.org."), (5, "mx0.example.org"), (10, "mx1.example.org."), (30, "mx1.example.org")]),
+            recs(&[
+                (20, "MX2.Example.org."),
+                (5, "mx0.example.org"),
+                (10, "mx1.example.org."),
+                (30, "mx1.example.org"),
+            ]),
             &mut rng,
         );
         assert_eq!(hosts(&answer), vec![(5, "mx0.example.org"), (10, "mx1.example.org"), (20, "mx2.example.org")]);

@@ -176,7 +176,8 @@ impl Mx {
         let hosts = match answer {
             MxAnswer::Hosts(hosts) => hosts,
             MxAnswer::Null => {
-                let reply = Reply::new(556, Enhanced(5, 1, 10), format!("Domain {domain} does not accept mail (null MX)"));
+                let reply =
+                    Reply::new(556, Enhanced(5, 1, 10), format!("Domain {domain} does not accept mail (null MX)"));
                 return Route::Fail(every(n, Outcome::Permanent, local_reply(reply)));
             }
             MxAnswer::NoRecords => return self.implicit_mx(domain, port, n).await,
@@ -187,8 +188,15 @@ impl Mx {
                 // A configuration error (we are the best MX, yet the domain
                 // is not ours): wait for the operator rather than bounce.
                 let detail = format!("mail for {domain} loops back to myself ({} is its best MX host)", self.hostname);
-                let attempt = Attempt { class: Some(ErrorClass::Local), ..local_reply(Reply::new(451, Enhanced(4, 4, 6), detail)) };
-                Route::Fail(Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false })
+                let attempt = Attempt {
+                    class: Some(ErrorClass::Local),
+                    ..local_reply(Reply::new(451, Enhanced(4, 4, 6), detail))
+                };
+                Route::Fail(Delivery {
+                    outcomes: vec![Outcome::Transient(attempt); n],
+                    hop_down: true,
+                    remote_dsn: false,
+                })
             }
         }
     }
@@ -197,8 +205,11 @@ impl Mx {
     async fn implicit_mx(&self, domain: &str, port: u16, n: usize) -> Route {
         match self.dns.addresses(domain).await {
             Ok(ips) if ips.is_empty() => {
-                let reply =
-                    Reply::new(550, Enhanced(5, 1, 2), format!("Host or domain name not found: {domain} has no MX, A or AAAA record"));
+                let reply = Reply::new(
+                    550,
+                    Enhanced(5, 1, 2),
+                    format!("Host or domain name not found: {domain} has no MX, A or AAAA record"),
+                );
                 Route::Fail(every(n, Outcome::Permanent, local_reply(reply)))
             }
             Ok(ips) => Route::Hosts(vec![Host { name: domain.to_string(), port, addrs: Some(ips) }]),

@@ -246,7 +246,9 @@ impl Relay {
             let keys: Vec<String> = hosts.clone().filter_map(|h| h.ok().map(Host::key)).collect();
             if let Some((key, conn)) = self.pool.take_any(&keys) {
                 match self.try_pooled(&key, conn, msg).await {
-                    Ok(HostTry::Done(outcomes, remote_dsn)) => return Delivery { outcomes, hop_down: false, remote_dsn },
+                    Ok(HostTry::Done(outcomes, remote_dsn)) => {
+                        return Delivery { outcomes, hop_down: false, remote_dsn };
+                    }
                     Ok(HostTry::Deferred(attempt)) => {
                         last = Some(attempt);
                         hop_down = false;
@@ -1004,5 +1006,56 @@ mod tests {
         relay.deliver(&message(&["a@hub.test"])).await;
         relay.close_idle().await;
         assert_eq!(server.log().last().map(String::as_str), Some("QUIT"));
+    }
+
+    #[tokio::test]
+    async fn host_lists_per_message_share_the_pool() {
+        let host = |s: &Server| Host::named("127.0.0.1", s.addr.port());
+        for reuse_any_host in [false, true] {
+            let first = start(Script::esmtp(&["PIPELINING"])).await;
+            let second = start(Script::esmtp(&["PIPELINING"])).await;
+            let settings = Settings { reuse_any_host, noun: "MX host", ..Settings::relay(&config(&[], "")) };
+            let relay = Relay::for_hosts(Vec::new(), settings);
+            let delivery = relay.deliver_via(&[host(&second)], &message(&["a@hub.test"])).await;
+            assert_eq!(kinds(&delivery), "D");
+            // The first host is back in the list: with `reuse_any_host` the
+            // open session to the second still takes the message.
+            let delivery = relay.deliver_via(&[host(&first), host(&second)], &message(&["a@hub.test"])).await;
+            assert_eq!(kinds(&delivery), "D");
+            let want = if reuse_any_host { (0, 1) } else { (1, 1) };
+            assert_eq!((first.connections(), second.connections()), want, "reuse_any_host = {reuse_any_host}");
+            relay.close_idle().await;
+            // An empty list: nothing to try, the destination is down.
+            let delivery = relay.deliver_via(&[], &message(&["a@hub.test"])).await;
+            assert_eq!(kinds(&delivery), "T");
+            assert!(delivery.hop_down);
+            assert_eq!(delivery.outcomes[0].attempt().detail, "no MX host to try");
+        }
+    }
+
+    #[tokio::test]
+    async fn given_addresses_are_used_as_they_are() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let settings = Settings { noun: "MX host", ..Settings::relay(&config(&[], "")) };
+        let relay = Relay::for_hosts(
+            vec![Host {
+                name: "mx.example.test".into(),
+                port: server.addr.port(),
+                addrs: Some(vec![server.addr.ip()]),
+            }],
+            settings,
+        );
+        let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "D");
+        let label = format!("mx.example.test[127.0.0.1]:{}", server.addr.port());
+        assert_eq!(delivery.outcomes[0].attempt().relay.as_deref(), Some(label.as_str()));
+        assert!(!relay.is_unused(), "the session is kept");
+
+        let none = Relay::for_hosts(vec![Host { name: "mx.example.test".into(), port: 25, addrs: Some(vec![]) }], {
+            Settings { noun: "MX host", ..Settings::relay(&config(&[], "")) }
+        });
+        let delivery = none.deliver(&message(&["a@hub.test"])).await;
+        assert!(delivery.hop_down);
+        assert_eq!(delivery.outcomes[0].attempt().detail, "cannot resolve MX host mx.example.test: no address");
     }
 }

@@ -1,14 +1,24 @@
 //! Group commit: one thread makes many sessions' renames durable together.
 //!
 //! A message is accepted when its envelope's rename into `incoming/` is on
-//! disk. The file contents are synced by their writers (concurrently, so the
-//! filesystem journal merges them); what is left is the directory entries.
-//! Callers queue their renames here; the committer takes everything queued,
-//! syncs the body directory once (so no envelope can become durable before
-//! its body's name is), performs the renames, syncs each touched directory
-//! once, and answers every caller. Under load one directory sync covers
-//! dozens of messages, which is what lets one process accept hundreds of
-//! messages a second with `250` meaning "on disk".
+//! disk. Callers queue their renames here; the committer takes everything
+//! queued as one batch, makes the batch's file contents durable, performs
+//! the renames, syncs each touched directory once, and answers every
+//! caller. Under load one batch covers dozens of messages, which is what
+//! lets one process accept many hundreds of messages a second with `250`
+//! meaning "on disk".
+//!
+//! How contents become durable is the `SyncMode`:
+//! - `Batch` (the default): writers only write; the committer calls
+//!   `syncfs(2)` once per batch before any rename. One flush of the
+//!   filesystem journal serves the whole batch. It also flushes whatever
+//!   else is dirty on that filesystem, so a spool on a filesystem shared
+//!   with heavy writers may prefer `PerFile`.
+//! - `PerFile`: each writer `fdatasync`s its own files (concurrently, so the
+//!   journal still merges them) and the committer syncs the body directory
+//!   before the renames, as Postfix does.
+//!
+//! Either way no envelope can become durable before its body is.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -23,8 +33,19 @@ pub struct Rename {
     pub to: PathBuf,
 }
 
+/// How file contents are made durable; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncMode {
+    Batch,
+    PerFile,
+}
+
 struct Request {
     renames: Vec<Rename>,
+    /// Before the renames, these files' contents and this directory's
+    /// entries must be durable: the directory to sync under `PerFile`; any
+    /// value means "syncfs first" under `Batch`.
     sync_first: Option<PathBuf>,
     done: oneshot::Sender<io::Result<()>>,
 }
@@ -33,6 +54,7 @@ struct Request {
 #[derive(Clone, Debug)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+    mode: SyncMode,
 }
 
 impl std::fmt::Debug for Request {
@@ -42,18 +64,23 @@ impl std::fmt::Debug for Request {
 }
 
 impl Committer {
-    pub fn start() -> Committer {
+    pub fn start(mode: SyncMode) -> Committer {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("posthorn-commit".into())
-            .spawn(move || run(rx))
+            .spawn(move || run(rx, mode))
             .expect("spawning the committer thread");
-        Committer { tx }
+        Committer { tx, mode }
+    }
+
+    pub fn mode(&self) -> SyncMode {
+        self.mode
     }
 
     /// Performs `renames` in order and returns once they are durable.
-    /// `sync_first` names a directory to sync before any rename (the body
-    /// directory, for new messages).
+    /// `sync_first` names the directory of files just written whose
+    /// contents and names must be durable before any rename (the body
+    /// directory, for new messages); see `Request`.
     pub async fn commit(&self, renames: Vec<Rename>, sync_first: Option<PathBuf>) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
@@ -63,19 +90,23 @@ impl Committer {
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>) {
+fn run(rx: mpsc::Receiver<Request>, mode: SyncMode) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        commit_batch(batch);
+        commit_batch(batch, mode);
     }
 }
 
-fn commit_batch(batch: Vec<Request>) {
+fn commit_batch(batch: Vec<Request>, mode: SyncMode) {
     let first_dirs: BTreeSet<&Path> = batch.iter().filter_map(|r| r.sync_first.as_deref()).collect();
-    let mut failure = first_dirs.iter().find_map(|d| sync_dir(d).err());
+    let mut failure = match (mode, first_dirs.first()) {
+        (_, None) => None,
+        (SyncMode::Batch, Some(dir)) => sync_filesystem(dir).err(),
+        (SyncMode::PerFile, Some(_)) => first_dirs.iter().find_map(|d| sync_dir(d).err()),
+    };
     let mut results = Vec::with_capacity(batch.len());
     let mut touched = BTreeSet::new();
     for req in &batch {
@@ -100,6 +131,13 @@ fn commit_batch(batch: Vec<Request>) {
         };
         let _ = req.done.send(result);
     }
+}
+
+/// syncfs(2) of the filesystem holding `dir`: every write made before the
+/// call is durable when it returns, and a writeback error is reported.
+fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    rustix::fs::syncfs(&f).map_err(io::Error::from)
 }
 
 /// fsync of a directory, which makes the names in it durable.

@@ -72,6 +72,7 @@ pub struct Recovery {
 struct Inner {
     root: PathBuf,
     ids: id::IdGen,
+    sync: commit::SyncMode,
     committer: OnceLock<commit::Committer>,
 }
 
@@ -85,6 +86,11 @@ impl Spool {
     /// Opens (creating when needed) the spool at `root`. Ids handed out
     /// afterwards sort after `newest_id`.
     pub fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
+        Spool::open_with(root, newest_id, commit::SyncMode::Batch)
+    }
+
+    /// `open` with an explicit way of making writes durable.
+    pub fn open_with(root: &Path, newest_id: Option<&str>, sync: commit::SyncMode) -> io::Result<Spool> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
         builder.create(root)?;
@@ -103,6 +109,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 ids: id::IdGen::new(newest_id),
+                sync,
                 committer: OnceLock::new(),
             }),
         })
@@ -127,7 +134,7 @@ impl Spool {
         self.inner.root.join("tmp").join(format!("{id}.{}", fastrand::u32(..)))
     }
     fn committer(&self) -> &commit::Committer {
-        self.inner.committer.get_or_init(commit::Committer::start)
+        self.inner.committer.get_or_init(|| commit::Committer::start(self.inner.sync))
     }
 
     pub fn new_id(&self) -> String {
@@ -148,16 +155,20 @@ impl Spool {
         let json = env.to_json();
         let (file, buf, path) = (body.file.take(), std::mem::take(&mut body.buf), body.path.clone());
         let tmp_for_write = tmp.clone();
+        let per_file = self.inner.sync == commit::SyncMode::PerFile;
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             let mut file = match file {
                 Some(f) => f,
                 None => create_file(&path)?,
             };
             file.write_all(&buf)?;
-            file.sync_data()?;
             let mut env_file = create_file(&tmp_for_write)?;
             env_file.write_all(&json)?;
-            env_file.sync_data()
+            if per_file {
+                file.sync_data()?;
+                env_file.sync_data()?;
+            }
+            Ok(())
         })
         .await
         .map_err(io::Error::other)??;
@@ -200,10 +211,11 @@ impl Spool {
         let tmp = self.tmp_path(&env.id);
         let json = env.to_json();
         let tmp_w = tmp.clone();
+        let per_file = self.inner.sync == commit::SyncMode::PerFile;
         tokio::task::spawn_blocking(move || {
             let mut f = create_file(&tmp_w)?;
             f.write_all(&json)?;
-            f.sync_data()
+            if per_file { f.sync_data() } else { Ok(()) }
         })
         .await
         .map_err(io::Error::other)??;
@@ -212,7 +224,10 @@ impl Spool {
         if from != to {
             renames.push(commit::Rename { from: at_from, to: self.envelope_path(to, &env.id) });
         }
-        let result = self.committer().commit(renames, None).await;
+        // Under `Batch` the new content is synced with the batch; under
+        // `PerFile` it was synced above.
+        let sync_first = (!per_file).then(|| self.inner.root.join("tmp"));
+        let result = self.committer().commit(renames, sync_first).await;
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -461,8 +476,14 @@ mod tests {
 
     #[tokio::test]
     async fn commit_move_and_recover() {
+        for mode in [commit::SyncMode::Batch, commit::SyncMode::PerFile] {
+            commit_move_and_recover_with(mode).await;
+        }
+    }
+
+    async fn commit_move_and_recover_with(mode: commit::SyncMode) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path(), None).unwrap();
+        let spool = Spool::open_with(dir.path(), None, mode).unwrap();
         let env = envelope(&spool);
         let mut body = spool.body_writer(&env.id);
         body.write(b"Subject: x\r\n\r\nhello\r\n").await.unwrap();

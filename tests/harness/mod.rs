@@ -16,9 +16,13 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod dns;
+pub mod scripted;
 pub mod sink;
 
 pub use client::*;
+pub use dns::*;
+pub use scripted::*;
 pub use sink::*;
 
 use std::collections::HashSet;

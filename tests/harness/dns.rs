@@ -1,0 +1,248 @@
+//! [`DnsServer`]: a real, authoritative DNS server on loopback for the
+//! end-to-end tests, so MX lookups go over the wire exactly as in
+//! production, and no test ever reads the host's /etc/resolv.conf.
+//!
+//! It is hickory-server's in-memory zone handler, serving UDP and TCP on
+//! one port of `127.0.0.1` the kernel chose, on a tokio runtime in its own
+//! thread (the tests themselves are mostly synchronous). The zones are made
+//! from the records given: every name's top-level label becomes a zone
+//! (`mx1.example.test` → zone `test.`), so a name not listed inside such a
+//! zone gets NXDOMAIN, a listed name asked for another type gets NODATA,
+//! and a name outside every zone gets REFUSED. [`DnsRecord::servfail`] makes a
+//! name answer SERVFAIL to everything.
+//!
+//! ```ignore
+//! let dns = DnsServer::start(vec![
+//!     DnsRecord::mx("example.test", 10, "mx1.example.test"),
+//!     DnsRecord::a("mx1.example.test", "127.0.0.4".parse().unwrap()),
+//! ]);
+//! let config = format!("[deliver]\ndns_servers = [\"{}\"]\n", dns.addr());
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record as Rr};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType};
+
+/// TTL of every record served. Short, so a test that changes its mind
+/// needs only a new server, never a wait.
+const TTL: u32 = 5;
+
+/// One record of a test zone.
+#[derive(Clone, Debug)]
+pub struct DnsRecord {
+    name: String,
+    data: Data,
+}
+
+#[derive(Clone, Debug)]
+enum Data {
+    Mx(u16, String),
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+    Txt(String),
+    ServFail,
+}
+
+impl DnsRecord {
+    /// `name MX pref target`.
+    pub fn mx(name: &str, pref: u16, target: &str) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::Mx(pref, target.into()) }
+    }
+
+    /// RFC 7505 null MX: `name MX 0 .`.
+    pub fn null_mx(name: &str) -> DnsRecord {
+        DnsRecord::mx(name, 0, ".")
+    }
+
+    pub fn a(name: &str, ip: Ipv4Addr) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::A(ip) }
+    }
+
+    pub fn aaaa(name: &str, ip: Ipv6Addr) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::Aaaa(ip) }
+    }
+
+    /// A TXT record with one string (DKIM keys and the like; longer text
+    /// is split into 255-octet strings as DNS requires).
+    pub fn txt(name: &str, text: &str) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::Txt(text.into()) }
+    }
+
+    /// Every query for `name`, whatever the type, gets SERVFAIL.
+    pub fn servfail(name: &str) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::ServFail }
+    }
+}
+
+/// A DNS server on `127.0.0.1:<port>`, UDP and TCP. Dropping it stops it.
+pub struct DnsServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Serves `records`; returns once the sockets are bound.
+    pub fn start(records: Vec<DnsRecord>) -> DnsServer {
+        let catalog = catalog(&records);
+        let servfail: HashSet<String> =
+            records.iter().filter(|r| matches!(r.data, Data::ServFail)).map(|r| normalize(&r.name)).collect();
+        let (udp, tcp) = bind_pair();
+        let addr = udp.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let thread = thread::Builder::new()
+            .name(format!("dns-{addr}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut server = Server::new(Handler { catalog, servfail });
+                    server.register_socket(tokio::net::UdpSocket::from_std(udp).expect("udp socket"));
+                    let tcp = tokio::net::TcpListener::from_std(tcp).expect("tcp listener");
+                    server.register_listener(tcp, Duration::from_secs(5), 64);
+                    let _ = stopped.await;
+                    let _ = server.shutdown_gracefully().await;
+                })
+            })
+            .expect("spawn the DNS server thread");
+        DnsServer { addr, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// The address for `deliver.dns_servers`.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `deliver.dns_servers = ["ADDR"]`, for `with_lines`.
+    pub fn config_line(&self) -> String {
+        format!("deliver.dns_servers = [\"{}\"]", self.addr)
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP socket and a TCP listener on the same free port of 127.0.0.1.
+fn bind_pair() -> (std::net::UdpSocket, std::net::TcpListener) {
+    for _ in 0..50 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP on 127.0.0.1");
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = std::net::TcpListener::bind(addr) {
+            udp.set_nonblocking(true).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            return (udp, tcp);
+        }
+    }
+    panic!("no port of 127.0.0.1 was free for both UDP and TCP");
+}
+
+/// Lowercase, absolute.
+fn normalize(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn name(s: &str) -> Name {
+    Name::from_utf8(normalize(s)).unwrap_or_else(|e| panic!("bad DNS name {s:?}: {e}"))
+}
+
+/// The zone a name belongs to: its last label.
+fn zone_of(name: &str) -> String {
+    let n = normalize(name);
+    let labels: Vec<&str> = n.trim_end_matches('.').split('.').collect();
+    format!("{}.", labels[labels.len() - 1])
+}
+
+/// One in-memory zone per top-level label, with an SOA, holding `records`.
+fn catalog(records: &[DnsRecord]) -> Catalog {
+    let mut zones: BTreeMap<String, InMemoryZoneHandler> = BTreeMap::new();
+    for record in records {
+        let zone = zone_of(&record.name);
+        let handler = zones.entry(zone.clone()).or_insert_with(|| {
+            let origin = name(&zone);
+            let mut handler = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+            let soa = SOA::new(name(&format!("ns.{zone}")), name(&format!("hostmaster.{zone}")), 1, 60, 60, 600, TTL);
+            assert!(handler.upsert_mut(Rr::from_rdata(origin, TTL, RData::SOA(soa)), 1));
+            handler
+        });
+        let rdata = match &record.data {
+            Data::Mx(pref, target) => {
+                let target = if target == "." { Name::root() } else { name(target) };
+                RData::MX(MX::new(*pref, target))
+            }
+            Data::A(ip) => RData::A(A(*ip)),
+            Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            Data::Txt(text) => {
+                let chunks = text.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+                RData::TXT(TXT::new(chunks))
+            }
+            // Answered by `Handler`; the name still exists in the zone.
+            Data::ServFail => continue,
+        };
+        assert!(handler.upsert_mut(Rr::from_rdata(name(&record.name), TTL, rdata), 1), "{record:?}");
+    }
+    let mut catalog = Catalog::new();
+    for (zone, handler) in zones {
+        let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
+        catalog.upsert(LowerName::new(&name(&zone)), vec![handler]);
+    }
+    catalog
+}
+
+/// The catalog, except for the names that must answer SERVFAIL.
+struct Handler {
+    catalog: Catalog,
+    servfail: HashSet<String>,
+}
+
+impl Handler {
+    fn fails(&self, request: &Request) -> bool {
+        let Ok(info) = request.request_info() else { return false };
+        self.servfail.contains(&normalize(&info.query.name().to_string()))
+    }
+}
+
+// `RequestHandler` is an `async_trait` trait; this is the form the macro
+// expands to, written out so the harness needs no extra crate.
+impl RequestHandler for Handler {
+    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
+        &'life0 self,
+        request: &'life1 Request,
+        mut response_handle: R,
+    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
+    where
+        R: 'async_trait + ResponseHandler,
+        T: 'async_trait + Time,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if !self.fails(request) {
+                return self.catalog.handle_request::<R, T>(request, response_handle).await;
+            }
+            let response = MessageResponseBuilder::from_message_request(request)
+                .error_msg(&request.metadata, ResponseCode::ServFail);
+            response_handle.send_response(response).await.expect("send the SERVFAIL response")
+        })
+    }
+}
