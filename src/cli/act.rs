@@ -91,8 +91,17 @@ fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
 /// The spool for reading, or `None` when it was never created (an empty
 /// queue). Never creates anything.
 pub fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
-    if !config.spool.join("incoming").is_dir() {
+    let incoming = config.spool.join("incoming");
+    if !incoming.is_dir() {
         return Ok(None);
+    }
+    // An unreadable queue must not look like an empty one.
+    if let Err(e) = std::fs::read_dir(&incoming) {
+        eprintln!(
+            "{prog}: fatal: cannot read the queue in {}: {e} (queue inspection needs root or the spool's owner)",
+            config.spool.display()
+        );
+        return Err(exit::NOPERM);
     }
     Spool::open(&config.spool, None).map(Some).map_err(|e| {
         eprintln!("{prog}: fatal: cannot open the spool {}: {e}", config.spool.display());

@@ -45,6 +45,7 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     pub const SOFTWARE: u8 = 70;
     pub const CANTCREAT: u8 = 73;
+    pub const NOPERM: u8 = 77;
     pub const TEMPFAIL: u8 = 75;
     pub const CONFIG: u8 = 78;
 }

@@ -13,6 +13,8 @@ pub mod maildir;
 pub mod mx;
 pub mod relay;
 
+use crate::route::router::{Decision, Router};
+use crate::route::transport::Transport;
 use crate::smtp::proto::reply::Reply;
 use std::sync::Arc;
 
@@ -118,8 +120,14 @@ pub struct Delivery {
 /// Recipients of one message with the same hop are delivered together.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Hop {
-    /// The configured smarthosts (`relay.smarthosts`).
+    /// The configured smarthosts (`relay.smarthosts`), with failover.
     Relay,
+    /// The MX hosts of a domain.
+    Mx(String),
+    /// An explicit next hop from the transport table.
+    Smtp(mx::Target),
+    /// Local delivery.
+    Maildir,
 }
 
 impl Hop {
@@ -127,34 +135,63 @@ impl Hop {
     pub fn key(&self) -> String {
         match self {
             Hop::Relay => "relay".into(),
+            Hop::Mx(domain) => format!("mx:{domain}"),
+            Hop::Smtp(target) => format!("smtp:{target}"),
+            Hop::Maildir => "maildir".into(),
+        }
+    }
+
+    /// The hop for a routing decision.
+    pub fn from_decision(decision: Decision) -> Hop {
+        match decision {
+            Decision::Smarthosts => Hop::Relay,
+            Decision::Next { hop, domain } => match (hop.transport, hop.host, hop.port) {
+                (Transport::Maildir, _, _) => Hop::Maildir,
+                (_, None, None) => Hop::Mx(domain),
+                (_, host, port) => Hop::Smtp(mx::Target { host: host.unwrap_or(domain), port, mx: hop.mx_lookup }),
+            },
         }
     }
 }
 
-/// Every transport the daemon has, built once from the configuration.
+/// Every transport the daemon has, built once per configuration, and the
+/// router that picks among them at delivery time.
 pub struct Transports {
+    router: Arc<Router>,
     relay: relay::Relay,
+    mx: mx::Mx,
+    maildir: maildir::Maildir,
 }
 
 impl Transports {
-    pub fn new(config: &crate::config::Config) -> Transports {
-        Transports { relay: relay::Relay::new(config) }
+    pub fn new(config: &crate::config::Config, router: Arc<Router>) -> anyhow::Result<Transports> {
+        let dns = Arc::new(dns::Dns::from_config(config)?);
+        Ok(Transports {
+            router,
+            relay: relay::Relay::new(config).with_dns(dns.clone()),
+            mx: mx::Mx::new(config, dns),
+            maildir: maildir::Maildir::new(config),
+        })
     }
 
-    /// Where `address` goes next. A satellite sends everything to its
-    /// smarthosts; so does a hub until per-domain routing is configured.
-    pub fn hop_for(&self, _address: &str) -> Hop {
-        Hop::Relay
+    /// Where `address` goes next, decided now (so a changed table applies
+    /// to mail already queued).
+    pub fn hop_for(&self, address: &str) -> Hop {
+        Hop::from_decision(self.router.decide(address))
     }
 
     pub async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
         match hop {
             Hop::Relay => self.relay.deliver(msg).await,
+            Hop::Mx(domain) => self.mx.deliver(domain, msg).await,
+            Hop::Smtp(target) => self.mx.deliver_to(target, msg).await,
+            Hop::Maildir => self.maildir.deliver(msg).await,
         }
     }
 
-    /// Closes idle pooled connections politely (shutdown).
+    /// Closes idle pooled connections politely (shutdown, reload).
     pub async fn close_idle(&self) {
         self.relay.close_idle().await;
+        self.mx.close_idle().await;
     }
 }

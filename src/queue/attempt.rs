@@ -9,6 +9,7 @@ use super::notice::{self, Limiter};
 use super::{Done, backoff};
 use crate::config::{Config, Role};
 use crate::deliver::{Attempt, Delivery, ErrorClass, Hop, OutMessage, OutRecipient, Outcome, Transports};
+use crate::dsn;
 use crate::ingress::Ingress;
 use crate::spool::envelope::{AttemptRecord, Envelope, RcptState};
 use crate::spool::{Spool, State};
@@ -45,6 +46,7 @@ pub async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
 
 /// The result of delivering one group of recipients.
 struct GroupResult {
+    hop: Hop,
     indexes: Vec<usize>,
     delivery: Delivery,
     /// When the group's destination is due again, if it was down.
@@ -73,17 +75,24 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
         results.push(deliver_group(&ctx, &env, &hop, indexes, &mut body).await);
     }
     let now = now_secs();
-    let mut remote_dsn = false;
+    let mut success = vec![None; env.recipients.len()];
     for group in &results {
-        remote_dsn |= group.delivery.remote_dsn;
         record(&mut env, group, now);
+        let action = match group.hop {
+            Hop::Maildir => Some(dsn::Action::Delivered),
+            _ if group.delivery.remote_dsn => None,
+            _ => Some(dsn::Action::Relayed),
+        };
+        for &i in &group.indexes {
+            success[i] = action;
+        }
     }
     if results.iter().any(|g| g.attempted) {
         env.attempts += 1;
     }
     expire_if_too_old(&mut env, &ctx.config, now);
     let delay_warning = ctx.config.queue.delay_warning.map(|d| d.as_secs());
-    for items in notice::due(&mut env, &before, remote_dsn, delay_warning, now) {
+    for items in notice::due(&mut env, &before, &success, delay_warning, now) {
         notice::send(&ctx.ingress, &ctx.spool, &ctx.limiter, &env, items, now).await;
     }
     if env.is_done() {
@@ -115,6 +124,7 @@ async fn deliver_group(
 ) -> GroupResult {
     let dest = ctx.dests.get(&hop.key());
     let suspended = |until: u64, reason: String, indexes: Vec<usize>| GroupResult {
+        hop: hop.clone(),
         delivery: all_transient(
             indexes.len(),
             ErrorClass::Connect,
@@ -141,7 +151,7 @@ async fn deliver_group(
                 let detail = format!("cannot read message body: {e}");
                 tracing::error!("{}: {detail}", env.id);
                 let delivery = all_transient(indexes.len(), ErrorClass::Local, detail, false);
-                return GroupResult { indexes, delivery, down_until: None, attempted: false };
+                return GroupResult { hop: hop.clone(), indexes, delivery, down_until: None, attempted: false };
             }
         },
     };
@@ -153,7 +163,7 @@ async fn deliver_group(
         dest.up();
         None
     };
-    GroupResult { indexes, delivery, down_until, attempted: true }
+    GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true }
 }
 
 /// Applies a group's outcomes to the envelope and logs each.

@@ -76,11 +76,14 @@ fn item(r: &Recipient, action: Action) -> Item {
 }
 
 /// Notices due after an attempt. `before` is each recipient's state before
-/// the attempt; only changes made by this attempt are reported.
+/// the attempt; only changes made by this attempt are reported. `success`
+/// says, per recipient, what a NOTIFY=SUCCESS notice would report: `None`
+/// when the next hop took the DSN request over, `Delivered` for final
+/// (local) delivery, `Relayed` for a next hop without DSN.
 pub fn due(
     env: &mut Envelope,
     before: &[RcptState],
-    remote_dsn: bool,
+    success: &[Option<Action>],
     delay_warning: Option<u64>,
     now: u64,
 ) -> Vec<Vec<Item>> {
@@ -91,8 +94,10 @@ pub fn due(
         if changed(i, RcptState::Failed) && dsn::wants(r.notify.as_deref(), "FAILURE") {
             failed.push(item(r, Action::Failed));
         }
-        if changed(i, RcptState::Delivered) && !remote_dsn && dsn::wants(r.notify.as_deref(), "SUCCESS") {
-            relayed.push(item(r, Action::Relayed));
+        if let Some(action) = success.get(i).copied().flatten() {
+            if changed(i, RcptState::Delivered) && dsn::wants(r.notify.as_deref(), "SUCCESS") {
+                relayed.push(item(r, action));
+            }
         }
     }
     let mut delayed = Vec::new();
