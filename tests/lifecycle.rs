@@ -6,8 +6,8 @@
 //! records every transaction. Notices are read back from that peer and
 //! parsed with a real MIME parser (mail-parser), never trusted from a log.
 //!
-//! Retry schedules are shortened in the configuration to a second or
-//! three, so every scenario takes seconds.
+//! Retry schedules are shortened in the configuration to one to five
+//! seconds, so every scenario takes seconds.
 //!
 //! Scenarios:
 //! 1. The next hop answers 451 to the end of DATA three times, then 250:
@@ -23,18 +23,23 @@
 //!    satellite the same when the smarthost answered 4xx; but a satellite
 //!    whose smarthost never answered keeps the mail and sends nothing.
 //! 4. A bounce that itself fails (the sender's address is refused): logged,
-//!    never bounced again.
+//!    never bounced again. Bounces to one sender beyond
+//!    `queue.bounce_rate_limit` per hour are suppressed and logged.
 //! 5. 1,000 messages for a destination that is down: each retry round costs
 //!    at most `deliver.destination_concurrency` connection attempts.
 //! 6. NOTIFY=SUCCESS: a "relayed" notice when the next hop has no DSN;
 //!    NOTIFY, ORCPT, RET and ENVID passed on (and no notice) when it has;
 //!    NOTIFY=NEVER and a 550: no bounce at all.
-//! 7. Bad input: DSN parameters that do not parse get 501 naming the
-//!    parameter and the session goes on; corrupt envelopes are moved to
-//!    `corrupt/`, named by `posthorn check`, and the rest of the queue flows.
+//! 7. Bad input: DSN parameters that do not parse (empty values too) get
+//!    501 naming the parameter and the session goes on; corrupt envelopes
+//!    are moved to `corrupt/`, named by `posthorn check`, and the rest of
+//!    the queue flows.
 //! 8. Hold (`posthorn queue hold`) and freeze (the control socket): not
 //!    attempted while held or frozen; released (`posthorn queue release`,
 //!    `exim -Mt`) they are delivered.
+//!
+//! And one test of the scripted server itself: pipelined groups answered
+//! in order, dot-unstuffing, the record, hang-up mode.
 
 mod harness;
 
@@ -58,11 +63,8 @@ fn satellite_via(next: SocketAddr, lines: &[&str]) -> Posthorn {
 /// A hub whose next hop for everything is `next` (its smarthost), retrying
 /// every second, with `lines` added.
 fn hub_via(next: SocketAddr, lines: &[&str]) -> Posthorn {
-    let config = format!(
-        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\nsmarthosts = [{}]\ntls = \"none\"\nconnect_timeout = \"5s\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"1s\"\n",
-        toml_str(&next.to_string())
-    );
-    Posthorn::start(&with_lines(&config, lines))
+    let hub = with_lines(&satellite_config(&[next]), &["role = \"hub\"", "queue.retry_max = \"1s\""]);
+    Posthorn::start(&with_lines(&hub, lines))
 }
 
 /// A small message from [`SENDER`] with `subject`.
@@ -420,6 +422,7 @@ fn lifetime_expiry_on_a_hub_warns_once_then_bounces() {
     let busy = "451 4.2.1 <slow@example.test>: Mailbox busy, try again later";
     let next = Scripted::start(Script::new().rcpt("slow@", busy));
     let ph = hub_via(next.addr(), &["queue.max_lifetime = \"3s\"", "queue.delay_warning = \"1s\""]);
+    assert!(ph.log().contains("started as Hub"), "{}", ph.log());
     let id = submit(&ph, SENDER, &["slow@example.test"], &note("will expire", "patience\n"));
 
     let line = expect_log(&ph, &[&format!("{id}: sender non-delivery notification: ")], secs(20));
@@ -526,6 +529,25 @@ fn failed_bounce_is_logged_and_never_bounced() {
     assert!(record.accepted().is_empty());
     assert_eq!(record.transactions[1].mail_from, "");
     assert_eq!(record.transactions[1].refused[0].address, SENDER);
+}
+
+#[test]
+fn bounces_to_one_sender_are_rate_limited() {
+    let next = Scripted::start(Script::new().rcpt("nobody@", "550 5.1.1 <nobody@example.test>: User unknown"));
+    let ph = satellite_via(next.addr(), &["queue.bounce_rate_limit = 2"]);
+    let ids: Vec<String> =
+        (0..4).map(|i| submit(&ph, SENDER, &["nobody@example.test"], &note(&format!("storm {i}"), "x\n"))).collect();
+    assert!(
+        ph.wait_for_log_count(&["notification to <alice@vm1.test> suppressed: rate limit reached"], 2, secs(20)),
+        "{}",
+        ph.log()
+    );
+    assert!(wait_until(secs(10), || ph.queued_count() == 0), "{}", ph.log());
+    settle(Duration::from_secs(1));
+    let notified: Vec<&String> =
+        ids.iter().filter(|id| !id_lines(&ph, id, &["sender non-delivery notification"]).is_empty()).collect();
+    assert_eq!(notified.len(), 2, "{}", ph.log());
+    assert_eq!(notices(&next).len(), 2, "{:#?}", next.accepted());
 }
 
 // 5 ------------------------------------------------------------------------
@@ -800,13 +822,24 @@ fn corrupt_envelopes_are_quarantined_reported_and_the_queue_keeps_flowing() {
     expect_log(&ph, &[&format!("{waiting}: to=<ops@example.test>"), "status=deferred"], secs(20));
     ph.stop();
 
-    // Two broken envelopes: garbage, and a real envelope cut in half (a
-    // torn write that somehow got renamed into place).
-    let deferred = ph.spool_dir().join("deferred");
+    // Broken envelopes, each with a body so that only the envelope is at
+    // fault: garbage and a torn copy of a real one in deferred/ (read at
+    // load), garbage in incoming/ (read when its turn comes). And a good
+    // envelope whose body is missing (found by start-up recovery).
+    let spool = ph.spool_dir();
+    let deferred = spool.join("deferred");
     let real = fs::read(deferred.join(&waiting)).expect("the deferred envelope");
-    let (garbage, torn) = ("0AAAAAAAA1", "0AAAAAAAA2");
+    let body = fs::read(spool.join("data").join(&waiting)).expect("the deferred message's body");
+    let (garbage, torn, incoming, bodyless) = ("0AAAAAAAA1", "0AAAAAAAA2", "0AAAAAAAA3", "0AAAAAAAA4");
     fs::write(deferred.join(garbage), b"\x00\x01 this is not an envelope {{{").unwrap();
     fs::write(deferred.join(torn), &real[..real.len() / 2]).unwrap();
+    fs::write(spool.join("incoming").join(incoming), b"{\"v\":1,\"id\":").unwrap();
+    for id in [garbage, torn, incoming] {
+        fs::write(spool.join("data").join(id), &body).unwrap();
+    }
+    let mut good: serde_json::Value = serde_json::from_slice(&real).unwrap();
+    good["id"] = bodyless.into();
+    fs::write(deferred.join(bodyless), good.to_string()).unwrap();
     // And one more message, dropped by sendmail while the daemon is down.
     let out = ph.sendmail(&["-f", SENDER, "late@example.test"], note("dropped offline", "x\n").as_bytes());
     assert!(out.status.success(), "sendmail: {}", text(&out.stderr));
@@ -816,18 +849,26 @@ fn corrupt_envelopes_are_quarantined_reported_and_the_queue_keeps_flowing() {
     assert_eq!(got.len(), 2, "the queue stopped flowing: {got:#?}\nlog:\n{}", ph.log());
     let subjects: Vec<String> = got.iter().filter_map(|t| t.header("Subject")).collect();
     assert!(subjects.contains(&"was deferred".to_string()) && subjects.contains(&"dropped offline".to_string()));
+    assert!(wait_until(secs(5), || ph.queued_count() == 0), "{}", ph.log());
 
-    let corrupt = ph.spool_dir().join("corrupt");
-    for id in [garbage, torn] {
+    let corrupt = spool.join("corrupt");
+    for (id, why) in [
+        (garbage, "unreadable envelope"),
+        (torn, "unreadable envelope"),
+        (incoming, "unreadable envelope"),
+        (bodyless, "body missing"),
+    ] {
         assert!(corrupt.join(id).exists(), "{id} not in corrupt/; log:\n{}", ph.log());
-        assert!(!deferred.join(id).exists(), "{id} still in deferred/");
-        assert!(ph.log_lines(&[id, "corrupt"]).len() == 1, "{id} not logged; log:\n{}", ph.log());
+        assert_eq!(ph.queued_count(), 0);
+        assert_eq!(id_lines(&ph, id, &[why, "corrupt/"]).len(), 1, "{id}: no `{why}` line; log:\n{}", ph.log());
     }
+    assert!(next.accepted().len() == 2, "a corrupt envelope was delivered: {:#?}", next.accepted());
     let check = ph.command(&["check"], b"");
     let said = text(&check.stdout) + &text(&check.stderr);
     assert_eq!(check.status.code(), Some(1), "{said}");
-    assert!(said.contains(garbage) && said.contains(torn), "posthorn check does not name them:\n{said}");
-    assert!(wait_until(secs(5), || ph.queued_count() == 0), "{}", ph.log());
+    for id in [garbage, torn, incoming, bodyless] {
+        assert!(said.contains(id), "posthorn check does not name {id}:\n{said}");
+    }
 }
 
 // 8 ------------------------------------------------------------------------
@@ -889,4 +930,54 @@ fn held_and_frozen_messages_wait_until_released() {
     to.sort();
     assert_eq!(to, ["frozen@example.test", "held@example.test"]);
     assert!(wait_until(secs(5), || ph.queued_count() == 0 && ph.spool_files("hold").is_empty()));
+}
+
+// The harness's scripted server itself --------------------------------------
+
+#[test]
+fn scripted_server_answers_pipelined_commands_in_order_and_records_them() {
+    let next =
+        Scripted::start(Script::new().dsn().rcpt("bad@", "550 5.1.1 <bad@y.test>: no").data_end(&["451 4.3.0 later"]));
+    let mut c = RawSmtp::connect(next.addr()).unwrap();
+    assert_eq!(c.banner.code, 220);
+    let ehlo = c.ehlo("client.test").unwrap();
+    assert!(ehlo.text.contains("PIPELINING") && ehlo.text.contains("DSN"), "{ehlo}");
+    let codes = |c: &mut RawSmtp, n: usize| -> Vec<u16> { (0..n).map(|_| c.read().unwrap().code).collect() };
+
+    // A whole group in one write, then the body with the next group behind it.
+    c.send_raw(
+        b"MAIL FROM:<a@x.test> RET=HDRS\r\nRCPT TO:<b@y.test> NOTIFY=SUCCESS\r\nRCPT TO:<bad@y.test>\r\nDATA\r\n",
+    )
+    .unwrap();
+    assert_eq!(codes(&mut c, 4), [250, 250, 550, 354]);
+    c.send_raw(
+        b"Subject: one\r\n\r\n..starts with a dot\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<bad@y.test>\r\nDATA\r\nRSET\r\n",
+    )
+    .unwrap();
+    assert_eq!(codes(&mut c, 5), [451, 250, 550, 554, 250]);
+    c.send_raw(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n").unwrap();
+    assert_eq!(codes(&mut c, 3), [250, 250, 354]);
+    c.send_raw(b"Subject: two\r\n\r\nbody\r\n.\r\nQUIT\r\n").unwrap();
+    assert_eq!(codes(&mut c, 2), [250, 221]);
+
+    let r = next.record();
+    assert_eq!((r.connections, r.messages, r.transactions.len()), (1, 2, 3), "{r:#?}");
+    let first = &r.transactions[0];
+    assert_eq!(first.mail_param("RET"), Some("HDRS"));
+    assert_eq!(first.rcpt_to(), ["b@y.test"]);
+    assert_eq!(first.rcpts[0].param("NOTIFY"), Some("SUCCESS"));
+    assert_eq!(first.refused[0].address, "bad@y.test");
+    assert_eq!(first.message(), b"Subject: one\r\n\r\n.starts with a dot\r\n");
+    assert!(!first.accepted() && first.reply.as_deref() == Some("451 4.3.0 later"));
+    assert!(r.transactions[1].mail_from.is_empty() && r.transactions[1].message.is_none());
+    assert_eq!(r.accepted().len(), 1);
+    assert_eq!(r.accepted()[0].header("Subject").as_deref(), Some("two"));
+    assert!(r.commands.contains(&"RCPT TO:<b@y.test> NOTIFY=SUCCESS".to_string()), "{:?}", r.commands);
+
+    // Hang-up mode: every connection counted, none greeted.
+    let dead = Scripted::start(Script::hang_up());
+    for _ in 0..3 {
+        assert!(RawSmtp::connect(dead.addr()).is_err());
+    }
+    assert_eq!(dead.wait_until(secs(5), |r| r.connections == 3).connections, 3);
 }

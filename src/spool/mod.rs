@@ -269,8 +269,9 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Moves an envelope that cannot be read to `corrupt/`, keeping its
-    /// body beside it for inspection.
+    /// Moves an envelope that cannot be read to `corrupt/`; its body stays
+    /// in `data/` (recovery keeps bodies of quarantined envelopes) for
+    /// inspection.
     pub fn quarantine(&self, state: State, id: &str) -> io::Result<()> {
         std::fs::rename(self.envelope_path(state, id), self.envelope_path(State::Corrupt, id))
     }

@@ -357,22 +357,14 @@ impl Session {
 
     fn run(&mut self) -> io::Result<()> {
         let script = &self.shared.script;
-        match &script.greeting {
-            Some(g) => {
-                let g = g.clone();
-                self.reply(&g);
-                self.flush()?;
-                if !g.starts_with('2') {
-                    return Ok(());
-                }
-            }
-            None => {
-                let g = format!("220 {} ESMTP scripted test server", script.name);
-                self.reply(&g);
-            }
+        let greeting =
+            script.greeting.clone().unwrap_or_else(|| format!("220 {} ESMTP scripted test server", script.name));
+        self.reply(&greeting);
+        if !greeting.starts_with('2') {
+            // A refusing greeting ends the session (RFC 5321 3.1).
+            return self.flush();
         }
-        loop {
-            let Some(line) = self.read_line()? else { break };
+        while let Some(line) = self.read_line()? {
             let text = String::from_utf8_lossy(&line).into_owned();
             self.shared.update(|r| r.commands.push(text.clone()));
             match self.command(&text) {

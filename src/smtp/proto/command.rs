@@ -383,8 +383,12 @@ fn parameters(rest: &str) -> Result<Vec<(&str, Option<&str>)>, CommandError> {
         // esmtp-value: printable ASCII except `=`, plus UTF-8 (RFC 6531).
         let value_ok =
             value.is_none_or(|v| !v.is_empty() && v.bytes().all(|c| (33..=126).contains(&c) && c != b'=' || c >= 0x80));
-        if !name_ok || !value_ok {
+        if !name_ok {
             return Err(CommandError::MalformedParameter);
+        }
+        if !value_ok {
+            // The keyword is sound, so it can be named (and echoed safely).
+            return Err(CommandError::BadParameter { name: name.to_ascii_uppercase(), reason: "malformed value" });
         }
         out.push((name, value));
     }
@@ -597,7 +601,7 @@ mod tests {
             ("MAIL FROM:<a@bø.example>", Err(NeedsSmtpUtf8)),
             // Parameters.
             ("MAIL FROM:<> SIZE", Err(bad("SIZE", "expected a number"))),
-            ("MAIL FROM:<> SIZE=", Err(MalformedParameter)),
+            ("MAIL FROM:<> SIZE=", Err(BadParameter { name: "SIZE".into(), reason: "malformed value" })),
             ("MAIL FROM:<> SIZE=-1", Err(bad("SIZE", "expected a number"))),
             ("MAIL FROM:<> SIZE=1k", Err(bad("SIZE", "expected a number"))),
             ("MAIL FROM:<> SIZE=1 SIZE=2", Err(bad("SIZE", "given twice"))),
@@ -610,7 +614,7 @@ mod tests {
             ("MAIL FROM:<> AUTH=<>", Err(UnsupportedParameter("AUTH".into()))),
             ("MAIL FROM:<> X-FOO=bar", Err(UnsupportedParameter("X-FOO".into()))),
             ("MAIL FROM:<> =x", Err(MalformedParameter)),
-            ("MAIL FROM:<> A=b=c", Err(MalformedParameter)),
+            ("MAIL FROM:<> A=b=c", Err(BadParameter { name: "A".into(), reason: "malformed value" })),
             ("MAIL FROM:<> -X", Err(MalformedParameter)),
             ("MAIL FROM:<> X_Y", Err(MalformedParameter)),
         ];
