@@ -9,7 +9,8 @@
 //! 2. `mailq`, `postqueue -p`, `sendmail -bp`: Postfix's layout; `postqueue -j`.
 //! 3. Runbook: `postqueue -p | grep SENDER | awk | tr | while read ... postsuper -d`
 //!    deletes exactly the messages whose sender line matches.
-//! 4. Runbook: `exiqgrep -i | xargs exim -Mrm`, first narrowed by `-f`.
+//! 4. Runbook: `exiqgrep -i | xargs exim -Mrm`, first narrowed by `-f`;
+//!    and `postmap -q KEY hash:FILE && echo OK || echo 'No match found'`.
 //! 5. `postsuper` -h, -H, -r, -d with `-`, `ALL queue`, bad and unknown ids.
 //! 6. `postcat -q` with -e, -h, -b and the section markers.
 //! 7. `exim` -bp, -bpc, -Mf, -Mt, -Mvb, -Mvh, -Mvl, -M, -q; `exiqgrep` options.
@@ -128,7 +129,19 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 fn install_links_and_usage_errors() {
     let ph = down_satellite();
     let dir = links(&ph);
-    for name in ["sendmail", "mailq", "postqueue", "postsuper", "postcat", "postconf", "postfix", "exim", "exiqgrep"] {
+    let names = [
+        "sendmail",
+        "mailq",
+        "postqueue",
+        "postsuper",
+        "postcat",
+        "postconf",
+        "postfix",
+        "postmap",
+        "exim",
+        "exiqgrep",
+    ];
+    for name in names {
         let target = std::fs::read_link(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(std::fs::canonicalize(target).unwrap(), std::fs::canonicalize(BIN).unwrap(), "{name}");
         let out = sh(&ph, &format!("{name} -Z"));
@@ -246,6 +259,19 @@ fn runbook_exiqgrep_xargs_exim_mrm() {
     );
     assert!(queued_ids(&ph).is_empty());
     assert_eq!(run(&ph, "exim -bpc"), "0\n");
+}
+
+#[test]
+fn runbook_postmap_query_exit_status() {
+    let ph = down_satellite();
+    let virtual_map = ph.dir().join("virtual");
+    std::fs::write(&virtual_map, "# aliases\nroot   ops@example.org, admin@example.org\n").unwrap();
+    // The runbook line, with the table in the test's directory instead of
+    // /etc/postfix/virtual.
+    let line =
+        |key: &str| format!("postmap -q '{key}' hash:{} && echo OK || echo 'No match found'", virtual_map.display());
+    assert_eq!(run(&ph, &line("root")), "ops@example.org, admin@example.org\nOK\n");
+    assert_eq!(run(&ph, &line("nobody")), "No match found\n");
 }
 
 #[test]
@@ -454,16 +480,20 @@ fn native_queue_interface() {
     let released = run(&ph, "posthorn queue release --state hold");
     assert!(released.ends_with("released from hold: 1 message\n"), "{released}");
     assert!(wait_until(secs(20), || ph.spool_files("deferred").len() == 1), "{}", ph.log());
-    assert_eq!(code(&sh(&ph, &format!("posthorn queue bounce {}", ids[2]))), 69);
+    let bounced = run(&ph, &format!("posthorn queue bounce {}", ids[2]));
+    assert!(bounced.ends_with("returned to sender: 1 message\n"), "{bounced}");
+    assert!(!queued_ids(&ph).contains(&ids[2]), "the bounced message is gone");
+    assert!(ph.wait_for_log(&format!("{}: sender non-delivery notification", ids[2]), secs(10)), "{}", ph.log());
 
     let audit = std::fs::read_to_string(ph.spool_dir().join("audit.log")).unwrap();
     let lines: Vec<&str> = audit.lines().collect();
-    assert_eq!(lines.len(), 3, "{audit}");
+    assert_eq!(lines.len(), 4, "{audit}");
     let user = text(&Command::new("id").arg("-un").output().unwrap().stdout).trim().to_string();
     assert!(lines[0].contains(&format!(" user={user} ")), "{audit}");
     assert!(lines[0].ends_with(&format!("action=delete count=2 ids={},{}", ids[0], ids[1])), "{audit}");
     assert!(lines[1].ends_with(&format!("action=hold count=1 ids={}", ids[2])), "{audit}");
     assert!(lines[2].contains("action=release"), "{audit}");
+    assert!(lines[3].ends_with(&format!("action=bounce count=1 ids={}", ids[2])), "{audit}");
     assert!(lines[0].split(' ').next().unwrap().ends_with('Z'), "time first: {audit}");
 }
 

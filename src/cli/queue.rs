@@ -145,12 +145,7 @@ pub fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
         Verb::Hold(a) => change(&config, Action::Hold, "hold", a),
         Verb::Release(a) => change(&config, Action::Release, "release", a),
         Verb::Requeue(a) => change(&config, Action::Requeue, "requeue", a),
-        Verb::Bounce(_) => {
-            eprintln!(
-                "{PROG} bounce: not available yet: the daemon has no bounce action (it comes with delivery status notifications)"
-            );
-            exit::UNAVAILABLE
-        }
+        Verb::Bounce(a) => change(&config, Action::Bounce, "bounce", a),
         Verb::Flush => unreachable!("handled above"),
     }
 }

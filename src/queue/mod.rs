@@ -51,6 +51,9 @@ pub enum Action {
     Requeue,
     /// Attempt now, ignoring the retry time (`exim -M`, `postqueue -i`).
     Deliver,
+    /// Give up: every pending recipient fails, the sender gets a bounce
+    /// (unless the sender is `<>`), and the message is removed.
+    Bounce,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -309,24 +312,16 @@ impl Scheduler {
             }
         }
         let _ = self.spool.barrier().await;
-        let spool = self.spool.clone();
-        let ids_for_io = ids.clone();
-        let outcomes = tokio::task::spawn_blocking(move || {
-            let results: Vec<std::io::Result<Option<State>>> = ids_for_io
-                .iter()
-                .map(|id| match action {
-                    Action::Delete => spool.delete_any(id),
-                    Action::Hold => spool.hold(id, false),
-                    Action::Freeze => spool.hold(id, true),
-                    Action::Release => spool.release(id),
-                    Action::Requeue | Action::Deliver => spool.requeue(id),
-                })
-                .collect();
-            let _ = spool.sync_states();
-            results
-        })
-        .await
-        .unwrap_or_default();
+        let outcomes = match action {
+            Action::Bounce => {
+                let mut out = Vec::with_capacity(ids.len());
+                for id in &ids {
+                    out.push(self.give_up(id).await);
+                }
+                out
+            }
+            _ => self.act_on_files(action, ids.clone()).await,
+        };
         let mut results = Vec::with_capacity(ids.len());
         for (id, outcome) in ids.into_iter().zip(outcomes) {
             let result = match outcome {
@@ -344,10 +339,70 @@ impl Scheduler {
         results
     }
 
+    /// The file side of an action, on a blocking thread. A delete answers
+    /// once the envelopes are gone (the commit point of "removed"); the
+    /// bodies are unlinked afterwards in the background, and recovery would
+    /// remove any a crash left behind.
+    async fn act_on_files(&self, action: Action, ids: Vec<String>) -> Vec<std::io::Result<Option<State>>> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || {
+            let results: Vec<std::io::Result<Option<State>>> = ids
+                .iter()
+                .map(|id| match action {
+                    Action::Delete => spool.delete_envelope(id),
+                    Action::Hold => spool.hold(id, false),
+                    Action::Freeze => spool.hold(id, true),
+                    Action::Release => spool.release(id),
+                    Action::Requeue | Action::Deliver => spool.requeue(id),
+                    Action::Bounce => unreachable!("bounces are handled by give_up"),
+                })
+                .collect();
+            let _ = spool.sync_states();
+            if action == Action::Delete {
+                let gone: Vec<String> =
+                    ids.into_iter().zip(&results).filter(|(_, r)| matches!(r, Ok(Some(_)))).map(|(id, _)| id).collect();
+                std::thread::spawn(move || {
+                    for id in gone {
+                        let _ = std::fs::remove_file(spool.body_path(&id));
+                    }
+                });
+            }
+            results
+        })
+        .await
+        .unwrap_or_else(|e| vec![Err(std::io::Error::other(e))])
+    }
+
+    /// `Action::Bounce` for one message: fail what is pending, notify the
+    /// sender through the usual door, remove the message.
+    async fn give_up(&self, id: &str) -> std::io::Result<Option<State>> {
+        let Some((state, mut env)) = self.spool.find(id) else { return Ok(None) };
+        let before: Vec<_> = env.recipients.iter().map(|r| r.state).collect();
+        let now = now_secs();
+        for rcpt in env.recipients.iter_mut().filter(|r| r.state == crate::spool::envelope::RcptState::Pending) {
+            rcpt.state = crate::spool::envelope::RcptState::Failed;
+            rcpt.record(crate::spool::envelope::AttemptRecord {
+                at: now,
+                status: "bounced".into(),
+                relay: None,
+                tls: false,
+                reply: None,
+                class: None,
+                detail: "returned to sender by the mail system administrator".into(),
+            });
+            tracing::info!("{id}: to=<{}>, status=bounced (returned to sender by the administrator)", rcpt.address);
+        }
+        for items in notice::due(&mut env, &before, &[], None, now) {
+            notice::send(&self.ingress, &self.spool, &self.limiter, &env, items, now).await;
+        }
+        self.spool.remove(state, id)?;
+        Ok(Some(state))
+    }
+
     fn reschedule(&mut self, action: Action, id: &str, found: Option<State>) {
         match (action, found) {
             (_, None) => {}
-            (Action::Delete | Action::Hold | Action::Freeze, _) => {
+            (Action::Delete | Action::Hold | Action::Freeze | Action::Bounce, _) => {
                 // Entries still in the lines are skipped when their turn comes.
                 self.known.remove(id);
             }
@@ -370,6 +425,7 @@ impl Action {
             Action::Release => "released from hold",
             Action::Requeue => "requeued",
             Action::Deliver => "scheduled for delivery",
+            Action::Bounce => "returned to sender",
         }
     }
 }

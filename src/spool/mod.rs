@@ -290,6 +290,23 @@ impl Spool {
         Ok(Some(state))
     }
 
+    /// Removes a message's envelope, whichever state it is in, and returns
+    /// that state; the body is left for the caller (or recovery) to remove.
+    /// Tries each directory's unlink directly: no separate lookup.
+    pub fn delete_envelope(&self, id: &str) -> io::Result<Option<State>> {
+        if !id::is_valid(id) {
+            return Ok(None);
+        }
+        for state in [State::Deferred, State::Incoming, State::Hold, State::Active] {
+            match std::fs::remove_file(self.envelope_path(state, id)) {
+                Ok(()) => return Ok(Some(state)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// Puts a message on hold (`frozen`: Exim's freeze). A message already
     /// held is left where it is, with the frozen mark updated.
     pub fn hold(&self, id: &str, frozen: bool) -> io::Result<Option<State>> {
