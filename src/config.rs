@@ -44,6 +44,40 @@ pub struct Config {
     pub queue: Queue,
     pub deliver: Deliver,
     pub rewrite: Rewrite,
+    pub tls: Tls,
+    pub auth: Auth,
+}
+
+/// The server's certificate (`[tls]`). Both paths set, or neither: with
+/// neither, STARTTLS is not offered. The files are read by the listener
+/// (and checked at start and on reload), not here, so that commands run by
+/// users who cannot read the key still load the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Tls {
+    /// Whether a certificate is configured.
+    pub fn is_configured(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// SMTP AUTH on the server side (`[auth]`, RFC 4954).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// `user:hash` lines (SHA-512-crypt); AUTH is offered only when set.
+    pub users: Option<PathBuf>,
+    /// Offer AUTH on connections without TLS too.
+    pub allow_plaintext: bool,
+    /// Failed attempts from one client address within `failure_window`
+    /// after which AUTH from that address is refused until the window ends.
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    /// Pause before answering a failed attempt.
+    pub failure_delay: Duration,
 }
 
 /// Recipient rewriting tables (Postfix formats).
@@ -103,6 +137,13 @@ pub struct Relay {
     /// `host:port` strings in priority order; `[host]` brackets allowed.
     pub smarthosts: Vec<String>,
     pub tls: TlsPolicy,
+    /// CA certificates (PEM) that `verify` checks the smarthost against,
+    /// instead of the system roots.
+    pub tls_ca: Option<PathBuf>,
+    /// `user:password` for AUTH towards the smarthosts.
+    pub auth_file: Option<PathBuf>,
+    /// Send the credentials on a connection without TLS.
+    pub auth_plaintext: bool,
     pub connect_timeout: Duration,
     /// Connections open at once to the smarthosts.
     pub max_connections: usize,
@@ -268,6 +309,10 @@ impl Config {
         if queue.retry_min > queue.retry_max {
             return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));
         }
+        if raw.tls.cert.is_some() != raw.tls.key.is_some() {
+            let (set, missing) = if raw.tls.cert.is_some() { ("cert", "tls.key") } else { ("key", "tls.cert") };
+            return Err(err(missing, format!("must be set together with tls.{set}")));
+        }
         for host in raw.relay.smarthosts.iter().flatten() {
             crate::deliver::relay::parse_host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
         }
@@ -296,11 +341,22 @@ impl Config {
             relay: Relay {
                 smarthosts: raw.relay.smarthosts.unwrap_or_default(),
                 tls: raw.relay.tls.unwrap_or(TlsPolicy::May),
+                tls_ca: raw.relay.tls_ca,
+                auth_file: raw.relay.auth_file,
+                auth_plaintext: raw.relay.auth_plaintext.unwrap_or(false),
                 connect_timeout: raw.relay.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
                 max_connections: raw.relay.max_connections.unwrap_or(20).max(1),
                 idle_timeout: raw.relay.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
             },
             queue,
+            tls: Tls { cert: raw.tls.cert, key: raw.tls.key },
+            auth: Auth {
+                users: raw.auth.users,
+                allow_plaintext: raw.auth.allow_plaintext.unwrap_or(false),
+                max_failures: raw.auth.max_failures.unwrap_or(5),
+                failure_window: raw.auth.failure_window.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
+                failure_delay: raw.auth.failure_delay.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
+            },
             rewrite: Rewrite {
                 virtual_alias_maps: raw.rewrite.virtual_alias_maps.unwrap_or_default(),
                 alias_maps: raw.rewrite.alias_maps.unwrap_or_default(),
@@ -451,7 +507,9 @@ struct Raw {
     #[serde(default)]
     deliver: RawDeliver,
     #[serde(default)]
-    tls: Option<toml::Table>,
+    tls: RawTls,
+    #[serde(default)]
+    auth: RawAuth,
     #[serde(default)]
     filter: Option<toml::Table>,
 }
@@ -489,9 +547,28 @@ struct RawRelay {
     smarthosts: Option<Vec<String>>,
     tls: Option<TlsPolicy>,
     tls_ca: Option<PathBuf>,
+    auth_file: Option<PathBuf>,
+    auth_plaintext: Option<bool>,
     connect_timeout: Option<Dur>,
     max_connections: Option<usize>,
     idle_timeout: Option<Dur>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
+    max_failures: Option<u32>,
+    failure_window: Option<Dur>,
+    failure_delay: Option<Dur>,
 }
 
 #[derive(Default, Deserialize)]
@@ -565,12 +642,35 @@ mod tests {
             ("[smtp]\nlisten = [\"nowhere\"]\n", "posthorn.toml: smtp.listen: `nowhere` is not an address:port"),
             ("[access]\ntrusted_networks = [\"10.0.0.0/33\"]\n", "access.trusted_networks: `10.0.0.0/33`: bad prefix"),
             ("role = \n", ":1: "),
+            ("[tls]\ncert = \"/c.pem\"\nkeyfile = \"/k.pem\"\n", ":3: tls.keyfile: unknown field `keyfile`"),
+            ("[tls]\ncert = \"/c.pem\"\n", "posthorn.toml: tls.key: must be set together with tls.cert"),
+            ("[tls]\ncert = 5\n", ":2: tls.cert: "),
+            ("[auth]\nallow_plaintext = \"yes\"\n", ":2: auth.allow_plaintext: "),
+            ("[relay]\ntls = \"always\"\n", ":2: relay.tls: unknown variant `always`"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with("/etc/posthorn/posthorn.toml"), "{err}");
             assert!(err.contains(expected), "{text:?}: got {err}");
         }
+    }
+
+    #[test]
+    fn tls_and_auth_sections() {
+        let c = parse(
+            "[tls]\ncert = \"/etc/posthorn/cert.pem\"\nkey = \"/etc/posthorn/key.pem\"\n[auth]\nusers = \"/etc/posthorn/users\"\n[relay]\ntls = \"verify\"\ntls_ca = \"/etc/posthorn/ca.pem\"\nauth_file = \"/etc/posthorn/relay-auth\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new("/etc/posthorn/cert.pem")));
+        assert!(c.tls.is_configured());
+        assert_eq!(c.auth.users.as_deref(), Some(Path::new("/etc/posthorn/users")));
+        assert!(!c.auth.allow_plaintext);
+        assert_eq!(c.relay.tls, TlsPolicy::Verify);
+        assert_eq!(c.relay.tls_ca.as_deref(), Some(Path::new("/etc/posthorn/ca.pem")));
+        assert!(!c.relay.auth_plaintext);
+        let c = parse("").unwrap();
+        assert!(!c.tls.is_configured());
+        assert!(c.auth.users.is_none());
     }
 
     #[test]

@@ -39,6 +39,9 @@ struct Builder {
 impl Builder {
     fn build(&self, config: &Config) -> anyhow::Result<(Arc<Config>, Ingress, Arc<Transports>)> {
         let router = Arc::new(Router::from_config(config).map_err(|e| anyhow::anyhow!("{e}"))?);
+        // The listeners read the certificate, key and users themselves;
+        // checked here so that a bad file refuses the start or the reload.
+        crate::smtp::server::session::Security::load(config)?;
         let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()));
         let transports = Arc::new(Transports::new(config, router)?);
         Ok((Arc::new(config.clone()), ingress, transports))

@@ -29,8 +29,11 @@
 //! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
 //! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
+//! - [`tls`]: rustls configurations for both sides, certificate loading.
+//! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
 //! - [`timefmt`]: RFC 5322 dates without a calendar crate.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -43,3 +46,4 @@ pub mod route;
 pub mod smtp;
 pub mod spool;
 pub mod timefmt;
+pub mod tls;

@@ -1,6 +1,6 @@
 //! Command-line front ends: the native `posthorn <noun> <verb>` interface,
 //! and the names operators already type (`sendmail`, `mailq`, `postqueue`,
-//! `postsuper`, `postcat`, `postconf`, `postfix`, `exim`, `exiqgrep`).
+//! `postsuper`, `postcat`, `postconf`, `postfix`, `postmap`, `exim`, `exiqgrep`).
 //! Front ends are thin: they parse arguments, then ask the daemon over the
 //! control socket (every change to the queue) or, for read-only listings,
 //! read the spool, and format what comes back.
@@ -16,6 +16,7 @@
 //!   (`posthorn install-links DIR`).
 
 pub mod act;
+pub mod auth;
 pub mod check;
 pub mod exim;
 pub mod exiqgrep;
@@ -24,6 +25,7 @@ pub mod mailq;
 pub mod postcat;
 pub mod postconf;
 pub mod postfix;
+pub mod postmap;
 pub mod postqueue;
 pub mod postsuper;
 pub mod queue;
@@ -52,13 +54,13 @@ pub mod exit {
 
 /// The names `posthorn` answers to besides its own; `install-links` makes
 /// one symlink for each.
-pub const COMPAT_NAMES: [&str; 9] =
-    ["sendmail", "mailq", "postqueue", "postsuper", "postcat", "postconf", "postfix", "exim", "exiqgrep"];
+pub const COMPAT_NAMES: [&str; 10] =
+    ["sendmail", "mailq", "postqueue", "postsuper", "postcat", "postconf", "postfix", "postmap", "exim", "exiqgrep"];
 
 #[derive(Parser)]
 #[command(name = "posthorn", version, about = "A mail transfer agent for satellites and hubs")]
 #[command(after_help = "Also answers, by the name it is called with or as `posthorn NAME ARGS`, to: \
-sendmail, mailq, postqueue, postsuper, postcat, postconf, postfix, exim, exiqgrep.")]
+sendmail, mailq, postqueue, postsuper, postcat, postconf, postfix, postmap, exim, exiqgrep.")]
 struct Cli {
     /// Configuration file (default: $POSTHORN_CONFIG, then /etc/posthorn/posthorn.toml,
     /// then a built-in satellite configuration on 127.0.0.1:2525)
@@ -90,6 +92,11 @@ enum Native {
     },
     /// Make the running daemon read its configuration and tables again (as SIGHUP)
     Reload,
+    /// Manage the SMTP AUTH users file
+    Auth {
+        #[command(subcommand)]
+        verb: auth::Verb,
+    },
     /// Create the compatibility symlinks (sendmail, mailq, postqueue, ...) in DIR
     InstallLinks {
         /// Directory for the links, e.g. /usr/local/sbin
@@ -136,6 +143,7 @@ fn compat(name: &str, args: &[OsString]) -> Option<u8> {
         "postcat" => postcat::main(&strings()),
         "postconf" => postconf::main(&strings()),
         "postfix" => postfix::main(&strings()),
+        "postmap" => postmap::main(args),
         "exim" => exim::main(args),
         "exiqgrep" => exiqgrep::main(&strings()),
         _ => return None,
@@ -161,6 +169,7 @@ fn native(argv: Vec<OsString>) -> u8 {
             Err(code) => code,
         },
         Native::InstallLinks { dir, force } => install::main(&dir, force),
+        Native::Auth { verb } => auth::main(explicit, verb),
     }
 }
 

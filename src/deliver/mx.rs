@@ -103,6 +103,9 @@ impl Mx {
             // smarthosts' policy, and requiring TLS of every MX would defer
             // mail to half the world.
             tls: TlsPolicy::May,
+            tls_config: crate::deliver::relay::tls_config(TlsPolicy::May, None),
+            auth: None,
+            auth_plaintext: false,
             helo: config.hostname.clone(),
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.deliver.destination_concurrency,

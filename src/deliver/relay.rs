@@ -18,8 +18,16 @@
 //! `deliver.dns_servers` is set (tests never read /etc/resolv.conf), else
 //! through the system resolver. The per-recipient status line is the
 //! queue's to log (it knows the whole delay); this module logs connection
-//! events at debug level only.
+//! events at debug level, and each TLS session (version, cipher) at info.
+//!
+//! TLS follows `Settings::tls`: `none` never asks; `may` asks when STARTTLS
+//! is offered and, should the handshake fail, tries that address once more
+//! in clear; `encrypt` and `verify` require it (verify also checks the
+//! certificate against the CA and the host name) and defer with class Tls
+//! otherwise, so the message is never sent in clear. AUTH credentials
+//! (`relay.auth_file`) are sent only over TLS unless `relay.auth_plaintext`.
 
+use crate::auth::ClientCredentials;
 use crate::config::{Config, TlsPolicy};
 use crate::deliver::dns::Dns;
 use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
@@ -114,6 +122,13 @@ impl Host {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub tls: TlsPolicy,
+    /// The TLS client configuration for `tls`; the error (a CA file that
+    /// cannot be read) defers every delivery that needs it.
+    pub tls_config: Result<Arc<rustls::ClientConfig>, String>,
+    /// AUTH credentials, or why the file could not be read.
+    pub auth: Option<Result<ClientCredentials, String>>,
+    /// Send credentials without TLS.
+    pub auth_plaintext: bool,
     /// The name we give in EHLO.
     pub helo: String,
     pub timeouts: Timeouts,
@@ -138,6 +153,13 @@ impl Settings {
     pub fn relay(config: &Config) -> Settings {
         Settings {
             tls: config.relay.tls,
+            tls_config: tls_config(config.relay.tls, config.relay.tls_ca.as_deref()),
+            auth: config
+                .relay
+                .auth_file
+                .as_deref()
+                .map(|path| ClientCredentials::load(path).map_err(|e| format!("relay.auth_file: {e}"))),
+            auth_plaintext: config.relay.auth_plaintext,
             helo: config.hostname.clone(),
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.relay.max_connections,
@@ -148,6 +170,12 @@ impl Settings {
             reuse_any_host: false,
         }
     }
+}
+
+/// The TLS client configuration for `policy`: verifying against `ca` (or
+/// the system roots) for `verify`, accepting any certificate otherwise.
+pub fn tls_config(policy: TlsPolicy, ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    crate::tls::client_config(policy == TlsPolicy::Verify, ca).map_err(|e| e.to_string())
 }
 
 /// A host-list transport: the smarthosts (`Relay::new`), or one
@@ -235,9 +263,13 @@ impl Relay {
         if n == 0 {
             return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false };
         }
-        if matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify) {
-            // Never fall back to clear text when the operator asked for TLS.
-            let attempt = local(ErrorClass::Tls, "TLS required by relay.tls but not available".into());
+        let required = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
+        let local_trouble = match (&self.settings.tls_config, &self.settings.auth) {
+            (Err(e), _) if required => Some(local(ErrorClass::Tls, format!("TLS required but not available: {e}"))),
+            (_, Some(Err(e))) => Some(local(ErrorClass::Local, e.clone())),
+            _ => None,
+        };
+        if let Some(attempt) = local_trouble {
             return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
         }
         let mut last = None;
@@ -315,7 +347,7 @@ impl Relay {
         }
         // Servers close idle sessions on their own schedule; that is not
         // the host failing, so a new session goes in transparently.
-        tracing::debug!("{}: reused session to {label} had gone stale; reconnecting", msg.id);
+        tracing::debug!("{}: reused session to {} had gone stale; reconnecting", msg.id, label.relay);
         Err(freed)
     }
 
@@ -346,7 +378,7 @@ impl Relay {
                 Some(permit) => permit,
                 None => self.pool.slot().await,
             };
-            let client = match Client::connect(addr, &host.name, &self.settings.helo, self.settings.timeouts).await {
+            let client = match self.open(addr, host, msg).await {
                 Ok(client) => client,
                 Err(e) => {
                     let attempt = session_error(&relay_label(&host.name, addr), &e);
@@ -374,6 +406,84 @@ impl Relay {
         if up { HostTry::Deferred(last) } else { HostTry::Unreachable(last) }
     }
 
+    /// A new session to `addr`, secured as the policy asks, and logged in
+    /// when credentials are configured.
+    async fn open(&self, addr: SocketAddr, host: &Host, msg: &OutMessage) -> Result<Client, ClientError> {
+        let connect = || Client::connect(addr, &host.name, &self.settings.helo, self.settings.timeouts);
+        let mut client = connect().await?;
+        if let Err(e) = self.secure(&mut client, host, msg).await {
+            let clear_retry = self.settings.tls == TlsPolicy::May && matches!(e, ClientError::Tls(_));
+            client.quit().await;
+            if !clear_retry {
+                return Err(e);
+            }
+            // Opportunistic TLS that fails must not make the host
+            // unreachable: the same address once more, in clear.
+            tracing::info!("{}: {e}; trying {} again without TLS", msg.id, relay_label(&host.name, addr));
+            client = connect().await?;
+        }
+        if let Err(e) = self.login(&mut client).await {
+            client.quit().await;
+            return Err(e);
+        }
+        Ok(client)
+    }
+
+    /// STARTTLS as the policy asks; `Err` means this session must not carry
+    /// mail.
+    async fn secure(&self, client: &mut Client, host: &Host, msg: &OutMessage) -> Result<(), ClientError> {
+        let policy = self.settings.tls;
+        let required = matches!(policy, TlsPolicy::Encrypt | TlsPolicy::Verify);
+        if policy == TlsPolicy::None {
+            return Ok(());
+        }
+        if !client.capabilities().starttls {
+            if required {
+                return Err(ClientError::Tls("required by policy, but STARTTLS is not offered".into()));
+            }
+            return Ok(());
+        }
+        let config = self.settings.tls_config.clone().map_err(ClientError::Tls)?;
+        let name = crate::tls::server_name(&host.name).map_err(|e| ClientError::Tls(e.to_string()))?;
+        match client.starttls(config, name).await {
+            Ok(()) => {
+                let trust = if policy == TlsPolicy::Verify { "Verified" } else { "Untrusted" };
+                tracing::info!(
+                    "{}: {trust} TLS connection established to {}: {}",
+                    msg.id,
+                    client.relay_label(),
+                    client.tls().unwrap_or("TLS")
+                );
+                Ok(())
+            }
+            // STARTTLS itself refused: clear text is acceptable only when
+            // TLS is merely opportunistic.
+            Err(ClientError::Reply { reply, .. }) if required => {
+                Err(ClientError::Tls(format!("required by policy, but STARTTLS was refused: {reply}")))
+            }
+            Err(ClientError::Reply { reply, .. }) => {
+                tracing::info!("{}: {} refused STARTTLS ({reply}); continuing in clear", msg.id, client.relay_label());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// AUTH with the configured credentials, never in clear unless allowed.
+    async fn login(&self, client: &mut Client) -> Result<(), ClientError> {
+        let Some(Ok(creds)) = &self.settings.auth else { return Ok(()) };
+        if client.tls().is_none() && !self.settings.auth_plaintext {
+            return Err(ClientError::Tls(
+                "not sending AUTH credentials without TLS (relay.auth_plaintext is off)".into(),
+            ));
+        }
+        if client.capabilities().auth.is_empty() {
+            // Nothing to log in to; the server decides whether we may relay.
+            return Ok(());
+        }
+        client.auth(&creds.user, &creds.password).await
+    }
+
     /// Runs the transaction and puts the session back in the pool when it
     /// ended cleanly. A broken session is dropped (there is nobody left to
     /// say QUIT to) and its connection slot handed back.
@@ -382,9 +492,9 @@ impl Relay {
         key: &str,
         mut conn: Conn,
         msg: &OutMessage,
-    ) -> (String, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>, bool) {
+    ) -> (Label, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>, bool) {
         let result = conn.client.send(msg, &msg.recipients).await;
-        let label = conn.client.relay_label().to_string();
+        let label = Label { relay: conn.client.relay_label().to_string(), tls: conn.client.tls().is_some() };
         let dsn = conn.client.capabilities().dsn;
         if conn.client.is_usable() {
             self.pool.put(key, conn);
@@ -442,15 +552,26 @@ fn stale(result: &Result<Vec<RcptResult>, ClientError>) -> bool {
     }
 }
 
+/// The server a transaction ran on: `host[ip]:port`, and whether over TLS.
+struct Label {
+    relay: String,
+    tls: bool,
+}
+
 /// Turns a transaction's result for `n` recipients into the host's verdict.
-fn judge(label: &str, n: usize, result: Result<Vec<RcptResult>, ClientError>, dsn: bool) -> HostTry {
+fn judge(label: &Label, n: usize, result: Result<Vec<RcptResult>, ClientError>, dsn: bool) -> HostTry {
+    let (tls, label) = (label.tls, label.relay.as_str());
+    let with_tls = |mut a: Attempt| {
+        a.tls = tls;
+        a
+    };
     let results = match result {
         // Once the final dot is out, the server may have the message: trying
         // another host now would risk a duplicate, so wait for the retry.
         Err(e) if e.phase() == Phase::DataEnd => {
-            return HostTry::Done(vec![Outcome::Transient(session_error(label, &e)); n], false);
+            return HostTry::Done(vec![Outcome::Transient(with_tls(session_error(label, &e))); n], false);
         }
-        Err(e) => return HostTry::Unreachable(session_error(label, &e)),
+        Err(e) => return HostTry::Unreachable(with_tls(session_error(label, &e))),
         Ok(results) => results,
     };
     // A refused MAIL reaches every recipient; 4xx there is the host's
@@ -460,9 +581,17 @@ fn judge(label: &str, n: usize, result: Result<Vec<RcptResult>, ClientError>, ds
         _ => None,
     });
     if let Some(reply) = mail.filter(|r| !r.is_permanent()) {
-        return HostTry::Deferred(refused_attempt(label, Phase::Mail, reply));
+        return HostTry::Deferred(with_tls(refused_attempt(label, Phase::Mail, reply)));
     }
-    HostTry::Done(results.iter().map(|r| outcome(label, r)).collect(), dsn)
+    let outcomes = results
+        .iter()
+        .map(|r| match outcome(label, r) {
+            Outcome::Delivered(a) => Outcome::Delivered(with_tls(a)),
+            Outcome::Transient(a) => Outcome::Transient(with_tls(a)),
+            Outcome::Permanent(a) => Outcome::Permanent(with_tls(a)),
+        })
+        .collect();
+    HostTry::Done(outcomes, dsn)
 }
 
 /// The outcome for one recipient the host answered.
@@ -982,17 +1111,27 @@ mod tests {
 
     #[tokio::test]
     async fn required_tls_never_falls_back_to_clear_text() {
-        let server = start(Script::esmtp(&["PIPELINING", "STARTTLS"])).await;
-        for policy in ["encrypt", "verify"] {
-            let relay = Relay::new(&config(&[host(&server)], &format!("tls = \"{policy}\"\n")));
-            let delivery = relay.deliver(&message(&["a@hub.test"])).await;
-            assert_eq!(kinds(&delivery), "T");
-            assert!(delivery.hop_down);
-            let attempt = delivery.outcomes[0].attempt();
-            assert_eq!(attempt.class, Some(ErrorClass::Tls));
-            assert_eq!(attempt.detail, "TLS required by relay.tls but not available");
+        // Offered but refused, and not offered at all.
+        let refusing =
+            start(Script::esmtp(&["PIPELINING", "STARTTLS"]).rule("STARTTLS", "454 4.7.0 TLS not available")).await;
+        let plain = start(Script::esmtp(&["PIPELINING"])).await;
+        for (server, why) in [
+            (&refusing, "required by policy, but STARTTLS was refused: 454 4.7.0 TLS not available"),
+            (&plain, "required by policy, but STARTTLS is not offered"),
+        ] {
+            for policy in ["encrypt", "verify"] {
+                let relay = Relay::new(&config(&[host(server)], &format!("tls = \"{policy}\"\n")));
+                let delivery = relay.deliver(&message(&["a@hub.test"])).await;
+                assert_eq!(kinds(&delivery), "T");
+                assert!(delivery.hop_down);
+                let attempt = delivery.outcomes[0].attempt();
+                assert_eq!(attempt.class, Some(ErrorClass::Tls));
+                assert!(attempt.detail.ends_with(&format!("TLS failed: {why}")), "{}", attempt.detail);
+                assert!(!attempt.tls);
+            }
+            assert!(!server.log().iter().any(|l| l.starts_with("MAIL")), "nothing sent in clear: {:?}", server.log());
         }
-        assert_eq!(server.connections(), 0);
+        let server = &refusing;
         for policy in ["none", "may"] {
             let relay = Relay::new(&config(&[host(&server)], &format!("tls = \"{policy}\"\n")));
             assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");

@@ -38,6 +38,10 @@ pub enum BodyType {
 pub enum Protocol {
     Smtp,
     Esmtp,
+    /// ESMTP over TLS, authenticated, or both (RFC 3848).
+    Esmtps,
+    Esmtpa,
+    Esmtpsa,
     Local,
 }
 
@@ -46,6 +50,9 @@ impl Protocol {
         match self {
             Protocol::Smtp => "SMTP",
             Protocol::Esmtp => "ESMTP",
+            Protocol::Esmtps => "ESMTPS",
+            Protocol::Esmtpa => "ESMTPA",
+            Protocol::Esmtpsa => "ESMTPSA",
             Protocol::Local => "local",
         }
     }

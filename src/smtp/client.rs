@@ -14,7 +14,10 @@
 //! buffers while nobody reads.
 //!
 //! The connection is a `Stream` enum rather than a bare `TcpStream` so that
-//! STARTTLS can later replace the plain stream with a TLS one in place.
+//! STARTTLS (`starttls`) replaces the plain stream with a TLS one in place.
+//! Whether to ask for TLS, and what to do when it fails, is the transport's
+//! policy (`deliver::relay`); this module only carries it out. `auth` logs
+//! in with PLAIN or LOGIN (RFC 4954).
 
 use crate::deliver::{ErrorClass, OutMessage, OutRecipient};
 use crate::smtp::proto::reply::Reply;
@@ -22,6 +25,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -59,6 +63,8 @@ pub enum Phase {
     DataEnd,
     Rset,
     Quit,
+    StartTls,
+    Auth,
 }
 
 impl fmt::Display for Phase {
@@ -75,6 +81,8 @@ impl fmt::Display for Phase {
             Phase::DataEnd => "end of DATA",
             Phase::Rset => "RSET",
             Phase::Quit => "QUIT",
+            Phase::StartTls => "STARTTLS",
+            Phase::Auth => "AUTH",
         })
     }
 }
@@ -137,7 +145,7 @@ impl Timeouts {
         match phase {
             Phase::Connect => self.connect,
             Phase::Greeting => self.greeting,
-            Phase::Ehlo | Phase::Helo => self.helo,
+            Phase::Ehlo | Phase::Helo | Phase::StartTls | Phase::Auth => self.helo,
             Phase::Mail => self.mail,
             Phase::Rcpt => self.rcpt,
             Phase::DataInit => self.data_init,
@@ -222,6 +230,9 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// TLS could not be had: not offered, refused, or a failed handshake.
+    #[error("TLS failed: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -230,6 +241,7 @@ impl ClientError {
             ClientError::Connect(_) | ClientError::Io { .. } => ErrorClass::Connect,
             ClientError::Timeout(_) => ErrorClass::Timeout,
             ClientError::Protocol { .. } => ErrorClass::Protocol,
+            ClientError::Tls(_) => ErrorClass::Tls,
             ClientError::Reply { reply, .. } if reply.is_permanent() => ErrorClass::Reply5xx,
             ClientError::Reply { .. } => ErrorClass::Reply4xx,
         }
@@ -239,6 +251,7 @@ impl ClientError {
     pub fn phase(&self) -> Phase {
         match self {
             ClientError::Connect(_) => Phase::Connect,
+            ClientError::Tls(_) => Phase::StartTls,
             ClientError::Timeout(p) => *p,
             ClientError::Protocol { phase, .. } | ClientError::Reply { phase, .. } | ClientError::Io { phase, .. } => {
                 *phase
@@ -295,17 +308,26 @@ pub fn relay_label(host: &str, addr: SocketAddr) -> String {
     format!("{host}[{}]:{}", addr.ip(), addr.port())
 }
 
-/// The byte stream under a session. STARTTLS will add a `Tls` variant and
-/// swap it in place; callers never see the difference.
+/// The byte stream under a session; STARTTLS swaps `Plain` for `Tls` in
+/// place, callers never see the difference. `Gone` is the moment in
+/// between (and what a failed handshake leaves).
 #[derive(Debug)]
 enum Stream {
     Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed after a failed TLS handshake")
 }
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -314,16 +336,22 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
         }
     }
 }
@@ -379,6 +407,10 @@ pub struct Client {
     /// Cleared by any error, timeout or 421: the session's state is unknown
     /// or over, so it must not carry another transaction.
     usable: bool,
+    /// The TLS session's description once STARTTLS succeeded.
+    tls: Option<String>,
+    /// Our EHLO name, said again after STARTTLS.
+    helo: String,
 }
 
 impl fmt::Debug for Client {
@@ -419,6 +451,8 @@ impl Client {
             caps: Capabilities::default(),
             timeouts,
             usable: true,
+            tls: None,
+            helo: helo.to_string(),
         };
         let greeting = client.read_reply(Phase::Greeting).await?;
         if greeting.code / 100 != 2 {
@@ -455,6 +489,89 @@ impl Client {
         Ok(())
     }
 
+    /// STARTTLS and the handshake, verifying as `config` says against
+    /// `name`, then EHLO again (RFC 3207 4.2). A refusal of STARTTLS itself
+    /// leaves the session usable in clear (`Reply` error, the caller's
+    /// policy decides); a failed handshake leaves nothing usable.
+    pub async fn starttls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<(), ClientError> {
+        if self.tls.is_some() {
+            return Ok(());
+        }
+        let reply = self.command(Phase::StartTls, b"STARTTLS\r\n").await?;
+        if reply.code != 220 {
+            return Err(ClientError::Reply { phase: Phase::StartTls, reply });
+        }
+        if !self.rbuf.is_empty() {
+            // Bytes after the 220 arrived in clear: a server (or a man in
+            // the middle) injecting replies. Nothing here can be trusted.
+            self.usable = false;
+            return Err(ClientError::Tls("data received in clear after the STARTTLS reply".into()));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            self.usable = false;
+            return Err(ClientError::Tls("the connection is not a plain TCP stream".into()));
+        };
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+        let tls = match tokio::time::timeout(self.timeouts.helo, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                self.usable = false;
+                return Err(ClientError::Tls(format!("handshake failed: {e}")));
+            }
+            Err(_) => {
+                self.usable = false;
+                return Err(ClientError::Tls("handshake timed out".into()));
+            }
+        };
+        self.tls = Some(crate::tls::describe(tls.get_ref().1));
+        self.stream = Stream::Tls(Box::new(tls));
+        self.caps = Capabilities::default();
+        let helo = self.helo.clone();
+        self.hello(&helo).await
+    }
+
+    /// The TLS session (`TLSv1.3 with cipher ...`), when encrypted.
+    pub fn tls(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    /// Logs in with PLAIN when offered, else LOGIN. A server that offers
+    /// neither gets an `Auth` protocol error.
+    pub async fn auth(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+        use crate::auth::base64::encode;
+        let refused = |reply| ClientError::Reply { phase: Phase::Auth, reply };
+        let offered = |m: &str| self.caps.auth.iter().any(|a| a == m);
+        let reply = if offered("PLAIN") {
+            let message = encode(format!("\0{user}\0{password}").as_bytes());
+            self.command(Phase::Auth, format!("AUTH PLAIN {message}\r\n").as_bytes()).await?
+        } else if offered("LOGIN") {
+            let reply = self.command(Phase::Auth, b"AUTH LOGIN\r\n").await?;
+            if reply.code != 334 {
+                return Err(refused(reply));
+            }
+            let reply = self.command(Phase::Auth, format!("{}\r\n", encode(user.as_bytes())).as_bytes()).await?;
+            if reply.code != 334 {
+                return Err(refused(reply));
+            }
+            self.command(Phase::Auth, format!("{}\r\n", encode(password.as_bytes())).as_bytes()).await?
+        } else {
+            return Err(ClientError::Protocol {
+                phase: Phase::Auth,
+                what: "server offers neither AUTH PLAIN nor LOGIN".into(),
+            });
+        };
+        if reply.code != 235 {
+            // The exchange may be half-way; the session is no longer known.
+            self.usable = reply.code / 100 == 5 || reply.code / 100 == 4;
+            return Err(refused(reply));
+        }
+        Ok(())
+    }
+
     /// `host[ip]:port` of the server.
     pub fn relay_label(&self) -> &str {
         &self.label
@@ -483,8 +600,14 @@ impl Client {
             return false;
         }
         let mut probe = [0u8; 512];
+        let mut would_block =
+            |tcp: &TcpStream| matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        // Under TLS a probe that finds data consumes raw TLS bytes; that is
+        // harmless here, because finding data means the session is dropped.
         let open = match &self.stream {
-            Stream::Plain(tcp) => matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Stream::Plain(tcp) => would_block(tcp),
+            Stream::Tls(tls) => would_block(tls.get_ref().0),
+            Stream::Gone => false,
         };
         self.usable = open;
         open

@@ -19,11 +19,13 @@ pub mod client;
 pub mod dns;
 pub mod scripted;
 pub mod sink;
+pub mod tls;
 
 pub use client::*;
 pub use dns::*;
 pub use scripted::*;
 pub use sink::*;
+pub use tls::*;
 
 use std::collections::HashSet;
 use std::fs;

@@ -5,8 +5,8 @@
 //! submission, or an address in `access.trusted_networks`) or when the
 //! recipient's domain is one this host handles (`access.relay_domains`,
 //! `access.local_domains`). The bare `postmaster` is always accepted, as
-//! RFC 5321 4.5.1 requires. Authenticated clients and per-domain recipient
-//! checks will be added here.
+//! RFC 5321 4.5.1 requires. A client that authenticated (SMTP AUTH) may
+//! relay like a trusted one. Per-domain recipient checks will be added here.
 
 use super::session::Peer;
 use crate::config::Access;
@@ -14,9 +14,9 @@ use crate::smtp::proto::address;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 
 /// Accepts or refuses `recipient` (a mailbox as the parser returns it) from
-/// `peer`; the refusal is the reply to send.
-pub fn check_relay(access: &Access, peer: &Peer, recipient: &str) -> Result<(), Reply> {
-    if is_trusted(access, peer) {
+/// `peer`, authenticated as `user` if at all; the refusal is the reply to send.
+pub fn check_relay(access: &Access, peer: &Peer, user: Option<&str>, recipient: &str) -> Result<(), Reply> {
+    if user.is_some() || is_trusted(access, peer) {
         return Ok(());
     }
     let denied = || Err(Reply::new(554, Enhanced(5, 7, 1), format!("<{recipient}>: Relay access denied")));
@@ -99,7 +99,7 @@ mod tests {
             (tcp("192.0.2.7:40000"), "postmaster", true),
         ];
         for (peer, rcpt, allowed) in cases {
-            let got = check_relay(&access(), &peer, rcpt);
+            let got = check_relay(&access(), &peer, None, rcpt);
             assert_eq!(got.is_ok(), allowed, "{peer} -> {rcpt}");
             if let Err(reply) = got {
                 assert_eq!(reply.to_string(), format!("554 5.7.1 <{rcpt}>: Relay access denied"));
@@ -115,7 +115,9 @@ mod tests {
             local_domains: vec![],
             local_recipient_maps: vec![],
         };
-        assert!(check_relay(&none, &Peer::Tcp("127.0.0.1:1".parse().unwrap()), "a@b.example").is_err());
-        assert!(check_relay(&none, &Peer::Local { user: "root".into() }, "a@b.example").is_ok());
+        assert!(check_relay(&none, &Peer::Tcp("127.0.0.1:1".parse().unwrap()), None, "a@b.example").is_err());
+        assert!(check_relay(&none, &Peer::Local { user: "root".into() }, None, "a@b.example").is_ok());
+        // An authenticated client relays from anywhere.
+        assert!(check_relay(&none, &Peer::Tcp("192.0.2.7:1".parse().unwrap()), Some("alice"), "a@b.example").is_ok());
     }
 }

@@ -1,7 +1,10 @@
 //! The SMTP server: the listener and the per-connection sessions.
 //!
 //! - `Server::run` (here) accepts connections, enforces
-//!   `smtp.max_connections` and stops on shutdown.
+//!   `smtp.max_connections` and stops on shutdown. It holds the TLS
+//!   certificate and AUTH users of the generation in force (`Security`),
+//!   read again when a reload publishes a new one; should the new files be
+//!   unusable, the old ones stay.
 //! - `session`: one SMTP conversation, one function per verb.
 //! - `access`: the relay rule (who may send to which domains).
 //!
@@ -14,7 +17,7 @@ pub mod session;
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::smtp::proto::reply::{Enhanced, Reply};
-use session::Peer;
+use session::{Peer, Security};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +56,11 @@ impl Server {
         // The connection limit is fixed for the listener's life; a reload
         // changes everything else.
         let slots = Arc::new(Semaphore::new(self.current.borrow().0.smtp.max_connections));
+        let mut secured = self.current.borrow().0.clone();
+        let mut security = Arc::new(Security::load(&secured).unwrap_or_else(|e| {
+            tracing::error!("TLS and AUTH disabled: {e:#}");
+            Security::none()
+        }));
         let mut sessions = JoinSet::new();
         loop {
             let accepted = tokio::select! {
@@ -82,9 +90,17 @@ impl Server {
             // Replies are batched by the session; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
             let (config, ingress) = self.current.borrow().clone();
-            let shutdown = shutdown.clone();
+            if !Arc::ptr_eq(&config, &secured) {
+                match security.reloaded(&config) {
+                    Ok(fresh) => security = Arc::new(fresh),
+                    Err(e) => tracing::error!("keeping the previous TLS certificate and AUTH users: {e:#}"),
+                }
+                secured = config.clone();
+            }
+            let shutdown = Some(shutdown.clone());
+            let security = security.clone();
             sessions.spawn(async move {
-                session::run_session_until(stream, Peer::Tcp(addr), &config, &ingress, shutdown).await;
+                session::run_secure_session(stream, Peer::Tcp(addr), &config, &ingress, &security, shutdown).await;
                 drop(slot);
             });
         }

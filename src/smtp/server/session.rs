@@ -16,8 +16,20 @@
 //! between reads in DATA. On shutdown a session waiting for a command gets
 //! `421 4.3.2` at once; a session inside DATA is left to finish its message,
 //! because cutting it off would throw away work the client has already done.
+//!
+//! STARTTLS (RFC 3207): after `220 Ready to start TLS` the loop hands the
+//! stream to rustls and runs again on the encrypted stream with the session
+//! reset to its state after the greeting. Anything the client pipelined
+//! behind STARTTLS is thrown away unread: it arrived in clear and must not
+//! be taken as if it came over TLS (the STARTTLS command injection attack).
+//!
+//! AUTH (RFC 4954) is a small exchange inside the loop: the session answers
+//! 334 and takes the next line as the client's response; the password check
+//! runs off the async threads, and a failure is answered only after
+//! `auth.failure_delay`.
 
 use super::access;
+use crate::auth::{self, Limiter, Users};
 use crate::config::Config;
 use crate::ingress::{self, Ingress, MessageWriter, Origin, Protocol, RcptIn, Transaction};
 use crate::smtp::proto::command::{BodyType, Command, MailFrom, RcptTo, Verb};
@@ -26,6 +38,7 @@ use crate::smtp::proto::line::{Line, LineReader};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -54,13 +67,48 @@ impl fmt::Display for Peer {
     }
 }
 
+/// What a listener gives its sessions besides the configuration: the TLS
+/// server configuration (STARTTLS is offered when present), the AUTH users
+/// (AUTH is offered when present) and the failure counts they share.
+#[derive(Clone, Debug)]
+pub struct Security {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub users: Option<Arc<Users>>,
+    pub limiter: Arc<Limiter>,
+}
+
+impl Security {
+    /// No TLS, no AUTH.
+    pub fn none() -> Security {
+        Security { tls: None, users: None, limiter: Arc::new(Limiter::new(0, Duration::ZERO)) }
+    }
+
+    /// Reads the certificate, key and users file named in `config`; errors
+    /// name the file.
+    pub fn load(config: &Config) -> anyhow::Result<Security> {
+        let tls = crate::tls::server_from_config(&config.tls)?;
+        let users = match &config.auth.users {
+            Some(path) => Some(Arc::new(Users::load(path)?)),
+            None => None,
+        };
+        let limiter = Arc::new(Limiter::new(config.auth.max_failures, config.auth.failure_window));
+        Ok(Security { tls, users, limiter })
+    }
+
+    /// The same files, keeping `self`'s failure counts (a reload must not
+    /// hand an attacker a fresh set of tries).
+    pub fn reloaded(&self, config: &Config) -> anyhow::Result<Security> {
+        Ok(Security { limiter: self.limiter.clone(), ..Security::load(config)? })
+    }
+}
+
 /// Runs one session until QUIT, an error limit, a timeout or a lost
 /// connection.
 pub async fn run_session<S>(stream: S, peer: Peer, config: &Config, ingress: &Ingress)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve(stream, peer, config, ingress, None).await
+    serve(stream, peer, config, ingress, &Security::none(), None).await
 }
 
 /// Like `run_session`, but ends with `421 4.3.2` when `shutdown` turns true
@@ -74,7 +122,21 @@ pub async fn run_session_until<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve(stream, peer, config, ingress, Some(shutdown)).await
+    serve(stream, peer, config, ingress, &Security::none(), Some(shutdown)).await
+}
+
+/// A session offering what `security` holds (STARTTLS, AUTH).
+pub async fn run_secure_session<S>(
+    stream: S,
+    peer: Peer,
+    config: &Config,
+    ingress: &Ingress,
+    security: &Security,
+    shutdown: Option<watch::Receiver<bool>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve(stream, peer, config, ingress, security, shutdown).await
 }
 
 // ---------------------------------------------------------------------------
@@ -88,6 +150,31 @@ enum Step {
     Data(Transaction),
     /// Send the reply, then close.
     Close(Reply),
+    /// Send the reply (220), then start the TLS handshake.
+    StartTls(Reply),
+    /// Check these credentials, then answer.
+    Verify(Credentials),
+}
+
+/// An AUTH exchange waiting for the client's next line.
+#[derive(Debug)]
+enum Pending {
+    PlainResponse,
+    LoginUser,
+    LoginPassword { user: String },
+}
+
+/// Credentials to check, and the mechanism they came with.
+struct Credentials {
+    mechanism: &'static str,
+    user: String,
+    password: Vec<u8>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").field("mechanism", &self.mechanism).field("user", &self.user).finish()
+    }
 }
 
 struct Session<'a> {
@@ -106,13 +193,24 @@ struct Session<'a> {
     errors: u32,
     stats: Stats,
     last_verb: Option<Verb>,
+    security: &'a Security,
+    /// The TLS session's description, once the connection is encrypted.
+    tls: Option<String>,
+    /// The authenticated user.
+    user: Option<String>,
+    /// An AUTH exchange in progress.
+    pending: Option<Pending>,
 }
 
 impl<'a> Session<'a> {
-    fn new(config: &'a Config, ingress: &'a Ingress, peer: Peer) -> Session<'a> {
+    fn new(config: &'a Config, ingress: &'a Ingress, peer: Peer, security: &'a Security) -> Session<'a> {
         Session {
             config,
             ingress,
+            security,
+            tls: None,
+            user: None,
+            pending: None,
             peer,
             helo: None,
             esmtp: false,
@@ -163,13 +261,13 @@ impl<'a> Session<'a> {
             Command::Quit => Step::Close(Reply::new(221, Enhanced(2, 0, 0), "Bye")),
             Command::Vrfy(_) => Step::Reply(vrfy()),
             Command::Help(_) => Step::Reply(help()),
-            Command::Expn(_) | Command::StartTls | Command::Auth { .. } | Command::Bdat { .. } => {
-                Step::Reply(not_implemented())
-            }
+            Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial_response } => self.auth(&mechanism, initial_response),
+            Command::Expn(_) | Command::Bdat { .. } => Step::Reply(not_implemented()),
         };
         let ok = match &step {
-            Step::Reply(r) | Step::Close(r) => r.is_positive(),
-            Step::Data(_) => true,
+            Step::Reply(r) | Step::Close(r) | Step::StartTls(r) => r.is_positive(),
+            Step::Data(_) | Step::Verify(_) => true,
         };
         self.stats.record(Some(verb), ok);
         step
@@ -179,7 +277,7 @@ impl<'a> Session<'a> {
         self.reset();
         self.helo = Some(name);
         self.esmtp = true;
-        let lines = [
+        let mut lines = vec![
             self.hostname().to_string(),
             "PIPELINING".into(),
             format!("SIZE {}", self.config.smtp.max_message_size),
@@ -188,7 +286,145 @@ impl<'a> Session<'a> {
             "ENHANCEDSTATUSCODES".into(),
             "DSN".into(),
         ];
-        Reply::multi(250, lines.into())
+        if self.starttls_offered() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        Reply::multi(250, lines)
+    }
+
+    /// STARTTLS is offered on TCP when a certificate is loaded, until TLS
+    /// is up.
+    fn starttls_offered(&self) -> bool {
+        self.security.tls.is_some() && self.tls.is_none() && matches!(self.peer, Peer::Tcp(_))
+    }
+
+    /// AUTH is offered when users are configured, over TLS unless
+    /// `auth.allow_plaintext`, and not once authenticated.
+    fn auth_offered(&self) -> bool {
+        self.security.users.is_some() && self.user.is_none() && (self.tls.is_some() || self.config.auth.allow_plaintext)
+    }
+
+    fn starttls(&mut self) -> Step {
+        if self.tls.is_some() {
+            return Step::Reply(Reply::new(503, Enhanced(5, 5, 1), "Error: TLS already active"));
+        }
+        if !self.starttls_offered() {
+            return Step::Reply(not_implemented());
+        }
+        Step::StartTls(Reply::new(220, Enhanced(2, 0, 0), "Ready to start TLS"))
+    }
+
+    /// The handshake succeeded: back to the state after the greeting
+    /// (RFC 3207 4.2), the client must say EHLO again.
+    fn tls_started(&mut self, description: String) {
+        self.reset();
+        self.helo = None;
+        self.esmtp = false;
+        self.tls = Some(description);
+    }
+
+    /// AUTH: the checks RFC 4954 asks for, then the mechanism's first step.
+    fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Step {
+        let reply = |code, e, text: &str| Step::Reply(Reply::new(code, e, text));
+        if self.security.users.is_none() {
+            return Step::Reply(not_implemented());
+        }
+        if !self.esmtp {
+            return reply(503, Enhanced(5, 5, 1), "Error: send EHLO first");
+        }
+        if self.user.is_some() {
+            return reply(503, Enhanced(5, 5, 1), "Error: already authenticated");
+        }
+        if self.mail.is_some() {
+            return reply(503, Enhanced(5, 5, 1), "Error: MAIL transaction in progress");
+        }
+        if self.tls.is_none() && !self.config.auth.allow_plaintext {
+            return reply(538, Enhanced(5, 7, 11), "Encryption required for requested authentication mechanism");
+        }
+        if let Peer::Tcp(addr) = &self.peer
+            && self.security.limiter.is_blocked(addr.ip())
+        {
+            tracing::warn!("{}: too many failed AUTH attempts; AUTH refused", self.peer);
+            return reply(454, Enhanced(4, 7, 0), "Too many failed authentication attempts, try again later");
+        }
+        match (mechanism, initial) {
+            ("PLAIN", None) => {
+                self.pending = Some(Pending::PlainResponse);
+                Step::Reply(Reply::plain(334, ""))
+            }
+            ("PLAIN", Some(initial)) => self.auth_response(Pending::PlainResponse, initial.as_bytes()),
+            ("LOGIN", None) => {
+                self.pending = Some(Pending::LoginUser);
+                Step::Reply(Reply::plain(334, "VXNlcm5hbWU6"))
+            }
+            ("LOGIN", Some(initial)) => self.auth_response(Pending::LoginUser, initial.as_bytes()),
+            _ => reply(504, Enhanced(5, 5, 4), "Unrecognized authentication type"),
+        }
+    }
+
+    /// A line of an AUTH exchange (the session is waiting for one).
+    fn auth_line(&mut self, line: &[u8]) -> Step {
+        match self.pending.take() {
+            Some(pending) => self.auth_response(pending, line),
+            None => self.command(line),
+        }
+    }
+
+    /// The client's base64 response at step `pending`. `=` is the empty
+    /// initial response (RFC 4954 4), `*` cancels.
+    fn auth_response(&mut self, pending: Pending, response: &[u8]) -> Step {
+        let malformed = |text: &str| Step::Reply(Reply::new(501, Enhanced(5, 5, 2), text));
+        if response == b"*" {
+            return Step::Reply(Reply::new(501, Enhanced(5, 7, 0), "Authentication aborted"));
+        }
+        let decoded = if response == b"=" { Some(Vec::new()) } else { auth::base64::decode(response) };
+        let Some(decoded) = decoded else {
+            return malformed("Cannot decode response");
+        };
+        match pending {
+            Pending::PlainResponse => match auth::decode_plain(&decoded) {
+                Ok((user, password)) => Step::Verify(Credentials { mechanism: "PLAIN", user, password }),
+                Err(_) => malformed("Invalid PLAIN authentication message"),
+            },
+            Pending::LoginUser => match String::from_utf8(decoded) {
+                Ok(user) if auth::check_login_field(user.as_bytes(), auth::MAX_USER_LEN) => {
+                    self.pending = Some(Pending::LoginPassword { user });
+                    Step::Reply(Reply::plain(334, "UGFzc3dvcmQ6"))
+                }
+                _ => malformed("Invalid user name"),
+            },
+            Pending::LoginPassword { user } => {
+                if !auth::check_login_field(&decoded, auth::MAX_PASSWORD_LEN) {
+                    return malformed("Invalid password");
+                }
+                Step::Verify(Credentials { mechanism: "LOGIN", user, password: decoded })
+            }
+        }
+    }
+
+    /// The verdict on checked credentials.
+    fn auth_verified(&mut self, mechanism: &str, user: String, ok: bool) -> Reply {
+        let ip = match &self.peer {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Local { .. } => None,
+        };
+        if ok {
+            tracing::info!("{}: sasl_method={mechanism}, sasl_username={user}", self.peer);
+            if let Some(ip) = ip {
+                self.security.limiter.succeeded(ip);
+            }
+            self.user = Some(user);
+            Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
+        } else {
+            tracing::warn!("{}: SASL {mechanism} authentication failed for user {user:?}", self.peer);
+            if let Some(ip) = ip {
+                self.security.limiter.failed(ip);
+            }
+            Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
+        }
     }
 
     fn helo(&mut self, name: String) -> Reply {
@@ -245,7 +481,7 @@ impl<'a> Session<'a> {
         } else if self.rcpts.len() >= self.config.smtp.max_recipients {
             Some(Reply::new(452, Enhanced(4, 5, 3), "Error: too many recipients"))
         } else {
-            access::check_relay(&self.config.access, &self.peer, &rcpt.address)
+            access::check_relay(&self.config.access, &self.peer, self.user.as_deref(), &rcpt.address)
                 .and_then(|()| self.ingress.check_recipient(&rcpt.address))
                 .err()
         };
@@ -278,10 +514,13 @@ impl<'a> Session<'a> {
                 Reply::new(503, Enhanced(5, 5, 1), "Error: need RCPT command")
             });
         }
-        let protocol = match (&self.peer, self.esmtp) {
-            (Peer::Local { .. }, _) => Protocol::Local,
-            (Peer::Tcp(_), true) => Protocol::Esmtp,
-            (Peer::Tcp(_), false) => Protocol::Smtp,
+        let protocol = match (&self.peer, self.esmtp, self.tls.is_some(), self.user.is_some()) {
+            (Peer::Local { .. }, ..) => Protocol::Local,
+            (Peer::Tcp(_), true, false, false) => Protocol::Esmtp,
+            (Peer::Tcp(_), true, true, false) => Protocol::Esmtps,
+            (Peer::Tcp(_), true, false, true) => Protocol::Esmtpa,
+            (Peer::Tcp(_), true, true, true) => Protocol::Esmtpsa,
+            (Peer::Tcp(_), false, ..) => Protocol::Smtp,
         };
         let (client, local_user) = match &self.peer {
             Peer::Tcp(addr) => (Some(*addr), None),
@@ -333,6 +572,9 @@ impl<'a> Session<'a> {
 
     fn line_too_long(&mut self) -> Reply {
         self.stats.record(None, false);
+        if self.pending.take().is_some() {
+            return Reply::new(501, Enhanced(5, 5, 2), "Error: authentication response too long");
+        }
         Reply::new(500, Enhanced(5, 5, 2), "Error: line too long")
     }
 
@@ -352,7 +594,11 @@ impl<'a> Session<'a> {
     }
 
     fn proto(&self) -> &'static str {
-        if self.esmtp { "ESMTP" } else { "SMTP" }
+        match (self.esmtp, self.tls.is_some()) {
+            (true, true) => "ESMTPS",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
+        }
     }
 
     /// Postfix-style reject line, so existing log tooling finds it.
@@ -446,6 +692,8 @@ enum End {
     Shutdown,
     TooManyErrors,
     Io(std::io::Error),
+    /// STARTTLS was accepted: the caller runs the handshake.
+    StartTls,
 }
 
 /// The stream with its input and output buffers.
@@ -497,11 +745,12 @@ async fn serve<S>(
     peer: Peer,
     config: &Config,
     ingress: &Ingress,
+    security: &Security,
     mut shutdown: Option<watch::Receiver<bool>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut session = Session::new(config, ingress, peer);
+    let mut session = Session::new(config, ingress, peer, security);
     tracing::info!("connect from {}", session.peer);
     let mut conn = Conn {
         stream,
@@ -510,14 +759,54 @@ async fn serve<S>(
         out: Vec::with_capacity(1024),
         write_timeout: config.smtp.command_timeout,
     };
+    conn.queue(&session.greeting());
     let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
         Ok(end) | Err(end) => end,
     };
-    let hostname = &config.hostname;
+    let Some(acceptor) = security.tls.clone().filter(|_| matches!(end, End::StartTls)) else {
+        return finish(&mut session, conn, end).await;
+    };
+    // RFC 3207 5: whatever came in clear behind STARTTLS is dropped.
+    let injected = conn.reader.take_buffered();
+    if !injected.is_empty() {
+        tracing::warn!("{}: {} byte(s) pipelined after STARTTLS discarded", session.peer, injected.len());
+    }
+    let accept = tokio_rustls::TlsAcceptor::from(acceptor).accept(conn.stream);
+    let tls = match tokio::time::timeout(config.smtp.command_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!("SSL_accept error from {}: {e}", session.peer);
+            return log_end(&session, &End::Lost);
+        }
+        Err(_) => {
+            tracing::info!("SSL_accept timeout from {}", session.peer);
+            return log_end(&session, &End::Lost);
+        }
+    };
+    let description = crate::tls::describe(tls.get_ref().1);
+    tracing::info!("Anonymous TLS connection established from {}: {description}", session.peer);
+    session.tls_started(description);
+    let mut conn =
+        Conn { stream: tls, reader: conn.reader, buf: conn.buf, out: conn.out, write_timeout: conn.write_timeout };
+    let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
+        Ok(end) | Err(end) => end,
+    };
+    finish(&mut session, conn, end).await
+}
+
+/// Sends the closing reply the end calls for, closes, and logs.
+async fn finish<S>(session: &mut Session<'_>, mut conn: Conn<S>, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let hostname = &session.config.hostname;
     let farewell = match &end {
         End::Timeout => Some(Reply::new(421, Enhanced(4, 4, 2), format!("{hostname} Error: timeout exceeded"))),
         End::Shutdown => Some(Reply::new(421, Enhanced(4, 3, 2), format!("{hostname} Service shutting down"))),
         End::TooManyErrors => Some(Reply::new(421, Enhanced(4, 7, 0), format!("{hostname} Error: too many errors"))),
+        // Only reachable on an already encrypted stream, which never
+        // offers STARTTLS again.
+        End::StartTls => None,
         End::Quit | End::Lost | End::Stalled | End::Io(_) => None,
     };
     if let Some(reply) = farewell {
@@ -525,14 +814,18 @@ async fn serve<S>(
         let _ = conn.flush().await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    log_end(session, &end);
+}
+
+fn log_end(session: &Session<'_>, end: &End) {
     let after = session.last_verb.map_or("CONNECT".to_string(), |v| v.name().to_ascii_uppercase());
-    match &end {
+    match end {
         End::Lost => tracing::info!("lost connection after {after} from {}", session.peer),
         End::Timeout => tracing::info!("timeout after {after} from {}", session.peer),
         End::Stalled => tracing::info!("client stopped reading after {after} from {}", session.peer),
         End::Io(e) => tracing::info!("connection error after {after} from {}: {e}", session.peer),
         End::TooManyErrors => tracing::info!("too many errors after {after} from {}", session.peer),
-        End::Quit | End::Shutdown => {}
+        End::Quit | End::Shutdown | End::StartTls => {}
     }
     tracing::info!("disconnect from {} {}", session.peer, session.stats.summary());
 }
@@ -548,7 +841,6 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    conn.queue(&session.greeting());
     loop {
         // Handle every complete command already read, then flush once.
         loop {
@@ -559,7 +851,7 @@ where
             let step = match conn.reader.next_line() {
                 None => break,
                 Some(Line::TooLong) => Step::Reply(session.line_too_long()),
-                Some(Line::Command(line)) => session.command(line),
+                Some(Line::Command(line)) => session.auth_line(line),
             };
             let reply = match step {
                 Step::Reply(reply) => reply,
@@ -568,6 +860,12 @@ where
                     conn.flush().await?;
                     return Ok(End::Quit);
                 }
+                Step::StartTls(reply) => {
+                    conn.queue(&reply);
+                    conn.flush().await?;
+                    return Ok(End::StartTls);
+                }
+                Step::Verify(credentials) => verify(session, credentials).await,
                 Step::Data(tx) => data(session, conn, ingress, tx).await?,
             };
             conn.queue(&reply);
@@ -583,6 +881,23 @@ where
         };
         conn.reader.push(&conn.buf[..n]);
     }
+}
+
+/// Checks credentials off the async threads; a failure is answered only
+/// after `auth.failure_delay`, which slows password guessing down.
+async fn verify(session: &mut Session<'_>, credentials: Credentials) -> Reply {
+    let Credentials { mechanism, user, password } = credentials;
+    let ok = match session.security.users.clone() {
+        Some(users) => {
+            let name = user.clone();
+            tokio::task::spawn_blocking(move || users.verify(&name, &password)).await.unwrap_or(false)
+        }
+        None => false,
+    };
+    if !ok {
+        tokio::time::sleep(session.config.auth.failure_delay).await;
+    }
+    session.auth_verified(mechanism, user, ok)
 }
 
 /// Resolves when shutdown is requested; never when there is no signal or

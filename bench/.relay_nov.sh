@@ -1,0 +1,369 @@
+#!/usr/bin/env bash
+# bench/relay.sh -- end-to-end relay rate of a hub, posthorn beside Postfix.
+#
+# The same load, Postfix's smtp-source (SESSIONS parallel sessions, N
+# messages of SIZE bytes to rcpt@example.test, one connection per message),
+# goes in the same run to
+#   1. a posthorn hub (role = "hub", trusted_networks 127.0.0.0/8, spool on
+#      disk with its durable commit), whose next hop for example.test is an
+#      smtp-sink: a transport table entry `example.test relay:[127.0.0.1]:P`
+#      (ROUTE=transport, the default) or `relay.smarthosts` (ROUTE=smarthost);
+#   2. a private Postfix instance as hub (its own config dir and queue,
+#      listening on 127.0.0.X:PORT, mynetworks 127.0.0.0/8, the same
+#      transport entry in a texthash: table, or relayhost for
+#      ROUTE=smarthost; started with `postfix -c DIR start`, needs root),
+#      relaying to another smtp-sink.
+# For each it prints:
+#   relay msg/s    N / wall time from the start of the load until the sink
+#                  has received all N (smtp-sink -M N exits then)
+#   accept msg/s   N / wall time until smtp-source got every 250
+#   CPU ms/msg     user+system CPU of the MTA's processes over that time,
+#                  per relayed message (Postfix: master and all its
+#                  children, live and exited)
+#   conns          connections the sink accepted (reuse shows here)
+# Figures are printed, never asserted on. Everything started here is
+# stopped and removed on exit.
+#
+# usage: bench/relay.sh [N]            (default N=5000)
+# env:   SESSIONS=20 SIZE=1024 ROUTE=transport|smarthost POSTHORN_BIN=path
+#        SKIP_POSTFIX=1 SKIP_POSTHORN=1 KEEP=1 (keep the work directory)
+#        CARGO_TARGET_DIR (where to find or build target/release/posthorn)
+set -euo pipefail
+
+N=${1:-${N:-5000}}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-1024}
+ROUTE=${ROUTE:-transport}
+SINK=/usr/sbin/smtp-sink
+SOURCE=/usr/sbin/smtp-source
+POSTFIX=/usr/sbin/postfix
+HZ=$(getconf CLK_TCK)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+case $ROUTE in
+transport | smarthost) ;;
+*) echo "ROUTE must be transport or smarthost" >&2; exit 2 ;;
+esac
+for tool in "$SINK" "$SOURCE"; do
+    [ -x "$tool" ] || { echo "missing $tool: apt-get install postfix" >&2; exit 1; }
+done
+command -v python3 >/dev/null || { echo "missing python3" >&2; exit 1; }
+
+WORK=$(mktemp -d /var/tmp/posthorn-relay-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+PF_DIR=""
+
+cleanup() {
+    set +e
+    if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/etc/main.cf" ]; then
+        "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1
+        # postfix stop returns at once; wait for the master to go.
+        local m
+        m=$(pf_master_pid)
+        for _ in $(seq 50); do
+            [ -n "$m" ] && [ -d "/proc/$m" ] || break
+            sleep 0.1
+        done
+        [ -n "$m" ] && [ -d "/proc/$m" ] && kill -9 "$m"
+    fi
+    for p in "${PIDS[@]}"; do
+        kill "$p" 2>/dev/null
+    done
+    for p in "${PIDS[@]}"; do
+        wait "$p" 2>/dev/null
+    done
+    if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A free TCP port on address $1 (the kernel picks it; small race until use).
+free_port() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
+}
+
+# Waits until $1:$2 accepts connections (10 s).
+wait_listening() {
+    for _ in $(seq 200); do
+        if python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),0.2).close()' "$1" "$2" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "nothing listening on $1:$2" >&2
+    return 1
+}
+
+# Fields of /proc/PID/stat after the command name: f[0] is field 3 (state).
+stat_fields() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) }
+    echo "$s"
+}
+
+# utime+stime+cutime+cstime of PID $1, in clock ticks.
+proc_ticks() {
+    local f
+    f=($(stat_fields "$1")) || { echo 0; return; }
+    echo $((f[11] + f[12] + f[13] + f[14]))
+}
+
+# CPU ticks of process $1 and all its live descendants (the dead ones are
+# in their parents' cutime/cstime once reaped).
+tree_ticks() {
+    local root=$1 total=0 p f
+    declare -A parent=()
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        f=($(stat_fields "$p")) || continue
+        parent[$p]=${f[1]}
+    done
+    for p in "${!parent[@]}"; do
+        local q=$p
+        while [ -n "$q" ] && [ "$q" != 0 ] && [ "$q" != 1 ]; do
+            if [ "$q" = "$root" ]; then
+                total=$((total + $(proc_ticks "$p")))
+                break
+            fi
+            q=${parent[$q]:-}
+        done
+    done
+    echo "$total"
+}
+
+now() { date +%s.%N; }
+
+# Floating-point arithmetic: calc "1 / 3".
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+
+# Starts an smtp-sink on $1:$2 that exits after $3 messages; sets SINK_PID.
+# Verbose, so that its log tells how many connections it accepted.
+start_sink() {
+    local user=()
+    [ "$(id -u)" = 0 ] && user=(-u root)
+    "$SINK" "${user[@]}" -M "$3" "$1:$2" 256 >/dev/null 2>"$WORK/sink-$2.log" &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    wait_listening "$1" "$2"
+}
+
+# Waits (up to 600 s) for the sink $1 to exit, i.e. to have all messages.
+wait_sink_done() {
+    for _ in $(seq 6000); do
+        [ -d "/proc/$1" ] && [ "$(stat_fields "$1" | cut -d' ' -f1)" != Z ] || return 0
+        sleep 0.1
+    done
+    echo "sink $1 did not receive all messages in 600 s" >&2
+    return 1
+}
+
+# Connections the sink on port $1 accepted.
+sink_connections() {
+    grep -c 'smtp-sink: connect (' "$WORK/sink-$1.log" || true
+}
+
+# Runs the load against $1:$2; prints the wall seconds it took.
+run_source() {
+    local t0 t1
+    t0=$(now)
+    "$SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" -f bench@client.test -t rcpt@example.test \
+        -M client.test "$1:$2" >"$WORK/source-$2.log" 2>&1 ||
+        { echo "smtp-source failed:" >&2; cat "$WORK/source-$2.log" >&2; return 1; }
+    t1=$(now)
+    calc "$t1 - $t0"
+}
+
+# Measures one MTA: $1 name, $2:$3 its SMTP address, $4 the pid whose
+# process tree is the MTA, $5 the sink's pid, $6 the sink's port.
+measure() {
+    local c0 t0 accept_secs relay_secs c1
+    c0=$(tree_ticks "$4")
+    t0=$(now)
+    accept_secs=$(run_source "$2" "$3")
+    wait_sink_done "$5"
+    relay_secs=$(calc "$(now) - $t0")
+    c1=$(tree_ticks "$4")
+    RESULTS+=("$(row "$1" "$relay_secs" "$accept_secs" $((c1 - c0)) "$(sink_connections "$6")")")
+}
+
+RESULTS=()
+
+bench_posthorn() {
+    local bin=${POSTHORN_BIN:-}
+    if [ -z "$bin" ]; then
+        local target=${CARGO_TARGET_DIR:-$ROOT/target}
+        bin=$target/release/posthorn
+        echo "building $bin ..." >&2
+        (cd "$ROOT" && cargo build --release --quiet) >&2
+    fi
+    local dir=$WORK/posthorn sink_port
+    mkdir -p "$dir"
+    sink_port=$(free_port 127.0.0.1)
+    start_sink 127.0.0.1 "$sink_port" "$N"
+    local sink_pid=$SINK_PID
+    local route
+    if [ "$ROUTE" = smarthost ]; then
+        route="[relay]
+smarthosts = [\"127.0.0.1:$sink_port\"]
+tls = \"none\""
+    else
+        echo "example.test   relay:[127.0.0.1]:$sink_port" >"$dir/transport"
+        route="[deliver]
+transport_maps = [\"hash:$dir/transport\"]
+
+[relay]
+tls = \"none\""
+    fi
+    cat >"$dir/posthorn.toml" <<CONF
+role = "hub"
+hostname = "bench-hub.test"
+spool = "$dir/spool"
+
+[smtp]
+listen = ["127.0.0.1:0"]
+
+[access]
+trusted_networks = ["127.0.0.0/8"]
+
+$route
+CONF
+    "$bin" serve -c "$dir/posthorn.toml" 2>"$dir/posthorn.log" &
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 400); do
+        grep -qx 'ready' "$dir/posthorn.log" 2>/dev/null && break
+        [ -d "/proc/$pid" ] || { cat "$dir/posthorn.log" >&2; return 1; }
+        sleep 0.05
+    done
+    grep -qx 'ready' "$dir/posthorn.log" || { echo "posthorn not ready:" >&2; cat "$dir/posthorn.log" >&2; return 1; }
+    local addr
+    addr=$(sed -n 's/.*listening smtp=\([0-9.]*:[0-9]*\).*/\1/p' "$dir/posthorn.log" | head -1)
+    sleep 1
+    measure posthorn "${addr%:*}" "${addr##*:}" "$pid" "$sink_pid" "$sink_port"
+    # smtp-sink -M N exits as soon as it has read message N, before its
+    # reply: that one may be deferred, so N - 1 deliveries are expected.
+    local sent
+    sent=$(grep -c 'status=sent' "$dir/posthorn.log" || true)
+    [ "$sent" -ge $((N - 1)) ] || echo "posthorn: only $sent status=sent lines for $N messages" >&2
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+pf_master_pid() {
+    [ -n "$PF_DIR" ] && head -1 "$PF_DIR/queue/pid/master.pid" 2>/dev/null | tr -d ' ' || true
+}
+
+bench_postfix() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "skipping Postfix: a private Postfix instance needs root" >&2
+        return 0
+    fi
+    [ -x "$POSTFIX" ] || { echo "missing $POSTFIX: apt-get install postfix" >&2; return 1; }
+    PF_DIR=$WORK/postfix
+    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
+    chown postfix "$PF_DIR/data"    # master.lock and caches live there
+    local ip=127.0.0.$((100 + RANDOM % 100))
+    local port sink_port
+    port=$(free_port "$ip")
+    sink_port=$(free_port 127.0.0.1)
+    start_sink 127.0.0.1 "$sink_port" "$N"
+    local sink_pid=$SINK_PID
+    local route
+    if [ "$ROUTE" = smarthost ]; then
+        route="relayhost = [127.0.0.1]:$sink_port"
+    else
+        echo "example.test   relay:[127.0.0.1]:$sink_port" >"$PF_DIR/etc/transport"
+        route="relayhost =
+transport_maps = texthash:$PF_DIR/etc/transport"
+    fi
+    cat >"$PF_DIR/etc/main.cf" <<CONF
+# Private instance for bench/relay.sh: a hub relaying for its networks.
+compatibility_level = 3.6
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench-postfix.test
+mydomain = test
+myorigin = \$myhostname
+# Postfix only accepts interface addresses here (127.0.0.X is not one);
+# the listener below binds $ip itself.
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+$route
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_tls_security_level = none
+smtp_tls_security_level = none
+maillog_file = $PF_DIR/maillog
+syslog_name = postfix-bench
+biff = no
+CONF
+    # Like Debian's master.cf, without chroot (the queue is private) and
+    # with the SMTP listener on our address and port.
+    cat >"$PF_DIR/etc/master.cf" <<CONF
+$ip:$port inet n - n - - smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+CONF
+    "$POSTFIX" -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 ||
+        { echo "postfix check failed:" >&2; cat "$WORK/postfix-check.log" "$PF_DIR/maillog" >&2; return 1; }
+    "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
+        { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
+    wait_listening "$ip" "$port"
+    local master
+    for _ in $(seq 100); do
+        master=$(pf_master_pid)
+        [ -n "$master" ] && break
+        sleep 0.05
+    done
+    sleep 1
+    measure postfix "$ip" "$port" "$master" "$sink_pid" "$sink_port"
+    "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+}
+
+# One table row: name, relay seconds, accept seconds, CPU ticks, sink connections.
+row() {
+    printf '%-9s %7d %8d %6d %9.0f %9.0f %8.2f %10.3f %7d' "$1" "$N" "$SESSIONS" "$SIZE" \
+        "$(calc "$N / $2")" "$(calc "$N / $3")" "$2" "$(calc "$4 * 1000 / $HZ / $N")" "$5"
+}
+
+[ "${SKIP_POSTHORN:-}" = 1 ] || bench_posthorn
+[ "${SKIP_POSTFIX:-}" = 1 ] || bench_postfix
+
+echo
+echo "relay benchmark: smtp-source -s $SESSIONS -l $SIZE -m $N -> hub (next hop by $ROUTE) -> smtp-sink; $(nproc) cores"
+printf '%-9s %7s %8s %6s %9s %9s %8s %10s %7s\n' MTA msgs sessions bytes "relay/s" "accept/s" "done s" "CPU ms/msg" conns
+for r in "${RESULTS[@]}"; do
+    echo "$r"
+done
+echo "(relay/s, done s: from the start of the load until the sink had all N; CPU: the hub's processes"
+echo " over that time, per message; conns: connections the hub opened to the sink)"

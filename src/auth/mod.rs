@@ -1,0 +1,375 @@
+//! SMTP authentication: the credentials file, password hashes, the limit on
+//! failed attempts, and the SASL PLAIN/LOGIN encodings both sides use.
+//!
+//! - `Users`: the server's `user:hash` file (SHA-512-crypt, `$6$`, the
+//!   format of /etc/shadow, `mkpasswd -m sha-512` and `openssl passwd -6`).
+//! - `Limiter`: failed attempts per client address; past the limit AUTH is
+//!   refused from that address until the window ends.
+//! - `ClientCredentials`: the `user:password` file the relay client sends.
+//! - `base64` and `decode_plain`: the wire encodings (RFC 4648, RFC 4616).
+//!
+//! The session (`smtp::server::session`) owns the exchange itself; this
+//! module owns no I/O besides reading and writing the files.
+
+pub mod base64;
+
+use sha_crypt::{PasswordHasher, PasswordVerifier, ShaCrypt};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Longest user name accepted, in the file and on the wire.
+const MAX_USER: usize = 255;
+/// Longest password accepted on the wire: hashing is costly, and a client
+/// must not make us hash megabytes.
+const MAX_PASSWORD: usize = 1024;
+/// Client addresses tracked at once by a `Limiter`; beyond that the oldest
+/// entries are dropped (a flood of addresses cannot exhaust memory).
+const MAX_TRACKED: usize = 10_000;
+
+/// A problem with a credentials file, naming the file and the line.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}:{line}: {what}", path.display())]
+    Syntax { path: PathBuf, line: usize, what: String },
+}
+
+/// The server's users: name and password hash.
+#[derive(Clone, Debug, Default)]
+pub struct Users {
+    hashes: HashMap<String, String>,
+}
+
+impl Users {
+    /// Reads a `user:hash` file; blank lines and `#` comments are skipped.
+    pub fn load(path: &Path) -> Result<Users, FileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
+        Users::parse(&text).map_err(|(line, what)| FileError::Syntax { path: path.to_path_buf(), line, what })
+    }
+
+    /// Parses the file's text; an error is (line, message).
+    pub fn parse(text: &str) -> Result<Users, (usize, String)> {
+        let mut hashes = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (user, hash) = line.split_once(':').ok_or((n + 1, "expected user:hash".to_string()))?;
+            check_user(user).map_err(|m| (n + 1, m))?;
+            if !hash.starts_with("$6$") {
+                return Err((n + 1, format!("{user}: not a SHA-512-crypt hash ($6$...)")));
+            }
+            hashes.insert(user.to_string(), hash.to_string());
+        }
+        Ok(Users { hashes })
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Whether `password` is `user`'s. Costs a hash computation even for
+    /// an unknown user, so timing does not tell which names exist. CPU-bound
+    /// (a few milliseconds): call it off the async threads.
+    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        // A valid hash of a random password stands in for unknown users.
+        const DECOY: &str = "$6$YNqbPSJ2Ld4UOUcd$INsCfn3eBT1flWGbwK11Cwh5JGYhwc5pMHhwbH/ofEj7U7r0yBVuEzHOEvub4RsgS9SC8Ga9BAGtNiNslN0rj.";
+        let (hash, known) = match self.hashes.get(user) {
+            Some(h) => (h.as_str(), true),
+            None => (DECOY, false),
+        };
+        let ok = ShaCrypt::default().verify_password(password, hash).is_ok();
+        ok && known
+    }
+}
+
+/// Why a user name is unusable (in the file, or from `auth add`).
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > MAX_USER {
+        return Err("user name must have 1 to 255 characters".into());
+    }
+    if user.chars().any(|c| c.is_control() || c == ':' || c.is_whitespace()) {
+        return Err(format!("{user:?}: user name must not contain ':', spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// A new SHA-512-crypt hash of `password` with a random salt.
+pub fn hash_password(password: &[u8]) -> String {
+    let mut salt = [0u8; 12];
+    rustls::crypto::ring::default_provider().secure_random.fill(&mut salt).expect("system random source");
+    ShaCrypt::SHA512.hash_password_with_salt(password, &salt).expect("SHA-512-crypt of a bounded password").to_string()
+}
+
+/// Adds or replaces `user` in the file at `path` (created mode 0600),
+/// writing a temporary file and renaming it over the old one.
+pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), FileError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    check_user(user).map_err(|what| FileError::Syntax { path: path.to_path_buf(), line: 0, what })?;
+    let read_err = |source| FileError::Read { path: path.to_path_buf(), source };
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(read_err(e)),
+    };
+    Users::parse(&old).map_err(|(line, what)| FileError::Syntax { path: path.to_path_buf(), line, what })?;
+    let entry = format!("{user}:{}", hash_password(password));
+    let mut replaced = false;
+    let mut lines: Vec<String> = old
+        .lines()
+        .map(|l| {
+            if l.trim().split_once(':').is_some_and(|(u, _)| u == user) {
+                replaced = true;
+                entry.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !replaced {
+        lines.push(entry);
+    }
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all((lines.join("\n") + "\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(read_err)
+}
+
+/// Credentials the relay client presents to the smarthosts: the first
+/// `user:password` line of the file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+impl ClientCredentials {
+    pub fn load(path: &Path) -> Result<ClientCredentials, FileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
+        let syntax = |line, what: &str| FileError::Syntax { path: path.to_path_buf(), line, what: what.into() };
+        let (n, line) = text
+            .lines()
+            .enumerate()
+            .find(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .ok_or_else(|| syntax(1, "no user:password line"))?;
+        let (user, password) = line.trim().split_once(':').ok_or_else(|| syntax(n + 1, "expected user:password"))?;
+        check_user(user).map_err(|m| syntax(n + 1, &m))?;
+        Ok(ClientCredentials { user: user.into(), password: password.into() })
+    }
+}
+
+/// The SASL PLAIN message (RFC 4616): `authzid NUL authcid NUL passwd`.
+/// Returns (user, password); an authorization identity other than the
+/// user itself is refused (no proxy authentication here).
+pub fn decode_plain(message: &[u8]) -> Result<(String, Vec<u8>), &'static str> {
+    let mut parts = message.splitn(3, |&b| b == 0);
+    let (Some(authz), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("malformed PLAIN message");
+    };
+    let user = std::str::from_utf8(user).map_err(|_| "user name is not UTF-8")?;
+    if user.is_empty() || user.len() > MAX_USER || password.len() > MAX_PASSWORD {
+        return Err("user name or password of a bad length");
+    }
+    if !authz.is_empty() && authz != user.as_bytes() {
+        return Err("authorization identity differs from the user");
+    }
+    Ok((user.to_string(), password.to_vec()))
+}
+
+/// Checks a LOGIN user name or password as decoded.
+pub fn check_login_field(field: &[u8], max: usize) -> bool {
+    !field.is_empty() && field.len() <= max && !field.contains(&0)
+}
+
+pub const MAX_USER_LEN: usize = MAX_USER;
+pub const MAX_PASSWORD_LEN: usize = MAX_PASSWORD;
+
+/// Failed AUTH attempts per client address within a window.
+#[derive(Debug)]
+pub struct Limiter {
+    max: u32,
+    window: Duration,
+    /// Address -> (failures, start of the window).
+    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Limiter {
+    pub fn new(max: u32, window: Duration) -> Limiter {
+        Limiter { max, window, seen: Mutex::new(HashMap::new()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `ip` has used up its failures (0 = no limit).
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut seen = self.lock();
+        match seen.get(&ip) {
+            Some((_, since)) if now.duration_since(*since) >= self.window => {
+                seen.remove(&ip);
+                false
+            }
+            Some((n, _)) => self.max > 0 && *n >= self.max,
+            None => false,
+        }
+    }
+
+    /// Counts a failure from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut seen = self.lock();
+        if seen.len() >= MAX_TRACKED && !seen.contains_key(&ip) {
+            seen.retain(|_, (_, since)| now.duration_since(*since) < self.window);
+            if seen.len() >= MAX_TRACKED
+                && let Some(oldest) = seen.iter().min_by_key(|(_, (_, since))| *since).map(|(ip, _)| *ip)
+            {
+                seen.remove(&oldest);
+            }
+        }
+        let entry = seen.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+
+    /// A success clears the address's record.
+    pub fn succeeded(&self, ip: IpAddr) {
+        self.lock().remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_and_verify() {
+        let hash = hash_password(b"s3cret");
+        assert!(hash.starts_with("$6$"), "{hash}");
+        let users = Users::parse(&format!("# users\n\nalice:{hash}\n")).unwrap();
+        assert_eq!(users.len(), 1);
+        assert!(users.verify("alice", b"s3cret"));
+        assert!(!users.verify("alice", b"wrong"));
+        assert!(!users.verify("bob", b"s3cret"));
+    }
+
+    #[test]
+    fn openssl_passwd_hashes_verify() {
+        // `openssl passwd -6 -salt saltsalt secret`
+        let users = Users::parse(
+            "ops:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\n",
+        )
+        .unwrap();
+        assert!(users.verify("ops", b"secret"));
+        assert!(!users.verify("ops", b"Secret"));
+    }
+
+    #[test]
+    fn users_file_errors_name_the_line() {
+        let cases = [
+            ("alice\n", 1, "expected user:hash"),
+            ("\n# x\nbob:plain\n", 3, "not a SHA-512-crypt hash"),
+            ("a b:$6$x$y\n", 1, "must not contain"),
+        ];
+        for (text, line, what) in cases {
+            let (got_line, got) = Users::parse(text).unwrap_err();
+            assert_eq!(got_line, line, "{text:?}");
+            assert!(got.contains(what), "{text:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn plain_messages() {
+        let cases: [(&[u8], Result<(&str, &[u8]), ()>); 6] = [
+            (b"\0alice\0pw", Ok(("alice", b"pw"))),
+            (b"alice\0alice\0pw", Ok(("alice", b"pw"))),
+            (b"bob\0alice\0pw", Err(())),
+            (b"alice\0pw", Err(())),
+            (b"\0\0pw", Err(())),
+            (b"\0alice\0p\0w", Ok(("alice", b"p\0w"))),
+        ];
+        for (msg, want) in cases {
+            let got = decode_plain(msg);
+            match want {
+                Ok((u, p)) => assert_eq!(got.unwrap(), (u.to_string(), p.to_vec()), "{msg:?}"),
+                Err(()) => assert!(got.is_err(), "{msg:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn limiter_counts_per_address_and_window() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let limiter = Limiter::new(2, Duration::from_secs(60));
+        assert!(!limiter.is_blocked(a));
+        limiter.failed(a);
+        assert!(!limiter.is_blocked(a));
+        limiter.failed(a);
+        assert!(limiter.is_blocked(a));
+        assert!(!limiter.is_blocked(b));
+        limiter.succeeded(a);
+        assert!(!limiter.is_blocked(a));
+        let short = Limiter::new(1, Duration::from_millis(1));
+        short.failed(a);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!short.is_blocked(a), "the window ended");
+    }
+
+    #[test]
+    fn set_password_adds_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        set_password(&path, "alice", b"one").unwrap();
+        set_password(&path, "bob", b"two").unwrap();
+        set_password(&path, "alice", b"three").unwrap();
+        let users = Users::load(&path).unwrap();
+        assert_eq!(users.len(), 2);
+        assert!(users.verify("alice", b"three"));
+        assert!(users.verify("bob", b"two"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(set_password(&path, "a:b", b"x").is_err());
+    }
+
+    #[test]
+    fn client_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay-auth");
+        std::fs::write(&path, "# for the hub\nsatellite:pa:ss\n").unwrap();
+        let c = ClientCredentials::load(&path).unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("satellite", "pa:ss"));
+        assert!(!format!("{c:?}").contains("pa:ss"), "the password never reaches a log");
+        std::fs::write(&path, "nocolon\n").unwrap();
+        assert!(ClientCredentials::load(&path).unwrap_err().to_string().ends_with(":1: expected user:password"));
+    }
+}
