@@ -43,7 +43,7 @@ use posthorn::deliver::dns::{Dns, DnsError, MxAnswer, MxHost};
 use posthorn::deliver::maildir::Maildir;
 use posthorn::deliver::mx::{Mx, Target};
 use posthorn::deliver::relay::Relay;
-use posthorn::deliver::{Delivery, ErrorClass, OutMessage, OutRecipient, Outcome};
+use posthorn::deliver::{Delivery, ErrorClass, OutMessage, Outcome};
 
 /// One runtime per test: pooled sessions and the resolver's sockets belong
 /// to the runtime they were made on, so every `block_on` of a test uses it.
@@ -168,20 +168,8 @@ impl Net {
 }
 
 fn message(rcpts: &[&str]) -> OutMessage {
-    OutMessage {
-        id: unique_name("T"),
-        sender: "cron@sat.test".into(),
-        recipients: rcpts
-            .iter()
-            .enumerate()
-            .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
-            .collect(),
-        body: Arc::from(&b"From: cron@sat.test\r\nSubject: transports\r\n\r\nhello\r\n"[..]),
-        eight_bit: false,
-        smtputf8: false,
-        ret: None,
-        envid: None,
-    }
+    let body = b"From: cron@sat.test\r\nSubject: transports\r\n\r\nhello\r\n";
+    OutMessage::simple(&unique_name("T"), "cron@sat.test", rcpts, body)
 }
 
 /// `D`, `T` or `P` per outcome.

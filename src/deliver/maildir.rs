@@ -201,20 +201,9 @@ mod tests {
     }
 
     fn message(sender: &str, rcpts: &[&str], body: &[u8]) -> OutMessage {
-        OutMessage {
-            id: "TESTID".into(),
-            sender: sender.into(),
-            recipients: rcpts
-                .iter()
-                .enumerate()
-                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
-                .collect(),
-            body: Arc::from(body),
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-        }
+        let mut msg = OutMessage::simple("TESTID", sender, rcpts, body);
+        msg.eight_bit = false;
+        msg
     }
 
     fn files(dir: &Path) -> Vec<PathBuf> {

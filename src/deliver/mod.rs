@@ -50,6 +50,27 @@ pub struct OutMessage {
     pub envid: Option<String>,
 }
 
+impl OutMessage {
+    /// A plain message to `recipients` (indexes in order, no DSN
+    /// parameters), as transports' tests and tools need one.
+    pub fn simple(id: &str, sender: &str, recipients: &[&str], body: &[u8]) -> OutMessage {
+        OutMessage {
+            id: id.to_string(),
+            sender: sender.to_string(),
+            recipients: recipients
+                .iter()
+                .enumerate()
+                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+                .collect(),
+            body: Arc::from(body),
+            eight_bit: body.iter().any(|b| *b >= 0x80),
+            smtputf8: false,
+            ret: None,
+            envid: None,
+        }
+    }
+}
+
 /// What went wrong when no reply was available, for logs and `queue why`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

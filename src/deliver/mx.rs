@@ -300,7 +300,6 @@ fn every(n: usize, kind: fn(Attempt) -> Outcome, attempt: Attempt) -> Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::OutRecipient;
     use crate::smtp::client::test_server::{Script, start};
     use std::path::Path;
 
@@ -363,20 +362,7 @@ mod tests {
     }
 
     fn message(rcpts: &[&str]) -> OutMessage {
-        OutMessage {
-            id: "TESTID".into(),
-            sender: "cron@hub.test".into(),
-            recipients: rcpts
-                .iter()
-                .enumerate()
-                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
-                .collect(),
-            body: Arc::from(&b"Subject: test\r\n\r\nbody\r\n"[..]),
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-        }
+        OutMessage::simple("TESTID", "cron@hub.test", rcpts, b"Subject: test\r\n\r\nbody\r\n")
     }
 
     fn config(port: u16) -> Config {

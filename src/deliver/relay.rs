@@ -831,7 +831,6 @@ async fn reap(pool: Weak<Pool>, every: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::OutRecipient;
     use crate::smtp::client::test_server::{HANG, Script, Server, start};
     use std::path::Path;
 
@@ -887,20 +886,7 @@ mod tests {
     }
 
     fn message(rcpts: &[&str]) -> OutMessage {
-        OutMessage {
-            id: "TESTID".into(),
-            sender: "cron@sat.test".into(),
-            recipients: rcpts
-                .iter()
-                .enumerate()
-                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
-                .collect(),
-            body: Arc::from(&b"Subject: test\r\n\r\nbody\r\n"[..]),
-            eight_bit: false,
-            smtputf8: false,
-            ret: None,
-            envid: None,
-        }
+        OutMessage::simple("TESTID", "cron@sat.test", rcpts, b"Subject: test\r\n\r\nbody\r\n")
     }
 
     /// `D`, `T` or `P` per outcome.
