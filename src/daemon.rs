@@ -60,6 +60,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let control_listener = control::bind(&config.control_socket(), 0o600)
         .with_context(|| format!("control socket {}", config.control_socket().display()))?;
     let pickup_listener = control::bind(&root.join("pickup.sock"), 0o666).context("pickup socket")?;
+    let showq_listener = control::bind(&root.join("showq.sock"), 0o666).context("showq socket")?;
     let pid_file = root.join("posthorn.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id())).context("writing the pid file")?;
 
@@ -76,6 +77,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let pickup_now = Arc::new(Notify::new());
     tokio::spawn(pickup_loop(generation_rx.clone(), spool.clone(), pickup_now.clone(), shutdown_rx.clone()));
     tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone()));
+    tokio::spawn(control::serve_showq(showq_listener, spool.clone()));
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctl_tx));
 
@@ -126,6 +128,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     reloader.transports.close_idle().await;
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
+    let _ = std::fs::remove_file(root.join("showq.sock"));
     let _ = std::fs::remove_file(pid_file);
     Ok(())
 }

@@ -10,42 +10,25 @@ use crate::timefmt;
 use std::io::Write;
 use std::path::Path;
 
-/// Every queued message with its state, oldest first. Envelopes are read
-/// on a few threads: with a big queue the time goes into opening files,
-/// which the kernel does in parallel.
+/// Every queued message with its state, oldest first.
 pub fn collect(spool: &Spool) -> Vec<(State, Envelope)> {
-    let mut files = Vec::new();
-    for state in State::QUEUED {
-        let Ok(ids) = spool.list(state) else { continue };
-        files.extend(ids.into_iter().map(|id| (state, spool.envelope_path(state, &id))));
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let chunk = files.len().div_ceil(threads).max(256);
-    let read = |part: &[(State, std::path::PathBuf)]| -> Vec<(State, Envelope)> {
-        // A message can move or vanish between listing and reading.
-        part.iter()
-            .filter_map(|(state, path)| {
-                let data = std::fs::read(path).ok()?;
-                Envelope::from_json(&data).ok().map(|env| (*state, env))
-            })
-            .collect()
-    };
-    let mut out: Vec<(State, Envelope)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = files.chunks(chunk).map(|part| scope.spawn(move || read(part))).collect();
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
-    });
-    out.sort_by(|a, b| a.1.id.cmp(&b.1.id));
-    // A message moving between states while the directories are read
-    // (incoming -> active) can be seen twice: once is right.
-    out.dedup_by(|a, b| a.1.id == b.1.id);
-    out
+    spool.collect()
 }
 
 /// Every queued message of the spool the configuration names, for the
 /// listing commands; an empty queue when the spool was never created.
+/// A user who may not read the spool gets the listing from the running
+/// daemon's public `showq.sock` instead, as Postfix's showq service does.
 pub fn load(explicit: Option<&Path>, prog: &str) -> Result<Vec<(State, Envelope)>, u8> {
     let config = super::load_config(explicit, prog)?;
-    Ok(super::act::spool(&config, prog)?.map(|spool| collect(&spool)).unwrap_or_default())
+    match super::act::spool(&config, prog) {
+        Ok(spool) => Ok(spool.map(|spool| collect(&spool)).unwrap_or_default()),
+        Err(exit::NOPERM) => crate::control::showq(&config.spool).map_err(|e| {
+            eprintln!("{prog}: fatal: and the daemon's public listing is not available either: {e}");
+            exit::NOPERM
+        }),
+        Err(code) => Err(code),
+    }
 }
 
 pub fn main(explicit: Option<&Path>) -> u8 {

@@ -98,6 +98,46 @@ pub fn wake_pickup(spool: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(spool.join("pickup.sock")).is_ok()
 }
 
+/// The public listing: `SPOOL/showq.sock`, open to every local user, sends
+/// one JSON line per queued message (redacted, see `Envelope::redacted`)
+/// and closes. It takes no input, so it can only ever read.
+pub async fn serve_showq(listener: UnixListener, spool: crate::spool::Spool) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let spool = spool.clone();
+        tokio::spawn(async move {
+            let Ok(queue) = tokio::task::spawn_blocking(move || spool.collect()).await else { return };
+            let mut out = Vec::with_capacity(queue.len() * 256);
+            for (state, env) in queue {
+                let line = serde_json::json!({ "state": state.dir_name(), "envelope": env.redacted() });
+                out.extend_from_slice(line.to_string().as_bytes());
+                out.push(b'\n');
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(60), stream.write_all(&out)).await;
+        });
+    }
+}
+
+/// Reads the public listing of the daemon whose spool is `spool`.
+pub fn showq(spool: &Path) -> Result<Vec<(crate::spool::State, crate::spool::envelope::Envelope)>, ControlError> {
+    use std::io::BufRead;
+    let path = spool.join("showq.sock");
+    let stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|_| ControlError::NotRunning(path.display().to_string()))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let line = line.map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))?;
+        let state = v["state"].as_str().and_then(crate::spool::State::from_dir_name);
+        let env = serde_json::from_value(v["envelope"].clone()).ok();
+        if let (Some(state), Some(env)) = (state, env) {
+            out.push((state, env));
+        }
+    }
+    Ok(out)
+}
+
 /// Binds a Unix socket at `path` with `mode`, replacing a stale one.
 pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;

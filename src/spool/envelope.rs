@@ -124,6 +124,20 @@ impl Envelope {
         Ok(env)
     }
 
+    /// What any local user may see of this message (`mailq`, which Postfix
+    /// lets everyone run): no origin, and of each recipient's history only
+    /// the last attempt's explanation.
+    pub fn redacted(&self) -> Envelope {
+        let mut env = self.clone();
+        env.origin = Origin::default();
+        for r in &mut env.recipients {
+            if let Some(last) = r.history.pop() {
+                r.history = vec![AttemptRecord { relay: None, reply: None, ..last }];
+            }
+        }
+        env
+    }
+
     /// The newest attempt's reason for a pending recipient, for listings.
     pub fn last_reason(&self) -> Option<&str> {
         self.pending().filter_map(|(_, r)| r.history.last()).map(|a| a.detail.as_str()).next()
