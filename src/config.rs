@@ -275,6 +275,7 @@ impl Config {
         };
         let role = raw.role.unwrap_or(Role::Satellite);
         let hub = role == Role::Hub;
+        let hostname = raw.hostname.clone().unwrap_or_else(system_hostname);
         let listen = match raw.smtp.listen {
             Some(list) => list
                 .iter()
@@ -319,7 +320,7 @@ impl Config {
         Ok(Config {
             source: path.map(Path::to_path_buf),
             role,
-            hostname: raw.hostname.unwrap_or_else(system_hostname),
+            hostname: hostname.clone(),
             spool: raw.spool.unwrap_or_else(|| PathBuf::from("/var/spool/posthorn")),
             smtp: Smtp {
                 listen,
@@ -335,7 +336,14 @@ impl Config {
             access: Access {
                 trusted_networks,
                 relay_domains: lower(raw.access.relay_domains.unwrap_or_default()),
-                local_domains: lower(raw.access.local_domains.unwrap_or_default()),
+                // A hub is the final destination for its own name, as
+                // Postfix's default `mydestination` has it; a satellite
+                // relays even those to its hub.
+                local_domains: lower(
+                    raw.access
+                        .local_domains
+                        .unwrap_or_else(|| if hub { vec![hostname.clone(), "localhost".into()] } else { Vec::new() }),
+                ),
                 local_recipient_maps: raw.access.local_recipient_maps.unwrap_or_default(),
             },
             relay: Relay {

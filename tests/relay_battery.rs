@@ -160,12 +160,72 @@ fn bound_stream(source: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// A next hop of the hub that records what it receives.
+enum Hop {
+    /// Postfix's `smtp-sink`: an independent peer, but without SMTPUTF8.
+    Sink(Sink),
+    /// Another posthorn delivering every domain into its own Maildir, for
+    /// the SMTPUTF8 tricks (the hub refuses to hand an SMTPUTF8 message to
+    /// a next hop that does not offer it).
+    Catcher { ph: Posthorn, mail: tempfile::TempDir, _tables: tempfile::TempDir },
+}
+
+impl Hop {
+    fn start(smtputf8: bool, ip: &str) -> Hop {
+        if !smtputf8 {
+            return Hop::Sink(Sink::start());
+        }
+        let tables = tempfile::tempdir().unwrap();
+        let mail = tempfile::tempdir().unwrap();
+        let transport = tables.path().join("transport");
+        fs::write(&transport, "*  maildir:\n").unwrap();
+        let config = format!(
+            "role = \"hub\"\n\n[smtp]\nlisten = [\"{ip}:0\"]\n\n[deliver]\ntransport_maps = [{}]\nmaildir_root = {}\n",
+            toml_str(&format!("hash:{}", transport.display())),
+            toml_str(&format!("{}/{{domain}}/{{user}}", mail.path().display())),
+        );
+        Hop::Catcher { ph: Posthorn::start(&config), mail, _tables: tables }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Hop::Sink(sink) => sink.addr(),
+            Hop::Catcher { ph, .. } => ph.smtp_addr(),
+        }
+    }
+
+    /// Every recipient received so far, lower-cased and sorted.
+    fn rcpts(&self) -> Vec<String> {
+        let all: Vec<String> = match self {
+            Hop::Sink(sink) => sink.parsed().into_iter().flat_map(|d| d.rcpt_to).collect(),
+            Hop::Catcher { mail, .. } => {
+                let mut files = Vec::new();
+                for domain in fs::read_dir(mail.path()).into_iter().flatten().flatten() {
+                    for user in fs::read_dir(domain.path()).into_iter().flatten().flatten() {
+                        for file in fs::read_dir(user.path().join("new")).into_iter().flatten().flatten() {
+                            files.push(file.path());
+                        }
+                    }
+                }
+                files
+                    .iter()
+                    .map(|f| {
+                        let data = fs::read(f).unwrap();
+                        header(&data, "Delivered-To").unwrap_or_else(|| panic!("no Delivered-To in {}", f.display()))
+                    })
+                    .collect()
+            }
+        };
+        sorted_lower(&all)
+    }
+}
+
 /// The hub, its two next hops and its Maildir, plus what each of them
 /// should have received so far.
 struct Battery {
     hub: Posthorn,
-    inside: Sink,
-    elsewhere: Sink,
+    inside: Hop,
+    elsewhere: Hop,
     mail: tempfile::TempDir,
     _tables: tempfile::TempDir,
     want_inside: Vec<String>,
@@ -175,8 +235,13 @@ struct Battery {
 
 impl Battery {
     fn start() -> Battery {
-        let inside = Sink::start();
-        let elsewhere = Sink::start();
+        Battery::start_with(false)
+    }
+
+    /// `smtputf8`: next hops that offer SMTPUTF8 (see [`Hop::Catcher`]).
+    fn start_with(smtputf8: bool) -> Battery {
+        let inside = Hop::start(smtputf8, "127.0.0.7");
+        let elsewhere = Hop::start(smtputf8, "127.0.0.8");
         let tables = tempfile::tempdir().unwrap();
         let mail = tempfile::tempdir().unwrap();
         let virtual_map = tables.path().join("virtual");
@@ -260,7 +325,7 @@ impl Battery {
         assert_eq!(reply.code, 250, "{side}: control recipient {control}: {reply}");
         self.want_inside.push(control.to_string());
         let msg = message(
-            &[("From", "probe@client.example"), ("To", trick.rcpt.trim()), ("Subject", "relay battery")],
+            &[("From", "probe@client.example"), ("To", "undisclosed-recipients:;"), ("Subject", "relay battery")],
             "If this reached elsewhere.com, the hub is an open relay.\n",
         );
         let reply = c.data(&msg);
@@ -273,21 +338,21 @@ impl Battery {
     fn settle(&self) {
         let done = wait_until(secs(20), || {
             self.hub.queued_count() == 0
-                && rcpts(&self.inside).len() >= self.want_inside.len()
-                && rcpts(&self.elsewhere).len() >= self.want_outside.len()
+                && self.inside.rcpts().len() >= self.want_inside.len()
+                && self.elsewhere.rcpts().len() >= self.want_outside.len()
         });
         assert!(
             done,
             "not everything delivered within 20 s: {} queued, inside got {:?} (want {:?}), elsewhere got {:?} (want {:?})",
             self.hub.queued_count(),
-            rcpts(&self.inside),
+            self.inside.rcpts(),
             self.want_inside,
-            rcpts(&self.elsewhere),
+            self.elsewhere.rcpts(),
             self.want_outside
         );
-        assert_eq!(rcpts(&self.inside), sorted_lower(&self.want_inside), "recipients at the relay domains' next hop");
+        assert_eq!(self.inside.rcpts(), sorted_lower(&self.want_inside), "recipients at the relay domains' next hop");
         assert_eq!(
-            rcpts(&self.elsewhere),
+            self.elsewhere.rcpts(),
             sorted_lower(&self.want_outside),
             "recipients that left for elsewhere (an open relay shows here)"
         );
@@ -303,13 +368,6 @@ impl Battery {
         let log = self.hub.log();
         assert!(!log.contains("status=bounced"), "nothing may bounce; log:\n{log}");
     }
-}
-
-/// Every recipient a sink accepted, over all its transactions, lower-cased
-/// and sorted.
-fn rcpts(sink: &Sink) -> Vec<String> {
-    let all: Vec<String> = sink.parsed().into_iter().flat_map(|d| d.rcpt_to).collect();
-    sorted_lower(&all)
 }
 
 fn sorted_lower(list: &[String]) -> Vec<String> {
@@ -343,7 +401,7 @@ fn check_reply(reply: &Reply, want: Want, what: &str, hub: &Posthorn) {
 
 /// The whole battery for one trick.
 fn run(trick: Trick) {
-    let mut b = Battery::start();
+    let mut b = Battery::start_with(trick.smtputf8);
     b.transaction(UNTRUSTED, &trick, trick.untrusted, "control@relay.example");
     b.settle();
     b.transaction(TRUSTED, &trick, trick.trusted, "trusted-control@relay.example");
@@ -507,8 +565,8 @@ trick!(local_user, "<user@local.example>", Local("local.example", "user"), Local
 fn assert_nothing_went_anywhere(b: &Battery) {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(b.hub.queued_count(), 0, "queued; log:\n{}", b.hub.log());
-    assert!(rcpts(&b.elsewhere).is_empty(), "elsewhere got {:?}", rcpts(&b.elsewhere));
-    assert!(rcpts(&b.inside).is_empty(), "inside got {:?}", rcpts(&b.inside));
+    assert!(b.elsewhere.rcpts().is_empty(), "elsewhere got {:?}", b.elsewhere.rcpts());
+    assert!(b.inside.rcpts().is_empty(), "inside got {:?}", b.inside.rcpts());
 }
 
 #[test]
@@ -581,4 +639,25 @@ fn header_recipients_are_not_envelope_recipients() {
     c.quit();
     b.want_inside.push("user@relay.example".into());
     b.settle();
+}
+
+#[test]
+fn auth_attempt_without_auth_configured_grants_nothing() {
+    let b = Battery::start();
+    let mut c = b.client(UNTRUSTED);
+    // "\0alice\0secret": a PLAIN response for a server that offers no AUTH.
+    let reply = c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==");
+    assert!(reply.code >= 500, "AUTH: {reply}");
+    c.mail(false);
+    let reply = c.cmd("RCPT TO:<user@elsewhere.com>");
+    check_reply(&reply, Denied, "RCPT after a failed AUTH", &b.hub);
+    // A MAIL FROM with AUTH= claiming an identity is no login either.
+    let _ = c.cmd("RSET");
+    let reply = c.cmd("MAIL FROM:<probe@client.example> AUTH=<alice@relay.example>");
+    if reply.code == 250 {
+        let reply = c.cmd("RCPT TO:<user@elsewhere.com>");
+        check_reply(&reply, Denied, "RCPT after MAIL FROM AUTH=", &b.hub);
+    }
+    c.quit();
+    assert_nothing_went_anywhere(&b);
 }

@@ -72,7 +72,7 @@ pub fn main(args: &[String]) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let defaults = defaults(config.role);
+    let defaults = defaults(config.role, &config.hostname);
     let shown = if has('d') { &defaults } else { &config };
     let mut settings = settings(shown);
     if !has('d') {
@@ -112,12 +112,17 @@ pub fn main(args: &[String]) -> u8 {
 }
 
 /// The role's defaults: a file holding only `role`.
-fn defaults(role: Role) -> Config {
+/// The role's defaults for a host of this name (some defaults, like a
+/// hub's local domains, derive from the hostname).
+fn defaults(role: Role, hostname: &str) -> Config {
     let name = match role {
         Role::Hub => "hub",
         Role::Satellite => "satellite",
     };
-    Config::parse(&format!("role = \"{name}\"\n"), Path::new("(defaults)")).expect("role defaults parse")
+    let text = format!("role = \"{name}\"\nhostname = {}\n", toml::Value::from(hostname));
+    let mut c = Config::parse(&text, Path::new("(defaults)")).expect("role defaults parse");
+    c.hostname = crate::config::system_hostname();
+    c
 }
 
 /// Every typed setting, in the order of the configuration file.
@@ -226,7 +231,7 @@ mod tests {
         assert_eq!(get("queue.retry_min"), Some("90s"));
         assert_eq!(get("queue.max_lifetime"), Some("5d"));
         assert_eq!(get("smtp.listen"), Some("0.0.0.0:25"));
-        let d = settings(&defaults(Role::Hub));
+        let d = settings(&defaults(Role::Hub, &c.hostname));
         let changed: Vec<&str> = s
             .iter()
             .filter(|(k, v)| d.iter().find(|(dk, _)| dk == k).is_none_or(|(_, dv)| dv != v))

@@ -26,6 +26,18 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         Some(s) => qualify(s, &hostname),
         None => qualify(user, &hostname),
     };
+    // A recipient the tables refuse (unknown local user, alias loop) must
+    // not take the others down with it, nor vanish: `sendmail` exited 0
+    // long ago, so the sender learns of it by a bounce, as from Postfix.
+    let (recipients, refused): (Vec<String>, Vec<String>) =
+        recipients.into_iter().partition(|r| ingress.check_recipient(r).is_ok());
+    if !refused.is_empty() {
+        bounce_refused(ingress, &sender, &refused, headers).await;
+        if recipients.is_empty() {
+            // Nothing left to queue; the drop has been answered.
+            return Ok("NOQUEUE".into());
+        }
+    }
     let tx = Transaction {
         sender: sender.clone(),
         recipients: recipients.into_iter().map(|address| RcptIn { address, notify: None, orcpt: None }).collect(),
@@ -59,6 +71,77 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
     writer.write(&head).await?;
     writer.write(body).await?;
     writer.commit().await
+}
+
+/// Tells the sender of a local submission which recipients were refused.
+async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], headers: &[u8]) {
+    use crate::dsn::{self, Action, Item, Returned};
+    let now = timefmt::now_secs();
+    let items: Vec<Item> = refused
+        .iter()
+        .map(|r| {
+            let reply = ingress.check_recipient(r).err();
+            tracing::info!(
+                "NOQUEUE: local submission from <{sender}>: to=<{r}> refused: {}",
+                reply.as_ref().map(|x| x.to_string()).unwrap_or_default()
+            );
+            Item {
+                recipient: r.clone(),
+                orcpt: None,
+                action: Action::Failed,
+                status: reply
+                    .as_ref()
+                    .and_then(|x| x.enhanced)
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "5.0.0".into()),
+                diagnostic: reply.map(|x| format!("X-Posthorn; {x}")),
+                remote_mta: None,
+                last_attempt: now,
+            }
+        })
+        .collect();
+    if sender.is_empty() {
+        tracing::info!("local submission from <>: {} refused recipient(s); no bounce to the null sender", items.len());
+        return;
+    }
+    let about = crate::spool::envelope::Envelope {
+        v: crate::spool::envelope::VERSION,
+        id: "NOQUEUE".into(),
+        arrival: now,
+        sender: sender.to_string(),
+        size: 0,
+        eight_bit: false,
+        smtputf8: false,
+        ret: None,
+        envid: None,
+        origin: Default::default(),
+        recipients: Vec::new(),
+        attempts: 0,
+        next_attempt: now,
+        frozen: false,
+        delay_warned: false,
+    };
+    let message = dsn::build(ingress.hostname(), &about, &items, Returned::Headers(headers), now);
+    let tx = Transaction {
+        sender: String::new(),
+        recipients: vec![RcptIn { address: sender.to_string(), notify: None, orcpt: None }],
+        body: super::BodyType::EightBitMime,
+        smtputf8: false,
+        ret: None,
+        envid: None,
+        origin: Origin {
+            protocol: Protocol::Local,
+            helo: None,
+            client: None,
+            local_user: Some("MAILER-DAEMON".into()),
+        },
+    };
+    match ingress.submit(tx, &message).await {
+        Ok(id) => {
+            tracing::info!("{id}: non-delivery notification to <{sender}> for {} refused recipient(s)", items.len())
+        }
+        Err(e) => tracing::error!("cannot queue the non-delivery notification to <{sender}>: {e}"),
+    }
 }
 
 /// `root` -> `root@hostname`; `<a@b>` -> `a@b`.

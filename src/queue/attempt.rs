@@ -145,7 +145,7 @@ async fn deliver_group(
     }
     let data = match body {
         Some(b) => b.clone(),
-        None => match load_body(&ctx.spool, &env.id).await {
+        None => match load_body(&ctx.spool, &env.id, env.size).await {
             Ok(b) => body.insert(b).clone(),
             Err(e) => {
                 let detail = format!("cannot read message body: {e}");
@@ -232,8 +232,13 @@ fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64) {
     }
 }
 
-async fn load_body(spool: &Spool, id: &str) -> std::io::Result<Arc<[u8]>> {
+async fn load_body(spool: &Spool, id: &str, size: u64) -> std::io::Result<Arc<[u8]>> {
     let path = spool.body_path(id);
+    // A small body is in the page cache (it was just written): reading it
+    // here is cheaper than a trip through the blocking pool.
+    if size <= crate::spool::INLINE_WRITE as u64 {
+        return Ok(std::fs::read(path)?.into());
+    }
     let data = tokio::task::spawn_blocking(move || std::fs::read(path)).await.map_err(std::io::Error::other)??;
     Ok(data.into())
 }

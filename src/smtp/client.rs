@@ -621,7 +621,7 @@ impl Client {
         if !self.usable {
             return Err(ClientError::Protocol { phase: Phase::Mail, what: "the session is no longer usable".into() });
         }
-        if let Some(reason) = self.refuse_message(msg) {
+        if let Some(reason) = self.refuse_message(msg, rcpts) {
             return Ok(vec![RcptResult::NotSent(reason); rcpts.len()]);
         }
         if msg.eight_bit && !self.caps.eight_bit_mime {
@@ -747,8 +747,8 @@ impl Client {
     }
 
     /// Local reasons not to send the message to this server at all.
-    fn refuse_message(&self, msg: &OutMessage) -> Option<String> {
-        if msg.smtputf8 && !self.caps.smtputf8 {
+    fn refuse_message(&self, msg: &OutMessage, rcpts: &[OutRecipient]) -> Option<String> {
+        if self.needs_smtputf8(msg, rcpts) && !self.caps.smtputf8 {
             // RFC 6531 3.4: without SMTPUTF8 on the next hop the message
             // cannot be delivered as it is.
             return Some(format!("SMTPUTF8 is required, but was not offered by {}", self.label));
@@ -757,6 +757,17 @@ impl Client {
             return Some("sender address contains a control character".into());
         }
         None
+    }
+
+    /// Whether the message really needs SMTPUTF8: the flag was given *and*
+    /// an address or a header line is not ASCII. A client that sets the
+    /// flag on a plain ASCII message must not get it bounced by a next hop
+    /// without SMTPUTF8 (Postfix decides the same way).
+    fn needs_smtputf8(&self, msg: &OutMessage, rcpts: &[OutRecipient]) -> bool {
+        msg.smtputf8
+            && (!msg.sender.is_ascii()
+                || rcpts.iter().any(|r| !r.address.is_ascii())
+                || !crate::dsn::header_block(&msg.body).is_ascii())
     }
 
     /// Appends the command line for `cmd`, with the ESMTP parameters the
@@ -772,7 +783,7 @@ impl Client {
                 if msg.eight_bit && self.caps.eight_bit_mime {
                     line.push_str(" BODY=8BITMIME");
                 }
-                if msg.smtputf8 {
+                if msg.smtputf8 && (self.caps.smtputf8 || self.needs_smtputf8(msg, rcpts)) {
                     line.push_str(" SMTPUTF8");
                 }
                 if self.caps.dsn {
@@ -1496,11 +1507,15 @@ mod tests {
         let mut client = connect(&server).await;
         let mut msg = message(b"x\r\n");
         msg.smtputf8 = true;
-        let results = client.send(&msg, &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        let results = client.send(&msg, &rcpts(&["jöran@hub.test", "b@hub.test"])).await.unwrap();
         assert_eq!(codes(&results), ["N", "N"]);
         assert!(results.iter().all(RcptResult::is_permanent));
         assert!(!server.log().iter().any(|l| l.starts_with("MAIL")));
         assert!(client.is_usable());
+        // The flag alone, on a message ASCII throughout, goes without it.
+        let results = client.send(&msg, &rcpts(&["a@hub.test"])).await.unwrap();
+        assert!(results[0].is_accepted());
+        assert!(server.log().iter().any(|l| l == "MAIL FROM:<sender@sat.test>"), "{:?}", server.log());
     }
 
     #[tokio::test]

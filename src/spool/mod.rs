@@ -33,6 +33,8 @@ use std::sync::{Arc, OnceLock};
 
 /// Bodies smaller than this are written with one system call at commit.
 const BODY_BUFFER: usize = 256 * 1024;
+/// Bodies up to this size are written (and read back) on the async thread.
+pub const INLINE_WRITE: usize = 64 * 1024;
 
 /// Where an envelope is; the directory of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -161,7 +163,7 @@ impl Spool {
         let (file, buf, path) = (body.file.take(), std::mem::take(&mut body.buf), body.path.clone());
         let tmp_for_write = tmp.clone();
         let per_file = self.inner.sync == commit::SyncMode::PerFile;
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let write = move || -> io::Result<()> {
             let mut file = match file {
                 Some(f) => f,
                 None => create_file(&path)?,
@@ -174,9 +176,16 @@ impl Spool {
                 env_file.sync_data()?;
             }
             Ok(())
-        })
-        .await
-        .map_err(io::Error::other)??;
+        };
+        // A small message that only waits for a batched sync is written
+        // right here: two small writes into the page cache cost less than
+        // handing them to another thread and back. Anything that may block
+        // longer (a big body, a per-file sync) goes to the blocking pool.
+        if !per_file && body.file.is_none() && body.size <= INLINE_WRITE as u64 {
+            write()?;
+        } else {
+            tokio::task::spawn_blocking(write).await.map_err(io::Error::other)??;
+        }
         let to = self.envelope_path(State::Incoming, &env.id);
         let data_dir = self.inner.root.join("data");
         match self.committer().commit(vec![commit::Rename { from: tmp.clone(), to }], Some(data_dir)).await {

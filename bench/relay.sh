@@ -143,7 +143,7 @@ calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 start_sink() {
     local user=()
     [ "$(id -u)" = 0 ] && user=(-u root)
-    "$SINK" "${user[@]}" -M "$3" "$1:$2" 256 >/dev/null 2>"$WORK/sink-$2.log" &
+    "$SINK" "${user[@]}" -v -M "$3" "$1:$2" 256 >/dev/null 2>"$WORK/sink-$2.log" &
     SINK_PID=$!
     PIDS+=("$SINK_PID")
     wait_listening "$1" "$2"
