@@ -46,6 +46,82 @@ pub struct Config {
     pub rewrite: Rewrite,
     pub tls: Tls,
     pub auth: Auth,
+    pub filter: Filter,
+    pub dkim: Dkim,
+}
+
+/// DKIM signing (`[dkim]`): one key per signing domain, and the headers
+/// signed (empty: `deliver::dkim::DEFAULT_HEADERS`). Key files are read when
+/// the daemon builds a generation, so a bad one refuses the start.
+#[derive(Clone, Debug, Default)]
+pub struct Dkim {
+    pub keys: Vec<DkimKeyConfig>,
+    pub headers: Vec<String>,
+}
+
+/// `[[dkim.keys]]`: `domain`, `selector`, `key` (PEM file), `algorithm`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+    /// Default: taken from the key file.
+    #[serde(default)]
+    pub algorithm: Option<DkimAlgorithm>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+/// The after-queue content filter (`[filter]`, Postfix's FILTER_README).
+#[derive(Clone, Debug)]
+pub struct Filter {
+    /// Where unfiltered mail goes first; `None`: no filter.
+    pub content_filter: Option<FilterSpec>,
+    /// The listener the filter sends mail back to; mail arriving there is
+    /// marked filtered and never filtered again.
+    pub reinject_listen: Option<SocketAddr>,
+    /// How long a pipe filter may run before it is killed (and the message
+    /// deferred).
+    pub pipe_timeout: Duration,
+    /// Recipient domains whose mail is filtered; empty: all.
+    pub domains: Vec<String>,
+}
+
+/// `smtp:[host]:port` or `pipe:/path/to/cmd arg ${sender} ${recipient}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FilterSpec {
+    Smtp(crate::deliver::mx::Target),
+    /// The argument vector, split on whitespace, placeholders not yet
+    /// replaced.
+    Pipe(Vec<String>),
+}
+
+impl std::str::FromStr for FilterSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FilterSpec, String> {
+        if let Some(rest) = s.strip_prefix("smtp:") {
+            let target = crate::deliver::mx::Target::parse(rest)?;
+            if target.port.is_none() || target.mx {
+                return Err(format!("`{s}`: write the filter as smtp:[host]:port"));
+            }
+            Ok(FilterSpec::Smtp(target))
+        } else if let Some(rest) = s.strip_prefix("pipe:") {
+            let argv: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+            match argv.first() {
+                Some(cmd) if cmd.starts_with('/') => Ok(FilterSpec::Pipe(argv)),
+                _ => Err(format!("`{s}`: the pipe command must be an absolute path")),
+            }
+        } else {
+            Err(format!("`{s}` is neither smtp:[host]:port nor pipe:/path/to/command"))
+        }
+    }
 }
 
 /// The server's certificate (`[tls]`). Both paths set, or neither: with
@@ -56,6 +132,12 @@ pub struct Config {
 pub struct Tls {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// CA certificates (PEM): with it the server asks clients for a
+    /// certificate, and one issued by these CAs may relay.
+    pub client_ca: Option<PathBuf>,
+    /// Name the AUTH user in `Received:` (off: the header would tell every
+    /// recipient which account sent the message).
+    pub received_auth_user: bool,
 }
 
 impl Tls {
@@ -87,6 +169,15 @@ pub struct Rewrite {
     pub virtual_alias_maps: Vec<String>,
     /// aliases(5) files for local names: `/etc/aliases`.
     pub alias_maps: Vec<String>,
+    /// canonical(5) tables for envelope senders (and `From:`), recipients.
+    pub sender_canonical_maps: Vec<String>,
+    pub recipient_canonical_maps: Vec<String>,
+    /// Local senders become `user@masquerade_as` (a domain) or exactly
+    /// `masquerade_as` (an address); see `route::canonical`.
+    pub masquerade_as: Option<String>,
+    /// The domains whose senders are masqueraded; empty: the hostname and
+    /// `localhost`.
+    pub masquerade_domains: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +198,12 @@ pub struct Deliver {
 #[derive(Clone, Debug)]
 pub struct Smtp {
     pub listen: Vec<SocketAddr>,
+    /// Submission listeners (RFC 6409, port 587): STARTTLS offered, AUTH
+    /// required before MAIL.
+    pub submission: Vec<SocketAddr>,
+    /// Implicit-TLS submission listeners (RFC 8314, port 465): TLS from the
+    /// first byte, AUTH required before MAIL.
+    pub submissions: Vec<SocketAddr>,
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_connections: usize,
@@ -130,6 +227,12 @@ pub struct Access {
     pub local_domains: Vec<String>,
     /// Tables of known local users; empty: any user of a local domain.
     pub local_recipient_maps: Vec<String>,
+    /// SHA-256 fingerprints (hex, colons allowed) of client certificates
+    /// that may relay, besides those issued by `tls.client_ca`.
+    pub trusted_fingerprints: Vec<String>,
+    /// Certificate DNS name -> the sender patterns (`*@domain`, or an
+    /// address) a client presenting it may use in MAIL FROM.
+    pub client_cert_senders: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -140,6 +243,10 @@ pub struct Relay {
     /// CA certificates (PEM) that `verify` checks the smarthost against,
     /// instead of the system roots.
     pub tls_ca: Option<PathBuf>,
+    /// Certificate chain and key (PEM) presented to the smarthosts when
+    /// they ask for one (client-certificate trust on the hub).
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
     /// `user:password` for AUTH towards the smarthosts.
     pub auth_file: Option<PathBuf>,
     /// Send the credentials on a connection without TLS.
@@ -286,6 +393,12 @@ impl Config {
             None if hub => vec!["0.0.0.0:25".parse().unwrap()],
             None => vec!["127.0.0.1:25".parse().unwrap()],
         };
+        let addresses = |list: Option<Vec<String>>, key: &str| {
+            list.unwrap_or_default()
+                .iter()
+                .map(|s| s.parse::<SocketAddr>().map_err(|_| err(key, format!("`{s}` is not an address:port"))))
+                .collect::<Result<Vec<_>, _>>()
+        };
         let trusted_networks = match raw.access.trusted_networks {
             Some(list) => list
                 .iter()
@@ -314,6 +427,14 @@ impl Config {
             let (set, missing) = if raw.tls.cert.is_some() { ("cert", "tls.key") } else { ("key", "tls.cert") };
             return Err(err(missing, format!("must be set together with tls.{set}")));
         }
+        if raw.relay.tls_client_cert.is_some() != raw.relay.tls_client_key.is_some() {
+            let (set, missing) = if raw.relay.tls_client_cert.is_some() {
+                ("tls_client_cert", "relay.tls_client_key")
+            } else {
+                ("tls_client_key", "relay.tls_client_cert")
+            };
+            return Err(err(missing, format!("must be set together with relay.{set}")));
+        }
         for host in raw.relay.smarthosts.iter().flatten() {
             crate::deliver::relay::parse_host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
         }
@@ -324,6 +445,8 @@ impl Config {
             spool: raw.spool.unwrap_or_else(|| PathBuf::from("/var/spool/posthorn")),
             smtp: Smtp {
                 listen,
+                submission: addresses(raw.smtp.submission, "smtp.submission")?,
+                submissions: addresses(raw.smtp.submissions, "smtp.submissions")?,
                 max_message_size: raw.smtp.max_message_size.map(|s| s.0).unwrap_or(50 << 20),
                 max_recipients: raw.smtp.max_recipients.unwrap_or(1000).max(1),
                 max_connections: raw.smtp.max_connections.unwrap_or(if hub { 500 } else { 100 }).max(1),
@@ -345,11 +468,21 @@ impl Config {
                         .unwrap_or_else(|| if hub { vec![hostname.clone(), "localhost".into()] } else { Vec::new() }),
                 ),
                 local_recipient_maps: raw.access.local_recipient_maps.unwrap_or_default(),
+                trusted_fingerprints: raw.access.trusted_fingerprints.unwrap_or_default(),
+                client_cert_senders: raw
+                    .access
+                    .client_cert_senders
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, senders)| (name.trim_end_matches('.').to_ascii_lowercase(), senders))
+                    .collect(),
             },
             relay: Relay {
                 smarthosts: raw.relay.smarthosts.unwrap_or_default(),
                 tls: raw.relay.tls.unwrap_or(TlsPolicy::May),
                 tls_ca: raw.relay.tls_ca,
+                tls_client_cert: raw.relay.tls_client_cert,
+                tls_client_key: raw.relay.tls_client_key,
                 auth_file: raw.relay.auth_file,
                 auth_plaintext: raw.relay.auth_plaintext.unwrap_or(false),
                 connect_timeout: raw.relay.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
@@ -357,7 +490,12 @@ impl Config {
                 idle_timeout: raw.relay.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
             },
             queue,
-            tls: Tls { cert: raw.tls.cert, key: raw.tls.key },
+            tls: Tls {
+                cert: raw.tls.cert,
+                key: raw.tls.key,
+                received_auth_user: raw.tls.received_auth_user.unwrap_or(false),
+                client_ca: raw.tls.client_ca,
+            },
             auth: Auth {
                 users: raw.auth.users,
                 allow_plaintext: raw.auth.allow_plaintext.unwrap_or(false),
@@ -368,7 +506,27 @@ impl Config {
             rewrite: Rewrite {
                 virtual_alias_maps: raw.rewrite.virtual_alias_maps.unwrap_or_default(),
                 alias_maps: raw.rewrite.alias_maps.unwrap_or_default(),
+                sender_canonical_maps: raw.rewrite.sender_canonical_maps.unwrap_or_default(),
+                recipient_canonical_maps: raw.rewrite.recipient_canonical_maps.unwrap_or_default(),
+                masquerade_as: raw.rewrite.masquerade_as,
+                masquerade_domains: lower(raw.rewrite.masquerade_domains.unwrap_or_default()),
             },
+            filter: Filter {
+                content_filter: match &raw.filter.content_filter {
+                    Some(s) if !s.trim().is_empty() => Some(s.parse().map_err(|m| err("filter.content_filter", m))?),
+                    _ => None,
+                },
+                reinject_listen: match &raw.filter.reinject_listen {
+                    Some(s) => Some(
+                        s.parse::<SocketAddr>()
+                            .map_err(|_| err("filter.reinject_listen", format!("`{s}` is not an address:port")))?,
+                    ),
+                    None => None,
+                },
+                pipe_timeout: raw.filter.pipe_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+                domains: lower(raw.filter.domains.clone().unwrap_or_default()),
+            },
+            dkim: Dkim { keys: raw.dkim.keys.unwrap_or_default(), headers: raw.dkim.headers.unwrap_or_default() },
             deliver: Deliver {
                 transport_maps: raw.deliver.transport_maps.unwrap_or_default(),
                 maildir_root: raw.deliver.maildir_root.unwrap_or_else(|| "/var/mail/{domain}/{user}".into()),
@@ -519,7 +677,25 @@ struct Raw {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
-    filter: Option<toml::Table>,
+    filter: RawFilter,
+    #[serde(default)]
+    dkim: RawDkim,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    keys: Option<Vec<DkimKeyConfig>>,
+    headers: Option<Vec<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    content_filter: Option<String>,
+    reinject_listen: Option<String>,
+    pipe_timeout: Option<Dur>,
+    domains: Option<Vec<String>>,
 }
 
 #[allow(dead_code)]
@@ -528,6 +704,7 @@ struct Raw {
 struct RawSmtp {
     listen: Option<Vec<String>>,
     submission: Option<Vec<String>>,
+    submissions: Option<Vec<String>>,
     max_message_size: Option<Size>,
     max_recipients: Option<usize>,
     max_connections: Option<usize>,
@@ -546,6 +723,8 @@ struct RawAccess {
     relay_domains: Option<Vec<String>>,
     local_domains: Option<Vec<String>>,
     local_recipient_maps: Option<Vec<String>>,
+    trusted_fingerprints: Option<Vec<String>>,
+    client_cert_senders: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 #[allow(dead_code)]
@@ -555,6 +734,8 @@ struct RawRelay {
     smarthosts: Option<Vec<String>>,
     tls: Option<TlsPolicy>,
     tls_ca: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
     auth_file: Option<PathBuf>,
     auth_plaintext: Option<bool>,
     connect_timeout: Option<Dur>,
@@ -567,6 +748,8 @@ struct RawRelay {
 struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    received_auth_user: Option<bool>,
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -584,6 +767,10 @@ struct RawAuth {
 struct RawRewrite {
     virtual_alias_maps: Option<Vec<String>>,
     alias_maps: Option<Vec<String>>,
+    sender_canonical_maps: Option<Vec<String>>,
+    recipient_canonical_maps: Option<Vec<String>>,
+    masquerade_as: Option<String>,
+    masquerade_domains: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -648,6 +835,11 @@ mod tests {
             ("[smtp]\nlisten_on = [\"x\"]\n", ":2: smtp.listen_on: unknown field `listen_on`"),
             ("role = \"gateway\"\n", ":1: role: unknown variant `gateway`"),
             ("[smtp]\nlisten = [\"nowhere\"]\n", "posthorn.toml: smtp.listen: `nowhere` is not an address:port"),
+            ("[smtp]\nsubmissions = [\"465\"]\n", "posthorn.toml: smtp.submissions: `465` is not an address:port"),
+            (
+                "[relay]\ntls_client_cert = \"/c.pem\"\n",
+                "posthorn.toml: relay.tls_client_key: must be set together with relay.tls_client_cert",
+            ),
             ("[access]\ntrusted_networks = [\"10.0.0.0/33\"]\n", "access.trusted_networks: `10.0.0.0/33`: bad prefix"),
             ("role = \n", ":1: "),
             ("[tls]\ncert = \"/c.pem\"\nkeyfile = \"/k.pem\"\n", ":3: tls.keyfile: unknown field `keyfile`"),
@@ -655,6 +847,18 @@ mod tests {
             ("[tls]\ncert = 5\n", ":2: tls.cert: "),
             ("[auth]\nallow_plaintext = \"yes\"\n", ":2: auth.allow_plaintext: "),
             ("[relay]\ntls = \"always\"\n", ":2: relay.tls: unknown variant `always`"),
+            ("[filter]\ncontent = \"x\"\n", ":2: filter.content: unknown field `content`"),
+            ("[filter]\ncontent_filter = \"lmtp:x\"\n", "posthorn.toml: filter.content_filter: `lmtp:x` is neither"),
+            (
+                "[filter]\ncontent_filter = \"smtp:filter.example\"\n",
+                "filter.content_filter: `smtp:filter.example`: write",
+            ),
+            (
+                "[filter]\ncontent_filter = \"pipe:cmd x\"\n",
+                "filter.content_filter: `pipe:cmd x`: the pipe command must",
+            ),
+            ("[filter]\nreinject_listen = \"here\"\n", "filter.reinject_listen: `here` is not an address:port"),
+            ("[filter]\n\npipe_timeout = \"soon\"\n", ":3: filter.pipe_timeout: `soon` is not a duration"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
@@ -679,6 +883,28 @@ mod tests {
         let c = parse("").unwrap();
         assert!(!c.tls.is_configured());
         assert!(c.auth.users.is_none());
+    }
+
+    #[test]
+    fn filter_section() {
+        let c = parse(
+            "[filter]\ncontent_filter = \"smtp:[127.0.0.1]:10025\"\nreinject_listen = \"127.0.0.1:10026\"\ndomains = [\"Example.ORG\"]\n",
+        )
+        .unwrap();
+        let target = crate::deliver::mx::Target { host: "127.0.0.1".into(), port: Some(10025), mx: false };
+        assert_eq!(c.filter.content_filter, Some(FilterSpec::Smtp(target)));
+        assert_eq!(c.filter.reinject_listen, Some("127.0.0.1:10026".parse().unwrap()));
+        assert_eq!(c.filter.pipe_timeout, Duration::from_secs(300));
+        assert_eq!(c.filter.domains, vec!["example.org".to_string()]);
+        let c = parse(
+            "[filter]\ncontent_filter = \"pipe:/usr/bin/f  -f ${sender} -- ${recipient}\"\npipe_timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let argv = ["/usr/bin/f", "-f", "${sender}", "--", "${recipient}"].map(String::from).to_vec();
+        assert_eq!(c.filter.content_filter, Some(FilterSpec::Pipe(argv)));
+        assert_eq!(c.filter.pipe_timeout, Duration::from_secs(2));
+        let c = parse("").unwrap();
+        assert!(c.filter.content_filter.is_none() && c.filter.reinject_listen.is_none());
     }
 
     #[test]

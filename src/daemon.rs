@@ -20,7 +20,7 @@ use crate::deliver::Transports;
 use crate::ingress::{Ingress, maildrop};
 use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
-use crate::smtp::server::{Generation, Server};
+use crate::smtp::server::{Generation, Listener, Server};
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use anyhow::Context;
@@ -53,10 +53,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let spool = open_spool(&config)?;
 
     let mut listeners = Vec::new();
-    for addr in &config.smtp.listen {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        listeners.push(l);
+    let kinds = [
+        (Listener::Smtp, &config.smtp.listen),
+        (Listener::Submission, &config.smtp.submission),
+        (Listener::Submissions, &config.smtp.submissions),
+    ];
+    for (kind, addrs) in kinds {
+        for addr in addrs {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            listeners.push((kind, l));
+        }
     }
+    if !config.smtp.submissions.is_empty() && !config.tls.is_configured() {
+        anyhow::bail!("smtp.submissions needs a certificate: set tls.cert and tls.key");
+    }
+    let reinject_listener = match config.filter.reinject_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (filter.reinject_listen)"))?,
+        ),
+        None => None,
+    };
     let control_listener = control::bind(&config.control_socket(), 0o600)
         .with_context(|| format!("control socket {}", config.control_socket().display()))?;
     let pickup_listener = control::bind(&root.join("pickup.sock"), 0o666).context("pickup socket")?;
@@ -87,9 +105,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut servers = Vec::new();
-    for listener in listeners {
-        eprintln!("listening smtp={}", listener.local_addr()?);
-        let server = Server::following(generation_rx.clone());
+    for (kind, listener) in listeners {
+        eprintln!("listening {}={}", kind.name(), listener.local_addr()?);
+        let server = Server::following(generation_rx.clone()).kind(kind);
+        servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
+    }
+    if let Some(listener) = reinject_listener {
+        eprintln!("listening reinject={}", listener.local_addr()?);
+        let server = Server::following(generation_rx.clone()).reinjection();
         servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
     tracing::info!("posthorn {} started as {:?} for {}", env!("CARGO_PKG_VERSION"), config.role, config.hostname);
@@ -175,8 +198,14 @@ impl Reloader {
                 fresh.spool.display()
             );
         }
-        if fresh.smtp.listen != old.smtp.listen || fresh.smtp.max_connections != old.smtp.max_connections {
-            tracing::warn!("reload: smtp.listen and smtp.max_connections take effect at the next restart");
+        let listeners = |c: &Config| (c.smtp.listen.clone(), c.smtp.submission.clone(), c.smtp.submissions.clone());
+        if listeners(&fresh) != listeners(&old) || fresh.smtp.max_connections != old.smtp.max_connections {
+            tracing::warn!(
+                "reload: smtp.listen, smtp.submission(s) and smtp.max_connections take effect at the next restart"
+            );
+        }
+        if fresh.filter.reinject_listen != old.filter.reinject_listen {
+            tracing::warn!("reload: filter.reinject_listen takes effect at the next restart");
         }
         let (config, ingress, transports) = self.builder.build(&fresh)?;
         let _ = self

@@ -18,11 +18,24 @@
 //! 8. `posthorn auth add` writes a user the daemon accepts after reload.
 //! 9. A missing certificate file refuses the start, naming the file.
 //! 10. Satellite AUTH to the hub over TLS (`relay.auth_file`).
+//! 11. Submission (587, RFC 6409): STARTTLS offered, MAIL before AUTH gets
+//!     530; smtplib `starttls()` + `login()` sends. Submissions (465,
+//!     RFC 8314): smtplib `SMTP_SSL` speaks TLS from the first byte, no
+//!     STARTTLS offered, 530 before AUTH, `login()` sends. `Received:`
+//!     names the AUTH user only with `tls.received_auth_user = true`.
+//! 13. swaks `--tls --auth PLAIN` on the submission port and
+//!     `--tls-on-connect` on the submissions port; a bad password is 535.
+//! 12. Client-certificate trust: a satellite presenting a certificate from
+//!     `tls.client_ca` (or with a fingerprint in
+//!     `access.trusted_fingerprints`) relays through a hub that trusts no
+//!     network; without a certificate it gets 554 5.7.1; with a sender
+//!     outside `access.client_cert_senders` it gets 553 5.7.1.
 
 mod harness;
 
 use harness::*;
 use std::fs;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -372,4 +385,158 @@ fn satellite_authenticates_to_the_hub_over_tls() {
 /// A hub with AUTH allowed without TLS (so that it offers AUTH in clear).
 fn hub_plain(mail: &Path, auth: &str) -> Posthorn {
     hub(mail, &format!("{auth}allow_plaintext = true\n"))
+}
+
+/// A hub that also listens for submission (587 style) and submissions
+/// (465 style), with a certificate and one AUTH user.
+/// `tls_extra` goes into the `[tls]` section.
+fn submission_hub(mail: &Path, ca: &TestCa, dir: &Path, tls_extra: &str) -> Posthorn {
+    let cert = ca.issue("hub", &["hub.test", "127.0.0.1"]);
+    let auth = auth_section(dir, &[("alice", "wonderland")], "");
+    let text = hub_text(mail, &format!("{}{tls_extra}{auth}", cert.tls_section())).replace(
+        "listen = [\"127.0.0.1:0\"]\n",
+        "listen = [\"127.0.0.1:0\"]\nsubmission = [\"127.0.0.1:0\"]\nsubmissions = [\"127.0.0.1:0\"]\n",
+    );
+    Posthorn::start(&text)
+}
+
+#[test]
+fn submission_requires_auth_and_offers_starttls() {
+    let ca = TestCa::new("posthorn test CA");
+    let mail = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ph = submission_hub(mail.path(), &ca, dir.path(), "");
+    let addr = ph.submission_addr();
+    assert_ne!(addr, ph.smtp_addr());
+    assert!(ph.log().contains(&format!("listening submission={addr}")), "{}", ph.log());
+
+    let to: &[&str] = &["user@hub.example"];
+    let anonymous =
+        smtplib_steps(addr, &ca.ca_path(), &[TlsStep::StartTls, TlsStep::Send("a@client.test", to, MESSAGE)]);
+    assert!(anonymous[0].2.contains("starttls"), "{anonymous:?}");
+    assert_eq!(codes(&anonymous)[1..], ["starttls:220", "ehlo:250", "send:530"], "{anonymous:?}");
+    assert!(anonymous[3].2.contains("5.7.0 Authentication required"), "{anonymous:?}");
+
+    let steps =
+        [TlsStep::StartTls, TlsStep::Login("alice", "wonderland"), TlsStep::Send("alice@hub.example", to, MESSAGE)];
+    let got = smtplib_steps(addr, &ca.ca_path(), &steps);
+    assert_eq!(codes(&got)[1..], ["starttls:220", "ehlo:250", "login:235", "send:250"], "{got:?}");
+    let delivered = wait_maildir(mail.path(), "user", 1);
+    let received = header(&delivered[0], "Received").unwrap();
+    assert!(received.contains("with ESMTPSA"), "{received}");
+    assert!(!received.contains("alice"), "the AUTH user is named only when configured: {received}");
+
+    // Port 25 still takes mail for the hub's own domain without AUTH.
+    let plain = smtplib_steps(ph.smtp_addr(), &ca.ca_path(), &[TlsStep::Send("a@client.test", to, MESSAGE)]);
+    assert_eq!(codes(&plain)[1..], ["send:250"], "{plain:?}");
+}
+
+#[test]
+fn submissions_is_tls_from_the_first_byte() {
+    let ca = TestCa::new("posthorn test CA");
+    let mail = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ph = submission_hub(mail.path(), &ca, dir.path(), "received_auth_user = true\n");
+    let addr = ph.submissions_addr();
+    assert!(ph.log().contains(&format!("listening submissions={addr}")), "{}", ph.log());
+
+    let to: &[&str] = &["user@hub.example"];
+    let anonymous = smtps_steps(addr, &ca.ca_path(), &[TlsStep::Send("a@client.test", to, MESSAGE)]);
+    assert_eq!(codes(&anonymous), ["ehlo:250", "send:530"], "{anonymous:?}");
+    let features = &anonymous[0].2;
+    assert!(features.contains("auth") && !features.contains("starttls"), "{features}");
+    assert!(features.contains("TLSv1.3"), "{features}");
+
+    let steps = [TlsStep::Login("alice", "wonderland"), TlsStep::Send("alice@hub.example", to, MESSAGE)];
+    let got = smtps_steps(addr, &ca.ca_path(), &steps);
+    assert_eq!(codes(&got), ["ehlo:250", "login:235", "send:250"], "{got:?}");
+    let delivered = wait_maildir(mail.path(), "user", 1);
+    let received = header(&delivered[0], "Received").unwrap();
+    assert!(received.contains("with ESMTPSA"), "{received}");
+    // `tls.received_auth_user = true`: the header names the AUTH user.
+    assert!(received.contains("(Authenticated sender: alice)"), "{received}");
+
+    // A client speaking plain SMTP there gets no greeting: its EHLO is not
+    // a TLS ClientHello, and the connection closes.
+    let mut plain = std::net::TcpStream::connect(addr).unwrap();
+    plain.set_read_timeout(Some(secs(10))).unwrap();
+    plain.write_all(b"EHLO client.test\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!String::from_utf8_lossy(&answer).contains("220"), "{answer:?}");
+    assert!(ph.wait_for_log("SSL_accept error", secs(10)), "{}", ph.log());
+}
+
+#[test]
+fn client_certificate_lets_a_satellite_relay() {
+    let ca = TestCa::new("posthorn test CA");
+    let hub_cert = ca.issue("hub", &["127.0.0.1"]);
+    let vm12 = ca.issue("vm12", &["vm12.example.org"]);
+    // A certificate from a CA the hub does not know, trusted by fingerprint.
+    let stranger = TestCa::new("a stranger");
+    let pinned = stranger.issue("pinned", &["pinned.example.org"]);
+    let der = posthorn::tls::load_certs(&pinned.cert).unwrap();
+    let fp = posthorn::tls::fingerprint(&der[0]).to_uppercase();
+    let fp: Vec<String> = fp.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+    let mail = tempfile::tempdir().unwrap();
+    let tls = format!("{}client_ca = {}\n", hub_cert.tls_section(), toml_str(&ca.ca_path().display().to_string()));
+    let access = format!(
+        "local_domains = [\"hub.example\"]\ntrusted_fingerprints = [\"{}\"]\nclient_cert_senders = {{ \"vm12.example.org\" = [\"*@vm12.example.org\"] }}",
+        fp.join(":")
+    );
+    let text = hub_text(mail.path(), &tls).replace("local_domains = [\"hub.example\"]", &access);
+    let hub = Posthorn::start(&text);
+    let ca_path = ca.ca_path();
+
+    let [cert_line, key_line] = vm12.relay_lines();
+    let sat = satellite(&hub, "verify", Some(&ca_path), &[&cert_line, &key_line]);
+    smtplib_send(sat.smtp_addr(), "cron@vm12.example.org", &["ok@far.example"], MESSAGE).unwrap();
+    assert!(sat.wait_for_log_count(&["ok@far.example", "status=sent"], 1, secs(20)), "{}", sat.log());
+    assert!(hub.log().contains("Trusted TLS connection established from"), "{}", hub.log());
+
+    // The same certificate with a sender it does not own.
+    smtplib_send(sat.smtp_addr(), "cron@elsewhere.test", &["foreign@far.example"], MESSAGE).unwrap();
+    assert!(sat.wait_for_log_count(&["foreign@far.example", "553 5.7.1"], 1, secs(20)), "{}", sat.log());
+    assert!(sat.log().contains("not owned by certificate"), "{}", sat.log());
+
+    // No certificate: an untrusted address may not relay.
+    let bare = satellite(&hub, "verify", Some(&ca_path), &[]);
+    smtplib_send(bare.smtp_addr(), "cron@vm12.example.org", &["denied@far.example"], MESSAGE).unwrap();
+    assert!(bare.wait_for_log_count(&["denied@far.example", "554 5.7.1"], 1, secs(20)), "{}", bare.log());
+
+    // Trusted by fingerprint, no sender policy for its name.
+    let [cert_line, key_line] = pinned.relay_lines();
+    let sat = satellite(&hub, "verify", Some(&ca_path), &[&cert_line, &key_line]);
+    smtplib_send(sat.smtp_addr(), "cron@pinned.example.org", &["pinned@far.example"], MESSAGE).unwrap();
+    assert!(sat.wait_for_log_count(&["pinned@far.example", "status=sent"], 1, secs(20)), "{}", sat.log());
+}
+
+#[test]
+fn swaks_tls_and_auth_plain_on_the_submission_ports() {
+    let ca = TestCa::new("posthorn test CA");
+    let mail = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ph = submission_hub(mail.path(), &ca, dir.path(), "");
+    let auth = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "wonderland"];
+    let mail_args = ["--from", "alice@hub.example", "--to", "user@hub.example", "--body", "via swaks"];
+    let run = |addr, tls: &str, auth: &[&str]| {
+        let mut args = vec![tls];
+        args.extend_from_slice(auth);
+        args.extend_from_slice(&mail_args);
+        let out = swaks(addr, &args);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (ok, transcript) = run(ph.submission_addr(), "--tls", &auth);
+    assert!(ok, "{transcript}");
+    assert!(transcript.contains("<-  220 2.0.0 Ready to start TLS"), "{transcript}");
+    assert!(transcript.contains("235 2.7.0 Authentication successful"), "{transcript}");
+    let (ok, transcript) = run(ph.submissions_addr(), "--tls-on-connect", &auth);
+    assert!(ok, "{transcript}");
+    assert!(transcript.contains("235 2.7.0"), "{transcript}");
+    assert_eq!(wait_maildir(mail.path(), "user", 2).len(), 2);
+
+    let bad = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "looking-glass"];
+    let (ok, transcript) = run(ph.submission_addr(), "--tls", &bad);
+    assert!(!ok, "{transcript}");
+    assert!(transcript.contains("535 5.7.8"), "{transcript}");
 }

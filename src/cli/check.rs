@@ -35,6 +35,9 @@ pub fn problems(config: &crate::config::Config) -> Vec<String> {
     if let Err(e) = crate::route::router::Router::from_config(config) {
         out.push(e);
     }
+    if let Err(e) = crate::deliver::dkim::Signer::new(&config.dkim.keys, &config.dkim.headers) {
+        out.push(format!("{e:#}"));
+    }
     let spool = &config.spool;
     match std::fs::metadata(spool) {
         Err(e) => out.push(format!("spool {}: {e} (it is created at first start)", spool.display())),

@@ -10,6 +10,7 @@
 //! - `select`: choosing queue entries (sender, recipient, age, state, ...).
 //! - `act`: operator actions through the daemon, and the audit log.
 //! - `queue`: `posthorn queue list|show|why|delete|hold|release|requeue|bounce|flush`.
+//! - `dkim`: `posthorn dkim keygen DOMAIN SELECTOR`.
 //! - `check`: `posthorn check`; `postfix`: the daemon's life cycle, and
 //!   `posthorn reload`.
 //! - one file per compatibility name; `install` makes their symlinks
@@ -18,6 +19,7 @@
 pub mod act;
 pub mod auth;
 pub mod check;
+pub mod dkim;
 pub mod exim;
 pub mod exiqgrep;
 pub mod install;
@@ -92,10 +94,20 @@ enum Native {
     },
     /// Make the running daemon read its configuration and tables again (as SIGHUP)
     Reload,
+    /// Show how addresses are routed
+    Route {
+        #[command(subcommand)]
+        verb: RouteVerb,
+    },
     /// Manage the SMTP AUTH users file
     Auth {
         #[command(subcommand)]
         verb: auth::Verb,
+    },
+    /// DKIM signing keys
+    Dkim {
+        #[command(subcommand)]
+        verb: dkim::Verb,
     },
     /// Create the compatibility symlinks (sendmail, mailq, postqueue, ...) in DIR
     InstallLinks {
@@ -104,6 +116,16 @@ enum Native {
         /// Replace existing files of the same names
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteVerb {
+    /// Every step for ADDRESS: alias expansions, catch-all, final
+    /// recipients, and each one's transport and next hop
+    Explain {
+        /// The recipient address, as a client would give it
+        address: String,
     },
 }
 
@@ -169,7 +191,27 @@ fn native(argv: Vec<OsString>) -> u8 {
             Err(code) => code,
         },
         Native::InstallLinks { dir, force } => install::main(&dir, force),
+        Native::Route { verb: RouteVerb::Explain { address } } => route_explain(explicit, &address),
         Native::Auth { verb } => auth::main(explicit, verb),
+        Native::Dkim { verb } => dkim::main(verb),
+    }
+}
+
+/// `posthorn route explain ADDRESS`, from the tables as they are now.
+fn route_explain(explicit: Option<&Path>, address: &str) -> u8 {
+    let config = match load_config(explicit, "posthorn route") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::route::router::Router::from_config(&config) {
+        Ok(router) => {
+            print!("{}", router.explain(address));
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("posthorn route: fatal: {e}");
+            exit::CONFIG
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //!   through the daemon, with `--dry-run` to see what would be touched,
 //!   `--yes` to confirm when more than `--threshold` (100) messages match,
 //!   and every change appended to `SPOOL/audit.log`;
-//! - `flush`: retry every deferred message now.
+//! - `flush`: retry every deferred message now;
+//! - `find KEY`: the messages whose trace id, queue id or Message-ID is KEY
+//!   (a satellite's trace id finds the message on the hub as well).
 //!
 //! Selectors: `--sender RE`, `--rcpt RE` (case-insensitive regexes; `^$` is
 //! the null sender), `--domain D`, `--older-than DUR`, `--younger-than DUR`,
@@ -65,6 +67,11 @@ pub enum Verb {
     Bounce(ActArgs),
     /// Ask the daemon to retry every deferred message now
     Flush,
+    /// Find messages by trace id, queue id or Message-ID; prints queue id and state
+    Find {
+        /// A trace id (X-Posthorn-Trace), a queue id, or a Message-ID (with or without <>)
+        key: String,
+    },
 }
 
 #[derive(Args, Default)]
@@ -141,6 +148,7 @@ pub fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
         Verb::List { json, select } => list(&config, json, &select),
         Verb::Show { id, json } => show(&config, &id, json),
         Verb::Why { id, json } => why(&config, &id, json),
+        Verb::Find { key } => find_key(&config, &key),
         Verb::Delete(a) => change(&config, Action::Delete, "delete", a),
         Verb::Hold(a) => change(&config, Action::Hold, "hold", a),
         Verb::Release(a) => change(&config, Action::Release, "release", a),
@@ -244,6 +252,64 @@ fn find(config: &Config, verb: &str, queue_id: &str) -> Result<(State, Envelope,
         eprintln!("{PROG} {verb}: {queue_id}: no such message in the queue");
         1
     })
+}
+
+/// `queue find`: envelopes first (trace id, queue id); the Message-ID needs
+/// each message's header block, read only when the key could be one.
+fn find_key(config: &Config, key: &str) -> u8 {
+    let key = key.trim();
+    let bare = key.trim_start_matches('<').trim_end_matches('>');
+    let spool = match act::spool(config, PROG) {
+        Ok(Some(s)) => s,
+        Ok(None) => return 1,
+        Err(code) => return code,
+    };
+    let mut found = 0;
+    let mut out = String::new();
+    for (state, env) in spool.collect() {
+        let by_envelope = env.trace_id.as_deref() == Some(key) || env.id == key;
+        let message_id = if by_envelope || bare.contains('@') {
+            spool.read_body(&env.id).ok().and_then(|b| message_id(&b))
+        } else {
+            None
+        };
+        if by_envelope || message_id.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(bare)) {
+            found += 1;
+            out.push_str(&format!("{} {}", env.id, state_name(state, &env)));
+            if let Some(t) = &env.trace_id {
+                out.push_str(&format!(" trace={t}"));
+            }
+            if let Some(m) = &message_id {
+                out.push_str(&format!(" message-id=<{m}>"));
+            }
+            out.push('\n');
+        }
+    }
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if found == 0 {
+        eprintln!("{PROG} find: {key}: no such message in the queue");
+        return 1;
+    }
+    exit::OK
+}
+
+/// The Message-ID header's value without `<>`, unfolded.
+fn message_id(message: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(crate::dsn::header_block(message));
+    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n')).peekable();
+    while let Some(line) = lines.next() {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        if !name.eq_ignore_ascii_case("message-id") {
+            continue;
+        }
+        let mut value = value.to_string();
+        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
+            value.push_str(next);
+        }
+        let v = value.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
+        return (!v.is_empty()).then_some(v);
+    }
+    None
 }
 
 fn state_name(state: State, env: &Envelope) -> &'static str {

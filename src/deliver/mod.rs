@@ -7,8 +7,13 @@
 //! - `mx`: to a domain by its MX records, or to an explicit next hop.
 //! - `maildir`: into local Maildirs.
 //! - `dns`: MX and address lookups for them.
+//! - `dkim`: DKIM signing, applied here just before each SMTP transmission.
+//! - `filter`: the after-queue content filter's pipe variant (its SMTP
+//!   variant is an explicit next hop through `mx`).
 
+pub mod dkim;
 pub mod dns;
+pub mod filter;
 pub mod maildir;
 pub mod mx;
 pub mod relay;
@@ -48,6 +53,8 @@ pub struct OutMessage {
     /// RFC 3461 RET and ENVID, when given on intake.
     pub ret: Option<String>,
     pub envid: Option<String>,
+    /// The trace id, passed on as `TRACE=` when the next hop is posthorn.
+    pub trace_id: Option<String>,
 }
 
 impl OutMessage {
@@ -67,6 +74,7 @@ impl OutMessage {
             smtputf8: false,
             ret: None,
             envid: None,
+            trace_id: None,
         }
     }
 }
@@ -149,6 +157,9 @@ pub enum Hop {
     Smtp(mx::Target),
     /// Local delivery.
     Maildir,
+    /// The after-queue content filter, before any of the above: the whole
+    /// message with all its recipients (in the filtered domains) at once.
+    Filter(crate::config::FilterSpec),
 }
 
 impl Hop {
@@ -159,6 +170,8 @@ impl Hop {
             Hop::Mx(domain) => format!("mx:{domain}"),
             Hop::Smtp(target) => format!("smtp:{target}"),
             Hop::Maildir => "maildir".into(),
+            Hop::Filter(crate::config::FilterSpec::Smtp(target)) => format!("filter:smtp:{target}"),
+            Hop::Filter(crate::config::FilterSpec::Pipe(argv)) => format!("filter:pipe:{}", argv[0]),
         }
     }
 
@@ -182,6 +195,9 @@ pub struct Transports {
     relay: relay::Relay,
     mx: mx::Mx,
     maildir: maildir::Maildir,
+    filter: crate::config::Filter,
+    /// DKIM keys; `None` when none is configured.
+    dkim: Option<dkim::Signer>,
 }
 
 impl Transports {
@@ -192,6 +208,8 @@ impl Transports {
             relay: relay::Relay::new(config).with_dns(dns.clone()),
             mx: mx::Mx::new(config, dns),
             maildir: maildir::Maildir::new(config),
+            filter: config.filter.clone(),
+            dkim: dkim::Signer::new(&config.dkim.keys, &config.dkim.headers)?,
         })
     }
 
@@ -201,12 +219,47 @@ impl Transports {
         Hop::from_decision(self.router.decide(address))
     }
 
+    /// Where `address` of a message goes next: the content filter first
+    /// unless the message came back from it (`filtered`) or the address is
+    /// outside `filter.domains`.
+    pub fn hop_for_message(&self, filtered: bool, address: &str) -> Hop {
+        match &self.filter.content_filter {
+            Some(spec) if !filtered && self.filters_domain(address) => Hop::Filter(spec.clone()),
+            _ => self.hop_for(address),
+        }
+    }
+
+    fn filters_domain(&self, address: &str) -> bool {
+        let domains = &self.filter.domains;
+        let domain = address.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+        domains.is_empty() || domain.is_some_and(|d| domains.contains(&d))
+    }
+
     pub async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
+        // Signed last, after the filter and just before an SMTP
+        // transmission; never for Maildir nor on the way to the filter.
+        let signed;
+        let msg = match (&self.dkim, hop) {
+            (Some(signer), Hop::Relay | Hop::Mx(_) | Hop::Smtp(_)) => {
+                match signer.sign(&msg.id, &msg.sender, &msg.body) {
+                    Some(body) => {
+                        signed = OutMessage { body: Arc::from(body), ..msg.clone() };
+                        &signed
+                    }
+                    None => msg,
+                }
+            }
+            _ => msg,
+        };
         match hop {
             Hop::Relay => self.relay.deliver(msg).await,
             Hop::Mx(domain) => self.mx.deliver(domain, msg).await,
             Hop::Smtp(target) => self.mx.deliver_to(target, msg).await,
             Hop::Maildir => self.maildir.deliver(msg).await,
+            Hop::Filter(crate::config::FilterSpec::Smtp(target)) => self.mx.deliver_to(target, msg).await,
+            Hop::Filter(crate::config::FilterSpec::Pipe(argv)) => {
+                filter::run_pipe(argv, self.filter.pipe_timeout, msg).await
+            }
         }
     }
 

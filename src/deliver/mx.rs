@@ -103,7 +103,7 @@ impl Mx {
             // smarthosts' policy, and requiring TLS of every MX would defer
             // mail to half the world.
             tls: TlsPolicy::May,
-            tls_config: crate::deliver::relay::tls_config(TlsPolicy::May, None),
+            tls_config: crate::deliver::relay::tls_config(TlsPolicy::May, None, None),
             auth: None,
             auth_plaintext: false,
             helo: config.hostname.clone(),

@@ -153,7 +153,11 @@ impl Settings {
     pub fn relay(config: &Config) -> Settings {
         Settings {
             tls: config.relay.tls,
-            tls_config: tls_config(config.relay.tls, config.relay.tls_ca.as_deref()),
+            tls_config: tls_config(
+                config.relay.tls,
+                config.relay.tls_ca.as_deref(),
+                config.relay.tls_client_cert.as_deref().zip(config.relay.tls_client_key.as_deref()),
+            ),
             auth: config
                 .relay
                 .auth_file
@@ -173,9 +177,14 @@ impl Settings {
 }
 
 /// The TLS client configuration for `policy`: verifying against `ca` (or
-/// the system roots) for `verify`, accepting any certificate otherwise.
-pub fn tls_config(policy: TlsPolicy, ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    crate::tls::client_config(policy == TlsPolicy::Verify, ca).map_err(|e| e.to_string())
+/// the system roots) for `verify`, accepting any certificate otherwise;
+/// presenting `client_cert` (certificate, key) when the server asks.
+pub fn tls_config(
+    policy: TlsPolicy,
+    ca: Option<&std::path::Path>,
+    client_cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    crate::tls::client_config_with_cert(policy == TlsPolicy::Verify, ca, client_cert).map_err(|e| e.to_string())
 }
 
 /// A host-list transport: the smarthosts (`Relay::new`), or one

@@ -49,7 +49,14 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         smtputf8: false,
         ret: None,
         envid: None,
-        origin: Origin { protocol: Protocol::Local, helo: None, client: None, local_user: Some(user.to_string()) },
+        trace_id: None,
+        origin: Origin {
+            protocol: Protocol::Local,
+            helo: None,
+            client: None,
+            local_user: Some(user.to_string()),
+            auth_user: None,
+        },
     };
     let mut writer = ingress.open(tx).await?;
     let mut head = strip_bcc(headers);
@@ -120,6 +127,8 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
         next_attempt: now,
         frozen: false,
         delay_warned: false,
+        filtered: false,
+        trace_id: None,
     };
     let message = dsn::build(ingress.hostname(), &about, &items, Returned::Headers(headers), now);
     let tx = Transaction {
@@ -129,11 +138,13 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
         smtputf8: false,
         ret: None,
         envid: None,
+        trace_id: None,
         origin: Origin {
             protocol: Protocol::Local,
             helo: None,
             client: None,
             local_user: Some("MAILER-DAEMON".into()),
+            auth_user: None,
         },
     };
     match ingress.submit(tx, &message).await {

@@ -64,6 +64,9 @@ pub struct Origin {
     pub helo: Option<String>,
     pub client: Option<SocketAddr>,
     pub local_user: Option<String>,
+    /// The SMTP AUTH user, set only when `Received:` is to name it
+    /// (`tls.received_auth_user`).
+    pub auth_user: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +86,8 @@ pub struct Transaction {
     pub smtputf8: bool,
     pub ret: Option<String>,
     pub envid: Option<String>,
+    /// The trace id the previous hop passed with `TRACE=`.
+    pub trace_id: Option<String>,
     pub origin: Origin,
 }
 
@@ -111,6 +116,9 @@ impl IngressError {
     }
 }
 
+/// The header a satellite stamps its trace id in.
+pub const TRACE_HEADER: &str = "X-Posthorn-Trace";
+
 enum Sink {
     /// Inside the daemon: commit to the spool, tell the scheduler.
     Queue { spool: Spool, scheduler: Option<mpsc::UnboundedSender<Envelope>> },
@@ -124,12 +132,16 @@ struct Inner {
     sink: Sink,
     /// Virtual aliases and local recipient checks; none on a plain satellite.
     router: Option<Arc<Router>>,
+    /// A satellite stamps a trace id (its queue id) on mail that has none.
+    stamp_trace: bool,
 }
 
 /// Cheap to clone; every session holds one.
 #[derive(Clone)]
 pub struct Ingress {
     inner: Arc<Inner>,
+    /// Mail through this door came back from the content filter.
+    filtered: bool,
 }
 
 impl Ingress {
@@ -156,8 +168,16 @@ impl Ingress {
                 max_size: config.smtp.max_message_size,
                 sink,
                 router,
+                stamp_trace: config.role == crate::config::Role::Satellite,
             }),
+            filtered: false,
         }
+    }
+
+    /// The same door for the filter's reinjection listener: what enters
+    /// through it is marked filtered, so it is never filtered again.
+    pub fn reinjection(&self) -> Ingress {
+        Ingress { inner: self.inner.clone(), filtered: true }
     }
 
     /// Whether `address` is acceptable as a recipient: it expands without
@@ -211,6 +231,19 @@ impl Ingress {
     /// header. The caller streams the message with `write` and ends with
     /// `commit`; dropping the writer discards the message.
     pub async fn open(&self, mut tx: Transaction) -> Result<MessageWriter, IngressError> {
+        let local = tx.origin.protocol == Protocol::Local;
+        let canonical = self.inner.router.as_ref().and_then(|r| r.canonical());
+        if let Some(c) = canonical {
+            tx.sender = c.sender(&tx.sender, local);
+            for r in &mut tx.recipients {
+                r.address = c.recipient(&r.address);
+            }
+        }
+        // `From:` is rewritten as the header block streams in (queue only:
+        // a maildrop file is rewritten when the daemon picks it up).
+        let head = canonical
+            .filter(|c| c.rewrites_senders(local) && matches!(self.inner.sink, Sink::Queue { .. }))
+            .map(|_| HeadRewrite { buf: Vec::new(), local });
         tx.recipients = self.expand(std::mem::take(&mut tx.recipients))?;
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
@@ -220,13 +253,17 @@ impl Ingress {
                 let id = spool.new_id();
                 let mut body = spool.body_writer(&id);
                 body.write(self.received(&tx, &id).as_bytes()).await?;
+                if tx.trace_id.is_none() && self.inner.stamp_trace && !self.filtered {
+                    body.write(format!("{TRACE_HEADER}: {id}\r\n").as_bytes()).await?;
+                    tx.trace_id = Some(id.clone());
+                }
                 let env = self.envelope(&tx, &id);
-                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Queue(body), written: 0 })
+                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Queue(body), written: 0, head })
             }
             Sink::Maildrop { .. } => {
                 let id = maildrop::new_name();
                 let env = self.envelope(&tx, &id);
-                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Maildrop(Vec::new()), written: 0 })
+                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Maildrop(Vec::new()), written: 0, head: None })
             }
         }
     }
@@ -251,6 +288,7 @@ impl Ingress {
             smtputf8: tx.smtputf8,
             ret: tx.ret.clone(),
             envid: tx.envid.clone(),
+            trace_id: tx.trace_id.clone(),
             origin: EnvOrigin {
                 protocol: tx.origin.protocol.name().to_string(),
                 helo: tx.origin.helo.clone(),
@@ -266,6 +304,7 @@ impl Ingress {
             next_attempt: now,
             frozen: false,
             delay_warned: false,
+            filtered: self.filtered,
         }
     }
 
@@ -277,6 +316,9 @@ impl Ingress {
             (helo, Some(client)) => {
                 let helo = helo.as_deref().map(sanitize).unwrap_or_else(|| "unknown".into());
                 h.push_str(&format!("from {helo} ([{}])\r\n\t", client.ip()));
+                if let Some(user) = &tx.origin.auth_user {
+                    h.push_str(&format!("(Authenticated sender: {})\r\n\t", sanitize(user)));
+                }
             }
             (_, None) => {
                 if let Some(user) = &tx.origin.local_user {
@@ -310,7 +352,18 @@ pub struct MessageWriter {
     env: Envelope,
     out: Out,
     written: u64,
+    /// The header block held back until it is complete, when senders are
+    /// rewritten (`From:`, `Sender:`).
+    head: Option<HeadRewrite>,
 }
+
+struct HeadRewrite {
+    buf: Vec<u8>,
+    local: bool,
+}
+
+/// A header block longer than this is passed on unchanged.
+const HEAD_LIMIT: usize = 256 * 1024;
 
 impl MessageWriter {
     pub fn id(&self) -> &str {
@@ -323,6 +376,25 @@ impl MessageWriter {
         if self.written > self.ingress.inner.max_size {
             return Err(IngressError::TooBig(self.ingress.inner.max_size));
         }
+        if let Some(head) = &mut self.head {
+            // Only the new bytes (and the three before them) can complete
+            // the blank line, so a long header block is scanned once.
+            let from = head.buf.len().saturating_sub(3);
+            head.buf.extend_from_slice(chunk);
+            let end = if head.buf.starts_with(b"\r\n") {
+                Some(0)
+            } else {
+                head.buf[from..].windows(4).position(|w| w == b"\r\n\r\n").map(|p| from + p + 2)
+            };
+            if end.is_some() || head.buf.len() > HEAD_LIMIT {
+                self.flush_head(end).await?;
+            }
+            return Ok(());
+        }
+        self.emit(chunk).await
+    }
+
+    async fn emit(&mut self, chunk: &[u8]) -> Result<(), IngressError> {
         match &mut self.out {
             Out::Queue(body) => body.write(chunk).await?,
             Out::Maildrop(buf) => buf.extend_from_slice(chunk),
@@ -330,9 +402,27 @@ impl MessageWriter {
         Ok(())
     }
 
+    /// Writes the held-back header block, rewritten when it ends at `end`
+    /// (unchanged when it was too long to be a header block).
+    async fn flush_head(&mut self, end: Option<usize>) -> Result<(), IngressError> {
+        let Some(head) = self.head.take() else { return Ok(()) };
+        let canonical = self.ingress.inner.router.as_ref().and_then(|r| r.canonical());
+        match (end, canonical) {
+            (Some(end), Some(c)) => {
+                let rewritten = crate::route::canonical::rewrite_header_block(&head.buf[..end], c, head.local);
+                self.emit(&rewritten).await?;
+                self.emit(&head.buf[end..]).await
+            }
+            _ => self.emit(&head.buf).await,
+        }
+    }
+
     /// Makes the message durable and returns its id. For the spool this is
     /// the moment a `250` may be sent.
-    pub async fn commit(self) -> Result<String, IngressError> {
+    pub async fn commit(mut self) -> Result<String, IngressError> {
+        // A message without a body: all of it is header.
+        let all = self.head.as_ref().map(|h| h.buf.len());
+        self.flush_head(all).await?;
         let MessageWriter { ingress, mut env, out, .. } = self;
         match (out, &ingress.inner.sink) {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
@@ -369,8 +459,9 @@ fn log_accepted(env: &Envelope) {
         (None, Some(user)) => format!("uid={user}"),
         (None, None) => "local".into(),
     };
+    let trace = env.trace_id.as_deref().map(|t| format!("trace={t}, ")).unwrap_or_default();
     tracing::info!(
-        "{}: {client}, from=<{}>, size={}, nrcpt={} (queue active)",
+        "{}: {trace}{client}, from=<{}>, size={}, nrcpt={} (queue active)",
         env.id,
         env.sender,
         env.size,
@@ -386,5 +477,70 @@ pub(crate) mod test_support {
     pub fn queue_ingress(dir: &std::path::Path, config: &Config) -> (Ingress, Spool) {
         let spool = Spool::open(dir, None).expect("spool");
         (Ingress::to_queue(config, spool.clone(), None, None), spool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn satellite(dir: &std::path::Path, rewrite: &str) -> (Ingress, Spool) {
+        let text = format!("hostname = \"vm12.internal\"\n[rewrite]\n{rewrite}\n");
+        let config = Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let spool = Spool::open(dir, None).expect("spool");
+        let router = Arc::new(Router::from_config(&config).unwrap());
+        (Ingress::to_queue(&config, spool.clone(), None, Some(router)), spool)
+    }
+
+    fn local(sender: &str, rcpt: &str, trace_id: Option<&str>) -> Transaction {
+        Transaction {
+            sender: sender.into(),
+            recipients: vec![RcptIn { address: rcpt.into(), notify: None, orcpt: None }],
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            trace_id: trace_id.map(str::to_string),
+            origin: Origin {
+                protocol: Protocol::Local,
+                helo: None,
+                client: None,
+                local_user: Some("root".into()),
+                auth_user: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn rewrites_sender_and_from_across_chunk_boundaries_and_stamps_the_trace_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = satellite(dir.path(), "masquerade_as = \"vm12.example.org\"");
+        let mut w = ingress.open(local("root@vm12.internal", "ops@example.net", None)).await.unwrap();
+        // One byte at a time: the blank line may straddle any two writes.
+        for b in b"Subject: x\r\nFrom: Cron <root@vm12.internal>\r\n\r\nFrom: root@vm12.internal\r\n" {
+            w.write(&[*b]).await.unwrap();
+        }
+        let id = w.commit().await.unwrap();
+        let (_, env) = spool.find(&id).unwrap();
+        assert_eq!(env.sender, "root@vm12.example.org");
+        assert_eq!(env.trace_id.as_deref(), Some(id.as_str()));
+        let body = String::from_utf8(spool.read_body(&id).unwrap()).unwrap();
+        assert!(body.contains(&format!("\r\n{TRACE_HEADER}: {id}\r\n")), "{body}");
+        assert!(
+            body.ends_with("Subject: x\r\nFrom: Cron <root@vm12.example.org>\r\n\r\nFrom: root@vm12.internal\r\n"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trace_id_from_the_previous_hop_is_kept_and_not_stamped_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = satellite(dir.path(), "");
+        let mut w = ingress.open(local("a@example.org", "b@example.net", Some("T0123"))).await.unwrap();
+        w.write(b"Subject: y\r\n").await.unwrap();
+        let id = w.commit().await.unwrap();
+        assert_eq!(spool.find(&id).unwrap().1.trace_id.as_deref(), Some("T0123"));
+        let body = String::from_utf8(spool.read_body(&id).unwrap()).unwrap();
+        assert!(!body.contains(TRACE_HEADER), "{body}");
     }
 }

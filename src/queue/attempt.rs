@@ -63,7 +63,7 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
     let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
     for (i, r) in env.pending() {
-        let hop = ctx.transports.hop_for(&r.address);
+        let hop = ctx.transports.hop_for_message(env.filtered, &r.address);
         match groups.iter_mut().find(|(h, _)| *h == hop) {
             Some((_, members)) => members.push(i),
             None => groups.push((hop, vec![i])),
@@ -80,6 +80,8 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
         record(&mut env, group, now);
         let action = match group.hop {
             Hop::Maildir => Some(dsn::Action::Delivered),
+            // The filter reinjects the message; notices come from there on.
+            Hop::Filter(_) => None,
             _ if group.delivery.remote_dsn => None,
             _ => Some(dsn::Action::Relayed),
         };
@@ -176,7 +178,7 @@ fn record(env: &mut Envelope, group: &GroupResult, now: u64) {
             Outcome::Permanent(_) => ("bounced", RcptState::Failed),
         };
         let a = outcome.attempt();
-        log_outcome(&env.id, &rcpt.address, a, status, env.arrival);
+        log_outcome(&env.id, env.trace_id.as_deref(), &rcpt.address, a, status, env.arrival);
         rcpt.state = state;
         rcpt.record(AttemptRecord {
             at: now,
@@ -259,6 +261,7 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage
         smtputf8: env.smtputf8,
         ret: env.ret.clone(),
         envid: env.envid.clone(),
+        trace_id: env.trace_id.clone(),
     }
 }
 
@@ -268,7 +271,9 @@ fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) ->
 }
 
 /// The Postfix-style result line an operator greps for.
-fn log_outcome(id: &str, rcpt: &str, a: &Attempt, status: &str, arrival: u64) {
+/// The trace id is shown when it is not this queue's id (it came from the
+/// previous hop), so one grep finds the message's lines on both hops.
+fn log_outcome(id: &str, trace: Option<&str>, rcpt: &str, a: &Attempt, status: &str, arrival: u64) {
     // The id carries the arrival to the microsecond; the envelope to the second.
     let arrived_us = crate::spool::id::decode(id).unwrap_or(arrival * 1_000_000);
     let now_us =
@@ -281,5 +286,9 @@ fn log_outcome(id: &str, rcpt: &str, a: &Attempt, status: &str, arrival: u64) {
         (_, "bounced") => "5.0.0".into(),
         _ => "4.0.0".into(),
     };
-    tracing::info!("{id}: to=<{rcpt}>, relay={relay}, delay={delay:.2}, dsn={dsn}, status={status} ({})", a.detail);
+    let trace = trace.filter(|t| *t != id).map(|t| format!("trace={t}, ")).unwrap_or_default();
+    tracing::info!(
+        "{id}: {trace}to=<{rcpt}>, relay={relay}, delay={delay:.2}, dsn={dsn}, status={status} ({})",
+        a.detail
+    );
 }

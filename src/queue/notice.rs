@@ -145,11 +145,13 @@ pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Env
         smtputf8: env.smtputf8,
         ret: None,
         envid: None,
+        trace_id: None,
         origin: Origin {
             protocol: Protocol::Local,
             helo: None,
             client: None,
             local_user: Some("MAILER-DAEMON".into()),
+            auth_user: None,
         },
     };
     match ingress.submit(tx, &message).await {

@@ -10,6 +10,8 @@
 //! - [`rewrite`]: virtual alias expansion (`user@domain`, `user`, catch-all
 //!   `@domain`), local aliases, loops, limits, duplicates, and a trace of
 //!   every step for `posthorn route explain`.
+//! - [`canonical`]: canonical(5) sender/recipient rewriting and
+//!   masquerading of local senders, applied at the door into the queue.
 //! - [`transport`]: transport(5) lookup and the typed [`NextHop`].
 //! - [`router`]: the configuration's tables opened once; recipient checks
 //!   at the door and next-hop decisions at delivery time.
@@ -17,6 +19,7 @@
 //! No I/O beyond reading table files; no SMTP, no queue.
 
 pub mod aliases;
+pub mod canonical;
 pub mod rewrite;
 pub mod router;
 pub mod table;

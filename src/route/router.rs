@@ -36,9 +36,13 @@ pub struct Refusal {
 
 pub struct Router {
     role: Role,
+    /// `relay.tls`, the smarthosts' TLS policy, for `explain`.
+    relay_tls: crate::config::TlsPolicy,
     local_domains: Vec<String>,
     has_smarthosts: bool,
     rewriter: Rewriter,
+    /// Sender/recipient canonical maps and masquerading; `None`: none set.
+    canonical: Option<super::canonical::Canonical>,
     transports: TransportMaps,
     /// Known local users; empty means any user of a local domain.
     local_recipients: Vec<Arc<Table>>,
@@ -61,9 +65,11 @@ impl Router {
             .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?);
         Ok(Router {
             role: config.role,
+            relay_tls: config.relay.tls,
             local_domains: local,
             has_smarthosts: !config.relay.smarthosts.is_empty(),
             rewriter,
+            canonical: super::canonical::Canonical::from_config(config)?,
             transports: TransportMaps::new(open(
                 "deliver.transport_maps",
                 &config.deliver.transport_maps,
@@ -71,6 +77,11 @@ impl Router {
             )?),
             local_recipients: open("access.local_recipient_maps", &config.access.local_recipient_maps, Syntax::Map)?,
         })
+    }
+
+    /// Canonical maps and masquerading, when configured.
+    pub fn canonical(&self) -> Option<&super::canonical::Canonical> {
+        self.canonical.as_ref()
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
@@ -155,15 +166,19 @@ impl Router {
         out.push_str(&expansion.to_string());
         for rcpt in &expansion.recipients {
             let line = match self.decide(rcpt) {
-                Decision::Smarthosts => "relay to the smarthosts (relay.smarthosts), in order".to_string(),
+                Decision::Smarthosts => {
+                    format!("relay to the smarthosts (relay.smarthosts), in order; tls={:?}", self.relay_tls)
+                        .to_lowercase()
+                }
                 Decision::Next { hop, domain } => {
                     let route = self.transports.route(rcpt, &hop);
                     let how = match route.matched {
-                        Some(m) => format!("{}:{}: {} {}", m.table, m.line, m.key, m.value),
+                        Some(m) => format!("transport table {}:{}: {} {}", m.table, m.line, m.key, m.value),
                         None if hop == NextHop::maildir() => format!("{domain} is a local domain"),
                         None => "default: MX lookup of the recipient's domain".into(),
                     };
-                    format!("{hop} -> {} ({how})", hop.destination(&domain))
+                    let tls = if hop == NextHop::maildir() { "local" } else { "may (opportunistic)" };
+                    format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain))
                 }
             };
             let _ = writeln!(out, "{rcpt}: {line}");

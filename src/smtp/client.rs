@@ -169,6 +169,8 @@ pub struct Capabilities {
     pub enhanced_status_codes: bool,
     pub starttls: bool,
     pub chunking: bool,
+    /// The server is posthorn and takes our trace id (`TRACE=`).
+    pub trace: bool,
     /// AUTH mechanisms, upper case, in the server's order.
     pub auth: Vec<String>,
 }
@@ -195,6 +197,7 @@ impl Capabilities {
                 "ENHANCEDSTATUSCODES" => caps.enhanced_status_codes = true,
                 "STARTTLS" => caps.starttls = true,
                 "CHUNKING" => caps.chunking = true,
+                "XPOSTHORN-TRACE" => caps.trace = true,
                 "AUTH" => {
                     for mech in inline.into_iter().chain(words) {
                         let mech = mech.to_ascii_uppercase();
@@ -790,6 +793,9 @@ impl Client {
                     push_param(&mut line, "RET", msg.ret.as_deref());
                     push_param(&mut line, "ENVID", msg.envid.as_deref());
                 }
+                if self.caps.trace {
+                    push_param(&mut line, "TRACE", msg.trace_id.as_deref());
+                }
             }
             Cmd::Rcpt(i) => {
                 let rcpt = &rcpts[i];
@@ -1216,6 +1222,7 @@ mod tests {
             smtputf8: false,
             ret: None,
             envid: None,
+            trace_id: None,
         }
     }
 
@@ -1261,9 +1268,11 @@ mod tests {
             "AUTH PLAIN login",
             "AUTH=LOGIN CRAM-MD5",
             "CHUNKING",
+            "XPOSTHORN-TRACE",
             "",
             "X-UNKNOWN foo",
         ]);
+        assert!(caps.trace);
         assert!(caps.pipelining && caps.eight_bit_mime && caps.smtputf8 && caps.dsn);
         assert!(caps.enhanced_status_codes && caps.starttls && caps.chunking);
         assert_eq!(caps.size, Some(10_240_000));

@@ -44,6 +44,14 @@ pub struct Envelope {
     /// A delay warning went to the sender already (sent once per message).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_warned: bool,
+    /// The message came back from the content filter (it arrived on
+    /// `filter.reinject_listen`): it is never filtered again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filtered: bool,
+    /// The trace id: stamped by the first posthorn the message entered
+    /// (its queue id there), passed on with `TRACE=` to the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// How the message reached us, for the `Received:` header and logs.

@@ -534,6 +534,8 @@ mod tests {
             next_attempt: 0,
             frozen: false,
             delay_warned: false,
+            filtered: false,
+            trace_id: None,
         }
     }
 

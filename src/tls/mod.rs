@@ -55,27 +55,121 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// The server configuration for a certificate chain and key.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_requesting(cert, key, false)
+}
+
+/// Like `server_config`; with `request_client_cert` the server asks for a
+/// client certificate (RFC 8446 4.3.2) but does not require one, and takes
+/// any: `ClientTrust` decides after the handshake what it is worth.
+pub fn server_config_requesting(
+    cert: &Path,
+    key: &Path,
+    request_client_cert: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
     let key_der = load_key(key)?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| TlsError::File {
-            path: key.to_path_buf(),
-            what: format!("does not fit the certificate in {}: {e}", cert.display()),
-        })?;
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if request_client_cert {
+        builder.with_client_cert_verifier(Arc::new(AnyClientCertificate(provider())))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key_der).map_err(|e| TlsError::File {
+        path: key.to_path_buf(),
+        what: format!("does not fit the certificate in {}: {e}", cert.display()),
+    })?;
     Ok(Arc::new(config))
 }
 
 /// The server configuration from `[tls]`, or `None` when no certificate
 /// is configured.
 pub fn server_from_config(tls: &crate::config::Tls) -> Result<Option<Arc<ServerConfig>>, TlsError> {
+    server_requesting(tls, false)
+}
+
+/// `server_from_config`, asking for client certificates when
+/// `request_client_cert`.
+pub fn server_requesting(
+    tls: &crate::config::Tls,
+    request_client_cert: bool,
+) -> Result<Option<Arc<ServerConfig>>, TlsError> {
     match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => server_config(cert, key).map(Some),
+        (Some(cert), Some(key)) => server_config_requesting(cert, key, request_client_cert).map(Some),
         _ => Ok(None),
     }
+}
+
+/// Which client certificates the server trusts: those issued by the CAs in
+/// `tls.client_ca`, and those whose SHA-256 fingerprint is listed in
+/// `access.trusted_fingerprints`.
+#[derive(Debug)]
+pub struct ClientTrust {
+    ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    /// Lowercase hex, no separators.
+    fingerprints: Vec<String>,
+}
+
+impl ClientTrust {
+    /// `None` when neither a CA nor a fingerprint is configured (no client
+    /// certificate is then asked for).
+    pub fn from_config(ca: Option<&Path>, fingerprints: &[String]) -> Result<Option<ClientTrust>, TlsError> {
+        if ca.is_none() && fingerprints.is_empty() {
+            return Ok(None);
+        }
+        let ca = match ca {
+            Some(path) => {
+                let roots = Arc::new(roots(Some(path))?);
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+                        .build()
+                        .map_err(|e| TlsError::File { path: path.into(), what: format!("bad client CA: {e}") })?;
+                Some(verifier)
+            }
+            None => None,
+        };
+        Ok(Some(ClientTrust { ca, fingerprints: fingerprints.iter().map(|f| normalize_fingerprint(f)).collect() }))
+    }
+
+    /// Whether the chain a client presented (end entity first) is trusted.
+    pub fn trusts(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        if self.fingerprints.contains(&fingerprint(end_entity)) {
+            return true;
+        }
+        self.ca.as_ref().is_some_and(|ca| ca.verify_client_cert(end_entity, intermediates, UnixTime::now()).is_ok())
+    }
+}
+
+/// The SHA-256 fingerprint of a certificate, lowercase hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `AB:CD:...` or `abcd...` to `abcd...`.
+fn normalize_fingerprint(text: &str) -> String {
+    text.chars().filter(|c| c.is_ascii_hexdigit()).map(|c| c.to_ascii_lowercase()).collect()
+}
+
+/// Whether `cert` carries the DNS name `name`: in its subject alternative
+/// names, or as its subject's common name.
+pub fn cert_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let Ok(server_name) = ServerName::try_from(name.to_string()) else {
+        return false;
+    };
+    let in_san =
+        webpki::EndEntityCert::try_from(cert).is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&server_name).is_ok());
+    in_san
+        || x509_parser::parse_x509_certificate(cert.as_ref()).is_ok_and(|(_, parsed)| {
+            parsed
+                .subject()
+                .iter_common_name()
+                .any(|cn| cn.as_str().is_ok_and(|cn| cn.trim_end_matches('.').eq_ignore_ascii_case(name)))
+        })
 }
 
 /// How the client checks the server's certificate.
@@ -90,13 +184,32 @@ pub enum Verify {
 /// The client configuration: verifying against `ca` (a PEM file) or the
 /// system roots when `verify`, accepting any certificate otherwise.
 pub fn client_config(verify: bool, ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_cert(verify, ca, None)
+}
+
+/// `client_config`, presenting the certificate chain and key in
+/// `client_cert` (PEM files) when the server asks for one.
+pub fn client_config_with_cert(
+    verify: bool,
+    ca: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    let config = if verify {
-        builder.with_root_certificates(roots(ca)?).with_no_client_auth()
+    let builder = if verify {
+        builder.with_root_certificates(roots(ca)?)
     } else {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))).with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+    };
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?).map_err(|e| TlsError::File {
+                path: key.to_path_buf(),
+                what: format!("does not fit the certificate in {}: {e}", cert.display()),
+            })?
+        }
     };
     Ok(Arc::new(config))
 }
@@ -184,6 +297,53 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// Asks for a client certificate, accepts any (or none) in the handshake
+/// and checks only the handshake signature: an untrusted certificate leaves
+/// an ordinary anonymous session, not a failed handshake.
+#[derive(Debug)]
+struct AnyClientCertificate(Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +378,33 @@ mod tests {
         std::fs::write(&key_path, other.serialize_pem()).unwrap();
         let err = server_config(&cert_path, &key_path).unwrap_err().to_string();
         assert!(err.contains("key.pem: does not fit the certificate"), "{err}");
+    }
+
+    #[test]
+    fn certificate_names_and_fingerprints() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["vm12.example.org".into()]).unwrap().self_signed(&key).unwrap();
+        let der = cert.der();
+        assert!(cert_has_name(der, "vm12.example.org"));
+        assert!(cert_has_name(der, "VM12.example.org"));
+        assert!(!cert_has_name(der, "vm13.example.org"));
+        assert!(!cert_has_name(der, "not a name"));
+        // A common name alone counts too.
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "cn-only.example.org");
+        let cn_only = params.self_signed(&key).unwrap();
+        assert!(cert_has_name(cn_only.der(), "cn-only.example.org"));
+        assert!(!cert_has_name(cn_only.der(), "vm12.example.org"));
+        let fp = fingerprint(der);
+        assert_eq!(fp.len(), 64);
+        let colons: Vec<String> = fp.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+        let trust = ClientTrust::from_config(None, &[colons.join(":")]).unwrap().unwrap();
+        assert!(trust.trusts(std::slice::from_ref(der)));
+        let other = rcgen::KeyPair::generate().unwrap();
+        let other = rcgen::CertificateParams::new(vec!["x.test".into()]).unwrap().self_signed(&other).unwrap();
+        assert!(!trust.trusts(std::slice::from_ref(other.der())));
+        assert!(!trust.trusts(&[]));
+        assert!(ClientTrust::from_config(None, &[]).unwrap().is_none());
     }
 
     #[test]

@@ -242,6 +242,11 @@ struct LogInner {
     /// Which start of the daemon the fields below describe.
     run: u64,
     addrs: Vec<SocketAddr>,
+    /// `listening submission=` and `listening submissions=` addresses.
+    submission: Vec<SocketAddr>,
+    submissions: Vec<SocketAddr>,
+    /// `listening reinject=` addresses (`filter.reinject_listen`).
+    reinject: Vec<SocketAddr>,
     ready: bool,
     eof: bool,
 }
@@ -287,11 +292,21 @@ fn drain_stderr(stderr: ChildStderr, shared: Arc<LogShared>, mut file: fs::File,
         }
         if inner.run == run {
             let trimmed = line.trim();
-            if let Some(rest) = trimmed.split("listening smtp=").nth(1) {
-                let addr = rest.split(|c: char| c.is_whitespace() || c == ',').next().unwrap_or("");
-                if let Ok(addr) = addr.parse() {
-                    inner.addrs.push(addr);
-                }
+            let announced = |kind: &str| {
+                let rest = trimmed.split(&format!("listening {kind}=")).nth(1)?;
+                rest.split(|c: char| c.is_whitespace() || c == ',').next()?.parse::<SocketAddr>().ok()
+            };
+            if let Some(addr) = announced("smtp") {
+                inner.addrs.push(addr);
+            }
+            if let Some(addr) = announced("submission") {
+                inner.submission.push(addr);
+            }
+            if let Some(addr) = announced("submissions") {
+                inner.submissions.push(addr);
+            }
+            if let Some(addr) = announced("reinject") {
+                inner.reinject.push(addr);
             }
             if trimmed == "ready" || trimmed.ends_with(" ready") {
                 inner.ready = true;
@@ -353,6 +368,9 @@ impl Posthorn {
             let mut inner = self.log.inner.lock().unwrap();
             inner.run = run;
             inner.addrs.clear();
+            inner.submission.clear();
+            inner.submissions.clear();
+            inner.reinject.clear();
             inner.ready = false;
             inner.eof = false;
             if run > 1 {
@@ -410,6 +428,21 @@ impl Posthorn {
     /// Every `listening smtp=` address of the current run, in print order.
     pub fn smtp_addrs(&self) -> Vec<SocketAddr> {
         self.log.inner.lock().unwrap().addrs.clone()
+    }
+
+    /// The first `listening submission=` (port 587 style) address.
+    pub fn submission_addr(&self) -> SocketAddr {
+        *self.log.inner.lock().unwrap().submission.first().expect("posthorn announced no `listening submission=`")
+    }
+
+    /// The first `listening submissions=` (implicit TLS) address.
+    pub fn submissions_addr(&self) -> SocketAddr {
+        *self.log.inner.lock().unwrap().submissions.first().expect("posthorn announced no `listening submissions=`")
+    }
+
+    /// The `listening reinject=` address (`filter.reinject_listen`).
+    pub fn reinject_addr(&self) -> SocketAddr {
+        *self.log.inner.lock().unwrap().reinject.first().expect("posthorn announced no `listening reinject=`")
     }
 
     pub fn config_path(&self) -> &Path {

@@ -32,6 +32,14 @@ impl Issued {
             super::toml_str(&self.key.display().to_string())
         )
     }
+    /// The `relay.tls_client_cert`/`relay.tls_client_key` lines presenting
+    /// this certificate to a smarthost.
+    pub fn relay_lines(&self) -> [String; 2] {
+        [
+            format!("relay.tls_client_cert = {}", super::toml_str(&self.cert.display().to_string())),
+            format!("relay.tls_client_key = {}", super::toml_str(&self.key.display().to_string())),
+        ]
+    }
 }
 
 impl TestCa {
@@ -81,9 +89,16 @@ def note(step, reply):
     code, text = reply
     out.append({"step": step, "code": code, "text": text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)})
 try:
-    s = smtplib.SMTP(job["host"], job["port"], timeout=30)
-    s.ehlo("client.test")
-    out.append({"step": "ehlo", "code": 250, "text": " ".join(sorted(s.esmtp_features))})
+    if job.get("implicit"):
+        ctx = ssl.create_default_context(cafile=job["ca"])
+        ctx.check_hostname = False
+        s = smtplib.SMTP_SSL(job["host"], job["port"], timeout=30, context=ctx)
+        s.ehlo("client.test")
+        out.append({"step": "ehlo", "code": 250, "text": " ".join(sorted(s.esmtp_features)) + " " + s.sock.version() + " " + s.sock.cipher()[0]})
+    else:
+        s = smtplib.SMTP(job["host"], job["port"], timeout=30)
+        s.ehlo("client.test")
+        out.append({"step": "ehlo", "code": 250, "text": " ".join(sorted(s.esmtp_features))})
     for step in job["steps"]:
         kind = step[0]
         if kind == "starttls":
@@ -94,6 +109,11 @@ try:
             out.append({"step": "ehlo", "code": 250, "text": " ".join(sorted(s.esmtp_features)) + " " + s.sock.version() + " " + s.sock.cipher()[0]})
         elif kind == "cmd":
             note(step[1], s.docmd(step[1]))
+        elif kind == "login":
+            try:
+                note("login", s.login(step[1], step[2]))
+            except smtplib.SMTPResponseException as e:
+                out.append({"step": "login", "code": e.smtp_code, "text": e.smtp_error.decode()})
         elif kind == "plain":
             msg = base64.b64encode(("\0%s\0%s" % (step[1], step[2])).encode()).decode()
             note("auth", s.docmd("AUTH PLAIN " + msg))
@@ -121,6 +141,8 @@ pub enum TlsStep<'a> {
     Cmd(&'a str),
     /// `AUTH PLAIN` with an initial response.
     Plain(&'a str, &'a str),
+    /// smtplib's `login()`: the mechanism it picks from the EHLO list.
+    Login(&'a str, &'a str),
     /// A whole transaction.
     Send(&'a str, &'a [&'a str], &'a str),
 }
@@ -129,17 +151,29 @@ pub enum TlsStep<'a> {
 /// (step, code, text) per step, starting with the first EHLO (its text is
 /// the extension names). An exception ends the list with step `error`.
 pub fn smtplib_steps(addr: SocketAddr, ca: &Path, steps: &[TlsStep<'_>]) -> Vec<(String, u16, String)> {
+    smtplib_run(addr, ca, false, steps)
+}
+
+/// Like `smtplib_steps` over implicit TLS (`SMTP_SSL`, RFC 8314); the first
+/// EHLO's text ends with the TLS version and cipher.
+pub fn smtps_steps(addr: SocketAddr, ca: &Path, steps: &[TlsStep<'_>]) -> Vec<(String, u16, String)> {
+    smtplib_run(addr, ca, true, steps)
+}
+
+fn smtplib_run(addr: SocketAddr, ca: &Path, implicit: bool, steps: &[TlsStep<'_>]) -> Vec<(String, u16, String)> {
     let steps: Vec<serde_json::Value> = steps
         .iter()
         .map(|s| match s {
             TlsStep::StartTls => serde_json::json!(["starttls"]),
             TlsStep::Cmd(c) => serde_json::json!(["cmd", c]),
             TlsStep::Plain(u, p) => serde_json::json!(["plain", u, p]),
+            TlsStep::Login(u, p) => serde_json::json!(["login", u, p]),
             TlsStep::Send(f, t, b) => serde_json::json!(["send", f, t, b]),
         })
         .collect();
     let job = serde_json::json!({
         "host": addr.ip().to_string(), "port": addr.port(), "ca": ca.display().to_string(), "steps": steps,
+        "implicit": implicit,
     });
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(SMTPLIB_TLS_SCRIPT);

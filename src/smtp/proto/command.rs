@@ -118,12 +118,19 @@ pub struct MailFrom {
     pub ret: Option<String>,
     /// ENVID=, xtext as received.
     pub envid: Option<String>,
+    /// TRACE=, posthorn's trace id from the previous hop (`XPOSTHORN-TRACE`).
+    pub trace: Option<String>,
 }
 
 impl MailFrom {
     /// Whether any ESMTP parameter was given (refused after plain HELO).
     pub fn has_parameters(&self) -> bool {
-        self.size.is_some() || self.body.is_some() || self.smtputf8 || self.ret.is_some() || self.envid.is_some()
+        self.size.is_some()
+            || self.body.is_some()
+            || self.smtputf8
+            || self.ret.is_some()
+            || self.envid.is_some()
+            || self.trace.is_some()
     }
 }
 
@@ -304,6 +311,11 @@ fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(keyword).then(|| args[keyword.len()..].trim_start_matches(' '))
 }
 
+/// A trace id: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+pub fn is_trace_id(v: &str) -> bool {
+    (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 fn mail(args: &str) -> Result<MailFrom, CommandError> {
     let rest = strip_keyword(args, "FROM:").ok_or(CommandError::Syntax)?;
     let (sender, rest) = address::parse_path(rest, PathKind::Reverse).map_err(CommandError::BadSender)?;
@@ -327,6 +339,10 @@ fn mail(args: &str) -> Result<MailFrom, CommandError> {
             "ENVID" => {
                 let v = value.filter(|v| v.len() <= 100 && is_xtext(v, false));
                 mail.envid.replace(v.ok_or_else(|| bad("expected xtext of at most 100 characters"))?.into()).is_some()
+            }
+            "TRACE" => {
+                let v = value.filter(|v| is_trace_id(v));
+                mail.trace.replace(v.ok_or_else(|| bad("expected a trace id"))?.into()).is_some()
             }
             _ => return Err(CommandError::UnsupportedParameter(upper)),
         };
@@ -568,6 +584,7 @@ mod tests {
             smtputf8: false,
             ret: Some("HDRS".into()),
             envid: Some("QQ+2B314".into()),
+            trace: None,
         };
         let cases: Vec<(&str, Result<MailFrom, CommandError>)> = vec![
             ("MAIL FROM:<a@b.example>", Ok(mail_from("a@b.example"))),
@@ -609,6 +626,8 @@ mod tests {
             ("MAIL FROM:<> SMTPUTF8=yes", Err(bad("SMTPUTF8", "takes no value"))),
             ("MAIL FROM:<> SMTPUTF8 SMTPUTF8", Err(bad("SMTPUTF8", "given twice"))),
             ("MAIL FROM:<> RET=BODY", Err(bad("RET", "expected FULL or HDRS"))),
+            ("MAIL FROM:<> TRACE=Q1a2.b-c_", Ok(MailFrom { trace: Some("Q1a2.b-c_".into()), ..mail_from("") })),
+            ("MAIL FROM:<> TRACE=a/b", Err(bad("TRACE", "expected a trace id"))),
             ("MAIL FROM:<> ENVID=a+zz", Err(bad("ENVID", "expected xtext of at most 100 characters"))),
             ("MAIL FROM:<> ENVID=a+2", Err(bad("ENVID", "expected xtext of at most 100 characters"))),
             ("MAIL FROM:<> AUTH=<>", Err(UnsupportedParameter("AUTH".into()))),

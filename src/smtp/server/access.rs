@@ -67,6 +67,8 @@ mod tests {
             relay_domains: vec!["webplatform.org".into(), "relay.example.".into()],
             local_domains: vec!["mail.example.org".into()],
             local_recipient_maps: vec![],
+            trusted_fingerprints: vec![],
+            client_cert_senders: vec![],
         }
     }
 
@@ -114,6 +116,8 @@ mod tests {
             relay_domains: vec![],
             local_domains: vec![],
             local_recipient_maps: vec![],
+            trusted_fingerprints: vec![],
+            client_cert_senders: vec![],
         };
         assert!(check_relay(&none, &Peer::Tcp("127.0.0.1:1".parse().unwrap()), None, "a@b.example").is_err());
         assert!(check_relay(&none, &Peer::Local { user: "root".into() }, None, "a@b.example").is_ok());

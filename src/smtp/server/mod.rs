@@ -17,6 +17,7 @@ pub mod session;
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::smtp::proto::reply::{Enhanced, Reply};
+pub use session::Listener;
 use session::{Peer, Security};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -32,6 +33,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// One listening socket's server.
 pub struct Server {
     current: watch::Receiver<Generation>,
+    kind: Listener,
+    /// The content filter's reinjection listener: loopback and trusted
+    /// networks only, and what it accepts is never filtered again.
+    reinject: bool,
 }
 
 /// The configuration and the door in force. A reload publishes a new
@@ -46,7 +51,17 @@ impl Server {
 
     /// A server that picks up every generation published on `current`.
     pub fn following(current: watch::Receiver<Generation>) -> Server {
-        Server { current }
+        Server { current, kind: Listener::Smtp, reinject: false }
+    }
+
+    /// The same server as the listener on `filter.reinject_listen`.
+    pub fn reinjection(self) -> Server {
+        Server { reinject: true, ..self }
+    }
+
+    /// The same server on a submission (587) or submissions (465) port.
+    pub fn kind(self, kind: Listener) -> Server {
+        Server { kind, ..self }
     }
 
     /// Accepts connections until `shutdown` turns true (or its sender is
@@ -83,13 +98,20 @@ impl Server {
                     continue;
                 }
             };
+            if self.reinject && !may_reinject(&self.current.borrow().0, addr) {
+                refuse_reinjection(stream, addr, &self.current.borrow().0.hostname);
+                continue;
+            }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 refuse(stream, addr, &self.current.borrow().0.hostname);
                 continue;
             };
             // Replies are batched by the session; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
-            let (config, ingress) = self.current.borrow().clone();
+            let (config, mut ingress) = self.current.borrow().clone();
+            if self.reinject {
+                ingress = ingress.reinjection();
+            }
             if !Arc::ptr_eq(&config, &secured) {
                 match security.reloaded(&config) {
                     Ok(fresh) => security = Arc::new(fresh),
@@ -99,8 +121,10 @@ impl Server {
             }
             let shutdown = Some(shutdown.clone());
             let security = security.clone();
+            let kind = self.kind;
             sessions.spawn(async move {
-                session::run_secure_session(stream, Peer::Tcp(addr), &config, &ingress, &security, shutdown).await;
+                let peer = Peer::Tcp(addr);
+                session::run_listener_session(stream, peer, kind, &config, &ingress, &security, shutdown).await;
                 drop(slot);
             });
         }
@@ -120,6 +144,20 @@ impl Server {
 fn refuse(stream: TcpStream, addr: SocketAddr, hostname: &str) {
     tracing::warn!("connect from {}: too many connections", Peer::Tcp(addr));
     let reply = Reply::new(421, Enhanced(4, 7, 0), format!("{hostname} Too many connections, try again later"));
+    if let Ok(mut std) = stream.into_std() {
+        let _ = std.write(&reply.to_wire());
+    }
+}
+
+/// Only the filter may reinject: loopback or `access.trusted_networks`.
+fn may_reinject(config: &Config, addr: SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    ip.is_loopback() || config.access.trusted_networks.iter().any(|n| n.contains(ip))
+}
+
+fn refuse_reinjection(stream: TcpStream, addr: SocketAddr, hostname: &str) {
+    tracing::warn!("connect from {} to the reinjection listener refused: not a trusted network", Peer::Tcp(addr));
+    let reply = Reply::new(554, Enhanced(5, 7, 1), format!("{hostname} Access denied"));
     if let Ok(mut std) = stream.into_std() {
         let _ = std.write(&reply.to_wire());
     }
@@ -149,6 +187,25 @@ mod tests {
 
     async fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
         BufReader::new(TcpStream::connect(addr).await.unwrap())
+    }
+
+    #[test]
+    fn reinjection_only_from_loopback_and_trusted_networks() {
+        let text = "[access]\ntrusted_networks = [\"10.0.0.0/8\"]\n";
+        let config = Config::parse(text, Path::new("test.toml")).unwrap();
+        let cases = [
+            ("127.0.0.1:1", true),
+            ("127.0.0.9:1", true),
+            ("[::1]:1", true),
+            ("10.1.2.3:1", true),
+            ("[::ffff:10.0.0.1]:1", true),
+            ("192.0.2.1:1", false),
+            ("[::ffff:192.0.2.1]:1", false),
+            ("[2001:db8::1]:1", false),
+        ];
+        for (addr, expected) in cases {
+            assert_eq!(may_reinject(&config, addr.parse().unwrap()), expected, "{addr}");
+        }
     }
 
     #[tokio::test]

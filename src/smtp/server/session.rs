@@ -36,6 +36,7 @@ use crate::smtp::proto::command::{BodyType, Command, MailFrom, RcptTo, Verb};
 use crate::smtp::proto::data::DataDecoder;
 use crate::smtp::proto::line::{Line, LineReader};
 use crate::smtp::proto::reply::{Enhanced, Reply};
+use crate::tls::ClientTrust;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,24 +76,30 @@ pub struct Security {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
     pub limiter: Arc<Limiter>,
+    /// Which client certificates may relay; the server asks for one only
+    /// when this is set.
+    pub client_trust: Option<Arc<ClientTrust>>,
 }
 
 impl Security {
     /// No TLS, no AUTH.
     pub fn none() -> Security {
-        Security { tls: None, users: None, limiter: Arc::new(Limiter::new(0, Duration::ZERO)) }
+        Security { tls: None, users: None, limiter: Arc::new(Limiter::new(0, Duration::ZERO)), client_trust: None }
     }
 
     /// Reads the certificate, key and users file named in `config`; errors
     /// name the file.
     pub fn load(config: &Config) -> anyhow::Result<Security> {
-        let tls = crate::tls::server_from_config(&config.tls)?;
+        let client_trust =
+            ClientTrust::from_config(config.tls.client_ca.as_deref(), &config.access.trusted_fingerprints)?;
+        let tls = crate::tls::server_requesting(&config.tls, client_trust.is_some())?;
+        let client_trust = client_trust.map(Arc::new);
         let users = match &config.auth.users {
             Some(path) => Some(Arc::new(Users::load(path)?)),
             None => None,
         };
         let limiter = Arc::new(Limiter::new(config.auth.max_failures, config.auth.failure_window));
-        Ok(Security { tls, users, limiter })
+        Ok(Security { tls, users, limiter, client_trust })
     }
 
     /// The same files, keeping `self`'s failure counts (a reload must not
@@ -108,7 +115,7 @@ pub async fn run_session<S>(stream: S, peer: Peer, config: &Config, ingress: &In
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve(stream, peer, config, ingress, &Security::none(), None).await
+    serve(stream, peer, Listener::Smtp, config, ingress, &Security::none(), None).await
 }
 
 /// Like `run_session`, but ends with `421 4.3.2` when `shutdown` turns true
@@ -122,7 +129,7 @@ pub async fn run_session_until<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve(stream, peer, config, ingress, &Security::none(), Some(shutdown)).await
+    serve(stream, peer, Listener::Smtp, config, ingress, &Security::none(), Some(shutdown)).await
 }
 
 /// A session offering what `security` holds (STARTTLS, AUTH).
@@ -136,11 +143,72 @@ pub async fn run_secure_session<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve(stream, peer, config, ingress, security, shutdown).await
+    serve(stream, peer, Listener::Smtp, config, ingress, security, shutdown).await
+}
+
+/// What kind of port a session came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// Port 25: relay rules by address, AUTH optional.
+    Smtp,
+    /// Port 587 (RFC 6409): STARTTLS offered, AUTH required before MAIL.
+    Submission,
+    /// Port 465 (RFC 8314): TLS from the first byte, AUTH required before MAIL.
+    Submissions,
+}
+
+impl Listener {
+    /// The name printed in `listening NAME=ADDR`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Listener::Smtp => "smtp",
+            Listener::Submission => "submission",
+            Listener::Submissions => "submissions",
+        }
+    }
+}
+
+/// A session on a listener of kind `kind`.
+pub async fn run_listener_session<S>(
+    stream: S,
+    peer: Peer,
+    kind: Listener,
+    config: &Config,
+    ingress: &Ingress,
+    security: &Security,
+    shutdown: Option<watch::Receiver<bool>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve(stream, peer, kind, config, ingress, security, shutdown).await
 }
 
 // ---------------------------------------------------------------------------
 // Protocol state: one function per verb, no I/O.
+
+/// A trusted client certificate: it lets the client relay.
+#[derive(Debug)]
+struct ClientCert {
+    fingerprint: String,
+    /// The sender patterns `access.client_cert_senders` gives the names in
+    /// the certificate; `None`: any sender.
+    senders: Option<Vec<String>>,
+}
+
+impl ClientCert {
+    /// Whether MAIL FROM `sender` is one this certificate may use. The null
+    /// sender always is: bounces from the client must get through.
+    fn may_send_as(&self, sender: &str) -> bool {
+        let Some(patterns) = &self.senders else {
+            return true;
+        };
+        sender.is_empty()
+            || patterns.iter().any(|p| match p.strip_prefix("*@") {
+                Some(domain) => sender.rsplit_once('@').is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+                None => p == "*" || p.eq_ignore_ascii_case(sender),
+            })
+    }
+}
 
 /// What the loop does after a command.
 #[derive(Debug)]
@@ -194,10 +262,13 @@ struct Session<'a> {
     stats: Stats,
     last_verb: Option<Verb>,
     security: &'a Security,
+    kind: Listener,
     /// The TLS session's description, once the connection is encrypted.
     tls: Option<String>,
     /// The authenticated user.
     user: Option<String>,
+    /// A trusted client certificate presented in the TLS handshake.
+    client_cert: Option<ClientCert>,
     /// An AUTH exchange in progress.
     pending: Option<Pending>,
 }
@@ -208,6 +279,8 @@ impl<'a> Session<'a> {
             config,
             ingress,
             security,
+            kind: Listener::Smtp,
+            client_cert: None,
             tls: None,
             user: None,
             pending: None,
@@ -285,6 +358,8 @@ impl<'a> Session<'a> {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "DSN".into(),
+            // posthorn's own: the previous hop may pass its trace id (TRACE=).
+            "XPOSTHORN-TRACE".into(),
         ];
         if self.starttls_offered() {
             lines.push("STARTTLS".into());
@@ -324,6 +399,31 @@ impl<'a> Session<'a> {
         self.helo = None;
         self.esmtp = false;
         self.tls = Some(description);
+    }
+
+    /// Records a client certificate if `trust` trusts it; returns the word
+    /// for the log (Postfix's `Trusted`/`Untrusted`).
+    fn client_cert_presented(
+        &mut self,
+        trust: &ClientTrust,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> &'static str {
+        let fingerprint = crate::tls::fingerprint(&chain[0]);
+        if !trust.trusts(chain) {
+            tracing::info!("{}: untrusted client certificate sha256={fingerprint}", self.peer);
+            return "Untrusted";
+        }
+        let mut matched = false;
+        let mut senders = Vec::new();
+        for (name, patterns) in &self.config.access.client_cert_senders {
+            if crate::tls::cert_has_name(&chain[0], name) {
+                matched = true;
+                senders.extend(patterns.iter().cloned());
+            }
+        }
+        tracing::info!("{}: trusted client certificate sha256={fingerprint}", self.peer);
+        self.client_cert = Some(ClientCert { fingerprint, senders: matched.then_some(senders) });
+        "Trusted"
     }
 
     /// AUTH: the checks RFC 4954 asks for, then the mechanism's first step.
@@ -463,6 +563,15 @@ impl<'a> Session<'a> {
             // BINARYMIME only works with BDAT (RFC 3030), which is not offered.
             return Some(Reply::new(555, Enhanced(5, 5, 4), "Error: BODY=BINARYMIME is not supported"));
         }
+        if self.kind != Listener::Smtp && self.user.is_none() {
+            // RFC 6409 4.3: submission needs an authenticated client.
+            return Some(Reply::new(530, Enhanced(5, 7, 0), "Authentication required"));
+        }
+        if let Some(cert) = self.client_cert.as_ref().filter(|_| self.user.is_none())
+            && !cert.may_send_as(&mail.sender)
+        {
+            return Some(Reply::new(553, Enhanced(5, 7, 1), "Sender address rejected: not owned by certificate"));
+        }
         if mail.size.is_some_and(|s| s > self.config.smtp.max_message_size) {
             return Some(Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"));
         }
@@ -481,7 +590,9 @@ impl<'a> Session<'a> {
         } else if self.rcpts.len() >= self.config.smtp.max_recipients {
             Some(Reply::new(452, Enhanced(4, 5, 3), "Error: too many recipients"))
         } else {
-            access::check_relay(&self.config.access, &self.peer, self.user.as_deref(), &rcpt.address)
+            // A trusted client certificate counts as an authenticated identity.
+            let identity = self.user.as_deref().or(self.client_cert.as_ref().map(|c| c.fingerprint.as_str()));
+            access::check_relay(&self.config.access, &self.peer, identity, &rcpt.address)
                 .and_then(|()| self.ingress.check_recipient(&rcpt.address))
                 .err()
         };
@@ -541,7 +652,14 @@ impl<'a> Session<'a> {
             smtputf8: mail.smtputf8,
             ret: mail.ret.clone(),
             envid: mail.envid.clone(),
-            origin: Origin { protocol, helo: self.helo.clone(), client, local_user },
+            trace_id: mail.trace.clone(),
+            origin: Origin {
+                protocol,
+                helo: self.helo.clone(),
+                client,
+                local_user,
+                auth_user: self.user.clone().filter(|_| self.config.tls.received_auth_user),
+            },
         })
     }
 
@@ -743,6 +861,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 async fn serve<S>(
     stream: S,
     peer: Peer,
+    kind: Listener,
     config: &Config,
     ingress: &Ingress,
     security: &Security,
@@ -751,7 +870,11 @@ async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut session = Session::new(config, ingress, peer, security);
+    session.kind = kind;
     tracing::info!("connect from {}", session.peer);
+    if kind == Listener::Submissions {
+        return serve_implicit_tls(session, stream, &mut shutdown).await;
+    }
     let mut conn = Conn {
         stream,
         reader: LineReader::new(config.smtp.max_line_length),
@@ -771,27 +894,77 @@ async fn serve<S>(
     if !injected.is_empty() {
         tracing::warn!("{}: {} byte(s) pipelined after STARTTLS discarded", session.peer, injected.len());
     }
-    let accept = tokio_rustls::TlsAcceptor::from(acceptor).accept(conn.stream);
-    let tls = match tokio::time::timeout(config.smtp.command_timeout, accept).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::info!("SSL_accept error from {}: {e}", session.peer);
-            return log_end(&session, &End::Lost);
-        }
-        Err(_) => {
-            tracing::info!("SSL_accept timeout from {}", session.peer);
-            return log_end(&session, &End::Lost);
-        }
+    let Some(tls) = handshake(&mut session, acceptor, conn.stream).await else {
+        return log_end(&session, &End::Lost);
     };
-    let description = crate::tls::describe(tls.get_ref().1);
-    tracing::info!("Anonymous TLS connection established from {}: {description}", session.peer);
-    session.tls_started(description);
     let mut conn =
         Conn { stream: tls, reader: conn.reader, buf: conn.buf, out: conn.out, write_timeout: conn.write_timeout };
     let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
         Ok(end) | Err(end) => end,
     };
     finish(&mut session, conn, end).await
+}
+
+/// A session on a submissions port (RFC 8314): the handshake comes first,
+/// the greeting is the first thing sent over TLS.
+async fn serve_implicit_tls<S>(mut session: Session<'_>, stream: S, shutdown: &mut Option<watch::Receiver<bool>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(acceptor) = session.security.tls.clone() else {
+        tracing::error!("{}: submissions listener without a TLS certificate (tls.cert)", session.peer);
+        return log_end(&session, &End::Lost);
+    };
+    let Some(tls) = handshake(&mut session, acceptor, stream).await else {
+        return log_end(&session, &End::Lost);
+    };
+    let config = session.config;
+    let ingress = session.ingress;
+    let mut conn = Conn {
+        stream: tls,
+        reader: LineReader::new(config.smtp.max_line_length),
+        buf: vec![0; READ_SIZE],
+        out: Vec::with_capacity(1024),
+        write_timeout: config.smtp.command_timeout,
+    };
+    conn.queue(&session.greeting());
+    let end = match drive(&mut session, &mut conn, ingress, shutdown).await {
+        Ok(end) | Err(end) => end,
+    };
+    finish(&mut session, conn, end).await
+}
+
+/// The TLS handshake, bounded by `smtp.command_timeout`; `None` (logged)
+/// when it fails. On success the session is marked encrypted.
+async fn handshake<S>(
+    session: &mut Session<'_>,
+    acceptor: Arc<rustls::ServerConfig>,
+    stream: S,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let accept = tokio_rustls::TlsAcceptor::from(acceptor).accept(stream);
+    let tls = match tokio::time::timeout(session.config.smtp.command_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!("SSL_accept error from {}: {e}", session.peer);
+            return None;
+        }
+        Err(_) => {
+            tracing::info!("SSL_accept timeout from {}", session.peer);
+            return None;
+        }
+    };
+    let description = crate::tls::describe(tls.get_ref().1);
+    session.tls_started(description.clone());
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    let trust = match (&session.security.client_trust, chain.first()) {
+        (Some(trust), Some(_)) => session.client_cert_presented(trust, chain),
+        _ => "Anonymous",
+    };
+    tracing::info!("{trust} TLS connection established from {}: {description}", session.peer);
+    Some(tls)
 }
 
 /// Sends the closing reply the end calls for, closes, and logs.
@@ -1501,7 +1674,7 @@ mod tests {
         assert_eq!(got[0].to_wire(), b"220 mx.test ESMTP posthorn\r\n");
         assert_eq!(
             String::from_utf8(got[1].to_wire()).unwrap(),
-            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 5000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250 DSN\r\n"
+            "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 5000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 XPOSTHORN-TRACE\r\n"
         );
         assert_eq!(got[2].to_wire(), b"250 mx.test\r\n");
     }
@@ -1749,6 +1922,54 @@ mod tests {
         };
         let ((), id) = tokio::join!(run_session_until(server, tcp(TRUSTED), &config, &ingress, stopped), talk);
         assert!(spool.find(&id).is_some());
+    }
+
+    #[tokio::test]
+    async fn submission_wants_auth_before_mail() {
+        let config = config("");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let input = lines(&["EHLO c.example", "MAIL FROM:<a@c.example>", "QUIT"]);
+        let security = Security::none();
+        let client = async move {
+            let (mut r, mut w) = tokio::io::split(client);
+            w.write_all(&input).await.unwrap();
+            let mut out = String::new();
+            r.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let session =
+            run_listener_session(server, tcp("10.1.2.3:4"), Listener::Submission, &config, &ingress, &security, None);
+        let ((), output) = tokio::join!(session, client);
+        let got: Vec<String> = replies(&output).iter().map(short).collect();
+        // Even from a trusted network: submission means AUTH (RFC 6409 4.3).
+        assert_eq!(got, ["220", "250", "530 5.7.0", "221 2.0.0"], "{output}");
+    }
+
+    #[test]
+    fn client_certificate_sender_patterns() {
+        let cert = |senders: Option<&[&str]>| ClientCert {
+            fingerprint: "ab".into(),
+            senders: senders.map(|s| s.iter().map(|p| p.to_string()).collect()),
+        };
+        let vm12 = cert(Some(&["*@vm12.example.org", "root@hub.example.org"]));
+        let table = [
+            ("cron@vm12.example.org", true),
+            ("cron@VM12.Example.Org", true),
+            ("root@hub.example.org", true),
+            ("", true),
+            ("cron@vm13.example.org", false),
+            ("cron@sub.vm12.example.org", false),
+            ("vm12.example.org", false),
+            ("other@hub.example.org", false),
+        ];
+        for (sender, ok) in table {
+            assert_eq!(vm12.may_send_as(sender), ok, "{sender}");
+        }
+        assert!(cert(None).may_send_as("anyone@anywhere.example"));
+        assert!(!cert(Some(&[])).may_send_as("anyone@anywhere.example"));
+        assert!(cert(Some(&["*"])).may_send_as("anyone@anywhere.example"));
     }
 
     #[test]

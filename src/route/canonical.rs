@@ -1,0 +1,255 @@
+//! Sender and recipient rewriting at the door into the queue: Postfix's
+//! canonical(5) tables (`rewrite.sender_canonical_maps`,
+//! `rewrite.recipient_canonical_maps`) and masquerading of local senders
+//! (`rewrite.masquerade_as`, `rewrite.masquerade_domains`).
+//!
+//! Canonical lookups, first match wins: `user@domain`, then `user` (only
+//! when the domain is this host's or a local domain), then `@domain`. A
+//! value `@other` keeps the user part; a value without `@` is qualified
+//! with the original domain.
+//!
+//! Masquerading (after the canonical maps): a sender that is unqualified or
+//! in one of `masquerade_domains` (default: the hostname and `localhost`)
+//! becomes `user@MASQUERADE_AS`, or exactly `MASQUERADE_AS` when that is a
+//! whole address. It applies to local submissions (`sendmail`) on any
+//! role, and to all mail on a satellite.
+
+use super::table::{Syntax, Table, TableError, open_all};
+use crate::config::{Config, Role};
+use std::sync::Arc;
+
+pub struct Canonical {
+    sender_maps: Vec<Arc<Table>>,
+    recipient_maps: Vec<Arc<Table>>,
+    masquerade_as: Option<String>,
+    masquerade_domains: Vec<String>,
+    satellite: bool,
+    /// Domains whose users `user` keys may match: the hostname and the
+    /// local domains.
+    own_domains: Vec<String>,
+}
+
+impl Canonical {
+    /// `None` when nothing is configured. Errors name the key and the file.
+    pub fn from_config(config: &Config) -> Result<Option<Canonical>, String> {
+        let open =
+            |key: &str, specs: &[String]| open_all(specs, Syntax::Map).map_err(|e: TableError| format!("{key}: {e}"));
+        let r = &config.rewrite;
+        let c = Canonical {
+            sender_maps: open("rewrite.sender_canonical_maps", &r.sender_canonical_maps)?,
+            recipient_maps: open("rewrite.recipient_canonical_maps", &r.recipient_canonical_maps)?,
+            masquerade_as: r.masquerade_as.clone().filter(|m| !m.trim().is_empty()),
+            masquerade_domains: if r.masquerade_domains.is_empty() {
+                vec![config.hostname.to_ascii_lowercase(), "localhost".into()]
+            } else {
+                r.masquerade_domains.iter().map(|d| d.to_ascii_lowercase()).collect()
+            },
+            satellite: config.role == Role::Satellite,
+            own_domains: std::iter::once(config.hostname.to_ascii_lowercase())
+                .chain(config.access.local_domains.iter().cloned())
+                .collect(),
+        };
+        let idle = c.sender_maps.is_empty() && c.recipient_maps.is_empty() && c.masquerade_as.is_none();
+        Ok((!idle).then_some(c))
+    }
+
+    /// The sender as it goes into the queue (envelope and `From:`).
+    pub fn sender(&self, address: &str, local_submission: bool) -> String {
+        if address.is_empty() {
+            return String::new();
+        }
+        let address = lookup(&self.sender_maps, address, &self.own_domains).unwrap_or_else(|| address.to_string());
+        match &self.masquerade_as {
+            Some(to) if (local_submission || self.satellite) && self.is_masqueraded(&address) => {
+                if to.contains('@') {
+                    to.clone()
+                } else {
+                    let user = address.rsplit_once('@').map_or(address.as_str(), |(u, _)| u);
+                    format!("{user}@{to}")
+                }
+            }
+            _ => address,
+        }
+    }
+
+    /// A recipient as it goes into the queue (before alias expansion).
+    pub fn recipient(&self, address: &str) -> String {
+        lookup(&self.recipient_maps, address, &self.own_domains).unwrap_or_else(|| address.to_string())
+    }
+
+    /// Whether `From:` needs looking at: something may change senders.
+    pub fn rewrites_senders(&self, local_submission: bool) -> bool {
+        !self.sender_maps.is_empty() || (self.masquerade_as.is_some() && (local_submission || self.satellite))
+    }
+
+    fn is_masqueraded(&self, address: &str) -> bool {
+        match address.rsplit_once('@') {
+            None => true,
+            Some((_, domain)) => {
+                let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+                self.masquerade_domains.contains(&domain)
+            }
+        }
+    }
+
+    /// Rewrites every address in a `From:` (or `Sender:`) header value.
+    pub fn header_value(&self, value: &str, local_submission: bool) -> String {
+        rewrite_addresses(value, |a| self.sender(a, local_submission))
+    }
+}
+
+/// The canonical value for `address`, if a table has one.
+fn lookup(tables: &[Arc<Table>], address: &str, own_domains: &[String]) -> Option<String> {
+    if tables.is_empty() {
+        return None;
+    }
+    let (user, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+    let own = domain.is_empty() || own_domains.iter().any(|d| d.eq_ignore_ascii_case(domain.trim_end_matches('.')));
+    let mut keys = vec![address.to_string()];
+    if own {
+        keys.push(user.to_string());
+    }
+    if !domain.is_empty() {
+        keys.push(format!("@{domain}"));
+    }
+    for key in &keys {
+        if let Some(value) = tables.iter().find_map(|t| t.lookup(key)) {
+            let value = value.split(',').next().unwrap_or("").trim().to_string();
+            if value.is_empty() {
+                continue;
+            }
+            return Some(match value.strip_prefix('@') {
+                Some(d) => format!("{user}@{d}"),
+                None if value.contains('@') || domain.is_empty() => value,
+                None => format!("{value}@{domain}"),
+            });
+        }
+    }
+    None
+}
+
+/// Applies `f` to every address in a header value: the `<...>` parts when
+/// there are any, else each comma-separated bare address.
+fn rewrite_addresses(value: &str, f: impl Fn(&str) -> String) -> String {
+    if value.contains('<') {
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value;
+        while let Some(open) = rest.find('<') {
+            let Some(close) = rest[open..].find('>').map(|c| open + c) else { break };
+            out.push_str(&rest[..=open]);
+            let inner = &rest[open + 1..close];
+            out.push_str(&if inner.trim().is_empty() { inner.to_string() } else { f(inner.trim()) });
+            out.push('>');
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        return out;
+    }
+    value
+        .split(',')
+        .map(|part| {
+            let trimmed = part.trim();
+            // A bare address, maybe followed by a `(comment)`.
+            let (addr, comment) = match trimmed.find(|c: char| c.is_whitespace() || c == '(') {
+                Some(i) => (&trimmed[..i], &trimmed[i..]),
+                None => (trimmed, ""),
+            };
+            let lead = &part[..part.len() - part.trim_start().len()];
+            let trail = &part[part.trim_end().len()..];
+            if addr.is_empty() { part.to_string() } else { format!("{lead}{}{comment}{trail}", f(addr)) }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Rewrites the `From:` and `Sender:` fields of a header block (CRLF line
+/// ends, continuation lines kept with their field).
+pub fn rewrite_header_block(head: &[u8], canonical: &Canonical, local_submission: bool) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut fields: Vec<String> = Vec::new();
+    for line in text.split_inclusive("\r\n") {
+        match fields.last_mut() {
+            Some(f) if line.starts_with([' ', '\t']) => f.push_str(line),
+            _ => fields.push(line.to_string()),
+        }
+    }
+    for field in fields {
+        let rewritten = field.split_once(':').and_then(|(name, value)| {
+            let n = name.trim();
+            (n.eq_ignore_ascii_case("from") || n.eq_ignore_ascii_case("sender"))
+                .then(|| format!("{name}:{}", canonical.header_value(value, local_submission)))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(&field));
+    }
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn canonical(extra: &str, files: &[(&str, &str)], dir: &Path) -> Canonical {
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let text = format!("hostname = \"vm12.internal\"\n[rewrite]\n{extra}\n");
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        Canonical::from_config(&config).unwrap().unwrap()
+    }
+
+    #[test]
+    fn masquerading() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = canonical("masquerade_as = \"vm12.example.org\"", &[], dir.path());
+        for (from, want) in [
+            ("root@vm12.internal", "root@vm12.example.org"),
+            ("root@localhost", "root@vm12.example.org"),
+            ("root", "root@vm12.example.org"),
+            ("alice@example.net", "alice@example.net"),
+            ("", ""),
+        ] {
+            assert_eq!(c.sender(from, false), want, "{from}");
+        }
+        let c = canonical("masquerade_as = \"noreply@example.org\"", &[], dir.path());
+        assert_eq!(c.sender("cron@vm12.internal", false), "noreply@example.org");
+    }
+
+    #[test]
+    fn canonical_lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let map = "root@vm12.internal admin@example.org\nwww webmaster@example.org\n\
+                   @legacy.example @example.org\n";
+        let spec = dir.path().join("canonical");
+        let c = canonical(
+            &format!("sender_canonical_maps = [\"hash:{}\"]", spec.display()),
+            &[("canonical", map)],
+            dir.path(),
+        );
+        for (from, want) in [
+            ("root@vm12.internal", "admin@example.org"),
+            ("www@vm12.internal", "webmaster@example.org"),
+            ("www@elsewhere.example", "www@elsewhere.example"),
+            ("bob@legacy.example", "bob@example.org"),
+            ("bob@other.example", "bob@other.example"),
+        ] {
+            assert_eq!(c.sender(from, false), want, "{from}");
+        }
+        assert_eq!(c.recipient("root@vm12.internal"), "root@vm12.internal");
+    }
+
+    #[test]
+    fn header_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = canonical("masquerade_as = \"vm12.example.org\"", &[], dir.path());
+        let head = b"From: \"Cron Daemon\" <root@vm12.internal>\r\nTo: root@vm12.internal\r\n\
+                     Sender: root (cron)\r\nSubject: x\r\n";
+        let got = String::from_utf8(rewrite_header_block(head, &c, true)).unwrap();
+        assert_eq!(
+            got,
+            "From: \"Cron Daemon\" <root@vm12.example.org>\r\nTo: root@vm12.internal\r\n\
+             Sender: root@vm12.example.org (cron)\r\nSubject: x\r\n"
+        );
+    }
+}

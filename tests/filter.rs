@@ -1,0 +1,380 @@
+//! End-to-end: the after-queue content filter (`[filter]`).
+//!
+//! 1. SMTP filter: a real filter process (Python, started here) takes each
+//!    message from the hub, adds `X-Filtered: yes` and sends it back to the
+//!    hub's reinjection listener; the header arrives in the Maildir, once.
+//! 2. SMTP filter down: messages wait (deferred, never bounced); once the
+//!    filter is up again they are all delivered.
+//! 3. SMTP filter replies: 4xx defers, 5xx bounces (and the bounce itself
+//!    goes through the filter).
+//! 4. Pipe filter: argument vector, message on stdin; exit 0, 75, 1.
+//! 5. Pipe filter that hangs: killed after `filter.pipe_timeout`, deferred.
+//! 6. `filter.domains`: only those recipients go through the filter.
+
+mod harness;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use harness::*;
+
+/// A small SMTP content filter: one message per connection or several,
+/// `X-Filtered: yes` prepended, sent on with smtplib to the reinjection
+/// address; 250 only once the hub took it back. Recipients named
+/// `tempfail@...` get 451 at the end of DATA, `reject@...` 554.
+const SMTP_FILTER: &str = r#"
+import smtplib, socketserver, sys
+
+listen = (sys.argv[1], int(sys.argv[2]))
+reinject = (sys.argv[3], int(sys.argv[4]))
+
+def path(cmd):
+    return cmd[cmd.index("<") + 1:cmd.index(">")]
+
+class Handler(socketserver.StreamRequestHandler):
+    def reply(self, line):
+        self.wfile.write((line + "\r\n").encode())
+        self.wfile.flush()
+
+    def handle(self):
+        self.reply("220 filter.test ESMTP test filter")
+        sender, rcpts = "", []
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            cmd = line.decode("utf-8", "replace").rstrip("\r\n")
+            verb = cmd[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                self.reply("250 filter.test")
+            elif verb == "MAIL":
+                sender, rcpts = path(cmd), []
+                self.reply("250 2.1.0 Ok")
+            elif verb == "RCPT":
+                rcpts.append(path(cmd))
+                self.reply("250 2.1.5 Ok")
+            elif verb == "DATA":
+                self.reply("354 End data with <CR><LF>.<CR><LF>")
+                lines = []
+                while True:
+                    l = self.rfile.readline()
+                    if not l or l == b".\r\n":
+                        break
+                    if l.startswith(b"."):
+                        l = l[1:]
+                    lines.append(l)
+                if any(r.startswith("tempfail@") for r in rcpts):
+                    self.reply("451 4.3.0 filter busy")
+                    continue
+                if any(r.startswith("reject@") for r in rcpts):
+                    self.reply("554 5.7.1 rejected by content filter")
+                    continue
+                msg = b"X-Filtered: yes\r\n" + b"".join(lines)
+                try:
+                    with smtplib.SMTP(reinject[0], reinject[1], timeout=30) as s:
+                        s.sendmail(sender, rcpts, msg)
+                    self.reply("250 2.0.0 Ok: filtered")
+                except Exception as e:
+                    print("reinjection failed: %s" % e, file=sys.stderr, flush=True)
+                    self.reply("451 4.3.0 reinjection failed")
+            elif verb == "RSET":
+                sender, rcpts = "", []
+                self.reply("250 2.0.0 Ok")
+            elif verb == "NOOP":
+                self.reply("250 2.0.0 Ok")
+            elif verb == "QUIT":
+                self.reply("221 2.0.0 Bye")
+                return
+            else:
+                self.reply("502 5.5.2 Unknown command")
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+with Server(listen, Handler) as server:
+    print("ready", flush=True)
+    server.serve_forever()
+"#;
+
+/// The SMTP filter process, listening on a fixed address so that it can
+/// be stopped and started again where the hub expects it.
+struct SmtpFilter {
+    script: PathBuf,
+    addr: SocketAddr,
+    reinject: SocketAddr,
+    child: Option<Child>,
+}
+
+impl SmtpFilter {
+    fn new(dir: &Path, addr: SocketAddr, reinject: SocketAddr) -> SmtpFilter {
+        let script = dir.join("filter.py");
+        fs::write(&script, SMTP_FILTER).unwrap();
+        SmtpFilter { script, addr, reinject, child: None }
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new("python3");
+        cmd.arg(&self.script)
+            .args([self.addr.ip().to_string(), self.addr.port().to_string()])
+            .args([self.reinject.ip().to_string(), self.reinject.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("python3 runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the filter did not start");
+        self.child = Some(child);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SmtpFilter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A hub on 127.0.0.1 delivering `example.org` (and `other.test`) to
+/// Maildirs under `dir`, with the reinjection listener and `lines`.
+fn hub(dir: &Path, lines: &[&str]) -> Posthorn {
+    let root = format!("{}/mail/{{domain}}/{{user}}", dir.display());
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\ntls = \"none\"\nconnect_timeout = \"5s\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    let mut all = vec![
+        "access.local_domains = [\"example.org\", \"other.test\"]".to_string(),
+        format!("deliver.maildir_root = {}", toml_str(&root)),
+        "filter.reinject_listen = \"127.0.0.1:0\"".to_string(),
+    ];
+    all.extend(lines.iter().map(|l| l.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    Posthorn::start(&with_lines(base, &refs))
+}
+
+fn maildir(dir: &Path, domain: &str, user: &str) -> Vec<Vec<u8>> {
+    let new = dir.join("mail").join(domain).join(user).join("new");
+    let mut files: Vec<PathBuf> = fs::read_dir(new).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    files.sort();
+    files.iter().filter_map(|p| fs::read(p).ok()).collect()
+}
+
+fn wait_maildir(dir: &Path, domain: &str, user: &str, n: usize) -> Vec<Vec<u8>> {
+    wait_until(secs(20), || maildir(dir, domain, user).len() >= n);
+    maildir(dir, domain, user)
+}
+
+fn send(hub: &Posthorn, from: &str, to: &[&str], subject: &str) {
+    let msg = message(&[("From", from), ("To", &to.join(", ")), ("Subject", subject)], "body\n");
+    smtplib_send(hub.smtp_addr(), from, to, &msg).unwrap_or_else(|e| panic!("submit {subject}: {e}"));
+}
+
+/// Waits for a `to=<rcpt> ... status=...` line and returns it.
+fn status_line(hub: &Posthorn, rcpt: &str, status: &str) -> String {
+    let to = format!("to=<{rcpt}>");
+    let st = format!("status={status}");
+    assert!(hub.wait_for_log_count(&[&to, &st], 1, secs(20)), "no `{to} ... {st}` line; log:\n{}", hub.log());
+    hub.log_lines(&[&to, &st]).remove(0)
+}
+
+fn filter_line(addr: SocketAddr) -> String {
+    format!("filter.content_filter = \"smtp:[{}]:{}\"", addr.ip(), addr.port())
+}
+
+#[test]
+fn smtp_filter_adds_its_header_and_reinjects_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let filter_addr = free_addr();
+    let hub = hub(dir.path(), &[&filter_line(filter_addr)]);
+    let mut filter = SmtpFilter::new(dir.path(), filter_addr, hub.reinject_addr());
+    filter.start();
+
+    send(&hub, "app@vm.test", &["alice@example.org", "bob@example.org"], "filtered");
+    let alice = wait_maildir(dir.path(), "example.org", "alice", 1);
+    let bob = wait_maildir(dir.path(), "example.org", "bob", 1);
+    assert_eq!((alice.len(), bob.len()), (1, 1), "log:\n{}", hub.log());
+    for got in [&alice[0], &bob[0]] {
+        assert_eq!(headers(got, "X-Filtered"), ["yes"], "filtered exactly once");
+        assert_eq!(header(got, "Subject").as_deref(), Some("filtered"));
+    }
+    // The first hop was the filter, for both recipients in one delivery.
+    let line = status_line(&hub, "alice@example.org", "sent");
+    assert!(line.contains(&format!(":{}", filter_addr.port())), "{line}");
+    let line = status_line(&hub, "bob@example.org", "sent");
+    assert!(line.contains(&format!(":{}", filter_addr.port())), "{line}");
+    // No loop: nothing else arrives, the queue empties.
+    std::thread::sleep(secs(1));
+    assert_eq!(maildir(dir.path(), "example.org", "alice").len(), 1);
+    assert!(hub.wait_for_queued(0, secs(10)), "queue empties; log:\n{}", hub.log());
+}
+
+#[test]
+fn smtp_filter_down_defers_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let filter_addr = free_addr();
+    let hub = hub(dir.path(), &[&filter_line(filter_addr)]);
+    let mut filter = SmtpFilter::new(dir.path(), filter_addr, hub.reinject_addr());
+
+    for i in 0..3 {
+        send(&hub, "app@vm.test", &["carol@example.org"], &format!("waiting {i}"));
+    }
+    assert!(
+        hub.wait_for_log_count(&["to=<carol@example.org>", "status=deferred"], 3, secs(20)),
+        "all three deferred; log:\n{}",
+        hub.log()
+    );
+    std::thread::sleep(secs(3));
+    // (A count can miss a message between two queue directories; hence a wait.)
+    assert!(hub.wait_for_queued(3, secs(5)), "all three still queued; log:\n{}", hub.log());
+    assert!(maildir(dir.path(), "example.org", "carol").is_empty(), "nothing went around the filter");
+    assert!(!hub.log().contains("status=bounced"), "never bounced for the filter being down");
+
+    filter.start();
+    let out = hub.command(&["queue", "flush"], b"");
+    assert!(out.status.success(), "queue flush: {out:?}");
+    let got = wait_maildir(dir.path(), "example.org", "carol", 3);
+    assert_eq!(got.len(), 3, "log:\n{}", hub.log());
+    let mut subjects: Vec<String> = got.iter().map(|m| header(m, "Subject").unwrap()).collect();
+    subjects.sort();
+    assert_eq!(subjects, ["waiting 0", "waiting 1", "waiting 2"]);
+    assert!(got.iter().all(|m| headers(m, "X-Filtered") == ["yes"]));
+    assert!(hub.wait_for_queued(0, secs(10)));
+}
+
+#[test]
+fn smtp_filter_4xx_defers_and_5xx_bounces() {
+    let dir = tempfile::tempdir().unwrap();
+    let filter_addr = free_addr();
+    let hub = hub(dir.path(), &[&filter_line(filter_addr)]);
+    let mut filter = SmtpFilter::new(dir.path(), filter_addr, hub.reinject_addr());
+    filter.start();
+
+    send(&hub, "app@example.org", &["tempfail@example.org"], "later");
+    let line = status_line(&hub, "tempfail@example.org", "deferred");
+    assert!(line.contains("filter busy"), "{line}");
+
+    send(&hub, "app@example.org", &["reject@example.org"], "refused");
+    let line = status_line(&hub, "reject@example.org", "bounced");
+    assert!(line.contains("rejected by content filter"), "{line}");
+    // The bounce is mail like any other: through the filter to the sender.
+    let bounce = wait_maildir(dir.path(), "example.org", "app", 1);
+    assert_eq!(bounce.len(), 1, "log:\n{}", hub.log());
+    assert_eq!(headers(&bounce[0], "X-Filtered"), ["yes"]);
+    assert!(String::from_utf8_lossy(&bounce[0]).contains("reject@example.org"));
+
+    assert!(hub.wait_for_queued(1, secs(10)), "only the deferred one waits");
+    assert!(maildir(dir.path(), "example.org", "tempfail").is_empty());
+}
+
+/// A pipe filter script: records its arguments and stdin as one
+/// `*.call` file in `dir`, then exits by the first recipient's name.
+fn pipe_script(dir: &Path) -> PathBuf {
+    let calls = dir.join("calls");
+    fs::create_dir_all(&calls).unwrap();
+    let script = dir.join("pipe-filter");
+    let text = format!(
+        "#!/bin/sh\nf=$(mktemp {calls}/call.XXXXXX)\n{{ printf '%s\\n' \"$@\"; echo; cat; }} > \"$f\"\nmv \"$f\" \"$f.call\"\ncase \"$2\" in\n  later@*) exit 75 ;;\n  fail@*) echo 'no such mailbox here' >&2; exit 1 ;;\n  hang@*) exec sleep 60 ;;\nesac\nexit 0\n",
+        calls = calls.display()
+    );
+    fs::write(&script, text).unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Each run of the pipe filter: its arguments and the message it read.
+fn calls(dir: &Path) -> Vec<(Vec<String>, String)> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("calls"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "call"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let text = fs::read_to_string(p).unwrap();
+            let (args, message) = text.split_once("\n\n").unwrap_or((&text, ""));
+            (args.lines().map(String::from).collect(), message.to_string())
+        })
+        .collect()
+}
+
+fn pipe_line(script: &Path) -> String {
+    format!("filter.content_filter = \"pipe:{} ${{sender}} ${{recipient}}\"", script.display())
+}
+
+#[test]
+fn pipe_filter_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = pipe_script(dir.path());
+    let hub = hub(dir.path(), &[&pipe_line(&script), "filter.pipe_timeout = \"2s\""]);
+
+    // Exit 0: handed over; the filter is responsible from here.
+    send(&hub, "app@example.org", &["ok@example.org", "\"odd;$(x) name\"@example.org"], "piped");
+    status_line(&hub, "ok@example.org", "sent");
+    let call = calls(dir.path()).into_iter().find(|(a, _)| a.get(1).map(String::as_str) == Some("ok@example.org"));
+    let (args, message) = call.expect("the filter ran for ok@");
+    assert_eq!(args, ["app@example.org", "ok@example.org", "\"odd;$(x) name\"@example.org"], "an argument vector");
+    assert!(message.contains("Subject: piped"), "{message}");
+    assert!(message.contains("Received: "), "the message as queued: {message}");
+    assert!(maildir(dir.path(), "example.org", "ok").is_empty(), "not delivered around the filter");
+
+    // Exit 75: deferred, kept.
+    send(&hub, "app@example.org", &["later@example.org"], "later");
+    let line = status_line(&hub, "later@example.org", "deferred");
+    assert!(line.contains("exited with 75"), "{line}");
+
+    // Exit 1: bounced, with what the filter said; the bounce itself goes
+    // through the filter (null sender, to the original sender).
+    send(&hub, "app@example.org", &["fail@example.org"], "failing");
+    let line = status_line(&hub, "fail@example.org", "bounced");
+    assert!(line.contains("exited with 1: no such mailbox here"), "{line}");
+    let bounced = wait_until(secs(20), || {
+        calls(dir.path()).iter().any(|(a, m)| a[..] == ["", "app@example.org"] && m.contains("fail@example.org"))
+    });
+    assert!(bounced, "the bounce reached the filter; log:\n{}", hub.log());
+
+    std::thread::sleep(secs(1));
+    assert!(hub.wait_for_queued(1, secs(5)), "only the exit-75 message waits; log:\n{}", hub.log());
+}
+
+#[test]
+fn hanging_pipe_filter_is_killed_and_the_message_deferred() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = pipe_script(dir.path());
+    let hub = hub(dir.path(), &[&pipe_line(&script), "filter.pipe_timeout = \"2s\""]);
+
+    let started = std::time::Instant::now();
+    send(&hub, "app@example.org", &["hang@example.org"], "stuck");
+    let line = status_line(&hub, "hang@example.org", "deferred");
+    assert!(line.contains("killed after 2s"), "{line}");
+    assert!(started.elapsed() < secs(15), "the timeout applied");
+    assert!(hub.wait_for_queued(1, secs(5)), "still queued; log:\n{}", hub.log());
+    assert!(!hub.log().contains("status=bounced"));
+}
+
+#[test]
+fn only_the_filter_domains_are_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = pipe_script(dir.path());
+    let hub = hub(dir.path(), &[&pipe_line(&script), "filter.domains = [\"example.org\"]"]);
+
+    send(&hub, "app@vm.test", &["dave@example.org", "erin@other.test"], "split");
+    status_line(&hub, "dave@example.org", "sent");
+    let direct = wait_maildir(dir.path(), "other.test", "erin", 1);
+    assert_eq!(direct.len(), 1, "log:\n{}", hub.log());
+    assert!(header(&direct[0], "X-Filtered").is_none());
+    let runs = calls(dir.path());
+    assert_eq!(runs.len(), 1, "one run of the filter");
+    assert_eq!(runs[0].0, ["app@vm.test", "dave@example.org"], "only the filtered domain's recipient");
+}

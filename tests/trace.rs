@@ -1,0 +1,96 @@
+//! End-to-end: one trace id finds a message on both hops.
+//!
+//! Scenarios:
+//! 1. A satellite stamps `X-Posthorn-Trace` (its queue id) on a `sendmail`
+//!    submission and passes it to its hub (posthorn, offering
+//!    `XPOSTHORN-TRACE`) as `TRACE=`. The hub's next hop is dead, so the
+//!    message waits there: the trace id from the satellite's log finds the
+//!    hub's accept and delivery lines (both ids on them) and, with `posthorn queue find`,
+//!    the message in the hub's queue; so does its Message-ID.
+//! 2. On the satellite itself (smarthost down) `queue find` takes the trace
+//!    id, the Message-ID with or without `<>`, and says so when nothing matches.
+
+mod harness;
+
+use harness::*;
+
+/// The value of `key=` in a log line (up to the next `,` or space).
+fn field(line: &str, key: &str) -> Option<String> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(line[at..].split([',', ' ']).next()?.to_string())
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const MESSAGE: &[u8] = b"From: root@vm12.internal\nTo: ops@example.net\nSubject: backup failed\n\
+Message-ID: <trace-test-1@vm12.internal>\n\nsee /var/log/backup.log\n";
+
+#[test]
+fn satellite_trace_id_finds_the_message_in_the_hubs_log_and_queue() {
+    let dead = free_addr();
+    let hub_body = format!(
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\nsmarthosts = [\"{dead}\"]\ntls = \"none\"\n\
+         connect_timeout = \"2s\"\n\n[queue]\nretry_min = \"1h\"\nretry_max = \"1h\"\n"
+    );
+    let hub = Posthorn::start(&hub_body);
+    let sat = Posthorn::start(&satellite_config(&[hub.smtp_addr()]));
+
+    let out = sat.sendmail(&["-f", "root@vm12.internal", "ops@example.net"], MESSAGE);
+    assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(sat.wait_for_log_count(&["to=<ops@example.net>", "status=sent"], 1, secs(20)), "{}", sat.log());
+
+    // The satellite's accept line carries its queue id, which is the trace id.
+    let accepted = sat.log_lines(&["trace=", "from=<root@vm12.internal>"]);
+    assert_eq!(accepted.len(), 1, "satellite log:\n{}", sat.log());
+    let sat_id = queue_id_of(&accepted[0]).unwrap();
+    let trace = field(&accepted[0], "trace").unwrap();
+    assert_eq!(trace, sat_id);
+
+    // The hub logs both ids on its accept line.
+    assert!(hub.wait_for_log(&format!("trace={trace}"), secs(10)), "hub log:\n{}", hub.log());
+    let hub_line = hub.log_lines(&[&format!("trace={trace}")]).remove(0);
+    let hub_id = queue_id_of(&hub_line).unwrap();
+    assert_ne!(hub_id, trace);
+    assert!(hub_line.contains("from=<root@vm12.internal>"), "{hub_line}");
+    // So does the line about its (failed) delivery attempt.
+    let trace_field = format!("trace={trace}");
+    assert!(
+        hub.wait_for_log_count(&[&format!("{hub_id}: "), &trace_field, "status=deferred"], 1, secs(15)),
+        "hub log:\n{}",
+        hub.log()
+    );
+
+    // And `queue find` finds it in the hub's queue, by trace id and by Message-ID.
+    let found = hub.command(&["queue", "find", &trace], b"");
+    assert!(found.status.success(), "queue find: {}", String::from_utf8_lossy(&found.stderr));
+    let text = stdout(&found);
+    assert!(text.starts_with(&format!("{hub_id} ")), "{text}");
+    assert!(text.contains(&format!("trace={trace}")), "{text}");
+    let by_mid = hub.command(&["queue", "find", "<trace-test-1@vm12.internal>"], b"");
+    assert!(stdout(&by_mid).starts_with(&format!("{hub_id} ")), "{}", stdout(&by_mid));
+
+    // The header travelled with the message, once.
+    let shown = stdout(&hub.command(&["queue", "show", &hub_id], b""));
+    assert_eq!(shown.matches(&format!("X-Posthorn-Trace: {trace}")).count(), 1, "{shown}");
+}
+
+#[test]
+fn queue_find_on_the_satellite() {
+    let sat = Posthorn::start(&satellite_config(&[free_addr()]));
+    let out = sat.sendmail(&["-f", "root@vm12.internal", "ops@example.net"], MESSAGE);
+    assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(sat.wait_for_log("trace=", secs(20)), "{}", sat.log());
+    let line = sat.log_lines(&["trace="]).remove(0);
+    let trace = field(&line, "trace").unwrap();
+
+    for key in [trace.as_str(), "trace-test-1@vm12.internal", "<trace-test-1@vm12.internal>"] {
+        let found = sat.command(&["queue", "find", key], b"");
+        assert!(found.status.success(), "{key}: {}", String::from_utf8_lossy(&found.stderr));
+        assert!(stdout(&found).starts_with(&format!("{trace} ")), "{key}: {}", stdout(&found));
+    }
+    let none = sat.command(&["queue", "find", "nothing@here"], b"");
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stdout(&none).is_empty());
+}
