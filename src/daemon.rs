@@ -67,6 +67,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !config.smtp.submissions.is_empty() && !config.tls.is_configured() {
         anyhow::bail!("smtp.submissions needs a certificate: set tls.cert and tls.key");
     }
+    let submission = !config.smtp.submission.is_empty() || !config.smtp.submissions.is_empty();
+    if submission && config.auth.users.is_none() {
+        tracing::warn!("submission listeners without auth.users refuse every MAIL: nobody can authenticate");
+    }
     let reinject_listener = match config.filter.reinject_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)

@@ -5,8 +5,8 @@
 //! submission, or an address in `access.trusted_networks`) or when the
 //! recipient's domain is one this host handles (`access.relay_domains`,
 //! `access.local_domains`). The bare `postmaster` is always accepted, as
-//! RFC 5321 4.5.1 requires. A client that authenticated (SMTP AUTH) may
-//! relay like a trusted one. Per-domain recipient checks will be added here.
+//! RFC 5321 4.5.1 requires. A client that authenticated (SMTP AUTH, or a
+//! trusted TLS client certificate) may relay like a trusted one. Per-domain recipient checks will be added here.
 
 use super::session::Peer;
 use crate::config::Access;

@@ -23,6 +23,13 @@
 //! behind STARTTLS is thrown away unread: it arrived in clear and must not
 //! be taken as if it came over TLS (the STARTTLS command injection attack).
 //!
+//! The listener kind (`Listener`) changes two things: on a submission port
+//! (587, RFC 6409) MAIL needs AUTH first (530); on a submissions port (465,
+//! RFC 8314) the TLS handshake comes before the greeting. With
+//! `tls.client_ca` or `access.trusted_fingerprints` the handshake asks for a
+//! client certificate; a trusted one lets the client relay, limited to the
+//! senders `access.client_cert_senders` gives its names (553 otherwise).
+//!
 //! AUTH (RFC 4954) is a small exchange inside the loop: the session answers
 //! 334 and takes the next line as the client's response; the password check
 //! runs off the async threads, and a failure is answered only after
