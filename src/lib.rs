@@ -10,10 +10,18 @@
 //! Arrows mean "may use".
 //!
 //! ```text
-//! main.rs ─> cli ─> control ─> (daemon)
-//! daemon ─> smtp::server ─> ingress ─> spool
-//!        ─> queue ─> deliver ─> smtp::client ─> smtp::proto
+//! main.rs ─> cli ─> control ─> (the running daemon)
+//!               ─> spool, route          (read-only listings, postmap, route explain)
+//! daemon  ─> smtp::server ─> ingress ─> spool
+//!                         ─> tls, auth
+//!         ─> queue ─> deliver ─> smtp::client ─> smtp::proto
+//!                  ─> dsn ─> ingress     (notices go back in through the door)
+//! ingress ─> route   (aliases and canonical maps are applied once, at the door)
+//! deliver ─> route   (the next hop is decided at delivery time), tls
 //! ```
+//!
+//! `smtp::proto` uses nothing else in the crate; `spool` knows nothing of
+//! SMTP; `deliver` never touches queue files.
 //!
 //! - [`config`]: TOML to typed configuration, role defaults, located errors.
 //! - [`smtp::proto`]: sans-IO protocol: commands, replies, addresses, DATA decoding.
