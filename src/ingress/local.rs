@@ -6,7 +6,7 @@
 //! missing (RFC 5322 requires From and Date; RFC 6409 8.3 lets a submission
 //! server add Message-ID); unqualified addresses get `@hostname`.
 
-use super::{Ingress, IngressError, Origin, Protocol, RcptIn, Transaction};
+use super::{Ingress, IngressError, Origin, RcptIn, Transaction};
 use crate::ingress::maildrop::Drop;
 use crate::timefmt;
 
@@ -50,13 +50,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         ret: None,
         envid: None,
         trace_id: None,
-        origin: Origin {
-            protocol: Protocol::Local,
-            helo: None,
-            client: None,
-            local_user: Some(user.to_string()),
-            auth_user: None,
-        },
+        origin: Origin::local(user),
     };
     let mut writer = ingress.open(tx).await?;
     let mut head = strip_bcc(headers);
@@ -131,22 +125,7 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
         trace_id: None,
     };
     let message = dsn::build(ingress.hostname(), &about, &items, Returned::Headers(headers), now);
-    let tx = Transaction {
-        sender: String::new(),
-        recipients: vec![RcptIn { address: sender.to_string(), notify: None, orcpt: None }],
-        body: super::BodyType::EightBitMime,
-        smtputf8: false,
-        ret: None,
-        envid: None,
-        trace_id: None,
-        origin: Origin {
-            protocol: Protocol::Local,
-            helo: None,
-            client: None,
-            local_user: Some("MAILER-DAEMON".into()),
-            auth_user: None,
-        },
-    };
+    let tx = Transaction::notice_to(sender, false);
     match ingress.submit(tx, &message).await {
         Ok(id) => {
             tracing::info!("{id}: non-delivery notification to <{sender}> for {} refused recipient(s)", items.len())

@@ -91,6 +91,36 @@ pub struct Transaction {
     pub origin: Origin,
 }
 
+impl Origin {
+    /// A local submission by `user` (sendmail, maildrop pickup, notices).
+    pub fn local(user: &str) -> Origin {
+        Origin {
+            protocol: Protocol::Local,
+            helo: None,
+            client: None,
+            local_user: Some(user.to_string()),
+            auth_user: None,
+        }
+    }
+}
+
+impl Transaction {
+    /// A delivery status notification to `recipient`: from the null
+    /// sender (RFC 3461 6.2), so it is never answered with another.
+    pub fn notice_to(recipient: &str, smtputf8: bool) -> Transaction {
+        Transaction {
+            sender: String::new(),
+            recipients: vec![RcptIn { address: recipient.to_string(), notify: None, orcpt: None }],
+            body: BodyType::EightBitMime,
+            smtputf8,
+            ret: None,
+            envid: None,
+            trace_id: None,
+            origin: Origin::local("MAILER-DAEMON"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
     #[error("message exceeds the size limit of {0} bytes")]

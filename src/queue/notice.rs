@@ -6,7 +6,7 @@
 //! per sender per hour, so one broken list cannot start a bounce storm.
 
 use crate::dsn::{self, Action, Item, Returned};
-use crate::ingress::{BodyType, Ingress, Origin, Protocol, RcptIn, Transaction};
+use crate::ingress::{Ingress, Transaction};
 use crate::spool::Spool;
 use crate::spool::envelope::{Envelope, RcptState, Recipient};
 use std::collections::{HashMap, VecDeque};
@@ -138,22 +138,7 @@ pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Env
         None => Returned::Nothing,
     };
     let message = dsn::build(ingress.hostname(), env, &items, original, now);
-    let tx = Transaction {
-        sender: String::new(),
-        recipients: vec![RcptIn { address: env.sender.clone(), notify: None, orcpt: None }],
-        body: BodyType::EightBitMime,
-        smtputf8: env.smtputf8,
-        ret: None,
-        envid: None,
-        trace_id: None,
-        origin: Origin {
-            protocol: Protocol::Local,
-            helo: None,
-            client: None,
-            local_user: Some("MAILER-DAEMON".into()),
-            auth_user: None,
-        },
-    };
+    let tx = Transaction::notice_to(&env.sender, env.smtputf8);
     match ingress.submit(tx, &message).await {
         Ok(id) => tracing::info!("{}: sender {what} notification: {id}", env.id),
         Err(e) => tracing::error!("{}: cannot queue the {what} notification: {e}", env.id),
