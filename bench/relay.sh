@@ -78,102 +78,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A free TCP port on address $1 (the kernel picks it; small race until use).
-free_port() {
-    python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
-}
-
-# Waits until $1:$2 accepts connections (10 s).
-wait_listening() {
-    for _ in $(seq 200); do
-        if python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),0.2).close()' "$1" "$2" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "nothing listening on $1:$2" >&2
-    return 1
-}
-
-# Fields of /proc/PID/stat after the command name: f[0] is field 3 (state).
-stat_fields() {
-    local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    s=${s##*) }
-    echo "$s"
-}
-
-# utime+stime+cutime+cstime of PID $1, in clock ticks.
-proc_ticks() {
-    local f
-    f=($(stat_fields "$1")) || { echo 0; return; }
-    echo $((f[11] + f[12] + f[13] + f[14]))
-}
-
-# CPU ticks of process $1 and all its live descendants (the dead ones are
-# in their parents' cutime/cstime once reaped).
-tree_ticks() {
-    local root=$1 total=0 p f
-    declare -A parent=()
-    for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        f=($(stat_fields "$p")) || continue
-        parent[$p]=${f[1]}
-    done
-    for p in "${!parent[@]}"; do
-        local q=$p
-        while [ -n "$q" ] && [ "$q" != 0 ] && [ "$q" != 1 ]; do
-            if [ "$q" = "$root" ]; then
-                total=$((total + $(proc_ticks "$p")))
-                break
-            fi
-            q=${parent[$q]:-}
-        done
-    done
-    echo "$total"
-}
-
-now() { date +%s.%N; }
-
-# Floating-point arithmetic: calc "1 / 3".
-calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
-
-# Starts an smtp-sink on $1:$2 that exits after $3 messages; sets SINK_PID.
-# Verbose, so that its log tells how many connections it accepted.
-start_sink() {
-    local user=()
-    [ "$(id -u)" = 0 ] && user=(-u root)
-    "$SINK" "${user[@]}" -v -M "$3" "$1:$2" 256 >/dev/null 2>"$WORK/sink-$2.log" &
-    SINK_PID=$!
-    PIDS+=("$SINK_PID")
-    wait_listening "$1" "$2"
-}
-
-# Waits (up to 600 s) for the sink $1 to exit, i.e. to have all messages.
-wait_sink_done() {
-    for _ in $(seq 6000); do
-        [ -d "/proc/$1" ] && [ "$(stat_fields "$1" | cut -d' ' -f1)" != Z ] || return 0
-        sleep 0.1
-    done
-    echo "sink $1 did not receive all messages in 600 s" >&2
-    return 1
-}
+# Shared helpers: free_port, wait_listening, tree_ticks, calc, start_sink,
+# wait_sink_done, run_source, ...; the sink is verbose here, so that its log
+# tells how many connections it accepted.
+. "$ROOT/bench/lib.sh"
+SINK_OPTS=(-v)
 
 # Connections the sink on port $1 accepted.
 sink_connections() {
     grep -c 'smtp-sink: connect (' "$WORK/sink-$1.log" || true
 }
 
-# Runs the load against $1:$2; prints the wall seconds it took.
-run_source() {
-    local t0 t1
-    t0=$(now)
-    "$SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" -f bench@client.test -t rcpt@example.test \
-        -M client.test "$1:$2" >"$WORK/source-$2.log" 2>&1 ||
-        { echo "smtp-source failed:" >&2; cat "$WORK/source-$2.log" >&2; return 1; }
-    t1=$(now)
-    calc "$t1 - $t0"
-}
 
 # Measures one MTA: $1 name, $2:$3 its SMTP address, $4 the pid whose
 # process tree is the MTA, $5 the sink's pid, $6 the sink's port.

@@ -1,0 +1,120 @@
+# bench/lib.sh -- helpers the benchmark scripts share; sourced, not run.
+# Expects: SINK, SOURCE, WORK, PIDS (array), and for run_source SESSIONS,
+# SIZE, N. Nothing here starts anything by itself.
+
+SINK_OPTS=()
+
+# A free TCP port on address $1 (the kernel picks it; small race until use).
+free_port() {
+    python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"
+}
+
+# Waits until $1:$2 accepts connections (10 s).
+wait_listening() {
+    for _ in $(seq 200); do
+        if python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),0.2).close()' "$1" "$2" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "nothing listening on $1:$2" >&2
+    return 1
+}
+
+# Fields of /proc/PID/stat after the command name: f[0] is field 3 (state).
+stat_fields() {
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    s=${s##*) }
+    echo "$s"
+}
+
+# utime+stime+cutime+cstime of PID $1, in clock ticks.
+proc_ticks() {
+    local f
+    f=($(stat_fields "$1")) || { echo 0; return; }
+    echo $((f[11] + f[12] + f[13] + f[14]))
+}
+
+# CPU ticks of process $1 and all its live descendants (the dead ones are
+# in their parents' cutime/cstime once reaped).
+tree_ticks() {
+    local root=$1 total=0 p f
+    declare -A parent=()
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        f=($(stat_fields "$p")) || continue
+        parent[$p]=${f[1]}
+    done
+    for p in "${!parent[@]}"; do
+        local q=$p
+        while [ -n "$q" ] && [ "$q" != 0 ] && [ "$q" != 1 ]; do
+            if [ "$q" = "$root" ]; then
+                total=$((total + $(proc_ticks "$p")))
+                break
+            fi
+            q=${parent[$q]:-}
+        done
+    done
+    echo "$total"
+}
+
+# Sum of VmRSS (kB) of process $1 and its live descendants.
+tree_rss() {
+    local root=$1 total=0 p f
+    declare -A parent=()
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        f=($(stat_fields "$p")) || continue
+        parent[$p]=${f[1]}
+    done
+    for p in "${!parent[@]}"; do
+        local q=$p
+        while [ -n "$q" ] && [ "$q" != 0 ] && [ "$q" != 1 ]; do
+            if [ "$q" = "$root" ]; then
+                total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+                break
+            fi
+            q=${parent[$q]:-}
+        done
+    done
+    echo "$total"
+}
+
+now() { date +%s.%N; }
+
+# Floating-point arithmetic: calc "1 / 3".
+calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+
+# Starts an smtp-sink on $1:$2 that exits after $3 messages; sets SINK_PID.
+# Extra smtp-sink options come from the array SINK_OPTS.
+start_sink() {
+    local user=()
+    [ "$(id -u)" = 0 ] && user=(-u root)
+    "$SINK" "${user[@]}" "${SINK_OPTS[@]}" -M "$3" "$1:$2" 256 >/dev/null 2>"$WORK/sink-$2.log" &
+    SINK_PID=$!
+    PIDS+=("$SINK_PID")
+    wait_listening "$1" "$2"
+}
+
+# Waits (up to 600 s) for the sink $1 to exit, i.e. to have all messages.
+wait_sink_done() {
+    for _ in $(seq 6000); do
+        [ -d "/proc/$1" ] && [ "$(stat_fields "$1" | cut -d' ' -f1)" != Z ] || return 0
+        sleep 0.1
+    done
+    echo "sink $1 did not receive all messages in 600 s" >&2
+    return 1
+}
+
+# Runs the load against $1:$2; prints the wall seconds it took.
+run_source() {
+    local t0 t1
+    t0=$(now)
+    "$SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$N" -f bench@client.test -t rcpt@example.test \
+        -M client.test "$1:$2" >"$WORK/source-$2.log" 2>&1 ||
+        { echo "smtp-source failed:" >&2; cat "$WORK/source-$2.log" >&2; return 1; }
+    t1=$(now)
+    calc "$t1 - $t0"
+}
+
