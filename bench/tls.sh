@@ -28,6 +28,8 @@ SINK=/usr/sbin/smtp-sink
 SOURCE=/usr/sbin/smtp-source
 POSTFIX=/usr/sbin/postfix
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# pf_services (and helpers this script may define again for itself).
+. "$ROOT/bench/lib.sh"
 
 for tool in "$SINK" "$SOURCE"; do
     [ -x "$tool" ] || { echo "missing $tool: apt-get install postfix" >&2; exit 1; }
@@ -234,32 +236,11 @@ maillog_file = $PF_DIR/maillog
 syslog_name = postfix-bench
 biff = no
 CONF
-    cat >"$PF_DIR/etc/master.cf" <<CONF
-$ip:$port inet n - n - - smtpd
-$ip:$tls_port inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-CONF
+    {
+        echo "$ip:$port inet n - n - - smtpd"
+        echo "$ip:$tls_port inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt"
+        pf_services
+    } >"$PF_DIR/etc/master.cf"
     "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
         { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
     wait_listening "$ip" "$port"
