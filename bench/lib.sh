@@ -36,10 +36,9 @@ proc_ticks() {
     echo $((f[11] + f[12] + f[13] + f[14]))
 }
 
-# CPU ticks of process $1 and all its live descendants (the dead ones are
-# in their parents' cutime/cstime once reaped).
-tree_ticks() {
-    local root=$1 total=0 p f
+# Process $1 and its live descendants, one pid a line.
+tree_pids() {
+    local root=$1 p f
     declare -A parent=()
     for p in /proc/[0-9]*; do
         p=${p#/proc/}
@@ -50,33 +49,29 @@ tree_ticks() {
         local q=$p
         while [ -n "$q" ] && [ "$q" != 0 ] && [ "$q" != 1 ]; do
             if [ "$q" = "$root" ]; then
-                total=$((total + $(proc_ticks "$p")))
+                echo "$p"
                 break
             fi
             q=${parent[$q]:-}
         done
+    done
+}
+
+# CPU ticks of process $1 and all its live descendants (the dead ones are
+# in their parents' cutime/cstime once reaped).
+tree_ticks() {
+    local total=0 p
+    for p in $(tree_pids "$1"); do
+        total=$((total + $(proc_ticks "$p")))
     done
     echo "$total"
 }
 
 # Sum of VmRSS (kB) of process $1 and its live descendants.
 tree_rss() {
-    local root=$1 total=0 p f
-    declare -A parent=()
-    for p in /proc/[0-9]*; do
-        p=${p#/proc/}
-        f=($(stat_fields "$p")) || continue
-        parent[$p]=${f[1]}
-    done
-    for p in "${!parent[@]}"; do
-        local q=$p
-        while [ -n "$q" ] && [ "$q" != 0 ] && [ "$q" != 1 ]; do
-            if [ "$q" = "$root" ]; then
-                total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
-                break
-            fi
-            q=${parent[$q]:-}
-        done
+    local total=0 p
+    for p in $(tree_pids "$1"); do
+        total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
     done
     echo "$total"
 }

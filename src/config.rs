@@ -98,8 +98,8 @@ pub struct Filter {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum FilterSpec {
     Smtp(crate::deliver::mx::Target),
-    /// The argument vector, split on whitespace, placeholders not yet
-    /// replaced.
+    /// The argument vector, split on whitespace; `${sender}` and
+    /// `${recipient}` are substituted for each delivery.
     Pipe(Vec<String>),
 }
 
