@@ -8,7 +8,8 @@
 #      whose relayhost refuses connections,
 # and the script waits until every message is deferred. Then it times:
 #   posthorn: mailq | wc -l, exiqgrep -c -f RE, posthorn queue list --json | wc -l,
-#             postsuper -d ALL (through the daemon), and the daemon's RSS
+#             postsuper -d ALL (through the daemon) and the time until the
+#             daemon has unlinked the bodies too, and the daemon's RSS
 #             (VmRSS with the full queue, and its peak VmHWM);
 #   Postfix:  mailq | wc -l (postqueue -p), postqueue -j | wc -l,
 #             postsuper -d ALL, and the memory of its processes with the full
@@ -166,7 +167,16 @@ EOF
     r=$(timed "$env mailq | tail -1"); result posthorn "mailq footer" "" "${r#* }"
     r=$(timed "$env exiqgrep -c -f '^<bench@'"); result posthorn "exiqgrep -c -f RE (s)" "${r%% *}" "${r#* }"
     r=$(timed "$env $bin queue list --json | wc -l"); result posthorn "posthorn queue list --json | wc -l (s)" "${r%% *}" "${r#* } lines"
+    local t0
+    t0=$(now)
     r=$(timed "$env postsuper -d ALL"); result posthorn "postsuper -d ALL (s)" "${r%% *}" "${r#* }"
+    # postsuper returns once the envelopes are gone (nothing listed, nothing
+    # delivered); the daemon unlinks the bodies after, in the background.
+    for _ in $(seq 600); do
+        [ "$(count_files "$dir/spool/data")" = 0 ] && break
+        sleep 0.1
+    done
+    result posthorn "  and until the bodies are unlinked too (s)" "$(calc "$(now) - $t0")" "$(count_files "$dir/spool/data") left"
     r=$(timed "$env mailq"); result posthorn "mailq afterwards" "" "${r#* }"
     kill "$pid"
     wait "$pid" 2>/dev/null || true

@@ -17,7 +17,7 @@ use std::io::Write;
 
 /// Ids sent per control request: keeps each request well inside the
 /// control protocol's time limit even for a queue of a million.
-const BATCH: usize = 5000;
+const BATCH: usize = 20_000;
 
 /// Asks the daemon to apply `action` to `ids`; one result per id, in order.
 /// Errors are already reported on stderr as `prog: fatal: ...`; the value

@@ -62,10 +62,12 @@ fn usage(problem: &str) -> u8 {
 
 /// The Postfix `showq` layout.
 pub fn render(queue: &[(State, Envelope)]) -> String {
+    use std::fmt::Write as _;
     if queue.is_empty() {
         return "Mail queue is empty\n".into();
     }
-    let mut s = String::from("-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
+    let mut s = String::with_capacity(64 + queue.len() * 160);
+    s.push_str("-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
     let mut total = 0u64;
     for (state, env) in queue {
         let mark = match state {
@@ -74,22 +76,25 @@ pub fn render(queue: &[(State, Envelope)]) -> String {
             _ => "",
         };
         let sender = if env.sender.is_empty() { "MAILER-DAEMON" } else { &env.sender };
-        let id = format!("{}{mark}", env.id);
-        s.push_str(&format!("{id:<11} {:>8} {:<20} {sender}\n", env.size, timefmt::mailq(env.arrival)));
+        // The id and its mark share one 11-column field.
+        s.push_str(&env.id);
+        s.push_str(mark);
+        let pad = 11usize.saturating_sub(env.id.len() + mark.len());
+        let _ = writeln!(s, "{:pad$} {:>8} {:<20} {sender}", "", env.size, timefmt::mailq(env.arrival));
         let mut last_reason: Option<&str> = None;
         for r in env.recipients.iter().filter(|r| r.state == RcptState::Pending) {
             let reason = r.history.last().map(|a| a.detail.as_str());
-            if reason.is_some() && reason != last_reason {
-                s.push_str(&format!("({})\n", reason.unwrap_or_default()));
+            if let Some(text) = reason.filter(|_| reason != last_reason) {
+                let _ = writeln!(s, "({text})");
             }
             last_reason = reason;
-            s.push_str(&format!("{:41} {}\n", "", r.address));
+            let _ = writeln!(s, "{:41} {}", "", r.address);
         }
         s.push('\n');
         total += env.size;
     }
     let n = queue.len();
-    s.push_str(&format!("-- {} Kbytes in {n} Request{}.\n", total.div_ceil(1024), if n == 1 { "" } else { "s" }));
+    let _ = writeln!(s, "-- {} Kbytes in {n} Request{}.", total.div_ceil(1024), if n == 1 { "" } else { "s" });
     s
 }
 

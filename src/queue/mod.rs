@@ -346,26 +346,23 @@ impl Scheduler {
     async fn act_on_files(&self, action: Action, ids: Vec<String>) -> Vec<std::io::Result<Option<State>>> {
         let spool = self.spool.clone();
         tokio::task::spawn_blocking(move || {
-            let results: Vec<std::io::Result<Option<State>>> = ids
-                .iter()
-                .map(|id| match action {
-                    Action::Delete => spool.delete_envelope(id),
-                    Action::Hold => spool.hold(id, false),
-                    Action::Freeze => spool.hold(id, true),
-                    Action::Release => spool.release(id),
-                    Action::Requeue | Action::Deliver => spool.requeue(id),
-                    Action::Bounce => unreachable!("bounces are handled by give_up"),
-                })
-                .collect();
+            let results: Vec<std::io::Result<Option<State>>> = match action {
+                Action::Delete => spool.delete_envelopes(&ids),
+                _ => ids
+                    .iter()
+                    .map(|id| match action {
+                        Action::Hold => spool.hold(id, false),
+                        Action::Freeze => spool.hold(id, true),
+                        Action::Release => spool.release(id),
+                        Action::Requeue | Action::Deliver => spool.requeue(id),
+                        Action::Delete | Action::Bounce => unreachable!("handled apart"),
+                    })
+                    .collect(),
+            };
             let _ = spool.sync_states();
             if action == Action::Delete {
-                let gone: Vec<String> =
-                    ids.into_iter().zip(&results).filter(|(_, r)| matches!(r, Ok(Some(_)))).map(|(id, _)| id).collect();
-                std::thread::spawn(move || {
-                    for id in gone {
-                        let _ = std::fs::remove_file(spool.body_path(&id));
-                    }
-                });
+                let gone = ids.into_iter().zip(&results).filter(|(_, r)| matches!(r, Ok(Some(_)))).map(|(id, _)| id);
+                spool.remove_bodies(gone.collect());
             }
             results
         })

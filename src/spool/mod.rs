@@ -37,7 +37,7 @@ const BODY_BUFFER: usize = 256 * 1024;
 pub const INLINE_WRITE: usize = 64 * 1024;
 
 /// Where an envelope is; the directory of the same name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum State {
     Incoming,
     Active,
@@ -287,27 +287,42 @@ impl Spool {
     /// read on a few threads: with a big queue the time goes into opening
     /// files, which the kernel does in parallel. Bodies are never read.
     pub fn collect(&self) -> Vec<(State, Envelope)> {
-        let mut files = Vec::new();
+        let mut files: Vec<(String, State)> = Vec::new();
         for state in State::QUEUED {
             let Ok(ids) = self.list(state) else { continue };
-            files.extend(ids.into_iter().map(|id| (state, self.envelope_path(state, &id))));
+            files.extend(ids.into_iter().map(|id| (id, state)));
         }
+        // Ids sort in arrival order, so reading the files in id order gives
+        // the listing in order: each thread takes a contiguous run.
+        files.sort_unstable();
+        let dirs: Vec<(State, rustix::fd::OwnedFd)> = State::QUEUED
+            .into_iter()
+            .filter_map(|s| {
+                let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+                rustix::fs::open(self.dir(s), flags, rustix::fs::Mode::empty()).ok().map(|fd| (s, fd))
+            })
+            .collect();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let chunk = files.len().div_ceil(threads).max(256);
-        let read = |part: &[(State, PathBuf)]| -> Vec<(State, Envelope)> {
-            // A message can move or vanish between listing and reading.
-            part.iter()
-                .filter_map(|(state, path)| {
-                    let data = std::fs::read(path).ok()?;
-                    Envelope::from_json(&data).ok().map(|env| (*state, env))
-                })
-                .collect()
+        let read = |part: &[(String, State)]| -> Vec<(State, Envelope)> {
+            let mut buf = Vec::with_capacity(16 * 1024);
+            let mut envelopes = Vec::with_capacity(part.len());
+            for (id, state) in part {
+                let Some((_, dir)) = dirs.iter().find(|(s, _)| s == state) else { continue };
+                // A message can move or vanish between listing and reading.
+                if read_small(dir, id, &mut buf).is_ok() {
+                    envelopes.extend(Envelope::from_json(&buf).ok().map(|env| (*state, env)));
+                }
+            }
+            envelopes
         };
-        let mut out: Vec<(State, Envelope)> = std::thread::scope(|scope| {
+        let mut out: Vec<(State, Envelope)> = Vec::with_capacity(files.len());
+        std::thread::scope(|scope| {
             let workers: Vec<_> = files.chunks(chunk).map(|part| scope.spawn(move || read(part))).collect();
-            workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+            for worker in workers {
+                out.append(&mut worker.join().unwrap_or_default());
+            }
         });
-        out.sort_by(|a, b| a.1.id.cmp(&b.1.id));
         // A message moving between states while the directories are read
         // (incoming -> active) can be seen twice: once is right.
         out.dedup_by(|a, b| a.1.id == b.1.id);
@@ -329,10 +344,18 @@ impl Spool {
     /// Operator actions, run on a blocking thread. Each returns the state the
     /// message was found in (`None`: no such message). Directory syncs are
     /// left to `sync_states`, once per batch.
-    pub fn delete_any(&self, id: &str) -> io::Result<Option<State>> {
-        let Some(state) = self.locate(id) else { return Ok(None) };
-        self.remove(state, id)?;
-        Ok(Some(state))
+    ///
+    /// `delete_envelope` for many messages at once, on several threads.
+    pub fn delete_envelopes(&self, ids: &[String]) -> Vec<io::Result<Option<State>>> {
+        on_threads(ids, |id| self.delete_envelope(id))
+    }
+
+    /// Unlinks the bodies of `ids` in the background, after their envelopes
+    /// are gone; a crash before the end leaves orphan bodies, which recovery
+    /// removes.
+    pub fn remove_bodies(&self, ids: Vec<String>) {
+        let spool = self.clone();
+        std::thread::spawn(move || on_threads(&ids, |id| std::fs::remove_file(spool.body_path(id))));
     }
 
     /// Removes a message's envelope, whichever state it is in, and returns
@@ -455,8 +478,49 @@ impl Spool {
     }
 }
 
+/// Threads `on_threads` unlinks with. On a filesystem mounted with
+/// `discard` an unlink waits for the device to trim the freed block (about
+/// 80 µs on the machines posthorn is benchmarked on, against 20 µs of CPU),
+/// and the waits of many threads overlap: 100,000 envelopes go in 2.5 s
+/// instead of 8. Elsewhere the extra threads only queue for the CPU.
+const UNLINK_THREADS: usize = 16;
+
+/// `f` over `items` on up to `UNLINK_THREADS` threads; results in order.
+fn on_threads<T: Send>(items: &[String], f: impl Fn(&str) -> T + Sync) -> Vec<T> {
+    let chunk = items.len().div_ceil(UNLINK_THREADS).max(64);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|i| f(i)).collect::<Vec<T>>()))
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("an unlink worker does not panic")).collect()
+    })
+}
+
 fn create_file(path: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Reads the whole of the small file `name` in the directory `dir` into
+/// `buf` with three system calls (open, read, close) where `fs::read` takes
+/// five: on a queue of 100,000 envelopes that is most of a listing's time.
+/// A short read ends it: spool files are complete when they appear (they are
+/// renamed into place), and a regular file reads short only at its end.
+fn read_small(dir: &rustix::fd::OwnedFd, name: &str, buf: &mut Vec<u8>) -> io::Result<()> {
+    let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, rustix::fs::Mode::empty())?;
+    buf.clear();
+    loop {
+        if buf.spare_capacity_mut().is_empty() {
+            buf.reserve(buf.capacity().max(4096));
+        }
+        let spare = buf.capacity() - buf.len();
+        let n = rustix::io::read(&fd, rustix::buffer::spare_capacity(buf))?;
+        if n < spare {
+            return Ok(());
+        }
+    }
 }
 
 /// The body of a message being received. Small bodies stay in memory until
@@ -594,6 +658,29 @@ mod tests {
         assert!(spool.body_path(&id).exists());
         drop(body);
         assert!(!spool.body_path(&id).exists());
+    }
+
+    #[test]
+    fn collect_lists_every_state_in_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let states = [State::Hold, State::Deferred, State::Incoming, State::Active, State::Deferred];
+        let mut written = Vec::new();
+        for state in states {
+            let mut env = envelope(&spool);
+            if written.len() == 1 {
+                // Bigger than the first read buffer: the read goes on.
+                env.recipients[0].address = format!("{}@example.org", "x".repeat(40_000));
+            }
+            std::fs::write(spool.envelope_path(state, &env.id), env.to_json()).unwrap();
+            written.push((state, env));
+        }
+        // Caught between two states while listed: listed once.
+        let (_, moving) = &written[2];
+        std::fs::write(spool.envelope_path(State::Deferred, &moving.id), moving.to_json()).unwrap();
+        // Not an envelope: skipped, never fatal.
+        std::fs::write(spool.envelope_path(State::Deferred, "0000000000"), b"{").unwrap();
+        assert_eq!(spool.collect(), written);
     }
 
     #[test]
