@@ -8,16 +8,21 @@
 //! C: text        the client sends `text` CRLF
 //! C:             the client sends an empty line
 //! C*N: text      the client sends `text` CRLF, N times
+//! R: text        the client sends `text` and nothing more (BDAT octets)
 //! S: 250         the next reply has code 250
 //! S: 550 5.5.2   ... and enhanced code 5.5.2
 //! S: 250 2.0.0 Ok: queued as    ... and its text starts like this
+//! S: 250 ... CHUNKING           ` ... ` skips text: the word comes later
 //! S: CLOSED      the server closes the connection
+//! D: text        the message the last `queued as ID` reply named reaches
+//!                its Maildir (`user@local.test`) and ends with `text`;
+//!                Maildir files end lines in LF, so `\n` stands for CRLF
 //! ```
 //!
-//! In `C:` text, `\n` sends a bare LF, `\r` a bare CR, `\\` a backslash,
-//! and `${N*text}` expands to `text` repeated N times (for long lines).
-//! Consecutive `C:` lines go out in one write before the next `S:` is
-//! read, so a run of `C:` lines is a pipelined batch.
+//! In `C:`, `R:` and `D:` text, `\n` is a bare LF, `\r` a bare CR, `\\` a
+//! backslash, and `${N*text}` expands to `text` repeated N times (for long
+//! lines). Consecutive `C:` and `R:` lines go out in one write before the
+//! next `S:` is read, so a run of them is a pipelined batch.
 //!
 //! Every file is played (in parallel, on one daemon) and all mismatches are
 //! reported together, each with its file name and line.
@@ -31,8 +36,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The daemon the dialogs talk to. 127.0.0.1 is deliberately not trusted,
-/// so relay access applies: only `@example.org` is accepted from it.
-const CONFIG: &str = "[smtp]
+/// so relay access applies: only `@example.org` and `@local.test` are
+/// accepted from it. A hub, so that `@local.test` is delivered to Maildirs
+/// under `mail`; its DNS server is a closed port, so mail for elsewhere
+/// just waits in the queue.
+fn config(mail: &Path, dns: SocketAddr) -> String {
+    let root = format!("{}/{{domain}}/{{user}}", mail.display());
+    format!(
+        "role = \"hub\"
+
+[smtp]
 listen = [\"127.0.0.1:0\"]
 max_recipients = 5
 max_message_size = \"10k\"
@@ -41,7 +54,18 @@ max_errors = 8
 [access]
 trusted_networks = [\"192.0.2.0/24\"]
 relay_domains = [\"example.org\"]
-";
+local_domains = [\"local.test\"]
+
+[deliver]
+maildir_root = {}
+dns_servers = [\"{dns}\"]
+",
+        harness::toml_str(&root)
+    )
+}
+
+/// How long a queued message may take to reach its Maildir.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long one reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -51,6 +75,7 @@ enum Step {
     Send(Vec<u8>),
     Expect(String),
     Closed,
+    Delivered(Vec<u8>),
 }
 
 /// Parses a dialog file into steps, each with its line number.
@@ -72,6 +97,8 @@ fn parse(text: &str) -> Result<Vec<(usize, Step)>, String> {
                 steps.push((n, Step::Expect(rest.trim_end().to_string())));
             }
             "C" => steps.push((n, Step::Send(client_line(rest).map_err(|e| format!("line {n}: {e}"))?))),
+            "R" => steps.push((n, Step::Send(expand(rest).map_err(|e| format!("line {n}: {e}"))?))),
+            "D" => steps.push((n, Step::Delivered(expand(rest).map_err(|e| format!("line {n}: {e}"))?))),
             _ => {
                 let count = head.strip_prefix("C*").and_then(|c| c.parse::<usize>().ok());
                 let count = count.ok_or_else(|| format!("line {n}: unknown directive `{head}:`"))?;
@@ -84,6 +111,13 @@ fn parse(text: &str) -> Result<Vec<(usize, Step)>, String> {
 
 /// Expands escapes and `${N*text}`, and appends CRLF.
 fn client_line(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = expand(text)?;
+    out.extend_from_slice(b"\r\n");
+    Ok(out)
+}
+
+/// Expands escapes and `${N*text}`.
+fn expand(text: &str) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
@@ -107,8 +141,29 @@ fn client_line(text: &str) -> Result<Vec<u8>, String> {
             rest = &rest[c.len_utf8()..];
         }
     }
-    out.extend_from_slice(b"\r\n");
     Ok(out)
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as ID` reply.
+fn queued_id(reply: &str) -> Option<&str> {
+    reply.split_once("queued as ").map(|(_, id)| id.split_whitespace().next().unwrap_or(""))
+}
+
+/// The message with queue id `id` in a Maildir under `mail`: the file whose
+/// `Received:` header says `id ID`.
+fn delivered(mail: &Path, id: &str) -> Option<Vec<u8>> {
+    let mut files = Vec::new();
+    for domain in std::fs::read_dir(mail).ok()?.flatten() {
+        for user in std::fs::read_dir(domain.path()).into_iter().flatten().flatten() {
+            files.extend(std::fs::read_dir(user.path().join("new")).into_iter().flatten().flatten().map(|e| e.path()));
+        }
+    }
+    let tag = format!(" id {id}");
+    files.into_iter().filter_map(|f| std::fs::read(f).ok()).find(|m| {
+        m.windows(tag.len())
+            .enumerate()
+            .any(|(i, w)| w == tag.as_bytes() && m.get(i + tag.len()).is_none_or(|c| !c.is_ascii_alphanumeric()))
+    })
 }
 
 /// Reads one (possibly multi-line) reply, as `code text text`, the way
@@ -142,15 +197,27 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Option<String>, Strin
 
 /// Whether `reply` is what `expected` asks for: a prefix that does not end
 /// inside a word or code, so `S: 25` never matches `250` nor `S: 550 5.5`
-/// `550 5.5.2`.
+/// `550 5.5.2`. ` ... ` skips text: `250 ... CHUNKING` is a 250 whose
+/// text has the word `CHUNKING` somewhere (an EHLO keyword: the greeting
+/// name before it differs from run to run).
 fn matches(reply: &str, expected: &str) -> bool {
+    let mut parts = expected.split(" ... ");
+    let first = parts.next().unwrap_or("");
     let word = |c: char| c.is_alphanumeric() || c == '.';
-    let cut_inside = expected.ends_with(word) && reply[expected.len()..].starts_with(word);
-    reply.starts_with(expected) && !cut_inside
+    if !reply.starts_with(first) || first.ends_with(word) && reply[first.len()..].starts_with(word) {
+        return false;
+    }
+    let words: Vec<&str> = reply[first.len()..].split(' ').collect();
+    let mut at = 0;
+    parts.all(|part| {
+        let wanted: Vec<&str> = part.split(' ').collect();
+        let found = words[at..].windows(wanted.len()).position(|w| w == wanted);
+        found.inspect(|p| at += p + wanted.len()).is_some()
+    })
 }
 
 /// Plays one dialog; the error names the file and line.
-fn play(addr: SocketAddr, path: &Path) -> Result<(), String> {
+fn play(addr: SocketAddr, mail: &Path, path: &Path) -> Result<(), String> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     let steps = parse(&text).map_err(|e| format!("{name}: {e}"))?;
@@ -159,6 +226,7 @@ fn play(addr: SocketAddr, path: &Path) -> Result<(), String> {
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     let mut batch = Vec::new();
+    let mut last_queued: Option<String> = None;
     for (line, step) in steps {
         let fail = |msg: String| format!("{name}:{line}: {msg}");
         if !matches!(step, Step::Send(_)) && !batch.is_empty() {
@@ -168,7 +236,11 @@ fn play(addr: SocketAddr, path: &Path) -> Result<(), String> {
         match step {
             Step::Send(bytes) => batch.extend(bytes),
             Step::Expect(expected) => match read_reply(&mut reader).map_err(fail)? {
-                Some(reply) if matches(&reply, &expected) => {}
+                Some(reply) if matches(&reply, &expected) => {
+                    if let Some(id) = queued_id(&reply) {
+                        last_queued = Some(id.to_string());
+                    }
+                }
                 Some(reply) => return Err(fail(format!("expected `{expected}`, got `{reply}`"))),
                 None => return Err(fail(format!("expected `{expected}`, the server closed the connection"))),
             },
@@ -176,6 +248,19 @@ fn play(addr: SocketAddr, path: &Path) -> Result<(), String> {
                 None => {}
                 Some(reply) => return Err(fail(format!("expected the connection to close, got `{reply}`"))),
             },
+            Step::Delivered(tail) => {
+                let id = last_queued.take().ok_or_else(|| fail("`D:` without a `queued as` reply before it".into()))?;
+                let mut message = None;
+                harness::wait_until(DELIVERY_TIMEOUT, || {
+                    message = delivered(mail, &id);
+                    message.is_some()
+                });
+                let message =
+                    message.ok_or_else(|| fail(format!("{id} not in a Maildir after {DELIVERY_TIMEOUT:?}")))?;
+                if !message.ends_with(&tail) {
+                    return Err(fail(format!("{id} was delivered as {:?}", String::from_utf8_lossy(&message))));
+                }
+            }
         }
     }
     if !batch.is_empty() {
@@ -200,10 +285,12 @@ fn dialog_files() -> Vec<PathBuf> {
 fn dialogs() {
     let files = dialog_files();
     assert!(!files.is_empty(), "no dialog files");
-    let ph = harness::Posthorn::start(CONFIG);
+    let mail = tempfile::tempdir().expect("Maildir root");
+    let ph = harness::Posthorn::start(&config(mail.path(), harness::free_addr()));
     let addr = ph.smtp_addr();
+    let mail = mail.path();
     let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files.iter().map(|f| scope.spawn(move || play(addr, f))).collect();
+        let handles: Vec<_> = files.iter().map(|f| scope.spawn(move || play(addr, mail, f))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("dialog thread panicked".into()))).collect()
     });
     let failures: Vec<String> = results.into_iter().filter_map(Result::err).collect();
@@ -212,7 +299,8 @@ fn dialogs() {
 
 #[test]
 fn dialog_format() {
-    let text = "# c\n\nS: 220\nC: EHLO x\nC:\nC*2: a\\nb\nC: ${3*ab}\\\\\nS: 250 2.0.0 Ok\nS: CLOSED\n";
+    let text =
+        "# c\n\nS: 220\nC: EHLO x\nC:\nC*2: a\\nb\nC: ${3*ab}\\\\\nS: 250 2.0.0 Ok\nS: CLOSED\nR: a\\r\nD: x${2*y}\n";
     let steps = parse(text).unwrap();
     let expected = vec![
         (3, Step::Expect("220".into())),
@@ -222,6 +310,8 @@ fn dialog_format() {
         (7, Step::Send(b"ababab\\\r\n".to_vec())),
         (8, Step::Expect("250 2.0.0 Ok".into())),
         (9, Step::Closed),
+        (10, Step::Send(b"a\r".to_vec())),
+        (11, Step::Delivered(b"xyy".to_vec())),
     ];
     assert_eq!(steps, expected);
     for bad in ["X: 1", "S: ok", "C: \\q", "C: ${x*a}", "C*x: a", "no colon"] {
@@ -233,6 +323,16 @@ fn dialog_format() {
     assert!(!matches("550 5.5.2 x", "550 5.5.1"));
     assert!(!matches("550 5.5.2 x", "550 5.5"));
     assert!(matches("501 5.5.4 Bad NOTIFY parameter: expected", "501 5.5.4 Bad NOTIFY parameter"));
+    assert!(!matches("250", "250 2.0.0"));
+    let ehlo = "250 ph1.test PIPELINING SIZE 10240 8BITMIME DSN CHUNKING XPOSTHORN-TRACE";
+    assert!(matches(ehlo, "250 ... CHUNKING"));
+    assert!(matches(ehlo, "250 ... SIZE 10240 ... CHUNKING"));
+    assert!(!matches(ehlo, "250 ... CHUNKING ... SIZE 10240"));
+    assert!(!matches(ehlo, "250 ... CHUNK"));
+    assert!(!matches(ehlo, "250 ... BINARYMIME"));
+    assert!(!matches(ehlo, "220 ... CHUNKING"));
+    assert_eq!(queued_id("250 2.0.0 Ok: queued as AB12cd"), Some("AB12cd"));
+    assert_eq!(queued_id("250 2.0.0 Ok"), None);
 }
 
 #[test]

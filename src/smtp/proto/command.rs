@@ -246,6 +246,11 @@ pub enum CommandError {
     BadRecipient(AddressError),
     #[error("non-ASCII address without SMTPUTF8")]
     NeedsSmtpUtf8,
+    /// A BDAT whose size is a sound number but whose rest is not: the
+    /// client still sends the `size` octets it announced, and the session
+    /// must read them to stay in step.
+    #[error("syntax error")]
+    ChunkSyntax { size: u64 },
 }
 
 impl CommandError {
@@ -255,7 +260,7 @@ impl CommandError {
         match self {
             Unknown => Reply::new(500, Enhanced(5, 5, 2), "Error: command not recognized"),
             NotUtf8 => Reply::new(500, Enhanced(5, 5, 2), "Error: command is not valid UTF-8"),
-            Syntax => {
+            Syntax | ChunkSyntax { .. } => {
                 let usage = verb.map_or("command", Verb::usage);
                 Reply::new(501, Enhanced(5, 5, 4), format!("Syntax: {usage}"))
             }
@@ -487,6 +492,9 @@ fn auth(args: &str) -> Result<Command, CommandError> {
     Ok(Command::Auth { mechanism: mechanism.to_ascii_uppercase(), initial_response })
 }
 
+/// `BDAT size [LAST]` (RFC 3030 2). A size that is not a number, or too
+/// big for a u64, is a plain syntax error: how many octets follow is then
+/// unknown. A sound size with anything wrong after it is `ChunkSyntax`.
 fn bdat(args: &str) -> Result<Command, CommandError> {
     let mut words = args.split(' ').filter(|w| !w.is_empty());
     let size = words.next().filter(|w| w.len() <= 20 && w.bytes().all(|c| c.is_ascii_digit()));
@@ -494,10 +502,10 @@ fn bdat(args: &str) -> Result<Command, CommandError> {
     let last = match words.next() {
         None => false,
         Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-        Some(_) => return Err(CommandError::Syntax),
+        Some(_) => return Err(CommandError::ChunkSyntax { size }),
     };
     if words.next().is_some() {
-        return Err(CommandError::Syntax);
+        return Err(CommandError::ChunkSyntax { size });
     }
     Ok(Command::Bdat { size, last })
 }
@@ -554,11 +562,26 @@ mod tests {
             (b"AUTH", Err((Some(Verb::Auth), Syntax))),
             (b"AUTH PLAIN a b", Err((Some(Verb::Auth), Syntax))),
             (b"BDAT 1000", Ok(Command::Bdat { size: 1000, last: false })),
+            (b"BDAT 10", Ok(Command::Bdat { size: 10, last: false })),
+            (b"BDAT 10 LAST", Ok(Command::Bdat { size: 10, last: true })),
+            (b"bdat 0 last", Ok(Command::Bdat { size: 0, last: true })),
             (b"BDAT 0 last", Ok(Command::Bdat { size: 0, last: true })),
+            (b"BDAT  7   LAST ", Ok(Command::Bdat { size: 7, last: true })),
+            (b"BDAT 007", Ok(Command::Bdat { size: 7, last: false })),
+            (b"BDAT 18446744073709551615", Ok(Command::Bdat { size: u64::MAX, last: false })),
             (b"BDAT", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT ", Err((Some(Verb::Bdat), Syntax))),
             (b"BDAT x", Err((Some(Verb::Bdat), Syntax))),
-            (b"BDAT 10 FIRST", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT LAST", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT -1", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT +1", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT 1k", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT 18446744073709551616", Err((Some(Verb::Bdat), Syntax))),
             (b"BDAT 99999999999999999999999", Err((Some(Verb::Bdat), Syntax))),
+            (b"BDAT 10 MORE", Err((Some(Verb::Bdat), ChunkSyntax { size: 10 }))),
+            (b"BDAT 10 FIRST", Err((Some(Verb::Bdat), ChunkSyntax { size: 10 }))),
+            (b"BDAT 10 LAST now", Err((Some(Verb::Bdat), ChunkSyntax { size: 10 }))),
+            (b"BDAT 0 LASTX", Err((Some(Verb::Bdat), ChunkSyntax { size: 0 }))),
             // Unknown verbs and garbage.
             (b"", Err((None, Unknown))),
             (b"FOO", Err((None, Unknown))),
@@ -735,6 +758,8 @@ mod tests {
             (b"EHLO \xff", "500 5.5.2 Error: command is not valid UTF-8"),
             (b"MAIL TO:<a@b>", "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"),
             (b"DATA x", "501 5.5.4 Syntax: DATA"),
+            (b"BDAT x", "501 5.5.4 Syntax: BDAT size [LAST]"),
+            (b"BDAT 5 MORE", "501 5.5.4 Syntax: BDAT size [LAST]"),
             (b"MAIL FROM:<> SIZE=x", "501 5.5.4 Bad SIZE parameter: expected a number"),
             (b"MAIL FROM:<> FOO", "555 5.5.4 Unsupported parameter FOO"),
             (b"MAIL FROM:<a b>", "501 5.1.7 Bad sender address syntax: invalid local part"),

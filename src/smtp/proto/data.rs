@@ -1,9 +1,15 @@
-//! The DATA decoder: the message text between `354` and `CRLF.CRLF`.
+//! The DATA decoder: the message text between `354` and `CRLF.CRLF`, and
+//! the octets of BDAT chunks (RFC 3030).
 //!
 //! This module owns end-of-data detection and dot-unstuffing (RFC 5321
 //! 4.1.1.4 and 4.5.2), and the checks that must see the raw stream: bare CR
 //! or LF, line length, size. It is fed arbitrary chunks and keeps its state
 //! between them, so a terminator split across reads is still found.
+//!
+//! BDAT data (`DataDecoder::chunks`) is counted and checked the same way,
+//! so both commands apply one policy to message content, but it is neither
+//! dot-unstuffed nor ever ended by a dot: the BDAT sizes say where it ends,
+//! and a CRLF split between two chunks is still one line end.
 //!
 //! Only `CRLF . CRLF` ends the data, and a bare LF never counts as the start
 //! of a line. That strictness is the defence against SMTP smuggling: if
@@ -43,19 +49,41 @@ pub struct DataDecoder {
     bare_cr: bool,
     bare_lf: bool,
     long_line: bool,
+    /// DATA: a leading dot is stuffing, and `.` CRLF ends the data. Not
+    /// for BDAT.
+    dot_stuffed: bool,
 }
 
 impl DataDecoder {
-    /// `max_line` is the longest text line accepted, CRLF included.
+    /// A decoder for DATA; `max_line` is the longest text line accepted,
+    /// CRLF included.
     pub fn new(max_line: usize) -> DataDecoder {
         DataDecoder {
             state: State::LineStart,
             max_line,
+            dot_stuffed: true,
             line_len: 0,
             size: 0,
             bare_cr: false,
             bare_lf: false,
             long_line: false,
+        }
+    }
+
+    /// A decoder for the octets of a message's BDAT chunks, fed one after
+    /// another: every byte belongs to the message, and `feed` always
+    /// consumes all of its input. Call `end` after the LAST chunk.
+    pub fn chunks(max_line: usize) -> DataDecoder {
+        DataDecoder { dot_stuffed: false, ..DataDecoder::new(max_line) }
+    }
+
+    /// The data ends here (BDAT LAST): a CR still waiting for its LF is a
+    /// bare CR. It is passed on to `out` like any other bare CR.
+    pub fn end(&mut self, out: &mut Vec<u8>) {
+        if self.state == State::Cr {
+            self.bare_cr = true;
+            self.emit(b"\r", out);
+            self.state = State::Text;
         }
     }
 
@@ -71,7 +99,7 @@ impl DataDecoder {
                 State::Done => break,
                 State::LineStart => {
                     self.line_len = 0;
-                    if input[i] == b'.' {
+                    if self.dot_stuffed && input[i] == b'.' {
                         self.count(1);
                         i += 1;
                         self.state = State::Dot;
@@ -338,6 +366,41 @@ mod tests {
         d.feed(b".\r\n", &mut out);
         assert!(d.is_done());
         assert_eq!(d.size(), 1300);
+    }
+
+    /// BDAT octets: every byte is message, dots are text, and the checks
+    /// see through chunk boundaries. (chunks, message, bare CR, bare LF, long line)
+    #[test]
+    fn chunked_table() {
+        type Case<'a> = (Vec<&'a [u8]>, &'a [u8], bool, bool, bool);
+        let cases: Vec<Case> = vec![
+            (vec![b"a\r\n.\r\nb\r\n"], b"a\r\n.\r\nb\r\n", false, false, false),
+            (vec![b"..x\r\n", b".\r\n"], b"..x\r\n.\r\n", false, false, false),
+            (vec![], b"", false, false, false),
+            (vec![b"", b""], b"", false, false, false),
+            // A CRLF split between chunks is one line end.
+            (vec![b"a\r", b"\nb\r\n"], b"a\r\nb\r\n", false, false, false),
+            // No line end at the very end is allowed (RFC 5322 body).
+            (vec![b"S: x\r\n\r\nno CRLF"], b"S: x\r\n\r\nno CRLF", false, false, false),
+            // A CR at the very end has no LF to come: bare.
+            (vec![b"a\r\nb\r"], b"a\r\nb\r", true, false, false),
+            (vec![b"a\r", b"b"], b"a\rb", true, false, false),
+            (vec![b"a\nb"], b"a\nb", false, true, false),
+            (vec![b"a\r\n", b"\n"], b"a\r\n\n", false, true, false),
+            (vec![b"123456789", b"0\r\n"], b"1234567890\r\n", false, false, true),
+            (vec![b"12345678\r\n1234567"], b"12345678\r\n1234567", false, false, false),
+        ];
+        for (chunks, message, bare_cr, bare_lf, long_line) in cases {
+            let mut d = DataDecoder::chunks(10);
+            let mut out = Vec::new();
+            for chunk in &chunks {
+                assert_eq!(d.feed(chunk, &mut out), chunk.len(), "{chunks:?}");
+            }
+            d.end(&mut out);
+            assert!(!d.is_done(), "{chunks:?}");
+            let got = (out.as_slice(), d.saw_bare_cr(), d.saw_bare_lf(), d.saw_long_line(), d.size());
+            assert_eq!(got, (message, bare_cr, bare_lf, long_line, message.len() as u64), "{chunks:?}");
+        }
     }
 
     /// Random streams over the bytes that matter: the result never depends

@@ -3,7 +3,8 @@
 //! This module owns the buffer of bytes read from the client that have not
 //! yet been handled. The session pushes whatever a read returned and takes
 //! complete lines out; during DATA it takes the whole buffer for the DATA
-//! decoder and pushes back what followed the terminating dot.
+//! decoder and pushes back what followed the terminating dot; for BDAT it
+//! takes exactly the chunk's octets that are already buffered.
 //!
 //! Line ends: RFC 5321 says CRLF, but command lines also end at a bare LF.
 //! Hand-written clients (`printf ... | nc`, old scripts) send bare LF, and
@@ -79,6 +80,16 @@ impl LineReader {
     /// Whether bytes are buffered (a partial line, or unread complete lines).
     pub fn is_empty(&self) -> bool {
         self.start == self.buf.len()
+    }
+
+    /// Takes up to `max` buffered bytes: the start of a BDAT chunk that
+    /// arrived together with its command line. What follows the chunk
+    /// stays buffered as command input.
+    pub fn take_up_to(&mut self, max: u64) -> &[u8] {
+        let n = (self.buf.len() - self.start).min(usize::try_from(max).unwrap_or(usize::MAX));
+        let begin = self.start;
+        self.start += n;
+        &self.buf[begin..begin + n]
     }
 
     /// Takes every buffered byte (used when DATA starts: what follows the
@@ -169,6 +180,23 @@ mod tests {
         assert_eq!(r.next_line(), Some(Line::TooLong));
         assert_eq!(r.next_line(), Some(Line::Command(b"QUIT")));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn take_up_to_leaves_the_rest() {
+        let mut r = LineReader::new(512);
+        r.push(b"BDAT 5\r\nab\r\ncBDAT 3 LAST\r\nxy");
+        assert_eq!(r.next_line(), Some(Line::Command(b"BDAT 5")));
+        assert_eq!(r.take_up_to(5), b"ab\r\nc");
+        assert_eq!(r.next_line(), Some(Line::Command(b"BDAT 3 LAST")));
+        assert_eq!(r.take_up_to(3), b"xy");
+        assert!(r.is_empty());
+        assert_eq!(r.take_up_to(u64::MAX), b"");
+        r.push(b"z\r\nQUIT\r\n");
+        assert_eq!(r.take_up_to(1), b"z");
+        assert_eq!(r.take_up_to(0), b"");
+        assert_eq!(r.next_line(), Some(Line::Command(b"")));
+        assert_eq!(r.next_line(), Some(Line::Command(b"QUIT")));
     }
 
     #[test]

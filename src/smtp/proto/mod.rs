@@ -5,7 +5,8 @@
 //! - `command`: command lines → `Command`, parse errors → replies.
 //! - `address`: the `<local@domain>` path grammar and its limits.
 //! - `line`: splitting client input into command lines, with a length limit.
-//! - `data`: the DATA decoder (end of data, dot-unstuffing, bare CR/LF).
+//! - `data`: the DATA decoder (end of data, dot-unstuffing, bare CR/LF),
+//!   also used for the octets of BDAT chunks.
 
 pub mod address;
 pub mod command;
