@@ -13,6 +13,7 @@
 
 pub mod dkim;
 pub mod dns;
+pub mod downconvert;
 pub mod filter;
 pub mod maildir;
 pub mod mx;

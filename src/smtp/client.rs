@@ -627,10 +627,27 @@ impl Client {
         if let Some(reason) = self.refuse_message(msg, rcpts) {
             return Ok(vec![RcptResult::NotSent(reason); rcpts.len()]);
         }
-        if msg.eight_bit && !self.caps.eight_bit_mime {
-            // Sent as is, as most MTAs do; converting to 7 bit is later work.
-            tracing::debug!("{}: 8-bit message to {}, which does not offer 8BITMIME", msg.id, self.label);
-        }
+        // RFC 6152 3: an 8-bit message is never sent as is to a server
+        // without 8BITMIME; it is converted to 7 bit, or fails for good.
+        let converted;
+        let msg = match msg.eight_bit && !self.caps.eight_bit_mime {
+            false => msg,
+            true => match crate::deliver::downconvert::to_seven_bit(&msg.body) {
+                Ok(std::borrow::Cow::Borrowed(_)) => msg,
+                Ok(std::borrow::Cow::Owned(body)) => {
+                    tracing::info!("{}: converted to 7 bit for {} (no 8BITMIME)", msg.id, self.label);
+                    converted = OutMessage { body: Arc::from(body), eight_bit: false, ..msg.clone() };
+                    &converted
+                }
+                Err(why) => {
+                    let reason = format!(
+                        "554 5.6.3 Conversion required but not supported: {why}; {} does not offer 8BITMIME",
+                        self.label
+                    );
+                    return Ok(vec![RcptResult::NotSent(reason); rcpts.len()]);
+                }
+            },
+        };
         let mut results: Vec<Option<RcptResult>> = vec![None; rcpts.len()];
         let mut cmds = Vec::with_capacity(rcpts.len() + 2);
         cmds.push(Cmd::Mail);
@@ -1333,6 +1350,86 @@ mod tests {
         assert_eq!(log[2..5], ["RCPT TO:<a@hub.test>", "RCPT TO:<b@hub.test>", "DATA"]);
         assert_eq!(log[5], "BODY Subject: hi\r\n\r\nhello\r\n");
         assert_eq!(log[6], "QUIT");
+    }
+
+    /// What Python's email package decodes from `message`: each leaf
+    /// part's content type and decoded payload.
+    fn python_decode(message: &[u8]) -> Vec<(String, Vec<u8>)> {
+        use std::io::Write;
+        let script = "import email, sys\n\
+            m = email.message_from_bytes(sys.stdin.buffer.read())\n\
+            for p in m.walk():\n\
+            \x20   if not p.is_multipart():\n\
+            \x20       print(p.get_content_type(), p.get_payload(decode=True).hex())\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 is needed to check the conversion");
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let hex = |h: &str| (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.split_once(' ').map(|(t, h)| (t.to_string(), hex(h))).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn eight_bit_converted_for_a_server_without_8bitmime() {
+        let text = format!("Grüße aus Köln.\r\n.dot line\r\n{}\r\ntrailing \r\n", "é".repeat(60));
+        let binary: Vec<u8> = (0..=255u8).collect();
+        let mut body = b"From: a@sat.test\r\nSubject: hi\r\nMIME-Version: 1.0\r\n\
+            Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+            Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            .to_vec();
+        body.extend_from_slice(text.as_bytes());
+        body.extend_from_slice(b"\r\n--b1\r\nContent-Type: application/octet-stream\r\n\r\n");
+        body.extend_from_slice(&binary);
+        body.extend_from_slice(b"\r\n--b1--\r\n");
+        let server = start(Script::esmtp(&["PIPELINING", "SIZE 1000000"])).await;
+        let mut client = connect(&server).await;
+        let msg = message(&body);
+        let msg = OutMessage { eight_bit: true, ..msg };
+        let results = client.send(&msg, &rcpts(&["a@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["A250"]);
+        client.quit().await;
+        let log = server.log();
+        let sent = log.iter().find_map(|l| l.strip_prefix("BODY ")).unwrap();
+        // Every octet 7-bit (the log shows any other as U+FFFD).
+        assert!(sent.is_ascii(), "{sent}");
+        assert!(sent.contains("Content-Transfer-Encoding: quoted-printable\r\n"));
+        assert!(sent.contains("Content-Transfer-Encoding: base64\r\n"));
+        let unstuffed = sent.replace("\r\n..", "\r\n.");
+        assert_eq!(log[1], format!("MAIL FROM:<sender@sat.test> SIZE={}", unstuffed.len()));
+        let parts = python_decode(unstuffed.as_bytes());
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].0, "text/plain");
+        assert_eq!(String::from_utf8_lossy(&parts[0].1), text);
+        assert_eq!(parts[1], ("application/octet-stream".to_string(), binary));
+    }
+
+    #[tokio::test]
+    async fn eight_bit_header_refused_for_a_server_without_8bitmime() {
+        let server = start(Script::esmtp(&["PIPELINING"])).await;
+        let mut client = connect(&server).await;
+        let msg = OutMessage { eight_bit: true, ..message("Subject: Grüße\r\n\r\nü\r\n".as_bytes()) };
+        let results = client.send(&msg, &rcpts(&["a@hub.test", "b@hub.test"])).await.unwrap();
+        assert_eq!(codes(&results), ["N", "N"]);
+        assert!(results.iter().all(RcptResult::is_permanent));
+        let RcptResult::NotSent(reason) = &results[0] else { unreachable!() };
+        assert!(reason.starts_with("554 5.6.3 Conversion required but not supported: 8-bit octets in the Subject"));
+        assert!(client.is_usable());
+        client.quit().await;
+        assert!(!server.log().iter().any(|l| l.starts_with("MAIL")));
+        // With 8BITMIME the same message goes as it is.
+        let server = start(Script::esmtp(&["PIPELINING", "8BITMIME"])).await;
+        let mut client = connect(&server).await;
+        assert_eq!(codes(&client.send(&msg, &rcpts(&["a@hub.test"])).await.unwrap()), ["A250"]);
+        assert!(server.log()[1].ends_with(" BODY=8BITMIME"));
     }
 
     #[tokio::test]
