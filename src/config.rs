@@ -38,6 +38,10 @@ pub struct Config {
     pub role: Role,
     pub hostname: String,
     pub spool: PathBuf,
+    /// The account the daemon switches to after binding its ports when it
+    /// is started as root (`user`, default `posthorn`; `"root"` keeps root).
+    /// `None` (the built-in configuration only): whoever started it.
+    pub user: Option<String>,
     pub smtp: Smtp,
     pub access: Access,
     pub relay: Relay,
@@ -48,6 +52,16 @@ pub struct Config {
     pub auth: Auth,
     pub filter: Filter,
     pub dkim: Dkim,
+    pub metrics: Metrics,
+}
+
+/// The metrics and health endpoint (`[metrics]`): Prometheus text format on
+/// `/metrics`, `200 ok` on `/health`. Meant for a loopback address.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// `listen = "127.0.0.1:9325"`; unset (the default): no endpoint.
+    /// Read at start only: a change needs a restart.
+    pub listen: Option<SocketAddr>,
 }
 
 /// DKIM signing (`[dkim]`): one key per signing domain, and the headers
@@ -443,6 +457,16 @@ impl Config {
             role,
             hostname: hostname.clone(),
             spool: raw.spool.unwrap_or_else(|| PathBuf::from("/var/spool/posthorn")),
+            user: match raw.user {
+                Some(name) if name.is_empty() || name.contains(['/', ':', '\n']) => {
+                    return Err(err("user", format!("`{name}` is not a user name")));
+                }
+                Some(name) => Some(name),
+                // The built-in configuration is for trying posthorn out as
+                // whoever runs it; a configuration file means an install.
+                None if path.is_none() => None,
+                None => Some("posthorn".into()),
+            },
             smtp: Smtp {
                 listen,
                 submission: addresses(raw.smtp.submission, "smtp.submission")?,
@@ -527,6 +551,15 @@ impl Config {
                 domains: lower(raw.filter.domains.clone().unwrap_or_default()),
             },
             dkim: Dkim { keys: raw.dkim.keys.unwrap_or_default(), headers: raw.dkim.headers.unwrap_or_default() },
+            metrics: Metrics {
+                listen: match &raw.metrics.listen {
+                    Some(s) => Some(
+                        s.parse::<SocketAddr>()
+                            .map_err(|_| err("metrics.listen", format!("`{s}` is not an address:port")))?,
+                    ),
+                    None => None,
+                },
+            },
             deliver: Deliver {
                 transport_maps: raw.deliver.transport_maps.unwrap_or_default(),
                 maildir_root: raw.deliver.maildir_root.unwrap_or_else(|| "/var/mail/{domain}/{user}".into()),
@@ -658,6 +691,7 @@ struct Raw {
     role: Option<Role>,
     hostname: Option<String>,
     spool: Option<PathBuf>,
+    user: Option<String>,
     #[serde(default)]
     smtp: RawSmtp,
     #[serde(default)]
@@ -680,6 +714,14 @@ struct Raw {
     filter: RawFilter,
     #[serde(default)]
     dkim: RawDkim,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -816,6 +858,15 @@ mod tests {
     }
 
     #[test]
+    fn daemon_account() {
+        assert_eq!(parse("hostname = \"vm\"\n").unwrap().user.as_deref(), Some("posthorn"));
+        assert_eq!(parse("user = \"mail\"\n").unwrap().user.as_deref(), Some("mail"));
+        assert_eq!(Config::builtin().user, None, "the built-in configuration runs as whoever starts it");
+        let e = parse("user = \"\"\n").unwrap_err();
+        assert!(e.contains("user") && e.contains("not a user name"), "{e}");
+    }
+
+    #[test]
     fn values() {
         let c = parse(
             "[smtp]\nmax_message_size = \"10M\"\n[queue]\nretry_min = \"2s\"\nretry_max = 60\n[relay]\nsmarthosts = [\"[127.0.0.1]:2526\", \"mx.example:25\"]\n",
@@ -859,6 +910,8 @@ mod tests {
             ),
             ("[filter]\nreinject_listen = \"here\"\n", "filter.reinject_listen: `here` is not an address:port"),
             ("[filter]\n\npipe_timeout = \"soon\"\n", ":3: filter.pipe_timeout: `soon` is not a duration"),
+            ("[metrics]\nlisten = \"9325\"\n", "posthorn.toml: metrics.listen: `9325` is not an address:port"),
+            ("[metrics]\nport = 9325\n", ":2: metrics.port: unknown field `port`"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
@@ -905,6 +958,13 @@ mod tests {
         assert_eq!(c.filter.pipe_timeout, Duration::from_secs(2));
         let c = parse("").unwrap();
         assert!(c.filter.content_filter.is_none() && c.filter.reinject_listen.is_none());
+    }
+
+    #[test]
+    fn metrics_section() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9325\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9325".parse().unwrap()));
+        assert!(parse("").unwrap().metrics.listen.is_none(), "no endpoint unless asked for");
     }
 
     #[test]

@@ -14,10 +14,13 @@
 //! in progress finish with the one they started with; the queue is untouched.
 //! A configuration that does not load is refused and the old one stays.
 
+pub mod privilege;
+
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::deliver::Transports;
 use crate::ingress::{Ingress, maildrop};
+use crate::metrics::{Metrics, QueueGauges};
 use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
 use crate::smtp::server::{Generation, Listener, Server};
@@ -34,6 +37,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 struct Builder {
     spool: Spool,
     new_mail: mpsc::UnboundedSender<Envelope>,
+    metrics: Arc<Metrics>,
 }
 
 impl Builder {
@@ -42,7 +46,8 @@ impl Builder {
         // The listeners read the certificate, key and users themselves;
         // checked here so that a bad file refuses the start or the reload.
         crate::smtp::server::session::Security::load(config)?;
-        let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()));
+        let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()))
+            .with_metrics(self.metrics.clone());
         let transports = Arc::new(Transports::new(config, router)?);
         Ok((Arc::new(config.clone()), ingress, transports))
     }
@@ -79,19 +84,41 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(
+                    "metrics.listen {addr} is not a loopback address: anyone who reaches it can read the metrics"
+                );
+            }
+            let l =
+                TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+            Some(l)
+        }
+        None => None,
+    };
     let control_listener = control::bind(&config.control_socket(), 0o600)
         .with_context(|| format!("control socket {}", config.control_socket().display()))?;
     let pickup_listener = control::bind(&root.join("pickup.sock"), 0o666).context("pickup socket")?;
     let showq_listener = control::bind(&root.join("showq.sock"), 0o666).context("showq socket")?;
     let pid_file = root.join("posthorn.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id())).context("writing the pid file")?;
+    // Every port and socket is bound: root is no longer needed. What is
+    // read from here on (keys, tables, the configuration on reload) is read
+    // as the account the daemon runs as, at start and at every reload alike.
+    let account = privilege::drop_root(config.user.as_deref(), &root)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
-    let builder = Builder { spool: spool.clone(), new_mail: new_tx };
-    let (config, ingress, transports) = builder.build(&config)?;
-    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), transports.clone(), ingress.clone());
+    let metrics = Arc::new(Metrics::default());
+    let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone() };
+    let (config, ingress, transports) = builder.build(&config).with_context(|| match &account {
+        Some(a) => format!("running as user {}", a.name),
+        None => "starting".into(),
+    })?;
+    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), transports.clone(), ingress.clone())
+        .with_metrics(metrics.clone());
     scheduler.load().context("loading the queue")?;
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
     let (generation_tx, generation_rx) = watch::channel::<Generation>((config.clone(), ingress));
@@ -111,15 +138,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let mut servers = Vec::new();
     for (kind, listener) in listeners {
         eprintln!("listening {}={}", kind.name(), listener.local_addr()?);
-        let server = Server::following(generation_rx.clone()).kind(kind);
+        let server = Server::following(generation_rx.clone()).kind(kind).metrics(metrics.clone());
         servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
     if let Some(listener) = reinject_listener {
         eprintln!("listening reinject={}", listener.local_addr()?);
-        let server = Server::following(generation_rx.clone()).reinjection();
+        let server = Server::following(generation_rx.clone()).reinjection().metrics(metrics.clone());
         servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
+    if let Some(listener) = metrics_listener {
+        eprintln!("listening metrics={}", listener.local_addr()?);
+        let probe =
+            Arc::new(Probe { scheduler: cmd_tx.clone(), spool: root.clone(), generation: generation_rx.clone() });
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), probe, shutdown_rx.clone()));
+    }
     tracing::info!("posthorn {} started as {:?} for {}", env!("CARGO_PKG_VERSION"), config.role, config.hostname);
+    if let Some(a) = &account {
+        tracing::info!("running as user {} (uid {}, gid {})", a.name, a.uid, a.gid);
+    }
     eprintln!("ready");
 
     let mut reloader = Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), transports };
@@ -211,6 +247,9 @@ impl Reloader {
         if fresh.filter.reinject_listen != old.filter.reinject_listen {
             tracing::warn!("reload: filter.reinject_listen takes effect at the next restart");
         }
+        if fresh.metrics.listen != old.metrics.listen {
+            tracing::warn!("reload: metrics.listen takes effect at the next restart");
+        }
         let (config, ingress, transports) = self.builder.build(&fresh)?;
         let _ = self
             .scheduler
@@ -287,5 +326,40 @@ async fn handle_control(req: Request, scheduler: &mpsc::Sender<Command>, pickup:
                 Err(_) => stopped(),
             }
         }
+    }
+}
+
+/// What the metrics endpoint asks the daemon: the scheduler's gauges (its
+/// answering is the sign of life), whether the spool takes a file, the role.
+struct Probe {
+    scheduler: mpsc::Sender<Command>,
+    spool: std::path::PathBuf,
+    generation: watch::Receiver<Generation>,
+}
+
+impl crate::metrics::Probe for Probe {
+    async fn queue(&self, oldest: bool) -> Option<QueueGauges> {
+        let (reply, answer) = oneshot::channel();
+        self.scheduler.send(Command::Status { oldest, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Creates and removes an empty file in `tmp/` (no sync: this checks
+    /// permissions, a read-only or full file system, not durability).
+    /// Start-up recovery sweeps anything a crash leaves there.
+    async fn spool_writable(&self) -> Result<(), String> {
+        let path = self.spool.join("tmp").join(format!("health.{}", fastrand::u64(..)));
+        let check = move || {
+            std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+            std::fs::remove_file(&path)
+        };
+        match tokio::task::spawn_blocking(check).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn role(&self) -> String {
+        format!("{:?}", self.generation.borrow().0.role).to_lowercase()
     }
 }

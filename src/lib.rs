@@ -18,6 +18,7 @@
 //!                  ─> dsn ─> ingress     (notices go back in through the door)
 //! ingress ─> route   (aliases and canonical maps are applied once, at the door)
 //! deliver ─> route   (the next hop is decided at delivery time), tls
+//! daemon, smtp::server, ingress, queue ─> metrics   (counters; metrics uses nothing)
 //! ```
 //!
 //! `smtp::proto` uses nothing else in the crate; `spool` knows nothing of
@@ -35,6 +36,7 @@
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
+//! - [`metrics`]: counters, the Prometheus text format, the metrics and health HTTP endpoint.
 //! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
 //! - [`tls`]: rustls configurations for both sides, certificate loading.
@@ -49,6 +51,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod dsn;
 pub mod ingress;
+pub mod metrics;
 pub mod queue;
 pub mod route;
 pub mod smtp;

@@ -544,7 +544,8 @@ fn postfix_start_status_stop() {
     let body = with_lines(&satellite_config(&[free_addr()]), &["queue.retry_min = \"1h\"", "queue.retry_max = \"1h\""]);
     std::fs::write(
         &config,
-        format!("spool = {}\nhostname = \"vm9.test\"\n{body}", toml_str(&spool.display().to_string())),
+        // Started as root in CI: stays root (see tests/privilege.rs).
+        format!("user = \"root\"\nspool = {}\nhostname = \"vm9.test\"\n{body}", toml_str(&spool.display().to_string())),
     )
     .unwrap();
     let _guard = StopOnDrop(spool.clone());

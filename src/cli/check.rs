@@ -38,6 +38,16 @@ pub fn problems(config: &crate::config::Config) -> Vec<String> {
     if let Err(e) = crate::deliver::dkim::Signer::new(&config.dkim.keys, &config.dkim.headers) {
         out.push(format!("{e:#}"));
     }
+    // Only a daemon started as root switches to its account.
+    let user = config.user.as_deref().filter(|u| *u != "root" && rustix::process::geteuid().is_root());
+    match user.map(crate::daemon::privilege::lookup) {
+        Some(Ok(None)) => out.push(format!(
+            "user {:?} does not exist: the daemon, started as root, would refuse to start (create it or set `user`)",
+            user.unwrap_or_default()
+        )),
+        Some(Err(e)) => out.push(format!("{e:#}")),
+        _ => {}
+    }
     let spool = &config.spool;
     match std::fs::metadata(spool) {
         Err(e) => out.push(format!("spool {}: {e} (it is created at first start)", spool.display())),

@@ -39,9 +39,10 @@ const USAGE: &str =
     "usage: postconf [-c config] [-d (defaults)] [-n (non-defaults)] [-h (values only)] [-H (names only)] [name...]";
 
 /// Postfix parameter names and the posthorn keys they stand for.
-pub const POSTFIX_NAMES: [(&str, &str); 15] = [
+pub const POSTFIX_NAMES: [(&str, &str); 16] = [
     ("myhostname", "hostname"),
     ("queue_directory", "spool"),
+    ("mail_owner", "user"),
     ("message_size_limit", "smtp.max_message_size"),
     ("smtpd_recipient_limit", "smtp.max_recipients"),
     ("relayhost", "relay.smarthosts"),
@@ -138,6 +139,7 @@ pub fn settings(c: &Config) -> Vec<(String, String)> {
         ("role", if c.role == Role::Hub { "hub" } else { "satellite" }.into()),
         ("hostname", c.hostname.clone()),
         ("spool", c.spool.display().to_string()),
+        ("user", c.user.clone().unwrap_or_default()),
         ("smtp.listen", list(c.smtp.listen.iter().map(|a| a.to_string()).collect())),
         ("smtp.max_message_size", c.smtp.max_message_size.to_string()),
         ("smtp.max_recipients", c.smtp.max_recipients.to_string()),

@@ -1,7 +1,8 @@
 //! The maildrop: how `sendmail` hands a message to the daemon.
 //!
 //! Any local user may write a file here (the directory is mode 1733, like
-//! Postfix's); only the daemon reads them. A drop is one file: a JSON line
+//! Postfix's; 3733 with the daemon's group once it runs as its own user);
+//! only the daemon reads them. A drop is one file: a JSON line
 //! with the envelope as `sendmail` was told it, then the message as given.
 //! The writer syncs the file and the directory before `sendmail` exits 0, so
 //! a message handed to `sendmail` survives a crash whether or not the
@@ -12,7 +13,7 @@
 use super::{Ingress, IngressError};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The envelope part of a drop.
@@ -47,6 +48,10 @@ pub fn write(dir: &Path, drop: &Drop, message: &[u8]) -> io::Result<String> {
 pub fn write_named(dir: &Path, name: &str, drop: &Drop, message: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}"));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    // Readable by the directory's group, whatever the umask: a daemon that
+    // dropped root reads drops through its group (the directory is setgid,
+    // see `daemon::privilege`); no other user can read them.
+    file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
     let mut head = serde_json::to_vec(drop).map_err(io::Error::other)?;
     head.push(b'\n');
     let result = file.write_all(&head).and_then(|_| file.write_all(message)).and_then(|_| file.sync_all());
@@ -54,7 +59,13 @@ pub fn write_named(dir: &Path, name: &str, drop: &Drop, message: &[u8]) -> io::R
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    crate::spool::commit::sync_dir(dir)
+    match crate::spool::commit::sync_dir(dir) {
+        // An ordinary user may write into the maildrop but not open it
+        // (mode 1733): the rename is made durable by syncing the whole
+        // filesystem through the file instead.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => rustix::fs::syncfs(&file).map_err(io::Error::from),
+        other => other,
+    }
 }
 
 /// Reads a drop, refusing anything larger than `max` bytes of message.

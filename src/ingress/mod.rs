@@ -14,6 +14,7 @@ pub mod local;
 pub mod maildrop;
 
 use crate::config::Config;
+use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use crate::spool::envelope::{self, Envelope, Origin as EnvOrigin, Recipient};
@@ -172,6 +173,10 @@ pub struct Ingress {
     inner: Arc<Inner>,
     /// Mail through this door came back from the content filter.
     filtered: bool,
+    /// Which door `posthorn_messages_accepted_total` counts a commit under;
+    /// the SMTP listeners and the notices set theirs, the rest is local.
+    door: Door,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingress {
@@ -201,13 +206,25 @@ impl Ingress {
                 stamp_trace: config.role == crate::config::Role::Satellite,
             }),
             filtered: false,
+            door: Door::Local,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The same door, counting what it commits into `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Ingress {
+        Ingress { metrics, ..self }
+    }
+
+    /// The same door, its commits counted as arriving through `door`.
+    pub fn counted_as(&self, door: Door) -> Ingress {
+        Ingress { door, ..self.clone() }
     }
 
     /// The same door for the filter's reinjection listener: what enters
     /// through it is marked filtered, so it is never filtered again.
     pub fn reinjection(&self) -> Ingress {
-        Ingress { inner: self.inner.clone(), filtered: true }
+        Ingress { filtered: true, door: Door::Reinject, ..self.clone() }
     }
 
     /// Whether `address` is acceptable as a recipient: it expands without
@@ -458,6 +475,7 @@ impl MessageWriter {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
                 env.size = body.size();
                 spool.commit_new(&env, body).await?;
+                ingress.metrics.accepted(ingress.door);
                 log_accepted(&env);
                 if let Some(tx) = scheduler {
                     let _ = tx.send(env.clone());

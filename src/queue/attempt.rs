@@ -11,6 +11,7 @@ use crate::config::{Config, Role};
 use crate::deliver::{Attempt, Delivery, ErrorClass, Hop, OutMessage, OutRecipient, Outcome, Transports};
 use crate::dsn;
 use crate::ingress::Ingress;
+use crate::metrics::{Metrics, RcptOutcome};
 use crate::spool::envelope::{AttemptRecord, Envelope, RcptState};
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
@@ -25,6 +26,7 @@ pub struct Context {
     /// The door for notices to senders.
     pub ingress: Ingress,
     pub limiter: Arc<Limiter>,
+    pub metrics: Arc<Metrics>,
 }
 
 fn skipped(id: String) -> Done {
@@ -77,7 +79,7 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let now = now_secs();
     let mut success = vec![None; env.recipients.len()];
     for group in &results {
-        record(&mut env, group, now);
+        record(&mut env, group, now, &ctx.metrics);
         let action = match group.hop {
             Hop::Maildir => Some(dsn::Action::Delivered),
             // The filter reinjects the message; notices come from there on.
@@ -92,7 +94,7 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     if results.iter().any(|g| g.attempted) {
         env.attempts += 1;
     }
-    expire_if_too_old(&mut env, &ctx.config, now);
+    expire_if_too_old(&mut env, &ctx.config, now, &ctx.metrics);
     let delay_warning = ctx.config.queue.delay_warning.map(|d| d.as_secs());
     for items in notice::due(&mut env, &before, &success, delay_warning, now) {
         notice::send(&ctx.ingress, &ctx.spool, &ctx.limiter, &env, items, now).await;
@@ -169,14 +171,15 @@ async fn deliver_group(
 }
 
 /// Applies a group's outcomes to the envelope and logs each.
-fn record(env: &mut Envelope, group: &GroupResult, now: u64) {
+fn record(env: &mut Envelope, group: &GroupResult, now: u64, metrics: &Metrics) {
     for (index, outcome) in group.indexes.iter().zip(&group.delivery.outcomes) {
         let rcpt = &mut env.recipients[*index];
-        let (status, state) = match outcome {
-            Outcome::Delivered(_) => ("sent", RcptState::Delivered),
-            Outcome::Transient(_) => ("deferred", RcptState::Pending),
-            Outcome::Permanent(_) => ("bounced", RcptState::Failed),
+        let (status, state, counted) = match outcome {
+            Outcome::Delivered(_) => ("sent", RcptState::Delivered, RcptOutcome::Delivered),
+            Outcome::Transient(_) => ("deferred", RcptState::Pending, RcptOutcome::Deferred),
+            Outcome::Permanent(_) => ("bounced", RcptState::Failed, RcptOutcome::Bounced),
         };
+        metrics.recipient(counted);
         let a = outcome.attempt();
         log_outcome(&env.id, env.trace_id.as_deref(), &rcpt.address, a, status, env.arrival);
         rcpt.state = state;
@@ -210,7 +213,7 @@ fn next_attempt(config: &Config, env: &Envelope, results: &[GroupResult], now: u
 /// except on a satellite whose smarthosts could not be reached: the
 /// fleet's mail waits for its hub however long that takes, because the
 /// sender can do nothing about it and a bounce would only add noise.
-fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64) {
+fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64, metrics: &Metrics) {
     if now.saturating_sub(env.arrival) < config.queue.max_lifetime.as_secs() {
         return;
     }
@@ -222,6 +225,7 @@ fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64) {
         let last = rcpt.history.last().map(|a| a.detail.clone()).unwrap_or_default();
         tracing::info!("{}: to=<{}>, status=expired, returned to sender ({last})", env.id, rcpt.address);
         rcpt.state = RcptState::Failed;
+        metrics.recipient(RcptOutcome::Expired);
         rcpt.record(AttemptRecord {
             at: now,
             status: "expired".into(),

@@ -17,6 +17,7 @@ pub mod notice;
 use crate::config::Config;
 use crate::deliver::Transports;
 use crate::ingress::Ingress;
+use crate::metrics::{Metrics, QueueGauges};
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
@@ -35,6 +36,11 @@ pub enum Command {
     Act { action: Action, ids: Vec<String>, reply: oneshot::Sender<Vec<ActResult>> },
     /// A reloaded configuration: deliveries started from now on use it.
     Reload { config: Arc<Config>, transports: Arc<Transports>, ingress: Ingress },
+    /// The queue's gauges for the metrics endpoint, from the scheduler's own
+    /// sets (no file is read); `oldest` adds the oldest message's arrival,
+    /// a pass over the queued ids. An answer is also the health check's
+    /// sign that the scheduler is alive.
+    Status { oldest: bool, reply: oneshot::Sender<QueueGauges> },
 }
 
 /// What an operator can do to a queued message. Actions go through the
@@ -113,6 +119,9 @@ pub struct Scheduler {
     /// Deliveries running, by message id, so an operator action can stop one.
     running: HashMap<String, tokio::task::JoinHandle<()>>,
     turn: u32,
+    /// Messages in `hold/`: counted at load, then kept up by `act`.
+    held: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Scheduler {
@@ -130,12 +139,20 @@ impl Scheduler {
             known: HashSet::new(),
             running: HashMap::new(),
             turn: 0,
+            held: 0,
+            metrics: Arc::default(),
         }
+    }
+
+    /// The same scheduler, counting delivery outcomes into `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Scheduler {
+        Scheduler { metrics, ..self }
     }
 
     /// Loads what is on disk: `incoming/` is due now, `deferred/` at the
     /// time its envelope says. Unreadable envelopes are quarantined.
     pub fn load(&mut self) -> std::io::Result<()> {
+        self.held = self.spool.list(State::Hold)?.len() as u64;
         let mut incoming = self.spool.list(State::Incoming)?;
         incoming.sort();
         for id in incoming {
@@ -241,6 +258,7 @@ impl Scheduler {
                 config: self.config.clone(),
                 ingress: self.ingress.clone(),
                 limiter: self.limiter.clone(),
+                metrics: self.metrics.clone(),
             };
             let done_tx = done_tx.clone();
             let id = job.id().to_string();
@@ -286,6 +304,9 @@ impl Scheduler {
                 self.transports = transports;
                 self.ingress = ingress;
             }
+            Command::Status { oldest, reply } => {
+                let _ = reply.send(self.gauges(oldest));
+            }
             Command::Flush(reply) => {
                 self.dests.reset_all();
                 let n = self.waiting.len();
@@ -327,6 +348,7 @@ impl Scheduler {
             let result = match outcome {
                 Ok(found) => {
                     self.reschedule(action, &id, found);
+                    self.count_held(action, found);
                     ActResult { id, found_in: found.map(|s| s.dir_name().to_string()), error: None }
                 }
                 Err(e) => ActResult { id, found_in: None, error: Some(e.to_string()) },
@@ -407,6 +429,41 @@ impl Scheduler {
             | (Action::Requeue | Action::Deliver, Some(State::Deferred | State::Active)) => {
                 self.known.insert(id.to_string());
                 self.retry.push_front(Job::OnDisk(id.to_string(), State::Incoming));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Scheduler {
+    /// Incoming: fresh mail waiting for a slot; active: in delivery;
+    /// deferred: every other message the scheduler knows (waiting for its
+    /// time, or due and in the retry line). An operator's delete leaves
+    /// `known` at once, though its stale entries stay in the lines.
+    fn gauges(&self, oldest: bool) -> QueueGauges {
+        let incoming = self.fresh.len() as u64;
+        let active = self.running.len() as u64;
+        // Ids sort in arrival order, so the smallest is the oldest.
+        let oldest_arrival = oldest
+            .then(|| self.known.iter().min())
+            .flatten()
+            .and_then(|id| crate::spool::id::decode(id))
+            .map(|us| us / 1_000_000);
+        QueueGauges {
+            incoming,
+            active,
+            deferred: (self.known.len() as u64).saturating_sub(incoming + active),
+            hold: self.held,
+            oldest_arrival,
+        }
+    }
+
+    /// Keeps `held` in step with what an operator action did.
+    fn count_held(&mut self, action: Action, found: Option<State>) {
+        match (action, found) {
+            (Action::Hold | Action::Freeze, Some(state)) if state != State::Hold => self.held += 1,
+            (Action::Release | Action::Delete | Action::Bounce, Some(State::Hold)) => {
+                self.held = self.held.saturating_sub(1)
             }
             _ => {}
         }

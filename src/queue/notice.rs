@@ -139,7 +139,7 @@ pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Env
     };
     let message = dsn::build(ingress.hostname(), env, &items, original, now);
     let tx = Transaction::notice_to(&env.sender, env.smtputf8);
-    match ingress.submit(tx, &message).await {
+    match ingress.counted_as(crate::metrics::Door::Notice).submit(tx, &message).await {
         Ok(id) => tracing::info!("{}: sender {what} notification: {id}", env.id),
         Err(e) => tracing::error!("{}: cannot queue the {what} notification: {e}", env.id),
     }

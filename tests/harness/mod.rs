@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod postfix;
 pub mod scripted;
 pub mod sink;
 pub mod tls;
@@ -31,6 +32,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -346,13 +348,22 @@ impl Posthorn {
         let hostname = format!("{}.test", unique_name("ph"));
         let spool = dir.path().join("spool");
         let config = dir.path().join("posthorn.toml");
+        // Tests run as root in CI: the daemons stay root (the switch to an
+        // account of its own has its own test, tests/privilege.rs) unless
+        // the body names a user.
+        let user =
+            if toml_body.contains("\nuser = ") || toml_body.starts_with("user = ") { "" } else { "user = \"root\"\n" };
         let text = format!(
-            "spool = {}\nhostname = {}\n{}",
+            "{user}spool = {}\nhostname = {}\n{}",
             toml_str(&spool.display().to_string()),
             toml_str(&hostname),
             toml_body
         );
         fs::write(&config, text).expect("write posthorn.toml");
+        if user.is_empty() {
+            // The daemon's own account must reach its spool and config.
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod the test directory");
+        }
         let log = Arc::new(LogShared { inner: Mutex::new(LogInner::default()), changed: Condvar::new() });
         let mut ph = Posthorn { dir, config, hostname, child: None, log, run: 0 };
         ph.spawn()?;

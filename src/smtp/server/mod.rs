@@ -16,6 +16,7 @@ pub mod session;
 
 use crate::config::Config;
 use crate::ingress::Ingress;
+use crate::metrics::{Door, Metrics};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 pub use session::Listener;
 use session::{Peer, Security};
@@ -37,6 +38,7 @@ pub struct Server {
     /// The content filter's reinjection listener: loopback and trusted
     /// networks only, and what it accepts is never filtered again.
     reinject: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// The configuration and the door in force. A reload publishes a new
@@ -51,7 +53,12 @@ impl Server {
 
     /// A server that picks up every generation published on `current`.
     pub fn following(current: watch::Receiver<Generation>) -> Server {
-        Server { current, kind: Listener::Smtp, reinject: false }
+        Server { current, kind: Listener::Smtp, reinject: false, metrics: Arc::default() }
+    }
+
+    /// The same server, counting sessions, connections and messages into `metrics`.
+    pub fn metrics(self, metrics: Arc<Metrics>) -> Server {
+        Server { metrics, ..self }
     }
 
     /// The same server as the listener on `filter.reinject_listen`.
@@ -99,19 +106,24 @@ impl Server {
                 }
             };
             if self.reinject && !may_reinject(&self.current.borrow().0, addr) {
+                self.metrics.connection_refused();
                 refuse_reinjection(stream, addr, &self.current.borrow().0.hostname);
                 continue;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                self.metrics.connection_refused();
                 refuse(stream, addr, &self.current.borrow().0.hostname);
                 continue;
             };
             // Replies are batched by the session; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
             let (config, mut ingress) = self.current.borrow().clone();
-            if self.reinject {
-                ingress = ingress.reinjection();
+            ingress = match (self.reinject, self.kind) {
+                (true, _) => ingress.reinjection(),
+                (false, Listener::Smtp) => ingress.counted_as(Door::Smtp),
+                (false, Listener::Submission | Listener::Submissions) => ingress.counted_as(Door::Submission),
             }
+            .with_metrics(self.metrics.clone());
             if !Arc::ptr_eq(&config, &secured) {
                 match security.reloaded(&config) {
                     Ok(fresh) => security = Arc::new(fresh),
@@ -122,10 +134,12 @@ impl Server {
             let shutdown = Some(shutdown.clone());
             let security = security.clone();
             let kind = self.kind;
+            let connection = self.metrics.session_started();
             sessions.spawn(async move {
                 let peer = Peer::Tcp(addr);
                 session::run_listener_session(stream, peer, kind, &config, &ingress, &security, shutdown).await;
                 drop(slot);
+                drop(connection);
             });
         }
         drop(listener);

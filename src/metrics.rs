@@ -1,0 +1,597 @@
+//! Metrics and health over HTTP on a loopback port (`[metrics] listen`).
+//!
+//! - `Metrics`: the daemon's counters, plain atomics. One value is created
+//!   by the daemon and handed by `Arc` to the parts that count (ingress, the
+//!   scheduler, the SMTP listeners), not kept in a process-wide static: the
+//!   in-process tests run many servers side by side, each with its own
+//!   counts, and a static would mix them (STYLE.md: no global singletons).
+//!   Counters live as long as the process; a reload keeps them.
+//! - `render`: the Prometheus text exposition format 0.0.4.
+//! - `serve`: a small, strict HTTP/1.x server: `GET /metrics`,
+//!   `GET /health`, nothing else. Request heads are parsed by `httparse`,
+//!   at most `MAX_HEAD` bytes within `READ_TIMEOUT`; every answer closes
+//!   the connection.
+//!
+//! The gauges that belong to the scheduler (queue sizes, oldest message)
+//! and the health checks come through a `Probe` the daemon supplies, so this
+//! module uses nothing else in the crate.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+/// The longest request head read; a longer one gets 400.
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Time allowed for the whole request head, and again for the answer.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scrape or a health check waits for the scheduler.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed unanswered.
+const MAX_CLIENTS: usize = 16;
+
+/// The door a message came in through (`posthorn_messages_accepted_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    /// An SMTP listener (`smtp.listen`).
+    Smtp,
+    /// Submission, STARTTLS or implicit TLS (`smtp.submission(s)`).
+    Submission,
+    /// `sendmail` and the maildrop pickup.
+    Local,
+    /// Back from the content filter (`filter.reinject_listen`).
+    Reinject,
+    /// Delivery status notifications the daemon writes itself.
+    Notice,
+}
+
+impl Door {
+    const ALL: [Door; 5] = [Door::Smtp, Door::Submission, Door::Local, Door::Reinject, Door::Notice];
+
+    fn label(self) -> &'static str {
+        match self {
+            Door::Smtp => "smtp",
+            Door::Submission => "submission",
+            Door::Local => "local",
+            Door::Reinject => "reinject",
+            Door::Notice => "notice",
+        }
+    }
+}
+
+/// What became of one recipient in one delivery attempt
+/// (`posthorn_recipients_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered,
+    /// A temporary failure, or a destination known to be down: tried again later.
+    Deferred,
+    /// A permanent failure: the sender gets a bounce.
+    Bounced,
+    /// Still failing after `queue.max_lifetime`: the sender gets a bounce.
+    Expired,
+}
+
+impl RcptOutcome {
+    const ALL: [RcptOutcome; 4] =
+        [RcptOutcome::Delivered, RcptOutcome::Deferred, RcptOutcome::Bounced, RcptOutcome::Expired];
+
+    fn label(self) -> &'static str {
+        match self {
+            RcptOutcome::Delivered => "delivered",
+            RcptOutcome::Deferred => "deferred",
+            RcptOutcome::Bounced => "bounced",
+            RcptOutcome::Expired => "expired",
+        }
+    }
+}
+
+/// The daemon's counters and the one gauge kept by counting (connections).
+#[derive(Debug)]
+pub struct Metrics {
+    started: u64,
+    accepted: [AtomicU64; Door::ALL.len()],
+    recipients: [AtomicU64; RcptOutcome::ALL.len()],
+    smtp_sessions: AtomicU64,
+    smtp_connections: AtomicU64,
+    smtp_refused: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            accepted: Default::default(),
+            recipients: Default::default(),
+            smtp_sessions: AtomicU64::new(0),
+            smtp_connections: AtomicU64::new(0),
+            smtp_refused: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// A message is durable in the queue.
+    pub fn accepted(&self, door: Door) {
+        self.accepted[door as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn recipient(&self, outcome: RcptOutcome) {
+        self.recipients[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// An SMTP session starts; it counts as a current connection until the
+    /// returned guard is dropped (also when the session task is aborted).
+    pub fn session_started(self: &Arc<Self>) -> Connection {
+        self.smtp_sessions.fetch_add(1, Relaxed);
+        self.smtp_connections.fetch_add(1, Relaxed);
+        Connection(self.clone())
+    }
+
+    /// A connection turned away at accept (over the limit, or not allowed
+    /// on the reinjection listener).
+    pub fn connection_refused(&self) {
+        self.smtp_refused.fetch_add(1, Relaxed);
+    }
+}
+
+/// One open SMTP connection; see `Metrics::session_started`.
+pub struct Connection(Arc<Metrics>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.smtp_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The scheduler's own bookkeeping, read when scraped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueGauges {
+    pub incoming: u64,
+    pub active: u64,
+    pub deferred: u64,
+    pub hold: u64,
+    /// Arrival (Unix seconds) of the oldest message the scheduler holds;
+    /// `None` with an empty queue or when not asked for.
+    pub oldest_arrival: Option<u64>,
+}
+
+/// What the daemon tells the HTTP server.
+pub trait Probe: Send + Sync + 'static {
+    /// The queue's gauges, `oldest` included when asked (it costs a pass
+    /// over the queued ids); `None` when the scheduler is gone.
+    fn queue(&self, oldest: bool) -> impl Future<Output = Option<QueueGauges>> + Send;
+    /// Whether a new file can be created in the spool; `Err` says why not.
+    fn spool_writable(&self) -> impl Future<Output = Result<(), String>> + Send;
+    /// `satellite` or `hub`, as configured now.
+    fn role(&self) -> String;
+}
+
+/// The exposition: every family with its HELP and TYPE lines. The queue
+/// families are left out when the scheduler did not answer (`queue: None`);
+/// `posthorn_scheduler_up` says so.
+pub fn render(m: &Metrics, role: &str, queue: Option<&QueueGauges>, now: u64) -> String {
+    let mut out = Out(String::with_capacity(4096));
+    out.family("posthorn_up", "gauge", "Whether the daemon answers (always 1 when scraped).");
+    out.sample("posthorn_up", &[], 1);
+    out.family("posthorn_build_info", "gauge", "The running version and configured role.");
+    out.sample("posthorn_build_info", &[("version", env!("CARGO_PKG_VERSION")), ("role", role)], 1);
+    out.family("posthorn_start_time_seconds", "gauge", "When the daemon started, in seconds since the Unix epoch.");
+    out.sample("posthorn_start_time_seconds", &[], m.started);
+    let name = "posthorn_messages_accepted_total";
+    out.family(name, "counter", "Messages committed to the queue, by the door they came in through.");
+    for door in Door::ALL {
+        out.sample(name, &[("door", door.label())], m.accepted[door as usize].load(Relaxed));
+    }
+    let name = "posthorn_recipients_total";
+    out.family(name, "counter", "Delivery outcomes, one per recipient per attempt.");
+    for outcome in RcptOutcome::ALL {
+        out.sample(name, &[("outcome", outcome.label())], m.recipients[outcome as usize].load(Relaxed));
+    }
+    out.family("posthorn_smtp_sessions_total", "counter", "SMTP sessions started.");
+    out.sample("posthorn_smtp_sessions_total", &[], m.smtp_sessions.load(Relaxed));
+    out.family("posthorn_smtp_connections", "gauge", "SMTP connections open now.");
+    out.sample("posthorn_smtp_connections", &[], m.smtp_connections.load(Relaxed));
+    let name = "posthorn_smtp_connections_refused_total";
+    out.family(name, "counter", "SMTP connections turned away at accept (too many, or not allowed).");
+    out.sample(name, &[], m.smtp_refused.load(Relaxed));
+    out.family("posthorn_scheduler_up", "gauge", "Whether the scheduler answered this scrape.");
+    out.sample("posthorn_scheduler_up", &[], u64::from(queue.is_some()));
+    if let Some(q) = queue {
+        let name = "posthorn_queue_messages";
+        out.family(name, "gauge", "Messages in the queue, by state.");
+        for (state, n) in [("incoming", q.incoming), ("active", q.active), ("deferred", q.deferred), ("hold", q.hold)] {
+            out.sample(name, &[("state", state)], n);
+        }
+        let name = "posthorn_queue_oldest_message_age_seconds";
+        out.family(name, "gauge", "Age of the oldest message in incoming, active or deferred (0: none).");
+        out.sample(name, &[], q.oldest_arrival.map_or(0, |t| now.saturating_sub(t)));
+    }
+    out.0
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.0.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            self.0.push_str(&format!("{{{}}}", pairs.join(",")));
+        }
+        self.0.push_str(&format!(" {value}\n"));
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
+
+/// A request head, as far as this server cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// More bytes are needed.
+    Partial,
+    Request {
+        method: String,
+        path: String,
+    },
+    /// Not an HTTP/1.x request head.
+    Bad,
+}
+
+fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => match (req.method, req.path) {
+            (Some(method), Some(path)) => Head::Request { method: method.to_string(), path: path.to_string() },
+            _ => Head::Bad,
+        },
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Bad,
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Metrics,
+    Health,
+    NotFound,
+    MethodNotAllowed,
+}
+
+/// Known paths first: an unknown path is 404 whatever the method. HEAD is
+/// answered like GET, without the body.
+fn target(method: &str, path: &str) -> Target {
+    let path = path.split('?').next().unwrap_or(path);
+    let found = match path {
+        "/metrics" => Target::Metrics,
+        "/health" => Target::Health,
+        _ => return Target::NotFound,
+    };
+    if method == "GET" || method == "HEAD" { found } else { Target::MethodNotAllowed }
+}
+
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Response {
+        Response { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+    }
+
+    fn to_bytes(&self, with_body: bool) -> Vec<u8> {
+        let reason = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            408 => "Request Timeout",
+            _ => "Service Unavailable",
+        };
+        let allow = if self.status == 405 { "Allow: GET, HEAD\r\n" } else { "" };
+        let mut out = format!(
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+            self.status,
+            self.content_type,
+            self.body.len()
+        )
+        .into_bytes();
+        if with_body {
+            out.extend_from_slice(self.body.as_bytes());
+        }
+        out
+    }
+}
+
+/// Serves metrics and health on `listener` until `shutdown` turns true.
+pub async fn serve<P: Probe>(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    probe: Arc<P>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|v| *v) => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let (metrics, probe) = (metrics.clone(), probe.clone());
+        tokio::spawn(async move {
+            handle(stream, &metrics, &*probe).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One request, one answer, then the connection is closed.
+async fn handle<P: Probe>(mut stream: TcpStream, metrics: &Metrics, probe: &P) {
+    let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return, // closed before a whole head arrived
+        Err(_) => {
+            let _ =
+                tokio::time::timeout(READ_TIMEOUT, stream.write_all(&Response::text(408, "").to_bytes(false))).await;
+            return;
+        }
+    };
+    let (response, with_body) = match head {
+        Head::Request { method, path } => {
+            let response = match target(&method, &path) {
+                Target::Metrics => {
+                    let queue = tokio::time::timeout(PROBE_TIMEOUT, probe.queue(true)).await.ok().flatten();
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    Response {
+                        status: 200,
+                        content_type: "text/plain; version=0.0.4; charset=utf-8",
+                        body: render(metrics, &probe.role(), queue.as_ref(), now),
+                    }
+                }
+                Target::Health => match health(probe).await {
+                    Ok(()) => Response::text(200, "ok\n"),
+                    Err(why) => Response::text(503, format!("{why}\n")),
+                },
+                Target::NotFound => Response::text(404, "not found: try /metrics or /health\n"),
+                Target::MethodNotAllowed => Response::text(405, "only GET and HEAD\n"),
+            };
+            (response, method != "HEAD")
+        }
+        Head::Partial | Head::Bad => (Response::text(400, "bad request\n"), true),
+    };
+    let write = async {
+        stream.write_all(&response.to_bytes(with_body)).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(READ_TIMEOUT, write).await;
+}
+
+/// Reads until the head is complete, bad, or `MAX_HEAD` bytes long (then
+/// bad); `None` when the peer closes first.
+async fn read_head(stream: &mut TcpStream) -> Option<Head> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut buf[len..]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        len += n;
+        match parse_head(&buf[..len]) {
+            Head::Partial if len < MAX_HEAD => continue,
+            Head::Partial => return Some(Head::Bad),
+            done => return Some(done),
+        }
+    }
+}
+
+/// Serving means: the scheduler answers and the spool takes a new file.
+async fn health<P: Probe>(probe: &P) -> Result<(), String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, probe.queue(false)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err("scheduler stopped".into()),
+        Err(_) => return Err(format!("scheduler did not answer within {PROBE_TIMEOUT:?}")),
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, probe.spool_writable()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(format!("spool not writable: {why}")),
+        Err(_) => Err(format!("spool did not answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn request_heads() {
+        let cases: &[(&[u8], Head)] = &[
+            (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", req("GET", "/metrics")),
+            (b"GET /health HTTP/1.0\r\n\r\n", req("GET", "/health")),
+            (b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", req("POST", "/x")),
+            (b"GET /metrics HTTP/1.1\r\nHost: x\r\n", Head::Partial),
+            (b"GET /met", Head::Partial),
+            (b"", Head::Partial),
+            (b"hello there\r\n\r\n", Head::Bad),
+            (b"GET /metrics HTTP/2.0\r\n\r\n", Head::Bad),
+            (b"GET /metrics\r\n\r\n", Head::Bad),
+            (b"\x16\x03\x01\x02\x00\x01\x00", Head::Bad),
+            (b"GET /metrics HTTP/1.1\r\nBad Header\r\n\r\n", Head::Bad),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(&parse_head(input), expected, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    fn req(method: &str, path: &str) -> Head {
+        Head::Request { method: method.into(), path: path.into() }
+    }
+
+    #[test]
+    fn routing() {
+        let cases = [
+            ("GET", "/metrics", Target::Metrics),
+            ("HEAD", "/metrics", Target::Metrics),
+            ("GET", "/metrics?name[]=x", Target::Metrics),
+            ("GET", "/health", Target::Health),
+            ("POST", "/metrics", Target::MethodNotAllowed),
+            ("DELETE", "/health", Target::MethodNotAllowed),
+            ("GET", "/", Target::NotFound),
+            ("GET", "/metrics/", Target::NotFound),
+            ("POST", "/nope", Target::NotFound),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(target(method, path), expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("x\ny"), r"x\ny");
+    }
+
+    #[test]
+    fn rendering() {
+        let m = Arc::new(Metrics::default());
+        m.accepted(Door::Smtp);
+        m.accepted(Door::Smtp);
+        m.accepted(Door::Notice);
+        m.recipient(RcptOutcome::Deferred);
+        let open = m.session_started();
+        let _closed = m.session_started();
+        drop(open);
+        m.connection_refused();
+        let q = QueueGauges { incoming: 1, active: 2, deferred: 3, hold: 4, oldest_arrival: Some(m.started - 7) };
+        let text = render(&m, "hub", Some(&q), m.started);
+        for line in [
+            "posthorn_up 1",
+            &format!("posthorn_build_info{{version=\"{}\",role=\"hub\"}} 1", env!("CARGO_PKG_VERSION")),
+            &format!("posthorn_start_time_seconds {}", m.started),
+            "posthorn_messages_accepted_total{door=\"smtp\"} 2",
+            "posthorn_messages_accepted_total{door=\"submission\"} 0",
+            "posthorn_messages_accepted_total{door=\"notice\"} 1",
+            "posthorn_recipients_total{outcome=\"deferred\"} 1",
+            "posthorn_recipients_total{outcome=\"delivered\"} 0",
+            "posthorn_smtp_sessions_total 2",
+            "posthorn_smtp_connections 1",
+            "posthorn_smtp_connections_refused_total 1",
+            "posthorn_scheduler_up 1",
+            "posthorn_queue_messages{state=\"incoming\"} 1",
+            "posthorn_queue_messages{state=\"hold\"} 4",
+            "posthorn_queue_oldest_message_age_seconds 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        assert!(text.ends_with('\n'));
+        // Every sample belongs to the family announced just before it.
+        let mut family = "";
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap();
+                assert!(matches!(rest.split(' ').nth(1), Some("gauge" | "counter")), "{line}");
+            } else if !line.starts_with("# HELP ") {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, family, "{line}");
+            }
+        }
+        let without = render(&m, "satellite", None, m.started);
+        assert!(without.contains("posthorn_scheduler_up 0\n"));
+        assert!(!without.contains("posthorn_queue_messages"));
+    }
+
+    struct FakeProbe {
+        scheduler: AtomicBool,
+    }
+
+    impl Probe for FakeProbe {
+        async fn queue(&self, _oldest: bool) -> Option<QueueGauges> {
+            self.scheduler.load(Relaxed).then(QueueGauges::default)
+        }
+        async fn spool_writable(&self) -> Result<(), String> {
+            Ok(())
+        }
+        fn role(&self) -> String {
+            "satellite".into()
+        }
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await.unwrap().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn server_answers_and_closes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let probe = Arc::new(FakeProbe { scheduler: AtomicBool::new(true) });
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), probe.clone(), stopped));
+
+        let r = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{r}");
+        assert!(r.contains("\r\nConnection: close\r\n"), "{r}");
+        assert!(r.contains("\nposthorn_up 1\n"), "{r}");
+        let r = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"), "{r}");
+        let r = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"), "{r}");
+        probe.scheduler.store(false, Relaxed);
+        let r = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 503 ") && r.ends_with("scheduler stopped\n"), "{r}");
+        let r = exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
+        let r = exchange(addr, b"PUT /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 405 ") && r.contains("\r\nAllow: GET, HEAD\r\n"), "{r}");
+        let r = exchange(addr, b"EHLO example.org\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+        // A head that does not end within the limit (exactly the limit, so
+        // that nothing is left unread to turn the close into a reset).
+        let mut long = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+        long.resize(MAX_HEAD, b'x');
+        let r = exchange(addr, &long).await;
+        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("server stops").unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let probe = Arc::new(FakeProbe { scheduler: AtomicBool::new(true) });
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, Arc::new(Metrics::default()), probe, stopped));
+        let r = exchange(addr, b"GET /metrics HTTP/1.1\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+    }
+}

@@ -1,0 +1,262 @@
+//! End-to-end: the metrics and health endpoint (`[metrics] listen`).
+//!
+//! A hub with a transport table sends `ok.test` to a good `smtp-sink`,
+//! `bad.test` to one that refuses every RCPT with 5xx, and `dead.test` to
+//! an address nobody listens on. Mail goes in with Python's smtplib; the
+//! endpoint is read with Python's urllib and parsed with the Prometheus
+//! project's own parser (`prometheus_client`), never by string matching.
+//!
+//! Scenarios:
+//! 1. Counters after known traffic: messages accepted by door (smtp,
+//!    local through `sendmail`, and a notice for the bounce), recipients delivered / deferred / bounced
+//!    (delivered mail read back from the sink), SMTP sessions, open
+//!    connections back to 0, queue gauges by state, and the hold gauge
+//!    following `postsuper -h` and `postsuper -d`.
+//! 2. HTTP: `/health` 200 `ok`; an unknown path 404; POST 405; a garbage
+//!    request line 400, a silent client does not block others, and the
+//!    daemon keeps serving (HTTP and SMTP) afterwards.
+//! 3. `/health` turns 503 naming the spool when a file cannot be created
+//!    there, and 200 again once it can.
+//! 4. No `[metrics]`: no endpoint, no `listening metrics=` line.
+
+mod harness;
+
+use harness::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+/// A hub routing the three test domains by a transport table, with the
+/// endpoint on a port the kernel picks. Retries are a minute apart, so a
+/// deferred recipient is tried exactly once during a test.
+fn hub(dir: &std::path::Path, good: SocketAddr, bad: SocketAddr, dead: SocketAddr) -> Posthorn {
+    let table = dir.join("transport");
+    let hop = |a: SocketAddr| format!("relay:[{}]:{}", a.ip(), a.port());
+    let text = format!("ok.test {}\nbad.test {}\ndead.test {}\n", hop(good), hop(bad), hop(dead));
+    fs::write(&table, text).unwrap();
+    let base =
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\ntls = \"none\"\nconnect_timeout = \"5s\"\n";
+    Posthorn::start(&with_lines(
+        base,
+        &[
+            &format!("deliver.transport_maps = [{}]", toml_str(&format!("hash:{}", table.display()))),
+            "queue.retry_min = \"60s\"",
+            "queue.retry_max = \"60s\"",
+            "metrics.listen = \"127.0.0.1:0\"",
+        ],
+    ))
+}
+
+/// The address of the `listening metrics=ADDR` line the daemon printed.
+fn metrics_addr(ph: &Posthorn) -> SocketAddr {
+    let log = ph.log();
+    let line = log.lines().find_map(|l| l.split("listening metrics=").nth(1));
+    line.unwrap_or_else(|| panic!("no `listening metrics=` line:\n{log}")).trim().parse().unwrap()
+}
+
+/// Fetches `url` with urllib and parses the body with prometheus_client.
+const SCRAPE_SCRIPT: &str = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    out = {"status": r.status, "content_type": r.headers.get("Content-Type"), "types": {}, "samples": []}
+    text = r.read().decode("utf-8")
+for family in text_string_to_metric_families(text):
+    out["types"][family.name] = family.type
+    for s in family.samples:
+        out["samples"].append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+
+struct Scrape {
+    /// Family name (without `_total` for counters, as the parser has it) -> type.
+    types: BTreeMap<String, String>,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// The value of the sample `name` with exactly `labels`.
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples.iter().find(|(n, l, _)| n == name && *l == want).map(|(_, _, v)| *v)
+    }
+
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?} in {:#?}", self.samples))
+    }
+}
+
+fn scrape(addr: SocketAddr) -> Scrape {
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c").arg(SCRAPE_SCRIPT).arg(format!("http://{addr}/metrics"));
+    let out = run_with_timeout(cmd, b"", COMMAND_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scrape failed (is the Python package prometheus_client installed?):\n{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["content_type"], "text/plain; version=0.0.4; charset=utf-8");
+    let types = v["types"].as_object().unwrap().iter().map(|(k, t)| (k.clone(), t.as_str().unwrap().into())).collect();
+    let samples = v["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let labels = s[1].as_object().unwrap().iter().map(|(k, l)| (k.clone(), l.as_str().unwrap().into()));
+            (s[0].as_str().unwrap().to_string(), labels.collect(), s[2].as_f64().unwrap())
+        })
+        .collect();
+    Scrape { types, samples }
+}
+
+/// One request with curl: the status code and the body.
+fn curl(args: &[&str], url: &str) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"]).args(args).arg(url);
+    let out = run_with_timeout(cmd, b"", COMMAND_TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or_else(|_| panic!("curl {url}: {out:?}")), body.to_string())
+}
+
+/// Sends `request` on a raw connection and returns everything answered.
+fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn send(ph: &Posthorn, to: &[&str], subject: &str) {
+    let msg = message(&[("From", "app@ok.test"), ("Subject", subject)], "hello\n");
+    smtplib_send(ph.smtp_addr(), "app@ok.test", to, &msg).unwrap_or_else(|e| panic!("{to:?}: {e}"));
+}
+
+#[test]
+fn counters_follow_the_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Sink::start();
+    let bad = Sink::start_with(&["-f", "RCPT"]);
+    let ph = hub(dir.path(), good.addr(), bad.addr(), free_addr());
+    let addr = metrics_addr(&ph);
+
+    let before = scrape(addr);
+    assert_eq!(before.value("posthorn_up", &[]), 1.0);
+    let info = [("version", env!("CARGO_PKG_VERSION")), ("role", "hub")];
+    assert_eq!(before.value("posthorn_build_info", &info), 1.0);
+    assert_eq!(before.value("posthorn_messages_accepted_total", &[("door", "smtp")]), 0.0);
+    assert_eq!(before.types["posthorn_messages_accepted"], "counter");
+    assert_eq!(before.types["posthorn_queue_messages"], "gauge");
+
+    send(&ph, &["a@ok.test"], "one");
+    send(&ph, &["b@ok.test", "c@dead.test"], "two");
+    send(&ph, &["d@dead.test"], "three");
+    send(&ph, &["x@bad.test"], "four");
+    let out = ph.sendmail(&["-i", "-f", "app@ok.test", "e@ok.test"], b"Subject: five\n\nby sendmail\n");
+    assert!(out.status.success(), "sendmail: {out:?}");
+
+    // a, b, e, and the bounce for x (to app@ok.test) reach the good sink.
+    let got = good.wait_for_parsed(4, secs(30));
+    let mut rcpts: Vec<String> = got.iter().flat_map(|d| d.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@ok.test", "app@ok.test", "b@ok.test", "e@ok.test"], "log:\n{}", ph.log());
+
+    let rcpt = |s: &Scrape, outcome| s.value("posthorn_recipients_total", &[("outcome", outcome)]);
+    let mut now = scrape(addr);
+    let settled = wait_until(secs(30), || {
+        now = scrape(addr);
+        rcpt(&now, "delivered") == 4.0
+            && rcpt(&now, "deferred") == 2.0
+            && now.value("posthorn_smtp_connections", &[]) == 0.0
+            && now.value("posthorn_queue_messages", &[("state", "active")]) == 0.0
+    });
+    assert!(settled, "never settled: {:#?}\nlog:\n{}", now.samples, ph.log());
+    assert_eq!(rcpt(&now, "bounced"), 1.0);
+    assert_eq!(rcpt(&now, "expired"), 0.0);
+    assert_eq!(now.value("posthorn_messages_accepted_total", &[("door", "smtp")]), 4.0);
+    assert_eq!(now.value("posthorn_messages_accepted_total", &[("door", "local")]), 1.0);
+    assert_eq!(now.value("posthorn_messages_accepted_total", &[("door", "notice")]), 1.0);
+    for door in ["submission", "reinject"] {
+        assert_eq!(now.value("posthorn_messages_accepted_total", &[("door", door)]), 0.0, "{door}");
+    }
+    assert_eq!(now.value("posthorn_smtp_sessions_total", &[]), 4.0);
+    assert_eq!(now.value("posthorn_smtp_connections_refused_total", &[]), 0.0);
+    assert_eq!(now.value("posthorn_scheduler_up", &[]), 1.0);
+    let queue = |s: &Scrape, state| s.value("posthorn_queue_messages", &[("state", state)]);
+    assert_eq!([queue(&now, "incoming"), queue(&now, "deferred"), queue(&now, "hold")], [0.0, 2.0, 0.0]);
+    assert_eq!(ph.queued_count(), 2, "the spool agrees");
+    let age = now.value("posthorn_queue_oldest_message_age_seconds", &[]);
+    assert!((0.0..120.0).contains(&age), "{age}");
+
+    // Hold one deferred message, then delete it from hold.
+    let line = ph.log_lines(&["to=<d@dead.test>", "status=deferred"]).remove(0);
+    let id = queue_id_of(&line).unwrap();
+    let out = ph.run_as("postsuper", &["-h", &id], b"");
+    assert!(out.status.success(), "postsuper -h: {out:?}");
+    let held = scrape(addr);
+    assert_eq!([queue(&held, "deferred"), queue(&held, "hold")], [1.0, 1.0], "{:#?}", held.samples);
+    let out = ph.run_as("postsuper", &["-d", &id], b"");
+    assert!(out.status.success(), "postsuper -d: {out:?}");
+    let gone = scrape(addr);
+    assert_eq!([queue(&gone, "deferred"), queue(&gone, "hold")], [1.0, 0.0], "{:#?}", gone.samples);
+}
+
+#[test]
+fn http_answers_strictly_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Sink::start();
+    let ph = hub(dir.path(), good.addr(), free_addr(), free_addr());
+    let addr = metrics_addr(&ph);
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    assert_eq!(curl(&[], &url("/health")), (200, "ok\n".into()));
+    assert_eq!(curl(&[], &url("/nope")).0, 404);
+    assert_eq!(curl(&["-X", "POST"], &url("/metrics")).0, 405);
+    let head = raw_http(addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+
+    // A client that says nothing holds its own connection only.
+    let silent = TcpStream::connect(addr).unwrap();
+    let garbage = raw_http(addr, b"HELO there, this is not HTTP\r\n\r\n");
+    assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
+    let binary = raw_http(addr, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03");
+    assert!(binary.starts_with("HTTP/1.1 400 "), "{binary}");
+
+    assert_eq!(curl(&[], &url("/health")), (200, "ok\n".into()));
+    send(&ph, &["a@ok.test"], "still serving");
+    good.wait_for_parsed(1, secs(30));
+    let s = scrape(addr);
+    assert_eq!(s.value("posthorn_messages_accepted_total", &[("door", "smtp")]), 1.0);
+    drop(silent);
+}
+
+#[test]
+fn health_names_an_unwritable_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let ph = hub(dir.path(), free_addr(), free_addr(), free_addr());
+    let addr = metrics_addr(&ph);
+    let url = format!("http://{addr}/health");
+    assert_eq!(curl(&[], &url), (200, "ok\n".into()));
+
+    // A file where the spool's tmp/ directory was: nothing can be created
+    // there, even by root (permissions would not stop root).
+    let tmp = ph.spool_dir().join("tmp");
+    fs::rename(&tmp, ph.spool_dir().join("tmp.away")).unwrap();
+    fs::write(&tmp, b"").unwrap();
+    let (code, body) = curl(&[], &url);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("spool not writable: "), "{body}");
+
+    fs::remove_file(&tmp).unwrap();
+    fs::rename(ph.spool_dir().join("tmp.away"), &tmp).unwrap();
+    assert_eq!(curl(&[], &url), (200, "ok\n".into()));
+}
+
+#[test]
+fn no_endpoint_unless_configured() {
+    let ph = Posthorn::start(&satellite_config(&[free_addr()]));
+    assert!(!ph.log().contains("listening metrics="), "{}", ph.log());
+}
