@@ -6,7 +6,8 @@
 //!    arrives with only 7-bit octets, its text part quoted-printable, and
 //!    Python's email package decodes the original text and data from it.
 //! 2. A message with an 8-bit Subject cannot be converted: it is never
-//!    sent, and the recipient fails with 5.6.3.
+//!    sent, the recipient fails with 5.6.3, and the bounce (headers only,
+//!    converted) reaches the sender through the same host.
 //!
 //! The smarthost is a small server in this file, because the harness's
 //! scripted server always offers 8BITMIME.
@@ -187,5 +188,14 @@ fn eight_bit_header_fails_with_5_6_3() {
     assert!(ph.wait_for_log("status=bounced", secs(20)), "{}", ph.log());
     let line = ph.log_lines(&["to=<ops@example.test>", "status=bounced"]).join("\n");
     assert!(line.contains("5.6.3 Conversion required but not supported"), "{line}");
+    assert!(line.contains("dsn=5.6.3,"), "the log names the refusal's code: {line}");
     assert!(host.wait_from("app@vm1.test", secs(1)).is_none());
+    // The bounce reaches the sender through the same 7-bit host: it returns
+    // the headers alone, converted, since the whole message could not be.
+    let (_, bounce) = host.wait_from("", secs(20)).unwrap_or_else(|| panic!("no bounce: {}", ph.log()));
+    assert!(bounce.is_ascii(), "only 7-bit octets go to this host");
+    let text = String::from_utf8_lossy(&bounce);
+    assert!(text.contains("Status: 5.6.3"), "{text}");
+    assert!(text.contains("Content-Type: text/rfc822-headers"), "{text}");
+    assert!(!text.contains("message/rfc822"), "{text}");
 }

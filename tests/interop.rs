@@ -341,9 +341,9 @@ fn postfix_450_defers_and_queue_why_shows_its_reply() {
             "check_recipient_access inline:{ { later@example.org = DEFER_IF_PERMIT mailbox busy } }, permit_mynetworks, reject",
         ),
     ]);
-    // An idle session to Postfix is closed after 1 s: a reused one would
-    // keep talking to the smtpd that still has the old restrictions.
-    let sat = Posthorn::start(&with_lines(&satellite_config(&[pf.addr()]), &["relay.idle_timeout = \"1s\""]));
+    // The default relay.idle_timeout (10 s) is longer than the retries:
+    // each retry must still meet a fresh smtpd (see below).
+    let sat = Posthorn::start(&satellite_config(&[pf.addr()]));
     let msg = message(&[("From", "cron@vm.test"), ("Subject", "retry me")], "second time lucky\n");
     smtplib_send(sat.smtp_addr(), "cron@vm.test", &["later@example.org"], &msg).unwrap();
 
@@ -367,8 +367,17 @@ fn postfix_450_defers_and_queue_why_shows_its_reply() {
 
     // Postfix accepts again: the next retry delivers, once.
     pf.reconfigure(&[("smtpd_recipient_restrictions", "permit_mynetworks, reject")]);
-    let got = sink.wait_for_parsed(1, secs(30));
+    let got = sink.wait_for_parsed(1, secs(10));
     assert_eq!(got.len(), 1, "{}", sat.log());
+    // A session whose recipients were all refused is closed, not kept for
+    // the retry: Postfix counts those refusals against the session (and
+    // slows it down, then drops it), and a kept session would still answer
+    // with the restrictions it started with.
+    let sessions = pf.log_lines(&["disconnect from", "rcpt=0/1"]);
+    assert!(sessions.len() >= 2, "one session per deferred try: {sessions:#?}");
+    let reused: Vec<String> =
+        pf.log_lines(&["disconnect from", "mail="]).into_iter().filter(|l| !l.contains(" mail=1 ")).collect();
+    assert!(reused.is_empty(), "a session was reused after refusals: {reused:#?}");
     assert_eq!(got[0].rcpt_to, ["later@example.org"]);
     assert_eq!(got[0].body(), b"second time lucky\n");
     let sent = format!("{id}: {to}");

@@ -495,7 +495,11 @@ impl Relay {
 
     /// Runs the transaction and puts the session back in the pool when it
     /// ended cleanly. A broken session is dropped (there is nobody left to
-    /// say QUIT to) and its connection slot handed back.
+    /// say QUIT to) and its connection slot handed back. A session in which
+    /// the server refused every recipient is closed with QUIT rather than
+    /// kept: servers count those refusals against the session (Postfix
+    /// slows down and then drops it), and a retry on a fresh session meets
+    /// whatever the server decides by then.
     async fn transact(
         &self,
         key: &str,
@@ -505,11 +509,15 @@ impl Relay {
         let result = conn.client.send(msg, &msg.recipients).await;
         let label = Label { relay: conn.client.relay_label().to_string(), tls: conn.client.tls().is_some() };
         let dsn = conn.client.capabilities().dsn;
-        if conn.client.is_usable() {
+        let refused_all = matches!(&result, Ok(rs) if rs.iter().any(|r| matches!(r, RcptResult::Refused { .. }))
+            && !rs.iter().any(|r| matches!(r, RcptResult::Accepted(_))));
+        if conn.client.is_usable() && !refused_all {
             self.pool.put(key, conn);
             (label, result, None, dsn)
         } else {
-            (label, result, Some(conn.permit), dsn)
+            let Conn { client, permit } = conn;
+            client.quit().await;
+            (label, result, Some(permit), dsn)
         }
     }
 

@@ -284,10 +284,16 @@ fn log_outcome(id: &str, trace: Option<&str>, rcpt: &str, a: &Attempt, status: &
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     let delay = now_us.saturating_sub(arrived_us) as f64 / 1e6;
     let relay = a.relay.as_deref().unwrap_or("none");
-    let dsn = match (&a.reply, status) {
-        (Some(r), _) if r.enhanced.is_some() => r.enhanced.unwrap().to_string(),
-        (_, "sent") => "2.0.0".into(),
-        (_, "bounced") => "5.0.0".into(),
+    // The remote reply's code, or that of a refusal made here without
+    // sending (`554 5.6.3 ...` in the detail).
+    let code = match &a.reply {
+        Some(r) => r.enhanced,
+        None => crate::smtp::proto::reply::Enhanced::of_reply_text(&a.detail),
+    };
+    let dsn = match (code, status) {
+        (Some(code), _) => code.to_string(),
+        (None, "sent") => "2.0.0".into(),
+        (None, "bounced") => "5.0.0".into(),
         _ => "4.0.0".into(),
     };
     let trace = trace.filter(|t| *t != id).map(|t| format!("trace={t}, ")).unwrap_or_default();

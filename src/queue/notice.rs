@@ -7,6 +7,7 @@
 
 use crate::dsn::{self, Action, Item, Returned};
 use crate::ingress::{Ingress, Transaction};
+use crate::smtp::proto::reply::Enhanced;
 use crate::spool::Spool;
 use crate::spool::envelope::{Envelope, RcptState, Recipient};
 use std::collections::{HashMap, VecDeque};
@@ -48,11 +49,11 @@ impl Limiter {
 /// The status for a recipient's report, from its last attempt.
 fn status_of(r: &Recipient, action: Action) -> (String, Option<String>, Option<String>, u64) {
     let last = r.history.last();
+    // The code of the remote reply, else of a refusal made here without
+    // sending (`554 5.6.3 Conversion required ...`), else by action.
     let status = last
-        .and_then(|a| a.reply.as_deref())
-        .and_then(|reply| reply.split_whitespace().nth(1))
-        .filter(|s| crate::smtp::proto::reply::Enhanced::parse_prefix(s).is_some())
-        .map(str::to_string)
+        .and_then(|a| Enhanced::of_reply_text(a.reply.as_deref().unwrap_or(&a.detail)))
+        .map(|code| code.to_string())
         .unwrap_or_else(|| match (action, last.map(|a| a.status.as_str())) {
             (Action::Failed, Some("expired")) => "4.4.7".into(),
             (Action::Failed, _) => "5.0.0".into(),
@@ -132,8 +133,15 @@ pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Env
         return;
     }
     let body = if items[0].action == Action::Failed { spool.read_body(&env.id).ok() } else { None };
+    // 8-bit header fields outside SMTPUTF8 cannot be converted for a next
+    // hop without 8BITMIME (often the very reason for the bounce), and a
+    // bounce that cannot be sent is lost: return the headers alone then, as
+    // text/rfc822-headers, which converts to quoted-printable.
+    let raw_headers = |b: &[u8]| !env.smtputf8 && !dsn::header_block(b).is_ascii();
     let original = match &body {
-        Some(b) if env.ret.as_deref() != Some("HDRS") && (b.len() as u64) <= RETURN_FULL_LIMIT => Returned::Full(b),
+        Some(b) if env.ret.as_deref() != Some("HDRS") && (b.len() as u64) <= RETURN_FULL_LIMIT && !raw_headers(b) => {
+            Returned::Full(b)
+        }
         Some(b) => Returned::Headers(dsn::header_block(b)),
         None => Returned::Nothing,
     };

@@ -771,7 +771,7 @@ impl Client {
         if self.needs_smtputf8(msg, rcpts) && !self.caps.smtputf8 {
             // RFC 6531 3.4: without SMTPUTF8 on the next hop the message
             // cannot be delivered as it is.
-            return Some(format!("SMTPUTF8 is required, but was not offered by {}", self.label));
+            return Some(format!("553 5.6.7 SMTPUTF8 is required, but was not offered by {}", self.label));
         }
         if !wire_safe_address(&msg.sender) {
             return Some("sender address contains a control character".into());

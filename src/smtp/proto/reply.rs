@@ -18,6 +18,16 @@ impl fmt::Display for Enhanced {
 }
 
 impl Enhanced {
+    /// The code of a whole reply line as logged or stored,
+    /// `554 5.6.3 Conversion required ...`; `None` when it has none.
+    /// Like a reply on the wire, the code's class must be the reply's.
+    pub fn of_reply_text(text: &str) -> Option<Enhanced> {
+        let mut words = text.split_whitespace();
+        let reply = words.next().filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))?;
+        let (code, _) = Enhanced::parse_prefix(words.next()?)?;
+        (reply.as_bytes()[0] - b'0' == code.0).then_some(code)
+    }
+
     /// Parses `2.1.5` at the start of `text`; returns the code and the rest.
     pub fn parse_prefix(text: &str) -> Option<(Enhanced, &str)> {
         let end = text.find(' ').unwrap_or(text.len());
@@ -156,6 +166,15 @@ mod tests {
             let expected = expected.map(|(c, e, t)| (c, e, t.to_string()));
             assert_eq!(got, expected, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn code_of_a_stored_reply_line() {
+        let of = Enhanced::of_reply_text;
+        assert_eq!(of("554 5.6.3 Conversion required but not supported"), Some(Enhanced(5, 6, 3)));
+        assert_eq!(of("451 5.0.0 class mismatch"), None);
+        assert_eq!(of("connect to 127.0.0.1:25: refused"), None);
+        assert_eq!(of("SMTPUTF8 is required 5.6.7"), None);
     }
 
     #[test]
