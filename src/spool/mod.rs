@@ -10,6 +10,7 @@
 //!   hold/ID     envelopes put on hold by an operator
 //!   corrupt/ID  envelopes that could not be read, kept for inspection
 //!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
+//!   id-lease    every queue id handed out sorts below this (see `id`)
 //! ```
 //!
 //! A message's state is the directory its envelope is in, so a state change
@@ -91,7 +92,8 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (creating when needed) the spool at `root`. Ids handed out
-    /// afterwards sort after `newest_id`.
+    /// afterwards sort after `newest_id` and after every id handed out
+    /// before (the id lease).
     pub fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
         Spool::open_with(root, newest_id, commit::SyncMode::Batch)
     }
@@ -115,7 +117,7 @@ impl Spool {
         Ok(Spool {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
-                ids: id::IdGen::new(newest_id),
+                ids: id::IdGen::leased(newest_id, root.join("id-lease"))?,
                 sync,
                 committer: OnceLock::new(),
             }),
