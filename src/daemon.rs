@@ -1,7 +1,8 @@
-//! `posthorn serve`: recover the spool, bind the listeners, start the
-//! scheduler, the maildrop pickup, the control socket and the SMTP servers,
-//! print the readiness lines, and run until SIGTERM or SIGINT. The pid is
-//! written to `SPOOL/posthorn.pid` for `postfix stop` and `postfix status`.
+//! `posthorn serve`: recover the spool, bind the listeners, give up root
+//! (`privilege`), start the scheduler, the maildrop pickup, the control
+//! socket, the SMTP servers and the metrics endpoint, print the readiness
+//! lines, and run until SIGTERM or SIGINT. The pid is written to
+//! `SPOOL/posthorn.pid` for `postfix stop` and `postfix status`.
 //!
 //! Start-up order matters: recovery runs before anything touches the spool,
 //! the scheduler loads the queue before the first new message can arrive,

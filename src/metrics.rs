@@ -98,6 +98,8 @@ pub struct Metrics {
     smtp_sessions: AtomicU64,
     smtp_connections: AtomicU64,
     smtp_refused: AtomicU64,
+    /// 4xx and 5xx replies to SMTP commands and messages.
+    smtp_rejections: [AtomicU64; 2],
 }
 
 impl Default for Metrics {
@@ -109,6 +111,7 @@ impl Default for Metrics {
             smtp_sessions: AtomicU64::new(0),
             smtp_connections: AtomicU64::new(0),
             smtp_refused: AtomicU64::new(0),
+            smtp_rejections: Default::default(),
         }
     }
 }
@@ -135,6 +138,18 @@ impl Metrics {
     /// on the reinjection listener).
     pub fn connection_refused(&self) {
         self.smtp_refused.fetch_add(1, Relaxed);
+    }
+
+    /// An SMTP session sent the reply `code` to a command or a message;
+    /// only 4xx and 5xx are counted. Called for every reply, so a positive
+    /// one costs a comparison and nothing more.
+    pub fn smtp_reply(&self, code: u16) {
+        let class = match code {
+            400..=499 => 0,
+            500..=599 => 1,
+            _ => return,
+        };
+        self.smtp_rejections[class].fetch_add(1, Relaxed);
     }
 }
 
@@ -198,6 +213,11 @@ pub fn render(m: &Metrics, role: &str, queue: Option<&QueueGauges>, now: u64) ->
     let name = "posthorn_smtp_connections_refused_total";
     out.family(name, "counter", "SMTP connections turned away at accept (too many, or not allowed).");
     out.sample(name, &[], m.smtp_refused.load(Relaxed));
+    let name = "posthorn_smtp_rejections_total";
+    out.family(name, "counter", "SMTP commands and messages refused, by reply class (4xx temporary, 5xx permanent).");
+    for (class, n) in ["4xx", "5xx"].into_iter().zip(&m.smtp_rejections) {
+        out.sample(name, &[("class", class)], n.load(Relaxed));
+    }
     out.family("posthorn_scheduler_up", "gauge", "Whether the scheduler answered this scrape.");
     out.sample("posthorn_scheduler_up", &[], u64::from(queue.is_some()));
     if let Some(q) = queue {
@@ -485,6 +505,9 @@ mod tests {
         let _closed = m.session_started();
         drop(open);
         m.connection_refused();
+        for code in [250, 354, 421, 452, 503, 550, 554, 221, 600, 0] {
+            m.smtp_reply(code);
+        }
         let q = QueueGauges { incoming: 1, active: 2, deferred: 3, hold: 4, oldest_arrival: Some(m.started - 7) };
         let text = render(&m, "hub", Some(&q), m.started);
         for line in [
@@ -499,6 +522,8 @@ mod tests {
             "posthorn_smtp_sessions_total 2",
             "posthorn_smtp_connections 1",
             "posthorn_smtp_connections_refused_total 1",
+            "posthorn_smtp_rejections_total{class=\"4xx\"} 2",
+            "posthorn_smtp_rejections_total{class=\"5xx\"} 3",
             "posthorn_scheduler_up 1",
             "posthorn_queue_messages{state=\"incoming\"} 1",
             "posthorn_queue_messages{state=\"hold\"} 4",

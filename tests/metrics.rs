@@ -10,7 +10,8 @@
 //! 1. Counters after known traffic: messages accepted by door (smtp,
 //!    local through `sendmail`, and a notice for the bounce), recipients delivered / deferred / bounced
 //!    (delivered mail read back from the sink), SMTP sessions, open
-//!    connections back to 0, queue gauges by state, and the hold gauge
+//!    connections back to 0, commands refused with 5xx (RCPT before MAIL,
+//!    an unknown verb), queue gauges by state, and the hold gauge
 //!    following `postsuper -h` and `postsuper -d`.
 //! 2. HTTP: `/health` 200 `ok`; an unknown path 404; POST 405; a garbage
 //!    request line 400, a silent client does not block others, and the
@@ -150,6 +151,15 @@ fn counters_follow_the_traffic() {
     assert_eq!(before.value("posthorn_messages_accepted_total", &[("door", "smtp")]), 0.0);
     assert_eq!(before.types["posthorn_messages_accepted"], "counter");
     assert_eq!(before.types["posthorn_queue_messages"], "gauge");
+    assert_eq!(before.types["posthorn_smtp_rejections"], "counter");
+
+    // Two commands refused with 5xx; the transactions below are all accepted.
+    let mut client = RawSmtp::connect(ph.smtp_addr()).unwrap();
+    client.ehlo("raw.test").unwrap();
+    assert_eq!(client.cmd("RCPT TO:<a@ok.test>").unwrap().code, 503, "RCPT before MAIL");
+    assert_eq!(client.cmd("XYZZY").unwrap().code, 500, "unknown command");
+    assert_eq!(client.cmd("NOOP").unwrap().code, 250);
+    client.quit().unwrap();
 
     send(&ph, &["a@ok.test"], "one");
     send(&ph, &["b@ok.test", "c@dead.test"], "two");
@@ -182,8 +192,10 @@ fn counters_follow_the_traffic() {
     for door in ["submission", "reinject"] {
         assert_eq!(now.value("posthorn_messages_accepted_total", &[("door", door)]), 0.0, "{door}");
     }
-    assert_eq!(now.value("posthorn_smtp_sessions_total", &[]), 4.0);
+    assert_eq!(now.value("posthorn_smtp_sessions_total", &[]), 5.0);
     assert_eq!(now.value("posthorn_smtp_connections_refused_total", &[]), 0.0);
+    assert_eq!(now.value("posthorn_smtp_rejections_total", &[("class", "5xx")]), 2.0);
+    assert_eq!(now.value("posthorn_smtp_rejections_total", &[("class", "4xx")]), 0.0);
     assert_eq!(now.value("posthorn_scheduler_up", &[]), 1.0);
     let queue = |s: &Scrape, state| s.value("posthorn_queue_messages", &[("state", state)]);
     assert_eq!([queue(&now, "incoming"), queue(&now, "deferred"), queue(&now, "hold")], [0.0, 2.0, 0.0]);

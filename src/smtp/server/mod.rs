@@ -56,7 +56,8 @@ impl Server {
         Server { current, kind: Listener::Smtp, reinject: false, metrics: Arc::default() }
     }
 
-    /// The same server, counting sessions, connections and messages into `metrics`.
+    /// The same server, counting sessions, connections, messages and
+    /// refused commands into `metrics`.
     pub fn metrics(self, metrics: Arc<Metrics>) -> Server {
         Server { metrics, ..self }
     }
@@ -79,10 +80,12 @@ impl Server {
         // changes everything else.
         let slots = Arc::new(Semaphore::new(self.current.borrow().0.smtp.max_connections));
         let mut secured = self.current.borrow().0.clone();
-        let mut security = Arc::new(Security::load(&secured).unwrap_or_else(|e| {
+        let security = Security::load(&secured).unwrap_or_else(|e| {
             tracing::error!("TLS and AUTH disabled: {e:#}");
             Security::none()
-        }));
+        });
+        // Reloads keep the counters (`Security::reloaded`).
+        let mut security = Arc::new(security.counting(self.metrics.clone()));
         let mut sessions = JoinSet::new();
         loop {
             let accepted = tokio::select! {

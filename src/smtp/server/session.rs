@@ -51,6 +51,7 @@ use super::access;
 use crate::auth::{self, Limiter, Users};
 use crate::config::Config;
 use crate::ingress::{self, Ingress, MessageWriter, Origin, Protocol, RcptIn, Transaction};
+use crate::metrics::Metrics;
 use crate::smtp::proto::command::{BodyType, Command, CommandError, MailFrom, RcptTo, Verb};
 use crate::smtp::proto::data::DataDecoder;
 use crate::smtp::proto::line::{Line, LineReader};
@@ -89,7 +90,8 @@ impl fmt::Display for Peer {
 
 /// What a listener gives its sessions besides the configuration: the TLS
 /// server configuration (STARTTLS is offered when present), the AUTH users
-/// (AUTH is offered when present) and the failure counts they share.
+/// (AUTH is offered when present) and the failure counts they share; and
+/// the daemon's counters, which the sessions add their refusals to.
 #[derive(Clone, Debug)]
 pub struct Security {
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -98,12 +100,26 @@ pub struct Security {
     /// Which client certificates may relay; the server asks for one only
     /// when this is set.
     pub client_trust: Option<Arc<ClientTrust>>,
+    /// Counts the 4xx and 5xx replies (`posthorn_smtp_rejections_total`);
+    /// a counter of its own, read by nobody, unless `counting` was called.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Security {
     /// No TLS, no AUTH.
     pub fn none() -> Security {
-        Security { tls: None, users: None, limiter: Arc::new(Limiter::new(0, Duration::ZERO)), client_trust: None }
+        Security {
+            tls: None,
+            users: None,
+            limiter: Arc::new(Limiter::new(0, Duration::ZERO)),
+            client_trust: None,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The same, counting refusals into `metrics`.
+    pub fn counting(self, metrics: Arc<Metrics>) -> Security {
+        Security { metrics, ..self }
     }
 
     /// Reads the certificate, key and users file named in `config`; errors
@@ -118,13 +134,13 @@ impl Security {
             None => None,
         };
         let limiter = Arc::new(Limiter::new(config.auth.max_failures, config.auth.failure_window));
-        Ok(Security { tls, users, limiter, client_trust })
+        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default() })
     }
 
     /// The same files, keeping `self`'s failure counts (a reload must not
-    /// hand an attacker a fresh set of tries).
+    /// hand an attacker a fresh set of tries) and counters.
     pub fn reloaded(&self, config: &Config) -> anyhow::Result<Security> {
-        Ok(Security { limiter: self.limiter.clone(), ..Security::load(config)? })
+        Ok(Security { limiter: self.limiter.clone(), metrics: self.metrics.clone(), ..Security::load(config)? })
     }
 }
 
@@ -829,9 +845,12 @@ impl<'a> Session<'a> {
         self.rcpt_tried = 0;
     }
 
-    /// Counts an outgoing reply against the error limit; true when the
-    /// limit is reached (0 means no limit).
-    fn count_error(&mut self, reply: &Reply) -> bool {
+    /// Counts a reply to a command or a message: in the metrics if it is a
+    /// refusal, and against the error limit; true when the limit is
+    /// reached (0 means no limit). The 421 a session ends with (timeout,
+    /// shutdown, too many errors) answers no command and is not counted.
+    fn replied(&mut self, reply: &Reply) -> bool {
+        self.security.metrics.smtp_reply(reply.code);
         if reply.code >= 500 {
             self.errors += 1;
         }
@@ -1154,30 +1173,25 @@ where
                 Some(Line::TooLong) => Step::Reply(session.line_too_long()),
                 Some(Line::Command(line)) => session.auth_line(line),
             };
-            let reply = match step {
-                Step::Reply(reply) => reply,
-                Step::Close(reply) => {
-                    conn.queue(&reply);
-                    conn.flush().await?;
-                    return Ok(End::Quit);
-                }
-                Step::StartTls(reply) => {
-                    conn.queue(&reply);
-                    conn.flush().await?;
-                    return Ok(End::StartTls);
-                }
-                Step::Verify(credentials) => verify(session, credentials).await,
-                Step::Data(tx) => data(session, conn, ingress, tx).await?,
-                Step::Bdat { size, last } => bdat(session, conn, ingress, size, last).await?,
+            // The reply, and whether the session ends after it.
+            let (reply, then) = match step {
+                Step::Reply(reply) => (reply, None),
+                Step::Close(reply) => (reply, Some(End::Quit)),
+                Step::StartTls(reply) => (reply, Some(End::StartTls)),
+                Step::Verify(credentials) => (verify(session, credentials).await, None),
+                Step::Data(tx) => (data(session, conn, ingress, tx).await?, None),
+                Step::Bdat { size, last } => (bdat(session, conn, ingress, size, last).await?, None),
                 Step::Skip { size, reply } => {
                     read_chunk(conn, size, session.config.smtp.data_timeout, None).await?;
-                    reply
+                    (reply, None)
                 }
             };
+            // Every reply to a command or a message passes here.
             conn.queue(&reply);
-            if session.count_error(&reply) {
+            let too_many = session.replied(&reply);
+            if let Some(end) = then.or(too_many.then_some(End::TooManyErrors)) {
                 conn.flush().await?;
-                return Ok(End::TooManyErrors);
+                return Ok(end);
             }
         }
         conn.flush().await?;
@@ -2451,6 +2465,69 @@ mod tests {
         let got: Vec<String> = replies(&output).iter().map(short).collect();
         // Even from a trusted network: submission means AUTH (RFC 6409 4.3).
         assert_eq!(got, ["220", "250", "530 5.7.0", "221 2.0.0"], "{output}");
+    }
+
+    /// Every 4xx and 5xx reply to a command is counted once, the 501 that
+    /// closes the session included; the greeting and positive replies are
+    /// not, nor the 421 that ends a session with too many errors.
+    #[tokio::test]
+    async fn refusals_are_counted() {
+        let rcpts: Vec<String> = (1..=4).map(|n| format!("RCPT TO:<u{n}@example.org>")).collect();
+        let start = ["EHLO c", "RCPT TO:<u@example.org>", "MAIL FROM:<s@example.net>"];
+        let transaction: Vec<&str> = start.into_iter().chain(rcpts.iter().map(String::as_str)).collect();
+        // (max_errors, input, replies, 4xx, 5xx)
+        let cases: Vec<(u32, Vec<u8>, Vec<&str>, u64, u64)> = vec![
+            (
+                50,
+                [lines(&transaction), lines(&["XYZZY", "RSET", "BDAT x"])].concat(),
+                vec![
+                    "220",
+                    "250",
+                    "503 5.5.1",
+                    "250 2.1.0",
+                    "250 2.1.5",
+                    "250 2.1.5",
+                    "250 2.1.5",
+                    "452 4.5.3",
+                    "500 5.5.2",
+                    "250 2.0.0",
+                    "501 5.5.4",
+                ],
+                1,
+                3,
+            ),
+            (
+                2,
+                lines(&["EHLO c", "XYZZY", "XYZZY", "NOOP"]),
+                vec!["220", "250", "500 5.5.2", "500 5.5.2", "421 4.7.0"],
+                0,
+                2,
+            ),
+        ];
+        for (max_errors, input, expected, temporary, permanent) in cases {
+            let config = config(&format!("max_errors = {max_errors}"));
+            let dir = tempfile::tempdir().unwrap();
+            let (ingress, _spool) = queue_ingress(dir.path(), &config);
+            let metrics = Arc::new(crate::metrics::Metrics::default());
+            let security = Security::none().counting(metrics.clone());
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let client = async move {
+                let (mut r, mut w) = tokio::io::split(client);
+                w.write_all(&input).await.unwrap();
+                let mut out = String::new();
+                r.read_to_string(&mut out).await.unwrap();
+                out
+            };
+            let session = run_secure_session(server, tcp(TRUSTED), &config, &ingress, &security, None);
+            let ((), output) = tokio::join!(session, client);
+            let got: Vec<String> = replies(&output).iter().map(short).collect();
+            assert_eq!(got, expected, "{output}");
+            let text = crate::metrics::render(&metrics, "hub", None, 0);
+            for (class, n) in [("4xx", temporary), ("5xx", permanent)] {
+                let line = format!("posthorn_smtp_rejections_total{{class=\"{class}\"}} {n}");
+                assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            }
+        }
     }
 
     #[test]
