@@ -88,6 +88,7 @@ bench_posthorn() {
     local sink_pid=$SINK_PID
     cat >"$dir/posthorn.toml" <<EOF
 role = "satellite"
+user = "root"                 # the benchmark runs as root (for Postfix); the daemon stays root
 hostname = "bench-posthorn.test"
 spool = "$dir/spool"
 

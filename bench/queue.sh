@@ -126,6 +126,7 @@ bench_posthorn() {
     dead=$(free_port 127.0.0.1)
     cat >"$dir/posthorn.toml" <<EOF
 role = "satellite"
+user = "root"                 # the benchmark runs as root (for Postfix); the daemon stays root
 hostname = "bench-posthorn.test"
 spool = "$dir/spool"
 

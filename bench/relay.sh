@@ -133,6 +133,7 @@ tls = \"none\""
     fi
     cat >"$dir/posthorn.toml" <<CONF
 role = "hub"
+user = "root"                 # the benchmark runs as root (for Postfix); the daemon stays root
 hostname = "bench-hub.test"
 spool = "$dir/spool"
 

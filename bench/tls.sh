@@ -126,6 +126,7 @@ relay_over_tls() {
     mkdir -p "$dir"
     cat >"$dir/posthorn.toml" <<CONF
 role = "satellite"
+user = "root"                 # the benchmark runs as root (for Postfix); the daemon stays root
 hostname = "bench-satellite.test"
 spool = "$dir/spool"
 [smtp]
@@ -166,6 +167,7 @@ bench_posthorn() {
     echo "example.test   relay:[127.0.0.1]:$sink_port" >"$dir/transport"
     cat >"$dir/posthorn.toml" <<CONF
 role = "hub"
+user = "root"                 # the benchmark runs as root (for Postfix); the daemon stays root
 hostname = "bench-hub.test"
 spool = "$dir/spool"
 [smtp]
