@@ -39,7 +39,7 @@ fn as_daemon_user(ph: &Posthorn, args: &[&str], stdin: &[u8]) -> std::process::O
 #[test]
 fn started_as_root_it_runs_as_its_user_and_still_delivers() {
     assert!(rustix::process::geteuid().is_root(), "this test starts the daemon as root (CI runs as root)");
-    let sink = Sink::start();
+    let mut sink = Sink::start();
     let mut ph = Posthorn::start(&with_lines(&satellite_config(&[sink.addr()]), &["user = \"nobody\""]));
     let pid = ph.pid().expect("running");
     // Every thread, including the runtime's, which existed before the switch.
@@ -84,6 +84,16 @@ fn started_as_root_it_runs_as_its_user_and_still_delivers() {
     let out = ph.command(&["reload"], b"");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!ph.log()[mark..].contains("reload refused"), "{}", ph.log());
+
+    // Root's queue changes go through the control socket; the audit log
+    // root creates belongs to the account too, which appends to it later.
+    sink.stop();
+    smtplib_send(ph.smtp_addr(), "app@vm.test", &["ops@example.org"], "Subject: stays\r\n\r\nx\r\n").unwrap();
+    assert!(wait_until(secs(20), || ph.spool_files("deferred").len() == 1), "{}", ph.log());
+    let out = ph.command(&["postsuper", "-d", "ALL"], b"");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Deleted: 1 message"), "{out:?}");
+    let audit = std::fs::metadata(spool.join("audit.log")).expect("the audit log");
+    assert_eq!((audit.uid(), audit.gid()), (NOBODY, NOBODY));
 }
 
 #[test]

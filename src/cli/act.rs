@@ -78,14 +78,25 @@ fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
         ids.join(",")
     );
     let path = config.spool.join("audit.log");
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
+    let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+        same_owner_as_spool(&f, &config.spool)?;
+        f.write_all(line.as_bytes())
+    });
     if let Err(e) = written {
         eprintln!("{prog}: warning: cannot append to {}: {e}", path.display());
     }
+}
+
+/// Gives the audit log to the spool's owner when root created it, so that
+/// the daemon's account (which owns the spool once the daemon dropped root)
+/// can append to it too.
+fn same_owner_as_spool(file: &std::fs::File, spool: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (mine, owner) = (file.metadata()?, std::fs::metadata(spool)?);
+    if rustix::process::geteuid().is_root() && (mine.uid(), mine.gid()) != (owner.uid(), owner.gid()) {
+        std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))?;
+    }
+    Ok(())
 }
 
 /// The spool for reading, or `None` when it was never created (an empty
