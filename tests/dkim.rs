@@ -9,6 +9,10 @@
 //!    it no longer verifies.
 //! 2. Mail from a domain without a key goes out unsigned.
 //! 3. A bad key file refuses the start and the error names the file.
+//! 4. An 8-bit message (submitted with BODY=8BITMIME) relayed to a
+//!    smarthost without 8BITMIME arrives 7-bit and its signature verifies:
+//!    the signer signs the converted form (RFC 6376 5.3).
+//! 5. The same message to a smarthost with 8BITMIME verifies too.
 
 mod harness;
 
@@ -128,4 +132,59 @@ fn a_bad_key_file_refuses_the_start_and_is_named() {
     );
     let err = Posthorn::try_start(&config).err().expect("a daemon with a bad DKIM key started");
     assert!(err.contains("broken-key.pem"), "the error does not name the file:\n{err}");
+}
+
+/// An 8-bit message from example.org: a text part labelled 8bit, with a
+/// long line, trailing white space and a leading dot, and a 7-bit part.
+fn eight_bit_message() -> Vec<u8> {
+    let text = format!("Grüße aus Köln.\r\n.dot\r\n{}\r\ntrailing space \r\n", "ä".repeat(50));
+    let mut message = b"From: Root <root@example.org>\r\nTo: ops@example.net\r\nSubject: report\r\n\
+        Date: Wed, 25 Nov 2026 10:00:00 +0000\r\nMessage-ID: <dkim-8bit@example.org>\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"sep\"\r\n\r\n--sep\r\n\
+        Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        .to_vec();
+    message.extend_from_slice(text.as_bytes());
+    message.extend_from_slice(b"\r\n--sep\r\nContent-Type: text/plain\r\n\r\nseven bit\r\n--sep--\r\n");
+    message
+}
+
+/// A satellite with an Ed25519 key for example.org relaying to
+/// `smarthost`, and the DNS server publishing the key.
+fn signing_satellite(keys: &std::path::Path, smarthost: std::net::SocketAddr) -> (DnsServer, Posthorn) {
+    let (key, record) = keygen(keys, "s1", "ed25519");
+    let dns = DnsServer::start(vec![DnsRecord::txt("s1._domainkey.example.org", &record)]);
+    let config = format!(
+        "{}\n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey = {}\n",
+        satellite_config(&[smarthost]),
+        toml_str(&key.display().to_string()),
+    );
+    (dns, Posthorn::start(&config))
+}
+
+#[test]
+fn eight_bit_mail_converted_for_a_hop_without_8bitmime_still_verifies() {
+    let keys = tempfile::tempdir().unwrap();
+    let host = SevenBitHost::start();
+    let (dns, ph) = signing_satellite(keys.path(), host.addr);
+    submit_8bitmime(ph.smtp_addr(), "root@example.org", "ops@example.net", &eight_bit_message());
+    let (mail, got) =
+        host.wait_from("root@example.org", secs(20)).unwrap_or_else(|| panic!("not relayed; log:\n{}", ph.log()));
+    let text = String::from_utf8_lossy(&got);
+    assert!(!mail.to_ascii_uppercase().contains("BODY=8BITMIME"), "{mail}");
+    assert!(got.is_ascii(), "8-bit octets sent to a hop without 8BITMIME:\n{text}");
+    assert!(text.starts_with("DKIM-Signature: "), "unsigned:\n{text}");
+    assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{text}");
+    assert!(dkim_verifies(&dns, &got), "dkimpy refused:\n{text}");
+}
+
+#[test]
+fn eight_bit_mail_to_a_hop_with_8bitmime_verifies() {
+    let keys = tempfile::tempdir().unwrap();
+    let sink = Sink::start();
+    let (dns, ph) = signing_satellite(keys.path(), sink.addr());
+    submit_8bitmime(ph.smtp_addr(), "root@example.org", "ops@example.net", &eight_bit_message());
+    let got = sink.wait_for_parsed(1, secs(20));
+    assert_eq!(got.len(), 1, "log:\n{}", ph.log());
+    assert!(got[0].header("DKIM-Signature").is_some(), "unsigned:\n{}", got[0].text());
+    assert!(dkim_verifies(&dns, &crlf(&got[0].message)), "dkimpy refused:\n{}", got[0].text());
 }

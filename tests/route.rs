@@ -47,3 +47,40 @@ fn route_explain_shows_aliases_transport_next_hop_and_tls() {
     assert!(text.contains("someone@elsewhere.example: smtp:"), "{text}");
     assert!(text.contains("MX lookup"), "{text}");
 }
+
+#[test]
+fn route_explain_shows_the_content_filter_where_delivery_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("posthorn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"hub\"\nhostname = \"mx.example.org\"\nspool = \"{}/spool\"\n[access]\nlocal_domains = [\"example.org\"]\n[filter]\ncontent_filter = \"smtp:[127.0.0.1]:10025\"\nreinject_listen = \"127.0.0.1:10026\"\ndomains = [\"example.org\"]\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |address: &str| {
+        let out = Command::new(harness::BIN)
+            .args(["-c", config.to_str().unwrap(), "route", "explain", address])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let filter = "content filter: smtp:[127.0.0.1]:10025 (then reinjected on 127.0.0.1:10026, and routed as below)";
+    let text = run("alice@example.org");
+    let lines: Vec<&str> = text.lines().collect();
+    let at = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
+    assert!(lines.contains(&format!("alice@example.org: {filter}").as_str()), "{text}");
+    let (step, hop) = (at("alice@example.org: content filter"), at("alice@example.org: maildir:"));
+    assert!(step.is_some() && hop.is_some() && step < hop, "the filter step comes before the route: {text}");
+
+    let text = run("someone@elsewhere.example");
+    assert!(!text.contains("content filter: smtp:"), "not a filtered domain: {text}");
+    assert!(
+        text.contains("someone@elsewhere.example: content filter: none (elsewhere.example is not in filter.domains)"),
+        "{text}"
+    );
+    assert!(text.contains("someone@elsewhere.example: smtp:"), "{text}");
+}

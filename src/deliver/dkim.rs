@@ -5,7 +5,10 @@
 //! `Transports::deliver` signs a message just before an SMTP transmission:
 //! after the content filter, never for local Maildir delivery. The signing
 //! domain is the `From:` header's domain (or its closest parent with a key),
-//! else the envelope sender's.
+//! else the envelope sender's. An 8-bit message is signed in its 7-bit form
+//! and sent so to every hop, so that the SMTP client's conversion for a hop
+//! without 8BITMIME cannot break the signature (RFC 6376 5.3); see
+//! [`Signer::sign_message`].
 
 use crate::config::{DkimAlgorithm, DkimKeyConfig};
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -13,7 +16,11 @@ use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
+use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
+
+use super::OutMessage;
 
 /// Headers signed when `dkim.headers` is not set.
 pub const DEFAULT_HEADERS: [&str; 14] = [
@@ -64,27 +71,47 @@ impl Signer {
         Ok(Some(Signer { keys: out }))
     }
 
+    /// `msg` signed in the form that goes out, or `None` when no key covers
+    /// it (or signing failed, logged).
+    ///
+    /// RFC 6376 5.3: a signer whose mail may be downconverted on the way
+    /// converts first and signs the converted form. Whether a next hop
+    /// offers 8BITMIME is only known once the client has its EHLO reply, so
+    /// rather than sign per session, an 8-bit message that a key covers is
+    /// converted to 7 bit here, signed, and that form (flagged 7-bit) goes
+    /// to every hop. It costs quoted-printable or base64 size on hops that
+    /// take 8 bits, but the signature always matches what is sent, and the
+    /// client has nothing left to convert. When conversion is refused (an
+    /// 8-bit header field, say) the 8-bit form is signed as before: hops
+    /// with 8BITMIME get it intact, the others fail it with 5.6.3.
+    pub fn sign_message(&self, msg: &OutMessage) -> Option<OutMessage> {
+        let (domain, key) = self.key_for_message(&msg.sender, &msg.body)?;
+        let converted = match msg.eight_bit {
+            true => super::downconvert::to_seven_bit(&msg.body).ok(),
+            false => None,
+        };
+        let (body, eight_bit) = match &converted {
+            Some(Cow::Owned(seven)) => (&seven[..], false),
+            _ => (&msg.body[..], msg.eight_bit),
+        };
+        let signed = sign_with(key, &msg.id, &domain, body)?;
+        Some(OutMessage { body: Arc::from(signed), eight_bit, ..msg.clone() })
+    }
+
     /// `message` with a DKIM-Signature header in front, or `None` when no
-    /// key covers its author's domain (or signing failed, logged).
+    /// key covers its author's domain (or signing failed, logged). The
+    /// bytes are signed as given; [`Signer::sign_message`] is for mail that
+    /// may still be converted on the way.
     pub fn sign(&self, id: &str, sender: &str, message: &[u8]) -> Option<Vec<u8>> {
+        let (domain, key) = self.key_for_message(sender, message)?;
+        sign_with(key, id, &domain, message)
+    }
+
+    /// The signing domain of `message` and its key, if a key covers it.
+    fn key_for_message(&self, sender: &str, message: &[u8]) -> Option<(String, &Key)> {
         let domain = author_domain(message).or_else(|| sender.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))?;
         let key = self.key_for(&domain)?;
-        let signature = match key {
-            Key::Rsa(s) => s.sign(message).map(|s| s.to_header()),
-            Key::Ed25519(s) => s.sign(message).map(|s| s.to_header()),
-        };
-        match signature {
-            Ok(header) => {
-                let mut out = Vec::with_capacity(header.len() + message.len());
-                out.extend_from_slice(header.as_bytes());
-                out.extend_from_slice(message);
-                Some(out)
-            }
-            Err(e) => {
-                tracing::warn!("{id}: DKIM signing for {domain} failed, sent unsigned: {e}");
-                None
-            }
-        }
+        Some((domain, key))
     }
 
     /// The key for `domain` or its closest parent domain.
@@ -95,6 +122,27 @@ impl Signer {
                 return Some(key);
             }
             d = d.split_once('.')?.1;
+        }
+    }
+}
+
+/// `message` with a DKIM-Signature by `key` in front; `None` (logged) when
+/// signing fails.
+fn sign_with(key: &Key, id: &str, domain: &str, message: &[u8]) -> Option<Vec<u8>> {
+    let signature = match key {
+        Key::Rsa(s) => s.sign(message).map(|s| s.to_header()),
+        Key::Ed25519(s) => s.sign(message).map(|s| s.to_header()),
+    };
+    match signature {
+        Ok(header) => {
+            let mut out = Vec::with_capacity(header.len() + message.len());
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(message);
+            Some(out)
+        }
+        Err(e) => {
+            tracing::warn!("{id}: DKIM signing for {domain} failed, sent unsigned: {e}");
+            None
         }
     }
 }
@@ -185,6 +233,35 @@ mod tests {
         assert!(signed.contains("s=s1"), "{signed}");
         let other = b"From: a@example.net\r\n\r\nbody\r\n";
         assert!(signer.sign("Q1", "a@example.net", other).is_none());
+    }
+
+    /// 8-bit mail is signed in its 7-bit form, which is what goes out; a
+    /// message that cannot be converted, or needs no change, is signed as
+    /// it is; mail no key covers is left alone, unconverted.
+    #[test]
+    fn eight_bit_mail_is_signed_in_its_seven_bit_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pem, _) = generate_ed25519().unwrap();
+        let signer = Signer::new(&config(dir.path(), &pem), &[]).unwrap().unwrap();
+        let body = "From: a@example.org\r\nSubject: hi\r\n\r\nGrüße\r\n".as_bytes();
+        let cases: [(&str, &[u8], Option<bool>); 4] = [
+            // (sender, message, Some(eight_bit after signing) or None: unsigned)
+            ("a@example.org", body, Some(false)),
+            ("a@example.org", "From: a@example.org\r\nSubject: Grüße\r\n\r\nü\r\n".as_bytes(), Some(true)),
+            ("a@example.org", b"From: a@example.org\r\n\r\nplain\r\n", Some(true)),
+            ("a@example.net", "From: a@example.net\r\n\r\nGrüße\r\n".as_bytes(), None),
+        ];
+        for (sender, message, want) in cases {
+            let msg = OutMessage { eight_bit: true, ..OutMessage::simple("Q1", sender, &["b@example.net"], message) };
+            let got = signer.sign_message(&msg);
+            assert_eq!(got.as_ref().map(|m| m.eight_bit), want, "{}", String::from_utf8_lossy(message));
+            let Some(got) = got else { continue };
+            assert!(got.body.starts_with(b"DKIM-Signature: "), "{}", String::from_utf8_lossy(&got.body));
+            match got.eight_bit {
+                true => assert!(got.body.ends_with(message), "nothing to convert, or refused: signed as it is"),
+                false => assert!(got.body.is_ascii(), "{}", String::from_utf8_lossy(&got.body)),
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - `mx`: to a domain by its MX records, or to an explicit next hop.
 //! - `maildir`: into local Maildirs.
 //! - `dns`: MX and address lookups for them.
-//! - `dkim`: DKIM signing, applied here just before each SMTP transmission.
+//! - `dkim`: DKIM signing, applied here just before each SMTP transmission
+//!   (8-bit mail in its 7-bit form, so no hop breaks the signature).
 //! - `filter`: the after-queue content filter's pipe variant (its SMTP
 //!   variant is an explicit next hop through `mx`).
 
@@ -224,32 +225,26 @@ impl Transports {
     /// unless the message came back from it (`filtered`) or the address is
     /// outside `filter.domains`.
     pub fn hop_for_message(&self, filtered: bool, address: &str) -> Hop {
-        match &self.filter.content_filter {
-            Some(spec) if !filtered && self.filters_domain(address) => Hop::Filter(spec.clone()),
-            _ => self.hop_for(address),
+        match crate::route::router::content_filter(&self.filter, filtered, address) {
+            Some(spec) => Hop::Filter(spec.clone()),
+            None => self.hop_for(address),
         }
-    }
-
-    fn filters_domain(&self, address: &str) -> bool {
-        let domains = &self.filter.domains;
-        let domain = address.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
-        domains.is_empty() || domain.is_some_and(|d| domains.contains(&d))
     }
 
     pub async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
         // Signed last, after the filter and just before an SMTP
         // transmission; never for Maildir nor on the way to the filter.
+        // 8-bit mail is signed and sent in its 7-bit form, which no hop
+        // converts again (`dkim::Signer::sign_message`, RFC 6376 5.3).
         let signed;
         let msg = match (&self.dkim, hop) {
-            (Some(signer), Hop::Relay | Hop::Mx(_) | Hop::Smtp(_)) => {
-                match signer.sign(&msg.id, &msg.sender, &msg.body) {
-                    Some(body) => {
-                        signed = OutMessage { body: Arc::from(body), ..msg.clone() };
-                        &signed
-                    }
-                    None => msg,
+            (Some(signer), Hop::Relay | Hop::Mx(_) | Hop::Smtp(_)) => match signer.sign_message(msg) {
+                Some(m) => {
+                    signed = m;
+                    &signed
                 }
-            }
+                None => msg,
+            },
             _ => msg,
         };
         match hop {

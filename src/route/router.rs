@@ -8,12 +8,14 @@
 //!   table, then local Maildir for local domains, then the smarthosts when
 //!   configured, else MX)? Decided per attempt, so a changed table applies
 //!   to mail already queued.
+//! - At delivery time, before that: does the recipient's copy go to the
+//!   after-queue content filter first ([`content_filter`])?
 //! - For `posthorn route explain`: all of it, step by step.
 
 use super::rewrite::{Expansion, RewriteError, Rewriter};
 use super::table::{Syntax, Table, TableError, open_all};
 use super::transport::{NextHop, TransportMaps};
-use crate::config::{Config, Role};
+use crate::config::{Config, Filter, FilterSpec, Role};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -46,6 +48,19 @@ pub struct Router {
     transports: TransportMaps,
     /// Known local users; empty means any user of a local domain.
     local_recipients: Vec<Arc<Table>>,
+    /// `[filter]`, for `explain`.
+    filter: Filter,
+}
+
+/// The content filter a message's recipient goes to before its route, if
+/// any: a filter is configured, the message has not come back from it
+/// (`filtered`), and the recipient's domain is in `filter.domains` (when
+/// set). Delivery and `posthorn route explain` both ask this one function.
+pub fn content_filter<'a>(filter: &'a Filter, filtered: bool, rcpt: &str) -> Option<&'a FilterSpec> {
+    let spec = filter.content_filter.as_ref()?;
+    let domain = rcpt.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
+    let listed = filter.domains.is_empty() || domain.is_some_and(|d| filter.domains.contains(&d));
+    (!filtered && listed).then_some(spec)
 }
 
 impl Router {
@@ -76,6 +91,7 @@ impl Router {
                 Syntax::Transport,
             )?),
             local_recipients: open("access.local_recipient_maps", &config.access.local_recipient_maps, Syntax::Map)?,
+            filter: config.filter.clone(),
         })
     }
 
@@ -165,6 +181,9 @@ impl Router {
         };
         out.push_str(&expansion.to_string());
         for rcpt in &expansion.recipients {
+            if let Some(step) = self.filter_step(rcpt) {
+                let _ = writeln!(out, "{rcpt}: {step}");
+            }
             let line = match self.decide(rcpt) {
                 Decision::Smarthosts => {
                     format!("relay to the smarthosts (relay.smarthosts), in order; tls={:?}", self.relay_tls)
@@ -184,6 +203,26 @@ impl Router {
             let _ = writeln!(out, "{rcpt}: {line}");
         }
         out
+    }
+
+    /// The content filter line of `explain` for a new message (not yet
+    /// filtered); `None` when no filter is configured at all.
+    fn filter_step(&self, rcpt: &str) -> Option<String> {
+        self.filter.content_filter.as_ref()?;
+        let Some(spec) = content_filter(&self.filter, false, rcpt) else {
+            let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
+            return Some(format!("content filter: none ({domain} is not in filter.domains)"));
+        };
+        let spec = match spec {
+            FilterSpec::Smtp(target) => format!("smtp:{target}"),
+            FilterSpec::Pipe(argv) => format!("pipe:{}", argv.join(" ")),
+        };
+        let then = match self.filter.reinject_listen {
+            Some(addr) => format!("then reinjected on {addr}, and routed as below"),
+            // Mail back through any other door is not marked filtered.
+            None => "filter.reinject_listen is not set: what the filter sends back is filtered again".into(),
+        };
+        Some(format!("content filter: {spec} ({then})"))
     }
 }
 
@@ -235,5 +274,60 @@ mod tests {
         let text = hub.explain("info@example.org");
         assert!(text.contains("alice@example.org: maildir:"), "{text}");
         assert!(text.contains("bob@example.net: smtp:"), "{text}");
+    }
+
+    #[test]
+    fn which_recipients_go_to_the_content_filter() {
+        let parse = |filter: &str| Config::parse(filter, Path::new("t.toml")).unwrap().filter;
+        let smtp = "[filter]\ncontent_filter = \"smtp:[127.0.0.1]:10025\"\n";
+        let none = parse("");
+        let all = parse(smtp);
+        let some = parse(&format!("{smtp}domains = [\"Example.ORG\"]\n"));
+        // (filter, message already filtered, recipient, goes to the filter)
+        let cases = [
+            (&none, false, "a@example.org", false),
+            (&all, false, "a@example.org", true),
+            (&all, false, "a@example.net", true),
+            (&all, true, "a@example.org", false),
+            (&all, false, "postmaster", true),
+            (&some, false, "a@example.org", true),
+            (&some, false, "a@EXAMPLE.org.", true),
+            (&some, false, "a@example.net", false),
+            (&some, false, "a@sub.example.org", false),
+            (&some, true, "a@example.org", false),
+            (&some, false, "postmaster", false),
+        ];
+        for (filter, filtered, rcpt, want) in cases {
+            let got = content_filter(filter, filtered, rcpt);
+            assert_eq!(got.is_some(), want, "{filtered} {rcpt} {filter:?}");
+            if want {
+                assert_eq!(got, all.content_filter.as_ref());
+            }
+        }
+    }
+
+    #[test]
+    fn explain_shows_the_content_filter_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let filter = "[filter]\ncontent_filter = \"smtp:[127.0.0.1]:10025\"\nreinject_listen = \"127.0.0.1:10026\"\n";
+        let hub = router(dir.path(), "hub", &format!("{filter}domains = [\"example.org\"]\n"));
+        let want = "\
+info@example.org: virtual alias (hash:DIR/virtual line 1, key \"info@example.org\") -> alice@example.org, bob@example.net
+  alice@example.org: final recipient
+  bob@example.net: final recipient
+alice@example.org: content filter: smtp:[127.0.0.1]:10025 (then reinjected on 127.0.0.1:10026, and routed as below)
+alice@example.org: maildir: -> example.org (example.org is a local domain); tls=local
+bob@example.net: content filter: none (example.net is not in filter.domains)
+bob@example.net: smtp: -> example.net (default: MX lookup of the recipient's domain); tls=may (opportunistic)
+";
+        let text = hub.explain("info@example.org").replace(&dir.path().display().to_string(), "DIR");
+        assert_eq!(text, want);
+        // Without filter.domains every recipient is filtered; the pipe
+        // filter shows its command line.
+        let pipe = "[filter]\ncontent_filter = \"pipe:/usr/local/bin/scan -f ${sender} -- ${recipient}\"\n";
+        let text = router(dir.path(), "hub", pipe).explain("a@example.net");
+        assert!(text.contains("\na@example.net: content filter: pipe:/usr/local/bin/scan -f ${sender} -- ${recipient} (filter.reinject_listen is not set"), "{text}");
+        // No filter configured: no filter line at all.
+        assert!(!router(dir.path(), "hub", "").explain("a@example.net").contains("content filter"));
     }
 }

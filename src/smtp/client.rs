@@ -629,6 +629,9 @@ impl Client {
         }
         // RFC 6152 3: an 8-bit message is never sent as is to a server
         // without 8BITMIME; it is converted to 7 bit, or fails for good.
+        // DKIM-signed mail comes here already converted when it can be
+        // (`deliver::dkim::Signer::sign_message`): converting after signing
+        // would break the signature.
         let converted;
         let msg = match msg.eight_bit && !self.caps.eight_bit_mime {
             false => msg,

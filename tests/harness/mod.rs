@@ -19,12 +19,14 @@ pub mod client;
 pub mod dns;
 pub mod postfix;
 pub mod scripted;
+pub mod sevenbit;
 pub mod sink;
 pub mod tls;
 
 pub use client::*;
 pub use dns::*;
 pub use scripted::*;
+pub use sevenbit::*;
 pub use sink::*;
 pub use tls::*;
 
