@@ -117,6 +117,16 @@ pub enum FilterSpec {
     Pipe(Vec<String>),
 }
 
+/// As written in the configuration: `smtp:[host]:port`, `pipe:/cmd args`.
+impl std::fmt::Display for FilterSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterSpec::Smtp(target) => write!(f, "smtp:{target}"),
+            FilterSpec::Pipe(argv) => write!(f, "pipe:{}", argv.join(" ")),
+        }
+    }
+}
+
 impl std::str::FromStr for FilterSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<FilterSpec, String> {

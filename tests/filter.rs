@@ -378,3 +378,18 @@ fn only_the_filter_domains_are_filtered() {
     assert_eq!(runs.len(), 1, "one run of the filter");
     assert_eq!(runs[0].0, ["app@vm.test", "dave@example.org"], "only the filtered domain's recipient");
 }
+
+#[test]
+fn check_warns_of_a_filter_without_reinjection_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let filter = filter_line(free_addr());
+    let with = hub(dir.path(), &[&filter]);
+    let out = with.command(&["check"], b"");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("reinject_listen"), "{out:?}");
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let without = Posthorn::start(&with_lines(base, &[&filter]));
+    let out = without.command(&["check"], b"");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("filter.reinject_listen is not set") && said.contains("in a loop"), "{said}");
+}

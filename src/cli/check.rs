@@ -38,6 +38,12 @@ pub fn problems(config: &crate::config::Config) -> Vec<String> {
     if let Err(e) = crate::deliver::dkim::Signer::new(&config.dkim.keys, &config.dkim.headers) {
         out.push(format!("{e:#}"));
     }
+    if let (Some(filter), None) = (&config.filter.content_filter, config.filter.reinject_listen) {
+        out.push(format!(
+            "filter.content_filter is {filter} but filter.reinject_listen is not set: what the filter sends back \
+             arrives as new mail and is filtered again, in a loop"
+        ));
+    }
     // Only a daemon started as root switches to its account.
     let user = config.user.as_deref().filter(|u| *u != "root" && rustix::process::geteuid().is_root());
     match user.map(crate::daemon::privilege::lookup) {

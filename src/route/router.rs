@@ -213,10 +213,6 @@ impl Router {
             let domain = rcpt.rsplit_once('@').map_or("", |(_, d)| d);
             return Some(format!("content filter: none ({domain} is not in filter.domains)"));
         };
-        let spec = match spec {
-            FilterSpec::Smtp(target) => format!("smtp:{target}"),
-            FilterSpec::Pipe(argv) => format!("pipe:{}", argv.join(" ")),
-        };
         let then = match self.filter.reinject_listen {
             Some(addr) => format!("then reinjected on {addr}, and routed as below"),
             // Mail back through any other door is not marked filtered.
