@@ -37,7 +37,8 @@
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
 //! - [`metrics`]: counters, the Prometheus text format, the metrics and health HTTP endpoint.
-//! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them.
+//! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them;
+//!   `daemon::privilege` gives up root after binding.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
 //! - [`tls`]: rustls configurations for both sides, certificate loading.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.

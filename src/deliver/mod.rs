@@ -9,6 +9,8 @@
 //! - `dns`: MX and address lookups for them.
 //! - `dkim`: DKIM signing, applied here just before each SMTP transmission
 //!   (8-bit mail in its 7-bit form, so no hop breaks the signature).
+//! - `downconvert`: 8-bit MIME to 7 bit, for next hops without 8BITMIME
+//!   (used by the SMTP client and before DKIM signing).
 //! - `filter`: the after-queue content filter's pipe variant (its SMTP
 //!   variant is an explicit next hop through `mx`).
 
