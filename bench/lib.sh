@@ -1,6 +1,6 @@
 # bench/lib.sh -- helpers the benchmark scripts share; sourced, not run.
-# Expects: SINK, SOURCE, WORK, PIDS (array), and for run_source SESSIONS,
-# SIZE, N. Nothing here starts anything by itself.
+# Expects: SINK, SOURCE, POSTFIX, and for run_source SESSIONS, SIZE, N;
+# bench_init makes WORK, PIDS and PF_DIR. Nothing here starts anything by itself.
 
 SINK_OPTS=()
 
@@ -143,4 +143,110 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
+}
+
+# ---- The work directory and what every script cleans up on exit.
+
+# Makes $WORK (/var/tmp/posthorn-$1.XXXXXX), empties PIDS and PF_DIR, and
+# installs bench_cleanup. Call it at the top level of the script.
+bench_init() {
+    WORK=$(mktemp -d "/var/tmp/posthorn-$1.XXXXXX")
+    chmod 755 "$WORK"
+    PIDS=()
+    PF_DIR=""
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# Stops the private Postfix, then every process in PIDS, and removes $WORK
+# (kept with KEEP=1).
+bench_cleanup() {
+    set +e
+    pf_stop
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
+    if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+
+# ---- A private Postfix instance (needs root): config, queue and data
+# directories of its own under $WORK/postfix, started with
+# `postfix -c DIR start`. Expects POSTFIX (the postfix command).
+
+# Prepares $PF_DIR; false, with a note, when not root.
+pf_setup() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "skipping Postfix: a private Postfix instance needs root" >&2
+        return 1
+    fi
+    [ -x "$POSTFIX" ] || { echo "missing $POSTFIX: apt-get install postfix" >&2; exit 1; }
+    PF_DIR=$WORK/postfix
+    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
+    chown postfix "$PF_DIR/data"    # master.lock and caches live there
+}
+
+# The main.cf lines every bench's instance shares ($1: which bench); each
+# adds its routing, relay and TLS lines after these.
+pf_main_cf() {
+    cat <<EOF
+# Private instance for $1.
+compatibility_level = 3.6
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench-postfix.test
+mydomain = test
+myorigin = \$myhostname
+# Postfix only accepts interface addresses here (127.0.0.X is not one);
+# the listeners in master.cf bind their own.
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+mynetworks = 127.0.0.0/8
+maillog_file = $PF_DIR/maillog
+syslog_name = postfix-bench
+biff = no
+EOF
+}
+
+pf_master_pid() {
+    [ -n "$PF_DIR" ] && head -1 "$PF_DIR/queue/pid/master.pid" 2>/dev/null | tr -d ' ' || true
+}
+
+# Checks and starts the instance whose main.cf and master.cf are written,
+# waits until each port $2... on address $1 listens, and sets PF_MASTER.
+pf_start() {
+    local ip=$1 port
+    shift
+    "$POSTFIX" -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 ||
+        { echo "postfix check failed:" >&2; cat "$WORK/postfix-check.log" "$PF_DIR/maillog" >&2; return 1; }
+    "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
+        { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
+    for port in "$@"; do
+        wait_listening "$ip" "$port"
+    done
+    PF_MASTER=""
+    for _ in $(seq 100); do
+        PF_MASTER=$(pf_master_pid)
+        [ -n "$PF_MASTER" ] && break
+        sleep 0.05
+    done
+}
+
+# Stops the instance, if one was set up, and waits for its master to go
+# (`postfix stop` returns at once); safe to call twice.
+pf_stop() {
+    [ -n "$PF_DIR" ] && [ -f "$PF_DIR/etc/main.cf" ] || return 0
+    local m
+    m=$(pf_master_pid)
+    "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1
+    for _ in $(seq 50); do
+        [ -n "$m" ] && [ -d "/proc/$m" ] || break
+        sleep 0.1
+    done
+    [ -n "$m" ] && [ -d "/proc/$m" ] && kill -9 "$m"
+    return 0
 }

@@ -29,41 +29,14 @@ SIZE=${SIZE:-512}
 SOURCE=/usr/sbin/smtp-source
 POSTFIX=/usr/sbin/postfix
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# pf_services (and helpers this script may define again for itself).
-. "$ROOT/bench/lib.sh"
 
 [ -x "$SOURCE" ] || { echo "missing $SOURCE: apt-get install postfix" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "missing python3" >&2; exit 1; }
 
-WORK=$(mktemp -d /var/tmp/posthorn-queue-bench.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-PF_DIR=""
-
-cleanup() {
-    set +e
-    if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/etc/main.cf" ]; then
-        "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1
-        local m
-        m=$(pf_master_pid)
-        for _ in $(seq 50); do
-            [ -n "$m" ] && [ -d "/proc/$m" ] || break
-            sleep 0.1
-        done
-        [ -n "$m" ] && [ -d "/proc/$m" ] && kill -9 "$m"
-    fi
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-
+# Shared helpers: free_port, wait_listening, tree_ticks, calc, the sink
+# and source, the private Postfix instance (pf_*), bench_init.
+. "$ROOT/bench/lib.sh"
+bench_init queue-bench
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
@@ -183,10 +156,6 @@ EOF
     wait "$pid" 2>/dev/null || true
 }
 
-pf_master_pid() {
-    [ -n "$PF_DIR" ] && head -1 "$PF_DIR/queue/pid/master.pid" 2>/dev/null | tr -d ' ' || true
-}
-
 # Sum of the proportional set sizes (kB) of process $1 and its children:
 # shared pages (libraries, Postfix's shared code) are counted once overall,
 # not once per process as a sum of RSS would.
@@ -199,61 +168,29 @@ tree_pss() {
 }
 
 bench_postfix() {
-    if [ "$(id -u)" != 0 ]; then
-        echo "skipping Postfix: a private Postfix instance needs root" >&2
-        return 0
-    fi
-    [ -x "$POSTFIX" ] || { echo "missing $POSTFIX: apt-get install postfix" >&2; return 1; }
-    PF_DIR=$WORK/postfix
-    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
-    chown postfix "$PF_DIR/data"
+    pf_setup || return 0
     local ip=127.0.0.$((100 + RANDOM % 100))
     local port dead
     port=$(free_port "$ip")
     dead=$(free_port 127.0.0.1)
-    cat >"$PF_DIR/etc/main.cf" <<EOF
-# Private instance for bench/queue.sh: the relayhost refuses connections.
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench-postfix.test
-mydomain = test
-myorigin = \$myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
+    {
+        pf_main_cf "bench/queue.sh: the relayhost refuses connections"
+        cat <<EOF
 relayhost = [127.0.0.1]:$dead
-mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
 minimal_backoff_time = 1h
 maximal_backoff_time = 1h
 queue_run_delay = 1h
-maillog_file = $PF_DIR/maillog
-syslog_name = postfix-bench
-biff = no
 EOF
+    } >"$PF_DIR/etc/main.cf"
     {
         echo "$ip:$port inet n - n - - smtpd"
         pf_services
     } >"$PF_DIR/etc/master.cf"
-    "$POSTFIX" -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 ||
-        { echo "postfix check failed:" >&2; cat "$WORK/postfix-check.log" "$PF_DIR/maillog" >&2; return 1; }
-    "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
-        { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
-    wait_listening "$ip" "$port"
-    local master secs
-    for _ in $(seq 100); do
-        master=$(pf_master_pid)
-        [ -n "$master" ] && break
-        sleep 0.05
-    done
+    pf_start "$ip" "$port"
+    local master=$PF_MASTER secs
     echo "Postfix: submitting $N messages ..." >&2
     secs=$(fill "$ip" "$port")
     result postfix "submit $N by SMTP (s)" "$secs" ""
@@ -265,7 +202,7 @@ EOF
     r=$(timed "/usr/sbin/postqueue $c -p | tail -1"); result postfix "mailq footer" "" "${r#* }"
     r=$(timed "/usr/sbin/postqueue $c -j | wc -l"); result postfix "postqueue -j | wc -l (s)" "${r%% *}" "${r#* } lines"
     r=$(timed "/usr/sbin/postsuper $c -d ALL"); result postfix "postsuper -d ALL (s)" "${r%% *}" "${r#* }"
-    "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+    pf_stop
 }
 
 [ "${SKIP_POSTHORN:-}" = 1 ] || bench_posthorn

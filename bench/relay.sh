@@ -49,46 +49,19 @@ for tool in "$SINK" "$SOURCE"; do
 done
 command -v python3 >/dev/null || { echo "missing python3" >&2; exit 1; }
 
-WORK=$(mktemp -d /var/tmp/posthorn-relay-bench.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-PF_DIR=""
-
-cleanup() {
-    set +e
-    if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/etc/main.cf" ]; then
-        "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1
-        # postfix stop returns at once; wait for the master to go.
-        local m
-        m=$(pf_master_pid)
-        for _ in $(seq 50); do
-            [ -n "$m" ] && [ -d "/proc/$m" ] || break
-            sleep 0.1
-        done
-        [ -n "$m" ] && [ -d "/proc/$m" ] && kill -9 "$m"
-    fi
-    for p in "${PIDS[@]}"; do
-        kill "$p" 2>/dev/null
-    done
-    for p in "${PIDS[@]}"; do
-        wait "$p" 2>/dev/null
-    done
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-# Shared helpers: free_port, wait_listening, tree_ticks, calc, start_sink,
-# wait_sink_done, run_source, ...; the sink is verbose here, so that its log
-# tells how many connections it accepted.
+# Shared helpers: free_port, wait_listening, tree_ticks, calc, the sink
+# and source, the private Postfix instance (pf_*), bench_init.
 . "$ROOT/bench/lib.sh"
+bench_init relay-bench
+
+# The sink is verbose here, so that its log tells how many connections it
+# accepted.
 SINK_OPTS=(-v)
 
 # Connections the sink on port $1 accepted.
 sink_connections() {
     grep -c 'smtp-sink: connect (' "$WORK/sink-$1.log" || true
 }
-
 
 # Measures one MTA: $1 name, $2:$3 its SMTP address, $4 the pid whose
 # process tree is the MTA, $5 the sink's pid, $6 the sink's port.
@@ -167,19 +140,8 @@ CONF
     wait "$pid" 2>/dev/null || true
 }
 
-pf_master_pid() {
-    [ -n "$PF_DIR" ] && head -1 "$PF_DIR/queue/pid/master.pid" 2>/dev/null | tr -d ' ' || true
-}
-
 bench_postfix() {
-    if [ "$(id -u)" != 0 ]; then
-        echo "skipping Postfix: a private Postfix instance needs root" >&2
-        return 0
-    fi
-    [ -x "$POSTFIX" ] || { echo "missing $POSTFIX: apt-get install postfix" >&2; return 1; }
-    PF_DIR=$WORK/postfix
-    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
-    chown postfix "$PF_DIR/data"    # master.lock and caches live there
+    pf_setup || return 0
     local ip=127.0.0.$((100 + RANDOM % 100))
     local port sink_port
     port=$(free_port "$ip")
@@ -194,53 +156,26 @@ bench_postfix() {
         route="relayhost =
 transport_maps = texthash:$PF_DIR/etc/transport"
     fi
-    cat >"$PF_DIR/etc/main.cf" <<CONF
-# Private instance for bench/relay.sh: a hub relaying for its networks.
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench-postfix.test
-mydomain = test
-myorigin = \$myhostname
-# Postfix only accepts interface addresses here (127.0.0.X is not one);
-# the listener below binds $ip itself.
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
+    {
+        pf_main_cf "bench/relay.sh: a hub relaying for its networks"
+        cat <<CONF
 $route
-mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_tls_security_level = none
 smtp_tls_security_level = none
-maillog_file = $PF_DIR/maillog
-syslog_name = postfix-bench
-biff = no
 CONF
+    } >"$PF_DIR/etc/main.cf"
     # Like Debian's master.cf, without chroot (the queue is private) and
     # with the SMTP listener on our address and port.
     {
         echo "$ip:$port inet n - n - - smtpd"
         pf_services
     } >"$PF_DIR/etc/master.cf"
-    "$POSTFIX" -c "$PF_DIR/etc" check >"$WORK/postfix-check.log" 2>&1 ||
-        { echo "postfix check failed:" >&2; cat "$WORK/postfix-check.log" "$PF_DIR/maillog" >&2; return 1; }
-    "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
-        { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
-    wait_listening "$ip" "$port"
-    local master
-    for _ in $(seq 100); do
-        master=$(pf_master_pid)
-        [ -n "$master" ] && break
-        sleep 0.05
-    done
+    pf_start "$ip" "$port"
+    local master=$PF_MASTER
     sleep 1
     measure postfix "$ip" "$port" "$master" "$sink_pid" "$sink_port"
-    "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+    pf_stop
 }
 
 # One table row: name, relay seconds, accept seconds, CPU ticks, sink connections.

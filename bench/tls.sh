@@ -28,8 +28,6 @@ SINK=/usr/sbin/smtp-sink
 SOURCE=/usr/sbin/smtp-source
 POSTFIX=/usr/sbin/postfix
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# pf_services (and helpers this script may define again for itself).
-. "$ROOT/bench/lib.sh"
 
 for tool in "$SINK" "$SOURCE"; do
     [ -x "$tool" ] || { echo "missing $tool: apt-get install postfix" >&2; exit 1; }
@@ -37,37 +35,10 @@ done
 command -v openssl >/dev/null || { echo "missing openssl" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "missing python3" >&2; exit 1; }
 
-WORK=$(mktemp -d /var/tmp/posthorn-tls-bench.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-PF_DIR=""
-
-cleanup() {
-    set +e
-    if [ -n "$PF_DIR" ] && [ -f "$PF_DIR/etc/main.cf" ]; then
-        "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1
-        sleep 1
-    fi
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-
-wait_listening() {
-    for _ in $(seq 200); do
-        python3 -c 'import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),0.2).close()' "$1" "$2" \
-            2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listening on $1:$2" >&2
-    return 1
-}
-
-now() { date +%s.%N; }
-calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
+# Shared helpers: free_port, wait_listening, tree_ticks, calc, the sink
+# and source, the private Postfix instance (pf_*), bench_init.
+. "$ROOT/bench/lib.sh"
+bench_init tls-bench
 
 # Starts an smtp-sink on 127.0.0.1:$1 that exits after $2 messages; sets SINK_PID.
 start_sink() {
@@ -195,55 +166,30 @@ CONF
 }
 
 bench_postfix() {
-    if [ "$(id -u)" != 0 ]; then
-        echo "skipping Postfix: a private Postfix instance needs root" >&2
-        return 0
-    fi
-    PF_DIR=$WORK/postfix
-    mkdir -p "$PF_DIR/etc" "$PF_DIR/queue" "$PF_DIR/data"
-    chown postfix "$PF_DIR/data"
+    pf_setup || return 0
     local ip=127.0.0.$((100 + RANDOM % 100)) port tls_port sink_port
     port=$(free_port "$ip")
     tls_port=$(free_port "$ip")
     sink_port=$(free_port 127.0.0.1)
     echo "example.test   relay:[127.0.0.1]:$sink_port" >"$PF_DIR/etc/transport"
-    cat >"$PF_DIR/etc/main.cf" <<CONF
-# Private instance for bench/tls.sh: a hub with STARTTLS relaying for its networks.
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = bench-postfix.test
-mydomain = test
-myorigin = \$myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-local_recipient_maps =
-alias_maps =
-alias_database =
+    {
+        pf_main_cf "bench/tls.sh: a hub with STARTTLS relaying for its networks"
+        cat <<CONF
 relayhost =
 transport_maps = texthash:$PF_DIR/etc/transport
-mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_tls_security_level = may
 smtpd_tls_cert_file = $WORK/cert.pem
 smtpd_tls_key_file = $WORK/key.pem
 smtp_tls_security_level = none
-maillog_file = $PF_DIR/maillog
-syslog_name = postfix-bench
-biff = no
 CONF
+    } >"$PF_DIR/etc/main.cf"
     {
         echo "$ip:$port inet n - n - - smtpd"
         echo "$ip:$tls_port inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt"
         pf_services
     } >"$PF_DIR/etc/master.cf"
-    "$POSTFIX" -c "$PF_DIR/etc" start >"$WORK/postfix-start.log" 2>&1 ||
-        { echo "postfix start failed:" >&2; cat "$WORK/postfix-start.log" "$PF_DIR/maillog" >&2; return 1; }
-    wait_listening "$ip" "$port"
-    wait_listening "$ip" "$tls_port"
+    pf_start "$ip" "$port" "$tls_port"
     sleep 1
     local hs rate
     hs=$(handshakes "$ip" "$tls_port")
@@ -252,7 +198,7 @@ CONF
     RESULTS+=("$(printf '%-9s %14.0f %16.0f' postfix "$hs" "$rate")")
     grep -c 'Anonymous TLS connection established\|Untrusted TLS connection established' "$PF_DIR/maillog" \
         >"$WORK/postfix-tls-count" || true
-    "$POSTFIX" -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+    pf_stop
 }
 
 bench_posthorn
