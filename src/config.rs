@@ -5,6 +5,7 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+use crate::message::nexthop::{FilterSpec, Target};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -106,46 +107,6 @@ pub struct Filter {
     pub pipe_timeout: Duration,
     /// Recipient domains whose mail is filtered; empty: all.
     pub domains: Vec<String>,
-}
-
-/// `smtp:[host]:port` or `pipe:/path/to/cmd arg ${sender} ${recipient}`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum FilterSpec {
-    Smtp(crate::deliver::mx::Target),
-    /// The argument vector, split on whitespace; `${sender}` and
-    /// `${recipient}` are substituted for each delivery.
-    Pipe(Vec<String>),
-}
-
-/// As written in the configuration: `smtp:[host]:port`, `pipe:/cmd args`.
-impl std::fmt::Display for FilterSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FilterSpec::Smtp(target) => write!(f, "smtp:{target}"),
-            FilterSpec::Pipe(argv) => write!(f, "pipe:{}", argv.join(" ")),
-        }
-    }
-}
-
-impl std::str::FromStr for FilterSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<FilterSpec, String> {
-        if let Some(rest) = s.strip_prefix("smtp:") {
-            let target = crate::deliver::mx::Target::parse(rest)?;
-            if target.port.is_none() || target.mx {
-                return Err(format!("`{s}`: write the filter as smtp:[host]:port"));
-            }
-            Ok(FilterSpec::Smtp(target))
-        } else if let Some(rest) = s.strip_prefix("pipe:") {
-            let argv: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
-            match argv.first() {
-                Some(cmd) if cmd.starts_with('/') => Ok(FilterSpec::Pipe(argv)),
-                _ => Err(format!("`{s}`: the pipe command must be an absolute path")),
-            }
-        } else {
-            Err(format!("`{s}` is neither smtp:[host]:port nor pipe:/path/to/command"))
-        }
-    }
 }
 
 /// The server's certificate (`[tls]`). Both paths set, or neither: with
@@ -460,7 +421,7 @@ impl Config {
             return Err(err(missing, format!("must be set together with relay.{set}")));
         }
         for host in raw.relay.smarthosts.iter().flatten() {
-            crate::deliver::relay::parse_host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
+            Target::host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
         }
         Ok(Config {
             source: path.map(Path::to_path_buf),
@@ -954,7 +915,7 @@ mod tests {
             "[filter]\ncontent_filter = \"smtp:[127.0.0.1]:10025\"\nreinject_listen = \"127.0.0.1:10026\"\ndomains = [\"Example.ORG\"]\n",
         )
         .unwrap();
-        let target = crate::deliver::mx::Target { host: "127.0.0.1".into(), port: Some(10025), mx: false };
+        let target = Target { host: "127.0.0.1".into(), port: Some(10025), mx: false };
         assert_eq!(c.filter.content_filter, Some(FilterSpec::Smtp(target)));
         assert_eq!(c.filter.reinject_listen, Some("127.0.0.1:10026".parse().unwrap()));
         assert_eq!(c.filter.pipe_timeout, Duration::from_secs(300));

@@ -22,6 +22,7 @@ use crate::control::{self, Request, Response};
 use crate::deliver::Transports;
 use crate::ingress::{Ingress, maildrop};
 use crate::metrics::{Metrics, QueueGauges};
+use crate::queue::Outbound;
 use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
 use crate::smtp::server::{Generation, Listener, Server};
@@ -42,15 +43,15 @@ struct Builder {
 }
 
 impl Builder {
-    fn build(&self, config: &Config) -> anyhow::Result<(Arc<Config>, Ingress, Arc<Transports>)> {
+    fn build(&self, config: &Config) -> anyhow::Result<(Arc<Config>, Ingress, Arc<Outbound>)> {
         let router = Arc::new(Router::from_config(config).map_err(|e| anyhow::anyhow!("{e}"))?);
         // The listeners read the certificate, key and users themselves;
         // checked here so that a bad file refuses the start or the reload.
         crate::smtp::server::session::Security::load(config)?;
         let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()))
             .with_metrics(self.metrics.clone());
-        let transports = Arc::new(Transports::new(config, router)?);
-        Ok((Arc::new(config.clone()), ingress, transports))
+        let outbound = Arc::new(Outbound { router, transports: Transports::new(config)? });
+        Ok((Arc::new(config.clone()), ingress, outbound))
     }
 }
 
@@ -114,12 +115,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let metrics = Arc::new(Metrics::default());
     let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone() };
-    let (config, ingress, transports) = builder.build(&config).with_context(|| match &account {
+    let (config, ingress, outbound) = builder.build(&config).with_context(|| match &account {
         Some(a) => format!("running as user {}", a.name),
         None => "starting".into(),
     })?;
-    let mut scheduler = Scheduler::new(config.clone(), spool.clone(), transports.clone(), ingress.clone())
-        .with_metrics(metrics.clone());
+    let mut scheduler =
+        Scheduler::new(config.clone(), spool.clone(), outbound.clone(), ingress.clone()).with_metrics(metrics.clone());
     scheduler.load().context("loading the queue")?;
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
     let (generation_tx, generation_rx) = watch::channel::<Generation>((config.clone(), ingress));
@@ -159,7 +160,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     eprintln!("ready");
 
-    let mut reloader = Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), transports };
+    let mut reloader = Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), outbound };
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -189,7 +190,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = server.await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
-    reloader.transports.close_idle().await;
+    reloader.outbound.transports.close_idle().await;
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(root.join("showq.sock"));
@@ -221,7 +222,7 @@ struct Reloader {
     builder: Builder,
     generation: watch::Sender<Generation>,
     scheduler: mpsc::Sender<Command>,
-    transports: Arc<Transports>,
+    outbound: Arc<Outbound>,
 }
 
 impl Reloader {
@@ -251,14 +252,14 @@ impl Reloader {
         if fresh.metrics.listen != old.metrics.listen {
             tracing::warn!("reload: metrics.listen takes effect at the next restart");
         }
-        let (config, ingress, transports) = self.builder.build(&fresh)?;
+        let (config, ingress, outbound) = self.builder.build(&fresh)?;
         let _ = self
             .scheduler
-            .send(Command::Reload { config: config.clone(), transports: transports.clone(), ingress: ingress.clone() })
+            .send(Command::Reload { config: config.clone(), outbound: outbound.clone(), ingress: ingress.clone() })
             .await;
         self.generation.send_replace((config, ingress));
-        let old_transports = std::mem::replace(&mut self.transports, transports);
-        tokio::spawn(async move { old_transports.close_idle().await });
+        let retired = std::mem::replace(&mut self.outbound, outbound);
+        tokio::spawn(async move { retired.transports.close_idle().await });
         tracing::info!(
             "reload: configuration {} applied",
             old.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in".into())

@@ -39,11 +39,14 @@ use std::time::Duration;
 
 use harness::*;
 use posthorn::config::Config;
+use posthorn::deliver::Delivery;
 use posthorn::deliver::dns::{Dns, DnsError, MxAnswer, MxHost};
 use posthorn::deliver::maildir::Maildir;
-use posthorn::deliver::mx::{Mx, Target};
+use posthorn::deliver::mx::Mx;
 use posthorn::deliver::relay::Relay;
-use posthorn::deliver::{Delivery, ErrorClass, OutMessage, Outcome};
+use posthorn::message::OutMessage;
+use posthorn::message::nexthop::Target;
+use posthorn::message::outcome::{ErrorClass, Outcome};
 
 /// One runtime per test: pooled sessions and the resolver's sockets belong
 /// to the runtime they were made on, so every `block_on` of a test uses it.

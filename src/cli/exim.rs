@@ -19,6 +19,7 @@ use super::act::{self, changed};
 use super::exit;
 use super::postcat;
 use crate::config::Config;
+use crate::message::outcome::Status;
 use crate::queue::Action;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{State, id};
@@ -330,10 +331,10 @@ pub fn message_log(env: &Envelope) -> String {
     lines.push((env.arrival, arrival));
     for r in &env.recipients {
         for a in &r.history {
-            let mark = match a.status.as_str() {
-                "sent" => "=>",
-                "deferred" => "==",
-                _ => "**",
+            let mark = match a.status {
+                Status::Sent => "=>",
+                Status::Deferred => "==",
+                Status::Bounced | Status::Expired => "**",
             };
             let mut line = format!("{mark} {}", r.address);
             if let Some(relay) = &a.relay {

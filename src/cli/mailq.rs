@@ -154,20 +154,13 @@ pub fn json_line(state: State, env: &Envelope) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::outcome::Status;
     use crate::spool::envelope::{AttemptRecord, Recipient};
 
     #[test]
     fn postfix_layout() {
         let mut rcpt = Recipient::new("ops@example.org".into(), None, None);
-        rcpt.record(AttemptRecord {
-            at: 0,
-            status: "deferred".into(),
-            relay: None,
-            tls: false,
-            reply: None,
-            class: None,
-            detail: "connect to 127.0.0.1:25: Connection refused".into(),
-        });
+        rcpt.record(AttemptRecord::local(0, Status::Deferred, "connect to 127.0.0.1:25: Connection refused".into()));
         let mut env = crate::cli::select::sample("0KAB12CD34", "", &[], 1_795_613_746);
         env.size = 1234;
         env.attempts = 1;

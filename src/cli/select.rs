@@ -138,7 +138,7 @@ pub fn sample(id: &str, sender: &str, rcpts: &[&str], arrival: u64) -> Envelope 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::ErrorClass;
+    use crate::message::outcome::{Attempt, ErrorClass, Status};
     use crate::spool::envelope::AttemptRecord;
 
     fn env(id: &str, sender: &str, rcpts: &[&str], arrival: u64) -> Envelope {
@@ -148,15 +148,11 @@ mod tests {
     #[test]
     fn criteria_table() {
         let mut a = env("0000000001", "ubuntu@webplatform.org", &["ops@example.org"], 1000);
-        a.recipients[0].record(AttemptRecord {
-            at: 1001,
-            status: "deferred".into(),
-            relay: None,
-            tls: false,
-            reply: None,
-            class: Some(ErrorClass::Connect),
-            detail: "refused".into(),
-        });
+        a.recipients[0].record(AttemptRecord::of(
+            1001,
+            Status::Deferred,
+            &Attempt::failed(ErrorClass::Connect, "refused"),
+        ));
         let b = env("0000000002", "", &["x@Other.example"], 1900);
         let now = 2000;
         let cases: Vec<(Selector, State, &Envelope, bool)> = vec![

@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::OutMessage;
+use crate::message::OutMessage;
 
 /// Headers signed when `dkim.headers` is not set.
 pub const DEFAULT_HEADERS: [&str; 14] = [
@@ -87,7 +87,7 @@ impl Signer {
     pub fn sign_message(&self, msg: &OutMessage) -> Option<OutMessage> {
         let (domain, key) = self.key_for_message(&msg.sender, &msg.body)?;
         let converted = match msg.eight_bit {
-            true => super::downconvert::to_seven_bit(&msg.body).ok(),
+            true => crate::message::downconvert::to_seven_bit(&msg.body).ok(),
             false => None,
         };
         let (body, eight_bit) = match &converted {

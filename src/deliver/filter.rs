@@ -13,7 +13,9 @@
 //! The SMTP variant needs no code of its own: it is an explicit next hop
 //! (`mx::Mx::deliver_to`).
 
-use super::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
+use super::Delivery;
+use crate::message::OutMessage;
+use crate::message::outcome::{Attempt, ErrorClass, Outcome};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;

@@ -13,7 +13,9 @@
 //! trouble, full disks and quotas included, defers.
 
 use crate::config::Config;
-use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, OutRecipient, Outcome};
+use crate::deliver::Delivery;
+use crate::message::outcome::{Attempt, ErrorClass, Outcome};
+use crate::message::{OutMessage, OutRecipient};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};

@@ -18,9 +18,12 @@
 //! reports.
 
 use crate::config::{Config, TlsPolicy};
+use crate::deliver::Delivery;
 use crate::deliver::dns::{Dns, DnsError, MxAnswer, MxHost};
-use crate::deliver::relay::{Host, Relay, Settings, parse_host_port};
-use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
+use crate::deliver::relay::{Host, Relay, Settings};
+use crate::message::OutMessage;
+use crate::message::nexthop::Target;
+use crate::message::outcome::{Attempt, ErrorClass, Outcome};
 use crate::smtp::client::Timeouts;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::collections::HashMap;
@@ -30,47 +33,6 @@ use std::time::{Duration, Instant};
 
 /// How often the destination map is swept for transports nobody uses.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-
-/// An explicit next hop, as the transport table names it: `[host]:port`
-/// (no MX lookup: the host's own addresses, or an IP literal) or
-/// `host[:port]` (the MX hosts of `host`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub host: String,
-    /// `None`: `deliver.mx_port`.
-    pub port: Option<u16>,
-    /// Look up the MX records of `host` first.
-    pub mx: bool,
-}
-
-impl Target {
-    /// Parses Postfix's next-hop syntax: `[mail.example.org]:2525`,
-    /// `[192.0.2.1]`, `[IPv6:2001:db8::1]:25`, `example.org`,
-    /// `example.org:587`. A bare IP address is never MX-looked-up.
-    pub fn parse(s: &str) -> Result<Target, String> {
-        let value = s.trim();
-        let bracketed = value.starts_with('[');
-        let has_port = if bracketed {
-            value.rsplit_once(']').is_some_and(|(_, after)| !after.is_empty())
-        } else {
-            value.contains(':') && value.parse::<IpAddr>().is_err()
-        };
-        let (host, port) = parse_host_port(value, 25)?;
-        let literal = host.parse::<IpAddr>().is_ok();
-        Ok(Target { host: host.to_ascii_lowercase(), port: has_port.then_some(port), mx: !bracketed && !literal })
-    }
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.mx, self.port) {
-            (true, None) => write!(f, "{}", self.host),
-            (true, Some(p)) => write!(f, "{}:{p}", self.host),
-            (false, None) => write!(f, "[{}]", self.host),
-            (false, Some(p)) => write!(f, "[{}]:{p}", self.host),
-        }
-    }
-}
 
 /// The MX transport; one per daemon, shared by every delivery.
 pub struct Mx {
@@ -302,29 +264,6 @@ mod tests {
     use super::*;
     use crate::smtp::client::test_server::{Script, start};
     use std::path::Path;
-
-    #[test]
-    fn target_table() {
-        let t = |host: &str, port: Option<u16>, mx: bool| Target { host: host.into(), port, mx };
-        let cases = [
-            ("example.org", t("example.org", None, true)),
-            ("Example.ORG:2525", t("example.org", Some(2525), true)),
-            ("[mail.example.org]", t("mail.example.org", None, false)),
-            ("[mail.example.org]:587", t("mail.example.org", Some(587), false)),
-            ("[192.0.2.1]:25", t("192.0.2.1", Some(25), false)),
-            ("[IPv6:2001:db8::1]", t("2001:db8::1", None, false)),
-            ("[::1]:2525", t("::1", Some(2525), false)),
-            ("192.0.2.1", t("192.0.2.1", None, false)),
-        ];
-        for (input, want) in cases {
-            assert_eq!(Target::parse(input).as_ref(), Ok(&want), "{input}");
-        }
-        for bad in ["", "[host", "mail example", "host:0", "[host]x"] {
-            assert!(Target::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(Target::parse("[mx.example.org]:26").unwrap().to_string(), "[mx.example.org]:26");
-        assert_eq!(Target::parse("example.org").unwrap().to_string(), "example.org");
-    }
 
     #[test]
     fn literal_domains() {

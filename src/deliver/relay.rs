@@ -29,8 +29,11 @@
 
 use crate::auth::ClientCredentials;
 use crate::config::{Config, TlsPolicy};
+use crate::deliver::Delivery;
 use crate::deliver::dns::Dns;
-use crate::deliver::{Attempt, Delivery, ErrorClass, OutMessage, Outcome};
+use crate::message::OutMessage;
+use crate::message::nexthop::Target;
+use crate::message::outcome::{Attempt, ErrorClass, Outcome};
 use crate::smtp::client::{Client, ClientError, Phase, RcptResult, Timeouts, relay_label};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
@@ -43,57 +46,6 @@ const MAX_ADDRESSES: usize = 8;
 /// hosts with eight addresses each and a 30 s connect timeout must not hold
 /// one delivery for forty minutes.
 const MAX_SESSIONS: usize = 10;
-
-/// Splits `host`, `host:port`, `[host]:port`, `[1.2.3.4]:port`, `[::1]:port`
-/// or `[IPv6:2001:db8::1]:port` into host and port. Brackets are accepted
-/// (Postfix writes `[host]` for "no MX lookup", which is all a smarthost
-/// does anyway) and dropped from the result.
-pub fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
-    let value = s.trim();
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let (inner, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: missing `]`"))?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:port` after `]`"))?),
-        };
-        let inner = match inner.get(..5) {
-            Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-                inner[5..].parse::<std::net::Ipv6Addr>().map_err(|_| format!("`{s}`: not an IPv6 address"))?;
-                &inner[5..]
-            }
-            _ => inner,
-        };
-        (inner, port)
-    } else if value.parse::<std::net::Ipv6Addr>().is_ok() {
-        (value, None)
-    } else if value.matches(':').count() > 1 {
-        return Err(format!("`{s}`: write IPv6 addresses in brackets, like [::1]:25"));
-    } else {
-        match value.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (value, None),
-        }
-    };
-    let port = match port {
-        None => default_port,
-        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| format!("`{s}`: bad port `{p}`"))?,
-    };
-    if host.parse::<IpAddr>().is_err() && !valid_host_name(host) {
-        return Err(format!("`{s}` is not a host name or address"));
-    }
-    Ok((host.to_string(), port))
-}
-
-fn valid_host_name(host: &str) -> bool {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
 
 /// One host of a host list: its name (for logs, and the name a TLS
 /// certificate will be checked against), its port, and its addresses when
@@ -217,7 +169,7 @@ impl Relay {
             .relay
             .smarthosts
             .iter()
-            .map(|h| parse_host_port(h, 25).map(|(name, port)| Host::named(&name, port)))
+            .map(|h| Target::host_port(h, 25).map(|(name, port)| Host::named(&name, port)))
             .collect();
         Relay::build(hosts, Settings::relay(config))
     }
@@ -250,7 +202,8 @@ impl Relay {
     /// Delivers `msg` to its recipients; one outcome per recipient, in order.
     pub async fn deliver(&self, msg: &OutMessage) -> Delivery {
         if self.hosts.is_empty() && !msg.recipients.is_empty() {
-            let attempt = local(ErrorClass::Local, format!("no {} configured (relay.smarthosts)", self.settings.noun));
+            let attempt =
+                Attempt::failed(ErrorClass::Local, format!("no {} configured (relay.smarthosts)", self.settings.noun));
             let n = msg.recipients.len();
             return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
         }
@@ -274,8 +227,10 @@ impl Relay {
         }
         let required = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
         let local_trouble = match (&self.settings.tls_config, &self.settings.auth) {
-            (Err(e), _) if required => Some(local(ErrorClass::Tls, format!("TLS required but not available: {e}"))),
-            (_, Some(Err(e))) => Some(local(ErrorClass::Local, e.clone())),
+            (Err(e), _) if required => {
+                Some(Attempt::failed(ErrorClass::Tls, format!("TLS required but not available: {e}")))
+            }
+            (_, Some(Err(e))) => Some(Attempt::failed(ErrorClass::Local, e.clone())),
             _ => None,
         };
         if let Some(attempt) = local_trouble {
@@ -310,7 +265,7 @@ impl Relay {
             let host = match host {
                 Ok(host) => host,
                 Err(m) => {
-                    last = Some(local(ErrorClass::Local, format!("relay.smarthosts: {m}")));
+                    last = Some(Attempt::failed(ErrorClass::Local, format!("relay.smarthosts: {m}")));
                     continue;
                 }
             };
@@ -324,7 +279,8 @@ impl Relay {
             }
         }
         let why = if any { "could be tried" } else { "to try" };
-        let attempt = last.unwrap_or_else(|| local(ErrorClass::Local, format!("no {} {why}", self.settings.noun)));
+        let attempt =
+            last.unwrap_or_else(|| Attempt::failed(ErrorClass::Local, format!("no {} {why}", self.settings.noun)));
         Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
     }
 
@@ -625,12 +581,12 @@ fn outcome(label: &str, result: &RcptResult) -> Outcome {
             Outcome::Permanent(refused_attempt(label, *stage, reply))
         }
         RcptResult::Refused { stage, reply } => Outcome::Transient(refused_attempt(label, *stage, reply)),
-        RcptResult::NotSent(reason) => Outcome::Permanent(Attempt {
+        RcptResult::NotSent(refusal) => Outcome::Permanent(Attempt {
             relay: Some(label.to_string()),
             tls: false,
-            reply: None,
+            reply: Some(refusal.clone()),
             class: Some(ErrorClass::Protocol),
-            detail: reason.clone(),
+            detail: refusal.to_string(),
         }),
     }
 }
@@ -659,12 +615,7 @@ fn session_error(label: &str, e: &ClientError) -> Attempt {
 }
 
 fn dns_error(noun: &str, name: &str, why: &str) -> Attempt {
-    local(ErrorClass::Dns, format!("cannot resolve {noun} {name}: {why}"))
-}
-
-/// An attempt that reached no server.
-fn local(class: ErrorClass, detail: String) -> Attempt {
-    Attempt { relay: None, tls: false, reply: None, class: Some(class), detail }
+    Attempt::failed(ErrorClass::Dns, format!("cannot resolve {noun} {name}: {why}"))
 }
 
 /// A session and the connection slot it occupies.
@@ -850,36 +801,6 @@ mod tests {
     use super::*;
     use crate::smtp::client::test_server::{HANG, Script, Server, start};
     use std::path::Path;
-
-    #[test]
-    fn host_port_table() {
-        let ok = |s: &str, h: &str, p: u16| assert_eq!(parse_host_port(s, 25), Ok((h.to_string(), p)), "{s}");
-        ok("mail.example.org", "mail.example.org", 25);
-        ok("mail.example.org:2525", "mail.example.org", 2525);
-        ok(" mail.example.org.:587 ", "mail.example.org.", 587);
-        ok("[mail.example.org]", "mail.example.org", 25);
-        ok("[mail.example.org]:26", "mail.example.org", 26);
-        ok("[127.0.0.1]:2526", "127.0.0.1", 2526);
-        ok("127.0.0.1", "127.0.0.1", 25);
-        ok("[::1]:2526", "::1", 2526);
-        ok("[IPv6:2001:db8::1]:25", "2001:db8::1", 25);
-        ok("::1", "::1", 25);
-        ok("relay_1.lan", "relay_1.lan", 25);
-        let err = |s: &str, contains: &str| {
-            let e = parse_host_port(s, 25).unwrap_err();
-            assert!(e.contains(contains) && e.contains(s.trim()), "{s}: {e}");
-        };
-        err("", "is not a host name");
-        err("mail:0", "bad port");
-        err("mail:smtp", "bad port `smtp`");
-        err("mail:70000", "bad port");
-        err("[::1", "missing `]`");
-        err("[::1]25", "expected `:port`");
-        err("2001:db8::1:25:x", "in brackets");
-        err("mail example", "is not a host name");
-        err("mail..example", "is not a host name");
-        err("[IPv6:mail]:25", "not an IPv6 address");
-    }
 
     fn config(hosts: &[String], extra: &str) -> Config {
         let list: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();

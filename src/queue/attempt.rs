@@ -4,15 +4,19 @@
 //! the envelope, send the notices that are due, then either remove the
 //! message (nothing left to do) or save it as deferred with its next time.
 
+use super::Outbound;
 use super::dest::Destinations;
 use super::notice::{self, Limiter};
 use super::{Done, backoff};
 use crate::config::{Config, Role};
-use crate::deliver::{Attempt, Delivery, ErrorClass, Hop, OutMessage, OutRecipient, Outcome, Transports};
+use crate::deliver::Delivery;
 use crate::dsn;
 use crate::ingress::Ingress;
+use crate::message::nexthop::Hop;
+use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
+use crate::message::{OutMessage, OutRecipient};
 use crate::metrics::{Metrics, RcptOutcome};
-use crate::spool::envelope::{AttemptRecord, Envelope, RcptState};
+use crate::spool::envelope::{AttemptRecord, Envelope};
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::sync::Arc;
 /// What the scheduler shares with every delivery.
 pub struct Context {
     pub spool: Spool,
-    pub transports: Arc<Transports>,
+    pub outbound: Arc<Outbound>,
     pub dests: Arc<Destinations>,
     pub config: Arc<Config>,
     /// The door for notices to senders.
@@ -65,7 +69,7 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
     let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
     for (i, r) in env.pending() {
-        let hop = ctx.transports.hop_for_message(env.filtered, &r.address);
+        let hop = ctx.outbound.router.hop(env.filtered, &r.address);
         match groups.iter_mut().find(|(h, _)| *h == hop) {
             Some((_, members)) => members.push(i),
             None => groups.push((hop, vec![i])),
@@ -159,7 +163,7 @@ async fn deliver_group(
             }
         },
     };
-    let delivery = ctx.transports.deliver(hop, &out_message(env, &indexes, data)).await;
+    let delivery = ctx.outbound.transports.deliver(hop, &out_message(env, &indexes, data)).await;
     let down_until = if delivery.hop_down {
         let reason = delivery.outcomes.first().map(|o| o.attempt().detail.clone()).unwrap_or_default();
         Some(dest.failed(&reason, ctx.config.queue.retry_min, ctx.config.queue.retry_max))
@@ -174,24 +178,16 @@ async fn deliver_group(
 fn record(env: &mut Envelope, group: &GroupResult, now: u64, metrics: &Metrics) {
     for (index, outcome) in group.indexes.iter().zip(&group.delivery.outcomes) {
         let rcpt = &mut env.recipients[*index];
-        let (status, state, counted) = match outcome {
-            Outcome::Delivered(_) => ("sent", RcptState::Delivered, RcptOutcome::Delivered),
-            Outcome::Transient(_) => ("deferred", RcptState::Pending, RcptOutcome::Deferred),
-            Outcome::Permanent(_) => ("bounced", RcptState::Failed, RcptOutcome::Bounced),
-        };
-        metrics.recipient(counted);
+        let (state, status) = outcome.status();
+        metrics.recipient(match outcome {
+            Outcome::Delivered(_) => RcptOutcome::Delivered,
+            Outcome::Transient(_) => RcptOutcome::Deferred,
+            Outcome::Permanent(_) => RcptOutcome::Bounced,
+        });
         let a = outcome.attempt();
         log_outcome(&env.id, env.trace_id.as_deref(), &rcpt.address, a, status, env.arrival);
         rcpt.state = state;
-        rcpt.record(AttemptRecord {
-            at: now,
-            status: status.into(),
-            relay: a.relay.clone(),
-            tls: a.tls,
-            reply: a.reply.as_ref().map(|r| r.to_string()),
-            class: a.class,
-            detail: a.detail.clone(),
-        });
+        rcpt.record(AttemptRecord::of(now, status, a));
     }
 }
 
@@ -226,15 +222,8 @@ fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64, metrics: &Me
         tracing::info!("{}: to=<{}>, status=expired, returned to sender ({last})", env.id, rcpt.address);
         rcpt.state = RcptState::Failed;
         metrics.recipient(RcptOutcome::Expired);
-        rcpt.record(AttemptRecord {
-            at: now,
-            status: "expired".into(),
-            relay: None,
-            tls: false,
-            reply: None,
-            class: None,
-            detail: format!("message expired after {}s in the queue: {last}", config.queue.max_lifetime.as_secs()),
-        });
+        let detail = format!("message expired after {}s in the queue: {last}", config.queue.max_lifetime.as_secs());
+        rcpt.record(AttemptRecord::local(now, Status::Expired, detail));
     }
 }
 
@@ -270,32 +259,21 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage
 }
 
 fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
-    let attempt = Attempt { relay: None, tls: false, reply: None, class: Some(class), detail };
+    let attempt = Attempt::failed(class, detail);
     Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
 }
 
 /// The Postfix-style result line an operator greps for.
 /// The trace id is shown when it is not this queue's id (it came from the
 /// previous hop), so one grep finds the message's lines on both hops.
-fn log_outcome(id: &str, trace: Option<&str>, rcpt: &str, a: &Attempt, status: &str, arrival: u64) {
+fn log_outcome(id: &str, trace: Option<&str>, rcpt: &str, a: &Attempt, status: Status, arrival: u64) {
     // The id carries the arrival to the microsecond; the envelope to the second.
     let arrived_us = crate::spool::id::decode(id).unwrap_or(arrival * 1_000_000);
     let now_us =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
     let delay = now_us.saturating_sub(arrived_us) as f64 / 1e6;
     let relay = a.relay.as_deref().unwrap_or("none");
-    // The remote reply's code, or that of a refusal made here without
-    // sending (`554 5.6.3 ...` in the detail).
-    let code = match &a.reply {
-        Some(r) => r.enhanced,
-        None => crate::smtp::proto::reply::Enhanced::of_reply_text(&a.detail),
-    };
-    let dsn = match (code, status) {
-        (Some(code), _) => code.to_string(),
-        (None, "sent") => "2.0.0".into(),
-        (None, "bounced") => "5.0.0".into(),
-        _ => "4.0.0".into(),
-    };
+    let dsn = a.enhanced().unwrap_or(status.default_code());
     let trace = trace.filter(|t| *t != id).map(|t| format!("trace={t}, ")).unwrap_or_default();
     tracing::info!(
         "{id}: {trace}to=<{rcpt}>, relay={relay}, delay={delay:.2}, dsn={dsn}, status={status} ({})",

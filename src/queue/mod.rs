@@ -17,7 +17,10 @@ pub mod notice;
 use crate::config::Config;
 use crate::deliver::Transports;
 use crate::ingress::Ingress;
+use crate::message::outcome::{RcptState, Status};
 use crate::metrics::{Metrics, QueueGauges};
+use crate::route::router::Router;
+use crate::spool::envelope::AttemptRecord;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use crate::timefmt::now_secs;
@@ -35,7 +38,7 @@ pub enum Command {
     /// An operator action on some messages; answers one result per id.
     Act { action: Action, ids: Vec<String>, reply: oneshot::Sender<Vec<ActResult>> },
     /// A reloaded configuration: deliveries started from now on use it.
-    Reload { config: Arc<Config>, transports: Arc<Transports>, ingress: Ingress },
+    Reload { config: Arc<Config>, outbound: Arc<Outbound>, ingress: Ingress },
     /// The queue's gauges for the metrics endpoint, from the scheduler's own
     /// sets (no file is read); `oldest` adds the oldest message's arrival,
     /// a pass over the queued ids. An answer is also the health check's
@@ -103,10 +106,17 @@ pub struct Done {
 /// envelope is read again from disk when its turn comes.
 const FRESH_IN_MEMORY: usize = 10_000;
 
+/// One configuration's way out: the router that picks each recipient's
+/// next hop at delivery time, and the transports that carry it there.
+pub struct Outbound {
+    pub router: Arc<Router>,
+    pub transports: Transports,
+}
+
 pub struct Scheduler {
     config: Arc<Config>,
     spool: Spool,
-    transports: Arc<Transports>,
+    outbound: Arc<Outbound>,
     dests: Arc<Destinations>,
     ingress: Ingress,
     limiter: Arc<notice::Limiter>,
@@ -125,13 +135,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: Arc<Config>, spool: Spool, transports: Arc<Transports>, ingress: Ingress) -> Scheduler {
+    pub fn new(config: Arc<Config>, spool: Spool, outbound: Arc<Outbound>, ingress: Ingress) -> Scheduler {
         Scheduler {
             limiter: Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit)),
             dests: Arc::new(Destinations::new(config.deliver.destination_concurrency)),
             config,
             spool,
-            transports,
+            outbound,
             ingress,
             fresh: VecDeque::new(),
             retry: VecDeque::new(),
@@ -253,7 +263,7 @@ impl Scheduler {
             }
             let ctx = attempt::Context {
                 spool: self.spool.clone(),
-                transports: self.transports.clone(),
+                outbound: self.outbound.clone(),
                 dests: self.dests.clone(),
                 config: self.config.clone(),
                 ingress: self.ingress.clone(),
@@ -296,12 +306,12 @@ impl Scheduler {
                 let results = self.act(action, ids).await;
                 let _ = reply.send(results);
             }
-            Command::Reload { config, transports, ingress } => {
+            Command::Reload { config, outbound, ingress } => {
                 if config.queue.bounce_rate_limit != self.config.queue.bounce_rate_limit {
                     self.limiter = Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit));
                 }
                 self.config = config;
-                self.transports = transports;
+                self.outbound = outbound;
                 self.ingress = ingress;
             }
             Command::Status { oldest, reply } => {
@@ -398,17 +408,10 @@ impl Scheduler {
         let Some((state, mut env)) = self.spool.find(id) else { return Ok(None) };
         let before: Vec<_> = env.recipients.iter().map(|r| r.state).collect();
         let now = now_secs();
-        for rcpt in env.recipients.iter_mut().filter(|r| r.state == crate::spool::envelope::RcptState::Pending) {
-            rcpt.state = crate::spool::envelope::RcptState::Failed;
-            rcpt.record(crate::spool::envelope::AttemptRecord {
-                at: now,
-                status: "bounced".into(),
-                relay: None,
-                tls: false,
-                reply: None,
-                class: None,
-                detail: "returned to sender by the mail system administrator".into(),
-            });
+        for rcpt in env.recipients.iter_mut().filter(|r| r.state == RcptState::Pending) {
+            rcpt.state = RcptState::Failed;
+            let detail = "returned to sender by the mail system administrator".to_string();
+            rcpt.record(AttemptRecord::local(now, Status::Bounced, detail));
             tracing::info!("{id}: to=<{}>, status=bounced (returned to sender by the administrator)", rcpt.address);
         }
         for items in notice::due(&mut env, &before, &[], None, now) {

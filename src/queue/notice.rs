@@ -7,7 +7,7 @@
 
 use crate::dsn::{self, Action, Item, Returned};
 use crate::ingress::{Ingress, Transaction};
-use crate::smtp::proto::reply::Enhanced;
+use crate::message::outcome::Status;
 use crate::spool::Spool;
 use crate::spool::envelope::{Envelope, RcptState, Recipient};
 use std::collections::{HashMap, VecDeque};
@@ -49,17 +49,17 @@ impl Limiter {
 /// The status for a recipient's report, from its last attempt.
 fn status_of(r: &Recipient, action: Action) -> (String, Option<String>, Option<String>, u64) {
     let last = r.history.last();
-    // The code of the remote reply, else of a refusal made here without
-    // sending (`554 5.6.3 Conversion required ...`), else by action.
+    // The code of the reply that decided (a remote one, or a refusal made
+    // here in its form, `554 5.6.3 Conversion required ...`), else by action.
     let status = last
-        .and_then(|a| Enhanced::of_reply_text(a.reply.as_deref().unwrap_or(&a.detail)))
-        .map(|code| code.to_string())
-        .unwrap_or_else(|| match (action, last.map(|a| a.status.as_str())) {
-            (Action::Failed, Some("expired")) => "4.4.7".into(),
-            (Action::Failed, _) => "5.0.0".into(),
-            (Action::Delayed, _) => "4.0.0".into(),
-            _ => "2.0.0".into(),
-        });
+        .and_then(|a| a.reply.as_ref()?.enhanced)
+        .unwrap_or_else(|| match (action, last.map(|a| a.status)) {
+            (Action::Failed, Some(Status::Expired)) => Status::Expired.default_code(),
+            (Action::Failed, _) => Status::Bounced.default_code(),
+            (Action::Delayed, _) => Status::Deferred.default_code(),
+            _ => Status::Sent.default_code(),
+        })
+        .to_string();
     let diagnostic = last.map(|a| match &a.reply {
         Some(reply) => format!("smtp; {reply}"),
         None => format!("X-Posthorn; {}", a.detail),

@@ -14,8 +14,9 @@
 
 use super::rewrite::{Expansion, RewriteError, Rewriter};
 use super::table::{Syntax, Table, TableError, open_all};
-use super::transport::{NextHop, TransportMaps};
-use crate::config::{Config, Filter, FilterSpec, Role};
+use super::transport::{NextHop, Transport, TransportMaps};
+use crate::config::{Config, Filter, Role};
+use crate::message::nexthop::{FilterSpec, Hop, Target};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -61,6 +62,18 @@ pub fn content_filter<'a>(filter: &'a Filter, filtered: bool, rcpt: &str) -> Opt
     let domain = rcpt.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
     let listed = filter.domains.is_empty() || domain.is_some_and(|d| filter.domains.contains(&d));
     (!filtered && listed).then_some(spec)
+}
+
+/// The transport hop a routing decision names.
+pub fn hop_of(decision: Decision) -> Hop {
+    match decision {
+        Decision::Smarthosts => Hop::Relay,
+        Decision::Next { hop, domain } => match (hop.transport, hop.host, hop.port) {
+            (Transport::Maildir, _, _) => Hop::Maildir,
+            (_, None, None) => Hop::Mx(domain),
+            (_, host, port) => Hop::Smtp(Target { host: host.unwrap_or(domain), port, mx: hop.mx_lookup }),
+        },
+    }
 }
 
 impl Router {
@@ -149,6 +162,17 @@ impl Router {
         match (route.matched, default) {
             (None, None) => Decision::Smarthosts,
             (_, _) => Decision::Next { hop: route.next_hop, domain },
+        }
+    }
+
+    /// The hop a message's recipient takes now: the content filter first
+    /// unless the message came back from it (`filtered`) or the address is
+    /// outside `filter.domains`, else its route. Asked at every attempt, so
+    /// a changed table applies to mail already queued.
+    pub fn hop(&self, filtered: bool, rcpt: &str) -> Hop {
+        match content_filter(&self.filter, filtered, rcpt) {
+            Some(spec) => Hop::Filter(spec.clone()),
+            None => hop_of(self.decide(rcpt)),
         }
     }
 

@@ -21,6 +21,7 @@
 //! taken as `maildir:` so Postfix tables keep working).
 
 use super::table::{Table, fold};
+use crate::message::nexthop::HostSpec;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -142,8 +143,8 @@ impl TransportValue {
         if transport == Some(Transport::Maildir) {
             return Ok(TransportValue { transport, host: None, port: None, mx_lookup: false });
         }
-        let (host, port, mx_lookup) = parse_nexthop(nexthop).map_err(|e| format!("{value}: {e}"))?;
-        Ok(TransportValue { transport, host, port, mx_lookup })
+        let spec = HostSpec::parse(nexthop).map_err(|e| format!("{value}: {e}"))?;
+        Ok(TransportValue { transport, host: spec.host, port: spec.port, mx_lookup: spec.mx })
     }
 
     /// Fills in this value over `default`, the way Postfix's transport
@@ -160,72 +161,6 @@ impl TransportValue {
         }
         hop
     }
-}
-
-/// `host`, `host:port`, `[host]`, `[host]:port`, `[ipv6:addr]` or empty.
-fn parse_nexthop(s: &str) -> Result<(Option<String>, Option<u16>, bool), String> {
-    if s.is_empty() {
-        return Ok((None, None, true));
-    }
-    let (host, port, mx) = if let Some(rest) = s.strip_prefix('[') {
-        let (inside, after) = rest.split_once(']').ok_or("missing ] in nexthop")?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':').ok_or("expected :port after ]")?),
-        };
-        let inside = strip_ipv6_prefix(inside);
-        (inside, port, false)
-    } else {
-        match s.split_once(':') {
-            Some((h, p)) => (h, Some(p), true),
-            None => (s, None, true),
-        }
-    };
-    let port = port.map(parse_port).transpose()?;
-    // `smtp::2525` is the recipient's domain on another port.
-    if host.is_empty() && mx && port.is_some() {
-        return Ok((None, port, true));
-    }
-    check_host(host, !mx)?;
-    Ok((Some(host.to_string()), port, mx))
-}
-
-fn strip_ipv6_prefix(s: &str) -> &str {
-    match s.get(..5) {
-        Some(p) if p.eq_ignore_ascii_case("ipv6:") => &s[5..],
-        _ => s,
-    }
-}
-
-fn parse_port(p: &str) -> Result<u16, String> {
-    let port = match p {
-        "smtp" => 25,
-        "submission" => 587,
-        "submissions" | "smtps" => 465,
-        "lmtp" => 24,
-        _ => p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?,
-    };
-    if port == 0 { Err("bad port \"0\"".into()) } else { Ok(port) }
-}
-
-/// A host name, or (inside brackets) also an IPv4/IPv6 address.
-fn check_host(host: &str, bracketed: bool) -> Result<(), String> {
-    if host.is_empty() {
-        return Err("empty host".into());
-    }
-    if bracketed && host.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(());
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let ok = name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.chars().all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if ok { Ok(()) } else { Err(format!("bad host name {host:?}")) }
 }
 
 /// Which entry decided the route, for `route explain`.
@@ -367,16 +302,16 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("lmtp:unix:/x", "unsupported transport \"lmtp\""),
             ("error:no mail here", "unsupported transport \"error\""),
-            ("smtp:[unclosed", "missing ]"),
-            ("smtp:[h]x", "expected :port after ]"),
+            ("smtp:[unclosed", "missing `]`"),
+            ("smtp:[h]x", "expected `:port` after `]`"),
             ("smtp:[h]:", "bad port"),
             ("smtp:h:99999", "bad port"),
             ("smtp:h:0", "bad port"),
-            ("smtp:bad host", "bad host name"),
+            ("smtp:bad host", "is not a host name"),
             ("smtp:[]", "empty host"),
-            ("smtp:-x.example", "bad host name"),
-            ("smtp:a..b", "bad host name"),
-            ("smtp:[a],[b]", "expected :port"),
+            ("smtp:-x.example", "is not a host name"),
+            ("smtp:a..b", "is not a host name"),
+            ("smtp:[a],[b]", "expected `:port`"),
         ];
         for (s, want) in cases {
             match TransportValue::parse(s) {

@@ -19,8 +19,9 @@
 //! policy (`deliver::relay`); this module only carries it out. `auth` logs
 //! in with PLAIN or LOGIN (RFC 4954).
 
-use crate::deliver::{ErrorClass, OutMessage, OutRecipient};
-use crate::smtp::proto::reply::Reply;
+use crate::message::outcome::ErrorClass;
+use crate::message::{OutMessage, OutRecipient};
+use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -279,10 +280,11 @@ pub enum RcptResult {
     /// refused MAIL, DATA or final dot applies to every recipient it reaches.
     /// 5xx is permanent; anything else is transient.
     Refused { stage: Phase, reply: Reply },
-    /// Decided here without sending, always permanent: the message needs an
-    /// extension the server lacks (SMTPUTF8), or an address cannot be
-    /// written on the wire.
-    NotSent(String),
+    /// Decided here without sending, always permanent, in the form of the
+    /// reply a server would give: the message needs an extension the server
+    /// lacks (SMTPUTF8, 8BITMIME for a message that cannot be converted),
+    /// or an address cannot be written on the wire.
+    NotSent(Reply),
 }
 
 impl RcptResult {
@@ -624,8 +626,8 @@ impl Client {
         if !self.usable {
             return Err(ClientError::Protocol { phase: Phase::Mail, what: "the session is no longer usable".into() });
         }
-        if let Some(reason) = self.refuse_message(msg, rcpts) {
-            return Ok(vec![RcptResult::NotSent(reason); rcpts.len()]);
+        if let Some(refusal) = self.refuse_message(msg, rcpts) {
+            return Ok(vec![RcptResult::NotSent(refusal); rcpts.len()]);
         }
         // RFC 6152 3: an 8-bit message is never sent as is to a server
         // without 8BITMIME; it is converted to 7 bit, or fails for good.
@@ -635,7 +637,7 @@ impl Client {
         let converted;
         let msg = match msg.eight_bit && !self.caps.eight_bit_mime {
             false => msg,
-            true => match crate::deliver::downconvert::to_seven_bit(&msg.body) {
+            true => match crate::message::downconvert::to_seven_bit(&msg.body) {
                 Ok(std::borrow::Cow::Borrowed(_)) => msg,
                 Ok(std::borrow::Cow::Owned(body)) => {
                     tracing::info!("{}: converted to 7 bit for {} (no 8BITMIME)", msg.id, self.label);
@@ -643,11 +645,9 @@ impl Client {
                     &converted
                 }
                 Err(why) => {
-                    let reason = format!(
-                        "554 5.6.3 Conversion required but not supported: {why}; {} does not offer 8BITMIME",
-                        self.label
-                    );
-                    return Ok(vec![RcptResult::NotSent(reason); rcpts.len()]);
+                    let text =
+                        format!("Conversion required but not supported: {why}; {} does not offer 8BITMIME", self.label);
+                    return Ok(vec![RcptResult::NotSent(Reply::new(554, Enhanced(5, 6, 3), text)); rcpts.len()]);
                 }
             },
         };
@@ -658,7 +658,11 @@ impl Client {
             if wire_safe_address(&rcpt.address) {
                 cmds.push(Cmd::Rcpt(i));
             } else {
-                results[i] = Some(RcptResult::NotSent("recipient address contains a control character".into()));
+                results[i] = Some(RcptResult::NotSent(Reply::new(
+                    553,
+                    Enhanced(5, 1, 3),
+                    "recipient address contains a control character",
+                )));
             }
         }
         if cmds.len() > 1 {
@@ -770,14 +774,15 @@ impl Client {
     }
 
     /// Local reasons not to send the message to this server at all.
-    fn refuse_message(&self, msg: &OutMessage, rcpts: &[OutRecipient]) -> Option<String> {
+    fn refuse_message(&self, msg: &OutMessage, rcpts: &[OutRecipient]) -> Option<Reply> {
         if self.needs_smtputf8(msg, rcpts) && !self.caps.smtputf8 {
             // RFC 6531 3.4: without SMTPUTF8 on the next hop the message
             // cannot be delivered as it is.
-            return Some(format!("553 5.6.7 SMTPUTF8 is required, but was not offered by {}", self.label));
+            let text = format!("SMTPUTF8 is required, but was not offered by {}", self.label);
+            return Some(Reply::new(553, Enhanced(5, 6, 7), text));
         }
         if !wire_safe_address(&msg.sender) {
-            return Some("sender address contains a control character".into());
+            return Some(Reply::new(553, Enhanced(5, 1, 7), "sender address contains a control character"));
         }
         None
     }
@@ -1424,7 +1429,11 @@ mod tests {
         assert_eq!(codes(&results), ["N", "N"]);
         assert!(results.iter().all(RcptResult::is_permanent));
         let RcptResult::NotSent(reason) = &results[0] else { unreachable!() };
-        assert!(reason.starts_with("554 5.6.3 Conversion required but not supported: 8-bit octets in the Subject"));
+        assert!(
+            reason
+                .to_string()
+                .starts_with("554 5.6.3 Conversion required but not supported: 8-bit octets in the Subject")
+        );
         assert!(client.is_usable());
         client.quit().await;
         assert!(!server.log().iter().any(|l| l.starts_with("MAIL")));

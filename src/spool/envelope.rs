@@ -4,7 +4,10 @@
 //! over a large queue reads envelopes only. It carries per-recipient state
 //! and attempt history, which is what `queue why` prints.
 
-use serde::{Deserialize, Serialize};
+pub use crate::message::outcome::RcptState;
+use crate::message::outcome::{Attempt, ErrorClass, Status};
+use crate::smtp::proto::reply::Reply;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Version written into every envelope; readers refuse newer ones.
 pub const VERSION: u32 = 1;
@@ -67,15 +70,6 @@ pub struct Origin {
     pub user: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RcptState {
-    /// Not yet delivered; deferred when it has history.
-    Pending,
-    Delivered,
-    Failed,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Recipient {
     pub address: String,
@@ -93,16 +87,17 @@ pub struct Recipient {
 pub struct AttemptRecord {
     /// Seconds since the epoch.
     pub at: u64,
-    /// `sent`, `deferred` or `bounced`.
-    pub status: String,
+    pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relay: Option<String>,
     #[serde(default)]
     pub tls: bool,
+    /// The reply that decided, stored as its one-line text
+    /// (`550 5.1.1 text`), as envelopes have always held it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "reply_text")]
+    pub reply: Option<Reply>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class: Option<crate::deliver::ErrorClass>,
+    pub class: Option<ErrorClass>,
     pub detail: String,
 }
 
@@ -152,6 +147,27 @@ impl Envelope {
     }
 }
 
+impl AttemptRecord {
+    /// The record of an attempt that a transport reported.
+    pub fn of(at: u64, status: Status, a: &Attempt) -> AttemptRecord {
+        AttemptRecord {
+            at,
+            status,
+            relay: a.relay.clone(),
+            tls: a.tls,
+            reply: a.reply.clone(),
+            class: a.class,
+            detail: a.detail.clone(),
+        }
+    }
+
+    /// A status decided here, with no next hop involved (expiry, an
+    /// operator's bounce).
+    pub fn local(at: u64, status: Status, detail: String) -> AttemptRecord {
+        AttemptRecord { at, status, relay: None, tls: false, reply: None, class: None, detail }
+    }
+}
+
 impl Recipient {
     pub fn new(address: String, notify: Option<String>, orcpt: Option<String>) -> Recipient {
         Recipient { address, notify, orcpt, state: RcptState::Pending, history: Vec::new() }
@@ -162,5 +178,51 @@ impl Recipient {
             self.history.remove(0);
         }
         self.history.push(attempt);
+    }
+}
+
+/// A stored reply as its one-line text; a text that does not parse as a
+/// reply (never written by posthorn) is dropped rather than making the
+/// whole envelope unreadable.
+mod reply_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(reply: &Option<Reply>, s: S) -> Result<S::Ok, S::Error> {
+        match reply {
+            Some(r) => s.serialize_str(&r.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reply>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        Ok(text.as_deref().and_then(Reply::from_text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::proto::reply::Enhanced;
+
+    #[test]
+    fn attempt_records_keep_their_stored_form() {
+        let stored = r#"{"at":1764800000,"status":"deferred","relay":"mx.example.org[192.0.2.1]:25","tls":true,"reply":"451 4.7.1 Greylisted, try later","class":"4xx","detail":"host said: 451"}"#;
+        let a: AttemptRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(a.status, Status::Deferred);
+        assert_eq!(a.reply, Some(Reply::new(451, Enhanced(4, 7, 1), "Greylisted, try later")));
+        assert_eq!(a.class, Some(ErrorClass::Reply4xx));
+        assert_eq!(serde_json::to_string(&a).unwrap(), stored);
+    }
+
+    #[test]
+    fn replies_round_trip_through_their_text() {
+        for text in ["250 2.0.0 Ok: queued as X", "421 closing", "550 5.1.1 <a@b>: unknown"] {
+            assert_eq!(Reply::from_text(text).unwrap().to_string(), text);
+        }
+        assert_eq!(Reply::from_text("250"), Some(Reply::plain(250, "")));
+        for bad in ["", "25", "abc def", "600 x", "250x"] {
+            assert_eq!(Reply::from_text(bad), None, "{bad:?}");
+        }
     }
 }

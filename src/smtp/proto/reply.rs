@@ -122,6 +122,26 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// Parses the one-line form [`Display`](fmt::Display) writes
+    /// (`550 5.1.1 text text`); the lines of a multi-line reply come back
+    /// as one.
+    pub fn from_text(text: &str) -> Option<Reply> {
+        let (code, rest) = text.split_at_checked(3)?;
+        let code: u16 = code.parse().ok().filter(|c| (200..600).contains(c))?;
+        let rest = match rest.strip_prefix(' ') {
+            Some(r) => r,
+            None if rest.is_empty() => "",
+            None => return None,
+        };
+        let (enhanced, text) = match Enhanced::parse_prefix(rest) {
+            Some((e, t)) if u16::from(e.0) == code / 100 => (Some(e), t),
+            _ => (None, rest),
+        };
+        Some(Reply { code, enhanced, lines: vec![text.to_string()] })
+    }
+}
+
 impl fmt::Display for Reply {
     /// One line for logs: `550 5.1.1 text text`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,71 @@
+//! The ground floor: the types every stage hands on, and what they need to
+//! be read and written. Depends on nothing in the crate but `smtp::proto`
+//! (replies and status codes); every other stage may use it.
+//!
+//! - this file: [`OutMessage`] and [`OutRecipient`], a queued message as a
+//!   transport receives it;
+//! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
+//! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
+//! - [`downconvert`]: 8-bit MIME to 7 bit (RFC 6152, 6532).
+
+pub mod downconvert;
+pub mod nexthop;
+pub mod outcome;
+
+use std::sync::Arc;
+
+/// The envelope parameters a transport needs for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutRecipient {
+    /// Index of this recipient in the queued envelope; outcomes refer to it.
+    pub index: usize,
+    pub address: String,
+    /// RFC 3461 NOTIFY value as received (`SUCCESS,FAILURE`), passed on when
+    /// the next hop offers DSN.
+    pub notify: Option<String>,
+    /// RFC 3461 ORCPT value as received (`rfc822;user@example.org`).
+    pub orcpt: Option<String>,
+}
+
+/// One message handed to a transport.
+#[derive(Clone, Debug)]
+pub struct OutMessage {
+    /// Queue id, for logs.
+    pub id: String,
+    /// Reverse path without angle brackets; empty for the null sender.
+    pub sender: String,
+    pub recipients: Vec<OutRecipient>,
+    /// The message exactly as stored: CRLF line ends, not dot-stuffed.
+    pub body: Arc<[u8]>,
+    /// The message contains 8-bit data (BODY=8BITMIME was given on intake).
+    pub eight_bit: bool,
+    /// SMTPUTF8 was given on intake.
+    pub smtputf8: bool,
+    /// RFC 3461 RET and ENVID, when given on intake.
+    pub ret: Option<String>,
+    pub envid: Option<String>,
+    /// The trace id, passed on as `TRACE=` when the next hop is posthorn.
+    pub trace_id: Option<String>,
+}
+
+impl OutMessage {
+    /// A plain message to `recipients` (indexes in order, no DSN
+    /// parameters), as transports' tests and tools need one.
+    pub fn simple(id: &str, sender: &str, recipients: &[&str], body: &[u8]) -> OutMessage {
+        OutMessage {
+            id: id.to_string(),
+            sender: sender.to_string(),
+            recipients: recipients
+                .iter()
+                .enumerate()
+                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+                .collect(),
+            body: Arc::from(body),
+            eight_bit: body.iter().any(|b| *b >= 0x80),
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            trace_id: None,
+        }
+    }
+}
