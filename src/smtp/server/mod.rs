@@ -5,14 +5,26 @@
 //!   certificate and AUTH users of the generation in force (`Security`),
 //!   read again when a reload publishes a new one; should the new files be
 //!   unusable, the old ones stay.
-//! - `session`: one SMTP conversation, one function per verb.
+//! - `session`: one SMTP conversation: its state, its entry points and the
+//!   dispatch of commands to one function per verb, which live with their
+//!   phase: `greeting` (banner, EHLO/HELO), `mail` (MAIL, RCPT), `data`
+//!   (DATA, BDAT), `auth` (AUTH), `tls` (STARTTLS, client certificates).
+//! - `conn`: the session's I/O loop, the only code that touches the stream.
 //! - `access`: the relay rule (who may send to which domains).
 //!
 //! Everything a session accepts goes through the `Ingress`; the server
 //! never touches the spool itself.
 
 pub mod access;
+mod auth;
+mod conn;
+mod data;
+mod greeting;
+mod mail;
 pub mod session;
+#[cfg(test)]
+mod test_support;
+mod tls;
 
 use crate::config::Config;
 use crate::ingress::Ingress;
