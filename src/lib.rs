@@ -52,6 +52,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod dsn;
 pub mod ingress;
+pub mod message;
 pub mod metrics;
 pub mod queue;
 pub mod route;

@@ -1,0 +1,3 @@
+//! The types every stage hands on.
+
+pub mod header;
