@@ -200,10 +200,14 @@ fn name_end(line: &[u8]) -> Option<usize> {
 mod tests {
     use super::*;
 
+    type Bytes = &'static [u8];
+    type NameValueRaw = (Bytes, Bytes, Bytes);
+
     #[test]
     fn split_table() {
         // (message, head, blank, body)
-        let cases: &[(&[u8], &[u8], &[u8], &[u8])] = &[
+        let cases: &[(Bytes, Bytes, Bytes, Bytes)] = &[
+            (b"A: 1\r\n\r\nbody\r\n", b"A: 1\r\n", b"\r\n", b"body\r\n"),
             (b"A: 1\r\nB: 2\r\n\r\nbody\r\n", b"A: 1\r\nB: 2\r\n", b"\r\n", b"body\r\n"),
             (b"A: 1\r\n continued\r\nB: 2\r\n\r\n", b"A: 1\r\n continued\r\nB: 2\r\n", b"\r\n", b""),
             (b"A: 1\r\n\tfolded\r\n\r\n\r\nbody", b"A: 1\r\n\tfolded\r\n", b"\r\n", b"\r\nbody"),
@@ -245,7 +249,7 @@ mod tests {
     #[test]
     fn fields_table() {
         // (head, [(name, value, raw)])
-        let cases: &[(&[u8], &[(&[u8], &[u8], &[u8])])] = &[
+        let cases: &[(Bytes, &[NameValueRaw])] = &[
             (b"", &[]),
             (
                 b"A: 1\r\n continued\r\n\tmore\r\nB:2\n",
