@@ -162,15 +162,6 @@ pub fn wants(notify: Option<&str>, kind: &str) -> bool {
     }
 }
 
-/// The header block of a stored message (up to the blank line), for
-/// RET=HDRS and for messages too large to return whole.
-pub fn header_block(message: &[u8]) -> &[u8] {
-    match message.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(p) => &message[..p + 2],
-        None => message,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,11 +238,5 @@ mod tests {
         for (notify, kind, expected) in cases {
             assert_eq!(wants(notify, kind), expected, "{notify:?} {kind}");
         }
-    }
-
-    #[test]
-    fn header_block_stops_at_blank_line() {
-        assert_eq!(header_block(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"), b"A: 1\r\nB: 2\r\n");
-        assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
     }
 }

@@ -19,6 +19,7 @@ use super::act::{self, changed};
 use super::exit;
 use super::postcat;
 use crate::config::Config;
+use crate::message::header;
 use crate::message::outcome::Status;
 use crate::queue::Action;
 use crate::spool::envelope::{Envelope, RcptState};
@@ -250,32 +251,37 @@ fn show(config: &Config, what: Show, queue_id: &str) -> u8 {
         println!("Failed to open {dir} file for {queue_id}{suffix}: No such file or directory");
         return 1;
     };
-    let text = String::from_utf8_lossy(&body).replace("\r\n", "\n");
+    // The blank line after the header section belongs to neither part, as
+    // in Exim's spool files.
+    let split = header::split(&body);
     let out = match what {
-        Show::Body => format!("{queue_id}-D\n{}", split_body(&text).1),
-        Show::Header => header_file(&env, split_body(&text).0),
+        Show::Body => format!("{queue_id}-D\n{}", String::from_utf8_lossy(&lf(split.body))),
+        Show::Header => header_file(&env, split.head),
         Show::Log => message_log(&env),
-        Show::Copy => text,
+        Show::Copy => String::from_utf8_lossy(&lf(&body)).into_owned(),
     };
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     exit::OK
 }
 
-/// (header section, body) of a message with LF line ends; the blank line
-/// between belongs to neither, as in Exim's spool files.
-fn split_body(text: &str) -> (&str, &str) {
-    if text.starts_with('\n') {
-        return ("", text.strip_prefix('\n').unwrap_or(text));
+/// `bytes` with LF line ends, as in Exim's spool files.
+fn lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        match line.strip_suffix(b"\r\n") {
+            Some(text) => {
+                out.extend_from_slice(text);
+                out.push(b'\n');
+            }
+            None => out.extend_from_slice(line),
+        }
     }
-    match text.find("\n\n") {
-        Some(at) => (&text[..at + 1], &text[at + 2..]),
-        None => (text, ""),
-    }
+    out
 }
 
 /// Something shaped like Exim's `-H` spool file: the envelope, then each
 /// header with its length and flag letter.
-fn header_file(env: &Envelope, headers: &str) -> String {
+fn header_file(env: &Envelope, head: &[u8]) -> String {
     let mut s = format!("{}-H\n", env.id);
     s.push_str(&format!("{}\n", env.origin.user.as_deref().unwrap_or("posthorn")));
     s.push_str(&format!("<{}>\n", env.sender));
@@ -290,15 +296,10 @@ fn header_file(env: &Envelope, headers: &str) -> String {
         s.push_str(&format!("{}\n", r.address));
     }
     s.push('\n');
-    let mut fields: Vec<String> = Vec::new();
-    for line in headers.split_inclusive('\n') {
-        match fields.last_mut() {
-            Some(last) if line.starts_with([' ', '\t']) => last.push_str(line),
-            _ => fields.push(line.to_string()),
-        }
-    }
-    for field in fields {
-        let name = field.split(':').next().unwrap_or("").to_ascii_lowercase();
+    for field in header::fields(head) {
+        // The length counts bytes, as Exim's does.
+        let raw = lf(field.raw());
+        let name = String::from_utf8_lossy(field.name()).to_ascii_lowercase();
         let flag = match name.as_str() {
             "received" => 'P',
             "from" => 'F',
@@ -310,7 +311,7 @@ fn header_file(env: &Envelope, headers: &str) -> String {
             "sender" => 'S',
             _ => ' ',
         };
-        s.push_str(&format!("{:03}{flag} {field}", field.len()));
+        s.push_str(&format!("{:03}{flag} {}", raw.len(), String::from_utf8_lossy(&raw)));
     }
     s
 }

@@ -7,6 +7,7 @@
 //! paths to envelope files (`SPOOL/deferred/ID`). Reads the spool only.
 
 use super::exit;
+use crate::message::header;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{Spool, State, id};
 use std::io::Write;
@@ -96,13 +97,15 @@ pub fn render(state: State, env: &Envelope, body: &[u8], parts: Parts) -> String
         s.push_str(&envelope_records(env));
         s.push_str(&format!("*** MESSAGE CONTENTS {name} ***\n"));
     }
-    let text = String::from_utf8_lossy(body).replace("\r\n", "\n");
-    let (header, rest) = split_header(&text);
+    // As in Postfix, the body starts at the first non-header line: the
+    // blank line, shown with the body.
+    let head = header::block(body);
     if parts.header {
-        s.push_str(header);
+        s.push_str(&lf_text(head));
     }
     if parts.body {
-        s.push_str(rest);
+        let rest = lf_text(&body[head.len()..]);
+        s.push_str(&rest);
         if !rest.is_empty() && !rest.ends_with('\n') {
             s.push('\n');
         }
@@ -156,19 +159,9 @@ fn envelope_records(env: &Envelope) -> String {
     s
 }
 
-/// Splits a message (LF line ends) at the end of its header section. As in
-/// Postfix, the body starts at the first non-header line: the blank line.
-fn split_header(text: &str) -> (&str, &str) {
-    let mut at = 0;
-    for line in text.split_inclusive('\n') {
-        let is_header = line.starts_with([' ', '\t']) && at > 0
-            || line.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic()));
-        if !is_header {
-            break;
-        }
-        at += line.len();
-    }
-    text.split_at(at)
+/// Message bytes for the terminal: LF line ends, as Postfix shows them.
+fn lf_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace("\r\n", "\n")
 }
 
 /// Opens the spool and finds `queue_id`: shared by `exim -Mv*` and

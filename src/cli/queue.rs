@@ -23,6 +23,7 @@ use super::act::{self, changed};
 use super::exit;
 use super::select::{Entry, Selector, StateSel, regex_ci};
 use crate::config::Config;
+use crate::message::header;
 use crate::queue::Action;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{State, id};
@@ -295,21 +296,10 @@ fn find_key(config: &Config, key: &str) -> u8 {
 
 /// The Message-ID header's value without `<>`, unfolded.
 fn message_id(message: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(crate::dsn::header_block(message));
-    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n')).peekable();
-    while let Some(line) = lines.next() {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        if !name.eq_ignore_ascii_case("message-id") {
-            continue;
-        }
-        let mut value = value.to_string();
-        while let Some(next) = lines.next_if(|l| l.starts_with([' ', '\t'])) {
-            value.push_str(next);
-        }
-        let v = value.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
-        return (!v.is_empty()).then_some(v);
-    }
-    None
+    let field = header::find(header::block(message), "message-id")?;
+    let value = String::from_utf8_lossy(&header::unfold(field.value())).into_owned();
+    let v = value.trim().trim_start_matches('<').trim_end_matches('>').trim();
+    (!v.is_empty()).then(|| v.to_string())
 }
 
 fn state_name(state: State, env: &Envelope) -> &'static str {
@@ -503,4 +493,24 @@ fn confirm(verb: &str, n: usize, threshold: usize) -> bool {
     let mut answer = String::new();
     let _ = stdin.read_line(&mut answer);
     matches!(answer.trim(), "y" | "Y" | "yes" | "YES")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_table() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"Subject: x\r\nMessage-ID: <a@b>\r\n\r\nbody", Some("a@b")),
+            (b"message-id:\r\n <folded@b>\r\n\r\n", Some("folded@b")),
+            (b"Message-Id: bare@b\n\nbody", Some("bare@b")),
+            (b"Message-ID: <>\r\n\r\n", None),
+            (b"Subject: x\r\n\r\nMessage-ID: <in-body@b>\r\n", None),
+            (b"Subject: caf\xe9\r\nMessage-ID: <a@b>\r\n", Some("a@b")),
+        ];
+        for &(message, expected) in cases {
+            assert_eq!(message_id(message).as_deref(), expected, "{:?}", String::from_utf8_lossy(message));
+        }
+    }
 }

@@ -8,16 +8,17 @@
 
 use super::{Ingress, IngressError, Origin, RcptIn, Transaction};
 use crate::ingress::maildrop::Drop;
+use crate::message::header;
 use crate::timefmt;
 
 /// Queues one local submission and returns its queue id.
 pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str) -> Result<String, IngressError> {
     let hostname = ingress.hostname().to_string();
     let message = crlf(&message);
-    let (headers, body) = split_headers(&message);
+    let header::Split { head: headers, body, .. } = header::split(&message);
     let mut recipients: Vec<String> = drop.recipients.iter().map(|r| qualify(r, &hostname)).collect();
     if drop.extract_recipients {
-        recipients.extend(header_recipients(headers).into_iter().map(|r| qualify(&r, &hostname)));
+        recipients.extend(header::recipients(headers).into_iter().map(|r| qualify(&r, &hostname)));
     }
     let mut seen = std::collections::HashSet::new();
     recipients.retain(|r| !r.is_empty() && seen.insert(r.to_ascii_lowercase()));
@@ -53,8 +54,8 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         origin: Origin::local(user),
     };
     let mut writer = ingress.open(tx).await?;
-    let mut head = strip_bcc(headers);
-    let has = |name: &str| has_header(headers, name);
+    let mut head = header::remove(headers, "bcc");
+    let has = |name: &str| header::has(headers, name);
     if !has("from") {
         let from = match drop.full_name.as_deref().map(|n| n.replace(['"', '\\', '\r', '\n'], "")) {
             Some(name) if !name.is_empty() => format!("From: \"{name}\" <{sender}>\r\n"),
@@ -163,83 +164,6 @@ pub fn crlf(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a CRLF message into its header block (each field with its CRLF,
-/// without the blank line) and the body. A first line that is not a header
-/// field means there are no headers.
-fn split_headers(msg: &[u8]) -> (&[u8], &[u8]) {
-    let mut pos = 0;
-    while pos < msg.len() {
-        let end = msg[pos..].windows(2).position(|w| w == b"\r\n").map(|e| pos + e + 2).unwrap_or(msg.len());
-        let line = &msg[pos..end];
-        if line == b"\r\n" {
-            return (&msg[..pos], &msg[end..]);
-        }
-        let continuation = line[0] == b' ' || line[0] == b'\t';
-        if !(continuation && pos > 0) && !is_field_start(line) {
-            return (&msg[..pos], &msg[pos..]);
-        }
-        pos = end;
-    }
-    (msg, &[])
-}
-
-fn is_field_start(line: &[u8]) -> bool {
-    match line.iter().position(|&b| b == b':') {
-        Some(colon) if colon > 0 => line[..colon].iter().all(|&b| (33..=126).contains(&b)),
-        _ => false,
-    }
-}
-
-/// The header fields one by one, each with its continuation lines.
-fn fields(headers: &[u8]) -> Vec<&[u8]> {
-    let mut out: Vec<&[u8]> = Vec::new();
-    let mut start = 0;
-    let mut pos = 0;
-    while pos < headers.len() {
-        let end = headers[pos..].windows(2).position(|w| w == b"\r\n").map(|e| pos + e + 2).unwrap_or(headers.len());
-        if pos > start && headers[pos] != b' ' && headers[pos] != b'\t' {
-            out.push(&headers[start..pos]);
-            start = pos;
-        }
-        pos = end;
-    }
-    if start < headers.len() {
-        out.push(&headers[start..]);
-    }
-    out
-}
-
-fn field_is(field: &[u8], name: &str) -> bool {
-    field.len() > name.len() && field[name.len()] == b':' && field[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-}
-
-fn has_header(headers: &[u8], name: &str) -> bool {
-    fields(headers).iter().any(|f| field_is(f, name))
-}
-
-fn strip_bcc(headers: &[u8]) -> Vec<u8> {
-    fields(headers).into_iter().filter(|f| !field_is(f, "bcc")).flatten().copied().collect()
-}
-
-/// Addresses in To, Cc and Bcc, parsed by a real RFC 5322 parser (groups,
-/// quoted names, comments).
-fn header_recipients(headers: &[u8]) -> Vec<String> {
-    let mut block = headers.to_vec();
-    block.extend_from_slice(b"\r\n");
-    let Some(msg) = mail_parser::MessageParser::default().parse_headers(&block[..]) else {
-        return Vec::new();
-    };
-    [msg.to(), msg.cc(), msg.bcc()]
-        .into_iter()
-        .flatten()
-        .flat_map(|a| a.iter())
-        // A bare `root` parses as a display name with no address; it is
-        // the local part sendmail users mean.
-        .filter_map(|a| a.address().or(a.name().filter(|n| !n.trim().contains(char::is_whitespace))))
-        .map(|a| a.trim().to_string())
-        .collect()
-}
-
 /// The login name for `uid`, from /etc/passwd; the number when unknown.
 pub fn user_name(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
@@ -272,30 +196,6 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(crlf(input), expected, "{input:?}");
         }
-    }
-
-    #[test]
-    fn header_split() {
-        let cases: [(&[u8], &[u8], &[u8]); 4] = [
-            (b"A: 1\r\n\r\nbody\r\n", b"A: 1\r\n", b"body\r\n"),
-            (b"A: 1\r\n continued\r\nB: 2\r\n\r\n", b"A: 1\r\n continued\r\nB: 2\r\n", b""),
-            (b"just text\r\n", b"", b"just text\r\n"),
-            (b"A: 1\r\nnot a header\r\n", b"A: 1\r\n", b"not a header\r\n"),
-        ];
-        for (msg, h, b) in cases {
-            assert_eq!(split_headers(msg), (h, b), "{:?}", String::from_utf8_lossy(msg));
-        }
-    }
-
-    #[test]
-    fn recipients_from_headers_and_bcc_removed() {
-        let h = b"To: Alice <a@example.org>, b@example.org\r\nCc: undisclosed:;\r\nBcc: \"C, Esq\" <c@example.org>,\r\n x <d@example.org>\r\nSubject: s\r\n";
-        assert_eq!(header_recipients(h), vec!["a@example.org", "b@example.org", "c@example.org", "d@example.org"]);
-        assert_eq!(
-            strip_bcc(h),
-            b"To: Alice <a@example.org>, b@example.org\r\nCc: undisclosed:;\r\nSubject: s\r\n".to_vec()
-        );
-        assert!(has_header(h, "subject") && !has_header(h, "date"));
     }
 
     #[tokio::test]

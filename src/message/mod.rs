@@ -6,9 +6,11 @@
 //!   transport receives it;
 //! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
+//! - [`header`]: the header block, byte-exact: split, fields, find, remove, rewrite;
 //! - [`downconvert`]: 8-bit MIME to 7 bit (RFC 6152, 6532).
 
 pub mod downconvert;
+pub mod header;
 pub mod nexthop;
 pub mod outcome;
 

@@ -7,6 +7,7 @@
 
 use crate::dsn::{self, Action, Item, Returned};
 use crate::ingress::{Ingress, Transaction};
+use crate::message::header;
 use crate::message::outcome::Status;
 use crate::spool::Spool;
 use crate::spool::envelope::{Envelope, RcptState, Recipient};
@@ -137,12 +138,12 @@ pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Env
     // hop without 8BITMIME (often the very reason for the bounce), and a
     // bounce that cannot be sent is lost: return the headers alone then, as
     // text/rfc822-headers, which converts to quoted-printable.
-    let raw_headers = |b: &[u8]| !env.smtputf8 && !dsn::header_block(b).is_ascii();
+    let raw_headers = |b: &[u8]| !env.smtputf8 && !header::block(b).is_ascii();
     let original = match &body {
         Some(b) if env.ret.as_deref() != Some("HDRS") && (b.len() as u64) <= RETURN_FULL_LIMIT && !raw_headers(b) => {
             Returned::Full(b)
         }
-        Some(b) => Returned::Headers(dsn::header_block(b)),
+        Some(b) => Returned::Headers(header::block(b)),
         None => Returned::Nothing,
     };
     let message = dsn::build(ingress.hostname(), env, &items, original, now);

@@ -16,6 +16,7 @@
 
 use super::table::{Syntax, Table, TableError, open_all};
 use crate::config::{Config, Role};
+use crate::message::header;
 use std::sync::Arc;
 
 pub struct Canonical {
@@ -93,7 +94,7 @@ impl Canonical {
     }
 
     /// Rewrites every address in a `From:` (or `Sender:`) header value.
-    pub fn header_value(&self, value: &str, local_submission: bool) -> String {
+    pub fn header_value(&self, value: &[u8], local_submission: bool) -> Vec<u8> {
         rewrite_addresses(value, |a| self.sender(a, local_submission))
     }
 }
@@ -129,60 +130,52 @@ fn lookup(tables: &[Arc<Table>], address: &str, own_domains: &[String]) -> Optio
 }
 
 /// Applies `f` to every address in a header value: the `<...>` parts when
-/// there are any, else each comma-separated bare address.
-fn rewrite_addresses(value: &str, f: impl Fn(&str) -> String) -> String {
-    if value.contains('<') {
-        let mut out = String::with_capacity(value.len());
+/// there are any, else each comma-separated bare address. Works on bytes:
+/// an 8-bit display name stays as it was, and an address that is not
+/// UTF-8 (no table key can match it) too.
+fn rewrite_addresses(value: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
+    let apply = |addr: &[u8]| match std::str::from_utf8(addr) {
+        Ok(a) => f(a).into_bytes(),
+        Err(_) => addr.to_vec(),
+    };
+    if value.contains(&b'<') {
+        let mut out = Vec::with_capacity(value.len());
         let mut rest = value;
-        while let Some(open) = rest.find('<') {
-            let Some(close) = rest[open..].find('>').map(|c| open + c) else { break };
-            out.push_str(&rest[..=open]);
+        while let Some(open) = rest.iter().position(|&b| b == b'<') {
+            let Some(close) = rest[open..].iter().position(|&b| b == b'>').map(|c| open + c) else { break };
+            out.extend_from_slice(&rest[..=open]);
             let inner = &rest[open + 1..close];
-            out.push_str(&if inner.trim().is_empty() { inner.to_string() } else { f(inner.trim()) });
-            out.push('>');
+            out.extend(if inner.trim_ascii().is_empty() { inner.to_vec() } else { apply(inner.trim_ascii()) });
+            out.push(b'>');
             rest = &rest[close + 1..];
         }
-        out.push_str(rest);
+        out.extend_from_slice(rest);
         return out;
     }
-    value
-        .split(',')
+    let parts: Vec<Vec<u8>> = value
+        .split(|&b| b == b',')
         .map(|part| {
-            let trimmed = part.trim();
+            let trimmed = part.trim_ascii();
             // A bare address, maybe followed by a `(comment)`.
-            let (addr, comment) = match trimmed.find(|c: char| c.is_whitespace() || c == '(') {
-                Some(i) => (&trimmed[..i], &trimmed[i..]),
-                None => (trimmed, ""),
+            let (addr, comment) = match trimmed.iter().position(|&b| b.is_ascii_whitespace() || b == b'(') {
+                Some(i) => trimmed.split_at(i),
+                None => (trimmed, &[][..]),
             };
-            let lead = &part[..part.len() - part.trim_start().len()];
-            let trail = &part[part.trim_end().len()..];
-            if addr.is_empty() { part.to_string() } else { format!("{lead}{}{comment}{trail}", f(addr)) }
+            let lead = &part[..part.len() - part.trim_ascii_start().len()];
+            let trail = &part[part.trim_ascii_end().len()..];
+            if addr.is_empty() { part.to_vec() } else { [lead, &apply(addr), comment, trail].concat() }
         })
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect();
+    parts.join(&b","[..])
 }
 
-/// Rewrites the `From:` and `Sender:` fields of a header block (CRLF line
-/// ends, continuation lines kept with their field).
+/// Rewrites the addresses in the `From:` and `Sender:` fields of a header
+/// block. Every other byte stays as it was, 8-bit ones included, so an
+/// upstream DKIM signature over the other fields still verifies.
 pub fn rewrite_header_block(head: &[u8], canonical: &Canonical, local_submission: bool) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let mut out = String::with_capacity(text.len() + 32);
-    let mut fields: Vec<String> = Vec::new();
-    for line in text.split_inclusive("\r\n") {
-        match fields.last_mut() {
-            Some(f) if line.starts_with([' ', '\t']) => f.push_str(line),
-            _ => fields.push(line.to_string()),
-        }
-    }
-    for field in fields {
-        let rewritten = field.split_once(':').and_then(|(name, value)| {
-            let n = name.trim();
-            (n.eq_ignore_ascii_case("from") || n.eq_ignore_ascii_case("sender"))
-                .then(|| format!("{name}:{}", canonical.header_value(value, local_submission)))
-        });
-        out.push_str(rewritten.as_deref().unwrap_or(&field));
-    }
-    out.into_bytes()
+    header::rewrite(head, |field| {
+        (field.is("from") || field.is("sender")).then(|| canonical.header_value(field.value(), local_submission))
+    })
 }
 
 #[cfg(test)]
@@ -250,6 +243,20 @@ mod tests {
             got,
             "From: \"Cron Daemon\" <root@vm12.example.org>\r\nTo: root@vm12.internal\r\n\
              Sender: root@vm12.example.org (cron)\r\nSubject: x\r\n"
+        );
+    }
+
+    #[test]
+    fn fields_not_rewritten_keep_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = canonical("masquerade_as = \"vm12.example.org\"", &[], dir.path());
+        // Latin-1, as 8-bit mail from old programs has it: not UTF-8.
+        let head = b"Subject: caf\xe9\r\nFrom: \"Andr\xe9\" <root@vm12.internal>\r\nX-Raw: \xff\xfe\r\n \xe9t\xe9\r\n\
+                     Sender: root, \xe9@vm12.internal\r\n";
+        assert_eq!(
+            rewrite_header_block(head, &c, true),
+            b"Subject: caf\xe9\r\nFrom: \"Andr\xe9\" <root@vm12.example.org>\r\nX-Raw: \xff\xfe\r\n \xe9t\xe9\r\n\
+              Sender: root@vm12.example.org, \xe9@vm12.internal\r\n"
         );
     }
 }

@@ -795,7 +795,7 @@ impl Client {
         msg.smtputf8
             && (!msg.sender.is_ascii()
                 || rcpts.iter().any(|r| !r.address.is_ascii())
-                || !crate::dsn::header_block(&msg.body).is_ascii())
+                || !crate::message::header::block(&msg.body).is_ascii())
     }
 
     /// Appends the command line for `cmd`, with the ESMTP parameters the
