@@ -334,9 +334,11 @@ impl Config {
 
     /// The configuration used when no file exists: works on loopback, no root.
     pub fn builtin() -> Config {
-        let mut raw = Raw::default();
-        raw.spool = Some(PathBuf::from("posthorn-spool"));
-        raw.smtp.listen = Some(vec!["127.0.0.1:2525".into()]);
+        let raw = Raw {
+            spool: Some(PathBuf::from("posthorn-spool")),
+            smtp: RawSmtp { listen: Some(vec!["127.0.0.1:2525".into()]), ..RawSmtp::default() },
+            ..Raw::default()
+        };
         Config::resolve(raw, None).expect("the built-in configuration is valid")
     }
 
@@ -360,194 +362,33 @@ impl Config {
         Ok(config)
     }
 
+    /// Applies the defaults to the file as written and checks what the
+    /// types alone cannot. Each section has its own function, which holds
+    /// its keys' defaults; the role is passed to those whose defaults differ.
     fn resolve(raw: Raw, path: Option<&Path>) -> Result<Config, ConfigError> {
         let err = |key: &str, msg: String| {
             let file = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in configuration".into());
             ConfigError(format!("{file}: {key}: {msg}"))
         };
         let role = raw.role.unwrap_or(Role::Satellite);
-        let hub = role == Role::Hub;
-        let hostname = raw.hostname.clone().unwrap_or_else(system_hostname);
-        let listen = match raw.smtp.listen {
-            Some(list) => list
-                .iter()
-                .map(|s| {
-                    s.parse::<SocketAddr>().map_err(|_| err("smtp.listen", format!("`{s}` is not an address:port")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None if hub => vec!["0.0.0.0:25".parse().unwrap()],
-            None => vec!["127.0.0.1:25".parse().unwrap()],
-        };
-        let addresses = |list: Option<Vec<String>>, key: &str| {
-            list.unwrap_or_default()
-                .iter()
-                .map(|s| s.parse::<SocketAddr>().map_err(|_| err(key, format!("`{s}` is not an address:port"))))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let trusted_networks = match raw.access.trusted_networks {
-            Some(list) => list
-                .iter()
-                .map(|s| s.parse::<Cidr>().map_err(|m| err("access.trusted_networks", m)))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
-        };
-        let queue = Queue {
-            retry_min: raw.queue.retry_min.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
-            retry_max: raw.queue.retry_max.map(|d| d.0).unwrap_or(Duration::from_secs(3600)),
-            max_lifetime: raw.queue.max_lifetime.map(|d| d.0).unwrap_or(Duration::from_secs(5 * 86400)),
-            delay_warning: match raw.queue.delay_warning {
-                Some(d) if d.0.is_zero() => None,
-                Some(d) => Some(d.0),
-                None => Some(Duration::from_secs(4 * 3600)),
-            },
-            active_limit: raw.queue.active_limit.unwrap_or(2000).max(1),
-            pickup_interval: raw.queue.pickup_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
-            bounce_rate_limit: raw.queue.bounce_rate_limit.unwrap_or(20),
-            sync: raw.queue.sync.unwrap_or(crate::spool::commit::SyncMode::Batch),
-        };
-        if queue.retry_min > queue.retry_max {
-            return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));
-        }
-        if raw.tls.cert.is_some() != raw.tls.key.is_some() {
-            let (set, missing) = if raw.tls.cert.is_some() { ("cert", "tls.key") } else { ("key", "tls.cert") };
-            return Err(err(missing, format!("must be set together with tls.{set}")));
-        }
-        if raw.relay.tls_client_cert.is_some() != raw.relay.tls_client_key.is_some() {
-            let (set, missing) = if raw.relay.tls_client_cert.is_some() {
-                ("tls_client_cert", "relay.tls_client_key")
-            } else {
-                ("tls_client_key", "relay.tls_client_cert")
-            };
-            return Err(err(missing, format!("must be set together with relay.{set}")));
-        }
-        for host in raw.relay.smarthosts.iter().flatten() {
-            Target::host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
-        }
+        let hostname = raw.hostname.unwrap_or_else(system_hostname);
         Ok(Config {
             source: path.map(Path::to_path_buf),
             role,
             hostname: hostname.clone(),
             spool: raw.spool.unwrap_or_else(|| PathBuf::from("/var/spool/posthorn")),
-            user: match raw.user {
-                Some(name) if name.is_empty() || name.contains(['/', ':', '\n']) => {
-                    return Err(err("user", format!("`{name}` is not a user name")));
-                }
-                Some(name) => Some(name),
-                // The built-in configuration is for trying posthorn out as
-                // whoever runs it; a configuration file means an install.
-                None if path.is_none() => None,
-                None => Some("posthorn".into()),
-            },
-            smtp: Smtp {
-                listen,
-                submission: addresses(raw.smtp.submission, "smtp.submission")?,
-                submissions: addresses(raw.smtp.submissions, "smtp.submissions")?,
-                max_message_size: raw.smtp.max_message_size.map(|s| s.0).unwrap_or(50 << 20),
-                max_recipients: raw.smtp.max_recipients.unwrap_or(1000).max(1),
-                max_connections: raw.smtp.max_connections.unwrap_or(if hub { 500 } else { 100 }).max(1),
-                max_line_length: raw.smtp.max_line_length.unwrap_or(2048).max(512),
-                max_data_line_length: raw.smtp.max_data_line_length.unwrap_or(8192).max(1000),
-                command_timeout: raw.smtp.command_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
-                data_timeout: raw.smtp.data_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
-                max_errors: raw.smtp.max_errors.unwrap_or(20),
-            },
-            access: Access {
-                trusted_networks,
-                relay_domains: lower(raw.access.relay_domains.unwrap_or_default()),
-                // A hub is the final destination for its own name, as
-                // Postfix's default `mydestination` has it; a satellite
-                // relays even those to its hub.
-                local_domains: lower(
-                    raw.access
-                        .local_domains
-                        .unwrap_or_else(|| if hub { vec![hostname.clone(), "localhost".into()] } else { Vec::new() }),
-                ),
-                local_recipient_maps: raw.access.local_recipient_maps.unwrap_or_default(),
-                trusted_fingerprints: raw.access.trusted_fingerprints.unwrap_or_default(),
-                client_cert_senders: raw
-                    .access
-                    .client_cert_senders
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(name, senders)| (name.trim_end_matches('.').to_ascii_lowercase(), senders))
-                    .collect(),
-            },
-            relay: Relay {
-                smarthosts: raw.relay.smarthosts.unwrap_or_default(),
-                tls: raw.relay.tls.unwrap_or(TlsPolicy::May),
-                tls_ca: raw.relay.tls_ca,
-                tls_client_cert: raw.relay.tls_client_cert,
-                tls_client_key: raw.relay.tls_client_key,
-                auth_file: raw.relay.auth_file,
-                auth_plaintext: raw.relay.auth_plaintext.unwrap_or(false),
-                connect_timeout: raw.relay.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
-                max_connections: raw.relay.max_connections.unwrap_or(20).max(1),
-                idle_timeout: raw.relay.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
-            },
-            queue,
-            tls: Tls {
-                cert: raw.tls.cert,
-                key: raw.tls.key,
-                received_auth_user: raw.tls.received_auth_user.unwrap_or(false),
-                client_ca: raw.tls.client_ca,
-            },
-            auth: Auth {
-                users: raw.auth.users,
-                allow_plaintext: raw.auth.allow_plaintext.unwrap_or(false),
-                max_failures: raw.auth.max_failures.unwrap_or(5),
-                failure_window: raw.auth.failure_window.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
-                failure_delay: raw.auth.failure_delay.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
-            },
-            rewrite: Rewrite {
-                virtual_alias_maps: raw.rewrite.virtual_alias_maps.unwrap_or_default(),
-                alias_maps: raw.rewrite.alias_maps.unwrap_or_default(),
-                sender_canonical_maps: raw.rewrite.sender_canonical_maps.unwrap_or_default(),
-                recipient_canonical_maps: raw.rewrite.recipient_canonical_maps.unwrap_or_default(),
-                masquerade_as: raw.rewrite.masquerade_as,
-                masquerade_domains: lower(raw.rewrite.masquerade_domains.unwrap_or_default()),
-            },
-            filter: Filter {
-                content_filter: match &raw.filter.content_filter {
-                    Some(s) if !s.trim().is_empty() => Some(s.parse().map_err(|m| err("filter.content_filter", m))?),
-                    _ => None,
-                },
-                reinject_listen: match &raw.filter.reinject_listen {
-                    Some(s) => Some(
-                        s.parse::<SocketAddr>()
-                            .map_err(|_| err("filter.reinject_listen", format!("`{s}` is not an address:port")))?,
-                    ),
-                    None => None,
-                },
-                pipe_timeout: raw.filter.pipe_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
-                domains: lower(raw.filter.domains.clone().unwrap_or_default()),
-            },
-            dkim: Dkim { keys: raw.dkim.keys.unwrap_or_default(), headers: raw.dkim.headers.unwrap_or_default() },
-            metrics: Metrics {
-                listen: match &raw.metrics.listen {
-                    Some(s) => Some(
-                        s.parse::<SocketAddr>()
-                            .map_err(|_| err("metrics.listen", format!("`{s}` is not an address:port")))?,
-                    ),
-                    None => None,
-                },
-            },
-            deliver: Deliver {
-                transport_maps: raw.deliver.transport_maps.unwrap_or_default(),
-                maildir_root: raw.deliver.maildir_root.unwrap_or_else(|| "/var/mail/{domain}/{user}".into()),
-                dns_servers: raw
-                    .deliver
-                    .dns_servers
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|s| {
-                        s.parse::<SocketAddr>()
-                            .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                            .map_err(|_| err("deliver.dns_servers", format!("`{s}` is not an address or address:port")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                mx_port: raw.deliver.mx_port.unwrap_or(25),
-                destination_concurrency: raw.deliver.destination_concurrency.unwrap_or(20).max(1),
-            },
+            user: resolve_user(raw.user, path.is_none(), &err)?,
+            smtp: resolve_smtp(raw.smtp, role, &err)?,
+            access: resolve_access(raw.access, role, &hostname, &err)?,
+            relay: resolve_relay(raw.relay, &err)?,
+            queue: resolve_queue(raw.queue, &err)?,
+            deliver: resolve_deliver(raw.deliver, &err)?,
+            rewrite: resolve_rewrite(raw.rewrite),
+            tls: resolve_tls(raw.tls, &err)?,
+            auth: resolve_auth(raw.auth),
+            filter: resolve_filter(raw.filter, &err)?,
+            dkim: resolve_dkim(raw.dkim),
+            metrics: resolve_metrics(raw.metrics, &err)?,
         })
     }
 
@@ -651,11 +492,22 @@ macro_rules! string_or_number {
 string_or_number!(Dur);
 string_or_number!(Size);
 
-// The file as written: every key optional, unknown keys refused.
+// The file as written, and how it becomes a `Config`: each section's keys
+// (`RawX`: every key optional, unknown keys refused), then `resolve_x`,
+// which holds that section's defaults and the checks the types cannot make.
 
-// Keys of features not built yet are accepted (so DESIGN.md's full example
-// parses) but not read; each feature reads its own when it lands.
-#[allow(dead_code)]
+/// Makes the `file: key: message` error for a value that parsed but is not
+/// valid; past parsing, the line is no longer known.
+type KeyError<'a> = dyn Fn(&str, String) -> ConfigError + 'a;
+
+fn socket_addr(s: &str, key: &str, err: &KeyError) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>().map_err(|_| err(key, format!("`{s}` is not an address:port")))
+}
+
+fn socket_addrs(list: Vec<String>, key: &str, err: &KeyError) -> Result<Vec<SocketAddr>, ConfigError> {
+    list.iter().map(|s| socket_addr(s, key, err)).collect()
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -671,8 +523,6 @@ struct Raw {
     relay: RawRelay,
     #[serde(default)]
     queue: RawQueue,
-    // Sections owned by later features; accepted so a hub file parses, and
-    // validated by the features that read them.
     #[serde(default)]
     rewrite: RawRewrite,
     #[serde(default)]
@@ -689,10 +539,28 @@ struct Raw {
     metrics: RawMetrics,
 }
 
+/// `user`: the daemon's account.
+fn resolve_user(raw: Option<String>, builtin: bool, err: &KeyError) -> Result<Option<String>, ConfigError> {
+    match raw {
+        Some(name) if name.is_empty() || name.contains(['/', ':', '\n']) => {
+            Err(err("user", format!("`{name}` is not a user name")))
+        }
+        Some(name) => Ok(Some(name)),
+        // The built-in configuration is for trying posthorn out as
+        // whoever runs it; a configuration file means an install.
+        None if builtin => Ok(None),
+        None => Ok(Some("posthorn".into())),
+    }
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+fn resolve_metrics(raw: RawMetrics, err: &KeyError) -> Result<Metrics, ConfigError> {
+    Ok(Metrics { listen: raw.listen.map(|s| socket_addr(&s, "metrics.listen", err)).transpose()? })
 }
 
 #[derive(Default, Deserialize)]
@@ -700,6 +568,10 @@ struct RawMetrics {
 struct RawDkim {
     keys: Option<Vec<DkimKeyConfig>>,
     headers: Option<Vec<String>>,
+}
+
+fn resolve_dkim(raw: RawDkim) -> Dkim {
+    Dkim { keys: raw.keys.unwrap_or_default(), headers: raw.headers.unwrap_or_default() }
 }
 
 #[derive(Default, Deserialize)]
@@ -711,7 +583,18 @@ struct RawFilter {
     domains: Option<Vec<String>>,
 }
 
-#[allow(dead_code)]
+fn resolve_filter(raw: RawFilter, err: &KeyError) -> Result<Filter, ConfigError> {
+    Ok(Filter {
+        content_filter: match &raw.content_filter {
+            Some(s) if !s.trim().is_empty() => Some(s.parse().map_err(|m| err("filter.content_filter", m))?),
+            _ => None,
+        },
+        reinject_listen: raw.reinject_listen.map(|s| socket_addr(&s, "filter.reinject_listen", err)).transpose()?,
+        pipe_timeout: raw.pipe_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+        domains: lower(raw.domains.unwrap_or_default()),
+    })
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSmtp {
@@ -728,7 +611,35 @@ struct RawSmtp {
     max_errors: Option<u32>,
 }
 
-#[allow(dead_code)]
+fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, ConfigError> {
+    Ok(Smtp {
+        listen: match raw.listen {
+            Some(list) => socket_addrs(list, "smtp.listen", err)?,
+            // A satellite serves its own machine only.
+            None => match role {
+                Role::Hub => vec![SocketAddr::from(([0, 0, 0, 0], 25))],
+                Role::Satellite => vec![SocketAddr::from(([127, 0, 0, 1], 25))],
+            },
+        },
+        submission: socket_addrs(raw.submission.unwrap_or_default(), "smtp.submission", err)?,
+        submissions: socket_addrs(raw.submissions.unwrap_or_default(), "smtp.submissions", err)?,
+        max_message_size: raw.max_message_size.map(|s| s.0).unwrap_or(50 << 20),
+        max_recipients: raw.max_recipients.unwrap_or(1000).max(1),
+        max_connections: raw
+            .max_connections
+            .unwrap_or(match role {
+                Role::Hub => 500,
+                Role::Satellite => 100,
+            })
+            .max(1),
+        max_line_length: raw.max_line_length.unwrap_or(2048).max(512),
+        max_data_line_length: raw.max_data_line_length.unwrap_or(8192).max(1000),
+        command_timeout: raw.command_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+        data_timeout: raw.data_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
+        max_errors: raw.max_errors.unwrap_or(20),
+    })
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAccess {
@@ -740,7 +651,35 @@ struct RawAccess {
     client_cert_senders: Option<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
-#[allow(dead_code)]
+fn resolve_access(raw: RawAccess, role: Role, hostname: &str, err: &KeyError) -> Result<Access, ConfigError> {
+    let trusted_networks = match raw.trusted_networks {
+        Some(list) => list
+            .iter()
+            .map(|s| s.parse::<Cidr>().map_err(|m| err("access.trusted_networks", m)))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+    };
+    Ok(Access {
+        trusted_networks,
+        relay_domains: lower(raw.relay_domains.unwrap_or_default()),
+        // A hub is the final destination for its own name, as Postfix's
+        // default `mydestination` has it; a satellite relays even those to
+        // its hub.
+        local_domains: lower(raw.local_domains.unwrap_or_else(|| match role {
+            Role::Hub => vec![hostname.to_string(), "localhost".into()],
+            Role::Satellite => Vec::new(),
+        })),
+        local_recipient_maps: raw.local_recipient_maps.unwrap_or_default(),
+        trusted_fingerprints: raw.trusted_fingerprints.unwrap_or_default(),
+        client_cert_senders: raw
+            .client_cert_senders
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, senders)| (name.trim_end_matches('.').to_ascii_lowercase(), senders))
+            .collect(),
+    })
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRelay {
@@ -756,6 +695,32 @@ struct RawRelay {
     idle_timeout: Option<Dur>,
 }
 
+fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<Relay, ConfigError> {
+    if raw.tls_client_cert.is_some() != raw.tls_client_key.is_some() {
+        let (set, missing) = if raw.tls_client_cert.is_some() {
+            ("tls_client_cert", "relay.tls_client_key")
+        } else {
+            ("tls_client_key", "relay.tls_client_cert")
+        };
+        return Err(err(missing, format!("must be set together with relay.{set}")));
+    }
+    for host in raw.smarthosts.iter().flatten() {
+        Target::host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
+    }
+    Ok(Relay {
+        smarthosts: raw.smarthosts.unwrap_or_default(),
+        tls: raw.tls.unwrap_or(TlsPolicy::May),
+        tls_ca: raw.tls_ca,
+        tls_client_cert: raw.tls_client_cert,
+        tls_client_key: raw.tls_client_key,
+        auth_file: raw.auth_file,
+        auth_plaintext: raw.auth_plaintext.unwrap_or(false),
+        connect_timeout: raw.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+        max_connections: raw.max_connections.unwrap_or(20).max(1),
+        idle_timeout: raw.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+    })
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
@@ -763,6 +728,19 @@ struct RawTls {
     key: Option<PathBuf>,
     received_auth_user: Option<bool>,
     client_ca: Option<PathBuf>,
+}
+
+fn resolve_tls(raw: RawTls, err: &KeyError) -> Result<Tls, ConfigError> {
+    if raw.cert.is_some() != raw.key.is_some() {
+        let (set, missing) = if raw.cert.is_some() { ("cert", "tls.key") } else { ("key", "tls.cert") };
+        return Err(err(missing, format!("must be set together with tls.{set}")));
+    }
+    Ok(Tls {
+        cert: raw.cert,
+        key: raw.key,
+        received_auth_user: raw.received_auth_user.unwrap_or(false),
+        client_ca: raw.client_ca,
+    })
 }
 
 #[derive(Default, Deserialize)]
@@ -773,6 +751,16 @@ struct RawAuth {
     max_failures: Option<u32>,
     failure_window: Option<Dur>,
     failure_delay: Option<Dur>,
+}
+
+fn resolve_auth(raw: RawAuth) -> Auth {
+    Auth {
+        users: raw.users,
+        allow_plaintext: raw.allow_plaintext.unwrap_or(false),
+        max_failures: raw.max_failures.unwrap_or(5),
+        failure_window: raw.failure_window.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
+        failure_delay: raw.failure_delay.map(|d| d.0).unwrap_or(Duration::from_secs(2)),
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -786,6 +774,17 @@ struct RawRewrite {
     masquerade_domains: Option<Vec<String>>,
 }
 
+fn resolve_rewrite(raw: RawRewrite) -> Rewrite {
+    Rewrite {
+        virtual_alias_maps: raw.virtual_alias_maps.unwrap_or_default(),
+        alias_maps: raw.alias_maps.unwrap_or_default(),
+        sender_canonical_maps: raw.sender_canonical_maps.unwrap_or_default(),
+        recipient_canonical_maps: raw.recipient_canonical_maps.unwrap_or_default(),
+        masquerade_as: raw.masquerade_as,
+        masquerade_domains: lower(raw.masquerade_domains.unwrap_or_default()),
+    }
+}
+
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDeliver {
@@ -794,6 +793,25 @@ struct RawDeliver {
     dns_servers: Option<Vec<String>>,
     mx_port: Option<u16>,
     destination_concurrency: Option<usize>,
+}
+
+fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigError> {
+    Ok(Deliver {
+        transport_maps: raw.transport_maps.unwrap_or_default(),
+        maildir_root: raw.maildir_root.unwrap_or_else(|| "/var/mail/{domain}/{user}".into()),
+        dns_servers: raw
+            .dns_servers
+            .unwrap_or_default()
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| err("deliver.dns_servers", format!("`{s}` is not an address or address:port")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        mx_port: raw.mx_port.unwrap_or(25),
+        destination_concurrency: raw.destination_concurrency.unwrap_or(20).max(1),
+    })
 }
 
 #[derive(Default, Deserialize)]
@@ -807,6 +825,28 @@ struct RawQueue {
     pickup_interval: Option<Dur>,
     bounce_rate_limit: Option<usize>,
     sync: Option<crate::spool::commit::SyncMode>,
+}
+
+fn resolve_queue(raw: RawQueue, err: &KeyError) -> Result<Queue, ConfigError> {
+    let queue = Queue {
+        retry_min: raw.retry_min.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
+        retry_max: raw.retry_max.map(|d| d.0).unwrap_or(Duration::from_secs(3600)),
+        max_lifetime: raw.max_lifetime.map(|d| d.0).unwrap_or(Duration::from_secs(5 * 86400)),
+        // `0` turns delay warnings off.
+        delay_warning: match raw.delay_warning {
+            Some(d) if d.0.is_zero() => None,
+            Some(d) => Some(d.0),
+            None => Some(Duration::from_secs(4 * 3600)),
+        },
+        active_limit: raw.active_limit.unwrap_or(2000).max(1),
+        pickup_interval: raw.pickup_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+        bounce_rate_limit: raw.bounce_rate_limit.unwrap_or(20),
+        sync: raw.sync.unwrap_or(crate::spool::commit::SyncMode::Batch),
+    };
+    if queue.retry_min > queue.retry_max {
+        return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));
+    }
+    Ok(queue)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Giving up root: a daemon started as root binds its ports, hands the
-//! spool to its own account and switches to it for good, as DESIGN.md's
-//! security model asks (Postfix's `mail_owner`).
+//! spool to its own account and switches to it for good, as
+//! docs/security.md describes (Postfix's `mail_owner`).
 //!
 //! The switch uses glibc's `setgroups`/`setgid`/`setuid`, which change the
 //! credentials of every thread of the process (the kernel's calls change
