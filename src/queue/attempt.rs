@@ -7,6 +7,7 @@
 use super::dest::Destinations;
 use super::notice::{self, Limiter};
 use super::{Done, backoff};
+use crate::clock::now_secs;
 use crate::config::{Config, Role};
 use crate::deliver::{Attempt, Delivery, ErrorClass, Hop, OutMessage, OutRecipient, Outcome, Transports};
 use crate::dsn;
@@ -14,7 +15,6 @@ use crate::ingress::Ingress;
 use crate::metrics::{Metrics, RcptOutcome};
 use crate::spool::envelope::{AttemptRecord, Envelope, RcptState};
 use crate::spool::{Spool, State};
-use crate::timefmt::now_secs;
 use std::sync::Arc;
 
 /// What the scheduler shares with every delivery.

@@ -14,13 +14,13 @@ pub mod backoff;
 pub mod dest;
 pub mod notice;
 
+use crate::clock::now_secs;
 use crate::config::Config;
 use crate::deliver::Transports;
 use crate::ingress::Ingress;
 use crate::metrics::{Metrics, QueueGauges};
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
-use crate::timefmt::now_secs;
 use dest::Destinations;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
