@@ -42,8 +42,10 @@
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
 //! - [`tls`]: rustls configurations for both sides, certificate loading.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
+//! - [`account`]: user accounts by name and by uid, through NSS.
 //! - [`clock`]: the Unix clock; RFC 5322 and `mailq` dates in local time (jiff).
 
+pub mod account;
 pub mod auth;
 pub mod cli;
 pub mod clock;

@@ -74,7 +74,7 @@ fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
     let line = format!(
         "{} user={} uid={uid} via={prog} action={action} count={} ids={}\n",
         iso(clock::now_secs()),
-        crate::ingress::local::user_name(uid),
+        crate::account::user_name(uid),
         ids.len(),
         ids.join(",")
     );

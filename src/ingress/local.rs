@@ -240,21 +240,6 @@ fn header_recipients(headers: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// The login name for `uid`, from /etc/passwd; the number when unknown.
-pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut parts = l.split(':');
-                let name = parts.next()?;
-                let id: u32 = parts.nth(1)?.parse().ok()?;
-                (id == uid).then(|| name.to_string())
-            })
-        })
-        .unwrap_or_else(|| uid.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
