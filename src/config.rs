@@ -6,6 +6,7 @@
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
 use crate::message::nexthop::{FilterSpec, Target};
+use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -207,7 +208,7 @@ pub struct Smtp {
 
 #[derive(Clone, Debug)]
 pub struct Access {
-    pub trusted_networks: Vec<Cidr>,
+    pub trusted_networks: Vec<IpNet>,
     pub relay_domains: Vec<String>,
     pub local_domains: Vec<String>,
     /// Tables of known local users; empty: any user of a local domain.
@@ -218,6 +219,16 @@ pub struct Access {
     /// Certificate DNS name -> the sender patterns (`*@domain`, or an
     /// address) a client presenting it may use in MAIL FROM.
     pub client_cert_senders: Vec<(String, Vec<String>)>,
+}
+
+impl Access {
+    /// Whether `ip` is in `trusted_networks`. An IPv4-mapped IPv6 address
+    /// (an IPv4 client as a dual-stack listener sees it) counts as the IPv4
+    /// address, so `10.0.0.0/8` covers `::ffff:10.1.2.3`.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted_networks.iter().any(|net| net.contains(&ip))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -260,53 +271,16 @@ pub struct Queue {
     pub sync: crate::spool::commit::SyncMode,
 }
 
-/// An IPv4 or IPv6 network in CIDR notation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+/// A network as written in the configuration: CIDR notation, or a bare
+/// address for that one host (/32, /128).
+fn parse_network(s: &str) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net);
     }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("`{s}` is not an IP network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("`{s}`: bad prefix length"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+    match s.split_once('/') {
+        None => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| format!("`{s}` is not an IP network")),
+        Some((addr, _)) if addr.parse::<IpAddr>().is_ok() => Err(format!("`{s}`: bad prefix length")),
+        Some(_) => Err(format!("`{s}` is not an IP network")),
     }
 }
 
@@ -655,7 +629,7 @@ fn resolve_access(raw: RawAccess, role: Role, hostname: &str, err: &KeyError) ->
     let trusted_networks = match raw.trusted_networks {
         Some(list) => list
             .iter()
-            .map(|s| s.parse::<Cidr>().map_err(|m| err("access.trusted_networks", m)))
+            .map(|s| parse_network(s).map_err(|m| err("access.trusted_networks", m)))
             .collect::<Result<Vec<_>, _>>()?,
         None => vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
     };
@@ -979,6 +953,22 @@ mod tests {
     }
 
     #[test]
+    fn network_errors() {
+        let cases = [
+            ("10.0.0.0/33", "`10.0.0.0/33`: bad prefix length"),
+            ("::1/129", "`::1/129`: bad prefix length"),
+            ("10.0.0.0/x", "`10.0.0.0/x`: bad prefix length"),
+            ("10.0.0.0/", "`10.0.0.0/`: bad prefix length"),
+            ("10.0.0", "`10.0.0` is not an IP network"),
+            ("example.org/8", "`example.org/8` is not an IP network"),
+            ("", "`` is not an IP network"),
+        ];
+        for (net, expected) in cases {
+            assert_eq!(parse_network(net).unwrap_err(), expected);
+        }
+    }
+
+    #[test]
     fn cidr_matching() {
         let cases = [
             ("127.0.0.0/8", "127.0.0.5", true),
@@ -988,10 +978,15 @@ mod tests {
             ("2001:db8::/32", "2001:db8:1::1", true),
             ("2001:db8::/32", "10.0.0.1", false),
             ("0.0.0.0/0", "192.0.2.1", true),
+            ("10.1.2.3/8", "10.9.9.9", true),
+            ("192.0.2.7", "192.0.2.7", true),
+            ("192.0.2.7", "192.0.2.8", false),
+            ("2001:db8::7", "2001:db8::7", true),
+            ("2001:db8::7", "2001:db8::8", false),
         ];
         for (net, ip, expected) in cases {
-            let net: Cidr = net.parse().unwrap();
-            assert_eq!(net.contains(ip.parse().unwrap()), expected, "{net} {ip}");
+            let access = parse(&format!("[access]\ntrusted_networks = [\"{net}\"]\n")).unwrap().access;
+            assert_eq!(access.trusts(ip.parse().unwrap()), expected, "{net} {ip}");
         }
     }
 }

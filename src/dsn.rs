@@ -6,8 +6,8 @@
 //! through the same door into the queue as any other mail (RFC 3461 6.2),
 //! so a notice that cannot be delivered is never answered with another.
 
+use crate::clock;
 use crate::spool::envelope::Envelope;
-use crate::timefmt;
 
 /// RFC 3464 2.3.3 Action values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<
     m.push_str(&format!("From: MAILER-DAEMON@{hostname} (Mail Delivery System)\r\n"));
     m.push_str(&format!("To: {}\r\n", env.sender));
     m.push_str(&format!("Subject: {subject}\r\n"));
-    m.push_str(&format!("Date: {}\r\n", timefmt::rfc5322(now)));
+    m.push_str(&format!("Date: {}\r\n", clock::rfc5322(now)));
     m.push_str(&format!("Message-ID: <{}.{}.{}@{hostname}>\r\n", env.id, kind.as_str(), now));
     m.push_str("Auto-Submitted: auto-replied\r\n");
     m.push_str("MIME-Version: 1.0\r\n");
@@ -85,7 +85,7 @@ pub fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<
     if let Some(envid) = &env.envid {
         m.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
     }
-    m.push_str(&format!("Arrival-Date: {}\r\n", timefmt::rfc5322(env.arrival)));
+    m.push_str(&format!("Arrival-Date: {}\r\n", clock::rfc5322(env.arrival)));
     for item in items {
         m.push_str("\r\n");
         m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", one_line(&item.recipient)));
@@ -101,7 +101,7 @@ pub fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<
             m.push_str(&format!("Diagnostic-Code: {}\r\n", one_line(diag)));
         }
         if item.last_attempt > 0 {
-            m.push_str(&format!("Last-Attempt-Date: {}\r\n", timefmt::rfc5322(item.last_attempt)));
+            m.push_str(&format!("Last-Attempt-Date: {}\r\n", clock::rfc5322(item.last_attempt)));
         }
     }
     let mut out = m.into_bytes();

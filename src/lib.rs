@@ -42,10 +42,13 @@
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
 //! - [`tls`]: rustls configurations for both sides, certificate loading.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
-//! - [`timefmt`]: RFC 5322 dates without a calendar crate.
+//! - [`account`]: user accounts by name and by uid, through NSS.
+//! - [`clock`]: the Unix clock; RFC 5322 and `mailq` dates in local time (jiff).
 
+pub mod account;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -58,5 +61,4 @@ pub mod queue;
 pub mod route;
 pub mod smtp;
 pub mod spool;
-pub mod timefmt;
 pub mod tls;

@@ -6,12 +6,11 @@
 //! - `Limiter`: failed attempts per client address; past the limit AUTH is
 //!   refused from that address until the window ends.
 //! - `ClientCredentials`: the `user:password` file the relay client sends.
-//! - `base64` and `decode_plain`: the wire encodings (RFC 4648, RFC 4616).
+//! - `decode_base64` and `decode_plain`: the wire encodings (RFC 4648, RFC
+//!   4616); encoding is `data_encoding::BASE64` itself.
 //!
 //! The session (`smtp::server::session`) owns the exchange itself; this
 //! module owns no I/O besides reading and writing the files.
-
-pub mod base64;
 
 use sha_crypt::{PasswordHasher, PasswordVerifier, ShaCrypt};
 use std::collections::HashMap;
@@ -184,6 +183,17 @@ impl ClientCredentials {
     }
 }
 
+/// Decodes an AUTH response: padded base64 and nothing else, `None` for a
+/// wrong length, stray characters or non-zero bits after the last byte.
+/// data-encoding also accepts padding inside the input (concatenated
+/// encodings), which no SASL client sends; that is refused here.
+pub fn decode_base64(wire: &[u8]) -> Option<Vec<u8>> {
+    if wire.iter().skip_while(|&&c| c != b'=').any(|&c| c != b'=') {
+        return None;
+    }
+    data_encoding::BASE64.decode(wire).ok()
+}
+
 /// The SASL PLAIN message (RFC 4616): `authzid NUL authcid NUL passwd`.
 /// Returns (user, password); an authorization identity other than the
 /// user itself is refused (no proxy authentication here).
@@ -270,6 +280,32 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use data_encoding::BASE64;
+
+    #[test]
+    fn rfc4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, coded) in cases {
+            assert_eq!(BASE64.encode(plain.as_bytes()), coded);
+            assert_eq!(decode_base64(coded.as_bytes()).as_deref(), Some(plain.as_bytes()), "{coded}");
+        }
+        assert_eq!(BASE64.encode(b"\0alice\0pw"), "AGFsaWNlAHB3");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["Zg", "Zg=", "Z===", "Zm9v!A==", "Zh==", "Zg==Zm9v", "Zm 9", "Zm9v\r\n", "Zg=a"] {
+            assert_eq!(decode_base64(bad.as_bytes()), None, "{bad}");
+        }
+    }
 
     #[test]
     fn hash_and_verify() {

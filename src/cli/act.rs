@@ -9,6 +9,7 @@
 //! (which works with the daemon down) and ISO dates for logs.
 
 use super::exit;
+use crate::clock;
 use crate::config::Config;
 use crate::control::{self, ControlError, Request};
 use crate::queue::{ActResult, Action};
@@ -72,8 +73,8 @@ fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
     let action = serde_json::to_value(action).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let line = format!(
         "{} user={} uid={uid} via={prog} action={action} count={} ids={}\n",
-        iso(crate::timefmt::now_secs()),
-        crate::ingress::local::user_name(uid),
+        iso(clock::now_secs()),
+        crate::account::user_name(uid),
         ids.len(),
         ids.join(",")
     );
@@ -122,39 +123,17 @@ pub fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
 
 /// `2026-11-25T13:35:46Z`
 pub fn iso(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    clock::timestamp(secs).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `2026-11-25 13:35:46`, Exim's log time stamp (UTC).
 pub fn log_time(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = civil(secs);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    clock::timestamp(secs).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// `Wed Nov 25 13:35:46 2026`, asctime(3) as `postcat` prints times (UTC).
 pub fn asctime(secs: u64) -> String {
-    let (y, ..) = civil(secs);
-    format!("{} {y}", crate::timefmt::mailq(secs))
-}
-
-/// (year, month, day, hour, minute, second) in UTC. The calendar
-/// arithmetic lives in `timefmt`, which does not export it; its RFC 5322
-/// form is parsed back rather than duplicating the algorithm.
-fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    // "Wed, 25 Nov 2026 13:35:46 +0000"
-    let text = crate::timefmt::rfc5322(secs);
-    let mut parts = text.split([' ', ':']).skip(1);
-    let mut next = || parts.next().unwrap_or("0");
-    let day: u32 = next().parse().unwrap_or(1);
-    let month = next();
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == month)
-        .map_or(1, |p| p as u32 + 1);
-    let year: i64 = next().parse().unwrap_or(1970);
-    let (h, mi, s) = (next().parse().unwrap_or(0), next().parse().unwrap_or(0), next().parse().unwrap_or(0));
-    (year, month, day, h, mi, s)
+    clock::timestamp(secs).strftime("%a %b %e %H:%M:%S %Y").to_string()
 }
 
 /// A short human duration: `45s`, `12m`, `3h`, `2d`.

@@ -46,7 +46,7 @@ pub fn problems(config: &crate::config::Config) -> Vec<String> {
     }
     // Only a daemon started as root switches to its account.
     let user = config.user.as_deref().filter(|u| *u != "root" && rustix::process::geteuid().is_root());
-    match user.map(crate::daemon::privilege::lookup) {
+    match user.map(crate::account::lookup) {
         Some(Ok(None)) => out.push(format!(
             "user {:?} does not exist: the daemon, started as root, would refuse to start (create it or set `user`)",
             user.unwrap_or_default()

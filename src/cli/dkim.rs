@@ -89,7 +89,7 @@ fn rsa(out: &Path, bits: u32) -> anyhow::Result<String> {
     if !public.status.success() {
         anyhow::bail!("openssl pkey failed: {}", String::from_utf8_lossy(&public.stderr).trim());
     }
-    Ok(crate::auth::base64::encode(&public.stdout))
+    Ok(data_encoding::BASE64.encode(&public.stdout))
 }
 
 /// A TXT value as zone files want it: quoted strings of at most 255 bytes.

@@ -177,7 +177,7 @@ fn list(config: &Config, undelivered_only: bool) -> u8 {
         Ok(q) => q,
         Err(code) => return code,
     };
-    let now = crate::timefmt::now_secs();
+    let now = crate::clock::now_secs();
     let mut out = String::new();
     for (_, env) in &queue {
         out.push_str(&render(env, now, undelivered_only));

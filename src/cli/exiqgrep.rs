@@ -82,7 +82,7 @@ pub fn main(args: &[String]) -> u8 {
         Ok(spool) => spool.map(|s| super::mailq::collect(&s)).unwrap_or_default(),
         Err(code) => return code,
     };
-    let now = crate::timefmt::now_secs();
+    let now = crate::clock::now_secs();
     let total = queue.len();
     let mut matched: Vec<&Envelope> = queue.iter().map(|(_, e)| e).filter(|e| q.matches(e, now)).collect();
     let mut out = String::new();

@@ -4,9 +4,9 @@
 //! bodies) straight from the spool, so it works with the daemon down.
 
 use super::exit;
+use crate::clock;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{Spool, State};
-use crate::timefmt;
 use std::io::Write;
 use std::path::Path;
 
@@ -80,7 +80,7 @@ pub fn render(queue: &[(State, Envelope)]) -> String {
         s.push_str(&env.id);
         s.push_str(mark);
         let pad = 11usize.saturating_sub(env.id.len() + mark.len());
-        let _ = writeln!(s, "{:pad$} {:>8} {:<20} {sender}", "", env.size, timefmt::mailq(env.arrival));
+        let _ = writeln!(s, "{:pad$} {:>8} {:<20} {sender}", "", env.size, clock::mailq(env.arrival));
         let mut last_reason: Option<&str> = None;
         for r in env.recipients.iter().filter(|r| r.state == RcptState::Pending) {
             let reason = r.history.last().map(|a| a.detail.as_str());

@@ -22,12 +22,12 @@
 use super::act::{self, changed};
 use super::exit;
 use super::select::{Entry, Selector, StateSel, regex_ci};
+use crate::clock::now_secs;
 use crate::config::Config;
 use crate::message::header;
 use crate::queue::Action;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{State, id};
-use crate::timefmt::now_secs;
 use clap::{Args, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::Path;

@@ -91,7 +91,7 @@ impl Selector {
     /// Reads what the selector needs from `spool`: only the named ids when
     /// ids are given, else every queued envelope.
     pub fn collect(&self, spool: &Spool) -> Vec<Entry> {
-        let now = crate::timefmt::now_secs();
+        let now = crate::clock::now_secs();
         if self.ids.is_empty() {
             return self.filter(super::mailq::collect(spool), now);
         }

@@ -185,7 +185,7 @@ fn smtp_on_stdio(config: &crate::config::Config) -> u8 {
             return exit::SOFTWARE;
         }
     };
-    let user = crate::ingress::local::user_name(rustix::process::getuid().as_raw());
+    let user = crate::account::user_name(rustix::process::getuid().as_raw());
     let ingress = crate::ingress::Ingress::to_maildrop(config, config.spool.join("maildrop"));
     rt.block_on(async {
         let stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());

@@ -17,43 +17,10 @@
 //!   control.sock    user:group 0600  root and the user only
 //! ```
 
+use crate::account::{Account, lookup};
 use anyhow::{Context, bail};
-use std::ffi::{CStr, CString};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-
-/// The account the daemon runs as after the switch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Looks `name` up in the system's user database (files, LDAP, whatever
-/// NSS is configured with).
-pub fn lookup(name: &str) -> anyhow::Result<Option<Account>> {
-    let c_name = CString::new(name).context("a user name has no NUL byte")?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: an all-zero passwd is a valid value to be overwritten.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    loop {
-        // SAFETY: every pointer is valid for the call; `buf` outlives the
-        // strings `pwd` points into, and is only read while it lives.
-        let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
-        match rc {
-            0 if found.is_null() => return Ok(None),
-            // SAFETY: on success `pw_name` is a NUL-terminated string in `buf`.
-            0 => {
-                let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
-                return Ok(Some(Account { name, uid: pwd.pw_uid, gid: pwd.pw_gid }));
-            }
-            libc::ERANGE if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
-            err => bail!("looking up user {name}: {}", std::io::Error::from_raw_os_error(err)),
-        }
-    }
-}
 
 /// Switches to the configured account when running as root; `None` when
 /// nothing was switched (not root, no `user` in the built-in
@@ -136,16 +103,4 @@ fn switch(account: &Account) -> anyhow::Result<()> {
         bail!("switching to user {} did not drop root", account.name);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn looks_up_users() {
-        let root = lookup("root").unwrap().expect("every system has root");
-        assert_eq!((root.uid, root.gid), (0, 0));
-        assert_eq!(lookup("no-such-user-posthorn-test").unwrap(), None);
-    }
 }

@@ -197,11 +197,11 @@ fn author_domain(message: &[u8]) -> Option<String> {
 pub fn generate_ed25519() -> anyhow::Result<(String, String)> {
     let der = Ed25519Key::generate_pkcs8().map_err(|e| anyhow::anyhow!("{e}"))?;
     let key = Ed25519Key::from_pkcs8_der(&der).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((pem("PRIVATE KEY", &der), crate::auth::base64::encode(&key.public_key())))
+    Ok((pem("PRIVATE KEY", &der), data_encoding::BASE64.encode(&key.public_key())))
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = crate::auth::base64::encode(der);
+    let b64 = data_encoding::BASE64.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(chunk).unwrap_or_default());

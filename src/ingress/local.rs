@@ -7,9 +7,9 @@
 //! server add Message-ID); unqualified addresses get `@hostname`.
 
 use super::{Ingress, IngressError, Origin, RcptIn, Transaction};
+use crate::clock;
 use crate::ingress::maildrop::Drop;
 use crate::message::header;
-use crate::timefmt;
 
 /// Queues one local submission and returns its queue id.
 pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str) -> Result<String, IngressError> {
@@ -64,7 +64,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         head.extend_from_slice(from.as_bytes());
     }
     if !has("date") {
-        head.extend_from_slice(format!("Date: {}\r\n", timefmt::rfc5322(timefmt::now_secs())).as_bytes());
+        head.extend_from_slice(format!("Date: {}\r\n", clock::rfc5322(clock::now_secs())).as_bytes());
     }
     if !has("message-id") {
         head.extend_from_slice(format!("Message-ID: <{}@{hostname}>\r\n", writer.id()).as_bytes());
@@ -78,7 +78,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
 /// Tells the sender of a local submission which recipients were refused.
 async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], headers: &[u8]) {
     use crate::dsn::{self, Action, Item, Returned};
-    let now = timefmt::now_secs();
+    let now = clock::now_secs();
     let items: Vec<Item> = refused
         .iter()
         .map(|r| {
@@ -162,21 +162,6 @@ pub fn crlf(data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
-}
-
-/// The login name for `uid`, from /etc/passwd; the number when unknown.
-pub fn user_name(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut parts = l.split(':');
-                let name = parts.next()?;
-                let id: u32 = parts.nth(1)?.parse().ok()?;
-                (id == uid).then(|| name.to_string())
-            })
-        })
-        .unwrap_or_else(|| uid.to_string())
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> usize {
                 continue;
             }
         };
-        let user = super::local::user_name(uid);
+        let user = crate::account::user_name(uid);
         match super::local::submit(ingress, drop, message, &user).await {
             Ok(id) => {
                 tracing::info!("{id}: maildrop={name}, uid={uid}");

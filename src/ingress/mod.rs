@@ -13,13 +13,13 @@
 pub mod local;
 pub mod maildrop;
 
+use crate::clock;
 use crate::config::Config;
 use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use crate::spool::envelope::{self, Envelope, Origin as EnvOrigin, Recipient};
 use crate::spool::{BodyWriter, Spool};
-use crate::timefmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -324,7 +324,7 @@ impl Ingress {
     }
 
     fn envelope(&self, tx: &Transaction, id: &str) -> Envelope {
-        let now = timefmt::now_secs();
+        let now = clock::now_secs();
         Envelope {
             v: envelope::VERSION,
             id: id.to_string(),
@@ -377,7 +377,7 @@ impl Ingress {
         if let [only] = tx.recipients.as_slice() {
             h.push_str(&format!("\r\n\tfor <{}>", sanitize(&only.address)));
         }
-        h.push_str(&format!("; {}\r\n", timefmt::rfc5322(timefmt::now_secs())));
+        h.push_str(&format!("; {}\r\n", clock::rfc5322(clock::now_secs())));
         h
     }
 }

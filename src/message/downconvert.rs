@@ -327,20 +327,14 @@ fn quoted_printable(body: &[u8], out: &mut Vec<u8>) {
 /// Base64 (RFC 2045 6.8) in lines of `LINE` characters; ends with CRLF when
 /// the body did, so that a whole message still ends with a line end.
 fn base64(body: &[u8], out: &mut Vec<u8>) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (n, chunk) in body.chunks(LINE / 4 * 3).enumerate() {
-        if n > 0 {
-            out.extend_from_slice(b"\r\n");
-        }
-        for group in chunk.chunks(3) {
-            let v = group.iter().enumerate().fold(0u32, |v, (i, &b)| v | u32::from(b) << (16 - 8 * i));
-            for i in 0..4 {
-                out.push(if i <= group.len() { ALPHABET[(v >> (18 - 6 * i)) as usize & 63] } else { b'=' });
-            }
-        }
-    }
-    if body.ends_with(b"\n") {
-        out.extend_from_slice(b"\r\n");
+    // BASE64_MIME wraps at 76 columns (= `LINE`) with CRLF, and ends its last
+    // line with CRLF too; that one is kept only when the body ended a line.
+    use data_encoding::BASE64_MIME;
+    let start = out.len();
+    out.resize(start + BASE64_MIME.encode_len(body.len()), 0);
+    BASE64_MIME.encode_mut(body, &mut out[start..]);
+    if !body.ends_with(b"\n") && out[start..].ends_with(b"\r\n") {
+        out.truncate(out.len() - 2);
     }
 }
 

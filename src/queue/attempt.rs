@@ -8,6 +8,7 @@ use super::Outbound;
 use super::dest::Destinations;
 use super::notice::{self, Limiter};
 use super::{Done, backoff};
+use crate::clock::now_secs;
 use crate::config::{Config, Role};
 use crate::deliver::Delivery;
 use crate::dsn;
@@ -18,7 +19,6 @@ use crate::message::{OutMessage, OutRecipient};
 use crate::metrics::{Metrics, RcptOutcome};
 use crate::spool::envelope::{AttemptRecord, Envelope};
 use crate::spool::{Spool, State};
-use crate::timefmt::now_secs;
 use std::sync::Arc;
 
 /// What the scheduler shares with every delivery.

@@ -9,7 +9,7 @@
 //! at most `limit` connection attempts per retry round, not a thousand.
 
 use super::backoff;
-use crate::timefmt::now_secs;
+use crate::clock::now_secs;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

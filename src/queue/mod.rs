@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod dest;
 pub mod notice;
 
+use crate::clock::now_secs;
 use crate::config::Config;
 use crate::deliver::Transports;
 use crate::ingress::Ingress;
@@ -23,7 +24,6 @@ use crate::route::router::Router;
 use crate::spool::envelope::AttemptRecord;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
-use crate::timefmt::now_secs;
 use dest::Destinations;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;

@@ -547,22 +547,22 @@ impl Client {
     /// Logs in with PLAIN when offered, else LOGIN. A server that offers
     /// neither gets an `Auth` protocol error.
     pub async fn auth(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
-        use crate::auth::base64::encode;
+        use data_encoding::BASE64;
         let refused = |reply| ClientError::Reply { phase: Phase::Auth, reply };
         let offered = |m: &str| self.caps.auth.iter().any(|a| a == m);
         let reply = if offered("PLAIN") {
-            let message = encode(format!("\0{user}\0{password}").as_bytes());
+            let message = BASE64.encode(format!("\0{user}\0{password}").as_bytes());
             self.command(Phase::Auth, format!("AUTH PLAIN {message}\r\n").as_bytes()).await?
         } else if offered("LOGIN") {
             let reply = self.command(Phase::Auth, b"AUTH LOGIN\r\n").await?;
             if reply.code != 334 {
                 return Err(refused(reply));
             }
-            let reply = self.command(Phase::Auth, format!("{}\r\n", encode(user.as_bytes())).as_bytes()).await?;
+            let reply = self.command(Phase::Auth, format!("{}\r\n", BASE64.encode(user.as_bytes())).as_bytes()).await?;
             if reply.code != 334 {
                 return Err(refused(reply));
             }
-            self.command(Phase::Auth, format!("{}\r\n", encode(password.as_bytes())).as_bytes()).await?
+            self.command(Phase::Auth, format!("{}\r\n", BASE64.encode(password.as_bytes())).as_bytes()).await?
         } else {
             return Err(ClientError::Protocol {
                 phase: Phase::Auth,

@@ -5,7 +5,10 @@
 //! side serves `tls.cert`/`tls.key`; the client side verifies against
 //! `relay.tls_ca` or the system roots (`verify`), or takes any certificate
 //! (`encrypt`, `may`: RFC 7435 opportunistic security, where an encrypted
-//! but unauthenticated session still beats clear text).
+//! but unauthenticated session still beats clear text). `subject` reads the
+//! common names of a certificate, for names given there and not as SANs.
+
+pub mod subject;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -163,13 +166,7 @@ pub fn cert_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
     };
     let in_san =
         webpki::EndEntityCert::try_from(cert).is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&server_name).is_ok());
-    in_san
-        || x509_parser::parse_x509_certificate(cert.as_ref()).is_ok_and(|(_, parsed)| {
-            parsed
-                .subject()
-                .iter_common_name()
-                .any(|cn| cn.as_str().is_ok_and(|cn| cn.trim_end_matches('.').eq_ignore_ascii_case(name)))
-        })
+    in_san || subject::common_names(cert.as_ref()).iter().any(|cn| cn.trim_end_matches('.').eq_ignore_ascii_case(name))
 }
 
 /// How the client checks the server's certificate.

@@ -42,7 +42,7 @@ fn routes_elsewhere(recipient: &str) -> bool {
 pub fn is_trusted(access: &Access, peer: &Peer) -> bool {
     match peer {
         Peer::Local { .. } => true,
-        Peer::Tcp(addr) => access.trusted_networks.iter().any(|net| net.contains(addr.ip())),
+        Peer::Tcp(addr) => access.trusts(addr.ip()),
     }
 }
 

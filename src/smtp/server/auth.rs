@@ -94,7 +94,7 @@ impl Session<'_> {
         if response == b"*" {
             return Step::Reply(Reply::new(501, Enhanced(5, 7, 0), "Authentication aborted"));
         }
-        let decoded = if response == b"=" { Some(Vec::new()) } else { auth::base64::decode(response) };
+        let decoded = if response == b"=" { Some(Vec::new()) } else { auth::decode_base64(response) };
         let Some(decoded) = decoded else {
             return malformed("Cannot decode response");
         };

@@ -181,7 +181,7 @@ fn refuse(stream: TcpStream, addr: SocketAddr, hostname: &str) {
 /// Only the filter may reinject: loopback or `access.trusted_networks`.
 fn may_reinject(config: &Config, addr: SocketAddr) -> bool {
     let ip = addr.ip().to_canonical();
-    ip.is_loopback() || config.access.trusted_networks.iter().any(|n| n.contains(ip))
+    ip.is_loopback() || config.access.trusts(ip)
 }
 
 fn refuse_reinjection(stream: TcpStream, addr: SocketAddr, hostname: &str) {
