@@ -9,7 +9,7 @@
 //! - `decode_base64` and `decode_plain`: the wire encodings (RFC 4648, RFC
 //!   4616); encoding is `data_encoding::BASE64` itself.
 //!
-//! The session (`smtp::server::session`) owns the exchange itself; this
+//! The session (`smtp::server::auth`) owns the exchange itself; this
 //! module owns no I/O besides reading and writing the files.
 
 use sha_crypt::{PasswordHasher, PasswordVerifier, ShaCrypt};
