@@ -46,7 +46,7 @@ pub struct Config {
     pub user: Option<String>,
     pub smtp: Smtp,
     pub access: Access,
-    pub relay: Relay,
+    pub relay: RelayConfig,
     pub queue: Queue,
     pub deliver: Deliver,
     pub rewrite: Rewrite,
@@ -54,13 +54,13 @@ pub struct Config {
     pub auth: Auth,
     pub filter: Filter,
     pub dkim: Dkim,
-    pub metrics: Metrics,
+    pub metrics: MetricsConfig,
 }
 
 /// The metrics and health endpoint (`[metrics]`): Prometheus text format on
 /// `/metrics`, `200 ok` on `/health`. Meant for a loopback address.
 #[derive(Clone, Debug, Default)]
-pub struct Metrics {
+pub struct MetricsConfig {
     /// `listen = "127.0.0.1:9325"`; unset (the default): no endpoint.
     /// Read at start only: a change needs a restart.
     pub listen: Option<SocketAddr>,
@@ -232,7 +232,7 @@ impl Access {
 }
 
 #[derive(Clone, Debug)]
-pub struct Relay {
+pub struct RelayConfig {
     /// `host:port` strings in priority order; `[host]` brackets allowed.
     pub smarthosts: Vec<String>,
     pub tls: TlsPolicy,
@@ -533,8 +533,8 @@ struct RawMetrics {
     listen: Option<String>,
 }
 
-fn resolve_metrics(raw: RawMetrics, err: &KeyError) -> Result<Metrics, ConfigError> {
-    Ok(Metrics { listen: raw.listen.map(|s| socket_addr(&s, "metrics.listen", err)).transpose()? })
+fn resolve_metrics(raw: RawMetrics, err: &KeyError) -> Result<MetricsConfig, ConfigError> {
+    Ok(MetricsConfig { listen: raw.listen.map(|s| socket_addr(&s, "metrics.listen", err)).transpose()? })
 }
 
 #[derive(Default, Deserialize)]
@@ -669,7 +669,7 @@ struct RawRelay {
     idle_timeout: Option<Dur>,
 }
 
-fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<Relay, ConfigError> {
+fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<RelayConfig, ConfigError> {
     if raw.tls_client_cert.is_some() != raw.tls_client_key.is_some() {
         let (set, missing) = if raw.tls_client_cert.is_some() {
             ("tls_client_cert", "relay.tls_client_key")
@@ -681,7 +681,7 @@ fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<Relay, ConfigError> {
     for host in raw.smarthosts.iter().flatten() {
         Target::host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
     }
-    Ok(Relay {
+    Ok(RelayConfig {
         smarthosts: raw.smarthosts.unwrap_or_default(),
         tls: raw.tls.unwrap_or(TlsPolicy::May),
         tls_ca: raw.tls_ca,

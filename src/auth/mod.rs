@@ -3,7 +3,7 @@
 //!
 //! - `Users`: the server's `user:hash` file (SHA-512-crypt, `$6$`, the
 //!   format of /etc/shadow, `mkpasswd -m sha-512` and `openssl passwd -6`).
-//! - `Limiter`: failed attempts per client address; past the limit AUTH is
+//! - `AuthLimiter`: failed attempts per client address; past the limit AUTH is
 //!   refused from that address until the window ends.
 //! - `ClientCredentials`: the `user:password` file the relay client sends.
 //! - `decode_base64` and `decode_plain`: the wire encodings (RFC 4648, RFC
@@ -24,7 +24,7 @@ const MAX_USER: usize = 255;
 /// Longest password accepted on the wire: hashing is costly, and a client
 /// must not make us hash megabytes.
 const MAX_PASSWORD: usize = 1024;
-/// Client addresses tracked at once by a `Limiter`; beyond that the oldest
+/// Client addresses tracked at once by a `AuthLimiter`; beyond that the oldest
 /// entries are dropped (a flood of addresses cannot exhaust memory).
 const MAX_TRACKED: usize = 10_000;
 
@@ -222,16 +222,16 @@ pub const MAX_PASSWORD_LEN: usize = MAX_PASSWORD;
 
 /// Failed AUTH attempts per client address within a window.
 #[derive(Debug)]
-pub struct Limiter {
+pub struct AuthLimiter {
     max: u32,
     window: Duration,
     /// Address -> (failures, start of the window).
     seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
-impl Limiter {
-    pub fn new(max: u32, window: Duration) -> Limiter {
-        Limiter { max, window, seen: Mutex::new(HashMap::new()) }
+impl AuthLimiter {
+    pub fn new(max: u32, window: Duration) -> AuthLimiter {
+        AuthLimiter { max, window, seen: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
@@ -366,7 +366,7 @@ mod tests {
     fn limiter_counts_per_address_and_window() {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let limiter = Limiter::new(2, Duration::from_secs(60));
+        let limiter = AuthLimiter::new(2, Duration::from_secs(60));
         assert!(!limiter.is_blocked(a));
         limiter.failed(a);
         assert!(!limiter.is_blocked(a));
@@ -375,7 +375,7 @@ mod tests {
         assert!(!limiter.is_blocked(b));
         limiter.succeeded(a);
         assert!(!limiter.is_blocked(a));
-        let short = Limiter::new(1, Duration::from_millis(1));
+        let short = AuthLimiter::new(1, Duration::from_millis(1));
         short.failed(a);
         std::thread::sleep(Duration::from_millis(5));
         assert!(!short.is_blocked(a), "the window ended");

@@ -12,7 +12,7 @@ use super::exit;
 use crate::clock;
 use crate::config::Config;
 use crate::control::{self, ControlError, Request};
-use crate::queue::{ActResult, Action};
+use crate::queue::{ActResult, QueueAction};
 use crate::spool::Spool;
 use std::io::Write;
 
@@ -23,7 +23,7 @@ const BATCH: usize = 20_000;
 /// Asks the daemon to apply `action` to `ids`; one result per id, in order.
 /// Errors are already reported on stderr as `prog: fatal: ...`; the value
 /// is the exit code.
-pub fn act(config: &Config, prog: &str, action: Action, ids: &[String]) -> Result<Vec<ActResult>, u8> {
+pub fn act(config: &Config, prog: &str, action: QueueAction, ids: &[String]) -> Result<Vec<ActResult>, u8> {
     let mut results = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(BATCH) {
         let request = Request::Act { action, ids: chunk.to_vec() };
@@ -64,7 +64,7 @@ pub fn changed(r: &ActResult) -> bool {
 
 /// Appends one line for the messages `results` changed:
 /// `2026-11-25T13:35:46Z user=root uid=0 via=postsuper action=delete count=2 ids=A,B`.
-fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
+fn audit(config: &Config, prog: &str, action: QueueAction, results: &[ActResult]) {
     let ids: Vec<&str> = results.iter().filter(|r| changed(r)).map(|r| r.id.as_str()).collect();
     if ids.is_empty() {
         return;

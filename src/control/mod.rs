@@ -29,7 +29,7 @@ pub enum Request {
     /// Scan the maildrop now.
     Pickup,
     /// An operator action on the named messages.
-    Act { action: crate::queue::Action, ids: Vec<String> },
+    Act { action: crate::queue::QueueAction, ids: Vec<String> },
     /// Read the configuration and tables again (same as SIGHUP).
     Reload,
 }
@@ -47,7 +47,7 @@ pub struct Response {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Envelope<T> {
+struct Versioned<T> {
     v: u32,
     #[serde(flatten)]
     body: T,
@@ -65,7 +65,7 @@ pub enum ControlError {
 }
 
 /// A request on its way to the daemon's handler, with where to answer.
-pub type Incoming = (Request, oneshot::Sender<Response>);
+pub type PendingRequest = (Request, oneshot::Sender<Response>);
 
 /// Sends one request to the daemon whose control socket is `path`.
 pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
@@ -73,7 +73,7 @@ pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlErro
     let work = async {
         let stream = UnixStream::connect(path).await.map_err(|_| not_running())?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(&Envelope { v: VERSION, body: req.clone() })
+        let mut line = serde_json::to_vec(&Versioned { v: VERSION, body: req.clone() })
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push(b'\n');
         write.write_all(&line).await.map_err(|_| not_running())?;
@@ -154,7 +154,7 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 }
 
 /// Serves the control socket, handing each request to `handler`.
-pub async fn serve(listener: UnixListener, handler: mpsc::Sender<Incoming>) {
+pub async fn serve(listener: UnixListener, handler: mpsc::Sender<PendingRequest>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let handler = handler.clone();
@@ -167,7 +167,7 @@ pub async fn serve(listener: UnixListener, handler: mpsc::Sender<Incoming>) {
             if !matches!(read.await, Ok(Ok(n)) if n > 0) {
                 return;
             }
-            let response = match serde_json::from_str::<Envelope<Request>>(&line) {
+            let response = match serde_json::from_str::<Versioned<Request>>(&line) {
                 Ok(env) if env.v == VERSION => {
                     let (tx, rx) = oneshot::channel();
                     match handler.send((env.body, tx)).await {
@@ -204,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
         let listener = bind(&path, 0o600).unwrap();
-        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        let (tx, mut rx) = mpsc::channel::<PendingRequest>(4);
         tokio::spawn(serve(listener, tx));
         tokio::spawn(async move {
             while let Some((req, answer)) = rx.recv().await {

@@ -6,7 +6,7 @@
 //! missing (RFC 5322 requires From and Date; RFC 6409 8.3 lets a submission
 //! server add Message-ID); unqualified addresses get `@hostname`.
 
-use super::{Ingress, IngressError, Origin, RcptIn, Transaction};
+use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
 use crate::ingress::maildrop::Drop;
 use crate::message::header;
@@ -51,7 +51,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         ret: None,
         envid: None,
         trace_id: None,
-        origin: Origin::local(user),
+        origin: Arrival::local(user),
     };
     let mut writer = ingress.open(tx).await?;
     let mut head = header::remove(headers, "bcc");
@@ -77,7 +77,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
 
 /// Tells the sender of a local submission which recipients were refused.
 async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], headers: &[u8]) {
-    use crate::dsn::{self, Action, Item, Returned};
+    use crate::dsn::{self, DsnAction, Item, Returned};
     let now = clock::now_secs();
     let items: Vec<Item> = refused
         .iter()
@@ -90,7 +90,7 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
             Item {
                 recipient: r.clone(),
                 orcpt: None,
-                action: Action::Failed,
+                action: DsnAction::Failed,
                 status: reply
                     .as_ref()
                     .and_then(|x| x.enhanced)

@@ -17,22 +17,15 @@ use crate::clock;
 use crate::config::Config;
 use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
+use crate::smtp::proto::command::BodyType;
 use crate::smtp::proto::reply::{Enhanced, Reply};
-use crate::spool::envelope::{self, Envelope, Origin as EnvOrigin, Recipient};
+use crate::spool::envelope::{self, Envelope, Origin, Recipient};
 use crate::spool::{BodyWriter, Spool};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-
-/// The body type declared with MAIL FROM (RFC 6152, RFC 3030).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyType {
-    SevenBit,
-    EightBitMime,
-    BinaryMime,
-}
 
 /// How the message arrived: the `with` clause of `Received:`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +52,9 @@ impl Protocol {
     }
 }
 
+/// How the message arrived: protocol, peer and user, for `Received:`.
 #[derive(Clone, Debug)]
-pub struct Origin {
+pub struct Arrival {
     pub protocol: Protocol,
     pub helo: Option<String>,
     pub client: Option<SocketAddr>,
@@ -89,13 +83,13 @@ pub struct Transaction {
     pub envid: Option<String>,
     /// The trace id the previous hop passed with `TRACE=`.
     pub trace_id: Option<String>,
-    pub origin: Origin,
+    pub origin: Arrival,
 }
 
-impl Origin {
+impl Arrival {
     /// A local submission by `user` (sendmail, maildrop pickup, notices).
-    pub fn local(user: &str) -> Origin {
-        Origin {
+    pub fn local(user: &str) -> Arrival {
+        Arrival {
             protocol: Protocol::Local,
             helo: None,
             client: None,
@@ -117,7 +111,7 @@ impl Transaction {
             ret: None,
             envid: None,
             trace_id: None,
-            origin: Origin::local("MAILER-DAEMON"),
+            origin: Arrival::local("MAILER-DAEMON"),
         }
     }
 }
@@ -336,7 +330,7 @@ impl Ingress {
             ret: tx.ret.clone(),
             envid: tx.envid.clone(),
             trace_id: tx.trace_id.clone(),
-            origin: EnvOrigin {
+            origin: Origin {
                 protocol: tx.origin.protocol.name().to_string(),
                 helo: tx.origin.helo.clone(),
                 client: tx.origin.client.map(|c| c.ip().to_string()),
@@ -549,7 +543,7 @@ mod tests {
             ret: None,
             envid: None,
             trace_id: trace_id.map(str::to_string),
-            origin: Origin {
+            origin: Arrival {
                 protocol: Protocol::Local,
                 helo: None,
                 client: None,

@@ -6,7 +6,7 @@
 
 use super::Outbound;
 use super::dest::Destinations;
-use super::notice::{self, Limiter};
+use super::notice::{self, BounceLimiter};
 use super::{Done, backoff};
 use crate::clock::now_secs;
 use crate::config::{Config, Role};
@@ -29,7 +29,7 @@ pub struct Context {
     pub config: Arc<Config>,
     /// The door for notices to senders.
     pub ingress: Ingress,
-    pub limiter: Arc<Limiter>,
+    pub limiter: Arc<BounceLimiter>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -85,11 +85,11 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     for group in &results {
         record(&mut env, group, now, &ctx.metrics);
         let action = match group.hop {
-            Hop::Maildir => Some(dsn::Action::Delivered),
+            Hop::Maildir => Some(dsn::DsnAction::Delivered),
             // The filter reinjects the message; notices come from there on.
             Hop::Filter(_) => None,
             _ if group.delivery.remote_dsn => None,
-            _ => Some(dsn::Action::Relayed),
+            _ => Some(dsn::DsnAction::Relayed),
         };
         for &i in &group.indexes {
             success[i] = action;

@@ -78,7 +78,7 @@ pub enum Stage {
 
 /// What happened to one address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Resolution {
     /// A name without a domain got the origin domain.
     Qualified { to: String },
     /// A table entry replaced the address with `to`.
@@ -99,25 +99,25 @@ pub enum Action {
 pub struct Step {
     pub depth: usize,
     pub address: String,
-    pub action: Action,
+    pub action: Resolution,
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:width$}{}: ", "", self.address, width = self.depth * 2)?;
         match &self.action {
-            Action::Qualified { to } => write!(f, "qualified as {to}"),
-            Action::Expanded { stage, table, line, key, to } => {
+            Resolution::Qualified { to } => write!(f, "qualified as {to}"),
+            Resolution::Expanded { stage, table, line, key, to } => {
                 let what = match stage {
                     Stage::Virtual => "virtual alias",
                     Stage::Alias => "alias",
                 };
                 write!(f, "{what} ({table} line {line}, key \"{key}\") -> {}", to.join(", "))
             }
-            Action::Final => write!(f, "final recipient"),
-            Action::SelfReference => write!(f, "maps to itself: final recipient"),
-            Action::Literal => write!(f, "final recipient (\\name in an alias file)"),
-            Action::Duplicate => write!(f, "duplicate, dropped"),
+            Resolution::Final => write!(f, "final recipient"),
+            Resolution::SelfReference => write!(f, "maps to itself: final recipient"),
+            Resolution::Literal => write!(f, "final recipient (\\name in an alias file)"),
+            Resolution::Duplicate => write!(f, "duplicate, dropped"),
         }
     }
 }
@@ -220,7 +220,7 @@ impl Rewriter {
         let mut address = address.trim().to_string();
         if split_address(&address).1.is_none() {
             let to = self.qualify(&address);
-            out.trace.push(Step { depth: 0, address, action: Action::Qualified { to: to.clone() } });
+            out.trace.push(Step { depth: 0, address, action: Resolution::Qualified { to: to.clone() } });
             address = to;
         }
         let mut nodes = vec![Node { folded: fold(&address), address, parent: None, depth: 0, literal: false }];
@@ -234,7 +234,7 @@ impl Rewriter {
             let node = &nodes[n];
             let (depth, address) = (node.depth, node.address.clone());
             if node.literal || fixed.contains(&node.folded) {
-                let action = if node.literal { Action::Literal } else { Action::SelfReference };
+                let action = if node.literal { Resolution::Literal } else { Resolution::SelfReference };
                 finish(&mut out, &mut seen, depth, address, action);
                 continue;
             }
@@ -242,14 +242,14 @@ impl Rewriter {
                 return Err(RewriteError::Loop { chain });
             }
             let Some(hit) = self.lookup(&address) else {
-                finish(&mut out, &mut seen, depth, address, Action::Final);
+                finish(&mut out, &mut seen, depth, address, Resolution::Final);
                 continue;
             };
             let targets = self.targets(&hit, &address);
             if targets.is_empty() {
                 // A value with no addresses in it (`key ,`): deliver as is
                 // rather than lose the recipient.
-                finish(&mut out, &mut seen, depth, address, Action::Final);
+                finish(&mut out, &mut seen, depth, address, Resolution::Final);
                 continue;
             }
             if depth >= self.limits.recursion {
@@ -264,7 +264,7 @@ impl Rewriter {
                 fixed.insert(folded);
             }
             let to = targets.iter().map(|(t, _)| t.clone()).collect();
-            let action = Action::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to };
+            let action = Resolution::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to };
             out.trace.push(Step { depth, address, action });
             for (target, literal) in targets.into_iter().rev() {
                 stack.push(nodes.len());
@@ -338,12 +338,12 @@ fn find_in(maps: &[Arc<Table>], keys: &[String], stage: Stage) -> Option<Hit> {
 }
 
 /// Records a final recipient unless it is one already.
-fn finish(out: &mut Expansion, seen: &mut HashSet<String>, depth: usize, address: String, action: Action) {
+fn finish(out: &mut Expansion, seen: &mut HashSet<String>, depth: usize, address: String, action: Resolution) {
     if seen.insert(dedup_key(&address)) {
         out.recipients.push(address.clone());
         out.trace.push(Step { depth, address, action });
     } else {
-        out.trace.push(Step { depth, address, action: Action::Duplicate });
+        out.trace.push(Step { depth, address, action: Resolution::Duplicate });
     }
 }
 
@@ -454,7 +454,7 @@ mod tests {
         // A bare recipient is qualified first.
         let x = r.expand("ops").unwrap();
         assert_eq!(x.recipients, ["alice@example.net", "bob@example.org"]);
-        assert_eq!(x.trace[0].action, Action::Qualified { to: "ops@example.org".into() });
+        assert_eq!(x.trace[0].action, Resolution::Qualified { to: "ops@example.org".into() });
     }
 
     #[test]
@@ -481,7 +481,7 @@ mod tests {
         }
         let r = rewriter("user@example.org user@example.org, other@example.org\n", "");
         let x = r.expand("user@example.org").unwrap();
-        assert!(x.trace.iter().any(|s| s.action == Action::SelfReference), "{x}");
+        assert!(x.trace.iter().any(|s| s.action == Resolution::SelfReference), "{x}");
     }
 
     #[test]
@@ -521,7 +521,7 @@ mod tests {
         let r = rewriter("a@x.net b@x.net, c@x.net\nb@x.net d@x.net\nc@x.net d@X.NET, e@x.net\n", "");
         let x = r.expand("a@x.net").unwrap();
         assert_eq!(x.recipients, ["d@x.net", "e@x.net"]);
-        assert!(x.trace.iter().any(|s| s.address == "d@X.NET" && s.action == Action::Duplicate), "{x}");
+        assert!(x.trace.iter().any(|s| s.address == "d@X.NET" && s.action == Resolution::Duplicate), "{x}");
         // Local parts keep their case: different recipients.
         let r = rewriter("a@x.net Bob@x.net, bob@x.net, bob@X.net\n", "");
         assert_eq!(expand(&r, "a@x.net"), ["Bob@x.net", "bob@x.net"]);

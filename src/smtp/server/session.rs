@@ -22,7 +22,7 @@ use super::auth::{Credentials, Pending};
 use super::conn::{Stats, serve};
 use super::data::Chunks;
 use super::tls::ClientCert;
-use crate::auth::{Limiter, Users};
+use crate::auth::{AuthLimiter, Users};
 use crate::config::Config;
 use crate::ingress::{Ingress, Transaction};
 use crate::metrics::Metrics;
@@ -64,7 +64,7 @@ impl fmt::Display for Peer {
 pub struct Security {
     pub(super) tls: Option<Arc<rustls::ServerConfig>>,
     pub(super) users: Option<Arc<Users>>,
-    pub(super) limiter: Arc<Limiter>,
+    pub(super) limiter: Arc<AuthLimiter>,
     /// Which client certificates may relay; the server asks for one only
     /// when this is set.
     pub(super) client_trust: Option<Arc<ClientTrust>>,
@@ -79,7 +79,7 @@ impl Security {
         Security {
             tls: None,
             users: None,
-            limiter: Arc::new(Limiter::new(0, Duration::ZERO)),
+            limiter: Arc::new(AuthLimiter::new(0, Duration::ZERO)),
             client_trust: None,
             metrics: Arc::default(),
         }
@@ -101,7 +101,7 @@ impl Security {
             Some(path) => Some(Arc::new(Users::load(path)?)),
             None => None,
         };
-        let limiter = Arc::new(Limiter::new(config.auth.max_failures, config.auth.failure_window));
+        let limiter = Arc::new(AuthLimiter::new(config.auth.max_failures, config.auth.failure_window));
         Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default() })
     }
 
