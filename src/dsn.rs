@@ -11,7 +11,7 @@ use crate::spool::envelope::Envelope;
 
 /// RFC 3464 2.3.3 Action values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DsnAction {
+pub(crate) enum DsnAction {
     Failed,
     Delayed,
     Delivered,
@@ -31,22 +31,22 @@ impl DsnAction {
 
 /// One recipient's part of a report.
 #[derive(Clone, Debug)]
-pub struct Item {
-    pub recipient: String,
+pub(crate) struct Item {
+    pub(crate) recipient: String,
     /// ORCPT as received (`rfc822;user@example.org`).
-    pub orcpt: Option<String>,
-    pub action: DsnAction,
+    pub(crate) orcpt: Option<String>,
+    pub(crate) action: DsnAction,
     /// RFC 3463 status, `5.1.1`.
-    pub status: String,
+    pub(crate) status: String,
     /// `smtp; 550 5.1.1 ...` or a local explanation.
-    pub diagnostic: Option<String>,
+    pub(crate) diagnostic: Option<String>,
     /// `host[ip]:port` of the server that answered.
-    pub remote_mta: Option<String>,
-    pub last_attempt: u64,
+    pub(crate) remote_mta: Option<String>,
+    pub(crate) last_attempt: u64,
 }
 
 /// What the original message contributes (RFC 3461 RET).
-pub enum Returned<'a> {
+pub(crate) enum Returned<'a> {
     Full(&'a [u8]),
     Headers(&'a [u8]),
     Nothing,
@@ -54,7 +54,7 @@ pub enum Returned<'a> {
 
 /// Builds a notice about `env` for its sender. The result is a complete
 /// message with CRLF line ends, ready for the queue.
-pub fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<'_>, now: u64) -> Vec<u8> {
+pub(crate) fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<'_>, now: u64) -> Vec<u8> {
     let boundary = format!("{}.{}/{hostname}", env.id, now);
     let kind = items.first().map(|i| i.action).unwrap_or(DsnAction::Failed);
     let subject = match kind {
@@ -155,7 +155,7 @@ fn one_line(s: &str) -> String {
 /// (`SUCCESS`, `FAILURE`, `DELAY`). Without NOTIFY, failures and delays
 /// are reported, successes are not (RFC 3461 4.1 leaves it to the MTA;
 /// this is what every major MTA does).
-pub fn wants(notify: Option<&str>, kind: &str) -> bool {
+pub(crate) fn wants(notify: Option<&str>, kind: &str) -> bool {
     match notify {
         None => kind != "SUCCESS",
         Some(n) => n.split(',').any(|k| k.trim().eq_ignore_ascii_case(kind)),

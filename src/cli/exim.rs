@@ -53,7 +53,7 @@ struct Parsed {
     config: Option<PathBuf>,
 }
 
-pub fn main(args: &[OsString]) -> u8 {
+pub(crate) fn main(args: &[OsString]) -> u8 {
     let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let parsed = match parse(&strings) {
         Ok(Some(p)) => p,
@@ -197,7 +197,7 @@ fn count(config: &Config) -> u8 {
 }
 
 /// One message in `exim -bp`'s layout.
-pub fn render(env: &Envelope, now: u64, undelivered_only: bool) -> String {
+pub(crate) fn render(env: &Envelope, now: u64, undelivered_only: bool) -> String {
     let mut s = format!("{} {} {} <{}>", age(now.saturating_sub(env.arrival)), size(env.size), env.id, env.sender);
     if env.frozen {
         s.push_str(" *** frozen ***");
@@ -215,7 +215,7 @@ pub fn render(env: &Envelope, now: u64, undelivered_only: bool) -> String {
 }
 
 /// Exim's age column: minutes up to 90, then hours up to 72, then days.
-pub fn age(secs: u64) -> String {
+pub(crate) fn age(secs: u64) -> String {
     let minutes = secs / 60;
     if minutes <= 90 {
         return format!("{minutes:>2}m");
@@ -225,7 +225,7 @@ pub fn age(secs: u64) -> String {
 }
 
 /// Exim's size column, five characters: `  812`, ` 2.9K`, `  14K`, ` 1.2M`.
-pub fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     let b = bytes as f64;
     match bytes {
         0 => "     ".into(),
@@ -319,7 +319,7 @@ fn header_file(env: &Envelope, head: &[u8]) -> String {
 /// The message's log, built from its envelope and attempt history in
 /// Exim's message-log style: `<=` arrival, `=>` delivered, `**` failed,
 /// `==` deferred.
-pub fn message_log(env: &Envelope) -> String {
+pub(crate) fn message_log(env: &Envelope) -> String {
     let mut lines: Vec<(u64, String)> = Vec::new();
     let from = if env.sender.is_empty() { "<>".to_string() } else { env.sender.clone() };
     let mut arrival = format!("<= {from} P={} S={}", env.origin.protocol, env.size);

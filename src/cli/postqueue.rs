@@ -26,7 +26,7 @@ enum Mode {
     One(String),
 }
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, rest) = match super::getopt(args, "c:fi:jps:v") {
         Ok(parsed) => parsed,
         Err(e) => return usage(&e),

@@ -57,7 +57,7 @@ impl Op {
     }
 }
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, operands) = match super::getopt(args, "c:d:h:H:pr:sv") {
         Ok(parsed) => parsed,
         Err(e) => {

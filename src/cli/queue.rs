@@ -33,7 +33,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 #[derive(Subcommand)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// List queued messages (Postfix's mailq layout, or JSON lines with --json)
     List {
         /// One JSON object per message, with posthorn's own fields
@@ -76,7 +76,7 @@ pub enum Verb {
 }
 
 #[derive(Args, Default)]
-pub struct SelectArgs {
+pub(crate) struct SelectArgs {
     /// Sender matches this regular expression (case-insensitive; '^$' is the null sender)
     #[arg(long, value_name = "RE")]
     sender: Option<String>,
@@ -101,7 +101,7 @@ pub struct SelectArgs {
 }
 
 #[derive(Args)]
-pub struct ActArgs {
+pub(crate) struct ActArgs {
     /// Queue ids (combined with the selectors, if any)
     ids: Vec<String>,
     #[command(flatten)]
@@ -137,7 +137,7 @@ impl SelectArgs {
 
 const PROG: &str = "posthorn queue";
 
-pub fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
+pub(crate) fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
     if let Verb::Flush = verb {
         return super::flush(explicit);
     }
@@ -215,7 +215,7 @@ struct NativeRecipient<'a> {
     last_attempt: Option<u64>,
 }
 
-pub fn native_json(state: State, env: &Envelope) -> String {
+pub(crate) fn native_json(state: State, env: &Envelope) -> String {
     let recipients = env
         .recipients
         .iter()
@@ -373,7 +373,7 @@ fn why(config: &Config, queue_id: &str, json: bool) -> u8 {
 }
 
 /// The `queue why` text.
-pub fn explain(state: State, env: &Envelope, now: u64) -> String {
+pub(crate) fn explain(state: State, env: &Envelope, now: u64) -> String {
     let mut s = summary(state, env, now);
     for r in &env.recipients {
         s.push_str(&format!("<{}>: {}\n", r.address, rcpt_state(r.state)));

@@ -86,7 +86,7 @@ impl Mx {
     }
 
     /// Replaces the per-phase timeouts (tests).
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Mx {
+    pub(crate) fn with_timeouts(mut self, timeouts: Timeouts) -> Mx {
         self.settings.timeouts = timeouts;
         self
     }

@@ -12,7 +12,12 @@ use crate::ingress::maildrop::Drop;
 use crate::message::header;
 
 /// Queues one local submission and returns its queue id.
-pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str) -> Result<String, IngressError> {
+pub(crate) async fn submit(
+    ingress: &Ingress,
+    drop: Drop,
+    message: Vec<u8>,
+    user: &str,
+) -> Result<String, IngressError> {
     let hostname = ingress.hostname().to_string();
     let message = crlf(&message);
     let header::Split { head: headers, body, .. } = header::split(&message);
@@ -142,7 +147,7 @@ fn qualify(addr: &str, hostname: &str) -> String {
 }
 
 /// Any of CRLF, LF or a lone CR ends a line; the result uses CRLF only.
-pub fn crlf(data: &[u8]) -> Vec<u8> {
+pub(crate) fn crlf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 32);
     let mut i = 0;
     while i < data.len() {

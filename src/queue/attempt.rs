@@ -22,22 +22,22 @@ use crate::spool::{Spool, State};
 use std::sync::Arc;
 
 /// What the scheduler shares with every delivery.
-pub struct Context {
-    pub spool: Spool,
-    pub outbound: Arc<Outbound>,
-    pub dests: Arc<Destinations>,
-    pub config: Arc<Config>,
+pub(crate) struct Context {
+    pub(crate) spool: Spool,
+    pub(crate) outbound: Arc<Outbound>,
+    pub(crate) dests: Arc<Destinations>,
+    pub(crate) config: Arc<Config>,
     /// The door for notices to senders.
-    pub ingress: Ingress,
-    pub limiter: Arc<BounceLimiter>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) ingress: Ingress,
+    pub(crate) limiter: Arc<BounceLimiter>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn skipped(id: String) -> Done {
     Done { id, next_attempt: None, skipped: true }
 }
 
-pub async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
+pub(crate) async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
     match ctx.spool.read_envelope(state, &id) {
         Ok(env) => run(ctx, env, state).await,
         // Deleted or held by an operator meanwhile: nothing to do.
@@ -60,7 +60,7 @@ struct GroupResult {
     attempted: bool,
 }
 
-pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
+pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let id = env.id.clone();
     if let Err(e) = ctx.spool.move_now(&id, from, State::Active) {
         tracing::debug!("{id}: not in {} any more ({e}); skipped", from.dir_name());

@@ -9,10 +9,10 @@
 //! Only the envelope of a deferred message is kept in memory as
 //! `(due time, id)`; envelopes are read when the message becomes active.
 
-pub mod attempt;
-pub mod backoff;
-pub mod dest;
-pub mod notice;
+pub(crate) mod attempt;
+pub(crate) mod backoff;
+pub(crate) mod dest;
+pub(crate) mod notice;
 
 use crate::clock::now_secs;
 use crate::config::Config;
@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests other parts of the daemon (the control socket) send in.
-pub enum Command {
+pub(crate) enum Command {
     /// Try every deferred message now and forget destination backoff
     /// (`postqueue -f`, `sendmail -q`). Answers with the number scheduled.
     Flush(oneshot::Sender<usize>),
@@ -52,7 +52,7 @@ pub enum Command {
 /// not be delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum QueueAction {
+pub(crate) enum QueueAction {
     Delete,
     Hold,
     Freeze,
@@ -66,11 +66,11 @@ pub enum QueueAction {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ActResult {
-    pub id: String,
+pub(crate) struct ActResult {
+    pub(crate) id: String,
     /// The state the message was in, when it was found.
-    pub found_in: Option<String>,
-    pub error: Option<String>,
+    pub(crate) found_in: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// A message waiting for a delivery slot.
@@ -93,13 +93,13 @@ impl Job {
 
 /// What a finished delivery task reports.
 #[derive(Debug)]
-pub struct Done {
-    pub id: String,
+pub(crate) struct Done {
+    pub(crate) id: String,
     /// When the message is due again, if it is still queued.
-    pub next_attempt: Option<u64>,
+    pub(crate) next_attempt: Option<u64>,
     /// The message was gone or elsewhere when its turn came (a stale entry
     /// after an operator action); nothing was done.
-    pub skipped: bool,
+    pub(crate) skipped: bool,
 }
 
 /// Fresh mail kept in memory; beyond this, only ids are kept and the
@@ -108,12 +108,12 @@ const FRESH_IN_MEMORY: usize = 10_000;
 
 /// One configuration's way out: the router that picks each recipient's
 /// next hop at delivery time, and the transports that carry it there.
-pub struct Outbound {
-    pub router: Arc<Router>,
-    pub transports: Transports,
+pub(crate) struct Outbound {
+    pub(crate) router: Arc<Router>,
+    pub(crate) transports: Transports,
 }
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     config: Arc<Config>,
     spool: Spool,
     outbound: Arc<Outbound>,
@@ -135,7 +135,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: Arc<Config>, spool: Spool, outbound: Arc<Outbound>, ingress: Ingress) -> Scheduler {
+    pub(crate) fn new(config: Arc<Config>, spool: Spool, outbound: Arc<Outbound>, ingress: Ingress) -> Scheduler {
         Scheduler {
             limiter: Arc::new(notice::BounceLimiter::new(config.queue.bounce_rate_limit)),
             dests: Arc::new(Destinations::new(config.deliver.destination_concurrency)),
@@ -155,13 +155,13 @@ impl Scheduler {
     }
 
     /// The same scheduler, counting delivery outcomes into `metrics`.
-    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Scheduler {
+    pub(crate) fn with_metrics(self, metrics: Arc<Metrics>) -> Scheduler {
         Scheduler { metrics, ..self }
     }
 
     /// Loads what is on disk: `incoming/` is due now, `deferred/` at the
     /// time its envelope says. Unreadable envelopes are quarantined.
-    pub fn load(&mut self) -> std::io::Result<()> {
+    pub(crate) fn load(&mut self) -> std::io::Result<()> {
         self.held = self.spool.list(State::Hold)?.len() as u64;
         let mut incoming = self.spool.list(State::Incoming)?;
         incoming.sort();
@@ -184,7 +184,7 @@ impl Scheduler {
         Ok(())
     }
 
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut new_mail: mpsc::UnboundedReceiver<Envelope>,
         mut commands: mpsc::Receiver<Command>,
@@ -474,7 +474,7 @@ impl Scheduler {
 }
 
 impl QueueAction {
-    pub fn past_tense(self) -> &'static str {
+    pub(crate) fn past_tense(self) -> &'static str {
         match self {
             QueueAction::Delete => "removed",
             QueueAction::Hold => "placed on hold",

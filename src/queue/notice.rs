@@ -19,18 +19,18 @@ const RETURN_FULL_LIMIT: u64 = 100 * 1024;
 
 /// Per-sender notice counts over the last hour.
 #[derive(Debug)]
-pub struct BounceLimiter {
+pub(crate) struct BounceLimiter {
     per_hour: usize,
     sent: Mutex<HashMap<String, VecDeque<u64>>>,
 }
 
 impl BounceLimiter {
-    pub fn new(per_hour: usize) -> BounceLimiter {
+    pub(crate) fn new(per_hour: usize) -> BounceLimiter {
         BounceLimiter { per_hour, sent: Mutex::new(HashMap::new()) }
     }
 
     /// Counts one notice to `sender` at `now` if the limit allows it.
-    pub fn allow(&self, sender: &str, now: u64) -> bool {
+    pub(crate) fn allow(&self, sender: &str, now: u64) -> bool {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         if sent.len() > 100_000 {
             sent.retain(|_, times| times.back().is_some_and(|t| now.saturating_sub(*t) < 3600));
@@ -82,7 +82,7 @@ fn item(r: &Recipient, action: DsnAction) -> Item {
 /// says, per recipient, what a NOTIFY=SUCCESS notice would report: `None`
 /// when the next hop took the DSN request over, `Delivered` for final
 /// (local) delivery, `Relayed` for a next hop without DSN.
-pub fn due(
+pub(crate) fn due(
     env: &mut Envelope,
     before: &[RcptState],
     success: &[Option<DsnAction>],
@@ -119,7 +119,7 @@ pub fn due(
 }
 
 /// Builds and queues one notice about `env` to its sender.
-pub async fn send(
+pub(crate) async fn send(
     ingress: &Ingress,
     spool: &Spool,
     limiter: &BounceLimiter,

@@ -18,16 +18,16 @@
 //!
 //! No I/O beyond reading table files; no SMTP, no queue.
 
-pub mod aliases;
-pub mod canonical;
-pub mod rewrite;
-pub mod router;
+pub(crate) mod aliases;
+pub(crate) mod canonical;
+pub(crate) mod rewrite;
+pub(crate) mod router;
 pub mod table;
 pub mod transport;
 
-pub use rewrite::{Expansion, Limits, RewriteError, Rewriter, Step};
-pub use table::{Syntax, Table, TableError, TableSpec, open_all};
-pub use transport::{NextHop, Route, Transport, TransportMaps};
+pub(crate) use rewrite::{Expansion, Limits, RewriteError, Rewriter, Step};
+pub(crate) use table::{Syntax, Table, TableError, TableSpec, open_all};
+pub(crate) use transport::{NextHop, Route, Transport, TransportMaps};
 
 use std::fmt::Write;
 
@@ -35,7 +35,7 @@ use std::fmt::Write;
 /// then the route of each final recipient. `default_for` gives the next
 /// hop a recipient takes when no transport entry matches (Maildir for local
 /// domains, MX otherwise on a hub; the smarthosts on a satellite).
-pub fn explain(
+pub(crate) fn explain(
     rewriter: &Rewriter,
     transports: &TransportMaps,
     default_for: &dyn Fn(&str) -> NextHop,

@@ -29,18 +29,18 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Postfix's `virtual_alias_recursion_limit`.
-pub const RECURSION_LIMIT: usize = 1000;
+pub(crate) const RECURSION_LIMIT: usize = 1000;
 /// Postfix's `virtual_alias_expansion_limit`.
-pub const EXPANSION_LIMIT: usize = 1000;
+pub(crate) const EXPANSION_LIMIT: usize = 1000;
 
 /// Bounds on one expansion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Longest chain of alias lookups that matched.
-    pub recursion: usize,
+    pub(crate) recursion: usize,
     /// Most addresses one recipient may turn into (counted before
     /// duplicates are removed).
-    pub expansion: usize,
+    pub(crate) expansion: usize,
 }
 
 impl Default for Limits {
@@ -54,7 +54,7 @@ impl Default for Limits {
 /// false for them; a loop is a permanent error (RFC 3463 X.4.6, routing
 /// loop detected).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RewriteError {
+pub(crate) enum RewriteError {
     #[error("alias loop: {}", chain.join(" -> "))]
     Loop { chain: Vec<String> },
     #[error("unreasonable alias nesting for {address}: more than {limit} levels")]
@@ -64,21 +64,21 @@ pub enum RewriteError {
 }
 
 impl RewriteError {
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, RewriteError::Loop { .. })
     }
 }
 
 /// Which kind of table matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     Virtual,
     Alias,
 }
 
 /// What happened to one address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Resolution {
+pub(crate) enum Resolution {
     /// A name without a domain got the origin domain.
     Qualified { to: String },
     /// A table entry replaced the address with `to`.
@@ -96,10 +96,10 @@ pub enum Resolution {
 /// One step of an expansion; `depth` is the number of lookups that led
 /// here.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
-    pub depth: usize,
-    pub address: String,
-    pub action: Resolution,
+pub(crate) struct Step {
+    pub(crate) depth: usize,
+    pub(crate) address: String,
+    pub(crate) action: Resolution,
 }
 
 impl fmt::Display for Step {
@@ -124,10 +124,10 @@ impl fmt::Display for Step {
 
 /// The outcome of expanding one recipient.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Expansion {
+pub(crate) struct Expansion {
     /// Final recipients, duplicates removed, in the order found.
-    pub recipients: Vec<String>,
-    pub trace: Vec<Step>,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) trace: Vec<Step>,
 }
 
 impl fmt::Display for Expansion {
@@ -141,13 +141,13 @@ impl fmt::Display for Expansion {
 
 /// Decides whether a (lower-case) domain is local: `$mydestination`,
 /// `$myorigin`, in Postfix's words.
-pub type LocalDomains = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+pub(crate) type LocalDomains = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Expands recipients through virtual alias maps and alias maps.
 /// Cheap to clone; the tables are shared and pick up their changes
 /// themselves.
 #[derive(Clone)]
-pub struct Rewriter {
+pub(crate) struct Rewriter {
     virtual_maps: Vec<Arc<Table>>,
     alias_maps: Vec<Arc<Table>>,
     origin: String,
@@ -187,7 +187,7 @@ struct Node {
 impl Rewriter {
     /// No tables yet: every address is final. `origin` qualifies bare
     /// names; `is_local` gets a lower-case domain.
-    pub fn new(origin: &str, is_local: impl Fn(&str) -> bool + Send + Sync + 'static) -> Rewriter {
+    pub(crate) fn new(origin: &str, is_local: impl Fn(&str) -> bool + Send + Sync + 'static) -> Rewriter {
         Rewriter {
             virtual_maps: Vec::new(),
             alias_maps: Vec::new(),
@@ -198,24 +198,24 @@ impl Rewriter {
     }
 
     /// Tables in `virtual_alias_maps` syntax ([`Syntax::Map`](super::table::Syntax)).
-    pub fn with_virtual_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
+    pub(crate) fn with_virtual_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
         self.virtual_maps = maps;
         self
     }
 
     /// Tables in aliases(5) syntax ([`Syntax::Aliases`](super::table::Syntax)).
-    pub fn with_alias_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
+    pub(crate) fn with_alias_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
         self.alias_maps = maps;
         self
     }
 
-    pub fn with_limits(mut self, limits: Limits) -> Rewriter {
+    pub(crate) fn with_limits(mut self, limits: Limits) -> Rewriter {
         self.limits = limits;
         self
     }
 
     /// Expands one recipient into its final recipients.
-    pub fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
+    pub(crate) fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
         let mut out = Expansion::default();
         let mut address = address.trim().to_string();
         if split_address(&address).1.is_none() {
@@ -365,7 +365,7 @@ fn loop_chain(nodes: &[Node], n: usize) -> Option<Vec<String>> {
 }
 
 /// Splits at the last `@` outside quotes: (local part, domain).
-pub fn split_address(address: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_address(address: &str) -> (&str, Option<&str>) {
     match address.rsplit_once('@') {
         Some((local, domain)) if !domain.contains('"') => (local, Some(domain)),
         _ => (address, None),
