@@ -73,12 +73,9 @@ impl Users {
         Ok(Users { hashes })
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.hashes.len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
     }
 
     /// Whether `password` is `user`'s. Costs a hash computation even for

@@ -45,8 +45,6 @@ pub(crate) mod exit {
     pub(crate) const OK: u8 = 0;
     pub(crate) const USAGE: u8 = 64;
     pub(crate) const DATAERR: u8 = 65;
-    pub(crate) const NOINPUT: u8 = 66;
-    pub(crate) const UNAVAILABLE: u8 = 69;
     pub(crate) const SOFTWARE: u8 = 70;
     pub(crate) const CANTCREAT: u8 = 73;
     pub(crate) const NOPERM: u8 = 77;

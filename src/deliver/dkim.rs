@@ -102,6 +102,7 @@ impl Signer {
     /// key covers its author's domain (or signing failed, logged). The
     /// bytes are signed as given; [`Signer::sign_message`] is for mail that
     /// may still be converted on the way.
+    #[cfg(test)]
     pub(crate) fn sign(&self, id: &str, sender: &str, message: &[u8]) -> Option<Vec<u8>> {
         let (domain, key) = self.key_for_message(sender, message)?;
         sign_with(key, id, &domain, message)

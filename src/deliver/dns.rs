@@ -55,6 +55,7 @@ pub enum DnsError {
 }
 
 impl DnsError {
+    #[cfg(test)]
     pub(crate) fn is_permanent(&self) -> bool {
         !matches!(self, DnsError::Temporary { .. })
     }

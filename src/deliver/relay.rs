@@ -187,6 +187,7 @@ impl Relay {
 
     /// Replaces the per-phase timeouts (tests; the connect timeout comes from
     /// the configuration otherwise).
+    #[cfg(test)]
     pub(crate) fn with_timeouts(mut self, timeouts: Timeouts) -> Relay {
         self.settings.timeouts = timeouts;
         self

@@ -25,22 +25,18 @@ pub(crate) mod router;
 pub mod table;
 pub mod transport;
 
-pub(crate) use rewrite::{Expansion, Limits, RewriteError, Rewriter, Step};
-pub(crate) use table::{Syntax, Table, TableError, TableSpec, open_all};
-pub(crate) use transport::{NextHop, Route, Transport, TransportMaps};
-
-use std::fmt::Write;
-
 /// The text of `posthorn route explain ADDRESS`: every rewriting step,
 /// then the route of each final recipient. `default_for` gives the next
 /// hop a recipient takes when no transport entry matches (Maildir for local
 /// domains, MX otherwise on a hub; the smarthosts on a satellite).
+#[cfg(test)]
 pub(crate) fn explain(
-    rewriter: &Rewriter,
-    transports: &TransportMaps,
-    default_for: &dyn Fn(&str) -> NextHop,
+    rewriter: &rewrite::Rewriter,
+    transports: &transport::TransportMaps,
+    default_for: &dyn Fn(&str) -> transport::NextHop,
     address: &str,
 ) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
     let expansion = match rewriter.expand(address) {
         Ok(x) => x,
@@ -59,6 +55,9 @@ pub(crate) fn explain(
 
 #[cfg(test)]
 mod tests {
+    use super::rewrite::Rewriter;
+    use super::table::{Syntax, Table};
+    use super::transport::{NextHop, TransportMaps};
     use super::*;
     use std::sync::Arc;
 

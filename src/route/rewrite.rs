@@ -64,6 +64,7 @@ pub(crate) enum RewriteError {
 }
 
 impl RewriteError {
+    #[cfg(test)]
     pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, RewriteError::Loop { .. })
     }
@@ -209,6 +210,7 @@ impl Rewriter {
         self
     }
 
+    #[cfg(test)]
     pub(crate) fn with_limits(mut self, limits: Limits) -> Rewriter {
         self.limits = limits;
         self

@@ -209,10 +209,6 @@ impl Contents {
         self.entries.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Adds an entry unless the key is already there (then: a warning).
     fn insert(&mut self, key: String, value: String, line: usize) {
         if let Some(&i) = self.index.get(&key) {
@@ -468,6 +464,7 @@ impl Table {
 
     /// A table that is not backed by a file (tests, inline configuration);
     /// `name` stands for the file in messages.
+    #[cfg(test)]
     pub(crate) fn from_text(name: &str, text: &str, syntax: Syntax) -> Result<Table, TableError> {
         let contents = parse(text, syntax);
         if !contents.errors.is_empty() {
@@ -488,11 +485,13 @@ impl Table {
     }
 
     /// The file read, if any.
+    #[cfg(test)]
     pub(crate) fn path(&self) -> Option<&Path> {
         self.source.as_deref()
     }
 
     /// Changes how often lookups look at the file (tests use zero).
+    #[cfg(test)]
     pub(crate) fn set_check_interval(&self, interval: Duration) {
         self.check.lock().unwrap_or_else(|e| e.into_inner()).interval = interval;
     }
@@ -516,6 +515,7 @@ impl Table {
     /// Looks at the file now and loads it if it changed. `Ok(true)`: a new
     /// version is in use; `Ok(false)`: unchanged; `Err`: the file changed
     /// but could not be used, the previous version stays (already logged).
+    #[cfg(test)]
     pub(crate) fn refresh(&self) -> Result<bool, TableError> {
         let mut check = self.check.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh_locked(&mut check)

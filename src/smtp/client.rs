@@ -126,6 +126,7 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// Every phase limited to at most `max` (tests, impatient callers).
+    #[cfg(test)]
     pub(crate) fn capped(self, max: Duration) -> Timeouts {
         let c = |d: Duration| d.min(max);
         Timeouts {
@@ -288,10 +289,12 @@ pub(crate) enum RcptResult {
 }
 
 impl RcptResult {
+    #[cfg(test)]
     pub(crate) fn is_accepted(&self) -> bool {
         matches!(self, RcptResult::Accepted(_))
     }
 
+    #[cfg(test)]
     pub(crate) fn is_permanent(&self) -> bool {
         match self {
             RcptResult::Accepted(_) => false,
@@ -300,6 +303,7 @@ impl RcptResult {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn reply(&self) -> Option<&Reply> {
         match self {
             RcptResult::Accepted(r) | RcptResult::Refused { reply: r, .. } => Some(r),
@@ -582,6 +586,7 @@ impl Client {
         &self.label
     }
 
+    #[cfg(test)]
     pub(crate) fn greeting(&self) -> &Reply {
         &self.greeting
     }

@@ -54,7 +54,6 @@ struct Request {
 #[derive(Clone, Debug)]
 pub(crate) struct Committer {
     tx: mpsc::Sender<Request>,
-    mode: SyncMode,
 }
 
 impl std::fmt::Debug for Request {
@@ -70,11 +69,7 @@ impl Committer {
             .name("posthorn-commit".into())
             .spawn(move || run(rx, mode))
             .expect("spawning the committer thread");
-        Committer { tx, mode }
-    }
-
-    pub(crate) fn mode(&self) -> SyncMode {
-        self.mode
+        Committer { tx }
     }
 
     /// Performs `renames` in order and returns once they are durable.

@@ -140,11 +140,6 @@ impl Envelope {
         }
         env
     }
-
-    /// The newest attempt's reason for a pending recipient, for listings.
-    pub(crate) fn last_reason(&self) -> Option<&str> {
-        self.pending().filter_map(|(_, r)| r.history.last()).map(|a| a.detail.as_str()).next()
-    }
 }
 
 impl AttemptRecord {

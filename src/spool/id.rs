@@ -49,6 +49,7 @@ struct Lease {
 impl IdGen {
     /// A generator whose ids all sort after `floor` (an existing id, or
     /// none), with no lease: for tests and tools that never keep ids.
+    #[cfg(test)]
     pub(crate) fn new(floor: Option<&str>) -> IdGen {
         IdGen { last: AtomicU64::new(floor.and_then(decode).unwrap_or(0)), lease: None }
     }
@@ -149,11 +150,6 @@ pub(crate) fn decode(id: &str) -> Option<u64> {
 /// before they touch a path, so `../x` can never name a file.
 pub(crate) fn is_valid(id: &str) -> bool {
     id.len() == LEN && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
-}
-
-/// Arrival time (seconds since the epoch) encoded in an id.
-pub(crate) fn arrival_secs(id: &str) -> Option<u64> {
-    decode(id).map(|us| us / 1_000_000)
 }
 
 #[cfg(test)]

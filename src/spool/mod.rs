@@ -124,6 +124,7 @@ impl Spool {
         })
     }
 
+    #[cfg(test)]
     pub(crate) fn root(&self) -> &Path {
         &self.inner.root
     }
@@ -248,12 +249,6 @@ impl Spool {
             let _ = std::fs::remove_file(&tmp);
         }
         result
-    }
-
-    /// Moves an envelope between states without changing it (one rename).
-    pub(crate) async fn move_to(&self, id: &str, from: State, to: State) -> io::Result<()> {
-        let renames = vec![commit::Rename { from: self.envelope_path(from, id), to: self.envelope_path(to, id) }];
-        self.committer().commit(renames, None).await
     }
 
     /// A rename that need not be durable before the caller goes on: used

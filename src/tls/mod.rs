@@ -18,8 +18,6 @@ use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(crate) use tokio_rustls::{TlsAcceptor, TlsConnector};
-
 /// A certificate, key or CA file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -57,6 +55,7 @@ pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> 
 }
 
 /// The server configuration for a certificate chain and key.
+#[cfg(test)]
 pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_requesting(cert, key, false)
 }
@@ -87,13 +86,7 @@ pub(crate) fn server_config_requesting(
 }
 
 /// The server configuration from `[tls]`, or `None` when no certificate
-/// is configured.
-pub(crate) fn server_from_config(tls: &crate::config::Tls) -> Result<Option<Arc<ServerConfig>>, TlsError> {
-    server_requesting(tls, false)
-}
-
-/// `server_from_config`, asking for client certificates when
-/// `request_client_cert`.
+/// is configured; asking for client certificates when `request_client_cert`.
 pub(crate) fn server_requesting(
     tls: &crate::config::Tls,
     request_client_cert: bool,
@@ -169,17 +162,9 @@ pub(crate) fn cert_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
     in_san || subject::common_names(cert.as_ref()).iter().any(|cn| cn.trim_end_matches('.').eq_ignore_ascii_case(name))
 }
 
-/// How the client checks the server's certificate.
-#[derive(Clone, Debug)]
-pub(crate) enum Verify {
-    /// Any certificate (`encrypt`, `may`).
-    Nothing,
-    /// Against these roots, with the host name (`verify`).
-    Roots(Arc<RootCertStore>),
-}
-
 /// The client configuration: verifying against `ca` (a PEM file) or the
 /// system roots when `verify`, accepting any certificate otherwise.
+#[cfg(test)]
 pub(crate) fn client_config(verify: bool, ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     client_config_with_cert(verify, ca, None)
 }

@@ -21,6 +21,7 @@ impl Enhanced {
     /// The code of a whole reply line as logged or stored,
     /// `554 5.6.3 Conversion required ...`; `None` when it has none.
     /// Like a reply on the wire, the code's class must be the reply's.
+    #[cfg(test)]
     pub(crate) fn of_reply_text(text: &str) -> Option<Enhanced> {
         let mut words = text.split_whitespace();
         let reply = words.next().filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))?;
@@ -70,9 +71,6 @@ impl Reply {
 
     pub(crate) fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
-    }
-    pub(crate) fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
     }
     pub(crate) fn is_permanent(&self) -> bool {
         self.code >= 500

@@ -59,6 +59,7 @@ pub(crate) struct Server {
 pub(crate) type Generation = (Arc<Config>, Ingress);
 
 impl Server {
+    #[cfg(test)]
     pub(crate) fn new(config: Arc<Config>, ingress: Ingress) -> Server {
         Server::following(watch::channel((config, ingress)).1)
     }
