@@ -14,7 +14,7 @@
 
 pub(crate) mod dkim;
 pub mod dns;
-pub mod filter;
+pub(crate) mod filter;
 pub mod maildir;
 pub mod mx;
 pub mod relay;

@@ -23,7 +23,7 @@ pub(crate) mod canonical;
 pub(crate) mod rewrite;
 pub(crate) mod router;
 pub mod table;
-pub mod transport;
+pub(crate) mod transport;
 
 /// The text of `posthorn route explain ADDRESS`: every rewriting step,
 /// then the route of each final recipient. `default_for` gives the next

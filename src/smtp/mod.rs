@@ -2,4 +2,4 @@
 
 pub(crate) mod client;
 pub mod proto;
-pub mod server;
+pub(crate) mod server;

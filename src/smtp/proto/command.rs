@@ -16,7 +16,7 @@ use super::reply::{Enhanced, Reply};
 
 /// The command verbs posthorn recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verb {
+pub(crate) enum Verb {
     Ehlo,
     Helo,
     Mail,
@@ -109,7 +109,7 @@ pub(crate) enum BodyType {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MailFrom {
     /// Reverse path without `<>`; empty for the null sender.
-    pub sender: String,
+    pub(crate) sender: String,
     /// SIZE=; values too large for u64 saturate (they are over any limit).
     pub(crate) size: Option<u64>,
     pub(crate) body: Option<BodyType>,
@@ -213,7 +213,7 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct ParseError {
-    pub verb: Option<Verb>,
+    pub(crate) verb: Option<Verb>,
     pub(crate) error: CommandError,
 }
 
