@@ -2,12 +2,12 @@
 //! be read and written. Depends on nothing in the crate but `smtp::proto`
 //! (replies and status codes); every other stage may use it.
 //!
-//! - this file: [`OutMessage`] and [`OutRecipient`], a queued message as a
+//! - this file: [`OutMessage`] and `OutRecipient`, a queued message as a
 //!   transport receives it;
 //! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
-//! - [`header`]: the header block, byte-exact: split, fields, find, remove, rewrite;
-//! - [`downconvert`]: 8-bit MIME to 7 bit (RFC 6152, 6532).
+//! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
+//! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532).
 
 pub(crate) mod downconvert;
 pub(crate) mod header;

@@ -1,7 +1,7 @@
 //! Next-hop syntax, the one parser for it: Postfix's `host`, `host:port`,
 //! `[host]`, `[host]:port`, `[IPv6:addr]:port` (and a bare IPv6 address),
 //! as smarthosts, transport-table values and the content filter write it;
-//! the [`Target`] it names; the [`Hop`] the queue hands to a transport; and
+//! the [`Target`] it names; the `Hop` the queue hands to a transport; and
 //! the content filter's `smtp:`/`pipe:` specification.
 //!
 //! Brackets mean "no MX lookup", as in Postfix; an IP address is never

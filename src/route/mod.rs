@@ -5,15 +5,15 @@
 //!
 //! - [`table`]: Postfix lookup tables read from their text source
 //!   (`hash:`/`texthash:`), picked up again when the file changes.
-//! - [`aliases`]: the aliases(5) grammar; addresses only, commands and
+//! - `aliases`: the aliases(5) grammar; addresses only, commands and
 //!   files refused.
-//! - [`rewrite`]: virtual alias expansion (`user@domain`, `user`, catch-all
+//! - `rewrite`: virtual alias expansion (`user@domain`, `user`, catch-all
 //!   `@domain`), local aliases, loops, limits, duplicates, and a trace of
 //!   every step for `posthorn route explain`.
-//! - [`canonical`]: canonical(5) sender/recipient rewriting and
+//! - `canonical`: canonical(5) sender/recipient rewriting and
 //!   masquerading of local senders, applied at the door into the queue.
-//! - [`transport`]: transport(5) lookup and the typed [`NextHop`].
-//! - [`router`]: the configuration's tables opened once; recipient checks
+//! - `transport`: transport(5) lookup and the typed `NextHop`.
+//! - `router`: the configuration's tables opened once; recipient checks
 //!   at the door and next-hop decisions at delivery time.
 //!
 //! No I/O beyond reading table files; no SMTP, no queue.

@@ -4,7 +4,7 @@
 //! and `texthash:PATH` both read the text at `PATH`.
 //!
 //! This module owns the table spec (`hash:/path`), the postmap source
-//! grammar, the case folding of keys, and [`Table`]: a handle that notices
+//! grammar, the case folding of keys, and `Table`: a handle that notices
 //! when its file changes and loads it again, keeping the previous good
 //! version when the new one has a bad line. Parsing does no I/O; loading is
 //! bounded in file size and line length.
@@ -226,7 +226,7 @@ impl Contents {
 
 /// Parses a whole table source. Never fails: bad lines are collected in
 /// `errors` and left out, so callers choose between refusing the version
-/// (a [`Table`]) and answering from the good lines (`postmap -q`).
+/// (a `Table`) and answering from the good lines (`postmap -q`).
 pub fn parse(text: &str, syntax: Syntax) -> Contents {
     let mut out = Contents::default();
     for (line, logical) in logical_lines(text) {
