@@ -10,22 +10,22 @@ const MAX_BUFFER: usize = 1 << 20;
 
 /// One user account.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
+pub(crate) struct Account {
+    pub(crate) name: String,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
 }
 
 /// NSS could not answer (a name with a NUL byte never reaches it).
 #[derive(Debug, thiserror::Error)]
 #[error("looking up user {user}: {source}")]
-pub struct LookupError {
+pub(crate) struct LookupError {
     user: String,
     source: std::io::Error,
 }
 
 /// The account named `name`; `None` when there is none.
-pub fn lookup(name: &str) -> Result<Option<Account>, LookupError> {
+pub(crate) fn lookup(name: &str) -> Result<Option<Account>, LookupError> {
     let failed = |source| LookupError { user: name.to_string(), source };
     let c_name = CString::new(name).map_err(|_| failed(std::io::Error::other("a user name has no NUL byte")))?;
     query(|pwd, buf, found| {
@@ -36,7 +36,7 @@ pub fn lookup(name: &str) -> Result<Option<Account>, LookupError> {
 }
 
 /// The account with user id `uid`; `None` when there is none.
-pub fn lookup_uid(uid: u32) -> Result<Option<Account>, LookupError> {
+pub(crate) fn lookup_uid(uid: u32) -> Result<Option<Account>, LookupError> {
     query(|pwd, buf, found| {
         // SAFETY: every pointer is valid for the call; see `query`.
         unsafe { libc::getpwuid_r(uid, pwd, buf.as_mut_ptr().cast(), buf.len(), found) }
@@ -46,7 +46,7 @@ pub fn lookup_uid(uid: u32) -> Result<Option<Account>, LookupError> {
 
 /// The login name for `uid`, or the number when it has none (or NSS fails:
 /// a log line or trace header still needs something to show).
-pub fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     lookup_uid(uid).ok().flatten().map_or_else(|| uid.to_string(), |account| account.name)
 }
 

@@ -8,26 +8,26 @@ use jiff::tz::TimeZone;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, now.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// `secs` as a jiff timestamp; a time past jiff's range (the end of year
 /// 9999, only from a damaged envelope) becomes its last instant rather
 /// than an error.
-pub fn timestamp(secs: u64) -> Timestamp {
+pub(crate) fn timestamp(secs: u64) -> Timestamp {
     i64::try_from(secs).ok().and_then(|s| Timestamp::from_second(s).ok()).unwrap_or(Timestamp::MAX)
 }
 
 /// `Fri,  4 Dec 2026 15:32:50 +0100 (CET)` in local time: the RFC 5322
 /// date-time of `Date:`, `Received:` and DSN fields, as Postfix writes it.
-pub fn rfc5322(secs: u64) -> String {
+pub(crate) fn rfc5322(secs: u64) -> String {
     rfc5322_in(secs, TimeZone::system())
 }
 
 /// `Fri Dec  4 15:32:50` in local time, the arrival column of `mailq`
 /// (asctime(3) cut to 19 characters, as Postfix's showq prints it).
-pub fn mailq(secs: u64) -> String {
+pub(crate) fn mailq(secs: u64) -> String {
     mailq_in(secs, TimeZone::system())
 }
 

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where commands look when neither `-c` nor `POSTHORN_CONFIG` is given.
-pub const DEFAULT_PATH: &str = "/etc/posthorn/posthorn.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/posthorn/posthorn.toml";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub(crate) enum Role {
     Satellite,
     Hub,
 }
@@ -25,7 +25,7 @@ pub enum Role {
 /// TLS policy towards a next hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TlsPolicy {
+pub(crate) enum TlsPolicy {
     None,
     May,
     Encrypt,
@@ -36,59 +36,59 @@ pub enum TlsPolicy {
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The file this came from; `None` for the built-in default.
-    pub source: Option<PathBuf>,
-    pub role: Role,
-    pub hostname: String,
-    pub spool: PathBuf,
+    pub(crate) source: Option<PathBuf>,
+    pub(crate) role: Role,
+    pub(crate) hostname: String,
+    pub(crate) spool: PathBuf,
     /// The account the daemon switches to after binding its ports when it
     /// is started as root (`user`, default `posthorn`; `"root"` keeps root).
     /// `None` (the built-in configuration only): whoever started it.
-    pub user: Option<String>,
-    pub smtp: Smtp,
-    pub access: Access,
-    pub relay: Relay,
-    pub queue: Queue,
-    pub deliver: Deliver,
-    pub rewrite: Rewrite,
-    pub tls: Tls,
-    pub auth: Auth,
-    pub filter: Filter,
-    pub dkim: Dkim,
-    pub metrics: Metrics,
+    pub(crate) user: Option<String>,
+    pub(crate) smtp: Smtp,
+    pub(crate) access: Access,
+    pub(crate) relay: RelayConfig,
+    pub(crate) queue: Queue,
+    pub(crate) deliver: Deliver,
+    pub(crate) rewrite: Rewrite,
+    pub(crate) tls: Tls,
+    pub(crate) auth: Auth,
+    pub(crate) filter: Filter,
+    pub(crate) dkim: Dkim,
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// The metrics and health endpoint (`[metrics]`): Prometheus text format on
 /// `/metrics`, `200 ok` on `/health`. Meant for a loopback address.
 #[derive(Clone, Debug, Default)]
-pub struct Metrics {
+pub(crate) struct MetricsConfig {
     /// `listen = "127.0.0.1:9325"`; unset (the default): no endpoint.
     /// Read at start only: a change needs a restart.
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
 }
 
 /// DKIM signing (`[dkim]`): one key per signing domain, and the headers
 /// signed (empty: `deliver::dkim::DEFAULT_HEADERS`). Key files are read when
 /// the daemon builds a generation, so a bad one refuses the start.
 #[derive(Clone, Debug, Default)]
-pub struct Dkim {
-    pub keys: Vec<DkimKeyConfig>,
-    pub headers: Vec<String>,
+pub(crate) struct Dkim {
+    pub(crate) keys: Vec<DkimKeyConfig>,
+    pub(crate) headers: Vec<String>,
 }
 
 /// `[[dkim.keys]]`: `domain`, `selector`, `key` (PEM file), `algorithm`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DkimKeyConfig {
-    pub domain: String,
-    pub selector: String,
-    pub key: PathBuf,
+pub(crate) struct DkimKeyConfig {
+    pub(crate) domain: String,
+    pub(crate) selector: String,
+    pub(crate) key: PathBuf,
     /// Default: taken from the key file.
     #[serde(default)]
-    pub algorithm: Option<DkimAlgorithm>,
+    pub(crate) algorithm: Option<DkimAlgorithm>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub enum DkimAlgorithm {
+pub(crate) enum DkimAlgorithm {
     #[serde(rename = "rsa-sha256")]
     RsaSha256,
     #[serde(rename = "ed25519-sha256")]
@@ -97,17 +97,17 @@ pub enum DkimAlgorithm {
 
 /// The after-queue content filter (`[filter]`, Postfix's FILTER_README).
 #[derive(Clone, Debug)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Where unfiltered mail goes first; `None`: no filter.
-    pub content_filter: Option<FilterSpec>,
+    pub(crate) content_filter: Option<FilterSpec>,
     /// The listener the filter sends mail back to; mail arriving there is
     /// marked filtered and never filtered again.
-    pub reinject_listen: Option<SocketAddr>,
+    pub(crate) reinject_listen: Option<SocketAddr>,
     /// How long a pipe filter may run before it is killed (and the message
     /// deferred).
-    pub pipe_timeout: Duration,
+    pub(crate) pipe_timeout: Duration,
     /// Recipient domains whose mail is filtered; empty: all.
-    pub domains: Vec<String>,
+    pub(crate) domains: Vec<String>,
 }
 
 /// The server's certificate (`[tls]`). Both paths set, or neither: with
@@ -115,160 +115,160 @@ pub struct Filter {
 /// (and checked at start and on reload), not here, so that commands run by
 /// users who cannot read the key still load the configuration.
 #[derive(Clone, Debug, Default)]
-pub struct Tls {
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
+pub(crate) struct Tls {
+    pub(crate) cert: Option<PathBuf>,
+    pub(crate) key: Option<PathBuf>,
     /// CA certificates (PEM): with it the server asks clients for a
     /// certificate, and one issued by these CAs may relay.
-    pub client_ca: Option<PathBuf>,
+    pub(crate) client_ca: Option<PathBuf>,
     /// Name the AUTH user in `Received:` (off: the header would tell every
     /// recipient which account sent the message).
-    pub received_auth_user: bool,
+    pub(crate) received_auth_user: bool,
 }
 
 impl Tls {
     /// Whether a certificate is configured.
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.cert.is_some()
     }
 }
 
 /// SMTP AUTH on the server side (`[auth]`, RFC 4954).
 #[derive(Clone, Debug)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// `user:hash` lines (SHA-512-crypt); AUTH is offered only when set.
-    pub users: Option<PathBuf>,
+    pub(crate) users: Option<PathBuf>,
     /// Offer AUTH on connections without TLS too.
-    pub allow_plaintext: bool,
+    pub(crate) allow_plaintext: bool,
     /// Failed attempts from one client address within `failure_window`
     /// after which AUTH from that address is refused until the window ends.
-    pub max_failures: u32,
-    pub failure_window: Duration,
+    pub(crate) max_failures: u32,
+    pub(crate) failure_window: Duration,
     /// Pause before answering a failed attempt.
-    pub failure_delay: Duration,
+    pub(crate) failure_delay: Duration,
 }
 
 /// Recipient rewriting tables (Postfix formats).
 #[derive(Clone, Debug, Default)]
-pub struct Rewrite {
+pub(crate) struct Rewrite {
     /// virtual(5) tables: `hash:/etc/postfix/virtual`.
-    pub virtual_alias_maps: Vec<String>,
+    pub(crate) virtual_alias_maps: Vec<String>,
     /// aliases(5) files for local names: `/etc/aliases`.
-    pub alias_maps: Vec<String>,
+    pub(crate) alias_maps: Vec<String>,
     /// canonical(5) tables for envelope senders (and `From:`), recipients.
-    pub sender_canonical_maps: Vec<String>,
-    pub recipient_canonical_maps: Vec<String>,
+    pub(crate) sender_canonical_maps: Vec<String>,
+    pub(crate) recipient_canonical_maps: Vec<String>,
     /// Local senders become `user@masquerade_as` (a domain) or exactly
     /// `masquerade_as` (an address); see `route::canonical`.
-    pub masquerade_as: Option<String>,
+    pub(crate) masquerade_as: Option<String>,
     /// The domains whose senders are masqueraded; empty: the hostname and
     /// `localhost`.
-    pub masquerade_domains: Vec<String>,
+    pub(crate) masquerade_domains: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
-pub struct Deliver {
+pub(crate) struct Deliver {
     /// Transport tables (`hash:/etc/posthorn/transport`), searched in order.
-    pub transport_maps: Vec<String>,
+    pub(crate) transport_maps: Vec<String>,
     /// Where local mail goes; `{domain}` and `{user}` are replaced.
-    pub maildir_root: String,
+    pub(crate) maildir_root: String,
     /// DNS servers (`ip:port`) for MX and address lookups; empty means
     /// the system's /etc/resolv.conf.
-    pub dns_servers: Vec<SocketAddr>,
+    pub(crate) dns_servers: Vec<SocketAddr>,
     /// The port MX hosts are contacted on (25; tests change it).
-    pub mx_port: u16,
+    pub(crate) mx_port: u16,
     /// Connections open at once to one destination (domain or relay host).
-    pub destination_concurrency: usize,
+    pub(crate) destination_concurrency: usize,
 }
 
 #[derive(Clone, Debug)]
-pub struct Smtp {
-    pub listen: Vec<SocketAddr>,
+pub(crate) struct Smtp {
+    pub(crate) listen: Vec<SocketAddr>,
     /// Submission listeners (RFC 6409, port 587): STARTTLS offered, AUTH
     /// required before MAIL.
-    pub submission: Vec<SocketAddr>,
+    pub(crate) submission: Vec<SocketAddr>,
     /// Implicit-TLS submission listeners (RFC 8314, port 465): TLS from the
     /// first byte, AUTH required before MAIL.
-    pub submissions: Vec<SocketAddr>,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    pub max_connections: usize,
+    pub(crate) submissions: Vec<SocketAddr>,
+    pub(crate) max_message_size: u64,
+    pub(crate) max_recipients: usize,
+    pub(crate) max_connections: usize,
     /// Longest command line accepted, CRLF included (RFC 5321 4.5.3.1.4 says
     /// 512 at least; ESMTP parameters need more).
-    pub max_line_length: usize,
+    pub(crate) max_line_length: usize,
     /// Longest text line inside DATA, CRLF included (RFC 5321: 1000 at least).
-    pub max_data_line_length: usize,
+    pub(crate) max_data_line_length: usize,
     /// Time allowed waiting for a command.
-    pub command_timeout: Duration,
+    pub(crate) command_timeout: Duration,
     /// Time allowed between two reads during DATA.
-    pub data_timeout: Duration,
+    pub(crate) data_timeout: Duration,
     /// Errors after which the session is closed with 421.
-    pub max_errors: u32,
+    pub(crate) max_errors: u32,
 }
 
 #[derive(Clone, Debug)]
-pub struct Access {
-    pub trusted_networks: Vec<IpNet>,
-    pub relay_domains: Vec<String>,
-    pub local_domains: Vec<String>,
+pub(crate) struct Access {
+    pub(crate) trusted_networks: Vec<IpNet>,
+    pub(crate) relay_domains: Vec<String>,
+    pub(crate) local_domains: Vec<String>,
     /// Tables of known local users; empty: any user of a local domain.
-    pub local_recipient_maps: Vec<String>,
+    pub(crate) local_recipient_maps: Vec<String>,
     /// SHA-256 fingerprints (hex, colons allowed) of client certificates
     /// that may relay, besides those issued by `tls.client_ca`.
-    pub trusted_fingerprints: Vec<String>,
+    pub(crate) trusted_fingerprints: Vec<String>,
     /// Certificate DNS name -> the sender patterns (`*@domain`, or an
     /// address) a client presenting it may use in MAIL FROM.
-    pub client_cert_senders: Vec<(String, Vec<String>)>,
+    pub(crate) client_cert_senders: Vec<(String, Vec<String>)>,
 }
 
 impl Access {
     /// Whether `ip` is in `trusted_networks`. An IPv4-mapped IPv6 address
     /// (an IPv4 client as a dual-stack listener sees it) counts as the IPv4
     /// address, so `10.0.0.0/8` covers `::ffff:10.1.2.3`.
-    pub fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted_networks.iter().any(|net| net.contains(&ip))
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct Relay {
+pub(crate) struct RelayConfig {
     /// `host:port` strings in priority order; `[host]` brackets allowed.
-    pub smarthosts: Vec<String>,
-    pub tls: TlsPolicy,
+    pub(crate) smarthosts: Vec<String>,
+    pub(crate) tls: TlsPolicy,
     /// CA certificates (PEM) that `verify` checks the smarthost against,
     /// instead of the system roots.
-    pub tls_ca: Option<PathBuf>,
+    pub(crate) tls_ca: Option<PathBuf>,
     /// Certificate chain and key (PEM) presented to the smarthosts when
     /// they ask for one (client-certificate trust on the hub).
-    pub tls_client_cert: Option<PathBuf>,
-    pub tls_client_key: Option<PathBuf>,
+    pub(crate) tls_client_cert: Option<PathBuf>,
+    pub(crate) tls_client_key: Option<PathBuf>,
     /// `user:password` for AUTH towards the smarthosts.
-    pub auth_file: Option<PathBuf>,
+    pub(crate) auth_file: Option<PathBuf>,
     /// Send the credentials on a connection without TLS.
-    pub auth_plaintext: bool,
-    pub connect_timeout: Duration,
+    pub(crate) auth_plaintext: bool,
+    pub(crate) connect_timeout: Duration,
     /// Connections open at once to the smarthosts.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// How long an idle connection is kept for reuse.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
-pub struct Queue {
-    pub retry_min: Duration,
-    pub retry_max: Duration,
-    pub max_lifetime: Duration,
-    pub delay_warning: Option<Duration>,
+pub(crate) struct Queue {
+    pub(crate) retry_min: Duration,
+    pub(crate) retry_max: Duration,
+    pub(crate) max_lifetime: Duration,
+    pub(crate) delay_warning: Option<Duration>,
     /// Messages in delivery at once; the rest waits on disk.
-    pub active_limit: usize,
+    pub(crate) active_limit: usize,
     /// How often the maildrop is scanned even without a wake-up.
-    pub pickup_interval: Duration,
+    pub(crate) pickup_interval: Duration,
     /// Delivery status notifications per sender per hour, at most.
-    pub bounce_rate_limit: usize,
+    pub(crate) bounce_rate_limit: usize,
     /// How accepted mail is made durable: `batch` (one syncfs per group
     /// commit) or `per-file` (fdatasync of every file, as Postfix does).
-    pub sync: crate::spool::commit::SyncMode,
+    pub(crate) sync: crate::spool::commit::SyncMode,
 }
 
 /// A network as written in the configuration: CIDR notation, or a bare
@@ -293,7 +293,7 @@ impl Config {
     /// Finds and loads the configuration: `-c PATH`, then `POSTHORN_CONFIG`,
     /// then the default path; with none of them present, the built-in
     /// default (satellite on 127.0.0.1:2525, spool in ./posthorn-spool).
-    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         if let Some(p) = explicit {
             return Config::load(p);
         }
@@ -307,7 +307,7 @@ impl Config {
     }
 
     /// The configuration used when no file exists: works on loopback, no root.
-    pub fn builtin() -> Config {
+    pub(crate) fn builtin() -> Config {
         let raw = Raw {
             spool: Some(PathBuf::from("posthorn-spool")),
             smtp: RawSmtp { listen: Some(vec!["127.0.0.1:2525".into()]), ..RawSmtp::default() },
@@ -316,7 +316,7 @@ impl Config {
         Config::resolve(raw, None).expect("the built-in configuration is valid")
     }
 
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
         Config::parse(&text, path)
@@ -367,7 +367,7 @@ impl Config {
     }
 
     /// The control socket the commands use to reach the daemon.
-    pub fn control_socket(&self) -> PathBuf {
+    pub(crate) fn control_socket(&self) -> PathBuf {
         self.spool.join("control.sock")
     }
 }
@@ -377,7 +377,7 @@ fn lower(list: Vec<String>) -> Vec<String> {
 }
 
 /// The system's host name, as `uname` reports it.
-pub fn system_hostname() -> String {
+pub(crate) fn system_hostname() -> String {
     let uts = rustix::system::uname();
     let name = uts.nodename().to_string_lossy().into_owned();
     if name.is_empty() { "localhost".into() } else { name }
@@ -400,7 +400,7 @@ fn located(path: &Path, text: &str, key: Option<String>, e: &toml::de::Error) ->
 
 /// A duration written `30s`, `5m`, `1h`, `2d`, `1w`, or a number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub(crate) struct Dur(pub Duration);
 
 impl std::str::FromStr for Dur {
     type Err = String;
@@ -424,7 +424,7 @@ impl std::str::FromStr for Dur {
 
 /// A byte size written `50M`, `512k`, `1G`, or a number of bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Size(pub u64);
+pub(crate) struct Size(pub u64);
 
 impl std::str::FromStr for Size {
     type Err = String;
@@ -533,8 +533,8 @@ struct RawMetrics {
     listen: Option<String>,
 }
 
-fn resolve_metrics(raw: RawMetrics, err: &KeyError) -> Result<Metrics, ConfigError> {
-    Ok(Metrics { listen: raw.listen.map(|s| socket_addr(&s, "metrics.listen", err)).transpose()? })
+fn resolve_metrics(raw: RawMetrics, err: &KeyError) -> Result<MetricsConfig, ConfigError> {
+    Ok(MetricsConfig { listen: raw.listen.map(|s| socket_addr(&s, "metrics.listen", err)).transpose()? })
 }
 
 #[derive(Default, Deserialize)]
@@ -669,7 +669,7 @@ struct RawRelay {
     idle_timeout: Option<Dur>,
 }
 
-fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<Relay, ConfigError> {
+fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<RelayConfig, ConfigError> {
     if raw.tls_client_cert.is_some() != raw.tls_client_key.is_some() {
         let (set, missing) = if raw.tls_client_cert.is_some() {
             ("tls_client_cert", "relay.tls_client_key")
@@ -681,7 +681,7 @@ fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<Relay, ConfigError> {
     for host in raw.smarthosts.iter().flatten() {
         Target::host_port(host, 25).map_err(|m| err("relay.smarthosts", m))?;
     }
-    Ok(Relay {
+    Ok(RelayConfig {
         smarthosts: raw.smarthosts.unwrap_or_default(),
         tls: raw.tls.unwrap_or(TlsPolicy::May),
         tls_ca: raw.tls_ca,

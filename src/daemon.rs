@@ -15,7 +15,7 @@
 //! in progress finish with the one they started with; the queue is untouched.
 //! A configuration that does not load is refused and the old one stays.
 
-pub mod privilege;
+pub(crate) mod privilege;
 
 use crate::config::Config;
 use crate::control::{self, Request, Response};
@@ -55,7 +55,7 @@ impl Builder {
     }
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.spool.clone();
     let spool = open_spool(&config)?;
 

@@ -11,42 +11,42 @@ use crate::spool::envelope::Envelope;
 
 /// RFC 3464 2.3.3 Action values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum DsnAction {
     Failed,
     Delayed,
     Delivered,
     Relayed,
 }
 
-impl Action {
+impl DsnAction {
     fn as_str(self) -> &'static str {
         match self {
-            Action::Failed => "failed",
-            Action::Delayed => "delayed",
-            Action::Delivered => "delivered",
-            Action::Relayed => "relayed",
+            DsnAction::Failed => "failed",
+            DsnAction::Delayed => "delayed",
+            DsnAction::Delivered => "delivered",
+            DsnAction::Relayed => "relayed",
         }
     }
 }
 
 /// One recipient's part of a report.
 #[derive(Clone, Debug)]
-pub struct Item {
-    pub recipient: String,
+pub(crate) struct Item {
+    pub(crate) recipient: String,
     /// ORCPT as received (`rfc822;user@example.org`).
-    pub orcpt: Option<String>,
-    pub action: Action,
+    pub(crate) orcpt: Option<String>,
+    pub(crate) action: DsnAction,
     /// RFC 3463 status, `5.1.1`.
-    pub status: String,
+    pub(crate) status: String,
     /// `smtp; 550 5.1.1 ...` or a local explanation.
-    pub diagnostic: Option<String>,
+    pub(crate) diagnostic: Option<String>,
     /// `host[ip]:port` of the server that answered.
-    pub remote_mta: Option<String>,
-    pub last_attempt: u64,
+    pub(crate) remote_mta: Option<String>,
+    pub(crate) last_attempt: u64,
 }
 
 /// What the original message contributes (RFC 3461 RET).
-pub enum Returned<'a> {
+pub(crate) enum Returned<'a> {
     Full(&'a [u8]),
     Headers(&'a [u8]),
     Nothing,
@@ -54,13 +54,13 @@ pub enum Returned<'a> {
 
 /// Builds a notice about `env` for its sender. The result is a complete
 /// message with CRLF line ends, ready for the queue.
-pub fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<'_>, now: u64) -> Vec<u8> {
+pub(crate) fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<'_>, now: u64) -> Vec<u8> {
     let boundary = format!("{}.{}/{hostname}", env.id, now);
-    let kind = items.first().map(|i| i.action).unwrap_or(Action::Failed);
+    let kind = items.first().map(|i| i.action).unwrap_or(DsnAction::Failed);
     let subject = match kind {
-        Action::Failed => "Undelivered Mail Returned to Sender",
-        Action::Delayed => "Delayed Mail (still being retried)",
-        Action::Delivered | Action::Relayed => "Successful Mail Delivery Report",
+        DsnAction::Failed => "Undelivered Mail Returned to Sender",
+        DsnAction::Delayed => "Delayed Mail (still being retried)",
+        DsnAction::Delivered | DsnAction::Relayed => "Successful Mail Delivery Report",
     };
     let mut m = String::new();
     m.push_str(&format!("From: MAILER-DAEMON@{hostname} (Mail Delivery System)\r\n"));
@@ -127,13 +127,13 @@ pub fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<
     out
 }
 
-fn human_part(hostname: &str, env: &Envelope, items: &[Item], kind: Action) -> String {
+fn human_part(hostname: &str, env: &Envelope, items: &[Item], kind: DsnAction) -> String {
     let mut t = format!("This is the mail system at host {hostname}.\r\n\r\n");
     t.push_str(match kind {
-        Action::Failed => {
+        DsnAction::Failed => {
             "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n"
         }
-        Action::Delayed => {
+        DsnAction::Delayed => {
             "Your message could not be delivered yet to one or more recipients.\r\nIt will be retried until it is too old; you need not resend it.\r\n"
         }
         _ => "Your message was successfully delivered to the destination(s)\r\nlisted below.\r\n",
@@ -155,7 +155,7 @@ fn one_line(s: &str) -> String {
 /// (`SUCCESS`, `FAILURE`, `DELAY`). Without NOTIFY, failures and delays
 /// are reported, successes are not (RFC 3461 4.1 leaves it to the MTA;
 /// this is what every major MTA does).
-pub fn wants(notify: Option<&str>, kind: &str) -> bool {
+pub(crate) fn wants(notify: Option<&str>, kind: &str) -> bool {
     match notify {
         None => kind != "SUCCESS",
         Some(n) => n.split(',').any(|k| k.trim().eq_ignore_ascii_case(kind)),
@@ -195,7 +195,7 @@ mod tests {
         let items = vec![Item {
             recipient: "bob@example.net".into(),
             orcpt: Some("rfc822;Bob@example.net".into()),
-            action: Action::Failed,
+            action: DsnAction::Failed,
             status: "5.1.1".into(),
             diagnostic: Some("smtp; 550 5.1.1 <bob@example.net>: user unknown".into()),
             remote_mta: Some("mx.example.net[192.0.2.1]:25".into()),

@@ -26,8 +26,8 @@
 //!
 //! - [`config`]: TOML to typed configuration, role defaults, located errors.
 //! - [`smtp::proto`]: sans-IO protocol: commands, replies, addresses, DATA decoding.
-//! - [`smtp::server`]: listener and per-connection session (one function per verb).
-//! - [`smtp::client`]: one outbound SMTP transaction with per-recipient results.
+//! - `smtp::server`: listener and per-connection session (one function per verb).
+//! - `smtp::client`: one outbound SMTP transaction with per-recipient results.
 //! - [`spool`]: queue ids, envelopes (never the body), bodies, atomic state
 //!   moves, group commit and crash recovery.
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).

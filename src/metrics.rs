@@ -25,9 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 /// The longest request head read; a longer one gets 400.
-pub const MAX_HEAD: usize = 8 * 1024;
+pub(crate) const MAX_HEAD: usize = 8 * 1024;
 /// Time allowed for the whole request head, and again for the answer.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a scrape or a health check waits for the scheduler.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections served at once; more are closed unanswered.
@@ -35,7 +35,7 @@ const MAX_CLIENTS: usize = 16;
 
 /// The door a message came in through (`posthorn_messages_accepted_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Door {
+pub(crate) enum Door {
     /// An SMTP listener (`smtp.listen`).
     Smtp,
     /// Submission, STARTTLS or implicit TLS (`smtp.submission(s)`).
@@ -65,7 +65,7 @@ impl Door {
 /// What became of one recipient in one delivery attempt
 /// (`posthorn_recipients_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RcptOutcome {
+pub(crate) enum RcptOutcome {
     Delivered,
     /// A temporary failure, or a destination known to be down: tried again later.
     Deferred,
@@ -91,7 +91,7 @@ impl RcptOutcome {
 
 /// The daemon's counters and the one gauge kept by counting (connections).
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     started: u64,
     accepted: [AtomicU64; Door::ALL.len()],
     recipients: [AtomicU64; RcptOutcome::ALL.len()],
@@ -118,17 +118,17 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A message is durable in the queue.
-    pub fn accepted(&self, door: Door) {
+    pub(crate) fn accepted(&self, door: Door) {
         self.accepted[door as usize].fetch_add(1, Relaxed);
     }
 
-    pub fn recipient(&self, outcome: RcptOutcome) {
+    pub(crate) fn recipient(&self, outcome: RcptOutcome) {
         self.recipients[outcome as usize].fetch_add(1, Relaxed);
     }
 
     /// An SMTP session starts; it counts as a current connection until the
     /// returned guard is dropped (also when the session task is aborted).
-    pub fn session_started(self: &Arc<Self>) -> Connection {
+    pub(crate) fn session_started(self: &Arc<Self>) -> Connection {
         self.smtp_sessions.fetch_add(1, Relaxed);
         self.smtp_connections.fetch_add(1, Relaxed);
         Connection(self.clone())
@@ -136,14 +136,14 @@ impl Metrics {
 
     /// A connection turned away at accept (over the limit, or not allowed
     /// on the reinjection listener).
-    pub fn connection_refused(&self) {
+    pub(crate) fn connection_refused(&self) {
         self.smtp_refused.fetch_add(1, Relaxed);
     }
 
     /// An SMTP session sent the reply `code` to a command or a message;
     /// only 4xx and 5xx are counted. Called for every reply, so a positive
     /// one costs a comparison and nothing more.
-    pub fn smtp_reply(&self, code: u16) {
+    pub(crate) fn smtp_reply(&self, code: u16) {
         let class = match code {
             400..=499 => 0,
             500..=599 => 1,
@@ -154,7 +154,7 @@ impl Metrics {
 }
 
 /// One open SMTP connection; see `Metrics::session_started`.
-pub struct Connection(Arc<Metrics>);
+pub(crate) struct Connection(Arc<Metrics>);
 
 impl Drop for Connection {
     fn drop(&mut self) {
@@ -164,18 +164,18 @@ impl Drop for Connection {
 
 /// The scheduler's own bookkeeping, read when scraped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct QueueGauges {
-    pub incoming: u64,
-    pub active: u64,
-    pub deferred: u64,
-    pub hold: u64,
+pub(crate) struct QueueGauges {
+    pub(crate) incoming: u64,
+    pub(crate) active: u64,
+    pub(crate) deferred: u64,
+    pub(crate) hold: u64,
     /// Arrival (Unix seconds) of the oldest message the scheduler holds;
     /// `None` with an empty queue or when not asked for.
-    pub oldest_arrival: Option<u64>,
+    pub(crate) oldest_arrival: Option<u64>,
 }
 
 /// What the daemon tells the HTTP server.
-pub trait Probe: Send + Sync + 'static {
+pub(crate) trait Probe: Send + Sync + 'static {
     /// The queue's gauges, `oldest` included when asked (it costs a pass
     /// over the queued ids); `None` when the scheduler is gone.
     fn queue(&self, oldest: bool) -> impl Future<Output = Option<QueueGauges>> + Send;
@@ -188,7 +188,7 @@ pub trait Probe: Send + Sync + 'static {
 /// The exposition: every family with its HELP and TYPE lines. The queue
 /// families are left out when the scheduler did not answer (`queue: None`);
 /// `posthorn_scheduler_up` says so.
-pub fn render(m: &Metrics, role: &str, queue: Option<&QueueGauges>, now: u64) -> String {
+pub(crate) fn render(m: &Metrics, role: &str, queue: Option<&QueueGauges>, now: u64) -> String {
     let mut out = Out(String::with_capacity(4096));
     out.family("posthorn_up", "gauge", "Whether the daemon answers (always 1 when scraped).");
     out.sample("posthorn_up", &[], 1);
@@ -338,7 +338,7 @@ impl Response {
 }
 
 /// Serves metrics and health on `listener` until `shutdown` turns true.
-pub async fn serve<P: Probe>(
+pub(crate) async fn serve<P: Probe>(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     probe: Arc<P>,

@@ -3,7 +3,7 @@
 //!
 //! - `Users`: the server's `user:hash` file (SHA-512-crypt, `$6$`, the
 //!   format of /etc/shadow, `mkpasswd -m sha-512` and `openssl passwd -6`).
-//! - `Limiter`: failed attempts per client address; past the limit AUTH is
+//! - `AuthLimiter`: failed attempts per client address; past the limit AUTH is
 //!   refused from that address until the window ends.
 //! - `ClientCredentials`: the `user:password` file the relay client sends.
 //! - `decode_base64` and `decode_plain`: the wire encodings (RFC 4648, RFC
@@ -24,7 +24,7 @@ const MAX_USER: usize = 255;
 /// Longest password accepted on the wire: hashing is costly, and a client
 /// must not make us hash megabytes.
 const MAX_PASSWORD: usize = 1024;
-/// Client addresses tracked at once by a `Limiter`; beyond that the oldest
+/// Client addresses tracked at once by a `AuthLimiter`; beyond that the oldest
 /// entries are dropped (a flood of addresses cannot exhaust memory).
 const MAX_TRACKED: usize = 10_000;
 
@@ -43,20 +43,20 @@ pub enum FileError {
 
 /// The server's users: name and password hash.
 #[derive(Clone, Debug, Default)]
-pub struct Users {
+pub(crate) struct Users {
     hashes: HashMap<String, String>,
 }
 
 impl Users {
     /// Reads a `user:hash` file; blank lines and `#` comments are skipped.
-    pub fn load(path: &Path) -> Result<Users, FileError> {
+    pub(crate) fn load(path: &Path) -> Result<Users, FileError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
         Users::parse(&text).map_err(|(line, what)| FileError::Syntax { path: path.to_path_buf(), line, what })
     }
 
     /// Parses the file's text; an error is (line, message).
-    pub fn parse(text: &str) -> Result<Users, (usize, String)> {
+    pub(crate) fn parse(text: &str) -> Result<Users, (usize, String)> {
         let mut hashes = HashMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -73,18 +73,15 @@ impl Users {
         Ok(Users { hashes })
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.hashes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
     }
 
     /// Whether `password` is `user`'s. Costs a hash computation even for
     /// an unknown user, so timing does not tell which names exist. CPU-bound
     /// (a few milliseconds): call it off the async threads.
-    pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+    pub(crate) fn verify(&self, user: &str, password: &[u8]) -> bool {
         // A valid hash of a random password stands in for unknown users.
         const DECOY: &str = "$6$YNqbPSJ2Ld4UOUcd$INsCfn3eBT1flWGbwK11Cwh5JGYhwc5pMHhwbH/ofEj7U7r0yBVuEzHOEvub4RsgS9SC8Ga9BAGtNiNslN0rj.";
         let (hash, known) = match self.hashes.get(user) {
@@ -97,7 +94,7 @@ impl Users {
 }
 
 /// Why a user name is unusable (in the file, or from `auth add`).
-pub fn check_user(user: &str) -> Result<(), String> {
+pub(crate) fn check_user(user: &str) -> Result<(), String> {
     if user.is_empty() || user.len() > MAX_USER {
         return Err("user name must have 1 to 255 characters".into());
     }
@@ -108,7 +105,7 @@ pub fn check_user(user: &str) -> Result<(), String> {
 }
 
 /// A new SHA-512-crypt hash of `password` with a random salt.
-pub fn hash_password(password: &[u8]) -> String {
+pub(crate) fn hash_password(password: &[u8]) -> String {
     let mut salt = [0u8; 12];
     rustls::crypto::ring::default_provider().secure_random.fill(&mut salt).expect("system random source");
     ShaCrypt::SHA512.hash_password_with_salt(password, &salt).expect("SHA-512-crypt of a bounded password").to_string()
@@ -156,9 +153,9 @@ pub fn set_password(path: &Path, user: &str, password: &[u8]) -> Result<(), File
 /// Credentials the relay client presents to the smarthosts: the first
 /// `user:password` line of the file.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClientCredentials {
-    pub user: String,
-    pub password: String,
+pub(crate) struct ClientCredentials {
+    pub(crate) user: String,
+    pub(crate) password: String,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -168,7 +165,7 @@ impl std::fmt::Debug for ClientCredentials {
 }
 
 impl ClientCredentials {
-    pub fn load(path: &Path) -> Result<ClientCredentials, FileError> {
+    pub(crate) fn load(path: &Path) -> Result<ClientCredentials, FileError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
         let syntax = |line, what: &str| FileError::Syntax { path: path.to_path_buf(), line, what: what.into() };
@@ -187,7 +184,7 @@ impl ClientCredentials {
 /// wrong length, stray characters or non-zero bits after the last byte.
 /// data-encoding also accepts padding inside the input (concatenated
 /// encodings), which no SASL client sends; that is refused here.
-pub fn decode_base64(wire: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(wire: &[u8]) -> Option<Vec<u8>> {
     if wire.iter().skip_while(|&&c| c != b'=').any(|&c| c != b'=') {
         return None;
     }
@@ -197,7 +194,7 @@ pub fn decode_base64(wire: &[u8]) -> Option<Vec<u8>> {
 /// The SASL PLAIN message (RFC 4616): `authzid NUL authcid NUL passwd`.
 /// Returns (user, password); an authorization identity other than the
 /// user itself is refused (no proxy authentication here).
-pub fn decode_plain(message: &[u8]) -> Result<(String, Vec<u8>), &'static str> {
+pub(crate) fn decode_plain(message: &[u8]) -> Result<(String, Vec<u8>), &'static str> {
     let mut parts = message.splitn(3, |&b| b == 0);
     let (Some(authz), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
         return Err("malformed PLAIN message");
@@ -213,25 +210,25 @@ pub fn decode_plain(message: &[u8]) -> Result<(String, Vec<u8>), &'static str> {
 }
 
 /// Checks a LOGIN user name or password as decoded.
-pub fn check_login_field(field: &[u8], max: usize) -> bool {
+pub(crate) fn check_login_field(field: &[u8], max: usize) -> bool {
     !field.is_empty() && field.len() <= max && !field.contains(&0)
 }
 
-pub const MAX_USER_LEN: usize = MAX_USER;
-pub const MAX_PASSWORD_LEN: usize = MAX_PASSWORD;
+pub(crate) const MAX_USER_LEN: usize = MAX_USER;
+pub(crate) const MAX_PASSWORD_LEN: usize = MAX_PASSWORD;
 
 /// Failed AUTH attempts per client address within a window.
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct AuthLimiter {
     max: u32,
     window: Duration,
     /// Address -> (failures, start of the window).
     seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
-impl Limiter {
-    pub fn new(max: u32, window: Duration) -> Limiter {
-        Limiter { max, window, seen: Mutex::new(HashMap::new()) }
+impl AuthLimiter {
+    pub(crate) fn new(max: u32, window: Duration) -> AuthLimiter {
+        AuthLimiter { max, window, seen: Mutex::new(HashMap::new()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
@@ -239,7 +236,7 @@ impl Limiter {
     }
 
     /// Whether `ip` has used up its failures (0 = no limit).
-    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_blocked(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut seen = self.lock();
         match seen.get(&ip) {
@@ -253,7 +250,7 @@ impl Limiter {
     }
 
     /// Counts a failure from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
+    pub(crate) fn failed(&self, ip: IpAddr) {
         let now = Instant::now();
         let mut seen = self.lock();
         if seen.len() >= MAX_TRACKED && !seen.contains_key(&ip) {
@@ -272,7 +269,7 @@ impl Limiter {
     }
 
     /// A success clears the address's record.
-    pub fn succeeded(&self, ip: IpAddr) {
+    pub(crate) fn succeeded(&self, ip: IpAddr) {
         self.lock().remove(&ip);
     }
 }
@@ -366,7 +363,7 @@ mod tests {
     fn limiter_counts_per_address_and_window() {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let limiter = Limiter::new(2, Duration::from_secs(60));
+        let limiter = AuthLimiter::new(2, Duration::from_secs(60));
         assert!(!limiter.is_blocked(a));
         limiter.failed(a);
         assert!(!limiter.is_blocked(a));
@@ -375,7 +372,7 @@ mod tests {
         assert!(!limiter.is_blocked(b));
         limiter.succeeded(a);
         assert!(!limiter.is_blocked(a));
-        let short = Limiter::new(1, Duration::from_millis(1));
+        let short = AuthLimiter::new(1, Duration::from_millis(1));
         short.failed(a);
         std::thread::sleep(Duration::from_millis(5));
         assert!(!short.is_blocked(a), "the window ended");

@@ -12,7 +12,7 @@ use super::exit;
 use crate::clock;
 use crate::config::Config;
 use crate::control::{self, ControlError, Request};
-use crate::queue::{ActResult, Action};
+use crate::queue::{ActResult, QueueAction};
 use crate::spool::Spool;
 use std::io::Write;
 
@@ -23,7 +23,7 @@ const BATCH: usize = 20_000;
 /// Asks the daemon to apply `action` to `ids`; one result per id, in order.
 /// Errors are already reported on stderr as `prog: fatal: ...`; the value
 /// is the exit code.
-pub fn act(config: &Config, prog: &str, action: Action, ids: &[String]) -> Result<Vec<ActResult>, u8> {
+pub(crate) fn act(config: &Config, prog: &str, action: QueueAction, ids: &[String]) -> Result<Vec<ActResult>, u8> {
     let mut results = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(BATCH) {
         let request = Request::Act { action, ids: chunk.to_vec() };
@@ -46,7 +46,7 @@ pub fn act(config: &Config, prog: &str, action: Action, ids: &[String]) -> Resul
 }
 
 /// The sentence an operator sees when the daemon cannot be asked.
-pub fn report_unreachable(prog: &str, config: &Config, e: &ControlError) {
+pub(crate) fn report_unreachable(prog: &str, config: &Config, e: &ControlError) {
     match e {
         ControlError::NotRunning(_) => eprintln!(
             "{prog}: fatal: the posthorn daemon is not running (no answer on {}); \
@@ -58,13 +58,13 @@ pub fn report_unreachable(prog: &str, config: &Config, e: &ControlError) {
 }
 
 /// Whether a result means the action was carried out.
-pub fn changed(r: &ActResult) -> bool {
+pub(crate) fn changed(r: &ActResult) -> bool {
     r.found_in.is_some() && r.error.is_none()
 }
 
 /// Appends one line for the messages `results` changed:
 /// `2026-11-25T13:35:46Z user=root uid=0 via=postsuper action=delete count=2 ids=A,B`.
-fn audit(config: &Config, prog: &str, action: Action, results: &[ActResult]) {
+fn audit(config: &Config, prog: &str, action: QueueAction, results: &[ActResult]) {
     let ids: Vec<&str> = results.iter().filter(|r| changed(r)).map(|r| r.id.as_str()).collect();
     if ids.is_empty() {
         return;
@@ -102,7 +102,7 @@ fn same_owner_as_spool(file: &std::fs::File, spool: &std::path::Path) -> std::io
 
 /// The spool for reading, or `None` when it was never created (an empty
 /// queue). Never creates anything.
-pub fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
+pub(crate) fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
     let incoming = config.spool.join("incoming");
     if !incoming.is_dir() {
         return Ok(None);
@@ -122,22 +122,22 @@ pub fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
 }
 
 /// `2026-11-25T13:35:46Z`
-pub fn iso(secs: u64) -> String {
+pub(crate) fn iso(secs: u64) -> String {
     clock::timestamp(secs).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `2026-11-25 13:35:46`, Exim's log time stamp (UTC).
-pub fn log_time(secs: u64) -> String {
+pub(crate) fn log_time(secs: u64) -> String {
     clock::timestamp(secs).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// `Wed Nov 25 13:35:46 2026`, asctime(3) as `postcat` prints times (UTC).
-pub fn asctime(secs: u64) -> String {
+pub(crate) fn asctime(secs: u64) -> String {
     clock::timestamp(secs).strftime("%a %b %e %H:%M:%S %Y").to_string()
 }
 
 /// A short human duration: `45s`, `12m`, `3h`, `2d`.
-pub fn short_duration(secs: u64) -> String {
+pub(crate) fn short_duration(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 2 * 3600 => format!("{}m", s / 60),

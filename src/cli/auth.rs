@@ -9,7 +9,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// Add USER, or replace their password; the password is read from stdin
     Add {
         user: String,
@@ -19,7 +19,7 @@ pub enum Verb {
     },
 }
 
-pub fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
+pub(crate) fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
     let Verb::Add { user, file } = verb;
     let file = match file {
         Some(f) => f,

@@ -8,7 +8,7 @@ use crate::spool::{State, id};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-pub fn main(explicit: Option<&Path>) -> u8 {
+pub(crate) fn main(explicit: Option<&Path>) -> u8 {
     let config = match super::load_config(explicit, "posthorn check") {
         Ok(c) => c,
         Err(code) => return code,
@@ -27,7 +27,7 @@ pub fn main(explicit: Option<&Path>) -> u8 {
 }
 
 /// Everything wrong with `config` and its spool, as sentences.
-pub fn problems(config: &crate::config::Config) -> Vec<String> {
+pub(crate) fn problems(config: &crate::config::Config) -> Vec<String> {
     let mut out = Vec::new();
     if config.role == Role::Satellite && config.relay.smarthosts.is_empty() {
         out.push("relay.smarthosts is empty: a satellite has nowhere to send mail".into());

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[derive(clap::Subcommand)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// Write a new key for DOMAIN and SELECTOR, print the DNS TXT record
     Keygen {
         domain: String,
@@ -31,12 +31,12 @@ pub enum Verb {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     Ed25519,
     Rsa,
 }
 
-pub fn main(verb: Verb) -> u8 {
+pub(crate) fn main(verb: Verb) -> u8 {
     let Verb::Keygen { domain, selector, algorithm, out, bits } = verb;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{selector}.{domain}.pem")));
     if out.exists() {

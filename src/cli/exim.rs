@@ -21,7 +21,7 @@ use super::postcat;
 use crate::config::Config;
 use crate::message::header;
 use crate::message::outcome::Status;
-use crate::queue::Action;
+use crate::queue::QueueAction;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{State, id};
 use std::ffi::OsString;
@@ -33,7 +33,7 @@ enum Mode {
     List { undelivered_only: bool },
     Count,
     Show(Show),
-    Act(Action),
+    Act(QueueAction),
     Flush,
     Domain(String),
     Version,
@@ -53,7 +53,7 @@ struct Parsed {
     config: Option<PathBuf>,
 }
 
-pub fn main(args: &[OsString]) -> u8 {
+pub(crate) fn main(args: &[OsString]) -> u8 {
     let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let parsed = match parse(&strings) {
         Ok(Some(p)) => p,
@@ -118,10 +118,10 @@ fn parse(args: &[String]) -> Result<Option<Parsed>, String> {
             "-bpu" | "-bpru" => Mode::List { undelivered_only: true },
             "-bpc" => Mode::Count,
             "-bV" => Mode::Version,
-            "-M" => Mode::Act(Action::Deliver),
-            "-Mrm" => Mode::Act(Action::Delete),
-            "-Mf" => Mode::Act(Action::Freeze),
-            "-Mt" => Mode::Act(Action::Release),
+            "-M" => Mode::Act(QueueAction::Deliver),
+            "-Mrm" => Mode::Act(QueueAction::Delete),
+            "-Mf" => Mode::Act(QueueAction::Freeze),
+            "-Mt" => Mode::Act(QueueAction::Release),
             "-Mvb" => Mode::Show(Show::Body),
             "-Mvh" => Mode::Show(Show::Header),
             "-Mvl" => Mode::Show(Show::Log),
@@ -197,7 +197,7 @@ fn count(config: &Config) -> u8 {
 }
 
 /// One message in `exim -bp`'s layout.
-pub fn render(env: &Envelope, now: u64, undelivered_only: bool) -> String {
+pub(crate) fn render(env: &Envelope, now: u64, undelivered_only: bool) -> String {
     let mut s = format!("{} {} {} <{}>", age(now.saturating_sub(env.arrival)), size(env.size), env.id, env.sender);
     if env.frozen {
         s.push_str(" *** frozen ***");
@@ -215,7 +215,7 @@ pub fn render(env: &Envelope, now: u64, undelivered_only: bool) -> String {
 }
 
 /// Exim's age column: minutes up to 90, then hours up to 72, then days.
-pub fn age(secs: u64) -> String {
+pub(crate) fn age(secs: u64) -> String {
     let minutes = secs / 60;
     if minutes <= 90 {
         return format!("{minutes:>2}m");
@@ -225,7 +225,7 @@ pub fn age(secs: u64) -> String {
 }
 
 /// Exim's size column, five characters: `  812`, ` 2.9K`, `  14K`, ` 1.2M`.
-pub fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     let b = bytes as f64;
     match bytes {
         0 => "     ".into(),
@@ -319,7 +319,7 @@ fn header_file(env: &Envelope, head: &[u8]) -> String {
 /// The message's log, built from its envelope and attempt history in
 /// Exim's message-log style: `<=` arrival, `=>` delivered, `**` failed,
 /// `==` deferred.
-pub fn message_log(env: &Envelope) -> String {
+pub(crate) fn message_log(env: &Envelope) -> String {
     let mut lines: Vec<(u64, String)> = Vec::new();
     let from = if env.sender.is_empty() { "<>".to_string() } else { env.sender.clone() };
     let mut arrival = format!("<= {from} P={} S={}", env.origin.protocol, env.size);
@@ -360,7 +360,7 @@ pub fn message_log(env: &Envelope) -> String {
     s
 }
 
-fn act_on(config: &Config, action: Action, ids: &[String]) -> u8 {
+fn act_on(config: &Config, action: QueueAction, ids: &[String]) -> u8 {
     let spool = match act::spool(config, "exim") {
         Ok(s) => s,
         Err(code) => return code,
@@ -371,7 +371,7 @@ fn act_on(config: &Config, action: Action, ids: &[String]) -> u8 {
     for queue_id in ids {
         let found = spool.as_ref().and_then(|s| s.find(queue_id));
         match (action, found) {
-            (Action::Delete, None) => {
+            (QueueAction::Delete, None) => {
                 println!("Spool data file for {queue_id} does not exist");
                 println!("Message {queue_id} has been removed or did not exist");
                 ok = false;
@@ -380,11 +380,11 @@ fn act_on(config: &Config, action: Action, ids: &[String]) -> u8 {
                 println!("Spool data file for {queue_id} does not exist");
                 ok = false;
             }
-            (Action::Freeze, Some((_, env))) if env.frozen => {
+            (QueueAction::Freeze, Some((_, env))) if env.frozen => {
                 println!("Message {queue_id} is already frozen");
                 ok = false;
             }
-            (Action::Release, Some((state, env))) if !(env.frozen || state == State::Hold) => {
+            (QueueAction::Release, Some((state, env))) if !(env.frozen || state == State::Hold) => {
                 println!("Message {queue_id} is not frozen");
                 ok = false;
             }
@@ -401,15 +401,15 @@ fn act_on(config: &Config, action: Action, ids: &[String]) -> u8 {
             ok = false;
             match (&r.error, action) {
                 (Some(e), _) => println!("Message {id} could not be changed: {e}"),
-                (None, Action::Delete) => println!("Message {id} has been removed or did not exist"),
+                (None, QueueAction::Delete) => println!("Message {id} has been removed or did not exist"),
                 (None, _) => println!("Spool data file for {id} does not exist"),
             }
             continue;
         }
         match action {
-            Action::Delete => println!("Message {id} has been removed"),
-            Action::Freeze => println!("Message {id} is now frozen"),
-            Action::Release => println!("Message {id} is no longer frozen"),
+            QueueAction::Delete => println!("Message {id} has been removed"),
+            QueueAction::Freeze => println!("Message {id} is now frozen"),
+            QueueAction::Release => println!("Message {id} is no longer frozen"),
             // Exim's -M shows the delivery itself; the daemon does it now.
             _ => {}
         }
@@ -429,7 +429,7 @@ mod tests {
     fn options() {
         assert_eq!(p(&["-bp"]), Ok(Some(Mode::List { undelivered_only: false })));
         assert_eq!(p(&["-bpc"]), Ok(Some(Mode::Count)));
-        assert_eq!(p(&["-Mrm", "0KAB12CD34", "0KAB12CD35"]), Ok(Some(Mode::Act(Action::Delete))));
+        assert_eq!(p(&["-Mrm", "0KAB12CD34", "0KAB12CD35"]), Ok(Some(Mode::Act(QueueAction::Delete))));
         assert_eq!(p(&["-C", "/x.toml", "-qff"]), Ok(Some(Mode::Flush)));
         assert_eq!(p(&["-q30m"]), Ok(Some(Mode::Flush)));
         assert_eq!(p(&["-t", "-i"]), Ok(None));

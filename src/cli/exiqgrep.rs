@@ -41,7 +41,7 @@ impl Query {
     }
 }
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, rest) = match super::getopt(args, "hf:r:y:o:s:zxlibRcaC:G:") {
         Ok(parsed) => parsed,
         Err(e) => return usage(&e),

@@ -8,7 +8,7 @@
 use super::{COMPAT_NAMES, exit};
 use std::path::Path;
 
-pub fn main(dir: &Path, force: bool) -> u8 {
+pub(crate) fn main(dir: &Path, force: bool) -> u8 {
     let exe = match std::env::current_exe().and_then(std::fs::canonicalize) {
         Ok(p) => p,
         Err(e) => {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Every queued message with its state, oldest first.
-pub fn collect(spool: &Spool) -> Vec<(State, Envelope)> {
+pub(crate) fn collect(spool: &Spool) -> Vec<(State, Envelope)> {
     spool.collect()
 }
 
@@ -19,7 +19,7 @@ pub fn collect(spool: &Spool) -> Vec<(State, Envelope)> {
 /// listing commands; an empty queue when the spool was never created.
 /// A user who may not read the spool gets the listing from the running
 /// daemon's public `showq.sock` instead, as Postfix's showq service does.
-pub fn load(explicit: Option<&Path>, prog: &str) -> Result<Vec<(State, Envelope)>, u8> {
+pub(crate) fn load(explicit: Option<&Path>, prog: &str) -> Result<Vec<(State, Envelope)>, u8> {
     let config = super::load_config(explicit, prog)?;
     match super::act::spool(&config, prog) {
         Ok(spool) => Ok(spool.map(|spool| collect(&spool)).unwrap_or_default()),
@@ -31,7 +31,7 @@ pub fn load(explicit: Option<&Path>, prog: &str) -> Result<Vec<(State, Envelope)
     }
 }
 
-pub fn main(explicit: Option<&Path>) -> u8 {
+pub(crate) fn main(explicit: Option<&Path>) -> u8 {
     let queue = match load(explicit, "mailq") {
         Ok(q) => q,
         Err(code) => return code,
@@ -42,7 +42,7 @@ pub fn main(explicit: Option<&Path>) -> u8 {
 }
 
 /// `mailq [-c PATH] [-v]`, the name on its own.
-pub fn main_args(args: &[String]) -> u8 {
+pub(crate) fn main_args(args: &[String]) -> u8 {
     let (opts, rest) = match super::getopt(args, "c:v") {
         Ok(parsed) => parsed,
         Err(e) => return usage(&e),
@@ -61,7 +61,7 @@ fn usage(problem: &str) -> u8 {
 }
 
 /// The Postfix `showq` layout.
-pub fn render(queue: &[(State, Envelope)]) -> String {
+pub(crate) fn render(queue: &[(State, Envelope)]) -> String {
     use std::fmt::Write as _;
     if queue.is_empty() {
         return "Mail queue is empty\n".into();
@@ -99,7 +99,7 @@ pub fn render(queue: &[(State, Envelope)]) -> String {
 }
 
 /// `postqueue -j`: one JSON object per message.
-pub fn json(explicit: Option<&Path>) -> u8 {
+pub(crate) fn json(explicit: Option<&Path>) -> u8 {
     let queue = match load(explicit, "postqueue") {
         Ok(q) => q,
         Err(code) => return code,
@@ -132,7 +132,7 @@ struct JsonRecipient<'a> {
     delay_reason: Option<&'a str>,
 }
 
-pub fn json_line(state: State, env: &Envelope) -> String {
+pub(crate) fn json_line(state: State, env: &Envelope) -> String {
     let recipients = env
         .recipients
         .iter()

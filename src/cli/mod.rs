@@ -16,23 +16,23 @@
 //! - one file per compatibility name; `install` makes their symlinks
 //!   (`posthorn install-links DIR`).
 
-pub mod act;
-pub mod auth;
-pub mod check;
-pub mod dkim;
-pub mod exim;
-pub mod exiqgrep;
-pub mod install;
-pub mod mailq;
-pub mod postcat;
-pub mod postconf;
-pub mod postfix;
-pub mod postmap;
-pub mod postqueue;
-pub mod postsuper;
-pub mod queue;
-pub mod select;
-pub mod sendmail;
+pub(crate) mod act;
+pub(crate) mod auth;
+pub(crate) mod check;
+pub(crate) mod dkim;
+pub(crate) mod exim;
+pub(crate) mod exiqgrep;
+pub(crate) mod install;
+pub(crate) mod mailq;
+pub(crate) mod postcat;
+pub(crate) mod postconf;
+pub(crate) mod postfix;
+pub(crate) mod postmap;
+pub(crate) mod postqueue;
+pub(crate) mod postsuper;
+pub(crate) mod queue;
+pub(crate) mod select;
+pub(crate) mod sendmail;
 
 use crate::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,22 +41,20 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// sysexits(3) codes, which `sendmail` callers (cron, mail(1)) understand.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const USAGE: u8 = 64;
-    pub const DATAERR: u8 = 65;
-    pub const NOINPUT: u8 = 66;
-    pub const UNAVAILABLE: u8 = 69;
-    pub const SOFTWARE: u8 = 70;
-    pub const CANTCREAT: u8 = 73;
-    pub const NOPERM: u8 = 77;
-    pub const TEMPFAIL: u8 = 75;
-    pub const CONFIG: u8 = 78;
+pub(crate) mod exit {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const USAGE: u8 = 64;
+    pub(crate) const DATAERR: u8 = 65;
+    pub(crate) const SOFTWARE: u8 = 70;
+    pub(crate) const CANTCREAT: u8 = 73;
+    pub(crate) const NOPERM: u8 = 77;
+    pub(crate) const TEMPFAIL: u8 = 75;
+    pub(crate) const CONFIG: u8 = 78;
 }
 
 /// The names `posthorn` answers to besides its own; `install-links` makes
 /// one symlink for each.
-pub const COMPAT_NAMES: [&str; 10] =
+pub(crate) const COMPAT_NAMES: [&str; 10] =
     ["sendmail", "mailq", "postqueue", "postsuper", "postcat", "postconf", "postfix", "postmap", "exim", "exiqgrep"];
 
 #[derive(Parser)]
@@ -216,7 +214,7 @@ fn route_explain(explicit: Option<&Path>, address: &str) -> u8 {
 }
 
 /// Loads the configuration or prints why not (file, line, key).
-pub fn load_config(explicit: Option<&Path>, prog: &str) -> Result<Config, u8> {
+pub(crate) fn load_config(explicit: Option<&Path>, prog: &str) -> Result<Config, u8> {
     Config::discover(explicit).map_err(|e| {
         eprintln!("{prog}: fatal: {e}");
         exit::CONFIG
@@ -225,7 +223,7 @@ pub fn load_config(explicit: Option<&Path>, prog: &str) -> Result<Config, u8> {
 
 /// The configuration file a compatibility `-c` names: Postfix's `-c` takes
 /// a directory, so a directory means its `posthorn.toml`.
-pub fn config_arg(value: &str) -> PathBuf {
+pub(crate) fn config_arg(value: &str) -> PathBuf {
     let path = PathBuf::from(value);
     if path.is_dir() { path.join("posthorn.toml") } else { path }
 }
@@ -269,11 +267,11 @@ fn init_logging(format: LogFormat) {
 }
 
 /// `postqueue -f`, `sendmail -q`, `posthorn queue flush`, `exim -q`.
-pub fn flush(explicit: Option<&Path>) -> u8 {
+pub(crate) fn flush(explicit: Option<&Path>) -> u8 {
     flush_as(explicit, "posthorn")
 }
 
-pub fn flush_as(explicit: Option<&Path>, prog: &str) -> u8 {
+pub(crate) fn flush_as(explicit: Option<&Path>, prog: &str) -> u8 {
     let config = match load_config(explicit, prog) {
         Ok(c) => c,
         Err(code) => return code,
@@ -292,13 +290,13 @@ pub fn flush_as(explicit: Option<&Path>, prog: &str) -> u8 {
 }
 
 /// One parsed option: its letter and, for options that take one, its value.
-pub type Opt = (char, Option<String>);
+pub(crate) type Opt = (char, Option<String>);
 
 /// POSIX getopt(3): `spec` lists option letters, a `:` after a letter means
 /// it takes a value (glued `-dID` or apart `-d ID`). Options end at `--` or
 /// at the first operand, as with Postfix's `+` getopt. An error is the
 /// message getopt would print.
-pub fn getopt(args: &[String], spec: &str) -> Result<(Vec<Opt>, Vec<String>), String> {
+pub(crate) fn getopt(args: &[String], spec: &str) -> Result<(Vec<Opt>, Vec<String>), String> {
     let mut opts = Vec::new();
     let mut i = 0;
     while i < args.len() {

@@ -16,13 +16,13 @@ use std::path::Path;
 const USAGE: &str = "usage: postcat [-b (body text)] [-c config_dir] [-d (decimal record type)] [-e (envelope records)] [-h (header text)] [-q (access queue)] [-v] [file(s)...]";
 
 #[derive(Clone, Copy, Default)]
-pub struct Parts {
-    pub envelope: bool,
-    pub header: bool,
-    pub body: bool,
+pub(crate) struct Parts {
+    pub(crate) envelope: bool,
+    pub(crate) header: bool,
+    pub(crate) body: bool,
 }
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, operands) = match super::getopt(args, "bc:dehoqrs:v") {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -89,7 +89,7 @@ pub fn main(args: &[String]) -> u8 {
 }
 
 /// The whole `postcat` output for one message.
-pub fn render(state: State, env: &Envelope, body: &[u8], parts: Parts) -> String {
+pub(crate) fn render(state: State, env: &Envelope, body: &[u8], parts: Parts) -> String {
     let name = format!("{}/{}", state.dir_name(), env.id);
     let mut s = String::new();
     if parts.envelope {
@@ -166,7 +166,7 @@ fn lf_text(bytes: &[u8]) -> String {
 
 /// Opens the spool and finds `queue_id`: shared by `exim -Mv*` and
 /// `posthorn queue show`.
-pub fn find(spool: &Option<Spool>, queue_id: &str) -> Option<(State, Envelope, Vec<u8>)> {
+pub(crate) fn find(spool: &Option<Spool>, queue_id: &str) -> Option<(State, Envelope, Vec<u8>)> {
     let spool = spool.as_ref()?;
     let (state, env) = spool.find(queue_id)?;
     let body = spool.read_body(queue_id).ok()?;

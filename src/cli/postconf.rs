@@ -39,7 +39,7 @@ const USAGE: &str =
     "usage: postconf [-c config] [-d (defaults)] [-n (non-defaults)] [-h (values only)] [-H (names only)] [name...]";
 
 /// Postfix parameter names and the posthorn keys they stand for.
-pub const POSTFIX_NAMES: [(&str, &str); 16] = [
+pub(crate) const POSTFIX_NAMES: [(&str, &str); 16] = [
     ("myhostname", "hostname"),
     ("queue_directory", "spool"),
     ("mail_owner", "user"),
@@ -58,7 +58,7 @@ pub const POSTFIX_NAMES: [(&str, &str); 16] = [
     ("qmgr_message_active_limit", "queue.active_limit"),
 ];
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, names) = match super::getopt(args, "c:dhHnv") {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -127,7 +127,7 @@ fn defaults(role: Role, hostname: &str) -> Config {
 }
 
 /// Every typed setting, in the order of the configuration file.
-pub fn settings(c: &Config) -> Vec<(String, String)> {
+pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
     let list = |v: Vec<String>| v.join(", ");
     let tls = match c.relay.tls {
         TlsPolicy::None => "none",
@@ -202,7 +202,7 @@ fn scalar(v: &toml::Value) -> String {
 }
 
 /// `300s` as `5m`, `86400s` as `1d`: the largest exact unit.
-pub fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     let s = d.as_secs();
     if d.subsec_millis() != 0 {
         return format!("{}ms", d.as_millis());

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage: postfix [-c config] [-Dv] command (check, start, stop, reload, status, flush)";
 const PREFIX: &str = "postfix/postfix-script";
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, rest) = match super::getopt(args, "c:Dv") {
         Ok(parsed) => parsed,
         Err(e) => return usage(&e),
@@ -183,7 +183,7 @@ fn status(config: &Config) -> u8 {
 
 /// Asks the daemon to read its configuration and tables again; a
 /// configuration that does not load is refused and the running one stays.
-pub fn reload(config: &Config) -> u8 {
+pub(crate) fn reload(config: &Config) -> u8 {
     match control::request_blocking(&config.control_socket(), &Request::Reload) {
         Ok(r) if r.ok => {
             eprintln!("{PREFIX}: refreshing the posthorn mail system");

@@ -37,13 +37,13 @@ struct Options {
 
 /// Entry point for the name `postmap`; `args` are the arguments after the
 /// program name. Returns the exit status.
-pub fn main(args: &[OsString]) -> u8 {
+pub(crate) fn main(args: &[OsString]) -> u8 {
     let stdin = std::io::stdin();
     run(args, &mut stdin.lock(), &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
 }
 
 /// [`main`] with its streams passed in.
-pub fn run(args: &[OsString], stdin: &mut dyn BufRead, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+pub(crate) fn run(args: &[OsString], stdin: &mut dyn BufRead, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let opts = match parse_args(args) {
         Ok(o) => o,
         Err(why) => {

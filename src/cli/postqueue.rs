@@ -11,7 +11,7 @@
 
 use super::exit;
 use super::select::Selector;
-use crate::queue::Action;
+use crate::queue::QueueAction;
 use crate::spool::id;
 use std::path::PathBuf;
 
@@ -26,7 +26,7 @@ enum Mode {
     One(String),
 }
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, rest) = match super::getopt(args, "c:fi:jps:v") {
         Ok(parsed) => parsed,
         Err(e) => return usage(&e),
@@ -89,7 +89,7 @@ fn deliver_site(explicit: Option<&std::path::Path>, site: &str) -> u8 {
     };
     let selector = Selector { domain: Some(site.to_string()), ..Selector::default() };
     let ids: Vec<String> = selector.collect(&spool).into_iter().map(|(_, e)| e.id).collect();
-    match super::act::act(&config, "postqueue", Action::Deliver, &ids) {
+    match super::act::act(&config, "postqueue", QueueAction::Deliver, &ids) {
         Ok(_) => exit::OK,
         Err(code) => code,
     }
@@ -105,7 +105,7 @@ fn deliver_one(explicit: Option<&std::path::Path>, queue_id: &str) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match super::act::act(&config, "postqueue", Action::Deliver, &[queue_id.to_string()]) {
+    match super::act::act(&config, "postqueue", QueueAction::Deliver, &[queue_id.to_string()]) {
         Ok(results) if results.iter().any(super::act::changed) => exit::OK,
         Ok(_) => {
             eprintln!("postqueue: warning: {queue_id}: no such message in the queue");

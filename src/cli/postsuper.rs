@@ -14,7 +14,7 @@
 use super::act::{self, changed};
 use super::exit;
 use crate::config::Config;
-use crate::queue::{ActResult, Action};
+use crate::queue::{ActResult, QueueAction};
 use crate::spool::{Spool, State, id};
 use std::io::BufRead;
 
@@ -57,7 +57,7 @@ impl Op {
     }
 }
 
-pub fn main(args: &[String]) -> u8 {
+pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, operands) = match super::getopt(args, "c:d:h:H:pr:sv") {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -234,14 +234,14 @@ fn apply(config: &Config, op: Op, targets: &[(String, State)]) -> Result<Vec<Act
     let (held, others): (Vec<_>, Vec<_>) = targets.iter().partition(|(_, s)| op == Op::Requeue && *s == State::Hold);
     let ids = |v: &[&(String, State)]| v.iter().map(|(i, _)| i.clone()).collect::<Vec<_>>();
     let action = match op {
-        Op::Delete => Action::Delete,
-        Op::Hold => Action::Hold,
-        Op::Release => Action::Release,
-        Op::Requeue => Action::Requeue,
+        Op::Delete => QueueAction::Delete,
+        Op::Hold => QueueAction::Hold,
+        Op::Release => QueueAction::Release,
+        Op::Requeue => QueueAction::Requeue,
     };
     let mut results = act::act(config, "postsuper", action, &ids(&others))?;
     if !held.is_empty() {
-        let mut released = act::act(config, "postsuper", Action::Release, &ids(&held))?;
+        let mut released = act::act(config, "postsuper", QueueAction::Release, &ids(&held))?;
         for r in &mut released {
             // Reported as requeued, like every other -r.
             if r.found_in.is_some() {

@@ -25,7 +25,7 @@ use super::select::{Entry, Selector, StateSel, regex_ci};
 use crate::clock::now_secs;
 use crate::config::Config;
 use crate::message::header;
-use crate::queue::Action;
+use crate::queue::QueueAction;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{State, id};
 use clap::{Args, Subcommand};
@@ -33,7 +33,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 #[derive(Subcommand)]
-pub enum Verb {
+pub(crate) enum Verb {
     /// List queued messages (Postfix's mailq layout, or JSON lines with --json)
     List {
         /// One JSON object per message, with posthorn's own fields
@@ -76,7 +76,7 @@ pub enum Verb {
 }
 
 #[derive(Args, Default)]
-pub struct SelectArgs {
+pub(crate) struct SelectArgs {
     /// Sender matches this regular expression (case-insensitive; '^$' is the null sender)
     #[arg(long, value_name = "RE")]
     sender: Option<String>,
@@ -101,7 +101,7 @@ pub struct SelectArgs {
 }
 
 #[derive(Args)]
-pub struct ActArgs {
+pub(crate) struct ActArgs {
     /// Queue ids (combined with the selectors, if any)
     ids: Vec<String>,
     #[command(flatten)]
@@ -137,7 +137,7 @@ impl SelectArgs {
 
 const PROG: &str = "posthorn queue";
 
-pub fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
+pub(crate) fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
     if let Verb::Flush = verb {
         return super::flush(explicit);
     }
@@ -150,11 +150,11 @@ pub fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
         Verb::Show { id, json } => show(&config, &id, json),
         Verb::Why { id, json } => why(&config, &id, json),
         Verb::Find { key } => find_key(&config, &key),
-        Verb::Delete(a) => change(&config, Action::Delete, "delete", a),
-        Verb::Hold(a) => change(&config, Action::Hold, "hold", a),
-        Verb::Release(a) => change(&config, Action::Release, "release", a),
-        Verb::Requeue(a) => change(&config, Action::Requeue, "requeue", a),
-        Verb::Bounce(a) => change(&config, Action::Bounce, "bounce", a),
+        Verb::Delete(a) => change(&config, QueueAction::Delete, "delete", a),
+        Verb::Hold(a) => change(&config, QueueAction::Hold, "hold", a),
+        Verb::Release(a) => change(&config, QueueAction::Release, "release", a),
+        Verb::Requeue(a) => change(&config, QueueAction::Requeue, "requeue", a),
+        Verb::Bounce(a) => change(&config, QueueAction::Bounce, "bounce", a),
         Verb::Flush => unreachable!("handled above"),
     }
 }
@@ -215,7 +215,7 @@ struct NativeRecipient<'a> {
     last_attempt: Option<u64>,
 }
 
-pub fn native_json(state: State, env: &Envelope) -> String {
+pub(crate) fn native_json(state: State, env: &Envelope) -> String {
     let recipients = env
         .recipients
         .iter()
@@ -373,7 +373,7 @@ fn why(config: &Config, queue_id: &str, json: bool) -> u8 {
 }
 
 /// The `queue why` text.
-pub fn explain(state: State, env: &Envelope, now: u64) -> String {
+pub(crate) fn explain(state: State, env: &Envelope, now: u64) -> String {
     let mut s = summary(state, env, now);
     for r in &env.recipients {
         s.push_str(&format!("<{}>: {}\n", r.address, rcpt_state(r.state)));
@@ -400,7 +400,7 @@ pub fn explain(state: State, env: &Envelope, now: u64) -> String {
 }
 
 /// The bulk actions: select, show or confirm, then ask the daemon.
-fn change(config: &Config, action: Action, verb: &str, args: ActArgs) -> u8 {
+fn change(config: &Config, action: QueueAction, verb: &str, args: ActArgs) -> u8 {
     let mut selector = match args.select.selector() {
         Ok(s) => s,
         Err(e) => return usage(verb, &e),
@@ -431,8 +431,8 @@ fn change(config: &Config, action: Action, verb: &str, args: ActArgs) -> u8 {
     let targets: Vec<&Entry> = entries
         .iter()
         .filter(|(s, _)| match action {
-            Action::Hold => *s != State::Hold,
-            Action::Release => *s == State::Hold,
+            QueueAction::Hold => *s != State::Hold,
+            QueueAction::Release => *s == State::Hold,
             _ => true,
         })
         .collect();
@@ -450,14 +450,14 @@ fn change(config: &Config, action: Action, verb: &str, args: ActArgs) -> u8 {
         return 1;
     }
     let (held, others): (Vec<&&Entry>, Vec<&&Entry>) =
-        targets.iter().partition(|(s, _)| action == Action::Requeue && *s == State::Hold);
+        targets.iter().partition(|(s, _)| action == QueueAction::Requeue && *s == State::Hold);
     let ids = |v: &[&&Entry]| v.iter().map(|(_, e)| e.id.clone()).collect::<Vec<_>>();
     let mut results = match act::act(config, "posthorn", action, &ids(&others)) {
         Ok(r) => r,
         Err(code) => return code,
     };
     // A held message is requeued by releasing it (due now).
-    match act::act(config, "posthorn", Action::Release, &ids(&held)) {
+    match act::act(config, "posthorn", QueueAction::Release, &ids(&held)) {
         Ok(r) => results.extend(r),
         Err(code) => return code,
     }

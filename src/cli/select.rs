@@ -8,12 +8,12 @@ use crate::spool::{Spool, State};
 use regex::Regex;
 
 /// A queued message as the listings see it.
-pub type Entry = (State, Envelope);
+pub(crate) type Entry = (State, Envelope);
 
 /// A state an operator can select; `frozen` is the part of `hold` that
 /// Exim's `-Mf` put there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StateSel {
+pub(crate) enum StateSel {
     Incoming,
     Active,
     Deferred,
@@ -22,7 +22,7 @@ pub enum StateSel {
 }
 
 impl StateSel {
-    pub fn matches(self, state: State, env: &Envelope) -> bool {
+    pub(crate) fn matches(self, state: State, env: &Envelope) -> bool {
         match self {
             StateSel::Incoming => state == State::Incoming,
             StateSel::Active => state == State::Active,
@@ -35,28 +35,28 @@ impl StateSel {
 
 /// Every criterion must hold; an empty selector takes everything.
 #[derive(Debug, Default)]
-pub struct Selector {
+pub(crate) struct Selector {
     /// Matched against the sender address (`""` for the null sender).
-    pub sender: Option<Regex>,
+    pub(crate) sender: Option<Regex>,
     /// Matched against each recipient still pending; one match is enough.
-    pub rcpt: Option<Regex>,
+    pub(crate) rcpt: Option<Regex>,
     /// A pending recipient in this domain (case-insensitive).
-    pub domain: Option<String>,
+    pub(crate) domain: Option<String>,
     /// Arrived more than this many seconds ago.
-    pub older_than: Option<u64>,
+    pub(crate) older_than: Option<u64>,
     /// Arrived less than this many seconds ago.
-    pub younger_than: Option<u64>,
+    pub(crate) younger_than: Option<u64>,
     /// Any of these states (empty: any state).
-    pub states: Vec<StateSel>,
+    pub(crate) states: Vec<StateSel>,
     /// A pending recipient whose last attempt failed with this class
     /// (`dns`, `connect`, `tls`, `timeout`, `protocol`, `4xx`, `5xx`, `local`).
-    pub error_class: Option<String>,
+    pub(crate) error_class: Option<String>,
     /// Exactly these queue ids (empty: any id).
-    pub ids: Vec<String>,
+    pub(crate) ids: Vec<String>,
 }
 
 impl Selector {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.sender.is_none()
             && self.rcpt.is_none()
             && self.domain.is_none()
@@ -67,7 +67,7 @@ impl Selector {
             && self.ids.is_empty()
     }
 
-    pub fn matches(&self, state: State, env: &Envelope, now: u64) -> bool {
+    pub(crate) fn matches(&self, state: State, env: &Envelope, now: u64) -> bool {
         let age = now.saturating_sub(env.arrival);
         let pending = || env.recipients.iter().filter(|r| r.state == RcptState::Pending);
         (self.ids.is_empty() || self.ids.contains(&env.id))
@@ -84,13 +84,13 @@ impl Selector {
     }
 
     /// The matching entries of `queue`, in its order.
-    pub fn filter(&self, queue: Vec<Entry>, now: u64) -> Vec<Entry> {
+    pub(crate) fn filter(&self, queue: Vec<Entry>, now: u64) -> Vec<Entry> {
         queue.into_iter().filter(|(s, e)| self.matches(*s, e, now)).collect()
     }
 
     /// Reads what the selector needs from `spool`: only the named ids when
     /// ids are given, else every queued envelope.
-    pub fn collect(&self, spool: &Spool) -> Vec<Entry> {
+    pub(crate) fn collect(&self, spool: &Spool) -> Vec<Entry> {
         let now = crate::clock::now_secs();
         if self.ids.is_empty() {
             return self.filter(super::mailq::collect(spool), now);
@@ -105,13 +105,13 @@ fn domain_of(address: &str) -> &str {
 
 /// The error class of a recipient's newest attempt, as spelled in the
 /// envelope (`connect`, `4xx`, ...).
-pub fn last_class(r: &crate::spool::envelope::Recipient) -> Option<String> {
+pub(crate) fn last_class(r: &crate::spool::envelope::Recipient) -> Option<String> {
     let class = r.history.last()?.class?;
     serde_json::to_string(&class).ok().map(|s| s.trim_matches('"').to_string())
 }
 
 /// Compiles an operator's pattern, case-insensitive (addresses are).
-pub fn regex_ci(pattern: &str) -> Result<Regex, String> {
+pub(crate) fn regex_ci(pattern: &str) -> Result<Regex, String> {
     regex::RegexBuilder::new(pattern)
         .case_insensitive(true)
         .build()
@@ -119,14 +119,14 @@ pub fn regex_ci(pattern: &str) -> Result<Regex, String> {
 }
 
 /// Parses an age: `90` (seconds), `30s`, `15m`, `2h`, `3d`, `1w`.
-pub fn parse_age(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_age(s: &str) -> Result<u64, String> {
     s.parse::<crate::config::Dur>().map(|d| d.0.as_secs())
 }
 
 /// A pending envelope for tests, built from JSON so that fields added to
 /// `Envelope` later (with serde defaults) need no change here.
 #[cfg(test)]
-pub fn sample(id: &str, sender: &str, rcpts: &[&str], arrival: u64) -> Envelope {
+pub(crate) fn sample(id: &str, sender: &str, rcpts: &[&str], arrival: u64) -> Envelope {
     let rcpts: Vec<_> = rcpts.iter().map(|r| serde_json::json!({"address": r, "state": "pending"})).collect();
     let v = serde_json::json!({
         "v": 1, "id": id, "arrival": arrival, "sender": sender, "size": 10,

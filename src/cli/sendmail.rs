@@ -17,19 +17,19 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Default, PartialEq)]
-pub struct Options {
-    pub mode: Mode,
-    pub sender: Option<String>,
-    pub full_name: Option<String>,
-    pub extract: bool,
+pub(crate) struct Options {
+    pub(crate) mode: Mode,
+    pub(crate) sender: Option<String>,
+    pub(crate) full_name: Option<String>,
+    pub(crate) extract: bool,
     /// `-i`/`-oi`: a line with a lone dot does not end the message.
-    pub ignore_dots: bool,
-    pub recipients: Vec<String>,
-    pub config: Option<PathBuf>,
+    pub(crate) ignore_dots: bool,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Deliver a message read from stdin (`-bm`, the default).
     #[default]
     Submit,
@@ -42,7 +42,7 @@ pub enum Mode {
 }
 
 /// Parses sendmail's arguments; an error is the usage message.
-pub fn parse(args: &[String]) -> Result<Options, String> {
+pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
     let mut i = 0;
     // Options whose value may be glued (`-fx`) or the next argument (`-f x`).
@@ -102,7 +102,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     Ok(o)
 }
 
-pub fn main(args: &[OsString], explicit_config: Option<&Path>) -> u8 {
+pub(crate) fn main(args: &[OsString], explicit_config: Option<&Path>) -> u8 {
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let opts = match parse(&args) {
         Ok(o) => o,

@@ -17,11 +17,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
+pub(crate) enum Request {
     /// Liveness check.
     Ping,
     /// Retry every deferred message now.
@@ -29,25 +29,25 @@ pub enum Request {
     /// Scan the maildrop now.
     Pickup,
     /// An operator action on the named messages.
-    Act { action: crate::queue::Action, ids: Vec<String> },
+    Act { action: crate::queue::QueueAction, ids: Vec<String> },
     /// Read the configuration and tables again (same as SIGHUP).
     Reload,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Response {
-    pub ok: bool,
+pub(crate) struct Response {
+    pub(crate) ok: bool,
     #[serde(default)]
-    pub message: String,
+    pub(crate) message: String,
     #[serde(default)]
-    pub count: Option<usize>,
+    pub(crate) count: Option<usize>,
     /// Per-message results of `Act`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub results: Vec<crate::queue::ActResult>,
+    pub(crate) results: Vec<crate::queue::ActResult>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Envelope<T> {
+struct Versioned<T> {
     v: u32,
     #[serde(flatten)]
     body: T,
@@ -55,7 +55,7 @@ struct Envelope<T> {
 
 /// Why a control request failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     #[error("the posthorn daemon is not running (no answer on {0})")]
     NotRunning(String),
     #[error("the posthorn daemon did not answer in time")]
@@ -65,15 +65,15 @@ pub enum ControlError {
 }
 
 /// A request on its way to the daemon's handler, with where to answer.
-pub type Incoming = (Request, oneshot::Sender<Response>);
+pub(crate) type PendingRequest = (Request, oneshot::Sender<Response>);
 
 /// Sends one request to the daemon whose control socket is `path`.
-pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
+pub(crate) async fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
     let not_running = || ControlError::NotRunning(path.display().to_string());
     let work = async {
         let stream = UnixStream::connect(path).await.map_err(|_| not_running())?;
         let (read, mut write) = stream.into_split();
-        let mut line = serde_json::to_vec(&Envelope { v: VERSION, body: req.clone() })
+        let mut line = serde_json::to_vec(&Versioned { v: VERSION, body: req.clone() })
             .map_err(|e| ControlError::Protocol(e.to_string()))?;
         line.push(b'\n');
         write.write_all(&line).await.map_err(|_| not_running())?;
@@ -85,7 +85,7 @@ pub async fn request(path: &Path, req: &Request) -> Result<Response, ControlErro
 }
 
 /// Blocking form for the command-line front ends.
-pub fn request_blocking(path: &Path, req: &Request) -> Result<Response, ControlError> {
+pub(crate) fn request_blocking(path: &Path, req: &Request) -> Result<Response, ControlError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -94,14 +94,14 @@ pub fn request_blocking(path: &Path, req: &Request) -> Result<Response, ControlE
 }
 
 /// Pokes the daemon's pickup socket; false when no daemon listens.
-pub fn wake_pickup(spool: &Path) -> bool {
+pub(crate) fn wake_pickup(spool: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(spool.join("pickup.sock")).is_ok()
 }
 
 /// The public listing: `SPOOL/showq.sock`, open to every local user, sends
 /// one JSON line per queued message (redacted, see `Envelope::redacted`)
 /// and closes. It takes no input, so it can only ever read.
-pub async fn serve_showq(listener: UnixListener, spool: crate::spool::Spool) {
+pub(crate) async fn serve_showq(listener: UnixListener, spool: crate::spool::Spool) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let spool = spool.clone();
@@ -119,7 +119,9 @@ pub async fn serve_showq(listener: UnixListener, spool: crate::spool::Spool) {
 }
 
 /// Reads the public listing of the daemon whose spool is `spool`.
-pub fn showq(spool: &Path) -> Result<Vec<(crate::spool::State, crate::spool::envelope::Envelope)>, ControlError> {
+pub(crate) fn showq(
+    spool: &Path,
+) -> Result<Vec<(crate::spool::State, crate::spool::envelope::Envelope)>, ControlError> {
     use std::io::BufRead;
     let path = spool.join("showq.sock");
     let stream = std::os::unix::net::UnixStream::connect(&path)
@@ -139,7 +141,7 @@ pub fn showq(spool: &Path) -> Result<Vec<(crate::spool::State, crate::spool::env
 }
 
 /// Binds a Unix socket at `path` with `mode`, replacing a stale one.
-pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+pub(crate) fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
@@ -154,7 +156,7 @@ pub fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
 }
 
 /// Serves the control socket, handing each request to `handler`.
-pub async fn serve(listener: UnixListener, handler: mpsc::Sender<Incoming>) {
+pub(crate) async fn serve(listener: UnixListener, handler: mpsc::Sender<PendingRequest>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let handler = handler.clone();
@@ -167,7 +169,7 @@ pub async fn serve(listener: UnixListener, handler: mpsc::Sender<Incoming>) {
             if !matches!(read.await, Ok(Ok(n)) if n > 0) {
                 return;
             }
-            let response = match serde_json::from_str::<Envelope<Request>>(&line) {
+            let response = match serde_json::from_str::<Versioned<Request>>(&line) {
                 Ok(env) if env.v == VERSION => {
                     let (tx, rx) = oneshot::channel();
                     match handler.send((env.body, tx)).await {
@@ -187,11 +189,11 @@ pub async fn serve(listener: UnixListener, handler: mpsc::Sender<Incoming>) {
     }
 }
 
-pub fn failure(message: &str) -> Response {
+pub(crate) fn failure(message: &str) -> Response {
     Response { ok: false, message: message.into(), count: None, results: Vec::new() }
 }
 
-pub fn success(message: impl Into<String>, count: Option<usize>) -> Response {
+pub(crate) fn success(message: impl Into<String>, count: Option<usize>) -> Response {
     Response { ok: true, message: message.into(), count, results: Vec::new() }
 }
 
@@ -204,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.sock");
         let listener = bind(&path, 0o600).unwrap();
-        let (tx, mut rx) = mpsc::channel::<Incoming>(4);
+        let (tx, mut rx) = mpsc::channel::<PendingRequest>(4);
         tokio::spawn(serve(listener, tx));
         tokio::spawn(async move {
             while let Some((req, answer)) = rx.recv().await {

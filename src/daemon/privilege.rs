@@ -26,7 +26,7 @@ use std::path::Path;
 /// nothing was switched (not root, no `user` in the built-in
 /// configuration, or `user = "root"`). Call it once, after every privileged
 /// port and socket is bound and before anything else is started.
-pub fn drop_root(user: Option<&str>, spool: &Path) -> anyhow::Result<Option<Account>> {
+pub(crate) fn drop_root(user: Option<&str>, spool: &Path) -> anyhow::Result<Option<Account>> {
     if !rustix::process::geteuid().is_root() {
         return Ok(None);
     }

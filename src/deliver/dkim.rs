@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crate::message::OutMessage;
 
 /// Headers signed when `dkim.headers` is not set.
-pub const DEFAULT_HEADERS: [&str; 14] = [
+pub(crate) const DEFAULT_HEADERS: [&str; 14] = [
     "From",
     "To",
     "Cc",
@@ -46,13 +46,13 @@ enum Key {
 }
 
 /// Every configured signing key, by domain.
-pub struct Signer {
+pub(crate) struct Signer {
     keys: Vec<(String, Key)>,
 }
 
 impl Signer {
     /// Loads every key; `None` when none is configured. Errors name the file.
-    pub fn new(keys: &[DkimKeyConfig], headers: &[String]) -> anyhow::Result<Option<Signer>> {
+    pub(crate) fn new(keys: &[DkimKeyConfig], headers: &[String]) -> anyhow::Result<Option<Signer>> {
         if keys.is_empty() {
             return Ok(None);
         }
@@ -84,7 +84,7 @@ impl Signer {
     /// client has nothing left to convert. When conversion is refused (an
     /// 8-bit header field, say) the 8-bit form is signed as before: hops
     /// with 8BITMIME get it intact, the others fail it with 5.6.3.
-    pub fn sign_message(&self, msg: &OutMessage) -> Option<OutMessage> {
+    pub(crate) fn sign_message(&self, msg: &OutMessage) -> Option<OutMessage> {
         let (domain, key) = self.key_for_message(&msg.sender, &msg.body)?;
         let converted = match msg.eight_bit {
             true => crate::message::downconvert::to_seven_bit(&msg.body).ok(),
@@ -102,7 +102,8 @@ impl Signer {
     /// key covers its author's domain (or signing failed, logged). The
     /// bytes are signed as given; [`Signer::sign_message`] is for mail that
     /// may still be converted on the way.
-    pub fn sign(&self, id: &str, sender: &str, message: &[u8]) -> Option<Vec<u8>> {
+    #[cfg(test)]
+    pub(crate) fn sign(&self, id: &str, sender: &str, message: &[u8]) -> Option<Vec<u8>> {
         let (domain, key) = self.key_for_message(sender, message)?;
         sign_with(key, id, &domain, message)
     }
@@ -194,7 +195,7 @@ fn author_domain(message: &[u8]) -> Option<String> {
 }
 
 /// A new Ed25519 key: the PKCS#8 PEM to store, and the `p=` value.
-pub fn generate_ed25519() -> anyhow::Result<(String, String)> {
+pub(crate) fn generate_ed25519() -> anyhow::Result<(String, String)> {
     let der = Ed25519Key::generate_pkcs8().map_err(|e| anyhow::anyhow!("{e}"))?;
     let key = Ed25519Key::from_pkcs8_der(&der).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((pem("PRIVATE KEY", &der), data_encoding::BASE64.encode(&key.public_key())))

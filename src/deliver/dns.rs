@@ -55,7 +55,8 @@ pub enum DnsError {
 }
 
 impl DnsError {
-    pub fn is_permanent(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_permanent(&self) -> bool {
         !matches!(self, DnsError::Temporary { .. })
     }
 }
@@ -269,7 +270,7 @@ fn display(name: &Name) -> String {
 /// Reduces MX records to an answer: null MX detection, duplicates removed
 /// (the best preference kept), sorted by preference with equal
 /// preferences shuffled by `rng`.
-pub fn mx_answer(records: Vec<(u16, String)>, rng: &mut fastrand::Rng) -> MxAnswer {
+pub(crate) fn mx_answer(records: Vec<(u16, String)>, rng: &mut fastrand::Rng) -> MxAnswer {
     let is_root = |h: &str| h == "." || h.is_empty();
     if records.is_empty() {
         return MxAnswer::NoRecords;

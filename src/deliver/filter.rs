@@ -27,7 +27,7 @@ const EX_TEMPFAIL: i32 = 75;
 const STDERR_KEPT: usize = 200;
 
 /// The command line with the placeholders replaced.
-pub fn argv(template: &[String], msg: &OutMessage) -> Vec<String> {
+pub(crate) fn argv(template: &[String], msg: &OutMessage) -> Vec<String> {
     let mut out = Vec::with_capacity(template.len() + msg.recipients.len());
     for arg in template {
         match arg.as_str() {
@@ -39,7 +39,7 @@ pub fn argv(template: &[String], msg: &OutMessage) -> Vec<String> {
 }
 
 /// Runs the pipe filter for `msg`: one run for all its recipients.
-pub async fn run_pipe(template: &[String], timeout: Duration, msg: &OutMessage) -> Delivery {
+pub(crate) async fn run_pipe(template: &[String], timeout: Duration, msg: &OutMessage) -> Delivery {
     let argv = argv(template, msg);
     let relay = Some(format!("pipe:{}", argv[0]));
     let result = |outcome: fn(Attempt) -> Outcome, class, detail: String, hop_down| {

@@ -83,7 +83,7 @@ impl Maildir {
     }
 
     /// The Maildir of `address`, from the root template.
-    pub fn path_for(&self, address: &str) -> Result<PathBuf, String> {
+    pub(crate) fn path_for(&self, address: &str) -> Result<PathBuf, String> {
         let (user, domain) = address.rsplit_once('@').ok_or("address has no domain")?;
         let user = user.to_lowercase();
         let domain = domain.trim_end_matches('.').to_lowercase();

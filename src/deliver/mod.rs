@@ -12,9 +12,9 @@
 //! - `filter`: the after-queue content filter's pipe variant (its SMTP
 //!   variant is an explicit next hop through `mx`).
 
-pub mod dkim;
+pub(crate) mod dkim;
 pub mod dns;
-pub mod filter;
+pub(crate) mod filter;
 pub mod maildir;
 pub mod mx;
 pub mod relay;
@@ -36,12 +36,12 @@ pub struct Delivery {
     /// The server that took the message offered DSN, so NOTIFY went on with
     /// it and success notices are its job (RFC 3461 5.2.2); otherwise a
     /// NOTIFY=SUCCESS recipient gets a "relayed" notice from us.
-    pub remote_dsn: bool,
+    pub(crate) remote_dsn: bool,
 }
 
 /// Every transport the daemon has, built once per configuration. Which
 /// one a recipient needs is `route`'s decision, made before this is asked.
-pub struct Transports {
+pub(crate) struct Transports {
     relay: relay::Relay,
     mx: mx::Mx,
     maildir: maildir::Maildir,
@@ -52,7 +52,7 @@ pub struct Transports {
 }
 
 impl Transports {
-    pub fn new(config: &crate::config::Config) -> anyhow::Result<Transports> {
+    pub(crate) fn new(config: &crate::config::Config) -> anyhow::Result<Transports> {
         let dns = Arc::new(dns::Dns::from_config(config)?);
         Ok(Transports {
             relay: relay::Relay::new(config).with_dns(dns.clone()),
@@ -63,7 +63,7 @@ impl Transports {
         })
     }
 
-    pub async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
+    pub(crate) async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
         // Signed last, after the filter and just before an SMTP
         // transmission; never for Maildir nor on the way to the filter.
         // 8-bit mail is signed and sent in its 7-bit form, which no hop
@@ -90,7 +90,7 @@ impl Transports {
     }
 
     /// Closes idle pooled connections politely (shutdown, reload).
-    pub async fn close_idle(&self) {
+    pub(crate) async fn close_idle(&self) {
         self.relay.close_idle().await;
         self.mx.close_idle().await;
     }

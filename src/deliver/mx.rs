@@ -85,12 +85,6 @@ impl Mx {
         }
     }
 
-    /// Replaces the per-phase timeouts (tests).
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Mx {
-        self.settings.timeouts = timeouts;
-        self
-    }
-
     /// Delivers `msg` to the MX hosts of `domain`; every recipient of `msg`
     /// is in `domain`. An address literal (`[192.0.2.1]`) is delivered to
     /// directly.

@@ -52,15 +52,15 @@ const MAX_SESSIONS: usize = 10;
 /// the caller already knows them (an MX fallback to the domain's own
 /// addresses, an IP literal); `None` means look the name up.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Host {
-    pub name: String,
-    pub port: u16,
-    pub addrs: Option<Vec<IpAddr>>,
+pub(crate) struct Host {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) addrs: Option<Vec<IpAddr>>,
 }
 
 impl Host {
     /// A host whose addresses are looked up when it is tried.
-    pub fn named(name: &str, port: u16) -> Host {
+    pub(crate) fn named(name: &str, port: u16) -> Host {
         Host { name: name.to_string(), port, addrs: None }
     }
 
@@ -72,37 +72,37 @@ impl Host {
 
 /// What a host-list transport needs besides its hosts.
 #[derive(Clone, Debug)]
-pub struct Settings {
-    pub tls: TlsPolicy,
+pub(crate) struct Settings {
+    pub(crate) tls: TlsPolicy,
     /// The TLS client configuration for `tls`; the error (a CA file that
     /// cannot be read) defers every delivery that needs it.
-    pub tls_config: Result<Arc<rustls::ClientConfig>, String>,
+    pub(crate) tls_config: Result<Arc<rustls::ClientConfig>, String>,
     /// AUTH credentials, or why the file could not be read.
-    pub auth: Option<Result<ClientCredentials, String>>,
+    pub(crate) auth: Option<Result<ClientCredentials, String>>,
     /// Send credentials without TLS.
-    pub auth_plaintext: bool,
+    pub(crate) auth_plaintext: bool,
     /// The name we give in EHLO.
-    pub helo: String,
-    pub timeouts: Timeouts,
+    pub(crate) helo: String,
+    pub(crate) timeouts: Timeouts,
     /// Connections open at once, idle ones included.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// How long a session that ended cleanly is kept for the next message.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Where host names are looked up; the system resolver when `None`.
-    pub dns: Option<Arc<Dns>>,
+    pub(crate) dns: Option<Arc<Dns>>,
     /// What the hosts are called in error texts: `smarthost`, `MX host`.
-    pub noun: &'static str,
+    pub(crate) noun: &'static str,
     /// Take an idle session to any host of the list before walking the
     /// list in order (MX delivery, as Postfix's connection cache does per
     /// destination). Off for smarthosts: a backup is left as soon as the
     /// first host works again.
-    pub reuse_any_host: bool,
+    pub(crate) reuse_any_host: bool,
 }
 
 impl Settings {
     /// The smarthost settings from `[relay]`; `deliver.dns_servers`, when
     /// set, is used for the host names too.
-    pub fn relay(config: &Config) -> Settings {
+    pub(crate) fn relay(config: &Config) -> Settings {
         Settings {
             tls: config.relay.tls,
             tls_config: tls_config(
@@ -131,7 +131,7 @@ impl Settings {
 /// The TLS client configuration for `policy`: verifying against `ca` (or
 /// the system roots) for `verify`, accepting any certificate otherwise;
 /// presenting `client_cert` (certificate, key) when the server asks.
-pub fn tls_config(
+pub(crate) fn tls_config(
     policy: TlsPolicy,
     ca: Option<&std::path::Path>,
     client_cert: Option<(&std::path::Path, &std::path::Path)>,
@@ -176,7 +176,7 @@ impl Relay {
 
     /// A transport for `hosts`, tried in order by `deliver`; `deliver_via`
     /// takes another order per message and shares the same pool.
-    pub fn for_hosts(hosts: Vec<Host>, settings: Settings) -> Relay {
+    pub(crate) fn for_hosts(hosts: Vec<Host>, settings: Settings) -> Relay {
         Relay::build(hosts.into_iter().map(Ok).collect(), settings)
     }
 
@@ -187,14 +187,15 @@ impl Relay {
 
     /// Replaces the per-phase timeouts (tests; the connect timeout comes from
     /// the configuration otherwise).
-    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Relay {
+    #[cfg(test)]
+    pub(crate) fn with_timeouts(mut self, timeouts: Timeouts) -> Relay {
         self.settings.timeouts = timeouts;
         self
     }
 
     /// Looks host names up through `dns` (shared with the other transports)
     /// instead of the system resolver.
-    pub fn with_dns(mut self, dns: Arc<Dns>) -> Relay {
+    pub(crate) fn with_dns(mut self, dns: Arc<Dns>) -> Relay {
         self.settings.dns = Some(dns);
         self
     }
@@ -212,7 +213,7 @@ impl Relay {
 
     /// Delivers `msg` to `hosts` in this order (an MX list shuffled for this
     /// message), over this transport's pool.
-    pub async fn deliver_via(&self, hosts: &[Host], msg: &OutMessage) -> Delivery {
+    pub(crate) async fn deliver_via(&self, hosts: &[Host], msg: &OutMessage) -> Delivery {
         self.deliver_list(hosts.iter().map(Ok), msg).await
     }
 
@@ -285,7 +286,7 @@ impl Relay {
     }
 
     /// QUITs every idle session (daemon shutdown).
-    pub async fn close_idle(&self) {
+    pub(crate) async fn close_idle(&self) {
         let idle = self.pool.drain_all();
         for entry in idle {
             entry.conn.client.quit().await;
@@ -294,7 +295,7 @@ impl Relay {
 
     /// Whether the pool holds no session, idle or busy (the transport may
     /// be dropped without cutting anyone off).
-    pub fn is_unused(&self) -> bool {
+    pub(crate) fn is_unused(&self) -> bool {
         self.pool.slots.available_permits() == self.settings.max_connections.max(1)
     }
 

@@ -6,13 +6,18 @@
 //! missing (RFC 5322 requires From and Date; RFC 6409 8.3 lets a submission
 //! server add Message-ID); unqualified addresses get `@hostname`.
 
-use super::{Ingress, IngressError, Origin, RcptIn, Transaction};
+use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
 use crate::ingress::maildrop::Drop;
 use crate::message::header;
 
 /// Queues one local submission and returns its queue id.
-pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str) -> Result<String, IngressError> {
+pub(crate) async fn submit(
+    ingress: &Ingress,
+    drop: Drop,
+    message: Vec<u8>,
+    user: &str,
+) -> Result<String, IngressError> {
     let hostname = ingress.hostname().to_string();
     let message = crlf(&message);
     let header::Split { head: headers, body, .. } = header::split(&message);
@@ -51,7 +56,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
         ret: None,
         envid: None,
         trace_id: None,
-        origin: Origin::local(user),
+        origin: Arrival::local(user),
     };
     let mut writer = ingress.open(tx).await?;
     let mut head = header::remove(headers, "bcc");
@@ -77,7 +82,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
 
 /// Tells the sender of a local submission which recipients were refused.
 async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], headers: &[u8]) {
-    use crate::dsn::{self, Action, Item, Returned};
+    use crate::dsn::{self, DsnAction, Item, Returned};
     let now = clock::now_secs();
     let items: Vec<Item> = refused
         .iter()
@@ -90,7 +95,7 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
             Item {
                 recipient: r.clone(),
                 orcpt: None,
-                action: Action::Failed,
+                action: DsnAction::Failed,
                 status: reply
                     .as_ref()
                     .and_then(|x| x.enhanced)
@@ -142,7 +147,7 @@ fn qualify(addr: &str, hostname: &str) -> String {
 }
 
 /// Any of CRLF, LF or a lone CR ends a line; the result uses CRLF only.
-pub fn crlf(data: &[u8]) -> Vec<u8> {
+pub(crate) fn crlf(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 32);
     let mut i = 0;
     while i < data.len() {

@@ -18,26 +18,26 @@ use std::path::{Path, PathBuf};
 
 /// The envelope part of a drop.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Drop {
+pub(crate) struct Drop {
     /// `-f`; `None` means "the submitting user".
-    pub sender: Option<String>,
-    pub recipients: Vec<String>,
+    pub(crate) sender: Option<String>,
+    pub(crate) recipients: Vec<String>,
     /// `-t`: take recipients from To/Cc/Bcc too.
     #[serde(default)]
-    pub extract_recipients: bool,
+    pub(crate) extract_recipients: bool,
     /// `-F`: the sender's full name for a generated `From:`.
     #[serde(default)]
-    pub full_name: Option<String>,
+    pub(crate) full_name: Option<String>,
 }
 
 /// A fresh drop name: time and randomness, alphanumeric.
-pub fn new_name() -> String {
+pub(crate) fn new_name() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
     format!("{now:x}{:08x}", fastrand::u32(..))
 }
 
 /// Writes a drop durably and returns its name.
-pub fn write(dir: &Path, drop: &Drop, message: &[u8]) -> io::Result<String> {
+pub(crate) fn write(dir: &Path, drop: &Drop, message: &[u8]) -> io::Result<String> {
     let name = new_name();
     write_named(dir, &name, drop, message)?;
     Ok(name)
@@ -45,7 +45,7 @@ pub fn write(dir: &Path, drop: &Drop, message: &[u8]) -> io::Result<String> {
 
 /// Writes a drop under `name`: a dot-file first (pickup skips those), synced,
 /// then renamed into place and the directory synced.
-pub fn write_named(dir: &Path, name: &str, drop: &Drop, message: &[u8]) -> io::Result<()> {
+pub(crate) fn write_named(dir: &Path, name: &str, drop: &Drop, message: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}"));
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     // Readable by the directory's group, whatever the umask: a daemon that
@@ -69,7 +69,7 @@ pub fn write_named(dir: &Path, name: &str, drop: &Drop, message: &[u8]) -> io::R
 }
 
 /// Reads a drop, refusing anything larger than `max` bytes of message.
-pub fn read(path: &Path, max: u64) -> Result<(Drop, Vec<u8>, u32), String> {
+pub(crate) fn read(path: &Path, max: u64) -> Result<(Drop, Vec<u8>, u32), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let uid = file.metadata().map_err(|e| e.to_string())?.uid();
     let mut data = Vec::new();
@@ -88,7 +88,7 @@ pub fn read(path: &Path, max: u64) -> Result<(Drop, Vec<u8>, u32), String> {
 }
 
 /// Drops ready for pickup, oldest name first.
-pub fn pending(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn pending(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_str().is_some_and(|n| !n.starts_with('.')))
@@ -101,7 +101,7 @@ pub fn pending(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Takes every pending drop into the queue through `ingress`. A drop is
 /// removed only after its message is committed; one that cannot be read is
 /// moved to `quarantine` with a log line, never silently deleted.
-pub async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> usize {
+pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> usize {
     let files = match pending(dir) {
         Ok(f) => f,
         Err(e) => {

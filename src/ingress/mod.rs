@@ -10,15 +10,16 @@
 //! maildrop (inside `sendmail -bs`, when no daemon process is involved);
 //! the SMTP session cannot tell the difference.
 
-pub mod local;
-pub mod maildrop;
+pub(crate) mod local;
+pub(crate) mod maildrop;
 
 use crate::clock;
 use crate::config::Config;
 use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
+use crate::smtp::proto::command::BodyType;
 use crate::smtp::proto::reply::{Enhanced, Reply};
-use crate::spool::envelope::{self, Envelope, Origin as EnvOrigin, Recipient};
+use crate::spool::envelope::{self, Envelope, Origin, Recipient};
 use crate::spool::{BodyWriter, Spool};
 use std::io;
 use std::net::SocketAddr;
@@ -26,17 +27,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// The body type declared with MAIL FROM (RFC 6152, RFC 3030).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyType {
-    SevenBit,
-    EightBitMime,
-    BinaryMime,
-}
-
 /// How the message arrived: the `with` clause of `Received:`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Smtp,
     Esmtp,
     /// ESMTP over TLS, authenticated, or both (RFC 3848).
@@ -59,43 +52,44 @@ impl Protocol {
     }
 }
 
+/// How the message arrived: protocol, peer and user, for `Received:`.
 #[derive(Clone, Debug)]
-pub struct Origin {
-    pub protocol: Protocol,
-    pub helo: Option<String>,
-    pub client: Option<SocketAddr>,
-    pub local_user: Option<String>,
+pub(crate) struct Arrival {
+    pub(crate) protocol: Protocol,
+    pub(crate) helo: Option<String>,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) local_user: Option<String>,
     /// The SMTP AUTH user, set only when `Received:` is to name it
     /// (`tls.received_auth_user`).
-    pub auth_user: Option<String>,
+    pub(crate) auth_user: Option<String>,
 }
 
 #[derive(Clone, Debug)]
-pub struct RcptIn {
-    pub address: String,
-    pub notify: Option<String>,
-    pub orcpt: Option<String>,
+pub(crate) struct RcptIn {
+    pub(crate) address: String,
+    pub(crate) notify: Option<String>,
+    pub(crate) orcpt: Option<String>,
 }
 
 /// One message's envelope as the client gave it.
 #[derive(Clone, Debug)]
-pub struct Transaction {
+pub(crate) struct Transaction {
     /// Reverse path without angle brackets; empty for the null sender.
-    pub sender: String,
-    pub recipients: Vec<RcptIn>,
-    pub body: BodyType,
-    pub smtputf8: bool,
-    pub ret: Option<String>,
-    pub envid: Option<String>,
+    pub(crate) sender: String,
+    pub(crate) recipients: Vec<RcptIn>,
+    pub(crate) body: BodyType,
+    pub(crate) smtputf8: bool,
+    pub(crate) ret: Option<String>,
+    pub(crate) envid: Option<String>,
     /// The trace id the previous hop passed with `TRACE=`.
-    pub trace_id: Option<String>,
-    pub origin: Origin,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) origin: Arrival,
 }
 
-impl Origin {
+impl Arrival {
     /// A local submission by `user` (sendmail, maildrop pickup, notices).
-    pub fn local(user: &str) -> Origin {
-        Origin {
+    pub(crate) fn local(user: &str) -> Arrival {
+        Arrival {
             protocol: Protocol::Local,
             helo: None,
             client: None,
@@ -108,7 +102,7 @@ impl Origin {
 impl Transaction {
     /// A delivery status notification to `recipient`: from the null
     /// sender (RFC 3461 6.2), so it is never answered with another.
-    pub fn notice_to(recipient: &str, smtputf8: bool) -> Transaction {
+    pub(crate) fn notice_to(recipient: &str, smtputf8: bool) -> Transaction {
         Transaction {
             sender: String::new(),
             recipients: vec![RcptIn { address: recipient.to_string(), notify: None, orcpt: None }],
@@ -117,13 +111,13 @@ impl Transaction {
             ret: None,
             envid: None,
             trace_id: None,
-            origin: Origin::local("MAILER-DAEMON"),
+            origin: Arrival::local("MAILER-DAEMON"),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IngressError {
+pub(crate) enum IngressError {
     #[error("message exceeds the size limit of {0} bytes")]
     TooBig(u64),
     #[error("no recipients")]
@@ -137,7 +131,7 @@ pub enum IngressError {
 
 impl IngressError {
     /// The reply an SMTP client gets; never exposes local paths.
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         match self {
             IngressError::TooBig(_) => Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"),
             IngressError::NoRecipients => Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
@@ -148,7 +142,7 @@ impl IngressError {
 }
 
 /// The header a satellite stamps its trace id in.
-pub const TRACE_HEADER: &str = "X-Posthorn-Trace";
+pub(crate) const TRACE_HEADER: &str = "X-Posthorn-Trace";
 
 enum Sink {
     /// Inside the daemon: commit to the spool, tell the scheduler.
@@ -169,7 +163,7 @@ struct Inner {
 
 /// Cheap to clone; every session holds one.
 #[derive(Clone)]
-pub struct Ingress {
+pub(crate) struct Ingress {
     inner: Arc<Inner>,
     /// Mail through this door came back from the content filter.
     filtered: bool,
@@ -182,7 +176,7 @@ pub struct Ingress {
 impl Ingress {
     /// The daemon's door: messages go to `spool`, and their envelopes to the
     /// scheduler once durable.
-    pub fn to_queue(
+    pub(crate) fn to_queue(
         config: &Config,
         spool: Spool,
         scheduler: Option<mpsc::UnboundedSender<Envelope>>,
@@ -192,7 +186,7 @@ impl Ingress {
     }
 
     /// `sendmail -bs`'s door: messages become maildrop files for the daemon.
-    pub fn to_maildrop(config: &Config, dir: PathBuf) -> Ingress {
+    pub(crate) fn to_maildrop(config: &Config, dir: PathBuf) -> Ingress {
         Ingress::new(config, Sink::Maildrop { dir }, None)
     }
 
@@ -212,25 +206,25 @@ impl Ingress {
     }
 
     /// The same door, counting what it commits into `metrics`.
-    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Ingress {
+    pub(crate) fn with_metrics(self, metrics: Arc<Metrics>) -> Ingress {
         Ingress { metrics, ..self }
     }
 
     /// The same door, its commits counted as arriving through `door`.
-    pub fn counted_as(&self, door: Door) -> Ingress {
+    pub(crate) fn counted_as(&self, door: Door) -> Ingress {
         Ingress { door, ..self.clone() }
     }
 
     /// The same door for the filter's reinjection listener: what enters
     /// through it is marked filtered, so it is never filtered again.
-    pub fn reinjection(&self) -> Ingress {
+    pub(crate) fn reinjection(&self) -> Ingress {
         Ingress { filtered: true, door: Door::Reinject, ..self.clone() }
     }
 
     /// Whether `address` is acceptable as a recipient: it expands without
     /// a loop, and its final recipients in local domains exist. Asked at
     /// RCPT so that unknown users are refused, not bounced later.
-    pub fn check_recipient(&self, address: &str) -> Result<(), Reply> {
+    pub(crate) fn check_recipient(&self, address: &str) -> Result<(), Reply> {
         match &self.inner.router {
             None => Ok(()),
             Some(router) => router
@@ -266,18 +260,18 @@ impl Ingress {
         Ok(out)
     }
 
-    pub fn hostname(&self) -> &str {
+    pub(crate) fn hostname(&self) -> &str {
         &self.inner.hostname
     }
 
-    pub fn max_size(&self) -> u64 {
+    pub(crate) fn max_size(&self) -> u64 {
         self.inner.max_size
     }
 
     /// Starts a message: allocates its queue id and writes the `Received:`
     /// header. The caller streams the message with `write` and ends with
     /// `commit`; dropping the writer discards the message.
-    pub async fn open(&self, mut tx: Transaction) -> Result<MessageWriter, IngressError> {
+    pub(crate) async fn open(&self, mut tx: Transaction) -> Result<MessageWriter, IngressError> {
         let local = tx.origin.protocol == Protocol::Local;
         let canonical = self.inner.router.as_ref().and_then(|r| r.canonical());
         if let Some(c) = canonical {
@@ -317,7 +311,7 @@ impl Ingress {
 
     /// Queues a complete message generated inside the daemon (delivery
     /// status notifications); returns its queue id once durable.
-    pub async fn submit(&self, tx: Transaction, message: &[u8]) -> Result<String, IngressError> {
+    pub(crate) async fn submit(&self, tx: Transaction, message: &[u8]) -> Result<String, IngressError> {
         let mut writer = self.open(tx).await?;
         writer.write(message).await?;
         writer.commit().await
@@ -336,7 +330,7 @@ impl Ingress {
             ret: tx.ret.clone(),
             envid: tx.envid.clone(),
             trace_id: tx.trace_id.clone(),
-            origin: EnvOrigin {
+            origin: Origin {
                 protocol: tx.origin.protocol.name().to_string(),
                 helo: tx.origin.helo.clone(),
                 client: tx.origin.client.map(|c| c.ip().to_string()),
@@ -394,7 +388,7 @@ enum Out {
 }
 
 /// A message being received; see `Ingress::open`.
-pub struct MessageWriter {
+pub(crate) struct MessageWriter {
     ingress: Ingress,
     env: Envelope,
     out: Out,
@@ -413,12 +407,12 @@ struct HeadRewrite {
 const HEAD_LIMIT: usize = 256 * 1024;
 
 impl MessageWriter {
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         &self.env.id
     }
 
     /// Appends decoded message bytes (CRLF line ends, not dot-stuffed).
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), IngressError> {
+    pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), IngressError> {
         self.written += chunk.len() as u64;
         if self.written > self.ingress.inner.max_size {
             return Err(IngressError::TooBig(self.ingress.inner.max_size));
@@ -466,7 +460,7 @@ impl MessageWriter {
 
     /// Makes the message durable and returns its id. For the spool this is
     /// the moment a `250` may be sent.
-    pub async fn commit(mut self) -> Result<String, IngressError> {
+    pub(crate) async fn commit(mut self) -> Result<String, IngressError> {
         // A message without a body: all of it is header.
         let all = self.head.as_ref().map(|h| h.buf.len());
         self.flush_head(all).await?;
@@ -522,7 +516,7 @@ pub(crate) mod test_support {
     use super::*;
 
     /// A daemon-side ingress on a fresh spool under `dir`.
-    pub fn queue_ingress(dir: &std::path::Path, config: &Config) -> (Ingress, Spool) {
+    pub(crate) fn queue_ingress(dir: &std::path::Path, config: &Config) -> (Ingress, Spool) {
         let spool = Spool::open(dir, None).expect("spool");
         (Ingress::to_queue(config, spool.clone(), None, None), spool)
     }
@@ -549,7 +543,7 @@ mod tests {
             ret: None,
             envid: None,
             trace_id: trace_id.map(str::to_string),
-            origin: Origin {
+            origin: Arrival {
                 protocol: Protocol::Local,
                 helo: None,
                 client: None,

@@ -32,7 +32,7 @@ const LINE: usize = 76;
 /// Why a message cannot be converted; the text is safe to show to a sender.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Refusal(pub String);
+pub(crate) struct Refusal(pub String);
 
 fn refuse<T>(why: impl Into<String>) -> Result<T, Refusal> {
     Err(Refusal(why.into()))
@@ -40,7 +40,7 @@ fn refuse<T>(why: impl Into<String>) -> Result<T, Refusal> {
 
 /// The message with every 8-bit body converted to 7 bit; borrowed when
 /// nothing had to change (8-bit octets only in `Received` fields are left).
-pub fn to_seven_bit(message: &[u8]) -> Result<Cow<'_, [u8]>, Refusal> {
+pub(crate) fn to_seven_bit(message: &[u8]) -> Result<Cow<'_, [u8]>, Refusal> {
     if !has_8bit(message) {
         return Ok(Cow::Borrowed(message));
     }

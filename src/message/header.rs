@@ -13,21 +13,21 @@ use std::borrow::Cow;
 /// A message cut at the end of its header section: `head`, `blank` and
 /// `body` follow each other and together are the whole message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Split<'a> {
+pub(crate) struct Split<'a> {
     /// The header fields, each with its line end.
-    pub head: &'a [u8],
+    pub(crate) head: &'a [u8],
     /// The blank line that ended the header section (`\r\n` or `\n`);
     /// empty when another line, or the end of the message, ended it.
-    pub blank: &'a [u8],
+    pub(crate) blank: &'a [u8],
     /// Everything after.
-    pub body: &'a [u8],
+    pub(crate) body: &'a [u8],
 }
 
 /// Cuts `message` at the end of its header section. As in Postfix, the
 /// section ends at the first line that neither starts a field (`name:`)
 /// nor continues one (leading space or tab): normally the blank line; any
 /// other such line is the first line of the body.
-pub fn split(message: &[u8]) -> Split<'_> {
+pub(crate) fn split(message: &[u8]) -> Split<'_> {
     let mut at = 0;
     for line in lines(message) {
         if line == b"\r\n" || line == b"\n" {
@@ -43,14 +43,14 @@ pub fn split(message: &[u8]) -> Split<'_> {
 }
 
 /// The header block of `message`: its fields, without the blank line.
-pub fn block(message: &[u8]) -> &[u8] {
+pub(crate) fn block(message: &[u8]) -> &[u8] {
     split(message).head
 }
 
 /// One header field: its first line and its continuation lines, exactly
 /// as they were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Field<'a> {
+pub(crate) struct Field<'a> {
     raw: &'a [u8],
     /// The colon after the name; `None` for a line that is no header field.
     colon: Option<usize>,
@@ -58,24 +58,24 @@ pub struct Field<'a> {
 
 impl<'a> Field<'a> {
     /// The whole field, with its line end.
-    pub fn raw(&self) -> &'a [u8] {
+    pub(crate) fn raw(&self) -> &'a [u8] {
         self.raw
     }
 
     /// The name as written, without spaces before the colon (the obsolete
     /// syntax of RFC 5322 4.5); empty for a line that is no header field.
-    pub fn name(&self) -> &'a [u8] {
+    pub(crate) fn name(&self) -> &'a [u8] {
         self.colon.map_or(&[], |c| self.raw[..c].trim_ascii_end())
     }
 
     /// Everything after the colon up to the field's last line end, with
     /// the folding kept; empty for a line that is no header field.
-    pub fn value(&self) -> &'a [u8] {
+    pub(crate) fn value(&self) -> &'a [u8] {
         self.colon.map_or(&[], |c| &self.raw[c + 1..self.raw.len() - self.line_end().len()])
     }
 
     /// Whether the field is called `name`, ignoring ASCII case.
-    pub fn is(&self, name: &str) -> bool {
+    pub(crate) fn is(&self, name: &str) -> bool {
         self.colon.is_some() && self.name().eq_ignore_ascii_case(name.as_bytes())
     }
 
@@ -86,12 +86,12 @@ impl<'a> Field<'a> {
 
 /// The fields of a header block, in order. A line that is no header field
 /// (there is none in a block from [`split`]) comes as a field without name.
-pub fn fields(head: &[u8]) -> Fields<'_> {
+pub(crate) fn fields(head: &[u8]) -> Fields<'_> {
     Fields { rest: head }
 }
 
 /// Iterator returned by [`fields`].
-pub struct Fields<'a> {
+pub(crate) struct Fields<'a> {
     rest: &'a [u8],
 }
 
@@ -109,25 +109,25 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// The first field called `name` in a header block.
-pub fn find<'a>(head: &'a [u8], name: &str) -> Option<Field<'a>> {
+pub(crate) fn find<'a>(head: &'a [u8], name: &str) -> Option<Field<'a>> {
     fields(head).find(|f| f.is(name))
 }
 
 /// Whether a header block has a field called `name`.
-pub fn has(head: &[u8], name: &str) -> bool {
+pub(crate) fn has(head: &[u8], name: &str) -> bool {
     find(head, name).is_some()
 }
 
 /// A header block without its fields called `name` (`Bcc` before a
 /// message leaves its submitter).
-pub fn remove(head: &[u8], name: &str) -> Vec<u8> {
+pub(crate) fn remove(head: &[u8], name: &str) -> Vec<u8> {
     fields(head).filter(|f| !f.is(name)).flat_map(|f| f.raw).copied().collect()
 }
 
 /// A header block where each field for which `new_value` returns a value
 /// gets that value after its colon. Every other byte stays as it was: the
 /// other fields, and the name, colon and last line end of a rewritten one.
-pub fn rewrite(head: &[u8], mut new_value: impl FnMut(&Field<'_>) -> Option<Vec<u8>>) -> Vec<u8> {
+pub(crate) fn rewrite(head: &[u8], mut new_value: impl FnMut(&Field<'_>) -> Option<Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::with_capacity(head.len() + 64);
     for field in fields(head) {
         match field.colon.and_then(|colon| Some((colon, new_value(&field)?))) {
@@ -144,7 +144,7 @@ pub fn rewrite(head: &[u8], mut new_value: impl FnMut(&Field<'_>) -> Option<Vec<
 
 /// A field value unfolded (RFC 5322 2.2.3): its line breaks removed, the
 /// white space after them kept.
-pub fn unfold(value: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn unfold(value: &[u8]) -> Cow<'_, [u8]> {
     if !value.contains(&b'\n') {
         return Cow::Borrowed(value);
     }
@@ -155,7 +155,7 @@ pub fn unfold(value: &[u8]) -> Cow<'_, [u8]> {
 /// order, read by a real RFC 5322 parser (groups, quoted names, comments).
 /// A bare word such as `root` parses as a display name without address; it
 /// is taken as the address it stands for, as `sendmail -t` users mean it.
-pub fn recipients(head: &[u8]) -> Vec<String> {
+pub(crate) fn recipients(head: &[u8]) -> Vec<String> {
     let mut block = head.to_vec();
     if !block.is_empty() && !block.ends_with(b"\n") {
         block.extend_from_slice(b"\r\n");

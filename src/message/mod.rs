@@ -2,15 +2,15 @@
 //! be read and written. Depends on nothing in the crate but `smtp::proto`
 //! (replies and status codes); every other stage may use it.
 //!
-//! - this file: [`OutMessage`] and [`OutRecipient`], a queued message as a
+//! - this file: [`OutMessage`] and `OutRecipient`, a queued message as a
 //!   transport receives it;
 //! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
-//! - [`header`]: the header block, byte-exact: split, fields, find, remove, rewrite;
-//! - [`downconvert`]: 8-bit MIME to 7 bit (RFC 6152, 6532).
+//! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
+//! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532).
 
-pub mod downconvert;
-pub mod header;
+pub(crate) mod downconvert;
+pub(crate) mod header;
 pub mod nexthop;
 pub mod outcome;
 
@@ -18,36 +18,36 @@ use std::sync::Arc;
 
 /// The envelope parameters a transport needs for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutRecipient {
+pub(crate) struct OutRecipient {
     /// Index of this recipient in the queued envelope; outcomes refer to it.
-    pub index: usize,
-    pub address: String,
+    pub(crate) index: usize,
+    pub(crate) address: String,
     /// RFC 3461 NOTIFY value as received (`SUCCESS,FAILURE`), passed on when
     /// the next hop offers DSN.
-    pub notify: Option<String>,
+    pub(crate) notify: Option<String>,
     /// RFC 3461 ORCPT value as received (`rfc822;user@example.org`).
-    pub orcpt: Option<String>,
+    pub(crate) orcpt: Option<String>,
 }
 
 /// One message handed to a transport.
 #[derive(Clone, Debug)]
 pub struct OutMessage {
     /// Queue id, for logs.
-    pub id: String,
+    pub(crate) id: String,
     /// Reverse path without angle brackets; empty for the null sender.
-    pub sender: String,
-    pub recipients: Vec<OutRecipient>,
+    pub(crate) sender: String,
+    pub(crate) recipients: Vec<OutRecipient>,
     /// The message exactly as stored: CRLF line ends, not dot-stuffed.
-    pub body: Arc<[u8]>,
+    pub(crate) body: Arc<[u8]>,
     /// The message contains 8-bit data (BODY=8BITMIME was given on intake).
-    pub eight_bit: bool,
+    pub(crate) eight_bit: bool,
     /// SMTPUTF8 was given on intake.
-    pub smtputf8: bool,
+    pub(crate) smtputf8: bool,
     /// RFC 3461 RET and ENVID, when given on intake.
-    pub ret: Option<String>,
-    pub envid: Option<String>,
+    pub(crate) ret: Option<String>,
+    pub(crate) envid: Option<String>,
     /// The trace id, passed on as `TRACE=` when the next hop is posthorn.
-    pub trace_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
 }
 
 impl OutMessage {

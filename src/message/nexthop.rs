@@ -1,7 +1,7 @@
 //! Next-hop syntax, the one parser for it: Postfix's `host`, `host:port`,
 //! `[host]`, `[host]:port`, `[IPv6:addr]:port` (and a bare IPv6 address),
 //! as smarthosts, transport-table values and the content filter write it;
-//! the [`Target`] it names; the [`Hop`] the queue hands to a transport; and
+//! the [`Target`] it names; the `Hop` the queue hands to a transport; and
 //! the content filter's `smtp:`/`pipe:` specification.
 //!
 //! Brackets mean "no MX lookup", as in Postfix; an IP address is never
@@ -14,18 +14,18 @@ use std::net::{IpAddr, Ipv6Addr};
 /// A parsed next hop as written; the host may be empty (`smtp:` in a
 /// transport table means "the recipient's domain").
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct HostSpec {
+pub(crate) struct HostSpec {
     /// `None`: no host written.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// `None`: no port written.
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// Look up the host's MX records (not bracketed, not an IP address).
-    pub mx: bool,
+    pub(crate) mx: bool,
 }
 
 impl HostSpec {
     /// Parses a next hop; errors name what was written.
-    pub fn parse(written: &str) -> Result<HostSpec, String> {
+    pub(crate) fn parse(written: &str) -> Result<HostSpec, String> {
         parse_spec(written.trim()).map_err(|e| format!("`{}`: {e}", written.trim()))
     }
 }
@@ -127,7 +127,7 @@ impl Target {
     /// A smarthost-style `host[:port]`: host and port, `default_port` when
     /// none is written (brackets accepted and dropped: a smarthost is never
     /// looked up by MX anyway).
-    pub fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    pub(crate) fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
         let spec = HostSpec::parse(s)?;
         let host = spec.host.ok_or_else(|| format!("`{}` is not a host name or address", s.trim()))?;
         Ok((host, spec.port.unwrap_or(default_port)))
@@ -149,7 +149,7 @@ impl fmt::Display for Target {
 /// The after-queue content filter: `smtp:[host]:port` or
 /// `pipe:/path/to/cmd arg ${sender} ${recipient}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum FilterSpec {
+pub(crate) enum FilterSpec {
     Smtp(Target),
     /// The argument vector, split on whitespace; `${sender}` and
     /// `${recipient}` are substituted for each delivery.
@@ -191,7 +191,7 @@ impl std::str::FromStr for FilterSpec {
 /// transport carries it out. Recipients of one message with the same hop
 /// are delivered together.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Hop {
+pub(crate) enum Hop {
     /// The configured smarthosts (`relay.smarthosts`), with failover.
     Relay,
     /// The MX hosts of a domain.
@@ -207,7 +207,7 @@ pub enum Hop {
 
 impl Hop {
     /// The destination key its backoff and connection limit are kept under.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         match self {
             Hop::Relay => "relay".into(),
             Hop::Mx(domain) => format!("mx:{domain}"),

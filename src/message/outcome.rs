@@ -41,7 +41,7 @@ impl Outcome {
     }
 
     /// The recipient's state after this outcome, and the status logged.
-    pub fn status(&self) -> (RcptState, Status) {
+    pub(crate) fn status(&self) -> (RcptState, Status) {
         match self {
             Outcome::Delivered(_) => (RcptState::Delivered, Status::Sent),
             Outcome::Transient(_) => (RcptState::Pending, Status::Deferred),
@@ -56,7 +56,7 @@ pub struct Attempt {
     /// `host[ip]:port` of the server that gave the answer, when one was reached.
     pub relay: Option<String>,
     /// Whether the connection was encrypted.
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// The reply that decided: the remote server's, or one made here in
     /// its form (a conversion that cannot be done, a Maildir error); `None`
     /// when nothing answered (DNS, connection, timeout).
@@ -69,12 +69,12 @@ pub struct Attempt {
 
 impl Attempt {
     /// A failure without any reply: nothing reached, or trouble here.
-    pub fn failed(class: ErrorClass, detail: impl Into<String>) -> Attempt {
+    pub(crate) fn failed(class: ErrorClass, detail: impl Into<String>) -> Attempt {
         Attempt { relay: None, tls: false, reply: None, class: Some(class), detail: detail.into() }
     }
 
     /// The enhanced status code of the reply that decided, if any.
-    pub fn enhanced(&self) -> Option<Enhanced> {
+    pub(crate) fn enhanced(&self) -> Option<Enhanced> {
         self.reply.as_ref().and_then(|r| r.enhanced)
     }
 }
@@ -82,7 +82,7 @@ impl Attempt {
 /// A recipient's delivery state in the envelope.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum RcptState {
+pub(crate) enum RcptState {
     /// Not yet delivered; deferred when it has history.
     Pending,
     Delivered,
@@ -93,7 +93,7 @@ pub enum RcptState {
 /// recorded in its history.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Sent,
     Deferred,
     Bounced,
@@ -102,7 +102,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Sent => "sent",
             Status::Deferred => "deferred",
@@ -112,7 +112,7 @@ impl Status {
     }
 
     /// The enhanced code a status stands for when no reply gave one.
-    pub fn default_code(self) -> Enhanced {
+    pub(crate) fn default_code(self) -> Enhanced {
         match self {
             Status::Sent => Enhanced(2, 0, 0),
             Status::Deferred => Enhanced(4, 0, 0),

@@ -6,7 +6,7 @@
 
 use super::Outbound;
 use super::dest::Destinations;
-use super::notice::{self, Limiter};
+use super::notice::{self, BounceLimiter};
 use super::{Done, backoff};
 use crate::clock::now_secs;
 use crate::config::{Config, Role};
@@ -22,22 +22,22 @@ use crate::spool::{Spool, State};
 use std::sync::Arc;
 
 /// What the scheduler shares with every delivery.
-pub struct Context {
-    pub spool: Spool,
-    pub outbound: Arc<Outbound>,
-    pub dests: Arc<Destinations>,
-    pub config: Arc<Config>,
+pub(crate) struct Context {
+    pub(crate) spool: Spool,
+    pub(crate) outbound: Arc<Outbound>,
+    pub(crate) dests: Arc<Destinations>,
+    pub(crate) config: Arc<Config>,
     /// The door for notices to senders.
-    pub ingress: Ingress,
-    pub limiter: Arc<Limiter>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) ingress: Ingress,
+    pub(crate) limiter: Arc<BounceLimiter>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 fn skipped(id: String) -> Done {
     Done { id, next_attempt: None, skipped: true }
 }
 
-pub async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
+pub(crate) async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
     match ctx.spool.read_envelope(state, &id) {
         Ok(env) => run(ctx, env, state).await,
         // Deleted or held by an operator meanwhile: nothing to do.
@@ -60,7 +60,7 @@ struct GroupResult {
     attempted: bool,
 }
 
-pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
+pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let id = env.id.clone();
     if let Err(e) = ctx.spool.move_now(&id, from, State::Active) {
         tracing::debug!("{id}: not in {} any more ({e}); skipped", from.dir_name());
@@ -85,11 +85,11 @@ pub async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     for group in &results {
         record(&mut env, group, now, &ctx.metrics);
         let action = match group.hop {
-            Hop::Maildir => Some(dsn::Action::Delivered),
+            Hop::Maildir => Some(dsn::DsnAction::Delivered),
             // The filter reinjects the message; notices come from there on.
             Hop::Filter(_) => None,
             _ if group.delivery.remote_dsn => None,
-            _ => Some(dsn::Action::Relayed),
+            _ => Some(dsn::DsnAction::Relayed),
         };
         for &i in &group.indexes {
             success[i] = action;

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// failures (at least 1). `unit` in [0, 1) is the jitter draw: the wait is
 /// taken from the top fifth of the exponential step, never below `min` nor
 /// above `max`.
-pub fn delay(failures: u32, min: Duration, max: Duration, unit: f64) -> Duration {
+pub(crate) fn delay(failures: u32, min: Duration, max: Duration, unit: f64) -> Duration {
     let exp = failures.saturating_sub(1).min(32);
     let base = min.saturating_mul(1u32 << exp.min(31)).min(max);
     let jittered = base.mul_f64(0.8 + 0.2 * unit.clamp(0.0, 1.0));
@@ -15,7 +15,7 @@ pub fn delay(failures: u32, min: Duration, max: Duration, unit: f64) -> Duration
 }
 
 /// `delay` with a random jitter draw.
-pub fn next(failures: u32, min: Duration, max: Duration) -> Duration {
+pub(crate) fn next(failures: u32, min: Duration, max: Duration) -> Duration {
     delay(failures, min, max, fastrand::f64())
 }
 

@@ -24,31 +24,31 @@ struct Health {
 
 /// One next hop.
 #[derive(Debug)]
-pub struct Dest {
-    pub key: String,
+pub(crate) struct Dest {
+    pub(crate) key: String,
     slots: Arc<Semaphore>,
     health: Mutex<Health>,
 }
 
 impl Dest {
     /// `Some((until, reason))` while the destination is marked down.
-    pub fn down(&self) -> Option<(u64, String)> {
+    pub(crate) fn down(&self) -> Option<(u64, String)> {
         let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.down_until.filter(|t| *t > now_secs()).map(|t| (t, h.reason.clone()))
     }
 
     /// Waits for one of the destination's connection slots.
-    pub async fn slot(&self) -> OwnedSemaphorePermit {
+    pub(crate) async fn slot(&self) -> OwnedSemaphorePermit {
         self.slots.clone().acquire_owned().await.expect("destination semaphores are never closed")
     }
 
     /// Consecutive failures so far.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.health.lock().unwrap_or_else(|e| e.into_inner()).failures
     }
 
     /// The next hop answered: forget past failures.
-    pub fn up(&self) {
+    pub(crate) fn up(&self) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         if h.failures > 0 {
             tracing::info!("destination {}: reachable again", self.key);
@@ -59,7 +59,7 @@ impl Dest {
     /// The next hop could not be reached: mark it down for the backoff of
     /// its failure count and return the time it is due again. Deliveries
     /// running in parallel report the same outage once.
-    pub fn failed(&self, reason: &str, min: Duration, max: Duration) -> u64 {
+    pub(crate) fn failed(&self, reason: &str, min: Duration, max: Duration) -> u64 {
         let now = now_secs();
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(until) = h.down_until.filter(|t| *t > now) {
@@ -74,24 +74,24 @@ impl Dest {
     }
 
     /// Forget the backoff (`postqueue -f`).
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = Health::default();
     }
 }
 
 /// All destinations seen so far.
 #[derive(Debug)]
-pub struct Destinations {
+pub(crate) struct Destinations {
     limit: usize,
     map: Mutex<HashMap<String, Arc<Dest>>>,
 }
 
 impl Destinations {
-    pub fn new(limit: usize) -> Destinations {
+    pub(crate) fn new(limit: usize) -> Destinations {
         Destinations { limit: limit.max(1), map: Mutex::new(HashMap::new()) }
     }
 
-    pub fn get(&self, key: &str) -> Arc<Dest> {
+    pub(crate) fn get(&self, key: &str) -> Arc<Dest> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = map.get(key) {
             return d.clone();
@@ -109,7 +109,7 @@ impl Destinations {
         d
     }
 
-    pub fn reset_all(&self) {
+    pub(crate) fn reset_all(&self) {
         for d in self.map.lock().unwrap_or_else(|e| e.into_inner()).values() {
             d.reset();
         }

@@ -9,10 +9,10 @@
 //! Only the envelope of a deferred message is kept in memory as
 //! `(due time, id)`; envelopes are read when the message becomes active.
 
-pub mod attempt;
-pub mod backoff;
-pub mod dest;
-pub mod notice;
+pub(crate) mod attempt;
+pub(crate) mod backoff;
+pub(crate) mod dest;
+pub(crate) mod notice;
 
 use crate::clock::now_secs;
 use crate::config::Config;
@@ -31,12 +31,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests other parts of the daemon (the control socket) send in.
-pub enum Command {
+pub(crate) enum Command {
     /// Try every deferred message now and forget destination backoff
     /// (`postqueue -f`, `sendmail -q`). Answers with the number scheduled.
     Flush(oneshot::Sender<usize>),
     /// An operator action on some messages; answers one result per id.
-    Act { action: Action, ids: Vec<String>, reply: oneshot::Sender<Vec<ActResult>> },
+    Act { action: QueueAction, ids: Vec<String>, reply: oneshot::Sender<Vec<ActResult>> },
     /// A reloaded configuration: deliveries started from now on use it.
     Reload { config: Arc<Config>, outbound: Arc<Outbound>, ingress: Ingress },
     /// The queue's gauges for the metrics endpoint, from the scheduler's own
@@ -52,7 +52,7 @@ pub enum Command {
 /// not be delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Action {
+pub(crate) enum QueueAction {
     Delete,
     Hold,
     Freeze,
@@ -66,11 +66,11 @@ pub enum Action {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ActResult {
-    pub id: String,
+pub(crate) struct ActResult {
+    pub(crate) id: String,
     /// The state the message was in, when it was found.
-    pub found_in: Option<String>,
-    pub error: Option<String>,
+    pub(crate) found_in: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// A message waiting for a delivery slot.
@@ -93,13 +93,13 @@ impl Job {
 
 /// What a finished delivery task reports.
 #[derive(Debug)]
-pub struct Done {
-    pub id: String,
+pub(crate) struct Done {
+    pub(crate) id: String,
     /// When the message is due again, if it is still queued.
-    pub next_attempt: Option<u64>,
+    pub(crate) next_attempt: Option<u64>,
     /// The message was gone or elsewhere when its turn came (a stale entry
     /// after an operator action); nothing was done.
-    pub skipped: bool,
+    pub(crate) skipped: bool,
 }
 
 /// Fresh mail kept in memory; beyond this, only ids are kept and the
@@ -108,18 +108,18 @@ const FRESH_IN_MEMORY: usize = 10_000;
 
 /// One configuration's way out: the router that picks each recipient's
 /// next hop at delivery time, and the transports that carry it there.
-pub struct Outbound {
-    pub router: Arc<Router>,
-    pub transports: Transports,
+pub(crate) struct Outbound {
+    pub(crate) router: Arc<Router>,
+    pub(crate) transports: Transports,
 }
 
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     config: Arc<Config>,
     spool: Spool,
     outbound: Arc<Outbound>,
     dests: Arc<Destinations>,
     ingress: Ingress,
-    limiter: Arc<notice::Limiter>,
+    limiter: Arc<notice::BounceLimiter>,
     fresh: VecDeque<Job>,
     retry: VecDeque<Job>,
     waiting: BTreeSet<(u64, String)>,
@@ -135,9 +135,9 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: Arc<Config>, spool: Spool, outbound: Arc<Outbound>, ingress: Ingress) -> Scheduler {
+    pub(crate) fn new(config: Arc<Config>, spool: Spool, outbound: Arc<Outbound>, ingress: Ingress) -> Scheduler {
         Scheduler {
-            limiter: Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit)),
+            limiter: Arc::new(notice::BounceLimiter::new(config.queue.bounce_rate_limit)),
             dests: Arc::new(Destinations::new(config.deliver.destination_concurrency)),
             config,
             spool,
@@ -155,13 +155,13 @@ impl Scheduler {
     }
 
     /// The same scheduler, counting delivery outcomes into `metrics`.
-    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Scheduler {
+    pub(crate) fn with_metrics(self, metrics: Arc<Metrics>) -> Scheduler {
         Scheduler { metrics, ..self }
     }
 
     /// Loads what is on disk: `incoming/` is due now, `deferred/` at the
     /// time its envelope says. Unreadable envelopes are quarantined.
-    pub fn load(&mut self) -> std::io::Result<()> {
+    pub(crate) fn load(&mut self) -> std::io::Result<()> {
         self.held = self.spool.list(State::Hold)?.len() as u64;
         let mut incoming = self.spool.list(State::Incoming)?;
         incoming.sort();
@@ -184,7 +184,7 @@ impl Scheduler {
         Ok(())
     }
 
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut new_mail: mpsc::UnboundedReceiver<Envelope>,
         mut commands: mpsc::Receiver<Command>,
@@ -308,7 +308,7 @@ impl Scheduler {
             }
             Command::Reload { config, outbound, ingress } => {
                 if config.queue.bounce_rate_limit != self.config.queue.bounce_rate_limit {
-                    self.limiter = Arc::new(notice::Limiter::new(config.queue.bounce_rate_limit));
+                    self.limiter = Arc::new(notice::BounceLimiter::new(config.queue.bounce_rate_limit));
                 }
                 self.config = config;
                 self.outbound = outbound;
@@ -334,7 +334,7 @@ impl Scheduler {
     /// Carries out an operator action: stops deliveries of the named
     /// messages, waits until their pending renames are durable, then changes
     /// the files and the schedule.
-    async fn act(&mut self, action: Action, ids: Vec<String>) -> Vec<ActResult> {
+    async fn act(&mut self, action: QueueAction, ids: Vec<String>) -> Vec<ActResult> {
         for id in &ids {
             if let Some(task) = self.running.remove(id) {
                 task.abort();
@@ -344,7 +344,7 @@ impl Scheduler {
         }
         let _ = self.spool.barrier().await;
         let outcomes = match action {
-            Action::Bounce => {
+            QueueAction::Bounce => {
                 let mut out = Vec::with_capacity(ids.len());
                 for id in &ids {
                     out.push(self.give_up(id).await);
@@ -375,24 +375,24 @@ impl Scheduler {
     /// once the envelopes are gone (the commit point of "removed"); the
     /// bodies are unlinked afterwards in the background, and recovery would
     /// remove any a crash left behind.
-    async fn act_on_files(&self, action: Action, ids: Vec<String>) -> Vec<std::io::Result<Option<State>>> {
+    async fn act_on_files(&self, action: QueueAction, ids: Vec<String>) -> Vec<std::io::Result<Option<State>>> {
         let spool = self.spool.clone();
         tokio::task::spawn_blocking(move || {
             let results: Vec<std::io::Result<Option<State>>> = match action {
-                Action::Delete => spool.delete_envelopes(&ids),
+                QueueAction::Delete => spool.delete_envelopes(&ids),
                 _ => ids
                     .iter()
                     .map(|id| match action {
-                        Action::Hold => spool.hold(id, false),
-                        Action::Freeze => spool.hold(id, true),
-                        Action::Release => spool.release(id),
-                        Action::Requeue | Action::Deliver => spool.requeue(id),
-                        Action::Delete | Action::Bounce => unreachable!("handled apart"),
+                        QueueAction::Hold => spool.hold(id, false),
+                        QueueAction::Freeze => spool.hold(id, true),
+                        QueueAction::Release => spool.release(id),
+                        QueueAction::Requeue | QueueAction::Deliver => spool.requeue(id),
+                        QueueAction::Delete | QueueAction::Bounce => unreachable!("handled apart"),
                     })
                     .collect(),
             };
             let _ = spool.sync_states();
-            if action == Action::Delete {
+            if action == QueueAction::Delete {
                 let gone = ids.into_iter().zip(&results).filter(|(_, r)| matches!(r, Ok(Some(_)))).map(|(id, _)| id);
                 spool.remove_bodies(gone.collect());
             }
@@ -402,7 +402,7 @@ impl Scheduler {
         .unwrap_or_else(|e| vec![Err(std::io::Error::other(e))])
     }
 
-    /// `Action::Bounce` for one message: fail what is pending, notify the
+    /// `QueueAction::Bounce` for one message: fail what is pending, notify the
     /// sender through the usual door, remove the message.
     async fn give_up(&self, id: &str) -> std::io::Result<Option<State>> {
         let Some((state, mut env)) = self.spool.find(id) else { return Ok(None) };
@@ -421,15 +421,15 @@ impl Scheduler {
         Ok(Some(state))
     }
 
-    fn reschedule(&mut self, action: Action, id: &str, found: Option<State>) {
+    fn reschedule(&mut self, action: QueueAction, id: &str, found: Option<State>) {
         match (action, found) {
             (_, None) => {}
-            (Action::Delete | Action::Hold | Action::Freeze | Action::Bounce, _) => {
+            (QueueAction::Delete | QueueAction::Hold | QueueAction::Freeze | QueueAction::Bounce, _) => {
                 // Entries still in the lines are skipped when their turn comes.
                 self.known.remove(id);
             }
-            (Action::Release, Some(State::Hold))
-            | (Action::Requeue | Action::Deliver, Some(State::Deferred | State::Active)) => {
+            (QueueAction::Release, Some(State::Hold))
+            | (QueueAction::Requeue | QueueAction::Deliver, Some(State::Deferred | State::Active)) => {
                 self.known.insert(id.to_string());
                 self.retry.push_front(Job::OnDisk(id.to_string(), State::Incoming));
             }
@@ -462,10 +462,10 @@ impl Scheduler {
     }
 
     /// Keeps `held` in step with what an operator action did.
-    fn count_held(&mut self, action: Action, found: Option<State>) {
+    fn count_held(&mut self, action: QueueAction, found: Option<State>) {
         match (action, found) {
-            (Action::Hold | Action::Freeze, Some(state)) if state != State::Hold => self.held += 1,
-            (Action::Release | Action::Delete | Action::Bounce, Some(State::Hold)) => {
+            (QueueAction::Hold | QueueAction::Freeze, Some(state)) if state != State::Hold => self.held += 1,
+            (QueueAction::Release | QueueAction::Delete | QueueAction::Bounce, Some(State::Hold)) => {
                 self.held = self.held.saturating_sub(1)
             }
             _ => {}
@@ -473,16 +473,16 @@ impl Scheduler {
     }
 }
 
-impl Action {
-    pub fn past_tense(self) -> &'static str {
+impl QueueAction {
+    pub(crate) fn past_tense(self) -> &'static str {
         match self {
-            Action::Delete => "removed",
-            Action::Hold => "placed on hold",
-            Action::Freeze => "frozen",
-            Action::Release => "released from hold",
-            Action::Requeue => "requeued",
-            Action::Deliver => "scheduled for delivery",
-            Action::Bounce => "returned to sender",
+            QueueAction::Delete => "removed",
+            QueueAction::Hold => "placed on hold",
+            QueueAction::Freeze => "frozen",
+            QueueAction::Release => "released from hold",
+            QueueAction::Requeue => "requeued",
+            QueueAction::Deliver => "scheduled for delivery",
+            QueueAction::Bounce => "returned to sender",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! a bounce with a bounce), and at most `queue.bounce_rate_limit` notices
 //! per sender per hour, so one broken list cannot start a bounce storm.
 
-use crate::dsn::{self, Action, Item, Returned};
+use crate::dsn::{self, DsnAction, Item, Returned};
 use crate::ingress::{Ingress, Transaction};
 use crate::message::header;
 use crate::message::outcome::Status;
@@ -19,18 +19,18 @@ const RETURN_FULL_LIMIT: u64 = 100 * 1024;
 
 /// Per-sender notice counts over the last hour.
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct BounceLimiter {
     per_hour: usize,
     sent: Mutex<HashMap<String, VecDeque<u64>>>,
 }
 
-impl Limiter {
-    pub fn new(per_hour: usize) -> Limiter {
-        Limiter { per_hour, sent: Mutex::new(HashMap::new()) }
+impl BounceLimiter {
+    pub(crate) fn new(per_hour: usize) -> BounceLimiter {
+        BounceLimiter { per_hour, sent: Mutex::new(HashMap::new()) }
     }
 
     /// Counts one notice to `sender` at `now` if the limit allows it.
-    pub fn allow(&self, sender: &str, now: u64) -> bool {
+    pub(crate) fn allow(&self, sender: &str, now: u64) -> bool {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         if sent.len() > 100_000 {
             sent.retain(|_, times| times.back().is_some_and(|t| now.saturating_sub(*t) < 3600));
@@ -48,16 +48,16 @@ impl Limiter {
 }
 
 /// The status for a recipient's report, from its last attempt.
-fn status_of(r: &Recipient, action: Action) -> (String, Option<String>, Option<String>, u64) {
+fn status_of(r: &Recipient, action: DsnAction) -> (String, Option<String>, Option<String>, u64) {
     let last = r.history.last();
     // The code of the reply that decided (a remote one, or a refusal made
     // here in its form, `554 5.6.3 Conversion required ...`), else by action.
     let status = last
         .and_then(|a| a.reply.as_ref()?.enhanced)
         .unwrap_or_else(|| match (action, last.map(|a| a.status)) {
-            (Action::Failed, Some(Status::Expired)) => Status::Expired.default_code(),
-            (Action::Failed, _) => Status::Bounced.default_code(),
-            (Action::Delayed, _) => Status::Deferred.default_code(),
+            (DsnAction::Failed, Some(Status::Expired)) => Status::Expired.default_code(),
+            (DsnAction::Failed, _) => Status::Bounced.default_code(),
+            (DsnAction::Delayed, _) => Status::Deferred.default_code(),
             _ => Status::Sent.default_code(),
         })
         .to_string();
@@ -72,7 +72,7 @@ fn status_of(r: &Recipient, action: Action) -> (String, Option<String>, Option<S
     (status, diagnostic, mta, at)
 }
 
-fn item(r: &Recipient, action: Action) -> Item {
+fn item(r: &Recipient, action: DsnAction) -> Item {
     let (status, diagnostic, remote_mta, last_attempt) = status_of(r, action);
     Item { recipient: r.address.clone(), orcpt: r.orcpt.clone(), action, status, diagnostic, remote_mta, last_attempt }
 }
@@ -82,10 +82,10 @@ fn item(r: &Recipient, action: Action) -> Item {
 /// says, per recipient, what a NOTIFY=SUCCESS notice would report: `None`
 /// when the next hop took the DSN request over, `Delivered` for final
 /// (local) delivery, `Relayed` for a next hop without DSN.
-pub fn due(
+pub(crate) fn due(
     env: &mut Envelope,
     before: &[RcptState],
-    success: &[Option<Action>],
+    success: &[Option<DsnAction>],
     delay_warning: Option<u64>,
     now: u64,
 ) -> Vec<Vec<Item>> {
@@ -94,7 +94,7 @@ pub fn due(
     let mut relayed = Vec::new();
     for (i, r) in env.recipients.iter().enumerate() {
         if changed(i, RcptState::Failed) && dsn::wants(r.notify.as_deref(), "FAILURE") {
-            failed.push(item(r, Action::Failed));
+            failed.push(item(r, DsnAction::Failed));
         }
         if let Some(action) = success.get(i).copied().flatten() {
             if changed(i, RcptState::Delivered) && dsn::wants(r.notify.as_deref(), "SUCCESS") {
@@ -108,7 +108,7 @@ pub fn due(
             delayed = env
                 .pending()
                 .filter(|(_, r)| dsn::wants(r.notify.as_deref(), "DELAY") && !r.history.is_empty())
-                .map(|(_, r)| item(r, Action::Delayed))
+                .map(|(_, r)| item(r, DsnAction::Delayed))
                 .collect();
             if !delayed.is_empty() {
                 env.delay_warned = true;
@@ -119,10 +119,17 @@ pub fn due(
 }
 
 /// Builds and queues one notice about `env` to its sender.
-pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Envelope, items: Vec<Item>, now: u64) {
+pub(crate) async fn send(
+    ingress: &Ingress,
+    spool: &Spool,
+    limiter: &BounceLimiter,
+    env: &Envelope,
+    items: Vec<Item>,
+    now: u64,
+) {
     let what = match items[0].action {
-        Action::Failed => "non-delivery",
-        Action::Delayed => "delay",
+        DsnAction::Failed => "non-delivery",
+        DsnAction::Delayed => "delay",
         _ => "success",
     };
     if env.sender.is_empty() {
@@ -133,7 +140,7 @@ pub async fn send(ingress: &Ingress, spool: &Spool, limiter: &Limiter, env: &Env
         tracing::warn!("{}: {what} notification to <{}> suppressed: rate limit reached", env.id, env.sender);
         return;
     }
-    let body = if items[0].action == Action::Failed { spool.read_body(&env.id).ok() } else { None };
+    let body = if items[0].action == DsnAction::Failed { spool.read_body(&env.id).ok() } else { None };
     // 8-bit header fields outside SMTPUTF8 cannot be converted for a next
     // hop without 8BITMIME (often the very reason for the bounce), and a
     // bounce that cannot be sent is lost: return the headers alone then, as
@@ -160,7 +167,7 @@ mod tests {
 
     #[test]
     fn limiter_counts_per_sender_per_hour() {
-        let l = Limiter::new(2);
+        let l = BounceLimiter::new(2);
         assert!(l.allow("a@x", 100));
         assert!(l.allow("A@X", 200));
         assert!(!l.allow("a@x", 300));

@@ -16,7 +16,7 @@ use super::table::{split_list, unquote_prefix};
 /// Parses one logical line of an alias file into (name, value), the value
 /// being the checked list joined with `", "` (split it again with
 /// [`split_list`]).
-pub fn parse_line(line: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_line(line: &str) -> Result<(String, String), String> {
     let (name, rest) = if line.starts_with('"') {
         let (name, rest) = unquote_prefix(line)?;
         (name, rest.trim_start())

@@ -19,7 +19,7 @@ use crate::config::{Config, Role};
 use crate::message::header;
 use std::sync::Arc;
 
-pub struct Canonical {
+pub(crate) struct Canonical {
     sender_maps: Vec<Arc<Table>>,
     recipient_maps: Vec<Arc<Table>>,
     masquerade_as: Option<String>,
@@ -32,7 +32,7 @@ pub struct Canonical {
 
 impl Canonical {
     /// `None` when nothing is configured. Errors name the key and the file.
-    pub fn from_config(config: &Config) -> Result<Option<Canonical>, String> {
+    pub(crate) fn from_config(config: &Config) -> Result<Option<Canonical>, String> {
         let open =
             |key: &str, specs: &[String]| open_all(specs, Syntax::Map).map_err(|e: TableError| format!("{key}: {e}"));
         let r = &config.rewrite;
@@ -55,7 +55,7 @@ impl Canonical {
     }
 
     /// The sender as it goes into the queue (envelope and `From:`).
-    pub fn sender(&self, address: &str, local_submission: bool) -> String {
+    pub(crate) fn sender(&self, address: &str, local_submission: bool) -> String {
         if address.is_empty() {
             return String::new();
         }
@@ -74,12 +74,12 @@ impl Canonical {
     }
 
     /// A recipient as it goes into the queue (before alias expansion).
-    pub fn recipient(&self, address: &str) -> String {
+    pub(crate) fn recipient(&self, address: &str) -> String {
         lookup(&self.recipient_maps, address, &self.own_domains).unwrap_or_else(|| address.to_string())
     }
 
     /// Whether `From:` needs looking at: something may change senders.
-    pub fn rewrites_senders(&self, local_submission: bool) -> bool {
+    pub(crate) fn rewrites_senders(&self, local_submission: bool) -> bool {
         !self.sender_maps.is_empty() || (self.masquerade_as.is_some() && (local_submission || self.satellite))
     }
 
@@ -94,7 +94,7 @@ impl Canonical {
     }
 
     /// Rewrites every address in a `From:` (or `Sender:`) header value.
-    pub fn header_value(&self, value: &[u8], local_submission: bool) -> Vec<u8> {
+    pub(crate) fn header_value(&self, value: &[u8], local_submission: bool) -> Vec<u8> {
         rewrite_addresses(value, |a| self.sender(a, local_submission))
     }
 }
@@ -172,7 +172,7 @@ fn rewrite_addresses(value: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
 /// Rewrites the addresses in the `From:` and `Sender:` fields of a header
 /// block. Every other byte stays as it was, 8-bit ones included, so an
 /// upstream DKIM signature over the other fields still verifies.
-pub fn rewrite_header_block(head: &[u8], canonical: &Canonical, local_submission: bool) -> Vec<u8> {
+pub(crate) fn rewrite_header_block(head: &[u8], canonical: &Canonical, local_submission: bool) -> Vec<u8> {
     header::rewrite(head, |field| {
         (field.is("from") || field.is("sender")).then(|| canonical.header_value(field.value(), local_submission))
     })

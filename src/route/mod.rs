@@ -5,42 +5,38 @@
 //!
 //! - [`table`]: Postfix lookup tables read from their text source
 //!   (`hash:`/`texthash:`), picked up again when the file changes.
-//! - [`aliases`]: the aliases(5) grammar; addresses only, commands and
+//! - `aliases`: the aliases(5) grammar; addresses only, commands and
 //!   files refused.
-//! - [`rewrite`]: virtual alias expansion (`user@domain`, `user`, catch-all
+//! - `rewrite`: virtual alias expansion (`user@domain`, `user`, catch-all
 //!   `@domain`), local aliases, loops, limits, duplicates, and a trace of
 //!   every step for `posthorn route explain`.
-//! - [`canonical`]: canonical(5) sender/recipient rewriting and
+//! - `canonical`: canonical(5) sender/recipient rewriting and
 //!   masquerading of local senders, applied at the door into the queue.
-//! - [`transport`]: transport(5) lookup and the typed [`NextHop`].
-//! - [`router`]: the configuration's tables opened once; recipient checks
+//! - `transport`: transport(5) lookup and the typed `NextHop`.
+//! - `router`: the configuration's tables opened once; recipient checks
 //!   at the door and next-hop decisions at delivery time.
 //!
 //! No I/O beyond reading table files; no SMTP, no queue.
 
-pub mod aliases;
-pub mod canonical;
-pub mod rewrite;
-pub mod router;
+pub(crate) mod aliases;
+pub(crate) mod canonical;
+pub(crate) mod rewrite;
+pub(crate) mod router;
 pub mod table;
-pub mod transport;
-
-pub use rewrite::{Expansion, Limits, RewriteError, Rewriter, Step};
-pub use table::{Syntax, Table, TableError, TableSpec, open_all};
-pub use transport::{NextHop, Route, Transport, TransportMaps};
-
-use std::fmt::Write;
+pub(crate) mod transport;
 
 /// The text of `posthorn route explain ADDRESS`: every rewriting step,
 /// then the route of each final recipient. `default_for` gives the next
 /// hop a recipient takes when no transport entry matches (Maildir for local
 /// domains, MX otherwise on a hub; the smarthosts on a satellite).
-pub fn explain(
-    rewriter: &Rewriter,
-    transports: &TransportMaps,
-    default_for: &dyn Fn(&str) -> NextHop,
+#[cfg(test)]
+pub(crate) fn explain(
+    rewriter: &rewrite::Rewriter,
+    transports: &transport::TransportMaps,
+    default_for: &dyn Fn(&str) -> transport::NextHop,
     address: &str,
 ) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
     let expansion = match rewriter.expand(address) {
         Ok(x) => x,
@@ -59,6 +55,9 @@ pub fn explain(
 
 #[cfg(test)]
 mod tests {
+    use super::rewrite::Rewriter;
+    use super::table::{Syntax, Table};
+    use super::transport::{NextHop, TransportMaps};
     use super::*;
     use std::sync::Arc;
 

@@ -29,18 +29,18 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Postfix's `virtual_alias_recursion_limit`.
-pub const RECURSION_LIMIT: usize = 1000;
+pub(crate) const RECURSION_LIMIT: usize = 1000;
 /// Postfix's `virtual_alias_expansion_limit`.
-pub const EXPANSION_LIMIT: usize = 1000;
+pub(crate) const EXPANSION_LIMIT: usize = 1000;
 
 /// Bounds on one expansion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Longest chain of alias lookups that matched.
-    pub recursion: usize,
+    pub(crate) recursion: usize,
     /// Most addresses one recipient may turn into (counted before
     /// duplicates are removed).
-    pub expansion: usize,
+    pub(crate) expansion: usize,
 }
 
 impl Default for Limits {
@@ -54,7 +54,7 @@ impl Default for Limits {
 /// false for them; a loop is a permanent error (RFC 3463 X.4.6, routing
 /// loop detected).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum RewriteError {
+pub(crate) enum RewriteError {
     #[error("alias loop: {}", chain.join(" -> "))]
     Loop { chain: Vec<String> },
     #[error("unreasonable alias nesting for {address}: more than {limit} levels")]
@@ -64,21 +64,22 @@ pub enum RewriteError {
 }
 
 impl RewriteError {
-    pub fn is_permanent(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, RewriteError::Loop { .. })
     }
 }
 
 /// Which kind of table matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
+pub(crate) enum Stage {
     Virtual,
     Alias,
 }
 
 /// What happened to one address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Resolution {
     /// A name without a domain got the origin domain.
     Qualified { to: String },
     /// A table entry replaced the address with `to`.
@@ -96,38 +97,38 @@ pub enum Action {
 /// One step of an expansion; `depth` is the number of lookups that led
 /// here.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Step {
-    pub depth: usize,
-    pub address: String,
-    pub action: Action,
+pub(crate) struct Step {
+    pub(crate) depth: usize,
+    pub(crate) address: String,
+    pub(crate) action: Resolution,
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:width$}{}: ", "", self.address, width = self.depth * 2)?;
         match &self.action {
-            Action::Qualified { to } => write!(f, "qualified as {to}"),
-            Action::Expanded { stage, table, line, key, to } => {
+            Resolution::Qualified { to } => write!(f, "qualified as {to}"),
+            Resolution::Expanded { stage, table, line, key, to } => {
                 let what = match stage {
                     Stage::Virtual => "virtual alias",
                     Stage::Alias => "alias",
                 };
                 write!(f, "{what} ({table} line {line}, key \"{key}\") -> {}", to.join(", "))
             }
-            Action::Final => write!(f, "final recipient"),
-            Action::SelfReference => write!(f, "maps to itself: final recipient"),
-            Action::Literal => write!(f, "final recipient (\\name in an alias file)"),
-            Action::Duplicate => write!(f, "duplicate, dropped"),
+            Resolution::Final => write!(f, "final recipient"),
+            Resolution::SelfReference => write!(f, "maps to itself: final recipient"),
+            Resolution::Literal => write!(f, "final recipient (\\name in an alias file)"),
+            Resolution::Duplicate => write!(f, "duplicate, dropped"),
         }
     }
 }
 
 /// The outcome of expanding one recipient.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Expansion {
+pub(crate) struct Expansion {
     /// Final recipients, duplicates removed, in the order found.
-    pub recipients: Vec<String>,
-    pub trace: Vec<Step>,
+    pub(crate) recipients: Vec<String>,
+    pub(crate) trace: Vec<Step>,
 }
 
 impl fmt::Display for Expansion {
@@ -141,13 +142,13 @@ impl fmt::Display for Expansion {
 
 /// Decides whether a (lower-case) domain is local: `$mydestination`,
 /// `$myorigin`, in Postfix's words.
-pub type LocalDomains = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+pub(crate) type LocalDomains = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Expands recipients through virtual alias maps and alias maps.
 /// Cheap to clone; the tables are shared and pick up their changes
 /// themselves.
 #[derive(Clone)]
-pub struct Rewriter {
+pub(crate) struct Rewriter {
     virtual_maps: Vec<Arc<Table>>,
     alias_maps: Vec<Arc<Table>>,
     origin: String,
@@ -187,7 +188,7 @@ struct Node {
 impl Rewriter {
     /// No tables yet: every address is final. `origin` qualifies bare
     /// names; `is_local` gets a lower-case domain.
-    pub fn new(origin: &str, is_local: impl Fn(&str) -> bool + Send + Sync + 'static) -> Rewriter {
+    pub(crate) fn new(origin: &str, is_local: impl Fn(&str) -> bool + Send + Sync + 'static) -> Rewriter {
         Rewriter {
             virtual_maps: Vec::new(),
             alias_maps: Vec::new(),
@@ -198,29 +199,30 @@ impl Rewriter {
     }
 
     /// Tables in `virtual_alias_maps` syntax ([`Syntax::Map`](super::table::Syntax)).
-    pub fn with_virtual_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
+    pub(crate) fn with_virtual_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
         self.virtual_maps = maps;
         self
     }
 
     /// Tables in aliases(5) syntax ([`Syntax::Aliases`](super::table::Syntax)).
-    pub fn with_alias_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
+    pub(crate) fn with_alias_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
         self.alias_maps = maps;
         self
     }
 
-    pub fn with_limits(mut self, limits: Limits) -> Rewriter {
+    #[cfg(test)]
+    pub(crate) fn with_limits(mut self, limits: Limits) -> Rewriter {
         self.limits = limits;
         self
     }
 
     /// Expands one recipient into its final recipients.
-    pub fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
+    pub(crate) fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
         let mut out = Expansion::default();
         let mut address = address.trim().to_string();
         if split_address(&address).1.is_none() {
             let to = self.qualify(&address);
-            out.trace.push(Step { depth: 0, address, action: Action::Qualified { to: to.clone() } });
+            out.trace.push(Step { depth: 0, address, action: Resolution::Qualified { to: to.clone() } });
             address = to;
         }
         let mut nodes = vec![Node { folded: fold(&address), address, parent: None, depth: 0, literal: false }];
@@ -234,7 +236,7 @@ impl Rewriter {
             let node = &nodes[n];
             let (depth, address) = (node.depth, node.address.clone());
             if node.literal || fixed.contains(&node.folded) {
-                let action = if node.literal { Action::Literal } else { Action::SelfReference };
+                let action = if node.literal { Resolution::Literal } else { Resolution::SelfReference };
                 finish(&mut out, &mut seen, depth, address, action);
                 continue;
             }
@@ -242,14 +244,14 @@ impl Rewriter {
                 return Err(RewriteError::Loop { chain });
             }
             let Some(hit) = self.lookup(&address) else {
-                finish(&mut out, &mut seen, depth, address, Action::Final);
+                finish(&mut out, &mut seen, depth, address, Resolution::Final);
                 continue;
             };
             let targets = self.targets(&hit, &address);
             if targets.is_empty() {
                 // A value with no addresses in it (`key ,`): deliver as is
                 // rather than lose the recipient.
-                finish(&mut out, &mut seen, depth, address, Action::Final);
+                finish(&mut out, &mut seen, depth, address, Resolution::Final);
                 continue;
             }
             if depth >= self.limits.recursion {
@@ -264,7 +266,7 @@ impl Rewriter {
                 fixed.insert(folded);
             }
             let to = targets.iter().map(|(t, _)| t.clone()).collect();
-            let action = Action::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to };
+            let action = Resolution::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to };
             out.trace.push(Step { depth, address, action });
             for (target, literal) in targets.into_iter().rev() {
                 stack.push(nodes.len());
@@ -338,12 +340,12 @@ fn find_in(maps: &[Arc<Table>], keys: &[String], stage: Stage) -> Option<Hit> {
 }
 
 /// Records a final recipient unless it is one already.
-fn finish(out: &mut Expansion, seen: &mut HashSet<String>, depth: usize, address: String, action: Action) {
+fn finish(out: &mut Expansion, seen: &mut HashSet<String>, depth: usize, address: String, action: Resolution) {
     if seen.insert(dedup_key(&address)) {
         out.recipients.push(address.clone());
         out.trace.push(Step { depth, address, action });
     } else {
-        out.trace.push(Step { depth, address, action: Action::Duplicate });
+        out.trace.push(Step { depth, address, action: Resolution::Duplicate });
     }
 }
 
@@ -365,7 +367,7 @@ fn loop_chain(nodes: &[Node], n: usize) -> Option<Vec<String>> {
 }
 
 /// Splits at the last `@` outside quotes: (local part, domain).
-pub fn split_address(address: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_address(address: &str) -> (&str, Option<&str>) {
     match address.rsplit_once('@') {
         Some((local, domain)) if !domain.contains('"') => (local, Some(domain)),
         _ => (address, None),
@@ -454,7 +456,7 @@ mod tests {
         // A bare recipient is qualified first.
         let x = r.expand("ops").unwrap();
         assert_eq!(x.recipients, ["alice@example.net", "bob@example.org"]);
-        assert_eq!(x.trace[0].action, Action::Qualified { to: "ops@example.org".into() });
+        assert_eq!(x.trace[0].action, Resolution::Qualified { to: "ops@example.org".into() });
     }
 
     #[test]
@@ -481,7 +483,7 @@ mod tests {
         }
         let r = rewriter("user@example.org user@example.org, other@example.org\n", "");
         let x = r.expand("user@example.org").unwrap();
-        assert!(x.trace.iter().any(|s| s.action == Action::SelfReference), "{x}");
+        assert!(x.trace.iter().any(|s| s.action == Resolution::SelfReference), "{x}");
     }
 
     #[test]
@@ -521,7 +523,7 @@ mod tests {
         let r = rewriter("a@x.net b@x.net, c@x.net\nb@x.net d@x.net\nc@x.net d@X.NET, e@x.net\n", "");
         let x = r.expand("a@x.net").unwrap();
         assert_eq!(x.recipients, ["d@x.net", "e@x.net"]);
-        assert!(x.trace.iter().any(|s| s.address == "d@X.NET" && s.action == Action::Duplicate), "{x}");
+        assert!(x.trace.iter().any(|s| s.address == "d@X.NET" && s.action == Resolution::Duplicate), "{x}");
         // Local parts keep their case: different recipients.
         let r = rewriter("a@x.net Bob@x.net, bob@x.net, bob@X.net\n", "");
         assert_eq!(expand(&r, "a@x.net"), ["Bob@x.net", "bob@x.net"]);

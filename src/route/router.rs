@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 /// Where one final recipient goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The configured smarthosts, with their failover (`relay.smarthosts`).
     Smarthosts,
     /// A transport and next hop; `domain` is the recipient's.
@@ -31,13 +31,13 @@ pub enum Decision {
 
 /// Why a recipient is refused at RCPT (or at the door).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: u16,
-    pub status: (u8, u16, u16),
-    pub text: String,
+pub(crate) struct Refusal {
+    pub(crate) code: u16,
+    pub(crate) status: (u8, u16, u16),
+    pub(crate) text: String,
 }
 
-pub struct Router {
+pub(crate) struct Router {
     role: Role,
     /// `relay.tls`, the smarthosts' TLS policy, for `explain`.
     relay_tls: crate::config::TlsPolicy,
@@ -57,7 +57,7 @@ pub struct Router {
 /// any: a filter is configured, the message has not come back from it
 /// (`filtered`), and the recipient's domain is in `filter.domains` (when
 /// set). Delivery and `posthorn route explain` both ask this one function.
-pub fn content_filter<'a>(filter: &'a Filter, filtered: bool, rcpt: &str) -> Option<&'a FilterSpec> {
+pub(crate) fn content_filter<'a>(filter: &'a Filter, filtered: bool, rcpt: &str) -> Option<&'a FilterSpec> {
     let spec = filter.content_filter.as_ref()?;
     let domain = rcpt.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase());
     let listed = filter.domains.is_empty() || domain.is_some_and(|d| filter.domains.contains(&d));
@@ -65,7 +65,7 @@ pub fn content_filter<'a>(filter: &'a Filter, filtered: bool, rcpt: &str) -> Opt
 }
 
 /// The transport hop a routing decision names.
-pub fn hop_of(decision: Decision) -> Hop {
+pub(crate) fn hop_of(decision: Decision) -> Hop {
     match decision {
         Decision::Smarthosts => Hop::Relay,
         Decision::Next { hop, domain } => match (hop.transport, hop.host, hop.port) {
@@ -79,7 +79,7 @@ pub fn hop_of(decision: Decision) -> Hop {
 impl Router {
     /// Opens every table the configuration names. An error names the key
     /// and the table's problem (file and line).
-    pub fn from_config(config: &Config) -> Result<Router, String> {
+    pub(crate) fn from_config(config: &Config) -> Result<Router, String> {
         let open = |key: &str, specs: &[String], syntax| {
             open_all(specs, syntax).map_err(|e: TableError| format!("{key}: {e}"))
         };
@@ -109,23 +109,23 @@ impl Router {
     }
 
     /// Canonical maps and masquerading, when configured.
-    pub fn canonical(&self) -> Option<&super::canonical::Canonical> {
+    pub(crate) fn canonical(&self) -> Option<&super::canonical::Canonical> {
         self.canonical.as_ref()
     }
 
-    pub fn is_local_domain(&self, domain: &str) -> bool {
+    pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
         let domain = domain.trim_end_matches('.');
         self.local_domains.iter().any(|l| l.eq_ignore_ascii_case(domain))
     }
 
     /// The final recipients `address` stands for.
-    pub fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
+    pub(crate) fn expand(&self, address: &str) -> Result<Expansion, RewriteError> {
         self.rewriter.expand(address)
     }
 
     /// Expands `address` and checks every final recipient; the refusal
     /// says why not, with the reply code a client should get.
-    pub fn check(&self, address: &str) -> Result<Vec<String>, Refusal> {
+    pub(crate) fn check(&self, address: &str) -> Result<Vec<String>, Refusal> {
         let expansion = self.expand(address).map_err(|e| match e {
             RewriteError::Loop { .. } => Refusal { code: 550, status: (5, 4, 6), text: format!("<{address}>: {e}") },
             _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },
@@ -155,7 +155,7 @@ impl Router {
     }
 
     /// Where a final recipient goes next.
-    pub fn decide(&self, rcpt: &str) -> Decision {
+    pub(crate) fn decide(&self, rcpt: &str) -> Decision {
         let domain = rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("").trim_end_matches('.').to_ascii_lowercase();
         let default = self.default_hop(&domain);
         let route = self.transports.route(rcpt, default.as_ref().unwrap_or(&NextHop::mx()));
@@ -169,7 +169,7 @@ impl Router {
     /// unless the message came back from it (`filtered`) or the address is
     /// outside `filter.domains`, else its route. Asked at every attempt, so
     /// a changed table applies to mail already queued.
-    pub fn hop(&self, filtered: bool, rcpt: &str) -> Hop {
+    pub(crate) fn hop(&self, filtered: bool, rcpt: &str) -> Hop {
         match content_filter(&self.filter, filtered, rcpt) {
             Some(spec) => Hop::Filter(spec.clone()),
             None => hop_of(self.decide(rcpt)),
@@ -187,7 +187,7 @@ impl Router {
     }
 
     /// `posthorn route explain ADDRESS`.
-    pub fn explain(&self, address: &str) -> String {
+    pub(crate) fn explain(&self, address: &str) -> String {
         let mut out = String::new();
         let expansion = match self.check(address) {
             Ok(_) => self.expand(address).expect("checked above"),

@@ -4,7 +4,7 @@
 //! and `texthash:PATH` both read the text at `PATH`.
 //!
 //! This module owns the table spec (`hash:/path`), the postmap source
-//! grammar, the case folding of keys, and [`Table`]: a handle that notices
+//! grammar, the case folding of keys, and `Table`: a handle that notices
 //! when its file changes and loads it again, keeping the previous good
 //! version when the new one has a bad line. Parsing does no I/O; loading is
 //! bounded in file size and line length.
@@ -31,23 +31,23 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Largest table source accepted, in bytes.
-pub const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_FILE_SIZE: u64 = 64 * 1024 * 1024;
 /// Longest logical line (a line with its continuations), in bytes.
-pub const MAX_LINE: usize = 256 * 1024;
+pub(crate) const MAX_LINE: usize = 256 * 1024;
 /// How often a lookup may look at the file to see whether it changed.
-pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The table types posthorn reads. Both read the text source; `hash` exists
 /// so that Postfix configurations (`hash:/etc/postfix/virtual`) work as
 /// they are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableKind {
+pub(crate) enum TableKind {
     Hash,
     TextHash,
 }
 
 impl TableKind {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             TableKind::Hash => "hash",
             TableKind::TextHash => "texthash",
@@ -58,9 +58,9 @@ impl TableKind {
 /// A table as configured: `hash:/etc/postfix/virtual`,
 /// `texthash:/etc/postfix/virtual`, or a bare path (= `hash:`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableSpec {
-    pub kind: TableKind,
-    pub path: PathBuf,
+pub(crate) struct TableSpec {
+    pub(crate) kind: TableKind,
+    pub(crate) path: PathBuf,
 }
 
 impl FromStr for TableSpec {
@@ -103,7 +103,7 @@ impl TableSpec {
     /// read the source `PATH`. A spec written with the `.db` name
     /// (`hash:/etc/postfix/virtual.db`) whose file is missing falls back to
     /// the source beside it.
-    pub fn source(&self) -> PathBuf {
+    pub(crate) fn source(&self) -> PathBuf {
         if !self.path.exists()
             && let Some(stem) = self.path.to_str().and_then(|p| p.strip_suffix(".db"))
             && Path::new(stem).is_file()
@@ -127,14 +127,14 @@ pub enum Syntax {
 
 /// A problem with one logical line, numbered from 1 (its first physical line).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LineError {
-    pub line: usize,
-    pub message: String,
+pub(crate) struct LineError {
+    pub(crate) line: usize,
+    pub(crate) message: String,
 }
 
 /// Why a table could not be opened or loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum TableError {
+pub(crate) enum TableError {
     #[error("bad table: {0}")]
     Spec(String),
     /// Worded like Postfix's `open PATH: No such file or directory`.
@@ -159,7 +159,7 @@ fn syntax_summary(path: &Path, errors: &[LineError]) -> String {
 }
 
 /// An I/O error as strerror(3) words it, without Rust's "(os error N)".
-pub fn strerror(e: &io::Error) -> String {
+pub(crate) fn strerror(e: &io::Error) -> String {
     let s = e.to_string();
     match s.rfind(" (os error ") {
         Some(i) if s.ends_with(')') => s[..i].to_string(),
@@ -168,16 +168,16 @@ pub fn strerror(e: &io::Error) -> String {
 }
 
 /// Folds a key the way Postfix does before storing or looking it up.
-pub fn fold(key: &str) -> String {
+pub(crate) fn fold(key: &str) -> String {
     if key.is_ascii() { key.to_ascii_lowercase() } else { key.to_lowercase() }
 }
 
 /// One entry as the file has it: the key folded, the value as written.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    pub key: String,
-    pub value: String,
-    pub line: usize,
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) line: usize,
 }
 
 /// One parsed version of a table: the good entries in file order, plus the
@@ -186,31 +186,27 @@ pub struct Entry {
 pub struct Contents {
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
-    pub errors: Vec<LineError>,
-    pub warnings: Vec<LineError>,
+    pub(crate) errors: Vec<LineError>,
+    pub(crate) warnings: Vec<LineError>,
 }
 
 impl Contents {
     /// The entry for `key` (folded here).
-    pub fn find(&self, key: &str) -> Option<&Entry> {
+    pub(crate) fn find(&self, key: &str) -> Option<&Entry> {
         self.index.get(&fold(key)).map(|&i| &self.entries[i])
     }
 
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.find(key).map(|e| e.value.as_str())
     }
 
     /// The entries in file order.
-    pub fn entries(&self) -> &[Entry] {
+    pub(crate) fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Adds an entry unless the key is already there (then: a warning).
@@ -230,7 +226,7 @@ impl Contents {
 
 /// Parses a whole table source. Never fails: bad lines are collected in
 /// `errors` and left out, so callers choose between refusing the version
-/// (a [`Table`]) and answering from the good lines (`postmap -q`).
+/// (a `Table`) and answering from the good lines (`postmap -q`).
 pub fn parse(text: &str, syntax: Syntax) -> Contents {
     let mut out = Contents::default();
     for (line, logical) in logical_lines(text) {
@@ -251,7 +247,7 @@ pub fn parse(text: &str, syntax: Syntax) -> Contents {
 
 /// Joins continuation lines: yields (number of the first physical line,
 /// the logical line or why it is bad). Comments and blank lines are skipped.
-pub fn logical_lines(text: &str) -> Vec<(usize, Result<String, String>)> {
+pub(crate) fn logical_lines(text: &str) -> Vec<(usize, Result<String, String>)> {
     let mut out: Vec<(usize, Result<String, String>)> = Vec::new();
     let mut current: Option<(usize, Result<String, String>)> = None;
     for (i, raw) in text.split('\n').enumerate() {
@@ -332,7 +328,7 @@ pub(crate) fn unquote_prefix(s: &str) -> Result<(String, &str), String> {
 /// Splits a list value (virtual(5), aliases(5)) at commas and whitespace,
 /// keeping double-quoted parts whole (`"a, b"@example.org` is one item) and
 /// taking the address out of `<...>`. Items are returned as written.
-pub fn split_list(value: &str) -> Vec<String> {
+pub(crate) fn split_list(value: &str) -> Vec<String> {
     let mut items = Vec::new();
     let mut item = String::new();
     let mut quoted = false;
@@ -371,7 +367,7 @@ fn push_item(items: &mut Vec<String>, item: &mut String) {
 
 /// Reads a table source, bounded by [`MAX_FILE_SIZE`], and parses it.
 /// Bad lines are in the result's `errors`, not an `Err`.
-pub fn load_file(path: &Path, syntax: Syntax) -> Result<Contents, TableError> {
+pub(crate) fn load_file(path: &Path, syntax: Syntax) -> Result<Contents, TableError> {
     let (text, _) = read_bounded(path)?;
     Ok(parse(&text, syntax))
 }
@@ -430,7 +426,7 @@ fn read_bounded(path: &Path) -> Result<(String, Identity), TableError> {
 /// [`Table::refresh`] from a blocking task instead). Share a `Table`
 /// behind an `Arc`.
 #[derive(Debug)]
-pub struct Table {
+pub(crate) struct Table {
     name: String,
     syntax: Syntax,
     /// `None` for a table built from text ([`Table::from_text`]).
@@ -449,7 +445,7 @@ struct Check {
 impl Table {
     /// Opens and loads a table; a bad line makes this fail (file and line
     /// in the error). Duplicate keys are logged as warnings.
-    pub fn open(spec: &TableSpec, syntax: Syntax) -> Result<Table, TableError> {
+    pub(crate) fn open(spec: &TableSpec, syntax: Syntax) -> Result<Table, TableError> {
         let path = spec.source();
         let (contents, identity) = load_checked(&path, syntax)?;
         Ok(Table {
@@ -462,13 +458,14 @@ impl Table {
     }
 
     /// Parses `spec` and opens it.
-    pub fn open_str(spec: &str, syntax: Syntax) -> Result<Table, TableError> {
+    pub(crate) fn open_str(spec: &str, syntax: Syntax) -> Result<Table, TableError> {
         Table::open(&spec.parse()?, syntax)
     }
 
     /// A table that is not backed by a file (tests, inline configuration);
     /// `name` stands for the file in messages.
-    pub fn from_text(name: &str, text: &str, syntax: Syntax) -> Result<Table, TableError> {
+    #[cfg(test)]
+    pub(crate) fn from_text(name: &str, text: &str, syntax: Syntax) -> Result<Table, TableError> {
         let contents = parse(text, syntax);
         if !contents.errors.is_empty() {
             return Err(TableError::Syntax { path: name.into(), errors: contents.errors });
@@ -483,40 +480,43 @@ impl Table {
     }
 
     /// The table as configured (`hash:/etc/postfix/virtual`), for messages.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The file read, if any.
-    pub fn path(&self) -> Option<&Path> {
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> Option<&Path> {
         self.source.as_deref()
     }
 
     /// Changes how often lookups look at the file (tests use zero).
-    pub fn set_check_interval(&self, interval: Duration) {
+    #[cfg(test)]
+    pub(crate) fn set_check_interval(&self, interval: Duration) {
         self.check.lock().unwrap_or_else(|e| e.into_inner()).interval = interval;
     }
 
     /// The value for `key` (case-insensitive).
-    pub fn lookup(&self, key: &str) -> Option<String> {
+    pub(crate) fn lookup(&self, key: &str) -> Option<String> {
         self.find(key).map(|e| e.value)
     }
 
     /// The entry for `key` with its line number.
-    pub fn find(&self, key: &str) -> Option<Entry> {
+    pub(crate) fn find(&self, key: &str) -> Option<Entry> {
         self.maybe_refresh();
         self.contents().find(key).cloned()
     }
 
     /// The version in use, as it is now (no check for changes).
-    pub fn contents(&self) -> Arc<Contents> {
+    pub(crate) fn contents(&self) -> Arc<Contents> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Looks at the file now and loads it if it changed. `Ok(true)`: a new
     /// version is in use; `Ok(false)`: unchanged; `Err`: the file changed
     /// but could not be used, the previous version stays (already logged).
-    pub fn refresh(&self) -> Result<bool, TableError> {
+    #[cfg(test)]
+    pub(crate) fn refresh(&self) -> Result<bool, TableError> {
         let mut check = self.check.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh_locked(&mut check)
     }
@@ -568,7 +568,7 @@ impl Table {
 
 /// Opens every table of a configuration list (`virtual_alias_maps =
 /// ["hash:/etc/postfix/virtual", ...]`), in order.
-pub fn open_all<S: AsRef<str>>(specs: &[S], syntax: Syntax) -> Result<Vec<Arc<Table>>, TableError> {
+pub(crate) fn open_all<S: AsRef<str>>(specs: &[S], syntax: Syntax) -> Result<Vec<Arc<Table>>, TableError> {
     specs.iter().map(|s| Table::open_str(s.as_ref(), syntax).map(Arc::new)).collect()
 }
 

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 /// How a recipient is delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Transport {
+pub(crate) enum Transport {
     /// SMTP to the domain's (or the nexthop's) MX hosts.
     Smtp,
     /// SMTP to a relay: the same client, a separate destination for backoff.
@@ -38,7 +38,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Transport::Smtp => "smtp",
             Transport::Relay => "relay",
@@ -58,30 +58,30 @@ impl Transport {
 
 /// Where and how to deliver one recipient.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct NextHop {
-    pub transport: Transport,
+pub(crate) struct NextHop {
+    pub(crate) transport: Transport,
     /// `None`: the recipient's domain.
-    pub host: Option<String>,
+    pub(crate) host: Option<String>,
     /// `None`: the transport's default port.
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// Look up the MX records of the host (or the recipient's domain);
     /// false for `[host]` and for Maildir.
-    pub mx_lookup: bool,
+    pub(crate) mx_lookup: bool,
 }
 
 impl NextHop {
     /// SMTP to the recipient's domain by MX: what the hub does by default.
-    pub fn mx() -> NextHop {
+    pub(crate) fn mx() -> NextHop {
         NextHop { transport: Transport::Smtp, host: None, port: None, mx_lookup: true }
     }
 
     /// Local delivery.
-    pub fn maildir() -> NextHop {
+    pub(crate) fn maildir() -> NextHop {
         NextHop { transport: Transport::Maildir, host: None, port: None, mx_lookup: false }
     }
 
     /// The host to connect to or look up: the nexthop, or `domain`.
-    pub fn destination<'a>(&'a self, domain: &'a str) -> &'a str {
+    pub(crate) fn destination<'a>(&'a self, domain: &'a str) -> &'a str {
         self.host.as_deref().unwrap_or(domain)
     }
 }
@@ -119,19 +119,19 @@ impl FromStr for NextHop {
 
 /// A transport table value as written: either field may be empty.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TransportValue {
+pub(crate) struct TransportValue {
     /// `None`: keep the default transport.
-    pub transport: Option<Transport>,
+    pub(crate) transport: Option<Transport>,
     /// `None`: no nexthop written.
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub mx_lookup: bool,
+    pub(crate) host: Option<String>,
+    pub(crate) port: Option<u16>,
+    pub(crate) mx_lookup: bool,
 }
 
 impl TransportValue {
     /// Parses `transport:nexthop` (either side may be empty; a value
     /// without a colon is all transport).
-    pub fn parse(value: &str) -> Result<TransportValue, String> {
+    pub(crate) fn parse(value: &str) -> Result<TransportValue, String> {
         let value = value.trim();
         let (transport, nexthop) = value.split_once(':').unwrap_or((value, ""));
         let transport = match transport {
@@ -149,7 +149,7 @@ impl TransportValue {
 
     /// Fills in this value over `default`, the way Postfix's transport
     /// lookup does.
-    pub fn apply(&self, default: &NextHop) -> NextHop {
+    pub(crate) fn apply(&self, default: &NextHop) -> NextHop {
         let mut hop = default.clone();
         if let Some(t) = self.transport {
             hop = NextHop { transport: t, host: None, port: None, mx_lookup: t != Transport::Maildir };
@@ -165,19 +165,19 @@ impl TransportValue {
 
 /// Which entry decided the route, for `route explain`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Matched {
-    pub table: String,
-    pub key: String,
-    pub line: usize,
-    pub value: String,
+pub(crate) struct Matched {
+    pub(crate) table: String,
+    pub(crate) key: String,
+    pub(crate) line: usize,
+    pub(crate) value: String,
 }
 
 /// The route for one recipient: the next hop, and the entry behind it (or
 /// `None` when the default applied).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    pub next_hop: NextHop,
-    pub matched: Option<Matched>,
+pub(crate) struct Route {
+    pub(crate) next_hop: NextHop,
+    pub(crate) matched: Option<Matched>,
 }
 
 impl fmt::Display for Route {
@@ -195,20 +195,20 @@ impl fmt::Display for Route {
 
 /// One or more transport tables, searched in Postfix's order.
 #[derive(Clone, Debug, Default)]
-pub struct TransportMaps {
+pub(crate) struct TransportMaps {
     maps: Vec<Arc<Table>>,
 }
 
 impl TransportMaps {
     /// Tables opened with [`Syntax::Transport`](super::table::Syntax), so
     /// every value is known to parse.
-    pub fn new(maps: Vec<Arc<Table>>) -> TransportMaps {
+    pub(crate) fn new(maps: Vec<Arc<Table>>) -> TransportMaps {
         TransportMaps { maps }
     }
 
     /// The route for `recipient` (`user@domain`, or a bare domain):
     /// the first matching entry applied over `default`.
-    pub fn route(&self, recipient: &str, default: &NextHop) -> Route {
+    pub(crate) fn route(&self, recipient: &str, default: &NextHop) -> Route {
         for key in lookup_keys(recipient) {
             for table in &self.maps {
                 let Some(entry) = table.find(&key) else { continue };
@@ -227,7 +227,7 @@ impl TransportMaps {
 }
 
 /// The keys to try for a recipient, most specific first.
-pub fn lookup_keys(recipient: &str) -> Vec<String> {
+pub(crate) fn lookup_keys(recipient: &str) -> Vec<String> {
     let recipient = fold(recipient);
     let (address, domain) = match recipient.rsplit_once('@') {
         Some((_, d)) => (Some(recipient.as_str()), d),

@@ -49,7 +49,7 @@ const MAX_AUTH_MECHANISMS: usize = 16;
 
 /// A step of the session, for timeouts and error messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Phase {
+pub(crate) enum Phase {
     Connect,
     Greeting,
     Ehlo,
@@ -92,18 +92,18 @@ impl fmt::Display for Phase {
 /// (which a client should not undercut towards arbitrary servers); RSET and
 /// QUIT have none in the RFC and get Postfix's 20 s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    pub connect: Duration,
-    pub greeting: Duration,
-    pub helo: Duration,
-    pub mail: Duration,
-    pub rcpt: Duration,
-    pub data_init: Duration,
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) greeting: Duration,
+    pub(crate) helo: Duration,
+    pub(crate) mail: Duration,
+    pub(crate) rcpt: Duration,
+    pub(crate) data_init: Duration,
     /// Each write of the body.
-    pub data_block: Duration,
-    pub data_end: Duration,
-    pub rset: Duration,
-    pub quit: Duration,
+    pub(crate) data_block: Duration,
+    pub(crate) data_end: Duration,
+    pub(crate) rset: Duration,
+    pub(crate) quit: Duration,
 }
 
 impl Default for Timeouts {
@@ -126,7 +126,8 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// Every phase limited to at most `max` (tests, impatient callers).
-    pub fn capped(self, max: Duration) -> Timeouts {
+    #[cfg(test)]
+    pub(crate) fn capped(self, max: Duration) -> Timeouts {
         let c = |d: Duration| d.min(max);
         Timeouts {
             connect: c(self.connect),
@@ -160,25 +161,25 @@ impl Timeouts {
 
 /// What the server offered in its EHLO reply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    pub pipelining: bool,
+pub(crate) struct Capabilities {
+    pub(crate) pipelining: bool,
     /// SIZE was offered; the number is the server's limit, 0 when none given.
-    pub size: Option<u64>,
-    pub eight_bit_mime: bool,
-    pub smtputf8: bool,
-    pub dsn: bool,
-    pub enhanced_status_codes: bool,
-    pub starttls: bool,
-    pub chunking: bool,
+    pub(crate) size: Option<u64>,
+    pub(crate) eight_bit_mime: bool,
+    pub(crate) smtputf8: bool,
+    pub(crate) dsn: bool,
+    pub(crate) enhanced_status_codes: bool,
+    pub(crate) starttls: bool,
+    pub(crate) chunking: bool,
     /// The server is posthorn and takes our trace id (`TRACE=`).
-    pub trace: bool,
+    pub(crate) trace: bool,
     /// AUTH mechanisms, upper case, in the server's order.
-    pub auth: Vec<String>,
+    pub(crate) auth: Vec<String>,
 }
 
 impl Capabilities {
     /// Reads the keyword lines of an EHLO reply (every line after the first).
-    pub fn parse<S: AsRef<str>>(lines: &[S]) -> Capabilities {
+    pub(crate) fn parse<S: AsRef<str>>(lines: &[S]) -> Capabilities {
         let mut caps = Capabilities::default();
         for line in lines {
             let mut words = line.as_ref().split_ascii_whitespace();
@@ -218,7 +219,7 @@ impl Capabilities {
 /// texts include anything the server sent except a reply, so all are safe to
 /// log and to put in a bounce.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
     #[error("timed out during {0}")]
@@ -240,7 +241,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         match self {
             ClientError::Connect(_) | ClientError::Io { .. } => ErrorClass::Connect,
             ClientError::Timeout(_) => ErrorClass::Timeout,
@@ -252,7 +253,7 @@ impl ClientError {
     }
 
     /// The phase the session was in when it failed.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match self {
             ClientError::Connect(_) => Phase::Connect,
             ClientError::Tls(_) => Phase::StartTls,
@@ -263,7 +264,7 @@ impl ClientError {
         }
     }
 
-    pub fn reply(&self) -> Option<&Reply> {
+    pub(crate) fn reply(&self) -> Option<&Reply> {
         match self {
             ClientError::Reply { reply, .. } => Some(reply),
             _ => None,
@@ -273,7 +274,7 @@ impl ClientError {
 
 /// What became of one recipient in a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RcptResult {
+pub(crate) enum RcptResult {
     /// The server took the message for this recipient (2xx to the final dot).
     Accepted(Reply),
     /// The server said no. `stage` is the command whose reply decided: a
@@ -288,11 +289,13 @@ pub enum RcptResult {
 }
 
 impl RcptResult {
-    pub fn is_accepted(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_accepted(&self) -> bool {
         matches!(self, RcptResult::Accepted(_))
     }
 
-    pub fn is_permanent(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_permanent(&self) -> bool {
         match self {
             RcptResult::Accepted(_) => false,
             RcptResult::Refused { reply, .. } => reply.is_permanent(),
@@ -300,7 +303,8 @@ impl RcptResult {
         }
     }
 
-    pub fn reply(&self) -> Option<&Reply> {
+    #[cfg(test)]
+    pub(crate) fn reply(&self) -> Option<&Reply> {
         match self {
             RcptResult::Accepted(r) | RcptResult::Refused { reply: r, .. } => Some(r),
             RcptResult::NotSent(_) => None,
@@ -309,7 +313,7 @@ impl RcptResult {
 }
 
 /// `host[ip]:port`, the way logs and attempt records name a server.
-pub fn relay_label(host: &str, addr: SocketAddr) -> String {
+pub(crate) fn relay_label(host: &str, addr: SocketAddr) -> String {
     format!("{host}[{}]:{}", addr.ip(), addr.port())
 }
 
@@ -401,7 +405,7 @@ impl Replies {
 }
 
 /// One open SMTP session.
-pub struct Client {
+pub(crate) struct Client {
     stream: Stream,
     /// Bytes received and not yet consumed as reply lines.
     rbuf: Vec<u8>,
@@ -428,7 +432,7 @@ impl Client {
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused
     /// with 5xx). `host_label` is the name the address was found under, for
     /// logs; `helo` is our own host name.
-    pub async fn connect(
+    pub(crate) async fn connect(
         addr: SocketAddr,
         host_label: &str,
         helo: &str,
@@ -498,7 +502,7 @@ impl Client {
     /// `name`, then EHLO again (RFC 3207 4.2). A refusal of STARTTLS itself
     /// leaves the session usable in clear (`Reply` error, the caller's
     /// policy decides); a failed handshake leaves nothing usable.
-    pub async fn starttls(
+    pub(crate) async fn starttls(
         &mut self,
         config: Arc<rustls::ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
@@ -540,13 +544,13 @@ impl Client {
     }
 
     /// The TLS session (`TLSv1.3 with cipher ...`), when encrypted.
-    pub fn tls(&self) -> Option<&str> {
+    pub(crate) fn tls(&self) -> Option<&str> {
         self.tls.as_deref()
     }
 
     /// Logs in with PLAIN when offered, else LOGIN. A server that offers
     /// neither gets an `Auth` protocol error.
-    pub async fn auth(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
+    pub(crate) async fn auth(&mut self, user: &str, password: &str) -> Result<(), ClientError> {
         use data_encoding::BASE64;
         let refused = |reply| ClientError::Reply { phase: Phase::Auth, reply };
         let offered = |m: &str| self.caps.auth.iter().any(|a| a == m);
@@ -578,28 +582,29 @@ impl Client {
     }
 
     /// `host[ip]:port` of the server.
-    pub fn relay_label(&self) -> &str {
+    pub(crate) fn relay_label(&self) -> &str {
         &self.label
     }
 
-    pub fn greeting(&self) -> &Reply {
+    #[cfg(test)]
+    pub(crate) fn greeting(&self) -> &Reply {
         &self.greeting
     }
 
-    pub fn capabilities(&self) -> &Capabilities {
+    pub(crate) fn capabilities(&self) -> &Capabilities {
         &self.caps
     }
 
     /// Whether the session may carry another transaction: the last one ended
     /// cleanly (final reply read, or RSET accepted) and nothing failed.
-    pub fn is_usable(&self) -> bool {
+    pub(crate) fn is_usable(&self) -> bool {
         self.usable
     }
 
     /// For a session that has sat idle: true when it is still open and the
     /// server has sent nothing unasked (an idle-timeout 421, or EOF). Does
     /// not wait.
-    pub fn still_open(&mut self) -> bool {
+    pub(crate) fn still_open(&mut self) -> bool {
         if !self.usable || !self.rbuf.is_empty() {
             self.usable = false;
             return false;
@@ -622,7 +627,11 @@ impl Client {
     /// recipient, in order. An `Err` means the session broke before every
     /// recipient was decided; the caller treats them all as transient (one
     /// that was refused will be refused again at the next try).
-    pub async fn send(&mut self, msg: &OutMessage, rcpts: &[OutRecipient]) -> Result<Vec<RcptResult>, ClientError> {
+    pub(crate) async fn send(
+        &mut self,
+        msg: &OutMessage,
+        rcpts: &[OutRecipient],
+    ) -> Result<Vec<RcptResult>, ClientError> {
         if !self.usable {
             return Err(ClientError::Protocol { phase: Phase::Mail, what: "the session is no longer usable".into() });
         }
@@ -851,7 +860,7 @@ impl Client {
     }
 
     /// Aborts any transaction in progress so the session can be reused.
-    pub async fn rset(&mut self) -> Result<Reply, ClientError> {
+    pub(crate) async fn rset(&mut self) -> Result<Reply, ClientError> {
         let reply = self.command(Phase::Rset, b"RSET\r\n").await?;
         if reply.code / 100 != 2 {
             self.usable = false;
@@ -868,7 +877,7 @@ impl Client {
     }
 
     /// Says goodbye and closes. Errors do not matter any more.
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         if self.usable {
             let _ = self.command(Phase::Quit, b"QUIT\r\n").await;
         }
@@ -1034,30 +1043,30 @@ pub(crate) mod test_server {
     use tokio::net::TcpListener;
 
     /// Reply that drops the connection without answering.
-    pub const CLOSE: &str = "CLOSE";
+    pub(crate) const CLOSE: &str = "CLOSE";
     /// Reply that never comes.
-    pub const HANG: &str = "HANG";
+    pub(crate) const HANG: &str = "HANG";
 
     #[derive(Clone, Debug)]
-    pub struct Script {
+    pub(crate) struct Script {
         /// The greeting as sent; lines joined with CRLF, the last one added.
-        pub greeting: String,
-        pub ehlo: String,
+        pub(crate) greeting: String,
+        pub(crate) ehlo: String,
         /// `(command prefix, reply)`, first match wins, compared without
         /// case; `.` is the end of DATA. Unmatched commands get defaults.
-        pub rules: Vec<(String, String)>,
+        pub(crate) rules: Vec<(String, String)>,
         /// Hold the MAIL and RCPT replies until DATA arrives: a client that
         /// waits for them instead of pipelining times out.
-        pub hold_until_data: bool,
+        pub(crate) hold_until_data: bool,
         /// After this many MAIL commands on one connection, answer 421 and
         /// close (an idle or overloaded server).
-        pub max_mail_per_conn: Option<usize>,
+        pub(crate) max_mail_per_conn: Option<usize>,
         /// Close the connection right after answering the final dot.
-        pub close_after_message: bool,
+        pub(crate) close_after_message: bool,
     }
 
     impl Script {
-        pub fn esmtp(extensions: &[&str]) -> Script {
+        pub(crate) fn esmtp(extensions: &[&str]) -> Script {
             let mut ehlo = vec!["250-mx.test".to_string()];
             ehlo.extend(extensions.iter().map(|e| format!("250-{e}")));
             let last = ehlo.len() - 1;
@@ -1072,14 +1081,14 @@ pub(crate) mod test_server {
             }
         }
 
-        pub fn rule(mut self, prefix: &str, reply: &str) -> Script {
+        pub(crate) fn rule(mut self, prefix: &str, reply: &str) -> Script {
             self.rules.push((prefix.to_ascii_uppercase(), reply.to_string()));
             self
         }
     }
 
-    pub struct Server {
-        pub addr: SocketAddr,
+    pub(crate) struct Server {
+        pub(crate) addr: SocketAddr,
         log: Arc<Mutex<Vec<String>>>,
         connections: Arc<AtomicUsize>,
         sent_ahead: Arc<AtomicBool>,
@@ -1095,20 +1104,20 @@ pub(crate) mod test_server {
     impl Server {
         /// Commands received, in order, and each message body (still
         /// dot-stuffed) as `BODY <text>`.
-        pub fn log(&self) -> Vec<String> {
+        pub(crate) fn log(&self) -> Vec<String> {
             self.log.lock().unwrap().clone()
         }
-        pub fn connections(&self) -> usize {
+        pub(crate) fn connections(&self) -> usize {
             self.connections.load(Ordering::SeqCst)
         }
         /// A command arrived before the previous one was answered although
         /// the server did not offer PIPELINING.
-        pub fn sent_ahead(&self) -> bool {
+        pub(crate) fn sent_ahead(&self) -> bool {
             self.sent_ahead.load(Ordering::SeqCst)
         }
     }
 
-    pub async fn start(script: Script) -> Server {
+    pub(crate) async fn start(script: Script) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));

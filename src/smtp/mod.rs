@@ -1,5 +1,5 @@
 //! SMTP: the sans-IO protocol layer, the server and the relay client.
 
-pub mod client;
+pub(crate) mod client;
 pub mod proto;
-pub mod server;
+pub(crate) mod server;

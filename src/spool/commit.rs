@@ -28,15 +28,15 @@ use tokio::sync::oneshot;
 
 /// One durable rename.
 #[derive(Debug)]
-pub struct Rename {
-    pub from: PathBuf,
-    pub to: PathBuf,
+pub(crate) struct Rename {
+    pub(crate) from: PathBuf,
+    pub(crate) to: PathBuf,
 }
 
 /// How file contents are made durable; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SyncMode {
+pub(crate) enum SyncMode {
     Batch,
     PerFile,
 }
@@ -52,9 +52,8 @@ struct Request {
 
 /// Handle to the committer thread; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Committer {
+pub(crate) struct Committer {
     tx: mpsc::Sender<Request>,
-    mode: SyncMode,
 }
 
 impl std::fmt::Debug for Request {
@@ -64,24 +63,20 @@ impl std::fmt::Debug for Request {
 }
 
 impl Committer {
-    pub fn start(mode: SyncMode) -> Committer {
+    pub(crate) fn start(mode: SyncMode) -> Committer {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("posthorn-commit".into())
             .spawn(move || run(rx, mode))
             .expect("spawning the committer thread");
-        Committer { tx, mode }
-    }
-
-    pub fn mode(&self) -> SyncMode {
-        self.mode
+        Committer { tx }
     }
 
     /// Performs `renames` in order and returns once they are durable.
     /// `sync_first` names the directory of files just written whose
     /// contents and names must be durable before any rename (the body
     /// directory, for new messages); see `Request`.
-    pub async fn commit(&self, renames: Vec<Rename>, sync_first: Option<PathBuf>) -> io::Result<()> {
+    pub(crate) async fn commit(&self, renames: Vec<Rename>, sync_first: Option<PathBuf>) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Request { renames, sync_first, done })
@@ -141,6 +136,6 @@ fn sync_filesystem(dir: &Path) -> io::Result<()> {
 }
 
 /// fsync of a directory, which makes the names in it durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }

@@ -4,109 +4,109 @@
 //! over a large queue reads envelopes only. It carries per-recipient state
 //! and attempt history, which is what `queue why` prints.
 
-pub use crate::message::outcome::RcptState;
+pub(crate) use crate::message::outcome::RcptState;
 use crate::message::outcome::{Attempt, ErrorClass, Status};
 use crate::smtp::proto::reply::Reply;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Version written into every envelope; readers refuse newer ones.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 /// Attempts remembered per recipient; older ones are dropped first.
-pub const HISTORY_LIMIT: usize = 20;
+pub(crate) const HISTORY_LIMIT: usize = 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Envelope {
-    pub v: u32,
-    pub id: String,
+    pub(crate) v: u32,
+    pub(crate) id: String,
     /// Arrival, seconds since the epoch.
-    pub arrival: u64,
+    pub(crate) arrival: u64,
     /// Reverse path without angle brackets; empty for the null sender.
-    pub sender: String,
+    pub(crate) sender: String,
     /// Body size in bytes as stored.
-    pub size: u64,
+    pub(crate) size: u64,
     #[serde(default)]
-    pub eight_bit: bool,
+    pub(crate) eight_bit: bool,
     #[serde(default)]
-    pub smtputf8: bool,
+    pub(crate) smtputf8: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ret: Option<String>,
+    pub(crate) ret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub envid: Option<String>,
-    pub origin: Origin,
-    pub recipients: Vec<Recipient>,
+    pub(crate) envid: Option<String>,
+    pub(crate) origin: Origin,
+    pub(crate) recipients: Vec<Recipient>,
     /// Delivery attempts made on this message.
     #[serde(default)]
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Earliest time of the next attempt, seconds since the epoch.
     #[serde(default)]
-    pub next_attempt: u64,
+    pub(crate) next_attempt: u64,
     /// Frozen (Exim `-Mf`): kept in `hold/`, shown as frozen, not tried
     /// until thawed. A plain hold (Postfix `postsuper -h`) leaves it false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub frozen: bool,
+    pub(crate) frozen: bool,
     /// A delay warning went to the sender already (sent once per message).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub delay_warned: bool,
+    pub(crate) delay_warned: bool,
     /// The message came back from the content filter (it arrived on
     /// `filter.reinject_listen`): it is never filtered again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub filtered: bool,
+    pub(crate) filtered: bool,
     /// The trace id: stamped by the first posthorn the message entered
     /// (its queue id there), passed on with `TRACE=` to the next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
 }
 
 /// How the message reached us, for the `Received:` header and logs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// `SMTP`, `ESMTP`, `local`.
-    pub protocol: String,
+    pub(crate) protocol: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub helo: Option<String>,
+    pub(crate) helo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client: Option<String>,
+    pub(crate) client: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Recipient {
-    pub address: String,
+pub(crate) struct Recipient {
+    pub(crate) address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify: Option<String>,
+    pub(crate) notify: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orcpt: Option<String>,
-    pub state: RcptState,
+    pub(crate) orcpt: Option<String>,
+    pub(crate) state: RcptState,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<AttemptRecord>,
+    pub(crate) history: Vec<AttemptRecord>,
 }
 
 /// One delivery attempt for one recipient.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct AttemptRecord {
+pub(crate) struct AttemptRecord {
     /// Seconds since the epoch.
-    pub at: u64,
-    pub status: Status,
+    pub(crate) at: u64,
+    pub(crate) status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay: Option<String>,
+    pub(crate) relay: Option<String>,
     #[serde(default)]
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// The reply that decided, stored as its one-line text
     /// (`550 5.1.1 text`), as envelopes have always held it.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "reply_text")]
-    pub reply: Option<Reply>,
+    pub(crate) reply: Option<Reply>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class: Option<ErrorClass>,
-    pub detail: String,
+    pub(crate) class: Option<ErrorClass>,
+    pub(crate) detail: String,
 }
 
 impl Envelope {
-    pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
+    pub(crate) fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
         self.recipients.iter().enumerate().filter(|(_, r)| r.state == RcptState::Pending)
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| r.state != RcptState::Pending)
     }
 
@@ -130,7 +130,7 @@ impl Envelope {
     /// What any local user may see of this message (`mailq`, which Postfix
     /// lets everyone run): no origin, and of each recipient's history only
     /// the last attempt's explanation.
-    pub fn redacted(&self) -> Envelope {
+    pub(crate) fn redacted(&self) -> Envelope {
         let mut env = self.clone();
         env.origin = Origin::default();
         for r in &mut env.recipients {
@@ -140,16 +140,11 @@ impl Envelope {
         }
         env
     }
-
-    /// The newest attempt's reason for a pending recipient, for listings.
-    pub fn last_reason(&self) -> Option<&str> {
-        self.pending().filter_map(|(_, r)| r.history.last()).map(|a| a.detail.as_str()).next()
-    }
 }
 
 impl AttemptRecord {
     /// The record of an attempt that a transport reported.
-    pub fn of(at: u64, status: Status, a: &Attempt) -> AttemptRecord {
+    pub(crate) fn of(at: u64, status: Status, a: &Attempt) -> AttemptRecord {
         AttemptRecord {
             at,
             status,
@@ -163,17 +158,17 @@ impl AttemptRecord {
 
     /// A status decided here, with no next hop involved (expiry, an
     /// operator's bounce).
-    pub fn local(at: u64, status: Status, detail: String) -> AttemptRecord {
+    pub(crate) fn local(at: u64, status: Status, detail: String) -> AttemptRecord {
         AttemptRecord { at, status, relay: None, tls: false, reply: None, class: None, detail }
     }
 }
 
 impl Recipient {
-    pub fn new(address: String, notify: Option<String>, orcpt: Option<String>) -> Recipient {
+    pub(crate) fn new(address: String, notify: Option<String>, orcpt: Option<String>) -> Recipient {
         Recipient { address, notify, orcpt, state: RcptState::Pending, history: Vec::new() }
     }
 
-    pub fn record(&mut self, attempt: AttemptRecord) {
+    pub(crate) fn record(&mut self, attempt: AttemptRecord) {
         if self.history.len() >= HISTORY_LIMIT {
             self.history.remove(0);
         }
@@ -187,14 +182,14 @@ impl Recipient {
 mod reply_text {
     use super::*;
 
-    pub fn serialize<S: Serializer>(reply: &Option<Reply>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(reply: &Option<Reply>, s: S) -> Result<S::Ok, S::Error> {
         match reply {
             Some(r) => s.serialize_str(&r.to_string()),
             None => s.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reply>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Reply>, D::Error> {
         let text: Option<String> = Option::deserialize(d)?;
         Ok(text.as_deref().and_then(Reply::from_text))
     }

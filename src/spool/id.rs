@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub const LEN: usize = 10;
+pub(crate) const LEN: usize = 10;
 const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// How far past the newest id handed out a lease reaches.
@@ -32,7 +32,7 @@ const LEASE_AHEAD_US: u64 = 3600 * 1_000_000;
 
 /// Hands out strictly increasing ids.
 #[derive(Debug)]
-pub struct IdGen {
+pub(crate) struct IdGen {
     last: AtomicU64,
     lease: Option<Lease>,
 }
@@ -49,14 +49,15 @@ struct Lease {
 impl IdGen {
     /// A generator whose ids all sort after `floor` (an existing id, or
     /// none), with no lease: for tests and tools that never keep ids.
-    pub fn new(floor: Option<&str>) -> IdGen {
+    #[cfg(test)]
+    pub(crate) fn new(floor: Option<&str>) -> IdGen {
         IdGen { last: AtomicU64::new(floor.and_then(decode).unwrap_or(0)), lease: None }
     }
 
     /// A generator floored at `floor` and at the lease stored at `path`,
     /// keeping that lease from its first id on. Reads only: opening a spool
     /// to list it writes nothing.
-    pub fn leased(floor: Option<&str>, path: PathBuf) -> io::Result<IdGen> {
+    pub(crate) fn leased(floor: Option<&str>, path: PathBuf) -> io::Result<IdGen> {
         let stored = match std::fs::read_to_string(&path) {
             Ok(text) => decode(text.trim()).ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a queue id: {text:?}", path.display()))
@@ -69,7 +70,7 @@ impl IdGen {
         Ok(IdGen { last: AtomicU64::new(floor), lease: Some(lease) })
     }
 
-    pub fn next(&self) -> String {
+    pub(crate) fn next(&self) -> String {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         let mut prev = self.last.load(Ordering::Relaxed);
         let next = loop {
@@ -122,7 +123,7 @@ impl Lease {
     }
 }
 
-pub fn encode(mut v: u64) -> String {
+pub(crate) fn encode(mut v: u64) -> String {
     let mut out = [b'0'; LEN];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(v % 36) as usize];
@@ -131,7 +132,7 @@ pub fn encode(mut v: u64) -> String {
     String::from_utf8(out.to_vec()).expect("ascii")
 }
 
-pub fn decode(id: &str) -> Option<u64> {
+pub(crate) fn decode(id: &str) -> Option<u64> {
     if !is_valid(id) {
         return None;
     }
@@ -147,13 +148,8 @@ pub fn decode(id: &str) -> Option<u64> {
 
 /// True for strings that can be queue ids; commands check ids with this
 /// before they touch a path, so `../x` can never name a file.
-pub fn is_valid(id: &str) -> bool {
+pub(crate) fn is_valid(id: &str) -> bool {
     id.len() == LEN && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
-}
-
-/// Arrival time (seconds since the epoch) encoded in an id.
-pub fn arrival_secs(id: &str) -> Option<u64> {
-    decode(id).map(|us| us / 1_000_000)
 }
 
 #[cfg(test)]

@@ -21,9 +21,9 @@
 //! the commit point. Envelopes are updated the same way (write tmp, sync,
 //! rename over), never in place. This module knows nothing of SMTP.
 
-pub mod commit;
+pub(crate) mod commit;
 pub mod envelope;
-pub mod id;
+pub(crate) mod id;
 
 use envelope::Envelope;
 use std::collections::HashSet;
@@ -35,11 +35,11 @@ use std::sync::{Arc, OnceLock};
 /// Bodies smaller than this are written with one system call at commit.
 const BODY_BUFFER: usize = 256 * 1024;
 /// Bodies up to this size are written (and read back) on the async thread.
-pub const INLINE_WRITE: usize = 64 * 1024;
+pub(crate) const INLINE_WRITE: usize = 64 * 1024;
 
 /// Where an envelope is; the directory of the same name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum State {
+pub(crate) enum State {
     Incoming,
     Active,
     Deferred,
@@ -49,13 +49,13 @@ pub enum State {
 
 impl State {
     /// The state named by its directory name.
-    pub fn from_dir_name(name: &str) -> Option<State> {
+    pub(crate) fn from_dir_name(name: &str) -> Option<State> {
         State::QUEUED.into_iter().chain([State::Corrupt]).find(|s| s.dir_name() == name)
     }
 
-    pub const QUEUED: [State; 4] = [State::Incoming, State::Active, State::Deferred, State::Hold];
+    pub(crate) const QUEUED: [State; 4] = [State::Incoming, State::Active, State::Deferred, State::Hold];
 
-    pub fn dir_name(self) -> &'static str {
+    pub(crate) fn dir_name(self) -> &'static str {
         match self {
             State::Incoming => "incoming",
             State::Active => "active",
@@ -68,12 +68,12 @@ impl State {
 
 /// What start-up recovery found and did.
 #[derive(Debug, Default)]
-pub struct Recovery {
-    pub tmp_removed: usize,
-    pub active_requeued: usize,
-    pub orphan_bodies_removed: usize,
-    pub missing_body: Vec<String>,
-    pub newest_id: Option<String>,
+pub(crate) struct Recovery {
+    pub(crate) tmp_removed: usize,
+    pub(crate) active_requeued: usize,
+    pub(crate) orphan_bodies_removed: usize,
+    pub(crate) missing_body: Vec<String>,
+    pub(crate) newest_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -86,7 +86,7 @@ struct Inner {
 
 /// A handle to one spool directory; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Spool {
+pub(crate) struct Spool {
     inner: Arc<Inner>,
 }
 
@@ -94,12 +94,12 @@ impl Spool {
     /// Opens (creating when needed) the spool at `root`. Ids handed out
     /// afterwards sort after `newest_id` and after every id handed out
     /// before (the id lease).
-    pub fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
+    pub(crate) fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
         Spool::open_with(root, newest_id, commit::SyncMode::Batch)
     }
 
     /// `open` with an explicit way of making writes durable.
-    pub fn open_with(root: &Path, newest_id: Option<&str>, sync: commit::SyncMode) -> io::Result<Spool> {
+    pub(crate) fn open_with(root: &Path, newest_id: Option<&str>, sync: commit::SyncMode) -> io::Result<Spool> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
         builder.create(root)?;
@@ -124,19 +124,20 @@ impl Spool {
         })
     }
 
-    pub fn root(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn root(&self) -> &Path {
         &self.inner.root
     }
-    pub fn dir(&self, state: State) -> PathBuf {
+    pub(crate) fn dir(&self, state: State) -> PathBuf {
         self.inner.root.join(state.dir_name())
     }
-    pub fn maildrop_dir(&self) -> PathBuf {
+    pub(crate) fn maildrop_dir(&self) -> PathBuf {
         self.inner.root.join("maildrop")
     }
-    pub fn envelope_path(&self, state: State, id: &str) -> PathBuf {
+    pub(crate) fn envelope_path(&self, state: State, id: &str) -> PathBuf {
         self.dir(state).join(id)
     }
-    pub fn body_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn body_path(&self, id: &str) -> PathBuf {
         self.inner.root.join("data").join(id)
     }
     fn tmp_path(&self, id: &str) -> PathBuf {
@@ -146,12 +147,12 @@ impl Spool {
         self.inner.committer.get_or_init(|| commit::Committer::start(self.inner.sync))
     }
 
-    pub fn new_id(&self) -> String {
+    pub(crate) fn new_id(&self) -> String {
         self.inner.ids.next()
     }
 
     /// Starts writing the body of message `id`.
-    pub fn body_writer(&self, id: &str) -> BodyWriter {
+    pub(crate) fn body_writer(&self, id: &str) -> BodyWriter {
         BodyWriter { path: self.body_path(id), buf: Vec::new(), file: None, size: 0, committed: false }
     }
 
@@ -159,7 +160,7 @@ impl Spool {
     /// envelope are written and synced, then the envelope is renamed into
     /// `incoming/` by the group committer. When this returns `Ok` the
     /// message survives a crash.
-    pub async fn commit_new(&self, env: &Envelope, mut body: BodyWriter) -> io::Result<()> {
+    pub(crate) async fn commit_new(&self, env: &Envelope, mut body: BodyWriter) -> io::Result<()> {
         let tmp = self.tmp_path(&env.id);
         let json = env.to_json();
         let (file, buf, path) = (body.file.take(), std::mem::take(&mut body.buf), body.path.clone());
@@ -203,27 +204,27 @@ impl Spool {
     }
 
     /// Reads one envelope.
-    pub fn read_envelope(&self, state: State, id: &str) -> io::Result<Envelope> {
+    pub(crate) fn read_envelope(&self, state: State, id: &str) -> io::Result<Envelope> {
         let data = std::fs::read(self.envelope_path(state, id))?;
         Envelope::from_json(&data).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// Finds a message's envelope in whichever queue state it is.
-    pub fn find(&self, id: &str) -> Option<(State, Envelope)> {
+    pub(crate) fn find(&self, id: &str) -> Option<(State, Envelope)> {
         if !id::is_valid(id) {
             return None;
         }
         State::QUEUED.into_iter().find_map(|s| self.read_envelope(s, id).ok().map(|e| (s, e)))
     }
 
-    pub fn read_body(&self, id: &str) -> io::Result<Vec<u8>> {
+    pub(crate) fn read_body(&self, id: &str) -> io::Result<Vec<u8>> {
         std::fs::read(self.body_path(id))
     }
 
     /// Writes `env` durably as the envelope in state `to`, replacing the one
     /// in state `from` (the same state for an update in place). Crash-safe:
     /// the new content lands in `from` first, then moves, each one rename.
-    pub async fn save(&self, env: &Envelope, from: State, to: State) -> io::Result<()> {
+    pub(crate) async fn save(&self, env: &Envelope, from: State, to: State) -> io::Result<()> {
         let tmp = self.tmp_path(&env.id);
         let json = env.to_json();
         let tmp_w = tmp.clone();
@@ -250,22 +251,16 @@ impl Spool {
         result
     }
 
-    /// Moves an envelope between states without changing it (one rename).
-    pub async fn move_to(&self, id: &str, from: State, to: State) -> io::Result<()> {
-        let renames = vec![commit::Rename { from: self.envelope_path(from, id), to: self.envelope_path(to, id) }];
-        self.committer().commit(renames, None).await
-    }
-
     /// A rename that need not be durable before the caller goes on: used
     /// for incoming -> active, which recovery undoes anyway.
-    pub fn move_now(&self, id: &str, from: State, to: State) -> io::Result<()> {
+    pub(crate) fn move_now(&self, id: &str, from: State, to: State) -> io::Result<()> {
         std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id))
     }
 
     /// Removes a finished message: envelope first (the commit point of
     /// "done"), then the body. A crash between leaves an orphan body, which
     /// recovery removes.
-    pub fn remove(&self, state: State, id: &str) -> io::Result<()> {
+    pub(crate) fn remove(&self, state: State, id: &str) -> io::Result<()> {
         std::fs::remove_file(self.envelope_path(state, id))?;
         match std::fs::remove_file(self.body_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -274,7 +269,7 @@ impl Spool {
     }
 
     /// Ids of the envelopes in one state, unsorted; no envelope is read.
-    pub fn list(&self, state: State) -> io::Result<Vec<String>> {
+    pub(crate) fn list(&self, state: State) -> io::Result<Vec<String>> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(self.dir(state))? {
             let name = entry?.file_name();
@@ -288,7 +283,7 @@ impl Spool {
     /// Every queued message with its state, oldest first. Envelopes are
     /// read on a few threads: with a big queue the time goes into opening
     /// files, which the kernel does in parallel. Bodies are never read.
-    pub fn collect(&self) -> Vec<(State, Envelope)> {
+    pub(crate) fn collect(&self) -> Vec<(State, Envelope)> {
         let mut files: Vec<(String, State)> = Vec::new();
         for state in State::QUEUED {
             let Ok(ids) = self.list(state) else { continue };
@@ -334,12 +329,12 @@ impl Spool {
     /// Moves an envelope that cannot be read to `corrupt/`; its body stays
     /// in `data/` (recovery keeps bodies of quarantined envelopes) for
     /// inspection.
-    pub fn quarantine(&self, state: State, id: &str) -> io::Result<()> {
+    pub(crate) fn quarantine(&self, state: State, id: &str) -> io::Result<()> {
         std::fs::rename(self.envelope_path(state, id), self.envelope_path(State::Corrupt, id))
     }
 
     /// Returns once every rename queued before this call is durable.
-    pub async fn barrier(&self) -> io::Result<()> {
+    pub(crate) async fn barrier(&self) -> io::Result<()> {
         self.committer().commit(Vec::new(), None).await
     }
 
@@ -348,14 +343,14 @@ impl Spool {
     /// left to `sync_states`, once per batch.
     ///
     /// `delete_envelope` for many messages at once, on several threads.
-    pub fn delete_envelopes(&self, ids: &[String]) -> Vec<io::Result<Option<State>>> {
+    pub(crate) fn delete_envelopes(&self, ids: &[String]) -> Vec<io::Result<Option<State>>> {
         on_threads(ids, |id| self.delete_envelope(id))
     }
 
     /// Unlinks the bodies of `ids` in the background, after their envelopes
     /// are gone; a crash before the end leaves orphan bodies, which recovery
     /// removes.
-    pub fn remove_bodies(&self, ids: Vec<String>) {
+    pub(crate) fn remove_bodies(&self, ids: Vec<String>) {
         let spool = self.clone();
         std::thread::spawn(move || on_threads(&ids, |id| std::fs::remove_file(spool.body_path(id))));
     }
@@ -363,7 +358,7 @@ impl Spool {
     /// Removes a message's envelope, whichever state it is in, and returns
     /// that state; the body is left for the caller (or recovery) to remove.
     /// Tries each directory's unlink directly: no separate lookup.
-    pub fn delete_envelope(&self, id: &str) -> io::Result<Option<State>> {
+    pub(crate) fn delete_envelope(&self, id: &str) -> io::Result<Option<State>> {
         if !id::is_valid(id) {
             return Ok(None);
         }
@@ -379,14 +374,14 @@ impl Spool {
 
     /// Puts a message on hold (`frozen`: Exim's freeze). A message already
     /// held is left where it is, with the frozen mark updated.
-    pub fn hold(&self, id: &str, frozen: bool) -> io::Result<Option<State>> {
+    pub(crate) fn hold(&self, id: &str, frozen: bool) -> io::Result<Option<State>> {
         let Some(state) = self.locate(id) else { return Ok(None) };
         self.rewrite_into(id, state, State::Hold, |env| env.frozen = frozen)?;
         Ok(Some(state))
     }
 
     /// Releases a held or frozen message to `incoming/`, due now.
-    pub fn release(&self, id: &str) -> io::Result<Option<State>> {
+    pub(crate) fn release(&self, id: &str) -> io::Result<Option<State>> {
         match self.locate(id) {
             Some(State::Hold) => {
                 self.rewrite_into(id, State::Hold, State::Incoming, |env| env.frozen = false)?;
@@ -397,7 +392,7 @@ impl Spool {
     }
 
     /// Makes a waiting message due now (`postsuper -r`, `exim -M`).
-    pub fn requeue(&self, id: &str) -> io::Result<Option<State>> {
+    pub(crate) fn requeue(&self, id: &str) -> io::Result<Option<State>> {
         match self.locate(id) {
             Some(state @ (State::Deferred | State::Active)) => {
                 self.move_now(id, state, State::Incoming)?;
@@ -431,7 +426,7 @@ impl Spool {
     }
 
     /// Syncs the queue directories after a batch of operator actions.
-    pub fn sync_states(&self) -> io::Result<()> {
+    pub(crate) fn sync_states(&self) -> io::Result<()> {
         for state in State::QUEUED {
             commit::sync_dir(&self.dir(state))?;
         }
@@ -442,7 +437,7 @@ impl Spool {
     /// sweeps half-written files, returns messages that were in delivery to
     /// `incoming/`, removes bodies no envelope refers to, and quarantines
     /// envelopes whose body is missing.
-    pub fn recover(&self) -> io::Result<Recovery> {
+    pub(crate) fn recover(&self) -> io::Result<Recovery> {
         let mut report = Recovery::default();
         for entry in std::fs::read_dir(self.inner.root.join("tmp"))? {
             std::fs::remove_file(entry?.path())?;
@@ -529,7 +524,7 @@ fn read_small(dir: &rustix::fd::OwnedFd, name: &str, buf: &mut Vec<u8>) -> io::R
 /// commit; large ones spill to their file as they arrive. Dropped without
 /// commit, it removes what it wrote.
 #[derive(Debug)]
-pub struct BodyWriter {
+pub(crate) struct BodyWriter {
     path: PathBuf,
     buf: Vec<u8>,
     file: Option<std::fs::File>,
@@ -538,11 +533,11 @@ pub struct BodyWriter {
 }
 
 impl BodyWriter {
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
-    pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) async fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.buf.extend_from_slice(data);
         self.size += data.len() as u64;
         if self.buf.len() >= BODY_BUFFER {

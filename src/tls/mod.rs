@@ -18,8 +18,6 @@ use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, RootCertStore
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use tokio_rustls::{TlsAcceptor, TlsConnector};
-
 /// A certificate, key or CA file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -50,21 +48,22 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let file_err = |what: String| TlsError::File { path: path.to_path_buf(), what };
     let pem = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_err(format!("no usable private key: {e}")))
 }
 
 /// The server configuration for a certificate chain and key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+#[cfg(test)]
+pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_requesting(cert, key, false)
 }
 
 /// Like `server_config`; with `request_client_cert` the server asks for a
 /// client certificate (RFC 8446 4.3.2) but does not require one, and takes
 /// any: `ClientTrust` decides after the handshake what it is worth.
-pub fn server_config_requesting(
+pub(crate) fn server_config_requesting(
     cert: &Path,
     key: &Path,
     request_client_cert: bool,
@@ -87,14 +86,8 @@ pub fn server_config_requesting(
 }
 
 /// The server configuration from `[tls]`, or `None` when no certificate
-/// is configured.
-pub fn server_from_config(tls: &crate::config::Tls) -> Result<Option<Arc<ServerConfig>>, TlsError> {
-    server_requesting(tls, false)
-}
-
-/// `server_from_config`, asking for client certificates when
-/// `request_client_cert`.
-pub fn server_requesting(
+/// is configured; asking for client certificates when `request_client_cert`.
+pub(crate) fn server_requesting(
     tls: &crate::config::Tls,
     request_client_cert: bool,
 ) -> Result<Option<Arc<ServerConfig>>, TlsError> {
@@ -108,7 +101,7 @@ pub fn server_requesting(
 /// `tls.client_ca`, and those whose SHA-256 fingerprint is listed in
 /// `access.trusted_fingerprints`.
 #[derive(Debug)]
-pub struct ClientTrust {
+pub(crate) struct ClientTrust {
     ca: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     /// Lowercase hex, no separators.
     fingerprints: Vec<String>,
@@ -117,7 +110,7 @@ pub struct ClientTrust {
 impl ClientTrust {
     /// `None` when neither a CA nor a fingerprint is configured (no client
     /// certificate is then asked for).
-    pub fn from_config(ca: Option<&Path>, fingerprints: &[String]) -> Result<Option<ClientTrust>, TlsError> {
+    pub(crate) fn from_config(ca: Option<&Path>, fingerprints: &[String]) -> Result<Option<ClientTrust>, TlsError> {
         if ca.is_none() && fingerprints.is_empty() {
             return Ok(None);
         }
@@ -136,7 +129,7 @@ impl ClientTrust {
     }
 
     /// Whether the chain a client presented (end entity first) is trusted.
-    pub fn trusts(&self, chain: &[CertificateDer<'_>]) -> bool {
+    pub(crate) fn trusts(&self, chain: &[CertificateDer<'_>]) -> bool {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return false;
         };
@@ -160,7 +153,7 @@ fn normalize_fingerprint(text: &str) -> String {
 
 /// Whether `cert` carries the DNS name `name`: in its subject alternative
 /// names, or as its subject's common name.
-pub fn cert_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
+pub(crate) fn cert_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
     let Ok(server_name) = ServerName::try_from(name.to_string()) else {
         return false;
     };
@@ -169,24 +162,16 @@ pub fn cert_has_name(cert: &CertificateDer<'_>, name: &str) -> bool {
     in_san || subject::common_names(cert.as_ref()).iter().any(|cn| cn.trim_end_matches('.').eq_ignore_ascii_case(name))
 }
 
-/// How the client checks the server's certificate.
-#[derive(Clone, Debug)]
-pub enum Verify {
-    /// Any certificate (`encrypt`, `may`).
-    Nothing,
-    /// Against these roots, with the host name (`verify`).
-    Roots(Arc<RootCertStore>),
-}
-
 /// The client configuration: verifying against `ca` (a PEM file) or the
 /// system roots when `verify`, accepting any certificate otherwise.
-pub fn client_config(verify: bool, ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+#[cfg(test)]
+pub(crate) fn client_config(verify: bool, ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     client_config_with_cert(verify, ca, None)
 }
 
 /// `client_config`, presenting the certificate chain and key in
 /// `client_cert` (PEM files) when the server asks for one.
-pub fn client_config_with_cert(
+pub(crate) fn client_config_with_cert(
     verify: bool,
     ca: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
@@ -234,14 +219,14 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
 /// The name the client verifies and sends as SNI: a DNS name, or an IP
 /// address literal (which is checked against the certificate's IP entries
 /// and not sent as SNI).
-pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
     ServerName::try_from(host.to_string())
         .map_err(|_| TlsError::Config(format!("`{host}` is not a valid TLS server name")))
 }
 
 /// `TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384`, for logs.
-pub fn describe(conn: &rustls::CommonState) -> String {
+pub(crate) fn describe(conn: &rustls::CommonState) -> String {
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
         Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),

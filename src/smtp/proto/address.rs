@@ -14,15 +14,15 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Longest local part, in octets (RFC 5321 4.5.3.1.1).
-pub const MAX_LOCAL_PART: usize = 64;
+pub(crate) const MAX_LOCAL_PART: usize = 64;
 /// Longest domain, in octets (RFC 5321 4.5.3.1.2).
-pub const MAX_DOMAIN: usize = 255;
+pub(crate) const MAX_DOMAIN: usize = 255;
 /// Longest path including `<`, `>` and any source route (RFC 5321 4.5.3.1.3).
 pub const MAX_PATH: usize = 256;
 
 /// Which path is being parsed; they differ in the special forms allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathKind {
+pub(crate) enum PathKind {
     /// MAIL FROM: the null path `<>` is allowed.
     Reverse,
     /// RCPT TO: `<postmaster>` without a domain is allowed.
@@ -32,7 +32,7 @@ pub enum PathKind {
 /// Why an address was refused. The text is safe to send to the peer: it
 /// never echoes client input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum AddressError {
+pub(crate) enum AddressError {
     #[error("address must be enclosed in <>")]
     MissingAngle,
     #[error("missing closing >")]
@@ -60,7 +60,7 @@ pub enum AddressError {
 /// Parses the `<path>` at the start of `input`. Returns the mailbox (empty
 /// for the null sender, `postmaster` for the bare postmaster recipient) and
 /// what follows the closing `>`.
-pub fn parse_path(input: &str, kind: PathKind) -> Result<(String, &str), AddressError> {
+pub(crate) fn parse_path(input: &str, kind: PathKind) -> Result<(String, &str), AddressError> {
     let b = input.as_bytes();
     if b.first() != Some(&b'<') {
         return Err(AddressError::MissingAngle);
@@ -110,7 +110,7 @@ pub fn parse_path(input: &str, kind: PathKind) -> Result<(String, &str), Address
 /// The domain part of a mailbox returned by `parse_path`, if it has one.
 /// The last `@` is the separator: a quoted local part may contain `@`, a
 /// domain never does.
-pub fn domain_of(mailbox: &str) -> Option<&str> {
+pub(crate) fn domain_of(mailbox: &str) -> Option<&str> {
     mailbox.rsplit_once('@').map(|(_, d)| d)
 }
 

@@ -16,7 +16,7 @@ use super::reply::{Enhanced, Reply};
 
 /// The command verbs posthorn recognises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verb {
+pub(crate) enum Verb {
     Ehlo,
     Helo,
     Mail,
@@ -34,7 +34,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    pub const ALL: [(&'static str, Verb); 14] = [
+    pub(crate) const ALL: [(&'static str, Verb); 14] = [
         ("EHLO", Verb::Ehlo),
         ("HELO", Verb::Helo),
         ("MAIL", Verb::Mail),
@@ -52,12 +52,12 @@ impl Verb {
     ];
 
     /// Matches a verb case-insensitively (RFC 5321 2.4).
-    pub fn parse(word: &[u8]) -> Option<Verb> {
+    pub(crate) fn parse(word: &[u8]) -> Option<Verb> {
         Verb::ALL.iter().find(|(name, _)| name.as_bytes().eq_ignore_ascii_case(word)).map(|(_, v)| *v)
     }
 
     /// Lower-case name, as used in log lines (`ehlo=1 mail=1`).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Verb::Ehlo => "ehlo",
             Verb::Helo => "helo",
@@ -99,7 +99,7 @@ impl Verb {
 
 /// BODY= values (RFC 6152 8BITMIME, RFC 3030 BINARYMIME).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyType {
+pub(crate) enum BodyType {
     SevenBit,
     EightBitMime,
     BinaryMime,
@@ -109,22 +109,22 @@ pub enum BodyType {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MailFrom {
     /// Reverse path without `<>`; empty for the null sender.
-    pub sender: String,
+    pub(crate) sender: String,
     /// SIZE=; values too large for u64 saturate (they are over any limit).
-    pub size: Option<u64>,
-    pub body: Option<BodyType>,
-    pub smtputf8: bool,
+    pub(crate) size: Option<u64>,
+    pub(crate) body: Option<BodyType>,
+    pub(crate) smtputf8: bool,
     /// RET=, upper-cased: `FULL` or `HDRS`.
-    pub ret: Option<String>,
+    pub(crate) ret: Option<String>,
     /// ENVID=, xtext as received.
-    pub envid: Option<String>,
+    pub(crate) envid: Option<String>,
     /// TRACE=, posthorn's trace id from the previous hop (`XPOSTHORN-TRACE`).
-    pub trace: Option<String>,
+    pub(crate) trace: Option<String>,
 }
 
 impl MailFrom {
     /// Whether any ESMTP parameter was given (refused after plain HELO).
-    pub fn has_parameters(&self) -> bool {
+    pub(crate) fn has_parameters(&self) -> bool {
         self.size.is_some()
             || self.body.is_some()
             || self.smtputf8
@@ -140,18 +140,18 @@ pub struct RcptTo {
     /// Forward path without `<>`; `postmaster` for the bare postmaster.
     pub address: String,
     /// NOTIFY=, upper-cased: `NEVER` or a list of SUCCESS, FAILURE, DELAY.
-    pub notify: Option<String>,
+    pub(crate) notify: Option<String>,
     /// ORCPT=, as received, `addr-type;xtext` (`rfc822;user@example.org`).
-    pub orcpt: Option<String>,
+    pub(crate) orcpt: Option<String>,
 }
 
 impl RcptTo {
-    pub fn has_parameters(&self) -> bool {
+    pub(crate) fn has_parameters(&self) -> bool {
         self.notify.is_some() || self.orcpt.is_some()
     }
 
     /// Whether accepting this recipient needs an SMTPUTF8 transaction.
-    pub fn needs_smtputf8(&self) -> bool {
+    pub(crate) fn needs_smtputf8(&self) -> bool {
         !self.address.is_ascii() || self.orcpt.as_deref().is_some_and(|o| !o.is_ascii())
     }
 }
@@ -176,7 +176,7 @@ pub enum Command {
 }
 
 impl Command {
-    pub fn verb(&self) -> Verb {
+    pub(crate) fn verb(&self) -> Verb {
         match self {
             Command::Ehlo(_) => Verb::Ehlo,
             Command::Helo(_) => Verb::Helo,
@@ -213,19 +213,19 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
 pub struct ParseError {
-    pub verb: Option<Verb>,
-    pub error: CommandError,
+    pub(crate) verb: Option<Verb>,
+    pub(crate) error: CommandError,
 }
 
 impl ParseError {
-    pub fn reply(&self) -> Reply {
+    pub(crate) fn reply(&self) -> Reply {
         self.error.reply(self.verb)
     }
 }
 
 /// Why a command line was refused; each maps to one reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error("command not recognized")]
     Unknown,
     #[error("command is not valid UTF-8")]
@@ -255,7 +255,7 @@ pub enum CommandError {
 
 impl CommandError {
     /// The reply for this error (RFC 5321 4.2.2 codes, RFC 3463 enhanced).
-    pub fn reply(&self, verb: Option<Verb>) -> Reply {
+    pub(crate) fn reply(&self, verb: Option<Verb>) -> Reply {
         use CommandError::*;
         match self {
             Unknown => Reply::new(500, Enhanced(5, 5, 2), "Error: command not recognized"),
@@ -317,7 +317,7 @@ fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
 }
 
 /// A trace id: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
-pub fn is_trace_id(v: &str) -> bool {
+pub(crate) fn is_trace_id(v: &str) -> bool {
     (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 

@@ -169,7 +169,7 @@ impl DataDecoder {
     }
 
     /// A CR not followed by LF, or an LF not preceded by CR, was seen.
-    pub fn saw_bare_line_ending(&self) -> bool {
+    pub(crate) fn saw_bare_line_ending(&self) -> bool {
         self.bare_cr || self.bare_lf
     }
 

@@ -19,7 +19,7 @@
 
 /// One item taken from the buffer.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Line<'a> {
+pub(crate) enum Line<'a> {
     /// A complete line without its CRLF (or LF).
     Command(&'a [u8]),
     /// A line longer than the limit ended; its content was discarded.
@@ -57,7 +57,7 @@ impl LineReader {
     }
 
     /// The next complete line, or `None` when no complete line is buffered.
-    pub fn next_line(&mut self) -> Option<Line<'_>> {
+    pub(crate) fn next_line(&mut self) -> Option<Line<'_>> {
         let pending = &self.buf[self.start..];
         let Some(lf) = pending.iter().position(|&c| c == b'\n') else {
             // A partial line that cannot fit any more: start dropping it.

@@ -21,7 +21,8 @@ impl Enhanced {
     /// The code of a whole reply line as logged or stored,
     /// `554 5.6.3 Conversion required ...`; `None` when it has none.
     /// Like a reply on the wire, the code's class must be the reply's.
-    pub fn of_reply_text(text: &str) -> Option<Enhanced> {
+    #[cfg(test)]
+    pub(crate) fn of_reply_text(text: &str) -> Option<Enhanced> {
         let mut words = text.split_whitespace();
         let reply = words.next().filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))?;
         let (code, _) = Enhanced::parse_prefix(words.next()?)?;
@@ -29,7 +30,7 @@ impl Enhanced {
     }
 
     /// Parses `2.1.5` at the start of `text`; returns the code and the rest.
-    pub fn parse_prefix(text: &str) -> Option<(Enhanced, &str)> {
+    pub(crate) fn parse_prefix(text: &str) -> Option<(Enhanced, &str)> {
         let end = text.find(' ').unwrap_or(text.len());
         let mut parts = text[..end].split('.');
         let class: u8 = parts.next()?.parse().ok()?;
@@ -48,33 +49,30 @@ pub struct Reply {
     pub code: u16,
     pub enhanced: Option<Enhanced>,
     /// Text lines without the code or enhanced code; never empty.
-    pub lines: Vec<String>,
+    pub(crate) lines: Vec<String>,
 }
 
 impl Reply {
     /// A single-line reply with an enhanced status code.
-    pub fn new(code: u16, enhanced: Enhanced, text: impl Into<String>) -> Reply {
+    pub(crate) fn new(code: u16, enhanced: Enhanced, text: impl Into<String>) -> Reply {
         Reply { code, enhanced: Some(enhanced), lines: vec![text.into()] }
     }
 
     /// A single-line reply without an enhanced status code (greeting, EHLO, 354).
-    pub fn plain(code: u16, text: impl Into<String>) -> Reply {
+    pub(crate) fn plain(code: u16, text: impl Into<String>) -> Reply {
         Reply { code, enhanced: None, lines: vec![text.into()] }
     }
 
     /// A multi-line reply without enhanced codes (the EHLO keyword list).
-    pub fn multi(code: u16, lines: Vec<String>) -> Reply {
+    pub(crate) fn multi(code: u16, lines: Vec<String>) -> Reply {
         debug_assert!(!lines.is_empty());
         Reply { code, enhanced: None, lines }
     }
 
-    pub fn is_positive(&self) -> bool {
+    pub(crate) fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
-    pub fn is_transient(&self) -> bool {
-        (400..500).contains(&self.code)
-    }
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         self.code >= 500
     }
 
@@ -126,7 +124,7 @@ impl Reply {
     /// Parses the one-line form [`Display`](fmt::Display) writes
     /// (`550 5.1.1 text text`); the lines of a multi-line reply come back
     /// as one.
-    pub fn from_text(text: &str) -> Option<Reply> {
+    pub(crate) fn from_text(text: &str) -> Option<Reply> {
         let (code, rest) = text.split_at_checked(3)?;
         let code: u16 = code.parse().ok().filter(|c| (200..600).contains(c))?;
         let rest = match rest.strip_prefix(' ') {

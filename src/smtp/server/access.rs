@@ -15,7 +15,7 @@ use crate::smtp::proto::reply::{Enhanced, Reply};
 
 /// Accepts or refuses `recipient` (a mailbox as the parser returns it) from
 /// `peer`, authenticated as `user` if at all; the refusal is the reply to send.
-pub fn check_relay(access: &Access, peer: &Peer, user: Option<&str>, recipient: &str) -> Result<(), Reply> {
+pub(crate) fn check_relay(access: &Access, peer: &Peer, user: Option<&str>, recipient: &str) -> Result<(), Reply> {
     if user.is_some() || is_trusted(access, peer) {
         return Ok(());
     }
@@ -39,7 +39,7 @@ fn routes_elsewhere(recipient: &str) -> bool {
 }
 
 /// Whether `peer` may relay to any domain.
-pub fn is_trusted(access: &Access, peer: &Peer) -> bool {
+pub(crate) fn is_trusted(access: &Access, peer: &Peer) -> bool {
     match peer {
         Peer::Local { .. } => true,
         Peer::Tcp(addr) => access.trusts(addr.ip()),
@@ -48,7 +48,7 @@ pub fn is_trusted(access: &Access, peer: &Peer) -> bool {
 
 /// Whether mail for `domain` is accepted from anyone: case-insensitive, a
 /// trailing dot ignored on either side.
-pub fn is_our_domain(access: &Access, domain: &str) -> bool {
+pub(crate) fn is_our_domain(access: &Access, domain: &str) -> bool {
     let domain = domain.trim_end_matches('.');
     access
         .relay_domains

@@ -9,7 +9,7 @@
 
 use super::access;
 use super::session::{Listener, Peer, Session};
-use crate::ingress::{self, Origin, Protocol, RcptIn, Transaction};
+use crate::ingress::{Arrival, Protocol, RcptIn, Transaction};
 use crate::smtp::proto::command::{BodyType, MailFrom, RcptTo, Verb};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 
@@ -130,16 +130,12 @@ impl Session<'_> {
                 .iter()
                 .map(|r| RcptIn { address: r.address.clone(), notify: r.notify.clone(), orcpt: r.orcpt.clone() })
                 .collect(),
-            body: match mail.body {
-                None | Some(BodyType::SevenBit) => ingress::BodyType::SevenBit,
-                Some(BodyType::EightBitMime) => ingress::BodyType::EightBitMime,
-                Some(BodyType::BinaryMime) => ingress::BodyType::BinaryMime,
-            },
+            body: mail.body.unwrap_or(BodyType::SevenBit),
             smtputf8: mail.smtputf8,
             ret: mail.ret.clone(),
             envid: mail.envid.clone(),
             trace_id: mail.trace.clone(),
-            origin: Origin {
+            origin: Arrival {
                 protocol,
                 helo: self.helo.clone(),
                 client,

@@ -15,13 +15,13 @@
 //! Everything a session accepts goes through the `Ingress`; the server
 //! never touches the spool itself.
 
-pub mod access;
+pub(crate) mod access;
 mod auth;
 mod conn;
 mod data;
 mod greeting;
 mod mail;
-pub mod session;
+pub(crate) mod session;
 #[cfg(test)]
 mod test_support;
 mod tls;
@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::metrics::{Door, Metrics};
 use crate::smtp::proto::reply::{Enhanced, Reply};
-pub use session::Listener;
+pub(crate) use session::Listener;
 use session::{Peer, Security};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ use tokio::task::JoinSet;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// One listening socket's server.
-pub struct Server {
+pub(crate) struct Server {
     current: watch::Receiver<Generation>,
     kind: Listener,
     /// The content filter's reinjection listener: loopback and trusted
@@ -56,38 +56,39 @@ pub struct Server {
 /// The configuration and the door in force. A reload publishes a new
 /// generation: connections accepted afterwards use it, sessions already
 /// running finish with the one they started with.
-pub type Generation = (Arc<Config>, Ingress);
+pub(crate) type Generation = (Arc<Config>, Ingress);
 
 impl Server {
-    pub fn new(config: Arc<Config>, ingress: Ingress) -> Server {
+    #[cfg(test)]
+    pub(crate) fn new(config: Arc<Config>, ingress: Ingress) -> Server {
         Server::following(watch::channel((config, ingress)).1)
     }
 
     /// A server that picks up every generation published on `current`.
-    pub fn following(current: watch::Receiver<Generation>) -> Server {
+    pub(crate) fn following(current: watch::Receiver<Generation>) -> Server {
         Server { current, kind: Listener::Smtp, reinject: false, metrics: Arc::default() }
     }
 
     /// The same server, counting sessions, connections, messages and
     /// refused commands into `metrics`.
-    pub fn metrics(self, metrics: Arc<Metrics>) -> Server {
+    pub(crate) fn metrics(self, metrics: Arc<Metrics>) -> Server {
         Server { metrics, ..self }
     }
 
     /// The same server as the listener on `filter.reinject_listen`.
-    pub fn reinjection(self) -> Server {
+    pub(crate) fn reinjection(self) -> Server {
         Server { reinject: true, ..self }
     }
 
     /// The same server on a submission (587) or submissions (465) port.
-    pub fn kind(self, kind: Listener) -> Server {
+    pub(crate) fn kind(self, kind: Listener) -> Server {
         Server { kind, ..self }
     }
 
     /// Accepts connections until `shutdown` turns true (or its sender is
     /// dropped), then waits up to `SHUTDOWN_GRACE` for the sessions: idle
     /// ones close at once with 421, one receiving a message finishes it.
-    pub async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         // The connection limit is fixed for the listener's life; a reload
         // changes everything else.
         let slots = Arc::new(Semaphore::new(self.current.borrow().0.smtp.max_connections));

@@ -22,7 +22,7 @@ use super::auth::{Credentials, Pending};
 use super::conn::{Stats, serve};
 use super::data::Chunks;
 use super::tls::ClientCert;
-use crate::auth::{Limiter, Users};
+use crate::auth::{AuthLimiter, Users};
 use crate::config::Config;
 use crate::ingress::{Ingress, Transaction};
 use crate::metrics::Metrics;
@@ -38,7 +38,7 @@ use tokio::sync::watch;
 
 /// Who is on the other end.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// A TCP client.
     Tcp(SocketAddr),
     /// `sendmail -bs` over stdin/stdout, run by this local user.
@@ -61,10 +61,10 @@ impl fmt::Display for Peer {
 /// (AUTH is offered when present) and the failure counts they share; and
 /// the daemon's counters, which the sessions add their refusals to.
 #[derive(Clone, Debug)]
-pub struct Security {
+pub(crate) struct Security {
     pub(super) tls: Option<Arc<rustls::ServerConfig>>,
     pub(super) users: Option<Arc<Users>>,
-    pub(super) limiter: Arc<Limiter>,
+    pub(super) limiter: Arc<AuthLimiter>,
     /// Which client certificates may relay; the server asks for one only
     /// when this is set.
     pub(super) client_trust: Option<Arc<ClientTrust>>,
@@ -79,7 +79,7 @@ impl Security {
         Security {
             tls: None,
             users: None,
-            limiter: Arc::new(Limiter::new(0, Duration::ZERO)),
+            limiter: Arc::new(AuthLimiter::new(0, Duration::ZERO)),
             client_trust: None,
             metrics: Arc::default(),
         }
@@ -92,7 +92,7 @@ impl Security {
 
     /// Reads the certificate, key and users file named in `config`; errors
     /// name the file.
-    pub fn load(config: &Config) -> anyhow::Result<Security> {
+    pub(crate) fn load(config: &Config) -> anyhow::Result<Security> {
         let client_trust =
             ClientTrust::from_config(config.tls.client_ca.as_deref(), &config.access.trusted_fingerprints)?;
         let tls = crate::tls::server_requesting(&config.tls, client_trust.is_some())?;
@@ -101,7 +101,7 @@ impl Security {
             Some(path) => Some(Arc::new(Users::load(path)?)),
             None => None,
         };
-        let limiter = Arc::new(Limiter::new(config.auth.max_failures, config.auth.failure_window));
+        let limiter = Arc::new(AuthLimiter::new(config.auth.max_failures, config.auth.failure_window));
         Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default() })
     }
 
@@ -114,7 +114,7 @@ impl Security {
 
 /// What kind of port a session came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listener {
+pub(crate) enum Listener {
     /// Port 25: relay rules by address, AUTH optional.
     Smtp,
     /// Port 587 (RFC 6409): STARTTLS offered, AUTH required before MAIL.
@@ -125,7 +125,7 @@ pub enum Listener {
 
 impl Listener {
     /// The name printed in `listening NAME=ADDR`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Listener::Smtp => "smtp",
             Listener::Submission => "submission",
@@ -136,7 +136,7 @@ impl Listener {
 
 /// Runs one session until QUIT, an error limit, a timeout or a lost
 /// connection.
-pub async fn run_session<S>(stream: S, peer: Peer, config: &Config, ingress: &Ingress)
+pub(crate) async fn run_session<S>(stream: S, peer: Peer, config: &Config, ingress: &Ingress)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
