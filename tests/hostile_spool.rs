@@ -16,6 +16,17 @@ fn mkfifo(path: &Path) {
     rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, mode, 0).expect("mkfifo");
 }
 
+/// Queue ids whose envelopes are in `state`, sorted.
+fn ids_in(ph: &Posthorn, state: &str) -> Vec<String> {
+    let mut ids: Vec<String> = ph.spool_files(state).iter().map(|p| file_name(p)).collect();
+    ids.sort();
+    ids
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
 /// `sendmail` with the daemon down: the message waits in the maildrop.
 fn drop_while_down(ph: &Posthorn, subject: &str) {
     let out = ph.sendmail(&["ops@example.org"], format!("Subject: {subject}\n\nhello\n").as_bytes());
@@ -78,4 +89,69 @@ fn a_fifo_in_the_maildrop_blocks_neither_pickup_nor_shutdown() {
     let asked = Instant::now();
     assert!(ph.stop().success(), "{}", ph.log());
     assert!(asked.elapsed() < secs(5), "SIGTERM took {:?}", asked.elapsed());
+}
+
+#[test]
+fn directories_in_tmp_and_data_do_not_stop_the_start() {
+    let sink = Sink::start();
+    let mut ph = Posthorn::start(&satellite_config(&[sink.addr()]));
+    ph.stop();
+    let spool = ph.spool_dir();
+    std::fs::create_dir(spool.join("tmp/lost+found")).unwrap();
+    std::fs::create_dir(spool.join("data/backup")).unwrap();
+    std::fs::write(spool.join("data/backup/old"), "kept").unwrap();
+    drop_while_down(&ph, "past the directories");
+
+    ph.restart();
+    for path in ["tmp/lost+found", "data/backup"] {
+        let line = format!("recovery: {path} is a directory, not a spool file; left alone");
+        assert!(ph.log().contains(&line), "no line {line:?}:\n{}", ph.log());
+    }
+    assert_eq!(std::fs::read_to_string(spool.join("data/backup/old")).unwrap(), "kept");
+    assert_eq!(subjects(&sink, 1), ["past the directories"], "{}", ph.log());
+    // And again: what recovery left alone stays harmless.
+    ph.restart();
+    assert!(spool.join("tmp/lost+found").is_dir());
+}
+
+#[test]
+fn orphan_bodies_and_misnamed_envelopes_are_quarantined_with_a_line() {
+    let mut sink = Sink::start_stopped();
+    let mut ph = Posthorn::start(&satellite_config(&[sink.addr()]));
+    for subject in ["renamed away", "misnamed", "normal"] {
+        let text = format!("Subject: {subject}\r\n\r\nhello\r\n");
+        smtplib_send(ph.smtp_addr(), "app@vm.test", &["ops@example.org"], &text).unwrap();
+    }
+    assert!(wait_until(secs(20), || ids_in(&ph, "deferred").len() == 3), "{}", ph.log());
+    ph.stop();
+    let ids = ids_in(&ph, "deferred");
+    let (renamed, misnamed, normal) = (&ids[0], &ids[1], &ids[2]);
+    let (deferred, data) = (ph.spool_dir().join("deferred"), ph.spool_dir().join("data"));
+    // An operator's backup copy: its body is now an orphan.
+    std::fs::rename(deferred.join(renamed), deferred.join(format!("{renamed}.bak"))).unwrap();
+    // An envelope filed under another message's name, with a body there.
+    let mut other = misnamed.clone();
+    other.replace_range(other.len() - 1.., if misnamed.ends_with('Z') { "Y" } else { "Z" });
+    assert!(!ids.contains(&other));
+    std::fs::rename(deferred.join(misnamed), deferred.join(&other)).unwrap();
+    std::fs::copy(data.join(misnamed), data.join(&other)).unwrap();
+
+    sink.restart();
+    ph.restart();
+    let corrupt = ph.spool_dir().join("corrupt");
+    for orphan in [renamed, misnamed] {
+        let line = format!("{orphan}: body without an envelope; moved to corrupt/body-{orphan}");
+        assert!(ph.log().contains(&line), "no line {line:?}:\n{}", ph.log());
+        assert!(corrupt.join(format!("body-{orphan}")).is_file(), "the body of {orphan} is gone");
+    }
+    let line = format!("{other}: envelope file names another message ({misnamed}); moved to corrupt/");
+    assert!(ph.log().contains(&line), "no line {line:?}:\n{}", ph.log());
+    assert!(corrupt.join(&other).is_file());
+    let listing = ph.run_as("mailq", &[], b"");
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains(&other), "{}", String::from_utf8_lossy(&listing.stdout));
+    assert_eq!(subjects(&sink, 1), ["normal"], "{}", ph.log());
+    // Only the operator's copy is left, where the operator put it.
+    let bak = vec![format!("{renamed}.bak")];
+    assert!(wait_until(secs(10), || ids_in(&ph, "deferred") == bak), "{}", ph.log());
+    assert!(!ph.log().contains(&format!("{normal}: body")), "{}", ph.log());
 }
