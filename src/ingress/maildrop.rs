@@ -119,7 +119,7 @@ fn check_type(stat: &Stat) -> Result<(), Refusal> {
     use rustix::fs::FileType;
     let odd = match FileType::from_raw_mode(stat.st_mode) {
         FileType::RegularFile if stat.st_nlink == 1 => return Ok(()),
-        FileType::RegularFile => Odd::Linked(stat.st_nlink as u64),
+        FileType::RegularFile => Odd::Linked(stat.st_nlink),
         FileType::Symlink => Odd::Symlink,
         FileType::Directory => Odd::NotRegular("a directory"),
         FileType::Fifo => Odd::NotRegular("a FIFO"),
