@@ -204,18 +204,31 @@ fn open_spool(config: &Config) -> anyhow::Result<Spool> {
     let spool = Spool::open_with(root, None, config.queue.sync)
         .with_context(|| format!("cannot open the spool {}", root.display()))?;
     let recovery = spool.recover().with_context(|| format!("recovering the spool {}", root.display()))?;
-    if recovery.tmp_removed + recovery.active_requeued + recovery.orphan_bodies_removed > 0 {
+    if recovery.tmp_removed + recovery.active_requeued > 0 {
         tracing::info!(
-            "recovery: {} half-written file(s) removed, {} message(s) in delivery requeued, {} orphan bodies removed",
+            "recovery: {} half-written file(s) removed, {} message(s) in delivery requeued",
             recovery.tmp_removed,
             recovery.active_requeued,
-            recovery.orphan_bodies_removed
         );
     }
+    log_set_aside(&recovery);
+    Ok(Spool::open_with(root, recovery.newest_id.as_deref(), config.queue.sync)?)
+}
+
+/// One log line for each entry recovery quarantined or left alone.
+fn log_set_aside(recovery: &crate::spool::Recovery) {
     for id in &recovery.missing_body {
         tracing::error!("{id}: body missing; envelope moved to corrupt/");
     }
-    Ok(Spool::open_with(root, recovery.newest_id.as_deref(), config.queue.sync)?)
+    for id in &recovery.orphan_bodies {
+        tracing::warn!("{id}: body without an envelope; moved to corrupt/body-{id}");
+    }
+    for (name, inside) in &recovery.misnamed {
+        tracing::error!("{name}: envelope file names another message ({inside}); moved to corrupt/");
+    }
+    for (path, what) in &recovery.skipped {
+        tracing::warn!("recovery: {path} is {what}, not a spool file; left alone");
+    }
 }
 
 struct Reloader {

@@ -79,13 +79,9 @@ fn hand_over(spool: &Path, account: &Account) -> std::io::Result<()> {
     own(&maildrop)?;
     std::fs::set_permissions(&maildrop, std::fs::Permissions::from_mode(0o3733))?;
     // Drops written before the switch keep their owner (the submitting
-    // user, which the daemon reads from it) and get the group.
-    for file in std::fs::read_dir(&maildrop)? {
-        let path = file?.path();
-        std::os::unix::fs::lchown(&path, None, Some(account.gid))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
-    }
-    Ok(())
+    // user, which the daemon reads from it) and get the group; any local
+    // user writes here, so only regular files are touched, through their fds.
+    crate::ingress::maildrop::claim(&maildrop, account.gid, &spool.join("corrupt"))
 }
 
 fn switch(account: &Account) -> anyhow::Result<()> {

@@ -11,9 +11,11 @@
 //! owner rather than from its content, and quarantines what it cannot read.
 
 use super::{Ingress, IngressError};
+use rustix::fd::OwnedFd;
+use rustix::fs::Stat;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The envelope part of a drop.
@@ -68,13 +70,97 @@ pub(crate) fn write_named(dir: &Path, name: &str, drop: &Drop, message: &[u8]) -
     }
 }
 
-/// Reads a drop, refusing anything larger than `max` bytes of message.
+/// How long reading one drop may take: a drop on a stalled filesystem must
+/// not hold up the pickup of every other one.
+const READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Why an entry of the maildrop is not a drop. Any local user can put
+/// anything here; only a regular file with one link is ever read or changed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Odd {
+    #[error("a symbolic link")]
+    Symlink,
+    #[error("not a regular file but {0}")]
+    NotRegular(&'static str),
+    #[error("a file with {0} links")]
+    Linked(u64),
+}
+
+/// What opening an entry of the maildrop gave instead of a drop.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("{0}")]
+    Odd(Odd),
+    #[error("cannot open: {0}")]
+    Io(io::Error),
+}
+
+/// Opens the entry at `path` without following a symlink and without
+/// blocking on a FIFO, and checks through the fd (so a swap after the check
+/// changes nothing) that it is a regular file with one link. Anything else
+/// is not opened at all when `lstat` already tells: a device is never opened.
+fn open_drop(path: &Path) -> Result<(OwnedFd, Stat), Refusal> {
+    use rustix::fs::OFlags;
+    check_type(&rustix::fs::lstat(path).map_err(|e| Refusal::Io(e.into()))?)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = match rustix::fs::open(path, flags, rustix::fs::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP) => return Err(Refusal::Odd(Odd::Symlink)),
+        Err(e) => return Err(Refusal::Io(e.into())),
+    };
+    let stat = rustix::fs::fstat(&fd).map_err(|e| Refusal::Io(e.into()))?;
+    check_type(&stat)?;
+    Ok((fd, stat))
+}
+
+/// Refuses every kind of entry but a regular file with one link. A second
+/// link may name a file elsewhere that the daemon must not read or change.
+fn check_type(stat: &Stat) -> Result<(), Refusal> {
+    use rustix::fs::FileType;
+    let odd = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if stat.st_nlink == 1 => return Ok(()),
+        FileType::RegularFile => Odd::Linked(stat.st_nlink),
+        FileType::Symlink => Odd::Symlink,
+        FileType::Directory => Odd::NotRegular("a directory"),
+        FileType::Fifo => Odd::NotRegular("a FIFO"),
+        FileType::Socket => Odd::NotRegular("a socket"),
+        FileType::CharacterDevice | FileType::BlockDevice => Odd::NotRegular("a device"),
+        FileType::Unknown => Odd::NotRegular("of an unknown type"),
+    };
+    Err(Refusal::Odd(odd))
+}
+
+/// Reads a drop, refusing anything larger than `max` bytes of message and
+/// anything that is not a regular file with one link.
+#[cfg(test)]
 pub(crate) fn read(path: &Path, max: u64) -> Result<(Drop, Vec<u8>, u32), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let uid = file.metadata().map_err(|e| e.to_string())?.uid();
-    let mut data = Vec::new();
+    let (fd, stat) = open_drop(path).map_err(|e| e.to_string())?;
+    read_open(fd, &stat, max, READ_DEADLINE)
+}
+
+/// Reads an opened drop: bounded in size, and given up past `deadline`.
+fn read_open(
+    fd: OwnedFd,
+    stat: &Stat,
+    max: u64,
+    deadline: std::time::Duration,
+) -> Result<(Drop, Vec<u8>, u32), String> {
+    let started = std::time::Instant::now();
     // One line of envelope (bounded) plus the message.
-    file.take(max + 1024 * 1024).read_to_end(&mut data).map_err(|e| format!("cannot read: {e}"))?;
+    let mut file = std::fs::File::from(fd).take(max + 1024 * 1024);
+    let mut data = Vec::new();
+    let mut chunk = vec![0; 64 * 1024];
+    loop {
+        if started.elapsed() > deadline {
+            return Err(format!("not read within {deadline:?}"));
+        }
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read: {e}")),
+        }
+    }
     let nl = data.iter().position(|&b| b == b'\n').ok_or("no envelope line")?;
     let drop: Drop = serde_json::from_slice(&data[..nl]).map_err(|e| format!("bad envelope line: {e}"))?;
     let message = data.split_off(nl + 1);
@@ -84,7 +170,54 @@ pub(crate) fn read(path: &Path, max: u64) -> Result<(Drop, Vec<u8>, u32), String
     if drop.recipients.len() > 10_000 {
         return Err("too many recipients".into());
     }
-    Ok((drop, message, uid))
+    Ok((drop, message, stat.st_uid))
+}
+
+/// Puts an entry that is not a drop out of the way, with a log line naming
+/// it: a symlink or an extra link is removed (the name only: its target or
+/// the file's other name is never touched, and nothing of a drop is lost),
+/// anything else is moved to `quarantine` as `maildrop-NAME`.
+pub fn set_aside(path: &Path, odd: &Odd, quarantine: &Path) {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let result = match odd {
+        Odd::Symlink | Odd::Linked(_) => {
+            std::fs::remove_file(path).map(|_| "removed (the name, not its target)".into())
+        }
+        Odd::NotRegular(_) => {
+            let to = quarantine.join(format!("maildrop-{name}"));
+            std::fs::rename(path, &to).map(|_| format!("moved to {}", to.display()))
+        }
+    };
+    match result {
+        Ok(done) => tracing::warn!("maildrop {name}: refused: {odd}; {done}"),
+        Err(e) => tracing::error!("maildrop {name}: refused: {odd}; cannot set it aside: {e}"),
+    }
+}
+
+/// Makes every drop in `dir` readable by the daemon's group `gid` (0640),
+/// run as root before the switch to the daemon's account. Only regular files
+/// with one link are changed, through their fds; anything else is set aside.
+/// No entry fails the start: each one that cannot be handled is logged.
+pub fn claim(dir: &Path, gid: u32, quarantine: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match open_drop(&path) {
+            Ok((fd, stat)) => {
+                let group = (stat.st_gid != gid).then(|| rustix::fs::Gid::from_raw(gid));
+                let result = rustix::fs::fchown(&fd, None, group)
+                    .and_then(|_| rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o640)));
+                if let Err(e) = result {
+                    tracing::error!("maildrop {name}: cannot give it to the daemon's group: {e}");
+                }
+            }
+            Err(Refusal::Odd(odd)) => set_aside(&path, &odd, quarantine),
+            // Taken by pickup or its writer meanwhile: nothing to do.
+            Err(Refusal::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(Refusal::Io(e)) => tracing::error!("maildrop {name}: {e}; left as it is"),
+        }
+    }
+    Ok(())
 }
 
 /// Drops ready for pickup, oldest name first.
@@ -111,10 +244,8 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
     };
     let mut taken = 0;
     for path in files {
-        let max = ingress.max_size();
-        let p = path.clone();
-        let read = tokio::task::spawn_blocking(move || read(&p, max)).await.unwrap_or_else(|e| Err(e.to_string()));
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        let Some(read) = read_for_pickup(&path, ingress.max_size(), quarantine).await else { continue };
         let (drop, message, uid) = match read {
             Ok(r) => r,
             Err(reason) => {
@@ -146,6 +277,34 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
     taken
 }
 
+/// Reads one pending drop on a blocking thread within the read deadline.
+/// `None`: the entry was no drop (set aside) or is gone, or the read did
+/// not finish in time (left for the next scan).
+async fn read_for_pickup(path: &Path, max: u64, quarantine: &Path) -> Option<Result<(Drop, Vec<u8>, u32), String>> {
+    let p = path.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || {
+        let (fd, stat) = open_drop(&p)?;
+        Ok(read_open(fd, &stat, max, READ_DEADLINE))
+    });
+    // The blocking read checks its deadline between reads; this one also
+    // covers a single read that hangs (a stalled network filesystem).
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match tokio::time::timeout(READ_DEADLINE + std::time::Duration::from_secs(5), task).await {
+        Err(_) => {
+            tracing::error!("maildrop {name}: not read within {READ_DEADLINE:?}; left for the next scan");
+            None
+        }
+        Ok(Err(e)) => Some(Err(e.to_string())),
+        Ok(Ok(Ok(read))) => Some(read),
+        Ok(Ok(Err(Refusal::Odd(odd)))) => {
+            set_aside(path, &odd, quarantine);
+            None
+        }
+        Ok(Ok(Err(Refusal::Io(e)))) if e.kind() == io::ErrorKind::NotFound => None,
+        Ok(Ok(Err(Refusal::Io(e)))) => Some(Err(format!("cannot open: {e}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +330,46 @@ mod tests {
             std::fs::write(&p, content).unwrap();
             assert!(read(&p, 1000).is_err());
         }
+    }
+
+    #[test]
+    fn only_regular_files_with_one_link_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), b"{\"recipients\":[\"c@d\"]}\nbody\n").unwrap();
+        let (link, hard, fifo) = (dir.path().join("link"), dir.path().join("hard"), dir.path().join("fifo"));
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        std::fs::hard_link(outside.path(), &hard).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        // A FIFO would block an open without O_NONBLOCK: this returns.
+        for (name, expected) in
+            [("link", "a symbolic link"), ("hard", "a file with 2 links"), ("fifo", "a FIFO"), ("dir", "a directory")]
+        {
+            let err = read(&dir.path().join(name), 1000).unwrap_err();
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+        let quarantine = tempfile::tempdir().unwrap();
+        claim(dir.path(), rustix::process::getgid().as_raw(), quarantine.path()).unwrap();
+        assert!(std::fs::symlink_metadata(&link).is_err() && std::fs::symlink_metadata(&hard).is_err());
+        assert!(outside.path().exists(), "the target of a link is never removed");
+        assert!(quarantine.path().join("maildrop-fifo").exists() && quarantine.path().join("maildrop-dir").is_dir());
+    }
+
+    #[test]
+    fn a_read_past_its_deadline_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow");
+        std::fs::write(&path, b"{\"recipients\":[\"c@d\"]}\nbody\n").unwrap();
+        let (fd, stat) = open_drop(&path).unwrap();
+        let err = read_open(fd, &stat, 1000, std::time::Duration::ZERO).unwrap_err();
+        assert!(err.contains("not read within"), "{err}");
     }
 }

@@ -8,7 +8,8 @@
 //!   active/ID   envelopes being delivered right now
 //!   deferred/ID envelopes waiting for their next attempt
 //!   hold/ID     envelopes put on hold by an operator
-//!   corrupt/ID  envelopes that could not be read, kept for inspection
+//!   corrupt/ID  envelopes that could not be read, kept for inspection, and
+//!               bodies no envelope refers to (body-NAME)
 //!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
 //!   id-lease    every queue id handed out sorts below this (see `id`)
 //! ```
@@ -71,8 +72,15 @@ impl State {
 pub(crate) struct Recovery {
     pub(crate) tmp_removed: usize,
     pub(crate) active_requeued: usize,
-    pub(crate) orphan_bodies_removed: usize,
+    /// Bodies no envelope refers to (by file name), moved to `corrupt/body-NAME`.
+    pub(crate) orphan_bodies: Vec<String>,
     pub(crate) missing_body: Vec<String>,
+    /// Envelopes whose content names another message: (file name, id
+    /// inside), moved to `corrupt/` under their file name.
+    pub(crate) misnamed: Vec<(String, String)>,
+    /// Entries recovery does not understand (a `lost+found`, a backup
+    /// folder), left where they are: (path in the spool, what it is).
+    pub(crate) skipped: Vec<(String, &'static str)>,
     pub(crate) newest_id: Option<String>,
 }
 
@@ -259,7 +267,7 @@ impl Spool {
 
     /// Removes a finished message: envelope first (the commit point of
     /// "done"), then the body. A crash between leaves an orphan body, which
-    /// recovery removes.
+    /// recovery moves to `corrupt/`.
     pub(crate) fn remove(&self, state: State, id: &str) -> io::Result<()> {
         std::fs::remove_file(self.envelope_path(state, id))?;
         match std::fs::remove_file(self.body_path(id)) {
@@ -308,7 +316,11 @@ impl Spool {
                 let Some((_, dir)) = dirs.iter().find(|(s, _)| s == state) else { continue };
                 // A message can move or vanish between listing and reading.
                 if read_small(dir, id, &mut buf).is_ok() {
-                    envelopes.extend(Envelope::from_json(&buf).ok().map(|env| (*state, env)));
+                    // An envelope whose content names another id is not
+                    // that message (recovery quarantines it): never listed
+                    // under the wrong id.
+                    let env = Envelope::from_json(&buf).ok().filter(|env| env.id == *id);
+                    envelopes.extend(env.map(|env| (*state, env)));
                 }
             }
             envelopes
@@ -349,7 +361,7 @@ impl Spool {
 
     /// Unlinks the bodies of `ids` in the background, after their envelopes
     /// are gone; a crash before the end leaves orphan bodies, which recovery
-    /// removes.
+    /// moves to `corrupt/`.
     pub(crate) fn remove_bodies(&self, ids: Vec<String>) {
         let spool = self.clone();
         std::thread::spawn(move || on_threads(&ids, |id| std::fs::remove_file(spool.body_path(id))));
@@ -435,43 +447,112 @@ impl Spool {
 
     /// Start-up recovery, run before anything else touches the spool:
     /// sweeps half-written files, returns messages that were in delivery to
-    /// `incoming/`, removes bodies no envelope refers to, and quarantines
-    /// envelopes whose body is missing.
+    /// `incoming/`, and quarantines envelopes whose body is missing or whose
+    /// content names another id, and bodies no envelope refers to. What it
+    /// does not understand (a directory in `tmp/` or `data/`) it leaves
+    /// alone and reports: one odd entry never stops the start.
     pub(crate) fn recover(&self) -> io::Result<Recovery> {
         let mut report = Recovery::default();
-        for entry in std::fs::read_dir(self.inner.root.join("tmp"))? {
-            std::fs::remove_file(entry?.path())?;
-            report.tmp_removed += 1;
-        }
+        self.sweep_tmp(&mut report)?;
         for id in self.list(State::Active)? {
             self.move_now(&id, State::Active, State::Incoming)?;
             report.active_requeued += 1;
         }
         let mut known = HashSet::new();
-        for state in State::QUEUED.into_iter().chain([State::Corrupt]) {
-            for id in self.list(state)? {
-                if state != State::Corrupt && !self.body_path(&id).exists() {
-                    self.quarantine(state, &id)?;
-                    report.missing_body.push(id.clone());
-                }
-                known.insert(id);
-            }
-        }
-        for entry in std::fs::read_dir(self.inner.root.join("data"))? {
-            let entry = entry?;
-            let name = entry.file_name();
-            match name.to_str() {
-                Some(n) if known.contains(n) => {}
-                _ => {
-                    std::fs::remove_file(entry.path())?;
-                    report.orphan_bodies_removed += 1;
+        for state in State::QUEUED {
+            let ids = self.list(state)?;
+            for (id, inside) in ids.iter().zip(self.inner_ids(state, &ids)) {
+                match inside {
+                    Some(inside) if inside != *id => {
+                        self.quarantine(state, id)?;
+                        report.misnamed.push((id.clone(), inside));
+                    }
+                    _ if !self.body_path(id).exists() => {
+                        self.quarantine(state, id)?;
+                        report.missing_body.push(id.clone());
+                    }
+                    _ => {}
                 }
             }
+            known.extend(ids);
         }
+        known.extend(self.list(State::Corrupt)?);
+        self.set_aside_orphans(&known, &mut report)?;
         report.newest_id = known.into_iter().max();
         commit::sync_dir(&self.inner.root.join("incoming"))?;
         commit::sync_dir(&self.inner.root.join("data"))?;
+        commit::sync_dir(&self.dir(State::Corrupt))?;
         Ok(report)
+    }
+
+    /// Removes the files and symlinks (never their targets) in `tmp/`: all
+    /// are writes that never committed. Anything else is reported.
+    fn sweep_tmp(&self, report: &mut Recovery) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.inner.root.join("tmp"))? {
+            let entry = entry?;
+            // `file_type` does not follow a symlink.
+            let kind = entry.file_type()?;
+            if kind.is_file() || kind.is_symlink() {
+                std::fs::remove_file(entry.path())?;
+                report.tmp_removed += 1;
+            } else {
+                report.skipped.push((format!("tmp/{}", entry.file_name().to_string_lossy()), describe(kind)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves every body in `data/` that no envelope in `known` refers to
+    /// into `corrupt/body-NAME`: an envelope renamed by hand or lost leaves
+    /// its body there for inspection instead of destroying it.
+    fn set_aside_orphans(&self, known: &HashSet<String>, report: &mut Recovery) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.inner.root.join("data"))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| known.contains(n)) {
+                continue;
+            }
+            let name = name.to_string_lossy().into_owned();
+            let kind = entry.file_type()?;
+            if !kind.is_file() {
+                report.skipped.push((format!("data/{name}"), describe(kind)));
+                continue;
+            }
+            std::fs::rename(entry.path(), self.dir(State::Corrupt).join(format!("body-{name}")))?;
+            report.orphan_bodies.push(name);
+        }
+        Ok(())
+    }
+
+    /// The id written inside each envelope of `ids` in `state`, in order;
+    /// `None` where the envelope cannot be read (the scheduler quarantines
+    /// those when it loads them). Read on several threads, as `collect` does.
+    fn inner_ids(&self, state: State, ids: &[String]) -> Vec<Option<String>> {
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+        let Ok(dir) = rustix::fs::open(self.dir(state), flags, rustix::fs::Mode::empty()) else {
+            return vec![None; ids.len()];
+        };
+        on_threads(ids, |id| {
+            let mut buf = Vec::new();
+            read_small(&dir, id, &mut buf).ok()?;
+            Envelope::from_json(&buf).ok().map(|env| env.id)
+        })
+    }
+}
+
+/// What a directory entry is, for a log line.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -623,7 +704,7 @@ mod tests {
         std::fs::write(dir.path().join("data/0000000001"), b"orphan").unwrap();
         let reopened = Spool::open(dir.path(), None).unwrap();
         let report = reopened.recover().unwrap();
-        assert_eq!((report.tmp_removed, report.active_requeued, report.orphan_bodies_removed), (1, 1, 1));
+        assert_eq!((report.tmp_removed, report.active_requeued, report.orphan_bodies.len()), (1, 1, 1));
         assert_eq!(report.newest_id.as_deref(), Some(env.id.as_str()));
         let (state, read) = reopened.find(&env.id).unwrap();
         assert_eq!((state, read), (State::Incoming, env));
@@ -689,5 +770,38 @@ mod tests {
         let report = spool.recover().unwrap();
         assert_eq!(report.missing_body, vec![env.id.clone()]);
         assert!(spool.envelope_path(State::Corrupt, &env.id).exists());
+    }
+
+    #[test]
+    fn recovery_skips_what_it_does_not_know_and_keeps_what_it_sets_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        std::fs::create_dir(dir.path().join("tmp/lost+found")).unwrap();
+        std::fs::create_dir(dir.path().join("data/backup")).unwrap();
+        let orphan = spool.new_id();
+        std::fs::write(spool.body_path(&orphan), b"orphan").unwrap();
+        // An envelope copied under another message's name, with a body there.
+        let env = envelope(&spool);
+        let other = spool.new_id();
+        std::fs::write(spool.envelope_path(State::Deferred, &other), env.to_json()).unwrap();
+        std::fs::write(spool.body_path(&other), b"body").unwrap();
+
+        let report = spool.recover().unwrap();
+        let skipped: Vec<&str> = report.skipped.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(skipped, ["tmp/lost+found", "data/backup"]);
+        assert_eq!(report.orphan_bodies, vec![orphan.clone()]);
+        assert_eq!(std::fs::read(spool.dir(State::Corrupt).join(format!("body-{orphan}"))).unwrap(), b"orphan");
+        assert_eq!(report.misnamed, vec![(other.clone(), env.id.clone())]);
+        assert!(spool.envelope_path(State::Corrupt, &other).exists() && spool.body_path(&other).exists());
+        assert!(dir.path().join("tmp/lost+found").is_dir() && dir.path().join("data/backup").is_dir());
+    }
+
+    #[test]
+    fn a_listing_never_shows_an_envelope_under_another_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let env = envelope(&spool);
+        std::fs::write(spool.envelope_path(State::Deferred, &spool.new_id()), env.to_json()).unwrap();
+        assert!(spool.collect().is_empty());
     }
 }
