@@ -268,7 +268,17 @@ pub(crate) struct Queue {
     pub(crate) bounce_rate_limit: usize,
     /// How accepted mail is made durable: `batch` (one syncfs per group
     /// commit) or `per-file` (fdatasync of every file, as Postfix does).
-    pub(crate) sync: crate::spool::commit::SyncMode,
+    pub(crate) sync: SyncMode,
+}
+
+/// How the spool makes file contents durable (`queue.sync`): one `syncfs`
+/// per group commit (`batch`), or an `fdatasync` of every file
+/// (`per-file`); `spool::commit` carries it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SyncMode {
+    Batch,
+    PerFile,
 }
 
 /// A network as written in the configuration: CIDR notation, or a bare
@@ -798,7 +808,7 @@ struct RawQueue {
     active_limit: Option<usize>,
     pickup_interval: Option<Dur>,
     bounce_rate_limit: Option<usize>,
-    sync: Option<crate::spool::commit::SyncMode>,
+    sync: Option<SyncMode>,
 }
 
 fn resolve_queue(raw: RawQueue, err: &KeyError) -> Result<Queue, ConfigError> {
@@ -815,7 +825,7 @@ fn resolve_queue(raw: RawQueue, err: &KeyError) -> Result<Queue, ConfigError> {
         active_limit: raw.active_limit.unwrap_or(2000).max(1),
         pickup_interval: raw.pickup_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
         bounce_rate_limit: raw.bounce_rate_limit.unwrap_or(20),
-        sync: raw.sync.unwrap_or(crate::spool::commit::SyncMode::Batch),
+        sync: raw.sync.unwrap_or(SyncMode::Batch),
     };
     if queue.retry_min > queue.retry_max {
         return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));

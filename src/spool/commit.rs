@@ -20,6 +20,7 @@
 //!
 //! Either way no envelope can become durable before its body is.
 
+pub(crate) use crate::config::SyncMode;
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,14 +32,6 @@ use tokio::sync::oneshot;
 pub(crate) struct Rename {
     pub(crate) from: PathBuf,
     pub(crate) to: PathBuf,
-}
-
-/// How file contents are made durable; see the module documentation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum SyncMode {
-    Batch,
-    PerFile,
 }
 
 struct Request {
