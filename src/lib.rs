@@ -7,23 +7,30 @@
 //!
 //! # Module map
 //!
-//! Arrows mean "may use".
+//! Arrows mean "may use"; they point down the floors, never up
+//! (`bench/imports.py` prints any import circle between files or modules:
+//! there are none). `docs/architecture.md` tells the whole story.
 //!
 //! ```text
 //! main.rs ─> cli ─> control ─> (the running daemon)
 //!               ─> spool, route          (read-only listings, postmap, route explain)
 //! daemon  ─> smtp::server ─> ingress ─> spool
 //!                         ─> tls, auth
-//!         ─> queue ─> deliver ─> smtp::client ─> smtp::proto
+//!         ─> queue ─> route              (each recipient's hop, content filter first, decided now)
+//!                  ─> deliver ─> smtp::client ─> smtp::proto   (carries the hop out)
 //!                  ─> dsn ─> ingress     (notices go back in through the door)
 //! ingress ─> route   (aliases and canonical maps are applied once, at the door)
-//! deliver ─> route   (the next hop is decided at delivery time), tls
 //! daemon, smtp::server, ingress, queue ─> metrics   (counters; metrics uses nothing)
+//! every stage ─> config ─> message ─> smtp::proto   (the ground floor)
 //! ```
 //!
-//! `smtp::proto` uses nothing else in the crate; `spool` knows nothing of
-//! SMTP; `deliver` never touches queue files.
+//! `smtp::proto` uses nothing else in the crate; `message` uses only its
+//! replies; `config` imports no stage; `spool` knows nothing of SMTP or
+//! transports; `deliver` never touches queue files and never decides routes.
 //!
+//! - [`message`]: the types every stage hands on: the message and its
+//!   recipients, outcomes, error classes and statuses, next-hop syntax and
+//!   hops, the header block (byte-exact), 7-bit conversion.
 //! - [`config`]: TOML to typed configuration, role defaults, located errors.
 //! - [`smtp::proto`]: sans-IO protocol: commands, replies, addresses, DATA decoding.
 //! - `smtp::server`: listener and per-connection session (one function per verb).
@@ -32,7 +39,8 @@
 //!   moves, group commit and crash recovery.
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
-//! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table.
+//! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table,
+//!   and each recipient's next hop at delivery time.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
