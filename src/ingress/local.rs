@@ -8,8 +8,10 @@
 
 use super::{Ingress, IngressError, Origin, RcptIn, Transaction};
 use crate::clock;
+use crate::dsn::{self, Action, Item, Returned};
 use crate::ingress::maildrop::Drop;
 use crate::message::header;
+use crate::smtp::proto::reply::Reply;
 
 /// Queues one local submission and returns its queue id.
 pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str) -> Result<String, IngressError> {
@@ -39,6 +41,7 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
             return Ok("NOQUEUE".into());
         }
     }
+    let queued = recipients.clone();
     let tx = Transaction {
         sender: sender.clone(),
         recipients: recipients.into_iter().map(|address| RcptIn { address, notify: None, orcpt: None }).collect(),
@@ -72,12 +75,37 @@ pub async fn submit(ingress: &Ingress, drop: Drop, message: Vec<u8>, user: &str)
     head.extend_from_slice(b"\r\n");
     writer.write(&head).await?;
     writer.write(body).await?;
-    writer.commit().await
+    match writer.commit().await {
+        // `sendmail` exited 0 long ago: the sender learns of the loop by a
+        // bounce, and the drop is done with.
+        Err(e @ IngressError::TooManyHops(_)) => {
+            bounce_all(ingress, &sender, &queued, &e.reply(), headers).await;
+            Ok("NOQUEUE".into())
+        }
+        committed => committed,
+    }
+}
+
+/// Tells the sender of a local submission that no recipient got it.
+async fn bounce_all(ingress: &Ingress, sender: &str, recipients: &[String], reply: &Reply, headers: &[u8]) {
+    let now = clock::now_secs();
+    let items = recipients
+        .iter()
+        .map(|r| Item {
+            recipient: r.clone(),
+            orcpt: None,
+            action: Action::Failed,
+            status: reply.enhanced.map(|e| e.to_string()).unwrap_or_else(|| "5.0.0".into()),
+            diagnostic: Some(format!("X-Posthorn; {reply}")),
+            remote_mta: None,
+            last_attempt: now,
+        })
+        .collect();
+    notify_sender(ingress, sender, items, headers).await;
 }
 
 /// Tells the sender of a local submission which recipients were refused.
 async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], headers: &[u8]) {
-    use crate::dsn::{self, Action, Item, Returned};
     let now = clock::now_secs();
     let items: Vec<Item> = refused
         .iter()
@@ -102,6 +130,13 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
             }
         })
         .collect();
+    notify_sender(ingress, sender, items, headers).await;
+}
+
+/// Queues a non-delivery notification of `items` to `sender`, unless the
+/// sender is null.
+async fn notify_sender(ingress: &Ingress, sender: &str, items: Vec<Item>, headers: &[u8]) {
+    let now = clock::now_secs();
     if sender.is_empty() {
         tracing::info!("local submission from <>: {} refused recipient(s); no bounce to the null sender", items.len());
         return;

@@ -1,0 +1,90 @@
+//! End-to-end: mail loops are stopped, never run on (issue 12, item 3).
+//!
+//! Scenarios:
+//! 1. A message that already carries 51 `Received:` fields is refused at
+//!    the end of DATA with 554 5.4.6; one with 50 is accepted.
+//! 2. A hub whose smarthost is its own listening address: the message
+//!    stops after a bounded number of hops with a log line, and its sender
+//!    gets a bounce in her Maildir.
+
+mod harness;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use harness::*;
+
+/// A message with `hops` `Received:` fields on top.
+fn with_received(hops: usize) -> String {
+    let trace = "Received: from a.test by b.test; Fri, 4 Dec 2026 17:00:00 +0000\r\n".repeat(hops);
+    format!("{trace}{}", message(&[("Subject", "hops")], "loop?\r\n"))
+}
+
+/// The messages in the Maildir `root/domain/user/new`.
+fn maildir(root: &Path, domain: &str, user: &str) -> Vec<Vec<u8>> {
+    let new = root.join(domain).join(user).join("new");
+    let names: Vec<PathBuf> = fs::read_dir(&new).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    names.iter().map(|p| fs::read(p).unwrap()).collect()
+}
+
+fn hub_lines(listen: &str, root: &Path) -> Vec<String> {
+    vec![
+        "role = \"hub\"".into(),
+        format!("smtp.listen = [{}]", toml_str(listen)),
+        "access.local_domains = [\"hub.test\"]".into(),
+        format!("deliver.maildir_root = {}", toml_str(&format!("{}/{{domain}}/{{user}}", root.display()))),
+        "queue.retry_min = \"1s\"".into(),
+        "queue.retry_max = \"2s\"".into(),
+        "relay.tls = \"none\"".into(),
+        "relay.connect_timeout = \"5s\"".into(),
+    ]
+}
+
+fn config(lines: &[String]) -> String {
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    with_lines("", &lines)
+}
+
+#[test]
+fn more_than_fifty_received_fields_is_refused_with_5_4_6() {
+    let mail = tempfile::tempdir().unwrap();
+    let hub = Posthorn::start(&config(&hub_lines("127.0.0.1:0", mail.path())));
+    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
+    c.ehlo("client.test").unwrap();
+    let refused = c.send("alice@client.test", &["bob@hub.test"], with_received(51).as_bytes()).unwrap();
+    assert_eq!((refused.code, refused.text.starts_with("5.4.6")), (554, true), "51 hops: {refused}");
+    let accepted = c.send("alice@client.test", &["bob@hub.test"], with_received(50).as_bytes()).unwrap();
+    assert_eq!(accepted.code, 250, "50 hops: {accepted}");
+    c.quit().unwrap();
+    assert!(hub.wait_for_log("more than smtp.hopcount_limit 50: mail loop", secs(5)), "{}", hub.log());
+    assert!(wait_until(secs(15), || !maildir(mail.path(), "hub.test", "bob").is_empty()), "{}", hub.log());
+    assert_eq!(maildir(mail.path(), "hub.test", "bob").len(), 1);
+}
+
+#[test]
+fn a_hub_that_is_its_own_smarthost_stops_the_loop_and_bounces() {
+    let mail = tempfile::tempdir().unwrap();
+    let me = free_addr();
+    let mut lines = hub_lines(&me.to_string(), mail.path());
+    lines.push(format!("relay.smarthosts = [{}]", toml_str(&format!("[{}]:{}", me.ip(), me.port()))));
+    lines.push("smtp.hopcount_limit = 10".into());
+    let hub = Posthorn::start(&config(&lines));
+    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
+    c.ehlo("client.test").unwrap();
+    let reply = c.send("alice@hub.test", &["bob@elsewhere.test"], message(&[("Subject", "x")], "x\r\n").as_bytes());
+    assert_eq!(reply.unwrap().code, 250);
+    c.quit().unwrap();
+
+    assert!(
+        wait_until(secs(60), || !maildir(mail.path(), "hub.test", "alice").is_empty()),
+        "no bounce for alice; log:\n{}",
+        hub.log()
+    );
+    let bounce = String::from_utf8_lossy(&maildir(mail.path(), "hub.test", "alice")[0]).into_owned();
+    assert!(bounce.contains("5.4.6"), "{bounce}");
+    assert!(wait_until(secs(30), || hub.queued_count() == 0), "the queue never emptied; log:\n{}", hub.log());
+    // The message, then at most one bounce, each went round at most
+    // `hopcount_limit` + 1 times.
+    let accepted = count_lines(&hub.log(), &["(queue active)"]);
+    assert!(accepted <= 2 * 12, "{accepted} messages accepted; log:\n{}", hub.log());
+}
