@@ -4,7 +4,9 @@
 //! lines, and run until SIGTERM or SIGINT. The pid is written to
 //! `SPOOL/posthorn.pid` for `postfix stop` and `postfix status`.
 //!
-//! Start-up order matters: recovery runs before anything touches the spool,
+//! Start-up order matters: the spool lock (`spool::lock`) is taken first, so
+//! a second daemon on the same spool exits touching nothing; recovery runs
+//! before anything else touches the spool,
 //! the scheduler loads the queue before the first new message can arrive,
 //! signal handlers are in place before `ready` is printed, and `ready` is
 //! printed only when every listener accepts connections.
@@ -27,6 +29,7 @@ use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
 use crate::smtp::server::{Generation, Listener, Server};
 use crate::spool::envelope::Envelope;
+use crate::spool::lock::SpoolLock;
 use crate::spool::{Spool, State};
 use anyhow::Context;
 use std::sync::Arc;
@@ -57,6 +60,8 @@ impl Builder {
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.spool.clone();
+    // Before recovery: recovery under a running daemon destroys its mail.
+    let _lock = SpoolLock::acquire(&root)?;
     let spool = open_spool(&config)?;
 
     let mut listeners = Vec::new();

@@ -11,6 +11,7 @@
 //!   corrupt/ID  envelopes that could not be read, kept for inspection
 //!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
 //!   id-lease    every queue id handed out sorts below this (see `id`)
+//!   posthorn.lock  locked by the daemon that owns the spool (see `lock`)
 //! ```
 //!
 //! A message's state is the directory its envelope is in, so a state change
@@ -24,6 +25,7 @@
 pub mod commit;
 pub mod envelope;
 pub mod id;
+pub mod lock;
 
 use envelope::Envelope;
 use std::collections::HashSet;
