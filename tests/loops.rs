@@ -6,6 +6,10 @@
 //! 2. A hub whose smarthost is its own listening address: the message
 //!    stops after a bounded number of hops with a log line, and its sender
 //!    gets a bounce in her Maildir.
+//! 3. The case from issue 12: `MAIL FROM:<x@[127.0.0.1]>` with a local
+//!    recipient and `NOTIFY=SUCCESS`. From an untrusted client it is
+//!    refused at MAIL (553 5.1.7); from a trusted one, the success notice
+//!    to the hub's own address goes round a bounded number of times.
 
 mod harness;
 
@@ -87,4 +91,59 @@ fn a_hub_that_is_its_own_smarthost_stops_the_loop_and_bounces() {
     // `hopcount_limit` + 1 times.
     let accepted = count_lines(&hub.log(), &["(queue active)"]);
     assert!(accepted <= 2 * 12, "{accepted} messages accepted; log:\n{}", hub.log());
+}
+
+/// MAIL FROM `sender`, RCPT TO `rcpt` with `NOTIFY=SUCCESS`, then DATA: the
+/// replies to MAIL and to the end of DATA (none when MAIL is refused).
+fn notify_success(hub: &Posthorn, sender: &str, rcpt: &str) -> (Reply, Option<Reply>) {
+    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
+    c.ehlo("client.test").unwrap();
+    let mail = c.cmd(&format!("MAIL FROM:<{sender}>")).unwrap();
+    if mail.code != 250 {
+        return (mail, None);
+    }
+    assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}> NOTIFY=SUCCESS")).unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.send_raw(&dot_stuff(message(&[("Subject", "notify me")], "x\r\n").as_bytes())).unwrap();
+    c.send_raw(b".\r\n").unwrap();
+    let end = c.read().unwrap();
+    c.quit().unwrap();
+    (mail, Some(end))
+}
+
+#[test]
+fn an_untrusted_client_may_not_use_a_loopback_literal_return_path() {
+    let mail = tempfile::tempdir().unwrap();
+    let mut lines = hub_lines("127.0.0.1:0", mail.path());
+    lines.push("access.trusted_networks = []".into());
+    let hub = Posthorn::start(&config(&lines));
+    for sender in ["x@[127.0.0.1]", "x@[IPv6:::1]", "x@[10.1.2.3]"] {
+        let (reply, _) = notify_success(&hub, sender, "bob@hub.test");
+        assert_eq!((reply.code, reply.text.starts_with("5.1.7")), (553, true), "{sender}: {reply}");
+    }
+    let (reply, end) = notify_success(&hub, "x@[192.0.2.1]", "bob@hub.test");
+    assert_eq!((reply.code, end.map(|r| r.code)), (250, Some(250)), "a public literal");
+}
+
+#[test]
+fn a_success_notice_to_the_hub_itself_goes_round_a_bounded_number_of_times() {
+    let mail = tempfile::tempdir().unwrap();
+    let me = free_addr();
+    let mut lines = hub_lines(&me.to_string(), mail.path());
+    lines.push(format!("deliver.mx_port = {}", me.port()));
+    lines.push("smtp.hopcount_limit = 10".into());
+    let hub = Posthorn::start(&config(&lines));
+    let (reply, end) = notify_success(&hub, &format!("x@[{}]", me.ip()), "bob@hub.test");
+    assert_eq!((reply.code, end.map(|r| r.code)), (250, Some(250)));
+    assert!(wait_until(secs(15), || !maildir(mail.path(), "hub.test", "bob").is_empty()), "{}", hub.log());
+    thread_sleep_then_settle(&hub);
+    assert_eq!(maildir(mail.path(), "hub.test", "bob").len(), 1);
+    let accepted = count_lines(&hub.log(), &["(queue active)"]);
+    assert!(accepted <= 12, "{accepted} messages accepted; log:\n{}", hub.log());
+}
+
+/// Gives a loop time to show itself, then waits for an empty queue.
+fn thread_sleep_then_settle(hub: &Posthorn) {
+    std::thread::sleep(secs(2));
+    assert!(wait_until(secs(30), || hub.queued_count() == 0), "the queue never emptied; log:\n{}", hub.log());
 }
