@@ -43,6 +43,9 @@ struct Builder {
     spool: Spool,
     new_mail: mpsc::UnboundedSender<Envelope>,
     metrics: Arc<Metrics>,
+    /// The SMTP listeners as bound (the kernel's port where the
+    /// configuration says 0): the transports never deliver to them.
+    listening: Vec<std::net::SocketAddr>,
 }
 
 impl Builder {
@@ -53,8 +56,18 @@ impl Builder {
         crate::smtp::server::session::Security::load(config)?;
         let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()))
             .with_metrics(self.metrics.clone());
-        let outbound = Arc::new(Outbound { router, transports: Transports::new(config)? });
+        let outbound = Arc::new(Outbound { router, transports: Transports::new(&self.as_bound(config))? });
         Ok((Arc::new(config.clone()), ingress, outbound))
+    }
+
+    /// `config` with the SMTP listeners this process really has: they do
+    /// not change on reload, and a configured port 0 is no address.
+    fn as_bound(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        config.smtp.listen = self.listening.clone();
+        config.smtp.submission.clear();
+        config.smtp.submissions.clear();
+        config
     }
 }
 
@@ -119,7 +132,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let metrics = Arc::new(Metrics::default());
-    let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone() };
+    let listening = listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect();
+    let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone(), listening };
     let (config, ingress, outbound) = builder.build(&config).with_context(|| match &account {
         Some(a) => format!("running as user {}", a.name),
         None => "starting".into(),
