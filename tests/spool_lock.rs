@@ -4,6 +4,8 @@
 //! `posthorn serve` is started on the same configuration. The second one
 //! must exit non-zero at once, naming the spool and the pid that holds it,
 //! and touch nothing: every message the first answered 250 reaches the sink.
+//! `postfix start` on a spool whose lock another process holds says the
+//! same and starts nothing.
 
 mod harness;
 
@@ -72,4 +74,32 @@ fn a_second_serve_on_a_live_spool_exits_and_loses_nothing() {
     let got: HashSet<String> = delivered.iter().filter_map(|m| m.header("Subject")).collect();
     let lost: Vec<&String> = accepted.iter().filter(|s| !got.contains(*s)).collect();
     assert!(lost.is_empty(), "{} of {} accepted messages lost: {lost:?}", lost.len(), accepted.len());
+}
+
+#[test]
+fn postfix_start_and_serve_name_the_holder_of_a_locked_spool_and_touch_nothing() {
+    let sink = Sink::start();
+    let mut ph = Posthorn::start(&satellite_config(&[sink.addr()]));
+    ph.stop();
+    let spool = ph.spool_dir();
+    // Another process's lock, as a running daemon holds it.
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(spool.join("posthorn.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    std::fs::write(spool.join("posthorn.lock"), "4242\n").unwrap();
+    // Recovery would sweep this.
+    let planted = spool.join("tmp").join("half-written");
+    std::fs::write(&planted, "x").unwrap();
+
+    let mut serve = Command::new(BIN);
+    serve.arg("serve").arg("-c").arg(ph.config_path()).current_dir(ph.dir());
+    let outputs =
+        [("serve", run_with_timeout(serve, b"", secs(30))), ("postfix start", ph.command(&["postfix", "start"], b""))];
+    for (what, out) in outputs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} succeeded; stderr:\n{stderr}");
+        let expected = format!("the spool {} is in use by another posthorn (pid 4242)", spool.display());
+        assert!(stderr.contains(&expected), "{what}: stderr:\n{stderr}");
+    }
+    assert!(planted.exists(), "the spool was touched");
+    assert!(!spool.join("posthorn.pid").exists(), "a pid file was written");
 }
