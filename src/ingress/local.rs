@@ -240,4 +240,21 @@ mod tests {
         assert!(!body.contains("Bcc"), "{body}");
         assert!(body.ends_with("\r\n\r\nbody\r\n"), "{body}");
     }
+
+    #[tokio::test]
+    async fn a_looping_submission_is_bounced_to_its_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::builtin();
+        config.hostname = "vm1.example.org".into();
+        let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
+        let drop = Drop { recipients: vec!["ops@example.org".into()], ..Drop::default() };
+        let message = format!("{}Subject: loop\n\nbody\n", "Received: from a by b; now\n".repeat(51));
+        assert_eq!(submit(&ingress, drop, message.into_bytes(), "cron").await.unwrap(), "NOQUEUE");
+        let ids = spool.list(crate::spool::State::Incoming).unwrap();
+        let [id] = ids.as_slice() else { panic!("queued: {ids:?}") };
+        let (_, env) = spool.find(id).unwrap();
+        assert_eq!((env.sender.as_str(), env.recipients[0].address.as_str()), ("", "cron@vm1.example.org"));
+        let bounce = String::from_utf8(spool.read_body(id).unwrap()).unwrap();
+        assert!(bounce.contains("5.4.6") && bounce.contains("Too many hops"), "{bounce}");
+    }
 }
