@@ -204,6 +204,9 @@ pub(crate) struct Smtp {
     pub(crate) data_timeout: Duration,
     /// Errors after which the session is closed with 421.
     pub(crate) max_errors: u32,
+    /// `Received:` fields a message may carry in; one more is a mail loop
+    /// (Postfix `hopcount_limit`).
+    pub(crate) hopcount_limit: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -593,6 +596,7 @@ struct RawSmtp {
     command_timeout: Option<Dur>,
     data_timeout: Option<Dur>,
     max_errors: Option<u32>,
+    hopcount_limit: Option<usize>,
 }
 
 fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, ConfigError> {
@@ -621,6 +625,7 @@ fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, Config
         command_timeout: raw.command_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
         data_timeout: raw.data_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
         max_errors: raw.max_errors.unwrap_or(20),
+        hopcount_limit: raw.hopcount_limit.unwrap_or(50),
     })
 }
 

@@ -4,7 +4,9 @@
 //! lines, and run until SIGTERM or SIGINT. The pid is written to
 //! `SPOOL/posthorn.pid` for `postfix stop` and `postfix status`.
 //!
-//! Start-up order matters: recovery runs before anything touches the spool,
+//! Start-up order matters: the spool lock (`spool::lock`) is taken first, so
+//! a second daemon on the same spool exits touching nothing; recovery runs
+//! before anything else touches the spool,
 //! the scheduler loads the queue before the first new message can arrive,
 //! signal handlers are in place before `ready` is printed, and `ready` is
 //! printed only when every listener accepts connections.
@@ -27,6 +29,7 @@ use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
 use crate::smtp::server::{Generation, Listener, Server};
 use crate::spool::envelope::Envelope;
+use crate::spool::lock::SpoolLock;
 use crate::spool::{Spool, State};
 use anyhow::Context;
 use std::sync::Arc;
@@ -40,6 +43,9 @@ struct Builder {
     spool: Spool,
     new_mail: mpsc::UnboundedSender<Envelope>,
     metrics: Arc<Metrics>,
+    /// The SMTP listeners as bound (the kernel's port where the
+    /// configuration says 0): the transports never deliver to them.
+    listening: Vec<std::net::SocketAddr>,
 }
 
 impl Builder {
@@ -50,13 +56,25 @@ impl Builder {
         crate::smtp::server::session::Security::load(config)?;
         let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()))
             .with_metrics(self.metrics.clone());
-        let outbound = Arc::new(Outbound { router, transports: Transports::new(config)? });
+        let outbound = Arc::new(Outbound { router, transports: Transports::new(&self.as_bound(config))? });
         Ok((Arc::new(config.clone()), ingress, outbound))
+    }
+
+    /// `config` with the SMTP listeners this process really has: they do
+    /// not change on reload, and a configured port 0 is no address.
+    fn as_bound(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        config.smtp.listen = self.listening.clone();
+        config.smtp.submission.clear();
+        config.smtp.submissions.clear();
+        config
     }
 }
 
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.spool.clone();
+    // Before recovery: recovery under a running daemon destroys its mail.
+    let _lock = SpoolLock::acquire(&root)?;
     let spool = open_spool(&config)?;
 
     let mut listeners = Vec::new();
@@ -114,7 +132,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let metrics = Arc::new(Metrics::default());
-    let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone() };
+    let listening = listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect();
+    let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone(), listening };
     let (config, ingress, outbound) = builder.build(&config).with_context(|| match &account {
         Some(a) => format!("running as user {}", a.name),
         None => "starting".into(),

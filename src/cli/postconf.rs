@@ -149,6 +149,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("smtp.command_timeout", duration(c.smtp.command_timeout)),
         ("smtp.data_timeout", duration(c.smtp.data_timeout)),
         ("smtp.max_errors", c.smtp.max_errors.to_string()),
+        ("smtp.hopcount_limit", c.smtp.hopcount_limit.to_string()),
         ("access.trusted_networks", list(c.access.trusted_networks.iter().map(|n| n.to_string()).collect())),
         ("access.relay_domains", list(c.access.relay_domains.clone())),
         ("access.local_domains", list(c.access.local_domains.clone())),

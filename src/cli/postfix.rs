@@ -75,6 +75,10 @@ fn start(config: &Config) -> u8 {
         eprintln!("{PREFIX}: fatal: the posthorn mail system is already running");
         return 1;
     }
+    if let Some(pid) = crate::spool::lock::SpoolLock::holder(&config.spool) {
+        eprintln!("{PREFIX}: fatal: the spool {} is in use by another posthorn (pid {pid})", config.spool.display());
+        return 1;
+    }
     // Creates the spool with its modes, so the log can go there.
     if let Err(e) = crate::spool::Spool::open(&config.spool, None) {
         eprintln!("{PREFIX}: fatal: cannot create the spool {}: {e}", config.spool.display());

@@ -7,6 +7,7 @@
 //! - `mx`: to a domain by its MX records, or to an explicit next hop.
 //! - `maildir`: into local Maildirs.
 //! - `dns`: MX and address lookups for them.
+//! - `myself`: whether a next hop's address is this daemon (a mail loop).
 //! - `dkim`: DKIM signing, applied here just before each SMTP transmission
 //!   (8-bit mail in its 7-bit form, so no hop breaks the signature).
 //! - `filter`: the after-queue content filter's pipe variant (its SMTP
@@ -17,6 +18,7 @@ pub mod dns;
 pub(crate) mod filter;
 pub mod maildir;
 pub mod mx;
+pub(crate) mod myself;
 pub mod relay;
 
 use crate::message::OutMessage;

@@ -75,6 +75,7 @@ impl Mx {
             dns: Some(dns.clone()),
             noun: "MX host",
             reuse_any_host: true,
+            myself: crate::deliver::myself::listeners(config),
         };
         Mx {
             dns,

@@ -35,6 +35,7 @@ use crate::message::OutMessage;
 use crate::message::nexthop::Target;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
 use crate::smtp::client::{Client, ClientError, Phase, RcptResult, Timeouts, relay_label};
+use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -97,6 +98,9 @@ pub(crate) struct Settings {
     /// destination). Off for smarthosts: a backup is left as soon as the
     /// first host works again.
     pub(crate) reuse_any_host: bool,
+    /// Where this daemon itself accepts SMTP: a host that resolves there
+    /// is never connected to (`myself`).
+    pub(crate) myself: Vec<SocketAddr>,
 }
 
 impl Settings {
@@ -124,6 +128,7 @@ impl Settings {
                 .then(|| Arc::new(Dns::with_servers(&config.deliver.dns_servers))),
             noun: "smarthost",
             reuse_any_host: false,
+            myself: crate::deliver::myself::listeners(config),
         }
     }
 }
@@ -160,6 +165,8 @@ enum HostTry {
     Unreachable(Attempt),
     /// The session worked but MAIL got 4xx: try the next host.
     Deferred(Attempt),
+    /// Every address of the host is this daemon: a loop.
+    Myself(Attempt),
 }
 
 impl Relay {
@@ -250,7 +257,8 @@ impl Relay {
                         last = Some(attempt);
                         hop_down = false;
                     }
-                    Ok(HostTry::Unreachable(attempt)) => last = Some(attempt),
+                    // (A pooled session is never one to ourselves.)
+                    Ok(HostTry::Unreachable(attempt) | HostTry::Myself(attempt)) => last = Some(attempt),
                     // Gone stale: the list below opens a new session.
                     Err(_permit) => {}
                 }
@@ -258,6 +266,7 @@ impl Relay {
         }
         let mut budget = MAX_SESSIONS;
         let mut any = false;
+        let mut looped = None;
         for host in hosts {
             any = true;
             if budget == 0 {
@@ -277,7 +286,13 @@ impl Relay {
                     last = Some(attempt);
                     hop_down = false;
                 }
+                HostTry::Myself(attempt) => looped = Some(attempt),
             }
+        }
+        if let (Some(attempt), None) = (looped, &last) {
+            // Nowhere to go but back to ourselves: waiting will not change
+            // that, so it bounces, as in Postfix.
+            return Delivery { outcomes: vec![Outcome::Permanent(attempt); n], hop_down: false, remote_dsn: false };
         }
         let why = if any { "could be tried" } else { "to try" };
         let attempt =
@@ -333,6 +348,10 @@ impl Relay {
             Ok(addrs) => addrs,
             Err(attempt) => return HostTry::Unreachable(attempt),
         };
+        let addrs = match self.not_myself(host, addrs, msg) {
+            Ok(addrs) => addrs,
+            Err(attempt) => return HostTry::Myself(attempt),
+        };
         let mut last = None;
         let mut up = false;
         for addr in addrs {
@@ -361,7 +380,7 @@ impl Relay {
             // busy machine of several behind the name: try the next.
             match judge(&label, msg.recipients.len(), result, dsn) {
                 done @ HostTry::Done(..) => return done,
-                HostTry::Unreachable(attempt) => last = Some(attempt),
+                HostTry::Unreachable(attempt) | HostTry::Myself(attempt) => last = Some(attempt),
                 HostTry::Deferred(attempt) => {
                     last = Some(attempt);
                     up = true;
@@ -370,6 +389,33 @@ impl Relay {
         }
         let last = last.unwrap_or_else(|| dns_error(self.settings.noun, &host.name, "no address"));
         if up { HostTry::Deferred(last) } else { HostTry::Unreachable(last) }
+    }
+
+    /// The addresses of `host` that are not this daemon's own listeners;
+    /// when there are none, the attempt that says the mail loops.
+    fn not_myself(&self, host: &Host, addrs: Vec<SocketAddr>, msg: &OutMessage) -> Result<Vec<SocketAddr>, Attempt> {
+        let (mine, others): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            addrs.into_iter().partition(|a| crate::deliver::myself::is_myself(*a, &self.settings.myself));
+        if let Some(addr) = mine.first() {
+            tracing::warn!(
+                "{}: {} {} [{addr}] is this host's own SMTP listener: mail loop",
+                msg.id,
+                self.settings.noun,
+                host.name
+            );
+        }
+        if !others.is_empty() || mine.is_empty() {
+            return Ok(others);
+        }
+        let text = format!("mail for {} loops back to myself", host.name);
+        let reply = Reply::new(554, Enhanced(5, 4, 6), text);
+        Err(Attempt {
+            relay: None,
+            tls: false,
+            detail: reply.to_string(),
+            reply: Some(reply),
+            class: Some(ErrorClass::Local),
+        })
     }
 
     /// A new session to `addr`, secured as the policy asks, and logged in
@@ -854,6 +900,20 @@ mod tests {
         assert_eq!(attempt.detail, "250 2.0.0 Ok: queued as TEST");
         assert!(!attempt.tls);
         assert_eq!(bodies(&second), 1);
+    }
+
+    #[tokio::test]
+    async fn a_smarthost_that_is_our_own_listener_is_skipped_and_alone_bounces_5_4_6() {
+        let me = start(Script::esmtp(&[])).await;
+        let other = start(Script::esmtp(&[])).await;
+        let own = format!("[smtp]\nlisten = [\"{}\"]\n", me.addr);
+        let relay = Relay::new(&config(&[host(&me), host(&other)], &own));
+        assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
+        let alone = Relay::new(&config(&[host(&me)], &own));
+        let delivery = alone.deliver(&message(&["a@hub.test", "b@hub.test"])).await;
+        assert_eq!(kinds(&delivery), "PP");
+        assert_eq!(delivery.outcomes[0].attempt().detail, "554 5.4.6 mail for 127.0.0.1 loops back to myself");
+        assert_eq!((me.connections(), bodies(&other)), (0, 1));
     }
 
     #[tokio::test]

@@ -8,8 +8,10 @@
 
 use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
+use crate::dsn::{self, DsnAction, Item, Returned};
 use crate::ingress::maildrop::Drop;
 use crate::message::header;
+use crate::smtp::proto::reply::Reply;
 
 /// Queues one local submission and returns its queue id.
 pub(crate) async fn submit(
@@ -44,6 +46,7 @@ pub(crate) async fn submit(
             return Ok("NOQUEUE".into());
         }
     }
+    let queued = recipients.clone();
     let tx = Transaction {
         sender: sender.clone(),
         recipients: recipients.into_iter().map(|address| RcptIn { address, notify: None, orcpt: None }).collect(),
@@ -77,12 +80,37 @@ pub(crate) async fn submit(
     head.extend_from_slice(b"\r\n");
     writer.write(&head).await?;
     writer.write(body).await?;
-    writer.commit().await
+    match writer.commit().await {
+        // `sendmail` exited 0 long ago: the sender learns of the loop by a
+        // bounce, and the drop is done with.
+        Err(e @ IngressError::TooManyHops(_)) => {
+            bounce_all(ingress, &sender, &queued, &e.reply(), headers).await;
+            Ok("NOQUEUE".into())
+        }
+        committed => committed,
+    }
+}
+
+/// Tells the sender of a local submission that no recipient got it.
+async fn bounce_all(ingress: &Ingress, sender: &str, recipients: &[String], reply: &Reply, headers: &[u8]) {
+    let now = clock::now_secs();
+    let items = recipients
+        .iter()
+        .map(|r| Item {
+            recipient: r.clone(),
+            orcpt: None,
+            action: DsnAction::Failed,
+            status: reply.enhanced.map(|e| e.to_string()).unwrap_or_else(|| "5.0.0".into()),
+            diagnostic: Some(format!("X-Posthorn; {reply}")),
+            remote_mta: None,
+            last_attempt: now,
+        })
+        .collect();
+    notify_sender(ingress, sender, items, headers).await;
 }
 
 /// Tells the sender of a local submission which recipients were refused.
 async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], headers: &[u8]) {
-    use crate::dsn::{self, DsnAction, Item, Returned};
     let now = clock::now_secs();
     let items: Vec<Item> = refused
         .iter()
@@ -107,6 +135,13 @@ async fn bounce_refused(ingress: &Ingress, sender: &str, refused: &[String], hea
             }
         })
         .collect();
+    notify_sender(ingress, sender, items, headers).await;
+}
+
+/// Queues a non-delivery notification of `items` to `sender`, unless the
+/// sender is null.
+async fn notify_sender(ingress: &Ingress, sender: &str, items: Vec<Item>, headers: &[u8]) {
+    let now = clock::now_secs();
     if sender.is_empty() {
         tracing::info!("local submission from <>: {} refused recipient(s); no bounce to the null sender", items.len());
         return;
@@ -209,5 +244,22 @@ mod tests {
         assert!(body.contains("\r\nDate: "), "{body}");
         assert!(!body.contains("Bcc"), "{body}");
         assert!(body.ends_with("\r\n\r\nbody\r\n"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_looping_submission_is_bounced_to_its_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::builtin();
+        config.hostname = "vm1.example.org".into();
+        let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
+        let drop = Drop { recipients: vec!["ops@example.org".into()], ..Drop::default() };
+        let message = format!("{}Subject: loop\n\nbody\n", "Received: from a by b; now\n".repeat(51));
+        assert_eq!(submit(&ingress, drop, message.into_bytes(), "cron").await.unwrap(), "NOQUEUE");
+        let ids = spool.list(crate::spool::State::Incoming).unwrap();
+        let [id] = ids.as_slice() else { panic!("queued: {ids:?}") };
+        let (_, env) = spool.find(id).unwrap();
+        assert_eq!((env.sender.as_str(), env.recipients[0].address.as_str()), ("", "cron@vm1.example.org"));
+        let bounce = String::from_utf8(spool.read_body(id).unwrap()).unwrap();
+        assert!(bounce.contains("5.4.6") && bounce.contains("Too many hops"), "{bounce}");
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod maildrop;
 
 use crate::clock;
 use crate::config::Config;
+use crate::message::header::HopCounter;
 use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
 use crate::smtp::proto::command::BodyType;
@@ -127,6 +128,9 @@ pub(crate) enum IngressError {
     /// A recipient the routing tables refuse (alias loop, unknown user).
     #[error("{0}")]
     Rejected(Reply),
+    /// More `Received:` fields than `smtp.hopcount_limit`: a mail loop.
+    #[error("too many hops: {0} Received: header fields")]
+    TooManyHops(usize),
 }
 
 impl IngressError {
@@ -137,6 +141,7 @@ impl IngressError {
             IngressError::NoRecipients => Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
             IngressError::Io(_) => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
             IngressError::Rejected(reply) => reply.clone(),
+            IngressError::TooManyHops(_) => Reply::new(554, Enhanced(5, 4, 6), "Too many hops"),
         }
     }
 }
@@ -159,6 +164,7 @@ struct Inner {
     router: Option<Arc<Router>>,
     /// A satellite stamps a trace id (its queue id) on mail that has none.
     stamp_trace: bool,
+    hopcount_limit: usize,
 }
 
 /// Cheap to clone; every session holds one.
@@ -198,6 +204,7 @@ impl Ingress {
                 sink,
                 router,
                 stamp_trace: config.role == crate::config::Role::Satellite,
+                hopcount_limit: config.smtp.hopcount_limit,
             }),
             filtered: false,
             door: Door::Local,
@@ -299,12 +306,26 @@ impl Ingress {
                     tx.trace_id = Some(id.clone());
                 }
                 let env = self.envelope(&tx, &id);
-                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Queue(body), written: 0, head })
+                Ok(MessageWriter {
+                    ingress: self.clone(),
+                    env,
+                    out: Out::Queue(body),
+                    written: 0,
+                    head,
+                    hops: Default::default(),
+                })
             }
             Sink::Maildrop { .. } => {
                 let id = maildrop::new_name();
                 let env = self.envelope(&tx, &id);
-                Ok(MessageWriter { ingress: self.clone(), env, out: Out::Maildrop(Vec::new()), written: 0, head: None })
+                Ok(MessageWriter {
+                    ingress: self.clone(),
+                    env,
+                    out: Out::Maildrop(Vec::new()),
+                    written: 0,
+                    head: None,
+                    hops: Default::default(),
+                })
             }
         }
     }
@@ -396,6 +417,8 @@ pub(crate) struct MessageWriter {
     /// The header block held back until it is complete, when senders are
     /// rewritten (`From:`, `Sender:`).
     head: Option<HeadRewrite>,
+    /// The `Received:` fields the message came with (ours is not counted).
+    hops: HopCounter,
 }
 
 struct HeadRewrite {
@@ -417,6 +440,7 @@ impl MessageWriter {
         if self.written > self.ingress.inner.max_size {
             return Err(IngressError::TooBig(self.ingress.inner.max_size));
         }
+        self.hops.feed(chunk);
         if let Some(head) = &mut self.head {
             // Only the new bytes (and the three before them) can complete
             // the blank line, so a long header block is scanned once.
@@ -464,6 +488,7 @@ impl MessageWriter {
         // A message without a body: all of it is header.
         let all = self.head.as_ref().map(|h| h.buf.len());
         self.flush_head(all).await?;
+        self.check_hops()?;
         let MessageWriter { ingress, mut env, out, .. } = self;
         match (out, &ingress.inner.sink) {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
@@ -492,6 +517,24 @@ impl MessageWriter {
             }
             _ => unreachable!("a writer's output always matches its ingress"),
         }
+    }
+}
+
+impl MessageWriter {
+    /// Refuses a message that has passed more hosts than any real route
+    /// needs: it is going round a loop (RFC 5321 6.3).
+    fn check_hops(&self) -> Result<(), IngressError> {
+        let hops = self.hops.hops();
+        if hops <= self.ingress.inner.hopcount_limit {
+            return Ok(());
+        }
+        tracing::warn!(
+            "{}: reject: {hops} Received: header fields, more than smtp.hopcount_limit {}: mail loop; from=<{}>",
+            self.env.id,
+            self.ingress.inner.hopcount_limit,
+            self.env.sender
+        );
+        Err(IngressError::TooManyHops(hops))
     }
 }
 
@@ -584,5 +627,23 @@ mod tests {
         assert_eq!(spool.find(&id).unwrap().1.trace_id.as_deref(), Some("T0123"));
         let body = String::from_utf8(spool.read_body(&id).unwrap()).unwrap();
         assert!(!body.contains(TRACE_HEADER), "{body}");
+    }
+
+    #[tokio::test]
+    async fn more_received_fields_than_the_hopcount_limit_is_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = satellite(dir.path(), "");
+        for (hops, accepted) in [(50, true), (51, false)] {
+            let mut w = ingress.open(local("a@example.org", "b@example.net", None)).await.unwrap();
+            w.write("Received: from x by y; now\r\n".repeat(hops).as_bytes()).await.unwrap();
+            w.write(b"Subject: loop\r\n\r\nReceived: in the body\r\n").await.unwrap();
+            match w.commit().await {
+                Ok(id) => assert!(accepted && spool.find(&id).is_some(), "{hops} hops"),
+                Err(e) => {
+                    assert!(!accepted && matches!(e, IngressError::TooManyHops(51)), "{hops} hops: {e}");
+                    assert_eq!(e.reply().to_string(), "554 5.4.6 Too many hops");
+                }
+            }
+        }
     }
 }

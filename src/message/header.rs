@@ -175,6 +175,62 @@ pub(crate) fn recipients(head: &[u8]) -> Vec<String> {
 }
 
 /// The lines of `bytes`, each with its line end; a CR alone ends no line.
+/// Counts the `Received:` fields of a header block that arrives in pieces
+/// of any size, so that a mail loop is seen without holding the block:
+/// only the first bytes of the current line are kept. The block ends as in
+/// [`split`]; what follows it is not looked at.
+#[derive(Debug, Default)]
+pub(crate) struct HopCounter {
+    /// The start of the current line, at most [`HOP_LINE_PREFIX`] bytes.
+    line: Vec<u8>,
+    /// A field was seen, so a folded line continues it.
+    started: bool,
+    /// The header block has ended.
+    done: bool,
+    hops: usize,
+}
+
+/// Enough of a line to see a field name and its colon; a line with no
+/// colon this far is no header field.
+const HOP_LINE_PREFIX: usize = 998;
+
+impl HopCounter {
+    /// Takes the next bytes of the message.
+    pub(crate) fn feed(&mut self, mut chunk: &[u8]) {
+        while !self.done && !chunk.is_empty() {
+            let (line, rest) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => chunk.split_at(i + 1),
+                None => (chunk, &[][..]),
+            };
+            let room = HOP_LINE_PREFIX.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&line[..line.len().min(room)]);
+            if line.ends_with(b"\n") {
+                self.end_line();
+            }
+            chunk = rest;
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = std::mem::take(&mut self.line);
+        if self.started && is_folded(&line) {
+            return;
+        }
+        match name_end(&line) {
+            Some(colon) if line[..colon].trim_ascii_end().eq_ignore_ascii_case(b"received") => self.hops += 1,
+            Some(_) => {}
+            // The blank line, or a first body line.
+            None => self.done = true,
+        }
+        self.started = true;
+    }
+
+    /// The `Received:` fields seen so far.
+    pub(crate) fn hops(&self) -> usize {
+        self.hops
+    }
+}
+
 fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes.split_inclusive(|&b| b == b'\n')
 }
@@ -202,6 +258,26 @@ mod tests {
 
     type Bytes = &'static [u8];
     type NameValueRaw = (Bytes, Bytes, Bytes);
+
+    #[test]
+    fn hop_counter_counts_received_fields_in_any_chunking() {
+        // (message, Received: fields in its header block)
+        let cases: &[(Bytes, usize)] = &[
+            (b"Received: a\r\nreceived : b\r\n\tc\r\nSubject: x\r\n\r\nReceived: body\r\n", 2),
+            (b"Subject: x\nRECEIVED:a\n\nReceived: b\n", 1),
+            (b"X-Received: a\r\nReceived-SPF: b\r\n Received: folded\r\n\r\n", 0),
+            (b"Received: a\r\nnot a field\r\nReceived: b\r\n\r\n", 1),
+            (b"\r\nReceived: a\r\n", 0),
+            (b"Received: a", 0),
+        ];
+        for (message, hops) in cases {
+            for size in [1, 2, 3, 7, message.len()] {
+                let mut counter = HopCounter::default();
+                message.chunks(size).for_each(|c| counter.feed(c));
+                assert_eq!(counter.hops(), *hops, "{:?} in chunks of {size}", String::from_utf8_lossy(message));
+            }
+        }
+    }
 
     #[test]
     fn split_table() {

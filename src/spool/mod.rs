@@ -12,6 +12,7 @@
 //!               bodies no envelope refers to (body-NAME)
 //!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
 //!   id-lease    every queue id handed out sorts below this (see `id`)
+//!   posthorn.lock  locked by the daemon that owns the spool (see `lock`)
 //! ```
 //!
 //! A message's state is the directory its envelope is in, so a state change
@@ -25,6 +26,7 @@
 pub(crate) mod commit;
 pub mod envelope;
 pub(crate) mod id;
+pub(crate) mod lock;
 
 use envelope::Envelope;
 use std::collections::HashSet;

@@ -46,6 +46,52 @@ pub(crate) fn is_trusted(access: &Access, peer: &Peer) -> bool {
     }
 }
 
+/// Refuses a return path that is an address literal of a loopback,
+/// private or link-local address (`x@[127.0.0.1]`) from a client that is
+/// neither trusted nor authenticated: no outsider has a mailbox there, and
+/// a notice to it comes back to this host or its neighbours (issue 12: one
+/// such message with `NOTIFY=SUCCESS` looped without end).
+pub(crate) fn check_sender_literal(
+    access: &Access,
+    peer: &Peer,
+    user: Option<&str>,
+    sender: &str,
+) -> Result<(), Reply> {
+    if user.is_some() || is_trusted(access, peer) {
+        return Ok(());
+    }
+    match address::domain_of(sender).and_then(literal_ip) {
+        Some(ip) if is_internal(ip) => Err(Reply::new(
+            553,
+            Enhanced(5, 1, 7),
+            format!("<{sender}>: Sender address rejected: address literal of a local or private network"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The address in `[192.0.2.1]` or `[IPv6:2001:db8::1]`.
+fn literal_ip(domain: &str) -> Option<std::net::IpAddr> {
+    let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
+    let inner = match inner.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => &inner[5..],
+        _ => inner,
+    };
+    inner.parse().ok()
+}
+
+/// Loopback, private, link-local, unspecified or broadcast: addresses that
+/// mean "here" or "our own network", never a stranger's mail host.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || v6.is_unique_local() || v6.is_unicast_link_local(),
+    }
+}
+
 /// Whether mail for `domain` is accepted from anyone: case-insensitive, a
 /// trailing dot ignored on either side.
 pub(crate) fn is_our_domain(access: &Access, domain: &str) -> bool {
@@ -123,5 +169,37 @@ mod tests {
         assert!(check_relay(&none, &Peer::Local { user: "root".into() }, None, "a@b.example").is_ok());
         // An authenticated client relays from anywhere.
         assert!(check_relay(&none, &Peer::Tcp("192.0.2.7:1".parse().unwrap()), Some("alice"), "a@b.example").is_ok());
+    }
+
+    #[test]
+    fn address_literal_senders_of_internal_networks() {
+        let tcp = |s: &str| Peer::Tcp(s.parse().unwrap());
+        let outsider = tcp("192.0.2.7:40000");
+        // (peer, authenticated, sender, allowed)
+        let cases = [
+            (outsider.clone(), None, "x@[127.0.0.1]", false),
+            (outsider.clone(), None, "x@[10.9.8.7]", false),
+            (outsider.clone(), None, "x@[192.168.1.1]", false),
+            (outsider.clone(), None, "x@[169.254.0.1]", false),
+            (outsider.clone(), None, "x@[0.0.0.0]", false),
+            (outsider.clone(), None, "x@[IPv6:::1]", false),
+            (outsider.clone(), None, "x@[ipv6:fd00::1]", false),
+            (outsider.clone(), None, "x@[IPv6:fe80::1]", false),
+            (outsider.clone(), None, "x@[IPv6:::ffff:127.0.0.1]", false),
+            (outsider.clone(), None, "x@[192.0.2.1]", true),
+            (outsider.clone(), None, "x@[IPv6:2001:db8::1]", true),
+            (outsider.clone(), None, "x@example.org", true),
+            (outsider.clone(), None, "", true),
+            (outsider.clone(), Some("alice"), "x@[127.0.0.1]", true),
+            (tcp("10.1.2.3:40000"), None, "x@[127.0.0.1]", true),
+            (Peer::Local { user: "cron".into() }, None, "x@[127.0.0.1]", true),
+        ];
+        for (peer, user, sender, allowed) in cases {
+            let got = check_sender_literal(&access(), &peer, user, sender);
+            assert_eq!(got.is_ok(), allowed, "{peer} {user:?} MAIL FROM:<{sender}>");
+            if let Err(reply) = got {
+                assert!(reply.to_string().starts_with("553 5.1.7 "), "{reply}");
+            }
+        }
     }
 }

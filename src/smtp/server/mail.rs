@@ -56,7 +56,9 @@ impl Session<'_> {
         if mail.size.is_some_and(|s| s > self.config.smtp.max_message_size) {
             return Some(Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"));
         }
-        None
+        // A trusted client certificate counts as an authenticated identity.
+        let identity = self.user.as_deref().or(self.client_cert.as_ref().map(|c| c.fingerprint.as_str()));
+        access::check_sender_literal(&self.config.access, &self.peer, identity, &mail.sender).err()
     }
 
     pub(super) fn rcpt(&mut self, rcpt: RcptTo) -> Reply {
