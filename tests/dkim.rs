@@ -13,6 +13,9 @@
 //!    smarthost without 8BITMIME arrives 7-bit and its signature verifies:
 //!    the signer signs the converted form (RFC 6376 5.3).
 //! 5. The same message to a smarthost with 8BITMIME verifies too.
+//! 6. A client outside the trusted networks, relaying to a relay domain
+//!    with `From: ceo@example.org`, gets its mail through unsigned; the
+//!    same message from a trusted network leaves signed.
 
 mod harness;
 
@@ -187,4 +190,40 @@ fn eight_bit_mail_to_a_hop_with_8bitmime_verifies() {
     assert_eq!(got.len(), 1, "log:\n{}", ph.log());
     assert!(got[0].header("DKIM-Signature").is_some(), "unsigned:\n{}", got[0].text());
     assert!(dkim_verifies(&dns, &crlf(&got[0].message)), "dkimpy refused:\n{}", got[0].text());
+}
+
+/// A satellite with a key for example.org that relays `example.net` for
+/// anyone and trusts `trusted_networks`; what the sink got from it for a
+/// forged `From: ceo@example.org`.
+fn relayed_forgery(trusted_networks: &str) -> Dumped {
+    let keys = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(keys.path(), "s1", "ed25519");
+    let sink = Sink::start();
+    let config = with_lines(
+        &format!(
+            "{}\n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey = {}\n",
+            satellite_config(&[sink.addr()]),
+            toml_str(&key.display().to_string()),
+        ),
+        &[&format!("access.trusted_networks = {trusted_networks}"), "access.relay_domains = [\"example.net\"]"],
+    );
+    let ph = Posthorn::start(&config);
+    let body = "From: CEO <ceo@example.org>\nTo: cfo@example.net\nSubject: wire transfer\n\nPay at once.\n";
+    smtplib_send(ph.smtp_addr(), "ceo@example.org", &["cfo@example.net"], body).unwrap();
+    let mut got = sink.wait_for_parsed(1, secs(20));
+    assert_eq!(got.len(), 1, "log:\n{}", ph.log());
+    got.remove(0)
+}
+
+#[test]
+fn mail_from_an_untrusted_client_leaves_unsigned() {
+    let got = relayed_forgery("[]");
+    assert_eq!(got.header("DKIM-Signature"), None, "a stranger's forgery was signed:\n{}", got.text());
+}
+
+#[test]
+fn mail_from_a_trusted_network_leaves_signed() {
+    let got = relayed_forgery("[\"127.0.0.0/8\"]");
+    let signature = got.header("DKIM-Signature").unwrap_or_else(|| panic!("unsigned:\n{}", got.text()));
+    assert!(signature.contains("d=example.org"), "{signature}");
 }

@@ -67,12 +67,14 @@ impl Transports {
 
     pub(crate) async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
         // Signed last, after the filter and just before an SMTP
-        // transmission; never for Maildir nor on the way to the filter.
+        // transmission; never for Maildir nor on the way to the filter,
+        // and only mail whose source we vouch for (`OutMessage::trusted`):
+        // anyone else's `From:` is not ours to sign.
         // 8-bit mail is signed and sent in its 7-bit form, which no hop
         // converts again (`dkim::Signer::sign_message`, RFC 6376 5.3).
         let signed;
         let msg = match (&self.dkim, hop) {
-            (Some(signer), Hop::Relay | Hop::Mx(_) | Hop::Smtp(_)) => match signer.sign_message(msg) {
+            (Some(signer), Hop::Relay | Hop::Mx(_) | Hop::Smtp(_)) if msg.trusted => match signer.sign_message(msg) {
                 Some(m) => {
                     signed = m;
                     &signed

@@ -164,6 +164,7 @@ async fn notify_sender(ingress: &Ingress, sender: &str, items: Vec<Item>, header
         delay_warned: false,
         filtered: false,
         trace_id: None,
+        trusted: None,
     };
     let message = dsn::build(ingress.hostname(), &about, &items, Returned::Headers(headers), now);
     let tx = Transaction::notice_to(sender, false);

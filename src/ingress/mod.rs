@@ -63,6 +63,9 @@ pub(crate) struct Arrival {
     /// The SMTP AUTH user, set only when `Received:` is to name it
     /// (`tls.received_auth_user`).
     pub(crate) auth_user: Option<String>,
+    /// The client is one whose mail we vouch for (local, trusted network,
+    /// authenticated, trusted certificate): only its mail is DKIM-signed.
+    pub(crate) trusted: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -96,6 +99,7 @@ impl Arrival {
             client: None,
             local_user: Some(user.to_string()),
             auth_user: None,
+            trusted: true,
         }
     }
 }
@@ -367,6 +371,7 @@ impl Ingress {
             frozen: false,
             delay_warned: false,
             filtered: self.filtered,
+            trusted: Some(tx.origin.trusted),
         }
     }
 
@@ -592,6 +597,7 @@ mod tests {
                 client: None,
                 local_user: Some("root".into()),
                 auth_user: None,
+                trusted: true,
             },
         }
     }

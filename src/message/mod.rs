@@ -48,6 +48,9 @@ pub struct OutMessage {
     pub(crate) envid: Option<String>,
     /// The trace id, passed on as `TRACE=` when the next hop is posthorn.
     pub(crate) trace_id: Option<String>,
+    /// It came from a source we vouch for (`Envelope::may_sign`): only then
+    /// is it DKIM-signed, so no stranger gets our signature on a forgery.
+    pub(crate) trusted: bool,
 }
 
 impl OutMessage {
@@ -68,6 +71,7 @@ impl OutMessage {
             ret: None,
             envid: None,
             trace_id: None,
+            trusted: false,
         }
     }
 }

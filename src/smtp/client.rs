@@ -1257,6 +1257,7 @@ mod tests {
             ret: None,
             envid: None,
             trace_id: None,
+            trusted: false,
         }
     }
 

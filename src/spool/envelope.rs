@@ -55,6 +55,12 @@ pub struct Envelope {
     /// (its queue id there), passed on with `TRACE=` to the next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) trace_id: Option<String>,
+    /// The message came from a source we vouch for (a local submission,
+    /// the daemon itself, a trusted network, an authenticated user or a
+    /// trusted client certificate), so it may leave DKIM-signed. `None` in
+    /// envelopes written before this was recorded: see `may_sign`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trusted: Option<bool>,
 }
 
 /// How the message reached us, for the `Received:` header and logs.
@@ -108,6 +114,20 @@ impl Envelope {
 
     pub(crate) fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| r.state != RcptState::Pending)
+    }
+
+    /// Whether the message may leave signed with our DKIM keys.
+    ///
+    /// An envelope without `trusted` was accepted under the old rule, which
+    /// signed anyone's mail, so its trust was never decided. Only what its
+    /// origin proves counts then: a local submission (`local`, which the
+    /// daemon's own notices are too) or an authenticated session (`ESMTPA`,
+    /// `ESMTPSA`). A client from a trusted network left no mark in the
+    /// origin that a stranger's could not share, so such old mail leaves
+    /// unsigned: an unsigned message is delivered, a forged signature is not
+    /// taken back.
+    pub(crate) fn may_sign(&self) -> bool {
+        self.trusted.unwrap_or_else(|| matches!(self.origin.protocol.as_str(), "local" | "ESMTPA" | "ESMTPSA"))
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -199,6 +219,41 @@ mod reply_text {
 mod tests {
     use super::*;
     use crate::smtp::proto::reply::Enhanced;
+
+    /// An envelope as posthorn wrote it before `trusted` was recorded.
+    fn old_envelope(origin: &str) -> Envelope {
+        let json = format!(
+            r#"{{"v":1,"id":"0KAB12CD34","arrival":1,"sender":"a@example.org","size":3,"origin":{origin},"recipients":[]}}"#
+        );
+        Envelope::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn old_envelopes_are_signed_only_when_their_origin_proves_trust() {
+        let table = [
+            (r#"{"protocol":"local","user":"root"}"#, true),
+            (r#"{"protocol":"ESMTPA","client":"192.0.2.1"}"#, true),
+            (r#"{"protocol":"ESMTPSA","client":"192.0.2.1"}"#, true),
+            (r#"{"protocol":"ESMTP","client":"10.0.0.1"}"#, false),
+            (r#"{"protocol":"ESMTPS","client":"192.0.2.1"}"#, false),
+            (r#"{"protocol":"SMTP","client":"192.0.2.1"}"#, false),
+        ];
+        for (origin, signed) in table {
+            let env = old_envelope(origin);
+            assert_eq!(env.trusted, None);
+            assert_eq!(env.may_sign(), signed, "{origin}");
+        }
+    }
+
+    #[test]
+    fn a_recorded_decision_wins_over_the_origin() {
+        let mut env = old_envelope(r#"{"protocol":"local"}"#);
+        env.trusted = Some(false);
+        assert!(!Envelope::from_json(&env.to_json()).unwrap().may_sign());
+        let mut env = old_envelope(r#"{"protocol":"ESMTP","client":"10.0.0.1"}"#);
+        env.trusted = Some(true);
+        assert!(Envelope::from_json(&env.to_json()).unwrap().may_sign());
+    }
 
     #[test]
     fn attempt_records_keep_their_stored_form() {

@@ -680,6 +680,7 @@ mod tests {
             delay_warned: false,
             filtered: false,
             trace_id: None,
+            trusted: None,
         }
     }
 

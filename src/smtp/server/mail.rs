@@ -143,6 +143,9 @@ impl Session<'_> {
                 client,
                 local_user,
                 auth_user: self.user.clone().filter(|_| self.config.tls.received_auth_user),
+                trusted: self.user.is_some()
+                    || self.client_cert.is_some()
+                    || access::is_trusted(&self.config.access, &self.peer),
             },
         })
     }
