@@ -14,7 +14,8 @@
 //! 6. AUTH: refused before TLS (538), bad password 535 after a delay,
 //!    malformed exchanges 501 with the session going on, LOGIN, and an
 //!    authenticated client from an untrusted address may relay.
-//! 7. Failed AUTH is limited per client address.
+//! 7. Failed AUTH is limited per client address, also against parallel
+//!    sessions: each attempt is counted before its password is checked.
 //! 8. `posthorn auth add` writes a user the daemon accepts after reload.
 //! 9. A missing certificate file refuses the start, naming the file.
 //! 10. Satellite AUTH to the hub over TLS (`relay.auth_file`).
@@ -314,6 +315,34 @@ fn failed_auth_is_limited_per_address() {
     let steps =
         smtplib_steps(ph.smtp_addr(), &ca.ca_path(), &[TlsStep::StartTls, TlsStep::Plain("alice", "wonderland")]);
     assert_eq!(codes(&steps)[3..], ["auth:454"], "{steps:?}");
+}
+
+#[test]
+fn parallel_auth_guesses_are_limited_too() {
+    let ca = TestCa::new("posthorn test CA");
+    let cert = ca.issue("hub", &["127.0.0.1"]);
+    let mail = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A failure is answered only after the delay: every guess is in flight
+    // before the first one is answered.
+    let auth = auth_section(dir.path(), &[("alice", "wonderland")], "failure_delay = \"3s\"\nmax_failures = 3\n");
+    let ph = hub(mail.path(), &format!("{}{auth}", cert.tls_section()));
+    let (addr, ca_path) = (ph.smtp_addr(), ca.ca_path());
+    let guesses: Vec<_> = (0..10)
+        .map(|n| {
+            let ca_path = ca_path.clone();
+            std::thread::spawn(move || {
+                let guess = format!("guess{n}");
+                let steps = smtplib_steps(addr, &ca_path, &[TlsStep::StartTls, TlsStep::Plain("alice", &guess)]);
+                codes(&steps)[3..].to_vec()
+            })
+        })
+        .collect();
+    let answers: Vec<String> = guesses.into_iter().flat_map(|g| g.join().unwrap()).collect();
+    assert_eq!(answers.len(), 10, "{answers:?}");
+    let checked = answers.iter().filter(|a| *a == "auth:535").count();
+    assert!(checked <= 3, "{checked} guesses were checked with max_failures = 3: {answers:?}");
+    assert!(answers.iter().all(|a| a == "auth:535" || a == "auth:454"), "{answers:?}");
 }
 
 #[test]

@@ -3,8 +3,9 @@
 //!
 //! - `Users`: the server's `user:hash` file (SHA-512-crypt, `$6$`, the
 //!   format of /etc/shadow, `mkpasswd -m sha-512` and `openssl passwd -6`).
-//! - `AuthLimiter`: failed attempts per client address; past the limit AUTH is
-//!   refused from that address until the window ends.
+//! - `AuthLimiter`: AUTH attempts per client (IPv6 by /64) and per user,
+//!   counted before the check; past the limit AUTH is refused until the
+//!   window ends.
 //! - `ClientCredentials`: the `user:password` file the relay client sends.
 //! - `decode_base64` and `decode_plain`: the wire encodings (RFC 4648, RFC
 //!   4616); encoding is `data_encoding::BASE64` itself.
@@ -217,13 +218,39 @@ pub(crate) fn check_login_field(field: &[u8], max: usize) -> bool {
 pub(crate) const MAX_USER_LEN: usize = MAX_USER;
 pub(crate) const MAX_PASSWORD_LEN: usize = MAX_PASSWORD;
 
-/// Failed AUTH attempts per client address within a window.
+/// What a failure is counted against: a client (an IPv4 address, or an
+/// IPv6 /64, which one host usually holds whole) or a user name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Client(IpAddr),
+    User(String),
+}
+
+impl Key {
+    /// The client key of `ip`: an IPv6 client is keyed by its /64, so a
+    /// host cannot get fresh attempts by hopping addresses inside it.
+    fn client(ip: IpAddr) -> Key {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => Key::Client(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
+            v4 => Key::Client(v4),
+        }
+    }
+
+    /// The keys an attempt from `ip` as `user` counts against.
+    fn of(ip: Option<IpAddr>, user: Option<&str>) -> Vec<Key> {
+        ip.map(Key::client).into_iter().chain(user.map(|u| Key::User(u.to_string()))).collect()
+    }
+}
+
+/// AUTH attempts per client and per user name within a window. An attempt
+/// is counted before its password is checked, so parallel sessions cannot
+/// all guess while the first checks are running; a success gives it back.
 #[derive(Debug)]
 pub(crate) struct AuthLimiter {
     max: u32,
     window: Duration,
-    /// Address -> (failures, start of the window).
-    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Key -> (attempts not given back, start of the window).
+    seen: Mutex<HashMap<Key, (u32, Instant)>>,
 }
 
 impl AuthLimiter {
@@ -231,17 +258,20 @@ impl AuthLimiter {
         AuthLimiter { max, window, seen: Mutex::new(HashMap::new()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (u32, Instant)>> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `ip` has used up its failures (0 = no limit).
+    /// Whether the client `ip` has used up its failures (0 = no limit).
     pub(crate) fn is_blocked(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
-        let mut seen = self.lock();
-        match seen.get(&ip) {
+        self.blocked(&mut self.lock(), &Key::client(ip), Instant::now())
+    }
+
+    /// Whether `key` has used up its failures; forgets it once its window ended.
+    fn blocked(&self, seen: &mut HashMap<Key, (u32, Instant)>, key: &Key, now: Instant) -> bool {
+        match seen.get(key) {
             Some((_, since)) if now.duration_since(*since) >= self.window => {
-                seen.remove(&ip);
+                seen.remove(key);
                 false
             }
             Some((n, _)) => self.max > 0 && *n >= self.max,
@@ -249,28 +279,57 @@ impl AuthLimiter {
         }
     }
 
-    /// Counts a failure from `ip`.
-    pub(crate) fn failed(&self, ip: IpAddr) {
+    /// Counts an attempt from `ip` as `user` before it is verified; `false`
+    /// (and nothing counted) when the client or the user has used up its
+    /// failures. The check and the count are one step under the lock, so
+    /// parallel sessions cannot all pass the check first.
+    pub(crate) fn reserve(&self, ip: Option<IpAddr>, user: Option<&str>) -> bool {
         let now = Instant::now();
+        let keys = Key::of(ip, user);
         let mut seen = self.lock();
-        if seen.len() >= MAX_TRACKED && !seen.contains_key(&ip) {
-            seen.retain(|_, (_, since)| now.duration_since(*since) < self.window);
-            if seen.len() >= MAX_TRACKED
-                && let Some(oldest) = seen.iter().min_by_key(|(_, (_, since))| *since).map(|(ip, _)| *ip)
-            {
-                seen.remove(&oldest);
-            }
+        if keys.iter().any(|k| self.blocked(&mut seen, k, now)) {
+            return false;
         }
-        let entry = seen.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= self.window {
-            *entry = (0, now);
+        for key in keys {
+            self.make_room(&mut seen, &key, now);
+            let entry = seen.entry(key).or_insert((0, now));
+            entry.0 += 1;
         }
-        entry.0 += 1;
+        true
     }
 
-    /// A success clears the address's record.
-    pub(crate) fn succeeded(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
+    /// A success clears the records of the client and the user: the
+    /// attempt it reserved, and the failures before it.
+    pub(crate) fn release(&self, ip: Option<IpAddr>, user: Option<&str>) {
+        let mut seen = self.lock();
+        for key in Key::of(ip, user) {
+            seen.remove(&key);
+        }
+    }
+
+    /// Keeps at most `MAX_TRACKED` records: expired ones go first, then the
+    /// oldest, so a flood of addresses or names cannot exhaust memory.
+    fn make_room(&self, seen: &mut HashMap<Key, (u32, Instant)>, key: &Key, now: Instant) {
+        if seen.len() < MAX_TRACKED || seen.contains_key(key) {
+            return;
+        }
+        seen.retain(|_, (_, since)| now.duration_since(*since) < self.window);
+        if seen.len() >= MAX_TRACKED
+            && let Some(oldest) = seen.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| k.clone())
+        {
+            seen.remove(&oldest);
+        }
+    }
+
+    /// Counts a failure from `ip`, as the tests of the per-client count say it.
+    #[cfg(test)]
+    fn failed(&self, ip: IpAddr) {
+        self.reserve(Some(ip), None);
+    }
+
+    #[cfg(test)]
+    fn succeeded(&self, ip: IpAddr) {
+        self.release(Some(ip), None);
     }
 }
 
@@ -376,6 +435,41 @@ mod tests {
         short.failed(a);
         std::thread::sleep(Duration::from_millis(5));
         assert!(!short.is_blocked(a), "the window ended");
+    }
+
+    #[test]
+    fn an_attempt_is_counted_before_it_is_checked() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let limiter = AuthLimiter::new(3, Duration::from_secs(60));
+        // Three checks in flight at once use up the client's attempts.
+        let granted = (0..10).filter(|_| limiter.reserve(Some(a), Some("alice"))).count();
+        assert_eq!(granted, 3);
+        assert!(limiter.is_blocked(a));
+        limiter.release(Some(a), Some("alice"));
+        assert!(!limiter.is_blocked(a), "a success gives the attempts back");
+        assert!(limiter.reserve(Some(a), Some("alice")));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let limiter = AuthLimiter::new(2, Duration::from_secs(60));
+        assert!(limiter.reserve(Some("2001:db8:1:2::1".parse().unwrap()), None));
+        assert!(limiter.reserve(Some("2001:db8:1:2:ffff::9".parse().unwrap()), None));
+        assert!(limiter.is_blocked("2001:db8:1:2::abcd".parse().unwrap()));
+        assert!(!limiter.is_blocked("2001:db8:1:3::1".parse().unwrap()), "another /64");
+        assert!(limiter.reserve(Some("::ffff:192.0.2.7".parse().unwrap()), None));
+        assert!(limiter.reserve(Some("192.0.2.7".parse().unwrap()), None));
+        assert!(limiter.is_blocked("192.0.2.7".parse().unwrap()), "a mapped IPv4 address is the IPv4 client");
+    }
+
+    #[test]
+    fn a_user_is_counted_across_clients() {
+        let limiter = AuthLimiter::new(2, Duration::from_secs(60));
+        assert!(limiter.reserve(Some("192.0.2.1".parse().unwrap()), Some("alice")));
+        assert!(limiter.reserve(Some("198.51.100.1".parse().unwrap()), Some("alice")));
+        assert!(!limiter.reserve(Some("203.0.113.1".parse().unwrap()), Some("alice")), "alice is used up");
+        assert!(limiter.reserve(Some("203.0.113.1".parse().unwrap()), Some("bob")));
+        assert!(!limiter.reserve(None, Some("alice")), "local clients count against the user too");
     }
 
     #[test]

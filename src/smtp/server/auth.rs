@@ -4,8 +4,10 @@
 //! The exchange is small and runs inside the loop: the session answers 334
 //! and takes the next line as the client's response. The password check
 //! runs off the async threads, and a failure is answered only after
-//! `auth.failure_delay`. An address with too many failures is refused
-//! (454) for a while (`auth.max_failures`, `auth.failure_window`).
+//! `auth.failure_delay`. Each attempt is counted against the client (IPv6
+//! by /64) and the user before its check, and given back on success; a
+//! client or user with too many is refused (454) for a while
+//! (`auth.max_failures`, `auth.failure_window`).
 
 use super::session::{Peer, Session, Step, not_implemented};
 use crate::auth;
@@ -119,24 +121,34 @@ impl Session<'_> {
         }
     }
 
-    /// The verdict on checked credentials.
-    fn auth_verified(&mut self, mechanism: &str, user: String, ok: bool) -> Reply {
-        let ip = match &self.peer {
+    /// The client's address, which AUTH failures are counted against.
+    fn client_ip(&self) -> Option<std::net::IpAddr> {
+        match &self.peer {
             Peer::Tcp(addr) => Some(addr.ip()),
             Peer::Local { .. } => None,
-        };
+        }
+    }
+
+    /// Counts the attempt before its check (`AuthLimiter::reserve`); the
+    /// refusal to send when the client or the user has no attempts left.
+    fn auth_reserve(&self, user: &str) -> Option<Reply> {
+        if self.security.limiter.reserve(self.client_ip(), Some(user)) {
+            return None;
+        }
+        tracing::warn!("{}: too many failed AUTH attempts (client or user {user:?}); AUTH refused", self.peer);
+        Some(Reply::new(454, Enhanced(4, 7, 0), "Too many failed authentication attempts, try again later"))
+    }
+
+    /// The verdict on checked credentials. A failure was counted already,
+    /// when the attempt was reserved; a success gives it back.
+    fn auth_verified(&mut self, mechanism: &str, user: String, ok: bool) -> Reply {
         if ok {
             tracing::info!("{}: sasl_method={mechanism}, sasl_username={user}", self.peer);
-            if let Some(ip) = ip {
-                self.security.limiter.succeeded(ip);
-            }
+            self.security.limiter.release(self.client_ip(), Some(&user));
             self.user = Some(user);
             Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
         } else {
             tracing::warn!("{}: SASL {mechanism} authentication failed for user {user:?}", self.peer);
-            if let Some(ip) = ip {
-                self.security.limiter.failed(ip);
-            }
             Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
         }
     }
@@ -146,6 +158,9 @@ impl Session<'_> {
 /// after `auth.failure_delay`, which slows password guessing down.
 pub(super) async fn verify(session: &mut Session<'_>, credentials: Credentials) -> Reply {
     let Credentials { mechanism, user, password } = credentials;
+    if let Some(refused) = session.auth_reserve(&user) {
+        return refused;
+    }
     let ok = match session.security.users.clone() {
         Some(users) => {
             let name = user.clone();
