@@ -78,7 +78,12 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let mut body: Option<Arc<[u8]>> = None;
     let mut results = Vec::with_capacity(groups.len());
     for (hop, indexes) in groups {
-        results.push(deliver_group(&ctx, &env, &hop, indexes, &mut body).await);
+        match deliver_group(&ctx, &env, &hop, indexes, &mut body).await {
+            Ok(group) => results.push(group),
+            // The first group that needs the body loads it, before any
+            // delivery: nothing of a damaged message has gone out.
+            Err(damage) => return quarantine_damaged(&ctx, id, &damage),
+        }
     }
     let now = now_secs();
     let mut success = vec![None; env.recipients.len()];
@@ -120,16 +125,45 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     Done { id, next_attempt: Some(env.next_attempt), skipped: false }
 }
 
+/// A body whose length is not the size its envelope recorded: truncated
+/// or damaged on disk, never to be delivered as if whole.
+#[derive(Debug, thiserror::Error)]
+#[error("body is {found} bytes, its envelope says {expected}")]
+struct Damaged {
+    expected: u64,
+    found: u64,
+}
+
+/// Why a body could not be had for delivery.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("cannot read message body: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Damaged(#[from] Damaged),
+}
+
+/// Moves a message with a damaged body to `corrupt/` (the body stays in
+/// `data/` for inspection), logging both sizes; it is not tried again.
+fn quarantine_damaged(ctx: &Context, id: String, damage: &Damaged) -> Done {
+    match ctx.spool.quarantine(State::Active, &id) {
+        Ok(()) => tracing::error!("{id}: damaged message: {damage}; moved to corrupt/, not delivered"),
+        Err(e) => tracing::error!("{id}: damaged message: {damage}; not delivered, cannot move it to corrupt/: {e}"),
+    }
+    Done { id, next_attempt: None, skipped: false }
+}
+
 /// Delivers the recipients `indexes` of `env` to `hop`, unless the
 /// destination is down, in which case they are deferred without a
-/// connection attempt. The body is read once, on first need.
+/// connection attempt. The body is read once, on first need; a damaged
+/// one is the error, and nothing is delivered.
 async fn deliver_group(
     ctx: &Context,
     env: &Envelope,
     hop: &Hop,
     indexes: Vec<usize>,
     body: &mut Option<Arc<[u8]>>,
-) -> GroupResult {
+) -> Result<GroupResult, Damaged> {
     let dest = ctx.dests.get(&hop.key());
     let suspended = |until: u64, reason: String, indexes: Vec<usize>| GroupResult {
         hop: hop.clone(),
@@ -144,22 +178,23 @@ async fn deliver_group(
         attempted: false,
     };
     if let Some((until, reason)) = dest.down() {
-        return suspended(until, reason, indexes);
+        return Ok(suspended(until, reason, indexes));
     }
     let _slot = dest.slot().await;
     // The destination may have gone down while this delivery waited.
     if let Some((until, reason)) = dest.down() {
-        return suspended(until, reason, indexes);
+        return Ok(suspended(until, reason, indexes));
     }
     let data = match body {
         Some(b) => b.clone(),
         None => match load_body(&ctx.spool, &env.id, env.size).await {
             Ok(b) => body.insert(b).clone(),
-            Err(e) => {
-                let detail = format!("cannot read message body: {e}");
+            Err(BodyError::Damaged(damage)) => return Err(damage),
+            Err(e @ BodyError::Io(_)) => {
+                let detail = e.to_string();
                 tracing::error!("{}: {detail}", env.id);
                 let delivery = all_transient(indexes.len(), ErrorClass::Local, detail, false);
-                return GroupResult { hop: hop.clone(), indexes, delivery, down_until: None, attempted: false };
+                return Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until: None, attempted: false });
             }
         },
     };
@@ -171,7 +206,7 @@ async fn deliver_group(
         dest.up();
         None
     };
-    GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true }
+    Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true })
 }
 
 /// Applies a group's outcomes to the envelope and logs each.
@@ -227,15 +262,21 @@ fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64, metrics: &Me
     }
 }
 
-async fn load_body(spool: &Spool, id: &str, size: u64) -> std::io::Result<Arc<[u8]>> {
+/// Reads the body of `id` and checks its length against `size`, the
+/// envelope's record: a truncated or emptied file is damage, not a message.
+async fn load_body(spool: &Spool, id: &str, size: u64) -> Result<Arc<[u8]>, BodyError> {
     let path = spool.body_path(id);
     // A small body is in the page cache (it was just written): reading it
     // here is cheaper than a trip through the blocking pool.
-    if size <= crate::spool::INLINE_WRITE as u64 {
-        return Ok(std::fs::read(path)?.into());
+    let data = if size <= crate::spool::INLINE_WRITE as u64 {
+        std::fs::read(path)?
+    } else {
+        tokio::task::spawn_blocking(move || std::fs::read(path)).await.map_err(std::io::Error::other)??
+    };
+    match data.len() as u64 {
+        found if found == size => Ok(data.into()),
+        found => Err(Damaged { expected: size, found }.into()),
     }
-    let data = tokio::task::spawn_blocking(move || std::fs::read(path)).await.map_err(std::io::Error::other)??;
-    Ok(data.into())
 }
 
 fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage {
