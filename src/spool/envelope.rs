@@ -127,7 +127,7 @@ impl Envelope {
     /// unsigned: an unsigned message is delivered, a forged signature is not
     /// taken back.
     pub(crate) fn may_sign(&self) -> bool {
-        self.trusted.unwrap_or_else(|| matches!(self.origin.protocol.as_str(), "local" | "ESMTPA" | "ESMTPSA"))
+        self.trusted.unwrap_or(matches!(self.origin.protocol.as_str(), "local" | "ESMTPA" | "ESMTPSA"))
     }
 
     pub fn to_json(&self) -> Vec<u8> {
