@@ -157,9 +157,8 @@ mod tests {
     use crate::ingress::test_support::queue_ingress;
     use crate::smtp::server::session::{Security, run_listener_session};
     use crate::smtp::server::test_support::{
-        STRANGER, TRUSTED, check_dialogs, config, converse, lines, replies, short, tcp,
+        STRANGER, TRUSTED, check_dialogs, config, converse, lines, replies, short, talk, tcp,
     };
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// The order of commands, MAIL and RCPT parameters, limits and relaying.
     #[tokio::test]
@@ -336,16 +335,9 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let input = lines(&["EHLO c.example", "MAIL FROM:<a@c.example>", "QUIT"]);
         let security = Security::none();
-        let client = async move {
-            let (mut r, mut w) = tokio::io::split(client);
-            w.write_all(&input).await.unwrap();
-            let mut out = String::new();
-            r.read_to_string(&mut out).await.unwrap();
-            out
-        };
         let session =
             run_listener_session(server, tcp("10.1.2.3:4"), Listener::Submission, &config, &ingress, &security, None);
-        let ((), output) = tokio::join!(session, client);
+        let ((), output) = tokio::join!(session, talk(client, &input, false));
         let got: Vec<String> = replies(&output).iter().map(short).collect();
         // Even from a trusted network: submission means AUTH (RFC 6409 4.3).
         assert_eq!(got, ["220", "250", "530 5.7.0", "221 2.0.0"], "{output}");

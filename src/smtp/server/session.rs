@@ -366,8 +366,9 @@ pub(super) fn not_implemented() -> Reply {
 mod tests {
     use super::*;
     use crate::ingress::test_support::queue_ingress;
-    use crate::smtp::server::test_support::{TRUSTED, check_dialogs, config, converse, lines, replies, short, tcp};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::smtp::server::test_support::{
+        TRUSTED, check_dialogs, config, converse, lines, replies, short, talk, tcp,
+    };
 
     /// Parsing, the small verbs and RSET.
     #[tokio::test]
@@ -514,16 +515,9 @@ mod tests {
             let metrics = Arc::new(crate::metrics::Metrics::default());
             let security = Security::none().counting(metrics.clone());
             let (client, server) = tokio::io::duplex(1 << 20);
-            let client = async move {
-                let (mut r, mut w) = tokio::io::split(client);
-                w.write_all(&input).await.unwrap();
-                let mut out = String::new();
-                r.read_to_string(&mut out).await.unwrap();
-                out
-            };
             let session =
                 run_listener_session(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, None);
-            let ((), output) = tokio::join!(session, client);
+            let ((), output) = tokio::join!(session, talk(client, &input, false));
             let got: Vec<String> = replies(&output).iter().map(short).collect();
             assert_eq!(got, expected, "{output}");
             let text = crate::metrics::render(&metrics, "hub", None, 0);

@@ -67,16 +67,22 @@ pub(super) async fn converse(config: &Config, peer: Peer, input: &[u8]) -> (Vec<
     let dir = tempfile::tempdir().unwrap();
     let (ingress, spool) = queue_ingress(dir.path(), config);
     let (client, server) = tokio::io::duplex(1 << 20);
-    let client = async move {
-        let (mut r, mut w) = tokio::io::split(client);
-        w.write_all(input).await.unwrap();
-        w.shutdown().await.unwrap();
-        let mut out = String::new();
-        r.read_to_string(&mut out).await.unwrap();
-        out
-    };
-    let ((), output) = tokio::join!(run_session(server, peer, config, &ingress), client);
+    let ((), output) = tokio::join!(run_session(server, peer, config, &ingress), talk(client, input, true));
     (replies(&output), spool, dir)
+}
+
+/// The client side of a one-write conversation: sends `input` (then
+/// closes the sending side when `close`), and returns everything the
+/// server wrote until it closed.
+pub(super) async fn talk(client: DuplexStream, input: &[u8], close: bool) -> String {
+    let (mut r, mut w) = tokio::io::split(client);
+    w.write_all(input).await.unwrap();
+    if close {
+        w.shutdown().await.unwrap();
+    }
+    let mut out = String::new();
+    r.read_to_string(&mut out).await.unwrap();
+    out
 }
 
 /// One conversation: its name, the client's address, what it sends in one
