@@ -26,7 +26,7 @@ const EX_TEMPFAIL: i32 = 75;
 /// Bytes of the command's stderr kept for the log and the bounce.
 const STDERR_KEPT: usize = 200;
 
-/// The command line with the placeholders replaced.
+/// The command line with `${sender}` and `${recipient}` substituted.
 pub(crate) fn argv(template: &[String], msg: &OutMessage) -> Vec<String> {
     let mut out = Vec::with_capacity(template.len() + msg.recipients.len());
     for arg in template {
@@ -112,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn placeholders() {
+    fn sender_and_recipients_substituted() {
         let msg = OutMessage::simple("q1", "a@x.test", &["b@y.test", "c@z.test"], b"x\r\n");
         let cases = [
             ("/f ${sender} ${recipient}", vec!["/f", "a@x.test", "b@y.test", "c@z.test"]),

@@ -92,8 +92,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Runs a session from connect to close; the entry points in `session`
-/// call it.
+/// Runs a session on a listener of kind `kind` from connect to close; the
+/// listener calls it for every connection, `session::run_session` for
+/// `sendmail -bs`.
 pub(super) async fn serve<S>(
     stream: S,
     peer: Peer,
@@ -326,7 +327,7 @@ impl Stats {
 mod tests {
     use super::*;
     use crate::ingress::test_support::queue_ingress;
-    use crate::smtp::server::session::{run_listener_session, run_session};
+    use crate::smtp::server::session::run_session;
     use crate::smtp::server::test_support::{Client, TRUSTED, config, lines, tcp};
     use std::pin::Pin;
     use std::sync::Arc;
@@ -443,10 +444,7 @@ mod tests {
             assert!(c.reply().await.is_none());
         };
         let security = Security::none();
-        tokio::join!(
-            run_listener_session(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, Some(stopped)),
-            talk
-        );
+        tokio::join!(serve(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, Some(stopped)), talk);
     }
 
     #[test]

@@ -360,7 +360,8 @@ impl ReceivingMessage {
 mod tests {
     use super::*;
     use crate::ingress::test_support::queue_ingress;
-    use crate::smtp::server::session::{Listener, Security, run_listener_session, run_session};
+    use crate::smtp::server::conn::serve;
+    use crate::smtp::server::session::{Listener, Security, run_session};
     use crate::smtp::server::test_support::{Client, TRUSTED, check_dialogs, config, converse, lines, short, tcp};
     use tokio::sync::watch;
 
@@ -822,7 +823,7 @@ mod tests {
         };
         let security = Security::none();
         let ((), id) = tokio::join!(
-            run_listener_session(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, Some(stopped)),
+            serve(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, Some(stopped)),
             talk
         );
         assert!(spool.read_body(&id).unwrap().ends_with(b"Subject: x\r\n\r\nbody"));
@@ -853,7 +854,7 @@ mod tests {
         };
         let security = Security::none();
         let ((), id) = tokio::join!(
-            run_listener_session(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, Some(stopped)),
+            serve(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, Some(stopped)),
             talk
         );
         assert!(spool.find(&id).is_some());

@@ -155,7 +155,8 @@ impl Session<'_> {
 mod tests {
     use super::*;
     use crate::ingress::test_support::queue_ingress;
-    use crate::smtp::server::session::{Security, run_listener_session};
+    use crate::smtp::server::conn::serve;
+    use crate::smtp::server::session::Security;
     use crate::smtp::server::test_support::{
         STRANGER, TRUSTED, check_dialogs, config, converse, lines, replies, short, talk, tcp,
     };
@@ -335,8 +336,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(1 << 16);
         let input = lines(&["EHLO c.example", "MAIL FROM:<a@c.example>", "QUIT"]);
         let security = Security::none();
-        let session =
-            run_listener_session(server, tcp("10.1.2.3:4"), Listener::Submission, &config, &ingress, &security, None);
+        let session = serve(server, tcp("10.1.2.3:4"), Listener::Submission, &config, &ingress, &security, None);
         let ((), output) = tokio::join!(session, talk(client, &input, false));
         let got: Vec<String> = replies(&output).iter().map(short).collect();
         // Even from a trusted network: submission means AUTH (RFC 6409 4.3).

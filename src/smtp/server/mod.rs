@@ -153,7 +153,7 @@ impl Server {
             let connection = self.metrics.session_started();
             sessions.spawn(async move {
                 let peer = Peer::Tcp(addr);
-                session::run_listener_session(stream, peer, kind, &config, &ingress, &security, shutdown).await;
+                conn::serve(stream, peer, kind, &config, &ingress, &security, shutdown).await;
                 drop(slot);
                 drop(connection);
             });

@@ -34,7 +34,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 
 /// Who is on the other end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,21 +140,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     serve(stream, peer, Listener::Smtp, config, ingress, &Security::none(), None).await
-}
-
-/// A session on a listener of kind `kind`.
-pub(super) async fn run_listener_session<S>(
-    stream: S,
-    peer: Peer,
-    kind: Listener,
-    config: &Config,
-    ingress: &Ingress,
-    security: &Security,
-    shutdown: Option<watch::Receiver<bool>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    serve(stream, peer, kind, config, ingress, security, shutdown).await
 }
 
 /// What the loop does after a command.
@@ -515,8 +499,7 @@ mod tests {
             let metrics = Arc::new(crate::metrics::Metrics::default());
             let security = Security::none().counting(metrics.clone());
             let (client, server) = tokio::io::duplex(1 << 20);
-            let session =
-                run_listener_session(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, None);
+            let session = serve(server, tcp(TRUSTED), Listener::Smtp, &config, &ingress, &security, None);
             let ((), output) = tokio::join!(session, talk(client, &input, false));
             let got: Vec<String> = replies(&output).iter().map(short).collect();
             assert_eq!(got, expected, "{output}");
