@@ -191,6 +191,8 @@ fn postfix_relays_into_the_hub_with_dsn_8bit_and_pipelining() {
             received[1]
         );
     }
+    // The Maildir files appear a moment before the attempt is logged.
+    hub.wait_for_log_count(&[&format!("{ph_id}: to=<"), "status=sent"], 3, secs(10));
     for rcpt in ["alice@hub.example", "bob@hub.example", "carol@hub.example"] {
         let line = format!("{ph_id}: to=<{rcpt}>");
         assert_eq!(hub.log_lines(&[&line, "status=sent"]).len(), 1, "{}", hub.log());
