@@ -147,7 +147,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let pickup_now = Arc::new(Notify::new());
     tokio::spawn(pickup_loop(generation_rx.clone(), spool.clone(), pickup_now.clone(), shutdown_rx.clone()));
     tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone()));
-    tokio::spawn(control::serve_showq(showq_listener, spool.clone()));
+    tokio::spawn(control::showq::serve(showq_listener, spool.clone()));
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctl_tx));
 

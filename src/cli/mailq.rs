@@ -1,7 +1,9 @@
 //! `mailq`, `sendmail -bp`, `posthorn queue list`: the queue in Postfix's
 //! layout, so scripts written for `postqueue -p` parse it unchanged, or as
-//! JSON lines with `postqueue -j`'s field names. Reads envelopes only (never
-//! bodies) straight from the spool, so it works with the daemon down.
+//! JSON lines with `postqueue -j`'s field names. The listing comes from the
+//! running daemon's `showq.sock`, which reads the spool with nothing moving;
+//! with the daemon down it is read straight from the spool (envelopes only,
+//! never bodies).
 
 use super::exit;
 use crate::clock;
@@ -10,9 +12,12 @@ use crate::spool::{Spool, State};
 use std::io::Write;
 use std::path::Path;
 
-/// Every queued message with its state, oldest first.
+/// Every queued message with its state, oldest first, each exactly once:
+/// from the running daemon when it answers, since a reading of the spool
+/// from outside can miss messages the daemon moves meanwhile; else from the
+/// spool itself, where nothing moves.
 pub(crate) fn collect(spool: &Spool) -> Vec<(State, Envelope)> {
-    spool.collect()
+    crate::control::showq::read(spool.root()).unwrap_or_else(|_| spool.collect())
 }
 
 /// Every queued message of the spool the configuration names, for the
@@ -23,7 +28,7 @@ pub(crate) fn load(explicit: Option<&Path>, prog: &str) -> Result<Vec<(State, En
     let config = super::load_config(explicit, prog)?;
     match super::act::spool(&config, prog) {
         Ok(spool) => Ok(spool.map(|spool| collect(&spool)).unwrap_or_default()),
-        Err(exit::NOPERM) => crate::control::showq(&config.spool).map_err(|e| {
+        Err(exit::NOPERM) => crate::control::showq::read(&config.spool).map_err(|e| {
             eprintln!("{prog}: fatal: and the daemon's public listing is not available either: {e}");
             exit::NOPERM
         }),

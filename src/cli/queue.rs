@@ -267,7 +267,7 @@ fn find_key(config: &Config, key: &str) -> u8 {
     };
     let mut found = 0;
     let mut out = String::new();
-    for (state, env) in spool.collect() {
+    for (state, env) in super::mailq::collect(&spool) {
         let by_envelope = env.trace_id.as_deref() == Some(key) || env.id == key;
         let message_id = if by_envelope || bare.contains('@') {
             spool.read_body(&env.id).ok().and_then(|b| message_id(&b))

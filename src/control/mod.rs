@@ -9,6 +9,9 @@
 //! connection only wakes the maildrop pickup, the way Postfix's public
 //! pickup fifo does, so `sendmail` run by anyone gets prompt delivery
 //! without any power over the queue.
+//!
+//! `SPOOL/showq.sock`, also open to every local user, lists the queue
+//! (`showq`).
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -16,6 +19,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
+
+pub(crate) mod showq;
 
 pub(crate) const VERSION: u32 = 1;
 
@@ -62,6 +67,8 @@ pub(crate) enum ControlError {
     Timeout,
     #[error("control protocol error: {0}")]
     Protocol(String),
+    #[error("the posthorn daemon refused: {0}")]
+    Refused(String),
 }
 
 /// A request on its way to the daemon's handler, with where to answer.
@@ -96,48 +103,6 @@ pub(crate) fn request_blocking(path: &Path, req: &Request) -> Result<Response, C
 /// Pokes the daemon's pickup socket; false when no daemon listens.
 pub(crate) fn wake_pickup(spool: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(spool.join("pickup.sock")).is_ok()
-}
-
-/// The public listing: `SPOOL/showq.sock`, open to every local user, sends
-/// one JSON line per queued message (redacted, see `Envelope::redacted`)
-/// and closes. It takes no input, so it can only ever read.
-pub(crate) async fn serve_showq(listener: UnixListener, spool: crate::spool::Spool) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let spool = spool.clone();
-        tokio::spawn(async move {
-            let Ok(queue) = tokio::task::spawn_blocking(move || spool.collect()).await else { return };
-            let mut out = Vec::with_capacity(queue.len() * 256);
-            for (state, env) in queue {
-                let line = serde_json::json!({ "state": state.dir_name(), "envelope": env.redacted() });
-                out.extend_from_slice(line.to_string().as_bytes());
-                out.push(b'\n');
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(60), stream.write_all(&out)).await;
-        });
-    }
-}
-
-/// Reads the public listing of the daemon whose spool is `spool`.
-pub(crate) fn showq(
-    spool: &Path,
-) -> Result<Vec<(crate::spool::State, crate::spool::envelope::Envelope)>, ControlError> {
-    use std::io::BufRead;
-    let path = spool.join("showq.sock");
-    let stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|_| ControlError::NotRunning(path.display().to_string()))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut out = Vec::new();
-    for line in std::io::BufReader::new(stream).lines() {
-        let line = line.map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))?;
-        let state = v["state"].as_str().and_then(crate::spool::State::from_dir_name);
-        let env = serde_json::from_value(v["envelope"].clone()).ok();
-        if let (Some(state), Some(env)) = (state, env) {
-            out.push((state, env));
-        }
-    }
-    Ok(out)
 }
 
 /// Binds a Unix socket at `path` with `mode`, replacing a stale one.

@@ -24,7 +24,7 @@ pub(crate) use crate::config::SyncMode;
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
 /// One durable rename.
@@ -56,11 +56,13 @@ impl std::fmt::Debug for Request {
 }
 
 impl Committer {
-    pub(crate) fn start(mode: SyncMode) -> Committer {
+    /// Starts the committer thread; its renames hold `moves` shared, so a
+    /// listing never reads the state directories half-way through a batch.
+    pub(crate) fn start(mode: SyncMode, moves: Arc<super::MoveLock>) -> Committer {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("posthorn-commit".into())
-            .spawn(move || run(rx, mode))
+            .spawn(move || run(rx, mode, &moves))
             .expect("spawning the committer thread");
         Committer { tx }
     }
@@ -78,17 +80,17 @@ impl Committer {
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>, mode: SyncMode) {
+fn run(rx: mpsc::Receiver<Request>, mode: SyncMode, moves: &super::MoveLock) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        commit_batch(batch, mode);
+        commit_batch(batch, mode, moves);
     }
 }
 
-fn commit_batch(batch: Vec<Request>, mode: SyncMode) {
+fn commit_batch(batch: Vec<Request>, mode: SyncMode, moves: &super::MoveLock) {
     let first_dirs: BTreeSet<&Path> = batch.iter().filter_map(|r| r.sync_first.as_deref()).collect();
     let mut failure = match (mode, first_dirs.first()) {
         (_, None) => None,
@@ -97,6 +99,7 @@ fn commit_batch(batch: Vec<Request>, mode: SyncMode) {
     };
     let mut results = Vec::with_capacity(batch.len());
     let mut touched = BTreeSet::new();
+    let moving = moves.moving();
     for req in &batch {
         let result = match &failure {
             Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -109,6 +112,7 @@ fn commit_batch(batch: Vec<Request>, mode: SyncMode) {
         };
         results.push(result);
     }
+    drop(moving);
     if failure.is_none() {
         failure = touched.iter().find_map(|d| sync_dir(d).err());
     }

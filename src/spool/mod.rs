@@ -92,6 +92,28 @@ struct Inner {
     ids: id::IdGen,
     sync: commit::SyncMode,
     committer: OnceLock<commit::Committer>,
+    moves: Arc<MoveLock>,
+}
+
+/// Held shared by every rename that moves an envelope from one queue state
+/// to another, and exclusively by a listing while it reads the state
+/// directories. Without it a message moving from a directory not yet read
+/// to one already read (deferred -> active, say) is missed by the listing.
+/// Reading the names of even 100,000 entries takes a few tens of
+/// milliseconds, so movers wait at most that long.
+#[derive(Debug, Default)]
+pub(crate) struct MoveLock(std::sync::RwLock<()>);
+
+impl MoveLock {
+    /// Held while envelopes move; many movers at once.
+    pub(crate) fn moving(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Held while a listing reads the state directories; nothing moves.
+    fn listing(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A handle to one spool directory; cheap to clone.
@@ -130,11 +152,11 @@ impl Spool {
                 ids: id::IdGen::leased(newest_id, root.join("id-lease"))?,
                 sync,
                 committer: OnceLock::new(),
+                moves: Arc::default(),
             }),
         })
     }
 
-    #[cfg(test)]
     pub(crate) fn root(&self) -> &Path {
         &self.inner.root
     }
@@ -154,7 +176,7 @@ impl Spool {
         self.inner.root.join("tmp").join(format!("{id}.{}", fastrand::u32(..)))
     }
     fn committer(&self) -> &commit::Committer {
-        self.inner.committer.get_or_init(|| commit::Committer::start(self.inner.sync))
+        self.inner.committer.get_or_init(|| commit::Committer::start(self.inner.sync, self.inner.moves.clone()))
     }
 
     pub(crate) fn new_id(&self) -> String {
@@ -264,6 +286,7 @@ impl Spool {
     /// A rename that need not be durable before the caller goes on: used
     /// for incoming -> active, which recovery undoes anyway.
     pub(crate) fn move_now(&self, id: &str, from: State, to: State) -> io::Result<()> {
+        let _moving = self.inner.moves.moving();
         std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id))
     }
 
@@ -290,18 +313,14 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Every queued message with its state, oldest first. Envelopes are
-    /// read on a few threads: with a big queue the time goes into opening
-    /// files, which the kernel does in parallel. Bodies are never read.
+    /// Every queued message with its state, oldest first, each exactly
+    /// once. The state directories are read with every move held off (see
+    /// `MoveLock`), so each queued message's name is seen; an envelope that
+    /// moves before it is read is looked for again in the other states, and
+    /// one that left the queue meanwhile is not listed. Envelopes are read
+    /// on a few threads: with a big queue the time goes into opening files,
+    /// which the kernel does in parallel. Bodies are never read.
     pub(crate) fn collect(&self) -> Vec<(State, Envelope)> {
-        let mut files: Vec<(String, State)> = Vec::new();
-        for state in State::QUEUED {
-            let Ok(ids) = self.list(state) else { continue };
-            files.extend(ids.into_iter().map(|id| (id, state)));
-        }
-        // Ids sort in arrival order, so reading the files in id order gives
-        // the listing in order: each thread takes a contiguous run.
-        files.sort_unstable();
         let dirs: Vec<(State, rustix::fd::OwnedFd)> = State::QUEUED
             .into_iter()
             .filter_map(|s| {
@@ -309,21 +328,35 @@ impl Spool {
                 rustix::fs::open(self.dir(s), flags, rustix::fs::Mode::empty()).ok().map(|fd| (s, fd))
             })
             .collect();
+        let mut files = self.names_at_once();
+        // Ids sort in arrival order, so reading the files in id order gives
+        // the listing in order: each thread takes a contiguous run.
+        files.sort_unstable();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let chunk = files.len().div_ceil(threads).max(256);
         let read = |part: &[(String, State)]| -> Vec<(State, Envelope)> {
             let mut buf = Vec::with_capacity(16 * 1024);
             let mut envelopes = Vec::with_capacity(part.len());
             for (id, state) in part {
-                let Some((_, dir)) = dirs.iter().find(|(s, _)| s == state) else { continue };
-                // A message can move or vanish between listing and reading.
-                if read_small(dir, id, &mut buf).is_ok() {
+                let mut read_in = |s: State| {
+                    let (_, dir) = dirs.iter().find(|(d, _)| *d == s)?;
+                    read_small(dir, id, &mut buf).ok()?;
                     // An envelope whose content names another id is not
                     // that message (recovery quarantines it): never listed
                     // under the wrong id.
-                    let env = Envelope::from_json(&buf).ok().filter(|env| env.id == *id);
-                    envelopes.extend(env.map(|env| (*state, env)));
+                    Envelope::from_json(&buf).ok().filter(|env| env.id == *id).map(|env| (s, env))
+                };
+                let moved = State::QUEUED.into_iter().filter(|s| s != state);
+                let mut found = std::iter::once(*state).chain(moved).find_map(&mut read_in);
+                if found.is_none() {
+                    // Not where it was listed, nor anywhere else a moment
+                    // later: it may have moved again between the looks, so
+                    // the last look is taken with nothing moving. Not found
+                    // then, it has left the queue.
+                    let _still = self.inner.moves.listing();
+                    found = State::QUEUED.into_iter().find_map(&mut read_in);
                 }
+                envelopes.extend(found);
             }
             envelopes
         };
@@ -334,10 +367,19 @@ impl Spool {
                 out.append(&mut worker.join().unwrap_or_default());
             }
         });
-        // A message moving between states while the directories are read
-        // (incoming -> active) can be seen twice: once is right.
-        out.dedup_by(|a, b| a.1.id == b.1.id);
         out
+    }
+
+    /// The names in every queue state, read while nothing moves, so each
+    /// queued message appears exactly once.
+    fn names_at_once(&self) -> Vec<(String, State)> {
+        let _listing = self.inner.moves.listing();
+        let mut files = Vec::new();
+        for state in State::QUEUED {
+            let Ok(ids) = self.list(state) else { continue };
+            files.extend(ids.into_iter().map(|id| (id, state)));
+        }
+        files
     }
 
     /// Moves an envelope that cannot be read to `corrupt/`; its body stays
