@@ -178,3 +178,33 @@ fn an_mx_that_resolves_to_the_hub_itself_bounces_with_5_4_6() {
     assert!(log.contains("to=<bob@loop.test>") && log.contains("status=bounced"), "{log}");
     assert_eq!(count_lines(&log, &["(queue active)"]), 2, "{log}");
 }
+
+#[test]
+fn a_domain_whose_best_mx_is_this_host_by_name_bounces_with_5_4_6() {
+    let mail = tempfile::tempdir().unwrap();
+    let mut hub = Posthorn::start(&config(&hub_lines("127.0.0.1:0", mail.path())));
+    // Only now is the hub's name known: the zone names it the best MX of
+    // other.test, and the hub starts again with that DNS server.
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("other.test", 10, hub.hostname()),
+        DnsRecord::mx("other.test", 20, "backup.other.test"),
+        DnsRecord::a("backup.other.test", std::net::Ipv4Addr::new(127, 0, 0, 1)),
+    ]);
+    let text = std::fs::read_to_string(hub.config_path()).unwrap();
+    std::fs::write(hub.config_path(), with_lines(&text, &[&dns.config_line()])).unwrap();
+    hub.restart();
+    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
+    c.ehlo("client.test").unwrap();
+    let reply = c.send("alice@hub.test", &["bob@other.test"], message(&[("Subject", "x")], "x\r\n").as_bytes());
+    assert_eq!(reply.unwrap().code, 250);
+    c.quit().unwrap();
+
+    assert!(
+        wait_until(secs(30), || !maildir(mail.path(), "hub.test", "alice").is_empty()),
+        "no bounce for alice; log:\n{}",
+        hub.log()
+    );
+    let bounce = String::from_utf8_lossy(&maildir(mail.path(), "hub.test", "alice")[0]).into_owned();
+    assert!(bounce.contains("5.4.6") && bounce.contains("is its best MX host"), "{bounce}");
+    assert!(hub.log().contains("status=bounced"), "{}", hub.log());
+}

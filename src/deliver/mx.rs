@@ -75,7 +75,7 @@ impl Mx {
             dns: Some(dns.clone()),
             noun: "MX host",
             reuse_any_host: true,
-            myself: crate::deliver::myself::listeners(config),
+            myself: crate::deliver::myself::of_mx(config),
         };
         Mx {
             dns,
@@ -145,18 +145,20 @@ impl Mx {
         match below_self(hosts, &self.hostname) {
             Some(hosts) => Route::Hosts(hosts.iter().map(|h| Host::named(&h.host, port)).collect()),
             None => {
-                // A configuration error (we are the best MX, yet the domain
-                // is not ours): wait for the operator rather than bounce.
+                // We are the best MX, yet the domain is not ours: Postfix
+                // bounces this too ("loops back to myself"), since no retry
+                // can deliver it until the operator changes DNS or config.
+                tracing::warn!(
+                    "{}: mail for {domain} loops back to myself ({} is its best MX host)",
+                    msg.id,
+                    self.hostname
+                );
                 let detail = format!("mail for {domain} loops back to myself ({} is its best MX host)", self.hostname);
                 let attempt = Attempt {
                     class: Some(ErrorClass::Local),
-                    ..local_reply(Reply::new(451, Enhanced(4, 4, 6), detail))
+                    ..local_reply(Reply::new(554, Enhanced(5, 4, 6), detail))
                 };
-                Route::Fail(Delivery {
-                    outcomes: vec![Outcome::Transient(attempt); n],
-                    hop_down: true,
-                    remote_dsn: false,
-                })
+                Route::Fail(every(n, Outcome::Permanent, attempt))
             }
         }
     }

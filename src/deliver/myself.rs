@@ -10,6 +10,11 @@
 //! can be bound to (the kernel's own list of this host's addresses).
 //! Loopback next hops on other ports are left alone: the test suite and
 //! every content filter live there.
+//!
+//! MX hosts are looked at more widely (`of_mx`): delivered on port 25, an
+//! MX address of this host (loopback included) reaches this host's MTA,
+//! whatever addresses posthorn itself listens on, as Postfix assumes of
+//! every local interface.
 
 use crate::config::Config;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -19,6 +24,16 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 pub(crate) fn listeners(config: &Config) -> Vec<SocketAddr> {
     let smtp = &config.smtp;
     smtp.listen.iter().chain(&smtp.submission).chain(&smtp.submissions).copied().collect()
+}
+
+/// The listeners an MX host must not be: ours, and with `deliver.mx_port`
+/// 25 (as on the internet) any address of this host on port 25.
+pub(crate) fn of_mx(config: &Config) -> Vec<SocketAddr> {
+    let mut mine = listeners(config);
+    if config.deliver.mx_port == 25 {
+        mine.push(SocketAddr::from(([0, 0, 0, 0], 25)));
+    }
+    mine
 }
 
 /// Whether a connection to `next` would reach one of `listeners`.
@@ -60,6 +75,13 @@ mod tests {
         for (next, mine) in cases {
             assert_eq!(is_myself(addr(next), &listeners), mine, "{next}");
         }
+        // MX hosts on port 25: any address of this host is its MTA.
+        let text = "hostname = \"hub.test\"\n[smtp]\nlisten = [\"192.0.2.7:25\"]\n";
+        let mut config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        assert!(is_myself(addr("127.0.0.1:25"), &of_mx(&config)));
+        assert!(!is_myself(addr("127.0.0.1:25"), &super::listeners(&config)));
+        config.deliver.mx_port = 2525;
+        assert!(!is_myself(addr("127.0.0.1:25"), &of_mx(&config)));
         // A listener whose port the kernel has not chosen yet matches nothing.
         assert!(!is_myself(addr("127.0.0.1:0"), &[addr("127.0.0.1:0")]));
     }
