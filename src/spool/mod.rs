@@ -22,6 +22,8 @@
 //! synced, envelope renamed into `incoming/`, directory synced. The rename is
 //! the commit point. Envelopes are updated the same way (write tmp, sync,
 //! rename over), never in place. This module knows nothing of SMTP.
+//! `space` watches the filesystem's free space (`queue.min_free`) and
+//! remembers failing writes, for the door and the health check.
 
 pub(crate) mod commit;
 pub mod envelope;
