@@ -272,6 +272,11 @@ pub(crate) struct Queue {
     /// How accepted mail is made durable: `batch` (one syncfs per group
     /// commit) or `per-file` (fdatasync of every file, as Postfix does).
     pub(crate) sync: SyncMode,
+    /// Free space the spool keeps for deferrals and bounces (Postfix's
+    /// `queue_minfree`): below it new mail is refused with `452 4.3.1` and
+    /// the maildrop waits. `None`: the default, 100 MiB but never more than
+    /// 5% of the spool's filesystem (see `spool::space`).
+    pub(crate) min_free: Option<u64>,
 }
 
 /// How the spool makes file contents durable (`queue.sync`): one `syncfs`
@@ -814,6 +819,7 @@ struct RawQueue {
     pickup_interval: Option<Dur>,
     bounce_rate_limit: Option<usize>,
     sync: Option<SyncMode>,
+    min_free: Option<Size>,
 }
 
 fn resolve_queue(raw: RawQueue, err: &KeyError) -> Result<Queue, ConfigError> {
@@ -831,6 +837,7 @@ fn resolve_queue(raw: RawQueue, err: &KeyError) -> Result<Queue, ConfigError> {
         pickup_interval: raw.pickup_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
         bounce_rate_limit: raw.bounce_rate_limit.unwrap_or(20),
         sync: raw.sync.unwrap_or(SyncMode::Batch),
+        min_free: raw.min_free.map(|s| s.0),
     };
     if queue.retry_min > queue.retry_max {
         return Err(err("queue.retry_min", "is larger than queue.retry_max".into()));
@@ -855,6 +862,7 @@ mod tests {
         assert_eq!(c.role, Role::Satellite);
         assert_eq!(c.smtp.listen, vec!["127.0.0.1:25".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.queue.retry_min, Duration::from_secs(300));
+        assert_eq!(c.queue.min_free, None, "the default is worked out from the spool's filesystem");
     }
 
     #[test]
@@ -869,12 +877,13 @@ mod tests {
     #[test]
     fn values() {
         let c = parse(
-            "[smtp]\nmax_message_size = \"10M\"\n[queue]\nretry_min = \"2s\"\nretry_max = 60\n[relay]\nsmarthosts = [\"[127.0.0.1]:2526\", \"mx.example:25\"]\n",
+            "[smtp]\nmax_message_size = \"10M\"\n[queue]\nretry_min = \"2s\"\nretry_max = 60\nmin_free = \"20M\"\n[relay]\nsmarthosts = [\"[127.0.0.1]:2526\", \"mx.example:25\"]\n",
         )
         .unwrap();
         assert_eq!(c.smtp.max_message_size, 10 << 20);
         assert_eq!(c.queue.retry_min, Duration::from_secs(2));
         assert_eq!(c.queue.retry_max, Duration::from_secs(60));
+        assert_eq!(c.queue.min_free, Some(20 << 20));
         assert_eq!(c.relay.smarthosts.len(), 2);
     }
 

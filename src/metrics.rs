@@ -172,6 +172,9 @@ pub(crate) struct QueueGauges {
     /// Arrival (Unix seconds) of the oldest message the scheduler holds;
     /// `None` with an empty queue or when not asked for.
     pub(crate) oldest_arrival: Option<u64>,
+    /// Why the queue cannot take mail as it should (free space below
+    /// `queue.min_free`, spool writes failing); `None` when it can.
+    pub(crate) storage: Option<String>,
 }
 
 /// What the daemon tells the HTTP server.
@@ -427,9 +430,11 @@ async fn read_head(stream: &mut TcpStream) -> Option<Head> {
     }
 }
 
-/// Serving means: the scheduler answers and the spool takes a new file.
+/// Serving means: the scheduler answers, the queue has its free space and
+/// its writes succeed, and the spool takes a new file.
 async fn health<P: Probe>(probe: &P) -> Result<(), String> {
     match tokio::time::timeout(PROBE_TIMEOUT, probe.queue(false)).await {
+        Ok(Some(QueueGauges { storage: Some(why), .. })) => return Err(why),
         Ok(Some(_)) => {}
         Ok(None) => return Err("scheduler stopped".into()),
         Err(_) => return Err(format!("scheduler did not answer within {PROBE_TIMEOUT:?}")),
@@ -508,7 +513,14 @@ mod tests {
         for code in [250, 354, 421, 452, 503, 550, 554, 221, 600, 0] {
             m.smtp_reply(code);
         }
-        let q = QueueGauges { incoming: 1, active: 2, deferred: 3, hold: 4, oldest_arrival: Some(m.started - 7) };
+        let q = QueueGauges {
+            incoming: 1,
+            active: 2,
+            deferred: 3,
+            hold: 4,
+            oldest_arrival: Some(m.started - 7),
+            storage: None,
+        };
         let text = render(&m, "hub", Some(&q), m.started);
         for line in [
             "posthorn_up 1",
@@ -550,11 +562,13 @@ mod tests {
 
     struct FakeProbe {
         scheduler: AtomicBool,
+        disk_full: AtomicBool,
     }
 
     impl Probe for FakeProbe {
         async fn queue(&self, _oldest: bool) -> Option<QueueGauges> {
-            self.scheduler.load(Relaxed).then(QueueGauges::default)
+            let storage = self.disk_full.load(Relaxed).then(|| "1.0 MiB available, below queue.min_free".to_string());
+            self.scheduler.load(Relaxed).then(|| QueueGauges { storage, ..QueueGauges::default() })
         }
         async fn spool_writable(&self) -> Result<(), String> {
             Ok(())
@@ -576,7 +590,7 @@ mod tests {
     async fn server_answers_and_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let probe = Arc::new(FakeProbe { scheduler: AtomicBool::new(true) });
+        let probe = Arc::new(FakeProbe { scheduler: AtomicBool::new(true), disk_full: AtomicBool::new(false) });
         let (stop, stopped) = watch::channel(false);
         let server = tokio::spawn(serve(listener, Arc::new(Metrics::default()), probe.clone(), stopped));
 
@@ -589,6 +603,10 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\n"), "{r}");
         let r = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("\r\n\r\nok\n"), "{r}");
+        probe.disk_full.store(true, Relaxed);
+        let r = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 503 ") && r.ends_with("below queue.min_free\n"), "{r}");
+        probe.disk_full.store(false, Relaxed);
         probe.scheduler.store(false, Relaxed);
         let r = exchange(addr, b"GET /health HTTP/1.1\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 503 ") && r.ends_with("scheduler stopped\n"), "{r}");
@@ -613,7 +631,7 @@ mod tests {
     async fn a_silent_client_is_cut_off() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let probe = Arc::new(FakeProbe { scheduler: AtomicBool::new(true) });
+        let probe = Arc::new(FakeProbe { scheduler: AtomicBool::new(true), disk_full: AtomicBool::new(false) });
         let (_stop, stopped) = watch::channel(false);
         tokio::spawn(serve(listener, Arc::new(Metrics::default()), probe, stopped));
         let r = exchange(addr, b"GET /metrics HTTP/1.1\r\n").await;

@@ -235,6 +235,11 @@ pub(crate) fn pending(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// removed only after its message is committed; one that cannot be read is
 /// moved to `quarantine` with a log line, never silently deleted.
 pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> usize {
+    // Below `queue.min_free` the drops wait where they are: their senders
+    // were answered already, and the space left is for what is queued.
+    if ingress.room().is_err() {
+        return 0;
+    }
     let files = match pending(dir) {
         Ok(f) => f,
         Err(e) => {
@@ -263,7 +268,7 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
                 }
                 taken += 1;
             }
-            Err(IngressError::Io(e)) => {
+            Err(e @ (IngressError::Io(_) | IngressError::NoRoom(_))) => {
                 // The spool is in trouble; leave the drop for the next scan.
                 tracing::error!("maildrop {name}: cannot queue now: {e}");
                 break;

@@ -9,6 +9,12 @@
 //! An `Ingress` either feeds the spool (inside the daemon) or writes to the
 //! maildrop (inside `sendmail -bs`, when no daemon process is involved);
 //! the SMTP session cannot tell the difference.
+//!
+//! The door also keeps the spool from filling up (Postfix's
+//! `queue_minfree`): below `queue.min_free` of free space every door but the
+//! daemon's own notices refuses new mail with `452 4.3.1`, so that what is
+//! queued can still be deferred and bounced. A write that fails because the
+//! disk is full gets the same reply, and its errno goes to the log.
 
 pub(crate) mod local;
 pub(crate) mod maildrop;
@@ -21,6 +27,7 @@ use crate::route::router::Router;
 use crate::smtp::proto::command::BodyType;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use crate::spool::envelope::{self, Envelope, Origin, Recipient};
+use crate::spool::space::{self, NoRoom};
 use crate::spool::{BodyWriter, Spool};
 use std::io;
 use std::net::SocketAddr;
@@ -129,6 +136,9 @@ pub(crate) enum IngressError {
     NoRecipients,
     #[error("spool I/O: {0}")]
     Io(#[from] io::Error),
+    /// Less free space than `queue.min_free`: new mail waits.
+    #[error("insufficient spool space: {0}")]
+    NoRoom(#[from] NoRoom),
     /// A recipient the routing tables refuse (alias loop, unknown user).
     #[error("{0}")]
     Rejected(Reply),
@@ -143,11 +153,18 @@ impl IngressError {
         match self {
             IngressError::TooBig(_) => Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"),
             IngressError::NoRecipients => Reply::new(554, Enhanced(5, 5, 1), "No valid recipients"),
+            IngressError::Io(e) if space::is_full(e) => insufficient_storage(),
+            IngressError::NoRoom(_) => insufficient_storage(),
             IngressError::Io(_) => Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later"),
             IngressError::Rejected(reply) => reply.clone(),
             IngressError::TooManyHops(_) => Reply::new(554, Enhanced(5, 4, 6), "Too many hops"),
         }
     }
+}
+
+/// RFC 3463 4.3.1, the reply for a full disk (Postfix's wording).
+fn insufficient_storage() -> Reply {
+    Reply::new(452, Enhanced(4, 3, 1), "Insufficient system storage")
 }
 
 /// The header a satellite stamps its trace id in.
@@ -169,6 +186,8 @@ struct Inner {
     /// A satellite stamps a trace id (its queue id) on mail that has none.
     stamp_trace: bool,
     hopcount_limit: usize,
+    /// `queue.min_free`; `None`: the spool's default.
+    min_free: Option<u64>,
 }
 
 /// Cheap to clone; every session holds one.
@@ -209,6 +228,7 @@ impl Ingress {
                 router,
                 stamp_trace: config.role == crate::config::Role::Satellite,
                 hopcount_limit: config.smtp.hopcount_limit,
+                min_free: config.queue.min_free,
             }),
             filtered: false,
             door: Door::Local,
@@ -279,6 +299,26 @@ impl Ingress {
         self.inner.max_size
     }
 
+    /// Whether the queue takes new mail now: the spool has `queue.min_free`
+    /// of free space (asked at most once a second). The daemon's own
+    /// notices pass regardless: the space kept free is for them.
+    pub(crate) fn room(&self) -> Result<(), IngressError> {
+        match &self.inner.sink {
+            Sink::Queue { spool, .. } if self.door != Door::Notice => Ok(spool.room(self.inner.min_free)?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Why the queue cannot take mail as it should (too little free space,
+    /// failing writes), for the health check; `None` when it can.
+    pub(crate) fn storage_trouble(&self) -> Option<String> {
+        let Sink::Queue { spool, .. } = &self.inner.sink else { return None };
+        match spool.room(self.inner.min_free) {
+            Err(low) => Some(low.to_string()),
+            Ok(()) => spool.failing().map(|why| format!("spool writes failing: {why}")),
+        }
+    }
+
     /// Starts a message: allocates its queue id and writes the `Received:`
     /// header. The caller streams the message with `write` and ends with
     /// `commit`; dropping the writer discards the message.
@@ -300,6 +340,7 @@ impl Ingress {
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
         }
+        self.room()?;
         match &self.inner.sink {
             Sink::Queue { spool, .. } => {
                 let id = spool.new_id();
@@ -466,7 +507,11 @@ impl MessageWriter {
 
     async fn emit(&mut self, chunk: &[u8]) -> Result<(), IngressError> {
         match &mut self.out {
-            Out::Queue(body) => body.write(chunk).await?,
+            Out::Queue(body) => {
+                if let Err(e) = body.write(chunk).await {
+                    return Err(store_failed(&self.env.id, e));
+                }
+            }
             Out::Maildrop(buf) => buf.extend_from_slice(chunk),
         }
         Ok(())
@@ -498,7 +543,9 @@ impl MessageWriter {
         match (out, &ingress.inner.sink) {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
                 env.size = body.size();
-                spool.commit_new(&env, body).await?;
+                if let Err(e) = spool.commit_new(&env, body).await {
+                    return Err(store_failed(&env.id, e));
+                }
                 ingress.metrics.accepted(ingress.door);
                 log_accepted(&env);
                 if let Some(tx) = scheduler {
@@ -541,6 +588,13 @@ impl MessageWriter {
         );
         Err(IngressError::TooManyHops(hops))
     }
+}
+
+/// Logs a message the spool could not store, with the errno, and gives
+/// the error its reply (`452 4.3.1` for a full disk, else `451 4.3.0`).
+fn store_failed(id: &str, e: io::Error) -> IngressError {
+    tracing::error!("{id}: cannot store the message: {}", space::describe(&e));
+    IngressError::Io(e)
 }
 
 fn log_accepted(env: &Envelope) {
@@ -651,5 +705,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_insufficient_system_storage() {
+        let full = IngressError::Io(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.reply().to_string(), "452 4.3.1 Insufficient system storage");
+        let broken = IngressError::Io(io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(broken.reply().to_string(), "451 4.3.0 Local error in processing, try again later");
+
+        // Below queue.min_free: refused at the door, except the notices.
+        let dir = tempfile::tempdir().unwrap();
+        let text = "hostname = \"vm\"\n[queue]\nmin_free = \"1000000G\"\n";
+        let config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let spool = Spool::open(dir.path(), None).expect("spool");
+        let low = Ingress::to_queue(&config, spool.clone(), None, None);
+        let Err(e) = low.open(local("a@example.org", "b@example.net", None)).await else { panic!("accepted") };
+        assert!(matches!(e, IngressError::NoRoom(_)), "{e}");
+        assert_eq!(e.reply().to_string(), "452 4.3.1 Insufficient system storage");
+        assert!(
+            low.storage_trouble().is_some_and(|why| why.contains("below queue.min_free")),
+            "{:?}",
+            low.storage_trouble()
+        );
+        let notice = low.counted_as(Door::Notice);
+        let bounce = b"Subject: bounce\r\n\r\n";
+        let id = notice.submit(Transaction::notice_to("a@example.org", false), bounce).await.unwrap();
+        assert!(spool.find(&id).is_some());
     }
 }

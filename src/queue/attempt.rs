@@ -3,11 +3,13 @@
 //! destination's connection limit and backoff), record every outcome in
 //! the envelope, send the notices that are due, then either remove the
 //! message (nothing left to do) or save it as deferred with its next time.
+//! When the spool fails any of these steps, the message stays scheduled
+//! from where it is (see the scheduler's `Next::SpoolFailed`).
 
 use super::Outbound;
 use super::dest::Destinations;
 use super::notice::{self, BounceLimiter};
-use super::{Done, backoff};
+use super::{Done, Job, Next, backoff};
 use crate::clock::now_secs;
 use crate::config::{Config, Role};
 use crate::deliver::Delivery;
@@ -18,6 +20,7 @@ use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
 use crate::message::{OutMessage, OutRecipient};
 use crate::metrics::{Metrics, RcptOutcome};
 use crate::spool::envelope::{AttemptRecord, Envelope};
+use crate::spool::space::describe;
 use crate::spool::{Spool, State};
 use std::sync::Arc;
 
@@ -34,7 +37,11 @@ pub(crate) struct Context {
 }
 
 fn skipped(id: String) -> Done {
-    Done { id, next_attempt: None, skipped: true }
+    Done { id, next: Next::Skipped }
+}
+
+fn gone(id: String) -> Done {
+    Done { id, next: Next::Gone }
 }
 
 pub(crate) async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
@@ -42,11 +49,30 @@ pub(crate) async fn run_from_disk(ctx: Context, id: String, state: State) -> Don
         Ok(env) => run(ctx, env, state).await,
         // Deleted or held by an operator meanwhile: nothing to do.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => skipped(id),
-        Err(e) => {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             tracing::error!("{id}: unreadable envelope ({e}); moved to corrupt/");
             let _ = ctx.spool.quarantine(state, &id);
-            Done { id, next_attempt: None, skipped: false }
+            gone(id)
         }
+        Err(e) => {
+            tracing::error!(
+                "{id}: cannot read envelope in {}/: {}; trying again shortly",
+                state.dir_name(),
+                describe(&e)
+            );
+            Done { next: Next::SpoolFailed(Job::OnDisk(id.clone(), state)), id }
+        }
+    }
+}
+
+/// The turn of a message whose last outcome is not on disk yet: its next
+/// attempt starts from the envelope in memory when it is due (the one in
+/// `active/` is older); before that, the outcome is written out.
+pub(crate) async fn resume(ctx: Context, env: Envelope) -> Done {
+    if !env.is_done() && env.next_attempt <= now_secs() {
+        run(ctx, env, State::Active).await
+    } else {
+        finish(&ctx, env).await
     }
 }
 
@@ -62,9 +88,23 @@ struct GroupResult {
 
 pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     let id = env.id.clone();
-    if let Err(e) = ctx.spool.move_now(&id, from, State::Active) {
-        tracing::debug!("{id}: not in {} any more ({e}); skipped", from.dir_name());
-        return skipped(id);
+    // From `active/` to itself (a resumed message) this only checks that
+    // the envelope is still there.
+    match ctx.spool.move_now(&id, from, State::Active) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!("{id}: not in {} any more ({e}); skipped", from.dir_name());
+            return skipped(id);
+        }
+        Err(e) => {
+            tracing::error!(
+                "{id}: cannot move from {}/ to active/: {}; trying again shortly",
+                from.dir_name(),
+                describe(&e)
+            );
+            let job = if from == State::Active { Job::Unsaved(env) } else { Job::OnDisk(id.clone(), from) };
+            return Done { id, next: Next::SpoolFailed(job) };
+        }
     }
     let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
     let mut groups: Vec<(Hop, Vec<usize>)> = Vec::new();
@@ -108,21 +148,43 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     for items in notice::due(&mut env, &before, &success, delay_warning, now) {
         notice::send(&ctx.ingress, &ctx.spool, &ctx.limiter, &env, items, now).await;
     }
+    if !env.is_done() {
+        env.next_attempt = next_attempt(&ctx.config, &env, &results, now);
+    }
+    finish(&ctx, env).await
+}
+
+/// Writes an attempt's outcome: removes a finished message, or saves it as
+/// deferred, due at its `next_attempt`. When the spool fails, the message
+/// stays in `active/` (with the envelope from before the attempt) and its
+/// outcome in memory, to be written again shortly: a restart meanwhile
+/// would repeat the attempt, never lose the message.
+async fn finish(ctx: &Context, env: Envelope) -> Done {
+    let id = env.id.clone();
     if env.is_done() {
-        if let Err(e) = ctx.spool.remove(State::Active, &id) {
-            tracing::error!("{id}: cannot remove finished message: {e}");
-        } else {
-            tracing::info!("{id}: removed");
+        return match ctx.spool.remove(State::Active, &id) {
+            Ok(()) => {
+                tracing::info!("{id}: removed");
+                gone(id)
+            }
+            // An earlier try removed the envelope and failed on the body.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone(id),
+            Err(e) => {
+                tracing::error!("{id}: cannot remove finished message: {}; trying again shortly", describe(&e));
+                Done { id, next: Next::SpoolFailed(Job::Unsaved(env)) }
+            }
+        };
+    }
+    match ctx.spool.save(&env, State::Active, State::Deferred).await {
+        Ok(()) => Done { next: Next::At(env.next_attempt, Job::OnDisk(id.clone(), State::Deferred)), id },
+        Err(e) => {
+            tracing::error!(
+                "{id}: cannot save deferred envelope: {}; kept in active/, its outcome in memory, trying again shortly",
+                describe(&e)
+            );
+            Done { id, next: Next::SpoolFailed(Job::Unsaved(env)) }
         }
-        return Done { id, next_attempt: None, skipped: false };
     }
-    env.next_attempt = next_attempt(&ctx.config, &env, &results, now);
-    if let Err(e) = ctx.spool.save(&env, State::Active, State::Deferred).await {
-        // Left in active/: recovery requeues it at the next start; until
-        // then, retry from memory at the computed time.
-        tracing::error!("{id}: cannot save deferred envelope: {e}");
-    }
-    Done { id, next_attempt: Some(env.next_attempt), skipped: false }
 }
 
 /// A body whose length is not the size its envelope recorded: truncated
@@ -150,7 +212,7 @@ fn quarantine_damaged(ctx: &Context, id: String, damage: &Damaged) -> Done {
         Ok(()) => tracing::error!("{id}: damaged message: {damage}; moved to corrupt/, not delivered"),
         Err(e) => tracing::error!("{id}: damaged message: {damage}; not delivered, cannot move it to corrupt/: {e}"),
     }
-    Done { id, next_attempt: None, skipped: false }
+    gone(id)
 }
 
 /// Delivers the recipients `indexes` of `env` to `hop`, unless the

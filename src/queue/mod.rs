@@ -8,6 +8,14 @@
 //! the destination's backoff instead of each knocking on the closed door.
 //! Only the envelope of a deferred message is kept in memory as
 //! `(due time, id)`; envelopes are read when the message becomes active.
+//!
+//! The schedule follows where each message really is. When the spool fails
+//! (a full disk, an I/O error), a message is never dropped from it: the
+//! failure is logged with its errno and the message tried again after a
+//! short backoff (`spool_backoff`), starting from where it is. An attempt
+//! whose outcome cannot be written keeps that outcome in memory
+//! (`Job::Unsaved`), so recipients already delivered are not sent again,
+//! and writes it out as soon as the spool takes it.
 
 pub(crate) mod attempt;
 pub(crate) mod backoff;
@@ -25,7 +33,7 @@ use crate::spool::envelope::AttemptRecord;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use dest::Destinations;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -73,19 +81,23 @@ pub(crate) struct ActResult {
     pub(crate) error: Option<String>,
 }
 
-/// A message waiting for a delivery slot.
+/// A message waiting for its turn, and where that turn starts from.
 #[derive(Debug)]
-enum Job {
+pub(crate) enum Job {
     /// Just accepted; the envelope came from ingress.
     Fresh(Envelope),
-    /// On disk in `incoming/` or `deferred/`; read when started.
+    /// On disk in `incoming/`, `deferred/` or `active/`; read when started.
     OnDisk(String, State),
+    /// Its last attempt's outcome could not be written: this envelope is
+    /// the message as it is, while `active/` still holds an older one. Its
+    /// turn writes it out, or makes the next attempt when that is due.
+    Unsaved(Envelope),
 }
 
 impl Job {
     fn id(&self) -> &str {
         match self {
-            Job::Fresh(e) => &e.id,
+            Job::Fresh(e) | Job::Unsaved(e) => &e.id,
             Job::OnDisk(id, _) => id,
         }
     }
@@ -95,11 +107,29 @@ impl Job {
 #[derive(Debug)]
 pub(crate) struct Done {
     pub(crate) id: String,
-    /// When the message is due again, if it is still queued.
-    pub(crate) next_attempt: Option<u64>,
+    pub(crate) next: Next,
+}
+
+/// What becomes of a message after its turn.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Removed, or set aside in `corrupt/`: it leaves the schedule.
+    Gone,
     /// The message was gone or elsewhere when its turn came (a stale entry
     /// after an operator action); nothing was done.
-    pub(crate) skipped: bool,
+    Skipped,
+    /// Still queued: due again at this time, starting from the job.
+    At(u64, Job),
+    /// The spool failed it (logged already): tried again from the job after
+    /// a short backoff.
+    SpoolFailed(Job),
+}
+
+/// The wait before trying again a message the spool failed: 1 s, doubling
+/// up to 30 s, so that a freed disk is used within seconds, while a disk
+/// that stays full costs one log line per message per half minute.
+fn spool_backoff(failures: u32) -> u64 {
+    1u64.checked_shl(failures.saturating_sub(1)).unwrap_or(u64::MAX).min(30)
 }
 
 /// Fresh mail kept in memory; beyond this, only ids are kept and the
@@ -122,7 +152,10 @@ pub(crate) struct Scheduler {
     limiter: Arc<notice::BounceLimiter>,
     fresh: VecDeque<Job>,
     retry: VecDeque<Job>,
-    waiting: BTreeSet<(u64, String)>,
+    /// Messages waiting for their time, by (due time, id).
+    waiting: BTreeMap<(u64, String), Job>,
+    /// Spool failures in a row, by message, for `spool_backoff`.
+    spool_failures: HashMap<String, u32>,
     /// Ids queued in `fresh`/`retry`/`waiting` or in delivery, so a message
     /// is never scheduled twice (a rescan can meet one already known).
     known: HashSet<String>,
@@ -145,7 +178,8 @@ impl Scheduler {
             ingress,
             fresh: VecDeque::new(),
             retry: VecDeque::new(),
-            waiting: BTreeSet::new(),
+            waiting: BTreeMap::new(),
+            spool_failures: HashMap::new(),
             known: HashSet::new(),
             running: HashMap::new(),
             turn: 0,
@@ -160,20 +194,24 @@ impl Scheduler {
     }
 
     /// Loads what is on disk: `incoming/` is due now, `deferred/` at the
-    /// time its envelope says. Unreadable envelopes are quarantined.
+    /// time its envelope says. Unreadable envelopes are quarantined. What
+    /// recovery could not move out of `active/` (a full disk) is due now,
+    /// from there.
     pub(crate) fn load(&mut self) -> std::io::Result<()> {
         self.held = self.spool.list(State::Hold)?.len() as u64;
-        let mut incoming = self.spool.list(State::Incoming)?;
-        incoming.sort();
-        for id in incoming {
-            self.known.insert(id.clone());
-            self.fresh.push_back(Job::OnDisk(id, State::Incoming));
+        for state in [State::Incoming, State::Active] {
+            let mut ids = self.spool.list(state)?;
+            ids.sort();
+            for id in ids {
+                self.known.insert(id.clone());
+                self.fresh.push_back(Job::OnDisk(id, state));
+            }
         }
         for id in self.spool.list(State::Deferred)? {
             match self.spool.read_envelope(State::Deferred, &id) {
                 Ok(env) => {
                     self.known.insert(id.clone());
-                    self.waiting.insert((env.next_attempt, id));
+                    self.waiting.insert((env.next_attempt, id.clone()), Job::OnDisk(id, State::Deferred));
                 }
                 Err(e) => {
                     tracing::error!("{id}: unreadable envelope ({e}); moved to corrupt/");
@@ -228,19 +266,19 @@ impl Scheduler {
     /// Moves deferred messages whose time has come to the retry line.
     fn promote_due(&mut self) {
         let now = now_secs();
-        while let Some((at, _)) = self.waiting.first() {
+        while let Some(((at, _), _)) = self.waiting.first_key_value() {
             if *at > now || self.retry.len() >= self.config.queue.active_limit {
                 break;
             }
-            let (_, id) = self.waiting.pop_first().expect("non-empty");
-            self.retry.push_back(Job::OnDisk(id, State::Deferred));
+            let (_, job) = self.waiting.pop_first().expect("non-empty");
+            self.retry.push_back(job);
         }
     }
 
     fn next_wakeup(&self) -> Duration {
         let idle = Duration::from_secs(3600);
-        match self.waiting.first() {
-            Some((at, _)) => Duration::from_secs(at.saturating_sub(now_secs())).min(idle),
+        match self.waiting.first_key_value() {
+            Some(((at, _), _)) => Duration::from_secs(at.saturating_sub(now_secs())).min(idle),
             None => idle,
         }
         .max(Duration::from_millis(if self.retry.is_empty() { 0 } else { 50 }))
@@ -258,8 +296,8 @@ impl Scheduler {
                 self.fresh.pop_front().or_else(|| self.retry.pop_front())
             };
             let Some(job) = job else { return };
-            if self.running.contains_key(job.id()) {
-                continue; // a stale duplicate of a message being delivered
+            if self.running.contains_key(job.id()) || !self.known.contains(job.id()) {
+                continue; // a stale duplicate, or a message an operator took away
             }
             let ctx = attempt::Context {
                 spool: self.spool.clone(),
@@ -276,6 +314,7 @@ impl Scheduler {
                 let done = match job {
                     Job::Fresh(env) => attempt::run(ctx, env, State::Incoming).await,
                     Job::OnDisk(id, state) => attempt::run_from_disk(ctx, id, state).await,
+                    Job::Unsaved(env) => attempt::resume(ctx, env).await,
                 };
                 let _ = done_tx.send(done);
             });
@@ -287,15 +326,21 @@ impl Scheduler {
         if self.running.remove(&done.id).is_none() {
             return; // stopped by an operator action, already accounted for
         }
-        if done.skipped {
-            return;
-        }
-        match done.next_attempt {
-            Some(at) => {
-                self.waiting.insert((at, done.id));
-            }
-            None => {
+        match done.next {
+            Next::Skipped => {}
+            Next::Gone => {
                 self.known.remove(&done.id);
+                self.spool_failures.remove(&done.id);
+            }
+            Next::At(at, job) => {
+                self.spool_failures.remove(&done.id);
+                self.waiting.insert((at, done.id), job);
+            }
+            Next::SpoolFailed(job) => {
+                let failures = self.spool_failures.entry(done.id.clone()).or_default();
+                *failures += 1;
+                let at = now_secs() + spool_backoff(*failures);
+                self.waiting.insert((at, done.id), job);
             }
         }
     }
@@ -320,8 +365,8 @@ impl Scheduler {
             Command::Flush(reply) => {
                 self.dests.reset_all();
                 let n = self.waiting.len();
-                while let Some((_, id)) = self.waiting.pop_first() {
-                    self.retry.push_back(Job::OnDisk(id, State::Deferred));
+                while let Some((_, job)) = self.waiting.pop_first() {
+                    self.retry.push_back(job);
                 }
                 tracing::info!("flush: {n} deferred message(s) scheduled now");
                 let _ = reply.send(n);
@@ -458,6 +503,7 @@ impl Scheduler {
             deferred: (self.known.len() as u64).saturating_sub(incoming + active),
             hold: self.held,
             oldest_arrival,
+            storage: self.ingress.storage_trouble(),
         }
     }
 
@@ -484,5 +530,17 @@ impl QueueAction {
             QueueAction::Deliver => "scheduled for delivery",
             QueueAction::Bounce => "returned to sender",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_failures_back_off_briefly() {
+        let waits: Vec<u64> = (1..=8).map(spool_backoff).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(spool_backoff(200), 30);
     }
 }

@@ -19,11 +19,25 @@
 //!   before the renames, as Postfix does.
 //!
 //! Either way no envelope can become durable before its body is.
+//!
+//! A failed sync must fail every request whose writes it may have lost,
+//! not only the batch it ran for. The kernel reports a writeback error once
+//! per open file (errseq): `syncfs` through one long-lived descriptor, open
+//! since before the first write, sees every error once, where a fresh
+//! descriptor per batch would miss those already reported elsewhere. And the
+//! pages that failed may belong to a writer whose request is still to come
+//! (it wrote while the failing sync ran): so each writer notes the count of
+//! failed syncs (`FailedSyncs`) before it writes, and a request is refused
+//! when a sync failed since. Linux reports writeback errors through
+//! `syncfs` only from 5.8 on; on older kernels `batch` falls back to
+//! `per-file`, with a warning (`effective_mode`).
 
 pub(crate) use crate::config::SyncMode;
 use std::collections::BTreeSet;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use tokio::sync::oneshot;
 
@@ -40,7 +54,20 @@ struct Request {
     /// entries must be durable: the directory to sync under `PerFile`; any
     /// value means "syncfs first" under `Batch`.
     sync_first: Option<PathBuf>,
+    /// `FailedSyncs::count` from before the request's files were written.
+    written_at: u64,
     done: oneshot::Sender<io::Result<()>>,
+}
+
+/// How many syncs of the spool have failed in this process; see the module
+/// comment. A writer reads `count` before it writes and hands it to `commit`.
+#[derive(Debug, Default)]
+pub(crate) struct FailedSyncs(AtomicU64);
+
+impl FailedSyncs {
+    pub(crate) fn count(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Handle to the committer thread; cheap to clone.
@@ -56,13 +83,22 @@ impl std::fmt::Debug for Request {
 }
 
 impl Committer {
-    /// Starts the committer thread; its renames hold `moves` shared, so a
-    /// listing never reads the state directories half-way through a batch.
-    pub(crate) fn start(mode: SyncMode, moves: Arc<super::MoveLock>) -> Committer {
+    /// Starts the committer thread. `fs` is a descriptor on the spool's
+    /// filesystem, open since before any write the committer makes durable
+    /// (for `syncfs`); `failed` is shared with the writers. Its renames hold
+    /// `moves` shared, so a listing never reads the state directories
+    /// half-way through a batch.
+    pub(crate) fn start(
+        mode: SyncMode,
+        fs: Arc<File>,
+        failed: Arc<FailedSyncs>,
+        moves: Arc<super::MoveLock>,
+    ) -> Committer {
         let (tx, rx) = mpsc::channel::<Request>();
+        let state = State { mode, fs, failed, moves, last_error: None };
         std::thread::Builder::new()
             .name("posthorn-commit".into())
-            .spawn(move || run(rx, mode, &moves))
+            .spawn(move || run(rx, state))
             .expect("spawning the committer thread");
         Committer { tx }
     }
@@ -70,40 +106,77 @@ impl Committer {
     /// Performs `renames` in order and returns once they are durable.
     /// `sync_first` names the directory of files just written whose
     /// contents and names must be durable before any rename (the body
-    /// directory, for new messages); see `Request`.
-    pub(crate) async fn commit(&self, renames: Vec<Rename>, sync_first: Option<PathBuf>) -> io::Result<()> {
+    /// directory, for new messages); see `Request`. `written_at` is
+    /// `FailedSyncs::count` from before those files were written.
+    pub(crate) async fn commit(
+        &self,
+        renames: Vec<Rename>,
+        sync_first: Option<PathBuf>,
+        written_at: u64,
+    ) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Request { renames, sync_first, done })
+            .send(Request { renames, sync_first, written_at, done })
             .map_err(|_| io::Error::other("the spool committer has stopped"))?;
         wait.await.map_err(|_| io::Error::other("the spool committer has stopped"))?
     }
 }
 
-fn run(rx: mpsc::Receiver<Request>, mode: SyncMode, moves: &super::MoveLock) {
+/// What the committer thread keeps between batches.
+struct State {
+    mode: SyncMode,
+    fs: Arc<File>,
+    failed: Arc<FailedSyncs>,
+    moves: Arc<super::MoveLock>,
+    /// The last sync failure, for the requests it dooms later.
+    last_error: Option<(io::ErrorKind, String)>,
+}
+
+impl State {
+    fn sync_failed(&mut self, e: &io::Error) {
+        self.failed.0.fetch_add(1, Ordering::AcqRel);
+        self.last_error = Some((e.kind(), e.to_string()));
+    }
+
+    /// Refuses a request written before a sync that failed: its pages may
+    /// be the ones that were lost.
+    fn doomed(&self, req: &Request) -> Option<io::Error> {
+        if req.written_at == self.failed.count() {
+            return None;
+        }
+        let (kind, text) = self.last_error.clone().unwrap_or((io::ErrorKind::Other, "unknown error".into()));
+        Some(io::Error::new(kind, format!("a sync of the spool failed after this was written: {text}")))
+    }
+}
+
+fn run(rx: mpsc::Receiver<Request>, mut state: State) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        commit_batch(batch, mode, moves);
+        commit_batch(batch, &mut state);
     }
 }
 
-fn commit_batch(batch: Vec<Request>, mode: SyncMode, moves: &super::MoveLock) {
+fn commit_batch(batch: Vec<Request>, state: &mut State) {
     let first_dirs: BTreeSet<&Path> = batch.iter().filter_map(|r| r.sync_first.as_deref()).collect();
-    let mut failure = match (mode, first_dirs.first()) {
-        (_, None) => None,
-        (SyncMode::Batch, Some(dir)) => sync_filesystem(dir).err(),
-        (SyncMode::PerFile, Some(_)) => first_dirs.iter().find_map(|d| sync_dir(d).err()),
+    let mut failure = match (state.mode, first_dirs.is_empty()) {
+        (_, true) => None,
+        (SyncMode::Batch, false) => rustix::fs::syncfs(&*state.fs).map_err(io::Error::from).err(),
+        (SyncMode::PerFile, false) => first_dirs.iter().find_map(|d| sync_dir(d).err()),
     };
+    if let Some(e) = &failure {
+        state.sync_failed(e);
+    }
     let mut results = Vec::with_capacity(batch.len());
     let mut touched = BTreeSet::new();
-    let moving = moves.moving();
+    let moving = state.moves.moving();
     for req in &batch {
-        let result = match &failure {
-            Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
-            None => req.renames.iter().try_for_each(|r| {
+        let result = match (&failure, state.doomed(req)) {
+            (Some(e), _) => Err(io::Error::new(e.kind(), e.to_string())),
+            (None, Some(doomed)) => Err(doomed),
+            (None, None) => req.renames.iter().try_for_each(|r| {
                 std::fs::rename(&r.from, &r.to)?;
                 touched.extend(r.from.parent().map(Path::to_path_buf));
                 touched.extend(r.to.parent().map(Path::to_path_buf));
@@ -115,6 +188,9 @@ fn commit_batch(batch: Vec<Request>, mode: SyncMode, moves: &super::MoveLock) {
     drop(moving);
     if failure.is_none() {
         failure = touched.iter().find_map(|d| sync_dir(d).err());
+        if let Some(e) = &failure {
+            state.sync_failed(e);
+        }
     }
     for (req, result) in batch.into_iter().zip(results) {
         let result = match (&failure, result) {
@@ -125,14 +201,85 @@ fn commit_batch(batch: Vec<Request>, mode: SyncMode, moves: &super::MoveLock) {
     }
 }
 
-/// syncfs(2) of the filesystem holding `dir`: every write made before the
-/// call is durable when it returns, and a writeback error is reported.
-fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    let f = std::fs::File::open(dir)?;
-    rustix::fs::syncfs(&f).map_err(io::Error::from)
+/// The way of syncing to use on this kernel: `batch` needs `syncfs` to
+/// report writeback errors, which Linux does from 5.8 on. The spool warns
+/// when its committer starts with the fallback.
+pub(crate) fn effective_mode(mode: SyncMode) -> SyncMode {
+    let release = rustix::system::uname().release().to_string_lossy().into_owned();
+    match mode {
+        SyncMode::Batch if !reports_writeback_errors(&release) => SyncMode::PerFile,
+        _ => mode,
+    }
+}
+
+/// Whether a kernel `release` (`uname -r`) is 5.8 or later; one that does
+/// not parse is taken to be recent.
+fn reports_writeback_errors(release: &str) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (5, 8),
+        _ => true,
+    }
 }
 
 /// fsync of a directory, which makes the names in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_that_report_writeback_errors() {
+        let cases = [
+            ("6.18.44-fc-v1252", true),
+            ("5.8.0", true),
+            ("5.10.0-28-amd64", true),
+            ("5.7.19", false),
+            ("4.19.0-27-cloud-amd64", false),
+            ("3.10.0-1160.el7.x86_64", false),
+            ("weird", true),
+        ];
+        for (release, expected) in cases {
+            assert_eq!(reports_writeback_errors(release), expected, "{release}");
+        }
+    }
+
+    /// A request written before a sync failed is refused, also in a later
+    /// batch whose own sync succeeds; one written after the failure is not.
+    #[test]
+    fn a_failed_sync_dooms_everything_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let failed = Arc::new(FailedSyncs::default());
+        let mut state = State {
+            mode: SyncMode::Batch,
+            fs: Arc::new(File::open(dir.path()).unwrap()),
+            failed: failed.clone(),
+            moves: Arc::default(),
+            last_error: None,
+        };
+        let before = failed.count();
+        let request = |name: &str, written_at: u64| {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+            let rename = Rename { from: dir.path().join(name), to: dir.path().join(format!("{name}.done")) };
+            let (done, wait) = oneshot::channel();
+            (Request { renames: vec![rename], sync_first: Some(dir.path().into()), written_at, done }, wait)
+        };
+        let (a, a_done) = request("a", before);
+        commit_batch(vec![a], &mut state);
+        assert!(a_done.blocking_recv().unwrap().is_ok());
+
+        // `b` was written while a sync failed (its pages may be the lost ones).
+        let (b, b_done) = request("b", before);
+        state.sync_failed(&io::Error::from_raw_os_error(libc::EIO));
+        let (c, c_done) = request("c", failed.count());
+        commit_batch(vec![b, c], &mut state);
+        let e = b_done.blocking_recv().unwrap().unwrap_err();
+        assert!(e.to_string().contains("failed after this was written") && e.to_string().contains("os error 5"), "{e}");
+        assert!(!dir.path().join("b.done").exists());
+        assert!(c_done.blocking_recv().unwrap().is_ok());
+        assert!(dir.path().join("c.done").exists());
+    }
 }

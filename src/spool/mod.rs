@@ -22,11 +22,14 @@
 //! synced, envelope renamed into `incoming/`, directory synced. The rename is
 //! the commit point. Envelopes are updated the same way (write tmp, sync,
 //! rename over), never in place. This module knows nothing of SMTP.
+//! `space` watches the filesystem's free space (`queue.min_free`) and
+//! remembers failing writes, for the door and the health check.
 
 pub(crate) mod commit;
 pub mod envelope;
 pub(crate) mod id;
 pub(crate) mod lock;
+pub(crate) mod space;
 
 use envelope::Envelope;
 use std::collections::HashSet;
@@ -91,7 +94,14 @@ struct Inner {
     root: PathBuf,
     ids: id::IdGen,
     sync: commit::SyncMode,
+    /// `batch` was asked for, and this kernel cannot report its failures.
+    sync_fell_back: bool,
     committer: OnceLock<commit::Committer>,
+    /// The spool's filesystem, open since the spool was: the committer's
+    /// `syncfs` learns every writeback error through it (see `commit`).
+    fs: Arc<std::fs::File>,
+    failed_syncs: Arc<commit::FailedSyncs>,
+    space: space::Space,
     moves: Arc<MoveLock>,
 }
 
@@ -146,13 +156,18 @@ impl Spool {
             std::fs::set_permissions(&maildrop, std::fs::Permissions::from_mode(0o1733))?;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711))?;
         }
+        let effective = commit::effective_mode(sync);
         Ok(Spool {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 ids: id::IdGen::leased(newest_id, root.join("id-lease"))?,
-                sync,
+                sync: effective,
+                sync_fell_back: effective != sync,
                 committer: OnceLock::new(),
                 moves: Arc::default(),
+                fs: Arc::new(std::fs::File::open(root)?),
+                failed_syncs: Arc::default(),
+                space: space::Space::new(root),
             }),
         })
     }
@@ -176,7 +191,36 @@ impl Spool {
         self.inner.root.join("tmp").join(format!("{id}.{}", fastrand::u32(..)))
     }
     fn committer(&self) -> &commit::Committer {
-        self.inner.committer.get_or_init(|| commit::Committer::start(self.inner.sync, self.inner.moves.clone()))
+        self.inner.committer.get_or_init(|| {
+            if self.inner.sync_fell_back {
+                tracing::warn!(
+                    "queue.sync = batch needs Linux 5.8 or later, where syncfs reports failed writes: using per-file"
+                );
+            }
+            commit::Committer::start(
+                self.inner.sync,
+                self.inner.fs.clone(),
+                self.inner.failed_syncs.clone(),
+                self.inner.moves.clone(),
+            )
+        })
+    }
+
+    /// Whether new mail may come in: at least `min_free` (`queue.min_free`;
+    /// `None`: the default) available on the spool's filesystem.
+    pub(crate) fn room(&self, min_free: Option<u64>) -> Result<(), space::NoRoom> {
+        self.inner.space.room(min_free)
+    }
+
+    /// Why the spool's writes are failing, while they are.
+    pub(crate) fn failing(&self) -> Option<String> {
+        self.inner.space.failing()
+    }
+
+    /// Notes how a write ended for `failing`, and hands the result on.
+    fn noted<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        self.inner.space.wrote(&result);
+        result
     }
 
     pub(crate) fn new_id(&self) -> String {
@@ -185,7 +229,14 @@ impl Spool {
 
     /// Starts writing the body of message `id`.
     pub(crate) fn body_writer(&self, id: &str) -> BodyWriter {
-        BodyWriter { path: self.body_path(id), buf: Vec::new(), file: None, size: 0, committed: false }
+        BodyWriter {
+            path: self.body_path(id),
+            buf: Vec::new(),
+            file: None,
+            size: 0,
+            committed: false,
+            written_at: self.inner.failed_syncs.count(),
+        }
     }
 
     /// Makes a new message durable: the body's remaining bytes and the
@@ -216,14 +267,19 @@ impl Spool {
         // right here: two small writes into the page cache cost less than
         // handing them to another thread and back. Anything that may block
         // longer (a big body, a per-file sync) goes to the blocking pool.
-        if !per_file && body.file.is_none() && body.size <= INLINE_WRITE as u64 {
-            write()?;
+        let written = if !per_file && body.file.is_none() && body.size <= INLINE_WRITE as u64 {
+            write()
         } else {
-            tokio::task::spawn_blocking(write).await.map_err(io::Error::other)??;
+            tokio::task::spawn_blocking(write).await.map_err(io::Error::other).and_then(|r| r)
+        };
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return self.noted(Err(e));
         }
         let to = self.envelope_path(State::Incoming, &env.id);
         let data_dir = self.inner.root.join("data");
-        match self.committer().commit(vec![commit::Rename { from: tmp.clone(), to }], Some(data_dir)).await {
+        let renames = vec![commit::Rename { from: tmp.clone(), to }];
+        match self.noted(self.committer().commit(renames, Some(data_dir), body.written_at).await) {
             Ok(()) => {
                 body.committed = true;
                 Ok(())
@@ -261,13 +317,20 @@ impl Spool {
         let json = env.to_json();
         let tmp_w = tmp.clone();
         let per_file = self.inner.sync == commit::SyncMode::PerFile;
-        tokio::task::spawn_blocking(move || {
+        let written_at = self.inner.failed_syncs.count();
+        let written = tokio::task::spawn_blocking(move || {
             let mut f = create_file(&tmp_w)?;
             f.write_all(&json)?;
             if per_file { f.sync_data() } else { Ok(()) }
         })
         .await
-        .map_err(io::Error::other)??;
+        .map_err(io::Error::other)
+        .and_then(|r| r);
+        if let Err(e) = written {
+            // A short write on a full disk leaves a partial file behind.
+            let _ = std::fs::remove_file(&tmp);
+            return self.noted(Err(e));
+        }
         let at_from = self.envelope_path(from, &env.id);
         let mut renames = vec![commit::Rename { from: tmp.clone(), to: at_from.clone() }];
         if from != to {
@@ -276,7 +339,7 @@ impl Spool {
         // Under `Batch` the new content is synced with the batch; under
         // `PerFile` it was synced above.
         let sync_first = (!per_file).then(|| self.inner.root.join("tmp"));
-        let result = self.committer().commit(renames, sync_first).await;
+        let result = self.noted(self.committer().commit(renames, sync_first, written_at).await);
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
@@ -287,16 +350,16 @@ impl Spool {
     /// for incoming -> active, which recovery undoes anyway.
     pub(crate) fn move_now(&self, id: &str, from: State, to: State) -> io::Result<()> {
         let _moving = self.inner.moves.moving();
-        std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id))
+        self.noted(std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id)))
     }
 
     /// Removes a finished message: envelope first (the commit point of
     /// "done"), then the body. A crash between leaves an orphan body, which
     /// recovery moves to `corrupt/`.
     pub(crate) fn remove(&self, state: State, id: &str) -> io::Result<()> {
-        std::fs::remove_file(self.envelope_path(state, id))?;
+        self.noted(std::fs::remove_file(self.envelope_path(state, id)))?;
         match std::fs::remove_file(self.body_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => self.noted(Err(e)),
             _ => Ok(()),
         }
     }
@@ -332,6 +395,9 @@ impl Spool {
         // Ids sort in arrival order, so reading the files in id order gives
         // the listing in order: each thread takes a contiguous run.
         files.sort_unstable();
+        // A name in two states at once (not something a rename leaves, but
+        // a copy made by hand) is listed once, in the earlier state.
+        files.dedup_by(|a, b| a.0 == b.0);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let chunk = files.len().div_ceil(threads).max(256);
         let read = |part: &[(String, State)]| -> Vec<(State, Envelope)> {
@@ -391,7 +457,7 @@ impl Spool {
 
     /// Returns once every rename queued before this call is durable.
     pub(crate) async fn barrier(&self) -> io::Result<()> {
-        self.committer().commit(Vec::new(), None).await
+        self.committer().commit(Vec::new(), None, self.inner.failed_syncs.count()).await
     }
 
     /// Operator actions, run on a blocking thread. Each returns the state the
@@ -495,27 +561,38 @@ impl Spool {
     /// content names another id, and bodies no envelope refers to. What it
     /// does not understand (a directory in `tmp/` or `data/`) it leaves
     /// alone and reports: one odd entry never stops the start.
+    ///
+    /// Nor does a full or failing disk: a move that fails (a directory that
+    /// would need a new block on a full filesystem) is logged with its errno
+    /// and the entry left where it is. A message left in `active/` is
+    /// loaded from there by the scheduler, and the rest is retried at the
+    /// next start: starting, and delivering what is queued, is what frees
+    /// the space.
     pub(crate) fn recover(&self) -> io::Result<Recovery> {
         let mut report = Recovery::default();
         self.sweep_tmp(&mut report)?;
         for id in self.list(State::Active)? {
-            self.move_now(&id, State::Active, State::Incoming)?;
-            report.active_requeued += 1;
+            match self.move_now(&id, State::Active, State::Incoming) {
+                Ok(()) => report.active_requeued += 1,
+                Err(e) => recovery_failed(&format!("{id}: cannot move from active/ to incoming/"), &e),
+            }
         }
         let mut known = HashSet::new();
         for state in State::QUEUED {
             let ids = self.list(state)?;
             for (id, inside) in ids.iter().zip(self.inner_ids(state, &ids)) {
-                match inside {
-                    Some(inside) if inside != *id => {
-                        self.quarantine(state, id)?;
-                        report.misnamed.push((id.clone(), inside));
-                    }
-                    _ if !self.body_path(id).exists() => {
-                        self.quarantine(state, id)?;
-                        report.missing_body.push(id.clone());
-                    }
-                    _ => {}
+                let (why, list) = match inside {
+                    Some(inside) if inside != *id => ("misnamed", Some(inside)),
+                    _ if !self.body_path(id).exists() => ("body missing", None),
+                    _ => continue,
+                };
+                if let Err(e) = self.quarantine(state, id) {
+                    recovery_failed(&format!("{id}: {why}, cannot move it to corrupt/"), &e);
+                    continue;
+                }
+                match list {
+                    Some(inside) => report.misnamed.push((id.clone(), inside)),
+                    None => report.missing_body.push(id.clone()),
                 }
             }
             known.extend(ids);
@@ -523,9 +600,11 @@ impl Spool {
         known.extend(self.list(State::Corrupt)?);
         self.set_aside_orphans(&known, &mut report)?;
         report.newest_id = known.into_iter().max();
-        commit::sync_dir(&self.inner.root.join("incoming"))?;
-        commit::sync_dir(&self.inner.root.join("data"))?;
-        commit::sync_dir(&self.dir(State::Corrupt))?;
+        for dir in ["incoming", "data", State::Corrupt.dir_name()] {
+            if let Err(e) = commit::sync_dir(&self.inner.root.join(dir)) {
+                recovery_failed(&format!("cannot sync {dir}/"), &e);
+            }
+        }
         Ok(report)
     }
 
@@ -562,8 +641,12 @@ impl Spool {
                 report.skipped.push((format!("data/{name}"), describe(kind)));
                 continue;
             }
-            std::fs::rename(entry.path(), self.dir(State::Corrupt).join(format!("body-{name}")))?;
-            report.orphan_bodies.push(name);
+            match std::fs::rename(entry.path(), self.dir(State::Corrupt).join(format!("body-{name}"))) {
+                Ok(()) => report.orphan_bodies.push(name),
+                Err(e) => {
+                    recovery_failed(&format!("data/{name}: no envelope names it, cannot move it to corrupt/"), &e)
+                }
+            }
         }
         Ok(())
     }
@@ -582,6 +665,11 @@ impl Spool {
             Envelope::from_json(&buf).ok().map(|env| env.id)
         })
     }
+}
+
+/// Logs a step of recovery that failed and is left for the next start.
+fn recovery_failed(what: &str, e: &io::Error) {
+    tracing::error!("recovery: {what}: {}; left where it is", space::describe(e));
 }
 
 /// What a directory entry is, for a log line.
@@ -655,6 +743,9 @@ pub(crate) struct BodyWriter {
     file: Option<std::fs::File>,
     size: u64,
     committed: bool,
+    /// The spool's count of failed syncs when the first byte was written:
+    /// a sync failing after it fails the commit (see `commit`).
+    written_at: u64,
 }
 
 impl BodyWriter {
