@@ -139,16 +139,15 @@ fn one_address_cannot_take_every_slot() {
     quitting.write_all(b"QUIT\r\n").unwrap();
     assert!(first_line(&mut quitting).starts_with("221 "));
     assert!(closed(&mut quitting));
+    assert!(ph.wait_for_log("disconnect from unknown[127.0.0.2]", secs(5)));
+    // The count is given back just after that line, when the session ends.
     let mut again = None;
-    for _ in 0..50 {
+    wait_until(secs(5), || {
         let mut stream = connect_from(greedy, addr);
-        if first_line(&mut stream).starts_with("220 ") {
-            again = Some(stream);
-            break;
-        }
-        // The session task may not have ended yet; `wait_until` style.
-        thread::sleep(Duration::from_millis(50));
-    }
+        let greeted = first_line(&mut stream).starts_with("220 ");
+        again = greeted.then_some(stream);
+        greeted
+    });
     assert!(again.is_some(), "a slot of 127.0.0.2 came back after QUIT");
 }
 
