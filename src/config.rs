@@ -198,11 +198,43 @@ pub(crate) struct Smtp {
     pub(crate) max_line_length: usize,
     /// Longest text line inside DATA, CRLF included (RFC 5321: 1000 at least).
     pub(crate) max_data_line_length: usize,
-    /// Time allowed waiting for a command.
+    /// Connections one client (an IPv4 address, an IPv6 /64) may have open
+    /// at once on a listener (Postfix `smtpd_client_connection_count_limit`);
+    /// 0: no limit. Clients in `access.trusted_networks` are exempt.
+    pub(crate) client_connection_limit: u32,
+    /// New connections one client may open per minute on a listener
+    /// (Postfix `smtpd_client_connection_rate_limit`), refused ones
+    /// included; 0: no limit. The default, 600 (ten a second), is far above
+    /// what a mail client needs and only stops a connection flood. Trusted
+    /// networks are exempt.
+    pub(crate) client_connection_rate_limit: u32,
+    /// Of `max_connections`, the slots only clients in
+    /// `access.trusted_networks` may take: others are admitted only while
+    /// more than this many are free, so that untrusted clients, from
+    /// however many addresses, can never lock a trusted satellite out.
+    /// Default: a tenth of `max_connections`; must be less than it.
+    pub(crate) trusted_reserve: usize,
+    /// Deadline for one command line, however it is dribbled in (and for
+    /// writing the replies to a client that does not read them).
     pub(crate) command_timeout: Duration,
-    /// Time allowed between two reads during DATA.
+    /// Time allowed between two reads during DATA and BDAT.
     pub(crate) data_timeout: Duration,
-    /// Errors after which the session is closed with 421.
+    /// Deadline for the text of one message: from the 354 to the final dot,
+    /// or from the first BDAT chunk to the end of the LAST one. A separate
+    /// key rather than a rescaled `data_timeout`, so that the idle limit
+    /// keeps its meaning and cuts a stalled client early. Default 30
+    /// minutes: a message of the default 50M size limit needs 30 kB/s,
+    /// while a client sending a byte per `data_timeout` gets nowhere near.
+    /// Raise it with `max_message_size` for slow links.
+    pub(crate) data_deadline: Duration,
+    /// Deadline for a TLS handshake (STARTTLS, or the first bytes on a
+    /// submissions port). Default 10 s: a real client takes milliseconds.
+    pub(crate) tls_handshake_timeout: Duration,
+    /// Lines that repeat for one client (refused connections, RCPTs over
+    /// `max_recipients`) are logged once per this interval, then
+    /// summarised ("N more suppressed").
+    pub(crate) repeat_log_interval: Duration,
+    /// Error replies (4xx and 5xx) after which the session is closed with 421.
     pub(crate) max_errors: u32,
     /// `Received:` fields a message may carry in; one more is a mail loop
     /// (Postfix `hopcount_limit`).
@@ -598,13 +630,32 @@ struct RawSmtp {
     max_connections: Option<usize>,
     max_line_length: Option<usize>,
     max_data_line_length: Option<usize>,
+    client_connection_limit: Option<u32>,
+    client_connection_rate_limit: Option<u32>,
+    trusted_reserve: Option<usize>,
     command_timeout: Option<Dur>,
     data_timeout: Option<Dur>,
+    data_deadline: Option<Dur>,
+    tls_handshake_timeout: Option<Dur>,
+    repeat_log_interval: Option<Dur>,
     max_errors: Option<u32>,
     hopcount_limit: Option<usize>,
 }
 
 fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, ConfigError> {
+    let max_connections = raw
+        .max_connections
+        .unwrap_or(match role {
+            Role::Hub => 500,
+            Role::Satellite => 100,
+        })
+        .max(1);
+    let trusted_reserve = raw.trusted_reserve.unwrap_or(max_connections / 10);
+    if trusted_reserve >= max_connections {
+        let why =
+            format!("{trusted_reserve} leaves no slot of smtp.max_connections ({max_connections}) to anyone else");
+        return Err(err("smtp.trusted_reserve", why));
+    }
     Ok(Smtp {
         listen: match raw.listen {
             Some(list) => socket_addrs(list, "smtp.listen", err)?,
@@ -618,17 +669,17 @@ fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, Config
         submissions: socket_addrs(raw.submissions.unwrap_or_default(), "smtp.submissions", err)?,
         max_message_size: raw.max_message_size.map(|s| s.0).unwrap_or(50 << 20),
         max_recipients: raw.max_recipients.unwrap_or(1000).max(1),
-        max_connections: raw
-            .max_connections
-            .unwrap_or(match role {
-                Role::Hub => 500,
-                Role::Satellite => 100,
-            })
-            .max(1),
+        max_connections,
+        client_connection_limit: raw.client_connection_limit.unwrap_or(50),
+        client_connection_rate_limit: raw.client_connection_rate_limit.unwrap_or(600),
+        trusted_reserve,
         max_line_length: raw.max_line_length.unwrap_or(2048).max(512),
         max_data_line_length: raw.max_data_line_length.unwrap_or(8192).max(1000),
         command_timeout: raw.command_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(300)),
         data_timeout: raw.data_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(600)),
+        data_deadline: raw.data_deadline.map(|d| d.0).unwrap_or(Duration::from_secs(1800)),
+        tls_handshake_timeout: raw.tls_handshake_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+        repeat_log_interval: raw.repeat_log_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
         max_errors: raw.max_errors.unwrap_or(20),
         hopcount_limit: raw.hopcount_limit.unwrap_or(50),
     })
@@ -863,6 +914,23 @@ mod tests {
         assert_eq!(c.smtp.listen, vec!["127.0.0.1:25".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.queue.retry_min, Duration::from_secs(300));
         assert_eq!(c.queue.min_free, None, "the default is worked out from the spool's filesystem");
+    }
+
+    #[test]
+    fn per_client_limits_and_deadlines() {
+        let c = parse("role = \"hub\"\n").unwrap();
+        let s = &c.smtp;
+        assert_eq!((s.client_connection_limit, s.client_connection_rate_limit, s.trusted_reserve), (50, 600, 50));
+        assert_eq!(s.data_deadline, Duration::from_secs(1800));
+        assert_eq!(s.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.repeat_log_interval, Duration::from_secs(60));
+        assert_eq!(parse("[smtp]\nmax_connections = 5\n").unwrap().smtp.trusted_reserve, 0);
+        let text =
+            "[smtp]\nmax_connections = 40\ntrusted_reserve = 8\nclient_connection_limit = 0\ndata_deadline = \"2m\"\n";
+        let s = parse(text).unwrap().smtp;
+        assert_eq!((s.trusted_reserve, s.client_connection_limit, s.data_deadline), (8, 0, Duration::from_secs(120)));
+        let e = parse("[smtp]\nmax_connections = 20\ntrusted_reserve = 20\n").unwrap_err();
+        assert!(e.starts_with("/etc/posthorn/posthorn.toml: smtp.trusted_reserve: 20 leaves no slot"), "{e}");
     }
 
     #[test]

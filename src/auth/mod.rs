@@ -218,6 +218,17 @@ pub(crate) fn check_login_field(field: &[u8], max: usize) -> bool {
 pub(crate) const MAX_USER_LEN: usize = MAX_USER;
 pub(crate) const MAX_PASSWORD_LEN: usize = MAX_PASSWORD;
 
+/// The address a client is counted under, here and in the SMTP listener's
+/// per-client limits: an IPv4 address as it is (also when it arrives
+/// IPv4-mapped), an IPv6 address by its /64, so a host cannot get a fresh
+/// count by hopping addresses inside the network it usually holds whole.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// What a failure is counted against: a client (an IPv4 address, or an
 /// IPv6 /64, which one host usually holds whole) or a user name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -227,13 +238,8 @@ enum Key {
 }
 
 impl Key {
-    /// The client key of `ip`: an IPv6 client is keyed by its /64, so a
-    /// host cannot get fresh attempts by hopping addresses inside it.
     fn client(ip: IpAddr) -> Key {
-        match ip.to_canonical() {
-            IpAddr::V6(v6) => Key::Client(IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())),
-            v4 => Key::Client(v4),
-        }
+        Key::Client(client_key(ip))
     }
 
     /// The keys an attempt from `ip` as `user` counts against.

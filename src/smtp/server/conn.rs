@@ -11,10 +11,24 @@
 //! commands in one packet gets fifty replies in one packet, which is what
 //! makes PIPELINING pay off.
 //!
-//! Every wait is bounded: `smtp.command_timeout` for a command (and for
-//! writing replies to a client that does not read), `smtp.data_timeout`
-//! between reads in DATA. On shutdown a session waiting for a command gets
-//! `421 4.3.2` at once; a session inside DATA is left to finish its message.
+//! Every wait has a deadline, not only a limit per read, so that a client
+//! sending a byte now and then cannot keep its slot for ever (issue 12):
+//! - a command line must be complete within `smtp.command_timeout` of the
+//!   moment the loop starts waiting for it, however it is dribbled in;
+//! - the text of a message must be complete within `smtp.data_deadline`:
+//!   from the 354 to the final dot, or from the first BDAT chunk to the end
+//!   of the LAST one (the command lines between chunks included); inside
+//!   it each read also waits at most `smtp.data_timeout`, so a client that
+//!   stalls is cut early;
+//! - the TLS handshake (STARTTLS, or the start of a submissions session)
+//!   must end within `smtp.tls_handshake_timeout`;
+//! - writing the replies of one flush to a client that does not read them
+//!   must end within `smtp.command_timeout`.
+//!
+//! All of them end the session with `421 4.4.2` (`End::Timeout`) where a
+//! reply can still be sent. On shutdown a session waiting for a command
+//! gets `421 4.3.2` at once; a session inside DATA is left to finish its
+//! message.
 
 use super::auth::verify;
 use super::data::{read_chunk, receive_bdat, receive_data};
@@ -28,6 +42,7 @@ use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Bytes read from the client at once. Small enough that hundreds of idle
 /// sessions cost little, large enough that DATA is a few reads per message.
@@ -55,9 +70,23 @@ pub(super) struct Conn<S> {
     pub(super) buf: Vec<u8>,
     out: Vec<u8>,
     write_timeout: Duration,
+    /// When the message being received must be complete
+    /// (`smtp.data_deadline`); every read waits until it at most.
+    message_deadline: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S, config: &Config) -> Conn<S> {
+        Conn {
+            stream,
+            reader: LineReader::new(config.smtp.max_line_length),
+            buf: vec![0; READ_SIZE],
+            out: Vec::with_capacity(1024),
+            write_timeout: config.smtp.command_timeout,
+            message_deadline: None,
+        }
+    }
+
     pub(super) fn queue(&mut self, reply: &Reply) {
         self.out.extend_from_slice(&reply.to_wire());
     }
@@ -81,9 +110,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Reads what is available into `buf`; returns the count (never 0).
+    /// Reads what is available into `buf`, waiting at most `limit` (and
+    /// never past the message's deadline); returns the count (never 0).
     pub(super) async fn read(&mut self, limit: Duration) -> Result<usize, End> {
-        match tokio::time::timeout(limit, self.stream.read(&mut self.buf)).await {
+        self.read_by(Instant::now() + limit).await
+    }
+
+    /// Reads what is available into `buf` by `deadline` (or the message's,
+    /// if sooner); returns the count (never 0).
+    async fn read_by(&mut self, deadline: Instant) -> Result<usize, End> {
+        let deadline = self.message_deadline.map_or(deadline, |m| m.min(deadline));
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut self.buf)).await {
             Ok(Ok(0)) => Err(End::Lost),
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(End::Io(e)),
@@ -112,13 +149,7 @@ pub(super) async fn serve<S>(
     if kind == Listener::Submissions {
         return serve_implicit_tls(session, stream, &mut shutdown).await;
     }
-    let mut conn = Conn {
-        stream,
-        reader: LineReader::new(config.smtp.max_line_length),
-        buf: vec![0; READ_SIZE],
-        out: Vec::with_capacity(1024),
-        write_timeout: config.smtp.command_timeout,
-    };
+    let mut conn = Conn::new(stream, config);
     conn.queue(&session.greeting());
     let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
         Ok(end) | Err(end) => end,
@@ -131,11 +162,17 @@ pub(super) async fn serve<S>(
     if !injected.is_empty() {
         tracing::warn!("{}: {} byte(s) pipelined after STARTTLS discarded", session.peer, injected.len());
     }
-    let Some(tls) = handshake(&mut session, acceptor, conn.stream).await else {
+    let Some(tls) = handshake(&mut session, acceptor, conn.stream, handshake_deadline(config)).await else {
         return log_end(&session, &End::Lost);
     };
-    let mut conn =
-        Conn { stream: tls, reader: conn.reader, buf: conn.buf, out: conn.out, write_timeout: conn.write_timeout };
+    let mut conn = Conn {
+        stream: tls,
+        reader: conn.reader,
+        buf: conn.buf,
+        out: conn.out,
+        write_timeout: conn.write_timeout,
+        message_deadline: None,
+    };
     let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
         Ok(end) | Err(end) => end,
     };
@@ -152,23 +189,25 @@ where
         tracing::error!("{}: submissions listener without a TLS certificate (tls.cert)", session.peer);
         return log_end(&session, &End::Lost);
     };
-    let Some(tls) = handshake(&mut session, acceptor, stream).await else {
+    // The deadline runs from the connect: a client that never speaks TLS
+    // holds the slot no longer than one that fails the handshake.
+    let deadline = handshake_deadline(session.config);
+    let Some(tls) = handshake(&mut session, acceptor, stream, deadline).await else {
         return log_end(&session, &End::Lost);
     };
     let config = session.config;
     let ingress = session.ingress;
-    let mut conn = Conn {
-        stream: tls,
-        reader: LineReader::new(config.smtp.max_line_length),
-        buf: vec![0; READ_SIZE],
-        out: Vec::with_capacity(1024),
-        write_timeout: config.smtp.command_timeout,
-    };
+    let mut conn = Conn::new(tls, config);
     conn.queue(&session.greeting());
     let end = match drive(&mut session, &mut conn, ingress, shutdown).await {
         Ok(end) | Err(end) => end,
     };
     finish(&mut session, conn, end).await
+}
+
+/// When a TLS handshake starting now must be over.
+fn handshake_deadline(config: &Config) -> Instant {
+    Instant::now() + config.smtp.tls_handshake_timeout
 }
 
 /// Sends the closing reply the end calls for, closes, and logs.
@@ -218,6 +257,9 @@ async fn drive<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // When the command line being waited for must be complete; set when
+    // the wait for it starts, cleared when it has been handled.
+    let mut line_deadline = None;
     loop {
         // Handle every complete command already read, then flush once.
         loop {
@@ -231,19 +273,9 @@ where
                 Some(Line::TooLong) => Step::Reply(session.line_too_long()),
                 Some(Line::Command(line)) => session.auth_line(line),
             };
+            line_deadline = None;
             // The reply, and whether the session ends after it.
-            let (reply, then) = match step {
-                Step::Reply(reply) => (reply, None),
-                Step::Close(reply) => (reply, Some(End::Quit)),
-                Step::StartTls(reply) => (reply, Some(End::StartTls)),
-                Step::Verify(credentials) => (verify(session, credentials).await, None),
-                Step::Data(tx) => (receive_data(session, conn, ingress, tx).await?, None),
-                Step::Bdat { size, last } => (receive_bdat(session, conn, ingress, size, last).await?, None),
-                Step::Skip { size, reply } => {
-                    read_chunk(conn, size, session.config.smtp.data_timeout, None).await?;
-                    (reply, None)
-                }
-            };
+            let (reply, then) = run_step(session, conn, ingress, step).await?;
             // Every reply to a command or a message passes here.
             conn.queue(&reply);
             let too_many = session.replied(&reply);
@@ -253,12 +285,47 @@ where
             }
         }
         conn.flush().await?;
+        let deadline = *line_deadline.get_or_insert_with(|| Instant::now() + session.config.smtp.command_timeout);
         let n = tokio::select! {
-            n = conn.read(session.config.smtp.command_timeout) => n?,
+            n = conn.read_by(deadline) => n?,
             () = shutdown_signal(shutdown), if session.chunks.is_none() => return Ok(End::Shutdown),
         };
         conn.reader.push(&conn.buf[..n]);
     }
+}
+
+/// Runs one step of the session: the reply to send, and the end that
+/// follows it, if the session ends. A message's transfer (DATA, the BDAT
+/// chunks of one message) runs under `smtp.data_deadline`, set when it
+/// starts and dropped once the session holds no message any more.
+async fn run_step<S>(
+    session: &mut Session<'_>,
+    conn: &mut Conn<S>,
+    ingress: &Ingress,
+    step: Step,
+) -> Result<(Reply, Option<End>), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if matches!(step, Step::Data(_) | Step::Bdat { .. } | Step::Skip { .. }) && conn.message_deadline.is_none() {
+        conn.message_deadline = Some(Instant::now() + session.config.smtp.data_deadline);
+    }
+    let done = match step {
+        Step::Reply(reply) => (reply, None),
+        Step::Close(reply) => (reply, Some(End::Quit)),
+        Step::StartTls(reply) => (reply, Some(End::StartTls)),
+        Step::Verify(credentials) => (verify(session, credentials).await, None),
+        Step::Data(tx) => (receive_data(session, conn, ingress, tx).await?, None),
+        Step::Bdat { size, last } => (receive_bdat(session, conn, ingress, size, last).await?, None),
+        Step::Skip { size, reply } => {
+            read_chunk(conn, size, session.config.smtp.data_timeout, None).await?;
+            (reply, None)
+        }
+    };
+    if session.chunks.is_none() {
+        conn.message_deadline = None;
+    }
+    Ok(done)
 }
 
 /// Resolves when shutdown is requested; never when there is no signal or
@@ -406,6 +473,115 @@ mod tests {
             assert_eq!(reply.lines[0], "mx.test Error: timeout exceeded");
             assert!(start.elapsed() >= Duration::from_secs(30));
             assert!(c.reply().await.is_none());
+        };
+        tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+    }
+
+    /// Writes `bytes` one at a time, `every` apart, until the server closes.
+    async fn dribble(mut w: tokio::io::WriteHalf<tokio::io::DuplexStream>, bytes: &[u8], every: Duration) {
+        for byte in bytes {
+            tokio::time::sleep(every).await;
+            if w.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A command line dribbled a byte per 20 s gets no more than the 30 s
+    /// of `command_timeout` in all, though no read waits that long.
+    #[tokio::test(start_paused = true)]
+    async fn a_dribbled_command_line_meets_its_deadline() {
+        let config = config("command_timeout = \"30s\"");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let (r, w) = tokio::io::split(client);
+        let talk = async move {
+            let mut r = tokio::io::BufReader::new(r);
+            let mut line = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line).await.unwrap();
+            assert!(line.starts_with("220 "), "{line}");
+            let start = tokio::time::Instant::now();
+            tokio::spawn(dribble(w, b"NOOP\r\n", Duration::from_secs(20)));
+            line.clear();
+            tokio::io::AsyncBufReadExt::read_line(&mut r, &mut line).await.unwrap();
+            assert_eq!(line, "421 4.4.2 mx.test Error: timeout exceeded\r\n");
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_secs(30) && waited < Duration::from_secs(40), "{waited:?}");
+        };
+        tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+    }
+
+    /// A message dribbled a byte per 10 s (within `data_timeout` each) is
+    /// cut at `data_deadline`; nothing is queued.
+    #[tokio::test(start_paused = true)]
+    async fn a_dribbled_message_meets_the_data_deadline() {
+        let config = config("command_timeout = \"1h\"\ndata_timeout = \"20s\"\ndata_deadline = \"60s\"");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            c.send(&lines(&["EHLO c", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>", "DATA"])).await;
+            for expected in ["250", "250 2.1.0", "250 2.1.5", "354"] {
+                c.expect(expected).await;
+            }
+            let start = tokio::time::Instant::now();
+            let reply = loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if start.elapsed() >= Duration::from_secs(55) {
+                    break c.expect("421 4.4.2").await;
+                }
+                c.send(b"x").await;
+            };
+            assert_eq!(reply.lines[0], "mx.test Error: timeout exceeded");
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_secs(60) && waited < Duration::from_secs(70), "{waited:?}");
+        };
+        tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+        assert_eq!(spool.list(crate::spool::State::Incoming).unwrap(), Vec::<String>::new());
+    }
+
+    /// The chunks of one BDAT message share its deadline, the command lines
+    /// between them included; the deadline ends with the message.
+    #[tokio::test(start_paused = true)]
+    async fn bdat_chunks_share_the_message_deadline() {
+        let config = config("command_timeout = \"1h\"\ndata_timeout = \"20s\"\ndata_deadline = \"60s\"");
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        let (client, server) = tokio::io::duplex(4096);
+        let talk = async move {
+            let mut c = Client::new(client);
+            c.expect("220").await;
+            let envelope = lines(&["EHLO c", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>"]);
+            c.send(&envelope).await;
+            for expected in ["250", "250 2.1.0", "250 2.1.5"] {
+                c.expect(expected).await;
+            }
+            // A whole message, then more than a deadline of other commands.
+            c.send(b"BDAT 3 LAST\r\nx\r\n").await;
+            c.expect("250 2.0.0").await;
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                c.send(b"NOOP\r\n").await;
+                c.expect("250 2.0.0").await;
+            }
+            // A message in one-octet chunks, each quick, never ending.
+            c.send(&envelope[8..]).await;
+            for expected in ["250 2.1.0", "250 2.1.5"] {
+                c.expect(expected).await;
+            }
+            let start = tokio::time::Instant::now();
+            while start.elapsed() < Duration::from_secs(58) {
+                c.send(b"BDAT 1\r\nx").await;
+                c.expect("250 2.0.0").await;
+                tokio::time::sleep(Duration::from_secs(7)).await;
+            }
+            let reply = c.reply().await.expect("a reply");
+            assert_eq!((reply.code, reply.lines[0].as_str()), (421, "mx.test Error: timeout exceeded"));
+            let waited = start.elapsed();
+            assert!(waited >= Duration::from_secs(60) && waited < Duration::from_secs(70), "{waited:?}");
         };
         tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
     }

@@ -7,7 +7,8 @@
 //! in: the decoder's findings (size, line length, bare CR or LF) decide
 //! whether it is kept, the writer stores it.
 //!
-//! Inside DATA each read waits at most `smtp.data_timeout`. On shutdown a
+//! Inside DATA each read waits at most `smtp.data_timeout`, and never past
+//! the message's deadline, which the session loop (`conn`) sets. On shutdown a
 //! session inside DATA is left to finish its message, because cutting it
 //! off would throw away work the client has already done.
 //!

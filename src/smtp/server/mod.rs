@@ -1,7 +1,9 @@
 //! The SMTP server: the listener and the per-connection sessions.
 //!
-//! - `Server::run` (here) accepts connections, enforces
-//!   `smtp.max_connections` and stops on shutdown. It holds the TLS
+//! - `Server::run` (here) accepts connections, turns away those over the
+//!   limits `anvil` keeps (`smtp.max_connections` with its share reserved
+//!   for trusted networks, the per-client count and rate) and stops on
+//!   shutdown. It holds the TLS
 //!   certificate and AUTH users of the generation in force (`Security`),
 //!   read again when a reload publishes a new one; should the new files be
 //!   unusable, the old ones stay.
@@ -11,11 +13,14 @@
 //!   (DATA, BDAT), `auth` (AUTH), `tls` (STARTTLS, client certificates).
 //! - `conn`: the session's I/O loop, the only code that touches the stream.
 //! - `access`: the relay rule (who may send to which domains).
+//! - `anvil`: per-client accounting: connection slots, counts and rates,
+//!   and the log lines that repeat for a client.
 //!
 //! Everything a session accepts goes through the `Ingress`; the server
 //! never touches the spool itself.
 
 pub(crate) mod access;
+mod anvil;
 mod auth;
 mod conn;
 mod data;
@@ -30,14 +35,15 @@ use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::metrics::{Door, Metrics};
 use crate::smtp::proto::reply::{Enhanced, Reply};
+use anvil::{Anvil, Limits, Refusal, RepeatLog, Topic};
 pub(crate) use session::Listener;
 use session::{Peer, Security};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// How long `run` waits after shutdown for sessions still inside DATA.
@@ -89,16 +95,20 @@ impl Server {
     /// dropped), then waits up to `SHUTDOWN_GRACE` for the sessions: idle
     /// ones close at once with 421, one receiving a message finishes it.
     pub(crate) async fn run(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        // The connection limit is fixed for the listener's life; a reload
-        // changes everything else.
-        let slots = Arc::new(Semaphore::new(self.current.borrow().0.smtp.max_connections));
-        let mut secured = self.current.borrow().0.clone();
+        // The slots, the trusted reserve and the log summaries are fixed
+        // for the listener's life; a reload changes everything else, the
+        // per-client limits included.
+        let (mut secured, _) = self.current.borrow().clone();
+        let anvil = Anvil::new(secured.smtp.max_connections, secured.smtp.trusted_reserve, Instant::now());
+        let repeats = Arc::new(RepeatLog::new(secured.smtp.repeat_log_interval));
         let security = Security::load(&secured).unwrap_or_else(|e| {
             tracing::error!("TLS and AUTH disabled: {e:#}");
             Security::none()
         });
         // Reloads keep the counters (`Security::reloaded`).
-        let mut security = Arc::new(security.counting(self.metrics.clone()));
+        let mut security = Arc::new(security.counting(self.metrics.clone()).repeating(repeats.clone()));
+        let mut summaries = tokio::time::interval(repeats.interval().max(Duration::from_secs(1)));
+        summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sessions = JoinSet::new();
         loop {
             let accepted = tokio::select! {
@@ -108,6 +118,10 @@ impl Server {
                     if let Err(e) = done {
                         tracing::error!("SMTP session ended abnormally: {e}");
                     }
+                    continue;
+                }
+                _ = summaries.tick() => {
+                    repeats.summarise(Instant::now());
                     continue;
                 }
             };
@@ -121,19 +135,22 @@ impl Server {
                     continue;
                 }
             };
-            if self.reinject && !may_reinject(&self.current.borrow().0, addr) {
+            let (config, mut ingress) = self.current.borrow().clone();
+            if self.reinject && !may_reinject(&config, addr) {
                 self.metrics.connection_refused();
-                refuse_reinjection(stream, addr, &self.current.borrow().0.hostname);
+                refuse_reinjection(stream, addr, &config.hostname);
                 continue;
             }
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                self.metrics.connection_refused();
-                refuse(stream, addr, &self.current.borrow().0.hostname);
-                continue;
+            let pass = match anvil.admit(addr.ip(), self.limits(&config, addr), Instant::now()) {
+                Ok(pass) => pass,
+                Err(refusal) => {
+                    self.metrics.connection_refused();
+                    refuse(stream, addr, &config.hostname, refusal, &repeats);
+                    continue;
+                }
             };
             // Replies are batched by the session; Nagle would only delay them.
             let _ = stream.set_nodelay(true);
-            let (config, mut ingress) = self.current.borrow().clone();
             ingress = match (self.reinject, self.kind) {
                 (true, _) => ingress.reinjection(),
                 (false, Listener::Smtp) => ingress.counted_as(Door::Smtp),
@@ -154,7 +171,7 @@ impl Server {
             sessions.spawn(async move {
                 let peer = Peer::Tcp(addr);
                 conn::serve(stream, peer, kind, &config, &ingress, &security, shutdown).await;
-                drop(slot);
+                drop(pass);
                 drop(connection);
             });
         }
@@ -166,14 +183,32 @@ impl Server {
         // Dropping the set aborts what is left; their messages were never
         // acknowledged, so the clients will send them again.
     }
+
+    /// The per-client limits for a connection from `addr`: none for a
+    /// trusted network (and on the reinjection listener, which admits
+    /// nothing else).
+    fn limits(&self, config: &Config, addr: SocketAddr) -> Option<Limits> {
+        let smtp = &config.smtp;
+        let trusted = self.reinject || config.access.trusts(addr.ip());
+        (!trusted).then_some(Limits { count: smtp.client_connection_limit, rate: smtp.client_connection_rate_limit })
+    }
 }
 
-/// Turns away a connection over the limit. The write is a non-blocking
-/// attempt on a fresh socket (whose send buffer is empty, so it succeeds in
-/// practice): no task, no waiting, so a flood cannot pile up work here.
-fn refuse(stream: TcpStream, addr: SocketAddr, hostname: &str) {
-    tracing::warn!("connect from {}: too many connections", Peer::Tcp(addr));
-    let reply = Reply::new(421, Enhanced(4, 7, 0), format!("{hostname} Too many connections, try again later"));
+/// Turns away a connection: over the listener's slots, or over the
+/// client's own limits. The write is a non-blocking attempt on a fresh
+/// socket (whose send buffer is empty, so it succeeds in practice): no
+/// task, no waiting, so a flood cannot pile up work here; nor log lines,
+/// which `repeats` keeps to one per client and interval.
+fn refuse(stream: TcpStream, addr: SocketAddr, hostname: &str, refusal: Refusal, repeats: &RepeatLog) {
+    if repeats.first(addr.ip(), Topic::Refused, Instant::now()) {
+        tracing::warn!("connect from {}: {}", Peer::Tcp(addr), refusal.describe());
+    }
+    let text = if refusal.is_per_client() {
+        format!("{hostname} Error: too many connections from {}", addr.ip().to_canonical())
+    } else {
+        format!("{hostname} Too many connections, try again later")
+    };
+    let reply = Reply::new(421, Enhanced(4, 7, 0), text);
     if let Ok(mut std) = stream.into_std() {
         let _ = std.write(&reply.to_wire());
     }

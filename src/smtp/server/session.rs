@@ -18,6 +18,7 @@
 //! (587, RFC 6409) MAIL needs AUTH first (530); on a submissions port (465,
 //! RFC 8314) the TLS handshake comes before the greeting.
 
+use super::anvil::{RepeatLog, Topic};
 use super::auth::{Credentials, Pending};
 use super::conn::{Stats, serve};
 use super::data::Chunks;
@@ -70,6 +71,10 @@ pub(crate) struct Security {
     /// Counts the 4xx and 5xx replies (`posthorn_smtp_rejections_total`);
     /// a counter of its own, read by nobody, unless `counting` was called.
     pub(super) metrics: Arc<Metrics>,
+    /// Log lines that repeat per client, shared with the listener, which
+    /// writes their summaries (`repeating`); without a listener nobody
+    /// does, and the repeats are only counted.
+    pub(super) repeats: Arc<RepeatLog>,
 }
 
 impl Security {
@@ -81,12 +86,18 @@ impl Security {
             limiter: Arc::new(AuthLimiter::new(0, Duration::ZERO)),
             client_trust: None,
             metrics: Arc::default(),
+            repeats: Arc::new(RepeatLog::new(Duration::ZERO)),
         }
     }
 
     /// The same, counting refusals into `metrics`.
     pub(super) fn counting(self, metrics: Arc<Metrics>) -> Security {
         Security { metrics, ..self }
+    }
+
+    /// The same, keeping repeated log lines down with `repeats`.
+    pub(super) fn repeating(self, repeats: Arc<RepeatLog>) -> Security {
+        Security { repeats, ..self }
     }
 
     /// Reads the certificate, key and users file named in `config`; errors
@@ -101,13 +112,19 @@ impl Security {
             None => None,
         };
         let limiter = Arc::new(AuthLimiter::new(config.auth.max_failures, config.auth.failure_window));
-        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default() })
+        let repeats = Arc::new(RepeatLog::new(Duration::ZERO));
+        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats })
     }
 
     /// The same files, keeping `self`'s failure counts (a reload must not
-    /// hand an attacker a fresh set of tries) and counters.
+    /// hand an attacker a fresh set of tries), counters and repeated lines.
     pub(super) fn reloaded(&self, config: &Config) -> anyhow::Result<Security> {
-        Ok(Security { limiter: self.limiter.clone(), metrics: self.metrics.clone(), ..Security::load(config)? })
+        Ok(Security {
+            limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
+            repeats: self.repeats.clone(),
+            ..Security::load(config)?
+        })
     }
 }
 
@@ -181,7 +198,7 @@ pub(super) struct Session<'a> {
     /// RCPT commands tried in this transaction, accepted or not: tells
     /// "need RCPT" from "no valid recipients" at DATA.
     pub(super) rcpt_tried: usize,
-    /// Error replies sent (5xx), for `smtp.max_errors`.
+    /// Error replies sent (4xx and 5xx), for `smtp.max_errors`.
     errors: u32,
     pub(super) stats: Stats,
     pub(super) last_verb: Option<Verb>,
@@ -302,11 +319,13 @@ impl<'a> Session<'a> {
 
     /// Counts a reply to a command or a message: in the metrics if it is a
     /// refusal, and against the error limit; true when the limit is
-    /// reached (0 means no limit). The 421 a session ends with (timeout,
-    /// shutdown, too many errors) answers no command and is not counted.
+    /// reached (0 means no limit). Temporary refusals count too, as in
+    /// Postfix: a client that ignores 452 after 452 is no better than one
+    /// that ignores 550s. The 421 a session ends with (timeout, shutdown,
+    /// too many errors) answers no command and is not counted.
     pub(super) fn replied(&mut self, reply: &Reply) -> bool {
         self.security.metrics.smtp_reply(reply.code);
-        if reply.code >= 500 {
+        if reply.code >= 400 {
             self.errors += 1;
         }
         self.config.smtp.max_errors > 0 && self.errors >= self.config.smtp.max_errors
@@ -317,6 +336,15 @@ impl<'a> Session<'a> {
             (true, true) => "ESMTPS",
             (true, false) => "ESMTP",
             (false, _) => "SMTP",
+        }
+    }
+
+    /// Whether a log line on `topic` repeats one written for this client a
+    /// moment ago (`RepeatLog`); it is then counted for a summary instead.
+    pub(super) fn repeats(&self, topic: Topic) -> bool {
+        match &self.peer {
+            Peer::Tcp(addr) => !self.security.repeats.first(addr.ip(), topic, std::time::Instant::now()),
+            Peer::Local { .. } => false,
         }
     }
 
@@ -453,6 +481,19 @@ mod tests {
         let codes: Vec<String> = got.iter().map(short).collect();
         assert_eq!(codes, ["220", "250", "500 5.5.2", "500 5.5.2", "250 2.0.0", "501 5.1.7", "421 4.7.0"]);
         assert_eq!(got[6].lines[0], "mx.test Error: too many errors");
+    }
+
+    /// 452 after 452 ends the session like 5xx do: a client ignoring
+    /// temporary refusals is no better than one ignoring permanent ones.
+    #[tokio::test]
+    async fn temporary_refusals_count_toward_max_errors() {
+        let config = config("max_errors = 3\nmax_recipients = 1");
+        let rcpts: Vec<String> = (1..=5).map(|n| format!("RCPT TO:<u{n}@example.org>")).collect();
+        let mut input = vec!["EHLO c", "MAIL FROM:<s@example.net>"];
+        input.extend(rcpts.iter().map(String::as_str));
+        let (got, _, _dir) = converse(&config, tcp(TRUSTED), &lines(&input)).await;
+        let codes: Vec<String> = got.iter().map(short).collect();
+        assert_eq!(codes, ["220", "250", "250 2.1.0", "250 2.1.5", "452 4.5.3", "452 4.5.3", "452 4.5.3", "421 4.7.0"]);
     }
 
     /// Every 4xx and 5xx reply to a command is counted once, the 501 that

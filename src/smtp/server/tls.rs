@@ -93,18 +93,19 @@ impl Session<'_> {
     }
 }
 
-/// The TLS handshake, bounded by `smtp.command_timeout`; `None` (logged)
-/// when it fails. On success the session is marked encrypted.
+/// The TLS handshake, over by `deadline` (the session loop sets it); `None`
+/// (logged) when it fails. On success the session is marked encrypted.
 pub(super) async fn handshake<S>(
     session: &mut Session<'_>,
     acceptor: Arc<rustls::ServerConfig>,
     stream: S,
+    deadline: tokio::time::Instant,
 ) -> Option<tokio_rustls::server::TlsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let accept = tokio_rustls::TlsAcceptor::from(acceptor).accept(stream);
-    let tls = match tokio::time::timeout(session.config.smtp.command_timeout, accept).await {
+    let tls = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!("SSL_accept error from {}: {e}", session.peer);
