@@ -1,0 +1,99 @@
+//! Input and output hygiene, end to end (issue 12, the Low list): what a
+//! local user or a remote peer writes must reach our logs, listings and
+//! outgoing commands only as what it claims to be.
+//!
+//! 1. `sendmail` refuses a sender or recipient that is not an address
+//!    (exit 64); a drop written past `sendmail` with such an address is
+//!    quarantined at pickup, never logged raw nor relayed.
+
+mod harness;
+
+use std::fs;
+use std::path::Path;
+use std::thread;
+use std::time::Duration;
+
+use harness::*;
+
+/// A satellite relaying to `sink` only.
+fn satellite(sink: &Sink) -> Posthorn {
+    Posthorn::start(&satellite_config(&[sink.addr()]))
+}
+
+/// Writes a maildrop file the way a local user could without `sendmail`:
+/// a dot-file renamed into place (pickup skips dot-files).
+fn plant_drop(ph: &Posthorn, name: &str, envelope: &serde_json::Value, message: &str) {
+    let dir = ph.spool_dir().join("maildrop");
+    let tmp = dir.join(format!(".{name}"));
+    fs::write(&tmp, format!("{envelope}\n{message}")).unwrap();
+    fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn sendmail_refuses_addresses_that_are_not_addresses() {
+    let sink = Sink::start();
+    let ph = satellite(&sink);
+    let msg = message(&[("Subject", "forged")], "x\n");
+    let forged_rcpt = "ops@example.test\nFAKEID: to=<boss@example.test>, status=sent";
+    let cases: [&[&str]; 4] = [
+        &["-i", forged_rcpt],
+        &["-i", "ops@example.test> NOTIFY=SUCCESS ORCPT=rfc822;spy@example.test"],
+        &["-i", "-f", "app@vm.test SIZE=1 RET=FULL", "ops@example.test"],
+        &["-i", "ops example.test"],
+    ];
+    for args in cases {
+        let out = ph.sendmail(args, msg.as_bytes());
+        assert_eq!(out.status.code(), Some(64), "sendmail {args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("address"), "sendmail {args:?}: {}", stderr(&out));
+    }
+    // Nothing was dropped: a good message after them is the only one out.
+    let good = message(&[("Subject", "good")], "y\n");
+    let out = ph.sendmail(&["-i", "ops@example.test"], good.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = sink.wait_for_parsed(1, secs(15));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.parsed().len(), 1, "log:\n{}", ph.log());
+    assert_eq!(got[0].header("Subject").as_deref(), Some("good"));
+    assert!(!ph.log().contains("FAKEID"), "log:\n{}", ph.log());
+}
+
+#[test]
+fn a_drop_with_a_forged_address_is_quarantined_at_pickup() {
+    let sink = Sink::start();
+    let ph = satellite(&sink);
+    let forged = serde_json::json!({
+        "sender": "app@vm.test",
+        "recipients": ["ops@example.test\nFAKEID: to=<boss@example.test>, status=sent"],
+    });
+    plant_drop(&ph, "forgedlogline", &forged, "Subject: forged\n\nx\n");
+    let injected = serde_json::json!({
+        "sender": "app@vm.test> RET=FULL",
+        "recipients": ["ops@example.test> NOTIFY=SUCCESS ORCPT=rfc822;spy@example.test"],
+    });
+    plant_drop(&ph, "injectedparams", &injected, "Subject: injected\n\ny\n");
+    // A good message through `sendmail` wakes the pickup, which scans all.
+    let out = ph.sendmail(&["-i", "ops@example.test"], message(&[("Subject", "good")], "z\n").as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let got = sink.wait_for_parsed(1, secs(15));
+    for name in ["forgedlogline", "injectedparams"] {
+        let line = format!("maildrop {name}: refused: bad ");
+        assert!(ph.wait_for_log(&line, secs(15)), "no `{line}` line; log:\n{}", ph.log());
+        let kept = ph.spool_dir().join("corrupt").join(format!("maildrop-{name}"));
+        assert!(kept.exists(), "{} missing", kept.display());
+        assert!(!Path::new(&ph.spool_dir().join("maildrop").join(name)).exists());
+    }
+    thread::sleep(Duration::from_millis(500));
+    let all = sink.parsed();
+    assert_eq!(all.len(), 1, "a forged drop was relayed: {all:?}");
+    assert_eq!(got[0].header("Subject").as_deref(), Some("good"));
+    assert!(all[0].rcpt_to.iter().all(|r| r == "ops@example.test"), "{all:?}");
+    // The forged text appears only escaped, inside the refusal line.
+    for line in ph.log().lines().filter(|l| l.contains("FAKEID")) {
+        assert!(line.contains("refused: bad recipient address") && line.contains("\\n"), "forged line: {line}");
+    }
+}
