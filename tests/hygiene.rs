@@ -5,6 +5,8 @@
 //! 1. `sendmail` refuses a sender or recipient that is not an address
 //!    (exit 64); a drop written past `sendmail` with such an address is
 //!    quarantined at pickup, never logged raw nor relayed.
+//! 2. A next hop's reply text with terminal escapes reaches the log,
+//!    `mailq` and `queue why` escaped, printable UTF-8 kept.
 
 mod harness;
 
@@ -95,5 +97,30 @@ fn a_drop_with_a_forged_address_is_quarantined_at_pickup() {
     // The forged text appears only escaped, inside the refusal line.
     for line in ph.log().lines().filter(|l| l.contains("FAKEID")) {
         assert!(line.contains("refused: bad recipient address") && line.contains("\\n"), "forged line: {line}");
+    }
+}
+
+#[test]
+fn remote_reply_text_is_escaped_in_logs_and_listings() {
+    let busy = "451 4.2.1 Mailbox busy \u{1b}[2J\u{1b}]0;pwned\u{7} Grüße \u{202e}txt";
+    let next = Scripted::start(Script::new().rcpt("slow@", busy));
+    let ph = Posthorn::start(&with_lines(
+        &satellite_config(&[next.addr()]),
+        &["queue.retry_min = \"1h\"", "queue.retry_max = \"1h\""],
+    ));
+    let out = swaks(ph.smtp_addr(), &["--from", "app@vm.test", "--to", "slow@example.test"]);
+    assert!(out.status.success(), "swaks: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(ph.wait_for_log_count(&["to=<slow@example.test>", "status=deferred"], 1, secs(15)), "log:\n{}", ph.log());
+    let line = ph.log_lines(&["to=<slow@example.test>", "status=deferred"]).remove(0);
+    let id = queue_id_of(&line).unwrap();
+
+    let mailq = ph.run_as("mailq", &[], b"");
+    let why = ph.command(&["queue", "why", &id], b"");
+    let outputs = [("log", ph.log().into_bytes()), ("mailq", mailq.stdout), ("queue why", why.stdout)];
+    for (what, text) in outputs {
+        let shown = String::from_utf8_lossy(&text);
+        assert!(!text.iter().any(|&b| b == 0x1b || b == 0x07), "{what} carries raw escapes:\n{shown:?}");
+        assert!(!shown.contains('\u{202e}'), "{what} carries a bidi override:\n{shown}");
+        assert!(shown.contains("Mailbox busy \\x1b[2J\\x1b]0;pwned\\x07 Grüße \\u{202e}txt"), "{what}:\n{shown}");
     }
 }
