@@ -7,6 +7,8 @@
 //!    quarantined at pickup, never logged raw nor relayed.
 //! 2. A next hop's reply text with terminal escapes reaches the log,
 //!    `mailq` and `queue why` escaped, printable UTF-8 kept.
+//! 3. The pipe content filter never gets an address as an option: a
+//!    recipient starting with `-` is bounced (5.1.3), the others piped.
 
 mod harness;
 
@@ -123,4 +125,49 @@ fn remote_reply_text_is_escaped_in_logs_and_listings() {
         assert!(!shown.contains('\u{202e}'), "{what} carries a bidi override:\n{shown}");
         assert!(shown.contains("Mailbox busy \\x1b[2J\\x1b]0;pwned\\x07 Grüße \\u{202e}txt"), "{what}:\n{shown}");
     }
+}
+
+/// A hub whose content filter is the script `filter` (pipe), Maildirs
+/// under `dir/mail`.
+fn filter_hub(dir: &Path, filter: &Path) -> Posthorn {
+    let root = format!("{}/mail/{{domain}}/{{user}}", dir.display());
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\ntls = \"none\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    let lines = [
+        "access.local_domains = [\"example.org\"]".to_string(),
+        format!("deliver.maildir_root = {}", toml_str(&root)),
+        format!("filter.content_filter = {}", toml_str(&format!("pipe:{} ${{recipient}}", filter.display()))),
+    ];
+    Posthorn::start(&with_lines(base, &lines.iter().map(String::as_str).collect::<Vec<_>>()))
+}
+
+#[test]
+fn pipe_filter_never_gets_an_address_as_an_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    fs::create_dir(&calls).unwrap();
+    // A filter in sendmail's style: options first (getopts), then addresses.
+    let script = dir.path().join("filter.sh");
+    let text = format!(
+        "#!/bin/sh\nout={calls}/call.$$\nwhile getopts o: opt; do echo \"option:$OPTARG\" >> $out.tmp; done\nshift $((OPTIND-1))\nprintf 'rcpt:%s\\n' \"$@\" >> $out.tmp\ncat > /dev/null\nmv $out.tmp $out\nexit 0\n",
+        calls = calls.display()
+    );
+    fs::write(&script, text).unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let hub = filter_hub(dir.path(), &script);
+    let msg = message(&[("Subject", "options")], "x\n");
+    smtplib_send(hub.smtp_addr(), "app@vm.test", &["-oinjected@example.org", "ok@example.org"], &msg).unwrap();
+
+    let line = "to=<-oinjected@example.org>";
+    assert!(hub.wait_for_log_count(&[line, "status=bounced"], 1, secs(20)), "log:\n{}", hub.log());
+    let bounced = hub.log_lines(&[line, "status=bounced"]).remove(0);
+    assert!(bounced.contains("5.1.3") && bounced.contains("read as an option"), "{bounced}");
+    assert!(hub.wait_for_log_count(&["to=<ok@example.org>", "status=sent"], 1, secs(20)), "log:\n{}", hub.log());
+    let runs: Vec<String> = fs::read_dir(&calls)
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+        .map(|e| fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(runs.iter().any(|r| r == "rcpt:ok@example.org\n"), "{runs:?}");
+    assert!(runs.iter().all(|r| !r.contains("option:")), "an address became an option: {runs:?}");
 }
