@@ -9,6 +9,8 @@
 //!    `mailq` and `queue why` escaped, printable UTF-8 kept.
 //! 3. The pipe content filter never gets an address as an option: a
 //!    recipient starting with `-` is bounced (5.1.3), the others piped.
+//! 4. `TRACE=` from a client outside the trusted networks gets 555 and
+//!    `XPOSTHORN-TRACE` is not offered to it; a trusted one still may.
 
 mod harness;
 
@@ -170,4 +172,36 @@ fn pipe_filter_never_gets_an_address_as_an_option() {
         .collect();
     assert!(runs.iter().any(|r| r == "rcpt:ok@example.org\n"), "{runs:?}");
     assert!(runs.iter().all(|r| !r.contains("option:")), "an address became an option: {runs:?}");
+}
+
+/// Runs a Python smtplib program with `addr`'s host and port as argv[1:3];
+/// returns its stdout.
+fn smtplib_program(addr: std::net::SocketAddr, program: &str) -> String {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", program, &addr.ip().to_string(), &addr.port().to_string()]);
+    let out = run_with_timeout(cmd, b"", secs(30));
+    assert!(out.status.success(), "python: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const TRACE_PROGRAM: &str = "import smtplib, sys\n\
+    s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30)\n\
+    code, text = s.ehlo('client.test')\n\
+    print('offered' if b'XPOSTHORN-TRACE' in text else 'not offered')\n\
+    print(s.mail('app@vm.test', ['TRACE=forged-1'])[0])\n\
+    s.rset()\n\
+    print(s.mail('app@vm.test')[0])\n\
+    s.quit()\n";
+
+#[test]
+fn trace_is_accepted_from_trusted_clients_only() {
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let stranger = Posthorn::start(&with_lines(base, &["access.trusted_networks = [\"192.0.2.0/24\"]"]));
+    let got = smtplib_program(stranger.smtp_addr(), TRACE_PROGRAM);
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["not offered", "555", "250"], "log:\n{}", stranger.log());
+    assert!(!stranger.log().contains("forged-1"), "log:\n{}", stranger.log());
+
+    let trusted = Posthorn::start(base);
+    let got = smtplib_program(trusted.smtp_addr(), TRACE_PROGRAM);
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["offered", "250", "250"], "log:\n{}", trusted.log());
 }
