@@ -11,6 +11,8 @@
 //!    recipient starting with `-` is bounced (5.1.3), the others piped.
 //! 4. `TRACE=` from a client outside the trusted networks gets 555 and
 //!    `XPOSTHORN-TRACE` is not offered to it; a trusted one still may.
+//! 5. A bounce's MIME boundary cannot be predicted from what the sender
+//!    knows (its queue id, the time): random, different in each bounce.
 
 mod harness;
 
@@ -204,4 +206,33 @@ fn trace_is_accepted_from_trusted_clients_only() {
     let trusted = Posthorn::start(base);
     let got = smtplib_program(trusted.smtp_addr(), TRACE_PROGRAM);
     assert_eq!(got.lines().collect::<Vec<_>>(), ["offered", "250", "250"], "log:\n{}", trusted.log());
+}
+
+/// The `boundary=` parameter of a Content-Type value.
+fn boundary_of(content_type: &str) -> String {
+    let at = content_type.find("boundary=").expect("a boundary") + "boundary=".len();
+    content_type[at..].trim_matches('"').split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn bounce_boundaries_are_unpredictable() {
+    let next = Scripted::start(Script::new().rcpt("nobody@", "550 5.1.1 no such user"));
+    let ph = Posthorn::start(&satellite_config(&[next.addr()]));
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let msg = message(&[("Subject", &format!("bounce {i}"))], "x\n");
+        let (code, text) = smtplib_transaction(ph.smtp_addr(), "app@vm.test", &["nobody@example.test"], &msg).unwrap();
+        assert_eq!(code, 250, "{text}");
+        ids.push(text.rsplit(' ').next().unwrap().to_string());
+    }
+    let notices = next.wait_until(secs(20), |r| r.accepted().iter().filter(|t| t.mail_from.is_empty()).count() >= 2);
+    let notices: Vec<_> = notices.accepted().into_iter().filter(|t| t.mail_from.is_empty()).collect();
+    assert_eq!(notices.len(), 2, "log:\n{}", ph.log());
+    let boundaries: Vec<String> = notices.iter().map(|n| boundary_of(&n.header("Content-Type").unwrap())).collect();
+    assert_ne!(boundaries[0], boundaries[1]);
+    for b in &boundaries {
+        assert!(ids.iter().all(|id| !b.contains(id.as_str())), "boundary {b:?} holds a queue id of {ids:?}");
+        let random = b.chars().filter(char::is_ascii_hexdigit).count();
+        assert!(random >= 32, "boundary {b:?} has too little randomness");
+    }
 }
