@@ -13,6 +13,9 @@
 //!    `XPOSTHORN-TRACE` is not offered to it; a trusted one still may.
 //! 5. A bounce's MIME boundary cannot be predicted from what the sender
 //!    knows (its queue id, the time): random, different in each bounce.
+//! 6. A local part that cannot name a Maildir is refused at RCPT (550
+//!    5.1.3), not accepted and bounced; a hub with local domains and no
+//!    `local_recipient_maps` says at start that it takes any local part.
 
 mod harness;
 
@@ -235,4 +238,32 @@ fn bounce_boundaries_are_unpredictable() {
         let random = b.chars().filter(char::is_ascii_hexdigit).count();
         assert!(random >= 32, "boundary {b:?} has too little randomness");
     }
+}
+
+#[test]
+fn unsafe_maildir_names_are_refused_at_rcpt() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("{}/mail/{{domain}}/{{user}}", dir.path().display());
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let maildirs = format!("deliver.maildir_root = {}", toml_str(&root));
+    let hub = Posthorn::start(&with_lines(base, &["access.local_domains = [\"example.org\"]", &maildirs]));
+    assert!(
+        hub.log().contains("access.local_domains (example.org) without access.local_recipient_maps"),
+        "no start-up warning; log:\n{}",
+        hub.log()
+    );
+    for rcpt in ["a/b@example.org", "\"../../tmp/x\"@example.org"] {
+        let out = swaks(hub.smtp_addr(), &["--from", "stranger@elsewhere.test", "--to", rcpt, "--quit-after", "RCPT"]);
+        let transcript = String::from_utf8_lossy(&out.stdout);
+        assert!(transcript.contains("<** 550 5.1.3"), "{rcpt}: {transcript}");
+    }
+    let out = swaks(hub.smtp_addr(), &["--from", "stranger@elsewhere.test", "--to", "alice@example.org"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(wait_until(secs(15), || dir
+        .path()
+        .join("mail/example.org/alice/new")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some())));
+    thread::sleep(Duration::from_millis(500));
+    assert!(!hub.log().contains("status=bounced"), "log:\n{}", hub.log());
 }
