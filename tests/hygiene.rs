@@ -16,6 +16,9 @@
 //! 6. A local part that cannot name a Maildir is refused at RCPT (550
 //!    5.1.3), not accepted and bounced; a hub with local domains and no
 //!    `local_recipient_maps` says at start that it takes any local part.
+//! 7. 8-bit octets in a body sent without `BODY=8BITMIME` reach a next hop
+//!    without 8BITMIME converted to 7 bit, or (an 8-bit header) fail 5.6.3,
+//!    never raw.
 
 mod harness;
 
@@ -266,4 +269,29 @@ fn unsafe_maildir_names_are_refused_at_rcpt() {
         .is_ok_and(|mut d| d.next().is_some())));
     thread::sleep(Duration::from_millis(500));
     assert!(!hub.log().contains("status=bounced"), "log:\n{}", hub.log());
+}
+
+#[test]
+fn undeclared_eight_bit_is_converted_for_a_seven_bit_hop() {
+    let seven = SevenBitHost::start();
+    let ph = Posthorn::start(&satellite_config(&[seven.addr]));
+    let msg = "From: app@vm.test\nTo: ops@example.test\nSubject: plain\nMIME-Version: 1.0\n\
+        Content-Type: text/plain; charset=utf-8\n\nGrüße aus Köln\n";
+    smtplib_send(ph.smtp_addr(), "app@vm.test", &["ops@example.test"], msg).unwrap();
+    let (mail, got) = seven.wait_from("app@vm.test", secs(15)).unwrap_or_else(|| panic!("log:\n{}", ph.log()));
+    assert!(!mail.contains("BODY="), "{mail}");
+    let text = String::from_utf8_lossy(&got);
+    assert!(got.iter().all(|b| *b < 0x80), "raw 8-bit relayed:\n{text}");
+    assert_eq!(header(&got, "Content-Transfer-Encoding").as_deref(), Some("quoted-printable"), "{text}");
+    assert!(text.contains("Gr=C3=BC=C3=9Fe aus K=C3=B6ln"), "{text}");
+
+    // An 8-bit header cannot be converted: a bounce with 5.6.3, not raw.
+    let msg = "From: app@vm.test\nTo: ops@example.test\nSubject: Grüße\n\nx\n";
+    smtplib_send(ph.smtp_addr(), "other@vm.test", &["ops@example.test"], msg).unwrap();
+    assert!(
+        ph.wait_for_log_count(&["to=<ops@example.test>", "status=bounced", "5.6.3"], 1, secs(15)),
+        "log:\n{}",
+        ph.log()
+    );
+    assert!(seven.wait_from("other@vm.test", secs(1)).is_none(), "the 8-bit header went out raw");
 }
