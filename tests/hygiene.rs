@@ -19,6 +19,9 @@
 //! 7. 8-bit octets in a body sent without `BODY=8BITMIME` reach a next hop
 //!    without 8BITMIME converted to 7 bit, or (an 8-bit header) fail 5.6.3,
 //!    never raw.
+//! 8. Masquerading rewrites `From:`; every other header byte, non-UTF-8
+//!    ones included, reaches the next hop as it was (an upstream DKIM
+//!    signature still holds).
 
 mod harness;
 
@@ -294,4 +297,27 @@ fn undeclared_eight_bit_is_converted_for_a_seven_bit_hop() {
         ph.log()
     );
     assert!(seven.wait_from("other@vm.test", secs(1)).is_none(), "the 8-bit header went out raw");
+}
+
+#[test]
+fn header_rewriting_keeps_the_bytes_it_does_not_rewrite() {
+    let sink = Sink::start();
+    let config = with_lines(
+        &satellite_config(&[sink.addr()]),
+        &["rewrite.masquerade_as = \"vm12.example.org\"", "rewrite.masquerade_domains = [\"vm12.internal\"]"],
+    );
+    let ph = Posthorn::start(&config);
+    // Latin-1, as old programs write it: not UTF-8.
+    let kept: &[u8] = b"DKIM-Signature: v=1; a=rsa-sha256; d=vm12.internal; s=s1;\n\th=from:subject; bh=x; b=y\n\
+        Subject: caf\xe9 cr\xe8me\nX-Raw: \xff\xfe\n \xe9t\xe9\n";
+    let msg = [&b"From: \"Andr\xe9\" <root@vm12.internal>\n"[..], kept, b"\nbody\n"].concat();
+    let out = ph.sendmail(&["-i", "-f", "root@vm12.internal", "ops@example.net"], &msg);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let got = sink.wait_for_parsed(1, secs(15));
+    assert_eq!(got.len(), 1, "log:\n{}", ph.log());
+    let text = &got[0].message;
+    let from = b"From: \"Andr\xe9\" <root@vm12.example.org>\n";
+    assert!(text.windows(from.len()).any(|w| w == from), "{:?}", String::from_utf8_lossy(text));
+    assert!(text.windows(kept.len()).any(|w| w == kept), "fields changed: {:?}", String::from_utf8_lossy(text));
 }
