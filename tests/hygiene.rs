@@ -22,6 +22,8 @@
 //! 8. Masquerading rewrites `From:`; every other header byte, non-UTF-8
 //!    ones included, reaches the next hop as it was (an upstream DKIM
 //!    signature still holds).
+//! 9. `posthorn auth add` writes Argon2id entries; the SHA-512-crypt
+//!    entries of an older file still log in beside them.
 
 mod harness;
 
@@ -320,4 +322,41 @@ fn header_rewriting_keeps_the_bytes_it_does_not_rewrite() {
     let from = b"From: \"Andr\xe9\" <root@vm12.example.org>\n";
     assert!(text.windows(from.len()).any(|w| w == from), "{:?}", String::from_utf8_lossy(text));
     assert!(text.windows(kept.len()).any(|w| w == kept), "fields changed: {:?}", String::from_utf8_lossy(text));
+}
+
+const LOGIN_PROGRAM: &str = "import smtplib, sys\n\
+    s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30)\n\
+    s.ehlo('client.test')\n\
+    for user, pw in [('ops', 'secret'), ('alice', 'wonder'), ('alice', 'wrong')]:\n\
+    \x20   try:\n\
+    \x20       print(user, s.login(user, pw)[0])\n\
+    \x20   except smtplib.SMTPAuthenticationError as e:\n\
+    \x20       print(user, e.smtp_code)\n\
+    \x20   s.close(); s.connect(sys.argv[1], int(sys.argv[2])); s.ehlo('client.test')\n";
+
+#[test]
+fn new_password_entries_are_argon2id_and_old_ones_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    // `openssl passwd -6 -salt saltsalt secret`, as an older file has it.
+    let old =
+        "ops:$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1\n";
+    fs::write(&users, old).unwrap();
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let auth = format!(
+        "\n[auth]\nusers = {}\nallow_plaintext = true\nfailure_delay = \"0s\"\n",
+        toml_str(&users.display().to_string())
+    );
+    let ph = Posthorn::start(&format!("{base}{auth}"));
+    let out = ph.command(&["auth", "add", "alice"], b"wonder\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&users).unwrap();
+    assert!(text.lines().any(|l| l.starts_with("alice:$argon2id$v=19$")), "{text}");
+    assert!(text.contains(old), "the old entry is kept as it was: {text}");
+    let out = ph.command(&["reload"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ph.wait_for_log("reload", secs(10)), "log:\n{}", ph.log());
+
+    let got = smtplib_program(ph.smtp_addr(), LOGIN_PROGRAM);
+    assert_eq!(got.lines().collect::<Vec<_>>(), ["ops 235", "alice 235", "alice 535"], "log:\n{}", ph.log());
 }
