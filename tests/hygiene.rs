@@ -131,7 +131,13 @@ fn remote_reply_text_is_escaped_in_logs_and_listings() {
     let line = ph.log_lines(&["to=<slow@example.test>", "status=deferred"]).remove(0);
     let id = queue_id_of(&line).unwrap();
 
-    let mailq = ph.run_as("mailq", &[], b"");
+    // The deferral is logged a moment before the envelope that `mailq`
+    // reads is saved with its reason.
+    let mut mailq = ph.run_as("mailq", &[], b"");
+    wait_until(secs(10), || {
+        mailq = ph.run_as("mailq", &[], b"");
+        String::from_utf8_lossy(&mailq.stdout).contains("Mailbox busy")
+    });
     let why = ph.command(&["queue", "why", &id], b"");
     let outputs = [("log", ph.log().into_bytes()), ("mailq", mailq.stdout), ("queue why", why.stdout)];
     for (what, text) in outputs {
