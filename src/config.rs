@@ -136,7 +136,7 @@ impl Tls {
 /// SMTP AUTH on the server side (`[auth]`, RFC 4954).
 #[derive(Clone, Debug)]
 pub(crate) struct Auth {
-    /// `user:hash` lines (SHA-512-crypt); AUTH is offered only when set.
+    /// `user:hash` lines (Argon2id, or SHA-512-crypt from older files); AUTH is offered only when set.
     pub(crate) users: Option<PathBuf>,
     /// Offer AUTH on connections without TLS too.
     pub(crate) allow_plaintext: bool,

@@ -96,6 +96,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     if submission && config.auth.users.is_none() {
         tracing::warn!("submission listeners without auth.users refuse every MAIL: nobody can authenticate");
     }
+    if let Some(warning) = crate::route::router::open_local_domains(&config) {
+        tracing::warn!("{warning}");
+    }
     let reinject_listener = match config.filter.reinject_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)

@@ -52,10 +52,26 @@ pub(crate) enum Returned<'a> {
     Nothing,
 }
 
+/// A MIME boundary nobody can predict: the returned message is the
+/// sender's text, and a sender who knew the boundary (from the queue id and
+/// the time, as it once was made) could end the report early and forge
+/// parts of its own. 128 random bits; `=_` never occurs in base64 or
+/// quoted-printable content.
+fn boundary() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 16];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        // The system's generator failing is near impossible; a fast one
+        // still beats a predictable boundary.
+        bytes = fastrand::u128(..).to_le_bytes();
+    }
+    format!("=_posthorn_{}", data_encoding::HEXLOWER.encode(&bytes))
+}
+
 /// Builds a notice about `env` for its sender. The result is a complete
 /// message with CRLF line ends, ready for the queue.
 pub(crate) fn build(hostname: &str, env: &Envelope, items: &[Item], original: Returned<'_>, now: u64) -> Vec<u8> {
-    let boundary = format!("{}.{}/{hostname}", env.id, now);
+    let boundary = boundary();
     let kind = items.first().map(|i| i.action).unwrap_or(DsnAction::Failed);
     let subject = match kind {
         DsnAction::Failed => "Undelivered Mail Returned to Sender",

@@ -356,7 +356,7 @@ fn auth_add_then_reload() {
     let out = ph.command(&["auth", "add", "bob"], b"builder\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = fs::read_to_string(dir.path().join("users")).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("bob:$6$")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("bob:$argon2id$")), "{text}");
     let plain_bob = [TlsStep::StartTls, TlsStep::Plain("bob", "builder")];
     assert_eq!(codes(&smtplib_steps(ph.smtp_addr(), &ca.ca_path(), &plain_bob))[3..], ["auth:535"]);
     let out = ph.command(&["reload"], b"");

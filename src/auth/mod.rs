@@ -1,8 +1,11 @@
 //! SMTP authentication: the credentials file, password hashes, the limit on
 //! failed attempts, and the SASL PLAIN/LOGIN encodings both sides use.
 //!
-//! - `Users`: the server's `user:hash` file (SHA-512-crypt, `$6$`, the
-//!   format of /etc/shadow, `mkpasswd -m sha-512` and `openssl passwd -6`).
+//! - `Users`: the server's `user:hash` file. New entries are Argon2id
+//!   (`$argon2id$`, the PHC string format; memory-hard, where SHA-512-crypt
+//!   with its 5,000 rounds is cheap to guess on a GPU); SHA-512-crypt
+//!   entries (`$6$`, the format of /etc/shadow, `mkpasswd -m sha-512` and
+//!   `openssl passwd -6`) are still read and verified.
 //! - `AuthLimiter`: AUTH attempts per client (IPv6 by /64) and per user,
 //!   counted before the check; past the limit AUTH is refused until the
 //!   window ends.
@@ -13,6 +16,7 @@
 //! The session (`smtp::server::auth`) owns the exchange itself; this
 //! module owns no I/O besides reading and writing the files.
 
+use argon2::Argon2;
 use sha_crypt::{PasswordHasher, PasswordVerifier, ShaCrypt};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,9 +70,7 @@ impl Users {
             }
             let (user, hash) = line.split_once(':').ok_or((n + 1, "expected user:hash".to_string()))?;
             check_user(user).map_err(|m| (n + 1, m))?;
-            if !hash.starts_with("$6$") {
-                return Err((n + 1, format!("{user}: not a SHA-512-crypt hash ($6$...)")));
-            }
+            Scheme::of(hash).map_err(|what| (n + 1, format!("{user}: {what}")))?;
             hashes.insert(user.to_string(), hash.to_string());
         }
         Ok(Users { hashes })
@@ -83,14 +85,45 @@ impl Users {
     /// an unknown user, so timing does not tell which names exist. CPU-bound
     /// (a few milliseconds): call it off the async threads.
     pub(crate) fn verify(&self, user: &str, password: &[u8]) -> bool {
-        // A valid hash of a random password stands in for unknown users.
-        const DECOY: &str = "$6$YNqbPSJ2Ld4UOUcd$INsCfn3eBT1flWGbwK11Cwh5JGYhwc5pMHhwbH/ofEj7U7r0yBVuEzHOEvub4RsgS9SC8Ga9BAGtNiNslN0rj.";
+        // A well-formed hash that no known password matches, in the scheme
+        // new entries get, stands in for unknown users: same cost.
+        const DECOY: &str =
+            "$argon2id$v=19$m=19456,t=2,p=1$5ZCNjj9pZFsPZdA4pWhVVA$N7RRDP8bhCuS7c7ov+zJM3GUwR+3Usy9MHg2fXYBv8A";
         let (hash, known) = match self.hashes.get(user) {
             Some(h) => (h.as_str(), true),
             None => (DECOY, false),
         };
-        let ok = ShaCrypt::default().verify_password(password, hash).is_ok();
+        let ok = match Scheme::of(hash) {
+            Ok(Scheme::Argon2) => Argon2::default().verify_password(password, hash).is_ok(),
+            Ok(Scheme::Sha512Crypt) => ShaCrypt::default().verify_password(password, hash).is_ok(),
+            Err(_) => false,
+        };
         ok && known
+    }
+}
+
+/// The password hash schemes the users file may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    /// `$argon2id$` (also `$argon2i$`, `$argon2d$`): what new entries get.
+    Argon2,
+    /// `$6$`: read and verified, never written any more.
+    Sha512Crypt,
+}
+
+impl Scheme {
+    /// The scheme of `hash`, or why it is none of them.
+    fn of(hash: &str) -> Result<Scheme, String> {
+        if hash.starts_with("$6$") {
+            return Ok(Scheme::Sha512Crypt);
+        }
+        if hash.starts_with("$argon2") {
+            // Checked now, so that a broken entry fails the load, not AUTH.
+            return argon2::PasswordHash::new(hash)
+                .map(|_| Scheme::Argon2)
+                .map_err(|e| format!("not a valid Argon2 hash: {e}"));
+        }
+        Err("not a SHA-512-crypt hash ($6$...) nor an Argon2 one ($argon2id$...)".into())
     }
 }
 
@@ -105,11 +138,12 @@ pub(crate) fn check_user(user: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A new SHA-512-crypt hash of `password` with a random salt.
+/// A new Argon2id hash of `password` with a random salt, in the default
+/// parameters of the `argon2` crate (19 MiB, 2 passes: OWASP's minimum).
 pub(crate) fn hash_password(password: &[u8]) -> String {
-    let mut salt = [0u8; 12];
+    let mut salt = [0u8; 16];
     rustls::crypto::ring::default_provider().secure_random.fill(&mut salt).expect("system random source");
-    ShaCrypt::SHA512.hash_password_with_salt(password, &salt).expect("SHA-512-crypt of a bounded password").to_string()
+    Argon2::default().hash_password_with_salt(password, &salt).expect("Argon2id of a bounded password").to_string()
 }
 
 /// Adds or replaces `user` in the file at `path` (created mode 0600),
@@ -372,12 +406,21 @@ mod tests {
     #[test]
     fn hash_and_verify() {
         let hash = hash_password(b"s3cret");
-        assert!(hash.starts_with("$6$"), "{hash}");
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
         let users = Users::parse(&format!("# users\n\nalice:{hash}\n")).unwrap();
         assert_eq!(users.len(), 1);
         assert!(users.verify("alice", b"s3cret"));
         assert!(!users.verify("alice", b"wrong"));
         assert!(!users.verify("bob", b"s3cret"));
+    }
+
+    #[test]
+    fn old_and_new_schemes_verify_side_by_side() {
+        // `openssl passwd -6 -salt saltsalt secret`, and an Argon2id entry.
+        let old = "$6$saltsalt$TVLlQcbpFVof5W3Yz4DTP6gRstiNuHwwTt6GLc1E5n0U0aDehy0S5knV8wiOQSpT0Y77vwPZN.Pq.H91p5hVO1";
+        let users = Users::parse(&format!("ops:{old}\nnew:{}\n", hash_password(b"fresh"))).unwrap();
+        assert!(users.verify("ops", b"secret") && users.verify("new", b"fresh"));
+        assert!(!users.verify("ops", b"fresh") && !users.verify("new", b"secret"));
     }
 
     #[test]
@@ -397,6 +440,7 @@ mod tests {
             ("alice\n", 1, "expected user:hash"),
             ("\n# x\nbob:plain\n", 3, "not a SHA-512-crypt hash"),
             ("a b:$6$x$y\n", 1, "must not contain"),
+            ("carol:$argon2id$v=19$m=19456,t=2,p=1$not base64!\n", 1, "not a valid Argon2 hash"),
         ];
         for (text, line, what) in cases {
             let (got_line, got) = Users::parse(text).unwrap_err();

@@ -1,4 +1,4 @@
-//! `posthorn auth add USER`: writes a user's SHA-512-crypt hash into the
+//! `posthorn auth add USER`: writes a user's Argon2id hash into the
 //! AUTH users file (`auth.users`, or `--file`). The password is the first
 //! line of standard input, so it never shows in the process list:
 //! `echo 's3cret' | posthorn auth add alice`. The daemon reads the file at

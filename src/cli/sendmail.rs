@@ -130,6 +130,19 @@ fn submit(config: &crate::config::Config, opts: Options) -> u8 {
         eprintln!("sendmail: fatal: no recipients specified (give addresses or -t)");
         return exit::USAGE;
     }
+    let drop = Drop {
+        sender: opts.sender,
+        recipients: opts.recipients,
+        extract_recipients: opts.extract,
+        full_name: opts.full_name,
+    };
+    // Refused here with a clear word rather than quarantined at pickup
+    // after this command exited 0 (pickup checks again: a drop may be
+    // written without this command).
+    if let Err(bad) = drop.check() {
+        eprintln!("sendmail: fatal: {bad}");
+        return exit::USAGE;
+    }
     let limit = config.smtp.max_message_size;
     let mut input = Vec::new();
     if let Err(e) = std::io::stdin().lock().take(limit + 1).read_to_end(&mut input) {
@@ -143,12 +156,6 @@ fn submit(config: &crate::config::Config, opts: Options) -> u8 {
     if !opts.ignore_dots {
         truncate_at_dot(&mut input);
     }
-    let drop = Drop {
-        sender: opts.sender,
-        recipients: opts.recipients,
-        extract_recipients: opts.extract,
-        full_name: opts.full_name,
-    };
     let dir = config.spool.join("maildrop");
     if let Err(e) = maildrop::write(&dir, &drop, &input) {
         eprintln!("sendmail: fatal: cannot queue the message in {}: {e}", dir.display());

@@ -10,12 +10,22 @@
 //! null sender, so that `sendmail -f ${sender}` keeps it null. A command still running after `filter.pipe_timeout` is
 //! killed, with its process group, and the message deferred.
 //!
+//! An address that would become a whole argument starting with `-` is
+//! refused (5.1.3 for a recipient, 5.1.7 for the sender) and never handed
+//! to the command: the command would read it as an option
+//! (`-oQ/tmp/x@example.org`). Refusing, as Postfix does by default
+//! (`allow_min_user = no`), was chosen over inserting `--`: that would
+//! change the argument vector of every existing filter, and a filter that
+//! does not know `--` would take it for an address; such addresses are
+//! practically never real.
+//!
 //! The SMTP variant needs no code of its own: it is an explicit next hop
 //! (`mx::Mx::deliver_to`).
 
 use super::Delivery;
-use crate::message::OutMessage;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
+use crate::message::{OutMessage, OutRecipient};
+use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -38,8 +48,52 @@ pub(crate) fn argv(template: &[String], msg: &OutMessage) -> Vec<String> {
     out
 }
 
-/// Runs the pipe filter for `msg`: one run for all its recipients.
+/// Why the command may not see `rcpt` (or the sender) as an argument: one
+/// that would start with `-` where the template's argument does not.
+fn refusal(template: &[String], msg: &OutMessage, rcpt: &OutRecipient) -> Option<Reply> {
+    let sender_leads = template.iter().any(|a| a.starts_with("${sender}"));
+    let recipient_leads = template.iter().any(|a| a == "${recipient}");
+    let why = "starts with '-', which the pipe content filter would read as an option";
+    if sender_leads && msg.sender.starts_with('-') {
+        return Some(Reply::new(553, Enhanced(5, 1, 7), format!("sender <{}> {why}", msg.sender)));
+    }
+    if recipient_leads && rcpt.address.starts_with('-') {
+        return Some(Reply::new(553, Enhanced(5, 1, 3), format!("<{}> {why}", rcpt.address)));
+    }
+    None
+}
+
+/// Runs the pipe filter for `msg`: one run for all its recipients but
+/// those it may not be given (see the module doc), which fail here.
 pub(crate) async fn run_pipe(template: &[String], timeout: Duration, msg: &OutMessage) -> Delivery {
+    let refused: Vec<Option<Reply>> = msg.recipients.iter().map(|r| refusal(template, msg, r)).collect();
+    if refused.iter().all(Option::is_none) {
+        return run_command(template, timeout, msg).await;
+    }
+    let mut rest = msg.clone();
+    rest.recipients =
+        msg.recipients.iter().zip(&refused).filter(|(_, r)| r.is_none()).map(|(r, _)| r.clone()).collect();
+    let ran = if rest.recipients.is_empty() { None } else { Some(run_command(template, timeout, &rest).await) };
+    let hop_down = ran.as_ref().is_some_and(|d| d.hop_down);
+    let mut ran_outcomes = ran.map(|d| d.outcomes).unwrap_or_default().into_iter();
+    let outcomes = refused
+        .into_iter()
+        .map(|refusal| match refusal {
+            Some(reply) => {
+                tracing::warn!("{}: pipe content filter: {reply}", msg.id);
+                let detail = reply.to_string();
+                let attempt =
+                    Attempt { relay: None, tls: false, reply: Some(reply), class: Some(ErrorClass::Local), detail };
+                Outcome::Permanent(attempt)
+            }
+            None => ran_outcomes.next().expect("one outcome per recipient run"),
+        })
+        .collect();
+    Delivery { outcomes, hop_down, remote_dsn: false }
+}
+
+/// Runs the command once for `msg` and all its recipients.
+async fn run_command(template: &[String], timeout: Duration, msg: &OutMessage) -> Delivery {
     let argv = argv(template, msg);
     let relay = Some(format!("pipe:{}", argv[0]));
     let result = |outcome: fn(Attempt) -> Outcome, class, detail: String, hop_down| {
@@ -137,6 +191,24 @@ mod tests {
         // in other test threads (ETXTBSY).
         let t = template(&format!("/bin/sh {} ${{sender}} ${{recipient}}", path.display()));
         run_pipe(&t, timeout, &msg).await
+    }
+
+    #[tokio::test]
+    async fn addresses_that_would_be_options_are_refused() {
+        let t = template("/bin/sh -c exit ${sender} ${recipient}");
+        let msg = OutMessage::simple("q1", "a@x.test", &["-oQ@y.test", "b@y.test", "--help@y.test"], b"x\r\n");
+        let d = run_pipe(&t, Duration::from_secs(10), &msg).await;
+        let codes: Vec<_> =
+            d.outcomes.iter().map(|o| (matches!(o, Outcome::Permanent(_)), o.attempt().enhanced())).collect();
+        assert_eq!(codes, [(true, Some(Enhanced(5, 1, 3))), (false, None), (true, Some(Enhanced(5, 1, 3)))], "{d:?}");
+        // A sender that leads an argument fails every recipient.
+        let msg = OutMessage::simple("q1", "-x@x.test", &["b@y.test"], b"x\r\n");
+        let d = run_pipe(&t, Duration::from_secs(10), &msg).await;
+        assert!(matches!(&d.outcomes[0], Outcome::Permanent(a) if a.enhanced() == Some(Enhanced(5, 1, 7))), "{d:?}");
+        // Inside an argument that is already an option, it is a value.
+        let t = template("/bin/sh -c exit --from=${sender}");
+        let d = run_pipe(&t, Duration::from_secs(10), &msg).await;
+        assert!(matches!(&d.outcomes[0], Outcome::Delivered(_)), "{d:?}");
     }
 
     #[tokio::test]

@@ -84,11 +84,7 @@ impl Maildir {
 
     /// The Maildir of `address`, from the root template.
     pub(crate) fn path_for(&self, address: &str) -> Result<PathBuf, String> {
-        let (user, domain) = address.rsplit_once('@').ok_or("address has no domain")?;
-        let user = user.to_lowercase();
-        let domain = domain.trim_end_matches('.').to_lowercase();
-        check_part("local part", &user)?;
-        check_part("domain", &domain)?;
+        let (user, domain) = safe_parts(address)?;
         Ok(PathBuf::from(self.root.replace("{domain}", &domain).replace("{user}", &user)))
     }
 
@@ -98,6 +94,24 @@ impl Maildir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         format!("{}.M{}P{}Q{n}.{}", now.as_secs(), now.subsec_micros(), std::process::id(), self.host)
     }
+}
+
+/// Whether `address` can name a Maildir: why not, if not. Asked at RCPT
+/// for recipients bound for a Maildir (`route::router`), so that such an
+/// address is refused there rather than bounced after it was accepted.
+pub(crate) fn check_address(address: &str) -> Result<(), String> {
+    safe_parts(address).map(|_| ())
+}
+
+/// The local part and domain of `address` as they go into a Maildir path,
+/// lowercased and checked.
+fn safe_parts(address: &str) -> Result<(String, String), String> {
+    let (user, domain) = address.rsplit_once('@').ok_or("address has no domain")?;
+    let user = user.to_lowercase();
+    let domain = domain.trim_end_matches('.').to_lowercase();
+    check_part("local part", &user)?;
+    check_part("domain", &domain)?;
+    Ok((user, domain))
 }
 
 /// Refuses what could leave the root or confuse a mail reader.

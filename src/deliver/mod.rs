@@ -66,6 +66,17 @@ impl Transports {
     }
 
     pub(crate) async fn deliver(&self, hop: &Hop, msg: &OutMessage) -> Delivery {
+        // A body declared 7BIT (no BODY=8BITMIME) may still hold 8-bit
+        // octets: it is taken for what it is, so that it is converted for a
+        // hop without 8BITMIME (or fails with 5.6.3), never sent raw, and
+        // signed in that converted form.
+        let labelled;
+        let msg = if !msg.eight_bit && crate::message::downconvert::has_8bit(&msg.body) {
+            labelled = OutMessage { eight_bit: true, ..msg.clone() };
+            &labelled
+        } else {
+            msg
+        };
         // Signed last, after the filter and just before an SMTP
         // transmission; never for Maildir nor on the way to the filter,
         // and only mail whose source we vouch for (`OutMessage::trusted`):

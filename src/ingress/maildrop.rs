@@ -8,9 +8,12 @@
 //! a message handed to `sendmail` survives a crash whether or not the
 //! daemon runs. The daemon treats every drop as untrusted input: it bounds
 //! the size, parses defensively, takes the submitting user from the file's
-//! owner rather than from its content, and quarantines what it cannot read.
+//! owner rather than from its content, and quarantines what it cannot read
+//! or whose addresses are not addresses (a newline would forge a log line,
+//! a `>` or a space would add ESMTP parameters to the outgoing MAIL/RCPT).
 
 use super::{Ingress, IngressError};
+use crate::smtp::proto::address::{self, AddressError, PathKind};
 use rustix::fd::OwnedFd;
 use rustix::fs::Stat;
 use serde::{Deserialize, Serialize};
@@ -30,6 +33,53 @@ pub(crate) struct Drop {
     /// `-F`: the sender's full name for a generated `From:`.
     #[serde(default)]
     pub(crate) full_name: Option<String>,
+}
+
+/// An address of a drop that the SMTP path grammar refuses. The address
+/// is shown escaped (`{:?}`), so the text is one safe line.
+#[derive(Debug, thiserror::Error)]
+#[error("bad {role} address {address:?}: {reason}")]
+pub(crate) struct BadAddress {
+    role: &'static str,
+    address: String,
+    reason: AddressError,
+}
+
+impl Drop {
+    /// Checks the sender and every recipient as `sendmail` takes them
+    /// (`user`, `user@domain` or `<user@domain>`; an empty or `<>` sender is
+    /// the null sender) against the crate's path grammar: what passes can
+    /// be written into a log line and an SMTP command as it is.
+    pub(crate) fn check(&self) -> Result<(), BadAddress> {
+        if let Some(sender) = &self.sender {
+            check_address(sender, PathKind::Reverse).map_err(|reason| BadAddress {
+                role: "sender",
+                address: sender.clone(),
+                reason,
+            })?;
+        }
+        for rcpt in &self.recipients {
+            check_address(rcpt, PathKind::Forward).map_err(|reason| BadAddress {
+                role: "recipient",
+                address: rcpt.clone(),
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One address of a drop, with or without angle brackets; an unqualified
+/// one is checked as if qualified, since pickup adds `@hostname` to it.
+fn check_address(addr: &str, kind: PathKind) -> Result<(), AddressError> {
+    let trimmed = addr.trim();
+    let bare = trimmed.strip_prefix('<').and_then(|a| a.strip_suffix('>')).unwrap_or(trimmed);
+    let path = if bare.is_empty() || bare.contains('@') { format!("<{bare}>") } else { format!("<{bare}@localhost>") };
+    match address::parse_path(&path, kind)? {
+        (_, "") => Ok(()),
+        // Something after the closing bracket: not one address.
+        _ => Err(AddressError::BadDomain),
+    }
 }
 
 /// A fresh drop name: time and randomness, alphanumeric.
@@ -254,11 +304,16 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
         let (drop, message, uid) = match read {
             Ok(r) => r,
             Err(reason) => {
-                tracing::error!("maildrop {name}: refused: {reason}; moved to {}", quarantine.display());
-                let _ = std::fs::rename(&path, quarantine.join(format!("maildrop-{name}")));
+                refuse(&path, &name, &reason, quarantine);
                 continue;
             }
         };
+        // The drop's content is the writer's word, and any local user may
+        // write one without `sendmail`: its addresses are checked again.
+        if let Err(bad) = drop.check() {
+            refuse(&path, &name, &bad, quarantine);
+            continue;
+        }
         let user = crate::account::user_name(uid);
         match super::local::submit(ingress, drop, message, &user).await {
             Ok(id) => {
@@ -273,13 +328,20 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
                 tracing::error!("maildrop {name}: cannot queue now: {e}");
                 break;
             }
-            Err(e) => {
-                tracing::error!("maildrop {name}: refused: {e}; moved to {}", quarantine.display());
-                let _ = std::fs::rename(&path, quarantine.join(format!("maildrop-{name}")));
-            }
+            Err(e) => refuse(&path, &name, &e, quarantine),
         }
     }
     taken
+}
+
+/// Moves a drop that will not be queued to `quarantine` as `maildrop-NAME`,
+/// with a log line saying why.
+fn refuse(path: &Path, name: &str, reason: &dyn std::fmt::Display, quarantine: &Path) {
+    let to = quarantine.join(format!("maildrop-{name}"));
+    match std::fs::rename(path, &to) {
+        Ok(()) => tracing::error!("maildrop {name}: refused: {reason}; moved to {}", to.display()),
+        Err(e) => tracing::error!("maildrop {name}: refused: {reason}; cannot move it to {}: {e}", to.display()),
+    }
 }
 
 /// Reads one pending drop on a blocking thread within the read deadline.
@@ -325,6 +387,33 @@ mod tests {
         assert_eq!(read_drop, drop);
         assert_eq!(message, b"Subject: x\n\nbody\n");
         assert!(read(&files[0], 5).unwrap_err().contains("larger than the limit"));
+    }
+
+    #[test]
+    fn addresses_table() {
+        let cases: [(&str, PathKind, bool); 16] = [
+            ("root", PathKind::Forward, true),
+            ("ops@example.org", PathKind::Forward, true),
+            ("<ops@example.org>", PathKind::Forward, true),
+            (" ops@example.org ", PathKind::Forward, true),
+            ("\"john doe\"@example.org", PathKind::Forward, true),
+            ("postmaster", PathKind::Forward, true),
+            ("", PathKind::Reverse, true),
+            ("<>", PathKind::Reverse, true),
+            ("", PathKind::Forward, false),
+            ("a@b\nstatus=sent", PathKind::Forward, false),
+            ("a@b> NOTIFY=SUCCESS", PathKind::Forward, false),
+            ("<a@b> NOTIFY=SUCCESS", PathKind::Forward, false),
+            ("a@b SIZE=1", PathKind::Reverse, false),
+            ("a b", PathKind::Forward, false),
+            ("<<a@b>>", PathKind::Forward, false),
+            ("a@b\u{1b}[2J", PathKind::Forward, false),
+        ];
+        for (addr, kind, ok) in cases {
+            assert_eq!(check_address(addr, kind).is_ok(), ok, "{addr:?} as {kind:?}");
+        }
+        let bad = Drop { recipients: vec!["ok@x".into(), "a@b\nx".into()], ..Drop::default() };
+        assert_eq!(bad.check().unwrap_err().to_string(), "bad recipient address \"a@b\\nx\": invalid domain");
     }
 
     #[test]

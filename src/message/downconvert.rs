@@ -49,7 +49,9 @@ pub(crate) fn to_seven_bit(message: &[u8]) -> Result<Cow<'_, [u8]>, Refusal> {
     Ok(if out == message { Cow::Borrowed(message) } else { Cow::Owned(out) })
 }
 
-fn has_8bit(bytes: &[u8]) -> bool {
+/// Whether `bytes` hold an 8-bit octet, whatever the envelope declared: a
+/// client may send 8-bit data without `BODY=8BITMIME`.
+pub(crate) fn has_8bit(bytes: &[u8]) -> bool {
     bytes.iter().any(|b| *b >= 0x80)
 }
 

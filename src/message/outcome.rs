@@ -6,6 +6,31 @@ use crate::smtp::proto::reply::{Enhanced, Reply};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Text that came from a remote peer, made safe to record: every control
+/// character (C0, DEL, C1) and every character that reorders or breaks
+/// lines on a terminal (bidi overrides, the Unicode line and paragraph
+/// separators) is written as its escape (`\x1b`, `\u{202e}`), a tab as a
+/// space; printable UTF-8 stays as it is. A reply line with an escape
+/// sequence would otherwise drive the terminal of whoever reads the log,
+/// `mailq` or `queue why`.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(' '),
+            c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || is_layout_control(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Invisible characters that change how the text around them is shown.
+fn is_layout_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// What went wrong when no reply was available, for logs and `queue why`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +170,22 @@ mod tests {
             assert_eq!(status.to_string(), text);
         }
         assert_eq!(serde_json::to_string(&ErrorClass::Reply4xx).unwrap(), "\"4xx\"");
+    }
+
+    #[test]
+    fn remote_text_is_made_printable() {
+        let cases = [
+            ("Mailbox busy", "Mailbox busy"),
+            ("Grüße, 用户 ✓", "Grüße, 用户 ✓"),
+            ("\u{1b}[2J\u{1b}]0;pwned\u{7}", "\\x1b[2J\\x1b]0;pwned\\x07"),
+            ("a\rb\nc\0d\u{7f}", "a\\x0db\\x0ac\\x00d\\x7f"),
+            ("tab\there", "tab here"),
+            ("\u{9b}31m", "\\u{9b}31m"),
+            ("evil\u{202e}txt.exe\u{2028}next", "evil\\u{202e}txt.exe\\u{2028}next"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(printable(input), expected, "{input:?}");
+        }
     }
 
     #[test]

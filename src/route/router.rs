@@ -29,6 +29,22 @@ pub(crate) enum Decision {
     Next { hop: NextHop, domain: String },
 }
 
+/// The start-up warning for a hub that takes mail for every local part of
+/// its local domains, from anyone: without `access.local_recipient_maps`
+/// each new local part becomes a Maildir. Kept as it is (small sites rely
+/// on it), but said.
+pub(crate) fn open_local_domains(config: &Config) -> Option<String> {
+    let open = config.role == Role::Hub
+        && !config.access.local_domains.is_empty()
+        && config.access.local_recipient_maps.is_empty();
+    open.then(|| {
+        format!(
+            "access.local_domains ({}) without access.local_recipient_maps: mail to any local part is accepted from anyone and makes a new Maildir; list the users in local_recipient_maps to refuse the rest at RCPT",
+            config.access.local_domains.join(", ")
+        )
+    })
+}
+
 /// Why a recipient is refused at RCPT (or at the door).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
@@ -138,8 +154,21 @@ impl Router {
                     text: format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
                 });
             }
+            // Refused now rather than bounced after acceptance (backscatter).
+            if let Err(why) = self.maildir_check(rcpt) {
+                let text = format!("<{address}>: Recipient address rejected: {why}");
+                return Err(Refusal { code: 550, status: (5, 1, 3), text });
+            }
         }
         Ok(expansion.recipients)
+    }
+
+    /// For a recipient its route takes to a Maildir: whether it can name one.
+    fn maildir_check(&self, rcpt: &str) -> Result<(), String> {
+        match hop_of(self.decide(rcpt)) {
+            Hop::Maildir => crate::deliver::maildir::check_address(rcpt),
+            _ => Ok(()),
+        }
     }
 
     /// A recipient outside the local domains is always "known"; inside,
@@ -272,6 +301,23 @@ mod tests {
         assert_eq!(r.check("loop1@example.org").unwrap_err().status, (5, 4, 6));
         assert_eq!(r.check("anyone@elsewhere.example").unwrap(), vec!["anyone@elsewhere.example"]);
         assert!(r.check("postmaster@example.org").is_ok());
+    }
+
+    #[test]
+    fn local_parts_a_maildir_cannot_take_are_refused() {
+        let text = "role = \"hub\"\nhostname = \"mx.example.org\"\n[access]\nlocal_domains = [\"example.org\"]\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let r = Router::from_config(&config).unwrap();
+        assert!(r.check("alice@example.org").is_ok());
+        for bad in ["\"../x\"@example.org", "a/b@example.org"] {
+            let refusal = r.check(bad).unwrap_err();
+            assert_eq!((refusal.code, refusal.status), (550, (5, 1, 3)), "{bad}: {refusal:?}");
+        }
+        // Not bound for a Maildir: not this check's business.
+        assert!(r.check("a/b@elsewhere.example").is_ok());
+        assert!(open_local_domains(&config).is_some_and(|w| w.contains("example.org")));
+        let maps = format!("{text}local_recipient_maps = [\"texthash:/dev/null\"]\n");
+        assert_eq!(open_local_domains(&Config::parse(&maps, Path::new("t.toml")).unwrap()), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! policy (`deliver::relay`); this module only carries it out. `auth` logs
 //! in with PLAIN or LOGIN (RFC 4954).
 
-use crate::message::outcome::ErrorClass;
+use crate::message::outcome::{self, ErrorClass};
 use crate::message::{OutMessage, OutRecipient};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
@@ -935,7 +935,11 @@ impl Client {
                 Some(b'-') => false,
                 Some(_) => return Err(malformed(phase, &line)),
             };
-            lines.push(line);
+            // The one place remote text enters our records (logs, the
+            // attempt history, `mailq`, bounces): escaped here, once.
+            // The one place remote text enters our records (logs, the
+            // attempt history, `mailq`, bounces): escaped here, once.
+            lines.push(outcome::printable(&line));
             if last {
                 break;
             }

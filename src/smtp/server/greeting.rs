@@ -22,9 +22,12 @@ impl Session<'_> {
             "ENHANCEDSTATUSCODES".into(),
             "DSN".into(),
             "CHUNKING".into(),
-            // posthorn's own: the previous hop may pass its trace id (TRACE=).
-            "XPOSTHORN-TRACE".into(),
         ];
+        if self.vouched_for() {
+            // posthorn's own: the previous hop may pass its trace id
+            // (TRACE=); offered only to whom MAIL accepts it from.
+            lines.push("XPOSTHORN-TRACE".into());
+        }
         if self.starttls_offered() {
             lines.push("STARTTLS".into());
         }

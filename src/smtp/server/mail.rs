@@ -54,6 +54,11 @@ impl Session<'_> {
         {
             return Some(Reply::new(553, Enhanced(5, 7, 1), "Sender address rejected: not owned by certificate"));
         }
+        if mail.trace.is_some() && !self.vouched_for() {
+            // A stranger's trace id would tie its mail to another message's
+            // history in our logs and `queue find`.
+            return Some(Reply::new(555, Enhanced(5, 5, 4), "Error: TRACE is accepted from trusted clients only"));
+        }
         if mail.size.is_some_and(|s| s > self.config.smtp.max_message_size) {
             return Some(Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"));
         }
@@ -150,11 +155,15 @@ impl Session<'_> {
                 client,
                 local_user,
                 auth_user: self.user.clone().filter(|_| self.config.tls.received_auth_user),
-                trusted: self.user.is_some()
-                    || self.client_cert.is_some()
-                    || access::is_trusted(&self.config.access, &self.peer),
+                trusted: self.vouched_for(),
             },
         })
+    }
+
+    /// The client is one we vouch for: authenticated, with a trusted client
+    /// certificate, or in a trusted network.
+    pub(super) fn vouched_for(&self) -> bool {
+        self.user.is_some() || self.client_cert.is_some() || access::is_trusted(&self.config.access, &self.peer)
     }
 }
 
