@@ -62,6 +62,11 @@ impl Session<'_> {
         if mail.size.is_some_and(|s| s > self.config.smtp.max_message_size) {
             return Some(Reply::new(552, Enhanced(5, 3, 4), "Message size exceeds fixed limit"));
         }
+        if let Err(low) = self.ingress.room() {
+            // Below `queue.min_free` (Postfix refuses at MAIL too): the
+            // client keeps the message instead of sending it for nothing.
+            return Some(low.reply());
+        }
         // A trusted client certificate counts as an authenticated identity.
         let identity = self.user.as_deref().or(self.client_cert.as_ref().map(|c| c.fingerprint.as_str()));
         access::check_sender_literal(&self.config.access, &self.peer, identity, &mail.sender).err()
