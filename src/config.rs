@@ -282,6 +282,10 @@ pub(crate) struct RelayConfig {
     pub(crate) auth_file: Option<PathBuf>,
     /// Send the credentials on a connection without TLS.
     pub(crate) auth_plaintext: bool,
+    /// Send the credentials over TLS whose certificate was not verified
+    /// (`tls = "may"` or `"encrypt"`): anyone in the path could present a
+    /// certificate of its own and collect them.
+    pub(crate) auth_unverified: bool,
     pub(crate) connect_timeout: Duration,
     /// Connections open at once to the smarthosts.
     pub(crate) max_connections: usize,
@@ -735,6 +739,7 @@ struct RawRelay {
     tls_client_key: Option<PathBuf>,
     auth_file: Option<PathBuf>,
     auth_plaintext: Option<bool>,
+    auth_unverified: Option<bool>,
     connect_timeout: Option<Dur>,
     max_connections: Option<usize>,
     idle_timeout: Option<Dur>,
@@ -760,6 +765,7 @@ fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<RelayConfig, ConfigErr
         tls_client_key: raw.tls_client_key,
         auth_file: raw.auth_file,
         auth_plaintext: raw.auth_plaintext.unwrap_or(false),
+        auth_unverified: raw.auth_unverified.unwrap_or(false),
         connect_timeout: raw.connect_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
         max_connections: raw.max_connections.unwrap_or(20).max(1),
         idle_timeout: raw.idle_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),

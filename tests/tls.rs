@@ -402,6 +402,16 @@ fn satellite_authenticates_to_the_hub_over_tls() {
     assert!(header(&got[0], "Received").unwrap().contains("with ESMTPSA"), "{:?}", header(&got[0], "Received"));
     assert!(hub.log().contains("sasl_username=vm12"), "{}", hub.log());
 
+    // Nor over TLS whose certificate was not checked, unless allowed: a
+    // man in the middle could present any certificate and take them.
+    let sat = satellite(&hub, "encrypt", None, &[&auth_line]);
+    smtplib_send(sat.smtp_addr(), "cron@vm.test", &["user@hub.example"], MESSAGE).unwrap();
+    assert!(sat.wait_for_log("status=deferred", secs(15)), "{}", sat.log());
+    assert!(sat.log_lines(&["status=deferred"])[0].contains("was not verified"), "{}", sat.log());
+    let sat = satellite(&hub, "encrypt", None, &[&auth_line, "relay.auth_unverified = true"]);
+    smtplib_send(sat.smtp_addr(), "cron@vm.test", &["user@hub.example"], MESSAGE).unwrap();
+    wait_maildir(mail.path(), "user", 2);
+
     // Credentials are never sent in clear: a hub without TLS gets none.
     let plain_hub = hub_plain(mail.path(), &auth);
     let sat = satellite(&plain_hub, "may", None, &[&auth_line]);

@@ -68,6 +68,7 @@ impl Mx {
             tls_config: crate::deliver::relay::tls_config(TlsPolicy::May, None, None),
             auth: None,
             auth_plaintext: false,
+            auth_unverified: false,
             helo: config.hostname.clone(),
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.deliver.destination_concurrency,

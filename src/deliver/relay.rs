@@ -25,7 +25,9 @@
 //! in clear; `encrypt` and `verify` require it (verify also checks the
 //! certificate against the CA and the host name) and defer with class Tls
 //! otherwise, so the message is never sent in clear. AUTH credentials
-//! (`relay.auth_file`) are sent only over TLS unless `relay.auth_plaintext`.
+//! (`relay.auth_file`) are sent only over TLS whose certificate was verified
+//! (`relay.tls = "verify"`), unless `relay.auth_unverified` (any TLS) or
+//! `relay.auth_plaintext` (even none) says otherwise.
 
 use crate::auth::ClientCredentials;
 use crate::config::{Config, TlsPolicy};
@@ -82,6 +84,8 @@ pub(crate) struct Settings {
     pub(crate) auth: Option<Result<ClientCredentials, String>>,
     /// Send credentials without TLS.
     pub(crate) auth_plaintext: bool,
+    /// Send them over TLS whose certificate was not verified.
+    pub(crate) auth_unverified: bool,
     /// The name we give in EHLO.
     pub(crate) helo: String,
     pub(crate) timeouts: Timeouts,
@@ -120,6 +124,7 @@ impl Settings {
                 .as_deref()
                 .map(|path| ClientCredentials::load(path).map_err(|e| format!("relay.auth_file: {e}"))),
             auth_plaintext: config.relay.auth_plaintext,
+            auth_unverified: config.relay.auth_unverified,
             helo: config.hostname.clone(),
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.relay.max_connections,
@@ -481,12 +486,23 @@ impl Relay {
         }
     }
 
-    /// AUTH with the configured credentials, never in clear unless allowed.
+    /// AUTH with the configured credentials: only to a peer whose
+    /// certificate was verified, unless the configuration allows less.
     async fn login(&self, client: &mut Client) -> Result<(), ClientError> {
         let Some(Ok(creds)) = &self.settings.auth else { return Ok(()) };
-        if client.tls().is_none() && !self.settings.auth_plaintext {
+        let encrypted = client.tls().is_some();
+        // Under `verify` a session exists only once the certificate passed.
+        let verified = encrypted && self.settings.tls == TlsPolicy::Verify;
+        if !encrypted && !self.settings.auth_plaintext {
             return Err(ClientError::Tls(
                 "not sending AUTH credentials without TLS (relay.auth_plaintext is off)".into(),
+            ));
+        }
+        if encrypted && !verified && !self.settings.auth_unverified && !self.settings.auth_plaintext {
+            return Err(ClientError::Tls(
+                "not sending AUTH credentials over TLS whose certificate was not verified \
+                 (relay.tls = \"verify\", or relay.auth_unverified = true)"
+                    .into(),
             ));
         }
         if client.capabilities().auth.is_empty() {

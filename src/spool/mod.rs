@@ -537,10 +537,16 @@ impl Spool {
         let mut env = self.read_envelope(from, id)?;
         change(&mut env);
         let tmp = self.tmp_path(id);
-        let mut f = create_file(&tmp)?;
-        f.write_all(&env.to_json())?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, self.envelope_path(from, id))?;
+        let mut f = self.noted(create_file(&tmp))?;
+        let written = f.write_all(&env.to_json()).and_then(|()| {
+            f.sync_data()?;
+            std::fs::rename(&tmp, self.envelope_path(from, id))
+        });
+        if let Err(e) = written {
+            // Nothing is left behind in tmp/ until the next start.
+            let _ = std::fs::remove_file(&tmp);
+            return self.noted(Err(e));
+        }
         if from != to {
             self.move_now(id, from, to)?;
         }
