@@ -393,3 +393,62 @@ fn check_warns_of_a_filter_without_reinjection_listener() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("filter.reinject_listen is not set") && said.contains("in a loop"), "{said}");
 }
+
+/// Sends `message` over SMTP from the source address `from_ip`.
+fn send_from(from_ip: &str, to: SocketAddr, sender: &str, rcpt: &str, message: &str) {
+    let script = "import smtplib, sys\n\
+        with smtplib.SMTP(sys.argv[2], int(sys.argv[3]), source_address=(sys.argv[1], 0), timeout=30) as s:\n\
+        \x20   s.sendmail(sys.argv[4], [sys.argv[5]], sys.stdin.read())\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, from_ip, &to.ip().to_string(), &to.port().to_string(), sender, rcpt]);
+    let out = run_with_timeout(cmd, message.as_bytes(), secs(30));
+    assert!(out.status.success(), "smtplib from {from_ip}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Only mail we vouch for is DKIM-signed, and the filter's loopback
+/// address must not vouch for what it hands back: a stranger's forgery
+/// (even one carrying a made-up seal) leaves unsigned after the filter, a
+/// trusted client's mail leaves signed, and no seal field leaves the host.
+#[test]
+fn the_filter_neither_launders_nor_loses_trust_for_dkim() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("s1.pem");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dkim", "keygen", "example.org", "s1", "--algorithm", "ed25519", "--out"]).arg(&key);
+    assert!(run_with_timeout(cmd, b"", secs(60)).status.success());
+    let sink = Sink::start();
+    let filter_addr = free_addr();
+    let dkim = format!(
+        "[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey = {}\n",
+        toml_str(&key.display().to_string())
+    );
+    let hub = hub(
+        dir.path(),
+        &[
+            &filter_line(filter_addr),
+            "access.trusted_networks = [\"127.0.0.1/32\"]",
+            "access.relay_domains = [\"example.net\"]",
+            &format!("relay.smarthosts = [{}]", toml_str(&sink.addr().to_string())),
+            &dkim,
+        ],
+    );
+    let mut filter = SmtpFilter::new(dir.path(), filter_addr, hub.reinject_addr());
+    filter.start();
+
+    let forged = "From: CEO <ceo@example.org>\r\nTo: cfo@example.net\r\nSubject: stranger\r\n\r\nPay at once.\r\n";
+    send_from("127.0.0.2", hub.smtp_addr(), "ceo@example.org", "cfo@example.net", forged);
+    let with_seal = format!("X-Posthorn-Seal: HORV1 {}\r\n{forged}", "ab".repeat(32)).replace("stranger", "sealed");
+    send_from("127.0.0.2", hub.smtp_addr(), "ceo@example.org", "cfo@example.net", &with_seal);
+    let own = forged.replace("stranger", "trusted");
+    send_from("127.0.0.1", hub.smtp_addr(), "ceo@example.org", "cfo@example.net", &own);
+
+    let got = sink.wait_for_parsed(3, secs(30));
+    assert_eq!(got.len(), 3, "log:\n{}", hub.log());
+    for message in &got {
+        let subject = message.header("Subject").unwrap_or_default();
+        assert_eq!(message.header("X-Filtered").as_deref(), Some("yes"), "not filtered: {subject}");
+        assert_eq!(message.header("X-Posthorn-Seal"), None, "a seal left the host:\n{}", message.text());
+        let signed = message.header("DKIM-Signature").is_some();
+        assert_eq!(signed, subject.contains("trusted"), "{subject}: signed {signed}\n{}", message.text());
+    }
+}

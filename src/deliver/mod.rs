@@ -24,6 +24,7 @@ pub mod relay;
 use crate::message::OutMessage;
 use crate::message::nexthop::{FilterSpec, Hop};
 use crate::message::outcome::Outcome;
+use crate::message::seal;
 use std::sync::Arc;
 
 /// What a transport reports for one message.
@@ -92,6 +93,17 @@ impl Transports {
                 }
                 None => msg,
             },
+            _ => msg,
+        };
+        // On the way to the filter: the seal says whether we vouch for it
+        // when it comes back (`message::seal`).
+        let sealed;
+        let msg = match hop {
+            Hop::Filter(_) => {
+                let field = seal::field(&msg.id, &msg.sender, msg.trusted);
+                sealed = OutMessage { body: [field.as_bytes(), &msg.body].concat().into(), ..msg.clone() };
+                &sealed
+            }
             _ => msg,
         };
         match hop {

@@ -22,6 +22,7 @@ pub(crate) mod maildrop;
 use crate::clock;
 use crate::config::Config;
 use crate::message::header::HopCounter;
+use crate::message::seal::{self, Verdict};
 use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
 use crate::smtp::proto::command::BodyType;
@@ -331,11 +332,12 @@ impl Ingress {
                 r.address = c.recipient(&r.address);
             }
         }
-        // `From:` is rewritten as the header block streams in (queue only:
-        // a maildrop file is rewritten when the daemon picks it up).
-        let head = canonical
-            .filter(|c| c.rewrites_senders(local) && matches!(self.inner.sink, Sink::Queue { .. }))
-            .map(|_| HeadRewrite { buf: Vec::new(), local });
+        // The header block is held back until it is complete: seal fields
+        // are taken out of it (`message::seal`), and `From:` is rewritten
+        // (queue only: a maildrop file is handled when the daemon picks it
+        // up).
+        let rewrite = canonical.is_some_and(|c| c.rewrites_senders(local));
+        let head = matches!(self.inner.sink, Sink::Queue { .. }).then(|| HeldHead { buf: Vec::new(), local, rewrite });
         tx.recipients = self.expand(std::mem::take(&mut tx.recipients))?;
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
@@ -350,7 +352,12 @@ impl Ingress {
                     body.write(format!("{TRACE_HEADER}: {id}\r\n").as_bytes()).await?;
                     tx.trace_id = Some(id.clone());
                 }
-                let env = self.envelope(&tx, &id);
+                let mut env = self.envelope(&tx, &id);
+                if self.door == Door::Reinject {
+                    // The filter's address says nothing of the message's
+                    // first source: only a seal of ours vouches for it.
+                    env.trusted = Some(false);
+                }
                 Ok(MessageWriter {
                     ingress: self.clone(),
                     env,
@@ -460,16 +467,17 @@ pub(crate) struct MessageWriter {
     env: Envelope,
     out: Out,
     written: u64,
-    /// The header block held back until it is complete, when senders are
-    /// rewritten (`From:`, `Sender:`).
-    head: Option<HeadRewrite>,
+    /// The header block held back until it is complete (queue only).
+    head: Option<HeldHead>,
     /// The `Received:` fields the message came with (ours is not counted).
     hops: HopCounter,
 }
 
-struct HeadRewrite {
+struct HeldHead {
     buf: Vec<u8>,
     local: bool,
+    /// Senders are rewritten (`From:`, `Sender:`).
+    rewrite: bool,
 }
 
 /// A header block longer than this is passed on unchanged.
@@ -517,19 +525,34 @@ impl MessageWriter {
         Ok(())
     }
 
-    /// Writes the held-back header block, rewritten when it ends at `end`
-    /// (unchanged when it was too long to be a header block).
+    /// Writes the held-back header block, unsealed and rewritten when it
+    /// ends at `end` (unchanged when it was too long to be a header block).
     async fn flush_head(&mut self, end: Option<usize>) -> Result<(), IngressError> {
         let Some(head) = self.head.take() else { return Ok(()) };
-        let canonical = self.ingress.inner.router.as_ref().and_then(|r| r.canonical());
-        match (end, canonical) {
-            (Some(end), Some(c)) => {
-                let rewritten = crate::route::canonical::rewrite_header_block(&head.buf[..end], c, head.local);
-                self.emit(&rewritten).await?;
-                self.emit(&head.buf[end..]).await
-            }
-            _ => self.emit(&head.buf).await,
+        let Some(end) = end else { return self.emit(&head.buf).await };
+        let unsealed = self.unseal(&head.buf[..end]);
+        let block = unsealed.as_deref().unwrap_or(&head.buf[..end]);
+        let canonical = self.ingress.inner.router.as_ref().and_then(|r| r.canonical()).filter(|_| head.rewrite);
+        match canonical {
+            Some(c) => self.emit(&crate::route::canonical::rewrite_header_block(block, c, head.local)).await?,
+            None => self.emit(block).await?,
         }
+        self.emit(&head.buf[end..]).await
+    }
+
+    /// Takes every seal field out of the header block `block` (any door:
+    /// nobody may pass one on), and lets the first decide whether we vouch
+    /// for a message back from the content filter; `None` when there was
+    /// none.
+    fn unseal(&mut self, block: &[u8]) -> Option<Vec<u8>> {
+        let (verdict, unsealed) = seal::take(block, &self.env.sender);
+        match (self.ingress.door, verdict) {
+            (_, Verdict::Absent) => {}
+            (Door::Reinject, verdict) => self.env.trusted = Some(verdict == Verdict::Vouched),
+            (Door::Local, Verdict::Disowned) => self.env.trusted = Some(false),
+            _ => {}
+        }
+        unsealed
     }
 
     /// Makes the message durable and returns its id. For the spool this is

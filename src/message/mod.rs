@@ -7,12 +7,14 @@
 //! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
 //! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
-//! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532).
+//! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532);
+//! - `seal`: whether we vouch for a message, carried through the content filter.
 
 pub(crate) mod downconvert;
 pub(crate) mod header;
 pub mod nexthop;
 pub mod outcome;
+pub(crate) mod seal;
 
 use std::sync::Arc;
 
