@@ -276,4 +276,19 @@ mod tests {
             Err(ControlError::NotRunning(_))
         ));
     }
+
+    #[tokio::test]
+    async fn a_socket_appears_with_its_mode_and_replaces_a_stale_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("public.sock");
+        drop(bind(&path, 0o666).unwrap());
+        // Nobody listens on the old one now: replaced.
+        let _listener = bind(&path, 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["public.sock"], "the private directory is gone");
+        let e = bind(&path, 0o600).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+    }
 }
