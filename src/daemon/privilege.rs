@@ -250,7 +250,7 @@ pub(crate) fn make_spool_top(spool: &Path, account: Option<&Account>) -> io::Res
 /// After the switch: the maildrop a new spool was given by its account
 /// gets `MAILDROP_MODE`, through its fd.
 pub(crate) fn settle_maildrop(spool: &Path) -> io::Result<()> {
-    let maildrop = open_dir(CWD, &spool.join("maildrop"))?;
+    let maildrop = open_dir(CWD, spool.join("maildrop"))?;
     if rustix::fs::fstat(&maildrop)?.st_mode & 0o7777 != MAILDROP_MODE {
         rustix::fs::fchmod(&maildrop, Mode::from_raw_mode(MAILDROP_MODE))?;
     }
