@@ -84,18 +84,20 @@ fn named(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("pid file {}: {e}", path.display()))
 }
 
-/// Opens the pid file's directory without following a link, creating
-/// root's (mode 0755) when missing; root's must be root's and writable by
-/// root only, the spool must be this process's.
+/// Opens the pid file's directory: root's (mode 0755, created when
+/// missing, not through a link) must be root's and writable by root only;
+/// the spool (`privilege::open_spool`) must be this process's.
 fn checked_dir(dir: &Path, in_run: bool) -> io::Result<OwnedFd> {
-    if in_run {
+    let fd = if in_run {
         match rustix::fs::mkdir(dir, Mode::from_raw_mode(0o755)) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(e.into()),
         }
-    }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(CWD, dir, flags, Mode::empty())?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(CWD, dir, flags, Mode::empty())?
+    } else {
+        super::privilege::open_spool(dir)?
+    };
     let stat = rustix::fs::fstat(&fd)?;
     let me = rustix::process::geteuid().as_raw();
     if stat.st_uid != me || (in_run && stat.st_mode & 0o022 != 0) {

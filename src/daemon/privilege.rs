@@ -70,6 +70,15 @@ pub(crate) fn drop_root(user: Option<&str>, spool: &Path) -> anyhow::Result<Opti
     Ok(Some(account))
 }
 
+/// Opens the spool's top directory. Its own path comes from root's
+/// configuration, in directories root owns, so a link there (an operator's
+/// `/var/spool/posthorn -> /srv/spool`) is followed; names inside the spool
+/// are the account's and never are (`open_dir`).
+pub(crate) fn open_spool(spool: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(CWD, spool, flags, Mode::empty())?)
+}
+
 /// Opens the directory `name` under `dir` without following a symbolic link.
 fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -80,7 +89,7 @@ fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<OwnedFd>
 /// Entries already right are left alone, so a restart costs one `stat` per
 /// queued file.
 fn hand_over(spool: &Path, account: &Account) -> io::Result<()> {
-    let top = open_dir(CWD, spool)?;
+    let top = open_spool(spool)?;
     give(&top, account)?;
     for name in names(&top)? {
         if name.to_bytes() == b"maildrop" {
@@ -200,7 +209,7 @@ fn switch(account: &Account) -> anyhow::Result<()> {
 /// somewhere else) refuses the start, naming it, rather than being followed.
 pub(crate) fn check_layout(spool: &Path, dirs: &[&str]) -> anyhow::Result<()> {
     let me = rustix::process::geteuid().as_raw();
-    let top = open_dir(CWD, spool).with_context(|| format!("opening the spool {}", spool.display()))?;
+    let top = open_spool(spool).with_context(|| format!("opening the spool {}", spool.display()))?;
     check_own(&rustix::fs::fstat(&top)?, me, spool)?;
     for name in dirs {
         let path = spool.join(name);
@@ -242,7 +251,7 @@ pub(crate) fn make_spool_top(spool: &Path, account: Option<&Account>) -> io::Res
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spool)?;
     match account {
-        Some(account) => give(&open_dir(CWD, spool)?, account),
+        Some(account) => give(&open_spool(spool)?, account),
         None => Ok(()),
     }
 }
@@ -250,7 +259,7 @@ pub(crate) fn make_spool_top(spool: &Path, account: Option<&Account>) -> io::Res
 /// After the switch: the maildrop a new spool was given by its account
 /// gets `MAILDROP_MODE`, through its fd.
 pub(crate) fn settle_maildrop(spool: &Path) -> io::Result<()> {
-    let maildrop = open_dir(CWD, spool.join("maildrop"))?;
+    let maildrop = open_dir(open_spool(spool)?, "maildrop")?;
     if rustix::fs::fstat(&maildrop)?.st_mode & 0o7777 != MAILDROP_MODE {
         rustix::fs::fchmod(&maildrop, Mode::from_raw_mode(MAILDROP_MODE))?;
     }
@@ -271,10 +280,9 @@ pub(crate) struct AsOwner {
 }
 
 impl AsOwner {
-    /// Opens the spool directory `spool` (not through a link) and takes its
-    /// owner's identity.
+    /// Opens the spool directory `spool` and takes its owner's identity.
     pub(crate) fn enter(spool: &Path) -> io::Result<AsOwner> {
-        let dir = open_dir(CWD, spool)?;
+        let dir = open_spool(spool)?;
         let stat = rustix::fs::fstat(&dir)?;
         let restore = (rustix::process::geteuid().is_root() && stat.st_uid != 0).then(|| {
             // SAFETY: plain system calls on integers. They return the
