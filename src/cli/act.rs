@@ -109,6 +109,9 @@ pub(crate) fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
         );
         return Err(exit::NOPERM);
     }
+    // Opening makes a missing queue directory: as the spool's owner, so
+    // that root never creates anything in the account's spool.
+    let _owner = AsOwner::enter(&config.spool);
     Spool::open(&config.spool, None).map(Some).map_err(|e| {
         eprintln!("{prog}: fatal: cannot open the spool {}: {e}", config.spool.display());
         exit::CONFIG
