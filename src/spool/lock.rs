@@ -62,7 +62,13 @@ impl SpoolLock {
 fn open(root: &Path, create: OFlags) -> io::Result<File> {
     let dir = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | create;
-    let fd: OwnedFd = rustix::fs::openat(&dir, LOCK_FILE, flags, Mode::from_raw_mode(0o600))?;
+    let fd: OwnedFd = rustix::fs::openat(&dir, LOCK_FILE, flags, Mode::from_raw_mode(0o600)).map_err(|e| match e {
+        rustix::io::Errno::LOOP => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is a symbolic link, not followed", root.join(LOCK_FILE).display()),
+        ),
+        other => other.into(),
+    })?;
     let (file, top) = (rustix::fs::fstat(&fd)?, rustix::fs::fstat(&dir)?);
     let owner_ok = file.st_uid == top.st_uid || file.st_uid == rustix::process::geteuid().as_raw();
     if FileType::from_raw_mode(file.st_mode) != FileType::RegularFile || file.st_nlink != 1 || !owner_ok {
@@ -120,6 +126,15 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).unwrap();
         assert!(matches!(SpoolLock::acquire(dir.path()), Err(LockError::Io { .. })));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+    }
+
+    #[test]
+    fn the_refusal_names_the_linked_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join(LOCK_FILE)).unwrap();
+        let e = SpoolLock::acquire(dir.path()).unwrap_err().to_string();
+        let name = format!("{}/{LOCK_FILE} is a symbolic link, not followed", dir.path().display());
+        assert!(e.contains(&name), "{e}");
     }
 
     #[test]
