@@ -95,16 +95,28 @@ fn hand_over(spool: &Path, account: &Account) -> io::Result<()> {
         if name.to_bytes() == b"maildrop" {
             continue;
         }
-        if give_entry(&top, &name, account)? == Some(FileType::Directory) {
-            let dir = open_dir(&top, name.as_c_str())?;
+        if give_entry(&top, &name, account)? != Some(FileType::Directory) {
+            continue;
+        }
+        if let Some(dir) = real_dir(&top, name.as_c_str())? {
             for inner in names(&dir)? {
                 give_entry(&dir, &inner, account)?;
             }
         }
     }
-    match open_dir(&top, "maildrop") {
-        Ok(maildrop) => claim_maildrop(&top, &maildrop, account),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+    match real_dir(&top, "maildrop")? {
+        Some(maildrop) => claim_maildrop(&top, &maildrop, account),
+        None => Ok(()),
+    }
+}
+
+/// The directory `name` under `dir`; `None` when it is missing, or is not
+/// a directory (a link the account put there): left alone here, and named
+/// by `check_layout` after the switch.
+fn real_dir(dir: &OwnedFd, name: impl rustix::path::Arg) -> io::Result<Option<OwnedFd>> {
+    match open_dir(dir, name) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -115,18 +127,13 @@ fn hand_over(spool: &Path, account: &Account) -> io::Result<()> {
 fn claim_maildrop(top: &OwnedFd, maildrop: &OwnedFd, account: &Account) -> io::Result<()> {
     give(maildrop, account)?;
     rustix::fs::fchmod(maildrop, Mode::from_raw_mode(MAILDROP_MODE))?;
-    let quarantine = match open_dir(top, "corrupt") {
-        Ok(fd) => Some(fd),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
+    let Some(quarantine) = real_dir(top, "corrupt")? else {
+        // No name the account controls is handed to `claim` in its place.
+        tracing::warn!("maildrop: corrupt/ is not a directory; drops already there keep their group");
+        return Ok(());
     };
     let via_fd = |fd: BorrowedFd<'_>| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    let quarantine = match &quarantine {
-        Some(fd) => via_fd(fd.as_fd()),
-        // Nothing can be moved there; `claim` logs each entry it cannot set aside.
-        None => via_fd(top.as_fd()).join("corrupt"),
-    };
-    crate::ingress::maildrop::claim(&via_fd(maildrop.as_fd()), account.gid, &quarantine)
+    crate::ingress::maildrop::claim(&via_fd(maildrop.as_fd()), account.gid, &via_fd(quarantine.as_fd()))
 }
 
 /// The names in the directory `dir`, without `.` and `..`.
