@@ -119,6 +119,9 @@ fn postsuper_and_serve_never_follow_the_accounts_links() {
         pid = victims.path("pid"),
         dir = victims.dir.display()
     ));
+    // A second link to root's file, as the account can make without
+    // `protected_hardlinks`: never handed over.
+    std::fs::hard_link(victims.dir.join("queued-a"), spool.join("data").join("linked")).unwrap();
     let mut serve = Command::new(BIN);
     serve.arg("serve").arg("-c").arg(ph.config_path()).current_dir(ph.dir());
     let out = run_with_timeout(serve, b"", secs(30));
