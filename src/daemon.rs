@@ -1,12 +1,15 @@
-//! `posthorn serve`: recover the spool, bind the listeners, give up root
-//! (`privilege`), start the scheduler, the maildrop pickup, the control
+//! `posthorn serve`: take the spool lock, bind the listeners, write the pid
+//! file (`pidfile`), give up root (`privilege`), recover the spool, bind
+//! the local sockets, start the scheduler, the maildrop pickup, the control
 //! socket, the SMTP servers and the metrics endpoint, print the readiness
-//! lines, and run until SIGTERM or SIGINT. The pid is written to
-//! `SPOOL/posthorn.pid` for `postfix stop` and `postfix status`.
+//! lines, and run until SIGTERM, SIGINT or a `stop` request.
 //!
 //! Start-up order matters: the spool lock (`spool::lock`) is taken first, so
-//! a second daemon on the same spool exits touching nothing; recovery runs
-//! before anything else touches the spool,
+//! a second daemon on the same spool exits touching nothing; root does only
+//! what needs root (the ports, the pid file in `/run`, handing the spool
+//! over through fds), and everything else in the spool — recovery, the
+//! sockets, new directories — runs as the spool's account, after the
+//! switch, so no link the account plants there is followed by root;
 //! the scheduler loads the queue before the first new message can arrive,
 //! signal handlers are in place before `ready` is printed, and `ready` is
 //! printed only when every listener accepts connections.
@@ -17,6 +20,7 @@
 //! in progress finish with the one they started with; the queue is untouched.
 //! A configuration that does not load is refused and the old one stays.
 
+pub(crate) mod pidfile;
 pub(crate) mod privilege;
 
 use crate::config::Config;
@@ -32,6 +36,7 @@ use crate::spool::envelope::Envelope;
 use crate::spool::lock::SpoolLock;
 use crate::spool::{Spool, State};
 use anyhow::Context;
+use pidfile::PidFile;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -75,7 +80,6 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.spool.clone();
     // Before recovery: recovery under a running daemon destroys its mail.
     let _lock = SpoolLock::acquire(&root)?;
-    let spool = open_spool(&config)?;
 
     let mut listeners = Vec::new();
     let kinds = [
@@ -120,16 +124,23 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The pid file is the last thing written with root's rights; what the
+    // spool needs from here on is done as its account.
+    let switches = privilege::account_for(config.user.as_deref())?.is_some();
+    let pid_file = PidFile::create(&root, switches)?;
+    // Every port is bound: root is no longer needed. What is read from
+    // here on (keys, tables, the configuration on reload) is read as the
+    // account the daemon runs as, at start and at every reload alike.
+    let account = privilege::drop_root(config.user.as_deref(), &root)?;
+    privilege::check_layout(&root, &spool_dirs())?;
+    let spool = open_spool(&config)?;
+    if account.is_some() {
+        privilege::settle_maildrop(&root).context("setting the maildrop's mode")?;
+    }
     let control_listener = control::bind(&config.control_socket(), 0o600)
         .with_context(|| format!("control socket {}", config.control_socket().display()))?;
     let pickup_listener = control::bind(&root.join("pickup.sock"), 0o666).context("pickup socket")?;
     let showq_listener = control::bind(&root.join("showq.sock"), 0o666).context("showq socket")?;
-    let pid_file = root.join("posthorn.pid");
-    std::fs::write(&pid_file, format!("{}\n", std::process::id())).context("writing the pid file")?;
-    // Every port and socket is bound: root is no longer needed. What is
-    // read from here on (keys, tables, the configuration on reload) is read
-    // as the account the daemon runs as, at start and at every reload alike.
-    let account = privilege::drop_root(config.user.as_deref(), &root)?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (new_tx, new_rx) = mpsc::unbounded_channel();
@@ -198,6 +209,11 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
                         Ok(()) => control::success("configuration reloaded", None),
                         Err(e) => control::failure(&format!("reload refused, the running configuration stays: {e:#}")),
                     },
+                    Request::Stop => {
+                        tracing::info!("stop requested over the control socket");
+                        let _ = answer.send(with_pid(control::success("stopping", None)));
+                        break;
+                    }
                     other => handle_control(other, &cmd_tx, &pickup_now).await,
                 };
                 let _ = answer.send(response);
@@ -216,8 +232,19 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(root.join("showq.sock"));
-    let _ = std::fs::remove_file(pid_file);
+    drop(pid_file);
     Ok(())
+}
+
+/// The spool's directories, checked before recovery (`privilege::check_layout`).
+fn spool_dirs() -> Vec<&'static str> {
+    ["tmp", "data"].into_iter().chain(State::QUEUED.map(State::dir_name)).chain(["corrupt", "maildrop"]).collect()
+}
+
+/// `response` with this process's id, for `postfix status` and `stop`.
+fn with_pid(mut response: Response) -> Response {
+    response.pid = Some(std::process::id());
+    response
 }
 
 /// Opens the spool and runs crash recovery on it.
@@ -323,9 +350,13 @@ async fn pickup_loop(
     }
 }
 
+/// Wakes the pickup for each connection to `pickup.sock`. A failed accept
+/// (out of descriptors) is waited out, never the end of the loop.
 async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>) {
-    while let Ok((_stream, _)) = listener.accept().await {
-        now.notify_one();
+    loop {
+        if control::accept(&listener).await.is_some() {
+            now.notify_one();
+        }
     }
 }
 
@@ -333,12 +364,12 @@ async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>) {
 async fn handle_control(req: Request, scheduler: &mpsc::Sender<Command>, pickup: &Notify) -> Response {
     let stopped = || control::failure("the scheduler has stopped");
     match req {
-        Request::Ping => control::success("pong", None),
+        Request::Ping => with_pid(control::success("pong", None)),
         Request::Pickup => {
             pickup.notify_one();
             control::success("pickup scheduled", None)
         }
-        Request::Reload => control::failure("reload is handled by the daemon's main loop"),
+        Request::Reload | Request::Stop => control::failure("reload and stop are handled by the daemon's main loop"),
         Request::Act { action, ids } => {
             let (tx, rx) = oneshot::channel();
             if scheduler.send(Command::Act { action, ids, reply: tx }).await.is_err() {

@@ -2,7 +2,8 @@
 //! `exim -Mrm`, `posthorn queue delete`, ...): the request goes to the
 //! running daemon over the control socket, whose scheduler stops a delivery
 //! in flight first, so a message reported removed is never delivered. Each
-//! change is appended to `SPOOL/audit.log` (time, user, action, ids). With
+//! change is appended to `SPOOL/audit.log` (time, user, action, ids), as
+//! the spool's owner even when root runs the command. With
 //! no daemon, nothing is changed: the command says so and exits 75.
 //!
 //! Also the read side the front ends share: opening the spool for listing
@@ -12,9 +13,14 @@ use super::exit;
 use crate::clock;
 use crate::config::Config;
 use crate::control::{self, ControlError, Request};
+use crate::daemon::privilege::AsOwner;
 use crate::queue::{ActResult, QueueAction};
 use crate::spool::Spool;
 use std::io::Write;
+
+/// The audit log's name in the spool (mode 0640: it names senders and
+/// recipients).
+const AUDIT_LOG: &str = "audit.log";
 
 /// Ids sent per control request: keeps each request well inside the
 /// control protocol's time limit even for a queue of a million.
@@ -78,26 +84,14 @@ fn audit(config: &Config, prog: &str, action: QueueAction, results: &[ActResult]
         ids.len(),
         ids.join(",")
     );
-    let path = config.spool.join("audit.log");
-    let written = std::fs::OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
-        same_owner_as_spool(&f, &config.spool)?;
-        f.write_all(line.as_bytes())
-    });
+    // As the spool's owner, never through a link: the account the daemon
+    // runs as can write the spool, and this may run as root.
+    let written = AsOwner::enter(&config.spool)
+        .and_then(|owner| owner.append(AUDIT_LOG, 0o640))
+        .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = written {
-        eprintln!("{prog}: warning: cannot append to {}: {e}", path.display());
+        eprintln!("{prog}: warning: cannot append to {}: {e}", config.spool.join(AUDIT_LOG).display());
     }
-}
-
-/// Gives the audit log to the spool's owner when root created it, so that
-/// the daemon's account (which owns the spool once the daemon dropped root)
-/// can append to it too.
-fn same_owner_as_spool(file: &std::fs::File, spool: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let (mine, owner) = (file.metadata()?, std::fs::metadata(spool)?);
-    if rustix::process::geteuid().is_root() && (mine.uid(), mine.gid()) != (owner.uid(), owner.gid()) {
-        std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid()))?;
-    }
-    Ok(())
 }
 
 /// The spool for reading, or `None` when it was never created (an empty
@@ -115,6 +109,9 @@ pub(crate) fn spool(config: &Config, prog: &str) -> Result<Option<Spool>, u8> {
         );
         return Err(exit::NOPERM);
     }
+    // Opening makes a missing queue directory: as the spool's owner, so
+    // that root never creates anything in the account's spool.
+    let _owner = AsOwner::enter(&config.spool);
     Spool::open(&config.spool, None).map(Some).map_err(|e| {
         eprintln!("{prog}: fatal: cannot open the spool {}: {e}", config.spool.display());
         exit::CONFIG

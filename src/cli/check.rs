@@ -77,14 +77,22 @@ pub(crate) fn problems(config: &crate::config::Config) -> Vec<String> {
                 }
             }
             if let Ok(meta) = std::fs::metadata(spool.join("maildrop")) {
-                if meta.permissions().mode() & 0o7777 != 0o1733 {
-                    out.push(format!("maildrop: mode {:o}, expected 1733", meta.permissions().mode() & 0o7777));
-                }
+                out.extend(maildrop_mode(meta.permissions().mode() & 0o7777));
             }
             out.extend(spool_contents(spool));
         }
     }
     out
+}
+
+/// The maildrop is 1733 as a spool is made, and 3733 (setgid, so drops get
+/// the daemon's group) once a daemon started as root has handed the spool
+/// to its account (`daemon::privilege`): both are healthy.
+fn maildrop_mode(mode: u32) -> Option<String> {
+    let handed_over = crate::daemon::privilege::MAILDROP_MODE;
+    (mode != 0o1733 && mode != handed_over).then(|| {
+        format!("maildrop: mode {mode:o}, expected 1733 (or {handed_over:o} once a daemon started as root ran)")
+    })
 }
 
 fn spool_contents(spool: &Path) -> Vec<String> {
@@ -113,4 +121,16 @@ fn spool_contents(spool: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_maildrop_modes_the_daemon_sets_are_in_order() {
+        assert_eq!(maildrop_mode(0o1733), None);
+        assert_eq!(maildrop_mode(0o3733), None, "as a daemon started as root leaves it");
+        assert!(maildrop_mode(0o777).is_some_and(|p| p.contains("mode 777, expected 1733")));
+    }
 }

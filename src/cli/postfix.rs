@@ -2,9 +2,13 @@
 //! the way Postfix operators drive it.
 //!
 //! - `start` runs `posthorn serve` in the background (its own session,
-//!   stdout and stderr appended to `SPOOL/posthorn.log`) and returns once
-//!   the daemon answers on the control socket;
-//! - `stop` sends SIGTERM to the pid in `SPOOL/posthorn.pid` and waits;
+//!   stdout and stderr appended to `SPOOL/posthorn.log`, opened as the
+//!   spool's owner, mode 0640) and returns once the daemon answers on the
+//!   control socket;
+//! - `stop` asks the daemon to stop over the control socket and waits for
+//!   it to exit; only when the socket does not answer does it signal the
+//!   pid in the pid file (see `daemon::pidfile`), and only a process that
+//!   really is that daemon; `abort` sends SIGKILL to that process;
 //! - `status` asks the daemon (exit 0 running, 1 not);
 //! - `reload` asks the daemon to load its configuration again (refused,
 //!   with the reason, when it does not load); `flush` retries deferred
@@ -15,6 +19,7 @@
 use super::exit;
 use crate::config::Config;
 use crate::control::{self, Request};
+use crate::daemon::{pidfile, privilege};
 use rustix::process::{Pid, Signal};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,6 +27,8 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: postfix [-c config] [-Dv] command (check, start, stop, reload, status, flush)";
 const PREFIX: &str = "postfix/postfix-script";
+/// The daemon's output when `start` started it, in the spool.
+const LOG: &str = "posthorn.log";
 
 pub(crate) fn main(args: &[String]) -> u8 {
     let (opts, rest) = match super::getopt(args, "c:Dv") {
@@ -63,11 +70,32 @@ fn running(config: &Config) -> bool {
     matches!(control::request_blocking(&config.control_socket(), &Request::Ping), Ok(r) if r.ok)
 }
 
-/// The daemon's pid from `SPOOL/posthorn.pid`, when that process exists.
+/// The uid the daemon on this spool runs as: the spool's owner, whether it
+/// switched to its account or ran as its owner throughout.
+fn spool_owner(config: &Config) -> Option<u32> {
+    std::fs::metadata(&config.spool).ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+}
+
+/// Whether the daemon, started by this user, switches to an account (so
+/// its pid file is in `/run/posthorn`).
+fn switches(config: &Config) -> bool {
+    matches!(privilege::account_for(config.user.as_deref()), Ok(Some(_)))
+}
+
+/// The daemon's pid: as it says over the control socket, or from its pid
+/// file; either way only a live process that is the daemon of this spool
+/// (`pidfile::is_daemon`): the control socket and, for a daemon that
+/// never switched, the pid file are in the spool, which its account writes.
 fn pid(config: &Config) -> Option<Pid> {
-    let text = std::fs::read_to_string(config.spool.join("posthorn.pid")).ok()?;
-    let pid = Pid::from_raw(text.trim().parse().ok()?)?;
-    rustix::process::test_kill_process(pid).ok().map(|()| pid)
+    let owner = spool_owner(config)?;
+    let told = match control::request_blocking(&config.control_socket(), &Request::Ping) {
+        Ok(r) if r.ok => r.pid.and_then(|p| Pid::from_raw(i32::try_from(p).ok()?)),
+        _ => None,
+    };
+    match told {
+        Some(pid) if pidfile::is_daemon(pid, owner) => Some(pid),
+        _ => pidfile::daemon_pid(&config.spool, switches(config), owner),
+    }
 }
 
 fn start(config: &Config) -> u8 {
@@ -79,13 +107,8 @@ fn start(config: &Config) -> u8 {
         eprintln!("{PREFIX}: fatal: the spool {} is in use by another posthorn (pid {pid})", config.spool.display());
         return 1;
     }
-    // Creates the spool with its modes, so the log can go there.
-    if let Err(e) = crate::spool::Spool::open(&config.spool, None) {
-        eprintln!("{PREFIX}: fatal: cannot create the spool {}: {e}", config.spool.display());
-        return exit::CANTCREAT;
-    }
-    let log_path = config.spool.join("posthorn.log");
-    let log = match std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+    let log_path = config.spool.join(LOG);
+    let log = match open_log(config) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("{PREFIX}: fatal: cannot open {}: {e}", log_path.display());
@@ -136,6 +159,17 @@ fn start(config: &Config) -> u8 {
     1
 }
 
+/// Opens the daemon's log for appending as the spool's owner, creating the
+/// spool's top directory first when it is missing (given to the daemon's
+/// account, which makes the rest when it starts).
+fn open_log(config: &Config) -> std::io::Result<std::fs::File> {
+    if !config.spool.exists() {
+        let account = privilege::account_for(config.user.as_deref()).map_err(std::io::Error::other)?;
+        privilege::make_spool_top(&config.spool, account.as_ref())?;
+    }
+    privilege::AsOwner::enter(&config.spool)?.append(LOG, 0o640)
+}
+
 fn absolute(path: &Path) -> std::path::PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -153,7 +187,24 @@ fn detach(cmd: &mut Command) {
     }
 }
 
+/// `postfix stop`: a `stop` request over the control socket; the pid file
+/// and a signal only when the socket does not answer. `abort` kills.
 fn stop(config: &Config, signal: Signal) -> u8 {
+    if signal == Signal::TERM {
+        match control::request_blocking(&config.control_socket(), &Request::Stop) {
+            Ok(r) if r.ok => {
+                eprintln!("{PREFIX}: stopping the posthorn mail system");
+                let pid = r.pid.and_then(|p| Pid::from_raw(i32::try_from(p).ok()?));
+                return wait_gone(config, pid);
+            }
+            Ok(r) => {
+                eprintln!("{PREFIX}: fatal: the posthorn daemon refused to stop: {}", r.message);
+                return 1;
+            }
+            // Not answering (or an older daemon): the pid file, checked.
+            Err(_) => {}
+        }
+    }
     let Some(pid) = pid(config) else {
         eprintln!("{PREFIX}: fatal: the posthorn mail system is not running");
         return 1;
@@ -163,14 +214,25 @@ fn stop(config: &Config, signal: Signal) -> u8 {
         eprintln!("{PREFIX}: fatal: cannot signal process {}: {e}", pid.as_raw_nonzero());
         return 1;
     }
+    wait_gone(config, Some(pid))
+}
+
+/// Waits up to 30 s for the daemon to exit: the process `pid` when it is
+/// known, else the control socket going quiet.
+fn wait_gone(config: &Config, pid: Option<Pid>) -> u8 {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if rustix::process::test_kill_process(pid).is_err() || !config.spool.join("posthorn.pid").exists() {
+        let done = match pid {
+            Some(pid) => pidfile::gone(pid),
+            None => !running(config),
+        };
+        if done {
             return exit::OK;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("{PREFIX}: fatal: process {} still running after 30 s", pid.as_raw_nonzero());
+    let which = pid.map(|p| format!("process {}", p.as_raw_nonzero())).unwrap_or_else(|| "the daemon".into());
+    eprintln!("{PREFIX}: fatal: {which} still running after 30 s");
     1
 }
 

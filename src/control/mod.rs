@@ -5,6 +5,11 @@
 //! answers one JSON line. Every request carries the protocol version so an
 //! old command talking to a new daemon gets a clear refusal, not a guess.
 //!
+//! Each socket is bound inside a private directory and renamed into place
+//! (`bind`), so it is never reachable with looser permissions than its
+//! mode, whatever the umask. The accept loops back off when the process is
+//! out of file descriptors instead of spinning (`accept`).
+//!
 //! `SPOOL/pickup.sock` is open to every local user and carries no data: a
 //! connection only wakes the maildrop pickup, the way Postfix's public
 //! pickup fifo does, so `sendmail` run by anyone gets prompt delivery
@@ -37,6 +42,8 @@ pub(crate) enum Request {
     Act { action: crate::queue::QueueAction, ids: Vec<String> },
     /// Read the configuration and tables again (same as SIGHUP).
     Reload,
+    /// Shut down as on SIGTERM (`postfix stop`), once the answer is sent.
+    Stop,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -49,6 +56,9 @@ pub(crate) struct Response {
     /// Per-message results of `Act`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) results: Vec<crate::queue::ActResult>,
+    /// The daemon's process id, in the answers to `Ping` and `Stop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) pid: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -106,24 +116,63 @@ pub(crate) fn wake_pickup(spool: &Path) -> bool {
 }
 
 /// Binds a Unix socket at `path` with `mode`, replacing a stale one.
+///
+/// The socket is made in a fresh directory of mode 0700 next to `path`,
+/// given its mode there and only then renamed into place: bound at `path`
+/// directly, it would exist with the umask's permissions until the chmod.
 pub(crate) fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             format!("{} is in use: is another posthorn running on this spool?", path.display()),
         ));
     }
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    Ok(listener)
+    let (dir, name) = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => (dir, name),
+        _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a socket path names no file")),
+    };
+    let private = dir.join(format!(".bind-{}-{}", std::process::id(), fastrand::u32(..)));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let inside = private.join(name);
+    let placed = UnixListener::bind(&inside).and_then(|listener| {
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&inside, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&inside);
+    let _ = std::fs::remove_dir(&private);
+    placed
+}
+
+/// How long an accept loop waits when the process is out of descriptors:
+/// the pending connection stays queued, so retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The next connection on `listener`; `None` after a failed accept, having
+/// waited `ACCEPT_BACKOFF` when the failure was a resource shortage.
+pub(crate) async fn accept(listener: &UnixListener) -> Option<UnixStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => Some(stream),
+        Err(e) => {
+            if is_shortage(&e) {
+                tracing::warn!("accept on a local socket: {e}; waiting {} ms", ACCEPT_BACKOFF.as_millis());
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+            None
+        }
+    }
+}
+
+/// Out of file descriptors (per process or system-wide) or kernel memory.
+fn is_shortage(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// Serves the control socket, handing each request to `handler`.
 pub(crate) async fn serve(listener: UnixListener, handler: mpsc::Sender<PendingRequest>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Some(stream) = accept(&listener).await else { continue };
         let handler = handler.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
@@ -155,11 +204,11 @@ pub(crate) async fn serve(listener: UnixListener, handler: mpsc::Sender<PendingR
 }
 
 pub(crate) fn failure(message: &str) -> Response {
-    Response { ok: false, message: message.into(), count: None, results: Vec::new() }
+    Response { ok: false, message: message.into(), count: None, results: Vec::new(), pid: None }
 }
 
 pub(crate) fn success(message: impl Into<String>, count: Option<usize>) -> Response {
-    Response { ok: true, message: message.into(), count, results: Vec::new() }
+    Response { ok: true, message: message.into(), count, results: Vec::new(), pid: None }
 }
 
 #[cfg(test)]
@@ -191,5 +240,20 @@ mod tests {
             request(&dir.path().join("none.sock"), &Request::Ping).await,
             Err(ControlError::NotRunning(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_socket_appears_with_its_mode_and_replaces_a_stale_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("public.sock");
+        drop(bind(&path, 0o666).unwrap());
+        // Nobody listens on the old one now: replaced.
+        let _listener = bind(&path, 0o600).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["public.sock"], "the private directory is gone");
+        let e = bind(&path, 0o600).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
     }
 }

@@ -78,13 +78,8 @@ pub(crate) async fn serve(listener: UnixListener, spool: Spool) {
         per_user: Mutex::default(),
     });
     loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(service.clone().answer(stream));
-            }
-            // Out of descriptors: wait for some to be closed rather than
-            // spin on the accept.
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        if let Some(stream) = super::accept(&listener).await {
+            tokio::spawn(service.clone().answer(stream));
         }
     }
 }

@@ -1,11 +1,19 @@
 //! Giving up root: a daemon started as root binds its ports, hands the
 //! spool to its own account and switches to it for good, as
-//! docs/security.md describes (Postfix's `mail_owner`).
+//! docs/security.md describes (Postfix's `mail_owner`). Also how root's
+//! commands act in the spool: as its owner (`AsOwner`).
 //!
 //! The switch uses glibc's `setgroups`/`setgid`/`setuid`, which change the
 //! credentials of every thread of the process (the kernel's calls change
 //! only the calling thread's, and the runtime's threads already exist).
 //! Afterwards the process checks that root cannot be taken back.
+//!
+//! The account can write the spool, so root never resolves a path inside
+//! it: the hand-over walks the spool through directory fds opened
+//! `O_NOFOLLOW`, changes each entry through an fd of its own, and never
+//! follows or changes a symbolic link or a file with a second link. What
+//! needs no root (creating directories, recovery, the sockets, the
+//! maildrop's mode) happens after the switch.
 //!
 //! The spool's ownership after the switch:
 //! ```text
@@ -19,22 +27,24 @@
 
 use crate::account::{Account, lookup};
 use anyhow::{Context, bail};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, OFlags, Stat, Uid};
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-/// Switches to the configured account when running as root; `None` when
-/// nothing was switched (not root, no `user` in the built-in
-/// configuration, or `user = "root"`). Call it once, after every privileged
-/// port and socket is bound and before anything else is started.
-pub(crate) fn drop_root(user: Option<&str>, spool: &Path) -> anyhow::Result<Option<Account>> {
+/// The maildrop's mode once the spool belongs to the daemon's account.
+pub(crate) const MAILDROP_MODE: u32 = 0o3733;
+
+/// The account a daemon started with `user` switches to: `None` when
+/// nothing is switched (not root, no `user` in the built-in configuration,
+/// or `user = "root"`).
+pub(crate) fn account_for(user: Option<&str>) -> anyhow::Result<Option<Account>> {
     if !rustix::process::geteuid().is_root() {
         return Ok(None);
     }
-    let Some(name) = user else { return Ok(None) };
-    if name == "root" {
-        tracing::warn!("running as root: `user = \"root\"` is set");
-        return Ok(None);
-    }
+    let Some(name) = user.filter(|name| *name != "root") else { return Ok(None) };
     let Some(account) = lookup(name)? else {
         bail!(
             "user {name:?} (the `user` key, default posthorn) does not exist: create it \
@@ -44,44 +54,143 @@ pub(crate) fn drop_root(user: Option<&str>, spool: &Path) -> anyhow::Result<Opti
     if account.uid == 0 {
         bail!("user {name:?} has uid 0: that is root under another name; set `user` to an unprivileged account");
     }
-    hand_over(spool, &account).with_context(|| format!("giving the spool {} to {name}", spool.display()))?;
+    Ok(Some(account))
+}
+
+/// Switches to the configured account when running as root (see
+/// `account_for`); `None` when nothing was switched. Call it once, after
+/// every privileged port is bound and before anything else is started.
+pub(crate) fn drop_root(user: Option<&str>, spool: &Path) -> anyhow::Result<Option<Account>> {
+    if user == Some("root") && rustix::process::geteuid().is_root() {
+        tracing::warn!("running as root: `user = \"root\"` is set");
+    }
+    let Some(account) = account_for(user)? else { return Ok(None) };
+    hand_over(spool, &account).with_context(|| format!("giving the spool {} to {}", spool.display(), account.name))?;
     switch(&account)?;
     Ok(Some(account))
 }
 
+/// Opens the spool's top directory. Its own path comes from root's
+/// configuration, in directories root owns, so a link there (an operator's
+/// `/var/spool/posthorn -> /srv/spool`) is followed; names inside the spool
+/// are the account's and never are (`open_dir`).
+pub(crate) fn open_spool(spool: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(CWD, spool, flags, Mode::empty())?)
+}
+
+/// Opens the directory `name` under `dir` without following a symbolic link.
+fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dir, name, flags, Mode::empty())?)
+}
+
 /// Gives the spool to `account` (see the module comment for the layout).
-/// Files already right are left alone, so a restart costs one `stat` per
+/// Entries already right are left alone, so a restart costs one `stat` per
 /// queued file.
-fn hand_over(spool: &Path, account: &Account) -> std::io::Result<()> {
-    let own = |path: &Path| -> std::io::Result<()> {
-        let meta = std::fs::symlink_metadata(path)?;
-        if meta.uid() != account.uid || meta.gid() != account.gid {
-            std::os::unix::fs::lchown(path, Some(account.uid), Some(account.gid))?;
-        }
-        Ok(())
-    };
-    own(spool)?;
-    for entry in std::fs::read_dir(spool)? {
-        let entry = entry?;
-        let path = entry.path();
-        let name = entry.file_name();
-        if name == "maildrop" {
+fn hand_over(spool: &Path, account: &Account) -> io::Result<()> {
+    let top = open_spool(spool)?;
+    give(&top, account)?;
+    for name in names(&top)? {
+        if name.to_bytes() == b"maildrop" {
             continue;
         }
-        own(&path)?;
-        if entry.file_type()?.is_dir() {
-            for file in std::fs::read_dir(&path)? {
-                own(&file?.path())?;
+        if give_entry(&top, &name, account)? != Some(FileType::Directory) {
+            continue;
+        }
+        if let Some(dir) = real_dir(&top, name.as_c_str())? {
+            for inner in names(&dir)? {
+                give_entry(&dir, &inner, account)?;
             }
         }
     }
-    let maildrop = spool.join("maildrop");
-    own(&maildrop)?;
-    std::fs::set_permissions(&maildrop, std::fs::Permissions::from_mode(0o3733))?;
-    // Drops written before the switch keep their owner (the submitting
-    // user, which the daemon reads from it) and get the group; any local
-    // user writes here, so only regular files are touched, through their fds.
-    crate::ingress::maildrop::claim(&maildrop, account.gid, &spool.join("corrupt"))
+    match real_dir(&top, "maildrop")? {
+        Some(maildrop) => claim_maildrop(&top, &maildrop, account),
+        None => Ok(()),
+    }
+}
+
+/// The directory `name` under `dir`; `None` when it is missing, or is not
+/// a directory (a link the account put there): left alone here, and named
+/// by `check_layout` after the switch.
+fn real_dir(dir: &OwnedFd, name: impl rustix::path::Arg) -> io::Result<Option<OwnedFd>> {
+    match open_dir(dir, name) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The maildrop becomes the account's, `MAILDROP_MODE`, and each drop
+/// already in it gets the account's group (`maildrop::claim`), reached
+/// through `/proc/self/fd` so that no name the account controls is resolved.
+fn claim_maildrop(top: &OwnedFd, maildrop: &OwnedFd, account: &Account) -> io::Result<()> {
+    give(maildrop, account)?;
+    rustix::fs::fchmod(maildrop, Mode::from_raw_mode(MAILDROP_MODE))?;
+    let Some(quarantine) = real_dir(top, "corrupt")? else {
+        // No name the account controls is handed to `claim` in its place.
+        tracing::warn!("maildrop: corrupt/ is not a directory; drops already there keep their group");
+        return Ok(());
+    };
+    let via_fd = |fd: BorrowedFd<'_>| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    crate::ingress::maildrop::claim(&via_fd(maildrop.as_fd()), account.gid, &via_fd(quarantine.as_fd()))
+}
+
+/// The names in the directory `dir`, without `.` and `..`.
+fn names(dir: &OwnedFd) -> io::Result<Vec<std::ffi::CString>> {
+    let mut out = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let name = entry?.file_name().to_owned();
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+fn owned_by(stat: &Stat, account: &Account) -> bool {
+    stat.st_uid == account.uid && stat.st_gid == account.gid
+}
+
+/// Gives the open file or directory `fd` to `account`.
+fn give(fd: &OwnedFd, account: &Account) -> io::Result<()> {
+    if !owned_by(&rustix::fs::fstat(fd)?, account) {
+        rustix::fs::fchown(fd, Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid)))?;
+    }
+    Ok(())
+}
+
+/// Gives the entry `name` of `dir` to `account` and says what it is. A
+/// symbolic link, or anything but a directory with a second link (a hard
+/// link the account made to another file), is left alone: its owner is
+/// not the spool's to change. The entry is pinned by an `O_PATH` fd
+/// between the check and the change, so it cannot be swapped in between.
+fn give_entry(dir: &OwnedFd, name: &CStr, account: &Account) -> io::Result<Option<FileType>> {
+    let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        // Gone meanwhile (a stale socket removed, a drop picked up).
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if owned_by(&stat, account) || kind == FileType::Symlink {
+        return Ok(Some(kind));
+    }
+    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let stat = rustix::fs::fstat(&fd)?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind == FileType::Symlink || (kind != FileType::Directory && stat.st_nlink != 1) {
+        tracing::warn!(
+            "spool entry {}: {} link(s), not handed to {}; left alone",
+            name.to_string_lossy(),
+            stat.st_nlink,
+            account.name
+        );
+        return Ok(Some(kind));
+    }
+    let (uid, gid) = (Some(Uid::from_raw(account.uid)), Some(Gid::from_raw(account.gid)));
+    rustix::fs::chownat(&fd, "", uid, gid, AtFlags::EMPTY_PATH)?;
+    Ok(Some(kind))
 }
 
 fn switch(account: &Account) -> anyhow::Result<()> {
@@ -99,4 +208,182 @@ fn switch(account: &Account) -> anyhow::Result<()> {
         bail!("switching to user {} did not drop root", account.name);
     }
     Ok(())
+}
+
+/// Checks, as the account that now runs the daemon, that the spool's
+/// directories are directories of its own, before recovery and the
+/// scheduler work in them: a symbolic link in their place (to files
+/// somewhere else) refuses the start, naming it, rather than being followed.
+pub(crate) fn check_layout(spool: &Path, dirs: &[&str]) -> anyhow::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    let top = open_spool(spool).with_context(|| format!("opening the spool {}", spool.display()))?;
+    check_own(&rustix::fs::fstat(&top)?, me, spool)?;
+    for name in dirs {
+        let path = spool.join(name);
+        let stat = match rustix::fs::statat(&top, *name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            // Created next, by the account.
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        };
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => check_own(&stat, me, &path)?,
+            FileType::Symlink => bail!(
+                "{} is a symbolic link, not a directory: posthorn does not follow links in its spool; \
+                 remove it (it is created again at start)",
+                path.display()
+            ),
+            other => bail!("{} is not a directory but a {other:?}: move it away and start again", path.display()),
+        }
+    }
+    Ok(())
+}
+
+fn check_own(stat: &Stat, me: u32, path: &Path) -> anyhow::Result<()> {
+    if stat.st_uid != me {
+        bail!(
+            "{} belongs to uid {}, not to the daemon's account (uid {me}): chown it, or start as root \
+             so that the spool is handed over",
+            path.display(),
+            stat.st_uid
+        );
+    }
+    Ok(())
+}
+
+/// Creates the spool's top directory (mode 0700, its parents as needed) and
+/// gives it to `account`, as root may: the directory is new and its parent
+/// root's. The daemon makes everything inside.
+pub(crate) fn make_spool_top(spool: &Path, account: Option<&Account>) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spool)?;
+    match account {
+        Some(account) => give(&open_spool(spool)?, account),
+        None => Ok(()),
+    }
+}
+
+/// After the switch: the maildrop a new spool was given by its account
+/// gets `MAILDROP_MODE`, through its fd.
+pub(crate) fn settle_maildrop(spool: &Path) -> io::Result<()> {
+    let maildrop = open_dir(open_spool(spool)?, "maildrop")?;
+    if rustix::fs::fstat(&maildrop)?.st_mode & 0o7777 != MAILDROP_MODE {
+        rustix::fs::fchmod(&maildrop, Mode::from_raw_mode(MAILDROP_MODE))?;
+    }
+    Ok(())
+}
+
+/// Root acting in the spool as the spool's owner: while this lives, the
+/// calling thread's file-system identity (`setfsuid`/`setfsgid`) is the
+/// owner's, so every file it opens or creates is checked and owned as if
+/// the owner did it. For a process run by the owner itself (or a spool
+/// that belongs to root) nothing changes. Single-threaded command-line use
+/// only: the identity is the calling thread's.
+pub(crate) struct AsOwner {
+    dir: OwnedFd,
+    owner: u32,
+    /// The file-system ids to restore.
+    restore: Option<(u32, u32)>,
+}
+
+impl AsOwner {
+    /// Opens the spool directory `spool` and takes its owner's identity.
+    pub(crate) fn enter(spool: &Path) -> io::Result<AsOwner> {
+        let dir = open_spool(spool)?;
+        let stat = rustix::fs::fstat(&dir)?;
+        let restore = (rustix::process::geteuid().is_root() && stat.st_uid != 0).then(|| {
+            // SAFETY: plain system calls on integers. They return the
+            // previous id, and cannot fail for root (CAP_SETUID/CAP_SETGID).
+            unsafe { (libc::setfsgid(stat.st_gid) as u32, libc::setfsuid(stat.st_uid) as u32) }
+        });
+        Ok(AsOwner { dir, owner: stat.st_uid, restore })
+    }
+
+    /// Opens `name` in the spool for appending, creating it with `mode`:
+    /// never through a symbolic link, and only a regular file of the owner's
+    /// with one link; anything else is refused with the reason (the caller
+    /// names the path).
+    pub(crate) fn append(&self, name: &str, mode: u32) -> io::Result<File> {
+        let flags =
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.dir, name, flags, Mode::from_raw_mode(mode)).map_err(|e| match e {
+            rustix::io::Errno::LOOP => refusal("a symbolic link, not followed".into()),
+            other => io::Error::from(other),
+        })?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(refusal("not a regular file".into()));
+        }
+        if stat.st_uid != self.owner || stat.st_nlink != 1 {
+            return Err(refusal(format!(
+                "owned by uid {} with {} link(s), not the spool owner's (uid {}) alone",
+                stat.st_uid, stat.st_nlink, self.owner
+            )));
+        }
+        // Written 0644 by earlier versions: every local user could read it.
+        if stat.st_mode & 0o7777 & !mode != 0 {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        }
+        Ok(File::from(fd))
+    }
+}
+
+fn refusal(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, why)
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        if let Some((gid, uid)) = self.restore {
+            // SAFETY: as in `enter`; root's ids back.
+            unsafe {
+                libc::setfsuid(uid);
+                libc::setfsgid(gid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn append_refuses_links_and_tightens_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::os::unix::fs::symlink(&victim, spool.join("audit.log")).unwrap();
+        std::fs::hard_link(&victim, spool.join("hard.log")).unwrap();
+        std::fs::write(spool.join("old.log"), "").unwrap();
+        std::fs::set_permissions(spool.join("old.log"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let owner = AsOwner::enter(&spool).unwrap();
+        let e = owner.append("audit.log", 0o640).unwrap_err().to_string();
+        assert!(e.contains("a symbolic link"), "{e}");
+        let e = owner.append("hard.log", 0o640).unwrap_err().to_string();
+        assert!(e.contains("owned by") && e.contains("2 link(s)"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+
+        owner.append("old.log", 0o640).unwrap().write_all(b"line\n").unwrap();
+        owner.append("new.log", 0o640).unwrap();
+        for name in ["old.log", "new.log"] {
+            let mode = std::fs::metadata(spool.join(name)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o640, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_link_in_place_of_a_spool_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("tmp")).unwrap();
+        check_layout(dir.path(), &["data", "incoming"]).unwrap();
+        let e = check_layout(dir.path(), &["data", "tmp"]).unwrap_err().to_string();
+        assert!(e.contains(&format!("{}/tmp is a symbolic link", dir.path().display())), "{e}");
+    }
 }

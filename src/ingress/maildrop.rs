@@ -226,7 +226,8 @@ fn read_open(
 /// Puts an entry that is not a drop out of the way, with a log line naming
 /// it: a symlink or an extra link is removed (the name only: its target or
 /// the file's other name is never touched, and nothing of a drop is lost),
-/// anything else is moved to `quarantine` as `maildrop-NAME`.
+/// anything else is moved to `quarantine` (the spool's `corrupt/`) as
+/// `maildrop-NAME`.
 pub fn set_aside(path: &Path, odd: &Odd, quarantine: &Path) {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let result = match odd {
@@ -235,7 +236,9 @@ pub fn set_aside(path: &Path, odd: &Odd, quarantine: &Path) {
         }
         Odd::NotRegular(_) => {
             let to = quarantine.join(format!("maildrop-{name}"));
-            std::fs::rename(path, &to).map(|_| format!("moved to {}", to.display()))
+            // Named as the operator finds it: `quarantine` may be reached
+            // through a descriptor (`/proc/self/fd/N`) while root works.
+            std::fs::rename(path, &to).map(|_| format!("moved to corrupt/maildrop-{name}"))
         }
     };
     match result {

@@ -7,7 +7,7 @@
 //! drops it when the process dies, so a crash never leaves a stale lock.
 //! The file holds the owner's pid, for the message the loser prints.
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::OwnedFd;
@@ -54,11 +54,29 @@ impl SpoolLock {
     }
 }
 
-/// Opens the lock file without following a symlink planted in its place:
-/// the daemon may open it as root in a directory its account owns.
+/// Opens the lock file relative to the spool directory's fd, without
+/// following a symlink planted in its place, and only when it is a regular
+/// file with one link belonging to the spool's owner (or to us): the
+/// daemon opens it as root, in a directory its account owns, before the
+/// switch, and must not be made to open (and truncate) another file.
 fn open(root: &Path, create: OFlags) -> io::Result<File> {
+    let dir = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | create;
-    let fd: OwnedFd = rustix::fs::open(root.join(LOCK_FILE), flags, Mode::from_raw_mode(0o600))?;
+    let fd: OwnedFd = rustix::fs::openat(&dir, LOCK_FILE, flags, Mode::from_raw_mode(0o600)).map_err(|e| match e {
+        rustix::io::Errno::LOOP => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is a symbolic link, not followed", root.join(LOCK_FILE).display()),
+        ),
+        other => other.into(),
+    })?;
+    let (file, top) = (rustix::fs::fstat(&fd)?, rustix::fs::fstat(&dir)?);
+    let owner_ok = file.st_uid == top.st_uid || file.st_uid == rustix::process::geteuid().as_raw();
+    if FileType::from_raw_mode(file.st_mode) != FileType::RegularFile || file.st_nlink != 1 || !owner_ok {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a regular file of the spool's owner with one link", root.join(LOCK_FILE).display()),
+        ));
+    }
     Ok(File::from(fd))
 }
 
@@ -107,6 +125,30 @@ mod tests {
         std::fs::write(&target, "keep\n").unwrap();
         std::os::unix::fs::symlink(&target, dir.path().join(LOCK_FILE)).unwrap();
         assert!(matches!(SpoolLock::acquire(dir.path()), Err(LockError::Io { .. })));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
+    }
+
+    #[test]
+    fn the_refusal_names_the_linked_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join(LOCK_FILE)).unwrap();
+        let e = SpoolLock::acquire(dir.path()).unwrap_err().to_string();
+        let name = format!("{}/{LOCK_FILE} is a symbolic link, not followed", dir.path().display());
+        assert!(e.contains(&name), "{e}");
+    }
+
+    #[test]
+    fn a_hard_link_in_place_of_the_lock_file_is_neither_locked_nor_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, "keep\n").unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::hard_link(&target, spool.join(LOCK_FILE)).unwrap();
+        match SpoolLock::acquire(&spool) {
+            Err(LockError::Io { source, .. }) => assert!(source.to_string().contains("one link"), "{source}"),
+            other => panic!("locked a hard link: {other:?}"),
+        }
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
     }
 }
