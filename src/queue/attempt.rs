@@ -162,7 +162,7 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
 async fn finish(ctx: &Context, env: Envelope) -> Done {
     let id = env.id.clone();
     if env.is_done() {
-        return match ctx.spool.remove(State::Active, &id) {
+        return match ctx.spool.remove(State::Active, &id).await {
             Ok(()) => {
                 tracing::info!("{id}: removed");
                 gone(id)

@@ -462,7 +462,7 @@ impl Scheduler {
         for items in notice::due(&mut env, &before, &[], None, now) {
             notice::send(&self.ingress, &self.spool, &self.limiter, &env, items, now).await;
         }
-        self.spool.remove(state, id)?;
+        self.spool.remove(state, id).await?;
         Ok(Some(state))
     }
 

@@ -50,6 +50,8 @@ pub(crate) struct Rename {
 
 struct Request {
     renames: Vec<Rename>,
+    /// A name removed after the renames (a finished message's envelope).
+    unlink: Option<PathBuf>,
     /// Before the renames, these files' contents and this directory's
     /// entries must be durable: the directory to sync under `PerFile`; any
     /// value means "syncfs first" under `Batch`.
@@ -116,7 +118,18 @@ impl Committer {
     ) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Request { renames, sync_first, written_at, done })
+            .send(Request { renames, unlink: None, sync_first, written_at, done })
+            .map_err(|_| io::Error::other("the spool committer has stopped"))?;
+        wait.await.map_err(|_| io::Error::other("the spool committer has stopped"))?
+    }
+
+    /// Removes `path` and returns once the removal is durable: its
+    /// directory is synced with the batch's others, so a finished message
+    /// cannot come back after a crash to be delivered again.
+    pub(crate) async fn unlink(&self, path: PathBuf, written_at: u64) -> io::Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Request { renames: Vec::new(), unlink: Some(path), sync_first: None, written_at, done })
             .map_err(|_| io::Error::other("the spool committer has stopped"))?;
         wait.await.map_err(|_| io::Error::other("the spool committer has stopped"))?
     }
@@ -176,12 +189,23 @@ fn commit_batch(batch: Vec<Request>, state: &mut State) {
         let result = match (&failure, state.doomed(req)) {
             (Some(e), _) => Err(io::Error::new(e.kind(), e.to_string())),
             (None, Some(doomed)) => Err(doomed),
-            (None, None) => req.renames.iter().try_for_each(|r| {
-                std::fs::rename(&r.from, &r.to)?;
-                touched.extend(r.from.parent().map(Path::to_path_buf));
-                touched.extend(r.to.parent().map(Path::to_path_buf));
-                Ok(())
-            }),
+            (None, None) => req
+                .renames
+                .iter()
+                .try_for_each(|r| {
+                    std::fs::rename(&r.from, &r.to)?;
+                    touched.extend(r.from.parent().map(Path::to_path_buf));
+                    touched.extend(r.to.parent().map(Path::to_path_buf));
+                    Ok(())
+                })
+                .and_then(|()| match &req.unlink {
+                    Some(path) => {
+                        std::fs::remove_file(path)?;
+                        touched.extend(path.parent().map(Path::to_path_buf));
+                        Ok(())
+                    }
+                    None => Ok(()),
+                }),
         };
         results.push(result);
     }
@@ -265,7 +289,10 @@ mod tests {
             std::fs::write(dir.path().join(name), b"x").unwrap();
             let rename = Rename { from: dir.path().join(name), to: dir.path().join(format!("{name}.done")) };
             let (done, wait) = oneshot::channel();
-            (Request { renames: vec![rename], sync_first: Some(dir.path().into()), written_at, done }, wait)
+            (
+                Request { renames: vec![rename], unlink: None, sync_first: Some(dir.path().into()), written_at, done },
+                wait,
+            )
         };
         let (a, a_done) = request("a", before);
         commit_batch(vec![a], &mut state);
@@ -281,5 +308,20 @@ mod tests {
         assert!(!dir.path().join("b.done").exists());
         assert!(c_done.blocking_recv().unwrap().is_ok());
         assert!(dir.path().join("c.done").exists());
+    }
+
+    /// An unlink is made with the batch and answered once its directory is
+    /// synced; a name already gone is reported, not hidden.
+    #[tokio::test]
+    async fn an_unlink_is_answered_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(File::open(dir.path()).unwrap());
+        let committer = Committer::start(SyncMode::Batch, fs, Arc::default(), Arc::default());
+        let path = dir.path().join("ENVELOPE");
+        std::fs::write(&path, b"{}").unwrap();
+        committer.unlink(path.clone(), 0).await.unwrap();
+        assert!(!path.exists());
+        let again = committer.unlink(path, 0).await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::NotFound);
     }
 }

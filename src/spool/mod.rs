@@ -353,11 +353,13 @@ impl Spool {
         self.noted(std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id)))
     }
 
-    /// Removes a finished message: envelope first (the commit point of
-    /// "done"), then the body. A crash between leaves an orphan body, which
+    /// Removes a finished message: envelope first, durably (the commit
+    /// point of "done": it cannot come back after a crash and be delivered
+    /// again), then the body. A crash between leaves an orphan body, which
     /// recovery moves to `corrupt/`.
-    pub(crate) fn remove(&self, state: State, id: &str) -> io::Result<()> {
-        self.noted(std::fs::remove_file(self.envelope_path(state, id)))?;
+    pub(crate) async fn remove(&self, state: State, id: &str) -> io::Result<()> {
+        let envelope = self.envelope_path(state, id);
+        self.noted(self.committer().unlink(envelope, self.inner.failed_syncs.count()).await)?;
         match std::fs::remove_file(self.body_path(id)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => self.noted(Err(e)),
             _ => Ok(()),
@@ -863,7 +865,7 @@ mod tests {
         assert!(spool.list(State::Incoming).unwrap().is_empty());
         assert_eq!(spool.read_envelope(State::Deferred, &env.id).unwrap().attempts, 3);
         assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
-        spool.remove(State::Deferred, &env.id).unwrap();
+        spool.remove(State::Deferred, &env.id).await.unwrap();
         assert!(spool.find(&env.id).is_none());
         assert!(!spool.body_path(&env.id).exists());
     }
