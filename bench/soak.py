@@ -209,28 +209,38 @@ def main():
     stop.set()
     for t in threads:
         t.join()
-    deadline = time.time() + 300
-    while daemon.queued() > 0 and time.time() < deadline:
-        time.sleep(0.5)
+    # Drain: until the queue is empty, or nothing has left it for 60 s.
+    last, since = daemon.queued(), time.time()
+    while last > 0 and time.time() - since < 60:
+        time.sleep(1)
+        now_queued = daemon.queued()
+        if now_queued < last:
+            since = time.time()
+        last = now_queued
     time.sleep(2)
     daemon.proc.terminate()
     daemon.proc.wait()
     with sink.lock:
         seen = dict(sink.seen)
     wanted = accepted + dropped
-    lost = [i for i in wanted if i not in seen]
+    # Only a drained queue tells lost from not yet delivered.
+    left = daemon.queued()
+    lost = [i for i in wanted if i not in seen] if left == 0 else []
     duplicated = sum(1 for n in seen.values() if n > 1)
     print(f"duration        {DURATION:.0f} s, {SESSIONS} sessions, {kills} kill -9")
     print(f"accepted        {len(wanted)} ({len(accepted)} by SMTP, {len(dropped)} by sendmail while down)")
     print(f"delivered       {len(seen)} distinct ids")
-    print(f"lost            {len(lost)}" + (f"  e.g. {lost[:5]}" if lost else ""))
+    if left:
+        print(f"lost            unknown: {left} still queued when the drain stalled")
+    else:
+        print(f"lost            {len(lost)}" + (f"  e.g. {lost[:5]}" if lost else ""))
     print(f"duplicated      {duplicated}")
-    print(f"left queued     {daemon.queued()}")
+    print(f"left queued     {left}")
     if os.environ.get("KEEP") == "1":
         print(f"work directory  {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if lost else 0
+    return 1 if lost or left else 0
 
 
 if __name__ == "__main__":
