@@ -133,7 +133,20 @@ pub(crate) fn bind(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
         _ => return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a socket path names no file")),
     };
     let private = dir.join(format!(".bind-{}-{}", std::process::id(), fastrand::u32(..)));
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&private) {
+        if !crate::spool::space::is_full(&e) {
+            return Err(e);
+        }
+        // A full spool must not stop the start (the daemon delivers what it
+        // has, which frees space): the directory needs a block a socket
+        // does not, so the socket is bound in place and given its mode
+        // after, as before the private directory.
+        tracing::warn!("{}: binding in place: cannot make a private directory: {e}", path.display());
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        return Ok(listener);
+    }
     let inside = private.join(name);
     let placed = UnixListener::bind(&inside).and_then(|listener| {
         std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(mode))?;
