@@ -51,6 +51,22 @@ fn config(lines: &[String]) -> String {
     with_lines("", &lines)
 }
 
+/// Sends a message from alice@hub.test to `to` and returns the bounce
+/// alice gets (the first message in her Maildir).
+fn bounce_to_alice(hub: &Posthorn, mail: &Path, to: &str) -> String {
+    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
+    c.ehlo("client.test").unwrap();
+    let reply = c.send("alice@hub.test", &[to], message(&[("Subject", "x")], "x\r\n").as_bytes());
+    assert_eq!(reply.unwrap().code, 250);
+    c.quit().unwrap();
+    assert!(
+        wait_until(secs(60), || !maildir(mail, "hub.test", "alice").is_empty()),
+        "no bounce for alice; log:\n{}",
+        hub.log()
+    );
+    String::from_utf8_lossy(&maildir(mail, "hub.test", "alice")[0]).into_owned()
+}
+
 #[test]
 fn more_than_fifty_received_fields_is_refused_with_5_4_6() {
     let mail = tempfile::tempdir().unwrap();
@@ -75,18 +91,7 @@ fn a_hub_that_is_its_own_smarthost_stops_the_loop_and_bounces() {
     lines.push(format!("relay.smarthosts = [{}]", toml_str(&format!("[{}]:{}", me.ip(), me.port()))));
     lines.push("smtp.hopcount_limit = 10".into());
     let hub = Posthorn::start(&config(&lines));
-    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
-    c.ehlo("client.test").unwrap();
-    let reply = c.send("alice@hub.test", &["bob@elsewhere.test"], message(&[("Subject", "x")], "x\r\n").as_bytes());
-    assert_eq!(reply.unwrap().code, 250);
-    c.quit().unwrap();
-
-    assert!(
-        wait_until(secs(60), || !maildir(mail.path(), "hub.test", "alice").is_empty()),
-        "no bounce for alice; log:\n{}",
-        hub.log()
-    );
-    let bounce = String::from_utf8_lossy(&maildir(mail.path(), "hub.test", "alice")[0]).into_owned();
+    let bounce = bounce_to_alice(&hub, mail.path(), "bob@elsewhere.test");
     assert!(bounce.contains("5.4.6"), "{bounce}");
     assert!(wait_until(secs(30), || hub.queued_count() == 0), "the queue never emptied; log:\n{}", hub.log());
     assert!(hub.log().contains("is this host's own SMTP listener: mail loop"), "{}", hub.log());
@@ -161,18 +166,7 @@ fn an_mx_that_resolves_to_the_hub_itself_bounces_with_5_4_6() {
     lines.push(dns.config_line());
     lines.push(format!("deliver.mx_port = {}", me.port()));
     let hub = Posthorn::start(&config(&lines));
-    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
-    c.ehlo("client.test").unwrap();
-    let reply = c.send("alice@hub.test", &["bob@loop.test"], message(&[("Subject", "x")], "x\r\n").as_bytes());
-    assert_eq!(reply.unwrap().code, 250);
-    c.quit().unwrap();
-
-    assert!(
-        wait_until(secs(30), || !maildir(mail.path(), "hub.test", "alice").is_empty()),
-        "no bounce for alice; log:\n{}",
-        hub.log()
-    );
-    let bounce = String::from_utf8_lossy(&maildir(mail.path(), "hub.test", "alice")[0]).into_owned();
+    let bounce = bounce_to_alice(&hub, mail.path(), "bob@loop.test");
     assert!(bounce.contains("5.4.6") && bounce.contains("loops back to myself"), "{bounce}");
     let log = hub.log();
     assert!(log.contains("to=<bob@loop.test>") && log.contains("status=bounced"), "{log}");
@@ -193,18 +187,7 @@ fn a_domain_whose_best_mx_is_this_host_by_name_bounces_with_5_4_6() {
     let text = std::fs::read_to_string(hub.config_path()).unwrap();
     std::fs::write(hub.config_path(), with_lines(&text, &[&dns.config_line()])).unwrap();
     hub.restart();
-    let mut c = RawSmtp::connect(hub.smtp_addr()).expect("connect");
-    c.ehlo("client.test").unwrap();
-    let reply = c.send("alice@hub.test", &["bob@other.test"], message(&[("Subject", "x")], "x\r\n").as_bytes());
-    assert_eq!(reply.unwrap().code, 250);
-    c.quit().unwrap();
-
-    assert!(
-        wait_until(secs(30), || !maildir(mail.path(), "hub.test", "alice").is_empty()),
-        "no bounce for alice; log:\n{}",
-        hub.log()
-    );
-    let bounce = String::from_utf8_lossy(&maildir(mail.path(), "hub.test", "alice")[0]).into_owned();
+    let bounce = bounce_to_alice(&hub, mail.path(), "bob@other.test");
     assert!(bounce.contains("5.4.6") && bounce.contains("is its best MX host"), "{bounce}");
     assert!(hub.log().contains("status=bounced"), "{}", hub.log());
 }

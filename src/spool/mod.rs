@@ -402,40 +402,35 @@ impl Spool {
         files.dedup_by(|a, b| a.0 == b.0);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
         let chunk = files.len().div_ceil(threads).max(256);
-        let read = |part: &[(String, State)]| -> Vec<(State, Envelope)> {
+        // Each name is read where it was listed, else in the other states
+        // (it moved since); `None` marks one not found anywhere.
+        let read = |part: &[(String, State)]| -> Vec<Option<(State, Envelope)>> {
             let mut buf = Vec::with_capacity(16 * 1024);
-            let mut envelopes = Vec::with_capacity(part.len());
-            for (id, state) in part {
-                let mut read_in = |s: State| {
-                    let (_, dir) = dirs.iter().find(|(d, _)| *d == s)?;
-                    read_small(dir, id, &mut buf).ok()?;
-                    // An envelope whose content names another id is not
-                    // that message (recovery quarantines it): never listed
-                    // under the wrong id.
-                    Envelope::from_json(&buf).ok().filter(|env| env.id == *id).map(|env| (s, env))
-                };
-                let moved = State::QUEUED.into_iter().filter(|s| s != state);
-                let mut found = std::iter::once(*state).chain(moved).find_map(&mut read_in);
-                if found.is_none() {
-                    // Not where it was listed, nor anywhere else a moment
-                    // later: it may have moved again between the looks, so
-                    // the last look is taken with nothing moving. Not found
-                    // then, it has left the queue.
-                    let _still = self.inner.moves.listing();
-                    found = State::QUEUED.into_iter().find_map(&mut read_in);
-                }
-                envelopes.extend(found);
-            }
-            envelopes
+            let moved = |state: State| State::QUEUED.into_iter().filter(move |s| *s != state);
+            part.iter()
+                .map(|(id, state)| {
+                    std::iter::once(*state).chain(moved(*state)).find_map(|s| read_in(&dirs, s, id, &mut buf))
+                })
+                .collect()
         };
-        let mut out: Vec<(State, Envelope)> = Vec::with_capacity(files.len());
+        let mut found: Vec<Option<(State, Envelope)>> = Vec::with_capacity(files.len());
         std::thread::scope(|scope| {
             let workers: Vec<_> = files.chunks(chunk).map(|part| scope.spawn(move || read(part))).collect();
             for worker in workers {
-                out.append(&mut worker.join().unwrap_or_default());
+                found.append(&mut worker.join().unwrap_or_default());
             }
         });
-        out
+        // A message missed everywhere may have moved again between the
+        // looks: one last look for all of them, with nothing moving. Not
+        // found then, it has left the queue.
+        if found.iter().any(Option::is_none) {
+            let _still = self.inner.moves.listing();
+            let mut buf = Vec::new();
+            for ((id, _), slot) in files.iter().zip(&mut found).filter(|(_, slot)| slot.is_none()) {
+                *slot = State::QUEUED.into_iter().find_map(|s| read_in(&dirs, s, id, &mut buf));
+            }
+        }
+        found.into_iter().flatten().collect()
     }
 
     /// The names in every queue state, read while nothing moves, so each
@@ -718,6 +713,20 @@ fn on_threads<T: Send>(items: &[String], f: impl Fn(&str) -> T + Sync) -> Vec<T>
 
 fn create_file(path: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// The envelope `id` in state `state` (one of `dirs`), if it is there and
+/// names itself: an envelope whose content names another id is not that
+/// message (recovery quarantines it) and is never listed under the wrong id.
+fn read_in(
+    dirs: &[(State, rustix::fd::OwnedFd)],
+    state: State,
+    id: &str,
+    buf: &mut Vec<u8>,
+) -> Option<(State, Envelope)> {
+    let (_, dir) = dirs.iter().find(|(d, _)| *d == state)?;
+    read_small(dir, id, buf).ok()?;
+    Envelope::from_json(buf).ok().filter(|env| env.id == id).map(|env| (state, env))
 }
 
 /// Reads the whole of the small file `name` in the directory `dir` into
