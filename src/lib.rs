@@ -30,23 +30,28 @@
 //!
 //! - [`message`]: the types every stage hands on: the message and its
 //!   recipients, outcomes, error classes and statuses, next-hop syntax and
-//!   hops, the header block (byte-exact), 7-bit conversion.
+//!   hops, the header block (byte-exact), 7-bit conversion, and the seal that
+//!   carries "we vouch for it" through the content filter.
 //! - [`config`]: TOML to typed configuration, role defaults, located errors.
 //! - [`smtp::proto`]: sans-IO protocol: commands, replies, addresses, DATA decoding.
-//! - `smtp::server`: listener and per-connection session (one function per verb).
+//! - `smtp::server`: listener and per-connection session (one function per verb);
+//!   `anvil` counts connections per client (caps, rate, the trusted reserve).
 //! - `smtp::client`: one outbound SMTP transaction with per-recipient results.
 //! - [`spool`]: queue ids, envelopes (never the body), bodies, atomic state
-//!   moves, group commit and crash recovery.
+//!   moves, group commit and crash recovery, free space (`queue.min_free`), and
+//!   listings that see each message once.
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
 //! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table,
 //!   and each recipient's next hop at delivery time.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
-//! - [`control`]: the Unix socket in the spool the commands use to reach the daemon.
+//! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;
+//!   `control::showq` is the public queue listing.
 //! - [`metrics`]: counters, the Prometheus text format, the metrics and health HTTP endpoint.
 //! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them;
-//!   `daemon::privilege` gives up root after binding.
+//!   `daemon::privilege` gives up root after binding, `daemon::pidfile` keeps
+//!   the pid file where the account cannot reach it.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
 //! - [`tls`]: rustls configurations for both sides, certificate loading.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
