@@ -55,6 +55,8 @@ pub struct Config {
     pub(crate) filter: Filter,
     pub(crate) dkim: Dkim,
     pub(crate) metrics: MetricsConfig,
+    /// `[log]`: where log lines go and how they are written.
+    pub(crate) log: crate::logging::Settings,
 }
 
 /// The metrics and health endpoint (`[metrics]`): Prometheus text format on
@@ -417,6 +419,7 @@ impl Config {
             filter: resolve_filter(raw.filter, &err)?,
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
+            log: resolve_log(raw.log, &err)?,
         })
     }
 
@@ -565,6 +568,8 @@ struct Raw {
     dkim: RawDkim,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
 }
 
 /// `user`: the daemon's account.
@@ -589,6 +594,54 @@ struct RawMetrics {
 
 fn resolve_metrics(raw: RawMetrics, err: &KeyError) -> Result<MetricsConfig, ConfigError> {
     Ok(MetricsConfig { listen: raw.listen.map(|s| socket_addr(&s, "metrics.listen", err)).transpose()? })
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    to: Option<String>,
+    format: Option<String>,
+    syslog_name: Option<String>,
+    syslog_facility: Option<String>,
+    syslog_format: Option<String>,
+    syslog_socket: Option<PathBuf>,
+    journald_socket: Option<PathBuf>,
+}
+
+fn resolve_log(raw: RawLog, err: &KeyError) -> Result<crate::logging::Settings, ConfigError> {
+    use crate::logging::{Facility, Format, Settings};
+    let mut log = Settings::default();
+    if let Some(to) = raw.to {
+        log.to = Some(to.parse().map_err(|e| err("log.to", e))?);
+    }
+    log.format = match raw.format.as_deref() {
+        None | Some("text") => Format::Text,
+        Some("json") => Format::Json,
+        Some(other) => return Err(err("log.format", format!("`{other}` is not text or json"))),
+    };
+    if let Some(name) = raw.syslog_name {
+        let ok = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(err("log.syslog_name", format!("`{name}` is not a syslog name (letters, digits, - _ .)")));
+        }
+        log.syslog_name = name;
+    }
+    if let Some(name) = raw.syslog_facility {
+        log.facility = Facility::from_name(&name)
+            .ok_or_else(|| err("log.syslog_facility", format!("`{name}` is not mail, daemon, user or local0..local7")))?;
+    }
+    log.rfc5424 = match raw.syslog_format.as_deref() {
+        None | Some("rfc3164") => false,
+        Some("rfc5424") => true,
+        Some(other) => return Err(err("log.syslog_format", format!("`{other}` is not rfc3164 or rfc5424"))),
+    };
+    if let Some(p) = raw.syslog_socket {
+        log.syslog_socket = p;
+    }
+    if let Some(p) = raw.journald_socket {
+        log.journald_socket = p;
+    }
+    Ok(log)
 }
 
 #[derive(Default, Deserialize)]

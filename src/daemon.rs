@@ -170,19 +170,20 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut servers = Vec::new();
     for (kind, listener) in listeners {
-        eprintln!("listening {}={}", kind.name(), listener.local_addr()?);
+        crate::logging::announce(Some((kind.name(), &listener.local_addr()?.to_string())));
         let server = Server::following(generation_rx.clone()).kind(kind).metrics(metrics.clone());
         servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
     if let Some(listener) = reinject_listener {
-        eprintln!("listening reinject={}", listener.local_addr()?);
+        crate::logging::announce(Some(("reinject", &listener.local_addr()?.to_string())));
         let server = Server::following(generation_rx.clone()).reinjection().metrics(metrics.clone());
         servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
     }
     if let Some(listener) = metrics_listener {
-        eprintln!("listening metrics={}", listener.local_addr()?);
+        crate::logging::announce(Some(("metrics", &listener.local_addr()?.to_string())));
         let probe =
             Arc::new(Probe { scheduler: cmd_tx.clone(), spool: root.clone(), generation: generation_rx.clone() });
         tokio::spawn(crate::metrics::serve(listener, metrics.clone(), probe, shutdown_rx.clone()));
@@ -191,14 +192,16 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(a) = &account {
         tracing::info!("running as user {} (uid {}, gid {})", a.name, a.uid, a.gid);
     }
-    eprintln!("ready");
+    crate::logging::announce(None);
 
     let mut reloader = Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), outbound };
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr1.recv() => crate::logging::reopen(),
             _ = hup.recv() => {
+                crate::logging::reopen();
                 if let Err(e) = reloader.reload().await {
                     tracing::error!("reload refused, the running configuration stays: {e:#}");
                 }

@@ -57,6 +57,9 @@
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
 //! - [`account`]: user accounts by name and by uid, through NSS.
 //! - [`clock`]: the Unix clock; RFC 5322 and `mailq` dates in local time (jiff).
+//! - [`logging`]: the one `tracing` layer: Postfix-shaped lines (`posthorn/smtpd[PID]`,
+//!   `warning:` prefixes) to stderr, a file, syslog or journald, or JSON lines.
+//!   Uses only `clock`; every module logs through `tracing` macros, never by importing it.
 
 pub mod account;
 pub mod auth;
@@ -68,6 +71,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod dsn;
 pub mod ingress;
+pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod queue;

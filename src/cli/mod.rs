@@ -74,9 +74,13 @@ struct Cli {
 enum Native {
     /// Run the daemon in the foreground
     Serve {
-        /// Log line format on stderr
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
+        /// Log line format on stderr or a log file (overrides `log.format`)
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+        /// Where logs go when `log.to` is not set: `stderr` (the default in
+        /// the foreground); `postfix start` passes `syslog`
+        #[arg(long, hide = true)]
+        default_log: Option<String>,
     },
     /// Validate the configuration and the spool; exit non-zero on problems
     Check,
@@ -180,7 +184,7 @@ fn native(argv: Vec<OsString>) -> u8 {
     };
     let explicit = cli.config.as_deref();
     match cli.command {
-        Native::Serve { log_format } => serve(explicit, log_format),
+        Native::Serve { log_format, default_log } => serve(explicit, log_format, default_log.as_deref()),
         Native::Check => check::main(explicit),
         Native::Sendmail { args } => sendmail::main(&args, explicit),
         Native::Queue { verb } => queue::main(explicit, verb),
@@ -228,12 +232,27 @@ pub(crate) fn config_arg(value: &str) -> PathBuf {
     if path.is_dir() { path.join("posthorn.toml") } else { path }
 }
 
-fn serve(explicit: Option<&Path>, format: LogFormat) -> u8 {
-    let config = match load_config(explicit, "posthorn") {
+fn serve(explicit: Option<&Path>, format: Option<LogFormat>, default_log: Option<&str>) -> u8 {
+    let mut config = match load_config(explicit, "posthorn") {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(format);
+    match format {
+        Some(LogFormat::Text) => config.log.format = crate::logging::Format::Text,
+        Some(LogFormat::Json) => config.log.format = crate::logging::Format::Json,
+        None => {}
+    }
+    let default_to = match default_log.map(str::parse) {
+        None => crate::logging::Destination::Stderr,
+        Some(Ok(to)) => to,
+        Some(Err(e)) => {
+            eprintln!("posthorn: fatal: --default-log: {e}");
+            return exit::USAGE;
+        }
+    };
+    if let Some(why) = crate::logging::init(&config.log, default_to) {
+        tracing::warn!(service = "master", "{why}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -241,28 +260,18 @@ fn serve(explicit: Option<&Path>, format: LogFormat) -> u8 {
             return exit::SOFTWARE;
         }
     };
+    let to_stderr = config.log.to.as_ref().is_none_or(|to| *to == crate::logging::Destination::Stderr)
+        && default_log.is_none();
     match rt.block_on(crate::daemon::serve(config)) {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("posthorn: fatal: {e:#}");
+            tracing::error!(fatal = true, service = "master", "{e:#}");
+            // Whoever started it reads stderr; the log may be elsewhere.
+            if !to_stderr {
+                eprintln!("posthorn: fatal: {e:#}");
+            }
             exit::CONFIG
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POSTHORN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never in a log file.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -124,7 +124,7 @@ fn start(config: &Config) -> u8 {
     };
     eprintln!("{PREFIX}: starting the posthorn mail system");
     let mut cmd = Command::new(exe);
-    cmd.arg("serve");
+    cmd.arg("serve").arg("--default-log").arg("syslog");
     if let Some(source) = &config.source {
         cmd.arg("-c").arg(absolute(source));
     }

@@ -40,6 +40,10 @@ pub struct Delivery {
     /// it and success notices are its job (RFC 3461 5.2.2); otherwise a
     /// NOTIFY=SUCCESS recipient gets a "relayed" notice from us.
     pub(crate) remote_dsn: bool,
+    /// How long the session took to become ready to send (connection,
+    /// greeting, EHLO, TLS, AUTH): `delays=` c in the log. Zero on a
+    /// reused connection; `None` where there is no session to set up.
+    pub(crate) setup: Option<std::time::Duration>,
 }
 
 /// Every transport the daemon has, built once per configuration. Which

@@ -164,8 +164,9 @@ pub struct Relay {
 /// What one host made of the message.
 enum HostTry {
     /// The host answered the transaction; these outcomes are final. The
-    /// flag says whether the host offered DSN.
-    Done(Vec<Outcome>, bool),
+    /// flag says whether the host offered DSN; the duration is how long
+    /// the session took to set up.
+    Done(Vec<Outcome>, bool, Duration),
     /// No session, or it broke before the message was handed over.
     Unreachable(Attempt),
     /// The session worked but MAIL got 4xx: try the next host.
@@ -218,7 +219,7 @@ impl Relay {
             let attempt =
                 Attempt::failed(ErrorClass::Local, format!("no {} configured (relay.smarthosts)", self.settings.noun));
             let n = msg.recipients.len();
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false, setup: None };
         }
         self.deliver_list(self.hosts.iter().map(|h| h.as_ref().map_err(String::as_str)), msg).await
     }
@@ -236,7 +237,7 @@ impl Relay {
     ) -> Delivery {
         let n = msg.recipients.len();
         if n == 0 {
-            return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false };
+            return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false, setup: None };
         }
         let required = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
         let local_trouble = match (&self.settings.tls_config, &self.settings.auth) {
@@ -247,7 +248,7 @@ impl Relay {
             _ => None,
         };
         if let Some(attempt) = local_trouble {
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false };
+            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false, setup: None };
         }
         let mut last = None;
         let mut hop_down = true;
@@ -255,8 +256,8 @@ impl Relay {
             let keys: Vec<String> = hosts.clone().filter_map(|h| h.ok().map(Host::key)).collect();
             if let Some((key, conn)) = self.pool.take_any(&keys) {
                 match self.try_pooled(&key, conn, msg).await {
-                    Ok(HostTry::Done(outcomes, remote_dsn)) => {
-                        return Delivery { outcomes, hop_down: false, remote_dsn };
+                    Ok(HostTry::Done(outcomes, remote_dsn, setup)) => {
+                        return Delivery { outcomes, hop_down: false, remote_dsn, setup: Some(setup) };
                     }
                     Ok(HostTry::Deferred(attempt)) => {
                         last = Some(attempt);
@@ -285,7 +286,9 @@ impl Relay {
                 }
             };
             match self.try_host(host, msg, &mut budget).await {
-                HostTry::Done(outcomes, remote_dsn) => return Delivery { outcomes, hop_down: false, remote_dsn },
+                HostTry::Done(outcomes, remote_dsn, setup) => {
+                    return Delivery { outcomes, hop_down: false, remote_dsn, setup: Some(setup) };
+                }
                 HostTry::Unreachable(attempt) => last = Some(attempt),
                 HostTry::Deferred(attempt) => {
                     last = Some(attempt);
@@ -297,12 +300,12 @@ impl Relay {
         if let (Some(attempt), None) = (looped, &last) {
             // Nowhere to go but back to ourselves: waiting will not change
             // that, so it bounces, as in Postfix.
-            return Delivery { outcomes: vec![Outcome::Permanent(attempt); n], hop_down: false, remote_dsn: false };
+            return Delivery { outcomes: vec![Outcome::Permanent(attempt); n], hop_down: false, remote_dsn: false, setup: None };
         }
         let why = if any { "could be tried" } else { "to try" };
         let attempt =
             last.unwrap_or_else(|| Attempt::failed(ErrorClass::Local, format!("no {} {why}", self.settings.noun)));
-        Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
+        Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false, setup: None }
     }
 
     /// QUITs every idle session (daemon shutdown).
@@ -342,6 +345,7 @@ impl Relay {
     /// message or `budget` sessions have been tried.
     async fn try_host(&self, host: &Host, msg: &OutMessage, budget: &mut usize) -> HostTry {
         let key = host.key();
+        let started = Instant::now();
         let mut permit = match self.pool.checkout(Some(&key)).await {
             Checkout::Slot(permit) => Some(permit),
             Checkout::Reused(conn) => match self.try_pooled(&key, *conn, msg).await {
@@ -379,12 +383,13 @@ impl Relay {
                 }
             };
             tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
+            let setup = started.elapsed();
             let (label, result, freed, dsn) = self.transact(&key, Conn { client, permit: slot }, msg).await;
             permit = freed;
             // An address that greets with 4xx or defers MAIL may be one
             // busy machine of several behind the name: try the next.
             match judge(&label, msg.recipients.len(), result, dsn) {
-                done @ HostTry::Done(..) => return done,
+                HostTry::Done(outcomes, dsn, _) => return HostTry::Done(outcomes, dsn, setup),
                 HostTry::Unreachable(attempt) | HostTry::Myself(attempt) => last = Some(attempt),
                 HostTry::Deferred(attempt) => {
                     last = Some(attempt);
@@ -465,9 +470,12 @@ impl Relay {
         match client.starttls(config, name).await {
             Ok(()) => {
                 let trust = if policy == TlsPolicy::Verify { "Verified" } else { "Untrusted" };
+                // Postfix's words and shape: no queue id in front (the
+                // session may carry several messages).
                 tracing::info!(
-                    "{}: {trust} TLS connection established to {}: {}",
-                    msg.id,
+                    queue_id = msg.id.as_str(),
+                    event = "tls",
+                    "{trust} TLS connection established to {}: {}",
                     client.relay_label(),
                     client.tls().unwrap_or("TLS")
                 );
@@ -605,7 +613,7 @@ fn judge(label: &Label, n: usize, result: Result<Vec<RcptResult>, ClientError>, 
         // Once the final dot is out, the server may have the message: trying
         // another host now would risk a duplicate, so wait for the retry.
         Err(e) if e.phase() == Phase::DataEnd => {
-            return HostTry::Done(vec![Outcome::Transient(with_tls(session_error(label, &e))); n], false);
+            return HostTry::Done(vec![Outcome::Transient(with_tls(session_error(label, &e))); n], false, Duration::ZERO);
         }
         Err(e) => return HostTry::Unreachable(with_tls(session_error(label, &e))),
         Ok(results) => results,
@@ -627,7 +635,7 @@ fn judge(label: &Label, n: usize, result: Result<Vec<RcptResult>, ClientError>, 
             Outcome::Permanent(a) => Outcome::Permanent(with_tls(a)),
         })
         .collect();
-    HostTry::Done(outcomes, dsn)
+    HostTry::Done(outcomes, dsn, Duration::ZERO)
 }
 
 /// The outcome for one recipient the host answered.

@@ -320,7 +320,7 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
         let user = crate::account::user_name(uid);
         match super::local::submit(ingress, drop, message, &user).await {
             Ok(id) => {
-                tracing::info!("{id}: maildrop={name}, uid={uid}");
+                tracing::debug!("{id}: maildrop={name}, uid={uid}");
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::error!("maildrop {name}: cannot remove after queueing as {id}: {e}");
                 }

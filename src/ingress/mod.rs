@@ -22,6 +22,7 @@ pub(crate) mod maildrop;
 use crate::clock;
 use crate::config::Config;
 use crate::message::header::HopCounter;
+use crate::message::outcome::printable;
 use crate::message::seal::{self, Verdict};
 use crate::metrics::{Door, Metrics};
 use crate::route::router::Router;
@@ -71,6 +72,9 @@ pub(crate) struct Arrival {
     /// The SMTP AUTH user, set only when `Received:` is to name it
     /// (`tls.received_auth_user`).
     pub(crate) auth_user: Option<String>,
+    /// The SASL mechanism and user of an authenticated client, for the
+    /// log line (`sasl_method=`, `sasl_username=`), whatever `Received:` says.
+    pub(crate) sasl: Option<(&'static str, String)>,
     /// The client is one whose mail we vouch for (local, trusted network,
     /// authenticated, trusted certificate): only its mail is DKIM-signed.
     pub(crate) trusted: bool,
@@ -107,6 +111,7 @@ impl Arrival {
             client: None,
             local_user: Some(user.to_string()),
             auth_user: None,
+            sasl: None,
             trusted: true,
         }
     }
@@ -365,6 +370,8 @@ impl Ingress {
                     written: 0,
                     head,
                     hops: Default::default(),
+                    sasl: tx.origin.sasl.clone(),
+                    message_id: None,
                 })
             }
             Sink::Maildrop { .. } => {
@@ -377,6 +384,8 @@ impl Ingress {
                     written: 0,
                     head: None,
                     hops: Default::default(),
+                    sasl: None,
+                    message_id: None,
                 })
             }
         }
@@ -471,6 +480,10 @@ pub(crate) struct MessageWriter {
     head: Option<HeldHead>,
     /// The `Received:` fields the message came with (ours is not counted).
     hops: HopCounter,
+    /// For the log: the client's SASL mechanism and user, and the
+    /// `Message-ID:` once the header block has gone by.
+    sasl: Option<(&'static str, String)>,
+    message_id: Option<String>,
 }
 
 struct HeldHead {
@@ -532,6 +545,10 @@ impl MessageWriter {
         let Some(end) = end else { return self.emit(&head.buf).await };
         let unsealed = self.unseal(&head.buf[..end]);
         let block = unsealed.as_deref().unwrap_or(&head.buf[..end]);
+        self.message_id = crate::message::header::find(block, "message-id").map(|f| {
+            let value = crate::message::header::unfold(f.value());
+            printable(String::from_utf8_lossy(&value).trim())
+        });
         let canonical = self.ingress.inner.router.as_ref().and_then(|r| r.canonical()).filter(|_| head.rewrite);
         match canonical {
             Some(c) => self.emit(&crate::route::canonical::rewrite_header_block(block, c, head.local)).await?,
@@ -562,7 +579,7 @@ impl MessageWriter {
         let all = self.head.as_ref().map(|h| h.buf.len());
         self.flush_head(all).await?;
         self.check_hops()?;
-        let MessageWriter { ingress, mut env, out, .. } = self;
+        let MessageWriter { ingress, mut env, out, sasl, message_id, .. } = self;
         match (out, &ingress.inner.sink) {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
                 env.size = body.size();
@@ -570,7 +587,7 @@ impl MessageWriter {
                     return Err(store_failed(&env.id, e));
                 }
                 ingress.metrics.accepted(ingress.door);
-                log_accepted(&env);
+                log_accepted(&env, ingress.door, sasl.as_ref(), message_id.as_deref());
                 if let Some(tx) = scheduler {
                     let _ = tx.send(env.clone());
                 }
@@ -620,16 +637,44 @@ fn store_failed(id: &str, e: io::Error) -> IngressError {
     IngressError::Io(e)
 }
 
-fn log_accepted(env: &Envelope) {
-    let client = match (&env.origin.client, &env.origin.user) {
-        (Some(ip), _) => format!("client=[{ip}]"),
-        (None, Some(user)) => format!("uid={user}"),
-        (None, None) => "local".into(),
-    };
-    let trace = env.trace_id.as_deref().map(|t| format!("trace={t}, ")).unwrap_or_default();
+/// The lines Postfix writes for a message entering the queue, in its
+/// order and each under its service, so that log tools count it as
+/// received: smtpd's `client=` (with `sasl_method=`/`sasl_username=` for an
+/// authenticated client, and `orig_queue_id=` when the previous hop's trace
+/// id came with it) or pickup's `uid=`, cleanup's `message-id=`, then
+/// qmgr's `from=<...>, size=N, nrcpt=N (queue active)`.
+fn log_accepted(env: &Envelope, door: Door, sasl: Option<&(&'static str, String)>, message_id: Option<&str>) {
+    let id = env.id.as_str();
+    let trace = env.trace_id.as_deref().filter(|t| *t != id);
+    match (&env.origin.client, &env.origin.user) {
+        (Some(ip), _) => {
+            let mut line = format!("{id}: client=unknown[{ip}]");
+            if let Some((method, user)) = sasl {
+                line.push_str(&format!(", sasl_method={method}, sasl_username={}", printable(user)));
+            }
+            if let Some(trace) = trace {
+                line.push_str(&format!(", orig_queue_id={trace}"));
+            }
+            let user = sasl.map(|(_, u)| u.as_str());
+            tracing::info!(service = "smtpd", queue_id = id, client_addr = ip.as_str(), sasl_username = user, trace_id = trace, "{line}");
+        }
+        (None, Some(user)) if door == Door::Local => {
+            tracing::info!(service = "pickup", queue_id = id, uid = user.as_str(), "{id}: uid={user} from=<{}>", env.sender);
+        }
+        _ => {}
+    }
+    if let Some(mid) = message_id {
+        tracing::info!(service = "cleanup", queue_id = id, message_id = mid, "{id}: message-id={mid}");
+    }
     tracing::info!(
-        "{}: {trace}{client}, from=<{}>, size={}, nrcpt={} (queue active)",
-        env.id,
+        service = "qmgr",
+        queue_id = id,
+        trace_id = env.trace_id.as_deref(),
+        event = "queued",
+        from = env.sender.as_str(),
+        size = env.size,
+        nrcpt = env.recipients.len() as u64,
+        "{id}: from=<{}>, size={}, nrcpt={} (queue active)",
         env.sender,
         env.size,
         env.recipients.len()
@@ -674,6 +719,7 @@ mod tests {
                 client: None,
                 local_user: Some("root".into()),
                 auth_user: None,
+                sasl: None,
                 trusted: true,
             },
         }

@@ -19,7 +19,7 @@ use crate::message::nexthop::Hop;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
 use crate::message::{OutMessage, OutRecipient};
 use crate::metrics::{Metrics, RcptOutcome};
-use crate::spool::envelope::{AttemptRecord, Envelope};
+use crate::spool::envelope::{AttemptRecord, Envelope, Recipient};
 use crate::spool::space::describe;
 use crate::spool::{Spool, State};
 use std::sync::Arc;
@@ -84,6 +84,10 @@ struct GroupResult {
     /// When the group's destination is due again, if it was down.
     down_until: Option<u64>,
     attempted: bool,
+    /// When the delivery started (microseconds since the epoch) and how
+    /// long it took, for the log's `delays=`.
+    started_us: u64,
+    took: std::time::Duration,
 }
 
 pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
@@ -127,8 +131,9 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     }
     let now = now_secs();
     let mut success = vec![None; env.recipients.len()];
+    let first = env.attempts == 0;
     for group in &results {
-        record(&mut env, group, now, &ctx.metrics);
+        record(&mut env, group, now, first, &ctx.metrics);
         let action = match group.hop {
             Hop::Maildir => Some(dsn::DsnAction::Delivered),
             // The filter reinjects the message; notices come from there on.
@@ -238,6 +243,8 @@ async fn deliver_group(
         indexes,
         down_until: Some(until),
         attempted: false,
+        started_us: now_us(),
+        took: std::time::Duration::ZERO,
     };
     if let Some((until, reason)) = dest.down() {
         return Ok(suspended(until, reason, indexes));
@@ -256,11 +263,22 @@ async fn deliver_group(
                 let detail = e.to_string();
                 tracing::error!("{}: {detail}", env.id);
                 let delivery = all_transient(indexes.len(), ErrorClass::Local, detail, false);
-                return Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until: None, attempted: false });
+                return Ok(GroupResult {
+                    hop: hop.clone(),
+                    indexes,
+                    delivery,
+                    down_until: None,
+                    attempted: false,
+                    started_us: now_us(),
+                    took: std::time::Duration::ZERO,
+                });
             }
         },
     };
+    let started_us = now_us();
+    let clock = std::time::Instant::now();
     let delivery = ctx.outbound.transports.deliver(hop, &out_message(env, &indexes, data)).await;
+    let took = clock.elapsed();
     let down_until = if delivery.hop_down {
         let reason = delivery.outcomes.first().map(|o| o.attempt().detail.clone()).unwrap_or_default();
         Some(dest.failed(&reason, ctx.config.queue.retry_min, ctx.config.queue.retry_max))
@@ -268,11 +286,11 @@ async fn deliver_group(
         dest.up();
         None
     };
-    Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true })
+    Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true, started_us, took })
 }
 
 /// Applies a group's outcomes to the envelope and logs each.
-fn record(env: &mut Envelope, group: &GroupResult, now: u64, metrics: &Metrics) {
+fn record(env: &mut Envelope, group: &GroupResult, now: u64, first: bool, metrics: &Metrics) {
     for (index, outcome) in group.indexes.iter().zip(&group.delivery.outcomes) {
         let rcpt = &mut env.recipients[*index];
         let (state, status) = outcome.status();
@@ -282,7 +300,7 @@ fn record(env: &mut Envelope, group: &GroupResult, now: u64, metrics: &Metrics) 
             Outcome::Permanent(_) => RcptOutcome::Bounced,
         });
         let a = outcome.attempt();
-        log_outcome(&env.id, env.trace_id.as_deref(), &rcpt.address, a, status, env.arrival);
+        log_outcome(&env.id, env.trace_id.as_deref(), rcpt, group, first, a, status);
         rcpt.state = state;
         rcpt.record(AttemptRecord::of(now, status, a));
     }
@@ -310,17 +328,30 @@ fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64, metrics: &Me
     if now.saturating_sub(env.arrival) < config.queue.max_lifetime.as_secs() {
         return;
     }
+    let mut expired = 0;
     for rcpt in env.recipients.iter_mut().filter(|r| r.state == RcptState::Pending) {
         let hub_answered = rcpt.history.last().is_some_and(|a| a.reply.is_some());
         if config.role == Role::Satellite && !hub_answered {
             continue;
         }
         let last = rcpt.history.last().map(|a| a.detail.clone()).unwrap_or_default();
-        tracing::info!("{}: to=<{}>, status=expired, returned to sender ({last})", env.id, rcpt.address);
+        expired += 1;
         rcpt.state = RcptState::Failed;
         metrics.recipient(RcptOutcome::Expired);
         let detail = format!("message expired after {}s in the queue: {last}", config.queue.max_lifetime.as_secs());
         rcpt.record(AttemptRecord::local(now, Status::Expired, detail));
+    }
+    if expired > 0 {
+        // qmgr's line, once per message, as Postfix writes it.
+        tracing::info!(
+            queue_id = env.id.as_str(),
+            event = "expired",
+            from = env.sender.as_str(),
+            status = "expired",
+            "{}: from=<{}>, status=expired, returned to sender",
+            env.id,
+            env.sender
+        );
     }
 }
 
@@ -364,23 +395,80 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage
 
 fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
     let attempt = Attempt::failed(class, detail);
-    Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false }
+    Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false, setup: None }
 }
 
-/// The Postfix-style result line an operator greps for.
-/// The trace id is shown when it is not this queue's id (it came from the
-/// previous hop), so one grep finds the message's lines on both hops.
-fn log_outcome(id: &str, trace: Option<&str>, rcpt: &str, a: &Attempt, status: Status, arrival: u64) {
-    // The id carries the arrival to the microsecond; the envelope to the second.
-    let arrived_us = crate::spool::id::decode(id).unwrap_or(arrival * 1_000_000);
-    let now_us =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
-    let delay = now_us.saturating_sub(arrived_us) as f64 / 1e6;
+/// Postfix's delivery line, word for word in its order, under the service
+/// Postfix would log it from (`smtp`, `virtual`, `pipe`):
+/// `to=<...>, orig_to=<...>, relay=..., delay=..., delays=a/b/c/d, dsn=...,
+/// status=... (...)`. The delays, as Postfix splits them: a, from arrival
+/// to the first attempt (the transfer in, the commit, the scheduling); b,
+/// waiting in the queue for later attempts; c, setting up the session
+/// (connection, greeting, EHLO, TLS, AUTH; 0 on a reused one); d, the
+/// transfer. The trace id goes in a field of its own (JSON, journald).
+fn log_outcome(
+    id: &str,
+    trace: Option<&str>,
+    rcpt: &Recipient,
+    group: &GroupResult,
+    first: bool,
+    a: &Attempt,
+    status: Status,
+) {
+    // The id carries the arrival to the microsecond.
+    let arrived_us = crate::spool::id::decode(id).unwrap_or(group.started_us);
+    let delay = now_us().saturating_sub(arrived_us) as f64 / 1e6;
+    let waited = group.started_us.saturating_sub(arrived_us) as f64 / 1e6;
+    let (before, queued) = if first { (waited, 0.0) } else { (0.0, waited) };
+    let setup = group.delivery.setup.unwrap_or_default().min(group.took);
+    let transfer = group.took - setup;
+    let delays = format!(
+        "{}/{}/{}/{}",
+        seconds(before),
+        seconds(queued),
+        seconds(setup.as_secs_f64()),
+        seconds(transfer.as_secs_f64())
+    );
     let relay = a.relay.as_deref().unwrap_or("none");
-    let dsn = a.enhanced().unwrap_or(status.default_code());
-    let trace = trace.filter(|t| *t != id).map(|t| format!("trace={t}, ")).unwrap_or_default();
+    let dsn = a.enhanced().unwrap_or(status.default_code()).to_string();
+    let orig_to = rcpt.orcpt.as_deref().map(|o| o.split_once(';').map_or(o, |(_, addr)| addr));
+    let orig_to = orig_to.filter(|o| !o.eq_ignore_ascii_case(&rcpt.address));
+    let orig = orig_to.map(|o| format!(", orig_to=<{o}>")).unwrap_or_default();
+    let service = match group.hop {
+        Hop::Maildir => "virtual",
+        Hop::Filter(crate::message::nexthop::FilterSpec::Pipe(_)) => "pipe",
+        _ => "smtp",
+    };
     tracing::info!(
-        "{id}: {trace}to=<{rcpt}>, relay={relay}, delay={delay:.2}, dsn={dsn}, status={status} ({})",
+        service,
+        queue_id = id,
+        trace_id = trace,
+        event = "delivery",
+        to = rcpt.address.as_str(),
+        orig_to,
+        relay,
+        delay,
+        delays = delays.as_str(),
+        dsn = dsn.as_str(),
+        status = status.to_string().as_str(),
+        "{id}: to=<{}>{orig}, relay={relay}, delay={}, delays={delays}, dsn={dsn}, status={status} ({})",
+        rcpt.address,
+        seconds(delay),
         a.detail
     );
+}
+
+/// A delay as Postfix writes it: two decimals below 10 s, one below
+/// 100 s, whole seconds above; trailing zeros dropped (`0`, `0.1`, `2.35`).
+pub(crate) fn seconds(secs: f64) -> String {
+    let text = match secs {
+        s if s < 10.0 => format!("{s:.2}"),
+        s if s < 100.0 => format!("{s:.1}"),
+        s => return format!("{s:.0}"),
+    };
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }

@@ -409,7 +409,8 @@ impl Scheduler {
                 Err(e) => ActResult { id, found_in: None, error: Some(e.to_string()) },
             };
             if result.found_in.is_some() && result.error.is_none() {
-                tracing::info!("{}: {} by operator", result.id, action.past_tense());
+                // Postfix's postsuper lines (`QID: removed`, `QID: placed on hold`).
+                tracing::info!(service = "postsuper", event = "operator", "{}: {}", result.id, action.past_tense());
             }
             results.push(result);
         }

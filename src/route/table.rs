@@ -540,7 +540,7 @@ impl Table {
                 let e = TableError::Open { path: path.clone(), source };
                 // Report a vanished file once, not on every check.
                 if check.identity.take().is_some() {
-                    tracing::error!(table = %self.name, "{e}; keeping the previous version");
+                    tracing::error!("table {}: {e}; keeping the previous version", self.name);
                 }
                 return Err(e);
             }
@@ -551,7 +551,7 @@ impl Table {
         match load_checked(path, self.syntax) {
             Ok((contents, identity)) => {
                 check.identity = Some(identity);
-                tracing::info!(table = %self.name, entries = contents.len(), "table loaded again");
+                tracing::info!("table {} loaded again: {} entries", self.name, contents.len());
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(contents);
                 Ok(true)
             }
@@ -559,7 +559,7 @@ impl Table {
                 // Remember this version so a bad file is reported once, and
                 // loaded again as soon as it changes.
                 check.identity = Some(now);
-                tracing::error!(table = %self.name, "{e}; keeping the previous version");
+                tracing::error!("table {}: {e}; keeping the previous version", self.name);
                 Err(e)
             }
         }

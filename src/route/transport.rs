@@ -218,7 +218,7 @@ impl TransportMaps {
                         return Route { next_hop: v.apply(default), matched: Some(matched) };
                     }
                     // Cannot happen for tables opened with Syntax::Transport.
-                    Err(e) => tracing::error!(table = table.name(), line = entry.line, "{e}"),
+                    Err(e) => tracing::error!("table {} line {}: {e}", table.name(), entry.line),
                 }
             }
         }

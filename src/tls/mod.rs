@@ -234,9 +234,36 @@ pub(crate) fn describe(conn: &rustls::CommonState) -> String {
         None => "TLS".to_string(),
     };
     match conn.negotiated_cipher_suite() {
-        Some(suite) => format!("{version} with cipher {:?}", suite.suite()),
+        Some(suite) => {
+            let (name, bits) = openssl_cipher(suite.suite());
+            format!("{version} with cipher {name} ({bits}/{bits} bits)")
+        }
         None => version,
     }
+}
+
+/// A cipher suite by the name OpenSSL gives it, which is what Postfix logs
+/// and what log tools (the Postfix exporter's TLS counters) expect, with the
+/// symmetric key's bits. A suite rustls adds later keeps its IANA name.
+fn openssl_cipher(suite: rustls::CipherSuite) -> (String, u32) {
+    use rustls::CipherSuite as S;
+    let (name, bits) = match suite {
+        S::TLS13_AES_256_GCM_SHA384 => ("TLS_AES_256_GCM_SHA384", 256),
+        S::TLS13_AES_128_GCM_SHA256 => ("TLS_AES_128_GCM_SHA256", 128),
+        S::TLS13_CHACHA20_POLY1305_SHA256 => ("TLS_CHACHA20_POLY1305_SHA256", 256),
+        S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => ("ECDHE-RSA-AES256-GCM-SHA384", 256),
+        S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => ("ECDHE-RSA-AES128-GCM-SHA256", 128),
+        S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => ("ECDHE-RSA-CHACHA20-POLY1305", 256),
+        S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => ("ECDHE-ECDSA-AES256-GCM-SHA384", 256),
+        S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => ("ECDHE-ECDSA-AES128-GCM-SHA256", 128),
+        S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => ("ECDHE-ECDSA-CHACHA20-POLY1305", 256),
+        other => {
+            let name = format!("{other:?}");
+            let bits = if name.contains("128") { 128 } else { 256 };
+            return (name, bits);
+        }
+    };
+    (name.to_string(), bits)
 }
 
 /// Accepts any certificate but still checks the handshake signatures, so

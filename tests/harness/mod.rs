@@ -296,7 +296,18 @@ fn drain_stderr(stderr: ChildStderr, shared: Arc<LogShared>, mut file: fs::File,
         }
         if inner.run == run {
             let trimmed = line.trim();
+            // `listening KIND=ADDR` and `ready`, or with `--log-format json`
+            // the same as `{"event":"listening","listener":KIND,"address":ADDR}`
+            // and `{"event":"ready"}`.
+            let json: Option<serde_json::Value> =
+                trimmed.starts_with('{').then(|| serde_json::from_str(trimmed).ok()).flatten();
+            let event = json.as_ref().and_then(|j| j["event"].as_str());
             let announced = |kind: &str| {
+                if let Some(j) = &json {
+                    return (event == Some("listening") && j["listener"] == kind)
+                        .then(|| j["address"].as_str()?.parse::<SocketAddr>().ok())
+                        .flatten();
+                }
                 let rest = trimmed.split(&format!("listening {kind}=")).nth(1)?;
                 rest.split(|c: char| c.is_whitespace() || c == ',').next()?.parse::<SocketAddr>().ok()
             };
@@ -312,7 +323,7 @@ fn drain_stderr(stderr: ChildStderr, shared: Arc<LogShared>, mut file: fs::File,
             if let Some(addr) = announced("reinject") {
                 inner.reinject.push(addr);
             }
-            if trimmed == "ready" || trimmed.ends_with(" ready") {
+            if trimmed == "ready" || event == Some("ready") {
                 inner.ready = true;
             }
         }

@@ -11,6 +11,8 @@
 
 use super::session::{Peer, Session, Step, not_implemented};
 use crate::auth;
+use crate::message::outcome::printable;
+use crate::smtp::proto::command::Verb;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
 
@@ -84,7 +86,15 @@ impl Session<'_> {
     /// A line of an AUTH exchange (the session is waiting for one).
     pub(super) fn auth_line(&mut self, line: &[u8]) -> Step {
         match self.pending.take() {
-            Some(pending) => self.auth_response(pending, line),
+            Some(pending) => {
+                let step = self.auth_response(pending, line);
+                if let Step::Reply(reply) = &step
+                    && !exchange_goes_on(&step)
+                {
+                    self.stats.record(Some(Verb::Auth), reply.is_positive());
+                }
+                step
+            }
             None => self.command(line),
         }
     }
@@ -141,14 +151,23 @@ impl Session<'_> {
 
     /// The verdict on checked credentials. A failure was counted already,
     /// when the attempt was reserved; a success gives it back.
-    fn auth_verified(&mut self, mechanism: &str, user: String, ok: bool) -> Reply {
+    fn auth_verified(&mut self, mechanism: &'static str, user: String, ok: bool) -> Reply {
         if ok {
-            tracing::info!("{}: sasl_method={mechanism}, sasl_username={user}", self.peer);
             self.security.limiter.release(self.client_ip(), Some(&user));
             self.user = Some(user);
+            self.sasl_method = Some(mechanism);
             Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
         } else {
-            tracing::warn!("{}: SASL {mechanism} authentication failed for user {user:?}", self.peer);
+            // Postfix's words, which fail2ban's postfix-sasl filter and the
+            // Postfix exporter match (`SASL PLAIN authentication failed:`).
+            let shown = printable(&user);
+            tracing::warn!(
+                sasl_username = shown.as_str(),
+                client_addr = self.peer.addr(),
+                event = "auth_failed",
+                "{}: SASL {mechanism} authentication failed: authentication failure, sasl_username={shown}",
+                self.peer
+            );
             Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
         }
     }
@@ -159,6 +178,7 @@ impl Session<'_> {
 pub(super) async fn verify(session: &mut Session<'_>, credentials: Credentials) -> Reply {
     let Credentials { mechanism, user, password } = credentials;
     if let Some(refused) = session.auth_reserve(&user) {
+        session.stats.record(Some(Verb::Auth), false);
         return refused;
     }
     let ok = match session.security.users.clone() {
@@ -171,5 +191,18 @@ pub(super) async fn verify(session: &mut Session<'_>, credentials: Credentials) 
     if !ok {
         tokio::time::sleep(session.config.auth.failure_delay).await;
     }
-    session.auth_verified(mechanism, user, ok)
+    let reply = session.auth_verified(mechanism, user, ok);
+    session.stats.record(Some(Verb::Auth), reply.is_positive());
+    reply
+}
+
+/// An AUTH step that leaves the exchange open (a 334 challenge, or
+/// credentials about to be checked): the command is counted, as Postfix
+/// counts it (`auth=0/1`), only once the exchange has an outcome.
+pub(super) fn exchange_goes_on(step: &Step) -> bool {
+    match step {
+        Step::Verify(_) => true,
+        Step::Reply(reply) => reply.code == 334,
+        _ => false,
+    }
 }

@@ -145,7 +145,7 @@ pub(super) async fn serve<S>(
 {
     let mut session = Session::new(config, ingress, peer, security);
     session.kind = kind;
-    tracing::info!("connect from {}", session.peer);
+    tracing::info!(client_addr = session.peer.addr(), event = "connect", "connect from {}", session.peer);
     if kind == Listener::Submissions {
         return serve_implicit_tls(session, stream, &mut shutdown).await;
     }
@@ -243,7 +243,13 @@ fn log_end(session: &Session<'_>, end: &End) {
         End::TooManyErrors => tracing::info!("too many errors after {after} from {}", session.peer),
         End::Quit | End::Shutdown | End::StartTls => {}
     }
-    tracing::info!("disconnect from {} {}", session.peer, session.stats.summary());
+    tracing::info!(
+        client_addr = session.peer.addr(),
+        event = "disconnect",
+        "disconnect from {} {}",
+        session.peer,
+        session.stats.summary()
+    );
 }
 
 /// The command loop. Returns (or fails with) the reason the session ends;

@@ -160,6 +160,7 @@ impl Session<'_> {
                 client,
                 local_user,
                 auth_user: self.user.clone().filter(|_| self.config.tls.received_auth_user),
+                sasl: self.sasl_method.zip(self.user.clone()),
                 trusted: self.vouched_for(),
             },
         })

@@ -45,6 +45,16 @@ pub(crate) enum Peer {
     Local { user: String },
 }
 
+impl Peer {
+    /// The client's IP address, for the log's `client_addr` field.
+    pub(crate) fn addr(&self) -> Option<String> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip().to_string()),
+            Peer::Local { .. } => None,
+        }
+    }
+}
+
 impl fmt::Display for Peer {
     /// Postfix's `host[ip]`; posthorn does no reverse lookups, so the host
     /// is always `unknown`.
@@ -208,6 +218,8 @@ pub(super) struct Session<'a> {
     pub(super) tls: Option<String>,
     /// The authenticated user.
     pub(super) user: Option<String>,
+    /// The SASL mechanism the user authenticated with (`sasl_method=`).
+    pub(super) sasl_method: Option<&'static str>,
     /// A trusted client certificate presented in the TLS handshake.
     pub(super) client_cert: Option<ClientCert>,
     /// An AUTH exchange in progress.
@@ -227,6 +239,7 @@ impl<'a> Session<'a> {
             client_cert: None,
             tls: None,
             user: None,
+            sasl_method: None,
             pending: None,
             chunks: None,
             peer,
@@ -292,7 +305,9 @@ impl<'a> Session<'a> {
             Step::Reply(r) | Step::Close(r) | Step::StartTls(r) | Step::Skip { reply: r, .. } => r.is_positive(),
             Step::Data(_) | Step::Verify(_) | Step::Bdat { .. } => true,
         };
-        self.stats.record(Some(verb), ok);
+        if !(verb == Verb::Auth && super::auth::exchange_goes_on(&step)) {
+            self.stats.record(Some(verb), ok);
+        }
         step
     }
 
@@ -358,7 +373,7 @@ impl<'a> Session<'a> {
             }
         }
         line.push_str(&format!(" proto={} helo=<{}>", self.proto(), self.helo.as_deref().unwrap_or("")));
-        tracing::info!("{line}");
+        tracing::info!(client_addr = self.peer.addr(), event = "reject", "{line}");
     }
 }
 

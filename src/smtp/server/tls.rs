@@ -123,7 +123,7 @@ where
         (Some(trust), Some(_)) => session.client_cert_presented(trust, chain),
         _ => "Anonymous",
     };
-    tracing::info!("{trust} TLS connection established from {}: {description}", session.peer);
+    tracing::info!(event = "tls", "{trust} TLS connection established from {}: {description}", session.peer);
     Some(tls)
 }
 
