@@ -14,12 +14,6 @@ mod harness;
 
 use harness::*;
 
-/// The value of `key=` in a log line (up to the next `,` or space).
-fn field(line: &str, key: &str) -> Option<String> {
-    let at = line.find(&format!(" {key}="))? + key.len() + 2;
-    Some(line[at..].split([',', ' ']).next()?.to_string())
-}
-
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -41,23 +35,24 @@ fn satellite_trace_id_finds_the_message_in_the_hubs_log_and_queue() {
     assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
     assert!(sat.wait_for_log_count(&["to=<ops@example.net>", "status=sent"], 1, secs(20)), "{}", sat.log());
 
-    // The satellite's accept line carries its queue id, which is the trace id.
-    let accepted = sat.log_lines(&["trace=", "from=<root@vm12.internal>"]);
+    // The satellite's queue id is the trace id (its accept line shows the id).
+    let accepted = sat.log_lines(&["/qmgr[", "from=<root@vm12.internal>"]);
     assert_eq!(accepted.len(), 1, "satellite log:\n{}", sat.log());
-    let sat_id = queue_id_of(&accepted[0]).unwrap();
-    let trace = field(&accepted[0], "trace").unwrap();
-    assert_eq!(trace, sat_id);
+    let trace = queue_id_of(&accepted[0]).unwrap();
 
-    // The hub logs both ids on its accept line.
-    assert!(hub.wait_for_log(&format!("trace={trace}"), secs(10)), "hub log:\n{}", hub.log());
-    let hub_line = hub.log_lines(&[&format!("trace={trace}")]).remove(0);
+    // The hub's `client=` line names it after Postfix's fields, as Postfix
+    // names a previous hop's id (`orig_queue_id=`).
+    let orig = format!("orig_queue_id={trace}");
+    assert!(hub.wait_for_log(&orig, secs(10)), "hub log:\n{}", hub.log());
+    let hub_line = hub.log_lines(&[&orig]).remove(0);
+    assert!(hub_line.contains(": client=unknown[127.0.0.1], orig_queue_id="), "{hub_line}");
     let hub_id = queue_id_of(&hub_line).unwrap();
     assert_ne!(hub_id, trace);
-    assert!(hub_line.contains("from=<root@vm12.internal>"), "{hub_line}");
-    // So does the line about its (failed) delivery attempt.
-    let trace_field = format!("trace={trace}");
+    // The hub's own lines follow its id: the accept line and the (failed)
+    // delivery attempt.
+    assert!(hub.log_lines(&[&format!("{hub_id}: from=<root@vm12.internal>")]).len() == 1, "{}", hub.log());
     assert!(
-        hub.wait_for_log_count(&[&format!("{hub_id}: "), &trace_field, "status=deferred"], 1, secs(15)),
+        hub.wait_for_log_count(&[&format!("{hub_id}: to=<ops@example.net>"), "status=deferred"], 1, secs(15)),
         "hub log:\n{}",
         hub.log()
     );
@@ -81,9 +76,9 @@ fn queue_find_on_the_satellite() {
     let sat = Posthorn::start(&satellite_config(&[free_addr()]));
     let out = sat.sendmail(&["-f", "root@vm12.internal", "ops@example.net"], MESSAGE);
     assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(sat.wait_for_log("trace=", secs(20)), "{}", sat.log());
-    let line = sat.log_lines(&["trace="]).remove(0);
-    let trace = field(&line, "trace").unwrap();
+    assert!(sat.wait_for_log("from=<root@vm12.internal>", secs(20)), "{}", sat.log());
+    let line = sat.log_lines(&["from=<root@vm12.internal>"]).remove(0);
+    let trace = queue_id_of(&line).unwrap();
 
     for key in [trace.as_str(), "trace-test-1@vm12.internal", "<trace-test-1@vm12.internal>"] {
         let found = sat.command(&["queue", "find", key], b"");

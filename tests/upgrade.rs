@@ -45,8 +45,12 @@ fn spool_of_0_1_0_loads_and_delivers() {
     // until the listings are checked, nothing leaves before that.
     let mut sink = Sink::start_stopped();
     // The fixture's messages age with the calendar: a lifetime longer than
-    // theirs keeps them from expiring (and bouncing) on some later day.
-    let config = with_lines(&satellite_config(&[sink.addr()]), &["queue.max_lifetime = \"36500d\""]);
+    // theirs and no delay warnings keep them from bouncing or warning their
+    // senders on some later day.
+    let config = with_lines(
+        &satellite_config(&[sink.addr()]),
+        &["queue.max_lifetime = \"36500d\"", "queue.delay_warning = \"0\""],
+    );
     let mut ph = Posthorn::start(&config);
     ph.stop();
     install_fixture(&ph.spool_dir());
