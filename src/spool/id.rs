@@ -68,7 +68,7 @@ struct Lease {
 }
 
 impl IdGen {
-    /// A generator whose ids all sort after `floor` (an existing id, or
+    /// A generator whose ids all decode above `floor` (an existing id, or
     /// none), with no lease: for tests and tools that never keep ids.
     #[cfg(test)]
     pub(crate) fn new(floor: Option<&str>) -> IdGen {

@@ -11,7 +11,7 @@
 //!   corrupt/ID  envelopes that could not be read, kept for inspection, and
 //!               bodies no envelope refers to (body-NAME)
 //!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
-//!   id-lease    every queue id handed out sorts below this (see `id`)
+//!   id-lease    every queue id handed out decodes below this (see `id`)
 //!   posthorn.lock  locked by the daemon that owns the spool (see `lock`)
 //! ```
 //!
@@ -134,7 +134,7 @@ pub(crate) struct Spool {
 
 impl Spool {
     /// Opens (creating when needed) the spool at `root`. Ids handed out
-    /// afterwards sort after `newest_id` and after every id handed out
+    /// afterwards decode above `newest_id` and after every id handed out
     /// before (the id lease).
     pub(crate) fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
         Spool::open_with(root, newest_id, commit::SyncMode::Batch)
