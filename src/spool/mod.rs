@@ -134,7 +134,7 @@ pub(crate) struct Spool {
 
 impl Spool {
     /// Opens (creating when needed) the spool at `root`. Ids handed out
-    /// afterwards decode above `newest_id` and after every id handed out
+    /// afterwards decode above `newest_id` and every id handed out
     /// before (the id lease).
     pub(crate) fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
         Spool::open_with(root, newest_id, commit::SyncMode::Batch)
