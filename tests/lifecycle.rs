@@ -104,7 +104,7 @@ fn submit(ph: &Posthorn, from: &str, to: &[&str], message: &str) -> String {
 /// The id in `250 2.0.0 Ok: queued as ID`.
 fn queued_as(reply: &Reply) -> String {
     let id = reply.text.rsplit(' ').next().unwrap_or("").to_string();
-    assert!(id.len() == 10 && id.chars().all(|c| c.is_ascii_alphanumeric()), "no queue id in {reply}");
+    assert!(id.len() == 11 && id.chars().all(|c| c.is_ascii_alphanumeric()), "no queue id in {reply}");
     id
 }
 

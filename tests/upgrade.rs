@@ -44,12 +44,11 @@ fn spool_of_0_1_0_loads_and_delivers() {
     // The fixture's retry times are long past: with the smarthost down
     // until the listings are checked, nothing leaves before that.
     let mut sink = Sink::start_stopped();
-    // The fixture's messages age with the calendar: a lifetime longer than
-    // theirs and no delay warnings keep them from bouncing or warning their
-    // senders on some later day.
+    // The fixture's messages age with the calendar: no delay warnings (4 h
+    // by default) and no expiry (5 days) while the test runs.
     let config = with_lines(
         &satellite_config(&[sink.addr()]),
-        &["queue.max_lifetime = \"36500d\"", "queue.delay_warning = \"0\""],
+        &["queue.delay_warning = \"0s\"", "queue.max_lifetime = \"520w\""],
     );
     let mut ph = Posthorn::start(&config);
     ph.stop();

@@ -1,6 +1,6 @@
 //! `exim`: Exim's queue options on posthorn's queue. Queue ids are
-//! posthorn's (ten characters); they are what `exim -bp` prints and what
-//! `-Mrm` takes.
+//! posthorn's (eleven characters, ten from earlier releases); they are
+//! what `exim -bp` prints and what `-Mrm` takes.
 //!
 //! - `-bp` (`-bpa`, `-bpr`, `-bpu`): the queue in Exim's layout: age, size,
 //!   id, `<sender>`, ` *** frozen ***`, then the recipients indented (`D`

@@ -246,7 +246,12 @@ pub(crate) fn native_json(state: State, env: &Envelope) -> String {
 
 fn find(config: &Config, verb: &str, queue_id: &str) -> Result<(State, Envelope, Vec<u8>), u8> {
     if !id::is_valid(queue_id) {
-        return Err(usage(verb, &format!("{queue_id:?} is not a queue id (ten characters, 0-9 and A-Z)")));
+        return Err(usage(
+            verb,
+            &format!(
+                "{queue_id:?} is not a queue id (eleven characters, 0-9 and upper-case consonants; or ten, 0-9 and A-Z, from earlier releases)"
+            ),
+        ));
     }
     let spool = act::spool(config, PROG)?;
     super::postcat::find(&spool, queue_id).ok_or_else(|| {

@@ -201,7 +201,7 @@ impl Scheduler {
         self.held = self.spool.list(State::Hold)?.len() as u64;
         for state in [State::Incoming, State::Active] {
             let mut ids = self.spool.list(state)?;
-            ids.sort();
+            ids.sort_unstable_by(|a, b| crate::spool::id::arrival_key(a).cmp(&crate::spool::id::arrival_key(b)));
             for id in ids {
                 self.known.insert(id.clone());
                 self.fresh.push_back(Job::OnDisk(id, state));
@@ -494,7 +494,7 @@ impl Scheduler {
         let active = self.running.len() as u64;
         // Ids sort in arrival order, so the smallest is the oldest.
         let oldest_arrival = oldest
-            .then(|| self.known.iter().min())
+            .then(|| self.known.iter().min_by_key(|id| crate::spool::id::arrival_key(id)))
             .flatten()
             .and_then(|id| crate::spool::id::decode(id))
             .map(|us| us / 1_000_000);

@@ -11,7 +11,7 @@
 //!   corrupt/ID  envelopes that could not be read, kept for inspection, and
 //!               bodies no envelope refers to (body-NAME)
 //!   maildrop/   `sendmail` drops, written by any local user (mode 1733)
-//!   id-lease    every queue id handed out sorts below this (see `id`)
+//!   id-lease    every queue id handed out decodes below this (see `id`)
 //!   posthorn.lock  locked by the daemon that owns the spool (see `lock`)
 //! ```
 //!
@@ -134,7 +134,7 @@ pub(crate) struct Spool {
 
 impl Spool {
     /// Opens (creating when needed) the spool at `root`. Ids handed out
-    /// afterwards sort after `newest_id` and after every id handed out
+    /// afterwards decode above `newest_id` and every id handed out
     /// before (the id lease).
     pub(crate) fn open(root: &Path, newest_id: Option<&str>) -> io::Result<Spool> {
         Spool::open_with(root, newest_id, commit::SyncMode::Batch)
@@ -396,7 +396,7 @@ impl Spool {
         let mut files = self.names_at_once();
         // Ids sort in arrival order, so reading the files in id order gives
         // the listing in order: each thread takes a contiguous run.
-        files.sort_unstable();
+        files.sort_unstable_by(|a, b| (id::arrival_key(&a.0), a.1).cmp(&(id::arrival_key(&b.0), b.1)));
         // A name in two states at once (not something a rename leaves, but
         // a copy made by hand) is listed once, in the earlier state.
         files.dedup_by(|a, b| a.0 == b.0);
@@ -602,7 +602,9 @@ impl Spool {
         }
         known.extend(self.list(State::Corrupt)?);
         self.set_aside_orphans(&known, &mut report)?;
-        report.newest_id = known.into_iter().max();
+        // By value, not by string: an old ten-character id (`HO…`) sorts
+        // after every new one (`2…`) as a string.
+        report.newest_id = known.into_iter().max_by_key(|id| id::decode(id));
         for dir in ["incoming", "data", State::Corrupt.dir_name()] {
             if let Err(e) = commit::sync_dir(&self.inner.root.join(dir)) {
                 recovery_failed(&format!("cannot sync {dir}/"), &e);
@@ -912,6 +914,40 @@ mod tests {
         // Not an envelope: skipped, never fatal.
         std::fs::write(spool.envelope_path(State::Deferred, "0000000000"), b"{").unwrap();
         assert_eq!(spool.collect(), written);
+    }
+
+    #[test]
+    fn an_upgraded_spool_is_ordered_and_floored_by_arrival_not_by_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        // Two messages an earlier release queued, in its ten-character
+        // form, then two in the current one: as strings `HO…` > `2…`.
+        let old = ["HORSBLX12J", "HORTZ59IUL"];
+        let newest_old = id::decode(old[1]).unwrap();
+        let new = [id::encode(newest_old + 5), id::encode(newest_old + 9)];
+        let mut written = Vec::new();
+        for name in old.iter().map(|s| s.to_string()).chain(new.iter().cloned()) {
+            let mut env = envelope(&spool);
+            env.id = name;
+            std::fs::write(spool.envelope_path(State::Deferred, &env.id), env.to_json()).unwrap();
+            std::fs::write(spool.body_path(&env.id), b"x").unwrap();
+            written.push((State::Deferred, env));
+        }
+        assert_eq!(spool.collect(), written, "old ids first");
+        let report = spool.recover().unwrap();
+        assert!(report.missing_body.is_empty() && report.orphan_bodies.is_empty(), "{report:?}");
+        assert_eq!(report.newest_id.as_deref(), Some(new[1].as_str()));
+        // The other way round, an old id dated 2085: it is the newest, and
+        // new ids are floored above it.
+        let mut env = envelope(&spool);
+        env.id = "ZZZZZZZZZZ".into();
+        std::fs::write(spool.envelope_path(State::Deferred, &env.id), env.to_json()).unwrap();
+        std::fs::write(spool.body_path(&env.id), b"x").unwrap();
+        let report = spool.recover().unwrap();
+        assert_eq!(report.newest_id.as_deref(), Some("ZZZZZZZZZZ"));
+        let reopened = Spool::open(dir.path(), report.newest_id.as_deref()).unwrap();
+        let next = reopened.new_id();
+        assert!(id::decode(&next).unwrap() > id::decode("ZZZZZZZZZZ").unwrap(), "{next}");
     }
 
     #[test]
