@@ -16,11 +16,16 @@
 #                  master + all its children, live and exited)
 #   RSS            posthorn: VmRSS one second after `ready` (idle); Postfix:
 #                  the sum over its processes when idle after start
+# When rsyslogd is installed, posthorn runs a second time (`ph-syslog`) with
+# `log.to = "syslog"` into a private rsyslogd, so the cost of logging to
+# syslog shows beside logging to stderr (a file) in the same run; the CPU
+# column counts posthorn's process only, not rsyslogd's.
 # Figures are printed, never asserted on. Everything started here is stopped
 # and removed on exit.
 #
 # usage: bench/accept.sh [N]            (default N=2000)
 # env:   SESSIONS=20 SIZE=1024 POSTHORN_BIN=path SKIP_POSTFIX=1 SKIP_POSTHORN=1
+#        SKIP_SYSLOG=1
 #        CARGO_TARGET_DIR (where to find or build target/release/posthorn)
 set -euo pipefail
 
@@ -45,7 +50,7 @@ bench_init accept-bench
 
 RESULTS=()
 
-bench_posthorn() {
+posthorn_bin() {
     local bin=${POSTHORN_BIN:-}
     if [ -z "$bin" ]; then
         local target=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -53,7 +58,35 @@ bench_posthorn() {
         echo "building $bin ..." >&2
         (cd "$ROOT" && cargo build --release --quiet) >&2
     fi
-    local dir=$WORK/posthorn sink_port
+    echo "$bin"
+}
+
+# A private rsyslogd reading $WORK/rsyslog/log.sock, writing mail.log there.
+start_rsyslog() {
+    local d=$WORK/rsyslog
+    mkdir -p "$d"
+    cat >"$d/rsyslog.conf" <<EOF
+global(workDirectory="$d")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" Socket="$d/log.sock" RateLimit.Interval="0")
+mail.* action(type="omfile" file="$d/mail.log" template="RSYSLOG_TraditionalFileFormat")
+EOF
+    rsyslogd -n -f "$d/rsyslog.conf" -i "$d/pid" &
+    PIDS+=("$!")
+    for _ in $(seq 100); do
+        [ -S "$d/log.sock" ] && return 0
+        sleep 0.05
+    done
+    echo "rsyslogd made no socket" >&2
+    return 1
+}
+
+# bench_posthorn NAME [TOML]: one run, TOML appended to the configuration.
+bench_posthorn() {
+    local name=$1 extra=${2:-}
+    local bin
+    bin=$(posthorn_bin)
+    local dir=$WORK/$name sink_port
     mkdir -p "$dir"
     sink_port=$(free_port 127.0.0.1)
     start_sink 127.0.0.1 "$sink_port" "$N"
@@ -70,6 +103,7 @@ listen = ["127.0.0.1:0"]
 [relay]
 smarthosts = ["127.0.0.1:$sink_port"]
 tls = "none"
+$extra
 EOF
     "$bin" serve -c "$dir/posthorn.toml" 2>"$dir/posthorn.log" &
     local pid=$!
@@ -93,7 +127,7 @@ EOF
     wait_sink_done "$sink_pid"
     done_secs=$(calc "$(now) - $t0")
     c1=$(proc_ticks "$pid")
-    RESULTS+=("$(row posthorn "$secs" "$done_secs" $((c1 - c0)) "$rss")")
+    RESULTS+=("$(row "$name" "$secs" "$done_secs" $((c1 - c0)) "$rss")")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
 }
@@ -144,7 +178,13 @@ row() {
         "$(calc "$N / $2")" "$3" "$(calc "$4 * 1000 / $HZ / $N")" "$(calc "$5 / 1024")"
 }
 
-[ "${SKIP_POSTHORN:-}" = 1 ] || bench_posthorn
+if [ "${SKIP_POSTHORN:-}" != 1 ]; then
+    bench_posthorn posthorn
+    if [ "${SKIP_SYSLOG:-}" != 1 ] && command -v rsyslogd >/dev/null && start_rsyslog; then
+        bench_posthorn ph-syslog "$(printf '[log]\nto = "syslog"\nsyslog_socket = "%s"' "$WORK/rsyslog/log.sock")"
+        echo "ph-syslog: $(wc -l <"$WORK/rsyslog/mail.log") lines in rsyslog's mail.log" >&2
+    fi
+fi
 [ "${SKIP_POSTFIX:-}" = 1 ] || bench_postfix
 
 echo
