@@ -201,6 +201,8 @@ fn postfix_log_tools_read_a_hub_and_a_satellite() {
     .unwrap();
     let users = dir.path().join("users");
     fs::write(&users, "").unwrap();
+    let aliases = dir.path().join("virtual");
+    fs::write(&aliases, "a@ok.test alice@ok.test\n").unwrap();
 
     // The exporter tails from the end of the file: start it first.
     let exporter_addr = free_addr();
@@ -223,6 +225,7 @@ fn postfix_log_tools_read_a_hub_and_a_satellite() {
     hub_lines.extend([
         "access.trusted_networks = [\"127.0.0.1/32\"]".to_string(),
         format!("deliver.transport_maps = [{}]", toml_str(&transport.display().to_string())),
+        format!("rewrite.virtual_alias_maps = [{}]", toml_str(&aliases.display().to_string())),
         // The deferred message expires after a few tries.
         "queue.max_lifetime = \"3s\"".to_string(),
     ]);
@@ -273,6 +276,9 @@ fn postfix_log_tools_read_a_hub_and_a_satellite() {
     assert!(hub_log.contains(" postfix/smtpd["), "{hub_log}");
     assert!(sat_log.contains(" posthorn/pickup["), "{sat_log}");
     assert!(hub_log.contains("status=expired, returned to sender"), "{hub_log}");
+    assert!(hub_log.contains(": to=<alice@ok.test>, orig_to=<a@ok.test>, relay="), "{hub_log}");
+    // AUTH counts as accepted only when it succeeded (Postfix's auth=0/3).
+    assert!(hub_log.contains("]: disconnect from unknown[127.0.0.5] ehlo=1 auth=0/3 quit=1 commands=2/5"), "{hub_log}");
 
     // What the tools must find, counted from the run itself.
     let sizes: u64 = hub_log
@@ -466,4 +472,30 @@ fn journald_gets_native_fields() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+#[test]
+fn postfix_start_logs_to_syslog_by_default() {
+    let rsyslog = Rsyslog::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("posthorn.toml");
+    let socket = format!("log.syslog_socket = {}", toml_str(&rsyslog.socket().display().to_string()));
+    let body = with_lines(&satellite_config(&[free_addr()]), &[&socket]);
+    let text = format!("user = \"root\"\nspool = {}\n{body}", toml_str(&spool.display().to_string()));
+    fs::write(&config, text).unwrap();
+    let postfix = |arg: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_posthorn"));
+        cmd.args(["postfix", "-c", config.to_str().unwrap(), arg]).env_remove("POSTHORN_CONFIG");
+        run_with_timeout(cmd, b"", secs(30))
+    };
+    let out = postfix("start");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let started = wait_until(secs(10), || rsyslog.read("sat.log").contains(" posthorn/master["));
+    let stopped = postfix("stop");
+    assert!(started, "sat.log: {}\nposthorn.log: {}", rsyslog.read("sat.log"), fs::read_to_string(spool.join("posthorn.log")).unwrap_or_default());
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    // The daemon's own file holds only the readiness lines.
+    let own = fs::read_to_string(spool.join("posthorn.log")).unwrap();
+    assert!(own.lines().all(|l| l.starts_with("listening ") || l == "ready"), "{own}");
 }

@@ -542,7 +542,13 @@ fn postfix_start_status_stop() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let config = dir.path().join("posthorn.toml");
-    let body = with_lines(&satellite_config(&[free_addr()]), &["queue.retry_min = \"1h\"", "queue.retry_max = \"1h\""]);
+    // `postfix start` logs to syslog unless told otherwise; with no syslog
+    // daemon at the socket, the daemon's own file gets the lines.
+    let no_syslog = format!("log.syslog_socket = {}", toml_str(&dir.path().join("no-syslog").display().to_string()));
+    let body = with_lines(
+        &satellite_config(&[free_addr()]),
+        &["queue.retry_min = \"1h\"", "queue.retry_max = \"1h\"", &no_syslog],
+    );
     std::fs::write(
         &config,
         // Started as root in CI: stays root (see tests/privilege.rs).
@@ -569,6 +575,7 @@ fn postfix_start_status_stop() {
     assert!(postfix("check").status.success(), "{}", text(&postfix("check").stdout));
     let log = || std::fs::read_to_string(spool.join("posthorn.log")).unwrap_or_default();
     assert!(wait_until(secs(5), || log().contains("reload: configuration")), "{}", log());
+    assert!(log().contains("warning: cannot log to syslog at "), "{}", log());
     // A configuration that no longer loads is refused, with file, line and
     // key; the daemon goes on with the one it has.
     let good = std::fs::read_to_string(&config).unwrap();
