@@ -6,6 +6,10 @@
 //!   in-process tests run many servers side by side, each with its own
 //!   counts, and a static would mix them (STYLE.md: no global singletons).
 //!   Counters live as long as the process; a reload keeps them.
+//!   Besides counters it keeps one histogram family, delivery delay by
+//!   destination class (`Histogram`, atomics too). Labels come from closed
+//!   enums (`Door`, `DeferReason`, `DestClass`, `AuthMechanism`, ...), never
+//!   from what a peer sends, so the number of series is fixed.
 //! - `render`: the Prometheus text exposition format 0.0.4.
 //! - `serve`: a small, strict HTTP/1.x server: `GET /metrics`,
 //!   `GET /health`, nothing else. Request heads are parsed by `httparse`,
@@ -89,12 +93,168 @@ impl RcptOutcome {
     }
 }
 
+/// The mechanism of a failed AUTH attempt (`posthorn_auth_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthMechanism {
+    Plain,
+    Login,
+    /// One the server does not know, refused by the limiter before it was
+    /// looked at (the label keeps what a client sends out of the exposition).
+    Other,
+}
+
+impl AuthMechanism {
+    const ALL: [AuthMechanism; 3] = [AuthMechanism::Plain, AuthMechanism::Login, AuthMechanism::Other];
+
+    /// `PLAIN`, `LOGIN`, anything else, as the AUTH command named it.
+    pub(crate) fn named(name: &str) -> AuthMechanism {
+        match name {
+            "PLAIN" => AuthMechanism::Plain,
+            "LOGIN" => AuthMechanism::Login,
+            _ => AuthMechanism::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthMechanism::Plain => "PLAIN",
+            AuthMechanism::Login => "LOGIN",
+            AuthMechanism::Other => "other",
+        }
+    }
+}
+
+/// Why an AUTH attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// The user name or password was wrong (535).
+    Credentials,
+    /// The client or the user had too many failures already: refused
+    /// without a check (454).
+    Limited,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 2] = [AuthFailure::Credentials, AuthFailure::Limited];
+
+    fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Credentials => "credentials",
+            AuthFailure::Limited => "limited",
+        }
+    }
+}
+
+/// The kind of next hop a recipient was delivered to
+/// (`posthorn_delivery_delay_seconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DestClass {
+    /// A smarthost, or a next hop named in the transport table.
+    Relay,
+    /// The recipient domain's MX hosts.
+    Mx,
+    /// A local Maildir.
+    Maildir,
+    /// Handed to the after-queue content filter.
+    Filter,
+}
+
+impl DestClass {
+    const ALL: [DestClass; 4] = [DestClass::Relay, DestClass::Mx, DestClass::Maildir, DestClass::Filter];
+
+    fn label(self) -> &'static str {
+        match self {
+            DestClass::Relay => "relay",
+            DestClass::Mx => "mx",
+            DestClass::Maildir => "maildir",
+            DestClass::Filter => "filter",
+        }
+    }
+}
+
+/// Why a recipient was deferred (`posthorn_deferrals_total`): the error
+/// class of the temporary failure, or a destination known to be down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeferReason {
+    Dns,
+    Connect,
+    Tls,
+    Timeout,
+    Protocol,
+    /// The remote server answered 4xx.
+    Reply4xx,
+    /// A 5xx taken as temporary (a session refused at its greeting).
+    Reply5xx,
+    /// Trouble here: reading the message, a Maildir, the configuration.
+    Local,
+    /// Not tried: the destination is down and waiting out its backoff.
+    DestinationDown,
+}
+
+impl DeferReason {
+    const ALL: [DeferReason; 9] = [
+        DeferReason::Dns,
+        DeferReason::Connect,
+        DeferReason::Tls,
+        DeferReason::Timeout,
+        DeferReason::Protocol,
+        DeferReason::Reply4xx,
+        DeferReason::Reply5xx,
+        DeferReason::Local,
+        DeferReason::DestinationDown,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DeferReason::Dns => "dns",
+            DeferReason::Connect => "connect",
+            DeferReason::Tls => "tls",
+            DeferReason::Timeout => "timeout",
+            DeferReason::Protocol => "protocol",
+            DeferReason::Reply4xx => "4xx",
+            DeferReason::Reply5xx => "5xx",
+            DeferReason::Local => "local",
+            DeferReason::DestinationDown => "destination_down",
+        }
+    }
+}
+
+/// Upper bounds of the delivery delay buckets, in microseconds: 1 ms to two
+/// days, the bounds the Prometheus Postfix exporter uses for its delays.
+const DELAY_BOUNDS_US: [u64; 9] =
+    [1_000, 10_000, 100_000, 1_000_000, 10_000_000, 60_000_000, 3_600_000_000, 86_400_000_000, 172_800_000_000];
+
+/// A Prometheus histogram kept with atomics: a count per bucket (not
+/// cumulative; `render` adds them up), the sum in microseconds, the count.
+/// A scrape may see an observation in one field and not yet in another;
+/// Prometheus tolerates that, and the next scrape is whole again.
+#[derive(Debug, Default)]
+struct Histogram {
+    /// One per bound, then the last for everything above (`+Inf`).
+    buckets: [AtomicU64; DELAY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, us: u64) {
+        let bucket = DELAY_BOUNDS_US.iter().position(|&bound| us <= bound).unwrap_or(DELAY_BOUNDS_US.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+}
+
 /// The daemon's counters and the one gauge kept by counting (connections).
 #[derive(Debug)]
 pub(crate) struct Metrics {
     started: u64,
     accepted: [AtomicU64; Door::ALL.len()],
     recipients: [AtomicU64; RcptOutcome::ALL.len()],
+    deferrals: [AtomicU64; DeferReason::ALL.len()],
+    delivery_delay: [Histogram; DestClass::ALL.len()],
+    /// By mechanism, then by `AuthFailure`.
+    auth_failures: [[AtomicU64; AuthFailure::ALL.len()]; AuthMechanism::ALL.len()],
     smtp_sessions: AtomicU64,
     smtp_connections: AtomicU64,
     smtp_refused: AtomicU64,
@@ -108,6 +268,9 @@ impl Default for Metrics {
             started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             accepted: Default::default(),
             recipients: Default::default(),
+            deferrals: Default::default(),
+            delivery_delay: Default::default(),
+            auth_failures: Default::default(),
             smtp_sessions: AtomicU64::new(0),
             smtp_connections: AtomicU64::new(0),
             smtp_refused: AtomicU64::new(0),
@@ -124,6 +287,22 @@ impl Metrics {
 
     pub(crate) fn recipient(&self, outcome: RcptOutcome) {
         self.recipients[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A recipient was deferred, and why (counted besides `recipient`).
+    pub(crate) fn deferred(&self, reason: DeferReason) {
+        self.deferrals[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A recipient reached its destination `delay_us` microseconds after
+    /// its message arrived.
+    pub(crate) fn delivered(&self, class: DestClass, delay_us: u64) {
+        self.delivery_delay[class as usize].observe(delay_us);
+    }
+
+    /// An AUTH attempt failed.
+    pub(crate) fn auth_failed(&self, mechanism: AuthMechanism, why: AuthFailure) {
+        self.auth_failures[mechanism as usize][why as usize].fetch_add(1, Relaxed);
     }
 
     /// An SMTP session starts; it counts as a current connection until the
@@ -209,6 +388,28 @@ pub(crate) fn render(m: &Metrics, role: &str, queue: Option<&QueueGauges>, now: 
     for outcome in RcptOutcome::ALL {
         out.sample(name, &[("outcome", outcome.label())], m.recipients[outcome as usize].load(Relaxed));
     }
+    let name = "posthorn_deferrals_total";
+    out.family(name, "counter", "Recipients deferred, by the class of the temporary failure (destination_down: not tried, its destination is backing off).");
+    for reason in DeferReason::ALL {
+        out.sample(name, &[("reason", reason.label())], m.deferrals[reason as usize].load(Relaxed));
+    }
+    delivery_delays(&mut out, m);
+    let name = "posthorn_auth_failures_total";
+    out.family(
+        name,
+        "counter",
+        "Failed SMTP AUTH attempts, by mechanism and reason (credentials: 535, limited: 454 from the failure limit).",
+    );
+    for mechanism in AuthMechanism::ALL {
+        for why in AuthFailure::ALL {
+            // Only the limiter refuses a mechanism it does not know.
+            if mechanism == AuthMechanism::Other && why == AuthFailure::Credentials {
+                continue;
+            }
+            let n = m.auth_failures[mechanism as usize][why as usize].load(Relaxed);
+            out.sample(name, &[("mechanism", mechanism.label()), ("reason", why.label())], n);
+        }
+    }
     out.family("posthorn_smtp_sessions_total", "counter", "SMTP sessions started.");
     out.sample("posthorn_smtp_sessions_total", &[], m.smtp_sessions.load(Relaxed));
     out.family("posthorn_smtp_connections", "gauge", "SMTP connections open now.");
@@ -230,10 +431,46 @@ pub(crate) fn render(m: &Metrics, role: &str, queue: Option<&QueueGauges>, now: 
             out.sample(name, &[("state", state)], n);
         }
         let name = "posthorn_queue_oldest_message_age_seconds";
-        out.family(name, "gauge", "Age of the oldest message in incoming, active or deferred (0: none).");
+        out.family(
+            name,
+            "gauge",
+            "Age of the oldest message in incoming, active or deferred, held mail aside (0: none).",
+        );
         out.sample(name, &[], q.oldest_arrival.map_or(0, |t| now.saturating_sub(t)));
     }
     out.0
+}
+
+/// `posthorn_delivery_delay_seconds`: cumulative buckets, sum and count
+/// per destination class.
+fn delivery_delays(out: &mut Out, m: &Metrics) {
+    let name = "posthorn_delivery_delay_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Time from a message's arrival to the delivery of a recipient, by destination class.",
+    );
+    for class in DestClass::ALL {
+        let h = &m.delivery_delay[class as usize];
+        let label = class.label();
+        let mut cumulative = 0;
+        for (i, n) in h.buckets.iter().enumerate() {
+            cumulative += n.load(Relaxed);
+            let le = DELAY_BOUNDS_US.get(i).map_or("+Inf".to_string(), |&us| seconds(us));
+            out.sample(&format!("{name}_bucket"), &[("class", label), ("le", &le)], cumulative);
+        }
+        out.sample(&format!("{name}_sum"), &[("class", label)], seconds(h.sum_us.load(Relaxed)));
+        out.sample(&format!("{name}_count"), &[("class", label)], h.count.load(Relaxed));
+    }
+}
+
+/// Microseconds as seconds in decimal, exactly: `1000` is `0.001`,
+/// `3600000000` is `3600`.
+fn seconds(us: u64) -> String {
+    match us % 1_000_000 {
+        0 => format!("{}", us / 1_000_000),
+        frac => format!("{}.{}", us / 1_000_000, format!("{frac:06}").trim_end_matches('0')),
+    }
 }
 
 struct Out(String);
@@ -243,7 +480,7 @@ impl Out {
         self.0.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.0.push_str(name);
         if !labels.is_empty() {
             let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
@@ -494,6 +731,21 @@ mod tests {
     }
 
     #[test]
+    fn microseconds_as_seconds() {
+        let cases = [
+            (0, "0"),
+            (1, "0.000001"),
+            (1_000, "0.001"),
+            (100_000, "0.1"),
+            (2_500_000, "2.5"),
+            (172_800_000_000, "172800"),
+        ];
+        for (us, text) in cases {
+            assert_eq!(seconds(us), text, "{us}");
+        }
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(escape("x\ny"), r"x\ny");
@@ -512,6 +764,15 @@ mod tests {
         m.connection_refused();
         for code in [250, 354, 421, 452, 503, 550, 554, 221, 600, 0] {
             m.smtp_reply(code);
+        }
+        m.deferred(DeferReason::Reply4xx);
+        m.deferred(DeferReason::Reply4xx);
+        m.deferred(DeferReason::DestinationDown);
+        m.auth_failed(AuthMechanism::named("PLAIN"), AuthFailure::Credentials);
+        m.auth_failed(AuthMechanism::named("LOGIN"), AuthFailure::Limited);
+        m.auth_failed(AuthMechanism::named("CRAM-MD5"), AuthFailure::Limited);
+        for us in [500, 1_000, 1_001, 2_500_000, 200_000_000_000] {
+            m.delivered(DestClass::Mx, us);
         }
         let q = QueueGauges {
             incoming: 1,
@@ -540,19 +801,45 @@ mod tests {
             "posthorn_queue_messages{state=\"incoming\"} 1",
             "posthorn_queue_messages{state=\"hold\"} 4",
             "posthorn_queue_oldest_message_age_seconds 7",
+            "posthorn_deferrals_total{reason=\"4xx\"} 2",
+            "posthorn_deferrals_total{reason=\"destination_down\"} 1",
+            "posthorn_deferrals_total{reason=\"dns\"} 0",
+            "posthorn_auth_failures_total{mechanism=\"PLAIN\",reason=\"credentials\"} 1",
+            "posthorn_auth_failures_total{mechanism=\"PLAIN\",reason=\"limited\"} 0",
+            "posthorn_auth_failures_total{mechanism=\"LOGIN\",reason=\"limited\"} 1",
+            "posthorn_auth_failures_total{mechanism=\"other\",reason=\"limited\"} 1",
+            "posthorn_delivery_delay_seconds_bucket{class=\"mx\",le=\"0.001\"} 2",
+            "posthorn_delivery_delay_seconds_bucket{class=\"mx\",le=\"0.01\"} 3",
+            "posthorn_delivery_delay_seconds_bucket{class=\"mx\",le=\"1\"} 3",
+            "posthorn_delivery_delay_seconds_bucket{class=\"mx\",le=\"10\"} 4",
+            "posthorn_delivery_delay_seconds_bucket{class=\"mx\",le=\"172800\"} 4",
+            "posthorn_delivery_delay_seconds_bucket{class=\"mx\",le=\"+Inf\"} 5",
+            "posthorn_delivery_delay_seconds_sum{class=\"mx\"} 200002.502501",
+            "posthorn_delivery_delay_seconds_count{class=\"mx\"} 5",
+            "posthorn_delivery_delay_seconds_bucket{class=\"relay\",le=\"+Inf\"} 0",
+            "posthorn_delivery_delay_seconds_sum{class=\"relay\"} 0",
+            "posthorn_delivery_delay_seconds_count{class=\"filter\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
         assert!(text.ends_with('\n'));
-        // Every sample belongs to the family announced just before it.
-        let mut family = "";
+        assert!(!text.contains("mechanism=\"other\",reason=\"credentials\""), "{text}");
+        // Every sample belongs to the family announced just before it (a
+        // histogram's with its suffixes).
+        let (mut family, mut kind) = ("", "");
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                family = rest.split(' ').next().unwrap();
-                assert!(matches!(rest.split(' ').nth(1), Some("gauge" | "counter")), "{line}");
+                (family, kind) = rest.split_once(' ').unwrap();
+                assert!(matches!(kind, "gauge" | "counter" | "histogram"), "{line}");
             } else if !line.starts_with("# HELP ") {
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert_eq!(name, family, "{line}");
+                match kind {
+                    "histogram" => assert!(
+                        ["_bucket", "_sum", "_count"].iter().any(|suffix| name == format!("{family}{suffix}")),
+                        "{line}"
+                    ),
+                    _ => assert_eq!(name, family, "{line}"),
+                }
             }
         }
         let without = render(&m, "satellite", None, m.started);

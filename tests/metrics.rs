@@ -19,6 +19,19 @@
 //! 3. `/health` turns 503 naming the spool when a file cannot be created
 //!    there, and 200 again once it can.
 //! 4. No `[metrics]`: no endpoint, no `listening metrics=` line.
+//! 5. Failed AUTH attempts over STARTTLS (smtplib, PLAIN and LOGIN):
+//!    `posthorn_auth_failures_total` rises by exactly the number of wrong
+//!    passwords, by mechanism, and a client refused by the failure limit
+//!    is counted apart; a successful AUTH is not counted.
+//! 6. After a restart (so the queue id generator runs up to an hour ahead
+//!    of the clock, floored at its lease): mail delivered through the
+//!    transport table, by MX (a real DNS server) and to a Maildir shows in
+//!    `posthorn_delivery_delay_seconds` under `relay`, `mx` and `maildir`,
+//!    with a delay above zero; mail a sink refuses with 4xx, mail to a
+//!    dead port and mail to that port while it is known down show in
+//!    `posthorn_deferrals_total` as `4xx`, `connect` and
+//!    `destination_down`; and the oldest-message age grows while that
+//!    mail waits.
 
 mod harness;
 
@@ -50,10 +63,11 @@ fn hub(dir: &std::path::Path, good: SocketAddr, bad: SocketAddr, dead: SocketAdd
     ))
 }
 
-/// The address of the `listening metrics=ADDR` line the daemon printed.
+/// The address of the `listening metrics=ADDR` line the daemon printed
+/// last (the log runs on across restarts).
 fn metrics_addr(ph: &Posthorn) -> SocketAddr {
     let log = ph.log();
-    let line = log.lines().find_map(|l| l.split("listening metrics=").nth(1));
+    let line = log.lines().filter_map(|l| l.split("listening metrics=").nth(1)).next_back();
     line.unwrap_or_else(|| panic!("no `listening metrics=` line:\n{log}")).trim().parse().unwrap()
 }
 
@@ -271,4 +285,167 @@ fn health_names_an_unwritable_spool() {
 fn no_endpoint_unless_configured() {
     let ph = Posthorn::start(&satellite_config(&[free_addr()]));
     assert!(!ph.log().contains("listening metrics="), "{}", ph.log());
+}
+
+#[test]
+fn failed_auth_attempts_are_counted() {
+    let ca = TestCa::new("posthorn test CA");
+    let cert = ca.issue("hub", &["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    posthorn::auth::set_password(&users, "alice", b"wonderland").unwrap();
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let ph = Posthorn::start(&with_lines(
+        &format!("{base}{}", cert.tls_section()),
+        &[
+            &format!("auth.users = {}", toml_str(&users.display().to_string())),
+            "auth.failure_delay = \"0s\"",
+            "auth.max_failures = 2",
+            "metrics.listen = \"127.0.0.1:0\"",
+        ],
+    ));
+    let addr = metrics_addr(&ph);
+    let failures = |s: &Scrape, mechanism, reason| {
+        s.value("posthorn_auth_failures_total", &[("mechanism", mechanism), ("reason", reason)])
+    };
+    let before = scrape(addr);
+    assert_eq!(before.types["posthorn_auth_failures"], "counter");
+    assert_eq!(failures(&before, "PLAIN", "credentials"), 0.0);
+
+    // A wrong password, then the right one (which clears the client's
+    // failures for the limit, not the count).
+    let codes = |steps: &[(String, u16, String)]| steps.iter().map(|(s, c, _)| format!("{s}:{c}")).collect::<Vec<_>>();
+    let steps = smtplib_steps(
+        ph.smtp_addr(),
+        &ca.ca_path(),
+        &[TlsStep::StartTls, TlsStep::Plain("alice", "one"), TlsStep::Plain("alice", "wonderland")],
+    );
+    assert_eq!(codes(&steps)[3..], ["auth:535", "auth:235"], "{steps:?}");
+    // A wrong password by LOGIN, step by step, and another by PLAIN.
+    let steps = smtplib_steps(
+        ph.smtp_addr(),
+        &ca.ca_path(),
+        &[
+            TlsStep::StartTls,
+            TlsStep::Cmd("AUTH LOGIN"),
+            TlsStep::Cmd("YWxpY2U="),
+            TlsStep::Cmd("bm9wZQ=="),
+            TlsStep::Plain("alice", "two"),
+        ],
+    );
+    assert_eq!(codes(&steps)[3..], ["AUTH LOGIN:334", "YWxpY2U=:334", "bm9wZQ==:535", "auth:535"], "{steps:?}");
+    let s = scrape(addr);
+    assert_eq!(failures(&s, "PLAIN", "credentials"), 2.0, "{:#?}", s.samples);
+    assert_eq!(failures(&s, "LOGIN", "credentials"), 1.0);
+    assert_eq!(failures(&s, "PLAIN", "limited"), 0.0);
+
+    // Two failures in a row from this address: now even the right password
+    // is refused.
+    let steps =
+        smtplib_steps(ph.smtp_addr(), &ca.ca_path(), &[TlsStep::StartTls, TlsStep::Plain("alice", "wonderland")]);
+    assert_eq!(codes(&steps)[3..], ["auth:454"], "{steps:?}");
+    let s = scrape(addr);
+    assert_eq!(failures(&s, "PLAIN", "credentials"), 2.0);
+    assert_eq!(failures(&s, "LOGIN", "credentials"), 1.0);
+    assert_eq!(failures(&s, "PLAIN", "limited"), 1.0);
+    assert_eq!(failures(&s, "LOGIN", "limited"), 0.0);
+    assert_eq!(ph.log_lines(&["SASL", "authentication failed"]).len(), 3, "{}", ph.log());
+}
+
+#[test]
+fn delivery_delays_by_class_deferrals_by_reason_and_the_oldest_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = Sink::start();
+    let soft = Sink::start_with(&["-r", "RCPT"]);
+    let dead = free_addr();
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("mx.test", 10, "mx1.mx.test"),
+        DnsRecord::a(
+            "mx1.mx.test",
+            match good.addr().ip() {
+                std::net::IpAddr::V4(ip) => ip,
+                other => panic!("the sink is on {other}"),
+            },
+        ),
+    ]);
+    let table = dir.path().join("transport");
+    let hop = |a: SocketAddr| format!("relay:[{}]:{}", a.ip(), a.port());
+    let text = format!("ok.test {}\nsoft.test {}\ndead.test {}\n", hop(good.addr()), hop(soft.addr()), hop(dead));
+    fs::write(&table, text).unwrap();
+    let mail = dir.path().join("mail");
+    let base =
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\ntls = \"none\"\nconnect_timeout = \"5s\"\n";
+    let mut ph = Posthorn::start(&with_lines(
+        base,
+        &[
+            &format!("deliver.transport_maps = [{}]", toml_str(&format!("hash:{}", table.display()))),
+            &dns.config_line(),
+            &format!("deliver.mx_port = {}", good.addr().port()),
+            "access.local_domains = [\"local.test\"]",
+            &format!("deliver.maildir_root = {}", toml_str(&format!("{}/{{domain}}/{{user}}", mail.display()))),
+            "queue.retry_min = \"60s\"",
+            "queue.retry_max = \"60s\"",
+            "metrics.listen = \"127.0.0.1:0\"",
+        ],
+    ));
+    // One message before a restart: its id leases ids an hour ahead, and
+    // the restarted daemon's ids start there, ahead of the clock.
+    send(&ph, &["first@ok.test"], "before the restart");
+    good.wait_for_parsed(1, secs(30));
+    ph.restart();
+    let addr = metrics_addr(&ph);
+
+    send(&ph, &["a@ok.test"], "relay");
+    send(&ph, &["b@mx.test"], "mx");
+    send(&ph, &["c@local.test"], "maildir");
+    send(&ph, &["d@soft.test"], "4xx");
+    send(&ph, &["e@dead.test"], "connect");
+    let defer = |s: &Scrape, reason| s.value("posthorn_deferrals_total", &[("reason", reason)]);
+    let count = |s: &Scrape, class| s.value("posthorn_delivery_delay_seconds_count", &[("class", class)]);
+    let mut now = scrape(addr);
+    let settled = wait_until(secs(30), || {
+        now = scrape(addr);
+        defer(&now, "connect") == 1.0 && defer(&now, "4xx") == 1.0 && count(&now, "maildir") == 1.0
+    });
+    assert!(settled, "never settled: {:#?}\nlog:\n{}", now.samples, ph.log());
+    // The destination is down now: the next message for it is not tried.
+    send(&ph, &["f@dead.test"], "destination down");
+    let settled = wait_until(secs(30), || {
+        now = scrape(addr);
+        defer(&now, "destination_down") == 1.0
+            && now.value("posthorn_recipients_total", &[("outcome", "delivered")]) == 3.0
+    });
+    assert!(settled, "never settled: {:#?}\nlog:\n{}", now.samples, ph.log());
+
+    // Delivered mail is where the histogram says: two at the sink (one by
+    // the transport table, one by MX), one in the Maildir.
+    let got = good.wait_for_parsed(3, secs(30));
+    let mut rcpts: Vec<String> = got.iter().flat_map(|d| d.rcpt_to.clone()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@ok.test", "b@mx.test", "first@ok.test"]);
+    assert!(wait_until(secs(10), || fs::read_dir(mail.join("local.test/c/new")).is_ok_and(|d| d.count() == 1)));
+    assert_eq!(now.types["posthorn_delivery_delay_seconds"], "histogram");
+    for (class, n) in [("relay", 1.0), ("mx", 1.0), ("maildir", 1.0), ("filter", 0.0)] {
+        assert_eq!(count(&now, class), n, "{class}: {:#?}", now.samples);
+        let all = now.value("posthorn_delivery_delay_seconds_bucket", &[("class", class), ("le", "+Inf")]);
+        assert_eq!(all, n, "{class}");
+        let sum = now.value("posthorn_delivery_delay_seconds_sum", &[("class", class)]);
+        // Above zero although the ids are an hour ahead; far below a minute.
+        assert!(n == 0.0 || (sum > 0.0 && sum < 60.0), "{class}: sum {sum}");
+        let day = now.value("posthorn_delivery_delay_seconds_bucket", &[("class", class), ("le", "86400")]);
+        assert_eq!(day, n, "{class}");
+    }
+    for (reason, n) in [("4xx", 1.0), ("connect", 1.0), ("destination_down", 1.0), ("dns", 0.0), ("local", 0.0)] {
+        assert_eq!(defer(&now, reason), n, "{reason}: {:#?}", now.samples);
+    }
+    assert_eq!(now.value("posthorn_recipients_total", &[("outcome", "deferred")]), 3.0);
+
+    // The deferred mail ages while it waits (whole seconds).
+    assert!(wait_until(secs(10), || {
+        now = scrape(addr);
+        now.value("posthorn_queue_oldest_message_age_seconds", &[]) >= 2.0
+    }));
+    let age = now.value("posthorn_queue_oldest_message_age_seconds", &[]);
+    assert!(age < 60.0, "{age}");
+    assert_eq!(now.value("posthorn_queue_messages", &[("state", "deferred")]), 3.0);
 }

@@ -18,7 +18,7 @@ use crate::ingress::Ingress;
 use crate::message::nexthop::Hop;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
 use crate::message::{OutMessage, OutRecipient};
-use crate::metrics::{Metrics, RcptOutcome};
+use crate::metrics::{DeferReason, DestClass, Metrics, RcptOutcome};
 use crate::spool::envelope::{AttemptRecord, Envelope, Recipient};
 use crate::spool::space::describe;
 use crate::spool::{Spool, State};
@@ -37,11 +37,11 @@ pub(crate) struct Context {
 }
 
 fn skipped(id: String) -> Done {
-    Done { id, next: Next::Skipped }
+    Done { id, next: Next::Skipped, arrival: None }
 }
 
 fn gone(id: String) -> Done {
-    Done { id, next: Next::Gone }
+    Done { id, next: Next::Gone, arrival: None }
 }
 
 pub(crate) async fn run_from_disk(ctx: Context, id: String, state: State) -> Done {
@@ -60,7 +60,7 @@ pub(crate) async fn run_from_disk(ctx: Context, id: String, state: State) -> Don
                 state.dir_name(),
                 describe(&e)
             );
-            Done { next: Next::SpoolFailed(Job::OnDisk(id.clone(), state)), id }
+            Done { next: Next::SpoolFailed(Job::OnDisk(id.clone(), state)), id, arrival: None }
         }
     }
 }
@@ -106,8 +106,9 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
                 from.dir_name(),
                 describe(&e)
             );
+            let arrival = Some(env.arrival);
             let job = if from == State::Active { Job::Unsaved(env) } else { Job::OnDisk(id.clone(), from) };
-            return Done { id, next: Next::SpoolFailed(job) };
+            return Done { id, next: Next::SpoolFailed(job), arrival };
         }
     }
     let before: Vec<RcptState> = env.recipients.iter().map(|r| r.state).collect();
@@ -176,18 +177,22 @@ async fn finish(ctx: &Context, env: Envelope) -> Done {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone(id),
             Err(e) => {
                 tracing::error!("{id}: cannot remove finished message: {}; trying again shortly", describe(&e));
-                Done { id, next: Next::SpoolFailed(Job::Unsaved(env)) }
+                Done { id, arrival: Some(env.arrival), next: Next::SpoolFailed(Job::Unsaved(env)) }
             }
         };
     }
     match ctx.spool.save(&env, State::Active, State::Deferred).await {
-        Ok(()) => Done { next: Next::At(env.next_attempt, Job::OnDisk(id.clone(), State::Deferred)), id },
+        Ok(()) => Done {
+            next: Next::At(env.next_attempt, Job::OnDisk(id.clone(), State::Deferred)),
+            id,
+            arrival: Some(env.arrival),
+        },
         Err(e) => {
             tracing::error!(
                 "{id}: cannot save deferred envelope: {}; kept in active/, its outcome in memory, trying again shortly",
                 describe(&e)
             );
-            Done { id, next: Next::SpoolFailed(Job::Unsaved(env)) }
+            Done { id, arrival: Some(env.arrival), next: Next::SpoolFailed(Job::Unsaved(env)) }
         }
     }
 }
@@ -291,6 +296,7 @@ async fn deliver_group(
 
 /// Applies a group's outcomes to the envelope and logs each.
 fn record(env: &mut Envelope, group: &GroupResult, now: u64, first: bool, metrics: &Metrics) {
+    let arrived_us = arrival_us(env);
     for (index, outcome) in group.indexes.iter().zip(&group.delivery.outcomes) {
         let rcpt = &mut env.recipients[*index];
         let (state, status) = outcome.status();
@@ -299,10 +305,69 @@ fn record(env: &mut Envelope, group: &GroupResult, now: u64, first: bool, metric
             Outcome::Transient(_) => RcptOutcome::Deferred,
             Outcome::Permanent(_) => RcptOutcome::Bounced,
         });
+        observe(metrics, arrived_us, group, outcome);
         let a = outcome.attempt();
-        log_outcome(&env.id, env.trace_id.as_deref(), rcpt, group, first, a, status);
+        let arrival = Arrival { us: arrived_us, first };
+        log_outcome(&env.id, env.trace_id.as_deref(), rcpt, group, arrival, a, status);
         rcpt.state = state;
         rcpt.record(AttemptRecord::of(now, status, a));
+    }
+}
+
+/// An outcome's share of the metrics besides `posthorn_recipients_total`:
+/// a delivery's delay by destination class, a deferral's reason.
+fn observe(metrics: &Metrics, arrived_us: u64, group: &GroupResult, outcome: &Outcome) {
+    match outcome {
+        Outcome::Delivered(_) => metrics.delivered(dest_class(&group.hop), now_us().saturating_sub(arrived_us)),
+        Outcome::Transient(_) if group.down_until.is_some() && !group.attempted => {
+            metrics.deferred(DeferReason::DestinationDown)
+        }
+        Outcome::Transient(a) => metrics.deferred(defer_reason(a)),
+        Outcome::Permanent(_) => {}
+    }
+}
+
+/// The class a hop is counted under: an explicit next hop from the
+/// transport table is relaying, like the smarthosts.
+fn dest_class(hop: &Hop) -> DestClass {
+    match hop {
+        Hop::Relay | Hop::Smtp(_) => DestClass::Relay,
+        Hop::Mx(_) => DestClass::Mx,
+        Hop::Maildir => DestClass::Maildir,
+        Hop::Filter(_) => DestClass::Filter,
+    }
+}
+
+/// A temporary failure's error class; one without a class, and without a
+/// reply to take one from, is trouble here.
+fn defer_reason(a: &Attempt) -> DeferReason {
+    let class = a.class.or_else(|| a.reply.as_ref().map(|_| ErrorClass::Reply4xx));
+    match class {
+        Some(ErrorClass::Dns) => DeferReason::Dns,
+        Some(ErrorClass::Connect) => DeferReason::Connect,
+        Some(ErrorClass::Tls) => DeferReason::Tls,
+        Some(ErrorClass::Timeout) => DeferReason::Timeout,
+        Some(ErrorClass::Protocol) => DeferReason::Protocol,
+        Some(ErrorClass::Reply4xx) => DeferReason::Reply4xx,
+        Some(ErrorClass::Reply5xx) => DeferReason::Reply5xx,
+        Some(ErrorClass::Local) | None => DeferReason::Local,
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// When a message arrived, in microseconds. Its id says so to the
+/// microsecond, but only while the id generator follows the clock: after
+/// a restart it is floored at its lease, up to an hour ahead (`spool::id`),
+/// and a clock stepped back does the same. So the id is taken only when it
+/// agrees with the envelope's arrival (read just after the id was drawn,
+/// to the second); otherwise the envelope's second is.
+pub(crate) fn arrival_us(env: &Envelope) -> u64 {
+    match crate::spool::id::decode(&env.id) {
+        Some(us) if (us / 1_000_000..=us / 1_000_000 + 1).contains(&env.arrival) => us,
+        _ => env.arrival.saturating_mul(1_000_000),
     }
 }
 
@@ -406,17 +471,23 @@ fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) ->
 /// waiting in the queue for later attempts; c, setting up the session
 /// (connection, greeting, EHLO, TLS, AUTH; 0 on a reused one); d, the
 /// transfer. The trace id goes in a field of its own (JSON, journald).
+/// When a message arrived (`arrival_us`: the id's microsecond when the
+/// envelope agrees, else its second) and whether this is its first attempt.
+struct Arrival {
+    us: u64,
+    first: bool,
+}
+
 fn log_outcome(
     id: &str,
     trace: Option<&str>,
     rcpt: &Recipient,
     group: &GroupResult,
-    first: bool,
+    arrival: Arrival,
     a: &Attempt,
     status: Status,
 ) {
-    // The id carries the arrival to the microsecond.
-    let arrived_us = crate::spool::id::decode(id).unwrap_or(group.started_us);
+    let Arrival { us: arrived_us, first } = arrival;
     let delay = now_us().saturating_sub(arrived_us) as f64 / 1e6;
     let waited = group.started_us.saturating_sub(arrived_us) as f64 / 1e6;
     let (before, queued) = if first { (waited, 0.0) } else { (0.0, waited) };
@@ -469,6 +540,48 @@ pub(crate) fn seconds(secs: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::select::sample;
+    use crate::spool::id::encode;
+
+    #[test]
+    fn arrival_from_the_id_only_when_the_envelope_agrees() {
+        let us = 1_795_613_746_123_456;
+        let cases = [
+            // The envelope's second was read in the id's second, or the next.
+            (us, 1_795_613_746, us),
+            (us, 1_795_613_747, us),
+            // The id ran ahead of the clock (floored at the lease after a
+            // restart), or the envelope was written much later.
+            (us + 1_800_000_000, 1_795_613_746, 1_795_613_746_000_000),
+            (us, 1_795_613_750, 1_795_613_750_000_000),
+        ];
+        for (id, arrival, expected) in cases {
+            assert_eq!(
+                arrival_us(&sample(&encode(id), "a@b.test", &["c@d.test"], arrival)),
+                expected,
+                "{id} {arrival}"
+            );
+        }
+    }
+
+    #[test]
+    fn deferral_reasons() {
+        let failed = |class| Attempt::failed(class, "x");
+        let cases = [
+            (failed(ErrorClass::Dns), DeferReason::Dns),
+            (failed(ErrorClass::Connect), DeferReason::Connect),
+            (failed(ErrorClass::Tls), DeferReason::Tls),
+            (failed(ErrorClass::Timeout), DeferReason::Timeout),
+            (failed(ErrorClass::Protocol), DeferReason::Protocol),
+            (failed(ErrorClass::Reply4xx), DeferReason::Reply4xx),
+            (failed(ErrorClass::Local), DeferReason::Local),
+            (Attempt { class: None, ..failed(ErrorClass::Dns) }, DeferReason::Local),
+        ];
+        for (attempt, expected) in cases {
+            assert_eq!(defer_reason(&attempt), expected, "{attempt:?}");
+        }
+    }
 }

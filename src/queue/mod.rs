@@ -33,7 +33,7 @@ use crate::spool::envelope::AttemptRecord;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
 use dest::Destinations;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -108,6 +108,8 @@ impl Job {
 pub(crate) struct Done {
     pub(crate) id: String,
     pub(crate) next: Next,
+    /// The message's arrival from its envelope, when the delivery read it.
+    pub(crate) arrival: Option<u64>,
 }
 
 /// What becomes of a message after its turn.
@@ -123,6 +125,16 @@ pub(crate) enum Next {
     /// The spool failed it (logged already): tried again from the job after
     /// a short backoff.
     SpoolFailed(Job),
+}
+
+/// A message's arrival (Unix seconds) as its id tells it, for one whose
+/// envelope the scheduler has not read yet. An id can run ahead of the
+/// clock (the generator is floored at its lease after a restart), so it
+/// is taken as now at the latest; the envelope's arrival replaces it after
+/// the message's next delivery attempt.
+fn id_arrival(id: &str) -> u64 {
+    let now = now_secs();
+    crate::spool::id::decode(id).map_or(now, |us| (us / 1_000_000).min(now))
 }
 
 /// The wait before trying again a message the spool failed: 1 s, doubling
@@ -157,8 +169,10 @@ pub(crate) struct Scheduler {
     /// Spool failures in a row, by message, for `spool_backoff`.
     spool_failures: HashMap<String, u32>,
     /// Ids queued in `fresh`/`retry`/`waiting` or in delivery, so a message
-    /// is never scheduled twice (a rescan can meet one already known).
-    known: HashSet<String>,
+    /// is never scheduled twice (a rescan can meet one already known), with
+    /// each one's arrival for the oldest-message gauge: the envelope's when
+    /// the scheduler has seen it, else what the id says (`id_arrival`).
+    known: HashMap<String, u64>,
     /// Deliveries running, by message id, so an operator action can stop one.
     running: HashMap<String, tokio::task::JoinHandle<()>>,
     turn: u32,
@@ -180,7 +194,7 @@ impl Scheduler {
             retry: VecDeque::new(),
             waiting: BTreeMap::new(),
             spool_failures: HashMap::new(),
-            known: HashSet::new(),
+            known: HashMap::new(),
             running: HashMap::new(),
             turn: 0,
             held: 0,
@@ -203,14 +217,14 @@ impl Scheduler {
             let mut ids = self.spool.list(state)?;
             ids.sort_unstable_by(|a, b| crate::spool::id::arrival_key(a).cmp(&crate::spool::id::arrival_key(b)));
             for id in ids {
-                self.known.insert(id.clone());
+                self.known.insert(id.clone(), id_arrival(&id));
                 self.fresh.push_back(Job::OnDisk(id, state));
             }
         }
         for id in self.spool.list(State::Deferred)? {
             match self.spool.read_envelope(State::Deferred, &id) {
                 Ok(env) => {
-                    self.known.insert(id.clone());
+                    self.known.insert(id.clone(), env.arrival);
                     self.waiting.insert((env.next_attempt, id.clone()), Job::OnDisk(id, State::Deferred));
                 }
                 Err(e) => {
@@ -253,9 +267,10 @@ impl Scheduler {
     }
 
     fn add_fresh(&mut self, env: Envelope) {
-        if !self.known.insert(env.id.clone()) {
+        if self.known.contains_key(&env.id) {
             return;
         }
+        self.known.insert(env.id.clone(), env.arrival);
         if self.fresh.len() < FRESH_IN_MEMORY {
             self.fresh.push_back(Job::Fresh(env));
         } else {
@@ -296,7 +311,7 @@ impl Scheduler {
                 self.fresh.pop_front().or_else(|| self.retry.pop_front())
             };
             let Some(job) = job else { return };
-            if self.running.contains_key(job.id()) || !self.known.contains(job.id()) {
+            if self.running.contains_key(job.id()) || !self.known.contains_key(job.id()) {
                 continue; // a stale duplicate, or a message an operator took away
             }
             let ctx = attempt::Context {
@@ -325,6 +340,9 @@ impl Scheduler {
     fn finished(&mut self, done: Done) {
         if self.running.remove(&done.id).is_none() {
             return; // stopped by an operator action, already accounted for
+        }
+        if let (Some(arrival), Some(known)) = (done.arrival, self.known.get_mut(&done.id)) {
+            *known = arrival;
         }
         match done.next {
             Next::Skipped => {}
@@ -476,7 +494,7 @@ impl Scheduler {
             }
             (QueueAction::Release, Some(State::Hold))
             | (QueueAction::Requeue | QueueAction::Deliver, Some(State::Deferred | State::Active)) => {
-                self.known.insert(id.to_string());
+                self.known.insert(id.to_string(), id_arrival(id));
                 self.retry.push_front(Job::OnDisk(id.to_string(), State::Incoming));
             }
             _ => {}
@@ -489,15 +507,15 @@ impl Scheduler {
     /// deferred: every other message the scheduler knows (waiting for its
     /// time, or due and in the retry line). An operator's delete leaves
     /// `known` at once, though its stale entries stay in the lines.
+    ///
+    /// The oldest message is the earliest arrival among all of these, held
+    /// mail aside: a message on hold waits for an operator, not for
+    /// delivery, and would pin the age at its own for as long as it is kept
+    /// (`posthorn_queue_messages{state="hold"}` counts those).
     fn gauges(&self, oldest: bool) -> QueueGauges {
         let incoming = self.fresh.len() as u64;
         let active = self.running.len() as u64;
-        // Ids sort in arrival order, so the smallest is the oldest.
-        let oldest_arrival = oldest
-            .then(|| self.known.iter().min_by_key(|id| crate::spool::id::arrival_key(id)))
-            .flatten()
-            .and_then(|id| crate::spool::id::decode(id))
-            .map(|us| us / 1_000_000);
+        let oldest_arrival = oldest.then(|| self.known.values().min().copied()).flatten();
         QueueGauges {
             incoming,
             active,

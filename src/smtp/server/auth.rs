@@ -7,12 +7,15 @@
 //! `auth.failure_delay`. Each attempt is counted against the client (IPv6
 //! by /64) and the user before its check, and given back on success; a
 //! client or user with too many is refused (454) for a while
-//! (`auth.max_failures`, `auth.failure_window`).
+//! (`auth.max_failures`, `auth.failure_window`). Both kinds of failure,
+//! a wrong password and a refusal by the limit, are counted in
+//! `posthorn_auth_failures_total`.
 
 use super::session::{Peer, Session, Step, not_implemented};
 use crate::auth;
 use crate::message::outcome::printable;
 use crate::smtp::proto::command::Verb;
+use crate::metrics::{AuthFailure, AuthMechanism};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
 
@@ -66,6 +69,7 @@ impl Session<'_> {
             && self.security.limiter.is_blocked(addr.ip())
         {
             tracing::warn!("{}: too many failed AUTH attempts; AUTH refused", self.peer);
+            self.security.metrics.auth_failed(AuthMechanism::named(mechanism), AuthFailure::Limited);
             return reply(454, Enhanced(4, 7, 0), "Too many failed authentication attempts, try again later");
         }
         match (mechanism, initial) {
@@ -141,11 +145,12 @@ impl Session<'_> {
 
     /// Counts the attempt before its check (`AuthLimiter::reserve`); the
     /// refusal to send when the client or the user has no attempts left.
-    fn auth_reserve(&self, user: &str) -> Option<Reply> {
+    fn auth_reserve(&self, mechanism: &str, user: &str) -> Option<Reply> {
         if self.security.limiter.reserve(self.client_ip(), Some(user)) {
             return None;
         }
         tracing::warn!("{}: too many failed AUTH attempts (client or user {user:?}); AUTH refused", self.peer);
+        self.security.metrics.auth_failed(AuthMechanism::named(mechanism), AuthFailure::Limited);
         Some(Reply::new(454, Enhanced(4, 7, 0), "Too many failed authentication attempts, try again later"))
     }
 
@@ -168,6 +173,7 @@ impl Session<'_> {
                 "{}: SASL {mechanism} authentication failed: authentication failure, sasl_username={shown}",
                 self.peer
             );
+            self.security.metrics.auth_failed(AuthMechanism::named(mechanism), AuthFailure::Credentials);
             Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
         }
     }
@@ -177,7 +183,7 @@ impl Session<'_> {
 /// after `auth.failure_delay`, which slows password guessing down.
 pub(super) async fn verify(session: &mut Session<'_>, credentials: Credentials) -> Reply {
     let Credentials { mechanism, user, password } = credentials;
-    if let Some(refused) = session.auth_reserve(&user) {
+    if let Some(refused) = session.auth_reserve(mechanism, &user) {
         session.stats.record(Some(Verb::Auth), false);
         return refused;
     }
