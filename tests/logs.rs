@@ -265,9 +265,8 @@ fn postfix_log_tools_read_a_hub_and_a_satellite() {
     let got = ok_sink.wait_for_parsed(7, secs(30));
     assert_eq!(got.iter().map(|d| d.rcpt_to.len()).sum::<usize>(), 8, "hub:\n{}", rsyslog.read("hub.log"));
     assert!(wait_until(secs(20), || hub.queued_count() == 0 && sat.queued_count() == 0), "{}", hub.log());
-    let hub_log_has = |pattern: &str, n: usize| {
-        wait_until(secs(10), || count_lines(&rsyslog.read("hub.log"), &[pattern]) >= n)
-    };
+    let hub_log_has =
+        |pattern: &str, n: usize| wait_until(secs(10), || count_lines(&rsyslog.read("hub.log"), &[pattern]) >= n);
     assert!(hub_log_has("]: disconnect from", 6), "{}", rsyslog.read("hub.log"));
     assert!(hub_log_has(": removed", 9), "{}", rsyslog.read("hub.log"));
     let hub_log = rsyslog.read("hub.log");
@@ -329,7 +328,8 @@ fn postfix_log_tools_read_a_hub_and_a_satellite() {
     let smtp_lines = count_lines(&hub_log, &[" postfix/smtp[", ", delays="]);
     // Each line gives four observations (a, b, c, d); this exporter's
     // build files them all under an empty `stage` label.
-    let observed: f64 = m.iter().filter(|(k, _)| k.starts_with("postfix_smtp_delivery_delay_seconds_count")).map(|(_, v)| v).sum();
+    let observed: f64 =
+        m.iter().filter(|(k, _)| k.starts_with("postfix_smtp_delivery_delay_seconds_count")).map(|(_, v)| v).sum();
     assert_eq!(observed, 4.0 * smtp_lines as f64, "{m:?}");
     assert!(get("postfix_smtp_status_deferred") >= 1.0, "{m:?}");
     for service in ["smtpd", "smtp", "cleanup"] {
@@ -451,7 +451,9 @@ fn journald_gets_native_fields() {
         let out = run("journalctl", &["--no-pager", "-o", "json", &format!("SYSLOG_PID={pid}")]);
         out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).collect::<Vec<_>>()
     };
-    assert!(wait_until(secs(10), || lines().iter().any(|l| l["MESSAGE"].as_str().is_some_and(|m| m.ends_with(": removed")))));
+    assert!(wait_until(secs(10), || lines()
+        .iter()
+        .any(|l| l["MESSAGE"].as_str().is_some_and(|m| m.ends_with(": removed")))));
     let all = lines();
     let removed = all.iter().find(|l| l["MESSAGE"].as_str().unwrap().ends_with(": removed")).unwrap();
     let id = removed["QUEUE_ID"].as_str().unwrap().to_string();
@@ -493,7 +495,12 @@ fn postfix_start_logs_to_syslog_by_default() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let started = wait_until(secs(10), || rsyslog.read("sat.log").contains(" posthorn/master["));
     let stopped = postfix("stop");
-    assert!(started, "sat.log: {}\nposthorn.log: {}", rsyslog.read("sat.log"), fs::read_to_string(spool.join("posthorn.log")).unwrap_or_default());
+    assert!(
+        started,
+        "sat.log: {}\nposthorn.log: {}",
+        rsyslog.read("sat.log"),
+        fs::read_to_string(spool.join("posthorn.log")).unwrap_or_default()
+    );
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
     // The daemon's own file holds only the readiness lines.
     let own = fs::read_to_string(spool.join("posthorn.log")).unwrap();

@@ -656,10 +656,23 @@ fn log_accepted(env: &Envelope, door: Door, sasl: Option<&(&'static str, String)
                 line.push_str(&format!(", orig_queue_id={trace}"));
             }
             let user = sasl.map(|(_, u)| u.as_str());
-            tracing::info!(service = "smtpd", queue_id = id, client_addr = ip.as_str(), sasl_username = user, trace_id = trace, "{line}");
+            tracing::info!(
+                service = "smtpd",
+                queue_id = id,
+                client_addr = ip.as_str(),
+                sasl_username = user,
+                trace_id = trace,
+                "{line}"
+            );
         }
         (None, Some(user)) if door == Door::Local => {
-            tracing::info!(service = "pickup", queue_id = id, uid = user.as_str(), "{id}: uid={user} from=<{}>", env.sender);
+            tracing::info!(
+                service = "pickup",
+                queue_id = id,
+                uid = user.as_str(),
+                "{id}: uid={user} from=<{}>",
+                env.sender
+            );
         }
         _ => {}
     }

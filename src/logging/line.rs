@@ -65,7 +65,10 @@ fn traditional_stamp(out: &mut String) {
 
 /// RFC 3339 with microseconds and the local offset (RFC 5424, JSON).
 fn rfc3339_now() -> String {
-    jiff::Timestamp::now().to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%dT%H:%M:%S%.6f%:z").to_string()
+    jiff::Timestamp::now()
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%dT%H:%M:%S%.6f%:z")
+        .to_string()
 }
 
 /// `name/service[pid]`
@@ -105,7 +108,8 @@ pub(crate) fn rfc3164(t: &Tag, record: &Record) -> String {
 /// `%programname%` and pflogsumm see Postfix's own lines.
 pub(crate) fn rfc5424(t: &Tag, record: &Record) -> String {
     let mut out = String::with_capacity(record.text.len() + 80);
-    let _ = write!(out, "<{}>1 {} {} {}/{} {} - - ", t.pri(record), rfc3339_now(), t.host, t.name, record.service, t.pid);
+    let _ =
+        write!(out, "<{}>1 {} {} {}/{} {} - - ", t.pri(record), rfc3339_now(), t.host, t.name, record.service, t.pid);
     push_one_line(&mut out, &record.text);
     out
 }
@@ -174,7 +178,8 @@ pub(crate) fn journald(t: &Tag, record: &Record) -> Vec<u8> {
 /// A field name as journald accepts it: upper case, digits and `_`, not
 /// starting with `_` (those are the journal's own trusted fields).
 fn journald_name(name: &str) -> Option<String> {
-    let upper: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let upper: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
     let ok = upper.starts_with(|c: char| c.is_ascii_uppercase()) && upper.len() <= 64;
     ok.then_some(upper)
 }

@@ -129,7 +129,10 @@ impl Sink {
             match open_file(path) {
                 Ok(new) => *file = new,
                 Err(e) => {
-                    let text = format!("warning: cannot reopen the log {}: {e}; still writing to the old file\n", path.display());
+                    let text = format!(
+                        "warning: cannot reopen the log {}: {e}; still writing to the old file\n",
+                        path.display()
+                    );
                     let _ = file.write_all(text.as_bytes());
                 }
             }

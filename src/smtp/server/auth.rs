@@ -14,8 +14,8 @@
 use super::session::{Peer, Session, Step, not_implemented};
 use crate::auth;
 use crate::message::outcome::printable;
-use crate::smtp::proto::command::Verb;
 use crate::metrics::{AuthFailure, AuthMechanism};
+use crate::smtp::proto::command::Verb;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
 
