@@ -620,15 +620,18 @@ fn resolve_log(raw: RawLog, err: &KeyError) -> Result<crate::logging::Settings, 
         Some(other) => return Err(err("log.format", format!("`{other}` is not text or json"))),
     };
     if let Some(name) = raw.syslog_name {
-        let ok = !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !ok {
             return Err(err("log.syslog_name", format!("`{name}` is not a syslog name (letters, digits, - _ .)")));
         }
         log.syslog_name = name;
     }
     if let Some(name) = raw.syslog_facility {
-        log.facility = Facility::from_name(&name)
-            .ok_or_else(|| err("log.syslog_facility", format!("`{name}` is not mail, daemon, user or local0..local7")))?;
+        log.facility = Facility::from_name(&name).ok_or_else(|| {
+            err("log.syslog_facility", format!("`{name}` is not mail, daemon, user or local0..local7"))
+        })?;
     }
     log.rfc5424 = match raw.syslog_format.as_deref() {
         None | Some("rfc3164") => false,

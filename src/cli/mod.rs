@@ -260,8 +260,8 @@ fn serve(explicit: Option<&Path>, format: Option<LogFormat>, default_log: Option
             return exit::SOFTWARE;
         }
     };
-    let to_stderr = config.log.to.as_ref().is_none_or(|to| *to == crate::logging::Destination::Stderr)
-        && default_log.is_none();
+    let to_stderr =
+        config.log.to.as_ref().is_none_or(|to| *to == crate::logging::Destination::Stderr) && default_log.is_none();
     match rt.block_on(crate::daemon::serve(config)) {
         Ok(()) => exit::OK,
         Err(e) => {

@@ -219,7 +219,12 @@ impl Relay {
             let attempt =
                 Attempt::failed(ErrorClass::Local, format!("no {} configured (relay.smarthosts)", self.settings.noun));
             let n = msg.recipients.len();
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false, setup: None };
+            return Delivery {
+                outcomes: vec![Outcome::Transient(attempt); n],
+                hop_down: true,
+                remote_dsn: false,
+                setup: None,
+            };
         }
         self.deliver_list(self.hosts.iter().map(|h| h.as_ref().map_err(String::as_str)), msg).await
     }
@@ -248,7 +253,12 @@ impl Relay {
             _ => None,
         };
         if let Some(attempt) = local_trouble {
-            return Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false, setup: None };
+            return Delivery {
+                outcomes: vec![Outcome::Transient(attempt); n],
+                hop_down: true,
+                remote_dsn: false,
+                setup: None,
+            };
         }
         let mut last = None;
         let mut hop_down = true;
@@ -300,7 +310,12 @@ impl Relay {
         if let (Some(attempt), None) = (looped, &last) {
             // Nowhere to go but back to ourselves: waiting will not change
             // that, so it bounces, as in Postfix.
-            return Delivery { outcomes: vec![Outcome::Permanent(attempt); n], hop_down: false, remote_dsn: false, setup: None };
+            return Delivery {
+                outcomes: vec![Outcome::Permanent(attempt); n],
+                hop_down: false,
+                remote_dsn: false,
+                setup: None,
+            };
         }
         let why = if any { "could be tried" } else { "to try" };
         let attempt =
@@ -613,7 +628,11 @@ fn judge(label: &Label, n: usize, result: Result<Vec<RcptResult>, ClientError>, 
         // Once the final dot is out, the server may have the message: trying
         // another host now would risk a duplicate, so wait for the retry.
         Err(e) if e.phase() == Phase::DataEnd => {
-            return HostTry::Done(vec![Outcome::Transient(with_tls(session_error(label, &e))); n], false, Duration::ZERO);
+            return HostTry::Done(
+                vec![Outcome::Transient(with_tls(session_error(label, &e))); n],
+                false,
+                Duration::ZERO,
+            );
         }
         Err(e) => return HostTry::Unreachable(with_tls(session_error(label, &e))),
         Ok(results) => results,
