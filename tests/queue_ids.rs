@@ -27,8 +27,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spool-0.1.0");
-
 /// mailgraph's pattern for the line that counts a received message
 /// (`/usr/sbin/mailgraph`, Postfix section).
 const MAILGRAPH: &str = r"/^(?:[\dA-F]+|[\dB-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]+): client=/";
@@ -55,20 +53,6 @@ fn old_form(mut v: u64) -> String {
         v /= 36;
     }
     String::from_utf8(out.to_vec()).unwrap()
-}
-
-/// Copies the fixture's queued messages (not its maildrop) into `spool`.
-fn install_fixture(spool: &Path) {
-    for state in ["data", "deferred", "hold"] {
-        let to = spool.join(state);
-        fs::create_dir_all(&to).unwrap();
-        for entry in fs::read_dir(Path::new(FIXTURE).join(state)).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            fs::copy(entry.path(), &target).unwrap();
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -132,14 +116,10 @@ fn en_us(dir: &Path) -> std::path::PathBuf {
 #[test]
 fn old_ids_keep_working_and_new_ids_suit_postfix_log_tools() {
     let mut sink = Sink::start_stopped();
-    // The fixture's messages are days old: no delay warnings, no expiry.
-    let config = with_lines(
-        &satellite_config(&[sink.addr()]),
-        &["queue.delay_warning = \"0s\"", "queue.max_lifetime = \"520w\""],
-    );
+    let config = spool_0_1_0_config(sink.addr());
     let mut ph = Posthorn::start(&config);
     ph.stop();
-    install_fixture(&ph.spool_dir());
+    install_spool_0_1_0(&ph.spool_dir(), &["data", "deferred", "hold"]);
     // An earlier release's lease, a year ahead of now: every new id must
     // decode above it, though as a string (`HP…`) it sorts after them all.
     let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;

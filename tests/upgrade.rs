@@ -21,38 +21,15 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spool-0.1.0");
-
-/// Copies the fixture's state directories into `spool` (modes as the
-/// daemon makes them: git keeps none).
-fn install_fixture(spool: &Path) {
-    for state in ["data", "deferred", "hold", "maildrop"] {
-        let from = Path::new(FIXTURE).join(state);
-        let to = spool.join(state);
-        fs::create_dir_all(&to).unwrap();
-        for entry in fs::read_dir(&from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            fs::copy(entry.path(), &target).unwrap();
-            fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
-        }
-    }
-}
-
 #[test]
 fn spool_of_0_1_0_loads_and_delivers() {
     // The fixture's retry times are long past: with the smarthost down
     // until the listings are checked, nothing leaves before that.
     let mut sink = Sink::start_stopped();
-    // The fixture's messages age with the calendar: no delay warnings (4 h
-    // by default) and no expiry (5 days) while the test runs.
-    let config = with_lines(
-        &satellite_config(&[sink.addr()]),
-        &["queue.delay_warning = \"0s\"", "queue.max_lifetime = \"520w\""],
-    );
+    let config = spool_0_1_0_config(sink.addr());
     let mut ph = Posthorn::start(&config);
     ph.stop();
-    install_fixture(&ph.spool_dir());
+    install_spool_0_1_0(&ph.spool_dir(), &["data", "deferred", "hold", "maildrop"]);
     ph.restart();
 
     // Listings read the old envelopes, typed history included.

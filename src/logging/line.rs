@@ -37,7 +37,7 @@ impl Tag {
     }
 
     fn pri(&self, record: &Record) -> u8 {
-        self.facility * 8 + record.severity().code()
+        self.facility * 8 + record.severity.code()
     }
 }
 
@@ -122,7 +122,7 @@ pub(crate) fn json(t: &Tag, record: &Record) -> String {
     map.insert("host".into(), t.host.clone().into());
     map.insert("service".into(), record.service.clone().into());
     map.insert("pid".into(), t.pid.into());
-    map.insert("level".into(), record.severity().name().into());
+    map.insert("level".into(), record.severity.name().into());
     for (name, value) in &record.fields {
         map.insert((*name).into(), json_value(value));
     }
@@ -163,7 +163,7 @@ pub(crate) fn journald(t: &Tag, record: &Record) -> Vec<u8> {
         out.push(b'\n');
     };
     field("MESSAGE", &record.text);
-    field("PRIORITY", &record.severity().code().to_string());
+    field("PRIORITY", &record.severity.code().to_string());
     field("SYSLOG_FACILITY", &t.facility.to_string());
     field("SYSLOG_IDENTIFIER", &format!("{}/{}", t.name, record.service));
     field("SYSLOG_PID", &t.pid.to_string());
@@ -202,7 +202,7 @@ mod tests {
     fn record(text: &str, severity: Severity) -> Record {
         Record {
             service: "smtpd".into(),
-            severity: Some(severity),
+            severity,
             text: text.into(),
             fields: vec![("queue_id", Value::Str("0BJ8Z9KQ2XW".into())), ("delay", Value::F64(0.25))],
         }

@@ -153,10 +153,10 @@ impl Severity {
 }
 
 /// One event, taken apart: what every sink formats from.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) service: String,
-    pub(crate) severity: Option<Severity>,
+    pub(crate) severity: Severity,
     /// The message with Postfix's severity prefix.
     pub(crate) text: String,
     /// Structured fields in the order they were given; the queue id first
@@ -291,11 +291,7 @@ impl Record {
         let mut text = String::with_capacity(collect.message.len() + 10);
         text.push_str(severity.prefix(collect.panic));
         text.push_str(&collect.message);
-        Record { service, severity: Some(severity), text, fields }
-    }
-
-    pub(crate) fn severity(&self) -> Severity {
-        self.severity.unwrap_or(Severity::Info)
+        Record { service, severity, text, fields }
     }
 }
 

@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(fallback, None);
         let record = Record {
             service: "qmgr".into(),
-            severity: Some(super::super::Severity::Info),
+            severity: super::super::Severity::Info,
             text: "0BJ8Z9KQ2XW: removed".into(),
             fields: vec![],
         };

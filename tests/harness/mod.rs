@@ -749,3 +749,30 @@ pub fn queue_id_of(line: &str) -> Option<String> {
         .find(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric()))
         .map(str::to_string)
 }
+
+/// Files that posthorn 0.1.0 wrote itself: a satellite's spool with
+/// deferred, held and maildrop mail under ten-character ids (see
+/// tests/upgrade.rs).
+pub const SPOOL_0_1_0: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/spool-0.1.0");
+
+/// Copies the 0.1.0 fixture's `states` directories into `spool`, with the
+/// modes the daemon makes (git keeps none).
+pub fn install_spool_0_1_0(spool: &Path, states: &[&str]) {
+    for state in states {
+        let to = spool.join(state);
+        fs::create_dir_all(&to).unwrap();
+        for entry in fs::read_dir(Path::new(SPOOL_0_1_0).join(state)).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            fs::copy(entry.path(), &target).unwrap();
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+}
+
+/// A satellite relaying to `smarthost` for the 0.1.0 fixture, whose
+/// messages age with the calendar: no delay warnings (4 h by default) and
+/// no expiry (5 days) while a test runs.
+pub fn spool_0_1_0_config(smarthost: SocketAddr) -> String {
+    with_lines(&satellite_config(&[smarthost]), &["queue.delay_warning = \"0s\"", "queue.max_lifetime = \"520w\""])
+}
