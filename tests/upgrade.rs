@@ -17,9 +17,6 @@
 mod harness;
 
 use harness::*;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 #[test]
 fn spool_of_0_1_0_loads_and_delivers() {
