@@ -171,6 +171,7 @@ fn postfix_relays_into_the_hub_with_dsn_8bit_and_pipelining() {
 
     // posthorn: one message, three recipients, each in its Maildir intact.
     assert!(hub.wait_for_log(&format!("{ph_id}: client="), secs(5)), "{}", hub.log());
+    assert!(hub.wait_for_log(&format!("{ph_id}: from="), secs(5)), "{}", hub.log());
     assert!(hub.log_lines(&[&format!("{ph_id}: from=")])[0].contains("nrcpt=3"), "{}", hub.log());
     for user in ["alice", "bob", "carol"] {
         let got = wait_maildir_with(mail.path(), user, &ph_id);
