@@ -32,6 +32,18 @@ pub(crate) enum TlsPolicy {
     Verify,
 }
 
+/// `smtp.bare_newline`: a message line ending in LF alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BareNewline {
+    /// From trusted networks, local submission and the filter's
+    /// reinjection: stored as CRLF. From anyone else: refused (550 5.5.2),
+    /// since a bare LF is how SMTP smuggling starts.
+    Normalize,
+    /// Refused from every client.
+    Reject,
+}
+
 /// The effective configuration, role defaults applied.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -241,6 +253,9 @@ pub(crate) struct Smtp {
     /// `Received:` fields a message may carry in; one more is a mail loop
     /// (Postfix `hopcount_limit`).
     pub(crate) hopcount_limit: usize,
+    /// What a bare LF in message text gets (Postfix
+    /// `smtpd_forbid_bare_newline`, whose 3.9 default this follows).
+    pub(crate) bare_newline: BareNewline,
 }
 
 #[derive(Clone, Debug)]
@@ -700,6 +715,7 @@ struct RawSmtp {
     repeat_log_interval: Option<Dur>,
     max_errors: Option<u32>,
     hopcount_limit: Option<usize>,
+    bare_newline: Option<BareNewline>,
 }
 
 fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, ConfigError> {
@@ -742,6 +758,7 @@ fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, Config
         repeat_log_interval: raw.repeat_log_interval.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
         max_errors: raw.max_errors.unwrap_or(20),
         hopcount_limit: raw.hopcount_limit.unwrap_or(50),
+        bare_newline: raw.bare_newline.unwrap_or(BareNewline::Normalize),
     })
 }
 

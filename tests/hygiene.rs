@@ -24,6 +24,10 @@
 //!    signature still holds).
 //! 9. `posthorn auth add` writes Argon2id entries; the SHA-512-crypt
 //!    entries of an older file still log in beside them.
+//! 10. A message with bare LF line ends (smtplib with a LF-built message)
+//!    is normalized from trusted clients and the reinjection listener,
+//!    refused (550 5.5.2) from others and from all with `bare_newline =
+//!    "reject"` (issue 14, item 7).
 
 mod harness;
 
@@ -365,4 +369,47 @@ fn new_password_entries_are_argon2id_and_old_ones_still_verify() {
 
     let got = smtplib_program(ph.smtp_addr(), LOGIN_PROGRAM);
     assert_eq!(got.lines().collect::<Vec<_>>(), ["ops 235", "alice 235", "alice 535"], "log:\n{}", ph.log());
+}
+
+/// Python's `smtplib.sendmail` with a message built with LF line ends: it
+/// dot-stuffs after each LF and ends with CRLF . CRLF. Prints the reply
+/// code and enhanced code of the end of data.
+const BARE_LF_PROGRAM: &str = r#"
+import smtplib, sys
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30)
+try:
+    s.sendmail('app@vm.test', ['ops@example.org'], b'Subject: bare lf\n\n.dotted line\nsecond line\n')
+    print('250')
+except smtplib.SMTPDataError as e:
+    print(e.smtp_code, e.smtp_error.decode().split()[0])
+s.quit()
+"#;
+
+#[test]
+fn bare_lf_is_normalized_from_trusted_clients_and_refused_from_others() {
+    let sink = Sink::start();
+    let trusted = satellite(&sink);
+    assert_eq!(smtplib_program(trusted.smtp_addr(), BARE_LF_PROGRAM).trim(), "250", "log:\n{}", trusted.log());
+    let got = sink.wait_for_parsed(1, secs(30));
+    let body = String::from_utf8_lossy(&got[0].body()).into_owned();
+    assert_eq!(got[0].header("Subject").as_deref(), Some("bare lf"), "{got:?}");
+    assert!(body.starts_with(".dotted line\nsecond line\n"), "{body:?}");
+
+    // 127.0.0.1 is a stranger here; the reinjection listener still takes
+    // the filter's output as it is written.
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n";
+    let stranger = Posthorn::start(&with_lines(
+        base,
+        &[
+            "access.trusted_networks = [\"192.0.2.0/24\"]",
+            "access.relay_domains = [\"example.org\"]",
+            "filter.reinject_listen = \"127.0.0.1:0\"",
+        ],
+    ));
+    assert_eq!(smtplib_program(stranger.smtp_addr(), BARE_LF_PROGRAM).trim(), "550 5.5.2", "log:\n{}", stranger.log());
+    assert_eq!(smtplib_program(stranger.reinject_addr(), BARE_LF_PROGRAM).trim(), "250", "log:\n{}", stranger.log());
+
+    // `reject` refuses it from everyone.
+    let strict = Posthorn::start(&with_lines(&satellite_config(&[sink.addr()]), &["smtp.bare_newline = \"reject\""]));
+    assert_eq!(smtplib_program(strict.smtp_addr(), BARE_LF_PROGRAM).trim(), "550 5.5.2", "log:\n{}", strict.log());
 }

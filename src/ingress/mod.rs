@@ -258,6 +258,11 @@ impl Ingress {
         Ingress { filtered: true, door: Door::Reinject, ..self.clone() }
     }
 
+    /// Whether this is the content filter's reinjection door.
+    pub(crate) fn is_reinjection(&self) -> bool {
+        self.door == Door::Reinject
+    }
+
     /// Whether `address` is acceptable as a recipient: it expands without
     /// a loop, and its final recipients in local domains exist. Asked at
     /// RCPT so that unknown users are refused, not bounced later.

@@ -18,6 +18,14 @@
 //! which this server would then accept as coming from that sender. A message
 //! with any bare CR or LF is flagged so the session refuses it.
 //!
+//! Trusted clients (Python's `smtplib.sendmail` with a message built with LF
+//! line ends, scripts on the machine itself) get Postfix 3.9's
+//! `smtpd_forbid_bare_newline = normalize` instead (`normalizing`): a bare
+//! LF ends the line and is stored as CRLF, and a dot after it is stuffing
+//! like any other line's, but the data still ends only at `CRLF . CRLF`.
+//! A `.` line that follows a bare LF is text: the end of data cannot be
+//! smuggled even from a trusted client.
+//!
 //! The CRLF that ended the DATA command counts as the first CRLF of the
 //! terminator, so a message may be empty.
 
@@ -32,7 +40,8 @@ enum State {
     Cr,
     /// A line began with `.`; the dot was dropped (unstuffing).
     Dot,
-    /// A line began with `.` CR: LF now ends the data.
+    /// A line began with `.` CR: LF now ends the data, unless the line
+    /// began after a bare LF (normalizing only).
     DotCr,
     /// The terminator was seen.
     Done,
@@ -52,6 +61,11 @@ pub struct DataDecoder {
     /// DATA: a leading dot is stuffing, and `.` CRLF ends the data. Not
     /// for BDAT.
     dot_stuffed: bool,
+    /// A bare LF is a line end, stored as CRLF, instead of a refusal.
+    normalize: bool,
+    /// The current line began after a bare LF (normalizing only): a lone
+    /// dot on it does not end the data.
+    after_bare_lf: bool,
 }
 
 impl DataDecoder {
@@ -67,7 +81,15 @@ impl DataDecoder {
             bare_cr: false,
             bare_lf: false,
             long_line: false,
+            normalize: false,
+            after_bare_lf: false,
         }
+    }
+
+    /// The same decoder, with bare LF taken as a line end and stored as
+    /// CRLF (see the module doc); bare CR is still flagged.
+    pub fn normalizing(self) -> DataDecoder {
+        DataDecoder { normalize: true, ..self }
     }
 
     /// A decoder for the octets of a message's BDAT chunks, fed one after
@@ -119,6 +141,10 @@ impl DataDecoder {
                         self.count(1);
                         if c == b'\r' {
                             self.state = State::Cr;
+                        } else if self.normalize {
+                            self.emit(b"\r\n", out);
+                            self.state = State::LineStart;
+                            self.after_bare_lf = true;
                         } else {
                             // Bare LF: not a line start (see the module doc).
                             self.bare_lf = true;
@@ -130,12 +156,13 @@ impl DataDecoder {
                 State::Cr | State::DotCr => {
                     if input[i] == b'\n' {
                         i += 1;
-                        if self.state == State::DotCr {
+                        if self.state == State::DotCr && !self.after_bare_lf {
                             self.state = State::Done;
                         } else {
                             self.count(1);
                             self.emit(b"\r\n", out);
                             self.state = State::LineStart;
+                            self.after_bare_lf = false;
                         }
                     } else {
                         // Bare CR; the byte after it is handled as text.
@@ -245,6 +272,34 @@ mod tests {
             long_line: false,
             size: message.len() as u64,
         }
+    }
+
+    /// Normalizing (trusted clients): bare LF is a line end stored as
+    /// CRLF, dots after it are unstuffed, and only CRLF . CRLF ends.
+    #[test]
+    fn normalizing_bare_lf() {
+        let run = |input: &[u8]| {
+            let mut d = DataDecoder::new(1000).normalizing();
+            let mut out = Vec::new();
+            let used = d.feed(input, &mut out);
+            (out, d.is_done(), input[used..].to_vec(), d.saw_bare_line_ending())
+        };
+        // smtplib's bytes message: LF lines, stuffed, then CRLF . CRLF.
+        let (out, done, rest, flagged) = run(b"Subject: x\n\n..dot\nbody\r\n.\r\nQUIT\r\n");
+        assert_eq!(out, b"Subject: x\r\n\r\n.dot\r\nbody\r\n");
+        assert!(done && !flagged);
+        assert_eq!(rest, b"QUIT\r\n");
+        // LF . CRLF and LF . LF are text, never the end.
+        let (out, done, _, _) = run(b"one\n.\r\nMAIL FROM:<x@y>\r\n.\n");
+        assert!(!done);
+        assert_eq!(out, b"one\r\n\r\nMAIL FROM:<x@y>\r\n\r\n");
+        // The standard end still ends it, after a normalized line too.
+        let (out, done, _, _) = run(b"a\nb\r\n.\r\n");
+        assert!(done);
+        assert_eq!(out, b"a\r\nb\r\n");
+        // A bare CR is still flagged.
+        let (_, _, _, flagged) = run(b"a\rb\r\n.\r\n");
+        assert!(flagged);
     }
 
     #[test]

@@ -26,6 +26,7 @@
 
 use super::conn::{Conn, End, READ_SIZE};
 use super::session::{Session, Step};
+use crate::config::BareNewline;
 use crate::ingress::{Ingress, MessageWriter, Transaction};
 use crate::smtp::proto::command::Verb;
 use crate::smtp::proto::data::DataDecoder;
@@ -154,7 +155,8 @@ where
     conn.flush().await?;
     let config = session.config;
     let limits = &config.smtp;
-    let mut message = ReceivingMessage::new(writer, limits.max_message_size, limits.max_data_line_length);
+    let decoder = session.decoder(DataDecoder::new(limits.max_data_line_length));
+    let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
     // What the client sent after DATA in the same packet is message text.
     let early = conn.reader.take_buffered();
     let used = message.take(&early).await;
@@ -172,6 +174,20 @@ where
     }
     let result = message.finish().await;
     Ok(session.message_end(Verb::Data, &id, result))
+}
+
+impl Session<'_> {
+    /// `decoder` as this client gets it: with bare LF normalized when
+    /// `smtp.bare_newline = "normalize"` and the client is trusted (a
+    /// trusted network, a local submission, the filter reinjecting), as
+    /// Postfix 3.9 does with `$mynetworks` excluded from its ban.
+    fn decoder(&self, decoder: DataDecoder) -> DataDecoder {
+        let trusted = super::access::is_trusted(&self.config.access, &self.peer) || self.ingress.is_reinjection();
+        match self.config.smtp.bare_newline {
+            BareNewline::Normalize if trusted => decoder.normalizing(),
+            _ => decoder,
+        }
+    }
 }
 
 /// BDAT after its command line: reads the chunk into the message, or drops
@@ -202,7 +218,8 @@ where
         Ok(NextChunk::First(tx)) => match ingress.open(*tx).await {
             Ok(writer) => {
                 let id = writer.id().to_string();
-                let message = ReceivingMessage::chunks(writer, limits.max_message_size, limits.max_data_line_length);
+                let decoder = session.decoder(DataDecoder::chunks(limits.max_data_line_length));
+                let message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
                 Ok(Box::new(Chunks { id, message }))
             }
             Err(e) => Err(e.reply()),
@@ -273,15 +290,6 @@ pub(super) struct ReceivingMessage {
 }
 
 impl ReceivingMessage {
-    fn new(writer: MessageWriter, max_size: u64, max_line: usize) -> ReceivingMessage {
-        ReceivingMessage::with(DataDecoder::new(max_line), writer, max_size)
-    }
-
-    /// A message arriving in BDAT chunks: no dot-stuffing, no end of data.
-    fn chunks(writer: MessageWriter, max_size: u64, max_line: usize) -> ReceivingMessage {
-        ReceivingMessage::with(DataDecoder::chunks(max_line), writer, max_size)
-    }
-
     fn with(decoder: DataDecoder, writer: MessageWriter, max_size: u64) -> ReceivingMessage {
         ReceivingMessage {
             decoder,
@@ -363,7 +371,9 @@ mod tests {
     use crate::ingress::test_support::queue_ingress;
     use crate::smtp::server::conn::serve;
     use crate::smtp::server::session::{Listener, Security, run_session};
-    use crate::smtp::server::test_support::{Client, TRUSTED, check_dialogs, config, converse, lines, short, tcp};
+    use crate::smtp::server::test_support::{
+        Client, STRANGER, TRUSTED, check_dialogs, config, converse, lines, short, tcp,
+    };
     use tokio::sync::watch;
 
     fn message(size: usize, line: usize) -> String {
@@ -403,11 +413,18 @@ mod tests {
                 vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.6.0", "221 2.0.0"],
             ),
             (
-                "bare LF in DATA",
-                TRUSTED,
+                "bare LF in DATA from a stranger",
+                STRANGER,
                 [lines(&[ehlo, mail, rcpt, "DATA"]), b"Subject: x\n\nbody\r\n".to_vec(), lines(&[".", "NOOP"])]
                     .concat(),
                 vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.5.2", "250 2.0.0"],
+            ),
+            (
+                "bare LF in DATA from a trusted network: normalized",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt, "DATA"]), b"Subject: x\n\nbody\r\n".to_vec(), lines(&[".", "NOOP"])]
+                    .concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "250 2.0.0"],
             ),
             (
                 "bare CR in DATA",
@@ -418,7 +435,7 @@ mod tests {
             (
                 // The smuggled transaction must be message text, not commands.
                 "smuggling attempt",
-                TRUSTED,
+                STRANGER,
                 [
                     lines(&[ehlo, mail, rcpt, "DATA"]),
                     b"one\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n"
@@ -427,6 +444,19 @@ mod tests {
                 ]
                 .concat(),
                 vec!["250", "250 2.1.0", "250 2.1.5", "354", "550 5.5.2", "221 2.0.0"],
+            ),
+            (
+                // The smuggled transaction must be message text, not commands.
+                "smuggling attempt from a trusted network: one message",
+                TRUSTED,
+                [
+                    lines(&[ehlo, mail, rcpt, "DATA"]),
+                    b"one\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n"
+                        .to_vec(),
+                    lines(&[".", "QUIT"]),
+                ]
+                .concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
             ),
             (
                 "empty message",
@@ -549,10 +579,16 @@ mod tests {
                 vec!["250", "250 2.1.0", "250 2.1.5", "501 5.5.4", "250 2.1.0"],
             ),
             (
-                "bare LF in BDAT",
-                TRUSTED,
+                "bare LF in BDAT from a stranger",
+                STRANGER,
                 [lines(&[ehlo, mail, rcpt]), b"BDAT 3\r\na\nbBDAT 0 LAST\r\n".to_vec(), lines(&["NOOP"])].concat(),
                 vec!["250", "250 2.1.0", "250 2.1.5", "550 5.5.2", "503 5.5.1", "250 2.0.0"],
+            ),
+            (
+                "bare LF in BDAT from a trusted network: normalized",
+                TRUSTED,
+                [lines(&[ehlo, mail, rcpt]), b"BDAT 3\r\na\nbBDAT 0 LAST\r\n".to_vec(), lines(&["NOOP"])].concat(),
+                vec!["250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0"],
             ),
             (
                 "bare CR at the end of the last chunk",
@@ -615,7 +651,7 @@ mod tests {
             lines(&[".", "MAIL FROM:<>", "RCPT TO:<a@example.org>", "DATA", "bare\nLF", "."]),
         ]
         .concat();
-        let (got, spool, _dir) = converse(&config, tcp(TRUSTED), &input).await;
+        let (got, spool, _dir) = converse(&config, tcp(STRANGER), &input).await;
         assert_eq!(got.iter().filter(|r| r.code == 354).count(), 2);
         assert_eq!(spool.list(crate::spool::State::Incoming).unwrap(), Vec::<String>::new());
         assert_eq!(std::fs::read_dir(spool.root().join("data")).unwrap().count(), 0);
@@ -769,7 +805,7 @@ mod tests {
         .concat();
         let good = String::from_utf8(input.clone()).unwrap().replace("BDAT 4 LAST\r\nody\n", "BDAT 5 LAST\r\nody\r\n");
         let codes = |got: &[Reply]| got.iter().map(short).collect::<Vec<_>>();
-        let (whole, _, _dir) = converse(&config, tcp(TRUSTED), &input).await;
+        let (whole, _, _dir) = converse(&config, tcp(STRANGER), &input).await;
         assert_eq!(
             codes(&whole),
             ["220", "250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "550 5.5.2", "250 2.0.0", "221 2.0.0"]
@@ -789,7 +825,7 @@ mod tests {
             }
             got
         };
-        let ((), got) = tokio::join!(run_session(server, tcp(TRUSTED), &config, &ingress), talk);
+        let ((), got) = tokio::join!(run_session(server, tcp(STRANGER), &config, &ingress), talk);
         assert_eq!(
             codes(&got),
             ["220", "250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0", "250 2.0.0", "221 2.0.0"]
