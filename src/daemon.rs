@@ -20,6 +20,7 @@
 //! in progress finish with the one they started with; the queue is untouched.
 //! A configuration that does not load is refused and the old one stays.
 
+mod listeners;
 pub(crate) mod pidfile;
 pub(crate) mod privilege;
 
@@ -31,7 +32,7 @@ use crate::metrics::{Metrics, QueueGauges};
 use crate::queue::Outbound;
 use crate::queue::{Command, Scheduler};
 use crate::route::router::Router;
-use crate::smtp::server::{Generation, Listener, Server};
+use crate::smtp::server::Generation;
 use crate::spool::envelope::Envelope;
 use crate::spool::lock::SpoolLock;
 use crate::spool::{Spool, State};
@@ -39,11 +40,11 @@ use anyhow::Context;
 use pidfile::PidFile;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// What a reload needs to build a new generation.
+#[derive(Clone)]
 struct Builder {
     spool: Spool,
     new_mail: mpsc::UnboundedSender<Envelope>,
@@ -81,18 +82,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // Before recovery: recovery under a running daemon destroys its mail.
     let _lock = SpoolLock::acquire(&root)?;
 
-    let mut listeners = Vec::new();
-    let kinds = [
-        (Listener::Smtp, &config.smtp.listen),
-        (Listener::Submission, &config.smtp.submission),
-        (Listener::Submissions, &config.smtp.submissions),
-    ];
-    for (kind, addrs) in kinds {
-        for addr in addrs {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-            listeners.push((kind, l));
-        }
-    }
+    // Every port, as root; served once the rest is in place.
+    let bound = listeners::bind_all(&config).await?;
     if !config.smtp.submissions.is_empty() && !config.tls.is_configured() {
         anyhow::bail!("smtp.submissions needs a certificate: set tls.cert and tls.key");
     }
@@ -103,27 +94,6 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(warning) = crate::route::router::open_local_domains(&config) {
         tracing::warn!("{warning}");
     }
-    let reinject_listener = match config.filter.reinject_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr} (filter.reinject_listen)"))?,
-        ),
-        None => None,
-    };
-    let metrics_listener = match config.metrics.listen {
-        Some(addr) => {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(
-                    "metrics.listen {addr} is not a loopback address: anyone who reaches it can read the metrics"
-                );
-            }
-            let l =
-                TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-            Some(l)
-        }
-        None => None,
-    };
     // The pid file is the last thing written with root's rights; what the
     // spool needs from here on is done as its account.
     let switches = privilege::account_for(config.user.as_deref())?.is_some();
@@ -146,7 +116,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let (new_tx, new_rx) = mpsc::unbounded_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(64);
     let metrics = Arc::new(Metrics::default());
-    let listening = listeners.iter().filter_map(|(_, l)| l.local_addr().ok()).collect();
+    let listening = bound.iter().filter_map(|b| b.smtp_address()).collect();
     let builder = Builder { spool: spool.clone(), new_mail: new_tx, metrics: metrics.clone(), listening };
     let (config, ingress, outbound) = builder.build(&config).with_context(|| match &account {
         Some(a) => format!("running as user {}", a.name),
@@ -171,30 +141,21 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut servers = Vec::new();
-    for (kind, listener) in listeners {
-        crate::logging::announce(Some((kind.name(), &listener.local_addr()?.to_string())));
-        let server = Server::following(generation_rx.clone()).kind(kind).metrics(metrics.clone());
-        servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
-    }
-    if let Some(listener) = reinject_listener {
-        crate::logging::announce(Some(("reinject", &listener.local_addr()?.to_string())));
-        let server = Server::following(generation_rx.clone()).reinjection().metrics(metrics.clone());
-        servers.push(tokio::spawn(server.run(listener, shutdown_rx.clone())));
-    }
-    if let Some(listener) = metrics_listener {
-        crate::logging::announce(Some(("metrics", &listener.local_addr()?.to_string())));
-        let probe =
-            Arc::new(Probe { scheduler: cmd_tx.clone(), spool: root.clone(), generation: generation_rx.clone() });
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), probe, shutdown_rx.clone()));
-    }
+    let probe = Arc::new(Probe { scheduler: cmd_tx.clone(), spool: root.clone(), generation: generation_rx.clone() });
+    let mut listening = listeners::Listeners::new(listeners::Shared {
+        generation: generation_rx.clone(),
+        metrics: metrics.clone(),
+        probe,
+    });
+    listening.serve(bound)?;
     tracing::info!("posthorn {} started as {:?} for {}", env!("CARGO_PKG_VERSION"), config.role, config.hostname);
     if let Some(a) = &account {
         tracing::info!("running as user {} (uid {}, gid {})", a.name, a.uid, a.gid);
     }
     crate::logging::announce(None);
 
-    let mut reloader = Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), outbound };
+    let mut reloader =
+        Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), outbound, listeners: listening };
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -227,11 +188,10 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     // Sessions in the middle of DATA finish their message (the server
     // bounds that wait); then deliveries in flight get a few seconds.
-    for server in servers {
-        let _ = server.await;
-    }
+    let Reloader { listeners, outbound, .. } = reloader;
+    listeners.shut_down().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
-    reloader.outbound.transports.close_idle().await;
+    outbound.transports.close_idle().await;
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(root.join("showq.sock"));
@@ -288,6 +248,7 @@ struct Reloader {
     generation: watch::Sender<Generation>,
     scheduler: mpsc::Sender<Command>,
     outbound: Arc<Outbound>,
+    listeners: listeners::Listeners,
 }
 
 impl Reloader {
@@ -305,19 +266,25 @@ impl Reloader {
                 fresh.spool.display()
             );
         }
-        let listeners = |c: &Config| (c.smtp.listen.clone(), c.smtp.submission.clone(), c.smtp.submissions.clone());
-        if listeners(&fresh) != listeners(&old) || fresh.smtp.max_connections != old.smtp.max_connections {
+        if fresh.user != old.user {
+            anyhow::bail!("user changed: the account the daemon runs as is chosen at start; restart it");
+        }
+        // New listeners are bound before anything changes: one that cannot
+        // be refuses the reload (it names the key), so the daemon never runs
+        // half of a configuration.
+        let change = self.listeners.prepare(&fresh).await?;
+        let smtp = self.listeners.smtp_addresses(Some(&change));
+        let builder = Builder { listening: smtp, ..self.builder.clone() };
+        let (config, ingress, outbound) = builder.build(&fresh)?;
+        self.builder = builder;
+        self.listeners.commit(change)?;
+        let fixed = |c: &Config| (c.smtp.max_connections, c.smtp.trusted_reserve, c.smtp.repeat_log_interval);
+        if fixed(&fresh) != fixed(&old) {
             tracing::warn!(
-                "reload: smtp.listen, smtp.submission(s) and smtp.max_connections take effect at the next restart"
+                "reload: smtp.max_connections, smtp.trusted_reserve and smtp.repeat_log_interval apply to listeners \
+                 opened from now on; the others keep theirs until the next restart"
             );
         }
-        if fresh.filter.reinject_listen != old.filter.reinject_listen {
-            tracing::warn!("reload: filter.reinject_listen takes effect at the next restart");
-        }
-        if fresh.metrics.listen != old.metrics.listen {
-            tracing::warn!("reload: metrics.listen takes effect at the next restart");
-        }
-        let (config, ingress, outbound) = self.builder.build(&fresh)?;
         let _ = self
             .scheduler
             .send(Command::Reload { config: config.clone(), outbound: outbound.clone(), ingress: ingress.clone() })

@@ -50,6 +50,7 @@
 //!   `control::showq` is the public queue listing.
 //! - [`metrics`]: counters, the Prometheus text format, the metrics and health HTTP endpoint.
 //! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them;
+//!   `daemon::listeners` owns the TCP listeners (opened and closed by reload too),
 //!   `daemon::privilege` gives up root after binding, `daemon::pidfile` keeps
 //!   the pid file where the account cannot reach it.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
