@@ -18,7 +18,9 @@
 //! routing tables, transports, the door into the queue — and publishes it:
 //! new connections and the next deliveries use it; sessions and deliveries
 //! in progress finish with the one they started with; the queue is untouched.
-//! A configuration that does not load is refused and the old one stays.
+//! Listeners the new configuration adds or drops are opened or closed
+//! (`listeners`). A configuration that does not load, or whose new
+//! listeners cannot be bound, is refused and the old one stays.
 
 mod listeners;
 pub(crate) mod pidfile;
