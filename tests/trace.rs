@@ -9,6 +9,10 @@
 //!    the message in the hub's queue; so does its Message-ID.
 //! 2. On the satellite itself (smarthost down) `queue find` takes the trace
 //!    id, the Message-ID with or without `<>`, and says so when nothing matches.
+//! 3. Through the hub's SMTP content filter (issue 14, item 10): the copy
+//!    the filter reinjects keeps the satellite's trace id, so `queue find`
+//!    finds it; delivered to a next hop that is not posthorn (smtp-sink),
+//!    the message arrives without `X-Posthorn-Trace`.
 
 mod harness;
 
@@ -91,4 +95,45 @@ fn queue_find_on_the_satellite() {
     let none = sat.command(&["queue", "find", "nothing@here"], b"");
     assert_eq!(none.status.code(), Some(1));
     assert!(stdout(&none).is_empty());
+}
+
+#[test]
+fn the_trace_id_survives_the_content_filter_and_stays_inside_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start_stopped();
+    let filter_addr = free_addr();
+    let hub_body = format!(
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[relay]\nsmarthosts = [\"{}\"]\ntls = \"none\"\n\
+         connect_timeout = \"2s\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"1s\"\n\n[filter]\n\
+         content_filter = \"smtp:[{}]:{}\"\nreinject_listen = \"127.0.0.1:0\"\n",
+        sink.addr(),
+        filter_addr.ip(),
+        filter_addr.port()
+    );
+    let hub = Posthorn::start(&hub_body);
+    let mut filter = SmtpFilter::new(dir.path(), filter_addr, hub.reinject_addr());
+    filter.start();
+    let sat = Posthorn::start(&satellite_config(&[hub.smtp_addr()]));
+
+    let out = sat.sendmail(&["-f", "root@vm12.internal", "ops@example.net"], MESSAGE);
+    assert!(out.status.success(), "sendmail: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(sat.wait_for_log_count(&["to=<ops@example.net>", "status=sent"], 1, secs(20)), "{}", sat.log());
+    let accepted = sat.log_lines(&["/qmgr[", "from=<root@vm12.internal>"]);
+    let trace = queue_id_of(&accepted[0]).unwrap();
+
+    // The filtered copy waits for the (stopped) sink; the trace id finds it.
+    assert!(hub.wait_for_log_count(&["to=<ops@example.net>", "status=deferred"], 1, secs(20)), "{}", hub.log());
+    let found = hub.command(&["queue", "find", &trace], b"");
+    let text = stdout(&found);
+    assert!(found.status.success(), "queue find: {text}\n{}", hub.log());
+    let hub_id = text.split_whitespace().next().unwrap_or_default().to_string();
+    let shown = stdout(&hub.command(&["queue", "show", &hub_id], b""));
+    assert!(shown.contains("X-Filtered: yes"), "queue find found the copy before the filter:\n{shown}");
+
+    // Leaving the fleet, the header stays behind.
+    sink.restart();
+    let got = sink.wait_for_parsed(1, secs(20));
+    assert_eq!(got[0].header("X-Filtered").as_deref(), Some("yes"), "{got:?}");
+    assert_eq!(got[0].header("X-Posthorn-Trace"), None, "{got:?}");
+    assert_eq!(got[0].header("Message-ID").as_deref(), Some("<trace-test-1@vm12.internal>"));
 }

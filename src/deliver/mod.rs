@@ -105,7 +105,8 @@ impl Transports {
         let msg = match hop {
             Hop::Filter(_) => {
                 let field = seal::field(&msg.id, &msg.sender, msg.trusted);
-                sealed = OutMessage { body: [field.as_bytes(), &msg.body].concat().into(), ..msg.clone() };
+                let body = [field.as_bytes(), &msg.body].concat().into();
+                sealed = OutMessage { body, to_filter: true, ..msg.clone() };
                 &sealed
             }
             _ => msg,

@@ -173,8 +173,7 @@ fn insufficient_storage() -> Reply {
     Reply::new(452, Enhanced(4, 3, 1), "Insufficient system storage")
 }
 
-/// The header a satellite stamps its trace id in.
-pub(crate) const TRACE_HEADER: &str = "X-Posthorn-Trace";
+pub(crate) use crate::message::TRACE_HEADER;
 
 enum Sink {
     /// Inside the daemon: commit to the spool, tell the scheduler.
@@ -548,8 +547,9 @@ impl MessageWriter {
     async fn flush_head(&mut self, end: Option<usize>) -> Result<(), IngressError> {
         let Some(head) = self.head.take() else { return Ok(()) };
         let Some(end) = end else { return self.emit(&head.buf).await };
-        let unsealed = self.unseal(&head.buf[..end]);
+        let (verdict, unsealed) = self.unseal(&head.buf[..end]);
         let block = unsealed.as_deref().unwrap_or(&head.buf[..end]);
+        self.recover_trace(block, verdict);
         self.message_id = crate::message::header::find(block, "message-id").map(|f| {
             let value = crate::message::header::unfold(f.value());
             printable(String::from_utf8_lossy(&value).trim())
@@ -566,7 +566,7 @@ impl MessageWriter {
     /// nobody may pass one on), and lets the first decide whether we vouch
     /// for a message back from the content filter; `None` when there was
     /// none.
-    fn unseal(&mut self, block: &[u8]) -> Option<Vec<u8>> {
+    fn unseal(&mut self, block: &[u8]) -> (Verdict, Option<Vec<u8>>) {
         let (verdict, unsealed) = seal::take(block, &self.env.sender);
         match (self.ingress.door, verdict) {
             (_, Verdict::Absent) => {}
@@ -574,7 +574,25 @@ impl MessageWriter {
             (Door::Local, Verdict::Disowned) => self.env.trusted = Some(false),
             _ => {}
         }
-        unsealed
+        (verdict, unsealed)
+    }
+
+    /// A message back from the content filter comes without `TRACE=` (a
+    /// filter does not speak it), but with the trace header the satellite
+    /// stamped: the id is taken from it, so `queue find` follows the
+    /// message through the filter. Only from the filter: through the
+    /// reinjection door, which only it reaches, or with our seal (a pipe
+    /// filter reinjecting with `sendmail`); anyone else's header names
+    /// nothing.
+    fn recover_trace(&mut self, block: &[u8], verdict: Verdict) {
+        let from_filter = self.ingress.door == Door::Reinject || verdict == Verdict::Vouched;
+        if !from_filter || self.env.trace_id.is_some() {
+            return;
+        }
+        let value = crate::message::header::find(block, TRACE_HEADER)
+            .map(|f| String::from_utf8_lossy(f.value()).trim().to_string())
+            .filter(|v| crate::smtp::proto::command::is_trace_id(v));
+        self.env.trace_id = value;
     }
 
     /// Makes the message durable and returns its id. For the spool this is

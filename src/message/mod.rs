@@ -31,6 +31,11 @@ pub(crate) struct OutRecipient {
     pub(crate) orcpt: Option<String>,
 }
 
+/// The header a satellite stamps its trace id in. It lives among the
+/// hops that use it — posthorn peers (`XPOSTHORN-TRACE`) and the content
+/// filter — and is taken out before a message leaves them.
+pub(crate) const TRACE_HEADER: &str = "X-Posthorn-Trace";
+
 /// One message handed to a transport.
 #[derive(Clone, Debug)]
 pub struct OutMessage {
@@ -50,6 +55,11 @@ pub struct OutMessage {
     pub(crate) envid: Option<String>,
     /// The trace id, passed on as `TRACE=` when the next hop is posthorn.
     pub(crate) trace_id: Option<String>,
+    /// The next hop is our content filter, which hands the message back:
+    /// the trace header (`TRACE_HEADER`) goes with it although the filter
+    /// does not speak `TRACE=`. Every other hop that does not speak it
+    /// gets the message without the header (`smtp::client`).
+    pub(crate) to_filter: bool,
     /// It came from a source we vouch for (`Envelope::may_sign`): only then
     /// is it DKIM-signed, so no stranger gets our signature on a forgery.
     pub(crate) trusted: bool,
@@ -73,6 +83,7 @@ impl OutMessage {
             ret: None,
             envid: None,
             trace_id: None,
+            to_filter: false,
             trusted: false,
         }
     }

@@ -454,6 +454,7 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage
         ret: env.ret.clone(),
         envid: env.envid.clone(),
         trace_id: env.trace_id.clone(),
+        to_filter: false,
         trusted: env.may_sign(),
     }
 }

@@ -660,6 +660,17 @@ impl Client {
                 }
             },
         };
+        let without_trace;
+        let msg = match self.caps.trace || msg.to_filter {
+            true => msg,
+            false => match strip_trace_header(&msg.body) {
+                Some(body) => {
+                    without_trace = OutMessage { body: Arc::from(body), ..msg.clone() };
+                    &without_trace
+                }
+                None => msg,
+            },
+        };
         let mut results: Vec<Option<RcptResult>> = vec![None; rcpts.len()];
         let mut cmds = Vec::with_capacity(rcpts.len() + 2);
         cmds.push(Cmd::Mail);
@@ -1008,6 +1019,16 @@ fn push_param(line: &mut String, name: &str, value: Option<&str>) {
     }
 }
 
+/// The message without its trace header, for a hop outside the fleet
+/// (one that does not speak `TRACE=`); `None` when it has none. Every
+/// other byte stays: a DKIM signature made before does not cover it.
+fn strip_trace_header(message: &[u8]) -> Option<Vec<u8>> {
+    use crate::message::header;
+    let split = header::split(message);
+    header::has(split.head, crate::message::TRACE_HEADER)
+        .then(|| [&header::remove(split.head, crate::message::TRACE_HEADER)[..], split.blank, split.body].concat())
+}
+
 /// Appends the dot-stuffed body from `*pos` to `out` until `out` holds at
 /// least `limit` bytes or the body ends. At the end it adds a missing final
 /// CRLF and the terminating `.` line and returns true.
@@ -1261,6 +1282,7 @@ mod tests {
             ret: None,
             envid: None,
             trace_id: None,
+            to_filter: false,
             trusted: false,
         }
     }

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod filter;
 pub mod postfix;
 pub mod scripted;
 pub mod sevenbit;
@@ -25,6 +26,7 @@ pub mod tls;
 
 pub use client::*;
 pub use dns::*;
+pub use filter::*;
 pub use scripted::*;
 pub use sevenbit::*;
 pub use sink::*;
