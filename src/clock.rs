@@ -19,6 +19,12 @@ pub(crate) fn timestamp(secs: u64) -> Timestamp {
     i64::try_from(secs).ok().and_then(|s| Timestamp::from_second(s).ok()).unwrap_or(Timestamp::MAX)
 }
 
+/// `secs` in the machine's zone, for the text forms below and the
+/// commands' own (`postcat`, Exim's log lines).
+pub(crate) fn local(secs: u64) -> jiff::ZonedDateTime {
+    timestamp(secs).to_zoned_datetime(TimeZone::system())
+}
+
 /// `Fri,  4 Dec 2026 15:32:50 +0100 (CET)` in local time: the RFC 5322
 /// date-time of `Date:`, `Received:` and DSN fields, as Postfix writes it.
 pub(crate) fn rfc5322(secs: u64) -> String {

@@ -388,8 +388,9 @@ impl Config {
     }
 
     pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("{}: cannot read: {}", path.display(), crate::message::outcome::strerror(&e)))
+        })?;
         Config::parse(&text, path)
     }
 
@@ -400,7 +401,7 @@ impl Config {
             let key = e.path().to_string();
             located(path, text, Some(key), e.inner())
         })?;
-        let mut config = Config::resolve(raw, Some(path))?;
+        let mut config = Config::resolve(raw, Some((path, text)))?;
         // Relative spool paths are relative to the working directory, as
         // every other MTA treats them; nothing to do here.
         config.source = Some(path.to_path_buf());
@@ -410,10 +411,14 @@ impl Config {
     /// Applies the defaults to the file as written and checks what the
     /// types alone cannot. Each section has its own function, which holds
     /// its keys' defaults; the role is passed to those whose defaults differ.
-    fn resolve(raw: Raw, path: Option<&Path>) -> Result<Config, ConfigError> {
-        let err = |key: &str, msg: String| {
-            let file = path.map(|p| p.display().to_string()).unwrap_or_else(|| "built-in configuration".into());
-            ConfigError(format!("{file}: {key}: {msg}"))
+    fn resolve(raw: Raw, file: Option<(&Path, &str)>) -> Result<Config, ConfigError> {
+        let path = file.map(|(p, _)| p);
+        let err = |key: &str, msg: String| match file {
+            Some((path, text)) => match line_of(text, key) {
+                Some(line) => ConfigError(format!("{}:{line}: {key}: {msg}", path.display())),
+                None => ConfigError(format!("{}: {key}: {msg}", path.display())),
+            },
+            None => ConfigError(format!("built-in configuration: {key}: {msg}")),
         };
         let role = raw.role.unwrap_or(Role::Satellite);
         let hostname = raw.hostname.unwrap_or_else(system_hostname);
@@ -455,6 +460,46 @@ pub(crate) fn system_hostname() -> String {
     if name.is_empty() { "localhost".into() } else { name }
 }
 
+/// The line (from 1) where `text` sets the dotted `key`: under its
+/// `[section]` header, or written dotted in full. For errors found after
+/// parsing, when the parser's position is gone.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            table = header.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string();
+            continue;
+        }
+        let Some((name, _)) = line.split_once('=') else { continue };
+        let name: String = name.split('.').map(|p| p.trim().trim_matches('"')).collect::<Vec<_>>().join(".");
+        let full = if table.is_empty() { name } else { format!("{table}.{name}") };
+        if full == key {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+/// serde's words for a value's type, in an operator's: "expected usize"
+/// means nothing to someone who writes a configuration file.
+fn plain_words(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a number"),
+        ("expected a sequence", "expected a list ([...])"),
+        ("expected a map", "expected a table"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
+}
+
 /// Formats a TOML or value error as `file:line: key: message`.
 fn located(path: &Path, text: &str, key: Option<String>, e: &toml::de::Error) -> ConfigError {
     let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -466,7 +511,7 @@ fn located(path: &Path, text: &str, key: Option<String>, e: &toml::de::Error) ->
         out.push_str(&format!(": {key}"));
     }
     out.push_str(": ");
-    out.push_str(e.message().trim());
+    out.push_str(&plain_words(e.message().trim()));
     ConfigError(out)
 }
 
@@ -1009,7 +1054,7 @@ mod tests {
         let s = parse(text).unwrap().smtp;
         assert_eq!((s.trusted_reserve, s.client_connection_limit, s.data_deadline), (8, 0, Duration::from_secs(120)));
         let e = parse("[smtp]\nmax_connections = 20\ntrusted_reserve = 20\n").unwrap_err();
-        assert!(e.starts_with("/etc/posthorn/posthorn.toml: smtp.trusted_reserve: 20 leaves no slot"), "{e}");
+        assert!(e.starts_with("/etc/posthorn/posthorn.toml:3: smtp.trusted_reserve: 20 leaves no slot"), "{e}");
     }
 
     #[test]
@@ -1041,13 +1086,21 @@ mod tests {
             ("[queue]\n\nretry_min = \"5x\"\n", ":3: queue.retry_min: `5x` is not a duration"),
             ("[smtp]\nlisten_on = [\"x\"]\n", ":2: smtp.listen_on: unknown field `listen_on`"),
             ("role = \"gateway\"\n", ":1: role: unknown variant `gateway`"),
-            ("[smtp]\nlisten = [\"nowhere\"]\n", "posthorn.toml: smtp.listen: `nowhere` is not an address:port"),
-            ("[smtp]\nsubmissions = [\"465\"]\n", "posthorn.toml: smtp.submissions: `465` is not an address:port"),
+            ("[smtp]\nlisten = [\"nowhere\"]\n", "posthorn.toml:2: smtp.listen: `nowhere` is not an address:port"),
+            ("[smtp]\nsubmissions = [\"465\"]\n", "posthorn.toml:2: smtp.submissions: `465` is not an address:port"),
             (
                 "[relay]\ntls_client_cert = \"/c.pem\"\n",
                 "posthorn.toml: relay.tls_client_key: must be set together with relay.tls_client_cert",
             ),
-            ("[access]\ntrusted_networks = [\"10.0.0.0/33\"]\n", "access.trusted_networks: `10.0.0.0/33`: bad prefix"),
+            (
+                "[access]\ntrusted_networks = [\"10.0.0.0/33\"]\n",
+                ":2: access.trusted_networks: `10.0.0.0/33`: bad prefix",
+            ),
+            (
+                "[smtp]\nmax_recipients = -1\n",
+                ":2: smtp.max_recipients: invalid value: integer `-1`, expected a whole number",
+            ),
+            ("smtp.max_connections = 5\nsmtp.trusted_reserve = 5\n", ":2: smtp.trusted_reserve: 5 leaves no slot"),
             ("role = \n", ":1: "),
             ("[tls]\ncert = \"/c.pem\"\nkeyfile = \"/k.pem\"\n", ":3: tls.keyfile: unknown field `keyfile`"),
             ("[tls]\ncert = \"/c.pem\"\n", "posthorn.toml: tls.key: must be set together with tls.cert"),
@@ -1055,7 +1108,7 @@ mod tests {
             ("[auth]\nallow_plaintext = \"yes\"\n", ":2: auth.allow_plaintext: "),
             ("[relay]\ntls = \"always\"\n", ":2: relay.tls: unknown variant `always`"),
             ("[filter]\ncontent = \"x\"\n", ":2: filter.content: unknown field `content`"),
-            ("[filter]\ncontent_filter = \"lmtp:x\"\n", "posthorn.toml: filter.content_filter: `lmtp:x` is neither"),
+            ("[filter]\ncontent_filter = \"lmtp:x\"\n", "posthorn.toml:2: filter.content_filter: `lmtp:x` is neither"),
             (
                 "[filter]\ncontent_filter = \"smtp:filter.example\"\n",
                 "filter.content_filter: `smtp:filter.example`: write",
@@ -1066,7 +1119,7 @@ mod tests {
             ),
             ("[filter]\nreinject_listen = \"here\"\n", "filter.reinject_listen: `here` is not an address:port"),
             ("[filter]\n\npipe_timeout = \"soon\"\n", ":3: filter.pipe_timeout: `soon` is not a duration"),
-            ("[metrics]\nlisten = \"9325\"\n", "posthorn.toml: metrics.listen: `9325` is not an address:port"),
+            ("[metrics]\nlisten = \"9325\"\n", "posthorn.toml:2: metrics.listen: `9325` is not an address:port"),
             ("[metrics]\nport = 9325\n", ":2: metrics.port: unknown field `port`"),
         ];
         for (text, expected) in cases {

@@ -36,7 +36,7 @@ const MAX_TRACKED: usize = 10_000;
 /// A problem with a credentials file, naming the file and the line.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read: {}", path.display(), crate::message::outcome::strerror(source))]
     Read {
         path: PathBuf,
         #[source]

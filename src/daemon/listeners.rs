@@ -106,7 +106,7 @@ fn bind_error(service: Service, addr: SocketAddr, e: std::io::Error) -> anyhow::
                 .to_string()
         }
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => crate::route::table::strerror(&e),
+        _ => crate::message::outcome::strerror(&e),
     };
     anyhow::anyhow!("{}: cannot listen on {addr}: {why}", service.key())
 }

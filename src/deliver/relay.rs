@@ -35,7 +35,7 @@ use crate::deliver::Delivery;
 use crate::deliver::dns::Dns;
 use crate::message::OutMessage;
 use crate::message::nexthop::Target;
-use crate::message::outcome::{Attempt, ErrorClass, Outcome};
+use crate::message::outcome::{Attempt, ErrorClass, Outcome, strerror};
 use crate::smtp::client::{Client, ClientError, Phase, RcptResult, Timeouts, relay_label};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::net::{IpAddr, SocketAddr};
@@ -391,7 +391,9 @@ impl Relay {
                 Ok(client) => client,
                 Err(e) => {
                     let attempt = session_error(&relay_label(&host.name, addr), &e);
-                    tracing::debug!("{}: {}", msg.id, attempt.detail);
+                    // Postfix's line for each address given up on, before
+                    // the next is tried (failover shows in the log).
+                    tracing::info!("{}", attempt.detail);
                     last = Some(attempt);
                     permit = Some(slot);
                     continue;
@@ -405,8 +407,12 @@ impl Relay {
             // busy machine of several behind the name: try the next.
             match judge(&label, msg.recipients.len(), result, dsn) {
                 HostTry::Done(outcomes, dsn, _) => return HostTry::Done(outcomes, dsn, setup),
-                HostTry::Unreachable(attempt) | HostTry::Myself(attempt) => last = Some(attempt),
+                HostTry::Unreachable(attempt) | HostTry::Myself(attempt) => {
+                    tracing::info!("{}: {}", msg.id, attempt.detail);
+                    last = Some(attempt);
+                }
                 HostTry::Deferred(attempt) => {
+                    tracing::info!("{}: {}", msg.id, attempt.detail);
                     last = Some(attempt);
                     up = true;
                 }
@@ -694,7 +700,7 @@ fn refused_attempt(label: &str, stage: Phase, reply: &crate::smtp::proto::reply:
 /// A session that failed; `label` is `host[ip]:port`.
 fn session_error(label: &str, e: &ClientError) -> Attempt {
     let (relay, detail) = match e {
-        ClientError::Connect(io) => (None, format!("connect to {label}: {io}")),
+        ClientError::Connect(io) => (None, format!("connect to {label}: {}", strerror(io))),
         ClientError::Timeout(Phase::Connect) => (None, format!("connect to {label}: timed out")),
         ClientError::Reply { phase, reply } => {
             (Some(label), format!("host {label} refused to talk to us: {reply} (in reply to {phase})"))

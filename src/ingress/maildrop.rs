@@ -141,7 +141,7 @@ pub(crate) enum Odd {
 pub(crate) enum Refusal {
     #[error("{0}")]
     Odd(Odd),
-    #[error("cannot open: {0}")]
+    #[error("cannot open: {}", crate::message::outcome::strerror(.0))]
     Io(io::Error),
 }
 

@@ -140,7 +140,7 @@ pub(crate) enum IngressError {
     TooBig(u64),
     #[error("no recipients")]
     NoRecipients,
-    #[error("spool I/O: {0}")]
+    #[error("spool I/O: {}", crate::message::outcome::strerror(.0))]
     Io(#[from] io::Error),
     /// Less free space than `queue.min_free`: new mail waits.
     #[error("insufficient spool space: {0}")]

@@ -290,9 +290,34 @@ impl Record {
         }
         let mut text = String::with_capacity(collect.message.len() + 10);
         text.push_str(severity.prefix(collect.panic));
-        text.push_str(&collect.message);
+        text.push_str(&without_errno(&collect.message));
         Record { service, severity, text, fields }
     }
+}
+
+/// `text` without Rust's " (os error N)" after an I/O error's words:
+/// Postfix's lines say "Connection refused", and so do ours, whichever
+/// error chain the words came through.
+fn without_errno(text: &str) -> std::borrow::Cow<'_, str> {
+    const MARK: &str = " (os error ";
+    if !text.contains(MARK) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        let after = &rest[at + MARK.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(')') {
+            out.push_str(&rest[..at]);
+            rest = &after[digits + 1..];
+        } else {
+            out.push_str(&rest[..at + MARK.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out.into()
 }
 
 /// The `tracing` layer that hands each event to the sink.
@@ -387,6 +412,16 @@ mod tests {
         ] {
             assert_eq!(service_of(target), service, "{target}");
         }
+    }
+
+    #[test]
+    fn io_errors_lose_their_number() {
+        assert_eq!(
+            without_errno("connect to x: Connection refused (os error 111)"),
+            "connect to x: Connection refused"
+        );
+        assert_eq!(without_errno("a (os error 2): b (os error 13) c"), "a: b c");
+        assert_eq!(without_errno("kept (os error x)"), "kept (os error x)");
     }
 
     #[test]

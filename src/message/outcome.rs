@@ -6,6 +6,17 @@ use crate::smtp::proto::reply::{Enhanced, Reply};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// An I/O error as strerror(3) words it ("Connection refused"), without
+/// Rust's "(os error 111)": the words are for the operator, and the
+/// number adds nothing to them.
+pub(crate) fn strerror(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_string(),
+        _ => s,
+    }
+}
+
 /// Text that came from a remote peer, made safe to record: every control
 /// character (C0, DEL, C1) and every character that reorders or breaks
 /// lines on a terminal (bidi overrides, the Unicode line and paragraph

@@ -158,14 +158,7 @@ fn syntax_summary(path: &Path, errors: &[LineError]) -> String {
     s
 }
 
-/// An I/O error as strerror(3) words it, without Rust's "(os error N)".
-pub(crate) fn strerror(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_string(),
-        _ => s,
-    }
-}
+pub(crate) use crate::message::outcome::strerror;
 
 /// Folds a key the way Postfix does before storing or looking it up.
 pub(crate) fn fold(key: &str) -> String {

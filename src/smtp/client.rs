@@ -220,7 +220,7 @@ impl Capabilities {
 /// log and to put in a bounce.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ClientError {
-    #[error("connect failed: {0}")]
+    #[error("connect failed: {}", crate::message::outcome::strerror(.0))]
     Connect(#[source] io::Error),
     #[error("timed out during {0}")]
     Timeout(Phase),
@@ -229,7 +229,7 @@ pub(crate) enum ClientError {
     /// The server refused the session (greeting, EHLO/HELO).
     #[error("{reply} (in reply to {phase})")]
     Reply { phase: Phase, reply: Reply },
-    #[error("lost connection during {phase}: {source}")]
+    #[error("lost connection during {phase}: {}", crate::message::outcome::strerror(.source))]
     Io {
         phase: Phase,
         #[source]

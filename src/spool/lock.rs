@@ -20,7 +20,7 @@ pub(crate) const LOCK_FILE: &str = "posthorn.lock";
 pub(crate) enum LockError {
     #[error("the spool {} is in use by another posthorn (pid {pid})", spool.display())]
     Held { spool: PathBuf, pid: String },
-    #[error("cannot lock the spool {}: {source}", spool.display())]
+    #[error("cannot lock the spool {}: {}", spool.display(), crate::message::outcome::strerror(source))]
     Io { spool: PathBuf, source: io::Error },
 }
 

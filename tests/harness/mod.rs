@@ -346,9 +346,18 @@ pub struct Posthorn {
     child: Option<Child>,
     log: Arc<LogShared>,
     run: u64,
+    /// Environment variables the daemon gets besides the test's own.
+    env: Vec<(String, String)>,
 }
 
 impl Posthorn {
+    /// Like [`Posthorn::start`], with `env` set for the daemon (and kept
+    /// across restarts): `TZ` for the tests of local time.
+    pub fn start_with_env(toml_body: &str, env: &[(&str, &str)]) -> Posthorn {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Posthorn::try_start_in(toml_body, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Writes `posthorn.toml` (`spool` and `hostname` chosen here, then
     /// `toml_body`, which must not set those two keys), starts the daemon
     /// and waits for `ready`. Panics with the daemon's stderr on failure.
@@ -359,6 +368,10 @@ impl Posthorn {
     /// Like [`Posthorn::start`], but a daemon that exits or stays silent
     /// comes back as `Err` with its stderr (for tests of refused configs).
     pub fn try_start(toml_body: &str) -> Result<Posthorn, String> {
+        Posthorn::try_start_in(toml_body, Vec::new())
+    }
+
+    fn try_start_in(toml_body: &str, env: Vec<(String, String)>) -> Result<Posthorn, String> {
         let dir = new_tempdir("posthorn-test-");
         let hostname = format!("{}.test", unique_name("ph"));
         let spool = dir.path().join("spool");
@@ -380,7 +393,7 @@ impl Posthorn {
             fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).expect("chmod the test directory");
         }
         let log = Arc::new(LogShared { inner: Mutex::new(LogInner::default()), changed: Condvar::new() });
-        let mut ph = Posthorn { dir, config, hostname, child: None, log, run: 0 };
+        let mut ph = Posthorn { dir, config, hostname, child: None, log, run: 0, env };
         ph.spawn()?;
         Ok(ph)
     }
@@ -417,6 +430,7 @@ impl Posthorn {
             .current_dir(self.dir.path())
             .env_remove("POSTHORN_CONFIG")
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped());
