@@ -1004,6 +1004,19 @@ mod tests {
     }
 
     #[test]
+    fn myorigin_and_virtual_alias_domains() {
+        assert_eq!(parse("hostname = \"vm7.example.org\"\n").unwrap().myorigin, "vm7.example.org");
+        let c = parse("hostname = \"vm7\"\nmyorigin = \"Example.org.\"\n[rewrite]\nvirtual_alias_domains = [\"Lists.Example.org\"]\n").unwrap();
+        assert_eq!(c.myorigin, "Example.org");
+        assert_eq!(c.rewrite.virtual_alias_domains, ["lists.example.org"]);
+        assert_eq!(c.access.virtual_alias_domains, ["lists.example.org"], "the relay rule sees them");
+        for bad in ["\"\"", "\"root@example.org\""] {
+            let e = parse(&format!("myorigin = {bad}\n")).unwrap_err();
+            assert!(e.starts_with("/etc/posthorn/posthorn.toml: myorigin: ") && e.contains("is not a domain"), "{e}");
+        }
+    }
+
+    #[test]
     fn per_client_limits_and_deadlines() {
         let c = parse("role = \"hub\"\n").unwrap();
         let s = &c.smtp;

@@ -89,7 +89,7 @@ fn without_myorigin_the_hostname_qualifies() {
     let got = sink.wait_for_parsed(1, secs(20));
     assert_eq!(got.len(), 1, "log:\n{}", ph.log());
     let want = format!("root@{}", ph.hostname());
-    assert_eq!(got[0].rcpt_to, [want.clone()]);
+    assert_eq!(got[0].rcpt_to, [want.as_str()]);
     assert_eq!(got[0].header("To").unwrap(), want);
     let out = ph.run_as("postconf", &["-h", "myorigin"], b"");
     assert_eq!(text(&out.stdout), format!("{}\n", ph.hostname()));

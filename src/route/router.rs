@@ -3,14 +3,16 @@
 //!
 //! - At RCPT and at the door into the queue: what final recipients does
 //!   this address stand for (virtual aliases, catch-all, local aliases), and
-//!   are they acceptable (no loop, a known user in a local domain)?
+//!   are they acceptable (no loop, a known user in a local domain, nothing
+//!   left in a virtual alias domain without an entry)?
 //! - At delivery time: where does each final recipient go next (transport
 //!   table, then local Maildir for local domains, then the smarthosts when
 //!   configured, else MX)? Decided per attempt, so a changed table applies
 //!   to mail already queued.
 //! - At delivery time, before that: does the recipient's copy go to the
 //!   after-queue content filter first ([`content_filter`])?
-//! - For `posthorn route explain`: all of it, step by step.
+//! - For `posthorn route explain`: all of it, step by step, starting with
+//!   what the door does first (qualification, recipient canonical maps).
 
 use super::rewrite::{Expansion, RewriteError, Rewriter};
 use super::table::{Syntax, Table, TableError, open_all};
@@ -357,6 +359,42 @@ mod tests {
             d = dir.display()
         );
         Router::from_config(&Config::parse(&text, Path::new("t.toml")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn virtual_alias_domains_know_only_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let virtual_ = dir.path().join("virtual");
+        std::fs::write(
+            &virtual_,
+            "team@lists.example.org alice@example.org\nloop@lists.example.org loop@lists.example.org\n@staging.example.org team@example.org\n",
+        )
+        .unwrap();
+        let config = format!(
+            "role = \"hub\"\nhostname = \"mx.example.org\"\n[access]\nlocal_domains = [\"example.org\"]\n[rewrite]\nvirtual_alias_domains = [\"lists.example.org\", \"staging.example.org\"]\nvirtual_alias_maps = [\"hash:{}\"]\n",
+            virtual_.display()
+        );
+        let r = Router::from_config(&Config::parse(&config, Path::new("t.toml")).unwrap()).unwrap();
+        // (address, accepted)
+        let cases = [
+            ("team@lists.example.org", true),
+            ("Team@Lists.Example.ORG", true),
+            ("nobody@lists.example.org", false),
+            ("loop@lists.example.org", false),
+            ("anyone@staging.example.org", true),
+            ("anyone@example.org", true),
+        ];
+        for (address, accepted) in cases {
+            let got = r.check(address);
+            assert_eq!(got.is_ok(), accepted, "{address}: {got:?}");
+            if let Err(refusal) = got {
+                assert_eq!((refusal.code, refusal.status), (550, (5, 1, 1)));
+                assert_eq!(
+                    refusal.text,
+                    format!("<{address}>: Recipient address rejected: User unknown in virtual alias table")
+                );
+            }
+        }
     }
 
     #[test]
