@@ -51,6 +51,9 @@ pub struct Config {
     pub(crate) source: Option<PathBuf>,
     pub(crate) role: Role,
     pub(crate) hostname: String,
+    /// The domain unqualified addresses of local submissions get (Postfix's
+    /// `myorigin`, Exim's `qualify_domain`); default: the hostname.
+    pub(crate) myorigin: String,
     pub(crate) spool: PathBuf,
     /// The account the daemon switches to after binding its ports when it
     /// is started as root (`user`, default `posthorn`; `"root"` keeps root).
@@ -178,6 +181,10 @@ pub(crate) struct Rewrite {
     /// The domains whose senders are masqueraded; empty: the hostname and
     /// `localhost`.
     pub(crate) masquerade_domains: Vec<String>,
+    /// Domains whose every address comes from `virtual_alias_maps`
+    /// (Postfix's `virtual_alias_domains`): ours, and an address without
+    /// an entry is refused at RCPT.
+    pub(crate) virtual_alias_domains: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -271,6 +278,9 @@ pub(crate) struct Access {
     /// Certificate DNS name -> the sender patterns (`*@domain`, or an
     /// address) a client presenting it may use in MAIL FROM.
     pub(crate) client_cert_senders: Vec<(String, Vec<String>)>,
+    /// `rewrite.virtual_alias_domains`, copied here so that the relay rule
+    /// takes mail for them from anyone, as for relay and local domains.
+    pub(crate) virtual_alias_domains: Vec<String>,
 }
 
 impl Access {
@@ -422,18 +432,29 @@ impl Config {
         };
         let role = raw.role.unwrap_or(Role::Satellite);
         let hostname = raw.hostname.unwrap_or_else(system_hostname);
+        let myorigin = match raw.myorigin.map(|o| o.trim().trim_end_matches('.').to_string()) {
+            Some(o) if o.is_empty() || o.contains(['@', ' ']) => {
+                return Err(err("myorigin", format!("`{o}` is not a domain")));
+            }
+            Some(o) => o,
+            None => hostname.clone(),
+        };
+        let rewrite = resolve_rewrite(raw.rewrite);
+        let mut access = resolve_access(raw.access, role, &hostname, &err)?;
+        access.virtual_alias_domains = rewrite.virtual_alias_domains.clone();
         Ok(Config {
             source: path.map(Path::to_path_buf),
             role,
+            myorigin,
             hostname: hostname.clone(),
             spool: raw.spool.unwrap_or_else(|| PathBuf::from("/var/spool/posthorn")),
             user: resolve_user(raw.user, path.is_none(), &err)?,
             smtp: resolve_smtp(raw.smtp, role, &err)?,
-            access: resolve_access(raw.access, role, &hostname, &err)?,
+            access,
             relay: resolve_relay(raw.relay, &err)?,
             queue: resolve_queue(raw.queue, &err)?,
             deliver: resolve_deliver(raw.deliver, &err)?,
-            rewrite: resolve_rewrite(raw.rewrite),
+            rewrite,
             tls: resolve_tls(raw.tls, &err)?,
             auth: resolve_auth(raw.auth),
             filter: resolve_filter(raw.filter, &err)?,
@@ -604,6 +625,7 @@ fn socket_addrs(list: Vec<String>, key: &str, err: &KeyError) -> Result<Vec<Sock
 struct Raw {
     role: Option<Role>,
     hostname: Option<String>,
+    myorigin: Option<String>,
     spool: Option<PathBuf>,
     user: Option<String>,
     #[serde(default)]
@@ -844,6 +866,7 @@ fn resolve_access(raw: RawAccess, role: Role, hostname: &str, err: &KeyError) ->
             .into_iter()
             .map(|(name, senders)| (name.trim_end_matches('.').to_ascii_lowercase(), senders))
             .collect(),
+        virtual_alias_domains: Vec::new(),
     })
 }
 
@@ -941,6 +964,7 @@ struct RawRewrite {
     recipient_canonical_maps: Option<Vec<String>>,
     masquerade_as: Option<String>,
     masquerade_domains: Option<Vec<String>>,
+    virtual_alias_domains: Option<Vec<String>>,
 }
 
 fn resolve_rewrite(raw: RawRewrite) -> Rewrite {
@@ -951,6 +975,7 @@ fn resolve_rewrite(raw: RawRewrite) -> Rewrite {
         recipient_canonical_maps: raw.recipient_canonical_maps.unwrap_or_default(),
         masquerade_as: raw.masquerade_as,
         masquerade_domains: lower(raw.masquerade_domains.unwrap_or_default()),
+        virtual_alias_domains: lower(raw.virtual_alias_domains.unwrap_or_default()),
     }
 }
 
@@ -1038,6 +1063,19 @@ mod tests {
         assert_eq!(c.smtp.listen, vec!["127.0.0.1:25".parse::<SocketAddr>().unwrap()]);
         assert_eq!(c.queue.retry_min, Duration::from_secs(300));
         assert_eq!(c.queue.min_free, None, "the default is worked out from the spool's filesystem");
+    }
+
+    #[test]
+    fn myorigin_and_virtual_alias_domains() {
+        assert_eq!(parse("hostname = \"vm7.example.org\"\n").unwrap().myorigin, "vm7.example.org");
+        let c = parse("hostname = \"vm7\"\nmyorigin = \"Example.org.\"\n[rewrite]\nvirtual_alias_domains = [\"Lists.Example.org\"]\n").unwrap();
+        assert_eq!(c.myorigin, "Example.org");
+        assert_eq!(c.rewrite.virtual_alias_domains, ["lists.example.org"]);
+        assert_eq!(c.access.virtual_alias_domains, ["lists.example.org"], "the relay rule sees them");
+        for bad in ["\"\"", "\"root@example.org\""] {
+            let e = parse(&format!("myorigin = {bad}\n")).unwrap_err();
+            assert!(e.starts_with("/etc/posthorn/posthorn.toml: myorigin: ") && e.contains("is not a domain"), "{e}");
+        }
     }
 
     #[test]

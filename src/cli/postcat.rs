@@ -147,8 +147,12 @@ fn envelope_records(env: &Envelope) -> String {
     }
     s.push_str(&format!("sender: {}\n", env.sender));
     for r in &env.recipients {
+        // Postfix's records: the address before rewriting, and the DSN
+        // ORCPT as it goes on to the next hop.
+        let original = crate::message::original_recipient(r.orcpt.as_deref(), &r.address);
+        s.push_str(&format!("original_recipient: {original}\n"));
         if let Some(orcpt) = &r.orcpt {
-            s.push_str(&format!("original_recipient: {orcpt}\n"));
+            s.push_str(&format!("dsn_orig_rcpt: {orcpt}\n"));
         }
         if let Some(notify) = &r.notify {
             s.push_str(&format!("dsn_notify_flags: {notify}\n"));
@@ -194,6 +198,7 @@ named_attribute: protocol_name=local
 named_attribute: login_name=root
 named_attribute: posthorn_attempts=2
 sender: root@vm1
+original_recipient: ops@example.org
 recipient: ops@example.org
 *** MESSAGE CONTENTS deferred/0KAB12CD34 ***
 Subject: hi

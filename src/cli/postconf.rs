@@ -10,6 +10,7 @@
 //! | Postfix | posthorn |
 //! |---|---|
 //! | myhostname | hostname |
+//! | myorigin | myorigin |
 //! | queue_directory | spool |
 //! | message_size_limit | smtp.max_message_size |
 //! | smtpd_recipient_limit | smtp.max_recipients |
@@ -24,6 +25,11 @@
 //! | maximal_queue_lifetime | queue.max_lifetime |
 //! | delay_warning_time | queue.delay_warning |
 //! | qmgr_message_active_limit | queue.active_limit |
+//! | virtual_alias_maps | rewrite.virtual_alias_maps |
+//! | virtual_alias_domains | rewrite.virtual_alias_domains |
+//! | alias_maps | rewrite.alias_maps |
+//! | sender_canonical_maps | rewrite.sender_canonical_maps |
+//! | recipient_canonical_maps | rewrite.recipient_canonical_maps |
 //!
 //! Keys of sections that the typed configuration does not cover yet
 //! (`[rewrite]`, `[deliver]`, `[tls]`, `[filter]`, ...) are printed as
@@ -39,8 +45,9 @@ const USAGE: &str =
     "usage: postconf [-c config] [-d (defaults)] [-n (non-defaults)] [-h (values only)] [-H (names only)] [name...]";
 
 /// Postfix parameter names and the posthorn keys they stand for.
-pub(crate) const POSTFIX_NAMES: [(&str, &str); 16] = [
+pub(crate) const POSTFIX_NAMES: [(&str, &str); 22] = [
     ("myhostname", "hostname"),
+    ("myorigin", "myorigin"),
     ("queue_directory", "spool"),
     ("mail_owner", "user"),
     ("message_size_limit", "smtp.max_message_size"),
@@ -56,6 +63,11 @@ pub(crate) const POSTFIX_NAMES: [(&str, &str); 16] = [
     ("maximal_queue_lifetime", "queue.max_lifetime"),
     ("delay_warning_time", "queue.delay_warning"),
     ("qmgr_message_active_limit", "queue.active_limit"),
+    ("virtual_alias_maps", "rewrite.virtual_alias_maps"),
+    ("virtual_alias_domains", "rewrite.virtual_alias_domains"),
+    ("alias_maps", "rewrite.alias_maps"),
+    ("sender_canonical_maps", "rewrite.sender_canonical_maps"),
+    ("recipient_canonical_maps", "rewrite.recipient_canonical_maps"),
 ];
 
 pub(crate) fn main(args: &[String]) -> u8 {
@@ -138,6 +150,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
     let rows: Vec<(&str, String)> = vec![
         ("role", if c.role == Role::Hub { "hub" } else { "satellite" }.into()),
         ("hostname", c.hostname.clone()),
+        ("myorigin", c.myorigin.clone()),
         ("spool", c.spool.display().to_string()),
         ("user", c.user.clone().unwrap_or_default()),
         ("smtp.listen", list(c.smtp.listen.iter().map(|a| a.to_string()).collect())),
@@ -164,6 +177,11 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("queue.delay_warning", c.queue.delay_warning.map_or("0".into(), duration)),
         ("queue.active_limit", c.queue.active_limit.to_string()),
         ("queue.pickup_interval", duration(c.queue.pickup_interval)),
+        ("rewrite.virtual_alias_maps", list(c.rewrite.virtual_alias_maps.clone())),
+        ("rewrite.virtual_alias_domains", list(c.rewrite.virtual_alias_domains.clone())),
+        ("rewrite.alias_maps", list(c.rewrite.alias_maps.clone())),
+        ("rewrite.sender_canonical_maps", list(c.rewrite.sender_canonical_maps.clone())),
+        ("rewrite.recipient_canonical_maps", list(c.rewrite.recipient_canonical_maps.clone())),
     ];
     rows.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }

@@ -4,7 +4,10 @@
 //! Each recipient gets its own file, committed the Maildir way: written in
 //! `tmp/` under a name unique on this host, fsynced, renamed into `new/`,
 //! and `new/` fsynced, so a crash leaves either no message or a whole one.
-//! The file starts with `Return-Path:` and `Delivered-To:` and has LF line
+//! The file starts with `Return-Path:`, `X-Original-To:` (the recipient
+//! before canonical maps and aliases rewrote it, as Postfix's local and
+//! virtual write it: a catch-all's mail says which address it was sent to)
+//! and `Delivered-To:`, and has LF line
 //! ends, as mail readers expect on disk. The Maildir and its `tmp/`,
 //! `new/`, `cur/` are made (mode 0700) on first delivery.
 //!
@@ -58,7 +61,12 @@ impl Maildir {
                 return Outcome::Permanent(failure(reply, ErrorClass::Local));
             }
         };
-        let header = format!("Return-Path: <{}>\nDelivered-To: {}\n", clean(&msg.sender), rcpt.address);
+        let header = format!(
+            "Return-Path: <{}>\nX-Original-To: {}\nDelivered-To: {}\n",
+            clean(&msg.sender),
+            rcpt.original(),
+            rcpt.address
+        );
         let body = Arc::clone(&msg.body);
         let name = self.unique_name();
         let target = dir.clone();
@@ -302,7 +310,8 @@ mod tests {
         let delivered = files(&alice.join("new"));
         assert_eq!(delivered.len(), 2, "two recipients share this maildir");
         let text = fs::read_to_string(&delivered[0]).unwrap();
-        assert!(text.starts_with("Return-Path: <cron@sat.test>\nDelivered-To: "), "{text}");
+        assert!(text.starts_with("Return-Path: <cron@sat.test>\nX-Original-To: "), "{text}");
+        assert!(text.contains("\nDelivered-To: "), "{text}");
         assert!(text.ends_with("Subject: hi\n\nline one\nline two\n"), "{text}");
         assert!(!text.contains('\r'));
         let mode = fs::metadata(&delivered[0]).unwrap().permissions().mode();

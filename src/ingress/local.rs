@@ -4,7 +4,9 @@
 //! Line ends are made CRLF; with `-t` recipients come from To/Cc/Bcc; Bcc
 //! headers are removed; `From:`, `Date:` and `Message-ID:` are added when
 //! missing (RFC 5322 requires From and Date; RFC 6409 8.3 lets a submission
-//! server add Message-ID); unqualified addresses get `@hostname`.
+//! server add Message-ID); unqualified envelope addresses get `@myorigin`
+//! (the hostname unless set), and so do those in address headers (at the
+//! door, `Ingress::open`).
 
 use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
@@ -21,18 +23,19 @@ pub(crate) async fn submit(
     user: &str,
 ) -> Result<String, IngressError> {
     let hostname = ingress.hostname().to_string();
+    let origin = ingress.myorigin().to_string();
     let message = crlf(&message);
     let header::Split { head: headers, body, .. } = header::split(&message);
-    let mut recipients: Vec<String> = drop.recipients.iter().map(|r| qualify(r, &hostname)).collect();
+    let mut recipients: Vec<String> = drop.recipients.iter().map(|r| qualify(r, &origin)).collect();
     if drop.extract_recipients {
-        recipients.extend(header::recipients(headers).into_iter().map(|r| qualify(&r, &hostname)));
+        recipients.extend(header::recipients(headers).into_iter().map(|r| qualify(&r, &origin)));
     }
     let mut seen = std::collections::HashSet::new();
     recipients.retain(|r| !r.is_empty() && seen.insert(r.to_ascii_lowercase()));
     let sender = match &drop.sender {
         Some(s) if s.is_empty() || s == "<>" => String::new(),
-        Some(s) => qualify(s, &hostname),
-        None => qualify(user, &hostname),
+        Some(s) => qualify(s, &origin),
+        None => qualify(user, &origin),
     };
     // A recipient the tables refuse (unknown local user, alias loop) must
     // not take the others down with it, nor vanish: `sendmail` exited 0
@@ -176,10 +179,10 @@ async fn notify_sender(ingress: &Ingress, sender: &str, items: Vec<Item>, header
     }
 }
 
-/// `root` -> `root@hostname`; `<a@b>` -> `a@b`.
-fn qualify(addr: &str, hostname: &str) -> String {
+/// `root` -> `root@myorigin`; `<a@b>` -> `a@b`.
+fn qualify(addr: &str, origin: &str) -> String {
     let a = addr.trim().trim_start_matches('<').trim_end_matches('>').trim();
-    if a.is_empty() || a.contains('@') { a.to_string() } else { format!("{a}@{hostname}") }
+    if a.is_empty() || a.contains('@') { a.to_string() } else { format!("{a}@{origin}") }
 }
 
 /// Any of CRLF, LF or a lone CR ends a line; the result uses CRLF only.
@@ -229,6 +232,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::builtin();
         config.hostname = "vm1.example.org".into();
+        config.myorigin = "vm1.example.org".into();
         let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
         let drop = Drop { extract_recipients: true, full_name: Some("Cron Daemon".into()), ..Drop::default() };
         let id = submit(&ingress, drop, b"To: root\nBcc: ops@example.org\nSubject: hi\n\nbody\n".to_vec(), "cron")
@@ -252,6 +256,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::builtin();
         config.hostname = "vm1.example.org".into();
+        config.myorigin = "vm1.example.org".into();
         let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
         let drop = Drop { recipients: vec!["ops@example.org".into()], ..Drop::default() };
         let message = format!("{}Subject: loop\n\nbody\n", "Received: from a by b; now\n".repeat(51));

@@ -21,6 +21,7 @@ pub(crate) mod maildrop;
 
 use crate::clock;
 use crate::config::Config;
+use crate::message::addrlist;
 use crate::message::header::HopCounter;
 use crate::message::outcome::printable;
 use crate::message::seal::{self, Verdict};
@@ -184,6 +185,8 @@ enum Sink {
 
 struct Inner {
     hostname: String,
+    /// The domain of unqualified addresses (`myorigin`).
+    myorigin: String,
     max_size: u64,
     sink: Sink,
     /// Virtual aliases and local recipient checks; none on a plain satellite.
@@ -228,6 +231,7 @@ impl Ingress {
         Ingress {
             inner: Arc::new(Inner {
                 hostname: config.hostname.clone(),
+                myorigin: config.myorigin.clone(),
                 max_size: config.smtp.max_message_size,
                 sink,
                 router,
@@ -305,6 +309,11 @@ impl Ingress {
         &self.inner.hostname
     }
 
+    /// The domain unqualified addresses get (`myorigin`).
+    pub(crate) fn myorigin(&self) -> &str {
+        &self.inner.myorigin
+    }
+
     pub(crate) fn max_size(&self) -> u64 {
         self.inner.max_size
     }
@@ -338,7 +347,12 @@ impl Ingress {
         if let Some(c) = canonical {
             tx.sender = c.sender(&tx.sender, local);
             for r in &mut tx.recipients {
-                r.address = c.recipient(&r.address);
+                let rewritten = c.recipient(&r.address);
+                if rewritten != r.address && r.orcpt.is_none() {
+                    // The original recipient is the one before any rewriting.
+                    r.orcpt = Some(format!("rfc822;{}", r.address));
+                }
+                r.address = rewritten;
             }
         }
         // The header block is held back until it is complete: seal fields
@@ -346,7 +360,13 @@ impl Ingress {
         // (queue only: a maildrop file is handled when the daemon picks it
         // up).
         let rewrite = canonical.is_some_and(|c| c.rewrites_senders(local));
-        let head = matches!(self.inner.sink, Sink::Queue { .. }).then(|| HeldHead { buf: Vec::new(), local, rewrite });
+        let qualify = local || tx.origin.client.is_some_and(|c| c.ip().is_loopback());
+        let head = matches!(self.inner.sink, Sink::Queue { .. }).then(|| HeldHead {
+            buf: Vec::new(),
+            local,
+            rewrite,
+            qualify,
+        });
         tx.recipients = self.expand(std::mem::take(&mut tx.recipients))?;
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
@@ -495,6 +515,10 @@ struct HeldHead {
     local: bool,
     /// Senders are rewritten (`From:`, `Sender:`).
     rewrite: bool,
+    /// Addresses without a domain in address fields get `@myorigin`:
+    /// local submissions and clients on this host (Postfix's
+    /// `local_header_rewrite_clients` default, `permit_inet_interfaces`).
+    qualify: bool,
 }
 
 /// A header block longer than this is passed on unchanged.
@@ -554,6 +578,8 @@ impl MessageWriter {
             let value = crate::message::header::unfold(f.value());
             printable(String::from_utf8_lossy(&value).trim())
         });
+        let qualified = head.qualify.then(|| qualify_header_block(block, &self.ingress.inner.myorigin));
+        let block = qualified.as_deref().unwrap_or(block);
         let canonical = self.ingress.inner.router.as_ref().and_then(|r| r.canonical()).filter(|_| head.rewrite);
         match canonical {
             Some(c) => self.emit(&crate::route::canonical::rewrite_header_block(block, c, head.local)).await?,
@@ -651,6 +677,35 @@ impl MessageWriter {
         );
         Err(IngressError::TooManyHops(hops))
     }
+}
+
+/// The address fields Postfix's cleanup qualifies (its sender and
+/// recipient header classes).
+const ADDRESS_FIELDS: [&str; 15] = [
+    "from",
+    "sender",
+    "reply-to",
+    "errors-to",
+    "return-receipt-to",
+    "resent-from",
+    "resent-sender",
+    "resent-reply-to",
+    "to",
+    "cc",
+    "bcc",
+    "apparently-to",
+    "resent-to",
+    "resent-cc",
+    "resent-bcc",
+];
+
+/// `root` becomes `root@MYORIGIN` in every address field of a header
+/// block (Postfix's `append_at_myorigin` on header addresses); every other
+/// byte stays as it was.
+fn qualify_header_block(head: &[u8], myorigin: &str) -> Vec<u8> {
+    crate::message::header::rewrite(head, |field| {
+        ADDRESS_FIELDS.iter().any(|name| field.is(name)).then(|| addrlist::qualify(field.value(), myorigin))
+    })
 }
 
 /// Logs a message the spool could not store, with the errno, and gives

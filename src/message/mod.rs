@@ -7,9 +7,11 @@
 //! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
 //! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
+//! - `addrlist`: the addresses in an address-list field, changed one by one, byte-exact;
 //! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532);
 //! - `seal`: whether we vouch for a message, carried through the content filter.
 
+pub(crate) mod addrlist;
 pub(crate) mod downconvert;
 pub(crate) mod header;
 pub mod nexthop;
@@ -85,6 +87,70 @@ impl OutMessage {
             trace_id: None,
             to_filter: false,
             trusted: false,
+        }
+    }
+}
+
+impl OutRecipient {
+    /// The recipient as it reached the queue, before any rewriting
+    /// (`X-Original-To:`); see [`original_recipient`].
+    pub(crate) fn original(&self) -> String {
+        original_recipient(self.orcpt.as_deref(), &self.address)
+    }
+}
+
+/// The original recipient of a queued recipient: the address of its ORCPT
+/// (`rfc822;` type, xtext decoded), which the door sets to the address
+/// before canonical maps and aliases rewrote it (unless the client gave
+/// one); else the address itself.
+pub(crate) fn original_recipient(orcpt: Option<&str>, address: &str) -> String {
+    let Some((kind, value)) = orcpt.and_then(|o| o.split_once(';')) else { return address.to_string() };
+    if !kind.trim().eq_ignore_ascii_case("rfc822") {
+        return address.to_string();
+    }
+    let decoded = decode_xtext(value.trim());
+    if decoded.is_empty() || decoded.chars().any(char::is_control) { address.to_string() } else { decoded }
+}
+
+/// RFC 3461 4: `+XX` is the byte XX; a bad escape is kept as written.
+fn decode_xtext(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'+', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (other, _) => {
+                out.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_recipients() {
+        let cases = [
+            (None, "a@x.example", "a@x.example"),
+            (Some("rfc822;root@vm1.example.org"), "ops@example.org", "root@vm1.example.org"),
+            (Some("RFC822; u+2Bext+40example.org"), "ops@example.org", "u+ext@example.org"),
+            (Some("utf-8;x@y"), "ops@example.org", "ops@example.org"),
+            (Some("rfc822;+0A"), "ops@example.org", "ops@example.org"),
+            (Some("rfc822;a+zz@b"), "ops@example.org", "a+zz@b"),
+            (Some("garbage"), "ops@example.org", "ops@example.org"),
+        ];
+        for (orcpt, address, want) in cases {
+            assert_eq!(original_recipient(orcpt, address), want, "{orcpt:?}");
         }
     }
 }

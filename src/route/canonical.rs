@@ -16,7 +16,7 @@
 
 use super::table::{Syntax, Table, TableError, open_all};
 use crate::config::{Config, Role};
-use crate::message::header;
+use crate::message::{addrlist, header};
 use std::sync::Arc;
 
 pub(crate) struct Canonical {
@@ -56,11 +56,24 @@ impl Canonical {
 
     /// The sender as it goes into the queue (envelope and `From:`).
     pub(crate) fn sender(&self, address: &str, local_submission: bool) -> String {
+        self.sender_traced(address, local_submission).0
+    }
+
+    /// The sender as it goes into the queue, and each step that changed
+    /// it (for `posthorn route explain`).
+    pub(crate) fn sender_traced(&self, address: &str, local_submission: bool) -> (String, Vec<String>) {
+        let mut steps = Vec::new();
         if address.is_empty() {
-            return String::new();
+            return (String::new(), steps);
         }
-        let address = lookup(&self.sender_maps, address, &self.own_domains).unwrap_or_else(|| address.to_string());
-        match &self.masquerade_as {
+        let address = match lookup(&self.sender_maps, address, &self.own_domains) {
+            Some(hit) => {
+                steps.push(format!("{address}: sender canonical {hit}"));
+                hit.to
+            }
+            None => address.to_string(),
+        };
+        let masqueraded = match &self.masquerade_as {
             Some(to) if (local_submission || self.satellite) && self.is_masqueraded(&address) => {
                 if to.contains('@') {
                     to.clone()
@@ -69,13 +82,21 @@ impl Canonical {
                     format!("{user}@{to}")
                 }
             }
-            _ => address,
-        }
+            _ => return (address, steps),
+        };
+        steps.push(format!("{address}: masqueraded (rewrite.masquerade_as) -> {masqueraded}"));
+        (masqueraded, steps)
     }
 
     /// A recipient as it goes into the queue (before alias expansion).
     pub(crate) fn recipient(&self, address: &str) -> String {
-        lookup(&self.recipient_maps, address, &self.own_domains).unwrap_or_else(|| address.to_string())
+        self.recipient_traced(address).map_or_else(|| address.to_string(), |hit| hit.to)
+    }
+
+    /// The `recipient_canonical_maps` entry that rewrites `address`, if
+    /// any (for `posthorn route explain`, and the door).
+    pub(crate) fn recipient_traced(&self, address: &str) -> Option<Hit> {
+        lookup(&self.recipient_maps, address, &self.own_domains)
     }
 
     /// Whether `From:` needs looking at: something may change senders.
@@ -99,8 +120,23 @@ impl Canonical {
     }
 }
 
-/// The canonical value for `address`, if a table has one.
-fn lookup(tables: &[Arc<Table>], address: &str, own_domains: &[String]) -> Option<String> {
+/// A canonical table entry that matched, and the address it gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub(crate) table: String,
+    pub(crate) line: usize,
+    pub(crate) key: String,
+    pub(crate) to: String,
+}
+
+impl std::fmt::Display for Hit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "({} line {}, key \"{}\") -> {}", self.table, self.line, self.key, self.to)
+    }
+}
+
+/// The canonical entry for `address`, if a table has one.
+fn lookup(tables: &[Arc<Table>], address: &str, own_domains: &[String]) -> Option<Hit> {
     if tables.is_empty() {
         return None;
     }
@@ -114,59 +150,27 @@ fn lookup(tables: &[Arc<Table>], address: &str, own_domains: &[String]) -> Optio
         keys.push(format!("@{domain}"));
     }
     for key in &keys {
-        if let Some(value) = tables.iter().find_map(|t| t.lookup(key)) {
-            let value = value.split(',').next().unwrap_or("").trim().to_string();
+        if let Some((table, entry)) = tables.iter().find_map(|t| t.find(key).map(|e| (t.name().to_string(), e))) {
+            let value = entry.value.split(',').next().unwrap_or("").trim().to_string();
             if value.is_empty() {
                 continue;
             }
-            return Some(match value.strip_prefix('@') {
+            let to = match value.strip_prefix('@') {
                 Some(d) => format!("{user}@{d}"),
                 None if value.contains('@') || domain.is_empty() => value,
                 None => format!("{value}@{domain}"),
-            });
+            };
+            return Some(Hit { table, line: entry.line, key: entry.key, to });
         }
     }
     None
 }
 
-/// Applies `f` to every address in a header value: the `<...>` parts when
-/// there are any, else each comma-separated bare address. Works on bytes:
-/// an 8-bit display name stays as it was, and an address that is not
-/// UTF-8 (no table key can match it) too.
+/// Applies `f` to every address in a header value (`message::addrlist`).
+/// An address that is not UTF-8 (no table key can match it) stays as it
+/// was.
 fn rewrite_addresses(value: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
-    let apply = |addr: &[u8]| match std::str::from_utf8(addr) {
-        Ok(a) => f(a).into_bytes(),
-        Err(_) => addr.to_vec(),
-    };
-    if value.contains(&b'<') {
-        let mut out = Vec::with_capacity(value.len());
-        let mut rest = value;
-        while let Some(open) = rest.iter().position(|&b| b == b'<') {
-            let Some(close) = rest[open..].iter().position(|&b| b == b'>').map(|c| open + c) else { break };
-            out.extend_from_slice(&rest[..=open]);
-            let inner = &rest[open + 1..close];
-            out.extend(if inner.trim_ascii().is_empty() { inner.to_vec() } else { apply(inner.trim_ascii()) });
-            out.push(b'>');
-            rest = &rest[close + 1..];
-        }
-        out.extend_from_slice(rest);
-        return out;
-    }
-    let parts: Vec<Vec<u8>> = value
-        .split(|&b| b == b',')
-        .map(|part| {
-            let trimmed = part.trim_ascii();
-            // A bare address, maybe followed by a `(comment)`.
-            let (addr, comment) = match trimmed.iter().position(|&b| b.is_ascii_whitespace() || b == b'(') {
-                Some(i) => trimmed.split_at(i),
-                None => (trimmed, &[][..]),
-            };
-            let lead = &part[..part.len() - part.trim_ascii_start().len()];
-            let trail = &part[part.trim_ascii_end().len()..];
-            if addr.is_empty() { part.to_vec() } else { [lead, &apply(addr), comment, trail].concat() }
-        })
-        .collect();
-    parts.join(&b","[..])
+    addrlist::map_addresses(value, |addr| std::str::from_utf8(addr).ok().map(|a| f(a).into_bytes()))
 }
 
 /// Rewrites the addresses in the `From:` and `Sender:` fields of a header

@@ -3,14 +3,16 @@
 //!
 //! - At RCPT and at the door into the queue: what final recipients does
 //!   this address stand for (virtual aliases, catch-all, local aliases), and
-//!   are they acceptable (no loop, a known user in a local domain)?
+//!   are they acceptable (no loop, a known user in a local domain, nothing
+//!   left in a virtual alias domain without an entry)?
 //! - At delivery time: where does each final recipient go next (transport
 //!   table, then local Maildir for local domains, then the smarthosts when
 //!   configured, else MX)? Decided per attempt, so a changed table applies
 //!   to mail already queued.
 //! - At delivery time, before that: does the recipient's copy go to the
 //!   after-queue content filter first ([`content_filter`])?
-//! - For `posthorn route explain`: all of it, step by step.
+//! - For `posthorn route explain`: all of it, step by step, starting with
+//!   what the door does first (qualification, recipient canonical maps).
 
 use super::rewrite::{Expansion, RewriteError, Rewriter};
 use super::table::{Syntax, Table, TableError, open_all};
@@ -45,6 +47,23 @@ pub(crate) fn open_local_domains(config: &Config) -> Option<String> {
     })
 }
 
+/// The domains whose local parts the alias files know: the local domains,
+/// and on a satellite also its own names (the hostname, `localhost` and
+/// `myorigin`), as Postfix's default `mydestination` has them. A satellite
+/// has no local domains, so without these its `alias_maps` were never
+/// consulted and `root: ops@example.org` did nothing.
+fn alias_domains(config: &Config) -> Vec<String> {
+    let mut domains = config.access.local_domains.clone();
+    if config.role == Role::Satellite {
+        domains.extend([
+            config.hostname.to_ascii_lowercase(),
+            "localhost".into(),
+            config.myorigin.to_ascii_lowercase(),
+        ]);
+    }
+    domains
+}
+
 /// Why a recipient is refused at RCPT (or at the door).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
@@ -58,6 +77,11 @@ pub(crate) struct Router {
     /// `relay.tls`, the smarthosts' TLS policy, for `explain`.
     relay_tls: crate::config::TlsPolicy,
     local_domains: Vec<String>,
+    /// `rewrite.virtual_alias_domains`: every address comes from the
+    /// virtual alias maps; one without an entry is unknown.
+    virtual_alias_domains: Vec<String>,
+    /// `myorigin`, for bare names `explain` is asked about.
+    myorigin: String,
     has_smarthosts: bool,
     rewriter: Rewriter,
     /// Sender/recipient canonical maps and masquerading; `None`: none set.
@@ -101,16 +125,18 @@ impl Router {
         };
         let local: Vec<String> = config.access.local_domains.clone();
         let is_local = {
-            let local = local.clone();
+            let local = alias_domains(config);
             move |d: &str| local.iter().any(|l| l.eq_ignore_ascii_case(d.trim_end_matches('.')))
         };
-        let rewriter = Rewriter::new(&config.hostname, is_local)
+        let rewriter = Rewriter::new(&config.myorigin, is_local)
             .with_virtual_maps(open("rewrite.virtual_alias_maps", &config.rewrite.virtual_alias_maps, Syntax::Map)?)
             .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?);
         Ok(Router {
             role: config.role,
             relay_tls: config.relay.tls,
             local_domains: local,
+            virtual_alias_domains: config.rewrite.virtual_alias_domains.clone(),
+            myorigin: config.myorigin.clone(),
             has_smarthosts: !config.relay.smarthosts.is_empty(),
             rewriter,
             canonical: super::canonical::Canonical::from_config(config)?,
@@ -147,6 +173,14 @@ impl Router {
             _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },
         })?;
         for rcpt in &expansion.recipients {
+            if self.is_virtual_alias_domain(rcpt) {
+                // Postfix's words for `virtual_alias_domains`.
+                return Err(Refusal {
+                    code: 550,
+                    status: (5, 1, 1),
+                    text: format!("<{address}>: Recipient address rejected: User unknown in virtual alias table"),
+                });
+            }
             if !self.known_local(rcpt) {
                 return Err(Refusal {
                     code: 550,
@@ -161,6 +195,15 @@ impl Router {
             }
         }
         Ok(expansion.recipients)
+    }
+
+    /// Whether `rcpt` is in a virtual alias domain: left there after
+    /// expansion, it has no entry of its own (a catch-all would have
+    /// taken it elsewhere).
+    fn is_virtual_alias_domain(&self, rcpt: &str) -> bool {
+        let Some((_, domain)) = rcpt.rsplit_once('@') else { return false };
+        let domain = domain.trim_end_matches('.');
+        self.virtual_alias_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// For a recipient its route takes to a Maildir: whether it can name one.
@@ -215,8 +258,35 @@ impl Router {
         }
     }
 
-    /// `posthorn route explain ADDRESS`.
+    /// `posthorn route explain ADDRESS`: what the door does to the address
+    /// (qualification, recipient canonical maps, with the same code), then
+    /// the expansion and the route of each final recipient; last, what the
+    /// address becomes as a sender, when that differs.
     pub(crate) fn explain(&self, address: &str) -> String {
+        let mut out = String::new();
+        let mut address = address.trim().to_string();
+        if !address.contains('@') {
+            let to = format!("{address}@{}", self.myorigin);
+            let _ = writeln!(out, "{address}: qualified as {to} (myorigin)");
+            address = to;
+        }
+        let original = address.clone();
+        if let Some(hit) = self.canonical.as_ref().and_then(|c| c.recipient_traced(&address)) {
+            let _ = writeln!(out, "{address}: recipient canonical {hit}");
+            address = hit.to;
+        }
+        out.push_str(&self.explain_recipient(&address));
+        if let Some(c) = &self.canonical {
+            for step in c.sender_traced(&original, true).1 {
+                let _ = writeln!(out, "as a sender: {step}");
+            }
+        }
+        out
+    }
+
+    /// The expansion of a recipient as it enters the queue, and the route
+    /// of each final recipient.
+    fn explain_recipient(&self, address: &str) -> String {
         let mut out = String::new();
         let expansion = match self.check(address) {
             Ok(_) => self.expand(address).expect("checked above"),
@@ -289,6 +359,42 @@ mod tests {
             d = dir.display()
         );
         Router::from_config(&Config::parse(&text, Path::new("t.toml")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn virtual_alias_domains_know_only_their_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let virtual_ = dir.path().join("virtual");
+        std::fs::write(
+            &virtual_,
+            "team@lists.example.org alice@example.org\nloop@lists.example.org loop@lists.example.org\n@staging.example.org team@example.org\n",
+        )
+        .unwrap();
+        let config = format!(
+            "role = \"hub\"\nhostname = \"mx.example.org\"\n[access]\nlocal_domains = [\"example.org\"]\n[rewrite]\nvirtual_alias_domains = [\"lists.example.org\", \"staging.example.org\"]\nvirtual_alias_maps = [\"hash:{}\"]\n",
+            virtual_.display()
+        );
+        let r = Router::from_config(&Config::parse(&config, Path::new("t.toml")).unwrap()).unwrap();
+        // (address, accepted)
+        let cases = [
+            ("team@lists.example.org", true),
+            ("Team@Lists.Example.ORG", true),
+            ("nobody@lists.example.org", false),
+            ("loop@lists.example.org", false),
+            ("anyone@staging.example.org", true),
+            ("anyone@example.org", true),
+        ];
+        for (address, accepted) in cases {
+            let got = r.check(address);
+            assert_eq!(got.is_ok(), accepted, "{address}: {got:?}");
+            if let Err(refusal) = got {
+                assert_eq!((refusal.code, refusal.status), (550, (5, 1, 1)));
+                assert_eq!(
+                    refusal.text,
+                    format!("<{address}>: Recipient address rejected: User unknown in virtual alias table")
+                );
+            }
+        }
     }
 
     #[test]

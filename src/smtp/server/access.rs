@@ -100,6 +100,7 @@ pub(crate) fn is_our_domain(access: &Access, domain: &str) -> bool {
         .relay_domains
         .iter()
         .chain(&access.local_domains)
+        .chain(&access.virtual_alias_domains)
         .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
 }
 
@@ -115,6 +116,7 @@ mod tests {
             local_recipient_maps: vec![],
             trusted_fingerprints: vec![],
             client_cert_senders: vec![],
+            virtual_alias_domains: vec!["lists.example.org".into()],
         }
     }
 
@@ -134,6 +136,7 @@ mod tests {
             (tcp("192.0.2.7:40000"), "ops@WebPlatform.ORG", true),
             (tcp("192.0.2.7:40000"), "ops@relay.example", true),
             (tcp("192.0.2.7:40000"), "root@mail.example.org", true),
+            (tcp("192.0.2.7:40000"), "team@lists.example.org", true),
             (tcp("192.0.2.7:40000"), "ops@sub.webplatform.org", false),
             (tcp("192.0.2.7:40000"), "ops@webplatform.org.evil.example", false),
             (tcp("192.0.2.7:40000"), "\"a@webplatform.org\"@evil.example", false),
@@ -164,6 +167,7 @@ mod tests {
             local_recipient_maps: vec![],
             trusted_fingerprints: vec![],
             client_cert_senders: vec![],
+            virtual_alias_domains: vec![],
         };
         assert!(check_relay(&none, &Peer::Tcp("127.0.0.1:1".parse().unwrap()), None, "a@b.example").is_err());
         assert!(check_relay(&none, &Peer::Local { user: "root".into() }, None, "a@b.example").is_ok());
