@@ -14,21 +14,27 @@ use crate::message::header;
 use crate::smtp::proto::reply::Reply;
 
 /// Queues one local submission and returns its queue id.
+/// `submitted` is when the drop was written (its file's time), which dates
+/// the message.
 pub(crate) async fn submit(
     ingress: &Ingress,
     drop: Drop,
     message: Vec<u8>,
     user: &str,
+    submitted: Option<u64>,
 ) -> Result<String, IngressError> {
     let hostname = ingress.hostname().to_string();
     let message = crlf(&message);
     let header::Split { head: headers, body, .. } = header::split(&message);
-    let mut recipients: Vec<String> = drop.recipients.iter().map(|r| qualify(r, &hostname)).collect();
+    // Each recipient with its DSN NOTIFY (`-N`, or its own from `-bs`).
+    let mut recipients: Vec<(String, Option<String>)> =
+        drop.recipients.iter().enumerate().map(|(i, r)| (qualify(r, &hostname), drop.notify_of(i))).collect();
     if drop.extract_recipients {
-        recipients.extend(header::recipients(headers).into_iter().map(|r| qualify(&r, &hostname)));
+        let extracted = header::recipients(headers).into_iter().map(|r| (qualify(&r, &hostname), drop.notify.clone()));
+        recipients.extend(extracted);
     }
     let mut seen = std::collections::HashSet::new();
-    recipients.retain(|r| !r.is_empty() && seen.insert(r.to_ascii_lowercase()));
+    recipients.retain(|(r, _)| !r.is_empty() && seen.insert(r.to_ascii_lowercase()));
     let sender = match &drop.sender {
         Some(s) if s.is_empty() || s == "<>" => String::new(),
         Some(s) => qualify(s, &hostname),
@@ -37,37 +43,48 @@ pub(crate) async fn submit(
     // A recipient the tables refuse (unknown local user, alias loop) must
     // not take the others down with it, nor vanish: `sendmail` exited 0
     // long ago, so the sender learns of it by a bounce, as from Postfix.
-    let (recipients, refused): (Vec<String>, Vec<String>) =
-        recipients.into_iter().partition(|r| ingress.check_recipient(r).is_ok());
+    let (recipients, refused): (Vec<_>, Vec<_>) =
+        recipients.into_iter().partition(|(r, _)| ingress.check_recipient(r).is_ok());
     if !refused.is_empty() {
-        bounce_refused(ingress, &sender, &refused, headers).await;
+        // A refused recipient that asked for no notice (`-N never`) gets none.
+        let notify: Vec<String> =
+            refused.into_iter().filter(|(_, n)| crate::dsn::wants(n.as_deref(), "FAILURE")).map(|(r, _)| r).collect();
+        if !notify.is_empty() {
+            bounce_refused(ingress, &sender, &notify, headers).await;
+        }
         if recipients.is_empty() {
             // Nothing left to queue; the drop has been answered.
             return Ok("NOQUEUE".into());
         }
     }
-    let queued = recipients.clone();
+    let queued: Vec<String> = recipients.iter().map(|(r, _)| r.clone()).collect();
     let tx = Transaction {
         sender: sender.clone(),
-        recipients: recipients.into_iter().map(|address| RcptIn { address, notify: None, orcpt: None }).collect(),
+        recipients: recipients.into_iter().map(|(address, notify)| RcptIn { address, notify, orcpt: None }).collect(),
         body: if message.iter().any(|b| *b >= 0x80) {
             super::BodyType::EightBitMime
         } else {
             super::BodyType::SevenBit
         },
         smtputf8: false,
-        ret: None,
-        envid: None,
+        ret: drop.ret.clone(),
+        envid: drop.envid.clone(),
         trace_id: None,
         origin: Arrival::local(user),
     };
     let mut writer = ingress.open(tx).await?;
+    if let Some(t) = submitted {
+        writer.set_arrival(t);
+    }
     let mut head = header::remove(headers, "bcc");
     let has = |name: &str| header::has(headers, name);
     if !has("from") {
+        // The null sender has no address to show: Postfix's cleanup
+        // writes MAILER-DAEMON, qualified like any local name.
+        let shown = if sender.is_empty() { qualify("MAILER-DAEMON", &hostname) } else { sender.clone() };
         let from = match drop.full_name.as_deref().map(|n| n.replace(['"', '\\', '\r', '\n'], "")) {
-            Some(name) if !name.is_empty() => format!("From: \"{name}\" <{sender}>\r\n"),
-            _ => format!("From: {sender}\r\n"),
+            Some(name) if !name.is_empty() => format!("From: \"{name}\" <{shown}>\r\n"),
+            _ => format!("From: {shown}\r\n"),
         };
         head.extend_from_slice(from.as_bytes());
     }

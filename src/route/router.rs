@@ -215,6 +215,20 @@ impl Router {
         }
     }
 
+    /// Each final recipient `address` stands for, with where it goes
+    /// next, or why it is refused: what `sendmail -bv` and `exim -bt`
+    /// print, from the same answers `explain` gives.
+    pub(crate) fn routes(&self, address: &str) -> Result<Vec<(String, Decision)>, Refusal> {
+        Ok(self
+            .check(address)?
+            .into_iter()
+            .map(|r| {
+                let next = self.decide(&r);
+                (r, next)
+            })
+            .collect())
+    }
+
     /// `posthorn route explain ADDRESS`.
     pub(crate) fn explain(&self, address: &str) -> String {
         let mut out = String::new();
