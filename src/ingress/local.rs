@@ -248,9 +248,10 @@ mod tests {
         config.hostname = "vm1.example.org".into();
         let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
         let drop = Drop { extract_recipients: true, full_name: Some("Cron Daemon".into()), ..Drop::default() };
-        let id = submit(&ingress, drop, b"To: root\nBcc: ops@example.org\nSubject: hi\n\nbody\n".to_vec(), "cron")
-            .await
-            .unwrap();
+        let id =
+            submit(&ingress, drop, b"To: root\nBcc: ops@example.org\nSubject: hi\n\nbody\n".to_vec(), "cron", None)
+                .await
+                .unwrap();
         let (_, env) = spool.find(&id).unwrap();
         assert_eq!(env.sender, "cron@vm1.example.org");
         let rcpts: Vec<_> = env.recipients.iter().map(|r| r.address.as_str()).collect();
@@ -272,7 +273,7 @@ mod tests {
         let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
         let drop = Drop { recipients: vec!["ops@example.org".into()], ..Drop::default() };
         let message = format!("{}Subject: loop\n\nbody\n", "Received: from a by b; now\n".repeat(51));
-        assert_eq!(submit(&ingress, drop, message.into_bytes(), "cron").await.unwrap(), "NOQUEUE");
+        assert_eq!(submit(&ingress, drop, message.into_bytes(), "cron", None).await.unwrap(), "NOQUEUE");
         let ids = spool.list(crate::spool::State::Incoming).unwrap();
         let [id] = ids.as_slice() else { panic!("queued: {ids:?}") };
         let (_, env) = spool.find(id).unwrap();
