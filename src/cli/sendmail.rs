@@ -58,6 +58,12 @@ pub(crate) enum Mode {
     Aliases,
 }
 
+/// Whether the argument after `-c` names a configuration rather than being
+/// a recipient after Sendmail 8's value-less `-c`.
+fn looks_like_config(arg: &str) -> bool {
+    Path::new(arg).exists() || arg.contains('/') || arg.ends_with(".toml")
+}
+
 /// `-N`: `never`, or a list of `success`, `delay`, `failure` (RFC 3461
 /// NOTIFY) in any case; kept upper-case, as SMTP's NOTIFY is.
 fn dsn_notify(value: &str) -> Result<String, String> {
@@ -114,15 +120,15 @@ pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
             "-bp" => o.mode = Mode::List,
             "-bv" => o.mode = Mode::Verify,
             "-bi" | "-I" => o.mode = Mode::Aliases,
-            // Sendmail 8's obsolete `-c` (HoldExpensive) takes no value:
-            // only an existing file or directory after it is a configuration.
-            "-c" => match args.get(i + 1).filter(|p| Path::new(p).exists()) {
-                Some(path) => {
+            // Sendmail 8's obsolete `-c` (HoldExpensive) takes no value: a
+            // configuration follows only if it looks like a path (a missing
+            // one is then an error, never a recipient).
+            "-c" => {
+                if let Some(path) = args.get(i + 1).filter(|p| looks_like_config(p)) {
                     o.config = Some(super::config_arg(path));
                     i += 1;
                 }
-                None => {}
-            },
+            }
             a if a.starts_with("-c") => o.config = Some(super::config_arg(&a[2..])),
             a if a.starts_with("-q") => o.mode = Mode::Flush,
             a if a.starts_with("-f") || a.starts_with("-r") => o.sender = Some(value(&mut i, a, &a[..2])?),
@@ -420,10 +426,8 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ReplyWatch<W> {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let result = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &result {
-            if let Ok(mut replies) = self.replies.lock() {
-                replies.feed(&buf[..*n]);
-            }
+        if let (std::task::Poll::Ready(Ok(n)), Ok(mut replies)) = (&result, self.replies.lock()) {
+            replies.feed(&buf[..*n]);
         }
         result
     }
@@ -504,6 +508,8 @@ mod tests {
         // Sendmail 8's `-c` takes no value: a recipient after it stays one.
         let o = p(&["-c", "root"]).unwrap();
         assert_eq!((o.config, o.recipients), (None, vec!["root".to_string()]));
+        // A path that is not there is still a path, refused at loading.
+        assert_eq!(p(&["-c", "/etc/nope.toml", "u"]).unwrap().config, Some(PathBuf::from("/etc/nope.toml")));
     }
 
     #[test]
