@@ -19,7 +19,8 @@
 //!    the message keeps; input ending inside DATA exits non-zero.
 //! 8. `-f '<>'` and `-f ''`: the null sender, `From: MAILER-DAEMON@host`.
 //! 9. `newaliases`, `sendmail -bi`, `sendmail -I`: silent on a good file,
-//!    file:line on a bad one, fine with no alias file and no daemon.
+//!    file:line on a bad one, fine with no alias file and no daemon; a
+//!    running hub uses the changed file without a reload.
 //! 10. `sendmail -bv`, `exim -bt`, `exim -bv`, `exim4`: routes and refusals.
 //! 11. Options Postfix ignores are ignored (`-L tag` takes its value), and
 //!     `-c PATH` names the configuration.
@@ -454,4 +455,32 @@ fn install_links_makes_exim4_and_newaliases() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn a_running_daemon_uses_the_aliases_newaliases_checked() {
+    let sink = Sink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let aliases = dir.path().join("aliases");
+    std::fs::write(&aliases, "root: ops@elsewhere.example\n").unwrap();
+    let config = format!(
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[access]\nlocal_domains = [\"example.org\"]\n\n[rewrite]\nalias_maps = [{}]\n\n[relay]\nsmarthosts = [{}]\ntls = \"none\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n",
+        toml_str(aliases.to_str().unwrap()),
+        toml_str(&sink.addr().to_string())
+    );
+    let ph = Posthorn::start(&config);
+    let out = ph.run_as("sendmail", &["root@example.org"], b"Subject: first\n\nx\n");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(wait_one(&sink, &ph).rcpt_to, ["ops@elsewhere.example"]);
+
+    std::fs::write(&aliases, "root: dev@elsewhere.example\n").unwrap();
+    let out = ph.run_as("newaliases", &[], b"");
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", text(&out));
+    // Tables are looked at again at most once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = ph.run_as("sendmail", &["root@example.org"], b"Subject: second\n\nx\n");
+    assert!(out.status.success(), "{}", text(&out));
+    let got = sink.wait_for_parsed(2, secs(20));
+    assert_eq!(got.len(), 2, "log:\n{}", ph.log());
+    assert_eq!(got[1].rcpt_to, ["dev@elsewhere.example"], "log:\n{}", ph.log());
 }
