@@ -4,7 +4,10 @@
 //! Line ends are made CRLF; with `-t` recipients come from To/Cc/Bcc; Bcc
 //! headers are removed; `From:`, `Date:` and `Message-ID:` are added when
 //! missing (RFC 5322 requires From and Date; RFC 6409 8.3 lets a submission
-//! server add Message-ID); unqualified addresses get `@hostname`.
+//! server add Message-ID; the null sender's `From:` is `MAILER-DAEMON`, as
+//! Postfix's cleanup writes it); unqualified addresses get `@hostname`. The
+//! DSN options of `sendmail -N/-R/-V` become each recipient's NOTIFY and the
+//! message's RET and ENVID, as over SMTP; the message is dated from its drop.
 
 use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
