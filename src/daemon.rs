@@ -131,8 +131,15 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let (generation_tx, generation_rx) = watch::channel::<Generation>((config.clone(), ingress));
 
     let pickup_now = Arc::new(Notify::new());
-    tokio::spawn(pickup_loop(generation_rx.clone(), spool.clone(), pickup_now.clone(), shutdown_rx.clone()));
-    tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone()));
+    let taken = Arc::new(maildrop::Taken::default());
+    tokio::spawn(pickup_loop(
+        generation_rx.clone(),
+        spool.clone(),
+        pickup_now.clone(),
+        taken.clone(),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone(), taken));
     tokio::spawn(control::showq::serve(showq_listener, spool.clone()));
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctl_tx));
@@ -308,12 +315,13 @@ async fn pickup_loop(
     generation: watch::Receiver<Generation>,
     spool: Spool,
     now: Arc<Notify>,
+    taken: Arc<maildrop::Taken>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let quarantine = spool.dir(State::Corrupt);
     loop {
         let (config, ingress) = generation.borrow().clone();
-        maildrop::pickup(&ingress, &spool.maildrop_dir(), &quarantine).await;
+        maildrop::pickup(&ingress, &spool.maildrop_dir(), &quarantine, &taken).await;
         tokio::select! {
             _ = now.notified() => {}
             _ = tokio::time::sleep(config.queue.pickup_interval) => {}
@@ -322,15 +330,29 @@ async fn pickup_loop(
     }
 }
 
-/// Wakes the pickup for each connection to `pickup.sock`. A failed accept
-/// (out of descriptors) is waited out, never the end of the loop.
-async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>) {
+/// Wakes the pickup for each connection to `pickup.sock`, and tells a
+/// `sendmail -bs` that names its drop which queue id it became
+/// (`maildrop::answer_pickup`). At most `PICKUP_WAITERS` connections wait
+/// for an answer at once; past that a connection only wakes the pickup. A
+/// failed accept (out of descriptors) is waited out, never the end of the loop.
+async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>, taken: Arc<maildrop::Taken>) {
+    let waiters = Arc::new(tokio::sync::Semaphore::new(PICKUP_WAITERS));
     loop {
-        if control::accept(&listener).await.is_some() {
+        let Some(stream) = control::accept(&listener).await else { continue };
+        let Ok(permit) = waiters.clone().try_acquire_owned() else {
             now.notify_one();
-        }
+            continue;
+        };
+        let (now, taken) = (now.clone(), taken.clone());
+        tokio::spawn(async move {
+            maildrop::answer_pickup(stream, &now, &taken).await;
+            drop(permit);
+        });
     }
 }
+
+/// Connections to `pickup.sock` that may wait for their drop's queue id.
+const PICKUP_WAITERS: usize = 64;
 
 /// Answers the control requests that go to the scheduler or the pickup.
 async fn handle_control(req: Request, scheduler: &mpsc::Sender<Command>, pickup: &Notify) -> Response {

@@ -30,13 +30,17 @@ use std::path::PathBuf;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Mode {
-    List { undelivered_only: bool },
+    List {
+        undelivered_only: bool,
+    },
     Count,
     Show(Show),
     Act(QueueAction),
     Flush,
     Domain(String),
     Version,
+    /// `-bt` (address testing) or `-bv` (verification): addresses in `ids`.
+    Verify(super::verify::Style),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +86,7 @@ pub(crate) fn main(args: &[OsString]) -> u8 {
         Mode::Act(action) => act_on(&config, action, &parsed.ids),
         Mode::Flush => super::flush_as(config.source.as_deref(), "exim"),
         Mode::Domain(domain) => super::postqueue::main(&with_config(&config, &["-s", &domain])),
+        Mode::Verify(style) => super::verify::verify(&config, &parsed.ids, style, "exim"),
     }
 }
 
@@ -118,6 +123,8 @@ fn parse(args: &[String]) -> Result<Option<Parsed>, String> {
             "-bpu" | "-bpru" => Mode::List { undelivered_only: true },
             "-bpc" => Mode::Count,
             "-bV" => Mode::Version,
+            "-bt" => Mode::Verify(super::verify::Style::EximTest),
+            "-bv" => Mode::Verify(super::verify::Style::EximVerify),
             "-M" => Mode::Act(QueueAction::Deliver),
             "-Mrm" => Mode::Act(QueueAction::Delete),
             "-Mf" => Mode::Act(QueueAction::Freeze),
@@ -162,6 +169,8 @@ fn parse(args: &[String]) -> Result<Option<Parsed>, String> {
                 return Err(format!("malformed message id {bad} after {option} option"));
             }
         }
+        Mode::Verify(_) if ids.is_empty() => return Err("no addresses given to verify".into()),
+        Mode::Verify(_) => {}
         _ if !ids.is_empty() => return Err(format!("unexpected argument {}", ids[0])),
         _ => {}
     }

@@ -1,6 +1,6 @@
 //! `posthorn install-links DIR`: symlinks named `sendmail`, `mailq`,
 //! `postqueue`, `postsuper`, `postcat`, `postconf`, `postfix`, `postmap`,
-//! `exim` and `exiqgrep`, all pointing at this binary, which picks its behaviour by
+//! `exim`, `exim4` (Debian's name), `exiqgrep` and `newaliases`, all pointing at this binary, which picks its behaviour by
 //! the name it is called with. An existing file of the same name is left
 //! alone (and reported) unless `--force`; an existing link to this binary
 //! is fine.

@@ -33,6 +33,7 @@ pub(crate) mod postsuper;
 pub(crate) mod queue;
 pub(crate) mod select;
 pub(crate) mod sendmail;
+pub(crate) mod verify;
 
 use crate::config::Config;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -54,13 +55,25 @@ pub(crate) mod exit {
 
 /// The names `posthorn` answers to besides its own; `install-links` makes
 /// one symlink for each.
-pub(crate) const COMPAT_NAMES: [&str; 10] =
-    ["sendmail", "mailq", "postqueue", "postsuper", "postcat", "postconf", "postfix", "postmap", "exim", "exiqgrep"];
+pub(crate) const COMPAT_NAMES: [&str; 12] = [
+    "sendmail",
+    "mailq",
+    "postqueue",
+    "postsuper",
+    "postcat",
+    "postconf",
+    "postfix",
+    "postmap",
+    "exim",
+    "exiqgrep",
+    "exim4",
+    "newaliases",
+];
 
 #[derive(Parser)]
 #[command(name = "posthorn", version, about = "A mail transfer agent for satellites and hubs")]
 #[command(after_help = "Also answers, by the name it is called with or as `posthorn NAME ARGS`, to: \
-sendmail, mailq, postqueue, postsuper, postcat, postconf, postfix, postmap, exim, exiqgrep.")]
+sendmail, mailq, postqueue, postsuper, postcat, postconf, postfix, postmap, exim, exim4, exiqgrep, newaliases.")]
 struct Cli {
     /// Configuration file (default: $POSTHORN_CONFIG, then /etc/posthorn/posthorn.toml,
     /// then a built-in satellite configuration on 127.0.0.1:2525)
@@ -168,7 +181,8 @@ fn compat(name: &str, args: &[OsString]) -> Option<u8> {
         "postconf" => postconf::main(&strings()),
         "postfix" => postfix::main(&strings()),
         "postmap" => postmap::main(args),
-        "exim" => exim::main(args),
+        "exim" | "exim4" => exim::main(args),
+        "newaliases" => sendmail::newaliases_main(&strings()),
         "exiqgrep" => exiqgrep::main(&strings()),
         _ => return None,
     })

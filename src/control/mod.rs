@@ -10,10 +10,12 @@
 //! mode, whatever the umask. The accept loops back off when the process is
 //! out of file descriptors instead of spinning (`accept`).
 //!
-//! `SPOOL/pickup.sock` is open to every local user and carries no data: a
-//! connection only wakes the maildrop pickup, the way Postfix's public
-//! pickup fifo does, so `sendmail` run by anyone gets prompt delivery
-//! without any power over the queue.
+//! `SPOOL/pickup.sock` is open to every local user: a connection wakes the
+//! maildrop pickup, the way Postfix's public pickup fifo does, so `sendmail`
+//! run by anyone gets prompt delivery without any power over the queue. A
+//! client may name one drop on its first line and is told the queue id it
+//! became (`ingress::maildrop::ask_pickup`; `sendmail -bs` needs it for its
+//! reply); nothing else is read.
 //!
 //! `SPOOL/showq.sock`, also open to every local user, lists the queue
 //! (`showq`).

@@ -4,9 +4,12 @@
 //! Line ends are made CRLF; with `-t` recipients come from To/Cc/Bcc; Bcc
 //! headers are removed; `From:`, `Date:` and `Message-ID:` are added when
 //! missing (RFC 5322 requires From and Date; RFC 6409 8.3 lets a submission
-//! server add Message-ID); unqualified envelope addresses get `@myorigin`
-//! (the hostname unless set), and so do those in address headers (at the
-//! door, `Ingress::open`).
+//! server add Message-ID; the null sender's `From:` is `MAILER-DAEMON`, as
+//! Postfix's cleanup writes it); unqualified envelope addresses get
+//! `@myorigin` (the hostname unless set), and so do those in address
+//! headers (at the door, `Ingress::open`). The DSN options of `sendmail
+//! -N/-R/-V` become each recipient's NOTIFY and the message's RET and
+//! ENVID, as over SMTP; the message is dated from its drop.
 
 use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
@@ -16,22 +19,28 @@ use crate::message::header;
 use crate::smtp::proto::reply::Reply;
 
 /// Queues one local submission and returns its queue id.
+/// `submitted` is when the drop was written (its file's time), which dates
+/// the message.
 pub(crate) async fn submit(
     ingress: &Ingress,
     drop: Drop,
     message: Vec<u8>,
     user: &str,
+    submitted: Option<u64>,
 ) -> Result<String, IngressError> {
     let hostname = ingress.hostname().to_string();
     let origin = ingress.myorigin().to_string();
     let message = crlf(&message);
     let header::Split { head: headers, body, .. } = header::split(&message);
-    let mut recipients: Vec<String> = drop.recipients.iter().map(|r| qualify(r, &origin)).collect();
+    // Each recipient with its DSN NOTIFY (`-N`, or its own from `-bs`).
+    let mut recipients: Vec<(String, Option<String>)> =
+        drop.recipients.iter().enumerate().map(|(i, r)| (qualify(r, &origin), drop.notify_of(i))).collect();
     if drop.extract_recipients {
-        recipients.extend(header::recipients(headers).into_iter().map(|r| qualify(&r, &origin)));
+        let extracted = header::recipients(headers).into_iter().map(|r| (qualify(&r, &origin), drop.notify.clone()));
+        recipients.extend(extracted);
     }
     let mut seen = std::collections::HashSet::new();
-    recipients.retain(|r| !r.is_empty() && seen.insert(r.to_ascii_lowercase()));
+    recipients.retain(|(r, _)| !r.is_empty() && seen.insert(r.to_ascii_lowercase()));
     let sender = match &drop.sender {
         Some(s) if s.is_empty() || s == "<>" => String::new(),
         Some(s) => qualify(s, &origin),
@@ -40,37 +49,48 @@ pub(crate) async fn submit(
     // A recipient the tables refuse (unknown local user, alias loop) must
     // not take the others down with it, nor vanish: `sendmail` exited 0
     // long ago, so the sender learns of it by a bounce, as from Postfix.
-    let (recipients, refused): (Vec<String>, Vec<String>) =
-        recipients.into_iter().partition(|r| ingress.check_recipient(r).is_ok());
+    let (recipients, refused): (Vec<_>, Vec<_>) =
+        recipients.into_iter().partition(|(r, _)| ingress.check_recipient(r).is_ok());
     if !refused.is_empty() {
-        bounce_refused(ingress, &sender, &refused, headers).await;
+        // A refused recipient that asked for no notice (`-N never`) gets none.
+        let notify: Vec<String> =
+            refused.into_iter().filter(|(_, n)| crate::dsn::wants(n.as_deref(), "FAILURE")).map(|(r, _)| r).collect();
+        if !notify.is_empty() {
+            bounce_refused(ingress, &sender, &notify, headers).await;
+        }
         if recipients.is_empty() {
             // Nothing left to queue; the drop has been answered.
             return Ok("NOQUEUE".into());
         }
     }
-    let queued = recipients.clone();
+    let queued: Vec<String> = recipients.iter().map(|(r, _)| r.clone()).collect();
     let tx = Transaction {
         sender: sender.clone(),
-        recipients: recipients.into_iter().map(|address| RcptIn { address, notify: None, orcpt: None }).collect(),
+        recipients: recipients.into_iter().map(|(address, notify)| RcptIn { address, notify, orcpt: None }).collect(),
         body: if message.iter().any(|b| *b >= 0x80) {
             super::BodyType::EightBitMime
         } else {
             super::BodyType::SevenBit
         },
         smtputf8: false,
-        ret: None,
-        envid: None,
+        ret: drop.ret.clone(),
+        envid: drop.envid.clone(),
         trace_id: None,
         origin: Arrival::local(user),
     };
     let mut writer = ingress.open(tx).await?;
+    if let Some(t) = submitted {
+        writer.set_arrival(t);
+    }
     let mut head = header::remove(headers, "bcc");
     let has = |name: &str| header::has(headers, name);
     if !has("from") {
+        // The null sender has no address to show: Postfix's cleanup
+        // writes MAILER-DAEMON, qualified like any local name.
+        let shown = if sender.is_empty() { qualify("MAILER-DAEMON", &hostname) } else { sender.clone() };
         let from = match drop.full_name.as_deref().map(|n| n.replace(['"', '\\', '\r', '\n'], "")) {
-            Some(name) if !name.is_empty() => format!("From: \"{name}\" <{sender}>\r\n"),
-            _ => format!("From: {sender}\r\n"),
+            Some(name) if !name.is_empty() => format!("From: \"{name}\" <{shown}>\r\n"),
+            _ => format!("From: {shown}\r\n"),
         };
         head.extend_from_slice(from.as_bytes());
     }
@@ -235,9 +255,10 @@ mod tests {
         config.myorigin = "vm1.example.org".into();
         let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
         let drop = Drop { extract_recipients: true, full_name: Some("Cron Daemon".into()), ..Drop::default() };
-        let id = submit(&ingress, drop, b"To: root\nBcc: ops@example.org\nSubject: hi\n\nbody\n".to_vec(), "cron")
-            .await
-            .unwrap();
+        let id =
+            submit(&ingress, drop, b"To: root\nBcc: ops@example.org\nSubject: hi\n\nbody\n".to_vec(), "cron", None)
+                .await
+                .unwrap();
         let (_, env) = spool.find(&id).unwrap();
         assert_eq!(env.sender, "cron@vm1.example.org");
         let rcpts: Vec<_> = env.recipients.iter().map(|r| r.address.as_str()).collect();
@@ -260,7 +281,7 @@ mod tests {
         let (ingress, spool) = super::super::test_support::queue_ingress(dir.path(), &config);
         let drop = Drop { recipients: vec!["ops@example.org".into()], ..Drop::default() };
         let message = format!("{}Subject: loop\n\nbody\n", "Received: from a by b; now\n".repeat(51));
-        assert_eq!(submit(&ingress, drop, message.into_bytes(), "cron").await.unwrap(), "NOQUEUE");
+        assert_eq!(submit(&ingress, drop, message.into_bytes(), "cron", None).await.unwrap(), "NOQUEUE");
         let ids = spool.list(crate::spool::State::Incoming).unwrap();
         let [id] = ids.as_slice() else { panic!("queued: {ids:?}") };
         let (_, env) = spool.find(id).unwrap();

@@ -33,16 +33,30 @@ pub(crate) struct Drop {
     /// `-F`: the sender's full name for a generated `From:`.
     #[serde(default)]
     pub(crate) full_name: Option<String>,
+    /// `-N`: the DSN NOTIFY of every recipient, as SMTP carries it
+    /// (`NEVER`, `SUCCESS,DELAY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) notify: Option<String>,
+    /// `sendmail -bs`: each recipient's own NOTIFY, in the order of
+    /// `recipients`; empty when `notify` applies to all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) notifies: Vec<Option<String>>,
+    /// `-R`: DSN RET, `FULL` or `HDRS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ret: Option<String>,
+    /// `-V`: DSN ENVID, xtext-encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) envid: Option<String>,
 }
 
 /// An address of a drop that the SMTP path grammar refuses. The address
 /// is shown escaped (`{:?}`), so the text is one safe line.
 #[derive(Debug, thiserror::Error)]
-#[error("bad {role} address {address:?}: {reason}")]
+#[error("bad {role} {address:?}: {reason}")]
 pub(crate) struct BadAddress {
     role: &'static str,
     address: String,
-    reason: AddressError,
+    reason: String,
 }
 
 impl Drop {
@@ -53,19 +67,52 @@ impl Drop {
     pub(crate) fn check(&self) -> Result<(), BadAddress> {
         if let Some(sender) = &self.sender {
             check_address(sender, PathKind::Reverse).map_err(|reason| BadAddress {
-                role: "sender",
+                role: "sender address",
                 address: sender.clone(),
-                reason,
+                reason: reason.to_string(),
             })?;
         }
         for rcpt in &self.recipients {
             check_address(rcpt, PathKind::Forward).map_err(|reason| BadAddress {
-                role: "recipient",
+                role: "recipient address",
                 address: rcpt.clone(),
-                reason,
+                reason: reason.to_string(),
             })?;
         }
+        self.check_dsn()
+    }
+
+    /// The DSN values go into MAIL and RCPT parameters as they are: each
+    /// must be what the SMTP grammar takes, or it could add parameters.
+    fn check_dsn(&self) -> Result<(), BadAddress> {
+        use crate::smtp::proto::command::{is_xtext, notify_value};
+        let bad =
+            |role, value: &str| BadAddress { role, address: value.to_string(), reason: "not what SMTP takes".into() };
+        let notify_ok = |n: &String| notify_value(n).as_ref() == Some(n);
+        for n in self.notify.iter().chain(self.notifies.iter().flatten()) {
+            if !notify_ok(n) {
+                return Err(bad("DSN NOTIFY value", n));
+            }
+        }
+        if !self.notifies.is_empty() && self.notifies.len() != self.recipients.len() {
+            return Err(BadAddress {
+                role: "DSN NOTIFY list",
+                address: format!("{} values", self.notifies.len()),
+                reason: format!("need one per recipient ({})", self.recipients.len()),
+            });
+        }
+        if let Some(r) = self.ret.as_deref().filter(|r| !matches!(*r, "FULL" | "HDRS")) {
+            return Err(bad("DSN RET value", r));
+        }
+        if let Some(e) = self.envid.as_deref().filter(|e| e.len() > 100 || !is_xtext(e, false)) {
+            return Err(bad("DSN ENVID value", e));
+        }
         Ok(())
+    }
+
+    /// The NOTIFY of the `i`th recipient.
+    pub(crate) fn notify_of(&self, i: usize) -> Option<String> {
+        self.notifies.get(i).cloned().flatten().or_else(|| self.notify.clone())
     }
 }
 
@@ -287,7 +334,7 @@ pub(crate) fn pending(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// Takes every pending drop into the queue through `ingress`. A drop is
 /// removed only after its message is committed; one that cannot be read is
 /// moved to `quarantine` with a log line, never silently deleted.
-pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> usize {
+pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path, taken: &Taken) -> usize {
     // Below `queue.min_free` the drops wait where they are: their senders
     // were answered already, and the space left is for what is queued.
     if ingress.room().is_err() {
@@ -300,7 +347,7 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
             return 0;
         }
     };
-    let mut taken = 0;
+    let mut count = 0;
     for path in files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_string();
         let Some(read) = read_for_pickup(&path, ingress.max_size(), quarantine).await else { continue };
@@ -318,23 +365,127 @@ pub(crate) async fn pickup(ingress: &Ingress, dir: &Path, quarantine: &Path) -> 
             continue;
         }
         let user = crate::account::user_name(uid);
-        match super::local::submit(ingress, drop, message, &user).await {
+        let submitted = std::fs::metadata(&path).ok().and_then(|m| m.modified().ok());
+        let submitted = submitted.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        match super::local::submit(ingress, drop, message, &user, submitted).await {
             Ok(id) => {
                 tracing::debug!("{id}: maildrop={name}, uid={uid}");
+                // "NOQUEUE": every recipient refused, the sender notified.
+                let outcome = if id == "NOQUEUE" {
+                    Err("no recipient accepted; the sender gets a notice".into())
+                } else {
+                    Ok(id.clone())
+                };
+                taken.record(&name, outcome);
                 if let Err(e) = std::fs::remove_file(&path) {
                     tracing::error!("maildrop {name}: cannot remove after queueing as {id}: {e}");
                 }
-                taken += 1;
+                count += 1;
             }
             Err(e @ (IngressError::Io(_) | IngressError::NoRoom(_))) => {
                 // The spool is in trouble; leave the drop for the next scan.
                 tracing::error!("maildrop {name}: cannot queue now: {e}");
                 break;
             }
-            Err(e) => refuse(&path, &name, &e, quarantine),
+            Err(e) => {
+                taken.record(&name, Err(e.to_string()));
+                refuse(&path, &name, &e, quarantine)
+            }
         }
     }
-    taken
+    count
+}
+
+/// What recent drops became: a queue id, or the reply that refused them.
+/// `sendmail -bs` names its drop on `pickup.sock` and waits for this, so it
+/// can answer `250 ... queued as ID` with the id the message keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    recent: std::sync::Mutex<std::collections::VecDeque<(String, Result<String, String>)>>,
+    changed: tokio::sync::Notify,
+}
+
+/// How many outcomes `Taken` remembers; a waiter asks within seconds.
+const TAKEN_KEPT: usize = 1024;
+
+impl Taken {
+    fn record(&self, name: &str, outcome: Result<String, String>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= TAKEN_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back((name.to_string(), outcome));
+        drop(recent);
+        self.changed.notify_waiters();
+    }
+
+    fn find(&self, name: &str) -> Option<Result<String, String>> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().find(|(n, _)| n == name).map(|(_, o)| o.clone())
+    }
+
+    /// What the drop `name` became, once the pickup has taken it; `None`
+    /// if that takes longer than `timeout`.
+    pub(crate) async fn wait_for(&self, name: &str, timeout: std::time::Duration) -> Option<Result<String, String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(outcome) = self.find(name) {
+                return Some(outcome);
+            }
+            tokio::time::timeout_at(deadline, changed).await.ok()?;
+        }
+    }
+}
+
+/// How long `sendmail -bs` waits for the daemon to take its drop.
+pub(crate) const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks a running daemon, through `SPOOL/pickup.sock`, to take the drop
+/// `name` now, and what it became: `Some(Ok(id))`, `Some(Err(reply))` when
+/// it was refused, `None` when no daemon answered in time (the drop waits
+/// in the maildrop, safe, for the daemon's start).
+pub(crate) fn ask_pickup(spool: &Path, name: &str) -> Option<Result<String, String>> {
+    use std::io::BufRead;
+    let mut stream = std::os::unix::net::UnixStream::connect(spool.join("pickup.sock")).ok()?;
+    stream.set_read_timeout(Some(ANSWER_WAIT + std::time::Duration::from_secs(2))).ok()?;
+    stream.write_all(format!("{name}\n").as_bytes()).ok()?;
+    let mut line = String::new();
+    io::BufReader::new(stream.take(1024)).read_line(&mut line).ok()?;
+    let line = line.trim_end();
+    if let Some(id) = line.strip_prefix("queued ") {
+        Some(Ok(id.to_string()))
+    } else {
+        line.strip_prefix("refused ").map(|why| Err(why.to_string()))
+    }
+}
+
+/// The daemon's side of `ask_pickup` for one connection to `pickup.sock`:
+/// the pickup is woken at once (a bare connection, as from `sendmail`,
+/// asks nothing more); a drop name on the first line gets what it became.
+pub(crate) async fn answer_pickup(mut stream: tokio::net::UnixStream, wake: &tokio::sync::Notify, taken: &Taken) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    wake.notify_one();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new((&mut stream).take(128));
+    let read = reader.read_line(&mut line);
+    if tokio::time::timeout(std::time::Duration::from_secs(2), read).await.is_err() {
+        return;
+    }
+    drop(reader);
+    let name = line.trim_end();
+    // Drop names are what `new_name` makes; anything else gets no answer.
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return;
+    }
+    let answer = match taken.wait_for(name, ANSWER_WAIT).await {
+        Some(Ok(id)) => format!("queued {id}\n"),
+        Some(Err(why)) => format!("refused {}\n", why.replace(['\r', '\n'], " ")),
+        None => return,
+    };
+    let _ = stream.write_all(answer.as_bytes()).await;
 }
 
 /// Moves a drop that will not be queued to `quarantine` as `maildrop-NAME`,

@@ -529,6 +529,13 @@ impl MessageWriter {
         &self.env.id
     }
 
+    /// Dates the message from its submission (a maildrop file's time), not
+    /// from now: `delay=` and the queue lifetime count from there, as
+    /// Postfix's pickup keeps postdrop's time. Never later than now.
+    pub(crate) fn set_arrival(&mut self, submitted: u64) {
+        self.env.arrival = submitted.min(self.env.arrival);
+    }
+
     /// Appends decoded message bytes (CRLF line ends, not dot-stuffed).
     pub(crate) async fn write(&mut self, chunk: &[u8]) -> Result<(), IngressError> {
         self.written += chunk.len() as u64;
@@ -646,15 +653,28 @@ impl MessageWriter {
                 let drop = maildrop::Drop {
                     sender: Some(env.sender.clone()),
                     recipients: env.recipients.iter().map(|r| r.address.clone()).collect(),
-                    extract_recipients: false,
-                    full_name: None,
+                    notifies: env.recipients.iter().map(|r| r.notify.clone()).collect(),
+                    ret: env.ret.clone(),
+                    envid: env.envid.clone(),
+                    ..maildrop::Drop::default()
                 };
                 let dir = dir.clone();
                 let name = env.id.clone();
-                tokio::task::spawn_blocking(move || maildrop::write_named(&dir, &name, &drop, &message))
-                    .await
-                    .map_err(io::Error::other)??;
-                Ok(env.id)
+                // Written durably first; then a running daemon takes it at
+                // once and says its queue id, which the client is given.
+                let asked = tokio::task::spawn_blocking(move || {
+                    maildrop::write_named(&dir, &name, &drop, &message)?;
+                    let spool = dir.parent().unwrap_or(&dir);
+                    io::Result::Ok(maildrop::ask_pickup(spool, &name))
+                })
+                .await
+                .map_err(io::Error::other)??;
+                match asked {
+                    Some(Ok(id)) => Ok(id),
+                    Some(Err(why)) => Err(IngressError::Rejected(Reply::new(554, Enhanced(5, 0, 0), why))),
+                    // No daemon: the drop waits for it, safe.
+                    None => Ok(env.id),
+                }
             }
             _ => unreachable!("a writer's output always matches its ingress"),
         }

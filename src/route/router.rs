@@ -258,6 +258,34 @@ impl Router {
         }
     }
 
+    /// Each final recipient `address` stands for, with where it goes
+    /// next, or why it is refused: what `sendmail -bv` and `exim -bt`
+    /// print, from the same answers `explain` gives.
+    pub(crate) fn routes(&self, address: &str) -> Result<Vec<(String, Decision)>, Refusal> {
+        let address = self.as_the_door_takes(address);
+        Ok(self
+            .check(&address)?
+            .into_iter()
+            .map(|r| {
+                let next = self.decide(&r);
+                (r, next)
+            })
+            .collect())
+    }
+
+    /// `address` as the door hands it to the tables: qualified with
+    /// `myorigin`, then through the recipient canonical maps.
+    fn as_the_door_takes(&self, address: &str) -> String {
+        let mut address = address.trim().to_string();
+        if !address.contains('@') {
+            address = format!("{address}@{}", self.myorigin);
+        }
+        match self.canonical.as_ref().and_then(|c| c.recipient_traced(&address)) {
+            Some(hit) => hit.to,
+            None => address,
+        }
+    }
+
     /// `posthorn route explain ADDRESS`: what the door does to the address
     /// (qualification, recipient canonical maps, with the same code), then
     /// the expansion and the route of each final recipient; last, what the

@@ -435,7 +435,7 @@ fn body_value(value: Option<&str>) -> Option<BodyType> {
 }
 
 /// NOTIFY=NEVER or a non-empty set of SUCCESS, FAILURE, DELAY (RFC 3461 4.1).
-fn notify_value(value: &str) -> Option<String> {
+pub(crate) fn notify_value(value: &str) -> Option<String> {
     let upper = value.to_ascii_uppercase();
     if upper == "NEVER" {
         return Some(upper);
@@ -459,9 +459,22 @@ fn orcpt_ok(value: &str) -> bool {
     value.len() <= 500 && atom && !addr.is_empty() && is_xtext(addr, true)
 }
 
+/// Encodes `value` as RFC 3461 xtext: `+HH` for `+`, `=` and every byte
+/// outside printable ASCII (`sendmail -V` takes the id as plain text).
+pub(crate) fn xtext_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        match b {
+            b'!'..=b'~' if b != b'+' && b != b'=' => out.push(b as char),
+            _ => out.push_str(&format!("+{b:02X}")),
+        }
+    }
+    out
+}
+
 /// RFC 3461 xtext: printable ASCII except `+` and `=`, with `+HH` escapes.
 /// Lower-case hex is accepted: it is unambiguous and some clients send it.
-fn is_xtext(value: &str, allow_utf8: bool) -> bool {
+pub(crate) fn is_xtext(value: &str, allow_utf8: bool) -> bool {
     let b = value.as_bytes();
     let mut i = 0;
     while i < b.len() {
