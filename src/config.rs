@@ -1074,7 +1074,7 @@ mod tests {
         assert_eq!(c.access.virtual_alias_domains, ["lists.example.org"], "the relay rule sees them");
         for bad in ["\"\"", "\"root@example.org\""] {
             let e = parse(&format!("myorigin = {bad}\n")).unwrap_err();
-            assert!(e.starts_with("/etc/posthorn/posthorn.toml: myorigin: ") && e.contains("is not a domain"), "{e}");
+            assert!(e.starts_with("/etc/posthorn/posthorn.toml:1: myorigin: ") && e.contains("is not a domain"), "{e}");
         }
     }
 
