@@ -164,7 +164,8 @@ fn typed(key: &str, text: &str) -> Result<toml_edit::Value, String> {
     // A candidate of the right type with a bad value says more than the
     // type mismatches of the others.
     let why = errors.iter().find(|e| !e.starts_with("invalid type")).or(errors.first());
-    Err(format!("`{text}`: {}", why.map_or("not a value this key takes", String::as_str)))
+    let why = why.map_or("not a value this key takes", String::as_str);
+    Err(if why.contains(&format!("`{text}`")) { why.to_string() } else { format!("`{text}`: {why}") })
 }
 
 fn edit_value(v: &toml::Value) -> toml_edit::Value {
