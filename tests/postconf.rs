@@ -10,7 +10,8 @@
 //! 3. `-n` on a hub's file names `role = hub` and exactly the keys that
 //!    differ from the defaults; `-d` prints the defaults.
 //! 4. `-e` on the README's commented example changes only the edited
-//!    lines (comments, order, mode kept); `-X` removes a key.
+//!    lines (comments, order, mode kept); `-X` removes a key, `-#`
+//!    comments it out.
 //! 5. An invalid `-e` changes nothing and names the key; so does an
 //!    unknown name.
 //! 6. A config-management loop of `postconf -e`, then `postfix reload`:
@@ -245,6 +246,13 @@ fn edits_keep_comments_order_and_mode() {
     assert!(!removed.lines().any(|l| l.starts_with("user = ")), "{removed}");
     assert!(removed.contains("masquerade_domains = [\"vm12.internal\"]    # whose senders are local"), "{removed}");
     assert_eq!(run(&config, "postconf -h rewrite.masquerade_as mail_owner"), "\nposthorn\n");
+    // -# leaves the line as a comment; the key is back at its default.
+    run(&config, "postconf -# smtp_connect_timeout");
+    let commented = fs::read_to_string(&config).unwrap();
+    assert!(commented.contains("\n#connect_timeout = \"30s\"\n"), "{commented}");
+    assert_eq!(commented.lines().count(), removed.lines().count());
+    run(&config, "postconf -e 'relay.connect_timeout = 5s'");
+    assert_eq!(run(&config, "postconf -h relay.connect_timeout"), "5s\n");
     // No temporary file left beside it.
     let left: Vec<_> = fs::read_dir(config.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.iter().all(|n| !n.to_string_lossy().contains("postconf")), "{left:?}");

@@ -1,4 +1,4 @@
-//! `postconf -e 'name = value'...` and `postconf -X name...`: edit the
+//! `postconf -e 'name = value'...`, `postconf -X name...` and `-# name...`: edit the
 //! configuration file in place, as config management drives Postfix's.
 //!
 //! The file is edited as a TOML document (`toml_edit`), so its comments,
@@ -27,6 +27,8 @@ pub(super) enum Mode {
     Set,
     /// `-X name`.
     Remove,
+    /// `-# name`.
+    CommentOut,
 }
 
 pub(super) fn main(explicit: Option<&Path>, mode: Mode, args: &[String]) -> u8 {
@@ -49,15 +51,20 @@ fn edit(explicit: Option<&Path>, mode: Mode, args: &[String]) -> Result<(), Stri
     // Edit the file a symlink points at, not the link.
     let path = fs::canonicalize(&path).map_err(|e| format!("{}: cannot open: {}", path.display(), reason(&e)))?;
     let text = fs::read_to_string(&path).map_err(|e| format!("{}: cannot read: {}", path.display(), reason(&e)))?;
-    let mut doc: DocumentMut =
-        text.parse().map_err(|e: toml_edit::TomlError| format!("{}: {}", path.display(), e.message().trim()))?;
-    for arg in args {
-        match mode {
-            Mode::Set => set(&mut doc, arg)?,
-            Mode::Remove => remove(&mut doc, arg)?,
+    let not_toml = |e: toml_edit::TomlError| format!("{}: {}", path.display(), e.message().trim());
+    let edited = match mode {
+        Mode::CommentOut => args.iter().try_fold(text.clone(), |t, a| comment_out(&t, a))?,
+        Mode::Set | Mode::Remove => {
+            let mut doc: DocumentMut = text.parse().map_err(not_toml)?;
+            for arg in args {
+                match mode {
+                    Mode::Set => set(&mut doc, arg)?,
+                    _ => remove(&mut doc, arg)?,
+                }
+            }
+            doc.to_string()
         }
-    }
-    let edited = doc.to_string();
+    };
     if edited == text {
         return Ok(());
     }
@@ -113,6 +120,29 @@ fn remove(doc: &mut DocumentMut, name: &str) -> Result<(), String> {
         table.remove(leaf);
     }
     Ok(())
+}
+
+/// `-# name`: the key's lines become comments (`#name = value`), as
+/// Postfix's `-#` leaves them; a key not in the file is no error.
+fn comment_out(text: &str, name: &str) -> Result<String, String> {
+    let (key, _) = key_of(name)?;
+    let doc = toml_edit::Document::parse(text.to_string()).map_err(|e| e.message().trim().to_string())?;
+    let (section, leaf) = split(key);
+    let table: &dyn TableLike = match section.map(|s| doc.as_table().get(s)) {
+        None => doc.as_table(),
+        Some(Some(Item::Table(t))) => t,
+        Some(None) => return Ok(text.to_string()),
+        // An inline table's keys share one line.
+        Some(Some(_)) => return Err(format!("{name}: in an inline table; edit the file")),
+    };
+    let Some((k, item)) = table.get_key_value(leaf) else { return Ok(text.to_string()) };
+    let (Some(key_span), Some(value_span)) = (k.span(), item.span()) else {
+        return Err(format!("{name}: its line in the file is not known"));
+    };
+    let start = text[..key_span.start].rfind('\n').map_or(0, |i| i + 1);
+    let end = text[value_span.end..].find('\n').map_or(text.len(), |i| value_span.end + i);
+    let commented: Vec<String> = text[start..end].lines().map(|l| format!("#{l}")).collect();
+    Ok(format!("{}{}{}", &text[..start], commented.join("\n"), &text[end..]))
 }
 
 fn split(key: &str) -> (Option<&str>, &str) {
@@ -252,6 +282,16 @@ mod tests {
         );
         let out = edited(text, &["smtp.listen", "queue.retry_min"], remove);
         assert_eq!(out, "# top\nrole = \"hub\"   # the role\n\n[smtp]\n# size\nmax_message_size = \"50M\" # keep me\n");
+    }
+
+    #[test]
+    fn comment_out_keeps_the_line() {
+        let text = "role = \"hub\"\n[smtp]\nlisten = [\n  \"0.0.0.0:25\",\n] # all\nmax_errors = 3\n";
+        let out = comment_out(text, "smtp.listen").unwrap();
+        assert_eq!(out, "role = \"hub\"\n[smtp]\n#listen = [\n#  \"0.0.0.0:25\",\n#] # all\nmax_errors = 3\n");
+        assert_eq!(comment_out(&out, "smtp.listen").unwrap(), out, "already gone");
+        assert_eq!(comment_out(text, "role").unwrap(), text.replacen("role", "#role", 1));
+        assert!(comment_out("access = { relay_domains = [] }\n", "relay_domains").unwrap_err().contains("inline"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `postconf`: the effective configuration as `key = value` lines, and
-//! edits of the file (`-e`, `-X`; see `edit`).
+//! edits of the file (`-e`, `-X`, `-#`; see `edit`).
 //!
 //! Keys are the TOML dotted names (`smtp.max_message_size = 52428800`).
 //! `postconf` prints every key posthorn has, set or not, each rendered one
@@ -38,7 +38,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const USAGE: &str = "usage: postconf [-c config] [-d (defaults)] [-n (non-defaults)] [-h (values only)] [-H (names only)] [name...]\n       postconf [-c config] -e 'name = value'... | -X name...";
+const USAGE: &str = "usage: postconf [-c config] [-d (defaults)] [-n (non-defaults)] [-h (values only)] [-H (names only)] [name...]\n       postconf [-c config] -e 'name = value'... | -X name... | -# name...";
 
 /// Postfix parameter names and the posthorn keys that mean the same.
 /// Where Postfix and posthorn defaults differ, posthorn's apply.
@@ -90,7 +90,7 @@ pub(crate) const POSTFIX_NAMES: &[(&str, &str)] = &[
 const MAIL_VERSION: &str = "mail_version";
 
 pub(crate) fn main(args: &[String]) -> u8 {
-    let (opts, names) = match super::getopt(args, "c:dehHnvX") {
+    let (opts, names) = match super::getopt(args, "c:dehHnvX#") {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("postconf: {e}");
@@ -100,12 +100,13 @@ pub(crate) fn main(args: &[String]) -> u8 {
     };
     let has = |c: char| opts.iter().any(|(o, _)| *o == c);
     let config_path = opts.iter().find(|(c, _)| *c == 'c').and_then(|(_, v)| v.as_deref()).map(super::config_arg);
-    if has('e') || has('X') {
-        if has('e') && has('X') || names.is_empty() {
+    let modes = [('e', edit::Mode::Set), ('X', edit::Mode::Remove), ('#', edit::Mode::CommentOut)];
+    let mut edits: Vec<edit::Mode> = modes.into_iter().filter(|(c, _)| has(*c)).map(|(_, m)| m).collect();
+    if let Some(mode) = edits.pop() {
+        if !edits.is_empty() || names.is_empty() {
             eprintln!("postconf: fatal: {USAGE}");
             return exit::USAGE;
         }
-        let mode = if has('e') { edit::Mode::Set } else { edit::Mode::Remove };
         return edit::main(config_path.as_deref(), mode, &names);
     }
     let config = match super::load_config(config_path.as_deref(), "postconf") {
