@@ -22,7 +22,7 @@ mod harness;
 
 use harness::*;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -208,6 +208,9 @@ fn edits_keep_comments_order_and_mode() {
     assert!(original.contains("# "), "the README example has no comments");
     let (_dir, config) = config_file(&original);
     fs::set_permissions(&config, fs::Permissions::from_mode(0o640)).unwrap();
+    // As root (CI), the file belongs to another account, as /etc files
+    // edited by root may: the edit keeps that owner.
+    let owned = std::os::unix::fs::chown(&config, Some(65534), Some(65534)).is_ok();
     run(
         &config,
         "postconf -e 'message_size_limit = 1000' 'mynetworks = 127.0.0.0/8, 10.0.0.0/8' smtp.max_errors=7 \
@@ -237,6 +240,10 @@ fn edits_keep_comments_order_and_mode() {
     assert_eq!(after.len(), before.len() + 3, "{edited}");
     assert_eq!(&after[before.len()..], ["", "[tls]", "received_auth_user = true"]);
     assert_eq!(fs::metadata(&config).unwrap().permissions().mode() & 0o7777, 0o640);
+    if owned {
+        let meta = fs::metadata(&config).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "owner not kept");
+    }
     let listed = run(&config, "postconf -h message_size_limit mynetworks smtp.max_errors");
     assert_eq!(listed, "1000\n127.0.0.0/8, 10.0.0.0/8\n7\n");
 
