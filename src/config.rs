@@ -375,16 +375,21 @@ impl Config {
     /// then the default path; with none of them present, the built-in
     /// default (satellite on 127.0.0.1:2525, spool in ./posthorn-spool).
     pub(crate) fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        match Config::locate(explicit) {
+            Some(p) => Config::load(&p),
+            None => Ok(Config::builtin()),
+        }
+    }
+
+    /// The file `discover` reads; `None`: the built-in configuration.
+    pub(crate) fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
         if let Some(p) = explicit {
-            return Config::load(p);
+            return Some(p.to_path_buf());
         }
         if let Some(p) = std::env::var_os("POSTHORN_CONFIG").filter(|p| !p.is_empty()) {
-            return Config::load(Path::new(&p));
+            return Some(PathBuf::from(p));
         }
-        if Path::new(DEFAULT_PATH).exists() {
-            return Config::load(Path::new(DEFAULT_PATH));
-        }
-        Ok(Config::builtin())
+        Some(PathBuf::from(DEFAULT_PATH)).filter(|p| p.exists())
     }
 
     /// The configuration used when no file exists: works on loopback, no root.
@@ -1045,12 +1050,130 @@ fn resolve_queue(raw: RawQueue, err: &KeyError) -> Result<Queue, ConfigError> {
     Ok(queue)
 }
 
+/// Every key the file may hold, as dotted names (`smtp.listen`), in the
+/// order of the `Raw` structs. Read from the field lists serde's derive
+/// hands to `deserialize_struct`, so that a key added to a `Raw` struct is
+/// listed (by `postconf`, and checked by its tests) without anyone having
+/// to remember it.
+pub(crate) fn keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    // Fails only for a key that is neither an Option nor a section, which
+    // the unit test `every_key_is_recorded` reports.
+    let _ = Raw::deserialize(KeyRecorder { prefix: String::new(), keys: &mut keys });
+    keys
+}
+
+/// Whether `value` has the type `key` takes (`smtp.listen`: a list of
+/// strings), the checks of `resolve_*` aside: `postconf -e` uses it to
+/// read the text an admin typed as the TOML the key expects.
+pub(crate) fn accepts(key: &str, value: toml::Value) -> Result<(), String> {
+    let mut doc = value;
+    for part in key.rsplit('.') {
+        let mut table = toml::Table::new();
+        table.insert(part.to_string(), doc);
+        doc = toml::Value::Table(table);
+    }
+    doc.try_into::<Raw>().map(|_| ()).map_err(|e| e.message().trim().to_string())
+}
+
+/// A serde Deserializer that answers nothing but records the field names
+/// it is asked for: every `Raw` key is an `Option` (recorded, then `None`)
+/// or a section struct (recursed into with its name as prefix).
+struct KeyRecorder<'a> {
+    prefix: String,
+    keys: &'a mut Vec<String>,
+}
+
+impl<'de> serde::Deserializer<'de> for KeyRecorder<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom(format!("{}: neither an Option nor a section", self.prefix)))
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.keys.push(self.prefix);
+        visitor.visit_none()
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(FieldNames { prefix: self.prefix, fields: fields.iter(), current: "", keys: self.keys })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A struct's fields, handed out as map keys, each value a `KeyRecorder`.
+struct FieldNames<'a> {
+    prefix: String,
+    fields: std::slice::Iter<'static, &'static str>,
+    current: &'static str,
+    keys: &'a mut Vec<String>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
+        use serde::de::IntoDeserializer;
+        let Some(field) = self.fields.next() else { return Ok(None) };
+        self.current = field;
+        seed.deserialize(field.into_deserializer()).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+        let prefix =
+            if self.prefix.is_empty() { self.current.to_string() } else { format!("{}.{}", self.prefix, self.current) };
+        seed.deserialize(KeyRecorder { prefix, keys: self.keys })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, Path::new("/etc/posthorn/posthorn.toml")).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn every_key_is_recorded() {
+        let mut keys = Vec::new();
+        let recorded = Raw::deserialize(KeyRecorder { prefix: String::new(), keys: &mut keys });
+        assert!(recorded.is_ok(), "{:?}", recorded.err());
+        for key in [
+            "role",
+            "smtp.listen",
+            "smtp.bare_newline",
+            "access.client_cert_senders",
+            "dkim.keys",
+            "log.journald_socket",
+        ] {
+            assert!(keys.iter().any(|k| k == key), "{key} not in {keys:?}");
+        }
+        assert!(!keys.iter().any(|k| k == "smtp" || k.starts_with("dkim.keys.")), "{keys:?}");
+        assert_eq!(keys, super::keys());
+    }
+
+    #[test]
+    fn accepts_checks_the_type_only() {
+        let list = toml::Value::Array(vec!["10.0.0.0/8".into()]);
+        assert_eq!(accepts("access.trusted_networks", list.clone()), Ok(()));
+        assert!(accepts("access.trusted_networks", "10.0.0.0/8".into()).is_err());
+        assert_eq!(accepts("smtp.max_message_size", toml::Value::Integer(1000)), Ok(()));
+        assert_eq!(accepts("smtp.max_message_size", "10M".into()), Ok(()));
+        assert_eq!(accepts("relay.auth_plaintext", toml::Value::Boolean(true)), Ok(()));
+        assert!(accepts("relay.auth_plaintext", "yes".into()).is_err());
+        assert!(accepts("smtp.no_such_key", "x".into()).is_err());
     }
 
     #[test]
