@@ -79,7 +79,14 @@ impl Builder {
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.spool.clone();
     // Before recovery: recovery under a running daemon destroys its mail.
-    let _lock = SpoolLock::acquire(&root)?;
+    // A command acting on the files with the daemon down is waited for.
+    let _lock = SpoolLock::acquire_waiting(&root, |holder| {
+        tracing::warn!(
+            "the spool {} is in use by {holder}: waiting up to {} s for it to finish",
+            root.display(),
+            crate::spool::lock::COMMAND_WAIT.as_secs()
+        )
+    })?;
 
     let mut listeners = Vec::new();
     let kinds = [
