@@ -148,6 +148,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("control socket {}", config.control_socket().display()))?;
     let pickup_listener = control::bind(&root.join("pickup.sock"), 0o666).context("pickup socket")?;
     let showq_listener = control::bind(&root.join("showq.sock"), 0o666).context("showq socket")?;
+    let flush_listener = control::bind(&root.join(control::FLUSH_SOCKET), 0o666).context("flush socket")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (new_tx, new_rx) = mpsc::unbounded_channel();
@@ -169,6 +170,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(pickup_loop(generation_rx.clone(), spool.clone(), pickup_now.clone(), shutdown_rx.clone()));
     tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone()));
     tokio::spawn(control::showq::serve(showq_listener, spool.clone()));
+    tokio::spawn(flush_on_connect(flush_listener, cmd_tx.clone()));
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctl_tx));
 
@@ -242,6 +244,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(root.join("showq.sock"));
+    let _ = std::fs::remove_file(root.join(control::FLUSH_SOCKET));
     drop(pid_file);
     Ok(())
 }
@@ -367,6 +370,32 @@ async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>) {
         if control::accept(&listener).await.is_some() {
             now.notify_one();
         }
+    }
+}
+
+/// Flushes the queue for each connection to `flush.sock` (any local user,
+/// as Postfix's `postqueue -f`) and answers with the count; connections
+/// within `FLUSH_EVERY` of the last flush get its count without another.
+async fn flush_on_connect(listener: tokio::net::UnixListener, scheduler: mpsc::Sender<Command>) {
+    use tokio::io::AsyncWriteExt;
+    let mut last: Option<(tokio::time::Instant, usize)> = None;
+    loop {
+        let Some(mut stream) = control::accept(&listener).await else { continue };
+        let n = match last {
+            Some((at, n)) if at.elapsed() < control::FLUSH_EVERY => n,
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                if scheduler.send(Command::Flush(tx)).await.is_err() {
+                    return;
+                }
+                let Ok(n) = rx.await else { return };
+                last = Some((tokio::time::Instant::now(), n));
+                n
+            }
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(format!("{n}\n").as_bytes())).await;
+        });
     }
 }
 

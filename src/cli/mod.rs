@@ -291,6 +291,15 @@ pub(crate) fn flush_as(explicit: Option<&Path>, prog: &str) -> u8 {
             eprintln!("{prog}: flush refused: {}", r.message);
             exit::SOFTWARE
         }
+        // Not root or the spool's owner (the control socket is theirs
+        // alone): the public flush socket, as Postfix lets anyone flush.
+        Err(crate::control::ControlError::NotRunning(_)) => match crate::control::flush_public(&config.spool) {
+            Ok(_) => exit::OK,
+            Err(e) => {
+                eprintln!("{prog}: fatal: cannot flush the queue: {e}");
+                exit::TEMPFAIL
+            }
+        },
         Err(e) => {
             eprintln!("{prog}: fatal: cannot flush the queue: {e}");
             exit::TEMPFAIL

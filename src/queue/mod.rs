@@ -383,10 +383,7 @@ impl Scheduler {
             }
             Command::Flush(reply) => {
                 self.dests.reset_all();
-                let n = self.waiting.len();
-                while let Some((_, job)) = self.waiting.pop_first() {
-                    self.retry.push_back(job);
-                }
+                let n = self.flush_waiting();
                 tracing::info!("flush: {n} deferred message(s) scheduled now");
                 let _ = reply.send(n);
             }
@@ -466,6 +463,20 @@ impl Scheduler {
         }
         self.spool.remove(state, id).await?;
         Ok(Some(state))
+    }
+
+    /// Moves every waiting message to the retry line and counts them.
+    /// Entries an operator action left stale (a message deleted, held, or
+    /// requeued already) are dropped, not counted: the count is of
+    /// messages, as `postqueue -f` reports it.
+    fn flush_waiting(&mut self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(((_, id), job)) = self.waiting.pop_first() {
+            if self.known.contains_key(&id) && !self.running.contains_key(&id) && seen.insert(id) {
+                self.retry.push_back(job);
+            }
+        }
+        seen.len()
     }
 
     fn reschedule(&mut self, action: QueueAction, id: &str, found: Option<State>) {
