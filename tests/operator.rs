@@ -16,7 +16,8 @@
 //! 7. `exim` -bp, -bpc, -Mf, -Mt, -Mvb, -Mvh, -Mvl, -M, -q; `exiqgrep` options.
 //! 8. `posthorn queue` list/why/show/delete with selectors, dry run,
 //!    confirmation threshold and the audit log.
-//! 9. The daemon stopped: listing works, every change says so and exits 75.
+//! 9. The daemon stopped: listing works; what needs a delivery or a notice
+//!    says so and exits 75 (changes on the files: tests/surgery.rs).
 //! 10. `postfix start|status|reload|flush|check|stop`.
 //! 11. `postconf`, `-n`, `KEY`, Postfix names, `-h`.
 //! 12. `postsuper -d` while a delivery is in flight: never delivered.
