@@ -7,7 +7,8 @@
 //! - `why ID [--json]`: each recipient's state and attempt history (time,
 //!   status, relay, TLS, reply or error class, detail) and the next attempt;
 //! - `delete | hold | release | requeue | bounce [ID...] [selectors]`:
-//!   through the daemon, with `--dry-run` to see what would be touched,
+//!   through the daemon (with it down, all but `bounce` on the files, see
+//!   `act`), with `--dry-run` to see what would be touched,
 //!   `--yes` to confirm when more than `--threshold` (100) messages match,
 //!   and every change appended to `SPOOL/audit.log`;
 //! - `flush`: retry every deferred message now;
@@ -17,7 +18,7 @@
 //! Selectors: `--sender RE`, `--rcpt RE` (case-insensitive regexes; `^$` is
 //! the null sender), `--domain D`, `--older-than DUR`, `--younger-than DUR`,
 //! `--state S` (repeatable), `--error-class C`. Listing and showing read
-//! the spool, so they work with the daemon down.
+//! the spool, so they work with the daemon down (`list` as `mailq` does it).
 
 use super::act::{self, changed};
 use super::exit;
