@@ -108,10 +108,8 @@ impl SpoolLock {
                     if std::time::Instant::now() >= deadline {
                         return Err(LockError::StillHeld { spool, holder });
                     }
-                    if !holder.is_daemon() && holder.pid != "unknown" {
-                        if let Some(tell) = waiting.take() {
-                            tell(&holder);
-                        }
+                    if let Some(tell) = waiting.take_if(|_| holder.pid != "unknown") {
+                        tell(&holder);
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -202,6 +200,29 @@ mod tests {
         drop(lock);
         assert_eq!(SpoolLock::holder(&root), None);
         SpoolLock::acquire(&root).unwrap();
+    }
+
+    #[test]
+    fn a_starting_daemon_waits_for_a_command_but_not_for_a_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let command = SpoolLock::acquire_as(&root, "postsuper").unwrap();
+        let me = std::process::id().to_string();
+        assert_eq!(SpoolLock::holder(&root), Some(Holder { pid: me.clone(), role: "postsuper".into() }));
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(command);
+        });
+        let started = std::time::Instant::now();
+        let mut told = None;
+        let daemon = SpoolLock::acquire_waiting(&root, |h| told = Some(h.clone())).unwrap();
+        releaser.join().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250), "did not wait");
+        assert_eq!(told, Some(Holder { pid: me.clone(), role: "postsuper".into() }));
+        let second = SpoolLock::acquire_waiting(&root, |_| panic!("waited for a daemon"));
+        assert!(matches!(second, Err(LockError::Held { holder, .. }) if holder.is_daemon()));
+        drop(daemon);
+        assert_eq!(std::fs::read_to_string(root.join(LOCK_FILE)).unwrap(), "", "emptied on release");
     }
 
     #[test]
