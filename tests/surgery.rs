@@ -11,6 +11,8 @@
 //!    by `mailq` with Postfix's warning; only mail not deleted is delivered.
 //! 2. A daemon started during a long `postsuper -d ALL` waits for it, says
 //!    whom it waits for, then delivers nothing deleted and all the rest.
+//!    A command that meets a daemon's lock without an answering control
+//!    socket (a daemon starting) asks again, then gives up touching nothing.
 //! 3. Another local account (`nobody`) can change nothing, daemon up or
 //!    down; its `mailq` is the bare listing (daemon up) or Postfix's fatal
 //!    (daemon down); its `postqueue -f` reaches the daemon.
@@ -309,6 +311,26 @@ fn a_daemon_started_during_a_long_purge_waits_for_it() {
     let purge_line = node.audit().into_iter().find(|l| l.contains("action=delete")).unwrap();
     assert!(purge_line.contains(&format!("count={N} ")) && purge_line.ends_with(" daemon=down"), "{purge_line}");
     node.ok("postfix stop");
+}
+
+#[test]
+fn a_command_that_meets_a_starting_daemon_touches_no_file() {
+    let node = Node::new(free_addr());
+    node.ok("postfix start");
+    let ids = node.fill(&["kept"]);
+    node.ok("postfix stop");
+    // The lock as a daemon holds it while it recovers and loads the queue,
+    // before its control socket answers.
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(node.spool.join("posthorn.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    std::fs::write(node.spool.join("posthorn.lock"), "4242 daemon\n").unwrap();
+    let started = std::time::Instant::now();
+    let out = node.sh(&format!("postsuper -d {}", ids[0]));
+    assert!(started.elapsed() >= secs(9), "gave up after {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("is held by another posthorn (pid 4242), which does not answer"));
+    assert_eq!(node.ids("deferred"), ids);
+    assert!(node.audit().iter().all(|l| !l.contains("daemon=down")));
 }
 
 /// `posthorn ARGS` as `nobody`, with `config`.
