@@ -75,7 +75,7 @@ fill() {
 timed() {
     local t0
     t0=$(now)
-    OUT=$(bash -c "$1" 2>&1 | tail -1)
+    OUT=$(bash -c "$1" 2>&1 | tail -1) || true
     T=$(calc "$(now) - $t0")
 }
 
@@ -189,6 +189,9 @@ smtp_tls_security_level = none
 minimal_backoff_time = 1h
 maximal_backoff_time = 1h
 queue_run_delay = 1h
+# Stopped, Postfix's commands write maillog_file themselves, and cannot
+# open the one postlogd made: syslog (dropped here) instead.
+maillog_file =
 CF
     } >"$PF_DIR/etc/main.cf"
     {
