@@ -79,47 +79,52 @@ pub(crate) fn act(config: &Config, prog: &str, action: QueueAction, ids: &[Strin
         if action.on_files().is_none() || action == QueueAction::Deliver {
             return Err(needs_daemon(prog, config, action));
         }
-        if let Err(e) = privilege::become_owner(&config.spool) {
-            eprintln!(
-                "{prog}: fatal: cannot act as the owner of the spool {}: {}",
-                config.spool.display(),
-                strerror(&e)
-            );
-            return Err(exit::NOPERM);
-        }
-        match SpoolLock::acquire_as(&config.spool, prog) {
-            Ok(lock) => {
+        match take_spool(config, prog, started, &mut told)? {
+            Some(lock) => {
                 results.extend(directly(config, invoker, prog, action, rest, lock));
                 break;
             }
-            Err(LockError::Held { holder, .. }) if holder.is_daemon() && started.elapsed() < DAEMON_STARTING => {}
-            Err(LockError::Held { holder, .. }) if !holder.is_daemon() && started.elapsed() < COMMAND_WAIT => {
-                if !std::mem::replace(&mut told, true) {
-                    eprintln!("{prog}: waiting for {holder}, which is changing the queue");
-                }
-            }
-            Err(LockError::Held { holder, spool }) => {
-                eprintln!(
-                    "{prog}: fatal: the spool {} is held by {holder}, which does not answer on {}; try again later",
-                    spool.display(),
-                    config.control_socket().display()
-                );
-                return Err(exit::TEMPFAIL);
-            }
-            Err(LockError::StillHeld { .. }) => unreachable!("only a daemon's start waits"),
-            Err(LockError::Io { source, .. }) => {
-                eprintln!(
-                    "{prog}: fatal: queue changes are reserved for root and the owner of the spool {} \
-                     (the daemon does not answer, and its lock cannot be taken: {})",
-                    config.spool.display(),
-                    strerror(&source)
-                );
-                return Err(exit::NOPERM);
-            }
+            None => std::thread::sleep(Duration::from_millis(100)),
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(results)
+}
+
+/// With no daemon answering: the spool lock, taken as the spool's owner;
+/// `None` while it is worth waiting (a daemon starting, another command
+/// at work), an exit code once it is not (or the lock cannot be had).
+fn take_spool(config: &Config, prog: &str, started: Instant, told: &mut bool) -> Result<Option<SpoolLock>, u8> {
+    if let Err(e) = privilege::become_owner(&config.spool) {
+        eprintln!("{prog}: fatal: cannot act as the owner of the spool {}: {}", config.spool.display(), strerror(&e));
+        return Err(exit::NOPERM);
+    }
+    match SpoolLock::acquire_as(&config.spool, prog) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Held { holder, .. }) if holder.is_daemon() && started.elapsed() < DAEMON_STARTING => Ok(None),
+        Err(LockError::Held { holder, .. }) if !holder.is_daemon() && started.elapsed() < COMMAND_WAIT => {
+            if !std::mem::replace(told, true) {
+                eprintln!("{prog}: waiting for {holder}, which is changing the queue");
+            }
+            Ok(None)
+        }
+        Err(LockError::Held { holder, spool } | LockError::StillHeld { holder, spool }) => {
+            eprintln!(
+                "{prog}: fatal: the spool {} is held by {holder}, which does not answer on {}; try again later",
+                spool.display(),
+                config.control_socket().display()
+            );
+            Err(exit::TEMPFAIL)
+        }
+        Err(LockError::Io { source, .. }) => {
+            eprintln!(
+                "{prog}: fatal: queue changes are reserved for root and the owner of the spool {} \
+                 (the daemon does not answer, and its lock cannot be taken: {})",
+                config.spool.display(),
+                strerror(&source)
+            );
+            Err(exit::NOPERM)
+        }
+    }
 }
 
 /// With the daemon down: `ids` changed on the files, the spool lock held
