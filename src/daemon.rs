@@ -82,7 +82,14 @@ impl Builder {
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let root = config.spool.clone();
     // Before recovery: recovery under a running daemon destroys its mail.
-    let _lock = SpoolLock::acquire(&root)?;
+    // A command acting on the files with the daemon down is waited for.
+    let _lock = SpoolLock::acquire_waiting(&root, |holder| {
+        tracing::warn!(
+            "the spool {} is in use by {holder}: waiting up to {} s for it to finish",
+            root.display(),
+            crate::spool::lock::COMMAND_WAIT.as_secs()
+        )
+    })?;
 
     // Every port, as root; served once the rest is in place.
     let bound = listeners::bind_all(&config).await?;
@@ -113,6 +120,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("control socket {}", config.control_socket().display()))?;
     let pickup_listener = control::bind(&root.join("pickup.sock"), 0o666).context("pickup socket")?;
     let showq_listener = control::bind(&root.join("showq.sock"), 0o666).context("showq socket")?;
+    let flush_listener = control::bind(&root.join(control::FLUSH_SOCKET), 0o666).context("flush socket")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (new_tx, new_rx) = mpsc::unbounded_channel();
@@ -141,6 +149,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(wake_on_connect(pickup_listener, pickup_now.clone(), taken));
     tokio::spawn(control::showq::serve(showq_listener, spool.clone()));
+    tokio::spawn(flush_on_connect(flush_listener, cmd_tx.clone()));
     let (ctl_tx, mut ctl_rx) = mpsc::channel(64);
     tokio::spawn(control::serve(control_listener, ctl_tx));
 
@@ -204,6 +213,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));
     let _ = std::fs::remove_file(root.join("showq.sock"));
+    let _ = std::fs::remove_file(root.join(control::FLUSH_SOCKET));
     drop(pid_file);
     Ok(())
 }
@@ -353,6 +363,32 @@ async fn wake_on_connect(listener: tokio::net::UnixListener, now: Arc<Notify>, t
 
 /// Connections to `pickup.sock` that may wait for their drop's queue id.
 const PICKUP_WAITERS: usize = 64;
+
+/// Flushes the queue for each connection to `flush.sock` (any local user,
+/// as Postfix's `postqueue -f`) and answers with the count; connections
+/// within `FLUSH_EVERY` of the last flush get its count without another.
+async fn flush_on_connect(listener: tokio::net::UnixListener, scheduler: mpsc::Sender<Command>) {
+    use tokio::io::AsyncWriteExt;
+    let mut last: Option<(tokio::time::Instant, usize)> = None;
+    loop {
+        let Some(mut stream) = control::accept(&listener).await else { continue };
+        let n = match last {
+            Some((at, n)) if at.elapsed() < control::FLUSH_EVERY => n,
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                if scheduler.send(Command::Flush(tx)).await.is_err() {
+                    return;
+                }
+                let Ok(n) = rx.await else { return };
+                last = Some((tokio::time::Instant::now(), n));
+                n
+            }
+        };
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(format!("{n}\n").as_bytes())).await;
+        });
+    }
+}
 
 /// Answers the control requests that go to the scheduler or the pickup.
 async fn handle_control(req: Request, scheduler: &mpsc::Sender<Command>, pickup: &Notify) -> Response {

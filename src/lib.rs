@@ -14,6 +14,7 @@
 //! ```text
 //! main.rs ─> cli ─> control ─> (the running daemon)
 //!               ─> spool, route          (read-only listings, postmap, route explain)
+//!               ─> ingress::maildrop    (mailq lists the drops while the daemon is down)
 //! daemon  ─> smtp::server ─> ingress ─> spool
 //!                         ─> tls, auth
 //!         ─> queue ─> route              (each recipient's hop, content filter first, decided now)

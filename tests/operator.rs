@@ -16,7 +16,8 @@
 //! 7. `exim` -bp, -bpc, -Mf, -Mt, -Mvb, -Mvh, -Mvl, -M, -q; `exiqgrep` options.
 //! 8. `posthorn queue` list/why/show/delete with selectors, dry run,
 //!    confirmation threshold and the audit log.
-//! 9. The daemon stopped: listing works, every change says so and exits 75.
+//! 9. The daemon stopped: listing works; what needs a delivery or a notice
+//!    says so and exits 75 (changes on the files: tests/surgery.rs).
 //! 10. `postfix start|status|reload|flush|check|stop`.
 //! 11. `postconf`, `-n`, `KEY`, Postfix names, `-h`.
 //! 12. `postsuper -d` while a delivery is in flight: never delivered.
@@ -499,7 +500,7 @@ fn native_queue_interface() {
 }
 
 #[test]
-fn daemon_stopped_listing_works_changes_refused() {
+fn daemon_stopped_listing_works_deliveries_refused() {
     let mut ph = down_satellite();
     let ids = fill(&ph, &[("alice@example.org", &["ops@example.org"])]);
     let before = run(&ph, "mailq");
@@ -508,11 +509,12 @@ fn daemon_stopped_listing_works_changes_refused() {
     assert_eq!(run(&ph, "exiqgrep -i"), format!("{}\n", ids[0]));
     assert!(run(&ph, &format!("posthorn queue why {}", ids[0])).contains("class=connect"));
     let id = &ids[0];
+    // Deleting, holding and releasing work on the files (tests/surgery.rs);
+    // what needs a delivery or a notice needs the daemon.
     for script in [
-        format!("postsuper -d {id}"),
-        format!("exim -Mrm {id}"),
-        format!("posthorn queue delete {id}"),
         format!("postqueue -i {id}"),
+        format!("exim -M {id}"),
+        format!("posthorn queue bounce {id}"),
         "postqueue -f".into(),
         "exim -q".into(),
     ] {

@@ -156,7 +156,9 @@ impl Drop for KillOnDrop {
 /// The pid of the daemon holding the spool, when one runs (a zombie that
 /// nobody reaps, its parent `postfix start` gone, does not count).
 fn lock_holder(spool: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(spool.join("posthorn.lock")).ok()?.trim().parse().ok()?;
+    // `PID daemon`; the file is emptied when the daemon lets go.
+    let text = std::fs::read_to_string(spool.join("posthorn.lock")).ok()?;
+    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
     (state != 'Z' && state != 'X').then_some(pid)

@@ -8,7 +8,8 @@
 //! - `-Mvb ID` body, `-Mvh ID` header file, `-Mvl ID` the message's log
 //!   (from its attempt history), `-Mvc ID` the whole message;
 //! - `-Mrm ID...` remove, `-Mf ID...` freeze, `-Mt ID...` thaw, `-M ID...`
-//!   deliver now, all through the daemon; `-q`, `-qf`, `-qff` retry
+//!   deliver now, through the daemon (with it down, all but `-M` change the
+//!   files themselves, see `act`); `-q`, `-qf`, `-qff` retry
 //!   everything now, `-qR DOMAIN` the messages for one domain;
 //! - `-bV` the version; anything else (`-t`, `-i`, `-f`, `-bs`, recipients)
 //!   is a submission, handled as `sendmail` does.

@@ -1,16 +1,29 @@
 //! `mailq`, `sendmail -bp`, `posthorn queue list`: the queue in Postfix's
 //! layout, so scripts written for `postqueue -p` parse it unchanged, or as
-//! JSON lines with `postqueue -j`'s field names. The listing comes from the
-//! running daemon's `showq.sock`, which reads the spool with nothing moving;
-//! with the daemon down it is read straight from the spool (envelopes only,
-//! never bodies).
+//! JSON lines with `postqueue -j`'s field names.
+//!
+//! As Postfix's `postqueue` does: the listing comes from the running
+//! daemon's public `showq.sock`, for every user, which reads the spool with
+//! nothing moving. With the daemon down, root and the spool's owner read the
+//! spool directly (envelopes only, never bodies) and the maildrop too (mail
+//! `sendmail` dropped, waiting for pickup: listed first, without a mark), after
+//! Postfix's warning `postqueue: warning: Mail system is down -- accessing
+//! queue directly`; anyone else gets Postfix's `Queue report unavailable -
+//! mail system is down` (exit 69). A spool that does not exist is no empty
+//! queue: it fails (exit 69) naming the spool, so that a monitor such as
+//! `check_mailq` on a machine without an MTA does not report OK.
 
 use super::exit;
 use crate::clock;
+use crate::control::ControlError;
+use crate::ingress::maildrop;
 use crate::spool::envelope::{Envelope, RcptState};
 use crate::spool::{Spool, State};
 use std::io::Write;
 use std::path::Path;
+
+/// sysexits(3) EX_UNAVAILABLE, Postfix's status for "mail system is down".
+const UNAVAILABLE: u8 = 69;
 
 /// Every queued message with its state, oldest first, each exactly once:
 /// from the running daemon when it answers, since a reading of the spool
@@ -20,29 +33,76 @@ pub(crate) fn collect(spool: &Spool) -> Vec<(State, Envelope)> {
     crate::control::showq::read(spool.root()).unwrap_or_else(|_| spool.collect())
 }
 
-/// Every queued message of the spool the configuration names, for the
-/// listing commands; an empty queue when the spool was never created.
-/// A user who may not read the spool gets the listing from the running
-/// daemon's public `showq.sock` instead, as Postfix's showq service does.
-pub(crate) fn load(explicit: Option<&Path>, prog: &str) -> Result<Vec<(State, Envelope)>, u8> {
+/// What a listing shows: mail waiting in the maildrop (read only with the
+/// daemon down; a running daemon picks it up at once), then the queue.
+#[derive(Default)]
+pub(crate) struct Listing {
+    pub(crate) maildrop: Vec<Envelope>,
+    pub(crate) queue: Vec<(State, Envelope)>,
+}
+
+/// The listing for the configuration's spool (see the module comment for
+/// who gets what). Errors are reported on stderr; the value is the exit code.
+pub(crate) fn load(explicit: Option<&Path>, prog: &str) -> Result<Listing, u8> {
     let config = super::load_config(explicit, prog)?;
-    match super::act::spool(&config, prog) {
-        Ok(spool) => Ok(spool.map(|spool| collect(&spool)).unwrap_or_default()),
-        Err(exit::NOPERM) => crate::control::showq::read(&config.spool).map_err(|e| {
-            eprintln!("{prog}: fatal: and the daemon's public listing is not available either: {e}");
-            exit::NOPERM
-        }),
-        Err(code) => Err(code),
+    listing(&config, explicit.is_some(), prog)
+}
+
+/// `load` for a configuration already read (`named`: from a `-c` option).
+pub(crate) fn listing(config: &crate::config::Config, named: bool, prog: &str) -> Result<Listing, u8> {
+    let spool = &config.spool;
+    match crate::control::showq::read(spool) {
+        Ok(queue) => return Ok(Listing { maildrop: Vec::new(), queue }),
+        Err(ControlError::NotRunning(_)) => {}
+        Err(e) => {
+            eprintln!("postqueue: fatal: the posthorn daemon's queue listing failed: {e}");
+            return Err(exit::TEMPFAIL);
+        }
     }
+    if !spool.join("incoming").is_dir() {
+        eprintln!(
+            "postqueue: fatal: no mail queue: the spool {} does not exist (no posthorn has run with this \
+             configuration{})",
+            spool.display(),
+            if std::env::var_os("POSTHORN_CONFIG").is_none()
+                && !named
+                && !Path::new(crate::config::DEFAULT_PATH).exists()
+            {
+                ", and there is no configuration file: see `posthorn --help`"
+            } else {
+                ""
+            }
+        );
+        return Err(UNAVAILABLE);
+    }
+    if std::fs::read_dir(spool.join("incoming")).is_err() {
+        eprintln!("postqueue: fatal: Queue report unavailable - mail system is down");
+        return Err(UNAVAILABLE);
+    }
+    eprintln!("postqueue: warning: Mail system is down -- accessing queue directly");
+    let Some(opened) = super::act::spool(config, prog)? else { return Ok(Listing::default()) };
+    let maildrop = maildrop::waiting(&opened.maildrop_dir()).unwrap_or_default();
+    Ok(Listing { maildrop: maildrop.into_iter().filter_map(as_envelope).collect(), queue: opened.collect() })
+}
+
+/// A drop as an envelope, so that it is listed like queued mail; its name
+/// stands where the queue id goes (it gets one at pickup).
+fn as_envelope(drop: maildrop::Waiting) -> Option<Envelope> {
+    let rcpts: Vec<_> = drop.recipients.iter().map(|r| serde_json::json!({"address": r, "state": "pending"})).collect();
+    let v = serde_json::json!({
+        "v": 1, "id": drop.name, "arrival": drop.arrival, "sender": drop.sender, "size": drop.size,
+        "origin": {"protocol": "local"}, "recipients": rcpts,
+    });
+    serde_json::from_value(v).ok()
 }
 
 pub(crate) fn main(explicit: Option<&Path>) -> u8 {
-    let queue = match load(explicit, "mailq") {
-        Ok(q) => q,
+    let listing = match load(explicit, "mailq") {
+        Ok(l) => l,
         Err(code) => return code,
     };
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(render(&queue).as_bytes());
+    let _ = out.write_all(render_all(&listing.maildrop, &listing.queue).as_bytes());
     exit::OK
 }
 
@@ -67,17 +127,24 @@ fn usage(problem: &str) -> u8 {
 
 /// The Postfix `showq` layout.
 pub(crate) fn render(queue: &[(State, Envelope)]) -> String {
+    render_all(&[], queue)
+}
+
+/// The Postfix `showq` layout, the maildrop first (as showq scans it).
+pub(crate) fn render_all(maildrop: &[Envelope], queue: &[(State, Envelope)]) -> String {
     use std::fmt::Write as _;
-    if queue.is_empty() {
+    let n = maildrop.len() + queue.len();
+    if n == 0 {
         return "Mail queue is empty\n".into();
     }
-    let mut s = String::with_capacity(64 + queue.len() * 160);
+    let mut s = String::with_capacity(64 + n * 160);
     s.push_str("-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
     let mut total = 0u64;
-    for (state, env) in queue {
+    let entries = maildrop.iter().map(|env| (None, env)).chain(queue.iter().map(|(state, env)| (Some(*state), env)));
+    for (state, env) in entries {
         let mark = match state {
-            State::Active => "*",
-            State::Hold => "!",
+            Some(State::Active) => "*",
+            Some(State::Hold) => "!",
             _ => "",
         };
         let sender = if env.sender.is_empty() { "MAILER-DAEMON" } else { &env.sender };
@@ -98,19 +165,22 @@ pub(crate) fn render(queue: &[(State, Envelope)]) -> String {
         s.push('\n');
         total += env.size;
     }
-    let n = queue.len();
     let _ = writeln!(s, "-- {} Kbytes in {n} Request{}.", total.div_ceil(1024), if n == 1 { "" } else { "s" });
     s
 }
 
 /// `postqueue -j`: one JSON object per message.
 pub(crate) fn json(explicit: Option<&Path>) -> u8 {
-    let queue = match load(explicit, "postqueue") {
-        Ok(q) => q,
+    let listing = match load(explicit, "postqueue") {
+        Ok(l) => l,
         Err(code) => return code,
     };
     let mut text = String::new();
-    for (state, env) in &queue {
+    for env in &listing.maildrop {
+        text.push_str(&json_named("maildrop", env));
+        text.push('\n');
+    }
+    for (state, env) in &listing.queue {
         text.push_str(&json_line(*state, env));
         text.push('\n');
     }
@@ -138,6 +208,10 @@ struct JsonRecipient<'a> {
 }
 
 pub(crate) fn json_line(state: State, env: &Envelope) -> String {
+    json_named(state.dir_name(), env)
+}
+
+fn json_named(queue_name: &str, env: &Envelope) -> String {
     let recipients = env
         .recipients
         .iter()
@@ -145,7 +219,7 @@ pub(crate) fn json_line(state: State, env: &Envelope) -> String {
         .map(|r| JsonRecipient { address: &r.address, delay_reason: r.history.last().map(|a| a.detail.as_str()) })
         .collect();
     let m = JsonMessage {
-        queue_name: state.dir_name(),
+        queue_name,
         queue_id: &env.id,
         arrival_time: env.arrival,
         message_size: env.size,

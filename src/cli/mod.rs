@@ -8,7 +8,8 @@
 //! - `mod.rs`: dispatch on the invoked name, the native clap interface,
 //!   and a small POSIX `getopt` for the compatibility names.
 //! - `select`: choosing queue entries (sender, recipient, age, state, ...).
-//! - `act`: operator actions through the daemon, and the audit log.
+//! - `act`: operator actions through the daemon, or on the files under the
+//!   spool lock when it is down, and the audit log.
 //! - `queue`: `posthorn queue list|show|why|delete|hold|release|requeue|bounce|flush`.
 //! - `dkim`: `posthorn dkim keygen DOMAIN SELECTOR`.
 //! - `check`: `posthorn check`; `postfix`: the daemon's life cycle, and
@@ -305,6 +306,15 @@ pub(crate) fn flush_as(explicit: Option<&Path>, prog: &str) -> u8 {
             eprintln!("{prog}: flush refused: {}", r.message);
             exit::SOFTWARE
         }
+        // Not root or the spool's owner (the control socket is theirs
+        // alone): the public flush socket, as Postfix lets anyone flush.
+        Err(crate::control::ControlError::NotRunning(_)) => match crate::control::flush_public(&config.spool) {
+            Ok(_) => exit::OK,
+            Err(e) => {
+                eprintln!("{prog}: fatal: cannot flush the queue: {e}");
+                exit::TEMPFAIL
+            }
+        },
         Err(e) => {
             eprintln!("{prog}: fatal: cannot flush the queue: {e}");
             exit::TEMPFAIL

@@ -103,8 +103,10 @@ fn start(config: &Config) -> u8 {
         eprintln!("{PREFIX}: fatal: the posthorn mail system is already running");
         return 1;
     }
-    if let Some(pid) = crate::spool::lock::SpoolLock::holder(&config.spool) {
-        eprintln!("{PREFIX}: fatal: the spool {} is in use by another posthorn (pid {pid})", config.spool.display());
+    // A command acting on the spool (`postsuper -d ALL` with the daemon
+    // down) is waited for by the daemon itself; another daemon is not.
+    if let Some(holder) = crate::spool::lock::SpoolLock::holder(&config.spool).filter(|h| h.is_daemon()) {
+        eprintln!("{PREFIX}: fatal: the spool {} is in use by {holder}", config.spool.display());
         return 1;
     }
     let log_path = config.spool.join(LOG);

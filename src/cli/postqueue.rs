@@ -1,8 +1,9 @@
 //! `postqueue`: Postfix's unprivileged queue command.
 //!
-//! - `-p` lists the queue in `mailq`'s layout, `-j` as JSON lines (both read
-//!   the spool, so they work with the daemon down);
-//! - `-f` asks the daemon to retry every deferred message now;
+//! - `-p` lists the queue in `mailq`'s layout, `-j` as JSON lines (see
+//!   `mailq` for who gets what with the daemon down);
+//! - `-f` asks the daemon to retry every deferred message now (any user:
+//!   through the public `flush.sock` when the control socket is not theirs);
 //! - `-s DOMAIN` retries now the messages with a recipient in DOMAIN;
 //! - `-i ID` retries one message now.
 //!

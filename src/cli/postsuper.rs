@@ -10,6 +10,8 @@
 //!
 //! Every change goes through the daemon (`act`), which stops a delivery in
 //! flight first: when `postsuper -d ID` has returned, ID is not delivered.
+//! With the daemon down, the command changes the files itself, holding the
+//! spool lock (`postfix stop; postsuper -d ALL; postfix start`).
 
 use super::act::{self, changed};
 use super::exit;

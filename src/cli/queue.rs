@@ -7,7 +7,8 @@
 //! - `why ID [--json]`: each recipient's state and attempt history (time,
 //!   status, relay, TLS, reply or error class, detail) and the next attempt;
 //! - `delete | hold | release | requeue | bounce [ID...] [selectors]`:
-//!   through the daemon, with `--dry-run` to see what would be touched,
+//!   through the daemon (with it down, all but `bounce` on the files, see
+//!   `act`), with `--dry-run` to see what would be touched,
 //!   `--yes` to confirm when more than `--threshold` (100) messages match,
 //!   and every change appended to `SPOOL/audit.log`;
 //! - `flush`: retry every deferred message now;
@@ -17,7 +18,7 @@
 //! Selectors: `--sender RE`, `--rcpt RE` (case-insensitive regexes; `^$` is
 //! the null sender), `--domain D`, `--older-than DUR`, `--younger-than DUR`,
 //! `--state S` (repeatable), `--error-class C`. Listing and showing read
-//! the spool, so they work with the daemon down.
+//! the spool, so they work with the daemon down (`list` as `mailq` does it).
 
 use super::act::{self, changed};
 use super::exit;
@@ -174,6 +175,16 @@ fn list(config: &Config, json: bool, select: &SelectArgs) -> u8 {
         Ok(s) => s,
         Err(e) => return usage("list", &e),
     };
+    if selector.is_empty() && !json {
+        // The whole queue: `mailq`'s listing, maildrop and warnings included.
+        return match super::mailq::listing(config, true, PROG) {
+            Ok(l) => {
+                let _ = std::io::stdout().lock().write_all(super::mailq::render_all(&l.maildrop, &l.queue).as_bytes());
+                exit::OK
+            }
+            Err(code) => code,
+        };
+    }
     let queue = match load(config, &selector) {
         Ok(q) => q,
         Err(code) => return code,
@@ -390,6 +401,8 @@ pub(crate) fn explain(state: State, env: &Envelope, now: u64) -> String {
             line.push_str(&format!(" relay={}", a.relay.as_deref().unwrap_or("none")));
             line.push_str(if a.tls { " tls=yes" } else { " tls=no" });
             match (&a.reply, a.class) {
+                // The detail quotes the reply already ("host X said: ...").
+                (Some(reply), _) if a.detail.contains(&reply.to_string()) => {}
                 (Some(reply), _) => line.push_str(&format!(" reply=\"{reply}\"")),
                 (None, Some(class)) => {
                     let class = serde_json::to_value(class).ok().and_then(|v| v.as_str().map(str::to_string));

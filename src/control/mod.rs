@@ -19,6 +19,12 @@
 //!
 //! `SPOOL/showq.sock`, also open to every local user, lists the queue
 //! (`showq`).
+//!
+//! `SPOOL/flush.sock`, open to every local user too, carries no request: a
+//! connection asks for a flush and is answered with one line, the number of
+//! messages scheduled. Postfix lets everyone flush the queue
+//! (`authorized_flush_users = static:anyone`); a flush changes no message,
+//! and the daemon serves at most one a second (`FLUSH_EVERY`).
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -110,6 +116,26 @@ pub(crate) fn request_blocking(path: &Path, req: &Request) -> Result<Response, C
         .build()
         .map_err(|e| ControlError::Protocol(e.to_string()))?;
     rt.block_on(request(path, req))
+}
+
+/// The public flush socket's name in the spool.
+pub(crate) const FLUSH_SOCKET: &str = "flush.sock";
+
+/// How often the public flush socket really flushes; a connection sooner
+/// gets the last count.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Asks the daemon of `spool` for a flush through its public socket (any
+/// local user may); the number of messages it scheduled.
+pub(crate) fn flush_public(spool: &Path) -> Result<usize, ControlError> {
+    use std::io::Read;
+    let path = spool.join(FLUSH_SOCKET);
+    let mut stream = std::os::unix::net::UnixStream::connect(&path)
+        .map_err(|_| ControlError::NotRunning(path.display().to_string()))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut answer = String::new();
+    stream.by_ref().take(64).read_to_string(&mut answer).map_err(|_| ControlError::Timeout)?;
+    answer.trim().parse().map_err(|_| ControlError::Protocol(format!("flush answered {answer:?}")))
 }
 
 /// Pokes the daemon's pickup socket; false when no daemon listens.

@@ -273,6 +273,24 @@ pub(crate) fn settle_maildrop(spool: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A command run by root that is about to change the spool's files (the
+/// daemon being down) becomes the spool's owner for the rest of its life,
+/// every thread of it, so that nothing in the account's spool is touched
+/// with root's rights (the unlinks run on several threads, where
+/// `AsOwner`'s per-thread identity would not reach). Changes nothing for
+/// anyone else, or for a spool that belongs to root.
+pub(crate) fn become_owner(spool: &Path) -> io::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let stat = rustix::fs::fstat(open_spool(spool)?)?;
+    if stat.st_uid == 0 {
+        return Ok(());
+    }
+    let account = Account { name: crate::account::user_name(stat.st_uid), uid: stat.st_uid, gid: stat.st_gid };
+    switch(&account).map_err(|e| io::Error::other(format!("{e:#}")))
+}
+
 /// Root acting in the spool as the spool's owner: while this lives, the
 /// calling thread's file-system identity (`setfsuid`/`setfsgid`) is the
 /// owner's, so every file it opens or creates is checked and owned as if

@@ -320,6 +320,47 @@ pub fn claim(dir: &Path, gid: u32, quarantine: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A drop as `mailq` lists it while the daemon is down: what `sendmail`
+/// was told, without reading the message.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Waiting {
+    /// The file name, which stands in for a queue id until pickup.
+    pub(crate) name: String,
+    /// `-f`, or the submitting user's name (the file's owner).
+    pub(crate) sender: String,
+    pub(crate) recipients: Vec<String>,
+    /// The message's size as given (the file less its envelope line).
+    pub(crate) size: u64,
+    /// When it was dropped (the file's modification time).
+    pub(crate) arrival: u64,
+}
+
+/// Every drop waiting in `dir`, oldest name first. Entries that are not
+/// drops (links, FIFOs, unreadable envelopes) are skipped: pickup
+/// quarantines them, and a listing changes nothing.
+pub(crate) fn waiting(dir: &Path) -> io::Result<Vec<Waiting>> {
+    use std::io::BufRead;
+    let mut out = Vec::new();
+    for path in pending(dir)? {
+        let Ok((fd, stat)) = open_drop(&path) else { continue };
+        let mut line = Vec::new();
+        let mut reader = io::BufReader::new(std::fs::File::from(fd).take(1024 * 1024));
+        if reader.read_until(b'\n', &mut line).is_err() {
+            continue;
+        }
+        let Ok(drop) = serde_json::from_slice::<Drop>(&line) else { continue };
+        let sender = drop.sender.unwrap_or_else(|| crate::account::user_name(stat.st_uid));
+        out.push(Waiting {
+            name: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            sender,
+            recipients: drop.recipients,
+            size: (stat.st_size as u64).saturating_sub(line.len() as u64),
+            arrival: stat.st_mtime.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
 /// Drops ready for pickup, oldest name first.
 pub(crate) fn pending(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?

@@ -29,6 +29,7 @@ use crate::ingress::Ingress;
 use crate::message::outcome::{RcptState, Status};
 use crate::metrics::{Metrics, QueueGauges};
 use crate::route::router::Router;
+use crate::spool::change::{Bodies, Change};
 use crate::spool::envelope::AttemptRecord;
 use crate::spool::envelope::Envelope;
 use crate::spool::{Spool, State};
@@ -382,10 +383,7 @@ impl Scheduler {
             }
             Command::Flush(reply) => {
                 self.dests.reset_all();
-                let n = self.waiting.len();
-                while let Some((_, job)) = self.waiting.pop_first() {
-                    self.retry.push_back(job);
-                }
+                let n = self.flush_waiting();
                 tracing::info!("flush: {n} deferred message(s) scheduled now");
                 let _ = reply.send(n);
             }
@@ -435,35 +433,17 @@ impl Scheduler {
         results
     }
 
-    /// The file side of an action, on a blocking thread. A delete answers
-    /// once the envelopes are gone (the commit point of "removed"); the
-    /// bodies are unlinked afterwards in the background, and recovery would
-    /// remove any a crash left behind.
+    /// The file side of an action (`Spool::apply`), on a blocking thread.
+    /// A delete answers once the envelopes are gone (the commit point of
+    /// "removed"); the bodies are unlinked afterwards in the background.
     async fn act_on_files(&self, action: QueueAction, ids: Vec<String>) -> Vec<std::io::Result<Option<State>>> {
+        let Some(change) = action.on_files() else {
+            return ids.iter().map(|_| Err(std::io::Error::other("not a change of files"))).collect();
+        };
         let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || {
-            let results: Vec<std::io::Result<Option<State>>> = match action {
-                QueueAction::Delete => spool.delete_envelopes(&ids),
-                _ => ids
-                    .iter()
-                    .map(|id| match action {
-                        QueueAction::Hold => spool.hold(id, false),
-                        QueueAction::Freeze => spool.hold(id, true),
-                        QueueAction::Release => spool.release(id),
-                        QueueAction::Requeue | QueueAction::Deliver => spool.requeue(id),
-                        QueueAction::Delete | QueueAction::Bounce => unreachable!("handled apart"),
-                    })
-                    .collect(),
-            };
-            let _ = spool.sync_states();
-            if action == QueueAction::Delete {
-                let gone = ids.into_iter().zip(&results).filter(|(_, r)| matches!(r, Ok(Some(_)))).map(|(id, _)| id);
-                spool.remove_bodies(gone.collect());
-            }
-            results
-        })
-        .await
-        .unwrap_or_else(|e| vec![Err(std::io::Error::other(e))])
+        tokio::task::spawn_blocking(move || spool.apply(change, &ids, Bodies::Background).results)
+            .await
+            .unwrap_or_else(|e| vec![Err(std::io::Error::other(e))])
     }
 
     /// `QueueAction::Bounce` for one message: fail what is pending, notify the
@@ -483,6 +463,20 @@ impl Scheduler {
         }
         self.spool.remove(state, id).await?;
         Ok(Some(state))
+    }
+
+    /// Moves every waiting message to the retry line and counts them.
+    /// Entries an operator action left stale (a message deleted, held, or
+    /// requeued already) are dropped, not counted: the count is of
+    /// messages, as `postqueue -f` reports it.
+    fn flush_waiting(&mut self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(((_, id), job)) = self.waiting.pop_first() {
+            if self.known.contains_key(&id) && !self.running.contains_key(&id) && seen.insert(id) {
+                self.retry.push_back(job);
+            }
+        }
+        seen.len()
     }
 
     fn reschedule(&mut self, action: QueueAction, id: &str, found: Option<State>) {
@@ -539,6 +533,20 @@ impl Scheduler {
 }
 
 impl QueueAction {
+    /// The change of files this action is, when it is only that; `None`
+    /// for an action that needs the daemon (a bounce writes a notice).
+    /// `Deliver` is a requeue on the files: the daemon also tries it now.
+    pub(crate) fn on_files(self) -> Option<Change> {
+        match self {
+            QueueAction::Delete => Some(Change::Delete),
+            QueueAction::Hold => Some(Change::Hold),
+            QueueAction::Freeze => Some(Change::Freeze),
+            QueueAction::Release => Some(Change::Release),
+            QueueAction::Requeue | QueueAction::Deliver => Some(Change::Requeue),
+            QueueAction::Bounce => None,
+        }
+    }
+
     pub(crate) fn past_tense(self) -> &'static str {
         match self {
             QueueAction::Delete => "removed",

@@ -25,6 +25,7 @@
 //! `space` watches the filesystem's free space (`queue.min_free`) and
 //! remembers failing writes, for the door and the health check.
 
+pub(crate) mod change;
 pub(crate) mod commit;
 pub mod envelope;
 pub(crate) mod id;
@@ -457,9 +458,9 @@ impl Spool {
         self.committer().commit(Vec::new(), None, self.inner.failed_syncs.count()).await
     }
 
-    /// Operator actions, run on a blocking thread. Each returns the state the
-    /// message was found in (`None`: no such message). Directory syncs are
-    /// left to `sync_states`, once per batch.
+    /// Operator actions (see `change`), run on a blocking thread. Each
+    /// returns the state the message was found in (`None`: no such
+    /// message). Directory syncs are left to `sync_states`, once per batch.
     ///
     /// `delete_envelope` for many messages at once, on several threads.
     pub(crate) fn delete_envelopes(&self, ids: &[String]) -> Vec<io::Result<Option<State>>> {
@@ -809,11 +810,11 @@ impl Drop for BodyWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use envelope::{Origin, Recipient};
 
-    fn envelope(spool: &Spool) -> Envelope {
+    pub(crate) fn envelope(spool: &Spool) -> Envelope {
         Envelope {
             v: envelope::VERSION,
             id: spool.new_id(),
