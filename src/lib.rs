@@ -31,16 +31,20 @@
 //!
 //! - [`message`]: the types every stage hands on: the message and its
 //!   recipients, outcomes, error classes and statuses, next-hop syntax and
-//!   hops, the header block (byte-exact), 7-bit conversion, and the seal that
-//!   carries "we vouch for it" through the content filter.
+//!   hops, the header block (byte-exact), address lists in headers
+//!   (`addrlist`: qualified in place, every other byte kept), 7-bit
+//!   conversion, the seal that carries "we vouch for it" through the content
+//!   filter, and the trace header's name.
 //! - [`config`]: TOML to typed configuration, role defaults, located errors.
 //! - [`smtp::proto`]: sans-IO protocol: commands, replies, addresses, DATA decoding.
 //! - `smtp::server`: listener and per-connection session (one function per verb);
 //!   `anvil` counts connections per client (caps, rate, the trusted reserve).
 //! - `smtp::client`: one outbound SMTP transaction with per-recipient results.
 //! - [`spool`]: queue ids, envelopes (never the body), bodies, atomic state
-//!   moves, group commit and crash recovery, free space (`queue.min_free`), and
-//!   listings that see each message once.
+//!   moves, group commit and crash recovery, free space (`queue.min_free`),
+//!   listings that see each message once, the operator's changes (`change`:
+//!   delete, hold, release, requeue, for the scheduler and for the commands
+//!   with the daemon down) and the spool lock that says who holds it.
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
 //! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table,
