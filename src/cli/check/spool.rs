@@ -180,6 +180,12 @@ pub(super) fn fix(config: &Config, account: Option<&Account>, report: &mut Repor
         return;
     };
     let owner = std::fs::metadata(spool).map(|m| m.uid()).unwrap_or(account.uid);
+    // The hand-over sets the maildrop's mode itself: said here.
+    let maildrop = |m: std::fs::Metadata| m.is_dir().then_some(m.mode() & 0o7777);
+    let drop_mode = std::fs::symlink_metadata(spool.join("maildrop")).ok().and_then(maildrop);
+    if let Some(mode) = drop_mode.filter(|m| maildrop_mode(*m).is_some()) {
+        report.notes.push(format!("fixed: maildrop: mode {mode:o} -> {MAILDROP_MODE:o}"));
+    }
     if let Err(e) = privilege::hand_over(spool, account) {
         report.problems.push(format!("cannot give the spool {} to {}: {e}", spool.display(), account.name));
         return;
@@ -210,12 +216,13 @@ fn make_and_repair(config: &Config, switched: bool) -> Vec<String> {
     if !missing.is_empty() {
         out.push(format!("N fixed: made {} in {}", missing.join(", "), spool.display()));
     }
-    if switched && let Err(e) = privilege::settle_maildrop(spool) {
-        out.push(format!("P setting the maildrop's mode: {e}"));
-    }
     match privilege::repair_modes(spool, &dirs, if switched { MAILDROP_MODE } else { 0o1733 }) {
         Ok(changed) => out.extend(changed.into_iter().map(|c| format!("N fixed: {c}"))),
         Err(e) => out.push(format!("P repairing the modes in {}: {e}", spool.display())),
+    }
+    // What the daemon does after its switch: a new maildrop becomes 3733.
+    if switched && let Err(e) = privilege::settle_maildrop(spool) {
+        out.push(format!("P setting the maildrop's mode: {e}"));
     }
     out
 }
