@@ -162,6 +162,10 @@ fn a_healthy_install_passes_before_the_first_start_while_running_and_after() {
         assert_eq!(code, Some(0), "{who}, daemon running (its own port): {said}");
         assert!(said.contains("are in order") && !said.contains("in use"), "{who}: {said}");
     }
+    // --fix leaves the running daemon's spool to it.
+    let (code, said) = site.check(&["--fix"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("is in use by another posthorn") && !said.contains("fixed:"), "{said}");
     site.postfix("stop");
     for (who, (code, said)) in [("root", site.check(&[])), ("nobody", site.check_as_nobody())] {
         assert_eq!(code, Some(0), "{who}, after the stop: {said}");
