@@ -22,7 +22,7 @@
 //! (`listeners`). A configuration that does not load, or whose new
 //! listeners cannot be bound, is refused and the old one stays.
 
-mod listeners;
+pub(crate) mod listeners;
 pub(crate) mod pidfile;
 pub(crate) mod privilege;
 
@@ -58,13 +58,11 @@ struct Builder {
 
 impl Builder {
     fn build(&self, config: &Config) -> anyhow::Result<(Arc<Config>, Ingress, Arc<Outbound>)> {
-        let router = Arc::new(Router::from_config(config).map_err(|e| anyhow::anyhow!("{e}"))?);
-        // The listeners read the certificate, key and users themselves;
-        // checked here so that a bad file refuses the start or the reload.
-        crate::smtp::server::session::Security::load(config)?;
+        let (router, transports) = load(&self.as_bound(config))?;
+        let router = Arc::new(router);
         let ingress = Ingress::to_queue(config, self.spool.clone(), Some(self.new_mail.clone()), Some(router.clone()))
             .with_metrics(self.metrics.clone());
-        let outbound = Arc::new(Outbound { router, transports: Transports::new(&self.as_bound(config))? });
+        let outbound = Arc::new(Outbound { router, transports });
         Ok((Arc::new(config.clone()), ingress, outbound))
     }
 
@@ -77,6 +75,58 @@ impl Builder {
         config.smtp.submissions.clear();
         config
     }
+}
+
+/// Everything a generation reads from files: the tables, the certificate
+/// and key, the client CA, the users, the DKIM keys, the resolver. A file
+/// that does not load refuses the start or the reload; `posthorn check`
+/// calls this same function (as the daemon's account), so the gate and
+/// the daemon cannot disagree.
+/// Every file is tried, and every one that fails is named.
+pub(crate) fn load(config: &Config) -> Result<(Router, Transports), Unloadable> {
+    let router = Router::from_config(config).map_err(|e| anyhow::anyhow!("{e}"));
+    // The listeners read the certificate, key and users themselves;
+    // checked here so that a bad file refuses the start or the reload.
+    let security = crate::smtp::server::session::Security::load(config);
+    let transports = Transports::new(config);
+    match (router, security, transports) {
+        (Ok(router), Ok(_), Ok(transports)) => Ok((router, transports)),
+        (router, security, transports) => {
+            Err(Unloadable([router.err(), security.err(), transports.err()].into_iter().flatten().collect()))
+        }
+    }
+}
+
+/// The files of a configuration that did not load, one error each.
+#[derive(Debug)]
+pub(crate) struct Unloadable(pub(crate) Vec<anyhow::Error>);
+
+impl std::fmt::Display for Unloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all: Vec<String> = self.0.iter().map(|e| format!("{e:#}")).collect();
+        f.write_str(&all.join("; "))
+    }
+}
+
+impl std::error::Error for Unloadable {}
+
+/// What `serve` refuses in a configuration before it reads any file.
+pub(crate) fn refusals(config: &Config) -> anyhow::Result<()> {
+    if !config.smtp.submissions.is_empty() && !config.tls.is_configured() {
+        anyhow::bail!("smtp.submissions needs a certificate: set tls.cert and tls.key");
+    }
+    Ok(())
+}
+
+/// What `serve` logs as a warning at start, and starts all the same.
+pub(crate) fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let submission = !config.smtp.submission.is_empty() || !config.smtp.submissions.is_empty();
+    if submission && config.auth.users.is_none() {
+        out.push("submission listeners without auth.users refuse every MAIL: nobody can authenticate".to_string());
+    }
+    out.extend(crate::route::router::open_local_domains(config));
+    out
 }
 
 pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
@@ -93,14 +143,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
 
     // Every port, as root; served once the rest is in place.
     let bound = listeners::bind_all(&config).await?;
-    if !config.smtp.submissions.is_empty() && !config.tls.is_configured() {
-        anyhow::bail!("smtp.submissions needs a certificate: set tls.cert and tls.key");
-    }
-    let submission = !config.smtp.submission.is_empty() || !config.smtp.submissions.is_empty();
-    if submission && config.auth.users.is_none() {
-        tracing::warn!("submission listeners without auth.users refuse every MAIL: nobody can authenticate");
-    }
-    if let Some(warning) = crate::route::router::open_local_domains(&config) {
+    refusals(&config)?;
+    for warning in warnings(&config) {
         tracing::warn!("{warning}");
     }
     // The pid file is the last thing written with root's rights; what the
@@ -219,7 +263,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// The spool's directories, checked before recovery (`privilege::check_layout`).
-fn spool_dirs() -> Vec<&'static str> {
+pub(crate) fn spool_dirs() -> Vec<&'static str> {
     ["tmp", "data"].into_iter().chain(State::QUEUED.map(State::dir_name)).chain(["corrupt", "maildrop"]).collect()
 }
 

@@ -32,7 +32,7 @@
 //!    NOTIFY=NEVER and a 550: no bounce at all.
 //! 7. Bad input: DSN parameters that do not parse (empty values too) get
 //!    501 naming the parameter and the session goes on; corrupt envelopes
-//!    are moved to `corrupt/`, named by `posthorn check`, and the rest of
+//!    are moved to `corrupt/`, named by `posthorn check` (a warning), and the rest of
 //!    the queue flows.
 //! 8. Hold (`posthorn queue hold`) and freeze (the control socket): not
 //!    attempted while held or frozen; released (`posthorn queue release`,
@@ -863,11 +863,16 @@ fn corrupt_envelopes_are_quarantined_reported_and_the_queue_keeps_flowing() {
         assert_eq!(id_lines(&ph, id, &[why, "corrupt/"]).len(), 1, "{id}: no `{why}` line; log:\n{}", ph.log());
     }
     assert!(next.accepted().len() == 2, "a corrupt envelope was delivered: {:#?}", next.accepted());
+    // Named, as a warning: quarantined files never keep the daemon from
+    // starting again (`posthorn check` is the gate before start).
     let check = ph.command(&["check"], b"");
     let said = text(&check.stdout) + &text(&check.stderr);
-    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert_eq!(check.status.code(), Some(0), "{said}");
     for id in [garbage, torn, incoming, bodyless] {
-        assert!(said.contains(id), "posthorn check does not name {id}:\n{said}");
+        assert!(
+            said.lines().any(|l| l.contains("warning:") && l.contains(id)),
+            "posthorn check does not name {id}:\n{said}"
+        );
     }
 }
 

@@ -1,136 +1,181 @@
-//! `posthorn check` (and later `postfix check`): validate the configuration
-//! and the spool without starting anything. Prints one line per problem
-//! and exits 1 when there is any, 0 otherwise.
+//! `posthorn check` (and `postfix check`): the gate before `serve`, run by
+//! systemd's `ExecStartPre` and the package's postinst. It answers one
+//! question: would `serve` (or a `reload`) start with this configuration
+//! on this host now? Exit 1 with one sentence per reason when it would
+//! refuse; exit 0 otherwise, warnings included (`warning:` lines).
+//!
+//! It asks the daemon's own code rather than a copy of it: the files
+//! (tables, certificate and key, users, DKIM keys) go through
+//! `daemon::load`, the ports through `daemon::listeners::probe`, the
+//! account through `privilege::account_for`, the spool's layout through
+//! `privilege::check_layout`. When root would hand the daemon to its
+//! account, the files are read in a child switched to that account
+//! (`privilege::run_as`), as the daemon reads them after the switch.
+//!
+//! It changes nothing unless asked: `--fix` (`postfix set-permissions`)
+//! creates the spool and repairs its owners and modes with the code the
+//! daemon runs at start (`spool::fix`).
 
-use super::exit;
-use crate::config::Role;
-use crate::spool::{State, id};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+mod ports;
+mod spool;
+
+use crate::account::Account;
+use crate::config::{Config, Role};
+use crate::daemon::privilege;
 use std::path::Path;
 
-pub(crate) fn main(explicit: Option<&Path>) -> u8 {
-    let config = match super::load_config(explicit, "posthorn check") {
+/// What a check found: `problems` fail the gate, the rest are told.
+#[derive(Default)]
+struct Report {
+    problems: Vec<String>,
+    warnings: Vec<String>,
+    /// What `--fix` changed, and facts worth a line (a spool still to make).
+    notes: Vec<String>,
+}
+
+pub(crate) fn main(explicit: Option<&Path>, fix: bool) -> u8 {
+    let config = match Config::discover(explicit) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            println!("posthorn check: {e}");
+            return 1;
+        }
     };
-    let problems = problems(&config);
-    for p in &problems {
+    let report = check(&config, fix);
+    for p in &report.problems {
         println!("posthorn check: {p}");
     }
-    if problems.is_empty() {
+    for w in &report.warnings {
+        println!("posthorn check: warning: {w}");
+    }
+    for n in &report.notes {
+        println!("posthorn check: {n}");
+    }
+    if report.problems.is_empty() {
         let source = config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in".into());
         println!("posthorn check: configuration {source} and spool {} are in order", config.spool.display());
-        exit::OK
+        super::exit::OK
     } else {
         1
     }
 }
 
-/// Everything wrong with `config` and its spool, as sentences.
-pub(crate) fn problems(config: &crate::config::Config) -> Vec<String> {
-    let mut out = Vec::new();
-    if config.role == Role::Satellite && config.relay.smarthosts.is_empty() {
-        out.push("relay.smarthosts is empty: a satellite has nowhere to send mail".into());
+fn check(config: &Config, fix: bool) -> Report {
+    let mut report = Report::default();
+    // The account a daemon started by this user switches to (root only).
+    let account = match privilege::account_for(config.user.as_deref()) {
+        Ok(account) => account,
+        Err(e) => {
+            report.problems.push(format!("{e:#}"));
+            None
+        }
+    };
+    if fix {
+        spool::fix(config, account.as_ref(), &mut report);
     }
-    if let Err(e) = crate::route::router::Router::from_config(config) {
-        out.push(e);
-    }
-    if let Err(e) = crate::deliver::dkim::Signer::new(&config.dkim.keys, &config.dkim.headers) {
-        out.push(format!("{e:#}"));
+    settings(config, &mut report);
+    ports::check(config, &mut report);
+    spool::inspect(config, account.as_ref(), &mut report);
+    files(config, account.as_ref(), &mut report);
+    report
+}
+
+/// What the configuration says, before any file is read.
+fn settings(config: &Config, report: &mut Report) {
+    if let Err(e) = crate::daemon::refusals(config) {
+        report.problems.push(format!("{e:#}"));
     }
     if let (Some(filter), None) = (&config.filter.content_filter, config.filter.reinject_listen) {
-        out.push(format!(
+        report.problems.push(format!(
             "filter.content_filter is {filter} but filter.reinject_listen is not set: what the filter sends back \
              arrives as new mail and is filtered again, in a loop"
         ));
     }
-    // Only a daemon started as root switches to its account.
-    let user = config.user.as_deref().filter(|u| *u != "root" && rustix::process::geteuid().is_root());
-    match user.map(crate::account::lookup) {
-        Some(Ok(None)) => out.push(format!(
-            "user {:?} does not exist: the daemon, started as root, would refuse to start (create it or set `user`)",
-            user.unwrap_or_default()
-        )),
-        Some(Err(e)) => out.push(format!("{e:#}")),
-        _ => {}
+    // `serve` starts: local mail may go to Maildirs by a transport map,
+    // and the rest waits in the queue until a smarthost is set.
+    if config.role == Role::Satellite && config.relay.smarthosts.is_empty() {
+        report
+            .warnings
+            .push("relay.smarthosts is empty: mail this satellite does not deliver itself waits in the queue".into());
     }
-    let spool = &config.spool;
-    match std::fs::metadata(spool) {
-        Err(e) => out.push(format!("spool {}: {e} (it is created at first start)", spool.display())),
-        Ok(meta) => {
-            let me = rustix::process::geteuid().as_raw();
-            if me != 0 && meta.uid() != me {
-                out.push(format!("spool {}: owned by uid {}, not by this user ({me})", spool.display(), meta.uid()));
-            }
-            if meta.permissions().mode() & 0o044 != 0 {
-                out.push(format!(
-                    "spool {}: readable by others (mode {:o})",
-                    spool.display(),
-                    meta.permissions().mode() & 0o7777
-                ));
-            }
-            for dir in
-                ["tmp", "data"].into_iter().chain(State::QUEUED.map(State::dir_name)).chain(["corrupt", "maildrop"])
-            {
-                if !spool.join(dir).is_dir() {
-                    out.push(format!("spool {}: missing directory {dir}/", spool.display()));
+    report.warnings.extend(crate::daemon::warnings(config));
+}
+
+/// Reads every file the daemon reads, as the account that will read
+/// them: in a child switched to `account` when there is one.
+fn files(config: &Config, account: Option<&Account>, report: &mut Report) {
+    let Some(account) = account else {
+        report.problems.extend(readable(config, &crate::account::user_name(rustix::process::geteuid().as_raw())));
+        return;
+    };
+    let lines = privilege::run_as(account, || {
+        let mut out = Vec::new();
+        // A reload reads the configuration again, as the account.
+        let reread = match &config.source {
+            Some(path) => match Config::load(path) {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    out.push(format!(
+                        "user {} cannot load the configuration: a reload would refuse: {e}",
+                        account.name
+                    ));
+                    config.clone()
                 }
-            }
-            if let Ok(meta) = std::fs::metadata(spool.join("maildrop")) {
-                out.extend(maildrop_mode(meta.permissions().mode() & 0o7777));
-            }
-            out.extend(spool_contents(spool));
-        }
+            },
+            None => config.clone(),
+        };
+        out.extend(readable(&reread, &account.name));
+        out
+    });
+    match lines {
+        Ok(lines) => report.problems.extend(lines),
+        Err(e) => report.problems.push(format!("{e:#}")),
     }
-    out
 }
 
-/// The maildrop is 1733 as a spool is made, and 3733 (setgid, so drops get
-/// the daemon's group) once a daemon started as root has handed the spool
-/// to its account (`daemon::privilege`): both are healthy.
-fn maildrop_mode(mode: u32) -> Option<String> {
-    let handed_over = crate::daemon::privilege::MAILDROP_MODE;
-    (mode != 0o1733 && mode != handed_over).then(|| {
-        format!("maildrop: mode {mode:o}, expected 1733 (or {handed_over:o} once a daemon started as root ran)")
-    })
-}
-
-fn spool_contents(spool: &Path) -> Vec<String> {
+/// Loads what `serve` loads from files, as this process is, and looks at
+/// the Maildir root when mail can go to a Maildir.
+fn readable(config: &Config, user: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(spool.join("corrupt")) {
-        let names: Vec<String> =
-            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        if !names.is_empty() {
-            out.push(format!(
-                "{} unreadable file(s) quarantined in {}/corrupt: {}",
-                names.len(),
-                spool.display(),
-                names.join(" ")
-            ));
+    let maildir = match crate::daemon::load(config) {
+        Ok((router, _)) => router.delivers_to_maildir(),
+        Err(failed) => {
+            out.extend(failed.0.iter().map(|e| format!("{e:#}")));
+            crate::route::router::Router::from_config(config).is_ok_and(|r| r.delivers_to_maildir())
         }
-    }
-    for state in State::QUEUED {
-        let Ok(entries) = std::fs::read_dir(spool.join(state.dir_name())) else { continue };
-        for entry in entries.filter_map(|e| e.ok()) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !id::is_valid(&name) {
-                out.push(format!("{}/{name}: not a queue file", state.dir_name()));
-            } else if !spool.join("data").join(&name).exists() {
-                out.push(format!("{}/{name}: message body missing", state.dir_name()));
-            }
-        }
+    };
+    if maildir {
+        out.extend(maildir_root(config, user));
     }
     out
+}
+
+/// Whether `user` (this process) can make Maildirs where
+/// `deliver.maildir_root` puts them: the nearest directory on the way
+/// that exists must be writable and searchable.
+fn maildir_root(config: &Config, user: &str) -> Option<String> {
+    let template = &config.deliver.maildir_root;
+    let root = crate::deliver::maildir::fixed_root(template);
+    let existing = root.ancestors().find(|dir| dir.exists())?;
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    let e = rustix::fs::access(existing, access).err()?;
+    Some(format!(
+        "deliver.maildir_root {template}: user {user} cannot make Maildirs in {}: {}",
+        existing.display(),
+        crate::message::outcome::strerror(&e.into())
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::deliver::maildir::fixed_root;
+    use std::path::Path;
 
     #[test]
-    fn the_maildrop_modes_the_daemon_sets_are_in_order() {
-        assert_eq!(maildrop_mode(0o1733), None);
-        assert_eq!(maildrop_mode(0o3733), None, "as a daemon started as root leaves it");
-        assert!(maildrop_mode(0o777).is_some_and(|p| p.contains("mode 777, expected 1733")));
+    fn the_maildir_root_is_what_comes_before_the_first_placeholder() {
+        assert_eq!(fixed_root("/var/mail/{domain}/{user}"), Path::new("/var/mail"));
+        assert_eq!(fixed_root("/srv/vmail/d-{domain}/{user}/Maildir"), Path::new("/srv/vmail"));
+        assert_eq!(fixed_root("/{user}"), Path::new("/"));
+        assert_eq!(fixed_root("/srv/all/Maildir"), Path::new("/srv/all/Maildir"));
     }
 }

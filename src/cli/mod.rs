@@ -96,8 +96,14 @@ enum Native {
         #[arg(long, hide = true)]
         default_log: Option<String>,
     },
-    /// Validate the configuration and the spool; exit non-zero on problems
-    Check,
+    /// Validate the configuration, its files, the ports and the spool as `serve`
+    /// would; exit 1 on anything it would refuse (warnings do not fail)
+    Check {
+        /// Create the spool and repair its owners and modes, as the daemon
+        /// would at start; without it, check changes nothing
+        #[arg(long)]
+        fix: bool,
+    },
     /// Submit a message the way sendmail(1) does (all sendmail options apply)
     Sendmail {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -200,7 +206,7 @@ fn native(argv: Vec<OsString>) -> u8 {
     let explicit = cli.config.as_deref();
     match cli.command {
         Native::Serve { log_format, default_log } => serve(explicit, log_format, default_log.as_deref()),
-        Native::Check => check::main(explicit),
+        Native::Check { fix } => check::main(explicit, fix),
         Native::Sendmail { args } => sendmail::main(&args, explicit),
         Native::Queue { verb } => queue::main(explicit, verb),
         Native::Reload => match load_config(explicit, "posthorn") {

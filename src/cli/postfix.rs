@@ -12,7 +12,11 @@
 //! - `status` asks the daemon (exit 0 running, 1 not);
 //! - `reload` asks the daemon to load its configuration again (refused,
 //!   with the reason, when it does not load); `flush` retries deferred
-//!   mail; `check` is `posthorn check`.
+//!   mail; `check` is `posthorn check`, which changes nothing, and
+//!   `set-permissions` is `posthorn check --fix` (Postfix's `postfix check`
+//!   also creates missing directories; here the gate never changes what
+//!   it inspects, and the repair is asked for by name, as Postfix's
+//!   `postfix set-permissions`).
 //!
 //! Messages go to stderr, worded like Postfix's `postfix-script`.
 
@@ -25,7 +29,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: postfix [-c config] [-Dv] command (check, start, stop, reload, status, flush)";
+const USAGE: &str =
+    "usage: postfix [-c config] [-Dv] command (check, set-permissions, start, stop, reload, status, flush)";
 const PREFIX: &str = "postfix/postfix-script";
 /// The daemon's output when `start` started it, in the spool.
 const LOG: &str = "posthorn.log";
@@ -40,11 +45,12 @@ pub(crate) fn main(args: &[String]) -> u8 {
     let [command] = rest.as_slice() else {
         return usage("give exactly one command");
     };
-    if !["check", "start", "stop", "reload", "status", "flush", "abort"].contains(&command.as_str()) {
+    let known = ["check", "set-permissions", "start", "stop", "reload", "status", "flush", "abort"];
+    if !known.contains(&command.as_str()) {
         return usage(&format!("unknown command: '{command}'"));
     }
-    if command == "check" {
-        return super::check::main(explicit);
+    if command == "check" || command == "set-permissions" {
+        return super::check::main(explicit, command == "set-permissions");
     }
     let config = match super::load_config(explicit, "postfix") {
         Ok(c) => c,
@@ -86,7 +92,7 @@ fn switches(config: &Config) -> bool {
 /// file; either way only a live process that is the daemon of this spool
 /// (`pidfile::is_daemon`): the control socket and, for a daemon that
 /// never switched, the pid file are in the spool, which its account writes.
-fn pid(config: &Config) -> Option<Pid> {
+pub(super) fn pid(config: &Config) -> Option<Pid> {
     let owner = spool_owner(config)?;
     let told = match control::request_blocking(&config.control_socket(), &Request::Ping) {
         Ok(r) if r.ok => r.pid.and_then(|p| Pid::from_raw(i32::try_from(p).ok()?)),

@@ -111,6 +111,27 @@ fn bind_error(service: Service, addr: SocketAddr, e: std::io::Error) -> anyhow::
     anyhow::anyhow!("{}: cannot listen on {addr}: {why}", service.key())
 }
 
+/// An address `config` names that cannot be bound now.
+pub(crate) struct Unavailable {
+    pub(crate) addr: SocketAddr,
+    pub(crate) kind: std::io::ErrorKind,
+    /// The sentence `serve` would refuse with, naming the key.
+    pub(crate) why: anyhow::Error,
+}
+
+/// Binds every address `config` names the way `bind_all` does (std's
+/// listener sets `SO_REUSEADDR` as tokio's does) and closes it again at
+/// once: `posthorn check`'s look at the ports, without a runtime.
+pub(crate) fn probe(config: &Config) -> Vec<Unavailable> {
+    wanted(config)
+        .into_iter()
+        .filter_map(|(service, addr)| {
+            let e = std::net::TcpListener::bind(addr).err()?;
+            Some(Unavailable { addr, kind: e.kind(), why: bind_error(service, addr, e) })
+        })
+        .collect()
+}
+
 /// The sockets `config` names, bound at start (as root, before the switch).
 pub(super) async fn bind_all(config: &Config) -> anyhow::Result<Vec<Bound>> {
     bind_missing(config, &[]).await

@@ -87,8 +87,8 @@ fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<OwnedFd>
 
 /// Gives the spool to `account` (see the module comment for the layout).
 /// Entries already right are left alone, so a restart costs one `stat` per
-/// queued file.
-fn hand_over(spool: &Path, account: &Account) -> io::Result<()> {
+/// queued file. `posthorn check --fix` calls it too.
+pub(crate) fn hand_over(spool: &Path, account: &Account) -> io::Result<()> {
     let top = open_spool(spool)?;
     give(&top, account)?;
     for name in names(&top)? {
@@ -271,6 +271,97 @@ pub(crate) fn settle_maildrop(spool: &Path) -> io::Result<()> {
         rustix::fs::fchmod(&maildrop, Mode::from_raw_mode(MAILDROP_MODE))?;
     }
     Ok(())
+}
+
+/// Runs `work` in a child process that has switched to `account` the way
+/// the daemon switches (`switch`), and returns the lines `work` produced:
+/// `posthorn check` reads the daemon's files as the daemon will read
+/// them, and `--fix` makes the spool's directories as the daemon makes
+/// them, without this process giving up root. A child, not a thread:
+/// the switch is for the whole process. Refused in a process that runs
+/// more than one thread, where a forked child could inherit a lock some
+/// other thread held.
+pub(crate) fn run_as(account: &Account, work: impl FnOnce() -> Vec<String>) -> anyhow::Result<Vec<String>> {
+    use std::io::{Read, Write};
+    if threads() != Some(1) {
+        bail!("cannot act as user {}: this process runs more than one thread", account.name);
+    }
+    let (mut parent, mut child) = std::os::unix::net::UnixStream::pair()?;
+    // SAFETY: the process has one thread (checked above), so the child
+    // inherits no lock held elsewhere; it leaves through `_exit`, never
+    // returning into the caller's stack or running its destructors.
+    match unsafe { libc::fork() } {
+        -1 => bail!("cannot fork to act as user {}: {}", account.name, io::Error::last_os_error()),
+        0 => {
+            drop(parent);
+            let code = match switch(account) {
+                Err(e) => {
+                    let _ = child.write_all(format!("{e:#}").as_bytes());
+                    2
+                }
+                Ok(()) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                    Ok(lines) => {
+                        let text: Vec<String> = lines.iter().map(|l| l.replace('\n', " ")).collect();
+                        let _ = child.write_all(text.join("\n").as_bytes());
+                        0
+                    }
+                    Err(_) => 3,
+                },
+            };
+            drop(child);
+            // SAFETY: ends the child at once, as `fork`'s children should.
+            unsafe { libc::_exit(code) }
+        }
+        pid => {
+            drop(child);
+            let mut text = String::new();
+            let read = parent.read_to_string(&mut text);
+            let mut status = 0;
+            // SAFETY: waits for the child forked above; `status` is ours.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            read?;
+            match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+                (true, 0) => Ok(text.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()),
+                (true, 2) => bail!("{text}"),
+                _ => bail!("the check as user {} failed (wait status {status:#x})", account.name),
+            }
+        }
+    }
+}
+
+/// How many threads this process runs, from `/proc/self/status`.
+fn threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok())
+}
+
+/// Sets the modes the daemon gives its spool where they differ (the top
+/// 0711, the queue directories 0700, the maildrop `maildrop`), through
+/// directory fds opened without following links, and says what it
+/// changed. Run by the spool's owner (`posthorn check --fix`).
+pub(crate) fn repair_modes(spool: &Path, dirs: &[&str], maildrop: u32) -> io::Result<Vec<String>> {
+    let top = open_spool(spool)?;
+    let mut changed = Vec::new();
+    let mut set = |fd: &OwnedFd, name: &str, want: u32, wrong: bool| -> io::Result<()> {
+        let mode = rustix::fs::fstat(fd)?.st_mode & 0o7777;
+        if wrong && mode != want {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(want))?;
+            changed.push(format!("{name}: mode {mode:o} -> {want:o}"));
+        }
+        Ok(())
+    };
+    let top_mode = rustix::fs::fstat(&top)?.st_mode & 0o7777;
+    set(&top, &spool.display().to_string(), 0o711, top_mode & 0o066 != 0)?;
+    for name in dirs {
+        let Some(dir) = real_dir(&top, *name)? else { continue };
+        let mode = rustix::fs::fstat(&dir)?.st_mode & 0o7777;
+        if *name == "maildrop" {
+            set(&dir, "maildrop", maildrop, mode != 0o1733 && mode != MAILDROP_MODE)?;
+        } else {
+            set(&dir, name, 0o700, mode & 0o077 != 0)?;
+        }
+    }
+    Ok(changed)
 }
 
 /// A command run by root that is about to change the spool's files (the

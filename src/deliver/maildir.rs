@@ -104,6 +104,19 @@ impl Maildir {
     }
 }
 
+/// The directory every Maildir of `template` (`deliver.maildir_root`) is
+/// made in or under: the template up to the last `/` before its first `{`
+/// (`/var/mail/{domain}/{user}` -> `/var/mail`), or the one Maildir a
+/// template without `{` names.
+pub(crate) fn fixed_root(template: &str) -> PathBuf {
+    let Some((fixed, _)) = template.split_once('{') else { return PathBuf::from(template) };
+    match fixed.rfind('/') {
+        Some(0) => PathBuf::from("/"),
+        Some(i) => PathBuf::from(&fixed[..i]),
+        None => PathBuf::from("."),
+    }
+}
+
 /// Whether `address` can name a Maildir: why not, if not. Asked at RCPT
 /// for recipients bound for a Maildir (`route::router`), so that such an
 /// address is refused there rather than bounced after it was accepted.

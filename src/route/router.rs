@@ -237,6 +237,12 @@ impl Router {
         }
     }
 
+    /// Whether any recipient can be routed to a Maildir: a hub's local
+    /// domains, or a transport entry naming `maildir:` (`local:`, `virtual:`).
+    pub(crate) fn delivers_to_maildir(&self) -> bool {
+        (self.role == Role::Hub && !self.local_domains.is_empty()) || self.transports.names_maildir()
+    }
+
     /// The hop a message's recipient takes now: the content filter first
     /// unless the message came back from it (`filtered`) or the address is
     /// outside `filter.domains`, else its route. Asked at every attempt, so

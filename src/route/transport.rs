@@ -206,6 +206,18 @@ impl TransportMaps {
         TransportMaps { maps }
     }
 
+    /// Whether some entry sends mail to a Maildir (`posthorn check` then
+    /// looks at `deliver.maildir_root`).
+    pub(crate) fn names_maildir(&self) -> bool {
+        self.maps.iter().any(|table| {
+            table
+                .contents()
+                .entries()
+                .iter()
+                .any(|e| TransportValue::parse(&e.value).is_ok_and(|v| v.transport == Some(Transport::Maildir)))
+        })
+    }
+
     /// The route for `recipient` (`user@domain`, or a bare domain):
     /// the first matching entry applied over `default`.
     pub(crate) fn route(&self, recipient: &str, default: &NextHop) -> Route {
