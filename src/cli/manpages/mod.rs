@@ -343,9 +343,14 @@ fn example(r: &mut Roff, lines: &[&str]) {
     r.control("RE", []);
 }
 
-/// The completion script for `shell`.
+/// The completion script for `shell`. clap_complete offers hidden
+/// subcommands too, so they are left out of the command it is given.
 fn completion(shell: clap_complete::Shell) -> Vec<u8> {
-    let mut cmd = Cli::command();
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("posthorn")
+        .version(VERSION)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, "posthorn", &mut script);
     script
