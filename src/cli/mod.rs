@@ -16,6 +16,8 @@
 //!   `posthorn reload`.
 //! - one file per compatibility name; `install` makes their symlinks
 //!   (`posthorn install-links DIR`).
+//! - `manpages`: the manual pages and shell completions the package
+//!   installs (`posthorn manpages DIR`, hidden).
 
 pub(crate) mod act;
 pub(crate) mod auth;
@@ -25,6 +27,7 @@ pub(crate) mod exim;
 pub(crate) mod exiqgrep;
 pub(crate) mod install;
 pub(crate) mod mailq;
+pub(crate) mod manpages;
 pub(crate) mod postcat;
 pub(crate) mod postconf;
 pub(crate) mod postfix;
@@ -139,6 +142,13 @@ enum Native {
         #[arg(long)]
         force: bool,
     },
+    /// Write the manual pages (DIR/man1, man5, man8) and the bash and zsh
+    /// completions (DIR/completions), as the package installs them
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them; created if missing
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +224,7 @@ fn native(argv: Vec<OsString>) -> u8 {
             Err(code) => code,
         },
         Native::InstallLinks { dir, force } => install::main(&dir, force),
+        Native::Manpages { dir } => manpages::main(&dir),
         Native::Route { verb: RouteVerb::Explain { address } } => route_explain(explicit, &address),
         Native::Auth { verb } => auth::main(explicit, verb),
         Native::Dkim { verb } => dkim::main(verb),

@@ -1,0 +1,252 @@
+//! What posthorn.toml(5) says about each key: a sentence or two, the Exim
+//! option that does the same job, and a Postfix parameter that looks alike
+//! but differs. The key list itself comes from `config::keys()` and the
+//! Postfix names from `postconf::POSTFIX_NAMES`; the unit tests below fail
+//! when a key of the file has no entry here, so a new key cannot ship
+//! undocumented.
+
+/// One key's entry in posthorn.toml(5).
+pub(super) struct Key {
+    /// The dotted TOML name (`smtp.listen`).
+    pub(super) name: &'static str,
+    /// What it does, in plain text (escaped when rendered).
+    pub(super) text: &'static str,
+    /// The Exim main or transport option with the same job, if any.
+    pub(super) exim: &'static str,
+    /// A Postfix parameter that looks the same but differs, and how; the
+    /// parameters with the same meaning come from `POSTFIX_NAMES`.
+    pub(super) compare: &'static str,
+    /// The default in words, for keys whose default depends on the host
+    /// (its name, its filesystem) rather than on the role alone.
+    pub(super) default: Option<&'static str>,
+}
+
+const fn k(name: &'static str, text: &'static str) -> Key {
+    Key { name, text, exim: "", compare: "", default: None }
+}
+
+impl Key {
+    const fn exim(self, exim: &'static str) -> Key {
+        Key { exim, ..self }
+    }
+    const fn compare(self, compare: &'static str) -> Key {
+        Key { compare, ..self }
+    }
+    const fn default(self, default: &'static str) -> Key {
+        Key { default: Some(default), ..self }
+    }
+}
+
+/// A sentence under each section's heading.
+pub(super) const SECTIONS: &[(&str, &str)] = &[
+    ("", "Keys at the top of the file, before any [section]."),
+    ("smtp", "The SMTP server: listeners, limits and timeouts."),
+    (
+        "access",
+        "Who may relay, and which domains are ours. posthorn is never an open relay: mail from outside trusted_networks, without authentication or a trusted client certificate, is accepted only for relay_domains, local_domains and rewrite.virtual_alias_domains.",
+    ),
+    (
+        "relay",
+        "The smarthosts: where a satellite sends everything, and a hub what its transport table sends to relay:.",
+    ),
+    (
+        "queue",
+        "Retries, lifetimes and durability of the queue. Retries back off per destination, doubling from retry_min to retry_max, with jitter.",
+    ),
+    (
+        "rewrite",
+        "Address rewriting with Postfix's table formats, read from their text source (hash: and texthash: both read the text file; no .db is needed). A changed table is picked up by itself; one with a bad line is refused and the previous version stays in use.",
+    ),
+    ("deliver", "How mail leaves: transport tables, Maildirs, DNS."),
+    (
+        "tls",
+        "The server's certificate. Both cert and key, or neither: with neither, STARTTLS is not offered. The files are checked at start and on reload.",
+    ),
+    ("auth", "SMTP AUTH on the server side (RFC 4954): PLAIN and LOGIN."),
+    (
+        "filter",
+        "An after-queue content filter (a hub), as Postfix's FILTER_README describes. A filter that is down or answers 4xx defers the mail, never bounces it; 5xx bounces.",
+    ),
+    (
+        "dkim",
+        "DKIM signing of outbound mail whose From: domain (or a parent of it) has a key, just before each SMTP transmission. A key that does not load refuses the start.",
+    ),
+    (
+        "metrics",
+        "The metrics and health endpoint: Prometheus text format on /metrics, 200 ok (or 503 with the reason) on /health. Plain HTTP without authentication: keep it on loopback.",
+    ),
+    (
+        "log",
+        "Where log lines go and how they are written. Lines are Postfix's, tagged with the service that logged them (posthorn/smtpd[PID]).",
+    ),
+];
+
+/// Every key, in the order of `config::keys()`.
+pub(super) const KEYS: &[Key] = &[
+    k("role", "satellite or hub: picks the defaults of the other keys. A satellite listens on loopback and relays everything to its smarthosts; a hub accepts mail from the fleet, rewrites and delivers it.")
+        .default("satellite"),
+    k("hostname", "The name used in the greeting, in Received: headers and in bounces.")
+        .exim("primary_hostname")
+        .default("the system's host name"),
+    k("myorigin", "The domain that unqualified addresses of local submissions get (sendmail, the maildrop, SMTP clients on loopback): the envelope and the From:, Sender:, Reply-To:, To:, Cc:, Bcc: headers and their Resent- forms.")
+        .exim("qualify_domain")
+        .default("the hostname"),
+    k("spool", "The queue directory. Changing it needs a restart."),
+    k("user", "The account the daemon switches to for good after binding its ports when started as root; it owns the spool. \"root\" keeps root. The account must exist. Changing it needs a restart. Unset in the built-in configuration (used when no file exists), which runs as whoever starts it.")
+        .exim("exim_user"),
+    k("smtp.listen", "SMTP listeners, as address:port strings.")
+        .exim("local_interfaces, daemon_smtp_ports")
+        .compare("inet_interfaces (addresses without ports; this key holds address:port)"),
+    k("smtp.submission", "Submission listeners (RFC 6409, port 587): STARTTLS offered, AUTH required before MAIL (530 5.7.0).")
+        .exim("daemon_smtp_ports")
+        .compare("the submission service of master.cf"),
+    k("smtp.submissions", "Implicit-TLS submission listeners (RFC 8314, port 465): TLS from the first byte, AUTH required before MAIL.")
+        .exim("tls_on_connect_ports")
+        .compare("the smtps service of master.cf"),
+    k("smtp.max_message_size", "Largest message accepted, in bytes (50M, 512k and 1G are accepted); larger ones get 552 5.3.4.")
+        .exim("message_size_limit"),
+    k("smtp.max_recipients", "Recipients per message; more get 452 4.5.3.").exim("recipients_max"),
+    k("smtp.max_connections", "SMTP connections at once; more get 421 4.7.0.").exim("smtp_accept_max"),
+    k("smtp.max_line_length", "Longest command line accepted, CRLF included (at least 512)."),
+    k("smtp.max_data_line_length", "Longest text line inside DATA, CRLF included (at least 1000)."),
+    k("smtp.client_connection_limit", "Connections one client (an IPv4 address, an IPv6 /64) may have open at once on a listener; 0: no limit. Clients in access.trusted_networks are exempt.")
+        .exim("smtp_accept_max_per_host"),
+    k("smtp.client_connection_rate_limit", "New connections one client may open per minute on a listener, refused ones included; 0: no limit. Trusted networks are exempt."),
+    k("smtp.trusted_reserve", "Of max_connections, the slots only clients in access.trusted_networks may take, so that untrusted clients can never lock a trusted satellite out. Must be less than max_connections; by default a tenth of it.")
+        .exim("smtp_accept_reserve"),
+    k("smtp.command_timeout", "Deadline for one command line, however slowly it comes.")
+        .exim("smtp_receive_timeout")
+        .compare("smtpd_timeout (a timeout per read or write, not a deadline per command)"),
+    k("smtp.data_timeout", "Longest wait between two reads inside DATA or BDAT.").exim("smtp_receive_timeout"),
+    k("smtp.data_deadline", "Deadline for the whole text of one message (DATA, or every BDAT chunk). Raise it with max_message_size for slow links."),
+    k("smtp.tls_handshake_timeout", "Deadline for a TLS handshake (STARTTLS, or the first bytes on a submissions port)."),
+    k("smtp.repeat_log_interval", "Log lines that repeat for one client (refused connections, too many RCPTs) are written once per this interval, then summarised."),
+    k("smtp.max_errors", "Error replies (4xx and 5xx) after which the session is closed with 421.")
+        .compare("smtpd_hard_error_limit and smtpd_soft_error_limit (Postfix counts errors its own way, with sleeps)"),
+    k("smtp.hopcount_limit", "Received: fields a message may carry in; beyond, 554 5.4.6 (a mail loop).")
+        .exim("received_headers_max"),
+    k("smtp.bare_newline", "What a bare LF in message text gets: normalize stores it as CRLF from trusted_networks, local submission and the filter's reinjection, and refuses it (550 5.5.2) from others, since a bare LF is how SMTP smuggling starts; reject refuses it from all."),
+    k("access.trusted_networks", "Networks (CIDR, or a bare address) whose clients may relay to any domain.")
+        .exim("relay_from_hosts (dc_relay_nets)"),
+    k("access.relay_domains", "Domains accepted from anyone and delivered onward.")
+        .exim("relay_to_domains (dc_relay_domains)"),
+    k("access.local_domains", "Domains delivered to local Maildirs (deliver.maildir_root).")
+        .exim("local_domains (dc_other_hostnames)")
+        .default("a satellite: none; a hub: the hostname and localhost"),
+    k("access.local_recipient_maps", "Tables of the users of local domains; an unknown user gets 550 5.1.1 at RCPT. Unset: any local part is accepted and gets a new Maildir (a hub warns of it at start)."),
+    k("access.trusted_fingerprints", "SHA-256 fingerprints (hex, colons allowed) of client certificates that may relay, besides those issued by tls.client_ca."),
+    k("access.client_cert_senders", "A table from a client certificate's DNS name to the senders (*@domain, or an address) that client may use in MAIL FROM; others get 553 5.7.1."),
+    k("relay.smarthosts", "host:port strings in priority order, tried with failover; [host] skips the MX lookup. Unset on a hub: mail goes by MX.")
+        .exim("dc_smarthost (the manualroute router's route_list)"),
+    k("relay.tls", "TLS towards the smarthosts: none, may (STARTTLS when offered), encrypt (TLS required, certificate not checked) or verify (TLS required and the certificate checked). Under encrypt and verify mail never goes in clear.")
+        .exim("hosts_require_tls, hosts_try_tls (smtp transport)"),
+    k("relay.tls_ca", "CA certificates (PEM) that verify checks the smarthost against, instead of the system's roots.")
+        .exim("tls_verify_certificates (smtp transport)"),
+    k("relay.tls_client_cert", "Certificate chain (PEM) presented to the smarthosts when they ask for one; set with tls_client_key.")
+        .exim("tls_certificate (smtp transport)"),
+    k("relay.tls_client_key", "The key (PEM) of tls_client_cert.").exim("tls_privatekey (smtp transport)"),
+    k("relay.auth_file", "A file holding user:password for AUTH towards the smarthosts. Sent only when tls = verify verified the smarthost, unless auth_unverified or auth_plaintext says otherwise.")
+        .exim("/etc/exim4/passwd.client")
+        .compare("smtp_sasl_password_maps (a table by next hop; this is one user:password)"),
+    k("relay.auth_plaintext", "Send the credentials on a connection without TLS too."),
+    k("relay.auth_unverified", "Send the credentials over TLS whose certificate was not verified (tls = may or encrypt): anyone in the path could collect them."),
+    k("relay.connect_timeout", "Time allowed to connect to a smarthost.").exim("connect_timeout (smtp transport)"),
+    k("relay.max_connections", "Connections open at once to the smarthosts.").exim("remote_max_parallel"),
+    k("relay.idle_timeout", "How long an idle connection is kept for reuse."),
+    k("queue.retry_min", "The first retry delay of a destination; it doubles up to retry_max.").exim("the retry rules"),
+    k("queue.retry_max", "The longest retry delay.").exim("the retry rules"),
+    k("queue.max_lifetime", "After this long the sender gets a bounce; a satellite that never reached its hub keeps the mail instead.")
+        .exim("the retry rules' final cutoff"),
+    k("queue.delay_warning", "When the sender is told that the mail is delayed; 0 turns delay warnings off.").exim("delay_warning"),
+    k("queue.active_limit", "Messages in delivery at once; the rest waits on disk."),
+    k("queue.pickup_interval", "How often the maildrop is scanned even when sendmail did not wake the daemon."),
+    k("queue.bounce_rate_limit", "Delivery status notifications per sender per hour, at most."),
+    k("queue.sync", "How accepted mail is made durable: batch (one syncfs per group commit; Linux 5.8 or later, older kernels get per-file with a warning) or per-file (an fdatasync of every file, as Postfix does)."),
+    k("queue.min_free", "Free space kept on the spool's filesystem for deferrals and bounces: below it new mail is refused with 452 4.3.1 and the maildrop waits. 0 turns the check off.")
+        .exim("check_spool_space")
+        .default("100M, but at most 5% of the spool's filesystem"),
+    k("rewrite.virtual_alias_maps", "virtual(5) tables: user@domain, user and @domain (catch-all) keys, each to one or more addresses, recursively, with loop detection."),
+    k("rewrite.virtual_alias_domains", "Domains whose every address comes from virtual_alias_maps: accepted from anyone, but an address without an entry gets 550 5.1.1 at RCPT."),
+    k("rewrite.alias_maps", "aliases(5) files for local names (addresses only: |command and /file entries are refused). They apply to local domains, and on a satellite also to its own names, so root: ops@example.org in /etc/aliases sends cron's mail to ops.")
+        .exim("the system_aliases router (/etc/aliases)"),
+    k("rewrite.sender_canonical_maps", "canonical(5) tables for the envelope sender and the From: header.")
+        .exim("the rewrite rules (begin rewrite)"),
+    k("rewrite.recipient_canonical_maps", "canonical(5) tables for envelope recipients.").exim("the rewrite rules (begin rewrite)"),
+    k("rewrite.masquerade_as", "Local senders become user@masquerade_as (a domain) or exactly masquerade_as (an address), in the envelope and the From: and Sender: headers, after the canonical maps.")
+        .exim("dc_readhost"),
+    k("rewrite.masquerade_domains", "The domains whose senders are masqueraded; empty: the hostname and localhost.")
+        .compare("masquerade_domains (Postfix strips subdomains; this names the domains whose senders become masquerade_as)"),
+    k("deliver.transport_maps", "Transport tables, searched in order: a domain (or .domain, or *) to maildir:, smtp: or relay:[host]:port. Routing is decided at delivery time, so a change applies to mail already queued."),
+    k("deliver.maildir_root", "Where local mail goes; {domain} and {user} are replaced. Must be writable by the daemon's account.")
+        .exim("the maildir_home transport's directory")
+        .compare("virtual_mailbox_base (a directory; this is a template)"),
+    k("deliver.dns_servers", "DNS servers (address or address:port) for MX and address lookups; empty: the system's /etc/resolv.conf."),
+    k("deliver.mx_port", "The port MX hosts are contacted on."),
+    k("deliver.destination_concurrency", "Connections open at once to one destination (a domain or a relay host)."),
+    k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
+    k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
+    k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),
+    k("tls.client_ca", "CA certificates (PEM): with it, the server asks clients for a certificate, and a client with one issued by these CAs may relay.")
+        .exim("tls_verify_certificates, tls_try_verify_hosts"),
+    k("auth.users", "A file of user:hash lines (Argon2id, written by posthorn auth add USER; SHA-512-crypt entries still verify). AUTH is offered only when set.")
+        .exim("the server side of an authenticator"),
+    k("auth.allow_plaintext", "Offer AUTH on connections without TLS too (otherwise 538 5.7.11 before STARTTLS).")
+        .exim("auth_advertise_hosts"),
+    k("auth.max_failures", "Failed attempts from one client address within failure_window, after which AUTH from that address is refused until the window ends."),
+    k("auth.failure_window", "The window max_failures counts over."),
+    k("auth.failure_delay", "Pause before answering a failed attempt."),
+    k("filter.content_filter", "Where unfiltered mail goes first: smtp:[host]:port hands the whole message to an SMTP filter, which sends it back to reinject_listen; pipe:COMMAND ARGS runs the command without a shell, the message on its standard input, with ${sender} and ${recipient} (one argument per recipient) replaced: exit 0 hands it over, 75 or a crash defers it, any other code bounces it. Unset: no filter."),
+    k("filter.reinject_listen", "The listener (loopback and trusted_networks only) the filter sends mail back to; mail arriving there is marked filtered and never filtered again."),
+    k("filter.pipe_timeout", "How long a pipe filter may run before it is killed and the message deferred."),
+    k("filter.domains", "Recipient domains whose mail is filtered; empty: all."),
+    k("dkim.keys", "Signing keys, one [[dkim.keys]] table each: domain, selector, key (a PEM file: PKCS#8 Ed25519, PKCS#1 or PKCS#8 RSA) and algorithm (rsa-sha256 or ed25519-sha256; default: from the key). posthorn dkim keygen writes one and prints its DNS record.")
+        .exim("dkim_domain, dkim_selector, dkim_private_key (smtp transport)"),
+    k("dkim.headers", "The header fields signed; empty: From, To, Cc, Subject, Date, Message-ID and the other usual ones.")
+        .exim("dkim_sign_headers"),
+    k("metrics.listen", "address:port of the endpoint; unset: no endpoint. Read at start only: a change needs a restart."),
+    k("log.to", "stderr, syslog, journald or file:/absolute/path. Unset: stderr in the foreground, syslog when started by postfix start. A file is created 0640 and reopened on SIGHUP and SIGUSR1.")
+        .exim("log_file_path"),
+    k("log.format", "text, or json (one JSON object per line, for stderr and file:)."),
+    k("log.syslog_name", "The syslog tag (posthorn/smtpd[PID]); \"postfix\" makes every Postfix log tool work as it is.")
+        .exim("syslog_processname"),
+    k("log.syslog_facility", "mail, daemon, user or local0 to local7.").exim("syslog_facility"),
+    k("log.syslog_format", "rfc3164 or rfc5424."),
+    k("log.syslog_socket", "The syslog daemon's socket."),
+    k("log.journald_socket", "journald's socket; lines carry native fields (QUEUE_ID, TRACE_ID, CLIENT_ADDR, ...)."),
+];
+
+/// The entry for `name`.
+pub(super) fn find(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The Postfix parameters with the same meaning as `key`.
+pub(super) fn postfix_names(key: &str) -> Vec<&'static str> {
+    crate::cli::postconf::POSTFIX_NAMES.iter().filter(|(_, k)| *k == key).map(|(p, _)| *p).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_has_a_description() {
+        let keys = crate::config::keys();
+        let missing: Vec<&String> = keys.iter().filter(|k| find(k).is_none_or(|d| d.text.trim().is_empty())).collect();
+        assert!(missing.is_empty(), "keys without a description in src/cli/manpages/keys.rs: {missing:?}");
+        let stale: Vec<&str> = KEYS.iter().map(|d| d.name).filter(|n| !keys.iter().any(|k| k == n)).collect();
+        assert!(stale.is_empty(), "descriptions of keys the file does not have: {stale:?}");
+        let mut names: Vec<&str> = KEYS.iter().map(|d| d.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), KEYS.len(), "a key described twice");
+    }
+
+    #[test]
+    fn every_section_has_an_introduction() {
+        for key in crate::config::keys() {
+            let section = key.rsplit_once('.').map_or("", |(s, _)| s);
+            assert!(SECTIONS.iter().any(|(s, _)| *s == section), "no introduction for [{section}]");
+        }
+    }
+}
