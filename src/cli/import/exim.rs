@@ -34,10 +34,8 @@ fn parse(text: &str) -> Result<Vec<Setting>, String> {
             return Err(format!("update-exim4.conf.conf:{}: `{line}` is not name='value'", n + 1));
         };
         let value = value.trim();
-        let unquoted = ['\'', '"']
-            .iter()
-            .find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q)))
-            .unwrap_or(value);
+        let unquoted =
+            ['\'', '"'].iter().find_map(|q| value.strip_prefix(*q).and_then(|v| v.strip_suffix(*q))).unwrap_or(value);
         out.retain(|s| s.name != name.trim());
         out.push(Setting { name: name.trim().into(), value: unquoted.trim().into(), line: n + 1 });
     }
@@ -99,7 +97,12 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
         "internet" => ("hub", "local mail is delivered here, the rest sent by MX"),
         "local" => ("hub", "local delivery only"),
         "" => return Err(format!("{}: dc_eximconfig_configtype is not set", path.display())),
-        other => return Err(format!("{}: dc_eximconfig_configtype: `{other}` is not satellite, smarthost, internet or local", at("dc_eximconfig_configtype"))),
+        other => {
+            return Err(format!(
+                "{}: dc_eximconfig_configtype: `{other}` is not satellite, smarthost, internet or local",
+                at("dc_eximconfig_configtype")
+            ));
+        }
     };
     out.say(format!("Role: {role}: configuration type {kind}: {why}."));
     out.set("role", role, origin("dc_eximconfig_configtype"));
@@ -107,14 +110,25 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
     let hostname = crate::config::system_hostname();
     out.set("hostname", hostname.as_str(), "the system's host name (Exim's primary_hostname)");
     let mailname_path = dir.parent().unwrap_or(Path::new("/")).join("mailname");
+    let mut mailname = None;
     match std::fs::read_to_string(&mailname_path) {
         Ok(text) => {
             let name = text.lines().next().unwrap_or("").trim().to_string();
             if !name.is_empty() {
-                out.set("myorigin", name.as_str(), format!("{}:1: {name} (Exim's qualify_domain)", mailname_path.display()));
+                mailname = Some(name.to_ascii_lowercase());
+                out.set(
+                    "myorigin",
+                    name.as_str(),
+                    format!("{}:1: {name} (Exim's qualify_domain)", mailname_path.display()),
+                );
             }
         }
-        Err(e) => not_carried(&mut out, &mut notes, mailname_path.display().to_string(), &format!("cannot read it ({}); myorigin stays the hostname", crate::message::outcome::strerror(&e))),
+        Err(e) => not_carried(
+            &mut out,
+            &mut notes,
+            mailname_path.display().to_string(),
+            &format!("cannot read it ({}); myorigin stays the hostname", crate::message::outcome::strerror(&e)),
+        ),
     }
 
     // Where mail goes out.
@@ -131,11 +145,21 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
             return Err(format!("{}: type {kind} needs dc_smarthost", at("dc_smarthost")));
         }
         "satellite" | "smarthost" => out.extend("relay.smarthosts", &smarthosts, origin("dc_smarthost")),
-        _ if !smarthosts.is_empty() => not_carried(&mut out, &mut notes, at("dc_smarthost"), "configuration type is not satellite or smarthost, so Exim did not use it"),
+        _ if !smarthosts.is_empty() => not_carried(
+            &mut out,
+            &mut notes,
+            at("dc_smarthost"),
+            "configuration type is not satellite or smarthost, so Exim did not use it",
+        ),
         _ => {}
     }
     if kind == "local" {
-        not_carried(&mut out, &mut notes, at("dc_eximconfig_configtype"), "local: posthorn has no local-only mode; mail for other domains is delivered by MX instead of refused");
+        not_carried(
+            &mut out,
+            &mut notes,
+            at("dc_eximconfig_configtype"),
+            "local: posthorn has no local-only mode; mail for other domains is delivered by MX instead of refused",
+        );
     }
 
     // What is delivered here: Exim's local_domains = @ : localhost : dc_other_hostnames.
@@ -147,12 +171,24 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
                 local.push(d);
             }
         }
-        out.extend("access.local_domains", &local, format!("the hostname and localhost (Exim's @ and localhost), and {}", origin("dc_other_hostnames")));
-        let note = format!("{}: carried over with a difference: local mail is delivered to Maildirs under deliver.maildir_root (/var/mail/{{domain}}/{{user}}); Exim's dc_localdelivery={} is not", at("dc_other_hostnames"), value("dc_localdelivery"));
+        out.extend(
+            "access.local_domains",
+            &local,
+            format!("the hostname and localhost (Exim's @ and localhost), and {}", origin("dc_other_hostnames")),
+        );
+        let note = format!(
+            "{}: carried over with a difference: local mail is delivered to Maildirs under deliver.maildir_root (/var/mail/{{domain}}/{{user}}); Exim's dc_localdelivery={} is not",
+            at("dc_other_hostnames"),
+            value("dc_localdelivery")
+        );
         out.say(format!("Note: {note}"));
         notes.push(note);
     } else if !others.is_empty() {
-        let note = format!("{}: carried over with a difference: a posthorn satellite sends mail for {} to the smarthost too", at("dc_other_hostnames"), others.join(", "));
+        let note = format!(
+            "{}: carried over with a difference: a posthorn satellite sends mail for {} to the smarthost too",
+            at("dc_other_hostnames"),
+            others.join(", ")
+        );
         out.say(format!("Note: {note}"));
         notes.push(note);
     }
@@ -166,10 +202,19 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
             if plain.parse::<ipnet::IpNet>().is_ok() || plain.parse::<std::net::IpAddr>().is_ok() {
                 all.push(plain);
             } else {
-                not_carried(&mut out, &mut notes, at("dc_relay_nets"), &format!("{net}: posthorn takes IP networks here, not host names"));
+                not_carried(
+                    &mut out,
+                    &mut notes,
+                    at("dc_relay_nets"),
+                    &format!("{net}: posthorn takes IP networks here, not host names"),
+                );
             }
         }
-        out.extend("access.trusted_networks", &all, format!("loopback, as Exim's relay_from_hosts has it, and {}", origin("dc_relay_nets")));
+        out.extend(
+            "access.trusted_networks",
+            &all,
+            format!("loopback, as Exim's relay_from_hosts has it, and {}", origin("dc_relay_nets")),
+        );
     }
     let relay_domains: Vec<String> = list(&value("dc_relay_domains")).iter().map(|d| d.to_ascii_lowercase()).collect();
     if !relay_domains.is_empty() {
@@ -178,12 +223,27 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
 
     // dc_readhost: the domain local senders get in outgoing mail
     // (Debian's rewrite `*@+local_domains $1@DCreadhost`).
+    // Debian's rules rewrite `*@+local_domains` and `*@mailname`.
     let readhost = value("dc_readhost");
     if !readhost.is_empty() {
         out.set("rewrite.masquerade_as", readhost.as_str(), origin("dc_readhost"));
+        let mut own = vec![hostname.to_ascii_lowercase(), "localhost".to_string()];
+        own.extend(others.iter().map(|d| d.to_ascii_lowercase()));
+        own.extend(mailname.iter().cloned());
+        own.dedup();
+        let from = format!(
+            "the hostname, localhost, dc_other_hostnames and the mail name, as Debian's rewrite rules for {}",
+            at("dc_readhost")
+        );
+        out.extend("rewrite.masquerade_domains", &own, from);
     }
     if value("dc_hide_mailname") == "true" && readhost.is_empty() {
-        not_carried(&mut out, &mut notes, at("dc_hide_mailname"), "without dc_readhost there is no name to hide it behind");
+        not_carried(
+            &mut out,
+            &mut notes,
+            at("dc_hide_mailname"),
+            "without dc_readhost there is no name to hide it behind",
+        );
     }
 
     // Where it listens.
@@ -192,12 +252,16 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
     for iface in &ifaces {
         // Exim writes `addr.port` for a port other than 25.
         let (addr, port) = match iface.rsplit_once('.') {
-            Some((a, p)) if a.parse::<std::net::IpAddr>().is_ok() && p.parse::<u16>().is_ok() => (a.to_string(), p.parse().unwrap_or(25)),
+            Some((a, p)) if a.parse::<std::net::IpAddr>().is_ok() && p.parse::<u16>().is_ok() => {
+                (a.to_string(), p.parse().unwrap_or(25))
+            }
             _ => (iface.trim_start_matches('[').trim_end_matches(']').to_string(), 25),
         };
         match addr.parse::<std::net::IpAddr>() {
             Ok(ip) => listen.push(std::net::SocketAddr::new(ip, port).to_string()),
-            Err(_) => not_carried(&mut out, &mut notes, at("dc_local_interfaces"), &format!("{iface}: not an IP address")),
+            Err(_) => {
+                not_carried(&mut out, &mut notes, at("dc_local_interfaces"), &format!("{iface}: not an IP address"))
+            }
         }
     }
     if get("dc_local_interfaces").is_some() {
@@ -207,15 +271,32 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
 
     // The rest: read, and either the same in posthorn or reported.
     for s in &settings {
-        let same = match (s.name.as_str(), s.value.as_str()) {
-            ("dc_eximconfig_configtype" | "dc_smarthost" | "dc_other_hostnames" | "dc_relay_nets" | "dc_relay_domains"
-            | "dc_readhost" | "dc_hide_mailname" | "dc_local_interfaces" | "dc_localdelivery", _) => true,
-            (_, "") => true,
-            ("dc_minimaldns", "false") | ("dc_use_split_config", _) | ("CFILEMODE", _) | ("dc_mailname_in_oh", "true") => true,
-            _ => false,
-        };
+        let same = matches!(
+            (s.name.as_str(), s.value.as_str()),
+            (
+                "dc_eximconfig_configtype"
+                    | "dc_smarthost"
+                    | "dc_other_hostnames"
+                    | "dc_relay_nets"
+                    | "dc_relay_domains"
+                    | "dc_readhost"
+                    | "dc_hide_mailname"
+                    | "dc_local_interfaces"
+                    | "dc_localdelivery",
+                _,
+            ) | (_, "")
+                | ("dc_minimaldns", "false")
+                | ("dc_use_split_config", _)
+                | ("CFILEMODE", _)
+                | ("dc_mailname_in_oh", "true")
+        );
         if !same {
-            not_carried(&mut out, &mut notes, format!("{file}:{}: {}", s.line, s.name), "posthorn has no equivalent setting");
+            not_carried(
+                &mut out,
+                &mut notes,
+                format!("{file}:{}: {}", s.line, s.name),
+                "posthorn has no equivalent setting",
+            );
         }
     }
     // Smarthost credentials live in passwd.client.
@@ -224,7 +305,12 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if !line.is_empty() && !line.starts_with('#') {
-                not_carried(&mut out, &mut notes, format!("{}:{}", passwd.display(), n + 1), "write the smarthost's user:password into a file of its own and set relay.auth_file");
+                not_carried(
+                    &mut out,
+                    &mut notes,
+                    format!("{}:{}", passwd.display(), n + 1),
+                    "write the smarthost's user:password into a file of its own and set relay.auth_file",
+                );
             }
         }
     }

@@ -265,7 +265,10 @@ mod tests {
         out.set("hostname", "mx.example.org", "main.cf:1: myhostname = mx.example.org");
         out.extend("access.local_domains", &["example.org".into(), "localhost".into()], "main.cf:4: x");
         let text = out.render();
-        assert!(text.starts_with("# imported from /etc/postfix\n\n# main.cf: no relayhost\nrole = \"hub\"\n"), "{text}");
+        assert!(
+            text.starts_with("# imported from /etc/postfix\n\n# main.cf: no relayhost\nrole = \"hub\"\n"),
+            "{text}"
+        );
         assert!(text.contains("# main.cf:1: myhostname = mx.example.org\nhostname = \"mx.example.org\"\n"), "{text}");
         assert!(text.contains("[access]\n# main.cf:3: mydestination = example.org\n# main.cf:4: x\nlocal_domains = [\"example.org\", \"localhost\"]\n"), "{text}");
         let c = Config::parse(&text, Path::new("/x.toml")).unwrap();

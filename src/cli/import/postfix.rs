@@ -51,12 +51,12 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        if raw.starts_with(char::is_whitespace) {
-            if let Some((_, last)) = out.last_mut() {
-                last.push(' ');
-                last.push_str(trimmed);
-                continue;
-            }
+        if raw.starts_with(char::is_whitespace)
+            && let Some((_, last)) = out.last_mut()
+        {
+            last.push(' ');
+            last.push_str(trimmed);
+            continue;
         }
         out.push((n + 1, trimmed.to_string()));
     }
@@ -346,7 +346,10 @@ fn names(im: &mut Importer, role: crate::config::Role) {
     let mut local = Vec::new();
     for item in items(&im.main.value("mydestination")) {
         if item.contains(':') || item.starts_with('/') {
-            im.not_carried(im.main.at("mydestination"), format!("{item}: posthorn takes domain names here, not tables or files"));
+            im.not_carried(
+                im.main.at("mydestination"),
+                format!("{item}: posthorn takes domain names here, not tables or files"),
+            );
         } else if !local.contains(&item.to_ascii_lowercase()) {
             local.push(item.to_ascii_lowercase());
         }
@@ -354,7 +357,10 @@ fn names(im: &mut Importer, role: crate::config::Role) {
     if role == crate::config::Role::Satellite {
         im.changed(
             im.main.at("mydestination"),
-            format!("Postfix delivered mail for {} on this host; a posthorn satellite sends it to the smarthost too", local.join(", ")),
+            format!(
+                "Postfix delivered mail for {} on this host; a posthorn satellite sends it to the smarthost too",
+                local.join(", ")
+            ),
         );
     } else {
         im.out.extend("access.local_domains", &local, im.main.origin("mydestination"));
@@ -394,21 +400,28 @@ fn relay(im: &mut Importer) {
             if plain.parse::<ipnet::IpNet>().is_ok() || plain.parse::<std::net::IpAddr>().is_ok() {
                 nets.push(plain);
             } else {
-                im.not_carried(im.main.at("mynetworks"), format!("{item}: posthorn takes IP networks here, not host names, files or tables"));
+                im.not_carried(
+                    im.main.at("mynetworks"),
+                    format!("{item}: posthorn takes IP networks here, not host names, files or tables"),
+                );
             }
         }
         im.out.extend("access.trusted_networks", &nets, im.main.origin("mynetworks"));
-    } else if let Some(style) = im.main.raw("mynetworks_style").map(|p| p.value.clone()) {
-        if style != "host" {
-            im.not_carried(im.main.at("mynetworks_style"), "posthorn trusts 127.0.0.0/8 and ::1 unless access.trusted_networks lists more");
-        }
+    } else if im.main.raw("mynetworks_style").is_some_and(|p| p.value != "host") {
+        im.not_carried(
+            im.main.at("mynetworks_style"),
+            "posthorn trusts 127.0.0.0/8 and ::1 unless access.trusted_networks lists more",
+        );
     }
     im.handle("mynetworks");
     im.handle("mynetworks_style");
     let mut domains = Vec::new();
     for item in items(&im.main.value("relay_domains")) {
         if item.contains(':') || item.starts_with('/') {
-            im.not_carried(im.main.at("relay_domains"), format!("{item}: posthorn takes domain names here, not tables or files"));
+            im.not_carried(
+                im.main.at("relay_domains"),
+                format!("{item}: posthorn takes domain names here, not tables or files"),
+            );
         } else if !domains.contains(&item.to_ascii_lowercase()) {
             domains.push(item.to_ascii_lowercase());
         }
@@ -438,8 +451,7 @@ fn relay(im: &mut Importer) {
         if im.main.raw(name).is_none() {
             continue;
         }
-        if words.iter().all(|w| RULE.contains(&w.as_str()))
-            && words.iter().any(|w| w.ends_with("_unauth_destination"))
+        if words.iter().all(|w| RULE.contains(&w.as_str())) && words.iter().any(|w| w.ends_with("_unauth_destination"))
         {
             im.same(name, "posthorn's relay rule: trusted networks, authenticated clients, its own and relay domains");
         } else {
@@ -451,9 +463,14 @@ fn relay(im: &mut Importer) {
     }
     if let Some(p) = im.main.raw("message_size_limit").cloned() {
         match im.main.value("message_size_limit").parse::<u64>() {
-            Ok(0) => im.not_carried(im.main.at("message_size_limit"), "0 (no limit): posthorn always has one; its default 50M applies"),
+            Ok(0) => im.not_carried(
+                im.main.at("message_size_limit"),
+                "0 (no limit): posthorn always has one; its default 50M applies",
+            ),
             Ok(n) => im.out.set("smtp.max_message_size", n as i64, im.main.origin(&p.name)),
-            Err(_) => im.not_carried(im.main.at("message_size_limit"), format!("`{}` is not a number of bytes", p.value)),
+            Err(_) => {
+                im.not_carried(im.main.at("message_size_limit"), format!("`{}` is not a number of bytes", p.value))
+            }
         }
     }
     im.handle("message_size_limit");
@@ -502,7 +519,9 @@ fn table_specs(im: &mut Importer, name: &str) -> Vec<String> {
             "btree" | "lmdb" | "cdb" | "dbm" | "sdbm" => specs.push(format!("hash:{path}")),
             _ => im.not_carried(
                 im.main.at(name),
-                format!("{item}: posthorn reads only the text source of hash-like tables (hash, btree, lmdb, cdb, texthash)"),
+                format!(
+                    "{item}: posthorn reads only the text source of hash-like tables (hash, btree, lmdb, cdb, texthash)"
+                ),
             ),
         }
     }
@@ -558,7 +577,10 @@ fn masquerade(im: &mut Importer) {
     }
     let list = items(&im.main.value("masquerade_domains"));
     let [domain] = list.as_slice() else {
-        im.not_carried(im.main.at("masquerade_domains"), "posthorn masquerades to one domain (rewrite.masquerade_as); list one");
+        im.not_carried(
+            im.main.at("masquerade_domains"),
+            "posthorn masquerades to one domain (rewrite.masquerade_as); list one",
+        );
         return;
     };
     if domain.starts_with('!') {
@@ -577,13 +599,23 @@ fn masquerade(im: &mut Importer) {
     im.out.extend("rewrite.masquerade_domains", &own, "the host's own names under that domain");
     im.changed(
         im.main.at("masquerade_domains"),
-        format!("senders @{} become @{domain}; other subdomains of {domain} are not rewritten, as Postfix did", own.join(", @")),
+        format!(
+            "senders @{} become @{domain}; other subdomains of {domain} are not rewritten, as Postfix did",
+            own.join(", @")
+        ),
     );
 }
 
 /// smtpd_tls_*: the server certificate.
 fn server_tls(im: &mut Importer) {
-    for name in ["smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_security_level", "smtpd_tls_CAfile", "smtpd_use_tls", "smtpd_enforce_tls"] {
+    for name in [
+        "smtpd_tls_cert_file",
+        "smtpd_tls_key_file",
+        "smtpd_tls_security_level",
+        "smtpd_tls_CAfile",
+        "smtpd_use_tls",
+        "smtpd_enforce_tls",
+    ] {
         im.handle(name);
     }
     let level = match im.main.raw("smtpd_tls_security_level") {
@@ -595,23 +627,33 @@ fn server_tls(im: &mut Importer) {
     let (cert, key) = (im.main.value("smtpd_tls_cert_file"), im.main.value("smtpd_tls_key_file"));
     if level == "none" || (level.is_empty() && !cert.is_empty()) {
         if !cert.is_empty() {
-            im.not_carried(im.main.at("smtpd_tls_cert_file"), "smtpd_tls_security_level is none: Postfix offered no STARTTLS, so no [tls] is written");
+            im.not_carried(
+                im.main.at("smtpd_tls_cert_file"),
+                "smtpd_tls_security_level is none: Postfix offered no STARTTLS, so no [tls] is written",
+            );
         }
         return;
     }
     if cert.is_empty() || key.is_empty() {
         if !level.is_empty() {
-            im.not_carried(im.main.at("smtpd_tls_security_level"), "no certificate and key set: posthorn offers STARTTLS only with tls.cert and tls.key");
+            im.not_carried(
+                im.main.at("smtpd_tls_security_level"),
+                "no certificate and key set: posthorn offers STARTTLS only with tls.cert and tls.key",
+            );
         }
         return;
     }
     im.out.set("tls.cert", cert.as_str(), im.main.origin("smtpd_tls_cert_file"));
     im.out.set("tls.key", key.as_str(), im.main.origin("smtpd_tls_key_file"));
     if level == "encrypt" {
-        im.not_carried(im.main.at("smtpd_tls_security_level"), "encrypt: posthorn offers STARTTLS on port 25 but does not require it (submission ports always do)");
+        im.not_carried(
+            im.main.at("smtpd_tls_security_level"),
+            "encrypt: posthorn offers STARTTLS on port 25 but does not require it (submission ports always do)",
+        );
     }
     if im.main.raw("smtpd_tls_CAfile").is_some() {
-        let all_certs = items(&im.main.value("smtpd_relay_restrictions")).iter().any(|w| w == "permit_tls_all_clientcerts");
+        let all_certs =
+            items(&im.main.value("smtpd_relay_restrictions")).iter().any(|w| w == "permit_tls_all_clientcerts");
         if all_certs {
             im.out.set("tls.client_ca", im.main.value("smtpd_tls_CAfile").as_str(), im.main.origin("smtpd_tls_CAfile"));
         } else {
@@ -634,9 +676,15 @@ fn relay_tls(im: &mut Importer) {
         "none" | "may" | "encrypt" | "verify" => im.out.set("relay.tls", level.as_str(), origin),
         "secure" => {
             im.out.set("relay.tls", "verify", origin);
-            im.changed(im.main.at("smtp_tls_security_level"), "secure as posthorn's verify: the certificate is checked against the host name it connects to");
+            im.changed(
+                im.main.at("smtp_tls_security_level"),
+                "secure as posthorn's verify: the certificate is checked against the host name it connects to",
+            );
         }
-        other => im.not_carried(im.main.at("smtp_tls_security_level"), format!("{other}: posthorn knows none, may, encrypt and verify")),
+        other => im.not_carried(
+            im.main.at("smtp_tls_security_level"),
+            format!("{other}: posthorn knows none, may, encrypt and verify"),
+        ),
     }
     if im.main.raw("smtp_tls_CApath").is_some() {
         let path = im.main.value("smtp_tls_CApath");
@@ -658,10 +706,14 @@ fn filter(im: &mut Importer) {
         .find(|s| s.kind == "inet" && s.command == "smtpd" && service_port(&s.name) == Some(25))
         .and_then(|s| s.overrides.iter().find(|(k, _)| k == "content_filter").map(|(_, v)| (s.line, v.clone())));
     let (value, origin, at) = match (im.main.raw("content_filter"), on_smtp) {
-        (_, Some((line, v))) if !v.is_empty() => {
-            (v.clone(), format!("master.cf:{line}: smtp ... -o content_filter={v}"), format!("master.cf:{line}: content_filter"))
+        (_, Some((line, v))) if !v.is_empty() => (
+            v.clone(),
+            format!("master.cf:{line}: smtp ... -o content_filter={v}"),
+            format!("master.cf:{line}: content_filter"),
+        ),
+        (Some(_), _) => {
+            (im.main.value("content_filter"), im.main.origin("content_filter"), im.main.at("content_filter"))
         }
-        (Some(_), _) => (im.main.value("content_filter"), im.main.origin("content_filter"), im.main.at("content_filter")),
         _ => return,
     };
     if value.is_empty() {
@@ -701,7 +753,12 @@ fn filter(im: &mut Importer) {
             }
         }
         other => {
-            im.not_carried(at, format!("the filter's service {transport} runs {other}; posthorn hands mail to an SMTP or a pipe filter"));
+            im.not_carried(
+                at,
+                format!(
+                    "the filter's service {transport} runs {other}; posthorn hands mail to an SMTP or a pipe filter"
+                ),
+            );
             return;
         }
     };
@@ -752,7 +809,10 @@ fn service_addrs(im: &mut Importer, service: &Service) -> Vec<String> {
         };
         match ip {
             Some(ip) => addrs.push(std::net::SocketAddr::new(ip, port).to_string()),
-            None => im.not_carried(im.main.at("inet_interfaces"), format!("{iface}: posthorn listens on addresses, not names")),
+            None => im.not_carried(
+                im.main.at("inet_interfaces"),
+                format!("{iface}: posthorn listens on addresses, not names"),
+            ),
         }
     }
     addrs
@@ -797,9 +857,38 @@ const SAME_ON_REINJECTION: [&str; 14] = [
 
 /// The services Postfix's own master.cf defines for its internal work.
 const POSTFIX_SERVICES: [&str; 32] = [
-    "pickup", "cleanup", "qmgr", "oqmgr", "tlsmgr", "rewrite", "bounce", "defer", "trace", "verify", "flush",
-    "proxymap", "proxywrite", "smtp", "relay", "showq", "error", "retry", "discard", "local", "virtual", "lmtp",
-    "anvil", "scache", "postlog", "maildrop", "uucp", "ifmail", "bsmtp", "scalemail-backend", "mailman", "lmtp",
+    "pickup",
+    "cleanup",
+    "qmgr",
+    "oqmgr",
+    "tlsmgr",
+    "rewrite",
+    "bounce",
+    "defer",
+    "trace",
+    "verify",
+    "flush",
+    "proxymap",
+    "proxywrite",
+    "smtp",
+    "relay",
+    "showq",
+    "error",
+    "retry",
+    "discard",
+    "local",
+    "virtual",
+    "lmtp",
+    "anvil",
+    "scache",
+    "postlog",
+    "maildrop",
+    "uucp",
+    "ifmail",
+    "bsmtp",
+    "scalemail-backend",
+    "mailman",
+    "lmtp",
 ];
 
 /// master.cf's inet services: listeners and the reinjection service.
@@ -814,12 +903,21 @@ fn listeners(im: &mut Importer) {
             let used = service.name == filter_transport
                 || im.out.get("filter.content_filter").is_some() && service.command == "smtp";
             if !POSTFIX_SERVICES.contains(&service.name.as_str()) && !used {
-                im.not_carried(at, format!("a {} service running {}, which posthorn does not run", service.kind, service.command));
+                im.not_carried(
+                    at,
+                    format!("a {} service running {}, which posthorn does not run", service.kind, service.command),
+                );
             }
             continue;
         }
         if service.command != "smtpd" {
-            im.not_carried(at, format!("runs {}; posthorn's listeners speak SMTP themselves (postscreen and others are not carried)", service.command));
+            im.not_carried(
+                at,
+                format!(
+                    "runs {}; posthorn's listeners speak SMTP themselves (postscreen and others are not carried)",
+                    service.command
+                ),
+            );
             continue;
         }
         let reinjection = service.overrides.iter().any(|(k, v)| k == "content_filter" && v.is_empty());
@@ -904,7 +1002,9 @@ fn same_as_posthorn(name: &str, value: &str) -> Option<&'static str> {
         ("compatibility_level", _) => "its defaults were applied when reading this file",
         ("mailbox_size_limit", "0") => "no mailbox size limit, as posthorn's Maildirs have none",
         ("default_transport" | "relay_transport", "smtp") => "posthorn's default transport",
-        ("smtp_tls_session_cache_database" | "smtpd_tls_session_cache_database", _) => "posthorn keeps TLS sessions in memory",
+        ("smtp_tls_session_cache_database" | "smtpd_tls_session_cache_database", _) => {
+            "posthorn keeps TLS sessions in memory"
+        }
         ("inet_protocols", "all" | "ipv4") => "the listeners above say which addresses",
         ("recipient_delimiter", "") => "no address extensions",
         _ => return None,
@@ -978,7 +1078,10 @@ mod tests {
         assert_eq!(s[0].overrides, [("content_filter".into(), "scan:[127.0.0.1]:10024".into())]);
         assert_eq!(s[1].line, 3);
         assert_eq!(s[1].overrides[0], ("content_filter".into(), String::new()));
-        assert_eq!((service_port(&s[1].name), service_port("submission"), service_port("smtps")), (Some(10025), Some(587), Some(465)));
+        assert_eq!(
+            (service_port(&s[1].name), service_port("submission"), service_port("smtps")),
+            (Some(10025), Some(587), Some(465))
+        );
         assert!(parse_master("smtp inet n - y\n").unwrap_err().contains("master.cf:1"));
     }
 
@@ -989,7 +1092,12 @@ mod tests {
             ("queue.max_lifetime", "maximal_queue_lifetime", "3", toml::Value::String("3d".into())),
             ("queue.retry_min", "minimal_backoff_time", "300s", toml::Value::String("300s".into())),
             ("tls.received_auth_user", "smtpd_sasl_authenticated_header", "yes", toml::Value::Boolean(true)),
-            ("access.local_recipient_maps", "local_recipient_maps", "hash:/a, hash:/b", toml::Value::Array(vec!["hash:/a".into(), "hash:/b".into()])),
+            (
+                "access.local_recipient_maps",
+                "local_recipient_maps",
+                "hash:/a, hash:/b",
+                toml::Value::Array(vec!["hash:/a".into(), "hash:/b".into()]),
+            ),
         ];
         for (key, name, value, expected) in cases {
             assert_eq!(typed(key, name, value), Ok(expected), "{name}");
