@@ -46,7 +46,8 @@ pub(crate) struct Options {
     /// Print the TOML on stdout instead of writing it
     #[arg(long)]
     dry_run: bool,
-    /// Where to write it (default: the configuration path, /etc/posthorn/posthorn.toml)
+    /// Where to write it (default: the configuration path: -c, $POSTHORN_CONFIG,
+    /// /etc/posthorn/posthorn.toml)
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// Replace an existing file
@@ -77,6 +78,7 @@ pub(crate) fn main(explicit: Option<&Path>, opts: Options) -> u8 {
     let target = opts
         .output
         .or_else(|| explicit.map(Path::to_path_buf))
+        .or_else(|| std::env::var_os("POSTHORN_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH));
     let text = imported.output.render();
     // The file must load as the daemon will load it; its tables must open.

@@ -232,6 +232,8 @@ struct Importer {
     /// Settings read that need nothing in posthorn, listed in the output.
     same: Vec<String>,
     handled: Vec<String>,
+    /// The master.cf service the content filter's mail goes through.
+    filter_service: Option<String>,
 }
 
 impl Importer {
@@ -268,8 +270,15 @@ pub(super) fn import(dir: &Path) -> Result<Imported, String> {
         false => Vec::new(),
     };
     let main = MainCf { params, dir: dir.to_path_buf() };
-    let mut im =
-        Importer { main, services, out: Output::default(), notes: Vec::new(), same: Vec::new(), handled: Vec::new() };
+    let mut im = Importer {
+        main,
+        services,
+        out: Output::default(),
+        notes: Vec::new(),
+        same: Vec::new(),
+        handled: Vec::new(),
+        filter_service: None,
+    };
     im.out.say(format!("posthorn.toml imported from Postfix's {} and {}", main_path.display(), master_path.display()));
     im.out.say("by `posthorn import postfix`; each key names the line it came from.");
     let role = role(&mut im);
@@ -724,6 +733,7 @@ fn filter(im: &mut Importer) {
         return;
     };
     let service = im.services.iter().find(|s| s.name == transport && s.kind == "unix").cloned();
+    im.filter_service = Some(transport.to_string());
     let command = match (&service, transport) {
         (Some(s), _) => s.command.clone(),
         (None, "smtp" | "relay") => "smtp".into(),
@@ -743,6 +753,16 @@ fn filter(im: &mut Importer) {
                 Some((_, argv)) => {
                     if args.contains("user=") {
                         im.changed(at.clone(), "the pipe command runs as posthorn's account, not the service's user=");
+                    }
+                    let other = argv.split("${").skip(1).map(|m| m.split('}').next().unwrap_or(""));
+                    if let Some(m) = other.into_iter().find(|m| !["sender", "recipient"].contains(m)) {
+                        im.not_carried(
+                            at,
+                            format!(
+                                "the pipe command uses ${{{m}}}; posthorn fills in only ${{sender}} and ${{recipient}}"
+                            ),
+                        );
+                        return;
                     }
                     format!("pipe:{argv}")
                 }
@@ -895,13 +915,11 @@ const POSTFIX_SERVICES: [&str; 32] = [
 fn listeners(im: &mut Importer) {
     im.handle("inet_interfaces");
     im.handle("inet_protocols");
-    let filter_transport = im.main.value("content_filter").split(':').next().unwrap_or("").to_string();
     for service in im.services.clone() {
         let at = format!("master.cf:{}: {}", service.line, service.name);
         let origin = format!("master.cf:{}: {} {} ... {}", service.line, service.name, service.kind, service.command);
         if service.kind != "inet" {
-            let used = service.name == filter_transport
-                || im.out.get("filter.content_filter").is_some() && service.command == "smtp";
+            let used = im.filter_service.as_ref() == Some(&service.name);
             if !POSTFIX_SERVICES.contains(&service.name.as_str()) && !used {
                 im.not_carried(
                     at,
