@@ -638,7 +638,10 @@ fn server_tls(im: &mut Importer) {
         if !cert.is_empty() {
             im.not_carried(
                 im.main.at("smtpd_tls_cert_file"),
-                "smtpd_tls_security_level is none: Postfix offered no STARTTLS, so no [tls] is written",
+                format!(
+                    "smtpd_tls_security_level is {}: Postfix offered no STARTTLS, so no [tls] is written",
+                    if level.is_empty() { "not set" } else { "none" }
+                ),
             );
         }
         return;
@@ -1127,5 +1130,61 @@ mod tests {
     fn domain_keys_of_a_virtual_table() {
         let keys = domain_keys("example.com anything\n# c\nuser@example.com u\nlists.example.org  x\n  cont\nroot r\n");
         assert_eq!(keys, ["example.com", "lists.example.org"]);
+    }
+
+    /// Imports `main` (and `master`) from a scratch directory.
+    fn run(main: &str, master: &str) -> (String, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("posthorn-import-unit-{}-{}", std::process::id(), main.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let main = main.replace("DIR", &dir.display().to_string());
+        std::fs::write(dir.join("main.cf"), main).unwrap();
+        std::fs::write(dir.join("master.cf"), master).unwrap();
+        std::fs::write(dir.join("virtual"), "example.com anything\nsales@example.com a@b.example\n").unwrap();
+        let im = import(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (im.output.render(), im.notes)
+    }
+
+    #[test]
+    fn decisions_that_change_meaning_are_said() {
+        let smtp = "smtp inet n - y - - smtpd\n";
+        let (toml, notes) = run(
+            "myhostname = vm.example.org\nrelayhost = hub.example.org\nmydestination = $myhostname, localhost\n\
+             smtpd_tls_cert_file = /c.pem\nsmtpd_tls_key_file = /k.pem\nsmtpd_tls_security_level = may\nsmtpd_tls_CAfile = /etc/ssl/certs/ca-certificates.crt\n\
+             virtual_alias_maps = lmdb:DIR/virtual\nheader_checks = regexp:/etc/postfix/header_checks\n",
+            smtp,
+        );
+        assert!(toml.contains("role = \"satellite\""), "{toml}");
+        assert!(toml.contains("smarthosts = [\"hub.example.org\"]"), "{toml}");
+        assert!(
+            notes.iter().any(|n| n.starts_with(
+                "main.cf:2: relayhost: carried over with a difference: hub.example.org: Postfix looked up the MX"
+            )),
+            "{notes:?}"
+        );
+        assert!(!toml.contains("client_ca = "), "a public CA bundle must not let every certificate relay: {toml}");
+        assert!(notes.iter().any(|n| n.starts_with("main.cf:7: smtpd_tls_CAfile: not carried over")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.starts_with("main.cf:9: header_checks: not carried over")), "{notes:?}");
+        assert!(
+            toml.contains("virtual_alias_domains = [\"example.com\"]"),
+            "Postfix's default, from the table's keys: {toml}"
+        );
+        assert!(toml.contains("virtual_alias_maps = [\"hash:"), "{toml}");
+
+        let (toml, notes) = run(
+            "myhostname = mx.example.org\nsmtpd_tls_cert_file = /c.pem\nsmtpd_tls_key_file = /k.pem\nsmtpd_use_tls = yes\nsmtpd_tls_CAfile = /ca.pem\n\
+             smtpd_relay_restrictions = permit_mynetworks permit_tls_all_clientcerts reject_unauth_destination\n\
+             maximal_queue_lifetime = 2\nmessage_size_limit = 0\n",
+            smtp,
+        );
+        assert!(toml.contains("role = \"hub\""), "{toml}");
+        assert!(toml.contains("client_ca = \"/ca.pem\""), "{toml}");
+        assert!(toml.contains("max_lifetime = \"2d\""), "days, as Postfix reads a bare number there: {toml}");
+        assert!(notes.iter().any(|n| n.starts_with("main.cf:8: message_size_limit: not carried over: 0")), "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("smtpd_relay_restrictions: not carried over")
+                && n.contains("permit_tls_all_clientcerts")),
+            "{notes:?}"
+        );
     }
 }
