@@ -12,6 +12,8 @@
 //!   spool lock when it is down, and the audit log.
 //! - `queue`: `posthorn queue list|show|why|delete|hold|release|requeue|bounce|flush`.
 //! - `dkim`: `posthorn dkim keygen DOMAIN SELECTOR`.
+//! - `import`: `posthorn import postfix|exim [DIR]`, a posthorn.toml from
+//!   another MTA's configuration.
 //! - `check`: `posthorn check`; `postfix`: the daemon's life cycle, and
 //!   `posthorn reload`.
 //! - one file per compatibility name; `install` makes their symlinks
@@ -25,6 +27,7 @@ pub(crate) mod check;
 pub(crate) mod dkim;
 pub(crate) mod exim;
 pub(crate) mod exiqgrep;
+pub(crate) mod import;
 pub(crate) mod install;
 pub(crate) mod mailq;
 pub(crate) mod manpages;
@@ -134,6 +137,10 @@ enum Native {
         #[command(subcommand)]
         verb: dkim::Verb,
     },
+    /// Write a posthorn.toml from a Postfix (main.cf, master.cf) or Debian
+    /// Exim (update-exim4.conf.conf) configuration; what cannot be carried
+    /// over is listed on stderr with file and line
+    Import(import::Options),
     /// Create the compatibility symlinks (sendmail, mailq, postqueue, ...) in DIR
     InstallLinks {
         /// Directory for the links, e.g. /usr/local/sbin
@@ -228,6 +235,7 @@ fn native(argv: Vec<OsString>) -> u8 {
         Native::Route { verb: RouteVerb::Explain { address } } => route_explain(explicit, &address),
         Native::Auth { verb } => auth::main(explicit, verb),
         Native::Dkim { verb } => dkim::main(verb),
+        Native::Import(opts) => import::main(explicit, opts),
     }
 }
 
