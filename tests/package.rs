@@ -15,6 +15,8 @@
 //!      queue and one in the maildrop while the daemon was stopped: the
 //!      edited conffile is kept, the deferred message keeps its queue id,
 //!      the dropped one is delivered by the restarted daemon;
+//!    - the daemon runs and delivers with exactly the unit's capability
+//!      bounding set and no new privileges (setpriv);
 //!    - `remove` stops the daemon and keeps the account and the spool;
 //!      `purge` removes both, and keeps delivered mail.
 //! 3. `NOTIFY_SOCKET`: READY after the port accepts, RELOADING and READY on
@@ -269,6 +271,24 @@ fn dpkg_installs_upgrades_removes_and_purges_in_a_throwaway_root() {
     assert!(root.until(&format!("grep -l 'Subject: dropped' {MAILDIR}/*"), secs(20)), "the drop was lost");
     let after = root.ok("mailq");
     assert!(after.contains(queued.trim()) && after.contains("ops@example.net"), "{queued} lost:\n{after}");
+
+    // The unit's capability bounding set and NoNewPrivileges are enough:
+    // the daemon runs with exactly those (setpriv) and delivers.
+    root.ok("/etc/init.d/posthorn stop");
+    let caps = root.ok("sed -n 's/^CapabilityBoundingSet=//p' /lib/systemd/system/posthorn.service \
+         | tr ' ' '\\n' | sed 's/^CAP_/+/' | tr 'A-Z' 'a-z' | paste -sd,");
+    assert!(caps.contains("+net_bind_service"), "{caps}");
+    root.ok(&format!(
+        "setpriv --bounding-set -all,{} --inh-caps=-all --no-new-privs posthorn serve --default-log stderr \
+         >/tmp/confined.log 2>&1 & echo $! >/tmp/confined.pid",
+        caps.trim()
+    ));
+    assert!(root.until("grep -qx ready /tmp/confined.log", secs(20)), "{}", root.ok("cat /tmp/confined.log"));
+    root.ok("printf 'Subject: confined\\n\\nx\\n' | sendmail root");
+    assert!(root.until(&format!("grep -l 'Subject: confined' {MAILDIR}/*"), secs(20)), "not delivered when confined");
+    root.ok("kill $(cat /tmp/confined.pid)");
+    assert!(root.until("! posthorn postfix status", secs(20)), "the confined daemon did not stop");
+    root.ok("/etc/init.d/posthorn start");
 
     // Remove: stopped, account and spool kept.
     // The host's mail clients (bsd-mailx, mutt) depend on some MTA.
