@@ -23,6 +23,7 @@
 //! listeners cannot be bound, is refused and the old one stays.
 
 pub(crate) mod listeners;
+mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod privilege;
 
@@ -215,6 +216,11 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("running as user {} (uid {}, gid {})", a.name, a.uid, a.gid);
     }
     crate::logging::announce(None);
+    let notifier = notify::Notifier::from_env();
+    notifier.ready();
+    // Pinged from this loop, not from a task of its own: a main loop that
+    // hangs stops the pings, and systemd restarts the daemon.
+    let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);
 
     let mut reloader =
         Reloader { builder, generation: generation_tx, scheduler: cmd_tx.clone(), outbound, listeners: listening };
@@ -223,15 +229,16 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = usr1.recv() => crate::logging::reopen(),
+            _ = tick(&mut watchdog) => notifier.watchdog(),
             _ = hup.recv() => {
                 crate::logging::reopen();
-                if let Err(e) = reloader.reload().await {
+                if let Err(e) = reloader.reload_telling(&notifier).await {
                     tracing::error!("reload refused, the running configuration stays: {e:#}");
                 }
             }
             Some((req, answer)) = ctl_rx.recv() => {
                 let response = match req {
-                    Request::Reload => match reloader.reload().await {
+                    Request::Reload => match reloader.reload_telling(&notifier).await {
                         Ok(()) => control::success("configuration reloaded", None),
                         Err(e) => control::failure(&format!("reload refused, the running configuration stays: {e:#}")),
                     },
@@ -247,6 +254,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    notifier.stopping();
     let _ = shutdown_tx.send(true);
     // Sessions in the middle of DATA finish their message (the server
     // bounds that wait); then deliveries in flight get a few seconds.
@@ -260,6 +268,16 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(root.join(control::FLUSH_SOCKET));
     drop(pid_file);
     Ok(())
+}
+
+/// The watchdog's next tick; never, when there is no watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The spool's directories, checked before recovery (`privilege::check_layout`).
@@ -315,6 +333,15 @@ struct Reloader {
 }
 
 impl Reloader {
+    /// `reload`, framed for systemd: RELOADING before, READY after, even
+    /// when the reload is refused (the old configuration still serves).
+    async fn reload_telling(&mut self, notifier: &notify::Notifier) -> anyhow::Result<()> {
+        notifier.reloading();
+        let result = self.reload().await;
+        notifier.ready();
+        result
+    }
+
     /// Reads the configuration file again and publishes a new generation.
     async fn reload(&mut self) -> anyhow::Result<()> {
         let old = self.generation.borrow().0.clone();

@@ -57,7 +57,8 @@
 //! - [`daemon`]: `posthorn serve`: wires the pieces together and runs them;
 //!   `daemon::listeners` owns the TCP listeners (opened and closed by reload too),
 //!   `daemon::privilege` gives up root after binding, `daemon::pidfile` keeps
-//!   the pid file where the account cannot reach it.
+//!   the pid file where the account cannot reach it, `daemon::notify` tells
+//!   systemd (`Type=notify`) of readiness, reloads, stopping and the watchdog.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
 //! - [`tls`]: rustls configurations for both sides, certificate loading.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
