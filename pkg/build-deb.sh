@@ -86,6 +86,13 @@ for section in 1 5 8; do
         gzip -9n <"$page" >"$root/usr/share/man/man$section/$(basename "$page").gz"
     done
 done
+# Each compatibility name finds its page under its own name too (`man
+# sendmail`, `man mailq`), as the MTAs we conflict with ship them.
+for name in sendmail mailq newaliases postqueue postsuper postcat postconf postfix postmap exim exim4 exiqgrep; do
+    page=posthorn-${name%4}.1.gz
+    [ -e "$root/usr/share/man/man1/$page" ] || { echo "pkg/build-deb.sh: no page $page for $name" >&2; exit 70; }
+    ln -s "$page" "$root/usr/share/man/man1/$name.1.gz"
+done
 install -D -m 0644 "$work/man/completions/posthorn.bash" "$root/usr/share/bash-completion/completions/posthorn"
 install -D -m 0644 "$work/man/completions/_posthorn" "$root/usr/share/zsh/vendor-completions/_posthorn"
 
