@@ -317,7 +317,13 @@ fn postfix_log_tools_read_a_hub_and_a_satellite() {
     let (n, out) = matched("postfix[mode=auth]");
     assert_eq!(n, 3, "failed AUTH:\n{out}");
 
-    // The Postfix exporter.
+    // The Postfix exporter. It tails the file on its own schedule: wait
+    // until it has counted the last message's lines before reading on.
+    let read_all = |m: &BTreeMap<String, f64>| {
+        let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+        get("postfix_qmgr_messages_removed_total") >= 9.0 && get("postfix_cleanup_messages_processed_total") >= 9.0
+    };
+    wait_until(secs(10), || read_all(&scrape(exporter_addr)));
     let m = scrape(exporter_addr);
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     assert_eq!(get("postfix_smtpd_sasl_authentication_failures_total"), 3.0, "{m:?}");
