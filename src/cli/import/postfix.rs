@@ -237,6 +237,21 @@ struct Importer {
 }
 
 impl Importer {
+    /// The domain names of list parameter `name`, lowercased, once each;
+    /// tables and files in it are reported, not carried.
+    fn domain_list(&mut self, name: &str) -> Vec<String> {
+        let mut domains = Vec::new();
+        for item in items(&self.main.value(name)) {
+            if item.contains(':') || item.starts_with('/') {
+                let at = self.main.at(name);
+                self.not_carried(at, format!("{item}: posthorn takes domain names here, not tables or files"));
+            } else if !domains.contains(&item.to_ascii_lowercase()) {
+                domains.push(item.to_ascii_lowercase());
+            }
+        }
+        domains
+    }
+
     fn not_carried(&mut self, at: String, why: impl std::fmt::Display) {
         let note = format!("{at}: not carried over: {why}");
         self.out.say(format!("NOT carried over: {note}"));
@@ -352,17 +367,7 @@ fn names(im: &mut Importer, role: crate::config::Role) {
         im.out.set("myorigin", origin.as_str(), im.main.origin("myorigin"));
     }
     im.same("mydomain", "used to expand the settings above");
-    let mut local = Vec::new();
-    for item in items(&im.main.value("mydestination")) {
-        if item.contains(':') || item.starts_with('/') {
-            im.not_carried(
-                im.main.at("mydestination"),
-                format!("{item}: posthorn takes domain names here, not tables or files"),
-            );
-        } else if !local.contains(&item.to_ascii_lowercase()) {
-            local.push(item.to_ascii_lowercase());
-        }
-    }
+    let local = im.domain_list("mydestination");
     if role == crate::config::Role::Satellite {
         im.changed(
             im.main.at("mydestination"),
@@ -424,17 +429,7 @@ fn relay(im: &mut Importer) {
     }
     im.handle("mynetworks");
     im.handle("mynetworks_style");
-    let mut domains = Vec::new();
-    for item in items(&im.main.value("relay_domains")) {
-        if item.contains(':') || item.starts_with('/') {
-            im.not_carried(
-                im.main.at("relay_domains"),
-                format!("{item}: posthorn takes domain names here, not tables or files"),
-            );
-        } else if !domains.contains(&item.to_ascii_lowercase()) {
-            domains.push(item.to_ascii_lowercase());
-        }
-    }
+    let mut domains = im.domain_list("relay_domains");
     // Domains already local need no relay entry.
     let local: Vec<String> = match im.out.get("access.local_domains") {
         Some(toml::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
