@@ -214,6 +214,11 @@ pub(crate) struct Smtp {
     pub(crate) max_message_size: u64,
     pub(crate) max_recipients: usize,
     pub(crate) max_connections: usize,
+    /// Connections the kernel holds for each listener while all
+    /// `max_connections` slots are taken (the `listen(2)` backlog, capped
+    /// by `net.core.somaxconn`): they wait there, unanswered, until a
+    /// session ends, instead of getting 421.
+    pub(crate) listen_backlog: u32,
     /// Longest command line accepted, CRLF included (RFC 5321 4.5.3.1.4 says
     /// 512 at least; ESMTP parameters need more).
     pub(crate) max_line_length: usize,
@@ -775,6 +780,7 @@ struct RawSmtp {
     max_message_size: Option<Size>,
     max_recipients: Option<usize>,
     max_connections: Option<usize>,
+    listen_backlog: Option<u32>,
     max_line_length: Option<usize>,
     max_data_line_length: Option<usize>,
     client_connection_limit: Option<u32>,
@@ -818,6 +824,7 @@ fn resolve_smtp(raw: RawSmtp, role: Role, err: &KeyError) -> Result<Smtp, Config
         max_message_size: raw.max_message_size.map(|s| s.0).unwrap_or(50 << 20),
         max_recipients: raw.max_recipients.unwrap_or(1000).max(1),
         max_connections,
+        listen_backlog: raw.listen_backlog.unwrap_or(1024).max(1),
         client_connection_limit: raw.client_connection_limit.unwrap_or(50),
         client_connection_rate_limit: raw.client_connection_rate_limit.unwrap_or(600),
         trusted_reserve,

@@ -19,7 +19,7 @@ use crate::smtp::server::{Generation, Listener, Server};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -91,10 +91,21 @@ async fn bind_missing(config: &Config, except: &[(Service, SocketAddr)]) -> anyh
         if except.contains(&(service, addr)) {
             continue;
         }
-        let listener = TcpListener::bind(addr).await.map_err(|e| bind_error(service, addr, e))?;
+        let listener = listen(addr, config.smtp.listen_backlog).map_err(|e| bind_error(service, addr, e))?;
         bound.push(Bound { service, configured: addr, listener });
     }
     Ok(bound)
+}
+
+/// A listening socket on `addr` whose kernel queue holds `backlog`
+/// connections: those beyond `smtp.max_connections` wait there. Like
+/// `TcpListener::bind`, it sets `SO_REUSEADDR`, so a restart does not
+/// wait for the old connections' TIME_WAIT.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 fn bind_error(service: Service, addr: SocketAddr, e: std::io::Error) -> anyhow::Error {

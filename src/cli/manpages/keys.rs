@@ -106,7 +106,8 @@ pub(super) const KEYS: &[Key] = &[
     k("smtp.max_message_size", "Largest message accepted, in bytes (50M, 512k and 1G are accepted); larger ones get 552 5.3.4.")
         .exim("message_size_limit"),
     k("smtp.max_recipients", "Recipients per message; more get 452 4.5.3.").exim("recipients_max"),
-    k("smtp.max_connections", "SMTP connections at once; more get 421 4.7.0.").exim("smtp_accept_max"),
+    k("smtp.max_connections", "SMTP sessions at once on a listener; further connections wait in the listen backlog (smtp.listen_backlog) until a session ends.").exim("smtp_accept_max"),
+    k("smtp.listen_backlog", "Connections the kernel keeps waiting on each listener while every max_connections slot is taken (the listen(2) backlog, capped by net.core.somaxconn; default 1024). Postfix has no key for it (its master uses a fixed backlog); applies to addresses bound after a change."),
     k("smtp.max_line_length", "Longest command line accepted, CRLF included (at least 512)."),
     k("smtp.max_data_line_length", "Longest text line inside DATA, CRLF included (at least 1000)."),
     k("smtp.client_connection_limit", "Connections one client (an IPv4 address, an IPv6 /64) may have open at once on a listener; 0: no limit. Clients in access.trusted_networks are exempt.")

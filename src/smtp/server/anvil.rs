@@ -124,6 +124,19 @@ impl Anvil {
         Anvil { slots: Arc::new(Semaphore::new(max_connections)), reserve, clients: Arc::new(Mutex::new(clients)) }
     }
 
+    /// Whether every slot is taken: the listener then accepts nothing
+    /// until `slot_freed`.
+    pub(super) fn full(&self) -> bool {
+        self.slots.available_permits() == 0
+    }
+
+    /// Returns once a slot is free. Only the accept loop takes slots, so
+    /// it is still free when the loop gets to `admit`.
+    pub(super) async fn slot_freed(&self) {
+        // Closed never: the semaphore lives as long as the anvil.
+        let _ = self.slots.acquire().await;
+    }
+
     /// Admits a connection from `ip`: a trusted client (`limits` is `None`)
     /// to any free slot, another only within its limits and while more
     /// than the reserve is free, whoever holds the rest: so the reserve is

@@ -30,6 +30,7 @@
 //! gets `421 4.3.2` at once; a session inside DATA is left to finish its
 //! message.
 
+use super::anvil::Pass;
 use super::auth::verify;
 use super::data::{read_chunk, receive_bdat, receive_data};
 use super::session::{Listener, Peer, Security, Session, Step};
@@ -129,9 +130,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Runs a session on a listener of kind `kind` from connect to close; the
-/// listener calls it for every connection, `session::run_session` for
-/// `sendmail -bs`.
+/// Runs a session on a listener of kind `kind` from connect to close,
+/// holding no connection slot: `session::run_session` for `sendmail -bs`,
+/// and the session tests.
 pub(super) async fn serve<S>(
     stream: S,
     peer: Peer,
@@ -139,7 +140,28 @@ pub(super) async fn serve<S>(
     config: &Config,
     ingress: &Ingress,
     security: &Security,
+    shutdown: Option<watch::Receiver<bool>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_in_slot(stream, peer, kind, config, ingress, security, shutdown, None).await
+}
+
+/// Runs a session from connect to close, as the listener does for every
+/// connection: `slot` (its hold on `smtp.max_connections`) is given back
+/// as soon as the session is over, before the farewell and the close, so
+/// that the next connection waiting in the listen backlog is accepted
+/// without waiting for a slow client's FIN.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_in_slot<S>(
+    stream: S,
+    peer: Peer,
+    kind: Listener,
+    config: &Config,
+    ingress: &Ingress,
+    security: &Security,
     mut shutdown: Option<watch::Receiver<bool>>,
+    slot: Option<Pass>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -147,7 +169,7 @@ pub(super) async fn serve<S>(
     session.kind = kind;
     tracing::info!(client_addr = session.peer.addr(), event = "connect", "connect from {}", session.peer);
     if kind == Listener::Submissions {
-        return serve_implicit_tls(session, stream, &mut shutdown).await;
+        return serve_implicit_tls(session, stream, &mut shutdown, slot).await;
     }
     let mut conn = Conn::new(stream, config);
     conn.queue(&session.greeting());
@@ -155,7 +177,7 @@ pub(super) async fn serve<S>(
         Ok(end) | Err(end) => end,
     };
     let Some(acceptor) = security.tls.clone().filter(|_| matches!(end, End::StartTls)) else {
-        return finish(&mut session, conn, end).await;
+        return finish(&mut session, conn, end, slot).await;
     };
     // RFC 3207 5: whatever came in clear behind STARTTLS is dropped.
     let injected = conn.reader.take_buffered();
@@ -176,13 +198,17 @@ pub(super) async fn serve<S>(
     let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
         Ok(end) | Err(end) => end,
     };
-    finish(&mut session, conn, end).await
+    finish(&mut session, conn, end, slot).await
 }
 
 /// A session on a submissions port (RFC 8314): the handshake comes first,
 /// the greeting is the first thing sent over TLS.
-async fn serve_implicit_tls<S>(mut session: Session<'_>, stream: S, shutdown: &mut Option<watch::Receiver<bool>>)
-where
+async fn serve_implicit_tls<S>(
+    mut session: Session<'_>,
+    stream: S,
+    shutdown: &mut Option<watch::Receiver<bool>>,
+    slot: Option<Pass>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(acceptor) = session.security.tls.clone() else {
@@ -202,7 +228,7 @@ where
     let end = match drive(&mut session, &mut conn, ingress, shutdown).await {
         Ok(end) | Err(end) => end,
     };
-    finish(&mut session, conn, end).await
+    finish(&mut session, conn, end, slot).await
 }
 
 /// When a TLS handshake starting now must be over.
@@ -210,11 +236,13 @@ fn handshake_deadline(config: &Config) -> Instant {
     Instant::now() + config.smtp.tls_handshake_timeout
 }
 
-/// Sends the closing reply the end calls for, closes, and logs.
-async fn finish<S>(session: &mut Session<'_>, mut conn: Conn<S>, end: End)
+/// Gives the slot back, sends the closing reply the end calls for, closes,
+/// and logs.
+async fn finish<S>(session: &mut Session<'_>, mut conn: Conn<S>, end: End, slot: Option<Pass>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    drop(slot);
     let hostname = &session.config.hostname;
     let farewell = match &end {
         End::Timeout => Some(Reply::new(421, Enhanced(4, 4, 2), format!("{hostname} Error: timeout exceeded"))),

@@ -111,8 +111,13 @@ impl Server {
         summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sessions = JoinSet::new();
         loop {
+            // At the cap, the loop stops accepting: the connections beyond
+            // it wait in the listen backlog (`smtp.listen_backlog`) until a
+            // session ends, rather than get 421 and come back later.
+            let full = anvil.full();
             let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
+                accepted = listener.accept(), if !full => accepted,
+                () = anvil.slot_freed(), if full => continue,
                 _ = shutdown.wait_for(|v| *v) => break,
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                     if let Err(e) = done {
@@ -170,8 +175,7 @@ impl Server {
             let connection = self.metrics.session_started();
             sessions.spawn(async move {
                 let peer = Peer::Tcp(addr);
-                conn::serve(stream, peer, kind, &config, &ingress, &security, shutdown).await;
-                drop(pass);
+                conn::serve_in_slot(stream, peer, kind, &config, &ingress, &security, shutdown, Some(pass)).await;
                 drop(connection);
             });
         }
@@ -287,28 +291,21 @@ mod tests {
         assert_eq!(line(&mut first).await, "220 mx.test ESMTP posthorn\r\n");
         let mut second = connect(addr).await;
         assert_eq!(line(&mut second).await, "220 mx.test ESMTP posthorn\r\n");
+        // The third waits in the backlog, unanswered, rather than get 421.
         let mut third = connect(addr).await;
-        assert_eq!(line(&mut third).await, "421 4.7.0 mx.test Too many connections, try again later\r\n");
-        assert_eq!(line(&mut third).await, "", "closed after 421");
+        let mut early = String::new();
+        let waited = tokio::time::timeout(Duration::from_millis(300), third.read_line(&mut early)).await;
+        assert!(waited.is_err(), "no reply while every slot is taken, got {early:?}");
 
-        // A slot frees when a session ends.
+        // A slot frees when a session ends, and the waiting one gets it.
         first.get_mut().write_all(b"QUIT\r\n").await.unwrap();
         assert_eq!(line(&mut first).await, "221 2.0.0 Bye\r\n");
-        let mut fourth = None;
-        for _ in 0..50 {
-            let mut c = connect(addr).await;
-            if line(&mut c).await.starts_with("220 ") {
-                fourth = Some(c);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut fourth = fourth.expect("a slot freed after QUIT");
+        assert_eq!(line(&mut third).await, "220 mx.test ESMTP posthorn\r\n");
 
         // Shutdown: idle sessions get 421 4.3.2, the server stops.
         stop.send(true).unwrap();
         assert_eq!(line(&mut second).await, "421 4.3.2 mx.test Service shutting down\r\n");
-        assert_eq!(line(&mut fourth).await, "421 4.3.2 mx.test Service shutting down\r\n");
+        assert_eq!(line(&mut third).await, "421 4.3.2 mx.test Service shutting down\r\n");
         tokio::time::timeout(Duration::from_secs(10), server).await.expect("server stops").unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
     }
