@@ -261,6 +261,12 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     let Reloader { listeners, outbound, .. } = reloader;
     listeners.shut_down().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), scheduler).await;
+    // Removals of delivered messages are made durable in batches and
+    // their bodies unlinked afterwards: wait for that, so that a clean
+    // stop leaves no orphan body for the next start to set aside.
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(10), spool.settle()).await.unwrap_or(Ok(())) {
+        tracing::warn!("the spool's last removals may not be durable: {e}");
+    }
     outbound.transports.close_idle().await;
     let _ = std::fs::remove_file(config.control_socket());
     let _ = std::fs::remove_file(root.join("pickup.sock"));

@@ -3,10 +3,16 @@
 //! A message is accepted when its envelope's rename into `incoming/` is on
 //! disk. Callers queue their renames here; the committer takes everything
 //! queued as one batch, makes the batch's file contents durable, performs
-//! the renames, syncs each touched directory once, and answers every
-//! caller. Under load one batch covers dozens of messages, which is what
-//! lets one process accept many hundreds of messages a second with `250`
-//! meaning "on disk".
+//! the renames, syncs each touched directory once (not `tmp/`, whose names
+//! leaving need not be durable), and answers every caller. Under load one
+//! batch covers dozens of messages, which is what lets one process accept
+//! many hundreds of messages a second with `250` meaning "on disk"; a
+//! commit alone is never kept waiting for others.
+//!
+//! Removals of finished messages (`forget`) are not waited for: their
+//! directories are synced with the next batch (a batch of them alone
+//! waits up to `LAZY_WINDOW` for new mail to share the sync), and then the
+//! reaper thread unlinks their bodies.
 //!
 //! How contents become durable is the `SyncMode`:
 //! - `Batch` (the default): writers only write; the committer calls
@@ -39,7 +45,41 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// How long a batch of removals alone waits for new mail to share its
+/// sync with: nobody waits for a removal (`Committer::forget`), while a
+/// session waits for its commit, so removals ride along with commits and
+/// cost no journal flush of their own under load. A crash inside the
+/// window can bring back messages finished in it, which are then
+/// delivered again, like any delivery cut off.
+const LAZY_WINDOW: Duration = Duration::from_millis(20);
+
+/// A test hook for the crash tests (tests/crash_points.rs): when the
+/// daemon runs with `POSTHORN_CRASH_AT=NAME:N`, the Nth time it reaches the
+/// point `NAME` of the commit or removal path it kills itself with SIGKILL,
+/// as `kill -9` would, so a test can stop it between any two steps. The
+/// points, in order: `commit-written` (body and envelope written, nothing
+/// synced), `commit-synced` (contents durable, no rename), `commit-renamed`
+/// (renamed, directory not synced), `commit-durable` (synced, not yet
+/// answered); `remove-unlinked` (a delivered message's envelope unlinked,
+/// not synced), `remove-synced` (its removal durable, body still there).
+pub(crate) fn crash_point(name: &str) {
+    static AT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    static REACHED: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let value = std::env::var("POSTHORN_CRASH_AT").ok()?;
+        let (point, nth) = value.split_once(':').unwrap_or((&value, "1"));
+        Some((point.to_string(), nth.parse().unwrap_or(1)))
+    });
+    if let Some((point, nth)) = at
+        && point == name
+        && REACHED.fetch_add(1, Ordering::AcqRel) + 1 == *nth
+    {
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
 
 /// One durable rename.
 #[derive(Debug)]
@@ -50,8 +90,12 @@ pub(crate) struct Rename {
 
 struct Request {
     renames: Vec<Rename>,
-    /// A name removed after the renames (a finished message's envelope).
-    unlink: Option<PathBuf>,
+    /// A finished message whose envelope the caller has unlinked: its
+    /// directory is synced with the batch, then the body is unlinked.
+    forget: Option<Forget>,
+    /// Answered only once every body handed to the reaper before it is
+    /// unlinked (`Committer::settle`).
+    settle: bool,
     /// Before the renames, these files' contents and this directory's
     /// entries must be durable: the directory to sync under `PerFile`; any
     /// value means "syncfs first" under `Batch`.
@@ -59,6 +103,21 @@ struct Request {
     /// `FailedSyncs::count` from before the request's files were written.
     written_at: u64,
     done: oneshot::Sender<io::Result<()>>,
+}
+
+/// A finished message: the directory its envelope was unlinked from, and
+/// its body.
+#[derive(Debug)]
+struct Forget {
+    dir: PathBuf,
+    body: PathBuf,
+}
+
+/// What the reaper thread is asked: unlink a body whose envelope's
+/// removal is durable, or answer once everything before is done.
+enum Reap {
+    Body(PathBuf),
+    Settled(oneshot::Sender<io::Result<()>>),
 }
 
 /// How many syncs of the spool have failed in this process; see the module
@@ -89,15 +148,22 @@ impl Committer {
     /// filesystem, open since before any write the committer makes durable
     /// (for `syncfs`); `failed` is shared with the writers. Its renames hold
     /// `moves` shared, so a listing never reads the state directories
-    /// half-way through a batch.
+    /// half-way through a batch. `scratch` is the spool's `tmp/`, whose
+    /// names leaving need not be durable (recovery sweeps it).
     pub(crate) fn start(
         mode: SyncMode,
         fs: Arc<File>,
         failed: Arc<FailedSyncs>,
         moves: Arc<super::MoveLock>,
+        scratch: PathBuf,
     ) -> Committer {
         let (tx, rx) = mpsc::channel::<Request>();
-        let state = State { mode, fs, failed, moves, last_error: None };
+        let (reap, reaper) = mpsc::channel::<Reap>();
+        std::thread::Builder::new()
+            .name("posthorn-reaper".into())
+            .spawn(move || run_reaper(reaper))
+            .expect("spawning the reaper thread");
+        let state = State { mode, fs, failed, moves, scratch, reap, last_error: None };
         std::thread::Builder::new()
             .name("posthorn-commit".into())
             .spawn(move || run(rx, state))
@@ -118,20 +184,52 @@ impl Committer {
     ) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Request { renames, unlink: None, sync_first, written_at, done })
+            .send(Request { renames, forget: None, settle: false, sync_first, written_at, done })
             .map_err(|_| io::Error::other("the spool committer has stopped"))?;
         wait.await.map_err(|_| io::Error::other("the spool committer has stopped"))?
     }
 
-    /// Removes `path` and returns once the removal is durable: its
-    /// directory is synced with the batch's others, so a finished message
-    /// cannot come back after a crash to be delivered again.
-    pub(crate) async fn unlink(&self, path: PathBuf, written_at: u64) -> io::Result<()> {
+    /// Finishes the removal of a message whose envelope the caller has just
+    /// unlinked from `dir`, without waiting: `dir` is synced with a coming
+    /// batch (within `LAZY_WINDOW`), and only then is `body` unlinked, by
+    /// the reaper thread, so that a body never goes before its envelope
+    /// and the committer never waits for a large file's truncation.
+    pub(crate) fn forget(&self, dir: PathBuf, body: PathBuf, written_at: u64) {
+        let (done, _) = oneshot::channel();
+        let forget = Some(Forget { dir, body });
+        // A stopped committer leaves the body for recovery to set aside.
+        let _ =
+            self.tx.send(Request { renames: Vec::new(), forget, settle: false, sync_first: None, written_at, done });
+    }
+
+    /// Returns once every request queued before is durable and every body
+    /// they handed to the reaper is unlinked: what a clean stop waits for,
+    /// so that it leaves no orphan body behind.
+    pub(crate) async fn settle(&self, written_at: u64) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.tx
-            .send(Request { renames: Vec::new(), unlink: Some(path), sync_first: None, written_at, done })
+            .send(Request { renames: Vec::new(), forget: None, settle: true, sync_first: None, written_at, done })
             .map_err(|_| io::Error::other("the spool committer has stopped"))?;
         wait.await.map_err(|_| io::Error::other("the spool committer has stopped"))?
+    }
+}
+
+/// Unlinks the bodies of finished messages, off the committer's thread
+/// (ext4 frees a large file's blocks inside `unlink`). A body already gone
+/// is no error; another failure leaves it for recovery to set aside.
+fn run_reaper(rx: mpsc::Receiver<Reap>) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            Reap::Body(path) => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!("cannot remove the body {}: {e}", path.display());
+                }
+                _ => {}
+            },
+            Reap::Settled(done) => {
+                let _ = done.send(Ok(()));
+            }
+        }
     }
 }
 
@@ -141,6 +239,8 @@ struct State {
     fs: Arc<File>,
     failed: Arc<FailedSyncs>,
     moves: Arc<super::MoveLock>,
+    scratch: PathBuf,
+    reap: mpsc::Sender<Reap>,
     /// The last sync failure, for the requests it dooms later.
     last_error: Option<(io::ErrorKind, String)>,
 }
@@ -162,11 +262,22 @@ impl State {
     }
 }
 
+/// Takes everything queued as one batch, at once: a commit alone is never
+/// kept waiting. Only a batch of removals alone waits, up to
+/// `LAZY_WINDOW`, for something to share its sync with.
 fn run(rx: mpsc::Receiver<Request>, mut state: State) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
+        }
+        if batch.iter().all(|r| r.forget.is_some())
+            && let Ok(more) = rx.recv_timeout(LAZY_WINDOW)
+        {
+            batch.push(more);
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
         }
         commit_batch(batch, &mut state);
     }
@@ -182,6 +293,11 @@ fn commit_batch(batch: Vec<Request>, state: &mut State) {
     if let Some(e) = &failure {
         state.sync_failed(e);
     }
+    let renaming = batch.iter().any(|r| !r.renames.is_empty());
+    let forgetting = batch.iter().any(|r| r.forget.is_some());
+    if renaming {
+        crash_point("commit-synced");
+    }
     let mut results = Vec::with_capacity(batch.len());
     let mut touched = BTreeSet::new();
     let moving = state.moves.moving();
@@ -189,39 +305,52 @@ fn commit_batch(batch: Vec<Request>, state: &mut State) {
         let result = match (&failure, state.doomed(req)) {
             (Some(e), _) => Err(io::Error::new(e.kind(), e.to_string())),
             (None, Some(doomed)) => Err(doomed),
-            (None, None) => req
-                .renames
-                .iter()
-                .try_for_each(|r| {
-                    std::fs::rename(&r.from, &r.to)?;
-                    touched.extend(r.from.parent().map(Path::to_path_buf));
-                    touched.extend(r.to.parent().map(Path::to_path_buf));
-                    Ok(())
-                })
-                .and_then(|()| match &req.unlink {
-                    Some(path) => {
-                        std::fs::remove_file(path)?;
-                        touched.extend(path.parent().map(Path::to_path_buf));
-                        Ok(())
-                    }
-                    None => Ok(()),
-                }),
+            (None, None) => req.renames.iter().try_for_each(|r| {
+                std::fs::rename(&r.from, &r.to)?;
+                // A name leaving `tmp/` need not be durable: see the
+                // module comment of `spool` and docs/spool.md.
+                touched.extend(r.from.parent().filter(|d| *d != state.scratch).map(Path::to_path_buf));
+                touched.extend(r.to.parent().map(Path::to_path_buf));
+                Ok(())
+            }),
         };
+        touched.extend(req.forget.as_ref().map(|f| f.dir.clone()));
         results.push(result);
     }
     drop(moving);
+    if renaming {
+        crash_point("commit-renamed");
+    }
     if failure.is_none() {
         failure = touched.iter().find_map(|d| sync_dir(d).err());
         if let Some(e) = &failure {
             state.sync_failed(e);
         }
     }
+    if renaming {
+        crash_point("commit-durable");
+    }
+    if forgetting {
+        crash_point("remove-synced");
+    }
     for (req, result) in batch.into_iter().zip(results) {
         let result = match (&failure, result) {
             (Some(e), Ok(())) => Err(io::Error::new(e.kind(), format!("syncing the spool: {e}"))),
             (_, r) => r,
         };
-        let _ = req.done.send(result);
+        // A body goes only once its envelope's removal is durable; after
+        // a failed sync it stays, for recovery to set aside.
+        if let (Some(forget), Ok(())) = (req.forget, &result) {
+            let _ = state.reap.send(Reap::Body(forget.body));
+        }
+        if req.settle && result.is_ok() {
+            // The reaper answers once the bodies sent before are gone.
+            if let Err(mpsc::SendError(Reap::Settled(done))) = state.reap.send(Reap::Settled(req.done)) {
+                let _ = done.send(Err(io::Error::other("the spool reaper has stopped")));
+            }
+        } else {
+            let _ = req.done.send(result);
+        }
     }
 }
 
@@ -282,6 +411,8 @@ mod tests {
             fs: Arc::new(File::open(dir.path()).unwrap()),
             failed: failed.clone(),
             moves: Arc::default(),
+            scratch: dir.path().join("tmp"),
+            reap: mpsc::channel().0,
             last_error: None,
         };
         let before = failed.count();
@@ -290,7 +421,14 @@ mod tests {
             let rename = Rename { from: dir.path().join(name), to: dir.path().join(format!("{name}.done")) };
             let (done, wait) = oneshot::channel();
             (
-                Request { renames: vec![rename], unlink: None, sync_first: Some(dir.path().into()), written_at, done },
+                Request {
+                    renames: vec![rename],
+                    forget: None,
+                    settle: false,
+                    sync_first: Some(dir.path().into()),
+                    written_at,
+                    done,
+                },
                 wait,
             )
         };
@@ -310,18 +448,25 @@ mod tests {
         assert!(dir.path().join("c.done").exists());
     }
 
-    /// An unlink is made with the batch and answered once its directory is
-    /// synced; a name already gone is reported, not hidden.
+    /// A forgotten message's body is unlinked only after its directory's
+    /// sync, by the reaper; `settle` answers once it is gone, even inside
+    /// the lazy window of a batch of removals alone.
     #[tokio::test]
-    async fn an_unlink_is_answered_once_durable() {
+    async fn a_body_goes_after_its_envelope_is_durably_gone() {
         let dir = tempfile::tempdir().unwrap();
         let fs = Arc::new(File::open(dir.path()).unwrap());
-        let committer = Committer::start(SyncMode::Batch, fs, Arc::default(), Arc::default());
-        let path = dir.path().join("ENVELOPE");
-        std::fs::write(&path, b"{}").unwrap();
-        committer.unlink(path.clone(), 0).await.unwrap();
-        assert!(!path.exists());
-        let again = committer.unlink(path, 0).await.unwrap_err();
-        assert_eq!(again.kind(), io::ErrorKind::NotFound);
+        let committer = Committer::start(SyncMode::Batch, fs, Arc::default(), Arc::default(), dir.path().join("tmp"));
+        let bodies: Vec<PathBuf> = (0..3).map(|n| dir.path().join(format!("body{n}"))).collect();
+        for body in &bodies {
+            std::fs::write(body, b"text").unwrap();
+            committer.forget(dir.path().to_path_buf(), body.clone(), 0);
+        }
+        committer.settle(0).await.unwrap();
+        for body in &bodies {
+            assert!(!body.exists(), "{} unlinked", body.display());
+        }
+        // A body already gone is no error.
+        committer.forget(dir.path().to_path_buf(), bodies[0].clone(), 0);
+        committer.settle(0).await.unwrap();
     }
 }

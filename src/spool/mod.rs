@@ -203,6 +203,7 @@ impl Spool {
                 self.inner.fs.clone(),
                 self.inner.failed_syncs.clone(),
                 self.inner.moves.clone(),
+                self.inner.root.join("tmp"),
             )
         })
     }
@@ -277,6 +278,7 @@ impl Spool {
             let _ = std::fs::remove_file(&tmp);
             return self.noted(Err(e));
         }
+        commit::crash_point("commit-written");
         let to = self.envelope_path(State::Incoming, &env.id);
         let data_dir = self.inner.root.join("data");
         let renames = vec![commit::Rename { from: tmp.clone(), to }];
@@ -354,17 +356,27 @@ impl Spool {
         self.noted(std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id)))
     }
 
-    /// Removes a finished message: envelope first, durably (the commit
-    /// point of "done": it cannot come back after a crash and be delivered
-    /// again), then the body. A crash between leaves an orphan body, which
-    /// recovery moves to `corrupt/`.
+    /// Removes a finished message: the envelope at once (the point of
+    /// "done"), made durable by the committer's next batch without the
+    /// caller waiting for it (a crash before brings the message back, to
+    /// be delivered again like any delivery cut off: docs/spool.md), then
+    /// the body, by the reaper once the removal is durable. A crash
+    /// between leaves an orphan body, which recovery moves to `corrupt/`.
     pub(crate) async fn remove(&self, state: State, id: &str) -> io::Result<()> {
         let envelope = self.envelope_path(state, id);
-        self.noted(self.committer().unlink(envelope, self.inner.failed_syncs.count()).await)?;
-        match std::fs::remove_file(self.body_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => self.noted(Err(e)),
-            _ => Ok(()),
+        {
+            let _moving = self.inner.moves.moving();
+            self.noted(std::fs::remove_file(envelope))?;
         }
+        commit::crash_point("remove-unlinked");
+        self.committer().forget(self.dir(state), self.body_path(id), self.inner.failed_syncs.count());
+        Ok(())
+    }
+
+    /// Returns once every change queued before is durable and the bodies
+    /// of removed messages are unlinked: a clean stop leaves no orphan.
+    pub(crate) async fn settle(&self) -> io::Result<()> {
+        self.committer().settle(self.inner.failed_syncs.count()).await
     }
 
     /// Ids of the envelopes in one state, unsorted; no envelope is read.
@@ -879,6 +891,8 @@ pub(crate) mod tests {
         assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
         spool.remove(State::Deferred, &env.id).await.unwrap();
         assert!(spool.find(&env.id).is_none());
+        // The body goes once the envelope's removal is durable.
+        spool.settle().await.unwrap();
         assert!(!spool.body_path(&env.id).exists());
     }
 

@@ -552,6 +552,22 @@ impl Posthorn {
         }
     }
 
+    /// Replaces the environment variables the daemon gets at its next
+    /// (re)start, e.g. to drop a crash hook (`POSTHORN_CRASH_AT`).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// Waits (up to `timeout`) for the daemon to exit by itself; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let Some(child) = self.child.as_mut() else { return true };
+        if wait_timeout(child, timeout).is_some() {
+            self.child = None;
+            return true;
+        }
+        false
+    }
+
     /// SIGTERM and wait for a clean exit (up to 20 s; panics otherwise).
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("posthorn is not running");
