@@ -11,6 +11,7 @@
 //! [`Signer::sign_message`].
 
 use crate::config::{DkimAlgorithm, DkimKeyConfig};
+use crate::message::Body;
 use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
@@ -18,7 +19,6 @@ use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::Arc;
 
 use crate::message::OutMessage;
 
@@ -95,7 +95,7 @@ impl Signer {
             _ => (&msg.body[..], msg.eight_bit),
         };
         let signed = sign_with(key, &msg.id, &domain, body)?;
-        Some(OutMessage { body: Arc::from(signed), eight_bit, ..msg.clone() })
+        Some(OutMessage { body: Body::from(signed), eight_bit, ..msg.clone() })
     }
 
     /// `message` with a DKIM-Signature header in front, or `None` when no

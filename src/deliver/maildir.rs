@@ -24,7 +24,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -67,7 +66,7 @@ impl Maildir {
             rcpt.original(),
             rcpt.address
         );
-        let body = Arc::clone(&msg.body);
+        let body = msg.body.clone();
         let name = self.unique_name();
         let target = dir.clone();
         let result = tokio::task::spawn_blocking(move || write_message(&target, &name, header.as_bytes(), &body)).await;

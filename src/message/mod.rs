@@ -7,18 +7,20 @@
 //! - [`outcome`]: error classes, per-recipient outcomes, states and statuses;
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
 //! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
+//! - `body`: a message's bytes, in memory or mapped from the spool;
 //! - `addrlist`: the addresses in an address-list field, changed one by one, byte-exact;
 //! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532);
 //! - `seal`: whether we vouch for a message, carried through the content filter.
 
 pub(crate) mod addrlist;
+pub(crate) mod body;
 pub(crate) mod downconvert;
 pub(crate) mod header;
 pub mod nexthop;
 pub mod outcome;
 pub(crate) mod seal;
 
-use std::sync::Arc;
+pub(crate) use body::Body;
 
 /// The envelope parameters a transport needs for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +49,7 @@ pub struct OutMessage {
     pub(crate) sender: String,
     pub(crate) recipients: Vec<OutRecipient>,
     /// The message exactly as stored: CRLF line ends, not dot-stuffed.
-    pub(crate) body: Arc<[u8]>,
+    pub(crate) body: Body,
     /// The message contains 8-bit data (BODY=8BITMIME was given on intake).
     pub(crate) eight_bit: bool,
     /// SMTPUTF8 was given on intake.
@@ -79,7 +81,7 @@ impl OutMessage {
                 .enumerate()
                 .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
                 .collect(),
-            body: Arc::from(body),
+            body: Body::from(body),
             eight_bit: body.iter().any(|b| *b >= 0x80),
             smtputf8: false,
             ret: None,

@@ -17,7 +17,7 @@ use crate::dsn;
 use crate::ingress::Ingress;
 use crate::message::nexthop::Hop;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
-use crate::message::{OutMessage, OutRecipient};
+use crate::message::{Body, OutMessage, OutRecipient};
 use crate::metrics::{DeferReason, DestClass, Metrics, RcptOutcome};
 use crate::spool::envelope::{AttemptRecord, Envelope, Recipient};
 use crate::spool::space::describe;
@@ -120,7 +120,7 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
             None => groups.push((hop, vec![i])),
         }
     }
-    let mut body: Option<Arc<[u8]>> = None;
+    let mut body: Option<Body> = None;
     let mut results = Vec::with_capacity(groups.len());
     for (hop, indexes) in groups {
         match deliver_group(&ctx, &env, &hop, indexes, &mut body).await {
@@ -234,7 +234,7 @@ async fn deliver_group(
     env: &Envelope,
     hop: &Hop,
     indexes: Vec<usize>,
-    body: &mut Option<Arc<[u8]>>,
+    body: &mut Option<Body>,
 ) -> Result<GroupResult, Damaged> {
     let dest = ctx.dests.get(&hop.key());
     let suspended = |until: u64, reason: String, indexes: Vec<usize>| GroupResult {
@@ -422,22 +422,30 @@ fn expire_if_too_old(env: &mut Envelope, config: &Config, now: u64, metrics: &Me
 
 /// Reads the body of `id` and checks its length against `size`, the
 /// envelope's record: a truncated or emptied file is damage, not a message.
-async fn load_body(spool: &Spool, id: &str, size: u64) -> Result<Arc<[u8]>, BodyError> {
+/// A small body is read into memory; a larger one is mapped (`Body`), so
+/// that a delivery's memory does not grow with the message.
+async fn load_body(spool: &Spool, id: &str, size: u64) -> Result<Body, BodyError> {
     let path = spool.body_path(id);
     // A small body is in the page cache (it was just written): reading it
     // here is cheaper than a trip through the blocking pool.
-    let data = if size <= crate::spool::INLINE_WRITE as u64 {
-        std::fs::read(path)?
-    } else {
-        tokio::task::spawn_blocking(move || std::fs::read(path)).await.map_err(std::io::Error::other)??
-    };
-    match data.len() as u64 {
-        found if found == size => Ok(data.into()),
-        found => Err(Damaged { expected: size, found }.into()),
+    if size <= crate::spool::INLINE_WRITE as u64 {
+        let data = std::fs::read(path)?;
+        return match data.len() as u64 {
+            found if found == size => Ok(data.into()),
+            found => Err(Damaged { expected: size, found }.into()),
+        };
     }
+    let mapped = tokio::task::spawn_blocking(move || -> Result<Body, BodyError> {
+        let file = std::fs::File::open(path)?;
+        match file.metadata()?.len() {
+            found if found == size => Ok(Body::map(&file, size)?),
+            found => Err(Damaged { expected: size, found }.into()),
+        }
+    });
+    mapped.await.map_err(std::io::Error::other)?
 }
 
-fn out_message(env: &Envelope, indexes: &[usize], body: Arc<[u8]>) -> OutMessage {
+fn out_message(env: &Envelope, indexes: &[usize], body: Body) -> OutMessage {
     OutMessage {
         id: env.id.clone(),
         sender: env.sender.clone(),

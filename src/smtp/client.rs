@@ -20,7 +20,7 @@
 //! in with PLAIN or LOGIN (RFC 4954).
 
 use crate::message::outcome::{self, ErrorClass};
-use crate::message::{OutMessage, OutRecipient};
+use crate::message::{Body, OutMessage, OutRecipient};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::fmt;
 use std::io;
@@ -650,7 +650,7 @@ impl Client {
                 Ok(std::borrow::Cow::Borrowed(_)) => msg,
                 Ok(std::borrow::Cow::Owned(body)) => {
                     tracing::info!("{}: converted to 7 bit for {} (no 8BITMIME)", msg.id, self.label);
-                    converted = OutMessage { body: Arc::from(body), eight_bit: false, ..msg.clone() };
+                    converted = OutMessage { body: Body::from(body), eight_bit: false, ..msg.clone() };
                     &converted
                 }
                 Err(why) => {
@@ -660,16 +660,12 @@ impl Client {
                 }
             },
         };
-        let without_trace;
-        let msg = match self.caps.trace || msg.to_filter {
-            true => msg,
-            false => match strip_trace_header(&msg.body) {
-                Some(body) => {
-                    without_trace = OutMessage { body: Arc::from(body), ..msg.clone() };
-                    &without_trace
-                }
-                None => msg,
-            },
+        // The header block without the trace header, for a hop outside
+        // the fleet: written in place of the message's own, the body after
+        // it is sent from where it is, never copied.
+        let head = match self.caps.trace || msg.to_filter {
+            true => None,
+            false => strip_trace_header(&msg.body),
         };
         let mut results: Vec<Option<RcptResult>> = vec![None; rcpts.len()];
         let mut cmds = Vec::with_capacity(rcpts.len() + 2);
@@ -688,7 +684,7 @@ impl Client {
         if cmds.len() > 1 {
             cmds.push(Cmd::Data);
             let replies = self.commands(msg, rcpts, &cmds, &mut results).await?;
-            self.finish(msg, replies, &mut results).await?;
+            self.finish(msg, head.as_ref(), replies, &mut results).await?;
         }
         // Every recipient is decided by now; should one not be, saying so
         // as a (transient) error beats inventing a verdict.
@@ -750,6 +746,7 @@ impl Client {
     async fn finish(
         &mut self,
         msg: &OutMessage,
+        head: Option<&NewHead>,
         got: Replies,
         results: &mut [Option<RcptResult>],
     ) -> Result<(), ClientError> {
@@ -769,7 +766,7 @@ impl Client {
         }
         let go_ahead = got.data.as_ref().is_some_and(|r| r.code / 100 == 3);
         if go_ahead && !got.accepted.is_empty() {
-            self.write_body(&msg.body).await?;
+            self.write_body(&msg.body, head).await?;
             let end = self.read_reply(Phase::DataEnd).await?;
             for &i in &got.accepted {
                 results[i] = Some(if end.code / 100 == 2 {
@@ -856,14 +853,39 @@ impl Client {
         out.extend_from_slice(line.as_bytes());
     }
 
-    /// Writes the dot-stuffed body and the final dot in `BODY_CHUNK` writes.
-    async fn write_body(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        let mut pos = 0;
+    /// Writes the dot-stuffed message and the final dot in `BODY_CHUNK`
+    /// writes: `head.bytes` in place of the first `head.replaces` bytes of
+    /// `body` when given, then the rest of `body`. The pages of a mapped
+    /// body are given back as they are sent, so a large message costs a
+    /// chunk of memory, not its size.
+    async fn write_body(&mut self, body: &Body, head: Option<&NewHead>) -> Result<(), ClientError> {
+        let (first, from): (&[u8], usize) = match head {
+            Some(h) => (&h.bytes, h.replaces),
+            None => (&[], 0),
+        };
+        let rest = &body[from..];
         let mut chunk = Vec::with_capacity(BODY_CHUNK + 1024);
+        // The replaced header block ends at a line end (or is all there
+        // is), so the rest starts a line, as dot-stuffing wants.
+        let mut pos = 0;
+        while pos < first.len() {
+            stuff_part(first, &mut pos, &mut chunk, BODY_CHUNK);
+            if chunk.len() >= BODY_CHUNK {
+                self.write(Phase::DataBlock, &chunk).await?;
+                chunk.clear();
+            }
+        }
+        let mut pos = 0;
         loop {
-            chunk.clear();
-            let done = stuff_into(body, &mut pos, &mut chunk, BODY_CHUNK);
+            stuff_part(rest, &mut pos, &mut chunk, BODY_CHUNK);
+            let done = pos >= rest.len();
+            if done {
+                let last = if rest.is_empty() { first } else { rest };
+                end_data(last, &mut chunk);
+            }
             self.write(Phase::DataBlock, &chunk).await?;
+            chunk.clear();
+            body.release(from + pos);
             if done {
                 return Ok(());
             }
@@ -1019,23 +1041,54 @@ fn push_param(line: &mut String, name: &str, value: Option<&str>) {
     }
 }
 
-/// The message without its trace header, for a hop outside the fleet
-/// (one that does not speak `TRACE=`); `None` when it has none. Every
-/// other byte stays: a DKIM signature made before does not cover it.
-fn strip_trace_header(message: &[u8]) -> Option<Vec<u8>> {
+/// A header block sent in place of the message's own.
+struct NewHead {
+    bytes: Vec<u8>,
+    /// How many bytes of the message it stands for.
+    replaces: usize,
+}
+
+/// The header block without the trace header, for a hop outside the fleet
+/// (one that does not speak `TRACE=`), with the blank line after it;
+/// `None` when the message has no trace header. Every other byte stays: a
+/// DKIM signature made before does not cover it.
+fn strip_trace_header(message: &[u8]) -> Option<NewHead> {
     use crate::message::header;
     let split = header::split(message);
-    header::has(split.head, crate::message::TRACE_HEADER)
-        .then(|| [&header::remove(split.head, crate::message::TRACE_HEADER)[..], split.blank, split.body].concat())
+    header::has(split.head, crate::message::TRACE_HEADER).then(|| NewHead {
+        bytes: [&header::remove(split.head, crate::message::TRACE_HEADER)[..], split.blank].concat(),
+        replaces: split.head.len() + split.blank.len(),
+    })
 }
 
 /// Appends the dot-stuffed body from `*pos` to `out` until `out` holds at
 /// least `limit` bytes or the body ends. At the end it adds a missing final
 /// CRLF and the terminating `.` line and returns true.
+#[cfg(test)]
 fn stuff_into(body: &[u8], pos: &mut usize, out: &mut Vec<u8>, limit: usize) -> bool {
+    stuff_part(body, pos, out, limit);
+    if *pos < body.len() {
+        return false;
+    }
+    end_data(body, out);
+    true
+}
+
+/// The end of the data: a missing final CRLF after `last` (the bytes
+/// sent last), then the terminating `.` line.
+fn end_data(last: &[u8], out: &mut Vec<u8>) {
+    if !last.is_empty() && !last.ends_with(b"\r\n") {
+        out.extend_from_slice(if last.ends_with(b"\r") { b"\n" } else { b"\r\n" });
+    }
+    out.extend_from_slice(b".\r\n");
+}
+
+/// Appends the dot-stuffed `body` from `*pos` to `out` until `out` holds
+/// at least `limit` bytes or `body` ends; `body` starts a line.
+fn stuff_part(body: &[u8], pos: &mut usize, out: &mut Vec<u8>, limit: usize) {
     while *pos < body.len() {
         if out.len() >= limit {
-            return false;
+            return;
         }
         let start = *pos;
         // RFC 5321 4.5.2: a line starting with a period gets another one.
@@ -1049,11 +1102,6 @@ fn stuff_into(body: &[u8], pos: &mut usize, out: &mut Vec<u8>, limit: usize) -> 
         out.extend_from_slice(&body[start..end]);
         *pos = end;
     }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
-        out.extend_from_slice(if body.ends_with(b"\r") { b"\n" } else { b"\r\n" });
-    }
-    out.extend_from_slice(b".\r\n");
-    true
 }
 
 /// A scripted SMTP server for tests: canned replies chosen by command
@@ -1269,14 +1317,13 @@ pub(crate) mod test_server {
 mod tests {
     use super::test_server::{CLOSE, HANG, Script, Server, start};
     use super::*;
-    use std::sync::Arc;
 
     fn message(body: &[u8]) -> OutMessage {
         OutMessage {
             id: "TESTID".into(),
             sender: "sender@sat.test".into(),
             recipients: Vec::new(),
-            body: Arc::from(body),
+            body: Body::from(body),
             eight_bit: false,
             smtputf8: false,
             ret: None,

@@ -220,6 +220,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("smtp.max_message_size", smtp.max_message_size.to_string()),
         ("smtp.max_recipients", smtp.max_recipients.to_string()),
         ("smtp.max_connections", smtp.max_connections.to_string()),
+        ("smtp.listen_backlog", smtp.listen_backlog.to_string()),
         ("smtp.max_line_length", smtp.max_line_length.to_string()),
         ("smtp.max_data_line_length", smtp.max_data_line_length.to_string()),
         ("smtp.client_connection_limit", smtp.client_connection_limit.to_string()),
