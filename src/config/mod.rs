@@ -5,9 +5,12 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod srs;
+
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 use serde::Deserialize;
+pub(crate) use srs::Srs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +75,8 @@ pub struct Config {
     pub(crate) metrics: MetricsConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
+    /// `[srs]`: sender rewriting for forwarded mail; `None`: off.
+    pub(crate) srs: Option<Srs>,
 }
 
 /// The metrics and health endpoint (`[metrics]`): Prometheus text format on
@@ -447,6 +452,7 @@ impl Config {
         let rewrite = resolve_rewrite(raw.rewrite);
         let mut access = resolve_access(raw.access, role, &hostname, &err)?;
         access.virtual_alias_domains = rewrite.virtual_alias_domains.clone();
+        let srs = srs::resolve_srs(raw.srs, &access, &err)?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
             role,
@@ -466,6 +472,7 @@ impl Config {
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
             log: resolve_log(raw.log, &err)?,
+            srs,
         })
     }
 
@@ -657,6 +664,8 @@ struct Raw {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    srs: srs::RawSrs,
 }
 
 /// `user`: the daemon's account.

@@ -79,6 +79,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "log",
         "Where log lines go and how they are written. Lines are Postfix's, tagged with the service that logged them (posthorn/smtpd[PID]).",
     ),
+    (
+        "srs",
+        "The Sender Rewriting Scheme for forwarded mail, in libsrs2's and postsrsd's format: when an alias sends mail from an outside sender out of the hub's domains, the envelope sender becomes SRS0=HHHH=TT=domain=local@srs.domain, and bounces to such an address are turned back into the original sender at RCPT.",
+    ),
 ];
 
 /// Every key, in the order of `config::keys()`.
@@ -213,6 +217,11 @@ pub(super) const KEYS: &[Key] = &[
     k("log.syslog_format", "rfc3164 or rfc5424."),
     k("log.syslog_socket", "The syslog daemon's socket."),
     k("log.journald_socket", "journald's socket; lines carry native fields (QUEUE_ID, TRACE_ID, CLIENT_ADDR, ...)."),
+    k("srs.domain", "The domain rewritten senders take; its SPF record must allow this host, and it must be one of access.local_domains or access.relay_domains so that bounces to it are accepted. Unset: no rewriting.")
+        .exim("the SRS options of the redirect router"),
+    k("srs.secret", "A file of secrets, one a line, read by the daemon's account: the first signs new addresses, every one verifies returning ones (rotate by adding a new first line). postsrsd's secrets file works as it is."),
+    k("srs.exclude_domains", "Sender domains never rewritten besides the hub's own (local, relay and virtual alias domains, myorigin); a leading dot takes the subdomains, as postsrsd's -X."),
+    k("srs.max_age", "How long a rewritten address stays valid for bounces, in whole days; older ones get 550 at RCPT.").default("21d"),
 ];
 
 /// The entry for `name`.

@@ -298,6 +298,10 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("log.syslog_format", if log.rfc5424 { "rfc5424" } else { "rfc3164" }.into()),
         ("log.syslog_socket", log.syslog_socket.display().to_string()),
         ("log.journald_socket", log.journald_socket.display().to_string()),
+        ("srs.domain", c.srs.as_ref().map(|s| s.domain.clone()).unwrap_or_default()),
+        ("srs.secret", c.srs.as_ref().map(|s| s.secret.display().to_string()).unwrap_or_default()),
+        ("srs.exclude_domains", c.srs.as_ref().map(|s| list(&s.exclude_domains)).unwrap_or_default()),
+        ("srs.max_age", duration(c.srs.as_ref().map_or(Duration::from_secs(21 * 86400), |s| s.max_age))),
     ];
     let order = crate::config::keys();
     let mut rows: Vec<(String, String)> = rows.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
