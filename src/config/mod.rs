@@ -5,11 +5,13 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod source;
 mod srs;
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 use serde::Deserialize;
+pub(crate) use source::{Protocols, Source};
 pub(crate) use srs::Srs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -205,6 +207,8 @@ pub(crate) struct Deliver {
     pub(crate) mx_port: u16,
     /// Connections open at once to one destination (domain or relay host).
     pub(crate) destination_concurrency: usize,
+    /// `source_addresses` and `inet_protocols`.
+    pub(crate) source: Source,
 }
 
 #[derive(Clone, Debug)]
@@ -1001,6 +1005,8 @@ struct RawDeliver {
     dns_servers: Option<Vec<String>>,
     mx_port: Option<u16>,
     destination_concurrency: Option<usize>,
+    source_addresses: Option<Vec<String>>,
+    inet_protocols: Option<String>,
 }
 
 fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigError> {
@@ -1019,6 +1025,7 @@ fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigErr
             .collect::<Result<Vec<_>, _>>()?,
         mx_port: raw.mx_port.unwrap_or(25),
         destination_concurrency: raw.destination_concurrency.unwrap_or(20).max(1),
+        source: source::resolve_source(raw.source_addresses, raw.inet_protocols, err)?,
     })
 }
 

@@ -187,6 +187,11 @@ pub(super) const KEYS: &[Key] = &[
     k("deliver.dns_servers", "DNS servers (address or address:port) for MX and address lookups; empty: the system's /etc/resolv.conf."),
     k("deliver.mx_port", "The port MX hosts are contacted on."),
     k("deliver.destination_concurrency", "Connections open at once to one destination (a domain or a relay host)."),
+    k("deliver.source_addresses", "The local addresses outbound SMTP connects from, at most one IPv4 and one IPv6 address; each is used for peers of its family. Empty: the kernel chooses.")
+        .exim("interface (smtp transport)")
+        .compare("Postfix has one parameter per family: smtp_bind_address and smtp_bind_address6."),
+    k("deliver.inet_protocols", "all, ipv4 or ipv6: the address families outbound SMTP uses. MX hosts are tried by their AAAA and A addresses in turn.")
+        .default("all"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
     k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
     k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),

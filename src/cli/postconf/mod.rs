@@ -79,6 +79,7 @@ pub(crate) const POSTFIX_NAMES: &[(&str, &str)] = &[
     ("recipient_canonical_maps", "rewrite.recipient_canonical_maps"),
     ("transport_maps", "deliver.transport_maps"),
     ("default_destination_concurrency_limit", "deliver.destination_concurrency"),
+    ("inet_protocols", "deliver.inet_protocols"),
     ("smtpd_tls_cert_file", "tls.cert"),
     ("smtpd_tls_key_file", "tls.key"),
     ("smtpd_tls_CAfile", "tls.client_ca"),
@@ -275,6 +276,21 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("deliver.dns_servers", addrs(&deliver.dns_servers)),
         ("deliver.mx_port", deliver.mx_port.to_string()),
         ("deliver.destination_concurrency", deliver.destination_concurrency.to_string()),
+        ("deliver.source_addresses", {
+            let s = &deliver.source;
+            let ips: Vec<String> =
+                s.v4.iter().map(ToString::to_string).chain(s.v6.iter().map(ToString::to_string)).collect();
+            ips.join(", ")
+        }),
+        (
+            "deliver.inet_protocols",
+            match deliver.source.protocols {
+                crate::config::Protocols::All => "all",
+                crate::config::Protocols::Ipv4 => "ipv4",
+                crate::config::Protocols::Ipv6 => "ipv6",
+            }
+            .into(),
+        ),
         ("tls.cert", path(&tls.cert)),
         ("tls.key", path(&tls.key)),
         ("tls.received_auth_user", tls.received_auth_user.to_string()),
