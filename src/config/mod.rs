@@ -5,12 +5,14 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod shaping;
 mod source;
 mod srs;
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 use serde::Deserialize;
+pub(crate) use shaping::Shaping;
 pub(crate) use source::{Protocols, Source};
 pub(crate) use srs::Srs;
 use std::net::{IpAddr, SocketAddr};
@@ -209,6 +211,8 @@ pub(crate) struct Deliver {
     pub(crate) destination_concurrency: usize,
     /// `source_addresses` and `inet_protocols`.
     pub(crate) source: Source,
+    /// `[[deliver.shaping]]`: per-destination limits.
+    pub(crate) shaping: Vec<Shaping>,
 }
 
 #[derive(Clone, Debug)]
@@ -1007,6 +1011,7 @@ struct RawDeliver {
     destination_concurrency: Option<usize>,
     source_addresses: Option<Vec<String>>,
     inet_protocols: Option<String>,
+    shaping: Option<Vec<shaping::RawShaping>>,
 }
 
 fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigError> {
@@ -1026,6 +1031,7 @@ fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigErr
         mx_port: raw.mx_port.unwrap_or(25),
         destination_concurrency: raw.destination_concurrency.unwrap_or(20).max(1),
         source: source::resolve_source(raw.source_addresses, raw.inet_protocols, err)?,
+        shaping: shaping::resolve_shaping(raw.shaping, err)?,
     })
 }
 

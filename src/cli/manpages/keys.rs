@@ -190,6 +190,8 @@ pub(super) const KEYS: &[Key] = &[
     k("deliver.source_addresses", "The local addresses outbound SMTP connects from, at most one IPv4 and one IPv6 address; each is used for peers of its family. Empty: the kernel chooses.")
         .exim("interface (smtp transport)")
         .compare("Postfix has one parameter per family: smtp_bind_address and smtp_bind_address6."),
+    k("deliver.shaping", "Per-destination traffic shaping, an array of tables: destination (a recipient domain delivered by MX, or a queue destination such as relay), max_connections (at once; default destination_concurrency), max_messages_per_minute (messages started per window) and per (the window, default 1m). Mail held back by a limit is deferred with delivery temporarily suspended: rate limit ..., never counted as a failure of the destination: no backoff, no attempt counted.")
+        .compare("Postfix's per-transport destination_rate_delay and destination_concurrency_limit come closest; KumoMTA's traffic shaping is the model."),
     k("deliver.inet_protocols", "all, ipv4 or ipv6: the address families outbound SMTP uses. MX hosts are tried by their AAAA and A addresses in turn.")
         .default("all"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),

@@ -282,6 +282,16 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
                 s.v4.iter().map(ToString::to_string).chain(s.v6.iter().map(ToString::to_string)).collect();
             ips.join(", ")
         }),
+        ("deliver.shaping", {
+            let one = |s: &crate::config::Shaping| {
+                let mut parts = vec![format!("destination = {:?}", s.destination)];
+                parts.extend(s.max_connections.map(|n| format!("max_connections = {n}")));
+                parts.extend(s.max_messages.map(|n| format!("max_messages_per_minute = {n}")));
+                parts.push(format!("per = {:?}", duration(s.per)));
+                format!("{{ {} }}", parts.join(", "))
+            };
+            deliver.shaping.iter().map(one).collect::<Vec<_>>().join(", ")
+        }),
         (
             "deliver.inet_protocols",
             match deliver.source.protocols {
