@@ -48,7 +48,8 @@
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
 //! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table,
-//!   and each recipient's next hop at delivery time.
+//!   and each recipient's next hop at delivery time; `route::srs` rewrites the
+//!   sender of forwarded mail (SRS) and reverses bounces to it.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;

@@ -99,6 +99,24 @@ fn settings(config: &Config, report: &mut Report) {
             .push("relay.smarthosts is empty: mail this satellite does not deliver itself waits in the queue".into());
     }
     report.warnings.extend(crate::daemon::warnings(config));
+    report.warnings.extend(srs_secret(config));
+}
+
+/// The SRS secret is what keeps the hub from being an open forwarder of
+/// bounces: anyone who can read it can mint addresses the hub will reverse,
+/// and anyone who can write it can make them. Its reading by the account
+/// is checked with the other files.
+fn srs_secret(config: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = &config.srs.as_ref()?.secret;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o027 != 0).then(|| {
+        format!(
+            "srs.secret {}: mode {:04o} lets others read or change it; make it 0640 or tighter, owned by root and readable by the daemon's group",
+            path.display(),
+            mode & 0o7777
+        )
+    })
 }
 
 /// Reads every file the daemon reads, as the account that will read
@@ -177,5 +195,23 @@ mod tests {
         assert_eq!(fixed_root("/srv/vmail/d-{domain}/{user}/Maildir"), Path::new("/srv/vmail"));
         assert_eq!(fixed_root("/{user}"), Path::new("/"));
         assert_eq!(fixed_root("/srv/all/Maildir"), Path::new("/srv/all/Maildir"));
+    }
+
+    #[test]
+    fn an_srs_secret_others_can_read_is_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("srs.secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "role = \"hub\"\n[access]\nlocal_domains = [\"hub.example\"]\n[srs]\ndomain = \"hub.example\"\nsecret = \"{}\"\n",
+            secret.display()
+        );
+        let config = crate::config::Config::parse(&text, Path::new("posthorn.toml")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(super::srs_secret(&config), None);
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = super::srs_secret(&config).unwrap();
+        assert!(warning.contains("mode 0644 lets others read or change it"), "{warning}");
     }
 }

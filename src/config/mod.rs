@@ -5,9 +5,16 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod shaping;
+mod source;
+mod srs;
+
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 use serde::Deserialize;
+pub(crate) use shaping::Shaping;
+pub(crate) use source::{Protocols, Source};
+pub(crate) use srs::Srs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +79,8 @@ pub struct Config {
     pub(crate) metrics: MetricsConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
+    /// `[srs]`: sender rewriting for forwarded mail; `None`: off.
+    pub(crate) srs: Option<Srs>,
 }
 
 /// The metrics and health endpoint (`[metrics]`): Prometheus text format on
@@ -200,6 +209,10 @@ pub(crate) struct Deliver {
     pub(crate) mx_port: u16,
     /// Connections open at once to one destination (domain or relay host).
     pub(crate) destination_concurrency: usize,
+    /// `source_addresses` and `inet_protocols`.
+    pub(crate) source: Source,
+    /// `[[deliver.shaping]]`: per-destination limits.
+    pub(crate) shaping: Vec<Shaping>,
 }
 
 #[derive(Clone, Debug)]
@@ -452,6 +465,7 @@ impl Config {
         let rewrite = resolve_rewrite(raw.rewrite);
         let mut access = resolve_access(raw.access, role, &hostname, &err)?;
         access.virtual_alias_domains = rewrite.virtual_alias_domains.clone();
+        let srs = srs::resolve_srs(raw.srs, &access, &err)?;
         Ok(Config {
             source: path.map(Path::to_path_buf),
             role,
@@ -471,6 +485,7 @@ impl Config {
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
             log: resolve_log(raw.log, &err)?,
+            srs,
         })
     }
 
@@ -662,6 +677,8 @@ struct Raw {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    srs: srs::RawSrs,
 }
 
 /// `user`: the daemon's account.
@@ -999,6 +1016,9 @@ struct RawDeliver {
     dns_servers: Option<Vec<String>>,
     mx_port: Option<u16>,
     destination_concurrency: Option<usize>,
+    source_addresses: Option<Vec<String>>,
+    inet_protocols: Option<String>,
+    shaping: Option<Vec<shaping::RawShaping>>,
 }
 
 fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigError> {
@@ -1017,6 +1037,8 @@ fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigErr
             .collect::<Result<Vec<_>, _>>()?,
         mx_port: raw.mx_port.unwrap_or(25),
         destination_concurrency: raw.destination_concurrency.unwrap_or(20).max(1),
+        source: source::resolve_source(raw.source_addresses, raw.inet_protocols, err)?,
+        shaping: shaping::resolve_shaping(raw.shaping, err)?,
     })
 }
 

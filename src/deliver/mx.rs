@@ -77,6 +77,7 @@ impl Mx {
             noun: "MX host",
             reuse_any_host: true,
             myself: crate::deliver::myself::of_mx(config),
+            source: config.deliver.source.clone(),
         };
         Mx {
             dns,

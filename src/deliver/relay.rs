@@ -105,6 +105,8 @@ pub(crate) struct Settings {
     /// Where this daemon itself accepts SMTP: a host that resolves there
     /// is never connected to (`myself`).
     pub(crate) myself: Vec<SocketAddr>,
+    /// `deliver.source_addresses` and `deliver.inet_protocols`.
+    pub(crate) source: crate::config::Source,
 }
 
 impl Settings {
@@ -134,6 +136,7 @@ impl Settings {
             noun: "smarthost",
             reuse_any_host: false,
             myself: crate::deliver::myself::listeners(config),
+            source: config.deliver.source.clone(),
         }
     }
 }
@@ -372,6 +375,7 @@ impl Relay {
             Ok(addrs) => addrs,
             Err(attempt) => return HostTry::Unreachable(attempt),
         };
+        let addrs: Vec<SocketAddr> = addrs.into_iter().filter(|a| self.settings.source.allows(*a)).collect();
         let addrs = match self.not_myself(host, addrs, msg) {
             Ok(addrs) => addrs,
             Err(attempt) => return HostTry::Myself(attempt),
@@ -452,7 +456,8 @@ impl Relay {
     /// A new session to `addr`, secured as the policy asks, and logged in
     /// when credentials are configured.
     async fn open(&self, addr: SocketAddr, host: &Host, msg: &OutMessage) -> Result<Client, ClientError> {
-        let connect = || Client::connect(addr, &host.name, &self.settings.helo, self.settings.timeouts);
+        let bind = self.settings.source.bind_for(addr);
+        let connect = || Client::connect_from(addr, bind, &host.name, &self.settings.helo, self.settings.timeouts);
         let mut client = connect().await?;
         if let Err(e) = self.secure(&mut client, host, msg).await {
             let clear_retry = self.settings.tls == TlsPolicy::May && matches!(e, ClientError::Tls(_));

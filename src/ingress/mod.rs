@@ -282,8 +282,11 @@ impl Ingress {
     /// Replaces each recipient by its final recipients (virtual aliases,
     /// catch-all, local aliases), remembering the original in ORCPT, and
     /// drops duplicates. This is the one place aliases are applied.
-    fn expand(&self, recipients: Vec<RcptIn>) -> Result<Vec<RcptIn>, IngressError> {
-        let Some(router) = &self.inner.router else { return Ok(recipients) };
+    /// The flag says whether an alias forwards the message out of the
+    /// hub's domains (what SRS is for).
+    fn expand(&self, recipients: Vec<RcptIn>) -> Result<(Vec<RcptIn>, bool), IngressError> {
+        let Some(router) = &self.inner.router else { return Ok((recipients, false)) };
+        let mut forwarded = false;
         let mut out: Vec<RcptIn> = Vec::with_capacity(recipients.len());
         let mut seen = std::collections::HashSet::new();
         for r in recipients {
@@ -298,11 +301,12 @@ impl Ingress {
                 if !seen.insert(address.to_ascii_lowercase()) {
                     continue;
                 }
+                forwarded |= router.srs().is_some_and(|srs| srs.forwards(&r.address, &address));
                 let orcpt = r.orcpt.clone().or_else(|| (address != r.address).then(|| format!("rfc822;{}", r.address)));
                 out.push(RcptIn { address, notify: r.notify.clone(), orcpt });
             }
         }
-        Ok(out)
+        Ok((out, forwarded))
     }
 
     pub(crate) fn hostname(&self) -> &str {
@@ -367,10 +371,15 @@ impl Ingress {
             rewrite,
             qualify,
         });
-        tx.recipients = self.expand(std::mem::take(&mut tx.recipients))?;
+        let forwarded;
+        (tx.recipients, forwarded) = self.expand(std::mem::take(&mut tx.recipients))?;
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
         }
+        let srs_from = match self.inner.router.as_ref().and_then(|r| r.srs()) {
+            Some(srs) if forwarded => srs.rewrite_sender(&mut tx.sender),
+            _ => None,
+        };
         self.room()?;
         match &self.inner.sink {
             Sink::Queue { spool, .. } => {
@@ -380,6 +389,9 @@ impl Ingress {
                 if tx.trace_id.is_none() && self.inner.stamp_trace && !self.filtered {
                     body.write(format!("{TRACE_HEADER}: {id}\r\n").as_bytes()).await?;
                     tx.trace_id = Some(id.clone());
+                }
+                if let Some(original) = srs_from {
+                    tracing::info!("{id}: sender=<{original}> rewritten by SRS to <{}>", tx.sender);
                 }
                 let mut env = self.envelope(&tx, &id);
                 if self.door == Door::Reinject {

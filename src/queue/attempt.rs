@@ -259,6 +259,9 @@ async fn deliver_group(
     if let Some((until, reason)) = dest.down() {
         return Ok(suspended(until, reason, indexes));
     }
+    if let Err((until, reason)) = dest.admit() {
+        return Ok(suspended(until, reason, indexes));
+    }
     let data = match body {
         Some(b) => b.clone(),
         None => match load_body(&ctx.spool, &env.id, env.size).await {

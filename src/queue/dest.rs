@@ -22,12 +22,22 @@ struct Health {
     reason: String,
 }
 
+/// A `[[deliver.shaping]]` message rate: at most `max` messages started
+/// in each window of `per`, counted from the first message of the window.
+#[derive(Debug)]
+struct Rate {
+    max: u32,
+    per: Duration,
+    window: Mutex<(std::time::Instant, u32)>,
+}
+
 /// One next hop.
 #[derive(Debug)]
 pub(crate) struct Dest {
     pub(crate) key: String,
     slots: Arc<Semaphore>,
     health: Mutex<Health>,
+    rate: Option<Rate>,
 }
 
 impl Dest {
@@ -40,6 +50,26 @@ impl Dest {
     /// Waits for one of the destination's connection slots.
     pub(crate) async fn slot(&self) -> OwnedSemaphorePermit {
         self.slots.clone().acquire_owned().await.expect("destination semaphores are never closed")
+    }
+
+    /// Counts one message against the destination's rate limit; when the
+    /// window is full, `Err` with the Unix time the next one opens and the
+    /// reason. Local throttling, not a failure of the destination: its
+    /// health and backoff are left alone.
+    pub(crate) fn admit(&self) -> Result<(), (u64, String)> {
+        let Some(rate) = &self.rate else { return Ok(()) };
+        let now = std::time::Instant::now();
+        let mut w = rate.window.lock().unwrap_or_else(|e| e.into_inner());
+        if now.duration_since(w.0) >= rate.per {
+            *w = (now, 0);
+        }
+        if w.1 < rate.max {
+            w.1 += 1;
+            return Ok(());
+        }
+        let left = rate.per.saturating_sub(now.duration_since(w.0));
+        let until = now_secs() + left.as_secs_f64().ceil().max(1.0) as u64;
+        Err((until, format!("rate limit of {} messages per {}s reached", rate.max, rate.per.as_secs())))
     }
 
     /// Consecutive failures so far.
@@ -83,12 +113,20 @@ impl Dest {
 #[derive(Debug)]
 pub(crate) struct Destinations {
     limit: usize,
+    /// `[[deliver.shaping]]`, the first match per destination.
+    shaping: Vec<crate::config::Shaping>,
     map: Mutex<HashMap<String, Arc<Dest>>>,
 }
 
 impl Destinations {
+    #[cfg(test)]
     pub(crate) fn new(limit: usize) -> Destinations {
-        Destinations { limit: limit.max(1), map: Mutex::new(HashMap::new()) }
+        Destinations::shaped(limit, Vec::new())
+    }
+
+    /// Destinations with the per-destination limits of `shaping`.
+    pub(crate) fn shaped(limit: usize, shaping: Vec<crate::config::Shaping>) -> Destinations {
+        Destinations { limit: limit.max(1), shaping, map: Mutex::new(HashMap::new()) }
     }
 
     pub(crate) fn get(&self, key: &str) -> Arc<Dest> {
@@ -98,12 +136,18 @@ impl Destinations {
         }
         // Healthy, idle destinations are forgotten so the table stays small.
         if map.len() > 10_000 {
-            map.retain(|_, d| Arc::strong_count(d) > 1 || d.failures() > 0);
+            map.retain(|_, d| Arc::strong_count(d) > 1 || d.failures() > 0 || d.rate.is_some());
         }
+        let shaping = self.shaping.iter().find(|s| s.matches(key));
+        let rate = shaping.and_then(|s| {
+            let window = Mutex::new((std::time::Instant::now(), 0));
+            s.max_messages.map(|max| Rate { max, per: s.per, window })
+        });
         let d = Arc::new(Dest {
             key: key.to_string(),
-            slots: Arc::new(Semaphore::new(self.limit)),
+            slots: Arc::new(Semaphore::new(shaping.and_then(|s| s.max_connections).unwrap_or(self.limit).max(1))),
             health: Mutex::new(Health::default()),
+            rate,
         });
         map.insert(key.to_string(), d.clone());
         d
@@ -144,5 +188,26 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(50), d.slot()).await.is_err());
         drop(a);
         assert!(tokio::time::timeout(Duration::from_millis(50), d.slot()).await.is_ok());
+    }
+
+    #[test]
+    fn a_rate_limit_suspends_without_failing_the_destination() {
+        let shaping = crate::config::Shaping {
+            destination: "example.org".into(),
+            max_connections: Some(1),
+            max_messages: Some(2),
+            per: Duration::from_secs(60),
+        };
+        let table = Destinations::shaped(5, vec![shaping]);
+        let d = table.get("mx:example.org");
+        assert!(d.admit().is_ok() && d.admit().is_ok());
+        let (until, why) = d.admit().unwrap_err();
+        assert!(until > now_secs() && until <= now_secs() + 60, "{until}");
+        assert_eq!(why, "rate limit of 2 messages per 60s reached");
+        assert_eq!(d.failures(), 0);
+        assert!(d.down().is_none());
+        assert_eq!(d.slots.available_permits(), 1);
+        assert!(table.get("mx:example.net").admit().is_ok());
+        assert_eq!(table.get("mx:example.net").slots.available_permits(), 5);
     }
 }

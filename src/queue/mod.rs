@@ -186,7 +186,10 @@ impl Scheduler {
     pub(crate) fn new(config: Arc<Config>, spool: Spool, outbound: Arc<Outbound>, ingress: Ingress) -> Scheduler {
         Scheduler {
             limiter: Arc::new(notice::BounceLimiter::new(config.queue.bounce_rate_limit)),
-            dests: Arc::new(Destinations::new(config.deliver.destination_concurrency)),
+            dests: Arc::new(Destinations::shaped(
+                config.deliver.destination_concurrency,
+                config.deliver.shaping.clone(),
+            )),
             config,
             spool,
             outbound,

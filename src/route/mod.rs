@@ -13,6 +13,8 @@
 //! - `canonical`: canonical(5) sender/recipient rewriting and
 //!   masquerading of local senders, applied at the door into the queue.
 //! - `transport`: transport(5) lookup and the typed `NextHop`.
+//! - `srs`: the Sender Rewriting Scheme (libsrs2/postsrsd format): the
+//!   sender of forwarded mail rewritten, bounces to it reversed at RCPT.
 //! - `router`: the configuration's tables opened once; recipient checks
 //!   at the door and next-hop decisions at delivery time.
 //!
@@ -22,6 +24,7 @@ pub(crate) mod aliases;
 pub(crate) mod canonical;
 pub(crate) mod rewrite;
 pub(crate) mod router;
+pub(crate) mod srs;
 pub mod table;
 pub(crate) mod transport;
 

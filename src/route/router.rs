@@ -91,6 +91,8 @@ pub(crate) struct Router {
     local_recipients: Vec<Arc<Table>>,
     /// `[filter]`, for `explain`.
     filter: Filter,
+    /// `[srs]`, with its secrets read; `None`: off.
+    srs: Option<super::srs::Srs>,
 }
 
 /// The content filter a message's recipient goes to before its route, if
@@ -147,7 +149,13 @@ impl Router {
             )?),
             local_recipients: open("access.local_recipient_maps", &config.access.local_recipient_maps, Syntax::Map)?,
             filter: config.filter.clone(),
+            srs: super::srs::Srs::from_config(config)?,
         })
+    }
+
+    /// The Sender Rewriting Scheme, when `[srs]` is configured.
+    pub(crate) fn srs(&self) -> Option<&super::srs::Srs> {
+        self.srs.as_ref()
     }
 
     /// Canonical maps and masquerading, when configured.
@@ -168,6 +176,17 @@ impl Router {
     /// Expands `address` and checks every final recipient; the refusal
     /// says why not, with the reply code a client should get.
     pub(crate) fn check(&self, address: &str) -> Result<Vec<String>, Refusal> {
+        // A bounce to a sender this hub rewrote goes to the original one.
+        if let Some(reversed) = self.srs.as_ref().and_then(|s| s.reverse(address, super::srs::today())) {
+            return match reversed {
+                Ok(original) => self.check(&original),
+                Err(e) => Err(Refusal {
+                    code: 550,
+                    status: (5, 1, 1),
+                    text: format!("<{address}>: Recipient address rejected: {e}"),
+                }),
+            };
+        }
         let expansion = self.expand(address).map_err(|e| match e {
             RewriteError::Loop { .. } => Refusal { code: 550, status: (5, 4, 6), text: format!("<{address}>: {e}") },
             _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },

@@ -428,12 +428,35 @@ impl fmt::Debug for Client {
     }
 }
 
+/// A TCP connection to `addr`, from `bind` when given.
+async fn tcp_connect(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = bind else { return TcpStream::connect(addr).await };
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
 impl Client {
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused
     /// with 5xx). `host_label` is the name the address was found under, for
     /// logs; `helo` is our own host name.
+    // Every transport connects from a source address now; kept for the
+    // tests and callers that have none.
+    #[allow(dead_code)]
     pub(crate) async fn connect(
         addr: SocketAddr,
+        host_label: &str,
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> Result<Client, ClientError> {
+        Client::connect_from(addr, None, host_label, helo, timeouts).await
+    }
+
+    /// [`Client::connect`] from the local address `bind` (the family of
+    /// `addr`; `deliver.source_addresses`) when one is given.
+    pub(crate) async fn connect_from(
+        addr: SocketAddr,
+        bind: Option<std::net::IpAddr>,
         host_label: &str,
         helo: &str,
         timeouts: Timeouts,
@@ -444,7 +467,7 @@ impl Client {
                 what: "our HELO name is empty or has spaces".into(),
             });
         }
-        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        let tcp = match tokio::time::timeout(timeouts.connect, tcp_connect(addr, bind)).await {
             Err(_) => return Err(ClientError::Timeout(Phase::Connect)),
             Ok(Err(e)) => return Err(ClientError::Connect(e)),
             Ok(Ok(tcp)) => tcp,

@@ -19,6 +19,7 @@ pub mod client;
 pub mod dns;
 pub mod filter;
 pub mod postfix;
+pub mod postsrsd;
 pub mod scripted;
 pub mod sevenbit;
 pub mod sink;

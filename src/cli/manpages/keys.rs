@@ -79,6 +79,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "log",
         "Where log lines go and how they are written. Lines are Postfix's, tagged with the service that logged them (posthorn/smtpd[PID]).",
     ),
+    (
+        "srs",
+        "The Sender Rewriting Scheme for forwarded mail, in libsrs2's and postsrsd's format: when an alias sends mail from an outside sender out of the hub's domains, the envelope sender becomes SRS0=HHHH=TT=domain=local@srs.domain, and bounces to such an address are turned back into the original sender at RCPT.",
+    ),
 ];
 
 /// Every key, in the order of `config::keys()`.
@@ -184,6 +188,13 @@ pub(super) const KEYS: &[Key] = &[
     k("deliver.dns_servers", "DNS servers (address or address:port) for MX and address lookups; empty: the system's /etc/resolv.conf."),
     k("deliver.mx_port", "The port MX hosts are contacted on."),
     k("deliver.destination_concurrency", "Connections open at once to one destination (a domain or a relay host)."),
+    k("deliver.source_addresses", "The local addresses outbound SMTP connects from, at most one IPv4 and one IPv6 address; each is used for peers of its family. Empty: the kernel chooses.")
+        .exim("interface (smtp transport)")
+        .compare("Postfix has one parameter per family: smtp_bind_address and smtp_bind_address6."),
+    k("deliver.shaping", "Per-destination traffic shaping, an array of tables: destination (a recipient domain delivered by MX, or a queue destination such as relay), max_connections (at once; default destination_concurrency), max_messages_per_minute (messages started per window) and per (the window, default 1m). Mail held back by a limit is deferred with delivery temporarily suspended: rate limit ..., never counted as a failure of the destination: no backoff, no attempt counted.")
+        .compare("Postfix's per-transport destination_rate_delay and destination_concurrency_limit come closest; KumoMTA's traffic shaping is the model."),
+    k("deliver.inet_protocols", "all, ipv4 or ipv6: the address families outbound SMTP uses. MX hosts are tried by their AAAA and A addresses in turn.")
+        .default("all"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
     k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
     k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),
@@ -214,6 +225,11 @@ pub(super) const KEYS: &[Key] = &[
     k("log.syslog_format", "rfc3164 or rfc5424."),
     k("log.syslog_socket", "The syslog daemon's socket."),
     k("log.journald_socket", "journald's socket; lines carry native fields (QUEUE_ID, TRACE_ID, CLIENT_ADDR, ...)."),
+    k("srs.domain", "The domain rewritten senders take; its SPF record must allow this host, and it must be one of access.local_domains or access.relay_domains so that bounces to it are accepted. Unset: no rewriting.")
+        .exim("the SRS options of the redirect router"),
+    k("srs.secret", "A file of secrets, one a line, read by the daemon's account: the first signs new addresses, every one verifies returning ones (rotate by adding a new first line). postsrsd's secrets file works as it is."),
+    k("srs.exclude_domains", "Sender domains never rewritten besides the hub's own (local, relay and virtual alias domains, myorigin); a leading dot takes the subdomains, as postsrsd's -X."),
+    k("srs.max_age", "How long a rewritten address stays valid for bounces, in whole days; older ones get 550 at RCPT.").default("21d"),
 ];
 
 /// The entry for `name`.

@@ -79,6 +79,7 @@ pub(crate) const POSTFIX_NAMES: &[(&str, &str)] = &[
     ("recipient_canonical_maps", "rewrite.recipient_canonical_maps"),
     ("transport_maps", "deliver.transport_maps"),
     ("default_destination_concurrency_limit", "deliver.destination_concurrency"),
+    ("inet_protocols", "deliver.inet_protocols"),
     ("smtpd_tls_cert_file", "tls.cert"),
     ("smtpd_tls_key_file", "tls.key"),
     ("smtpd_tls_CAfile", "tls.client_ca"),
@@ -276,6 +277,31 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("deliver.dns_servers", addrs(&deliver.dns_servers)),
         ("deliver.mx_port", deliver.mx_port.to_string()),
         ("deliver.destination_concurrency", deliver.destination_concurrency.to_string()),
+        ("deliver.source_addresses", {
+            let s = &deliver.source;
+            let ips: Vec<String> =
+                s.v4.iter().map(ToString::to_string).chain(s.v6.iter().map(ToString::to_string)).collect();
+            ips.join(", ")
+        }),
+        ("deliver.shaping", {
+            let one = |s: &crate::config::Shaping| {
+                let mut parts = vec![format!("destination = {:?}", s.destination)];
+                parts.extend(s.max_connections.map(|n| format!("max_connections = {n}")));
+                parts.extend(s.max_messages.map(|n| format!("max_messages_per_minute = {n}")));
+                parts.push(format!("per = {:?}", duration(s.per)));
+                format!("{{ {} }}", parts.join(", "))
+            };
+            deliver.shaping.iter().map(one).collect::<Vec<_>>().join(", ")
+        }),
+        (
+            "deliver.inet_protocols",
+            match deliver.source.protocols {
+                crate::config::Protocols::All => "all",
+                crate::config::Protocols::Ipv4 => "ipv4",
+                crate::config::Protocols::Ipv6 => "ipv6",
+            }
+            .into(),
+        ),
         ("tls.cert", path(&tls.cert)),
         ("tls.key", path(&tls.key)),
         ("tls.received_auth_user", tls.received_auth_user.to_string()),
@@ -299,6 +325,10 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("log.syslog_format", if log.rfc5424 { "rfc5424" } else { "rfc3164" }.into()),
         ("log.syslog_socket", log.syslog_socket.display().to_string()),
         ("log.journald_socket", log.journald_socket.display().to_string()),
+        ("srs.domain", c.srs.as_ref().map(|s| s.domain.clone()).unwrap_or_default()),
+        ("srs.secret", c.srs.as_ref().map(|s| s.secret.display().to_string()).unwrap_or_default()),
+        ("srs.exclude_domains", c.srs.as_ref().map(|s| list(&s.exclude_domains)).unwrap_or_default()),
+        ("srs.max_age", duration(c.srs.as_ref().map_or(Duration::from_secs(21 * 86400), |s| s.max_age))),
     ];
     let order = crate::config::keys();
     let mut rows: Vec<(String, String)> = rows.into_iter().map(|(k, v)| (k.to_string(), v)).collect();

@@ -1,0 +1,67 @@
+//! End-to-end: per-destination traffic shaping (`[[deliver.shaping]]`).
+//! A hub on 127.0.0.3 delivers by MX (the harness's DNS server) to one
+//! `smtp-sink`.
+//!
+//! Scenario: with `max_messages_per_minute = 3` in a 4 s window, eight
+//! messages for rate.example reach the sink at most three per window;
+//! the rest are deferred with "delivery temporarily suspended: rate limit
+//! ...", never bounced, and the destination is never marked down. Another
+//! domain on the same sink is not held back.
+
+mod harness;
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use harness::*;
+
+#[test]
+fn a_message_rate_limit_holds_mail_back_without_failing_it() {
+    let sink = Sink::start();
+    let IpAddr::V4(ip) = sink.addr().ip() else { unreachable!() };
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("rate.example", 10, "mx.sink.example"),
+        DnsRecord::mx("free.example", 10, "mx.sink.example"),
+        DnsRecord::a("mx.sink.example", ip),
+    ]);
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.3:0\"]\n\n[relay]\ntls = \"none\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    let hub = Posthorn::start(&with_lines(
+        base,
+        &[
+            &dns.config_line(),
+            &format!("deliver.mx_port = {}", sink.addr().port()),
+            "[[deliver.shaping]]\ndestination = \"rate.example\"\nmax_messages_per_minute = 3\nper = \"4s\"\nmax_connections = 2",
+        ],
+    ));
+    let mut c = RawSmtp::connect(hub.smtp_addr()).unwrap();
+    c.ehlo("client.test").unwrap();
+    for n in 0..8 {
+        let msg = message(&[("From", "ops@hub.example"), ("Subject", &format!("rated {n}"))], "x\n");
+        assert_eq!(c.send("ops@hub.example", &["user@rate.example"], msg.as_bytes()).unwrap().code, 250);
+    }
+    let msg = message(&[("From", "ops@hub.example"), ("Subject", "free")], "x\n");
+    assert_eq!(c.send("ops@hub.example", &["user@free.example"], msg.as_bytes()).unwrap().code, 250);
+
+    // The first window: from the first delivery, 3.5 s of watching.
+    assert!(wait_until(secs(20), || !sink.parsed().is_empty()), "{}", hub.log());
+    let start = Instant::now();
+    let mut most = 0;
+    while start.elapsed() < std::time::Duration::from_millis(3500) {
+        let rated = sink.parsed().iter().filter(|d| d.rcpt_to == ["user@rate.example"]).count();
+        most = most.max(rated);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(most <= 3, "{most} messages in the first 4 s window; log:\n{}", hub.log());
+    assert!(sink.parsed().iter().any(|d| d.rcpt_to == ["user@free.example"]), "another domain is not held back");
+
+    // All arrive in the end, in later windows.
+    let all = sink.wait_for_parsed(9, secs(40));
+    assert_eq!(all.len(), 9, "log:\n{}", hub.log());
+    let log = hub.log();
+    assert!(
+        log.contains("status=deferred (delivery temporarily suspended: rate limit of 3 messages per 4s reached)"),
+        "{log}"
+    );
+    assert!(!log.contains("status=bounced"), "{log}");
+    assert!(!log.contains("destination mx:rate.example: down"), "throttling is not an outage: {log}");
+}
