@@ -140,6 +140,9 @@ pub(crate) fn hop_keys(host: &str, port: Option<u16>, mx: bool) -> Vec<String> {
     }
 }
 
+/// What a client configuration depends on: verifying or not, and the names.
+type ConfigKey = (bool, Vec<CertName>);
+
 /// The policies of one transport: its default level and CA, the shared
 /// tables, and the client configurations built so far (one per distinct
 /// level and names; building one reads the CA file).
@@ -150,7 +153,7 @@ pub(crate) struct Policies {
     default_key: &'static str,
     ca: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
-    configs: Mutex<HashMap<(bool, Vec<CertName>), Result<Arc<rustls::ClientConfig>, String>>>,
+    configs: Mutex<HashMap<ConfigKey, Result<Arc<rustls::ClientConfig>, String>>>,
 }
 
 impl std::fmt::Debug for Policies {

@@ -103,6 +103,10 @@ impl ServerCertVerifier for Matching {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.names == [CertName::Dialled] {
+            // Plain `verify`: webpki's own answer and wording.
+            return self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        }
         for name in self.candidates(end_entity, server_name) {
             match self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now) {
                 Ok(verified) => return Ok(verified),
