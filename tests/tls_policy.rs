@@ -11,7 +11,10 @@
 //! 3. `encrypt` for a `[host]:port` next hop without STARTTLS: deferred
 //!    (4.7-class TLS failure), never sent in clear.
 //! 4. `none`: STARTTLS is offered but not used.
-//! 5. A bad line in the table refuses the start, naming file and line.
+//! 5. A smarthost's `[host]:port` entry overrides `relay.tls`, and AUTH
+//!    credentials follow it: over unverified TLS they are not sent (the
+//!    mail waits), under the entry's `verify` they are.
+//! 6. A bad line in the table refuses the start, naming file and line.
 
 mod harness;
 
@@ -158,4 +161,52 @@ fn a_bad_policy_line_refuses_the_start() {
     );
     let err = Posthorn::try_start(&config).err().expect("the start is refused");
     assert!(err.contains("tls_policy") && err.contains('2') && err.contains("`dane-only` is not supported"), "{err}");
+}
+
+#[test]
+fn a_smarthost_entry_overrides_relay_tls_and_governs_auth() {
+    let ca = TestCa::new("posthorn test CA");
+    let cert = ca.issue("mx", &["127.0.0.1"]);
+    let mail = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    posthorn::auth::set_password(&users, "vm12", b"fleet-secret").unwrap();
+    // The hub trusts no network: only AUTH lets the satellite relay.
+    let hub = {
+        let text = format!(
+            "role = \"hub\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n[access]\ntrusted_networks = []\nlocal_domains = [\"dest.test\"]\n[deliver]\nmaildir_root = {}\n{}\n[auth]\nusers = {}\n",
+            toml_str(&format!("{}/{{domain}}/{{user}}", mail.path().display())),
+            cert.tls_section(),
+            toml_str(&users.display().to_string())
+        );
+        Posthorn::start(&text)
+    };
+    let creds = dir.path().join("relay-auth");
+    fs::write(&creds, "vm12:fleet-secret\n").unwrap();
+    let table = dir.path().join("tls_policy");
+    let satellite = |policy: &str| {
+        fs::write(&table, policy).unwrap();
+        Posthorn::start(&with_lines(
+            &satellite_config(&[hub.smtp_addr()]),
+            &[
+                "relay.tls = \"may\"",
+                &format!("relay.tls_ca = {}", toml_str(&ca.ca_path().display().to_string())),
+                &format!("relay.auth_file = {}", toml_str(&creds.display().to_string())),
+                &format!("outbound_tls.policy_maps = [{}]", toml_str(&table.display().to_string())),
+            ],
+        ))
+    };
+    let port = hub.smtp_addr().port();
+    // relay.tls = "may" alone: TLS, but unverified, so no credentials.
+    let sat = satellite("[other.test]:25 verify\n");
+    smtplib_send(sat.smtp_addr(), "cron@vm.test", &["user@dest.test"], MESSAGE).unwrap();
+    assert!(sat.wait_for_log("status=deferred", secs(15)), "{}", sat.log());
+    assert!(sat.log_lines(&["status=deferred"])[0].contains("was not verified"), "{}", sat.log());
+    assert!(!hub.log().contains("sasl_username"), "{}", hub.log());
+    // The table's entry for the smarthost makes it `verify`: credentials go.
+    let sat = satellite(&format!("[127.0.0.1]:{port} verify\n"));
+    smtplib_send(sat.smtp_addr(), "cron@vm.test", &["user@dest.test"], MESSAGE).unwrap();
+    let got = delivered(mail.path(), "user");
+    assert!(header(&got, "Received").unwrap().contains("with ESMTPSA"), "{:?}", header(&got, "Received"));
+    assert!(sat.wait_for_log("Verified TLS connection established to 127.0.0.1[127.0.0.1]", secs(5)), "{}", sat.log());
 }
