@@ -89,7 +89,9 @@ pub(crate) fn load(config: &Config) -> Result<(Router, Transports), Unloadable> 
     // The listeners read the certificate, key and users themselves;
     // checked here so that a bad file refuses the start or the reload.
     let security = crate::smtp::server::session::Security::load(config);
-    let transports = Transports::new(config);
+    let transports = crate::route::tls_policy::PolicyTables::open(config)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .and_then(|table| Transports::new(config, table));
     match (router, security, transports) {
         (Ok(router), Ok(_), Ok(transports)) => Ok((router, transports)),
         (router, security, transports) => {

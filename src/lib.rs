@@ -48,9 +48,10 @@
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
 //! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table,
-//!   and each recipient's next hop at delivery time; `route::srs` rewrites the
-//!   sender of forwarded mail (SRS) and reverses bounces to it.
-//! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files.
+//!   TLS policy tables, and each recipient's next hop at delivery time; `route::srs`
+//!   rewrites the sender of forwarded mail (SRS) and reverses bounces to it.
+//! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files;
+//!   `tls_policy`: each SMTP next hop's TLS level and certificate names.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;
 //!   `control::showq` is the public queue listing.
@@ -61,7 +62,8 @@
 //!   the pid file where the account cannot reach it, `daemon::notify` tells
 //!   systemd (`Type=notify`) of readiness, reloads, stopping and the watchdog.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
-//! - [`tls`]: rustls configurations for both sides, certificate loading.
+//! - [`tls`]: rustls configurations for both sides, certificate loading;
+//!   `matching`: a next hop's certificate checked against a list of names.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
 //! - [`account`]: user accounts by name and by uid, through NSS.
 //! - [`clock`]: the Unix clock; RFC 5322 and `mailq` dates in local time (jiff).

@@ -5,9 +5,12 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod outbound_tls;
 mod shaping;
 mod source;
 mod srs;
+
+pub(crate) use outbound_tls::OutboundTls;
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
@@ -37,6 +40,33 @@ pub(crate) enum TlsPolicy {
     May,
     Encrypt,
     Verify,
+    /// `verify` with the certificate checked against names not taken from
+    /// DNS (the policy table's `match=`; by default the next hop and its
+    /// subdomains), as Postfix's `secure`.
+    Secure,
+}
+
+impl TlsPolicy {
+    /// TLS is required: never in clear.
+    pub(crate) fn requires_tls(self) -> bool {
+        matches!(self, TlsPolicy::Encrypt | TlsPolicy::Verify | TlsPolicy::Secure)
+    }
+
+    /// The certificate is checked against trusted CAs and names.
+    pub(crate) fn verifies(self) -> bool {
+        matches!(self, TlsPolicy::Verify | TlsPolicy::Secure)
+    }
+
+    /// The name used in configuration and the policy table.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::May => "may",
+            TlsPolicy::Encrypt => "encrypt",
+            TlsPolicy::Verify => "verify",
+            TlsPolicy::Secure => "secure",
+        }
+    }
 }
 
 /// `smtp.bare_newline`: a message line ending in LF alone.
@@ -71,6 +101,7 @@ pub struct Config {
     pub(crate) relay: RelayConfig,
     pub(crate) queue: Queue,
     pub(crate) deliver: Deliver,
+    pub(crate) outbound_tls: OutboundTls,
     pub(crate) rewrite: Rewrite,
     pub(crate) tls: Tls,
     pub(crate) auth: Auth,
@@ -478,6 +509,7 @@ impl Config {
             relay: resolve_relay(raw.relay, &err)?,
             queue: resolve_queue(raw.queue, &err)?,
             deliver: resolve_deliver(raw.deliver, &err)?,
+            outbound_tls: outbound_tls::resolve(raw.outbound_tls, &err)?,
             rewrite,
             tls: resolve_tls(raw.tls, &err)?,
             auth: resolve_auth(raw.auth),
@@ -665,6 +697,8 @@ struct Raw {
     rewrite: RawRewrite,
     #[serde(default)]
     deliver: RawDeliver,
+    #[serde(default)]
+    outbound_tls: outbound_tls::RawOutboundTls,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]

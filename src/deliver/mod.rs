@@ -12,6 +12,8 @@
 //!   (8-bit mail in its 7-bit form, so no hop breaks the signature).
 //! - `filter`: the after-queue content filter's pipe variant (its SMTP
 //!   variant is an explicit next hop through `mx`).
+//! - `tls_policy`: the TLS level and certificate names of each SMTP next
+//!   hop (the policy table's values; `route::tls_policy` reads the table).
 
 pub(crate) mod dkim;
 pub mod dns;
@@ -20,6 +22,7 @@ pub mod maildir;
 pub mod mx;
 pub(crate) mod myself;
 pub mod relay;
+pub(crate) mod tls_policy;
 
 use crate::message::OutMessage;
 use crate::message::nexthop::{FilterSpec, Hop};
@@ -59,11 +62,16 @@ pub(crate) struct Transports {
 }
 
 impl Transports {
-    pub(crate) fn new(config: &crate::config::Config) -> anyhow::Result<Transports> {
+    /// The transports of `config`; `tls_table` holds the TLS policy table
+    /// entries (`route::tls_policy`), `None` when none is configured.
+    pub(crate) fn new(
+        config: &crate::config::Config,
+        tls_table: Option<Arc<dyn tls_policy::PolicyTable>>,
+    ) -> anyhow::Result<Transports> {
         let dns = Arc::new(dns::Dns::from_config(config)?);
         Ok(Transports {
-            relay: relay::Relay::new(config).with_dns(dns.clone()),
-            mx: mx::Mx::new(config, dns),
+            relay: relay::Relay::with_table(config, tls_table.clone()).with_dns(dns.clone()),
+            mx: mx::Mx::with_table(config, dns, tls_table),
             maildir: maildir::Maildir::new(config),
             pipe_timeout: config.filter.pipe_timeout,
             dkim: dkim::Signer::new(&config.dkim.keys, &config.dkim.headers)?,

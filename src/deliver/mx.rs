@@ -12,15 +12,19 @@
 //! sessions for the next message and holds at most
 //! `deliver.destination_concurrency` connections.
 //!
+//! TLS follows `outbound_tls.level`, or the policy table's entry for the
+//! domain (or its parents) or the explicit next hop (`deliver::tls_policy`).
+//!
 //! Failures found here, before any server is reached, carry a reply made up
 //! locally (no `relay`): its enhanced status code (5.1.10 null MX, 5.1.2 no
 //! such domain, 4.4.3 DNS trouble) is what the bounce or the delay warning
 //! reports.
 
-use crate::config::{Config, TlsPolicy};
+use crate::config::Config;
 use crate::deliver::Delivery;
 use crate::deliver::dns::{Dns, DnsError, MxAnswer, MxHost};
 use crate::deliver::relay::{Host, Relay, Settings};
+use crate::deliver::tls_policy::{Policies, PolicyTable, domain_keys, hop_keys};
 use crate::message::OutMessage;
 use crate::message::nexthop::Target;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
@@ -60,12 +64,18 @@ enum Route {
 
 impl Mx {
     pub fn new(config: &Config, dns: Arc<Dns>) -> Mx {
+        Mx::with_table(config, dns, None)
+    }
+
+    /// The MX transport, with the TLS policy table.
+    pub(crate) fn with_table(config: &Config, dns: Arc<Dns>, table: Option<Arc<dyn PolicyTable>>) -> Mx {
+        let out = &config.outbound_tls;
         let settings = Settings {
-            // Opportunistic towards the internet: `relay.tls` is the
-            // smarthosts' policy, and requiring TLS of every MX would defer
-            // mail to half the world.
-            tls: TlsPolicy::May,
-            tls_config: crate::deliver::relay::tls_config(TlsPolicy::May, None, None),
+            // `relay.tls` is the smarthosts' policy; MX hosts and next hops
+            // have their own default (opportunistic unless configured:
+            // requiring TLS of every MX would defer mail to half the world).
+            tls: Arc::new(Policies::new(table, out.level, "outbound_tls.level", out.ca.clone(), None)),
+            tls_dest: None,
             auth: None,
             auth_plaintext: false,
             auth_unverified: false,
@@ -97,7 +107,7 @@ impl Mx {
             Some(ip) => Route::Hosts(vec![Host { name: domain.clone(), port: self.port, addrs: Some(vec![ip]) }]),
             None => self.by_mx(&domain, self.port, msg).await,
         };
-        self.send(&domain, route, msg).await
+        self.send(&domain, (domain_keys(&domain), domain.clone()), route, msg).await
     }
 
     /// Delivers `msg` to an explicit next hop. Address lookups of a `[host]`
@@ -110,7 +120,8 @@ impl Mx {
         } else {
             Route::Hosts(vec![Host::named(&target.host, port)])
         };
-        self.send(&target.to_string(), route, msg).await
+        let tls = (hop_keys(&target.host, target.port, target.mx), target.host.clone());
+        self.send(&target.to_string(), tls, route, msg).await
     }
 
     /// QUITs every idle session (daemon shutdown).
@@ -121,10 +132,12 @@ impl Mx {
         }
     }
 
-    async fn send(&self, dest: &str, route: Route, msg: &OutMessage) -> Delivery {
+    /// Delivers over the transport of `dest`, whose TLS policy is looked up
+    /// under `tls` (keys, and the next hop's name).
+    async fn send(&self, dest: &str, tls: (Vec<String>, String), route: Route, msg: &OutMessage) -> Delivery {
         match route {
             Route::Fail(delivery) => delivery,
-            Route::Hosts(hosts) => self.relay_for(dest).deliver_via(&hosts, msg).await,
+            Route::Hosts(hosts) => self.relay_for(dest, tls).deliver_via(&hosts, msg).await,
         }
     }
 
@@ -182,7 +195,7 @@ impl Mx {
     }
 
     /// The transport for one destination, made on first use.
-    fn relay_for(&self, dest: &str) -> Arc<Relay> {
+    fn relay_for(&self, dest: &str, tls: (Vec<String>, String)) -> Arc<Relay> {
         let mut dests = self.lock();
         let now = Instant::now();
         if dests.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
@@ -194,10 +207,10 @@ impl Mx {
                 Arc::strong_count(relay) > 1 || !relay.is_unused() || now.duration_since(*used) < keep_for
             });
         }
-        let entry = dests
-            .map
-            .entry(dest.to_string())
-            .or_insert_with(|| (Arc::new(Relay::for_hosts(Vec::new(), self.settings.clone())), now));
+        let entry = dests.map.entry(dest.to_string()).or_insert_with(|| {
+            let settings = Settings { tls_dest: Some(tls), ..self.settings.clone() };
+            (Arc::new(Relay::for_hosts(Vec::new(), settings)), now)
+        });
         entry.1 = now;
         entry.0.clone()
     }

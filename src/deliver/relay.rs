@@ -20,19 +20,24 @@
 //! queue's to log (it knows the whole delay); this module logs connection
 //! events at debug level, and each TLS session (version, cipher) at info.
 //!
-//! TLS follows `Settings::tls`: `none` never asks; `may` asks when STARTTLS
-//! is offered and, should the handshake fail, tries that address once more
-//! in clear; `encrypt` and `verify` require it (verify also checks the
-//! certificate against the CA and the host name) and defer with class Tls
-//! otherwise, so the message is never sent in clear. AUTH credentials
+//! TLS follows each host's policy (`deliver::tls_policy`: the policy
+//! table's entry for the destination, or for a smarthost's `[host]:port`,
+//! else the transport's default level), looked up for every new session:
+//! `none` never asks; `may` asks when STARTTLS is offered and, should the
+//! handshake fail, tries that address once more in clear; `encrypt`,
+//! `verify` and `secure` require it (`verify` and `secure` also check the
+//! certificate against the CA and the policy's names) and defer with class
+//! Tls otherwise, so the message is never sent in clear. AUTH credentials
 //! (`relay.auth_file`) are sent only over TLS whose certificate was verified
-//! (`relay.tls = "verify"`), unless `relay.auth_unverified` (any TLS) or
-//! `relay.auth_plaintext` (even none) says otherwise.
+//! (a `verify` or `secure` policy for that host), unless
+//! `relay.auth_unverified` (any TLS) or `relay.auth_plaintext` (even none)
+//! says otherwise.
 
 use crate::auth::ClientCredentials;
 use crate::config::{Config, TlsPolicy};
 use crate::deliver::Delivery;
 use crate::deliver::dns::Dns;
+use crate::deliver::tls_policy::{HopTls, Policies, PolicyTable, hop_keys};
 use crate::message::OutMessage;
 use crate::message::nexthop::Target;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome, strerror};
@@ -76,10 +81,12 @@ impl Host {
 /// What a host-list transport needs besides its hosts.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
-    pub(crate) tls: TlsPolicy,
-    /// The TLS client configuration for `tls`; the error (a CA file that
-    /// cannot be read) defers every delivery that needs it.
-    pub(crate) tls_config: Result<Arc<rustls::ClientConfig>, String>,
+    /// The TLS policies, and the client configurations they need.
+    pub(crate) tls: Arc<Policies>,
+    /// The policy table keys of the whole destination and its name (an MX
+    /// domain, an explicit next hop); `None`: each host's own
+    /// `[host]:port` (the smarthosts).
+    pub(crate) tls_dest: Option<(Vec<String>, String)>,
     /// AUTH credentials, or why the file could not be read.
     pub(crate) auth: Option<Result<ClientCredentials, String>>,
     /// Send credentials without TLS.
@@ -112,14 +119,19 @@ pub(crate) struct Settings {
 impl Settings {
     /// The smarthost settings from `[relay]`; `deliver.dns_servers`, when
     /// set, is used for the host names too.
+    #[cfg(test)]
     pub(crate) fn relay(config: &Config) -> Settings {
+        Settings::relay_with(config, None)
+    }
+
+    /// The smarthost settings, with the policy table whose `[host]:port`
+    /// entries override `relay.tls`.
+    pub(crate) fn relay_with(config: &Config, table: Option<Arc<dyn PolicyTable>>) -> Settings {
+        let relay = &config.relay;
+        let client_cert = relay.tls_client_cert.clone().zip(relay.tls_client_key.clone());
         Settings {
-            tls: config.relay.tls,
-            tls_config: tls_config(
-                config.relay.tls,
-                config.relay.tls_ca.as_deref(),
-                config.relay.tls_client_cert.as_deref().zip(config.relay.tls_client_key.as_deref()),
-            ),
+            tls: Arc::new(Policies::new(table, relay.tls, "relay.tls", relay.tls_ca.clone(), client_cert)),
+            tls_dest: None,
             auth: config
                 .relay
                 .auth_file
@@ -139,17 +151,6 @@ impl Settings {
             source: config.deliver.source.clone(),
         }
     }
-}
-
-/// The TLS client configuration for `policy`: verifying against `ca` (or
-/// the system roots) for `verify`, accepting any certificate otherwise;
-/// presenting `client_cert` (certificate, key) when the server asks.
-pub(crate) fn tls_config(
-    policy: TlsPolicy,
-    ca: Option<&std::path::Path>,
-    client_cert: Option<(&std::path::Path, &std::path::Path)>,
-) -> Result<Arc<rustls::ClientConfig>, String> {
-    crate::tls::client_config_with_cert(policy == TlsPolicy::Verify, ca, client_cert).map_err(|e| e.to_string())
 }
 
 /// A host-list transport: the smarthosts (`Relay::new`), or one
@@ -181,13 +182,18 @@ enum HostTry {
 impl Relay {
     /// The smarthost transport for `relay.smarthosts`.
     pub fn new(config: &Config) -> Relay {
+        Relay::with_table(config, None)
+    }
+
+    /// The smarthost transport, with the TLS policy table.
+    pub(crate) fn with_table(config: &Config, table: Option<Arc<dyn PolicyTable>>) -> Relay {
         let hosts = config
             .relay
             .smarthosts
             .iter()
             .map(|h| Target::host_port(h, 25).map(|(name, port)| Host::named(&name, port)))
             .collect();
-        Relay::build(hosts, Settings::relay(config))
+        Relay::build(hosts, Settings::relay_with(config, table))
     }
 
     /// A transport for `hosts`, tried in order by `deliver`; `deliver_via`
@@ -247,12 +253,8 @@ impl Relay {
         if n == 0 {
             return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false, setup: None };
         }
-        let required = matches!(self.settings.tls, TlsPolicy::Encrypt | TlsPolicy::Verify);
-        let local_trouble = match (&self.settings.tls_config, &self.settings.auth) {
-            (Err(e), _) if required => {
-                Some(Attempt::failed(ErrorClass::Tls, format!("TLS required but not available: {e}")))
-            }
-            (_, Some(Err(e))) => Some(Attempt::failed(ErrorClass::Local, e.clone())),
+        let local_trouble = match &self.settings.auth {
+            Some(Err(e)) => Some(Attempt::failed(ErrorClass::Local, e.clone())),
             _ => None,
         };
         if let Some(attempt) = local_trouble {
@@ -456,11 +458,12 @@ impl Relay {
     /// A new session to `addr`, secured as the policy asks, and logged in
     /// when credentials are configured.
     async fn open(&self, addr: SocketAddr, host: &Host, msg: &OutMessage) -> Result<Client, ClientError> {
+        let tls = self.hop_tls(host).map_err(|e| ClientError::Tls(format!("TLS policy: {e}")))?;
         let bind = self.settings.source.bind_for(addr);
         let connect = || Client::connect_from(addr, bind, &host.name, &self.settings.helo, self.settings.timeouts);
         let mut client = connect().await?;
-        if let Err(e) = self.secure(&mut client, host, msg).await {
-            let clear_retry = self.settings.tls == TlsPolicy::May && matches!(e, ClientError::Tls(_));
+        if let Err(e) = self.secure(&mut client, host, &tls, msg).await {
+            let clear_retry = tls.level == TlsPolicy::May && matches!(e, ClientError::Tls(_));
             client.quit().await;
             if !clear_retry {
                 return Err(e);
@@ -470,18 +473,32 @@ impl Relay {
             tracing::info!("{}: {e}; trying {} again without TLS", msg.id, relay_label(&host.name, addr));
             client = connect().await?;
         }
-        if let Err(e) = self.login(&mut client).await {
+        if let Err(e) = self.login(&mut client, &tls).await {
             client.quit().await;
             return Err(e);
         }
         Ok(client)
     }
 
+    /// The TLS policy for a new session to `host`.
+    fn hop_tls(&self, host: &Host) -> Result<HopTls, String> {
+        match &self.settings.tls_dest {
+            Some((keys, nexthop)) => self.settings.tls.for_hop(keys, nexthop),
+            None => self.settings.tls.for_hop(&hop_keys(&host.name, Some(host.port), false), &host.name),
+        }
+    }
+
     /// STARTTLS as the policy asks; `Err` means this session must not carry
     /// mail.
-    async fn secure(&self, client: &mut Client, host: &Host, msg: &OutMessage) -> Result<(), ClientError> {
-        let policy = self.settings.tls;
-        let required = matches!(policy, TlsPolicy::Encrypt | TlsPolicy::Verify);
+    async fn secure(
+        &self,
+        client: &mut Client,
+        host: &Host,
+        tls: &HopTls,
+        msg: &OutMessage,
+    ) -> Result<(), ClientError> {
+        let policy = tls.level;
+        let required = policy.requires_tls();
         if policy == TlsPolicy::None {
             return Ok(());
         }
@@ -491,11 +508,14 @@ impl Relay {
             }
             return Ok(());
         }
-        let config = self.settings.tls_config.clone().map_err(ClientError::Tls)?;
+        let config =
+            self.settings.tls.client_config(tls).map_err(|e| {
+                ClientError::Tls(if required { format!("TLS required but not available: {e}") } else { e })
+            })?;
         let name = crate::tls::server_name(&host.name).map_err(|e| ClientError::Tls(e.to_string()))?;
         match client.starttls(config, name).await {
             Ok(()) => {
-                let trust = if policy == TlsPolicy::Verify { "Verified" } else { "Untrusted" };
+                let trust = if policy.verifies() { "Verified" } else { "Untrusted" };
                 // Postfix's words and shape: no queue id in front (the
                 // session may carry several messages).
                 tracing::info!(
@@ -522,11 +542,12 @@ impl Relay {
 
     /// AUTH with the configured credentials: only to a peer whose
     /// certificate was verified, unless the configuration allows less.
-    async fn login(&self, client: &mut Client) -> Result<(), ClientError> {
+    async fn login(&self, client: &mut Client, tls: &HopTls) -> Result<(), ClientError> {
         let Some(Ok(creds)) = &self.settings.auth else { return Ok(()) };
         let encrypted = client.tls().is_some();
-        // Under `verify` a session exists only once the certificate passed.
-        let verified = encrypted && self.settings.tls == TlsPolicy::Verify;
+        // Under `verify` and `secure` a session exists only once the
+        // certificate passed.
+        let verified = encrypted && tls.level.verifies();
         if !encrypted && !self.settings.auth_plaintext {
             return Err(ClientError::Tls(
                 "not sending AUTH credentials without TLS (relay.auth_plaintext is off)".into(),
@@ -535,7 +556,7 @@ impl Relay {
         if encrypted && !verified && !self.settings.auth_unverified && !self.settings.auth_plaintext {
             return Err(ClientError::Tls(
                 "not sending AUTH credentials over TLS whose certificate was not verified \
-                 (relay.tls = \"verify\", or relay.auth_unverified = true)"
+                 (a verify or secure policy for this host, or relay.auth_unverified = true)"
                     .into(),
             ));
         }

@@ -17,6 +17,8 @@
 //!   sender of forwarded mail rewritten, bounces to it reversed at RCPT.
 //! - `router`: the configuration's tables opened once; recipient checks
 //!   at the door and next-hop decisions at delivery time.
+//! - `tls_policy`: the TLS policy tables (`outbound_tls.policy_maps`),
+//!   opened for `deliver::tls_policy`, which gives their values meaning.
 //!
 //! No I/O beyond reading table files; no SMTP, no queue.
 
@@ -26,6 +28,7 @@ pub(crate) mod rewrite;
 pub(crate) mod router;
 pub(crate) mod srs;
 pub mod table;
+pub(crate) mod tls_policy;
 pub(crate) mod transport;
 
 /// The text of `posthorn route explain ADDRESS`: every rewriting step,

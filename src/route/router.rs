@@ -76,6 +76,8 @@ pub(crate) struct Router {
     role: Role,
     /// `relay.tls`, the smarthosts' TLS policy, for `explain`.
     relay_tls: crate::config::TlsPolicy,
+    /// The outbound TLS policies (table and default level), for `explain`.
+    outbound_tls: crate::deliver::tls_policy::Policies,
     local_domains: Vec<String>,
     /// `rewrite.virtual_alias_domains`: every address comes from the
     /// virtual alias maps; one without an entry is unknown.
@@ -119,6 +121,20 @@ pub(crate) fn hop_of(decision: Decision) -> Hop {
 }
 
 impl Router {
+    /// The TLS level a next hop gets, and where that comes from.
+    fn explain_tls(&self, hop: &NextHop, domain: &str) -> String {
+        use crate::deliver::tls_policy::{domain_keys, hop_keys};
+        let dest = hop.destination(domain);
+        let keys = match (&hop.host, hop.port) {
+            (None, None) => domain_keys(dest),
+            _ => hop_keys(dest, hop.port, hop.mx_lookup),
+        };
+        match self.outbound_tls.for_hop(&keys, dest) {
+            Ok(tls) => format!("{} ({})", tls.level.name(), tls.source),
+            Err(e) => format!("unusable policy: {e}"),
+        }
+    }
+
     /// Opens every table the configuration names. An error names the key
     /// and the table's problem (file and line).
     pub(crate) fn from_config(config: &Config) -> Result<Router, String> {
@@ -136,6 +152,13 @@ impl Router {
         Ok(Router {
             role: config.role,
             relay_tls: config.relay.tls,
+            outbound_tls: crate::deliver::tls_policy::Policies::new(
+                super::tls_policy::PolicyTables::open(config)?,
+                config.outbound_tls.level,
+                "outbound_tls.level",
+                None,
+                None,
+            ),
             local_domains: local,
             virtual_alias_domains: config.rewrite.virtual_alias_domains.clone(),
             myorigin: config.myorigin.clone(),
@@ -372,7 +395,8 @@ impl Router {
                         None if hop == NextHop::maildir() => format!("{domain} is a local domain"),
                         None => "default: MX lookup of the recipient's domain".into(),
                     };
-                    let tls = if hop == NextHop::maildir() { "local" } else { "may (opportunistic)" };
+                    let tls =
+                        if hop == NextHop::maildir() { "local".to_string() } else { self.explain_tls(&hop, &domain) };
                     format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain))
                 }
             };
@@ -543,7 +567,7 @@ info@example.org: virtual alias (hash:DIR/virtual line 1, key \"info@example.org
 alice@example.org: content filter: smtp:[127.0.0.1]:10025 (then reinjected on 127.0.0.1:10026, and routed as below)
 alice@example.org: maildir: -> example.org (example.org is a local domain); tls=local
 bob@example.net: content filter: none (example.net is not in filter.domains)
-bob@example.net: smtp: -> example.net (default: MX lookup of the recipient's domain); tls=may (opportunistic)
+bob@example.net: smtp: -> example.net (default: MX lookup of the recipient's domain); tls=may (outbound_tls.level)
 ";
         let text = hub.explain("info@example.org").replace(&dir.path().display().to_string(), "DIR");
         assert_eq!(text, want);

@@ -123,6 +123,9 @@ pub enum Syntax {
     Transport,
     /// aliases(5): `name: value, value`; commands, files and includes refused.
     Aliases,
+    /// smtp_tls_policy_maps: postmap source whose values must parse as a
+    /// TLS policy (`secure match=.example.com`).
+    TlsPolicy,
 }
 
 /// A problem with one logical line, numbered from 1 (its first physical line).
@@ -229,6 +232,9 @@ pub fn parse(text: &str, syntax: Syntax) -> Contents {
                 parse_map_line(&l).and_then(|(k, v)| super::transport::TransportValue::parse(&v).map(|_| (k, v)))
             }
             Syntax::Aliases => super::aliases::parse_line(&l),
+            Syntax::TlsPolicy => {
+                parse_map_line(&l).and_then(|(k, v)| crate::deliver::tls_policy::parse_value(&v).map(|_| (k, v)))
+            }
         });
         match parsed {
             Ok((key, value)) => out.insert(fold(&key), value, line),

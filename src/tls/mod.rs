@@ -7,7 +7,10 @@
 //! (`encrypt`, `may`: RFC 7435 opportunistic security, where an encrypted
 //! but unauthenticated session still beats clear text). `subject` reads the
 //! common names of a certificate, for names given there and not as SANs.
+//! `matching` verifies a next hop against a list of names (`secure`, and
+//! `verify` with the policy table's `match=`).
 
+pub(crate) mod matching;
 pub mod subject;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};

@@ -59,6 +59,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
     ),
     ("deliver", "How mail leaves: transport tables, Maildirs, DNS."),
     (
+        "outbound_tls",
+        "TLS of outbound SMTP per destination: a default level for MX delivery, transport-table next hops and the content filter, and policy tables in Postfix's smtp_tls_policy_maps format that override it (and relay.tls) per domain or [host]:port.",
+    ),
+    (
         "tls",
         "The server's certificate. Both cert and key, or neither: with neither, STARTTLS is not offered. The files are checked at start and on reload.",
     ),
@@ -195,6 +199,10 @@ pub(super) const KEYS: &[Key] = &[
         .compare("Postfix's per-transport destination_rate_delay and destination_concurrency_limit come closest; KumoMTA's traffic shaping is the model."),
     k("deliver.inet_protocols", "all, ipv4 or ipv6: the address families outbound SMTP uses. MX hosts are tried by their AAAA and A addresses in turn.")
         .default("all"),
+    k("outbound_tls.policy_maps", "TLS policy tables, searched in order: a domain (or .domain for its subdomains), or a next hop as [host]:port, to none, may, encrypt, verify or secure, with match=name:.domain:hostname:nexthop:dot-nexthop for verify and secure. A smarthost's entry overrides relay.tls. A bad line refuses the start."),
+    k("outbound_tls.level", "The TLS level for a destination no policy table names: none, may (STARTTLS when offered), encrypt (TLS required), verify (certificate checked against the MX host name) or secure (checked against the next hop's names). Under encrypt, verify and secure mail never goes in clear."),
+    k("outbound_tls.ca", "CA certificates (PEM) that verify and secure check MX hosts and next hops against; unset: the system's roots.")
+        .compare("smtp_tls_CAfile (posthorn's relay.tls_ca is the smarthosts' own)"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
     k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
     k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),

@@ -78,6 +78,7 @@ pub(crate) const POSTFIX_NAMES: &[(&str, &str)] = &[
     ("sender_canonical_maps", "rewrite.sender_canonical_maps"),
     ("recipient_canonical_maps", "rewrite.recipient_canonical_maps"),
     ("transport_maps", "deliver.transport_maps"),
+    ("smtp_tls_policy_maps", "outbound_tls.policy_maps"),
     ("default_destination_concurrency_limit", "deliver.destination_concurrency"),
     ("inet_protocols", "deliver.inet_protocols"),
     ("smtpd_tls_cert_file", "tls.cert"),
@@ -302,6 +303,9 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
             }
             .into(),
         ),
+        ("outbound_tls.policy_maps", list(&c.outbound_tls.policy_maps)),
+        ("outbound_tls.level", tls_policy(c.outbound_tls.level).into()),
+        ("outbound_tls.ca", path(&c.outbound_tls.ca)),
         ("tls.cert", path(&tls.cert)),
         ("tls.key", path(&tls.key)),
         ("tls.received_auth_user", tls.received_auth_user.to_string()),
@@ -337,12 +341,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
 }
 
 fn tls_policy(policy: TlsPolicy) -> &'static str {
-    match policy {
-        TlsPolicy::None => "none",
-        TlsPolicy::May => "may",
-        TlsPolicy::Encrypt => "encrypt",
-        TlsPolicy::Verify => "verify",
-    }
+    policy.name()
 }
 
 fn bare_newline(mode: BareNewline) -> &'static str {
