@@ -5,6 +5,9 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod local;
+pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name};
+
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -64,6 +67,8 @@ pub struct Config {
     pub(crate) relay: RelayConfig,
     pub(crate) queue: Queue,
     pub(crate) deliver: Deliver,
+    /// `[local]`: mbox and home mailbox delivery as the user.
+    pub(crate) local: Local,
     pub(crate) rewrite: Rewrite,
     pub(crate) tls: Tls,
     pub(crate) auth: Auth,
@@ -459,6 +464,7 @@ impl Config {
             relay: resolve_relay(raw.relay, &err)?,
             queue: resolve_queue(raw.queue, &err)?,
             deliver: resolve_deliver(raw.deliver, &err)?,
+            local: local::resolve_local(raw.local, &err)?,
             rewrite,
             tls: resolve_tls(raw.tls, &err)?,
             auth: resolve_auth(raw.auth),
@@ -645,6 +651,8 @@ struct Raw {
     rewrite: RawRewrite,
     #[serde(default)]
     deliver: RawDeliver,
+    #[serde(default)]
+    local: local::RawLocal,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]

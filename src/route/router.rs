@@ -91,6 +91,8 @@ pub(crate) struct Router {
     local_recipients: Vec<Arc<Table>>,
     /// `[filter]`, for `explain`.
     filter: Filter,
+    /// `[local]`: the local domains' transport, and mailbox paths for `explain`.
+    local: crate::config::Local,
 }
 
 /// The content filter a message's recipient goes to before its route, if
@@ -110,6 +112,7 @@ pub(crate) fn hop_of(decision: Decision) -> Hop {
         Decision::Smarthosts => Hop::Relay,
         Decision::Next { hop, domain } => match (hop.transport, hop.host, hop.port) {
             (Transport::Maildir, _, _) => Hop::Maildir,
+            (Transport::Local, _, _) => Hop::Local,
             (_, None, None) => Hop::Mx(domain),
             (_, host, port) => Hop::Smtp(Target { host: host.unwrap_or(domain), port, mx: hop.mx_lookup }),
         },
@@ -147,6 +150,7 @@ impl Router {
             )?),
             local_recipients: open("access.local_recipient_maps", &config.access.local_recipient_maps, Syntax::Map)?,
             filter: config.filter.clone(),
+            local: config.local.clone(),
         })
     }
 
@@ -189,9 +193,9 @@ impl Router {
                 });
             }
             // Refused now rather than bounced after acceptance (backscatter).
-            if let Err(why) = self.maildir_check(rcpt) {
+            if let Err((detail, why)) = self.maildir_check(rcpt) {
                 let text = format!("<{address}>: Recipient address rejected: {why}");
-                return Err(Refusal { code: 550, status: (5, 1, 3), text });
+                return Err(Refusal { code: 550, status: (5, 1, detail), text });
             }
         }
         Ok(expansion.recipients)
@@ -206,10 +210,13 @@ impl Router {
         self.virtual_alias_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    /// For a recipient its route takes to a Maildir: whether it can name one.
-    fn maildir_check(&self, rcpt: &str) -> Result<(), String> {
+    /// For a recipient its route takes to a Maildir: whether it can name
+    /// one; for one it takes to a local user: whether that user exists.
+    /// The error has the status's detail (X.1.detail) and the reason.
+    fn maildir_check(&self, rcpt: &str) -> Result<(), (u16, String)> {
         match hop_of(self.decide(rcpt)) {
-            Hop::Maildir => crate::deliver::maildir::check_address(rcpt),
+            Hop::Maildir => crate::deliver::maildir::check_address(rcpt).map_err(|why| (3, why)),
+            Hop::Local => crate::deliver::local::check_address(rcpt),
             _ => Ok(()),
         }
     }
@@ -258,7 +265,10 @@ impl Router {
     fn default_hop(&self, domain: &str) -> Option<NextHop> {
         match self.role {
             Role::Satellite => None,
-            Role::Hub if self.is_local_domain(domain) => Some(NextHop::maildir()),
+            Role::Hub if self.is_local_domain(domain) => Some(match self.local.local_transport {
+                crate::config::LocalTransport::Maildir => NextHop::maildir(),
+                crate::config::LocalTransport::Local => NextHop::local(),
+            }),
             Role::Hub if self.has_smarthosts => None,
             Role::Hub => Some(NextHop::mx()),
         }

@@ -59,6 +59,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
     ),
     ("deliver", "How mail leaves: transport tables, Maildirs, DNS."),
     (
+        "local",
+        "Local delivery as the user (the local: transport), as Postfix's local(8): an mbox in mail_spool_directory or a mailbox in the home. Setting any key here makes a daemon started as root keep a small local delivery agent as root, which writes as each user (docs/security.md).",
+    ),
+    (
         "tls",
         "The server's certificate. Both cert and key, or neither: with neither, STARTTLS is not offered. The files are checked at start and on reload.",
     ),
@@ -183,6 +187,13 @@ pub(super) const KEYS: &[Key] = &[
     k("deliver.dns_servers", "DNS servers (address or address:port) for MX and address lookups; empty: the system's /etc/resolv.conf."),
     k("deliver.mx_port", "The port MX hosts are contacted on."),
     k("deliver.destination_concurrency", "Connections open at once to one destination (a domain or a relay host)."),
+    k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account) or local (the user's mailbox, written as the user, as Postfix's local(8)).")
+        .default("maildir"),
+    k("local.mail_spool_directory", "The directory of mbox files named after their users, for local: delivery without home_mailbox.")
+        .default("/var/mail"),
+    k("local.home_mailbox", "A mailbox inside the user's home instead of the spool file: Maildir/ (trailing slash) for a Maildir, Mailbox for an mbox. Unset: mail_spool_directory/USER."),
+    k("local.deliver_to_root", "Whether local: delivers to an account with uid 0 (root's own mailbox). Off: such mail bounces; alias root to a person.")
+        .default("false"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
     k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
     k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),
