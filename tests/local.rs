@@ -13,6 +13,9 @@
 //!    `home_mailbox = "Maildir/"` puts the mail in the home's Maildir.
 //! 4. A daemon without the agent (no `[local]` key) defers mail for
 //!    another user with a log line that says why, and writes nothing.
+//! 5. `recipient_delimiter = "+"`: user+tag goes to user's mbox with the
+//!    whole address in `Delivered-To:`; an alias team+x without an entry
+//!    of its own takes team's; without the delimiter user+tag is refused.
 
 mod harness;
 
@@ -233,4 +236,30 @@ fn without_the_agent_other_users_are_deferred_with_a_reason() {
     assert!(!ph.log().contains("local delivery agent started"), "{}", ph.log());
     assert!(!spool.join(&user.name).exists());
     assert!(ph.wait_for_queued(1, secs(5)), "the message stays queued");
+}
+
+#[test]
+fn address_extensions_reach_the_user() {
+    let (tree, spool) = mail_tree();
+    let user = TestUser::new(tree.path());
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("team: {}@example.org\n", user.name)).unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let ph = hub(&["local.local_transport = \"local\"", "local.recipient_delimiter = \"+\"", &spool_line, &alias_line]);
+    let tagged = format!("{}+lists@example.org", user.name);
+    smtplib_send(ph.smtp_addr(), "s@example.net", &[&tagged], &message(&[("Subject", "tagged")], "t\n")).unwrap();
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["team+x@example.org"], &message(&[("Subject", "team")], "u\n"))
+        .unwrap();
+    let mbox = spool.join(&user.name);
+    assert!(wait_until(secs(20), || count_messages(&mbox) == 2), "{}", ph.log());
+    let text = fs::read_to_string(&mbox).unwrap();
+    assert!(text.contains(&format!("Delivered-To: {tagged}\n")), "{text}");
+    assert!(text.contains("X-Original-To: team+x@example.org\n"), "{text}");
+    assert!(!spool.join(format!("{}+lists", user.name)).exists());
+
+    // Without a delimiter, + is part of the name, which no login name has.
+    let plain = hub(&["local.local_transport = \"local\"", &spool_line]);
+    let err = smtplib_send(plain.smtp_addr(), "s@example.net", &[&tagged], &message(&[], "v\n")).unwrap_err();
+    assert!(err.contains("550 5.1.3") && err.contains("not a local user name"), "{err}");
 }

@@ -38,6 +38,9 @@ pub(crate) struct Local {
     /// Whether mail may be delivered as root (uid 0): root's own mailbox.
     /// Off by default; alias root to a person instead.
     pub(crate) deliver_to_root: bool,
+    /// `recipient_delimiter`: the characters that start an address
+    /// extension (`user+tag`); empty: none.
+    pub(crate) recipient_delimiter: String,
 }
 
 impl Default for Local {
@@ -48,7 +51,25 @@ impl Default for Local {
             mail_spool_directory: PathBuf::from("/var/mail"),
             home_mailbox: None,
             deliver_to_root: false,
+            recipient_delimiter: String::new(),
         }
+    }
+}
+
+impl Local {
+    /// `local` without its address extension (`user+tag` -> `user`), and
+    /// the extension, when a delimiter is configured and occurs in it.
+    pub(crate) fn split_extension<'a>(&self, local: &'a str) -> (&'a str, Option<&'a str>) {
+        split_extension(&self.recipient_delimiter, local)
+    }
+}
+
+/// See [`Local::split_extension`]; a leading delimiter is no extension
+/// (`+tag` alone names nobody).
+pub(crate) fn split_extension<'a>(delimiters: &str, local: &'a str) -> (&'a str, Option<&'a str>) {
+    match local.char_indices().find(|(i, c)| *i > 0 && delimiters.contains(*c)) {
+        Some((i, c)) => (&local[..i], Some(&local[i + c.len_utf8()..])),
+        None => (local, None),
     }
 }
 
@@ -76,6 +97,7 @@ pub(super) struct RawLocal {
     mail_spool_directory: Option<PathBuf>,
     home_mailbox: Option<String>,
     deliver_to_root: Option<bool>,
+    recipient_delimiter: Option<String>,
 }
 
 pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, ConfigError> {
@@ -99,7 +121,19 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
         mail_spool_directory,
         home_mailbox: home_mailbox(raw.home_mailbox.as_deref(), err)?,
         deliver_to_root: raw.deliver_to_root.unwrap_or(false),
+        recipient_delimiter: delimiter(raw.recipient_delimiter, err)?,
     })
+}
+
+/// Characters that cannot be part of an address's local part as a
+/// delimiter would split it: no `@`, space or control characters.
+fn delimiter(written: Option<String>, err: &KeyError) -> Result<String, ConfigError> {
+    let written = written.unwrap_or_default();
+    if written.chars().any(|c| c == '@' || c == '"' || c == '\\' || c.is_whitespace() || c.is_control()) {
+        let why = format!("`{}` holds a character an address extension cannot start with", written.escape_default());
+        return Err(err("local.recipient_delimiter", why));
+    }
+    Ok(written)
 }
 
 /// `Maildir/` or `Mailbox`: relative, inside the home, no `..`.
@@ -133,6 +167,22 @@ mod tests {
         assert_eq!(c.local.mail_spool_directory, std::path::PathBuf::from("/var/mail"));
         let c = parse("[local]\nhome_mailbox = \"mail/inbox\"\n").unwrap();
         assert_eq!(c.local.home_mailbox, Some(super::HomeMailbox::Mbox("mail/inbox".into())));
+    }
+
+    #[test]
+    fn extensions_table() {
+        for (delims, local, want) in [
+            ("+", "user+tag", ("user", Some("tag"))),
+            ("+", "user+a+b", ("user", Some("a+b"))),
+            ("+-", "user-tag", ("user", Some("tag"))),
+            ("+", "user", ("user", None)),
+            ("+", "+tag", ("+tag", None)),
+            ("", "user+tag", ("user+tag", None)),
+        ] {
+            assert_eq!(super::split_extension(delims, local), want, "{delims} {local}");
+        }
+        assert!(parse("[local]\nrecipient_delimiter = \"@\"\n").unwrap_err().contains("local.recipient_delimiter"));
+        assert!(!parse("[local]\nrecipient_delimiter = \"+\"\n").unwrap().local.configured);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
 mod local;
-pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name};
+pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name, split_extension};
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;

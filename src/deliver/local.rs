@@ -108,10 +108,12 @@ impl Failure {
     }
 }
 
-/// The account a recipient names: its local part, lower case. Refuses what
-/// no login name looks like, so nothing odd reaches NSS or a path.
-pub(crate) fn user_of(address: &str) -> Result<String, String> {
+/// The account a recipient names: its local part, lower case, without an
+/// address extension (`delimiters`, `local.recipient_delimiter`). Refuses
+/// what no login name looks like, so nothing odd reaches NSS or a path.
+pub(crate) fn user_of(address: &str, delimiters: &str) -> Result<String, String> {
     let (local, _) = address.rsplit_once('@').unwrap_or((address, ""));
+    let (local, _) = crate::config::split_extension(delimiters, local);
     let user = local.to_lowercase();
     valid_user(&user)?;
     Ok(user)
@@ -129,8 +131,8 @@ pub(crate) fn valid_user(user: &str) -> Result<(), String> {
 
 /// At RCPT, for a recipient routed to `local:`: the user must exist. The
 /// error has the status's detail (5.1.x) and the reason.
-pub(crate) fn check_address(address: &str) -> Result<(), (u16, String)> {
-    let user = user_of(address).map_err(|why| (3, why))?;
+pub(crate) fn check_address(address: &str, delimiters: &str) -> Result<(), (u16, String)> {
+    let user = user_of(address, delimiters).map_err(|why| (3, why))?;
     match account::lookup_entry(&user) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => Err((1, "User unknown in local recipient table".into())),
@@ -142,11 +144,16 @@ pub(crate) fn check_address(address: &str) -> Result<(), (u16, String)> {
 /// The `local:` transport.
 pub(crate) struct Local {
     settings: Arc<Settings>,
+    /// `local.recipient_delimiter`.
+    delimiters: String,
 }
 
 impl Local {
     pub(crate) fn new(config: &Config) -> Local {
-        Local { settings: Arc::new(Settings::from_config(config)) }
+        Local {
+            settings: Arc::new(Settings::from_config(config)),
+            delimiters: config.local.recipient_delimiter.clone(),
+        }
     }
 
     /// Delivers `msg` to every recipient's mailbox; one outcome each.
@@ -173,7 +180,7 @@ impl Local {
 
     async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Result<String, Failure> {
         let permanent = |status, text| Failure { permanent: true, status, text };
-        let user = user_of(&rcpt.address).map_err(|why| permanent((5, 1, 3), why))?;
+        let user = user_of(&rcpt.address, &self.delimiters).map_err(|why| permanent((5, 1, 3), why))?;
         let entry = match account::lookup_entry(&user) {
             Ok(Some(entry)) => entry,
             Ok(None) => return Err(permanent((5, 1, 1), format!("unknown user: \"{user}\""))),
@@ -287,8 +294,10 @@ mod tests {
             ("@x", Err(())),
             ("\"q\"@x", Err(())),
         ] {
-            assert_eq!(user_of(address).map_err(|_| ()), want.map(str::to_string), "{address}");
+            assert_eq!(user_of(address, "").map_err(|_| ()), want.map(str::to_string), "{address}");
         }
+        assert_eq!(user_of("Bob+Lists@x", "+").as_deref(), Ok("bob"));
+        assert!(user_of("bob+lists@x", "").is_err(), "no delimiter: + is part of the name");
     }
 
     #[test]

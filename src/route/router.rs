@@ -38,7 +38,9 @@ pub(crate) enum Decision {
 pub(crate) fn open_local_domains(config: &Config) -> Option<String> {
     let open = config.role == Role::Hub
         && !config.access.local_domains.is_empty()
-        && config.access.local_recipient_maps.is_empty();
+        && config.access.local_recipient_maps.is_empty()
+        // local: refuses users the system does not know at RCPT.
+        && config.local.local_transport == crate::config::LocalTransport::Maildir;
     open.then(|| {
         format!(
             "access.local_domains ({}) without access.local_recipient_maps: mail to any local part is accepted from anyone and makes a new Maildir; list the users in local_recipient_maps to refuse the rest at RCPT",
@@ -133,7 +135,8 @@ impl Router {
         };
         let rewriter = Rewriter::new(&config.myorigin, is_local)
             .with_virtual_maps(open("rewrite.virtual_alias_maps", &config.rewrite.virtual_alias_maps, Syntax::Map)?)
-            .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?);
+            .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?)
+            .with_recipient_delimiter(&config.local.recipient_delimiter);
         Ok(Router {
             role: config.role,
             relay_tls: config.relay.tls,
@@ -216,7 +219,7 @@ impl Router {
     fn maildir_check(&self, rcpt: &str) -> Result<(), (u16, String)> {
         match hop_of(self.decide(rcpt)) {
             Hop::Maildir => crate::deliver::maildir::check_address(rcpt).map_err(|why| (3, why)),
-            Hop::Local => crate::deliver::local::check_address(rcpt),
+            Hop::Local => crate::deliver::local::check_address(rcpt, &self.local.recipient_delimiter),
             _ => Ok(()),
         }
     }
@@ -230,7 +233,13 @@ impl Router {
         {
             return true;
         }
-        self.local_recipients.iter().any(|t| t.lookup(rcpt).is_some() || t.lookup(user).is_some())
+        let listed = |rcpt: &str, user: &str| {
+            self.local_recipients.iter().any(|t| t.lookup(rcpt).is_some() || t.lookup(user).is_some())
+        };
+        match self.local.split_extension(user) {
+            (base, Some(_)) => listed(rcpt, user) || listed(&format!("{base}@{domain}"), base),
+            (_, None) => listed(rcpt, user),
+        }
     }
 
     /// Where a final recipient goes next.

@@ -192,6 +192,7 @@ pub(super) const KEYS: &[Key] = &[
     k("local.mail_spool_directory", "The directory of mbox files named after their users, for local: delivery without home_mailbox.")
         .default("/var/mail"),
     k("local.home_mailbox", "A mailbox inside the user's home instead of the spool file: Maildir/ (trailing slash) for a Maildir, Mailbox for an mbox. Unset: mail_spool_directory/USER."),
+    k("local.recipient_delimiter", "Characters that start an address extension (user+tag): an alias user+tag without an entry of its own is looked up as user, and local: delivers user+tag to user's mailbox (Delivered-To: keeps the whole address). Empty: no extensions."),
     k("local.deliver_to_root", "Whether local: delivers to an account with uid 0 (root's own mailbox). Off: such mail bounces; alias root to a person.")
         .default("false"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
