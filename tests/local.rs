@@ -15,7 +15,8 @@
 //!    another user with a log line that says why, and writes nothing.
 //! 5. `recipient_delimiter = "+"`: user+tag goes to user's mbox with the
 //!    whole address in `Delivered-To:`; an alias team+x without an entry
-//!    of its own takes team's; without the delimiter user+tag is refused.
+//!    of its own takes team's; `route explain` names the mailbox; without
+//!    the delimiter user+tag is refused.
 
 mod harness;
 
@@ -218,7 +219,7 @@ fn an_unprivileged_daemon_delivers_through_the_agent_into_a_home_maildir() {
     let text = fs::read_to_string(&file).unwrap();
     assert!(text.contains(&format!("Delivered-To: {to}\n")) && text.contains("in the home"), "{text}");
     assert!(!spool.join(&user.name).exists(), "nothing in the spool directory");
-    assert!(ph.log().contains("status=sent"), "{}", ph.log());
+    assert!(ph.wait_for_log("status=sent", secs(10)), "{}", ph.log());
 }
 
 #[test]
@@ -257,6 +258,12 @@ fn address_extensions_reach_the_user() {
     assert!(text.contains(&format!("Delivered-To: {tagged}\n")), "{text}");
     assert!(text.contains("X-Original-To: team+x@example.org\n"), "{text}");
     assert!(!spool.join(format!("{}+lists", user.name)).exists());
+
+    // `route explain` names the mailbox.
+    let out = ph.command(&["route", "explain", &tagged], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("local: -> user {} (uid {}): mailbox {}", user.name, user.uid, mbox.display());
+    assert!(text.contains(&want), "{text}");
 
     // Without a delimiter, + is part of the name, which no login name has.
     let plain = hub(&["local.local_transport = \"local\"", &spool_line]);

@@ -41,17 +41,21 @@ pub(crate) struct Settings {
 
 impl Settings {
     pub(crate) fn from_config(config: &Config) -> Settings {
-        let (home_maildir, home_mbox) = match &config.local.home_mailbox {
+        Settings::from_local(&config.local, &config.hostname)
+    }
+
+    fn from_local(local: &crate::config::Local, hostname: &str) -> Settings {
+        let (home_maildir, home_mbox) = match &local.home_mailbox {
             Some(HomeMailbox::Maildir(p)) => (Some(p.clone()), None),
             Some(HomeMailbox::Mbox(p)) => (None, Some(p.clone())),
             None => (None, None),
         };
         Settings {
-            spool_dir: config.local.mail_spool_directory.clone(),
+            spool_dir: local.mail_spool_directory.clone(),
             home_maildir,
             home_mbox,
-            deliver_to_root: config.local.deliver_to_root,
-            hostname: config.hostname.clone(),
+            deliver_to_root: local.deliver_to_root,
+            hostname: hostname.to_string(),
         }
     }
 
@@ -138,6 +142,26 @@ pub(crate) fn check_address(address: &str, delimiters: &str) -> Result<(), (u16,
         Ok(None) => Err((1, "User unknown in local recipient table".into())),
         // NSS trouble is not the client's: accepted, and delivery decides.
         Err(_) => Ok(()),
+    }
+}
+
+/// Where `local:` puts `address`'s mail, for `posthorn route explain`:
+/// `user alice (uid 1000): mailbox /var/mail/alice`, or why it would not.
+pub(crate) fn describe(local: &crate::config::Local, address: &str) -> String {
+    let user = match user_of(address, &local.recipient_delimiter) {
+        Ok(user) => user,
+        Err(why) => return format!("refused: {why}"),
+    };
+    match account::lookup_entry(&user) {
+        Ok(Some(entry)) if entry.account.uid == 0 && !local.deliver_to_root => {
+            format!("user {user} is root: bounced unless local.deliver_to_root is set")
+        }
+        Ok(Some(entry)) => {
+            let mailbox = Settings::from_local(local, "").mailbox(&entry);
+            format!("user {user} (uid {}): {mailbox}", entry.account.uid)
+        }
+        Ok(None) => format!("unknown user {user}"),
+        Err(e) => e.to_string(),
     }
 }
 

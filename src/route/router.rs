@@ -369,11 +369,17 @@ impl Router {
                     let route = self.transports.route(rcpt, &hop);
                     let how = match route.matched {
                         Some(m) => format!("transport table {}:{}: {} {}", m.table, m.line, m.key, m.value),
-                        None if hop == NextHop::maildir() => format!("{domain} is a local domain"),
+                        None if hop.transport.is_local() => format!("{domain} is a local domain"),
                         None => "default: MX lookup of the recipient's domain".into(),
                     };
-                    let tls = if hop == NextHop::maildir() { "local" } else { "may (opportunistic)" };
-                    format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain))
+                    let tls = if hop.transport.is_local() { "local" } else { "may (opportunistic)" };
+                    match hop.transport {
+                        Transport::Local => {
+                            let place = crate::deliver::local::describe(&self.local, rcpt);
+                            format!("{hop} -> {place} ({how}); tls={tls}")
+                        }
+                        _ => format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain)),
+                    }
                 }
             };
             let _ = writeln!(out, "{rcpt}: {line}");
