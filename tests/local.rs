@@ -9,7 +9,8 @@
 //!    refused at RCPT with 550 5.1.1.
 //! 2. Concurrent deliveries to one mbox wait while a reader holds the
 //!    dotlock (`dotlockfile`), then all land, each message whole.
-//! 3. The daemon runs as `nobody` and the agent writes as the user;
+//! 3. The daemon runs as `nobody` and the agent (holding CAP_SETUID and
+//!    CAP_SETGID only) writes as the user;
 //!    `home_mailbox = "Maildir/"` puts the mail in the home's Maildir.
 //! 4. A daemon without the agent (no `[local]` key) defers mail for
 //!    another user with a log line that says why, and writes nothing.
@@ -209,6 +210,13 @@ fn an_unprivileged_daemon_delivers_through_the_agent_into_a_home_maildir() {
         &spool_line,
     ]);
     assert!(ph.wait_for_log("local delivery agent started", secs(5)), "{}", ph.log());
+    // The agent keeps root's uid with CAP_SETGID and CAP_SETUID only.
+    let log = ph.log();
+    let pid = log.split("local delivery agent started (pid ").nth(1).and_then(|r| r.split(')').next()).unwrap();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let cap = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap().to_string();
+    assert_eq!(cap("CapEff:"), "00000000000000c0", "{status}");
+    assert_eq!(cap("CapPrm:"), "00000000000000c0", "{status}");
     let to = user.address();
     smtplib_send(ph.smtp_addr(), "s@example.net", &[&to], &message(&[("Subject", "home")], "in the home\n")).unwrap();
     let new = user.home.join("Maildir/new");

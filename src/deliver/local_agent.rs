@@ -20,7 +20,8 @@
 //! group-writable, as Debian's setgid-mail `dotlockfile` has it), the
 //! user's gid and uid, and writes the mailbox with those rights only.
 //! The child is not dumpable, so the user cannot attach to it while it
-//! holds the spool's group. The agent itself runs one thread and does
+//! holds the spool's group. The agent keeps root's uid but only the
+//! `CAP_SETUID` and `CAP_SETGID` capabilities. The agent itself runs one thread and does
 //! one delivery at a time; it ends when the daemon closes the socket.
 
 use super::local::{self, Failure, Request, Settings};
@@ -141,6 +142,10 @@ pub fn main(settings: &str) -> u8 {
         eprintln!("posthorn local-agent: must be started by the daemon as root");
         return 2;
     }
+    if let Err(e) = keep_only_setid_capabilities() {
+        eprintln!("posthorn local-agent: cannot give up capabilities: {e}");
+        return 2;
+    }
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
     loop {
@@ -165,6 +170,37 @@ pub fn main(settings: &str) -> u8 {
             return 1;
         }
     }
+}
+
+/// Keeps root's uid but only `CAP_SETUID` and `CAP_SETGID`: the agent
+/// needs nothing else (its children open the mailboxes as the users), so
+/// it cannot read or write files by being root (no `CAP_DAC_OVERRIDE`),
+/// chown, bind ports or load modules.
+fn keep_only_setid_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    // linux/capability.h: CAP_SETGID 6, CAP_SETUID 7.
+    let keep = (1u32 << 6) | (1u32 << 7);
+    let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [
+        Data { effective: keep, permitted: keep, inheritable: 0 },
+        Data { effective: 0, permitted: 0, inheritable: 0 },
+    ];
+    // SAFETY: capset reads one header and two data structs, laid out as
+    // the kernel's v3 ABI has them.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// One request: checked, then delivered in a child as the user. `Err`:
