@@ -16,6 +16,15 @@ pub(crate) struct Account {
     pub(crate) gid: u32,
 }
 
+/// One account with its home directory and login shell, for local
+/// delivery (`deliver::local`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) account: Account,
+    pub(crate) home: std::path::PathBuf,
+    pub(crate) shell: std::path::PathBuf,
+}
+
 /// NSS could not answer (a name with a NUL byte never reaches it).
 #[derive(Debug, thiserror::Error)]
 #[error("looking up user {user}: {source}")]
@@ -26,6 +35,11 @@ pub(crate) struct LookupError {
 
 /// The account named `name`; `None` when there is none.
 pub(crate) fn lookup(name: &str) -> Result<Option<Account>, LookupError> {
+    Ok(lookup_entry(name)?.map(|e| e.account))
+}
+
+/// The account named `name` with its home and shell; `None` when there is none.
+pub(crate) fn lookup_entry(name: &str) -> Result<Option<Entry>, LookupError> {
     let failed = |source| LookupError { user: name.to_string(), source };
     let c_name = CString::new(name).map_err(|_| failed(std::io::Error::other("a user name has no NUL byte")))?;
     query(|pwd, buf, found| {
@@ -41,6 +55,7 @@ pub(crate) fn lookup_uid(uid: u32) -> Result<Option<Account>, LookupError> {
         // SAFETY: every pointer is valid for the call; see `query`.
         unsafe { libc::getpwuid_r(uid, pwd, buf.as_mut_ptr().cast(), buf.len(), found) }
     })
+    .map(|e| e.map(|e| e.account))
     .map_err(|source| LookupError { user: format!("with uid {uid}"), source })
 }
 
@@ -53,7 +68,7 @@ pub(crate) fn user_name(uid: u32) -> String {
 /// Runs one `getpw*_r` call, growing the buffer while it is too small.
 fn query(
     call: impl Fn(&mut libc::passwd, &mut [u8], &mut *mut libc::passwd) -> libc::c_int,
-) -> std::io::Result<Option<Account>> {
+) -> std::io::Result<Option<Entry>> {
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: an all-zero passwd is a valid value to be overwritten.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -66,7 +81,17 @@ fn query(
             0 => {
                 // SAFETY: on success `pw_name` is a NUL-terminated string in `buf`.
                 let name = unsafe { CStr::from_ptr(pwd.pw_name) }.to_string_lossy().into_owned();
-                return Ok(Some(Account { name, uid: pwd.pw_uid, gid: pwd.pw_gid }));
+                let path = |p: *const libc::c_char| {
+                    use std::os::unix::ffi::OsStrExt;
+                    if p.is_null() {
+                        return std::path::PathBuf::new();
+                    }
+                    // SAFETY: as `pw_name`, a NUL-terminated string in `buf`.
+                    let bytes = unsafe { CStr::from_ptr(p) }.to_bytes();
+                    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(bytes))
+                };
+                let (home, shell) = (path(pwd.pw_dir), path(pwd.pw_shell));
+                return Ok(Some(Entry { account: Account { name, uid: pwd.pw_uid, gid: pwd.pw_gid }, home, shell }));
             }
             libc::ERANGE if buf.len() < MAX_BUFFER => buf.resize(buf.len() * 4, 0),
             err => return Err(std::io::Error::from_raw_os_error(err)),

@@ -157,6 +157,9 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     // Every port is bound: root is no longer needed. What is read from
     // here on (keys, tables, the configuration on reload) is read as the
     // account the daemon runs as, at start and at every reload alike.
+    // The local delivery agent keeps root to write mailboxes as their
+    // users: started now, before root is given up.
+    crate::deliver::local_agent::start_if_needed(&config)?;
     let account = privilege::drop_root(config.user.as_deref(), &root)?;
     privilege::check_layout(&root, &spool_dirs())?;
     let spool = open_spool(&config)?;

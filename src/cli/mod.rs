@@ -149,6 +149,13 @@ enum Native {
         #[arg(long)]
         force: bool,
     },
+    /// The local delivery agent, started by the daemon as root (see
+    /// deliver::local_agent); not for people
+    #[command(hide = true)]
+    LocalAgent {
+        /// The agent's settings (JSON), from the daemon's configuration
+        settings: String,
+    },
     /// Write the manual pages (DIR/man1, man5, man8) and the bash and zsh
     /// completions (DIR/completions), as the package installs them
     #[command(hide = true)]
@@ -232,6 +239,7 @@ fn native(argv: Vec<OsString>) -> u8 {
         },
         Native::InstallLinks { dir, force } => install::main(&dir, force),
         Native::Manpages { dir } => manpages::main(&dir),
+        Native::LocalAgent { settings } => crate::deliver::local_agent::main(&settings),
         Native::Route { verb: RouteVerb::Explain { address } } => route_explain(explicit, &address),
         Native::Auth { verb } => auth::main(explicit, verb),
         Native::Dkim { verb } => dkim::main(verb),

@@ -144,6 +144,9 @@ impl Hop {
             Decision::Next { hop, .. } if hop.transport == Transport::Maildir => {
                 Hop { mailer: "local", router: "local_user", transport: "maildir_home", hosts: Vec::new() }
             }
+            Decision::Next { hop, .. } if hop.transport == Transport::Local => {
+                Hop { mailer: "local", router: "localuser", transport: "local_delivery", hosts: Vec::new() }
+            }
             Decision::Next { hop, .. } if hop.host.is_none() && hop.port.is_none() => {
                 Hop { mailer: "esmtp", router: "dnslookup", transport: "remote_smtp", hosts: vec![domain.to_string()] }
             }

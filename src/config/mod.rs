@@ -5,12 +5,14 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod local;
 mod outbound_tls;
 mod shaping;
 mod source;
 mod srs;
 
 pub(crate) use outbound_tls::OutboundTls;
+pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name, split_extension};
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
@@ -102,6 +104,8 @@ pub struct Config {
     pub(crate) queue: Queue,
     pub(crate) deliver: Deliver,
     pub(crate) outbound_tls: OutboundTls,
+    /// `[local]`: mbox and home mailbox delivery as the user.
+    pub(crate) local: Local,
     pub(crate) rewrite: Rewrite,
     pub(crate) tls: Tls,
     pub(crate) auth: Auth,
@@ -510,6 +514,7 @@ impl Config {
             queue: resolve_queue(raw.queue, &err)?,
             deliver: resolve_deliver(raw.deliver, &err)?,
             outbound_tls: outbound_tls::resolve(raw.outbound_tls, &err)?,
+            local: local::resolve_local(raw.local, &err)?,
             rewrite,
             tls: resolve_tls(raw.tls, &err)?,
             auth: resolve_auth(raw.auth),
@@ -699,6 +704,8 @@ struct Raw {
     deliver: RawDeliver,
     #[serde(default)]
     outbound_tls: outbound_tls::RawOutboundTls,
+    #[serde(default)]
+    local: local::RawLocal,
     #[serde(default)]
     tls: RawTls,
     #[serde(default)]

@@ -95,12 +95,17 @@ impl Maildir {
         Ok(PathBuf::from(self.root.replace("{domain}", &domain).replace("{user}", &user)))
     }
 
-    /// `<secs>.M<usecs>P<pid>Q<counter>.<host>`, the Maildir convention.
     fn unique_name(&self) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        format!("{}.M{}P{}Q{n}.{}", now.as_secs(), now.subsec_micros(), std::process::id(), self.host)
+        unique_name(&self.host)
     }
+}
+
+/// `<secs>.M<usecs>P<pid>Q<counter>.<host>`, the Maildir convention;
+/// `host` as [`escape_host`] gives it.
+pub(crate) fn unique_name(host: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}.M{}P{}Q{n}.{host}", now.as_secs(), now.subsec_micros(), std::process::id())
 }
 
 /// The directory every Maildir of `template` (`deliver.maildir_root`) is
@@ -149,7 +154,7 @@ fn check_part(what: &str, part: &str) -> Result<(), String> {
 }
 
 /// `/` and `:` in the host name as Maildir writers escape them.
-fn escape_host(host: &str) -> String {
+pub(crate) fn escape_host(host: &str) -> String {
     host.replace('/', "\\057").replace(':', "\\072")
 }
 
@@ -175,7 +180,7 @@ fn io_reply(dir: &Path, e: &io::Error) -> Reply {
 
 /// The blocking part: make the Maildir if needed, write `tmp/name`, sync,
 /// rename into `new/`, sync `new/`.
-fn write_message(dir: &Path, name: &str, header: &[u8], body: &[u8]) -> io::Result<()> {
+pub(crate) fn write_message(dir: &Path, name: &str, header: &[u8], body: &[u8]) -> io::Result<()> {
     let new = dir.join("new");
     if !new.is_dir() {
         create_maildir(dir)?;

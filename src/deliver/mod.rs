@@ -6,6 +6,9 @@
 //!   destination's MX hosts), in order, over pooled sessions.
 //! - `mx`: to a domain by its MX records, or to an explicit next hop.
 //! - `maildir`: into local Maildirs.
+//! - `local`: as the local user, into an mbox or a home mailbox (`local:`),
+//!   through `local_agent` (the part that keeps root) for other accounts;
+//!   `mbox` appends to an mbox file with its locks.
 //! - `dns`: MX and address lookups for them.
 //! - `myself`: whether a next hop's address is this daemon (a mail loop).
 //! - `dkim`: DKIM signing, applied here just before each SMTP transmission
@@ -18,7 +21,10 @@
 pub(crate) mod dkim;
 pub mod dns;
 pub(crate) mod filter;
+pub(crate) mod local;
+pub(crate) mod local_agent;
 pub mod maildir;
+pub(crate) mod mbox;
 pub mod mx;
 pub(crate) mod myself;
 pub mod relay;
@@ -55,6 +61,7 @@ pub(crate) struct Transports {
     relay: relay::Relay,
     mx: mx::Mx,
     maildir: maildir::Maildir,
+    local: local::Local,
     /// How long a pipe filter may run.
     pipe_timeout: std::time::Duration,
     /// DKIM keys; `None` when none is configured.
@@ -73,6 +80,7 @@ impl Transports {
             relay: relay::Relay::with_table(config, tls_table.clone()).with_dns(dns.clone()),
             mx: mx::Mx::with_table(config, dns, tls_table),
             maildir: maildir::Maildir::new(config),
+            local: local::Local::new(config),
             pipe_timeout: config.filter.pipe_timeout,
             dkim: dkim::Signer::new(&config.dkim.keys, &config.dkim.headers)?,
         })
@@ -124,6 +132,7 @@ impl Transports {
             Hop::Mx(domain) => self.mx.deliver(domain, msg).await,
             Hop::Smtp(target) => self.mx.deliver_to(target, msg).await,
             Hop::Maildir => self.maildir.deliver(msg).await,
+            Hop::Local => self.local.deliver(msg).await,
             Hop::Filter(FilterSpec::Smtp(target)) => self.mx.deliver_to(target, msg).await,
             Hop::Filter(FilterSpec::Pipe(argv)) => filter::run_pipe(argv, self.pipe_timeout, msg).await,
         }

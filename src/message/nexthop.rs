@@ -198,8 +198,10 @@ pub(crate) enum Hop {
     Mx(String),
     /// An explicit next hop from the transport table.
     Smtp(Target),
-    /// Local delivery.
+    /// Local delivery to `deliver.maildir_root`.
     Maildir,
+    /// Local delivery as the user (`deliver::local`).
+    Local,
     /// The after-queue content filter, before any of the above: the whole
     /// message with all its recipients (in the filtered domains) at once.
     Filter(FilterSpec),
@@ -213,6 +215,7 @@ impl Hop {
             Hop::Mx(domain) => format!("mx:{domain}"),
             Hop::Smtp(target) => format!("smtp:{target}"),
             Hop::Maildir => "maildir".into(),
+            Hop::Local => "local".into(),
             Hop::Filter(FilterSpec::Smtp(target)) => format!("filter:smtp:{target}"),
             Hop::Filter(FilterSpec::Pipe(argv)) => format!("filter:pipe:{}", argv[0]),
         }

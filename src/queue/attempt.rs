@@ -136,7 +136,7 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     for group in &results {
         record(&mut env, group, now, first, &ctx.metrics);
         let action = match group.hop {
-            Hop::Maildir => Some(dsn::DsnAction::Delivered),
+            Hop::Maildir | Hop::Local => Some(dsn::DsnAction::Delivered),
             // The filter reinjects the message; notices come from there on.
             Hop::Filter(_) => None,
             _ if group.delivery.remote_dsn => None,
@@ -336,7 +336,7 @@ fn dest_class(hop: &Hop) -> DestClass {
     match hop {
         Hop::Relay | Hop::Smtp(_) => DestClass::Relay,
         Hop::Mx(_) => DestClass::Mx,
-        Hop::Maildir => DestClass::Maildir,
+        Hop::Maildir | Hop::Local => DestClass::Maildir,
         Hop::Filter(_) => DestClass::Filter,
     }
 }
@@ -519,6 +519,7 @@ fn log_outcome(
     let orig = orig_to.map(|o| format!(", orig_to=<{o}>")).unwrap_or_default();
     let service = match group.hop {
         Hop::Maildir => "virtual",
+        Hop::Local => "local",
         Hop::Filter(crate::message::nexthop::FilterSpec::Pipe(_)) => "pipe",
         _ => "smtp",
     };

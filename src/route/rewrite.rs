@@ -151,6 +151,8 @@ pub(crate) type LocalDomains = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub(crate) struct Rewriter {
     virtual_maps: Vec<Arc<Table>>,
     alias_maps: Vec<Arc<Table>>,
+    /// `local.recipient_delimiter`; empty: none.
+    delimiter: String,
     origin: String,
     is_local: LocalDomains,
     limits: Limits,
@@ -192,6 +194,7 @@ impl Rewriter {
         Rewriter {
             virtual_maps: Vec::new(),
             alias_maps: Vec::new(),
+            delimiter: String::new(),
             origin: fold(origin),
             is_local: Arc::new(is_local),
             limits: Limits::default(),
@@ -207,6 +210,13 @@ impl Rewriter {
     /// Tables in aliases(5) syntax ([`Syntax::Aliases`](super::table::Syntax)).
     pub(crate) fn with_alias_maps(mut self, maps: Vec<Arc<Table>>) -> Rewriter {
         self.alias_maps = maps;
+        self
+    }
+
+    /// `local.recipient_delimiter`: an alias name `user+tag` without an
+    /// entry of its own is looked up as `user`, as local(8) does.
+    pub(crate) fn with_recipient_delimiter(mut self, delimiter: &str) -> Rewriter {
+        self.delimiter = delimiter.to_string();
         self
     }
 
@@ -300,7 +310,11 @@ impl Rewriter {
             Ok((inner, "")) if local.starts_with('"') => inner,
             _ => local.to_string(),
         };
-        find_in(&self.alias_maps, &[name], Stage::Alias)
+        let mut names = vec![name.clone()];
+        if let (base, Some(_)) = crate::config::split_extension(&self.delimiter, &name) {
+            names.push(base.to_string());
+        }
+        find_in(&self.alias_maps, &names, Stage::Alias)
     }
 
     /// The addresses an entry expands `address` into, each with whether
@@ -595,6 +609,17 @@ mod tests {
         }
         let e = rewriter("", "a: b\nb: a\n").expand("a@example.org").unwrap_err();
         assert_eq!(e.to_string(), "alias loop: a@example.org -> b@example.org -> a@example.org");
+    }
+
+    #[test]
+    fn an_extension_without_an_entry_takes_the_users() {
+        let r = rewriter("", "ops: a@x.net\nops+urgent: pager@x.net\n").with_recipient_delimiter("+");
+        let final_of = |addr: &str| r.expand(addr).unwrap().recipients;
+        assert_eq!(final_of("ops+billing@example.org"), ["a@x.net"]);
+        assert_eq!(final_of("ops+urgent@example.org"), ["pager@x.net"]);
+        assert_eq!(final_of("other+x@example.org"), ["other+x@example.org"]);
+        let plain = rewriter("", "ops: a@x.net\n");
+        assert_eq!(plain.expand("ops+billing@example.org").unwrap().recipients, ["ops+billing@example.org"]);
     }
 
     #[test]

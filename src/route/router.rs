@@ -38,7 +38,9 @@ pub(crate) enum Decision {
 pub(crate) fn open_local_domains(config: &Config) -> Option<String> {
     let open = config.role == Role::Hub
         && !config.access.local_domains.is_empty()
-        && config.access.local_recipient_maps.is_empty();
+        && config.access.local_recipient_maps.is_empty()
+        // local: refuses users the system does not know at RCPT.
+        && config.local.local_transport == crate::config::LocalTransport::Maildir;
     open.then(|| {
         format!(
             "access.local_domains ({}) without access.local_recipient_maps: mail to any local part is accepted from anyone and makes a new Maildir; list the users in local_recipient_maps to refuse the rest at RCPT",
@@ -95,6 +97,8 @@ pub(crate) struct Router {
     filter: Filter,
     /// `[srs]`, with its secrets read; `None`: off.
     srs: Option<super::srs::Srs>,
+    /// `[local]`: the local domains' transport, and mailbox paths for `explain`.
+    local: crate::config::Local,
 }
 
 /// The content filter a message's recipient goes to before its route, if
@@ -114,6 +118,7 @@ pub(crate) fn hop_of(decision: Decision) -> Hop {
         Decision::Smarthosts => Hop::Relay,
         Decision::Next { hop, domain } => match (hop.transport, hop.host, hop.port) {
             (Transport::Maildir, _, _) => Hop::Maildir,
+            (Transport::Local, _, _) => Hop::Local,
             (_, None, None) => Hop::Mx(domain),
             (_, host, port) => Hop::Smtp(Target { host: host.unwrap_or(domain), port, mx: hop.mx_lookup }),
         },
@@ -148,7 +153,8 @@ impl Router {
         };
         let rewriter = Rewriter::new(&config.myorigin, is_local)
             .with_virtual_maps(open("rewrite.virtual_alias_maps", &config.rewrite.virtual_alias_maps, Syntax::Map)?)
-            .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?);
+            .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?)
+            .with_recipient_delimiter(&config.local.recipient_delimiter);
         Ok(Router {
             role: config.role,
             relay_tls: config.relay.tls,
@@ -173,6 +179,7 @@ impl Router {
             local_recipients: open("access.local_recipient_maps", &config.access.local_recipient_maps, Syntax::Map)?,
             filter: config.filter.clone(),
             srs: super::srs::Srs::from_config(config)?,
+            local: config.local.clone(),
         })
     }
 
@@ -231,9 +238,9 @@ impl Router {
                 });
             }
             // Refused now rather than bounced after acceptance (backscatter).
-            if let Err(why) = self.maildir_check(rcpt) {
+            if let Err((detail, why)) = self.maildir_check(rcpt) {
                 let text = format!("<{address}>: Recipient address rejected: {why}");
-                return Err(Refusal { code: 550, status: (5, 1, 3), text });
+                return Err(Refusal { code: 550, status: (5, 1, detail), text });
             }
         }
         Ok(expansion.recipients)
@@ -248,10 +255,13 @@ impl Router {
         self.virtual_alias_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    /// For a recipient its route takes to a Maildir: whether it can name one.
-    fn maildir_check(&self, rcpt: &str) -> Result<(), String> {
+    /// For a recipient its route takes to a Maildir: whether it can name
+    /// one; for one it takes to a local user: whether that user exists.
+    /// The error has the status's detail (X.1.detail) and the reason.
+    fn maildir_check(&self, rcpt: &str) -> Result<(), (u16, String)> {
         match hop_of(self.decide(rcpt)) {
-            Hop::Maildir => crate::deliver::maildir::check_address(rcpt),
+            Hop::Maildir => crate::deliver::maildir::check_address(rcpt).map_err(|why| (3, why)),
+            Hop::Local => crate::deliver::local::check_address(rcpt, &self.local.recipient_delimiter),
             _ => Ok(()),
         }
     }
@@ -265,7 +275,13 @@ impl Router {
         {
             return true;
         }
-        self.local_recipients.iter().any(|t| t.lookup(rcpt).is_some() || t.lookup(user).is_some())
+        let listed = |rcpt: &str, user: &str| {
+            self.local_recipients.iter().any(|t| t.lookup(rcpt).is_some() || t.lookup(user).is_some())
+        };
+        match self.local.split_extension(user) {
+            (base, Some(_)) => listed(rcpt, user) || listed(&format!("{base}@{domain}"), base),
+            (_, None) => listed(rcpt, user),
+        }
     }
 
     /// Where a final recipient goes next.
@@ -300,7 +316,10 @@ impl Router {
     fn default_hop(&self, domain: &str) -> Option<NextHop> {
         match self.role {
             Role::Satellite => None,
-            Role::Hub if self.is_local_domain(domain) => Some(NextHop::maildir()),
+            Role::Hub if self.is_local_domain(domain) => Some(match self.local.local_transport {
+                crate::config::LocalTransport::Maildir => NextHop::maildir(),
+                crate::config::LocalTransport::Local => NextHop::local(),
+            }),
             Role::Hub if self.has_smarthosts => None,
             Role::Hub => Some(NextHop::mx()),
         }
@@ -392,12 +411,18 @@ impl Router {
                     let route = self.transports.route(rcpt, &hop);
                     let how = match route.matched {
                         Some(m) => format!("transport table {}:{}: {} {}", m.table, m.line, m.key, m.value),
-                        None if hop == NextHop::maildir() => format!("{domain} is a local domain"),
+                        None if hop.transport.is_local() => format!("{domain} is a local domain"),
                         None => "default: MX lookup of the recipient's domain".into(),
                     };
                     let tls =
-                        if hop == NextHop::maildir() { "local".to_string() } else { self.explain_tls(&hop, &domain) };
-                    format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain))
+                        if hop.transport.is_local() { "local".to_string() } else { self.explain_tls(&hop, &domain) };
+                    match hop.transport {
+                        Transport::Local => {
+                            let place = crate::deliver::local::describe(&self.local, rcpt);
+                            format!("{hop} -> {place} ({how}); tls={tls}")
+                        }
+                        _ => format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain)),
+                    }
                 }
             };
             let _ = writeln!(out, "{rcpt}: {line}");

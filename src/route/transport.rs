@@ -17,8 +17,10 @@
 //!
 //! Values: `smtp:`, `smtp:host` (MX lookup of host), `smtp:host:port`,
 //! `smtp:[host]` and `smtp:[host]:port` (no MX lookup), the same with
-//! `relay:`, and `maildir:` for local delivery (`local:` and `virtual:` are
-//! taken as `maildir:` so Postfix tables keep working).
+//! `relay:`, `maildir:` for delivery to `deliver.maildir_root` (`virtual:`
+//! is taken as `maildir:` so Postfix tables keep working), and `local:`
+//! for delivery as the user, the way Postfix's local(8) does it
+//! (`deliver::local`).
 
 use super::table::{Table, fold};
 use crate::message::nexthop::HostSpec;
@@ -35,6 +37,8 @@ pub(crate) enum Transport {
     Relay,
     /// Local delivery to a Maildir.
     Maildir,
+    /// Delivery as the local user: mbox in the spool or a home mailbox.
+    Local,
 }
 
 impl Transport {
@@ -43,15 +47,22 @@ impl Transport {
             Transport::Smtp => "smtp",
             Transport::Relay => "relay",
             Transport::Maildir => "maildir",
+            Transport::Local => "local",
         }
+    }
+
+    /// Maildir and local delivery: no host, no port, no MX.
+    pub(crate) fn is_local(self) -> bool {
+        matches!(self, Transport::Maildir | Transport::Local)
     }
 
     fn parse(s: &str) -> Result<Transport, String> {
         match s.to_ascii_lowercase().as_str() {
             "smtp" => Ok(Transport::Smtp),
             "relay" => Ok(Transport::Relay),
-            "maildir" | "local" | "virtual" => Ok(Transport::Maildir),
-            _ => Err(format!("unsupported transport {s:?} (posthorn knows smtp, relay and maildir)")),
+            "maildir" | "virtual" => Ok(Transport::Maildir),
+            "local" => Ok(Transport::Local),
+            _ => Err(format!("unsupported transport {s:?} (posthorn knows smtp, relay, maildir and local)")),
         }
     }
 }
@@ -78,6 +89,11 @@ impl NextHop {
     /// Local delivery.
     pub(crate) fn maildir() -> NextHop {
         NextHop { transport: Transport::Maildir, host: None, port: None, mx_lookup: false }
+    }
+
+    /// Delivery as the local user (`local:`).
+    pub(crate) fn local() -> NextHop {
+        NextHop { transport: Transport::Local, host: None, port: None, mx_lookup: false }
     }
 
     /// The host to connect to or look up: the nexthop, or `domain`.
@@ -140,7 +156,7 @@ impl TransportValue {
         };
         // Local delivery has no nexthop to speak of (Postfix's local(8)
         // ignores it too, so `local:$myhostname` is fine).
-        if transport == Some(Transport::Maildir) {
+        if transport.is_some_and(Transport::is_local) {
             return Ok(TransportValue { transport, host: None, port: None, mx_lookup: false });
         }
         let spec = HostSpec::parse(nexthop).map_err(|e| format!("{value}: {e}"))?;
@@ -152,12 +168,12 @@ impl TransportValue {
     pub(crate) fn apply(&self, default: &NextHop) -> NextHop {
         let mut hop = default.clone();
         if let Some(t) = self.transport {
-            hop = NextHop { transport: t, host: None, port: None, mx_lookup: t != Transport::Maildir };
+            hop = NextHop { transport: t, host: None, port: None, mx_lookup: !t.is_local() };
         }
         if self.host.is_some() || self.port.is_some() {
             hop.host = self.host.clone();
             hop.port = self.port;
-            hop.mx_lookup = self.mx_lookup && hop.transport != Transport::Maildir;
+            hop.mx_lookup = self.mx_lookup && !hop.transport.is_local();
         }
         hop
     }
@@ -298,8 +314,8 @@ mod tests {
             ("relay:[hub.example.org]:25", v(Some(Relay), Some("hub.example.org"), Some(25), false)),
             ("relay:", v(Some(Relay), None, None, true)),
             ("maildir:", v(Some(Maildir), None, None, false)),
-            ("local:", v(Some(Maildir), None, None, false)),
-            ("local:$myhostname", v(Some(Maildir), None, None, false)),
+            ("local:", v(Some(Local), None, None, false)),
+            ("local:$myhostname", v(Some(Local), None, None, false)),
             ("virtual:", v(Some(Maildir), None, None, false)),
             (":[gw.example]", v(None, Some("gw.example"), None, false)),
             (":", v(None, None, None, true)),
@@ -461,7 +477,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "/etc/posthorn/transport:2: unsupported transport \"lmtp\" (posthorn knows smtp, relay and maildir)"
+            "/etc/posthorn/transport:2: unsupported transport \"lmtp\" (posthorn knows smtp, relay, maildir and local)"
         );
     }
 }

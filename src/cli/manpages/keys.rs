@@ -63,6 +63,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "TLS of outbound SMTP per destination: a default level for MX delivery, transport-table next hops and the content filter, and policy tables in Postfix's smtp_tls_policy_maps format that override it (and relay.tls) per domain or [host]:port.",
     ),
     (
+        "local",
+        "Local delivery as the user (the local: transport), as Postfix's local(8): an mbox in mail_spool_directory or a mailbox in the home. Setting any key here makes a daemon started as root keep a small local delivery agent as root, which writes as each user (docs/security.md).",
+    ),
+    (
         "tls",
         "The server's certificate. Both cert and key, or neither: with neither, STARTTLS is not offered. The files are checked at start and on reload.",
     ),
@@ -203,6 +207,14 @@ pub(super) const KEYS: &[Key] = &[
     k("outbound_tls.level", "The TLS level for a destination no policy table names: none, may (STARTTLS when offered), encrypt (TLS required), verify (certificate checked against the MX host name) or secure (checked against the next hop's names). Under encrypt, verify and secure mail never goes in clear."),
     k("outbound_tls.ca", "CA certificates (PEM) that verify and secure check MX hosts and next hops against; unset: the system's roots.")
         .compare("smtp_tls_CAfile (posthorn's relay.tls_ca is the smarthosts' own)"),
+    k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account) or local (the user's mailbox, written as the user, as Postfix's local(8)).")
+        .default("maildir"),
+    k("local.mail_spool_directory", "The directory of mbox files named after their users, for local: delivery without home_mailbox.")
+        .default("/var/mail"),
+    k("local.home_mailbox", "A mailbox inside the user's home instead of the spool file: Maildir/ (trailing slash) for a Maildir, Mailbox for an mbox. Unset: mail_spool_directory/USER."),
+    k("local.recipient_delimiter", "Characters that start an address extension (user+tag): an alias user+tag without an entry of its own is looked up as user, and local: delivers user+tag to user's mailbox (Delivered-To: keeps the whole address). Empty: no extensions."),
+    k("local.deliver_to_root", "Whether local: delivers to an account with uid 0 (root's own mailbox). Off: such mail bounces; alias root to a person.")
+        .default("false"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
     k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
     k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),

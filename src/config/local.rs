@@ -1,0 +1,200 @@
+//! `[local]`: local delivery as Postfix's local(8) does it, into the
+//! user's mbox in the mail spool or a mailbox in the user's home, as the
+//! user (docs/security.md, "The local delivery agent").
+
+use super::{ConfigError, KeyError};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// Where the local domains' mail goes when no transport entry says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum LocalTransport {
+    /// `deliver.maildir_root`, as the daemon's account (the default).
+    #[default]
+    Maildir,
+    /// The user's mailbox, as the user (`local:`).
+    Local,
+}
+
+/// `home_mailbox`: where in the home a user's mail goes; `None` (unset,
+/// the default): the spool file `mail_spool_directory/USER`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HomeMailbox {
+    /// `Maildir/`: a Maildir at this path under the home (trailing `/`).
+    Maildir(PathBuf),
+    /// `Mailbox`: an mbox file at this path under the home.
+    Mbox(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Local {
+    /// Whether any `[local]` key is set: a daemon started as root then
+    /// starts the local delivery agent before it drops root.
+    pub(crate) configured: bool,
+    pub(crate) local_transport: LocalTransport,
+    /// The spool directory of mbox files named after their users.
+    pub(crate) mail_spool_directory: PathBuf,
+    pub(crate) home_mailbox: Option<HomeMailbox>,
+    /// Whether mail may be delivered as root (uid 0): root's own mailbox.
+    /// Off by default; alias root to a person instead.
+    pub(crate) deliver_to_root: bool,
+    /// `recipient_delimiter`: the characters that start an address
+    /// extension (`user+tag`); empty: none.
+    pub(crate) recipient_delimiter: String,
+}
+
+impl Default for Local {
+    fn default() -> Local {
+        Local {
+            configured: false,
+            local_transport: LocalTransport::Maildir,
+            mail_spool_directory: PathBuf::from("/var/mail"),
+            home_mailbox: None,
+            deliver_to_root: false,
+            recipient_delimiter: String::new(),
+        }
+    }
+}
+
+impl Local {
+    /// `local` without its address extension (`user+tag` -> `user`), and
+    /// the extension, when a delimiter is configured and occurs in it.
+    pub(crate) fn split_extension<'a>(&self, local: &'a str) -> (&'a str, Option<&'a str>) {
+        split_extension(&self.recipient_delimiter, local)
+    }
+}
+
+/// See [`Local::split_extension`]; a leading delimiter is no extension
+/// (`+tag` alone names nobody).
+pub(crate) fn split_extension<'a>(delimiters: &str, local: &'a str) -> (&'a str, Option<&'a str>) {
+    match local.char_indices().find(|(i, c)| *i > 0 && delimiters.contains(*c)) {
+        Some((i, c)) => (&local[..i], Some(&local[i + c.len_utf8()..])),
+        None => (local, None),
+    }
+}
+
+/// `local.local_transport` as `postconf` shows it.
+pub(crate) fn local_transport_name(local: &Local) -> &'static str {
+    match local.local_transport {
+        LocalTransport::Maildir => "maildir",
+        LocalTransport::Local => "local",
+    }
+}
+
+/// `local.home_mailbox` as written (`Maildir/`, `Mailbox`), empty when unset.
+pub(crate) fn home_mailbox_text(local: &Local) -> String {
+    match &local.home_mailbox {
+        Some(HomeMailbox::Maildir(p)) => format!("{}/", p.display()),
+        Some(HomeMailbox::Mbox(p)) => p.display().to_string(),
+        None => String::new(),
+    }
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocal {
+    local_transport: Option<String>,
+    mail_spool_directory: Option<PathBuf>,
+    home_mailbox: Option<String>,
+    deliver_to_root: Option<bool>,
+    recipient_delimiter: Option<String>,
+}
+
+pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, ConfigError> {
+    let configured = raw.local_transport.is_some()
+        || raw.mail_spool_directory.is_some()
+        || raw.home_mailbox.is_some()
+        || raw.deliver_to_root.is_some();
+    let local_transport = match raw.local_transport.as_deref().map(str::trim) {
+        None | Some("maildir" | "maildir:" | "virtual" | "virtual:") => LocalTransport::Maildir,
+        Some(t) if t == "local" || t.starts_with("local:") => LocalTransport::Local,
+        Some(t) => return Err(err("local.local_transport", format!("`{t}` is neither `local` nor `maildir`"))),
+    };
+    let mail_spool_directory = raw.mail_spool_directory.unwrap_or_else(|| PathBuf::from("/var/mail"));
+    if !mail_spool_directory.is_absolute() {
+        let shown = mail_spool_directory.display();
+        return Err(err("local.mail_spool_directory", format!("`{shown}` is not an absolute path")));
+    }
+    Ok(Local {
+        configured,
+        local_transport,
+        mail_spool_directory,
+        home_mailbox: home_mailbox(raw.home_mailbox.as_deref(), err)?,
+        deliver_to_root: raw.deliver_to_root.unwrap_or(false),
+        recipient_delimiter: delimiter(raw.recipient_delimiter, err)?,
+    })
+}
+
+/// Characters that cannot be part of an address's local part as a
+/// delimiter would split it: no `@`, space or control characters.
+fn delimiter(written: Option<String>, err: &KeyError) -> Result<String, ConfigError> {
+    let written = written.unwrap_or_default();
+    if written.chars().any(|c| c == '@' || c == '"' || c == '\\' || c.is_whitespace() || c.is_control()) {
+        let why = format!("`{}` holds a character an address extension cannot start with", written.escape_default());
+        return Err(err("local.recipient_delimiter", why));
+    }
+    Ok(written)
+}
+
+/// `Maildir/` or `Mailbox`: relative, inside the home, no `..`.
+fn home_mailbox(written: Option<&str>, err: &KeyError) -> Result<Option<HomeMailbox>, ConfigError> {
+    let Some(written) = written.map(str::trim).filter(|w| !w.is_empty()) else { return Ok(None) };
+    let path = PathBuf::from(written.trim_end_matches('/'));
+    let inside = path.is_relative() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside || path.as_os_str().is_empty() {
+        let why = format!("`{written}` must be a path inside the home, like Maildir/ or Mailbox");
+        return Err(err("local.home_mailbox", why));
+    }
+    Ok(Some(if written.ends_with('/') { HomeMailbox::Maildir(path) } else { HomeMailbox::Mbox(path) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, std::path::Path::new("/etc/posthorn/posthorn.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = parse("").unwrap();
+        assert!(!c.local.configured);
+        let c = parse("[local]\nlocal_transport = \"local\"\nhome_mailbox = \"Maildir/\"\n").unwrap();
+        assert!(c.local.configured);
+        assert_eq!(c.local.local_transport, super::LocalTransport::Local);
+        assert_eq!(c.local.home_mailbox, Some(super::HomeMailbox::Maildir("Maildir".into())));
+        assert_eq!(c.local.mail_spool_directory, std::path::PathBuf::from("/var/mail"));
+        let c = parse("[local]\nhome_mailbox = \"mail/inbox\"\n").unwrap();
+        assert_eq!(c.local.home_mailbox, Some(super::HomeMailbox::Mbox("mail/inbox".into())));
+    }
+
+    #[test]
+    fn extensions_table() {
+        for (delims, local, want) in [
+            ("+", "user+tag", ("user", Some("tag"))),
+            ("+", "user+a+b", ("user", Some("a+b"))),
+            ("+-", "user-tag", ("user", Some("tag"))),
+            ("+", "user", ("user", None)),
+            ("+", "+tag", ("+tag", None)),
+            ("", "user+tag", ("user+tag", None)),
+        ] {
+            assert_eq!(super::split_extension(delims, local), want, "{delims} {local}");
+        }
+        assert!(parse("[local]\nrecipient_delimiter = \"@\"\n").unwrap_err().contains("local.recipient_delimiter"));
+        assert!(!parse("[local]\nrecipient_delimiter = \"+\"\n").unwrap().local.configured);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            ("[local]\nlocal_transport = \"smtp\"\n", "local.local_transport"),
+            ("[local]\nhome_mailbox = \"../x\"\n", "local.home_mailbox"),
+            ("[local]\nhome_mailbox = \"/var/x\"\n", "local.home_mailbox"),
+            ("[local]\nmail_spool_directory = \"mail\"\n", "local.mail_spool_directory"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Local delivery as the user, the way Postfix's local(8) does it (the
+//! `local:` transport): a recipient's local part names an account in the
+//! system's user database, and its mail goes, written as that account,
+//! into `local.mail_spool_directory/USER` (an mbox, see `mbox`) or, with
+//! `local.home_mailbox`, into a Maildir or mbox in the user's home.
+//!
+//! Who writes: mail for the daemon's own account is written by the daemon
+//! itself (a blocking task, no process per message). Mail for any other
+//! account goes to the local delivery agent (`local_agent`), which a
+//! daemon started as root started before it gave root up; the agent forks
+//! a child per delivery that becomes the user. A daemon without the agent
+//! (started as an ordinary user) refuses other users with a reply that
+//! says so, and defers their mail. Root's own mailbox is refused unless
+//! `local.deliver_to_root` is set.
+
+use super::Delivery;
+use super::local_agent;
+use crate::account::{self, Entry};
+use crate::config::{Config, HomeMailbox};
+use crate::message::outcome::{Attempt, ErrorClass, Outcome};
+use crate::message::{OutMessage, OutRecipient};
+use crate::smtp::proto::reply::{Enhanced, Reply};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What decides where and how a user's mail is written. The agent gets
+/// these once, from root's configuration when it starts, never from a
+/// request: the daemon cannot steer the agent to another path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Settings {
+    pub(crate) spool_dir: PathBuf,
+    /// `Maildir/`: a Maildir under the home.
+    pub(crate) home_maildir: Option<PathBuf>,
+    /// `Mailbox`: an mbox under the home.
+    pub(crate) home_mbox: Option<PathBuf>,
+    pub(crate) deliver_to_root: bool,
+    /// For Maildir file names.
+    pub(crate) hostname: String,
+}
+
+impl Settings {
+    pub(crate) fn from_config(config: &Config) -> Settings {
+        Settings::from_local(&config.local, &config.hostname)
+    }
+
+    fn from_local(local: &crate::config::Local, hostname: &str) -> Settings {
+        let (home_maildir, home_mbox) = match &local.home_mailbox {
+            Some(HomeMailbox::Maildir(p)) => (Some(p.clone()), None),
+            Some(HomeMailbox::Mbox(p)) => (None, Some(p.clone())),
+            None => (None, None),
+        };
+        Settings {
+            spool_dir: local.mail_spool_directory.clone(),
+            home_maildir,
+            home_mbox,
+            deliver_to_root: local.deliver_to_root,
+            hostname: hostname.to_string(),
+        }
+    }
+
+    /// Where `entry`'s mail goes.
+    pub(crate) fn mailbox(&self, entry: &Entry) -> Mailbox {
+        match (&self.home_maildir, &self.home_mbox) {
+            (Some(dir), _) => Mailbox::Maildir(entry.home.join(dir)),
+            (None, Some(file)) => Mailbox::Mbox(entry.home.join(file)),
+            (None, None) => Mailbox::Mbox(self.spool_dir.join(&entry.account.name)),
+        }
+    }
+}
+
+/// A user's mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Mailbox {
+    Mbox(PathBuf),
+    Maildir(PathBuf),
+}
+
+impl std::fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mailbox::Mbox(p) => write!(f, "mailbox {}", p.display()),
+            Mailbox::Maildir(p) => write!(f, "maildir {}/", p.display()),
+        }
+    }
+}
+
+/// One delivery, as the daemon asks it of the agent (or of itself): the
+/// account by name, the envelope, and the message's length; the message
+/// follows as bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Request {
+    pub(crate) user: String,
+    pub(crate) sender: String,
+    pub(crate) recipient: String,
+    pub(crate) original: String,
+    pub(crate) length: u64,
+}
+
+/// Why a delivery failed; `permanent` bounces, the rest defers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Failure {
+    pub(crate) permanent: bool,
+    /// RFC 3463 status.
+    pub(crate) status: (u8, u16, u16),
+    pub(crate) text: String,
+}
+
+impl Failure {
+    pub(crate) fn transient(text: String) -> Failure {
+        Failure { permanent: false, status: (4, 3, 0), text }
+    }
+}
+
+/// The account a recipient names: its local part, lower case, without an
+/// address extension (`delimiters`, `local.recipient_delimiter`). Refuses
+/// what no login name looks like, so nothing odd reaches NSS or a path.
+pub(crate) fn user_of(address: &str, delimiters: &str) -> Result<String, String> {
+    let (local, _) = address.rsplit_once('@').unwrap_or((address, ""));
+    let (local, _) = crate::config::split_extension(delimiters, local);
+    let user = local.to_lowercase();
+    valid_user(&user)?;
+    Ok(user)
+}
+
+/// A login name: letters, digits, `.`, `_`, `-`, not starting with `.` or
+/// `-`, at most 64 bytes. Also what the agent checks of every request.
+pub(crate) fn valid_user(user: &str) -> Result<(), String> {
+    let ok_chars = user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if user.is_empty() || user.len() > 64 || !ok_chars || user.starts_with(['.', '-']) {
+        return Err(format!("`{}` is not a local user name", user.escape_default()));
+    }
+    Ok(())
+}
+
+/// At RCPT, for a recipient routed to `local:`: the user must exist. The
+/// error has the status's detail (5.1.x) and the reason.
+pub(crate) fn check_address(address: &str, delimiters: &str) -> Result<(), (u16, String)> {
+    let user = user_of(address, delimiters).map_err(|why| (3, why))?;
+    match account::lookup_entry(&user) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err((1, "User unknown in local recipient table".into())),
+        // NSS trouble is not the client's: accepted, and delivery decides.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Where `local:` puts `address`'s mail, for `posthorn route explain`:
+/// `user alice (uid 1000): mailbox /var/mail/alice`, or why it would not.
+pub(crate) fn describe(local: &crate::config::Local, address: &str) -> String {
+    let user = match user_of(address, &local.recipient_delimiter) {
+        Ok(user) => user,
+        Err(why) => return format!("refused: {why}"),
+    };
+    match account::lookup_entry(&user) {
+        Ok(Some(entry)) if entry.account.uid == 0 && !local.deliver_to_root => {
+            format!("user {user} is root: bounced unless local.deliver_to_root is set")
+        }
+        Ok(Some(entry)) => {
+            let mailbox = Settings::from_local(local, "").mailbox(&entry);
+            format!("user {user} (uid {}): {mailbox}", entry.account.uid)
+        }
+        Ok(None) => format!("unknown user {user}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The `local:` transport.
+pub(crate) struct Local {
+    settings: Arc<Settings>,
+    /// `local.recipient_delimiter`.
+    delimiters: String,
+}
+
+impl Local {
+    pub(crate) fn new(config: &Config) -> Local {
+        Local {
+            settings: Arc::new(Settings::from_config(config)),
+            delimiters: config.local.recipient_delimiter.clone(),
+        }
+    }
+
+    /// Delivers `msg` to every recipient's mailbox; one outcome each.
+    pub(crate) async fn deliver(&self, msg: &OutMessage) -> Delivery {
+        let mut outcomes = Vec::with_capacity(msg.recipients.len());
+        for rcpt in &msg.recipients {
+            let outcome = match self.deliver_one(msg, rcpt).await {
+                Ok(place) => Outcome::Delivered(Attempt {
+                    relay: Some("local".into()),
+                    tls: false,
+                    reply: None,
+                    class: None,
+                    detail: format!("delivered to {place}"),
+                }),
+                Err(failure) => {
+                    tracing::warn!("{}: to=<{}>: {}", msg.id, rcpt.address, failure.text);
+                    failed(failure)
+                }
+            };
+            outcomes.push(outcome);
+        }
+        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None }
+    }
+
+    async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Result<String, Failure> {
+        let permanent = |status, text| Failure { permanent: true, status, text };
+        let user = user_of(&rcpt.address, &self.delimiters).map_err(|why| permanent((5, 1, 3), why))?;
+        let entry = match account::lookup_entry(&user) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Err(permanent((5, 1, 1), format!("unknown user: \"{user}\""))),
+            Err(e) => return Err(Failure::transient(e.to_string())),
+        };
+        let me = rustix::process::geteuid().as_raw();
+        if entry.account.uid == 0 && !self.settings.deliver_to_root {
+            let why = format!(
+                "user {user} is root (uid 0): mail is not delivered as root; alias {user} to a person, or set local.deliver_to_root"
+            );
+            return Err(permanent((5, 7, 1), why));
+        }
+        let request = Request {
+            user,
+            sender: msg.sender.clone(),
+            recipient: rcpt.address.clone(),
+            original: rcpt.original(),
+            length: msg.body.len() as u64,
+        };
+        let body = msg.body.clone();
+        let settings = Arc::clone(&self.settings);
+        let work = move || {
+            if entry.account.uid == me {
+                // Our own account: written here, no process per message.
+                deliver_as_self(&settings, &entry, &request, &body)
+            } else if let Some(agent) = local_agent::running() {
+                agent.deliver(&request, &body)
+            } else {
+                Err(Failure::transient(format!(
+                    "cannot deliver as user {}: posthorn runs as {} and has no local delivery agent; \
+                     only a daemon started as root (with a [local] key set) delivers as other users",
+                    request.user,
+                    account::user_name(me)
+                )))
+            }
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|e| Err(Failure::transient(format!("local delivery failed: {e}"))))
+    }
+}
+
+fn failed(f: Failure) -> Outcome {
+    let (class, subject, detail) = f.status;
+    let code = match (f.permanent, f.status) {
+        (true, _) => 550,
+        (false, (_, 2, 2) | (_, 3, 1)) => 452,
+        (false, _) => 451,
+    };
+    let reply = Reply::new(code, Enhanced(class, subject, detail), f.text.clone());
+    let attempt =
+        Attempt { relay: None, tls: false, detail: f.text, reply: Some(reply), class: Some(ErrorClass::Local) };
+    if f.permanent { Outcome::Permanent(attempt) } else { Outcome::Transient(attempt) }
+}
+
+/// Writes one message into `entry`'s mailbox, with the rights this process
+/// has: the daemon for its own account, or the agent's child that has
+/// become the user. Returns where it went.
+pub(crate) fn deliver_as_self(
+    settings: &Settings,
+    entry: &Entry,
+    request: &Request,
+    message: &[u8],
+) -> Result<String, Failure> {
+    let mailbox = settings.mailbox(entry);
+    match &mailbox {
+        Mailbox::Mbox(path) => {
+            let date = super::mbox::from_line_date(&crate::clock::local(crate::clock::now_secs()));
+            let entry_bytes =
+                super::mbox::format(&request.sender, &request.recipient, &request.original, message, &date);
+            super::mbox::append(path, &entry_bytes, entry.account.uid).map_err(|text| Failure {
+                permanent: false,
+                status: (4, 2, 0),
+                text,
+            })?;
+        }
+        Mailbox::Maildir(dir) => {
+            let clean = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
+            let header = format!(
+                "Return-Path: <{}>\nX-Original-To: {}\nDelivered-To: {}\n",
+                clean(&request.sender),
+                clean(&request.original),
+                clean(&request.recipient)
+            );
+            let name = super::maildir::unique_name(&super::maildir::escape_host(&settings.hostname));
+            super::maildir::write_message(dir, &name, header.as_bytes(), message).map_err(|e| Failure {
+                permanent: false,
+                status: (4, 2, 0),
+                text: format!("maildir {}: {e}", dir.display()),
+            })?;
+        }
+    }
+    Ok(mailbox.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_table() {
+        for (address, want) in [
+            ("Alice@example.org", Ok("alice")),
+            ("bob.smith@x", Ok("bob.smith")),
+            ("a_b-c@x", Ok("a_b-c")),
+            ("../etc@x", Err(())),
+            (".hidden@x", Err(())),
+            ("-x@x", Err(())),
+            ("a/b@x", Err(())),
+            ("a b@x", Err(())),
+            ("@x", Err(())),
+            ("\"q\"@x", Err(())),
+        ] {
+            assert_eq!(user_of(address, "").map_err(|_| ()), want.map(str::to_string), "{address}");
+        }
+        assert_eq!(user_of("Bob+Lists@x", "+").as_deref(), Ok("bob"));
+        assert!(user_of("bob+lists@x", "").is_err(), "no delimiter: + is part of the name");
+    }
+
+    #[test]
+    fn mailbox_paths() {
+        let entry = Entry {
+            account: crate::account::Account { name: "alice".into(), uid: 1000, gid: 1000 },
+            home: "/home/alice".into(),
+            shell: "/bin/sh".into(),
+        };
+        let mut s = Settings {
+            spool_dir: "/var/mail".into(),
+            home_maildir: None,
+            home_mbox: None,
+            deliver_to_root: false,
+            hostname: "h".into(),
+        };
+        assert_eq!(s.mailbox(&entry).to_string(), "mailbox /var/mail/alice");
+        s.home_maildir = Some("Maildir".into());
+        assert_eq!(s.mailbox(&entry).to_string(), "maildir /home/alice/Maildir/");
+        s.home_maildir = None;
+        s.home_mbox = Some("Mailbox".into());
+        assert_eq!(s.mailbox(&entry), Mailbox::Mbox("/home/alice/Mailbox".into()));
+    }
+}

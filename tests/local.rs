@@ -1,0 +1,280 @@
+//! End-to-end for local delivery as Postfix's local(8) does it: the real
+//! daemon, mail by SMTP, mailboxes read back from disk and with bsd-mailx.
+//! Each test makes its own login account (useradd) and removes it.
+//!
+//! Scenarios:
+//! 1. mbox in the spool directory: bsd-mailx (`mail -f MBOX`) lists the
+//!    messages; the file is the user's, mode 0600; `From ` lines, `>From `
+//!    quoting, `Return-Path:` and `Delivered-To:`; an unknown user is
+//!    refused at RCPT with 550 5.1.1.
+//! 2. Concurrent deliveries to one mbox wait while a reader holds the
+//!    dotlock (`dotlockfile`), then all land, each message whole.
+//! 3. The daemon runs as `nobody` and the agent (holding CAP_SETUID and
+//!    CAP_SETGID only) writes as the user;
+//!    `home_mailbox = "Maildir/"` puts the mail in the home's Maildir.
+//! 4. A daemon without the agent (no `[local]` key) defers mail for
+//!    another user with a log line that says why, and writes nothing.
+//! 5. `recipient_delimiter = "+"`: user+tag goes to user's mbox with the
+//!    whole address in `Delivered-To:`; an alias team+x without an entry
+//!    of its own takes team's; `route explain` names the mailbox; without
+//!    the delimiter user+tag is refused.
+
+mod harness;
+
+use harness::*;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A login account made for one test, removed (with its home) when dropped.
+struct TestUser {
+    name: String,
+    uid: u32,
+    home: PathBuf,
+}
+
+impl TestUser {
+    fn new(base: &Path) -> TestUser {
+        // Short and unique: login names are at most 32 characters.
+        let name = format!("phl{}x{}", std::process::id(), fastrand::u32(..100_000));
+        let home = base.join(&name);
+        let mut made = false;
+        for _ in 0..20 {
+            // useradd fails while another test holds /etc/passwd's lock.
+            let status = Command::new("useradd")
+                .args(["--create-home", "--home-dir"])
+                .arg(&home)
+                .args(["--shell", "/bin/sh", "--user-group", &name])
+                .stderr(Stdio::null())
+                .status()
+                .expect("run useradd");
+            if status.success() {
+                made = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        assert!(made, "useradd {name} failed");
+        let out = Command::new("id").args(["-u", &name]).output().expect("id -u");
+        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a uid");
+        TestUser { name, uid, home }
+    }
+
+    fn address(&self) -> String {
+        format!("{}@example.org", self.name)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            let ok = Command::new("userdel").args(["--remove", &self.name]).stderr(Stdio::null()).status();
+            if ok.is_ok_and(|s| s.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    }
+}
+
+/// A temporary tree others may walk into (a user's child needs to reach
+/// its spool directory and home), with `mail/` as Debian makes /var/mail:
+/// root:mail, mode 2775.
+fn mail_tree() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("posthorn-local-").tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("mail");
+    fs::create_dir(&spool).unwrap();
+    let status = Command::new("chgrp").arg("mail").arg(&spool).status().expect("chgrp");
+    assert!(status.success());
+    fs::set_permissions(&spool, fs::Permissions::from_mode(0o2775)).unwrap();
+    (dir, spool)
+}
+
+fn hub(lines: &[&str]) -> Posthorn {
+    let base =
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    let mut all = vec!["access.local_domains = [\"example.org\"]"];
+    all.extend_from_slice(lines);
+    Posthorn::start(&with_lines(base, &all))
+}
+
+/// How many messages an mbox holds: its `From ` lines.
+fn count_messages(path: &Path) -> usize {
+    let text = fs::read(path).unwrap_or_default();
+    text.split(|&b| b == b'\n').filter(|l| l.starts_with(b"From ")).count()
+}
+
+#[test]
+fn mbox_in_the_spool_is_read_by_mailx() {
+    let (tree, spool) = mail_tree();
+    let user = TestUser::new(tree.path());
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let ph = hub(&["local.local_transport = \"local\"", &spool_line]);
+    let to = user.address();
+    let first = message(&[("From", "alice@example.net"), ("Subject", "first of two")], "From the start\nto the end\n");
+    let second = message(&[("From", "bob@example.net"), ("Subject", "second of two")], "body two\n");
+    smtplib_send(ph.smtp_addr(), "alice@example.net", &[&to], &first).unwrap();
+    smtplib_send(ph.smtp_addr(), "", &[&to], &second).unwrap();
+    let mbox = spool.join(&user.name);
+    assert!(wait_until(secs(20), || count_messages(&mbox) == 2), "{}", ph.log());
+
+    let meta = fs::metadata(&mbox).unwrap();
+    assert_eq!(meta.uid(), user.uid, "the mailbox belongs to its user");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let text = fs::read_to_string(&mbox).unwrap();
+    assert!(text.starts_with("From alice@example.net  "), "{text}");
+    assert!(text.contains("\nFrom MAILER-DAEMON  "), "{text}");
+    assert!(text.contains("Return-Path: <alice@example.net>\n"), "{text}");
+    assert!(text.contains("Return-Path: <>\n"), "{text}");
+    assert!(text.contains(&format!("Delivered-To: {to}\n")), "{text}");
+    assert!(text.contains("\n>From the start\n"), "{text}");
+    assert!(!text.contains('\r'), "LF line ends on disk");
+    assert!(!spool.join(format!("{}.lock", user.name)).exists(), "the dotlock is gone");
+
+    // bsd-mailx lists both (its header summary, then end of input).
+    let out = Command::new("mail")
+        .arg("-f")
+        .arg(&mbox)
+        .stdin(Stdio::null())
+        .env("MAILRC", "/dev/null")
+        .output()
+        .expect("run mail (bsd-mailx)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains(": 2 messages 2 new"), "mail -f: {listing:?} {out:?}");
+    let summary: Vec<&str> = listing.lines().filter(|l| l.contains(" of two")).collect();
+    assert!(summary[0].contains("alice@example.net") && summary[0].contains("first of two"), "{listing}");
+    assert!(summary[1].contains("bob@example.net") && summary[1].contains("second of two"), "{listing}");
+
+    // An unknown user is refused at RCPT, not bounced later.
+    let err = smtplib_send(ph.smtp_addr(), "a@example.net", &["no-such-user-ph@example.org"], &first).unwrap_err();
+    assert!(err.contains("550") && err.contains("5.1.1"), "{err}");
+}
+
+#[test]
+fn concurrent_deliveries_wait_for_a_readers_dotlock() {
+    let (tree, spool) = mail_tree();
+    let user = TestUser::new(tree.path());
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let ph = hub(&["local.local_transport = \"local\"", &spool_line, "deliver.destination_concurrency = 8"]);
+    let to = user.address();
+    let mbox = spool.join(&user.name);
+    smtplib_send(ph.smtp_addr(), "s@example.net", &[&to], &message(&[("Subject", "zero")], "zero\n")).unwrap();
+    assert!(wait_until(secs(20), || count_messages(&mbox) == 1), "{}", ph.log());
+
+    // A reader takes the dotlock, as mail readers do.
+    let lock = spool.join(format!("{}.lock", user.name));
+    let status = Command::new("dotlockfile").args(["-r", "0", "-l"]).arg(&lock).status().expect("dotlockfile");
+    assert!(status.success(), "dotlockfile -l");
+    let size = fs::metadata(&mbox).unwrap().len();
+    let senders: Vec<_> = (1..=8)
+        .map(|n| {
+            let addr = ph.smtp_addr();
+            let to = to.clone();
+            std::thread::spawn(move || {
+                let lines: String = (0..300).map(|i| format!("message {n} line {i}\n")).collect();
+                let msg = message(&[("Subject", &format!("number {n}"))], &lines);
+                smtplib_send(addr, "s@example.net", &[&to], &msg).unwrap();
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    std::thread::sleep(secs(3));
+    assert_eq!(fs::metadata(&mbox).unwrap().len(), size, "nothing is written while the reader holds the lock");
+    let status = Command::new("dotlockfile").arg("-u").arg(&lock).status().expect("dotlockfile -u");
+    assert!(status.success());
+
+    assert!(wait_until(secs(60), || count_messages(&mbox) == 9), "{}", ph.log());
+    let text = fs::read_to_string(&mbox).unwrap();
+    for n in 1..=8 {
+        let lines: Vec<usize> = (0..300).filter(|i| text.contains(&format!("\nmessage {n} line {i}\n"))).collect();
+        assert_eq!(lines.len(), 300, "message {n} is whole");
+        let start = text.find(&format!("Subject: number {n}\n")).unwrap();
+        let end = text.find(&format!("message {n} line 299\n")).unwrap();
+        assert!(!text[start..end].contains("\nFrom "), "message {n} is not interleaved with another");
+    }
+}
+
+#[test]
+fn an_unprivileged_daemon_delivers_through_the_agent_into_a_home_maildir() {
+    let (tree, spool) = mail_tree();
+    let user = TestUser::new(tree.path());
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let ph = hub(&[
+        "user = \"nobody\"",
+        "local.local_transport = \"local\"",
+        "local.home_mailbox = \"Maildir/\"",
+        &spool_line,
+    ]);
+    assert!(ph.wait_for_log("local delivery agent started", secs(5)), "{}", ph.log());
+    // The agent keeps root's uid with CAP_SETGID and CAP_SETUID only.
+    let log = ph.log();
+    let pid = log.split("local delivery agent started (pid ").nth(1).and_then(|r| r.split(')').next()).unwrap();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let cap = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap().to_string();
+    assert_eq!(cap("CapEff:"), "00000000000000c0", "{status}");
+    assert_eq!(cap("CapPrm:"), "00000000000000c0", "{status}");
+    let to = user.address();
+    smtplib_send(ph.smtp_addr(), "s@example.net", &[&to], &message(&[("Subject", "home")], "in the home\n")).unwrap();
+    let new = user.home.join("Maildir/new");
+    assert!(wait_until(secs(20), || fs::read_dir(&new).is_ok_and(|d| d.count() == 1)), "{}", ph.log());
+    let file = fs::read_dir(&new).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(fs::metadata(&file).unwrap().uid(), user.uid, "written as the user");
+    assert_eq!(fs::metadata(user.home.join("Maildir")).unwrap().uid(), user.uid);
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains(&format!("Delivered-To: {to}\n")) && text.contains("in the home"), "{text}");
+    assert!(!spool.join(&user.name).exists(), "nothing in the spool directory");
+    assert!(ph.wait_for_log("status=sent", secs(10)), "{}", ph.log());
+}
+
+#[test]
+fn without_the_agent_other_users_are_deferred_with_a_reason() {
+    let (tree, spool) = mail_tree();
+    let user = TestUser::new(tree.path());
+    let transport = tree.path().join("transport");
+    fs::write(&transport, "example.org local:\n").unwrap();
+    let maps = format!("deliver.transport_maps = [{}]", toml_str(&format!("texthash:{}", transport.display())));
+    let ph = hub(&["user = \"nobody\"", &maps]);
+    let to = user.address();
+    smtplib_send(ph.smtp_addr(), "s@example.net", &[&to], &message(&[("Subject", "x")], "x\n")).unwrap();
+    assert!(ph.wait_for_log("has no local delivery agent", secs(20)), "{}", ph.log());
+    assert!(ph.log().contains("status=deferred"), "{}", ph.log());
+    assert!(!ph.log().contains("local delivery agent started"), "{}", ph.log());
+    assert!(!spool.join(&user.name).exists());
+    assert!(ph.wait_for_queued(1, secs(5)), "the message stays queued");
+}
+
+#[test]
+fn address_extensions_reach_the_user() {
+    let (tree, spool) = mail_tree();
+    let user = TestUser::new(tree.path());
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("team: {}@example.org\n", user.name)).unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let ph = hub(&["local.local_transport = \"local\"", "local.recipient_delimiter = \"+\"", &spool_line, &alias_line]);
+    let tagged = format!("{}+lists@example.org", user.name);
+    smtplib_send(ph.smtp_addr(), "s@example.net", &[&tagged], &message(&[("Subject", "tagged")], "t\n")).unwrap();
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["team+x@example.org"], &message(&[("Subject", "team")], "u\n"))
+        .unwrap();
+    let mbox = spool.join(&user.name);
+    assert!(wait_until(secs(20), || count_messages(&mbox) == 2), "{}", ph.log());
+    let text = fs::read_to_string(&mbox).unwrap();
+    assert!(text.contains(&format!("Delivered-To: {tagged}\n")), "{text}");
+    assert!(text.contains("X-Original-To: team+x@example.org\n"), "{text}");
+    assert!(!spool.join(format!("{}+lists", user.name)).exists());
+
+    // `route explain` names the mailbox.
+    let out = ph.command(&["route", "explain", &tagged], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("local: -> user {} (uid {}): mailbox {}", user.name, user.uid, mbox.display());
+    assert!(text.contains(&want), "{text}");
+
+    // Without a delimiter, + is part of the name, which no login name has.
+    let plain = hub(&["local.local_transport = \"local\"", &spool_line]);
+    let err = smtplib_send(plain.smtp_addr(), "s@example.net", &[&tagged], &message(&[], "v\n")).unwrap_err();
+    assert!(err.contains("550 5.1.3") && err.contains("not a local user name"), "{err}");
+}
