@@ -379,7 +379,8 @@ fn names(im: &mut Importer, role: crate::config::Role) {
     } else {
         im.out.extend("access.local_domains", &local, im.main.origin("mydestination"));
         let why = "local mail is delivered to Maildirs under deliver.maildir_root (/var/mail/{domain}/{user}); \
-                   Postfix's local(8) wrote mbox files (/var/mail/USER) or home_mailbox, and ran no .forward files";
+                   for local(8)'s mbox files (/var/mail/USER) or home_mailbox set local.local_transport = \"local\"; \
+                   .forward files are not read";
         im.changed(im.main.at("mydestination"), why);
     }
     im.handle("myhostname");
@@ -1001,8 +1002,8 @@ fn unsupported(name: &str) -> &'static str {
         n if n.starts_with("smtp_sasl") => "write the relay's user:password into a file and set relay.auth_file",
         n if n.starts_with("smtpd_sasl") => "posthorn's AUTH uses its own users file (auth.users, `posthorn auth add`)",
         n if n.contains("milter") => "posthorn has no milters; an after-queue filter ([filter]) can do that work",
-        "mailbox_command" | "home_mailbox" | "mailbox_transport" | "mail_spool_directory" => {
-            "posthorn delivers local mail to Maildirs under deliver.maildir_root"
+        "mailbox_command" | "mailbox_transport" => {
+            "posthorn delivers local mail itself (deliver.maildir_root, or [local] as local(8) does)"
         }
         "smtpd_banner" => "posthorn's greeting is fixed (its hostname and ESMTP)",
         _ => "posthorn has no equivalent setting",
