@@ -5,8 +5,11 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod milter;
+
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
+pub(crate) use milter::{DefaultAction, Milter, MilterAddr};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -68,6 +71,7 @@ pub struct Config {
     pub(crate) tls: Tls,
     pub(crate) auth: Auth,
     pub(crate) filter: Filter,
+    pub(crate) milter: Milter,
     pub(crate) dkim: Dkim,
     pub(crate) metrics: MetricsConfig,
     /// `[log]`: where log lines go and how they are written.
@@ -463,6 +467,7 @@ impl Config {
             tls: resolve_tls(raw.tls, &err)?,
             auth: resolve_auth(raw.auth),
             filter: resolve_filter(raw.filter, &err)?,
+            milter: milter::resolve_milter(raw.milter, &err)?,
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
             log: resolve_log(raw.log, &err)?,
@@ -651,6 +656,8 @@ struct Raw {
     auth: RawAuth,
     #[serde(default)]
     filter: RawFilter,
+    #[serde(default)]
+    milter: milter::RawMilter,
     #[serde(default)]
     dkim: RawDkim,
     #[serde(default)]

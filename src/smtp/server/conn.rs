@@ -129,12 +129,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Runs a session on a listener of kind `kind` from connect to close; the
-/// listener calls it for every connection, `session::run_session` for
-/// `sendmail -bs`.
+/// Runs a session on a listener of kind `kind` from connect to close;
+/// `session::run_session` calls it for `sendmail -bs`.
 pub(super) async fn serve<S>(
     stream: S,
     peer: Peer,
+    kind: Listener,
+    config: &Config,
+    ingress: &Ingress,
+    security: &Security,
+    shutdown: Option<watch::Receiver<bool>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_at(stream, peer, None, kind, config, ingress, security, shutdown).await
+}
+
+/// `serve` for a connection to the listener address `local`: the listener
+/// calls it for every connection.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve_at<S>(
+    stream: S,
+    peer: Peer,
+    local: Option<std::net::SocketAddr>,
     kind: Listener,
     config: &Config,
     ingress: &Ingress,
@@ -145,7 +162,9 @@ pub(super) async fn serve<S>(
 {
     let mut session = Session::new(config, ingress, peer, security);
     session.kind = kind;
+    session.local_addr = local;
     tracing::info!(client_addr = session.peer.addr(), event = "connect", "connect from {}", session.peer);
+    session.milters_connect().await;
     if kind == Listener::Submissions {
         return serve_implicit_tls(session, stream, &mut shutdown).await;
     }
@@ -230,6 +249,7 @@ where
         let _ = conn.flush().await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    session.milters_quit().await;
     log_end(session, &end);
 }
 
@@ -274,6 +294,8 @@ where
                 conn.flush().await?;
                 return Ok(End::Shutdown);
             }
+            // The transaction before the command, for the milters.
+            let (had_mail, rcpts) = (session.mail.is_some(), session.rcpts.len());
             let step = match conn.reader.next_line() {
                 None => break,
                 Some(Line::TooLong) => Step::Reply(session.line_too_long()),
@@ -282,6 +304,7 @@ where
             line_deadline = None;
             // The reply, and whether the session ends after it.
             let (reply, then) = run_step(session, conn, ingress, step).await?;
+            let reply = session.milters_after(had_mail, rcpts, reply).await;
             // Every reply to a command or a message passes here.
             conn.queue(&reply);
             let too_many = session.replied(&reply);
