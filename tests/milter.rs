@@ -243,3 +243,31 @@ fn rspamd_as_a_milter() {
     let m = got.iter().find(|m| header(m, "Subject").as_deref() == Some("spammy offer")).expect("delivered");
     assert_eq!(header(m, "X-Spam").as_deref(), Some("Yes"), "{}", String::from_utf8_lossy(m));
 }
+
+#[test]
+fn non_smtpd_milters_see_mail_from_sendmail() {
+    let dir = tempfile::tempdir().unwrap();
+    let milter = Milter::start();
+    let spec = toml_str(&milter.spec());
+    let hub = hub(dir.path(), &[], &[&format!("milter.non_smtpd_milters = [{spec}]")]);
+
+    // Changed at the pickup: the added recipient gets the changed message.
+    let out = hub.sendmail(&["-f", "sender@example.net", "user@example.org"], &text("modify", "original\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = wait_maildir(dir.path(), "added", 1);
+    assert_eq!(got.len(), 1, "{}", hub.log());
+    assert_eq!(header(&got[0], "Subject").as_deref(), Some("modified by milter"));
+    assert_eq!(header(&got[0], "X-Milter").as_deref(), Some("added"));
+    let record = milter.record();
+    assert!(record.lines().any(|l| l.starts_with("rcpt <user@example.org>")), "{record}");
+
+    // Refused at the pickup: nothing delivered, the refusal logged.
+    let out = hub.sendmail(&["-f", "sender@example.net", "user@example.org"], &text("reject", "body\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = "milter-reject: local submission from root: 550 5.7.1 Command rejected; from=<sender@example.net>";
+    assert!(hub.wait_for_log(line, secs(20)), "{}", hub.log());
+
+    // SMTP sessions are not asked: only `servers` are.
+    let reply = send(&hub, &["user@example.org"], &text("reject", "body\n"));
+    assert_eq!(reply.code, 250, "{reply}");
+}
