@@ -271,3 +271,48 @@ fn non_smtpd_milters_see_mail_from_sendmail() {
     let reply = send(&hub, &["user@example.org"], &text("reject", "body\n"));
     assert_eq!(reply.code, 250, "{reply}");
 }
+
+/// `posthorn dkim keygen`: the key file and the TXT record's value.
+fn keygen(dir: &Path, selector: &str) -> (PathBuf, String) {
+    let key = dir.join(format!("{selector}.pem"));
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["dkim", "keygen", "example.org", selector, "--algorithm", "rsa", "--out"]).arg(&key);
+    let out = run_with_timeout(cmd, b"", secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "keygen: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let value: String = stdout.split('"').skip(1).step_by(2).collect();
+    assert!(value.starts_with("v=DKIM1; k=rsa"), "{value}");
+    (key, value)
+}
+
+#[test]
+fn opendkim_verifies_posthorns_own_signature() {
+    assert!(have("opendkim"), "opendkim is not installed (.ci/run installs it)");
+    let keys = tempfile::tempdir().unwrap();
+    let (key, record) = keygen(keys.path(), "s1");
+    let dns = DnsServer::start(vec![DnsRecord::txt("s1._domainkey.example.org", &record)]);
+    let opendkim = OpenDkim::start(dns.addr(), "mx.test");
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub(dir.path(), &[opendkim.spec()], &[]);
+    // A satellite signs with the key and relays to the hub.
+    let satellite = Posthorn::start(&format!(
+        "{}\n[[dkim.keys]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey = {}\n",
+        satellite_config(&[hub.smtp_addr()]),
+        toml_str(&key.display().to_string()),
+    ));
+    let body = "From: Root <root@example.org>\nTo: user@example.org\nSubject: signed\n\
+        Date: Wed, 25 Nov 2026 10:00:00 +0000\nMessage-ID: <milter-dkim@example.org>\n\nSigned by posthorn.\n";
+    smtplib_send(satellite.smtp_addr(), "root@example.org", &["user@example.org"], body).unwrap();
+    let got = wait_maildir(dir.path(), "user", 1);
+    assert_eq!(got.len(), 1, "{}", hub.log());
+    let m = &got[0];
+    assert!(header(m, "DKIM-Signature").is_some(), "{}", String::from_utf8_lossy(m));
+    let results = headers(m, "Authentication-Results");
+    assert!(
+        results
+            .iter()
+            .any(|r| r.starts_with("mx.test;") && r.contains("dkim=pass") && r.contains("header.d=example.org")),
+        "{}",
+        String::from_utf8_lossy(m)
+    );
+}
