@@ -68,6 +68,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "An after-queue content filter (a hub), as Postfix's FILTER_README describes. A filter that is down or answers 4xx defers the mail, never bounces it; 5xx bounces.",
     ),
     (
+        "milter",
+        "Before-queue milters (Sendmail milter protocol 6, as Postfix's MILTER_README describes): rspamd, OpenDKIM and the like see each SMTP session and its message before the 250, and their verdicts and changes apply. Off by default on both roles.",
+    ),
+    (
         "dkim",
         "DKIM signing of outbound mail whose From: domain (or a parent of it) has a key, just before each SMTP transmission. A key that does not load refuses the start.",
     ),
