@@ -174,7 +174,7 @@ fn a_milter_that_hangs_or_dies_gets_the_default_action() {
     // A milter that is not there at all.
     let dir3 = tempfile::tempdir().unwrap();
     let nobody = format!("inet:{}", free_addr());
-    let down = hub(dir3.path(), &[nobody.clone()], &["milter.default_action = \"reject\""]);
+    let down = hub(dir3.path(), std::slice::from_ref(&nobody), &["milter.default_action = \"reject\""]);
     let mut c = RawSmtp::connect(down.smtp_addr()).unwrap();
     let refused = c.cmd("EHLO client.example").unwrap();
     assert_eq!(refused.to_string(), "550 5.7.1 Command rejected");

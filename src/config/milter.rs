@@ -132,7 +132,7 @@ mod tests {
             let got: Result<MilterAddr, String> = text.parse();
             assert_eq!(got.clone().map_err(|_| ()), expected, "{text}");
             if let Ok(addr) = got {
-                assert_eq!(addr.to_string(), text.replace("[::1]", "[::1]"));
+                assert_eq!(addr.to_string(), text, "written back as given");
             }
         }
     }

@@ -154,7 +154,8 @@ mod tests {
     #[test]
     fn changes_in_order() {
         let h = |name: &str, value: &str| (name.to_string(), value.to_string());
-        let cases: Vec<(Vec<Response>, Vec<(String, String)>, &[u8])> = vec![
+        type Fields = Vec<(String, String)>;
+        let cases: Vec<(Vec<Response>, Fields, &[u8])> = vec![
             (
                 vec![Response::AddHeader { name: "X-Spam".into(), value: "Yes".into() }],
                 vec![
