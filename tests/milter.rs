@@ -92,7 +92,12 @@ fn scripted_milter_replies_changes_and_macros() {
     // The next transaction: a plain SMFIR_REJECT.
     let reject = c.send("sender@example.net", &["user@example.org"], &text("reject", "body\n")).unwrap();
     assert_eq!(reject.to_string(), "550 5.7.1 Command rejected");
+    // A transaction given up with RSET: the milter is told to forget it.
+    assert_eq!(c.cmd("MAIL FROM:<sender@example.net>").unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<user@example.org>").unwrap().code, 250);
+    assert_eq!(c.cmd("RSET").unwrap().code, 250);
     let _ = c.quit();
+    assert!(wait_until(secs(5), || milter.record().lines().any(|l| l == "abort")), "{}", milter.record());
     assert!(hub.wait_for_log("milter-reject: RCPT from unknown[127.0.0.1]: 550 5.7.1 refuse", secs(10)));
 
     // Every change at the end of the message.

@@ -74,6 +74,9 @@ pub(crate) struct Milters {
     /// A refusal at connect (or a failure treated as one) that answers
     /// every later phase.
     refused: Option<Reply>,
+    /// A MAIL was sent and its message neither ended nor aborted: the
+    /// next MAIL is preceded by an ABORT, as Postfix sends it.
+    in_message: bool,
 }
 
 impl Milters {
@@ -87,7 +90,7 @@ impl Milters {
         family: Family,
         macros: &Macros,
     ) -> Milters {
-        let mut milters = Milters { links: Vec::new(), settings: settings.clone(), refused: None };
+        let mut milters = Milters { links: Vec::new(), settings: settings.clone(), refused: None, in_message: false };
         for addr in addrs {
             let mut link = Link {
                 addr: addr.clone(),
@@ -121,9 +124,13 @@ impl Milters {
     /// MAIL: a new message starts, every milter that accepted the last
     /// one is asked again.
     pub(crate) async fn mail(&mut self, args: &[String], macros: &Macros) -> Verdict {
+        if self.in_message {
+            self.abort().await;
+        }
         for link in &mut self.links {
             link.done_with_message = false;
         }
+        self.in_message = true;
         self.phase(Stage::Mail, flag::NO_MAIL, flag::NR_MAIL, &Command::Mail(args), macros).await
     }
 
@@ -142,6 +149,7 @@ impl Milters {
         eom_macros: &Macros,
     ) -> Outcome {
         let mut outcome = Outcome::default();
+        self.in_message = false;
         let verdict = self.phase(Stage::Data, flag::NO_DATA, flag::NR_DATA, &Command::Data, macros).await;
         if verdict != Verdict::Continue {
             outcome.verdict = Some(verdict);
@@ -194,6 +202,7 @@ impl Milters {
     /// Ends a message that was not completed (RSET, a refusal, a new MAIL
     /// after a failed one): each milter forgets it.
     pub(crate) async fn abort(&mut self) {
+        self.in_message = false;
         let timeout = self.settings.command_timeout;
         for link in &mut self.links {
             if link.stream.is_some()

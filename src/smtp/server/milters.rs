@@ -97,6 +97,11 @@ impl Session<'_> {
                 let to = self.rcpts.pop().map(|r| r.address).unwrap_or_default();
                 self.log_milter_reject(verb, &reply, Some((&from, Some(&to))));
             }
+            Verb::Helo | Verb::Ehlo => {
+                self.log_milter_reject(verb, &reply, None);
+                // As if the greeting had not been given: MAIL needs another.
+                self.helo = None;
+            }
             _ => self.log_milter_reject(verb, &reply, None),
         }
         reply
