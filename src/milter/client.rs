@@ -542,6 +542,79 @@ mod tests {
         assert_eq!(multi.to_wire(), b"550-5.7.1 one\r\n550 5.7.1 two\r\n");
     }
 
+    /// A milter that negotiates `protocol` and macros for connect only
+    /// (`{client_addr}`), answers every command that wants an answer with
+    /// CONTINUE (ACCEPT at the end), and returns the command bytes it got.
+    async fn fake(listener: tokio::net::TcpListener, protocol: u32) -> Vec<u8> {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let no_reply = [(b'H', flag::NR_HELO), (b'R', flag::NR_RCPT), (b'C', flag::NR_CONNECT), (b'M', flag::NR_MAIL)];
+        loop {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).await.is_err() {
+                return seen;
+            }
+            let mut packet = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut packet).await.unwrap();
+            seen.push(packet[0]);
+            let reply: Option<Vec<u8>> = match packet[0] {
+                b'O' => {
+                    let mut data = vec![b'O'];
+                    for n in [6, action::ADD_HEADERS, protocol, Stage::Connect as u32] {
+                        data.extend_from_slice(&n.to_be_bytes());
+                    }
+                    data.extend_from_slice(b"{client_addr}\0");
+                    Some(data)
+                }
+                b'D' => {
+                    if packet[1] == b'C' {
+                        assert_eq!(&packet[2..], b"{client_addr}\0192.0.2.1\0", "only the macro asked for");
+                    }
+                    None
+                }
+                b'A' => None,
+                b'Q' => return seen,
+                b'E' => Some(b"a".to_vec()),
+                code if no_reply.iter().any(|(c, f)| *c == code && protocol & f != 0) => None,
+                _ => Some(b"c".to_vec()),
+            };
+            if let Some(r) = reply {
+                s.write_all(&(r.len() as u32).to_be_bytes()).await.unwrap();
+                s.write_all(&r).await.unwrap();
+            }
+        }
+    }
+
+    /// The steps a milter skips are not sent, those it will not answer
+    /// are not waited for, and the macros are those it named.
+    #[tokio::test]
+    async fn flags_and_macro_lists_are_honoured() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let protocol = flag::NO_HELO | flag::NR_RCPT | flag::NO_BODY | flag::NO_HEADERS;
+        let milter = tokio::spawn(fake(listener, protocol));
+        let settings = Milter {
+            servers: vec![MilterAddr::Inet { host: "127.0.0.1".into(), port: addr.port() }],
+            non_smtpd_milters: Vec::new(),
+            default_action: DefaultAction::Tempfail,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(5),
+            content_timeout: Duration::from_secs(5),
+        };
+        let macros: Macros = vec![("j".into(), "mx.test".into()), ("{client_addr}".into(), "192.0.2.1".into())];
+        let family = Family::Inet("192.0.2.1:2525".parse().unwrap());
+        let mut m = Milters::connect(&settings, &settings.servers, "unknown", family, &macros).await;
+        assert_eq!(m.helo("client.example", &macros).await, Verdict::Continue);
+        assert_eq!(m.mail(&["<a@example.net>".into()], &macros).await, Verdict::Continue);
+        assert_eq!(m.rcpt(&["<b@example.org>".into()], &macros).await, Verdict::Continue);
+        let fields = [("Subject".to_string(), "hi".to_string())];
+        let outcome = m.message(&macros, &fields, b"body\r\n", &macros).await;
+        assert_eq!(outcome.verdict, None);
+        m.quit().await;
+        // No HELO, header or body; DATA and EOH still go.
+        assert_eq!(milter.await.unwrap(), b"ODCDMDRDTNDEQ");
+    }
+
     #[test]
     fn macro_names() {
         assert!(macro_is("i", "i"));
