@@ -568,7 +568,7 @@ mod tests {
                 }
                 b'D' => {
                     if packet[1] == b'C' {
-                        assert_eq!(&packet[2..], b"{client_addr}\0192.0.2.1\0", "only the macro asked for");
+                        assert_eq!(&packet[2..], b"{client_addr}\x00192.0.2.1\0", "only the macro asked for");
                     }
                     None
                 }
