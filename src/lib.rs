@@ -21,6 +21,7 @@
 //!                  ─> deliver ─> smtp::client ─> smtp::proto   (carries the hop out)
 //!                  ─> dsn ─> ingress     (notices go back in through the door)
 //! ingress ─> route   (aliases and canonical maps are applied once, at the door)
+//! smtp::server, ingress::maildrop ─> milter ─> config, message, smtp::proto   (before-queue milters)
 //! daemon, smtp::server, ingress, queue ─> metrics   (counters; metrics uses nothing)
 //! every stage ─> config ─> message ─> smtp::proto   (the ground floor)
 //! ```
@@ -46,6 +47,8 @@
 //!   delete, hold, release, requeue, for the scheduler and for the commands
 //!   with the daemon down) and the spool lock that says who holds it.
 //! - [`ingress`]: the one door into the queue (SMTP, sendmail, maildrop pickup).
+//! - [`milter`]: the before-queue milter client (Sendmail milter protocol 6): the
+//!   codec without I/O, one session's conversations, the changes applied to a message.
 //! - [`queue`]: the scheduler: due times, active window, per-destination backoff.
 //! - [`route`]: lookup tables, virtual aliases and catch-all, alias files, transport table,
 //!   TLS policy tables, and each recipient's next hop at delivery time; `route::srs`
@@ -84,6 +87,7 @@ pub mod ingress;
 pub mod logging;
 pub mod message;
 pub mod metrics;
+pub mod milter;
 pub mod queue;
 pub mod route;
 pub mod smtp;

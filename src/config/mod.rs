@@ -6,6 +6,7 @@
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
 mod local;
+mod milter;
 mod outbound_tls;
 mod shaping;
 mod source;
@@ -16,6 +17,7 @@ pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, lo
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
+pub(crate) use milter::{DefaultAction, Milter, MilterAddr};
 use serde::Deserialize;
 pub(crate) use shaping::Shaping;
 pub(crate) use source::{Protocols, Source};
@@ -110,6 +112,7 @@ pub struct Config {
     pub(crate) tls: Tls,
     pub(crate) auth: Auth,
     pub(crate) filter: Filter,
+    pub(crate) milter: Milter,
     pub(crate) dkim: Dkim,
     pub(crate) metrics: MetricsConfig,
     /// `[log]`: where log lines go and how they are written.
@@ -519,6 +522,7 @@ impl Config {
             tls: resolve_tls(raw.tls, &err)?,
             auth: resolve_auth(raw.auth),
             filter: resolve_filter(raw.filter, &err)?,
+            milter: milter::resolve_milter(raw.milter, &err)?,
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
             log: resolve_log(raw.log, &err)?,
@@ -712,6 +716,8 @@ struct Raw {
     auth: RawAuth,
     #[serde(default)]
     filter: RawFilter,
+    #[serde(default)]
+    milter: milter::RawMilter,
     #[serde(default)]
     dkim: RawDkim,
     #[serde(default)]

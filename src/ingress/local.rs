@@ -11,6 +11,7 @@
 //! -N/-R/-V` become each recipient's NOTIFY and the message's RET and
 //! ENVID, as over SMTP; the message is dated from its drop.
 
+use super::milters::Done;
 use super::{Arrival, Ingress, IngressError, RcptIn, Transaction};
 use crate::clock;
 use crate::dsn::{self, DsnAction, Item, Returned};
@@ -101,6 +102,24 @@ pub(crate) async fn submit(
         head.extend_from_slice(format!("Message-ID: <{}@{hostname}>\r\n", writer.id()).as_bytes());
     }
     head.extend_from_slice(b"\r\n");
+    if let Some(settings) = ingress.non_smtpd_milters() {
+        let text = [&head[..], body].concat();
+        return match super::milters::submit(settings, writer, &hostname, &sender, &queued, &text).await {
+            Ok(Done::Queued(id) | Done::Discarded(id)) => Ok(id),
+            // `sendmail` exited 0 long ago: the sender learns of it by a
+            // bounce, as of a loop.
+            Ok(Done::Refused(reply)) => {
+                tracing::info!("NOQUEUE: milter-reject: local submission from {user}: {reply}; from=<{sender}>");
+                bounce_all(ingress, &sender, &queued, &reply, headers).await;
+                Ok("NOQUEUE".into())
+            }
+            Err(e @ IngressError::TooManyHops(_)) => {
+                bounce_all(ingress, &sender, &queued, &e.reply(), headers).await;
+                Ok("NOQUEUE".into())
+            }
+            Err(e) => Err(e),
+        };
+    }
     writer.write(&head).await?;
     writer.write(body).await?;
     match writer.commit().await {

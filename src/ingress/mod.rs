@@ -18,6 +18,7 @@
 
 pub(crate) mod local;
 pub(crate) mod maildrop;
+pub(crate) mod milters;
 
 use crate::clock;
 use crate::config::Config;
@@ -196,6 +197,9 @@ struct Inner {
     hopcount_limit: usize,
     /// `queue.min_free`; `None`: the spool's default.
     min_free: Option<u64>,
+    /// `milter.non_smtpd_milters`, when there are any: local submissions
+    /// go through them (`local::submit`).
+    non_smtpd_milters: Option<crate::config::Milter>,
 }
 
 /// Cheap to clone; every session holds one.
@@ -238,6 +242,7 @@ impl Ingress {
                 stamp_trace: config.role == crate::config::Role::Satellite,
                 hopcount_limit: config.smtp.hopcount_limit,
                 min_free: config.queue.min_free,
+                non_smtpd_milters: (!config.milter.non_smtpd_milters.is_empty()).then(|| config.milter.clone()),
             }),
             filtered: false,
             door: Door::Local,
@@ -311,6 +316,11 @@ impl Ingress {
 
     pub(crate) fn hostname(&self) -> &str {
         &self.inner.hostname
+    }
+
+    /// The milters local submissions go through, if any.
+    pub(crate) fn non_smtpd_milters(&self) -> Option<&crate::config::Milter> {
+        self.inner.non_smtpd_milters.as_ref()
     }
 
     /// The domain unqualified addresses get (`myorigin`).
@@ -408,6 +418,7 @@ impl Ingress {
                     hops: Default::default(),
                     sasl: tx.origin.sasl.clone(),
                     message_id: None,
+                    hold: false,
                 })
             }
             Sink::Maildrop { .. } => {
@@ -422,6 +433,7 @@ impl Ingress {
                     hops: Default::default(),
                     sasl: None,
                     message_id: None,
+                    hold: false,
                 })
             }
         }
@@ -520,6 +532,8 @@ pub(crate) struct MessageWriter {
     /// `Message-ID:` once the header block has gone by.
     sasl: Option<(&'static str, String)>,
     message_id: Option<String>,
+    /// A milter quarantined the message: it is committed on hold.
+    hold: bool,
 }
 
 struct HeldHead {
@@ -546,6 +560,29 @@ impl MessageWriter {
     /// Postfix's pickup keeps postdrop's time. Never later than now.
     pub(crate) fn set_arrival(&mut self, submitted: u64) {
         self.env.arrival = submitted.min(self.env.arrival);
+    }
+
+    /// A milter's SMFIR_CHGFROM: the envelope sender becomes `sender`.
+    pub(crate) fn change_sender(&mut self, sender: String) {
+        self.env.sender = sender;
+    }
+
+    /// A milter's SMFIR_ADDRCPT; a recipient already there is not doubled.
+    pub(crate) fn add_recipient(&mut self, address: String) {
+        if !self.env.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&address)) {
+            self.env.recipients.push(Recipient::new(address, None, None));
+        }
+    }
+
+    /// A milter's SMFIR_DELRCPT.
+    pub(crate) fn remove_recipient(&mut self, address: &str) {
+        self.env.recipients.retain(|r| !r.address.eq_ignore_ascii_case(address));
+    }
+
+    /// A milter's SMFIR_QUARANTINE: the message goes to the hold queue
+    /// instead of being delivered, until an operator releases it.
+    pub(crate) fn hold(&mut self) {
+        self.hold = true;
     }
 
     /// Appends decoded message bytes (CRLF line ends, not dot-stuffed).
@@ -647,7 +684,11 @@ impl MessageWriter {
         let all = self.head.as_ref().map(|h| h.buf.len());
         self.flush_head(all).await?;
         self.check_hops()?;
-        let MessageWriter { ingress, mut env, out, sasl, message_id, .. } = self;
+        let MessageWriter { ingress, mut env, out, sasl, message_id, hold, .. } = self;
+        if env.recipients.is_empty() {
+            // A milter removed every recipient.
+            return Err(IngressError::NoRecipients);
+        }
         match (out, &ingress.inner.sink) {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
                 env.size = body.size();
@@ -656,6 +697,15 @@ impl MessageWriter {
                 }
                 ingress.metrics.accepted(ingress.door);
                 log_accepted(&env, ingress.door, sasl.as_ref(), message_id.as_deref());
+                if hold {
+                    // Never told to the scheduler: it waits in hold/.
+                    let (spool, id) = (spool.clone(), env.id.clone());
+                    tokio::task::spawn_blocking(move || spool.hold(&id, false))
+                        .await
+                        .map_err(io::Error::other)?
+                        .map_err(|e| store_failed(&env.id, e))?;
+                    return Ok(env.id);
+                }
                 if let Some(tx) = scheduler {
                     let _ = tx.send(env.clone());
                 }

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod dns;
 pub mod filter;
+pub mod milter;
 pub mod postfix;
 pub mod postsrsd;
 pub mod scripted;
@@ -28,6 +29,7 @@ pub mod tls;
 pub use client::*;
 pub use dns::*;
 pub use filter::*;
+pub use milter::*;
 pub use scripted::*;
 pub use sevenbit::*;
 pub use sink::*;

@@ -76,6 +76,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "An after-queue content filter (a hub), as Postfix's FILTER_README describes. A filter that is down or answers 4xx defers the mail, never bounces it; 5xx bounces.",
     ),
     (
+        "milter",
+        "Before-queue milters (Sendmail milter protocol 6, as Postfix's MILTER_README describes): rspamd, OpenDKIM and the like see each SMTP session and its message before the 250, and their verdicts and changes apply. Off by default on both roles.",
+    ),
+    (
         "dkim",
         "DKIM signing of outbound mail whose From: domain (or a parent of it) has a key, just before each SMTP transmission. A key that does not load refuses the start.",
     ),
@@ -231,6 +235,12 @@ pub(super) const KEYS: &[Key] = &[
     k("filter.reinject_listen", "The listener (loopback and trusted_networks only) the filter sends mail back to; mail arriving there is marked filtered and never filtered again."),
     k("filter.pipe_timeout", "How long a pipe filter may run before it is killed and the message deferred."),
     k("filter.domains", "Recipient domains whose mail is filtered; empty: all."),
+    k("milter.servers", "Before-queue milters (Sendmail milter protocol 6: rspamd, OpenDKIM, clamav-milter), inet:HOST:PORT or unix:/PATH, asked in order about every SMTP session: connect, HELO, MAIL, RCPT, the message and its end, before the 250. Their refusals (with their own reply text), discard, quarantine (into the hold queue) and header, body and envelope changes apply. Not asked for mail back from the content filter. Empty (the default): none."),
+    k("milter.non_smtpd_milters", "Milters asked about mail from sendmail and the maildrop pickup, when the daemon picks it up; a refusal bounces it to the sender. Empty (the default): none."),
+    k("milter.default_action", "What a milter that cannot be reached, does not answer in time or breaks the protocol counts as: tempfail (451 4.7.1, the default), reject (550 5.7.1) or accept (the milter is skipped for the rest of the session). Logged as warning: milter ADDR: why."),
+    k("milter.connect_timeout", "How long connecting to a milter and negotiating with it may take."),
+    k("milter.command_timeout", "How long a milter may take to answer connect, HELO, MAIL, RCPT and DATA."),
+    k("milter.content_timeout", "How long a milter may take to answer each header field, body chunk and the end of the message."),
     k("dkim.keys", "Signing keys, one [[dkim.keys]] table each: domain, selector, key (a PEM file: PKCS#8 Ed25519, PKCS#1 or PKCS#8 RSA) and algorithm (rsa-sha256 or ed25519-sha256; default: from the key). posthorn dkim keygen writes one and prints its DNS record.")
         .exim("dkim_domain, dkim_selector, dkim_private_key (smtp transport)"),
     k("dkim.headers", "The header fields signed; empty: From, To, Cc, Subject, Date, Message-ID and the other usual ones.")

@@ -89,6 +89,12 @@ pub(crate) const POSTFIX_NAMES: &[(&str, &str)] = &[
     ("smtpd_tls_CAfile", "tls.client_ca"),
     ("smtpd_sasl_authenticated_header", "tls.received_auth_user"),
     ("content_filter", "filter.content_filter"),
+    ("smtpd_milters", "milter.servers"),
+    ("non_smtpd_milters", "milter.non_smtpd_milters"),
+    ("milter_default_action", "milter.default_action"),
+    ("milter_connect_timeout", "milter.connect_timeout"),
+    ("milter_command_timeout", "milter.command_timeout"),
+    ("milter_content_timeout", "milter.content_timeout"),
     ("syslog_name", "log.syslog_name"),
     ("syslog_facility", "log.syslog_facility"),
 ];
@@ -210,6 +216,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
     let addrs = |v: &[SocketAddr]| v.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(", ");
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let opt_addr = |a: &Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let milters = |v: &[crate::config::MilterAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
     let (smtp, access, relay, queue, rewrite, deliver) =
         (&c.smtp, &c.access, &c.relay, &c.queue, &c.rewrite, &c.deliver);
     let (tls, auth, filter, log) = (&c.tls, &c.auth, &c.filter, &c.log);
@@ -327,6 +334,12 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("filter.reinject_listen", opt_addr(&filter.reinject_listen)),
         ("filter.pipe_timeout", duration(filter.pipe_timeout)),
         ("filter.domains", list(&filter.domains)),
+        ("milter.servers", milters(&c.milter.servers)),
+        ("milter.non_smtpd_milters", milters(&c.milter.non_smtpd_milters)),
+        ("milter.default_action", c.milter.default_action.name().into()),
+        ("milter.connect_timeout", duration(c.milter.connect_timeout)),
+        ("milter.command_timeout", duration(c.milter.command_timeout)),
+        ("milter.content_timeout", duration(c.milter.content_timeout)),
         ("dkim.keys", dkim_keys(&c.dkim.keys)),
         ("dkim.headers", list(&c.dkim.headers)),
         ("metrics.listen", opt_addr(&c.metrics.listen)),

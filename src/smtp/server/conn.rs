@@ -144,18 +144,20 @@ pub(super) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    serve_in_slot(stream, peer, kind, config, ingress, security, shutdown, None).await
+    serve_in_slot(stream, peer, None, kind, config, ingress, security, shutdown, None).await
 }
 
 /// Runs a session from connect to close, as the listener does for every
-/// connection: `slot` (its hold on `smtp.max_connections`) is given back
-/// as soon as the session is over, before the farewell and the close, so
-/// that the next connection waiting in the listen backlog is accepted
-/// without waiting for a slow client's FIN.
+/// connection to its address `local`: `slot` (its hold on
+/// `smtp.max_connections`) is given back as soon as the session is over,
+/// before the farewell and the close, so that the next connection waiting
+/// in the listen backlog is accepted without waiting for a slow client's
+/// FIN.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn serve_in_slot<S>(
     stream: S,
     peer: Peer,
+    local: Option<std::net::SocketAddr>,
     kind: Listener,
     config: &Config,
     ingress: &Ingress,
@@ -167,7 +169,9 @@ pub(super) async fn serve_in_slot<S>(
 {
     let mut session = Session::new(config, ingress, peer, security);
     session.kind = kind;
+    session.local_addr = local;
     tracing::info!(client_addr = session.peer.addr(), event = "connect", "connect from {}", session.peer);
+    session.milters_connect().await;
     if kind == Listener::Submissions {
         return serve_implicit_tls(session, stream, &mut shutdown, slot).await;
     }
@@ -258,6 +262,7 @@ where
         let _ = conn.flush().await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+    session.milters_quit().await;
     log_end(session, &end);
 }
 
@@ -302,6 +307,8 @@ where
                 conn.flush().await?;
                 return Ok(End::Shutdown);
             }
+            // The transaction before the command, for the milters.
+            let (had_mail, rcpts) = (session.mail.is_some(), session.rcpts.len());
             let step = match conn.reader.next_line() {
                 None => break,
                 Some(Line::TooLong) => Step::Reply(session.line_too_long()),
@@ -310,6 +317,7 @@ where
             line_deadline = None;
             // The reply, and whether the session ends after it.
             let (reply, then) = run_step(session, conn, ingress, step).await?;
+            let reply = session.milters_after(had_mail, rcpts, reply).await;
             // Every reply to a command or a message passes here.
             conn.queue(&reply);
             let too_many = session.replied(&reply);

@@ -157,6 +157,7 @@ where
     let limits = &config.smtp;
     let decoder = session.decoder(DataDecoder::new(limits.max_data_line_length));
     let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
+    message.held = session.milters_want_message().then(Vec::new);
     // What the client sent after DATA in the same packet is message text.
     let early = conn.reader.take_buffered();
     let used = message.take(&early).await;
@@ -172,7 +173,7 @@ where
             }
         }
     }
-    let result = message.finish().await;
+    let result = message.finish(session).await;
     Ok(session.message_end(Verb::Data, &id, result))
 }
 
@@ -219,7 +220,8 @@ where
             Ok(writer) => {
                 let id = writer.id().to_string();
                 let decoder = session.decoder(DataDecoder::chunks(limits.max_data_line_length));
-                let message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
+                let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
+                message.held = session.milters_want_message().then(Vec::new);
                 Ok(Box::new(Chunks { id, message }))
             }
             Err(e) => Err(e.reply()),
@@ -236,7 +238,7 @@ where
     read_chunk(conn, size, limits.data_timeout, Some(&mut chunks.message)).await?;
     if last {
         chunks.message.end_of_data();
-        let result = chunks.message.finish().await;
+        let result = chunks.message.finish(session).await;
         return Ok(session.message_end(Verb::Bdat, &chunks.id, result));
     }
     match chunks.message.failure() {
@@ -287,6 +289,9 @@ pub(super) struct ReceivingMessage {
     max_size: u64,
     /// The ingress refused a write (disk trouble); the message is lost.
     write_failure: Option<Reply>,
+    /// The message kept in memory for the milters, which may change it
+    /// before it is written (`milters`); `None`: written as it comes.
+    held: Option<Vec<u8>>,
 }
 
 impl ReceivingMessage {
@@ -297,6 +302,7 @@ impl ReceivingMessage {
             decoded: Vec::with_capacity(READ_SIZE + 64),
             max_size,
             write_failure: None,
+            held: None,
         }
     }
 
@@ -309,8 +315,11 @@ impl ReceivingMessage {
         let used = self.decoder.feed(chunk, &mut self.decoded);
         if self.refusal().is_some() {
             self.writer = None;
+            self.held = None;
         }
-        if let Some(writer) = self.writer.as_mut()
+        if let Some(held) = self.held.as_mut() {
+            held.extend_from_slice(&self.decoded);
+        } else if let Some(writer) = self.writer.as_mut()
             && !self.decoded.is_empty()
             && let Err(e) = writer.write(&self.decoded).await
         {
@@ -352,15 +361,16 @@ impl ReceivingMessage {
         }
     }
 
-    /// After the final dot or the LAST chunk: commits the message, or says
-    /// why not.
-    async fn finish(self) -> Result<String, Reply> {
+    /// After the final dot or the LAST chunk: commits the message (after
+    /// the milters, when it was held for them), or says why not.
+    async fn finish(self, session: &mut Session<'_>) -> Result<String, Reply> {
         if let Some(reply) = self.failure() {
             return Err(reply);
         }
-        match self.writer {
-            Some(writer) => writer.commit().await.map_err(|e| e.reply()),
-            None => Err(Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")),
+        match (self.writer, self.held) {
+            (Some(writer), Some(text)) => session.milters_end_of_message(writer, text).await,
+            (Some(writer), None) => writer.commit().await.map_err(|e| e.reply()),
+            (None, _) => Err(Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")),
         }
     }
 }

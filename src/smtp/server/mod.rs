@@ -12,6 +12,8 @@
 //!   phase: `greeting` (banner, EHLO/HELO), `mail` (MAIL, RCPT), `data`
 //!   (DATA, BDAT), `auth` (AUTH), `tls` (STARTTLS, client certificates).
 //! - `conn`: the session's I/O loop, the only code that touches the stream.
+//! - `milters`: the session's side of the before-queue milters, one call
+//!   per phase.
 //! - `access`: the relay rule (who may send to which domains).
 //! - `anvil`: per-client accounting: connection slots, counts and rates,
 //!   and the log lines that repeat for a client.
@@ -26,6 +28,7 @@ mod conn;
 mod data;
 mod greeting;
 mod mail;
+mod milters;
 pub(crate) mod session;
 #[cfg(test)]
 mod test_support;
@@ -175,7 +178,8 @@ impl Server {
             let connection = self.metrics.session_started();
             sessions.spawn(async move {
                 let peer = Peer::Tcp(addr);
-                conn::serve_in_slot(stream, peer, kind, &config, &ingress, &security, shutdown, Some(pass)).await;
+                let local = stream.local_addr().ok();
+                conn::serve_in_slot(stream, peer, local, kind, &config, &ingress, &security, shutdown, Some(pass)).await;
                 drop(connection);
             });
         }

@@ -227,6 +227,12 @@ pub(super) struct Session<'a> {
     /// The message of a BDAT transaction, between its chunks (boxed: it is
     /// big, and most sessions never have one).
     pub(super) chunks: Option<Box<Chunks>>,
+    /// The milters' conversations (`milters`), when configured.
+    pub(super) milters: Option<Box<crate::milter::client::Milters>>,
+    /// A milter discarded the message at MAIL or RCPT.
+    pub(super) milter_discard: bool,
+    /// The listener's address the client connected to (`{if_addr}`).
+    pub(super) local_addr: Option<SocketAddr>,
 }
 
 impl<'a> Session<'a> {
@@ -242,6 +248,9 @@ impl<'a> Session<'a> {
             sasl_method: None,
             pending: None,
             chunks: None,
+            milters: None,
+            milter_discard: false,
+            local_addr: None,
             peer,
             helo: None,
             esmtp: false,
