@@ -5,8 +5,11 @@
 //! reading "invalid type" without them has to guess. Durations are written
 //! `30s`, `5m`, `1h`, `5d`; sizes `50M`, `512k`, or plain numbers.
 
+mod policy;
+
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
+pub(crate) use policy::{PolicyConfig, PolicyStage, PolicyTarget};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -70,6 +73,8 @@ pub struct Config {
     pub(crate) filter: Filter,
     pub(crate) dkim: Dkim,
     pub(crate) metrics: MetricsConfig,
+    /// `[policy]`: policy delegation (`config/policy.rs`).
+    pub(crate) policy: PolicyConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
 }
@@ -465,6 +470,7 @@ impl Config {
             filter: resolve_filter(raw.filter, &err)?,
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
+            policy: policy::resolve_policy(raw.policy, &err)?,
             log: resolve_log(raw.log, &err)?,
         })
     }
@@ -655,6 +661,8 @@ struct Raw {
     dkim: RawDkim,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    policy: policy::RawPolicy,
     #[serde(default)]
     log: RawLog,
 }

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod dns;
 pub mod filter;
+pub mod policy;
 pub mod postfix;
 pub mod scripted;
 pub mod sevenbit;
