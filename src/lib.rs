@@ -16,7 +16,7 @@
 //!               ─> spool, route          (read-only listings, postmap, route explain)
 //!               ─> ingress::maildrop    (mailq lists the drops while the daemon is down)
 //! daemon  ─> smtp::server ─> ingress ─> spool
-//!                         ─> tls, auth
+//!                         ─> tls, auth, policy
 //!         ─> queue ─> route              (each recipient's hop, content filter first, decided now)
 //!                  ─> deliver ─> smtp::client ─> smtp::proto   (carries the hop out)
 //!                  ─> dsn ─> ingress     (notices go back in through the door)
@@ -65,6 +65,9 @@
 //!   the pid file where the account cannot reach it, `daemon::notify` tells
 //!   systemd (`Type=notify`) of readiness, reloads, stopping and the watchdog.
 //! - [`cli`]: the native `posthorn <noun> <verb>` interface and the compatibility names.
+//! - [`policy`]: policy delegation (Postfix's SMTPD_POLICY_README) as a
+//!   client: the request, the actions, the pooled connections; the session
+//!   asks it through `smtp::server::defence`, one call per phase.
 //! - [`tls`]: rustls configurations for both sides, certificate loading;
 //!   `matching`: a next hop's certificate checked against a list of names.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
@@ -88,6 +91,7 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod milter;
+pub mod policy;
 pub mod queue;
 pub mod route;
 pub mod smtp;

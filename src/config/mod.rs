@@ -8,6 +8,7 @@
 mod local;
 mod milter;
 mod outbound_tls;
+mod policy;
 mod shaping;
 mod source;
 mod srs;
@@ -18,6 +19,7 @@ pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, lo
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 pub(crate) use milter::{DefaultAction, Milter, MilterAddr};
+pub(crate) use policy::{PolicyConfig, PolicyStage, PolicyTarget};
 use serde::Deserialize;
 pub(crate) use shaping::Shaping;
 pub(crate) use source::{Protocols, Source};
@@ -115,6 +117,8 @@ pub struct Config {
     pub(crate) milter: Milter,
     pub(crate) dkim: Dkim,
     pub(crate) metrics: MetricsConfig,
+    /// `[policy]`: policy delegation (`config/policy.rs`).
+    pub(crate) policy: PolicyConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
     /// `[srs]`: sender rewriting for forwarded mail; `None`: off.
@@ -525,6 +529,7 @@ impl Config {
             milter: milter::resolve_milter(raw.milter, &err)?,
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
+            policy: policy::resolve_policy(raw.policy, &err)?,
             log: resolve_log(raw.log, &err)?,
             srs,
         })
@@ -722,6 +727,8 @@ struct Raw {
     dkim: RawDkim,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    policy: policy::RawPolicy,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]

@@ -19,6 +19,7 @@ pub mod client;
 pub mod dns;
 pub mod filter;
 pub mod milter;
+pub mod policy;
 pub mod postfix;
 pub mod postsrsd;
 pub mod scripted;

@@ -88,6 +88,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "The metrics and health endpoint: Prometheus text format on /metrics, 200 ok (or 503 with the reason) on /health. Plain HTTP without authentication: keep it on loopback.",
     ),
     (
+        "policy",
+        "Policy delegation (Postfix's SMTPD_POLICY_README protocol): services such as postgrey or policyd-spf asked about each recipient of a client that is not trusted or authenticated, their actions (OK, DUNNO, REJECT, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, PREPEND, 4xx and 5xx text) applied as Postfix applies them. Off unless services names one.",
+    ),
+    (
         "log",
         "Where log lines go and how they are written. Lines are Postfix's, tagged with the service that logged them (posthorn/smtpd[PID]).",
     ),
@@ -246,6 +250,12 @@ pub(super) const KEYS: &[Key] = &[
     k("dkim.headers", "The header fields signed; empty: From, To, Cc, Subject, Date, Message-ID and the other usual ones.")
         .exim("dkim_sign_headers"),
     k("metrics.listen", "address:port of the endpoint; unset: no endpoint. Read at start only: a change needs a restart."),
+    k("policy.services", "The policy services, asked in this order: inet:host:port or unix:/path. An OK or a refusal ends the list; DUNNO asks the next. Empty: none.")
+        .exim("acl_smtp_rcpt with a ${readsocket} condition"),
+    k("policy.stages", "When the services are asked: mail, rcpt and data (at the DATA command). postgrey and policyd-spf expect rcpt."),
+    k("policy.timeout", "The most one question may take, connecting included; past it the default action applies."),
+    k("policy.max_idle", "A connection to a service idle for longer than this is closed instead of reused."),
+    k("policy.default_action", "What a service that cannot be reached or does not answer in time is taken to have said: DUNNO, OK, REJECT, DEFER or 4xx/5xx text."),
     k("log.to", "stderr, syslog, journald or file:/absolute/path. Unset: stderr in the foreground, syslog when started by postfix start. A file is created 0640 and reopened on SIGHUP and SIGUSR1.")
         .exim("log_file_path"),
     k("log.format", "text, or json (one JSON object per line, for stderr and file:)."),

@@ -357,6 +357,7 @@ where
         Step::Close(reply) => (reply, Some(End::Quit)),
         Step::StartTls(reply) => (reply, Some(End::StartTls)),
         Step::Verify(credentials) => (verify(session, credentials).await, None),
+        Step::Ask(ask) => (super::defence::answer(session, ask).await, None),
         Step::Data(tx) => (receive_data(session, conn, ingress, tx).await?, None),
         Step::Bdat { size, last } => (receive_bdat(session, conn, ingress, size, last).await?, None),
         Step::Skip { size, reply } => {

@@ -142,7 +142,11 @@ pub(super) async fn receive_data<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let writer = match ingress.open(tx).await {
+    if let Err(reply) = session.screen_data().await {
+        session.stats.record(Some(Verb::Data), false);
+        return Ok(reply);
+    }
+    let mut writer = match ingress.open(tx).await {
         Ok(w) => w,
         Err(e) => {
             // The transaction stays: the client may retry DATA or RSET.
@@ -150,6 +154,10 @@ where
             return Ok(e.reply());
         }
     };
+    if let Err(reply) = session.write_prepended(&mut writer).await {
+        session.stats.record(Some(Verb::Data), false);
+        return Ok(reply);
+    }
     let id = writer.id().to_string();
     conn.queue(&Reply::plain(354, "End data with <CR><LF>.<CR><LF>"));
     conn.flush().await?;
@@ -216,15 +224,21 @@ where
     let limits = &session.config.smtp;
     let opened = match session.bdat(size) {
         Ok(NextChunk::More(chunks)) => Ok(chunks),
-        Ok(NextChunk::First(tx)) => match ingress.open(*tx).await {
-            Ok(writer) => {
-                let id = writer.id().to_string();
-                let decoder = session.decoder(DataDecoder::chunks(limits.max_data_line_length));
-                let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
-                message.held = session.milters_want_message().then(Vec::new);
-                Ok(Box::new(Chunks { id, message }))
-            }
-            Err(e) => Err(e.reply()),
+        Ok(NextChunk::First(tx)) => match session.screen_data().await {
+            Err(reply) => Err(reply),
+            Ok(()) => match ingress.open(*tx).await {
+                Ok(mut writer) => match session.write_prepended(&mut writer).await {
+                    Err(reply) => Err(reply),
+                    Ok(()) => {
+                        let id = writer.id().to_string();
+                        let decoder = session.decoder(DataDecoder::chunks(limits.max_data_line_length));
+                        let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
+                        message.held = session.milters_want_message().then(Vec::new);
+                        Ok(Box::new(Chunks { id, message }))
+                    }
+                },
+                Err(e) => Err(e.reply()),
+            },
         },
         Err(reply) => Err(reply),
     };

@@ -17,6 +17,11 @@ use crate::smtp::proto::reply::{Enhanced, Reply};
 impl Session<'_> {
     pub(super) fn mail(&mut self, mail: MailFrom) -> Reply {
         let reply = self.check_mail(&mail);
+        self.mail_checked(mail, reply)
+    }
+
+    /// MAIL once checked: refused (and logged) with `reply`, or accepted.
+    pub(super) fn mail_checked(&mut self, mail: MailFrom, reply: Option<Reply>) -> Reply {
         match reply {
             Some(reply) => {
                 self.log_reject(Verb::Mail, &reply, Some((&mail.sender, None)));
@@ -30,7 +35,7 @@ impl Session<'_> {
     }
 
     /// Why MAIL is refused, if it is.
-    fn check_mail(&self, mail: &MailFrom) -> Option<Reply> {
+    pub(super) fn check_mail(&self, mail: &MailFrom) -> Option<Reply> {
         if self.helo.is_none() {
             return Some(Reply::new(503, Enhanced(5, 5, 1), "Error: send HELO/EHLO first"));
         }
@@ -73,12 +78,20 @@ impl Session<'_> {
     }
 
     pub(super) fn rcpt(&mut self, rcpt: RcptTo) -> Reply {
+        match self.check_rcpt(&rcpt) {
+            Err(reply) => reply,
+            Ok(()) => self.add_rcpt(rcpt),
+        }
+    }
+
+    /// Why RCPT is refused, if it is; a refusal is logged.
+    pub(super) fn check_rcpt(&mut self, rcpt: &RcptTo) -> Result<(), Reply> {
         let Some(mail) = &self.mail else {
-            return Reply::new(503, Enhanced(5, 5, 1), "Error: need MAIL command");
+            return Err(Reply::new(503, Enhanced(5, 5, 1), "Error: need MAIL command"));
         };
         if self.chunks.is_some() {
             // The message is already arriving; its envelope is fixed.
-            return Reply::new(503, Enhanced(5, 5, 1), "Error: RCPT after BDAT");
+            return Err(Reply::new(503, Enhanced(5, 5, 1), "Error: RCPT after BDAT"));
         }
         self.rcpt_tried += 1;
         let over_limit = self.rcpts.len() >= self.config.smtp.max_recipients;
@@ -103,8 +116,13 @@ impl Session<'_> {
                 let from = mail.sender.clone();
                 self.log_reject(Verb::Rcpt, &reply, Some((&from, Some(&rcpt.address))));
             }
-            return reply;
+            return Err(reply);
         }
+        Ok(())
+    }
+
+    /// Adds a recipient that passed every check.
+    pub(super) fn add_rcpt(&mut self, rcpt: RcptTo) -> Reply {
         let mut rcpt = rcpt;
         if rcpt.address == "postmaster" {
             // The bare postmaster (RFC 5321 4.5.1) is this host's.

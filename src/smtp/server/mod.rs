@@ -17,6 +17,8 @@
 //! - `access`: the relay rule (who may send to which domains).
 //! - `anvil`: per-client accounting: connection slots, counts and rates,
 //!   and the log lines that repeat for a client.
+//! - `defence`: the defences of a hub facing the internet, called once
+//!   per phase: the policy services at MAIL, RCPT and DATA.
 //!
 //! Everything a session accepts goes through the `Ingress`; the server
 //! never touches the spool itself.
@@ -26,6 +28,7 @@ mod anvil;
 mod auth;
 mod conn;
 mod data;
+mod defence;
 mod greeting;
 mod mail;
 mod milters;

@@ -22,6 +22,7 @@ use super::anvil::{RepeatLog, Topic};
 use super::auth::{Credentials, Pending};
 use super::conn::{Stats, serve};
 use super::data::Chunks;
+use super::defence::{Ask, Defence};
 use super::tls::ClientCert;
 use crate::auth::{AuthLimiter, Users};
 use crate::config::Config;
@@ -85,6 +86,8 @@ pub(crate) struct Security {
     /// writes their summaries (`repeating`); without a listener nobody
     /// does, and the repeats are only counted.
     pub(super) repeats: Arc<RepeatLog>,
+    /// The policy services (`[policy]`), when any are configured.
+    pub(super) policy: Option<Arc<crate::policy::Services>>,
 }
 
 impl Security {
@@ -97,6 +100,7 @@ impl Security {
             client_trust: None,
             metrics: Arc::default(),
             repeats: Arc::new(RepeatLog::new(Duration::ZERO)),
+            policy: None,
         }
     }
 
@@ -123,7 +127,9 @@ impl Security {
         };
         let limiter = Arc::new(AuthLimiter::new(config.auth.max_failures, config.auth.failure_window));
         let repeats = Arc::new(RepeatLog::new(Duration::ZERO));
-        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats })
+        let policy =
+            (!config.policy.services.is_empty()).then(|| Arc::new(crate::policy::Services::new(&config.policy)));
+        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats, policy })
     }
 
     /// The same files, keeping `self`'s failure counts (a reload must not
@@ -181,6 +187,8 @@ pub(super) enum Step {
     StartTls(Reply),
     /// Check these credentials, then answer.
     Verify(Credentials),
+    /// Ask the policy services, then answer (`defence`).
+    Ask(Ask),
     /// BDAT: read the chunk's `size` octets, then answer.
     Bdat {
         size: u64,
@@ -233,6 +241,8 @@ pub(super) struct Session<'a> {
     pub(super) milter_discard: bool,
     /// The listener's address the client connected to (`{if_addr}`).
     pub(super) local_addr: Option<SocketAddr>,
+    /// What the defences (policy services) keep for the transaction.
+    pub(super) defence: Defence,
 }
 
 impl<'a> Session<'a> {
@@ -251,6 +261,7 @@ impl<'a> Session<'a> {
             milters: None,
             milter_discard: false,
             local_addr: None,
+            defence: Defence::default(),
             peer,
             helo: None,
             esmtp: false,
@@ -293,8 +304,15 @@ impl<'a> Session<'a> {
         let step = match cmd {
             Command::Ehlo(name) => Step::Reply(self.ehlo(name)),
             Command::Helo(name) => Step::Reply(self.helo(name)),
-            Command::Mail(mail) => Step::Reply(self.mail(mail)),
-            Command::Rcpt(rcpt) => Step::Reply(self.rcpt(rcpt)),
+            // Counted when answered, if a policy service is asked.
+            Command::Mail(mail) => match self.mail_step(mail) {
+                Step::Reply(reply) => Step::Reply(reply),
+                ask => return ask,
+            },
+            Command::Rcpt(rcpt) => match self.rcpt_step(rcpt) {
+                Step::Reply(reply) => Step::Reply(reply),
+                ask => return ask,
+            },
             Command::Data => match self.data() {
                 Ok(tx) => return Step::Data(tx),
                 Err(reply) => Step::Reply(reply),
@@ -312,7 +330,7 @@ impl<'a> Session<'a> {
         };
         let ok = match &step {
             Step::Reply(r) | Step::Close(r) | Step::StartTls(r) | Step::Skip { reply: r, .. } => r.is_positive(),
-            Step::Data(_) | Step::Verify(_) | Step::Bdat { .. } => true,
+            Step::Data(_) | Step::Verify(_) | Step::Bdat { .. } | Step::Ask(_) => true,
         };
         if !(verb == Verb::Auth && super::auth::exchange_goes_on(&step)) {
             self.stats.record(Some(verb), ok);
@@ -339,6 +357,7 @@ impl<'a> Session<'a> {
         self.mail = None;
         self.rcpts.clear();
         self.rcpt_tried = 0;
+        self.reset_defence();
     }
 
     /// Counts a reply to a command or a message: in the metrics if it is a
