@@ -168,7 +168,7 @@ fn satellite_to_hub_verified_against_a_private_ca() {
     let cert = ca.issue("hub", &["hub.test", "127.0.0.1"]);
     let mail = tempfile::tempdir().unwrap();
     // The hub trusts loopback here: the satellite relays by address.
-    let hub = hub(mail.path(), &format!("{}", cert.tls_section()).replace("trusted_networks = []", ""));
+    let hub = hub(mail.path(), &cert.tls_section().to_string().replace("trusted_networks = []", ""));
     let sat = satellite(&hub, "verify", Some(&ca.ca_path()), &[]);
     smtplib_send(sat.smtp_addr(), "cron@vm.test", &["user@hub.example"], MESSAGE).unwrap();
     let got = wait_maildir(mail.path(), "user", 1);

@@ -13,8 +13,8 @@ mod shaping;
 mod source;
 mod srs;
 
-pub(crate) use outbound_tls::OutboundTls;
 pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name, split_extension};
+pub(crate) use outbound_tls::OutboundTls;
 
 use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;

@@ -1193,7 +1193,7 @@ mod tests {
         }
         let server = &refusing;
         for policy in ["none", "may"] {
-            let relay = Relay::new(&config(&[host(&server)], &format!("tls = \"{policy}\"\n")));
+            let relay = Relay::new(&config(&[host(server)], &format!("tls = \"{policy}\"\n")));
             assert_eq!(kinds(&relay.deliver(&message(&["a@hub.test"])).await), "D");
         }
     }

@@ -91,11 +91,11 @@ impl Services {
     async fn ask(&self, service: &Service, request: &[u8]) -> Result<String, String> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let exchange = async {
-            if let Some(mut conn) = self.idle_connection(service) {
-                if let Ok(action) = exchange(&mut conn, request).await {
-                    service.idle.lock().unwrap().push((conn, Instant::now()));
-                    return Ok(action);
-                }
+            if let Some(mut conn) = self.idle_connection(service)
+                && let Ok(action) = exchange(&mut conn, request).await
+            {
+                service.idle.lock().unwrap().push((conn, Instant::now()));
+                return Ok(action);
             }
             let mut conn = connect(&service.target).await?;
             let action = exchange(&mut conn, request).await?;

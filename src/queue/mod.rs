@@ -309,7 +309,7 @@ impl Scheduler {
     fn dispatch(&mut self, done_tx: &mpsc::UnboundedSender<Done>) {
         while self.running.len() < self.config.queue.active_limit {
             self.turn = self.turn.wrapping_add(1);
-            let job = if self.turn % 3 == 0 {
+            let job = if self.turn.is_multiple_of(3) {
                 self.retry.pop_front().or_else(|| self.fresh.pop_front())
             } else {
                 self.fresh.pop_front().or_else(|| self.retry.pop_front())

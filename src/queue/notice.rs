@@ -96,23 +96,24 @@ pub(crate) fn due(
         if changed(i, RcptState::Failed) && dsn::wants(r.notify.as_deref(), "FAILURE") {
             failed.push(item(r, DsnAction::Failed));
         }
-        if let Some(action) = success.get(i).copied().flatten() {
-            if changed(i, RcptState::Delivered) && dsn::wants(r.notify.as_deref(), "SUCCESS") {
-                relayed.push(item(r, action));
-            }
+        if let Some(action) = success.get(i).copied().flatten()
+            && changed(i, RcptState::Delivered)
+            && dsn::wants(r.notify.as_deref(), "SUCCESS")
+        {
+            relayed.push(item(r, action));
         }
     }
     let mut delayed = Vec::new();
-    if let Some(after) = delay_warning.filter(|_| !env.delay_warned) {
-        if now.saturating_sub(env.arrival) >= after {
-            delayed = env
-                .pending()
-                .filter(|(_, r)| dsn::wants(r.notify.as_deref(), "DELAY") && !r.history.is_empty())
-                .map(|(_, r)| item(r, DsnAction::Delayed))
-                .collect();
-            if !delayed.is_empty() {
-                env.delay_warned = true;
-            }
+    if let Some(after) = delay_warning.filter(|_| !env.delay_warned)
+        && now.saturating_sub(env.arrival) >= after
+    {
+        delayed = env
+            .pending()
+            .filter(|(_, r)| dsn::wants(r.notify.as_deref(), "DELAY") && !r.history.is_empty())
+            .map(|(_, r)| item(r, DsnAction::Delayed))
+            .collect();
+        if !delayed.is_empty() {
+            env.delay_warned = true;
         }
     }
     [failed, delayed, relayed].into_iter().filter(|v| !v.is_empty()).collect()

@@ -182,7 +182,8 @@ impl Server {
             sessions.spawn(async move {
                 let peer = Peer::Tcp(addr);
                 let local = stream.local_addr().ok();
-                conn::serve_in_slot(stream, peer, local, kind, &config, &ingress, &security, shutdown, Some(pass)).await;
+                conn::serve_in_slot(stream, peer, local, kind, &config, &ingress, &security, shutdown, Some(pass))
+                    .await;
                 drop(connection);
             });
         }
