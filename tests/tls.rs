@@ -199,9 +199,14 @@ fn wrong_name_or_untrusted_ca_defers_and_sends_nothing() {
         assert!(line.contains("TLS failed: handshake failed") && line.contains(why), "{line}");
         assert_eq!(sat.queued_count(), 1, "the message waits");
         let id = queue_id_of(&line).unwrap();
-        let why_out = sat.command(&["queue", "why", &id], b"");
-        let why_text = String::from_utf8_lossy(&why_out.stdout);
-        assert!(why_text.to_ascii_lowercase().contains("tls"), "{why_text}");
+        // The log line comes as the attempt ends; the spool's record of it
+        // follows within moments.
+        let mut why_text = String::new();
+        let recorded = wait_until(secs(10), || {
+            why_text = String::from_utf8_lossy(&sat.command(&["queue", "why", &id], b"").stdout).into_owned();
+            why_text.to_ascii_lowercase().contains("tls")
+        });
+        assert!(recorded, "{why_text}");
         assert!(!hub.log().contains("mail="), "nothing sent in clear:\n{}", hub.log());
         assert!(maildir(mail.path(), "user").is_empty());
     }
