@@ -521,6 +521,7 @@ fn log_outcome(
     let service = match group.hop {
         Hop::Maildir => "virtual",
         Hop::Local => "local",
+        Hop::Lmtp(_) => "lmtp",
         Hop::Filter(crate::message::nexthop::FilterSpec::Pipe(_)) => "pipe",
         _ => "smtp",
     };
