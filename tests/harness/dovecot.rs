@@ -42,11 +42,13 @@ impl Dovecot {
         let mail = base.join("mail");
         fs::create_dir(&mail).unwrap();
         let euid = rustix::process::geteuid();
-        let (uid, gid, internal) = if euid.is_root() {
+        // Dovecot's own processes run as the internal user and group; as
+        // anyone but root, that must be the test's own account.
+        let (uid, gid, user, group) = if euid.is_root() {
             std::os::unix::fs::chown(&mail, Some(NOBODY), Some(NOBODY)).expect("chown the mail directory");
-            (NOBODY, NOBODY, "root".to_string())
+            (NOBODY, NOBODY, "root".to_string(), "root".to_string())
         } else {
-            (euid.as_raw(), rustix::process::getegid().as_raw(), login_name())
+            (euid.as_raw(), rustix::process::getegid().as_raw(), id("-un"), id("-gn"))
         };
         let mut passwd = String::new();
         for user in users {
@@ -66,8 +68,9 @@ impl Dovecot {
              protocols = lmtp\n\
              listen = {ip}\n\
              ssl = no\n\
-             default_internal_user = {internal}\n\
-             default_login_user = {internal}\n\
+             default_internal_user = {user}\n\
+             default_internal_group = {group}\n\
+             default_login_user = {user}\n\
              first_valid_uid = 1\n\
              mail_location = maildir:{b}/mail/%n/Maildir\n\
              mail_plugins = quota\n\
@@ -146,8 +149,9 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
     fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default()
 }
 
-/// The name of the account the test runs as (Dovecot's internal user).
-fn login_name() -> String {
-    let out = Command::new("id").arg("-un").output().expect("run id -un");
+/// The test's own user (`-un`) or group (`-gn`) name, for Dovecot's
+/// internal user.
+fn id(flag: &str) -> String {
+    let out = Command::new("id").arg(flag).output().expect("run id");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
