@@ -11,7 +11,10 @@
 //!    other is delivered once.
 //! 2. Over the Unix socket (`lmtp:unix:/path`): one delivered once, one
 //!    unknown bounced.
-//! 3. `route explain` names the LMTP hop.
+//! 3. `local.local_transport = "lmtp:unix:..."` sends every local domain
+//!    to Dovecot, bounces included: the sender's bounce lands in the
+//!    sender's Dovecot Maildir.
+//! 4. `route explain` names the LMTP hop.
 
 mod harness;
 
@@ -110,6 +113,28 @@ fn over_the_unix_socket_one_bounces_and_the_other_is_delivered_once() {
 }
 
 #[test]
+fn local_domains_go_to_lmtp_with_local_transport() {
+    let dovecot = Dovecot::start(&["alice@example.org", "bob@example.org"], &[]);
+    let base =
+        "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    let lmtp = format!("local.local_transport = {}", toml_str(&format!("lmtp:unix:{}", dovecot.socket().display())));
+    let ph = Posthorn::start(&with_lines(base, &["access.local_domains = [\"example.org\"]", &lmtp]));
+    let msg = message(&[("From", "alice@example.org"), ("Subject", "local by lmtp")], "x\n");
+    smtplib_send(ph.smtp_addr(), "alice@example.org", &["bob@example.org", "nobody@example.org"], &msg).unwrap();
+
+    status_line(&ph, "bob@example.org", "sent");
+    status_line(&ph, "nobody@example.org", "bounced");
+    let bounce = dovecot.wait_messages("alice", 1, secs(30));
+    assert_eq!(bounce.len(), 1, "the bounce went to alice through LMTP; log:\n{}", ph.log());
+    let text = String::from_utf8_lossy(&bounce[0]).into_owned();
+    assert!(text.contains("Final-Recipient: rfc822; nobody@example.org"), "{text}");
+    assert!(ph.wait_for_queued(0, secs(15)), "queue not empty; log:\n{}", ph.log());
+    let got = dovecot.messages("bob");
+    assert_eq!(got.len(), 1, "dovecot log:\n{}", dovecot.log());
+    assert_eq!(header(&got[0], "Subject").as_deref(), Some("local by lmtp"));
+}
+
+#[test]
 fn route_explain_names_the_lmtp_hop() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
@@ -118,7 +143,11 @@ fn route_explain_names_the_lmtp_hop() {
     let config = dir.path().join("posthorn.toml");
     fs::write(
         &config,
-        format!("role = \"hub\"\nspool = \"{d}/spool\"\n[deliver]\ntransport_maps = [\"texthash:{d}/transport\"]\n"),
+        format!(
+            "role = \"hub\"\nspool = \"{d}/spool\"\n[access]\nlocal_domains = [\"example.org\"]\n\
+             [local]\nlocal_transport = \"lmtp:[127.0.0.1]:2424\"\n\
+             [deliver]\ntransport_maps = [\"texthash:{d}/transport\"]\n"
+        ),
     )
     .unwrap();
     let run = |address: &str| {
@@ -132,4 +161,7 @@ fn route_explain_names_the_lmtp_hop() {
     assert!(text.contains("tls=none (lmtp)"), "{text}");
     let text = run("bob@store.test");
     assert!(text.contains("bob@store.test: lmtp:[127.0.0.1]:24 -> LMTP server"), "{text}");
+    let text = run("alice@example.org");
+    let want = "alice@example.org: lmtp:[127.0.0.1]:2424 -> LMTP server (example.org is a local domain, local.local_transport)";
+    assert!(text.contains(want), "{text}");
 }

@@ -319,9 +319,10 @@ impl Router {
     fn default_hop(&self, domain: &str) -> Option<NextHop> {
         match self.role {
             Role::Satellite => None,
-            Role::Hub if self.is_local_domain(domain) => Some(match self.local.local_transport {
+            Role::Hub if self.is_local_domain(domain) => Some(match &self.local.local_transport {
                 crate::config::LocalTransport::Maildir => NextHop::maildir(),
                 crate::config::LocalTransport::Local => NextHop::local(),
+                crate::config::LocalTransport::Lmtp(target) => NextHop::lmtp(target),
             }),
             Role::Hub if self.has_smarthosts => None,
             Role::Hub => Some(NextHop::mx()),
@@ -415,6 +416,9 @@ impl Router {
                     let how = match route.matched {
                         Some(m) => format!("transport table {}:{}: {} {}", m.table, m.line, m.key, m.value),
                         None if hop.transport.is_local() => format!("{domain} is a local domain"),
+                        None if hop.transport == Transport::Lmtp => {
+                            format!("{domain} is a local domain, local.local_transport")
+                        }
                         None => "default: MX lookup of the recipient's domain".into(),
                     };
                     let tls = match hop.transport {

@@ -103,6 +103,15 @@ impl NextHop {
         NextHop { transport: Transport::Local, host: None, port: None, mx_lookup: false }
     }
 
+    /// LMTP to `target`, in the form `lmtp_target` reads back.
+    pub(crate) fn lmtp(target: &LmtpTarget) -> NextHop {
+        let (host, port) = match target {
+            LmtpTarget::Unix(path) => (format!("unix:{path}"), None),
+            LmtpTarget::Inet { host, port } => (host.clone(), Some(*port)),
+        };
+        NextHop { transport: Transport::Lmtp, host: Some(host), port, mx_lookup: false }
+    }
+
     /// The LMTP server of an `lmtp:` hop (whose nexthop the table's
     /// parser made sure of); `None` for other transports.
     pub(crate) fn lmtp_target(&self) -> Option<LmtpTarget> {
@@ -185,11 +194,9 @@ impl TransportValue {
         if transport == Some(Transport::Lmtp) {
             // The socket path rides in the host field (`unix:/path`),
             // which `NextHop::lmtp_target` reads back.
-            let (host, port) = match LmtpTarget::parse(nexthop).map_err(|e| format!("{value}: {e}"))? {
-                LmtpTarget::Unix(path) => (format!("unix:{path}"), None),
-                LmtpTarget::Inet { host, port } => (host, Some(port)),
-            };
-            return Ok(TransportValue { transport, host: Some(host), port, mx_lookup: false });
+            let target = LmtpTarget::parse(nexthop).map_err(|e| format!("{value}: {e}"))?;
+            let NextHop { host, port, .. } = NextHop::lmtp(&target);
+            return Ok(TransportValue { transport, host, port, mx_lookup: false });
         }
         let spec = HostSpec::parse(nexthop).map_err(|e| format!("{value}: {e}"))?;
         Ok(TransportValue { transport, host: spec.host, port: spec.port, mx_lookup: spec.mx })
