@@ -147,6 +147,12 @@ impl Hop {
             Decision::Next { hop, .. } if hop.transport == Transport::Local => {
                 Hop { mailer: "local", router: "localuser", transport: "local_delivery", hosts: Vec::new() }
             }
+            Decision::Next { hop, .. } if hop.transport == Transport::Lmtp => Hop {
+                mailer: "lmtp",
+                router: "manualroute",
+                transport: "lmtp",
+                hosts: hop.lmtp_target().map(|t| t.to_string()).into_iter().collect(),
+            },
             Decision::Next { hop, .. } if hop.host.is_none() && hop.port.is_none() => {
                 Hop { mailer: "esmtp", router: "dnslookup", transport: "remote_smtp", hosts: vec![domain.to_string()] }
             }

@@ -1,19 +1,24 @@
 //! `[local]`: local delivery as Postfix's local(8) does it, into the
 //! user's mbox in the mail spool or a mailbox in the user's home, as the
-//! user (docs/security.md, "The local delivery agent").
+//! user (docs/security.md, "The local delivery agent"); or, with
+//! `local_transport = "lmtp:..."`, to an LMTP server such as Dovecot's
+//! (Postfix's `mailbox_transport`/`virtual_transport = lmtp:...`).
 
 use super::{ConfigError, KeyError};
+use crate::message::nexthop::LmtpTarget;
 use serde::Deserialize;
 use std::path::PathBuf;
 
 /// Where the local domains' mail goes when no transport entry says.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) enum LocalTransport {
     /// `deliver.maildir_root`, as the daemon's account (the default).
     #[default]
     Maildir,
     /// The user's mailbox, as the user (`local:`).
     Local,
+    /// An LMTP server, the mail store's (`lmtp:unix:/path`, `lmtp:[host]:port`).
+    Lmtp(LmtpTarget),
 }
 
 /// `home_mailbox`: where in the home a user's mail goes; `None` (unset,
@@ -74,10 +79,11 @@ pub(crate) fn split_extension<'a>(delimiters: &str, local: &'a str) -> (&'a str,
 }
 
 /// `local.local_transport` as `postconf` shows it.
-pub(crate) fn local_transport_name(local: &Local) -> &'static str {
-    match local.local_transport {
-        LocalTransport::Maildir => "maildir",
-        LocalTransport::Local => "local",
+pub(crate) fn local_transport_name(local: &Local) -> String {
+    match &local.local_transport {
+        LocalTransport::Maildir => "maildir".into(),
+        LocalTransport::Local => "local".into(),
+        LocalTransport::Lmtp(target) => format!("lmtp:{target}"),
     }
 }
 
@@ -101,14 +107,21 @@ pub(super) struct RawLocal {
 }
 
 pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, ConfigError> {
-    let configured = raw.local_transport.is_some()
+    // An LMTP server alone needs no local delivery agent.
+    let lmtp = raw.local_transport.as_deref().is_some_and(|t| t.trim().starts_with("lmtp:"));
+    let configured = (raw.local_transport.is_some() && !lmtp)
         || raw.mail_spool_directory.is_some()
         || raw.home_mailbox.is_some()
         || raw.deliver_to_root.is_some();
     let local_transport = match raw.local_transport.as_deref().map(str::trim) {
         None | Some("maildir" | "maildir:" | "virtual" | "virtual:") => LocalTransport::Maildir,
         Some(t) if t == "local" || t.starts_with("local:") => LocalTransport::Local,
-        Some(t) => return Err(err("local.local_transport", format!("`{t}` is neither `local` nor `maildir`"))),
+        Some(t) if t.starts_with("lmtp:") => {
+            LocalTransport::Lmtp(LmtpTarget::parse(&t[5..]).map_err(|e| err("local.local_transport", e))?)
+        }
+        Some(t) => {
+            return Err(err("local.local_transport", format!("`{t}` is neither `local`, `maildir` nor `lmtp:...`")));
+        }
     };
     let mail_spool_directory = raw.mail_spool_directory.unwrap_or_else(|| PathBuf::from("/var/mail"));
     if !mail_spool_directory.is_absolute() {
@@ -167,6 +180,12 @@ mod tests {
         assert_eq!(c.local.mail_spool_directory, std::path::PathBuf::from("/var/mail"));
         let c = parse("[local]\nhome_mailbox = \"mail/inbox\"\n").unwrap();
         assert_eq!(c.local.home_mailbox, Some(super::HomeMailbox::Mbox("mail/inbox".into())));
+        // An LMTP server needs no local delivery agent.
+        let c = parse("[local]\nlocal_transport = \"lmtp:unix:/run/dovecot/lmtp\"\n").unwrap();
+        assert!(!c.local.configured);
+        let target = crate::message::nexthop::LmtpTarget::Unix("/run/dovecot/lmtp".into());
+        assert_eq!(c.local.local_transport, super::LocalTransport::Lmtp(target));
+        assert_eq!(super::local_transport_name(&c.local), "lmtp:unix:/run/dovecot/lmtp");
     }
 
     #[test]
@@ -189,6 +208,7 @@ mod tests {
     fn bad_values_name_the_key() {
         for (text, key) in [
             ("[local]\nlocal_transport = \"smtp\"\n", "local.local_transport"),
+            ("[local]\nlocal_transport = \"lmtp:unix:run/lmtp\"\n", "local.local_transport"),
             ("[local]\nhome_mailbox = \"../x\"\n", "local.home_mailbox"),
             ("[local]\nhome_mailbox = \"/var/x\"\n", "local.home_mailbox"),
             ("[local]\nmail_spool_directory = \"mail\"\n", "local.mail_spool_directory"),

@@ -6,6 +6,8 @@
 //!   destination's MX hosts), in order, over pooled sessions.
 //! - `mx`: to a domain by its MX records, or to an explicit next hop.
 //! - `maildir`: into local Maildirs.
+//! - `lmtp`: to an LMTP server (a mail store such as Dovecot), a reply per
+//!   recipient.
 //! - `local`: as the local user, into an mbox or a home mailbox (`local:`),
 //!   through `local_agent` (the part that keeps root) for other accounts;
 //!   `mbox` appends to an mbox file with its locks.
@@ -21,6 +23,7 @@
 pub(crate) mod dkim;
 pub mod dns;
 pub(crate) mod filter;
+pub(crate) mod lmtp;
 pub(crate) mod local;
 pub(crate) mod local_agent;
 pub mod maildir;
@@ -62,6 +65,7 @@ pub(crate) struct Transports {
     mx: mx::Mx,
     maildir: maildir::Maildir,
     local: local::Local,
+    lmtp: lmtp::Lmtp,
     /// How long a pipe filter may run.
     pipe_timeout: std::time::Duration,
     /// DKIM keys; `None` when none is configured.
@@ -81,6 +85,7 @@ impl Transports {
             mx: mx::Mx::with_table(config, dns, tls_table),
             maildir: maildir::Maildir::new(config),
             local: local::Local::new(config),
+            lmtp: lmtp::Lmtp::new(config),
             pipe_timeout: config.filter.pipe_timeout,
             dkim: dkim::Signer::new(&config.dkim.keys, &config.dkim.headers)?,
         })
@@ -133,6 +138,7 @@ impl Transports {
             Hop::Smtp(target) => self.mx.deliver_to(target, msg).await,
             Hop::Maildir => self.maildir.deliver(msg).await,
             Hop::Local => self.local.deliver(msg).await,
+            Hop::Lmtp(target) => self.lmtp.deliver(target, msg).await,
             Hop::Filter(FilterSpec::Smtp(target)) => self.mx.deliver_to(target, msg).await,
             Hop::Filter(FilterSpec::Pipe(argv)) => filter::run_pipe(argv, self.pipe_timeout, msg).await,
         }

@@ -690,7 +690,7 @@ fn judge(label: &Label, n: usize, result: Result<Vec<RcptResult>, ClientError>, 
 }
 
 /// The outcome for one recipient the host answered.
-fn outcome(label: &str, result: &RcptResult) -> Outcome {
+pub(crate) fn outcome(label: &str, result: &RcptResult) -> Outcome {
     match result {
         RcptResult::Accepted(reply) => Outcome::Delivered(Attempt {
             relay: Some(label.to_string()),
@@ -724,7 +724,7 @@ fn refused_attempt(label: &str, stage: Phase, reply: &crate::smtp::proto::reply:
 }
 
 /// A session that failed; `label` is `host[ip]:port`.
-fn session_error(label: &str, e: &ClientError) -> Attempt {
+pub(crate) fn session_error(label: &str, e: &ClientError) -> Attempt {
     let (relay, detail) = match e {
         ClientError::Connect(io) => (None, format!("connect to {label}: {}", strerror(io))),
         ClientError::Timeout(Phase::Connect) => (None, format!("connect to {label}: timed out")),

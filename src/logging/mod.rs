@@ -247,7 +247,7 @@ impl Collect {
 /// The Postfix service a module's lines belong to, when the event does not
 /// say: the SMTP server is `smtpd`, the scheduler `qmgr`, the door
 /// `cleanup`, the maildrop scan `pickup`, notices `bounce`, Maildir
-/// delivery `virtual`, the other transports `smtp`, routing
+/// delivery `virtual`, LMTP `lmtp`, the other transports `smtp`, routing
 /// `trivial-rewrite`, and the daemon's own life `master`.
 pub(crate) fn service_of(target: &str) -> &'static str {
     const TABLE: &[(&str, &str)] = &[
@@ -260,6 +260,7 @@ pub(crate) fn service_of(target: &str) -> &'static str {
         ("posthorn::queue", "qmgr"),
         ("posthorn::spool", "qmgr"),
         ("posthorn::deliver::maildir", "virtual"),
+        ("posthorn::deliver::lmtp", "lmtp"),
         ("posthorn::deliver", "smtp"),
         ("posthorn::route", "trivial-rewrite"),
         ("posthorn::cli", "postsuper"),
@@ -406,6 +407,7 @@ mod tests {
             ("posthorn::queue::notice", "bounce"),
             ("posthorn::deliver::relay", "smtp"),
             ("posthorn::deliver::maildir", "virtual"),
+            ("posthorn::deliver::lmtp", "lmtp"),
             ("posthorn::daemon", "master"),
             ("posthorn::daemonic", "master"),
             ("rustls::conn", "master"),

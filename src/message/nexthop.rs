@@ -2,7 +2,8 @@
 //! `[host]`, `[host]:port`, `[IPv6:addr]:port` (and a bare IPv6 address),
 //! as smarthosts, transport-table values and the content filter write it;
 //! the [`Target`] it names; the `Hop` the queue hands to a transport; and
-//! the content filter's `smtp:`/`pipe:` specification.
+//! the content filter's `smtp:`/`pipe:` specification; an LMTP server's
+//! `unix:/path` or `[host]:port`.
 //!
 //! Brackets mean "no MX lookup", as in Postfix; an IP address is never
 //! looked up either. Ports may be numbers or the service names Postfix
@@ -187,6 +188,49 @@ impl std::str::FromStr for FilterSpec {
     }
 }
 
+/// Where an LMTP server listens (`lmtp:unix:/run/dovecot/lmtp`,
+/// `lmtp:[127.0.0.1]:24`). A host is looked up for its addresses, never
+/// its MX records, as Postfix's lmtp(8) does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LmtpTarget {
+    /// An absolute path to a Unix socket.
+    Unix(String),
+    Inet {
+        host: String,
+        port: u16,
+    },
+}
+
+/// LMTP's own port (RFC 2033 has none; Postfix and IANA use 24).
+pub(crate) const LMTP_PORT: u16 = 24;
+
+impl LmtpTarget {
+    /// `unix:/path`, `[host]:port`, `host:port` or `[host]` (port 24):
+    /// what follows `lmtp:` in a transport table.
+    pub(crate) fn parse(written: &str) -> Result<LmtpTarget, String> {
+        let written = written.trim();
+        if let Some(path) = written.strip_prefix("unix:") {
+            if !path.starts_with('/') || path.bytes().any(|b| b <= b' ') {
+                return Err(format!("`{written}`: the socket must be an absolute path"));
+            }
+            return Ok(LmtpTarget::Unix(path.to_string()));
+        }
+        let spec = HostSpec::parse(written.strip_prefix("inet:").unwrap_or(written))?;
+        let host = spec.host.ok_or_else(|| format!("`{written}`: write lmtp:unix:/path or lmtp:[host]:port"))?;
+        Ok(LmtpTarget::Inet { host: host.to_ascii_lowercase(), port: spec.port.unwrap_or(LMTP_PORT) })
+    }
+}
+
+/// `unix:/path` or `[host]:port`.
+impl fmt::Display for LmtpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LmtpTarget::Unix(path) => write!(f, "unix:{path}"),
+            LmtpTarget::Inet { host, port } => write!(f, "[{host}]:{port}"),
+        }
+    }
+}
+
 /// The next hop for a group of recipients, as `route` decides it and a
 /// transport carries it out. Recipients of one message with the same hop
 /// are delivered together.
@@ -202,6 +246,8 @@ pub(crate) enum Hop {
     Maildir,
     /// Local delivery as the user (`deliver::local`).
     Local,
+    /// An LMTP server (`deliver::lmtp`), e.g. Dovecot's.
+    Lmtp(LmtpTarget),
     /// The after-queue content filter, before any of the above: the whole
     /// message with all its recipients (in the filtered domains) at once.
     Filter(FilterSpec),
@@ -216,6 +262,7 @@ impl Hop {
             Hop::Smtp(target) => format!("smtp:{target}"),
             Hop::Maildir => "maildir".into(),
             Hop::Local => "local".into(),
+            Hop::Lmtp(target) => format!("lmtp:{target}"),
             Hop::Filter(FilterSpec::Smtp(target)) => format!("filter:smtp:{target}"),
             Hop::Filter(FilterSpec::Pipe(argv)) => format!("filter:pipe:{}", argv[0]),
         }
@@ -352,5 +399,26 @@ mod tests {
         assert_eq!(Hop::Smtp(t.clone()).key(), "smtp:[10.0.0.1]:2525");
         assert_eq!(Hop::Filter(FilterSpec::Smtp(t)).key(), "filter:smtp:[10.0.0.1]:2525");
         assert_eq!(Hop::Mx("example.org".into()).key(), "mx:example.org");
+        assert_eq!(Hop::Lmtp(LmtpTarget::Unix("/run/lmtp".into())).key(), "lmtp:unix:/run/lmtp");
+    }
+
+    #[test]
+    fn lmtp_target_table() {
+        let inet = |host: &str, port: u16| LmtpTarget::Inet { host: host.into(), port };
+        let cases = [
+            ("unix:/run/dovecot/lmtp", LmtpTarget::Unix("/run/dovecot/lmtp".into()), "unix:/run/dovecot/lmtp"),
+            ("[127.0.0.1]:2424", inet("127.0.0.1", 2424), "[127.0.0.1]:2424"),
+            ("Mail.Example:24", inet("mail.example", 24), "[mail.example]:24"),
+            ("inet:[::1]:lmtp", inet("::1", 24), "[::1]:24"),
+            ("[store.lan]", inet("store.lan", 24), "[store.lan]:24"),
+        ];
+        for (input, want, shown) in cases {
+            let got = LmtpTarget::parse(input).unwrap();
+            assert_eq!(got, want, "{input}");
+            assert_eq!(got.to_string(), shown, "{input}");
+        }
+        for bad in ["", "unix:", "unix:run/lmtp", "unix:/a b", "[::1", ":24"] {
+            assert!(LmtpTarget::parse(bad).is_err(), "{bad}");
+        }
     }
 }

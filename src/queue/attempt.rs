@@ -136,7 +136,8 @@ pub(crate) async fn run(ctx: Context, mut env: Envelope, from: State) -> Done {
     for group in &results {
         record(&mut env, group, now, first, &ctx.metrics);
         let action = match group.hop {
-            Hop::Maildir | Hop::Local => Some(dsn::DsnAction::Delivered),
+            // An LMTP server is the mail store: its 250 is final delivery.
+            Hop::Maildir | Hop::Local | Hop::Lmtp(_) => Some(dsn::DsnAction::Delivered),
             // The filter reinjects the message; notices come from there on.
             Hop::Filter(_) => None,
             _ if group.delivery.remote_dsn => None,
@@ -336,7 +337,7 @@ fn dest_class(hop: &Hop) -> DestClass {
     match hop {
         Hop::Relay | Hop::Smtp(_) => DestClass::Relay,
         Hop::Mx(_) => DestClass::Mx,
-        Hop::Maildir | Hop::Local => DestClass::Maildir,
+        Hop::Maildir | Hop::Local | Hop::Lmtp(_) => DestClass::Maildir,
         Hop::Filter(_) => DestClass::Filter,
     }
 }
@@ -520,6 +521,7 @@ fn log_outcome(
     let service = match group.hop {
         Hop::Maildir => "virtual",
         Hop::Local => "local",
+        Hop::Lmtp(_) => "lmtp",
         Hop::Filter(crate::message::nexthop::FilterSpec::Pipe(_)) => "pipe",
         _ => "smtp",
     };

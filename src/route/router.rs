@@ -116,6 +116,9 @@ pub(crate) fn content_filter<'a>(filter: &'a Filter, filtered: bool, rcpt: &str)
 pub(crate) fn hop_of(decision: Decision) -> Hop {
     match decision {
         Decision::Smarthosts => Hop::Relay,
+        Decision::Next { hop, .. } if hop.lmtp_target().is_some() => {
+            Hop::Lmtp(hop.lmtp_target().expect("checked by the guard"))
+        }
         Decision::Next { hop, domain } => match (hop.transport, hop.host, hop.port) {
             (Transport::Maildir, _, _) => Hop::Maildir,
             (Transport::Local, _, _) => Hop::Local,
@@ -316,9 +319,10 @@ impl Router {
     fn default_hop(&self, domain: &str) -> Option<NextHop> {
         match self.role {
             Role::Satellite => None,
-            Role::Hub if self.is_local_domain(domain) => Some(match self.local.local_transport {
+            Role::Hub if self.is_local_domain(domain) => Some(match &self.local.local_transport {
                 crate::config::LocalTransport::Maildir => NextHop::maildir(),
                 crate::config::LocalTransport::Local => NextHop::local(),
+                crate::config::LocalTransport::Lmtp(target) => NextHop::lmtp(target),
             }),
             Role::Hub if self.has_smarthosts => None,
             Role::Hub => Some(NextHop::mx()),
@@ -412,15 +416,23 @@ impl Router {
                     let how = match route.matched {
                         Some(m) => format!("transport table {}:{}: {} {}", m.table, m.line, m.key, m.value),
                         None if hop.transport.is_local() => format!("{domain} is a local domain"),
+                        None if hop.transport == Transport::Lmtp => {
+                            format!("{domain} is a local domain, local.local_transport")
+                        }
                         None => "default: MX lookup of the recipient's domain".into(),
                     };
-                    let tls =
-                        if hop.transport.is_local() { "local".to_string() } else { self.explain_tls(&hop, &domain) };
+                    let tls = match hop.transport {
+                        t if t.is_local() => "local".to_string(),
+                        // Loopback or a Unix socket: never TLS, as Postfix's lmtp(8).
+                        Transport::Lmtp => "none (lmtp)".to_string(),
+                        _ => self.explain_tls(&hop, &domain),
+                    };
                     match hop.transport {
                         Transport::Local => {
                             let place = crate::deliver::local::describe(&self.local, rcpt);
                             format!("{hop} -> {place} ({how}); tls={tls}")
                         }
+                        Transport::Lmtp => format!("{hop} -> LMTP server ({how}); tls={tls}"),
                         _ => format!("{hop} -> {} ({how}); tls={tls}", hop.destination(&domain)),
                     }
                 }

@@ -20,10 +20,13 @@
 //! `relay:`, `maildir:` for delivery to `deliver.maildir_root` (`virtual:`
 //! is taken as `maildir:` so Postfix tables keep working), and `local:`
 //! for delivery as the user, the way Postfix's local(8) does it
-//! (`deliver::local`).
+//! (`deliver::local`). `lmtp:unix:/path`, `lmtp:[host]:port` and
+//! `lmtp:host:port` hand the mail to an LMTP server such as Dovecot's
+//! (`deliver::lmtp`); the nexthop is required there, and never looked up
+//! by MX.
 
 use super::table::{Table, fold};
-use crate::message::nexthop::HostSpec;
+use crate::message::nexthop::{HostSpec, LMTP_PORT, LmtpTarget};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -39,6 +42,8 @@ pub(crate) enum Transport {
     Maildir,
     /// Delivery as the local user: mbox in the spool or a home mailbox.
     Local,
+    /// LMTP to a mail store (RFC 2033).
+    Lmtp,
 }
 
 impl Transport {
@@ -48,6 +53,7 @@ impl Transport {
             Transport::Relay => "relay",
             Transport::Maildir => "maildir",
             Transport::Local => "local",
+            Transport::Lmtp => "lmtp",
         }
     }
 
@@ -62,7 +68,8 @@ impl Transport {
             "relay" => Ok(Transport::Relay),
             "maildir" | "virtual" => Ok(Transport::Maildir),
             "local" => Ok(Transport::Local),
-            _ => Err(format!("unsupported transport {s:?} (posthorn knows smtp, relay, maildir and local)")),
+            "lmtp" => Ok(Transport::Lmtp),
+            _ => Err(format!("unsupported transport {s:?} (posthorn knows smtp, relay, lmtp, maildir and local)")),
         }
     }
 }
@@ -96,6 +103,28 @@ impl NextHop {
         NextHop { transport: Transport::Local, host: None, port: None, mx_lookup: false }
     }
 
+    /// LMTP to `target`, in the form `lmtp_target` reads back.
+    pub(crate) fn lmtp(target: &LmtpTarget) -> NextHop {
+        let (host, port) = match target {
+            LmtpTarget::Unix(path) => (format!("unix:{path}"), None),
+            LmtpTarget::Inet { host, port } => (host.clone(), Some(*port)),
+        };
+        NextHop { transport: Transport::Lmtp, host: Some(host), port, mx_lookup: false }
+    }
+
+    /// The LMTP server of an `lmtp:` hop (whose nexthop the table's
+    /// parser made sure of); `None` for other transports.
+    pub(crate) fn lmtp_target(&self) -> Option<LmtpTarget> {
+        if self.transport != Transport::Lmtp {
+            return None;
+        }
+        let host = self.host.as_deref()?;
+        Some(match host.strip_prefix("unix:") {
+            Some(path) => LmtpTarget::Unix(path.to_string()),
+            None => LmtpTarget::Inet { host: host.to_string(), port: self.port.unwrap_or(LMTP_PORT) },
+        })
+    }
+
     /// The host to connect to or look up: the nexthop, or `domain`.
     pub(crate) fn destination<'a>(&'a self, domain: &'a str) -> &'a str {
         self.host.as_deref().unwrap_or(domain)
@@ -106,6 +135,9 @@ impl NextHop {
 impl fmt::Display for NextHop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:", self.transport.name())?;
+        if let Some(target) = self.lmtp_target() {
+            return write!(f, "{target}");
+        }
         write_nexthop(f, self.host.as_deref(), self.port, self.mx_lookup)
     }
 }
@@ -159,6 +191,13 @@ impl TransportValue {
         if transport.is_some_and(Transport::is_local) {
             return Ok(TransportValue { transport, host: None, port: None, mx_lookup: false });
         }
+        if transport == Some(Transport::Lmtp) {
+            // The socket path rides in the host field (`unix:/path`),
+            // which `NextHop::lmtp_target` reads back.
+            let target = LmtpTarget::parse(nexthop).map_err(|e| format!("{value}: {e}"))?;
+            let NextHop { host, port, .. } = NextHop::lmtp(&target);
+            return Ok(TransportValue { transport, host, port, mx_lookup: false });
+        }
         let spec = HostSpec::parse(nexthop).map_err(|e| format!("{value}: {e}"))?;
         Ok(TransportValue { transport, host: spec.host, port: spec.port, mx_lookup: spec.mx })
     }
@@ -168,7 +207,8 @@ impl TransportValue {
     pub(crate) fn apply(&self, default: &NextHop) -> NextHop {
         let mut hop = default.clone();
         if let Some(t) = self.transport {
-            hop = NextHop { transport: t, host: None, port: None, mx_lookup: !t.is_local() };
+            let mx_lookup = !t.is_local() && t != Transport::Lmtp;
+            hop = NextHop { transport: t, host: None, port: None, mx_lookup };
         }
         if self.host.is_some() || self.port.is_some() {
             hop.host = self.host.clone();
@@ -317,6 +357,9 @@ mod tests {
             ("local:", v(Some(Local), None, None, false)),
             ("local:$myhostname", v(Some(Local), None, None, false)),
             ("virtual:", v(Some(Maildir), None, None, false)),
+            ("lmtp:unix:/run/dovecot/lmtp", v(Some(Lmtp), Some("unix:/run/dovecot/lmtp"), None, false)),
+            ("lmtp:[127.0.0.1]:2424", v(Some(Lmtp), Some("127.0.0.1"), Some(2424), false)),
+            ("lmtp:store.lan", v(Some(Lmtp), Some("store.lan"), Some(24), false)),
             (":[gw.example]", v(None, Some("gw.example"), None, false)),
             (":", v(None, None, None, true)),
         ];
@@ -328,7 +371,9 @@ mod tests {
     #[test]
     fn refuses_bad_values() {
         let cases: &[(&str, &str)] = &[
-            ("lmtp:unix:/x", "unsupported transport \"lmtp\""),
+            ("lmtp:", "write lmtp:unix:/path or lmtp:[host]:port"),
+            ("lmtp:unix:relative", "absolute path"),
+            ("lmtp:[h]x", "expected `:port` after `]`"),
             ("error:no mail here", "unsupported transport \"error\""),
             ("smtp:[unclosed", "missing `]`"),
             ("smtp:[h]x", "expected `:port` after `]`"),
@@ -371,10 +416,22 @@ mod tests {
 
     #[test]
     fn next_hops_print_and_parse_back() {
-        for s in ["smtp:", "smtp:mx.example.net", "smtp:[10.0.0.1]:2525", "relay:[hub]:25", "maildir:", "smtp::2525"] {
+        for s in [
+            "smtp:",
+            "smtp:mx.example.net",
+            "smtp:[10.0.0.1]:2525",
+            "relay:[hub]:25",
+            "maildir:",
+            "smtp::2525",
+            "lmtp:unix:/run/dovecot/lmtp",
+            "lmtp:[127.0.0.1]:24",
+        ] {
             let hop: NextHop = s.parse().unwrap();
             assert_eq!(hop.to_string(), s);
         }
+        let lmtp: NextHop = "lmtp:unix:/run/dovecot/lmtp".parse().unwrap();
+        assert_eq!(lmtp.lmtp_target(), Some(LmtpTarget::Unix("/run/dovecot/lmtp".into())));
+        assert_eq!("smtp:[h]:24".parse::<NextHop>().unwrap().lmtp_target(), None);
         assert_eq!(":[x]".parse::<NextHop>().unwrap_err(), "\":[x]\": missing transport name");
         assert_eq!(NextHop::mx().destination("example.org"), "example.org");
         assert_eq!("smtp:[gw]".parse::<NextHop>().unwrap().destination("example.org"), "gw");
@@ -471,13 +528,13 @@ mod tests {
     fn bad_transport_values_are_bad_lines() {
         let e = Table::from_text(
             "/etc/posthorn/transport",
-            "example.org maildir:\nexample.net lmtp:x\n",
+            "example.org maildir:\nexample.net pipe:x\n",
             Syntax::Transport,
         )
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "/etc/posthorn/transport:2: unsupported transport \"lmtp\" (posthorn knows smtp, relay, maildir and local)"
+            "/etc/posthorn/transport:2: unsupported transport \"pipe\" (posthorn knows smtp, relay, lmtp, maildir and local)"
         );
     }
 }

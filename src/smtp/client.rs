@@ -18,6 +18,11 @@
 //! Whether to ask for TLS, and what to do when it fails, is the transport's
 //! policy (`deliver::relay`); this module only carries it out. `auth` logs
 //! in with PLAIN or LOGIN (RFC 4954).
+//!
+//! The same session speaks LMTP (RFC 2033) when opened with
+//! [`Client::connect_lmtp`], over TCP or a Unix socket: LHLO instead of
+//! EHLO (no HELO fallback), and after the final dot one reply per accepted
+//! recipient, in RCPT order, instead of one for the whole message.
 
 use crate::message::outcome::{self, ErrorClass};
 use crate::message::{Body, OutMessage, OutRecipient};
@@ -30,7 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// Most lines accepted in one reply; an EHLO list is about fifteen.
 const MAX_REPLY_LINES: usize = 100;
@@ -54,6 +59,8 @@ pub(crate) enum Phase {
     Greeting,
     Ehlo,
     Helo,
+    /// LMTP's hello (RFC 2033 4.1).
+    Lhlo,
     Mail,
     Rcpt,
     /// The DATA command itself, up to its 354.
@@ -75,6 +82,7 @@ impl fmt::Display for Phase {
             Phase::Greeting => "greeting",
             Phase::Ehlo => "EHLO",
             Phase::Helo => "HELO",
+            Phase::Lhlo => "LHLO",
             Phase::Mail => "MAIL FROM",
             Phase::Rcpt => "RCPT TO",
             Phase::DataInit => "DATA",
@@ -147,7 +155,7 @@ impl Timeouts {
         match phase {
             Phase::Connect => self.connect,
             Phase::Greeting => self.greeting,
-            Phase::Ehlo | Phase::Helo | Phase::StartTls | Phase::Auth => self.helo,
+            Phase::Ehlo | Phase::Helo | Phase::Lhlo | Phase::StartTls | Phase::Auth => self.helo,
             Phase::Mail => self.mail,
             Phase::Rcpt => self.rcpt,
             Phase::DataInit => self.data_init,
@@ -324,6 +332,8 @@ pub(crate) fn relay_label(host: &str, addr: SocketAddr) -> String {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// LMTP over a Unix socket (`lmtp:unix:/path`); never TLS.
+    Unix(UnixStream),
     Gone,
 }
 
@@ -336,6 +346,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -346,6 +357,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -353,6 +365,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -360,6 +373,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -420,11 +434,50 @@ pub(crate) struct Client {
     tls: Option<String>,
     /// Our EHLO name, said again after STARTTLS.
     helo: String,
+    /// LMTP (RFC 2033): LHLO, and a reply per recipient after the dot.
+    lmtp: bool,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client").field("relay", &self.label).field("usable", &self.usable).finish_non_exhaustive()
+    }
+}
+
+/// Where an LMTP server listens: a Unix socket, or a TCP address (with
+/// the host name it was found under, for logs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LmtpEndpoint {
+    Unix(std::path::PathBuf),
+    Tcp { host: String, addr: SocketAddr },
+}
+
+/// The verdict of a reply to the final dot for one recipient.
+fn data_end_result(reply: &Reply) -> RcptResult {
+    if reply.code / 100 == 2 {
+        RcptResult::Accepted(reply.clone())
+    } else {
+        RcptResult::Refused { stage: Phase::DataEnd, reply: reply.clone() }
+    }
+}
+
+/// Our HELO name must be one word of printable characters.
+fn check_helo(helo: &str) -> Result<(), ClientError> {
+    if helo.is_empty() || helo.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(ClientError::Protocol { phase: Phase::Ehlo, what: "our HELO name is empty or has spaces".into() });
+    }
+    Ok(())
+}
+
+/// A connection attempt bounded by the connect timeout.
+async fn connect_within<S>(
+    limit: Duration,
+    connect: impl std::future::Future<Output = io::Result<S>>,
+) -> Result<S, ClientError> {
+    match tokio::time::timeout(limit, connect).await {
+        Err(_) => Err(ClientError::Timeout(Phase::Connect)),
+        Ok(Err(e)) => Err(ClientError::Connect(e)),
+        Ok(Ok(s)) => Ok(s),
     }
 }
 
@@ -461,21 +514,12 @@ impl Client {
         helo: &str,
         timeouts: Timeouts,
     ) -> Result<Client, ClientError> {
-        if helo.is_empty() || helo.bytes().any(|b| b <= b' ' || b == 0x7f) {
-            return Err(ClientError::Protocol {
-                phase: Phase::Ehlo,
-                what: "our HELO name is empty or has spaces".into(),
-            });
-        }
-        let tcp = match tokio::time::timeout(timeouts.connect, tcp_connect(addr, bind)).await {
-            Err(_) => return Err(ClientError::Timeout(Phase::Connect)),
-            Ok(Err(e)) => return Err(ClientError::Connect(e)),
-            Ok(Ok(tcp)) => tcp,
-        };
+        check_helo(helo)?;
+        let tcp = connect_within(timeouts.connect, tcp_connect(addr, bind)).await?;
         // Commands go out whole (a pipelined group is one write), so Nagle
         // would only add a round trip of delay in lock-step mode.
         let _ = tcp.set_nodelay(true);
-        let mut client = Client {
+        let client = Client {
             stream: Stream::Plain(tcp),
             rbuf: Vec::with_capacity(1024),
             label: relay_label(host_label, addr),
@@ -485,19 +529,60 @@ impl Client {
             usable: true,
             tls: None,
             helo: helo.to_string(),
+            lmtp: false,
         };
-        let greeting = client.read_reply(Phase::Greeting).await?;
+        client.open(helo).await
+    }
+
+    /// An LMTP session (RFC 2033) with the server at `endpoint`, greeted
+    /// with LHLO. No TLS and no AUTH: LMTP servers listen on loopback or a
+    /// Unix socket, as Postfix's lmtp(8) assumes by default.
+    pub(crate) async fn connect_lmtp(
+        endpoint: &LmtpEndpoint,
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> Result<Client, ClientError> {
+        check_helo(helo)?;
+        let (stream, label) = match endpoint {
+            LmtpEndpoint::Unix(path) => {
+                let unix = connect_within(timeouts.connect, UnixStream::connect(path)).await?;
+                (Stream::Unix(unix), format!("unix:{}", path.display()))
+            }
+            LmtpEndpoint::Tcp { host, addr } => {
+                let tcp = connect_within(timeouts.connect, TcpStream::connect(*addr)).await?;
+                let _ = tcp.set_nodelay(true);
+                (Stream::Plain(tcp), relay_label(host, *addr))
+            }
+        };
+        let client = Client {
+            stream,
+            rbuf: Vec::with_capacity(1024),
+            label,
+            greeting: Reply::plain(220, ""),
+            caps: Capabilities::default(),
+            timeouts,
+            usable: true,
+            tls: None,
+            helo: helo.to_string(),
+            lmtp: true,
+        };
+        client.open(helo).await
+    }
+
+    /// Reads the greeting and says hello; QUIT after a refusal.
+    async fn open(mut self, helo: &str) -> Result<Client, ClientError> {
+        let greeting = self.read_reply(Phase::Greeting).await?;
         if greeting.code / 100 != 2 {
             // RFC 5321 3.1: after a refusing greeting the client still
             // says QUIT (unless it was a 421, which closes by itself).
-            client.quit().await;
+            self.quit().await;
             return Err(ClientError::Reply { phase: Phase::Greeting, reply: greeting });
         }
-        client.greeting = greeting;
-        match client.hello(helo).await {
-            Ok(()) => Ok(client),
+        self.greeting = greeting;
+        match self.hello(helo).await {
+            Ok(()) => Ok(self),
             Err(e @ ClientError::Reply { .. }) => {
-                client.quit().await;
+                self.quit().await;
                 Err(e)
             }
             Err(e) => Err(e),
@@ -506,6 +591,15 @@ impl Client {
 
     /// EHLO, or HELO when the server does not know EHLO (RFC 5321 3.2).
     async fn hello(&mut self, helo: &str) -> Result<(), ClientError> {
+        if self.lmtp {
+            // RFC 2033 4.1: LHLO only; there is no HELO to fall back to.
+            let reply = self.command(Phase::Lhlo, format!("LHLO {helo}\r\n").as_bytes()).await?;
+            if reply.code / 100 != 2 {
+                return Err(ClientError::Reply { phase: Phase::Lhlo, reply });
+            }
+            self.caps = Capabilities::parse(&reply.lines[1..]);
+            return Ok(());
+        }
         let reply = self.command(Phase::Ehlo, format!("EHLO {helo}\r\n").as_bytes()).await?;
         if reply.code / 100 == 2 {
             self.caps = Capabilities::parse(&reply.lines[1..]);
@@ -640,6 +734,9 @@ impl Client {
         let open = match &self.stream {
             Stream::Plain(tcp) => would_block(tcp),
             Stream::Tls(tls) => would_block(tls.get_ref().0),
+            Stream::Unix(unix) => {
+                matches!(unix.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
             Stream::Gone => false,
         };
         self.usable = open;
@@ -790,13 +887,16 @@ impl Client {
         let go_ahead = got.data.as_ref().is_some_and(|r| r.code / 100 == 3);
         if go_ahead && !got.accepted.is_empty() {
             self.write_body(&msg.body, head).await?;
-            let end = self.read_reply(Phase::DataEnd).await?;
+            // SMTP: one reply for every accepted recipient. LMTP: one
+            // each, in the order their RCPTs were accepted (RFC 2033 4.2).
+            let mut end = None;
             for &i in &got.accepted {
-                results[i] = Some(if end.code / 100 == 2 {
-                    RcptResult::Accepted(end.clone())
-                } else {
-                    RcptResult::Refused { stage: Phase::DataEnd, reply: end.clone() }
-                });
+                let reply = match (&end, self.lmtp) {
+                    (Some(reply), false) => Reply::clone(reply),
+                    _ => self.read_reply(Phase::DataEnd).await?,
+                };
+                results[i] = Some(data_end_result(&reply));
+                end = Some(reply);
             }
             return Ok(());
         }

@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod dovecot;
 pub mod filter;
 pub mod milter;
 pub mod policy;

@@ -1002,8 +1002,10 @@ fn unsupported(name: &str) -> &'static str {
         n if n.starts_with("smtp_sasl") => "write the relay's user:password into a file and set relay.auth_file",
         n if n.starts_with("smtpd_sasl") => "posthorn's AUTH uses its own users file (auth.users, `posthorn auth add`)",
         n if n.contains("milter") => "posthorn has no milters; an after-queue filter ([filter]) can do that work",
-        "mailbox_command" | "mailbox_transport" => {
-            "posthorn delivers local mail itself (deliver.maildir_root, or [local] as local(8) does)"
+        "mailbox_command" => "posthorn delivers local mail itself (deliver.maildir_root, or [local] as local(8) does)",
+        "mailbox_transport" => {
+            "posthorn delivers local mail itself (deliver.maildir_root, or [local] as local(8) does); \
+             for lmtp:... set local.local_transport to the same value"
         }
         "smtpd_banner" => "posthorn's greeting is fixed (its hostname and ESMTP)",
         _ => "posthorn has no equivalent setting",

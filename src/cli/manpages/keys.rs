@@ -215,7 +215,7 @@ pub(super) const KEYS: &[Key] = &[
     k("outbound_tls.level", "The TLS level for a destination no policy table names: none, may (STARTTLS when offered), encrypt (TLS required), verify (certificate checked against the MX host name) or secure (checked against the next hop's names). Under encrypt, verify and secure mail never goes in clear."),
     k("outbound_tls.ca", "CA certificates (PEM) that verify and secure check MX hosts and next hops against; unset: the system's roots.")
         .compare("smtp_tls_CAfile (posthorn's relay.tls_ca is the smarthosts' own)"),
-    k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account) or local (the user's mailbox, written as the user, as Postfix's local(8)).")
+    k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account), local (the user's mailbox, written as the user, as Postfix's local(8)), or lmtp:unix:/path or lmtp:[host]:port (an LMTP server such as Dovecot's, as Postfix's mailbox_transport = lmtp:...).")
         .default("maildir"),
     k("local.mail_spool_directory", "The directory of mbox files named after their users, for local: delivery without home_mailbox.")
         .default("/var/mail"),

@@ -319,7 +319,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("outbound_tls.policy_maps", list(&c.outbound_tls.policy_maps)),
         ("outbound_tls.level", tls_policy(c.outbound_tls.level).into()),
         ("outbound_tls.ca", path(&c.outbound_tls.ca)),
-        ("local.local_transport", crate::config::local_transport_name(&c.local).into()),
+        ("local.local_transport", crate::config::local_transport_name(&c.local)),
         ("local.mail_spool_directory", c.local.mail_spool_directory.display().to_string()),
         ("local.home_mailbox", crate::config::home_mailbox_text(&c.local)),
         ("local.deliver_to_root", c.local.deliver_to_root.to_string()),
