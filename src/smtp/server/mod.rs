@@ -32,6 +32,7 @@ mod defence;
 mod greeting;
 mod mail;
 mod milters;
+mod screen;
 pub(crate) mod session;
 #[cfg(test)]
 mod test_support;

@@ -1,0 +1,156 @@
+//! The session's side of postscreen's tests (`crate::screen`, `[screen]`,
+//! issue 16): the DNS lists asked at connect and their verdict applied at
+//! RCPT, and the decisions of the pregreet test, whose I/O (the partial
+//! `220-` line, the wait) is `conn::greet`'s.
+//!
+//! Only clients of port 25 are screened, and never those the hub vouches
+//! for: trusted networks at connect, and a client that authenticates
+//! later is no longer refused at RCPT.
+
+use super::session::{Listener, Peer, Session};
+use crate::screen::Rank;
+use crate::smtp::proto::reply::{Enhanced, Reply};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// The DNS lists' verdict on the client.
+#[derive(Debug)]
+pub(super) enum Screening {
+    /// Still being asked.
+    Asking(Asking),
+    Done(Rank),
+}
+
+/// The task asking the lists; stopped when the session ends first.
+#[derive(Debug)]
+pub(super) struct Asking(JoinHandle<Rank>);
+
+impl Drop for Asking {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the greeting does about the pregreet test.
+#[derive(Debug)]
+pub(super) enum Pregreet {
+    /// No test: the greeting at once.
+    Skip,
+    /// The client talked too early not long ago: this reply, then close.
+    Refuse(Reply),
+    /// A partial greeting, then wait this long for early talk.
+    Wait(Duration),
+}
+
+impl Session<'_> {
+    /// The client's address when it is screened.
+    fn screened(&self) -> Option<SocketAddr> {
+        self.security.screen.as_ref()?;
+        match self.peer {
+            Peer::Tcp(addr) if self.kind == Listener::Smtp && !self.vouched_for() => Some(addr),
+            _ => None,
+        }
+    }
+
+    /// At connect: starts asking the DNS lists about the client, while the
+    /// greeting goes on.
+    pub(super) fn start_screen(&mut self) {
+        let (Some(addr), Some(screen)) = (self.screened(), self.security.screen.clone()) else { return };
+        if !screen.asks_lists() {
+            return;
+        }
+        let task = tokio::spawn(async move {
+            let rank = screen.rank(addr.ip()).await;
+            if !rank.listed.is_empty() {
+                tracing::info!(
+                    client_addr = addr.ip().to_string(),
+                    "DNSBL rank {} for [{}]:{} ({})",
+                    rank.score,
+                    addr.ip(),
+                    addr.port(),
+                    rank.listed.join(", ")
+                );
+            }
+            rank
+        });
+        self.screening = Some(Screening::Asking(Asking(task)));
+    }
+
+    /// Whether RCPT waits for the DNS lists' verdict.
+    pub(super) fn screens_rcpt(&self) -> bool {
+        self.screening.is_some() && !self.vouched_for()
+    }
+
+    /// At RCPT: the refusal when the client's score reaches the threshold
+    /// (postscreen's `550 5.7.1 Service unavailable; client [ADDR] blocked
+    /// using LIST`).
+    pub(super) async fn screen_rcpt(&mut self) -> Option<Reply> {
+        if self.vouched_for() {
+            return None;
+        }
+        let rank = match self.screening.take()? {
+            Screening::Asking(mut asking) => (&mut asking.0).await.unwrap_or_default(),
+            Screening::Done(rank) => rank,
+        };
+        let screen = self.security.screen.as_ref()?;
+        let refusal = screen.refuses(&rank).zip(self.peer.addr()).map(|(list, ip)| {
+            Reply::new(550, Enhanced(5, 7, 1), format!("Service unavailable; client [{ip}] blocked using {list}"))
+        });
+        self.screening = Some(Screening::Done(rank));
+        refusal
+    }
+
+    /// What the greeting does about the pregreet test.
+    pub(super) fn pregreet(&self) -> Pregreet {
+        let (Some(addr), Some(screen)) = (self.screened(), self.security.screen.as_ref()) else {
+            return Pregreet::Skip;
+        };
+        if !screen.config().pregreet {
+            return Pregreet::Skip;
+        }
+        match screen.greeted(addr.ip()) {
+            Some(true) => Pregreet::Skip,
+            Some(false) => {
+                tracing::info!(
+                    client_addr = addr.ip().to_string(),
+                    "PREGREET cached for [{}]:{}",
+                    addr.ip(),
+                    addr.port()
+                );
+                Pregreet::Refuse(Reply::new(
+                    521,
+                    Enhanced(5, 7, 1),
+                    format!("Service unavailable; client [{}] talked before the greeting", addr.ip()),
+                ))
+            }
+            None => Pregreet::Wait(screen.config().greet_wait),
+        }
+    }
+
+    /// The client waited for the whole greeting.
+    pub(super) fn greet_passed(&self) {
+        if let (Some(addr), Some(screen)) = (self.screened(), self.security.screen.as_ref()) {
+            screen.remember_greet(addr.ip(), true);
+        }
+    }
+
+    /// The client sent `input` before the greeting was over, `after` the
+    /// partial one: logged as postscreen logs it, remembered, refused.
+    pub(super) fn pregreeted(&self, input: &[u8], after: Duration) -> Reply {
+        if let (Some(addr), Some(screen)) = (self.screened(), self.security.screen.as_ref()) {
+            screen.remember_greet(addr.ip(), false);
+            let shown: String =
+                input.iter().take(100).copied().flat_map(std::ascii::escape_default).map(char::from).collect();
+            tracing::info!(
+                client_addr = addr.ip().to_string(),
+                "PREGREET {} after {:.2} from [{}]:{}: {shown}",
+                input.len(),
+                after.as_secs_f64(),
+                addr.ip(),
+                addr.port()
+            );
+        }
+        Reply::new(521, Enhanced(5, 5, 1), "Protocol error")
+    }
+}
