@@ -236,7 +236,8 @@ mod tests {
     fn site_syntax() {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         // (entry, domain, weight, answers that count, answers that do not)
-        let table: &[(&str, &str, i64, &[&str], &[&str])] = &[
+        type Case<'a> = (&'a str, &'a str, i64, &'a [&'a str], &'a [&'a str]);
+        let table: &[Case] = &[
             ("zen.spamhaus.org", "zen.spamhaus.org", 1, &["127.0.0.2", "127.0.0.10"], &[]),
             ("zen.spamhaus.org*3", "zen.spamhaus.org", 3, &["127.0.0.4"], &[]),
             ("Zen.Example.", "zen.example", 1, &["127.0.0.2"], &[]),

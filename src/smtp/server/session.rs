@@ -563,7 +563,8 @@ mod tests {
         let start = ["EHLO c", "RCPT TO:<u@example.org>", "MAIL FROM:<s@example.net>"];
         let transaction: Vec<&str> = start.into_iter().chain(rcpts.iter().map(String::as_str)).collect();
         // (max_errors, input, replies, 4xx, 5xx)
-        let cases: Vec<(u32, Vec<u8>, Vec<&str>, u64, u64)> = vec![
+        type Case<'a> = (u32, Vec<u8>, Vec<&'a str>, u64, u64);
+        let cases: Vec<Case> = vec![
             (
                 50,
                 [lines(&transaction), lines(&["XYZZY", "RSET", "BDAT x"])].concat(),
