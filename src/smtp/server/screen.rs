@@ -154,3 +154,84 @@ impl Session<'_> {
         Reply::new(521, Enhanced(5, 5, 1), "Protocol error")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::ingress::test_support::queue_ingress;
+    use crate::smtp::server::conn::serve;
+    use crate::smtp::server::session::{Listener, Security};
+    use crate::smtp::server::test_support::{Client, STRANGER, TRUSTED, lines, tcp};
+    use std::path::Path;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn screened() -> Config {
+        let text = "hostname = \"mx.test\"\n[access]\ntrusted_networks = [\"10.0.0.0/8\"]\nrelay_domains = [\"example.org\"]\n[screen]\npregreet = true\ngreet_wait = \"5s\"\n";
+        Config::parse(text, Path::new("test.toml")).unwrap()
+    }
+
+    /// One session where the client sends `input` at once, before reading:
+    /// everything the server wrote.
+    async fn early(config: &Config, security: &Security, peer: &str, kind: Listener, input: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), config);
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let session = serve(server, tcp(peer), kind, config, &ingress, security, None);
+        let talk = async {
+            // The server may close before reading a byte: a refused write
+            // is part of the test, not a failure.
+            let (mut r, mut w) = tokio::io::split(client);
+            let _ = w.write_all(input).await;
+            let _ = w.shutdown().await;
+            let mut out = String::new();
+            let _ = r.read_to_string(&mut out).await;
+            out
+        };
+        let ((), out) = tokio::join!(session, talk);
+        out
+    }
+
+    /// Early talk from a stranger on port 25 is refused, then remembered;
+    /// trusted clients and the submission port are not tested.
+    #[tokio::test(start_paused = true)]
+    async fn pregreet_catches_early_talkers_only_where_it_applies() {
+        let config = screened();
+        let security = Security::load(&config).unwrap();
+        let input = lines(&["EHLO early", "QUIT"]);
+        let out = early(&config, &security, STRANGER, Listener::Smtp, &input).await;
+        assert_eq!(out, "220-mx.test ESMTP posthorn\r\n521 5.5.1 Protocol error\r\n");
+        let out = early(&config, &security, STRANGER, Listener::Smtp, &input).await;
+        assert_eq!(out, "521 5.7.1 Service unavailable; client [192.0.2.9] talked before the greeting\r\n");
+        for (peer, kind) in [(TRUSTED, Listener::Smtp), (STRANGER, Listener::Submission)] {
+            let out = early(&config, &security, peer, kind, &input).await;
+            assert!(out.starts_with("220 mx.test ESMTP posthorn\r\n250-mx.test\r\n"), "{peer} {kind:?}: {out}");
+        }
+    }
+
+    /// A client that waits gets the rest of the greeting after
+    /// `greet_wait`, and no wait the next time.
+    #[tokio::test(start_paused = true)]
+    async fn a_patient_client_passes_and_is_remembered() {
+        let config = screened();
+        let security = Security::load(&config).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, _spool) = queue_ingress(dir.path(), &config);
+        for wire in ["220-mx.test ESMTP posthorn\r\n220 mx.test ESMTP posthorn\r\n", "220 mx.test ESMTP posthorn\r\n"] {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let session = serve(server, tcp(STRANGER), Listener::Smtp, &config, &ingress, &security, None);
+            let dialog = async {
+                let mut c = Client::new(client);
+                let started = tokio::time::Instant::now();
+                let greeting = c.reply().await.unwrap();
+                assert_eq!(String::from_utf8(greeting.to_wire()).unwrap(), wire);
+                let waited = started.elapsed();
+                assert_eq!(waited >= std::time::Duration::from_secs(5), wire.starts_with("220-"), "{waited:?}");
+                c.send(b"EHLO patient\r\n").await;
+                c.expect("250").await;
+                c.send(b"QUIT\r\n").await;
+                c.expect("221 2.0.0").await;
+            };
+            tokio::join!(session, dialog);
+        }
+    }
+}
