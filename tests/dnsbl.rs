@@ -17,6 +17,8 @@
 //!    waits gets the whole greeting and sends mail, and its next
 //!    connection is not made to wait.
 //! 4. Off by default: the same listed client passes a hub without `[screen]`.
+//! 5. A reload that adds lists applies them to the next connections and
+//!    keeps what pregreet learned.
 
 mod harness;
 
@@ -238,4 +240,33 @@ fn pregreet_refuses_early_talkers_and_remembers() {
     let next = dialogue(addr, "127.0.0.8", false);
     assert!(next.replies[0].starts_with("220 ") && !next.replies[0].contains('\n'), "{next:?}");
     assert!(next.queued(), "{next:?}");
+}
+
+/// A reload (SIGHUP) that adds DNS lists applies them to the next
+/// connections, and keeps what pregreet learned.
+#[test]
+fn reload_adds_lists_and_keeps_pregreet_results() {
+    let dns = lists();
+    let (ph, _mail) = hub(&dns, &["screen.pregreet = true", "screen.greet_wait = \"1s\""]);
+    let addr = ph.smtp_addr();
+    let early = dialogue(addr, "127.0.0.7", true);
+    assert!(early.replies[0].ends_with("\n521 5.5.1 Protocol error"), "{early:?}");
+    let listed = dialogue(addr, "127.0.0.2", false);
+    assert!(listed.queued(), "no lists yet: {listed:?}");
+
+    let text = std::fs::read_to_string(ph.config_path()).unwrap();
+    std::fs::write(ph.config_path(), with_lines(&text, &[SITES])).unwrap();
+    let pid = rustix::process::Pid::from_raw(ph.pid().expect("running") as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    assert!(ph.wait_for_log("reload: configuration", secs(10)), "{}", ph.log());
+
+    let listed = dialogue(addr, "127.0.0.2", false);
+    assert_eq!(
+        listed.rcpt(),
+        "550 5.7.1 Service unavailable; client [127.0.0.2] blocked using zen.example",
+        "{listed:?}\n{}",
+        ph.log()
+    );
+    let again = dialogue(addr, "127.0.0.7", false);
+    assert!(again.replies[0].starts_with("521 5.7.1 "), "{again:?}");
 }
