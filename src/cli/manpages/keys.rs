@@ -93,7 +93,7 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
     ),
     (
         "screen",
-        "postscreen's tests, run before a client that is not trusted may send mail: DNS blocklists and allowlists with weights (a client whose score reaches the threshold is refused at RCPT with 550 5.7.1 naming the list) and the pregreet test (a client that talks before the greeting is refused with 521). Never for trusted networks or on the submission ports. Off unless dnsbl_sites names a list or pregreet is true.",
+        "postscreen's tests, run before a client that is not trusted may send mail: DNS blocklists and allowlists with weights (a client whose score reaches the threshold is refused at RCPT with 550 5.7.1 naming the list) and the pregreet test (a client that talks before the greeting is refused with 521). Never for trusted networks, on the submission ports or on the reinjection listener. Off unless dnsbl_sites names a list or pregreet is true.",
     ),
     (
         "log",

@@ -172,11 +172,11 @@ pub(super) async fn serve_in_slot<S>(
     session.kind = kind;
     session.local_addr = local;
     tracing::info!(client_addr = session.peer.addr(), event = "connect", "connect from {}", session.peer);
+    session.start_screen();
     session.milters_connect().await;
     if kind == Listener::Submissions {
         return serve_implicit_tls(session, stream, &mut shutdown, slot).await;
     }
-    session.start_screen();
     let mut conn = Conn::new(stream, config);
     if let Err(end) = greet(&mut session, &mut conn).await {
         return finish(&mut session, conn, end, slot).await;

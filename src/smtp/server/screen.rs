@@ -3,9 +3,10 @@
 //! RCPT, and the decisions of the pregreet test, whose I/O (the partial
 //! `220-` line, the wait) is `conn::greet`'s.
 //!
-//! Only clients of port 25 are screened, and never those the hub vouches
-//! for: trusted networks at connect, and a client that authenticates
-//! later is no longer refused at RCPT.
+//! Only clients of port 25 are screened (not the submission ports, not
+//! the content filter's reinjection listener), and never those the hub
+//! vouches for: trusted networks at connect, and a client that
+//! authenticates later is no longer refused at RCPT.
 
 use super::session::{Listener, Peer, Session};
 use crate::screen::Rank;
@@ -44,11 +45,13 @@ pub(super) enum Pregreet {
 }
 
 impl Session<'_> {
-    /// The client's address when it is screened.
+    /// The client's address when it is screened: port 25 only, not the
+    /// content filter's reinjection listener, nobody vouched for.
     fn screened(&self) -> Option<SocketAddr> {
         self.security.screen.as_ref()?;
+        let public = self.kind == Listener::Smtp && !self.ingress.is_reinjection();
         match self.peer {
-            Peer::Tcp(addr) if self.kind == Listener::Smtp && !self.vouched_for() => Some(addr),
+            Peer::Tcp(addr) if public && !self.vouched_for() => Some(addr),
             _ => None,
         }
     }
@@ -175,6 +178,7 @@ mod tests {
     async fn early(config: &Config, security: &Security, peer: &str, kind: Listener, input: &[u8]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let (ingress, _spool) = queue_ingress(dir.path(), config);
+        let ingress = if kind == Listener::Smtp && peer.starts_with("127.") { ingress.reinjection() } else { ingress };
         let (client, server) = tokio::io::duplex(1 << 16);
         let session = serve(server, tcp(peer), kind, config, &ingress, security, None);
         let talk = async {
@@ -192,7 +196,8 @@ mod tests {
     }
 
     /// Early talk from a stranger on port 25 is refused, then remembered;
-    /// trusted clients and the submission port are not tested.
+    /// trusted clients, the submission port and the reinjection listener
+    /// (a `127.` peer here) are not tested.
     #[tokio::test(start_paused = true)]
     async fn pregreet_catches_early_talkers_only_where_it_applies() {
         let config = screened();
@@ -202,7 +207,9 @@ mod tests {
         assert_eq!(out, "220-mx.test ESMTP posthorn\r\n521 5.5.1 Protocol error\r\n");
         let out = early(&config, &security, STRANGER, Listener::Smtp, &input).await;
         assert_eq!(out, "521 5.7.1 Service unavailable; client [192.0.2.9] talked before the greeting\r\n");
-        for (peer, kind) in [(TRUSTED, Listener::Smtp), (STRANGER, Listener::Submission)] {
+        for (peer, kind) in
+            [(TRUSTED, Listener::Smtp), (STRANGER, Listener::Submission), ("127.0.0.9:1", Listener::Smtp)]
+        {
             let out = early(&config, &security, peer, kind, &input).await;
             assert!(out.starts_with("220 mx.test ESMTP posthorn\r\n250-mx.test\r\n"), "{peer} {kind:?}: {out}");
         }
