@@ -16,7 +16,7 @@
 //!               ─> spool, route          (read-only listings, postmap, route explain)
 //!               ─> ingress::maildrop    (mailq lists the drops while the daemon is down)
 //! daemon  ─> smtp::server ─> ingress ─> spool
-//!                         ─> tls, auth, policy
+//!                         ─> tls, auth, policy, screen ─> deliver::dns
 //!         ─> queue ─> route              (each recipient's hop, content filter first, decided now)
 //!                  ─> deliver ─> smtp::client ─> smtp::proto   (carries the hop out)
 //!                  ─> dsn ─> ingress     (notices go back in through the door)
@@ -68,6 +68,10 @@
 //! - [`policy`]: policy delegation (Postfix's SMTPD_POLICY_README) as a
 //!   client: the request, the actions, the pooled connections; the session
 //!   asks it through `smtp::server::defence`, one call per phase.
+//! - [`screen`]: postscreen's tests (`[screen]`): DNS blocklists and
+//!   allowlists with weights, asked in parallel at connect through
+//!   `deliver::dns`, and the per-client memory of pregreet results; the
+//!   session runs them through `smtp::server::screen`.
 //! - [`tls`]: rustls configurations for both sides, certificate loading;
 //!   `matching`: a next hop's certificate checked against a list of names.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
@@ -94,6 +98,7 @@ pub mod milter;
 pub mod policy;
 pub mod queue;
 pub mod route;
+pub mod screen;
 pub mod smtp;
 pub mod spool;
 pub mod tls;

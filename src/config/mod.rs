@@ -9,6 +9,7 @@ mod local;
 mod milter;
 mod outbound_tls;
 mod policy;
+mod screen;
 mod shaping;
 mod source;
 mod srs;
@@ -20,6 +21,7 @@ use crate::message::nexthop::{FilterSpec, Target};
 use ipnet::IpNet;
 pub(crate) use milter::{DefaultAction, Milter, MilterAddr};
 pub(crate) use policy::{PolicyConfig, PolicyStage, PolicyTarget};
+pub(crate) use screen::{DnsblSite, ScreenConfig};
 use serde::Deserialize;
 pub(crate) use shaping::Shaping;
 pub(crate) use source::{Protocols, Source};
@@ -119,6 +121,8 @@ pub struct Config {
     pub(crate) metrics: MetricsConfig,
     /// `[policy]`: policy delegation (`config/policy.rs`).
     pub(crate) policy: PolicyConfig,
+    /// `[screen]`: DNS lists and the pregreet test (`config/screen.rs`).
+    pub(crate) screen: ScreenConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
     /// `[srs]`: sender rewriting for forwarded mail; `None`: off.
@@ -530,6 +534,7 @@ impl Config {
             dkim: resolve_dkim(raw.dkim),
             metrics: resolve_metrics(raw.metrics, &err)?,
             policy: policy::resolve_policy(raw.policy, &err)?,
+            screen: screen::resolve_screen(raw.screen, &err)?,
             log: resolve_log(raw.log, &err)?,
             srs,
         })
@@ -729,6 +734,8 @@ struct Raw {
     metrics: RawMetrics,
     #[serde(default)]
     policy: policy::RawPolicy,
+    #[serde(default)]
+    screen: screen::RawScreen,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
@@ -1345,6 +1352,11 @@ mod tests {
                 ":2: smtp.max_recipients: invalid value: integer `-1`, expected a whole number",
             ),
             ("smtp.max_connections = 5\nsmtp.trusted_reserve = 5\n", ":2: smtp.trusted_reserve: 5 leaves no slot"),
+            (
+                "[screen]\ndnsbl_sites = [\"zen.example*3\",\n  \"wl.example=127.0.[0..256].0*-2\"]\n",
+                ":2: screen.dnsbl_sites: `wl.example=127.0.[0..256].0*-2`: `256` is not a number from 0 to 255",
+            ),
+            ("[screen]\npregreet = true\ngreet_wait = \"0s\"\n", ":3: screen.greet_wait: must be more than 0s"),
             ("role = \n", ":1: "),
             ("[tls]\ncert = \"/c.pem\"\nkeyfile = \"/k.pem\"\n", ":3: tls.keyfile: unknown field `keyfile`"),
             ("[tls]\ncert = \"/c.pem\"\n", "posthorn.toml: tls.key: must be set together with tls.cert"),

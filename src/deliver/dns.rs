@@ -189,6 +189,24 @@ impl Dns {
         }
     }
 
+    /// The A records of `name`, as a DNS list answers: empty for NXDOMAIN
+    /// and NODATA (not listed).
+    pub async fn ipv4(&self, name: &str) -> Result<Vec<std::net::Ipv4Addr>, DnsError> {
+        let fqdn = fqdn(name)?;
+        match self.lookup(name, fqdn, RecordType::A).await {
+            Ok(Some(lookup)) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(a.0),
+                    _ => None,
+                })
+                .collect()),
+            Ok(None) | Err(DnsError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One query. `Ok(None)` is NODATA (the name exists, not this type).
     async fn lookup(
         &self,

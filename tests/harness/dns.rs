@@ -9,7 +9,8 @@
 //! (`mx1.example.test` → zone `test.`), so a name not listed inside such a
 //! zone gets NXDOMAIN, a listed name asked for another type gets NODATA,
 //! and a name outside every zone gets REFUSED. [`DnsRecord::servfail`] makes a
-//! name answer SERVFAIL to everything.
+//! name answer SERVFAIL to everything; [`DnsRecord::silent`] makes it never
+//! answer (a DNS list that is down).
 //!
 //! ```ignore
 //! let dns = DnsServer::start(vec![
@@ -54,6 +55,7 @@ enum Data {
     Aaaa(Ipv6Addr),
     Txt(String),
     ServFail,
+    Silent,
 }
 
 impl DnsRecord {
@@ -85,6 +87,11 @@ impl DnsRecord {
     pub fn servfail(name: &str) -> DnsRecord {
         DnsRecord { name: name.into(), data: Data::ServFail }
     }
+
+    /// Queries for `name` are never answered (until the server stops).
+    pub fn silent(name: &str) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::Silent }
+    }
 }
 
 /// A DNS server on `127.0.0.1:<port>`, UDP and TCP. Dropping it stops it.
@@ -100,6 +107,8 @@ impl DnsServer {
         let catalog = catalog(&records);
         let servfail: HashSet<String> =
             records.iter().filter(|r| matches!(r.data, Data::ServFail)).map(|r| normalize(&r.name)).collect();
+        let silent: HashSet<String> =
+            records.iter().filter(|r| matches!(r.data, Data::Silent)).map(|r| normalize(&r.name)).collect();
         let (udp, tcp) = bind_pair();
         let addr = udp.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -108,11 +117,13 @@ impl DnsServer {
             .name(format!("dns-{addr}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let mut server = Server::new(Handler { catalog, servfail });
+                    let (quit, quitting) = tokio::sync::watch::channel(false);
+                    let mut server = Server::new(Handler { catalog, servfail, silent, quitting });
                     server.register_socket(tokio::net::UdpSocket::from_std(udp).expect("udp socket"));
                     let tcp = tokio::net::TcpListener::from_std(tcp).expect("tcp listener");
                     server.register_listener(tcp, Duration::from_secs(5), 64);
                     let _ = stopped.await;
+                    let _ = quit.send(true);
                     let _ = server.shutdown_gracefully().await;
                 })
             })
@@ -196,7 +207,7 @@ fn catalog(records: &[DnsRecord]) -> Catalog {
                 RData::TXT(TXT::new(chunks))
             }
             // Answered by `Handler`; the name still exists in the zone.
-            Data::ServFail => continue,
+            Data::ServFail | Data::Silent => continue,
         };
         assert!(handler.upsert_mut(Rr::from_rdata(name(&record.name), TTL, rdata), 1), "{record:?}");
     }
@@ -208,16 +219,24 @@ fn catalog(records: &[DnsRecord]) -> Catalog {
     catalog
 }
 
-/// The catalog, except for the names that must answer SERVFAIL.
+/// The catalog, except for the names that must answer SERVFAIL and those
+/// that must not answer.
 struct Handler {
     catalog: Catalog,
     servfail: HashSet<String>,
+    silent: HashSet<String>,
+    /// Becomes true when the server stops: the silent queries end then.
+    quitting: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Handler {
-    fn fails(&self, request: &Request) -> bool {
+    fn asked_in(&self, request: &Request, names: &HashSet<String>) -> bool {
         let Ok(info) = request.request_info() else { return false };
-        self.servfail.contains(&normalize(&info.query.name().to_string()))
+        names.contains(&normalize(&info.query.name().to_string()))
+    }
+
+    fn fails(&self, request: &Request) -> bool {
+        self.asked_in(request, &self.servfail) || self.asked_in(request, &self.silent)
     }
 }
 
@@ -239,6 +258,10 @@ impl RequestHandler for Handler {
         Box::pin(async move {
             if !self.fails(request) {
                 return self.catalog.handle_request::<R, T>(request, response_handle).await;
+            }
+            if self.asked_in(request, &self.silent) {
+                let mut quitting = self.quitting.clone();
+                let _ = tokio::time::timeout(Duration::from_secs(60), quitting.wait_for(|q| *q)).await;
             }
             let response = MessageResponseBuilder::from_message_request(request)
                 .error_msg(&request.metadata, ResponseCode::ServFail);

@@ -928,13 +928,14 @@ fn listeners(im: &mut Importer) {
             continue;
         }
         if service.command != "smtpd" {
-            im.not_carried(
-                at,
-                format!(
-                    "runs {}; posthorn's listeners speak SMTP themselves (postscreen and others are not carried)",
-                    service.command
-                ),
-            );
+            // postscreen's DNS lists come over with main.cf (`[screen]`);
+            // its pregreet test is a choice made again.
+            let why = if service.command == "postscreen" {
+                ", with postscreen's DNS lists (postscreen_dnsbl_sites) in [screen] and its pregreet test as screen.pregreet = true"
+            } else {
+                " (the service is not carried)"
+            };
+            im.not_carried(at, format!("runs {}; posthorn's listeners speak SMTP themselves{why}", service.command));
             continue;
         }
         let reinjection = service.overrides.iter().any(|(k, v)| k == "content_filter" && v.is_empty());

@@ -92,6 +92,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "Policy delegation (Postfix's SMTPD_POLICY_README protocol): services such as postgrey or policyd-spf asked about each recipient of a client that is not trusted or authenticated, their actions (OK, DUNNO, REJECT, DEFER, DEFER_IF_PERMIT, DEFER_IF_REJECT, PREPEND, 4xx and 5xx text) applied as Postfix applies them. Off unless services names one.",
     ),
     (
+        "screen",
+        "postscreen's tests, run before a client that is not trusted may send mail: DNS blocklists and allowlists with weights (a client whose score reaches the threshold is refused at RCPT with 550 5.7.1 naming the list) and the pregreet test (a client that talks before the greeting is refused with 521). Never for trusted networks, on the submission ports or on the reinjection listener. Off unless dnsbl_sites names a list or pregreet is true.",
+    ),
+    (
         "log",
         "Where log lines go and how they are written. Lines are Postfix's, tagged with the service that logged them (posthorn/smtpd[PID]).",
     ),
@@ -256,6 +260,12 @@ pub(super) const KEYS: &[Key] = &[
     k("policy.timeout", "The most one question may take, connecting included; past it the default action applies."),
     k("policy.max_idle", "A connection to a service idle for longer than this is closed instead of reused."),
     k("policy.default_action", "What a service that cannot be reached or does not answer in time is taken to have said: DUNNO, OK, REJECT, DEFER or 4xx/5xx text."),
+    k("screen.dnsbl_sites", "DNS lists in postscreen's syntax: domain[=filter][*weight], the filter an address pattern whose octets may be [a..b;c] sets (127.0.[0..255].[0..255]), the weight negative for an allowlist. Asked in parallel at connect. Empty: none."),
+    k("screen.dnsbl_threshold", "The score (sum of the weights of the lists that answer) at which a client is refused at RCPT."),
+    k("screen.dnsbl_timeout", "The most the lists may take from the connect; a list that has not answered by then does not count."),
+    k("screen.pregreet", "true: the greeting starts with a partial 220- line, then waits greet_wait; a client that talks before the rest of it is refused with 521."),
+    k("screen.greet_wait", "How long the partial greeting waits for a client that talks too early."),
+    k("screen.cache_ttl", "How long a client address's pregreet result and DNS list score are remembered: a client that passed is not made to wait again, one that failed is refused at once."),
     k("log.to", "stderr, syslog, journald or file:/absolute/path. Unset: stderr in the foreground, syslog when started by postfix start. A file is created 0640 and reopened on SIGHUP and SIGUSR1.")
         .exim("log_file_path"),
     k("log.format", "text, or json (one JSON object per line, for stderr and file:)."),

@@ -33,6 +33,7 @@
 use super::anvil::Pass;
 use super::auth::verify;
 use super::data::{read_chunk, receive_bdat, receive_data};
+use super::screen::Pregreet;
 use super::session::{Listener, Peer, Security, Session, Step};
 use super::tls::handshake;
 use crate::config::Config;
@@ -171,12 +172,15 @@ pub(super) async fn serve_in_slot<S>(
     session.kind = kind;
     session.local_addr = local;
     tracing::info!(client_addr = session.peer.addr(), event = "connect", "connect from {}", session.peer);
+    session.start_screen();
     session.milters_connect().await;
     if kind == Listener::Submissions {
         return serve_implicit_tls(session, stream, &mut shutdown, slot).await;
     }
     let mut conn = Conn::new(stream, config);
-    conn.queue(&session.greeting());
+    if let Err(end) = greet(&mut session, &mut conn).await {
+        return finish(&mut session, conn, end, slot).await;
+    }
     let end = match drive(&mut session, &mut conn, ingress, &mut shutdown).await {
         Ok(end) | Err(end) => end,
     };
@@ -203,6 +207,50 @@ pub(super) async fn serve_in_slot<S>(
         Ok(end) | Err(end) => end,
     };
     finish(&mut session, conn, end, slot).await
+}
+
+/// Queues the greeting: at once, or for the pregreet test (`[screen]`,
+/// postscreen's) a partial `220-` line, sent now, and the rest after
+/// `screen.greet_wait` unless the client talks first. A client that talks
+/// before the end of a multi-line reply breaks RFC 5321 (4.2.1); spam
+/// engines that do not wait for the greeting are caught this way, where
+/// only looking for input already buffered would catch almost none.
+async fn greet<S>(session: &mut Session<'_>, conn: &mut Conn<S>) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let greeting = session.greeting();
+    let wait = match session.pregreet() {
+        Pregreet::Skip => {
+            conn.queue(&greeting);
+            return Ok(());
+        }
+        Pregreet::Refuse(reply) => {
+            conn.queue(&reply);
+            conn.flush().await?;
+            return Err(End::Quit);
+        }
+        Pregreet::Wait(wait) => wait,
+    };
+    let mut partial = greeting.to_wire();
+    partial[3] = b'-';
+    conn.out.extend_from_slice(&partial);
+    conn.flush().await?;
+    let started = Instant::now();
+    match conn.read(wait).await {
+        Err(End::Timeout) => {
+            session.greet_passed();
+            conn.queue(&greeting);
+            Ok(())
+        }
+        Err(end) => Err(end),
+        Ok(n) => {
+            let reply = session.pregreeted(&conn.buf[..n], started.elapsed());
+            conn.queue(&reply);
+            conn.flush().await?;
+            Err(End::Quit)
+        }
+    }
 }
 
 /// A session on a submissions port (RFC 8314): the handshake comes first,

@@ -47,7 +47,11 @@ impl Session<'_> {
 
     /// RCPT: answered now, or after the policy services (`Step::Ask`).
     pub(super) fn rcpt_step(&mut self, rcpt: RcptTo) -> Step {
-        if self.asks_policy(Stage::Rcpt) { Step::Ask(Ask::Rcpt(rcpt)) } else { Step::Reply(self.rcpt(rcpt)) }
+        if self.asks_policy(Stage::Rcpt) || self.screens_rcpt() {
+            Step::Ask(Ask::Rcpt(rcpt))
+        } else {
+            Step::Reply(self.rcpt(rcpt))
+        }
     }
 
     /// The request's attributes as this session knows them.
@@ -151,7 +155,16 @@ pub(super) async fn answer(session: &mut Session<'_>, ask: Ask) -> Reply {
                 Err(reply) => reply,
                 Ok(()) => {
                     let sender = session.mail.as_ref().map(|m| m.sender.clone()).unwrap_or_default();
-                    match session.ask_policy(Stage::Rcpt, &sender, &rcpt.address, &rcpt.address).await {
+                    // The DNS lists (`screen`) first, as postscreen comes
+                    // before smtpd's restrictions.
+                    let refused = match session.screen_rcpt().await {
+                        Some(reply) => Err(reply),
+                        None if session.asks_policy(Stage::Rcpt) => {
+                            session.ask_policy(Stage::Rcpt, &sender, &rcpt.address, &rcpt.address).await
+                        }
+                        None => Ok(()),
+                    };
+                    match refused {
                         Ok(()) => session.add_rcpt(rcpt),
                         Err(reply) => {
                             session.log_reject(Verb::Rcpt, &reply, Some((&sender, Some(&rcpt.address))));

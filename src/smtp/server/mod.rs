@@ -19,6 +19,9 @@
 //!   and the log lines that repeat for a client.
 //! - `defence`: the defences of a hub facing the internet, called once
 //!   per phase: the policy services at MAIL, RCPT and DATA.
+//! - `screen`: postscreen's tests (`crate::screen`): the DNS lists asked
+//!   at connect and applied at RCPT, the pregreet decisions (`conn::greet`
+//!   sends the partial greeting and waits).
 //!
 //! Everything a session accepts goes through the `Ingress`; the server
 //! never touches the spool itself.
@@ -32,6 +35,7 @@ mod defence;
 mod greeting;
 mod mail;
 mod milters;
+mod screen;
 pub(crate) mod session;
 #[cfg(test)]
 mod test_support;

@@ -23,6 +23,7 @@ use super::auth::{Credentials, Pending};
 use super::conn::{Stats, serve};
 use super::data::Chunks;
 use super::defence::{Ask, Defence};
+use super::screen::Screening;
 use super::tls::ClientCert;
 use crate::auth::{AuthLimiter, Users};
 use crate::config::Config;
@@ -88,6 +89,8 @@ pub(crate) struct Security {
     pub(super) repeats: Arc<RepeatLog>,
     /// The policy services (`[policy]`), when any are configured.
     pub(super) policy: Option<Arc<crate::policy::Services>>,
+    /// postscreen's tests (`[screen]`), when any is on.
+    pub(super) screen: Option<Arc<crate::screen::Screen>>,
 }
 
 impl Security {
@@ -101,6 +104,7 @@ impl Security {
             metrics: Arc::default(),
             repeats: Arc::new(RepeatLog::new(Duration::ZERO)),
             policy: None,
+            screen: None,
         }
     }
 
@@ -129,17 +133,25 @@ impl Security {
         let repeats = Arc::new(RepeatLog::new(Duration::ZERO));
         let policy =
             (!config.policy.services.is_empty()).then(|| Arc::new(crate::policy::Services::new(&config.policy)));
-        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats, policy })
+        let screen = crate::screen::Screen::from_config(config)?.map(Arc::new);
+        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats, policy, screen })
     }
 
     /// The same files, keeping `self`'s failure counts (a reload must not
-    /// hand an attacker a fresh set of tries), counters and repeated lines.
+    /// hand an attacker a fresh set of tries), counters, repeated lines and
+    /// pregreet results.
     pub(super) fn reloaded(&self, config: &Config) -> anyhow::Result<Security> {
+        let loaded = Security::load(config)?;
+        let screen = match &self.screen {
+            Some(old) => old.reloaded(config)?.map(Arc::new),
+            None => loaded.screen.clone(),
+        };
         Ok(Security {
             limiter: self.limiter.clone(),
             metrics: self.metrics.clone(),
             repeats: self.repeats.clone(),
-            ..Security::load(config)?
+            screen,
+            ..loaded
         })
     }
 }
@@ -243,6 +255,8 @@ pub(super) struct Session<'a> {
     pub(super) local_addr: Option<SocketAddr>,
     /// What the defences (policy services) keep for the transaction.
     pub(super) defence: Defence,
+    /// The DNS lists' verdict on the client (`screen`), when asked.
+    pub(super) screening: Option<Screening>,
 }
 
 impl<'a> Session<'a> {
@@ -262,6 +276,7 @@ impl<'a> Session<'a> {
             milter_discard: false,
             local_addr: None,
             defence: Defence::default(),
+            screening: None,
             peer,
             helo: None,
             esmtp: false,
@@ -548,7 +563,8 @@ mod tests {
         let start = ["EHLO c", "RCPT TO:<u@example.org>", "MAIL FROM:<s@example.net>"];
         let transaction: Vec<&str> = start.into_iter().chain(rcpts.iter().map(String::as_str)).collect();
         // (max_errors, input, replies, 4xx, 5xx)
-        let cases: Vec<(u32, Vec<u8>, Vec<&str>, u64, u64)> = vec![
+        type Case<'a> = (u32, Vec<u8>, Vec<&'a str>, u64, u64);
+        let cases: Vec<Case> = vec![
             (
                 50,
                 [lines(&transaction), lines(&["XYZZY", "RSET", "BDAT x"])].concat(),
