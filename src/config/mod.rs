@@ -13,6 +13,7 @@ mod screen;
 mod shaping;
 mod source;
 mod srs;
+mod verify;
 
 pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name, split_extension};
 pub(crate) use outbound_tls::OutboundTls;
@@ -29,6 +30,7 @@ pub(crate) use srs::Srs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub(crate) use verify::{DmarcAction, SpfFailAction, VerifyConfig};
 
 /// Where commands look when neither `-c` nor `POSTHORN_CONFIG` is given.
 pub(crate) const DEFAULT_PATH: &str = "/etc/posthorn/posthorn.toml";
@@ -123,6 +125,8 @@ pub struct Config {
     pub(crate) policy: PolicyConfig,
     /// `[screen]`: DNS lists and the pregreet test (`config/screen.rs`).
     pub(crate) screen: ScreenConfig,
+    /// `[verify]`: SPF, DKIM and DMARC of incoming mail (`config/verify.rs`).
+    pub(crate) verify: VerifyConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
     /// `[srs]`: sender rewriting for forwarded mail; `None`: off.
@@ -535,6 +539,7 @@ impl Config {
             metrics: resolve_metrics(raw.metrics, &err)?,
             policy: policy::resolve_policy(raw.policy, &err)?,
             screen: screen::resolve_screen(raw.screen, &err)?,
+            verify: verify::resolve_verify(raw.verify, &hostname, &err)?,
             log: resolve_log(raw.log, &err)?,
             srs,
         })
@@ -736,6 +741,8 @@ struct Raw {
     policy: policy::RawPolicy,
     #[serde(default)]
     screen: screen::RawScreen,
+    #[serde(default)]
+    verify: verify::RawVerify,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
