@@ -200,6 +200,13 @@ impl Verifier {
         Verdict { header, log: log.join(" "), action }
     }
 
+    /// Removes the Authentication-Results fields of `text` that claim this
+    /// host's authserv-id: they come from outside and would be taken for
+    /// its own results (RFC 8601 5). Returns how many were removed.
+    pub(crate) fn remove_forged(&self, text: &mut Vec<u8>) -> usize {
+        remove_forged(text, &self.config.authserv_id)
+    }
+
     fn dmarc_action(&self, policy: Policy, domain: &str) -> Action {
         let refuse = || {
             Action::Refuse(Reply::new(
@@ -215,6 +222,28 @@ impl Verifier {
             (DmarcAction::Reject | DmarcAction::Quarantine, _) => hold(),
         }
     }
+}
+
+fn remove_forged(text: &mut Vec<u8>, authserv_id: &str) -> usize {
+    use crate::message::header;
+    let claims = |f: &header::Field<'_>| {
+        let value = header::unfold(f.value());
+        let value = String::from_utf8_lossy(&value);
+        f.is("Authentication-Results")
+            && value
+                .split(';')
+                .next()
+                .and_then(|id| id.split_whitespace().next())
+                .is_some_and(|id| id.eq_ignore_ascii_case(authserv_id))
+    };
+    let head = header::block(text);
+    let forged = header::fields(head).filter(|f| claims(f)).count();
+    if forged > 0 {
+        let kept: Vec<u8> = header::fields(head).filter(|f| !claims(f)).flat_map(|f| f.raw()).copied().collect();
+        let cut = head.len();
+        text.splice(..cut, kept);
+    }
+    forged
 }
 
 /// `dkim=none` when the message has no signature (RFC 8601 2.7.1), which
@@ -294,6 +323,16 @@ mod tests {
             assert_eq!(no_dkim_placeholder(from.into(), true), to);
             assert_eq!(no_dkim_placeholder(from.into(), false), from);
         }
+    }
+
+    #[test]
+    fn only_fields_claiming_this_host_are_removed() {
+        let mut text = b"Authentication-Results: MX.test;\r\n\tspf=pass\r\nSubject: x\r\nAuthentication-Results: mx.test.example; dkim=pass\r\nAuthentication-Results: mx.test (comment); none\r\n\r\nAuthentication-Results: mx.test; body\r\n".to_vec();
+        assert_eq!(remove_forged(&mut text, "mx.test"), 2);
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "Subject: x\r\nAuthentication-Results: mx.test.example; dkim=pass\r\n\r\nAuthentication-Results: mx.test; body\r\n"
+        );
     }
 
     #[test]

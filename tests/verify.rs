@@ -9,7 +9,8 @@
 //! and trusts 127.0.0.5 only):
 //! 1. SPF pass from 127.0.0.3 for `good.test` (`ip4:127.0.0.3 -all`);
 //!    the HELO identity passes too; no signature: `dkim=none`; DMARC
-//!    passes on the aligned SPF result (`p=none`).
+//!    passes on the aligned SPF result (`p=none`); an Authentication-Results
+//!    field the client wrote with the hub's authserv-id is removed.
 //! 2. SPF fail from 127.0.0.4 for `good.test`: 550 5.7.23 at MAIL.
 //! 3. SPF softfail (`~all`): accepted, `spf=softfail`.
 //! 4. No SPF record: accepted, `spf=none`.
@@ -166,10 +167,15 @@ fn spf_results_and_refusals() {
     let (ph, mail) = hub(&dns, &VERIFY);
     let addr = ph.smtp_addr();
 
-    let pass = dialogue(addr, "127.0.0.3", "a@good.test", "pass@example.org", &message("a@good.test", "pass"));
+    // A field claiming to be the hub's own results is removed.
+    let forged =
+        format!("Authentication-Results: mx.test; dkim=pass header.d=bank.test\r\n{}", message("a@good.test", "pass"));
+    let pass = dialogue(addr, "127.0.0.3", "a@good.test", "pass@example.org", &forged);
     assert!(pass[3].starts_with("250 2.0.0 Ok: queued"), "{pass:?}\n{}", ph.log());
+    let msg = delivered(&ph, &mail, "pass");
+    assert_eq!(headers(&msg, "Authentication-Results").len(), 1, "{}", String::from_utf8_lossy(&msg));
     assert_eq!(
-        auth_results(&delivered(&ph, &mail, "pass")),
+        auth_results(&msg),
         format!("mx.test; {}; dkim=none; dmarc=pass header.from=good.test policy.dmarc=none", spf_pass("a@good.test"))
     );
     assert!(

@@ -1384,12 +1384,39 @@ mod tests {
             ("[filter]\n\npipe_timeout = \"soon\"\n", ":3: filter.pipe_timeout: `soon` is not a duration"),
             ("[metrics]\nlisten = \"9325\"\n", "posthorn.toml:2: metrics.listen: `9325` is not an address:port"),
             ("[metrics]\nport = 9325\n", ":2: metrics.port: unknown field `port`"),
+            (
+                "[verify]\nspf = true\nspf_fail_action = \"drop\"\n",
+                ":3: verify.spf_fail_action: `drop` is not `reject` or `tag`",
+            ),
+            (
+                "[verify]\ndmarc_reject_action = \"bounce\"\n",
+                ":2: verify.dmarc_reject_action: `bounce` is not `reject`, `quarantine` or `tag`",
+            ),
+            ("[verify]\nauthserv_id = \"mx test\"\n", ":2: verify.authserv_id: `mx test` is not a host name"),
+            ("[verify]\nspf = true\ndmarc = true\n", ":3: verify.dmarc: needs verify.spf and verify.dkim on"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with("/etc/posthorn/posthorn.toml"), "{err}");
             assert!(err.contains(expected), "{text:?}: got {err}");
         }
+    }
+
+    #[test]
+    fn verify_section() {
+        let c = parse("hostname = \"mx.example.org\"\n").unwrap();
+        assert!(!c.verify.is_on());
+        assert_eq!(c.verify.authserv_id, "mx.example.org");
+        assert_eq!(c.verify.spf_fail_action, SpfFailAction::Reject);
+        assert_eq!(c.verify.dmarc_reject_action, DmarcAction::Reject);
+        let c = parse(
+            "role = \"hub\"\n[verify]\nspf = true\ndkim = true\ndmarc = true\nauthserv_id = \"auth.example.org\"\nspf_fail_action = \"tag\"\ndmarc_reject_action = \"quarantine\"\n",
+        )
+        .unwrap();
+        assert!(c.verify.spf && c.verify.dkim && c.verify.dmarc);
+        assert_eq!(c.verify.authserv_id, "auth.example.org");
+        assert_eq!(c.verify.spf_fail_action, SpfFailAction::Tag);
+        assert_eq!(c.verify.dmarc_reject_action, DmarcAction::Quarantine);
     }
 
     #[test]

@@ -56,6 +56,10 @@ impl Session<'_> {
                 writer.hold();
             }
         }
+        let forged = verifier.remove_forged(text);
+        if forged > 0 {
+            tracing::info!("{id}: verify: removed {forged} Authentication-Results field(s) claiming to be ours");
+        }
         text.splice(0..0, verdict.header.into_bytes());
         Ok(())
     }
