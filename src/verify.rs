@@ -137,12 +137,12 @@ impl Verifier {
             (SpfFailAction::Reject, SpfResult::Fail) => Some(Reply::new(
                 550,
                 Enhanced(5, 7, 23),
-                &format!("SPF validation failed: {} does not designate {ip} as permitted sender", mail.domain()),
+                format!("SPF validation failed: {} does not designate {ip} as permitted sender", mail.domain()),
             )),
             (SpfFailAction::Reject, SpfResult::TempError) => Some(Reply::new(
                 451,
                 Enhanced(4, 7, 24),
-                &format!("SPF validation error: temporary DNS failure for {}", mail.domain()),
+                format!("SPF validation error: temporary DNS failure for {}", mail.domain()),
             )),
             _ => None,
         };
@@ -212,7 +212,7 @@ impl Verifier {
             Action::Refuse(Reply::new(
                 550,
                 Enhanced(5, 7, 1),
-                &format!("Message rejected: DMARC policy of {domain} is reject"),
+                format!("Message rejected: DMARC policy of {domain} is reject"),
             ))
         };
         let hold = || Action::Hold(format!("DMARC policy of {domain}"));
