@@ -24,6 +24,8 @@
 //!    DATA; of a `p=quarantine` domain: accepted onto hold (mailq `!`).
 //! 8. A trusted client is never checked: SPF fail passes, no header.
 //! 9. Off by default: no header on a hub without `[verify]`.
+//! 10. With both actions `tag`: SPF fail, SPF temperror and a forged
+//!     `p=reject` From: are all accepted, and the header says so.
 
 mod harness;
 
@@ -290,4 +292,43 @@ fn trusted_clients_are_never_checked_and_verify_is_off_by_default() {
     let got = dialogue(plain.smtp_addr(), "127.0.0.4", "a@good.test", "off@example.org", &message("a@good.test", "o"));
     assert!(got[3].starts_with("250 "), "{got:?}");
     assert_eq!(header(&delivered(&plain, &mail, "off"), "Authentication-Results"), None);
+}
+
+#[test]
+fn tag_actions_only_record() {
+    let (_key, public) = dkim_key();
+    let dns = zone(&public);
+    let mut lines = VERIFY.to_vec();
+    lines.extend(["verify.spf_fail_action = \"tag\"", "verify.dmarc_reject_action = \"tag\""]);
+    let (ph, mail) = hub(&dns, &lines);
+    let addr = ph.smtp_addr();
+
+    let fail = dialogue(addr, "127.0.0.4", "a@good.test", "fail@example.org", &message("a@good.test", "fail"));
+    assert!(fail[3].starts_with("250 "), "{fail:?}\n{}", ph.log());
+    assert_eq!(
+        auth_results(&delivered(&ph, &mail, "fail")),
+        "mx.test; spf=fail (mx.test: domain of a@good.test does not designate 127.0.0.4 as permitted sender) smtp.mailfrom=a@good.test; \
+         spf=pass (mx.test: domain of postmaster@client.test designates 127.0.0.4 as permitted sender) smtp.helo=client.test; \
+         dkim=none; dmarc=fail (policy not aligned) header.from=good.test policy.dmarc=none"
+    );
+
+    let slow = dialogue(addr, "127.0.0.4", "a@slow.test", "slow@example.org", &message("a@good.test", "slow"));
+    assert!(slow[3].starts_with("250 "), "{slow:?}\n{}", ph.log());
+    assert_eq!(
+        auth_results(&delivered(&ph, &mail, "slow")),
+        "mx.test; spf=temperror (mx.test: temporary dns error validating a@slow.test) smtp.mailfrom=a@slow.test; \
+         spf=pass (mx.test: domain of postmaster@client.test designates 127.0.0.4 as permitted sender) smtp.helo=client.test; \
+         dkim=none; dmarc=fail (policy not aligned) header.from=good.test policy.dmarc=none"
+    );
+
+    let forged = dialogue(addr, "127.0.0.3", "a@good.test", "forged@example.org", &message("ceo@bank.test", "forged"));
+    assert!(forged[3].starts_with("250 "), "{forged:?}");
+    assert_eq!(
+        auth_results(&delivered(&ph, &mail, "forged")),
+        format!(
+            "mx.test; {}; dkim=none; dmarc=fail (policy not aligned) header.from=bank.test policy.dmarc=reject",
+            spf_pass("a@good.test")
+        )
+    );
+    assert!(ph.spool_files("hold").is_empty());
 }
