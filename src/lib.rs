@@ -72,6 +72,9 @@
 //!   allowlists with weights, asked in parallel at connect through
 //!   `deliver::dns`, and the per-client memory of pregreet results; the
 //!   session runs them through `smtp::server::screen`.
+//! - [`verify`]: SPF, DKIM and DMARC of incoming mail (`[verify]`) through
+//!   mail-auth, and the Authentication-Results header; the session runs
+//!   SPF at MAIL and the rest at the end of DATA.
 //! - [`tls`]: rustls configurations for both sides, certificate loading;
 //!   `matching`: a next hop's certificate checked against a list of names.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
@@ -102,3 +105,4 @@ pub mod screen;
 pub mod smtp;
 pub mod spool;
 pub mod tls;
+pub mod verify;

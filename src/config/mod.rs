@@ -13,6 +13,7 @@ mod screen;
 mod shaping;
 mod source;
 mod srs;
+mod verify;
 
 pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name, split_extension};
 pub(crate) use outbound_tls::OutboundTls;
@@ -29,6 +30,7 @@ pub(crate) use srs::Srs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub(crate) use verify::{DmarcAction, SpfFailAction, VerifyConfig};
 
 /// Where commands look when neither `-c` nor `POSTHORN_CONFIG` is given.
 pub(crate) const DEFAULT_PATH: &str = "/etc/posthorn/posthorn.toml";
@@ -123,6 +125,8 @@ pub struct Config {
     pub(crate) policy: PolicyConfig,
     /// `[screen]`: DNS lists and the pregreet test (`config/screen.rs`).
     pub(crate) screen: ScreenConfig,
+    /// `[verify]`: SPF, DKIM and DMARC of incoming mail (`config/verify.rs`).
+    pub(crate) verify: VerifyConfig,
     /// `[log]`: where log lines go and how they are written.
     pub(crate) log: crate::logging::Settings,
     /// `[srs]`: sender rewriting for forwarded mail; `None`: off.
@@ -535,6 +539,7 @@ impl Config {
             metrics: resolve_metrics(raw.metrics, &err)?,
             policy: policy::resolve_policy(raw.policy, &err)?,
             screen: screen::resolve_screen(raw.screen, &err)?,
+            verify: verify::resolve_verify(raw.verify, &hostname, &err)?,
             log: resolve_log(raw.log, &err)?,
             srs,
         })
@@ -736,6 +741,8 @@ struct Raw {
     policy: policy::RawPolicy,
     #[serde(default)]
     screen: screen::RawScreen,
+    #[serde(default)]
+    verify: verify::RawVerify,
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
@@ -1377,12 +1384,39 @@ mod tests {
             ("[filter]\n\npipe_timeout = \"soon\"\n", ":3: filter.pipe_timeout: `soon` is not a duration"),
             ("[metrics]\nlisten = \"9325\"\n", "posthorn.toml:2: metrics.listen: `9325` is not an address:port"),
             ("[metrics]\nport = 9325\n", ":2: metrics.port: unknown field `port`"),
+            (
+                "[verify]\nspf = true\nspf_fail_action = \"drop\"\n",
+                ":3: verify.spf_fail_action: `drop` is not `reject` or `tag`",
+            ),
+            (
+                "[verify]\ndmarc_reject_action = \"bounce\"\n",
+                ":2: verify.dmarc_reject_action: `bounce` is not `reject`, `quarantine` or `tag`",
+            ),
+            ("[verify]\nauthserv_id = \"mx test\"\n", ":2: verify.authserv_id: `mx test` is not a host name"),
+            ("[verify]\nspf = true\ndmarc = true\n", ":3: verify.dmarc: needs verify.spf and verify.dkim on"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with("/etc/posthorn/posthorn.toml"), "{err}");
             assert!(err.contains(expected), "{text:?}: got {err}");
         }
+    }
+
+    #[test]
+    fn verify_section() {
+        let c = parse("hostname = \"mx.example.org\"\n").unwrap();
+        assert!(!c.verify.is_on());
+        assert_eq!(c.verify.authserv_id, "mx.example.org");
+        assert_eq!(c.verify.spf_fail_action, SpfFailAction::Reject);
+        assert_eq!(c.verify.dmarc_reject_action, DmarcAction::Reject);
+        let c = parse(
+            "role = \"hub\"\n[verify]\nspf = true\ndkim = true\ndmarc = true\nauthserv_id = \"auth.example.org\"\nspf_fail_action = \"tag\"\ndmarc_reject_action = \"quarantine\"\n",
+        )
+        .unwrap();
+        assert!(c.verify.spf && c.verify.dkim && c.verify.dmarc);
+        assert_eq!(c.verify.authserv_id, "auth.example.org");
+        assert_eq!(c.verify.spf_fail_action, SpfFailAction::Tag);
+        assert_eq!(c.verify.dmarc_reject_action, DmarcAction::Quarantine);
     }
 
     #[test]

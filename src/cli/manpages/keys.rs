@@ -96,6 +96,10 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "postscreen's tests, run before a client that is not trusted may send mail: DNS blocklists and allowlists with weights (a client whose score reaches the threshold is refused at RCPT with 550 5.7.1 naming the list) and the pregreet test (a client that talks before the greeting is refused with 521). Never for trusted networks, on the submission ports or on the reinjection listener. Off unless dnsbl_sites names a list or pregreet is true.",
     ),
     (
+        "verify",
+        "SPF, DKIM and DMARC checks of mail from clients that are not trusted, with an Authentication-Results header (RFC 8601) added at the end of DATA and one log line of results per message. Never for trusted networks, authenticated clients, local submissions or the reinjection listener. ARC is not checked. Off unless spf, dkim or dmarc is true.",
+    ),
+    (
         "log",
         "Where log lines go and how they are written. Lines are Postfix's, tagged with the service that logged them (posthorn/smtpd[PID]).",
     ),
@@ -265,6 +269,12 @@ pub(super) const KEYS: &[Key] = &[
     k("screen.dnsbl_timeout", "The most the lists may take from the connect; a list that has not answered by then does not count."),
     k("screen.pregreet", "true: the greeting starts with a partial 220- line, then waits greet_wait; a client that talks before the rest of it is refused with 521."),
     k("screen.greet_wait", "How long the partial greeting waits for a client that talks too early."),
+    k("verify.spf", "true: SPF (RFC 7208) of the MAIL FROM and HELO identities of clients that are not trusted, checked at MAIL."),
+    k("verify.dkim", "true: the DKIM signatures (RFC 6376) of messages from clients that are not trusted, checked at the end of DATA."),
+    k("verify.dmarc", "true: DMARC (RFC 7489) of the From: domain from the SPF and DKIM results; needs spf and dkim on."),
+    k("verify.authserv_id", "The authserv-id of the Authentication-Results header (RFC 8601); default: the hostname."),
+    k("verify.spf_fail_action", "reject: an SPF fail is refused at MAIL with 550 5.7.23 and a temperror deferred with 451 4.7.24 (RFC 7372); tag: only recorded in Authentication-Results."),
+    k("verify.dmarc_reject_action", "reject: a DMARC fail of a domain with p=reject is refused with 550 5.7.1 at the end of DATA and one with p=quarantine put on hold; quarantine: both put on hold; tag: only recorded in Authentication-Results."),
     k("screen.cache_ttl", "How long a client address's pregreet result and DNS list score are remembered: a client that passed is not made to wait again, one that failed is refused at once."),
     k("log.to", "stderr, syslog, journald or file:/absolute/path. Unset: stderr in the foreground, syslog when started by postfix start. A file is created 0640 and reopened on SIGHUP and SIGUSR1.")
         .exim("log_file_path"),

@@ -165,7 +165,7 @@ where
     let limits = &config.smtp;
     let decoder = session.decoder(DataDecoder::new(limits.max_data_line_length));
     let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
-    message.held = session.milters_want_message().then(Vec::new);
+    message.held = session.holds_message().then(Vec::new);
     // What the client sent after DATA in the same packet is message text.
     let early = conn.reader.take_buffered();
     let used = message.take(&early).await;
@@ -233,7 +233,7 @@ where
                         let id = writer.id().to_string();
                         let decoder = session.decoder(DataDecoder::chunks(limits.max_data_line_length));
                         let mut message = ReceivingMessage::with(decoder, writer, limits.max_message_size);
-                        message.held = session.milters_want_message().then(Vec::new);
+                        message.held = session.holds_message().then(Vec::new);
                         Ok(Box::new(Chunks { id, message }))
                     }
                 },
@@ -382,7 +382,15 @@ impl ReceivingMessage {
             return Err(reply);
         }
         match (self.writer, self.held) {
-            (Some(writer), Some(text)) => session.milters_end_of_message(writer, text).await,
+            (Some(mut writer), Some(mut text)) => {
+                session.verify_message(&mut writer, &mut text).await?;
+                if session.milters_want_message() {
+                    session.milters_end_of_message(writer, text).await
+                } else {
+                    writer.write(&text).await.map_err(|e| e.reply())?;
+                    writer.commit().await.map_err(|e| e.reply())
+                }
+            }
             (Some(writer), None) => writer.commit().await.map_err(|e| e.reply()),
             (None, _) => Err(Reply::new(451, Enhanced(4, 3, 0), "Local error in processing, try again later")),
         }

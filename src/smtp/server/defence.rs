@@ -25,6 +25,8 @@ pub(super) struct Defence {
     instance: Option<String>,
     /// Headers the policy services asked for (`PREPEND`).
     prepend: Vec<String>,
+    /// The SPF results of MAIL (`[verify]`), for the end of DATA.
+    pub(super) spf: Option<crate::verify::SpfChecks>,
 }
 
 /// A command whose answer waits for a policy service.
@@ -42,7 +44,11 @@ impl Session<'_> {
 
     /// MAIL: answered now, or after the policy services (`Step::Ask`).
     pub(super) fn mail_step(&mut self, mail: MailFrom) -> Step {
-        if self.asks_policy(Stage::Mail) { Step::Ask(Ask::Mail(mail)) } else { Step::Reply(self.mail(mail)) }
+        if self.asks_policy(Stage::Mail) || self.verifier().is_some_and(|v| v.checks_spf()) {
+            Step::Ask(Ask::Mail(mail))
+        } else {
+            Step::Reply(self.mail(mail))
+        }
     }
 
     /// RCPT: answered now, or after the policy services (`Step::Ask`).
@@ -145,6 +151,9 @@ pub(super) async fn answer(session: &mut Session<'_>, ask: Ask) -> Reply {
         Ask::Mail(mail) => {
             let mut refusal = session.check_mail(&mail);
             if refusal.is_none() {
+                refusal = session.check_spf(&mail.sender).await;
+            }
+            if refusal.is_none() && session.asks_policy(Stage::Mail) {
                 let subject = mail.sender.clone();
                 refusal = session.ask_policy(Stage::Mail, &mail.sender, "", &subject).await.err();
             }

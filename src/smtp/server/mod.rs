@@ -19,6 +19,9 @@
 //!   and the log lines that repeat for a client.
 //! - `defence`: the defences of a hub facing the internet, called once
 //!   per phase: the policy services at MAIL, RCPT and DATA.
+//! - `verify`: the SPF, DKIM and DMARC checks (`crate::verify`): SPF at
+//!   MAIL, the rest on the whole message at the end of DATA, whose
+//!   Authentication-Results header goes on top of the message.
 //! - `screen`: postscreen's tests (`crate::screen`): the DNS lists asked
 //!   at connect and applied at RCPT, the pregreet decisions (`conn::greet`
 //!   sends the partial greeting and waits).
@@ -40,6 +43,7 @@ pub(crate) mod session;
 #[cfg(test)]
 mod test_support;
 mod tls;
+mod verify;
 
 use crate::config::Config;
 use crate::ingress::Ingress;

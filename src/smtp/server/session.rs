@@ -91,6 +91,8 @@ pub(crate) struct Security {
     pub(super) policy: Option<Arc<crate::policy::Services>>,
     /// postscreen's tests (`[screen]`), when any is on.
     pub(super) screen: Option<Arc<crate::screen::Screen>>,
+    /// SPF, DKIM and DMARC (`[verify]`), when any is on.
+    pub(super) verify: Option<Arc<crate::verify::Verifier>>,
 }
 
 impl Security {
@@ -105,6 +107,7 @@ impl Security {
             repeats: Arc::new(RepeatLog::new(Duration::ZERO)),
             policy: None,
             screen: None,
+            verify: None,
         }
     }
 
@@ -134,7 +137,8 @@ impl Security {
         let policy =
             (!config.policy.services.is_empty()).then(|| Arc::new(crate::policy::Services::new(&config.policy)));
         let screen = crate::screen::Screen::from_config(config)?.map(Arc::new);
-        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats, policy, screen })
+        let verify = crate::verify::Verifier::from_config(config)?.map(Arc::new);
+        Ok(Security { tls, users, limiter, client_trust, metrics: Arc::default(), repeats, policy, screen, verify })
     }
 
     /// The same files, keeping `self`'s failure counts (a reload must not
