@@ -14,7 +14,9 @@
 //!
 //! Sessions that ended a transaction cleanly are kept per host for
 //! `idle_timeout` and reused; at most `max_connections` are open at once,
-//! idle ones included. Host names are looked up through `deliver::dns` when
+//! idle ones included. A session that has carried `max_per_connection`
+//! messages (`[[deliver.shaping]]` `max_messages_per_connection`) is
+//! closed with QUIT instead, and the next message gets a new one. Host names are looked up through `deliver::dns` when
 //! `deliver.dns_servers` is set (tests never read /etc/resolv.conf), else
 //! through the system resolver. The per-recipient status line is the
 //! queue's to log (it knows the whole delay); this module logs connection
@@ -100,6 +102,8 @@ pub(crate) struct Settings {
     pub(crate) max_connections: usize,
     /// How long a session that ended cleanly is kept for the next message.
     pub(crate) idle_timeout: Duration,
+    /// Messages one session carries before it is closed; `None`: no limit.
+    pub(crate) max_per_connection: Option<u32>,
     /// Where host names are looked up; the system resolver when `None`.
     pub(crate) dns: Option<Arc<Dns>>,
     /// What the hosts are called in error texts: `smarthost`, `MX host`.
@@ -143,6 +147,7 @@ impl Settings {
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.relay.max_connections,
             idle_timeout: config.relay.idle_timeout,
+            max_per_connection: per_connection(config, "relay"),
             dns: (!config.deliver.dns_servers.is_empty())
                 .then(|| Arc::new(Dns::with_servers(&config.deliver.dns_servers))),
             noun: "smarthost",
@@ -407,7 +412,7 @@ impl Relay {
             };
             tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
             let setup = started.elapsed();
-            let (label, result, freed, dsn) = self.transact(&key, Conn { client, permit: slot }, msg).await;
+            let (label, result, freed, dsn) = self.transact(&key, Conn { client, permit: slot, sent: 0 }, msg).await;
             permit = freed;
             // An address that greets with 4xx or defers MAIL may be one
             // busy machine of several behind the name: try the next.
@@ -581,15 +586,25 @@ impl Relay {
         msg: &OutMessage,
     ) -> (Label, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>, bool) {
         let result = conn.client.send(msg, &msg.recipients).await;
+        conn.sent = conn.sent.saturating_add(1);
+        let used_up = self.settings.max_per_connection.is_some_and(|max| conn.sent >= max);
         let label = Label { relay: conn.client.relay_label().to_string(), tls: conn.client.tls().is_some() };
         let dsn = conn.client.capabilities().dsn;
         let refused_all = matches!(&result, Ok(rs) if rs.iter().any(|r| matches!(r, RcptResult::Refused { .. }))
             && !rs.iter().any(|r| matches!(r, RcptResult::Accepted(_))));
-        if conn.client.is_usable() && !refused_all {
+        if conn.client.is_usable() && !refused_all && !used_up {
             self.pool.put(key, conn);
             (label, result, None, dsn)
         } else {
-            let Conn { client, permit } = conn;
+            if used_up && conn.client.is_usable() {
+                tracing::debug!(
+                    "{}: closing session to {} after {} messages (max_messages_per_connection)",
+                    msg.id,
+                    label.relay,
+                    conn.sent
+                );
+            }
+            let Conn { client, permit, .. } = conn;
             client.quit().await;
             (label, result, Some(permit), dsn)
         }
@@ -625,6 +640,12 @@ impl Relay {
             }
         }
     }
+}
+
+/// `max_messages_per_connection` of the first `[[deliver.shaping]]` entry
+/// for the queue destination `key` (`relay`, `mx:example.org`, ...).
+pub(crate) fn per_connection(config: &Config, key: &str) -> Option<u32> {
+    config.deliver.shaping.iter().find(|s| s.matches(key)).and_then(|s| s.max_per_connection)
 }
 
 /// A session reused from the pool that had died while idle: the error comes
@@ -744,6 +765,9 @@ fn dns_error(noun: &str, name: &str, why: &str) -> Attempt {
 struct Conn {
     client: Client,
     permit: OwnedSemaphorePermit,
+    /// Messages this session has carried (transactions run, whatever
+    /// their answer).
+    sent: u32,
 }
 
 struct Idle {
@@ -890,7 +914,7 @@ fn drain_expired(idle: &mut Vec<Idle>, limit: Duration) -> Vec<Idle> {
 fn quit_later(sessions: Vec<Idle>) {
     for idle in sessions {
         tracing::debug!("closing session to {}", idle.conn.client.relay_label());
-        let Conn { client, permit } = idle.conn;
+        let Conn { client, permit, .. } = idle.conn;
         tokio::spawn(async move {
             client.quit().await;
             drop(permit);

@@ -307,6 +307,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
                 parts.extend(s.max_connections.map(|n| format!("max_connections = {n}")));
                 parts.extend(s.max_messages.map(|n| format!("max_messages_per_minute = {n}")));
                 parts.push(format!("per = {:?}", duration(s.per)));
+                parts.extend(s.max_per_connection.map(|n| format!("max_messages_per_connection = {n}")));
                 format!("{{ {} }}", parts.join(", "))
             };
             deliver.shaping.iter().map(one).collect::<Vec<_>>().join(", ")
