@@ -92,6 +92,7 @@ impl Mx {
             reuse_any_host: true,
             myself: crate::deliver::myself::of_mx(config),
             source: config.deliver.source.clone(),
+            attempt_delay: config.deliver.connection_attempt_delay,
         };
         Mx {
             dns,

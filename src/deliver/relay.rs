@@ -118,6 +118,9 @@ pub(crate) struct Settings {
     pub(crate) myself: Vec<SocketAddr>,
     /// `deliver.source_addresses` and `deliver.inet_protocols`.
     pub(crate) source: crate::config::Source,
+    /// `deliver.connection_attempt_delay`: a host's addresses are raced
+    /// (`deliver::eyeballs`), the next started after this long.
+    pub(crate) attempt_delay: Duration,
 }
 
 impl Settings {
@@ -154,6 +157,7 @@ impl Settings {
             reuse_any_host: false,
             myself: crate::deliver::myself::listeners(config),
             source: config.deliver.source.clone(),
+            attempt_delay: config.deliver.connection_attempt_delay,
         }
     }
 }
@@ -366,8 +370,9 @@ impl Relay {
     }
 
     /// One host: a pooled session if there is a live one, else a new
-    /// session to each of its addresses in turn until one takes the
-    /// message or `budget` sessions have been tried.
+    /// session to its addresses, raced for the connection (Happy
+    /// Eyeballs, `deliver::eyeballs`), until one takes the message or
+    /// `budget` connection attempts have been made.
     async fn try_host(&self, host: &Host, msg: &OutMessage, budget: &mut usize) -> HostTry {
         let key = host.key();
         let started = Instant::now();
@@ -389,16 +394,42 @@ impl Relay {
         };
         let mut last = None;
         let mut up = false;
-        for addr in addrs {
-            if *budget == 0 {
-                break;
-            }
-            *budget -= 1;
+        let mut addrs = crate::deliver::eyeballs::interleave(addrs);
+        while !addrs.is_empty() && *budget > 0 {
             let slot = match permit.take() {
                 Some(permit) => permit,
                 None => self.pool.slot().await,
             };
-            let client = match self.open(addr, host, msg).await {
+            let (source, limit) = (self.settings.source.clone(), self.settings.timeouts.connect);
+            let race =
+                crate::deliver::eyeballs::race(&addrs[..addrs.len().min(*budget)], self.settings.attempt_delay, |a| {
+                    Client::tcp(a, source.bind_for(a), limit)
+                })
+                .await;
+            *budget = budget.saturating_sub(race.started());
+            for (addr, e) in &race.failed {
+                let attempt = session_error(&relay_label(&host.name, *addr), e);
+                // Postfix's line for each address given up on, before
+                // the next is tried (failover shows in the log).
+                tracing::info!("{}", attempt.detail);
+                last = Some(attempt);
+            }
+            addrs.retain(|a| !race.failed.iter().any(|(f, _)| f == a));
+            let Some((addr, tcp)) = race.winner else {
+                permit = Some(slot);
+                continue;
+            };
+            addrs.retain(|a| *a != addr);
+            for given_up in &race.abandoned {
+                tracing::info!(
+                    "{}: connect to {}: given up after {}ms: {} connected first (Happy Eyeballs)",
+                    msg.id,
+                    relay_label(&host.name, *given_up),
+                    self.settings.attempt_delay.as_millis(),
+                    relay_label(&host.name, addr)
+                );
+            }
+            let client = match self.open(addr, tcp, host, msg).await {
                 Ok(client) => client,
                 Err(e) => {
                     let attempt = session_error(&relay_label(&host.name, addr), &e);
@@ -462,11 +493,17 @@ impl Relay {
 
     /// A new session to `addr`, secured as the policy asks, and logged in
     /// when credentials are configured.
-    async fn open(&self, addr: SocketAddr, host: &Host, msg: &OutMessage) -> Result<Client, ClientError> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        tcp: tokio::net::TcpStream,
+        host: &Host,
+        msg: &OutMessage,
+    ) -> Result<Client, ClientError> {
         let tls = self.hop_tls(host).map_err(|e| ClientError::Tls(format!("TLS policy: {e}")))?;
         let bind = self.settings.source.bind_for(addr);
         let connect = || Client::connect_from(addr, bind, &host.name, &self.settings.helo, self.settings.timeouts);
-        let mut client = connect().await?;
+        let mut client = Client::over(tcp, addr, &host.name, &self.settings.helo, self.settings.timeouts).await?;
         if let Err(e) = self.secure(&mut client, host, &tls, msg).await {
             let clear_retry = tls.level == TlsPolicy::May && matches!(e, ClientError::Tls(_));
             client.quit().await;

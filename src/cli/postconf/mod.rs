@@ -301,6 +301,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
                 s.v4.iter().map(ToString::to_string).chain(s.v6.iter().map(ToString::to_string)).collect();
             ips.join(", ")
         }),
+        ("deliver.connection_attempt_delay", duration(deliver.connection_attempt_delay)),
         ("deliver.shaping", {
             let one = |s: &crate::config::Shaping| {
                 let mut parts = vec![format!("destination = {:?}", s.destination)];
