@@ -3,9 +3,11 @@
 //! are one such list; `deliver::mx` keeps one per destination domain, fed
 //! with that domain's MX hosts in the order of each attempt.
 //!
-//! A host (or one of its addresses) that cannot be reached, greets with
-//! 4xx, or whose session fails before the message is handed over, makes us
-//! try the next one; so does a 4xx to MAIL. Once a host has answered the
+//! A host's addresses are raced for the connection, IPv6 first
+//! (`deliver::eyeballs`, RFC 8305); the session runs on the first to
+//! connect. A host (or one of its addresses) that cannot be reached, greets
+//! with 4xx, or whose session fails before the message is handed over,
+//! makes us try the next one; so does a 4xx to MAIL. Once a host has answered the
 //! transaction, its answers are final for this attempt (recipients it
 //! deferred wait for the queue's next retry rather than going to another
 //! host, which keeps each attempt predictable). When no host could even be
