@@ -54,7 +54,8 @@
 //!   TLS policy tables, and each recipient's next hop at delivery time; `route::srs`
 //!   rewrites the sender of forwarded mail (SRS) and reverses bounces to it.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files;
-//!   `tls_policy`: each SMTP next hop's TLS level and certificate names.
+//!   `tls_policy`: each SMTP next hop's TLS level and certificate names; `eyeballs`:
+//!   the Happy Eyeballs race between a host's addresses.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;
 //!   `control::showq` is the public queue listing.

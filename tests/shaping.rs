@@ -7,6 +7,10 @@
 //! the rest are deferred with "delivery temporarily suspended: rate limit
 //! ...", never bounced, and the destination is never marked down. Another
 //! domain on the same sink is not held back.
+//!
+//! Scenario: with `max_messages_per_connection = 2`, five messages for one
+//! domain take three sessions at the receiver (2 + 2 + 1); a domain shaped
+//! without it carries its five over one reused session.
 
 mod harness;
 
@@ -64,4 +68,48 @@ fn a_message_rate_limit_holds_mail_back_without_failing_it() {
     );
     assert!(!log.contains("status=bounced"), "{log}");
     assert!(!log.contains("destination mx:rate.example: down"), "throttling is not an outage: {log}");
+}
+
+#[test]
+fn sessions_are_closed_after_max_messages_per_connection() {
+    let server = Scripted::start(Script::new());
+    let IpAddr::V4(ip) = server.addr().ip() else { unreachable!() };
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("capped.example", 10, "mx.server.example"),
+        DnsRecord::mx("reused.example", 10, "mx.server.example"),
+        DnsRecord::a("mx.server.example", ip),
+    ]);
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.3:0\"]\n\n[relay]\ntls = \"none\"\n";
+    let hub = Posthorn::start(&with_lines(
+        base,
+        &[
+            &dns.config_line(),
+            &format!("deliver.mx_port = {}", server.addr().port()),
+            // One session at a time, so every message could reuse it.
+            "[[deliver.shaping]]\ndestination = \"capped.example\"\nmax_connections = 1\nmax_messages_per_connection = 2",
+            "[[deliver.shaping]]\ndestination = \"reused.example\"\nmax_connections = 1",
+        ],
+    ));
+    let send_five = |domain: &str| {
+        let mut c = RawSmtp::connect(hub.smtp_addr()).unwrap();
+        c.ehlo("client.test").unwrap();
+        for n in 0..5 {
+            let msg = message(&[("From", "ops@hub.example"), ("Subject", &format!("{domain} {n}"))], "x\n");
+            let rcpt = format!("user@{domain}");
+            assert_eq!(c.send("ops@hub.example", &[rcpt.as_str()], msg.as_bytes()).unwrap().code, 250);
+        }
+    };
+
+    send_five("reused.example");
+    assert_eq!(server.wait_for_accepted(5, secs(20)).len(), 5, "{}", hub.log());
+    assert_eq!(server.connections(), 1, "one session carried all five: {}", hub.log());
+
+    send_five("capped.example");
+    assert_eq!(server.wait_for_accepted(10, secs(20)).len(), 10, "{}", hub.log());
+    // 2 + 2 + 1 messages, each group on a new session (the reused.example
+    // session stays idle on its own).
+    assert_eq!(server.connections() - 1, 3, "{}", hub.log());
+    let quits = server.commands().iter().filter(|c| c.eq_ignore_ascii_case("QUIT")).count();
+    assert!(quits >= 2, "full sessions are closed with QUIT: {:?}", server.commands());
+    assert!(!hub.log().contains("status=deferred"), "{}", hub.log());
 }

@@ -10,12 +10,20 @@
 //!    sink) sees the connection come from 127.0.0.5.
 //! 3. `deliver.inet_protocols = "ipv4"` with the AAAA-only MX: deferred,
 //!    never sent, never bounced.
+//! 4. Happy Eyeballs: an MX host whose AAAA address (`::1`, a listener
+//!    whose accept queue is full, so SYNs go unanswered) never connects
+//!    and whose A address is a sink: the IPv6 attempt starts first, the
+//!    IPv4 one 250 ms later wins, and the mail is delivered long before
+//!    the 20 s connect timeout; the log names the IPv6 address given up on.
+//! 5. The same with nothing listening on the AAAA address: the refusal is
+//!    logged and the IPv4 address takes the mail at once.
 
 mod harness;
 
 use std::fs;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use harness::*;
 
@@ -102,4 +110,83 @@ fn ipv4_only_never_uses_an_aaaa_only_mx() {
     assert_eq!(maildir_count(dir.path()), 0);
     assert!(!hub.log().contains("status=bounced"), "{}", hub.log());
     assert_eq!(hub.queued_count(), 1);
+}
+
+/// A listener on `addr` that completes no handshake: its accept queue
+/// (backlog 0) is filled with connections that are never accepted, so the
+/// kernel drops every further SYN. Kept alive with the held connections.
+fn blackhole(addr: SocketAddr) -> std::io::Result<(TcpListener, Vec<TcpStream>)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let listener = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v6()?;
+        socket.bind(addr)?;
+        socket.listen(0)?.into_std()
+    })?;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(stream) => held.push(stream),
+            Err(_) => return Ok((listener, held)),
+        }
+    }
+    Err(std::io::Error::other("the accept queue never filled"))
+}
+
+/// A sink on 127.0.0.x and the same port on `::1`, where `v6` is bound
+/// (a fresh sink when the port is taken there).
+fn sink_with_v6<T>(v6: impl Fn(SocketAddr) -> std::io::Result<T>) -> (Sink, T, SocketAddr) {
+    for _ in 0..10 {
+        let sink = Sink::start();
+        let addr6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), sink.addr().port());
+        if let Ok(held) = v6(addr6) {
+            return (sink, held, addr6);
+        }
+    }
+    panic!("no port free on both 127.0.0.x and ::1");
+}
+
+fn eyeballs_hub(sink: &Sink) -> (Posthorn, DnsServer) {
+    let IpAddr::V4(ip) = sink.addr().ip() else { unreachable!() };
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("both.example", 10, "mx.both.example"),
+        DnsRecord::aaaa("mx.both.example", Ipv6Addr::LOCALHOST),
+        DnsRecord::a("mx.both.example", ip),
+    ]);
+    let hub = hub(&dns, sink.addr().port(), &["relay.connect_timeout = \"20s\""]);
+    (hub, dns)
+}
+
+#[test]
+fn happy_eyeballs_gives_up_on_an_ipv6_address_that_never_answers() {
+    let (sink, _blackhole, addr6) = sink_with_v6(blackhole);
+    let (hub, _dns) = eyeballs_hub(&sink);
+    let sent = Instant::now();
+    send(&hub, "carol@both.example");
+    let got = sink.wait_for_parsed(1, secs(20));
+    let took = sent.elapsed();
+    assert_eq!(got.len(), 1, "{}", hub.log());
+    assert!(took < Duration::from_secs(8), "took {took:?}, not raced past the 20 s connect timeout:\n{}", hub.log());
+    let v4 = format!("mx.both.example[{}]:{}", sink.addr().ip(), sink.addr().port());
+    let given_up = format!(
+        "connect to mx.both.example[::1]:{}: given up after 250ms: {v4} connected first (Happy Eyeballs)",
+        addr6.port()
+    );
+    assert!(hub.wait_for_log(&given_up, secs(5)), "{given_up}\n{}", hub.log());
+    let line = hub.log_lines(&["to=<carol@both.example>", "status=sent"]).remove(0);
+    assert!(line.contains(&format!("relay={v4}")), "{line}");
+}
+
+#[test]
+fn happy_eyeballs_fails_over_at_once_from_a_refusing_ipv6_address() {
+    // Nothing listens on [::1]:port (binding it proves it was free).
+    let (sink, (), addr6) = sink_with_v6(|a| TcpListener::bind(a).map(drop));
+    let (hub, _dns) = eyeballs_hub(&sink);
+    send(&hub, "dave@both.example");
+    assert_eq!(sink.wait_for_parsed(1, secs(20)).len(), 1, "{}", hub.log());
+    let refused = format!("connect to mx.both.example[::1]:{}: ", addr6.port());
+    assert!(hub.wait_for_log(&refused, secs(5)), "{}", hub.log());
+    let line = hub.log_lines(&[&refused]).remove(0);
+    assert!(line.to_ascii_lowercase().contains("refused"), "{line}");
+    assert!(!hub.log().contains("given up after"), "a refusal is no race to give up: {}", hub.log());
+    assert!(hub.log().contains("status=sent"), "{}", hub.log());
 }

@@ -261,6 +261,9 @@ pub(crate) struct Deliver {
     pub(crate) destination_concurrency: usize,
     /// `source_addresses` and `inet_protocols`.
     pub(crate) source: Source,
+    /// RFC 8305's "connection attempt delay": how long one address of an
+    /// MX host gets to connect before the next is tried alongside it.
+    pub(crate) connection_attempt_delay: Duration,
     /// `[[deliver.shaping]]`: per-destination limits.
     pub(crate) shaping: Vec<Shaping>,
 }
@@ -1086,6 +1089,7 @@ struct RawDeliver {
     destination_concurrency: Option<usize>,
     source_addresses: Option<Vec<String>>,
     inet_protocols: Option<String>,
+    connection_attempt_delay: Option<Dur>,
     shaping: Option<Vec<shaping::RawShaping>>,
 }
 
@@ -1106,6 +1110,14 @@ fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigErr
         mx_port: raw.mx_port.unwrap_or(25),
         destination_concurrency: raw.destination_concurrency.unwrap_or(20).max(1),
         source: source::resolve_source(raw.source_addresses, raw.inet_protocols, err)?,
+        connection_attempt_delay: match raw.connection_attempt_delay.map(|d| d.0) {
+            None => Duration::from_millis(250),
+            // RFC 8305 5: at least 10 ms, so a race never floods the peer.
+            Some(d) if d < Duration::from_millis(10) => {
+                return Err(err("deliver.connection_attempt_delay", "must be at least 10ms (RFC 8305)".into()));
+            }
+            Some(d) => d,
+        },
         shaping: shaping::resolve_shaping(raw.shaping, err)?,
     })
 }

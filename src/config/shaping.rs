@@ -1,5 +1,6 @@
 //! `[[deliver.shaping]]`: per-destination traffic shaping, as KumoMTA's:
-//! connections at once and messages per time window for one destination
+//! connections at once, messages per time window and messages per
+//! connection for one destination
 //! (a recipient domain delivered by MX, or a queue destination key such
 //! as `relay` or `smtp:[10.0.0.1]:25`).
 
@@ -20,6 +21,9 @@ pub(crate) struct Shaping {
     /// The window `max_messages` counts in (one minute unless a test or a
     /// slow receiver wants another).
     pub(crate) per: Duration,
+    /// Messages one session carries before it is closed with QUIT and a
+    /// new one opened; `None`: no limit.
+    pub(crate) max_per_connection: Option<u32>,
 }
 
 impl Shaping {
@@ -38,6 +42,7 @@ pub(super) struct RawShaping {
     max_connections: Option<usize>,
     max_messages_per_minute: Option<u32>,
     per: Option<Dur>,
+    max_messages_per_connection: Option<u32>,
 }
 
 pub(super) fn resolve_shaping(raw: Option<Vec<RawShaping>>, err: &KeyError) -> Result<Vec<Shaping>, ConfigError> {
@@ -49,7 +54,10 @@ pub(super) fn resolve_shaping(raw: Option<Vec<RawShaping>>, err: &KeyError) -> R
             if destination.is_empty() || destination.contains(['@', ' ']) {
                 return Err(err(key, format!("destination `{}` is not a domain or destination", r.destination)));
             }
-            if r.max_connections == Some(0) || r.max_messages_per_minute == Some(0) {
+            if r.max_connections == Some(0)
+                || r.max_messages_per_minute == Some(0)
+                || r.max_messages_per_connection == Some(0)
+            {
                 return Err(err(key, format!("{destination}: a limit of 0 would hold its mail forever")));
             }
             let per = r.per.map(|d| d.0).unwrap_or(Duration::from_secs(60));
@@ -61,6 +69,7 @@ pub(super) fn resolve_shaping(raw: Option<Vec<RawShaping>>, err: &KeyError) -> R
                 max_connections: r.max_connections,
                 max_messages: r.max_messages_per_minute,
                 per,
+                max_per_connection: r.max_messages_per_connection,
             })
         })
         .collect()
@@ -79,6 +88,12 @@ mod tests {
         assert_eq!((s.destination.as_str(), s.max_messages, s.per.as_secs()), ("example.org", Some(100), 60));
         assert!(s.matches("mx:example.org") && s.matches("mx:EXAMPLE.org") && !s.matches("mx:sub.example.org"));
         let e = parse("[[deliver.shaping]]\ndestination = \"a.example\"\nmax_connections = 0\n").unwrap_err();
+        assert!(e.contains("deliver.shaping: a.example: a limit of 0"), "{e}");
+        let c = parse("[[deliver.shaping]]\ndestination = \"a.example\"\nmax_messages_per_connection = 2\n").unwrap();
+        assert_eq!(c.deliver.shaping[0].max_per_connection, Some(2));
+        assert_eq!(s.max_per_connection, None, "unlimited unless set");
+        let e =
+            parse("[[deliver.shaping]]\ndestination = \"a.example\"\nmax_messages_per_connection = 0\n").unwrap_err();
         assert!(e.contains("deliver.shaping: a.example: a limit of 0"), "{e}");
         let e = parse("[[deliver.shaping]]\nmax_connections = 1\n").unwrap_err();
         assert!(e.contains("destination"), "{e}");

@@ -77,6 +77,11 @@ mod tests {
     use crate::config::Config;
     use std::path::Path;
 
+    fn c_delay(parse: &dyn Fn(&str) -> Result<Config, String>, delay: Option<&str>) -> std::time::Duration {
+        let text = delay.map(|d| format!("[deliver]\nconnection_attempt_delay = \"{d}\"\n")).unwrap_or_default();
+        parse(&text).unwrap().deliver.connection_attempt_delay
+    }
+
     #[test]
     fn source_addresses_and_protocols() {
         let parse = |t: &str| Config::parse(t, Path::new("p.toml")).map_err(|e| e.0);
@@ -90,5 +95,9 @@ mod tests {
         assert!(e.contains("deliver.source_addresses: `127.0.0.6`: one address per family"), "{e}");
         let e = parse("[deliver]\ninet_protocols = \"ipx\"\n").unwrap_err();
         assert!(e.contains("p.toml:2: deliver.inet_protocols: `ipx` is not all, ipv4 or ipv6"), "{e}");
+        assert_eq!(c_delay(&parse, None), std::time::Duration::from_millis(250));
+        assert_eq!(c_delay(&parse, Some("100ms")), std::time::Duration::from_millis(100));
+        let e = parse("[deliver]\nconnection_attempt_delay = \"5ms\"\n").unwrap_err();
+        assert!(e.contains("p.toml:2: deliver.connection_attempt_delay: must be at least 10ms"), "{e}");
     }
 }

@@ -12,6 +12,8 @@
 //!   through `local_agent` (the part that keeps root) for other accounts;
 //!   `mbox` appends to an mbox file with its locks.
 //! - `dns`: MX and address lookups for them.
+//! - `eyeballs`: Happy Eyeballs (RFC 8305), the race between a host's
+//!   addresses for the TCP connection.
 //! - `myself`: whether a next hop's address is this daemon (a mail loop).
 //! - `dkim`: DKIM signing, applied here just before each SMTP transmission
 //!   (8-bit mail in its 7-bit form, so no hop breaks the signature).
@@ -22,6 +24,7 @@
 
 pub(crate) mod dkim;
 pub mod dns;
+pub(crate) mod eyeballs;
 pub(crate) mod filter;
 pub(crate) mod lmtp;
 pub(crate) mod local;

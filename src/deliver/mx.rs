@@ -45,6 +45,8 @@ pub struct Mx {
     /// Our own name: an MX list naming it is cut there (RFC 5321 5.1).
     hostname: String,
     settings: Settings,
+    /// `[[deliver.shaping]]`: each destination's messages per connection.
+    shaping: Vec<crate::config::Shaping>,
     dests: Mutex<Dests>,
 }
 
@@ -83,17 +85,21 @@ impl Mx {
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.deliver.destination_concurrency,
             idle_timeout: config.relay.idle_timeout,
+            // Set per destination from `shaping` (`relay_for`).
+            max_per_connection: None,
             dns: Some(dns.clone()),
             noun: "MX host",
             reuse_any_host: true,
             myself: crate::deliver::myself::of_mx(config),
             source: config.deliver.source.clone(),
+            attempt_delay: config.deliver.connection_attempt_delay,
         };
         Mx {
             dns,
             port: config.deliver.mx_port,
             hostname: config.hostname.trim_end_matches('.').to_ascii_lowercase(),
             settings,
+            shaping: config.deliver.shaping.clone(),
             dests: Mutex::new(Dests::default()),
         }
     }
@@ -107,7 +113,8 @@ impl Mx {
             Some(ip) => Route::Hosts(vec![Host { name: domain.clone(), port: self.port, addrs: Some(vec![ip]) }]),
             None => self.by_mx(&domain, self.port, msg).await,
         };
-        self.send(&domain, (domain_keys(&domain), domain.clone()), route, msg).await
+        let key = format!("mx:{domain}");
+        self.send(&domain, &key, (domain_keys(&domain), domain.clone()), route, msg).await
     }
 
     /// Delivers `msg` to an explicit next hop. Address lookups of a `[host]`
@@ -121,7 +128,7 @@ impl Mx {
             Route::Hosts(vec![Host::named(&target.host, port)])
         };
         let tls = (hop_keys(&target.host, target.port, target.mx), target.host.clone());
-        self.send(&target.to_string(), tls, route, msg).await
+        self.send(&target.to_string(), &format!("smtp:{target}"), tls, route, msg).await
     }
 
     /// QUITs every idle session (daemon shutdown).
@@ -132,12 +139,20 @@ impl Mx {
         }
     }
 
-    /// Delivers over the transport of `dest`, whose TLS policy is looked up
-    /// under `tls` (keys, and the next hop's name).
-    async fn send(&self, dest: &str, tls: (Vec<String>, String), route: Route, msg: &OutMessage) -> Delivery {
+    /// Delivers over the transport of `dest` (the queue destination `key`,
+    /// whose shaping applies), whose TLS policy is looked up under `tls`
+    /// (keys, and the next hop's name).
+    async fn send(
+        &self,
+        dest: &str,
+        key: &str,
+        tls: (Vec<String>, String),
+        route: Route,
+        msg: &OutMessage,
+    ) -> Delivery {
         match route {
             Route::Fail(delivery) => delivery,
-            Route::Hosts(hosts) => self.relay_for(dest, tls).deliver_via(&hosts, msg).await,
+            Route::Hosts(hosts) => self.relay_for(dest, key, tls).deliver_via(&hosts, msg).await,
         }
     }
 
@@ -195,7 +210,7 @@ impl Mx {
     }
 
     /// The transport for one destination, made on first use.
-    fn relay_for(&self, dest: &str, tls: (Vec<String>, String)) -> Arc<Relay> {
+    fn relay_for(&self, dest: &str, key: &str, tls: (Vec<String>, String)) -> Arc<Relay> {
         let mut dests = self.lock();
         let now = Instant::now();
         if dests.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
@@ -208,7 +223,8 @@ impl Mx {
             });
         }
         let entry = dests.map.entry(dest.to_string()).or_insert_with(|| {
-            let settings = Settings { tls_dest: Some(tls), ..self.settings.clone() };
+            let max_per_connection = self.shaping.iter().find(|s| s.matches(key)).and_then(|s| s.max_per_connection);
+            let settings = Settings { tls_dest: Some(tls), max_per_connection, ..self.settings.clone() };
             (Arc::new(Relay::for_hosts(Vec::new(), settings)), now)
         });
         entry.1 = now;

@@ -3,9 +3,11 @@
 //! are one such list; `deliver::mx` keeps one per destination domain, fed
 //! with that domain's MX hosts in the order of each attempt.
 //!
-//! A host (or one of its addresses) that cannot be reached, greets with
-//! 4xx, or whose session fails before the message is handed over, makes us
-//! try the next one; so does a 4xx to MAIL. Once a host has answered the
+//! A host's addresses are raced for the connection, IPv6 first
+//! (`deliver::eyeballs`, RFC 8305); the session runs on the first to
+//! connect. A host (or one of its addresses) that cannot be reached, greets
+//! with 4xx, or whose session fails before the message is handed over,
+//! makes us try the next one; so does a 4xx to MAIL. Once a host has answered the
 //! transaction, its answers are final for this attempt (recipients it
 //! deferred wait for the queue's next retry rather than going to another
 //! host, which keeps each attempt predictable). When no host could even be
@@ -14,7 +16,9 @@
 //!
 //! Sessions that ended a transaction cleanly are kept per host for
 //! `idle_timeout` and reused; at most `max_connections` are open at once,
-//! idle ones included. Host names are looked up through `deliver::dns` when
+//! idle ones included. A session that has carried `max_per_connection`
+//! messages (`[[deliver.shaping]]` `max_messages_per_connection`) is
+//! closed with QUIT instead, and the next message gets a new one. Host names are looked up through `deliver::dns` when
 //! `deliver.dns_servers` is set (tests never read /etc/resolv.conf), else
 //! through the system resolver. The per-recipient status line is the
 //! queue's to log (it knows the whole delay); this module logs connection
@@ -100,6 +104,8 @@ pub(crate) struct Settings {
     pub(crate) max_connections: usize,
     /// How long a session that ended cleanly is kept for the next message.
     pub(crate) idle_timeout: Duration,
+    /// Messages one session carries before it is closed; `None`: no limit.
+    pub(crate) max_per_connection: Option<u32>,
     /// Where host names are looked up; the system resolver when `None`.
     pub(crate) dns: Option<Arc<Dns>>,
     /// What the hosts are called in error texts: `smarthost`, `MX host`.
@@ -114,6 +120,9 @@ pub(crate) struct Settings {
     pub(crate) myself: Vec<SocketAddr>,
     /// `deliver.source_addresses` and `deliver.inet_protocols`.
     pub(crate) source: crate::config::Source,
+    /// `deliver.connection_attempt_delay`: a host's addresses are raced
+    /// (`deliver::eyeballs`), the next started after this long.
+    pub(crate) attempt_delay: Duration,
 }
 
 impl Settings {
@@ -143,12 +152,14 @@ impl Settings {
             timeouts: Timeouts { connect: config.relay.connect_timeout, ..Timeouts::default() },
             max_connections: config.relay.max_connections,
             idle_timeout: config.relay.idle_timeout,
+            max_per_connection: per_connection(config, "relay"),
             dns: (!config.deliver.dns_servers.is_empty())
                 .then(|| Arc::new(Dns::with_servers(&config.deliver.dns_servers))),
             noun: "smarthost",
             reuse_any_host: false,
             myself: crate::deliver::myself::listeners(config),
             source: config.deliver.source.clone(),
+            attempt_delay: config.deliver.connection_attempt_delay,
         }
     }
 }
@@ -361,8 +372,9 @@ impl Relay {
     }
 
     /// One host: a pooled session if there is a live one, else a new
-    /// session to each of its addresses in turn until one takes the
-    /// message or `budget` sessions have been tried.
+    /// session to its addresses, raced for the connection (Happy
+    /// Eyeballs, `deliver::eyeballs`), until one takes the message or
+    /// `budget` connection attempts have been made.
     async fn try_host(&self, host: &Host, msg: &OutMessage, budget: &mut usize) -> HostTry {
         let key = host.key();
         let started = Instant::now();
@@ -384,16 +396,42 @@ impl Relay {
         };
         let mut last = None;
         let mut up = false;
-        for addr in addrs {
-            if *budget == 0 {
-                break;
-            }
-            *budget -= 1;
+        let mut addrs = crate::deliver::eyeballs::interleave(addrs);
+        while !addrs.is_empty() && *budget > 0 {
             let slot = match permit.take() {
                 Some(permit) => permit,
                 None => self.pool.slot().await,
             };
-            let client = match self.open(addr, host, msg).await {
+            let (source, limit) = (self.settings.source.clone(), self.settings.timeouts.connect);
+            let race =
+                crate::deliver::eyeballs::race(&addrs[..addrs.len().min(*budget)], self.settings.attempt_delay, |a| {
+                    Client::tcp(a, source.bind_for(a), limit)
+                })
+                .await;
+            *budget = budget.saturating_sub(race.started());
+            for (addr, e) in &race.failed {
+                let attempt = session_error(&relay_label(&host.name, *addr), e);
+                // Postfix's line for each address given up on, before
+                // the next is tried (failover shows in the log).
+                tracing::info!("{}", attempt.detail);
+                last = Some(attempt);
+            }
+            addrs.retain(|a| !race.failed.iter().any(|(f, _)| f == a));
+            let Some((addr, tcp)) = race.winner else {
+                permit = Some(slot);
+                continue;
+            };
+            addrs.retain(|a| *a != addr);
+            for given_up in &race.abandoned {
+                tracing::info!(
+                    "{}: connect to {}: given up after {}ms: {} connected first (Happy Eyeballs)",
+                    msg.id,
+                    relay_label(&host.name, *given_up),
+                    self.settings.attempt_delay.as_millis(),
+                    relay_label(&host.name, addr)
+                );
+            }
+            let client = match self.open(addr, tcp, host, msg).await {
                 Ok(client) => client,
                 Err(e) => {
                     let attempt = session_error(&relay_label(&host.name, addr), &e);
@@ -407,7 +445,7 @@ impl Relay {
             };
             tracing::debug!("{}: connected to {}", msg.id, client.relay_label());
             let setup = started.elapsed();
-            let (label, result, freed, dsn) = self.transact(&key, Conn { client, permit: slot }, msg).await;
+            let (label, result, freed, dsn) = self.transact(&key, Conn { client, permit: slot, sent: 0 }, msg).await;
             permit = freed;
             // An address that greets with 4xx or defers MAIL may be one
             // busy machine of several behind the name: try the next.
@@ -457,11 +495,17 @@ impl Relay {
 
     /// A new session to `addr`, secured as the policy asks, and logged in
     /// when credentials are configured.
-    async fn open(&self, addr: SocketAddr, host: &Host, msg: &OutMessage) -> Result<Client, ClientError> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        tcp: tokio::net::TcpStream,
+        host: &Host,
+        msg: &OutMessage,
+    ) -> Result<Client, ClientError> {
         let tls = self.hop_tls(host).map_err(|e| ClientError::Tls(format!("TLS policy: {e}")))?;
         let bind = self.settings.source.bind_for(addr);
         let connect = || Client::connect_from(addr, bind, &host.name, &self.settings.helo, self.settings.timeouts);
-        let mut client = connect().await?;
+        let mut client = Client::over(tcp, addr, &host.name, &self.settings.helo, self.settings.timeouts).await?;
         if let Err(e) = self.secure(&mut client, host, &tls, msg).await {
             let clear_retry = tls.level == TlsPolicy::May && matches!(e, ClientError::Tls(_));
             client.quit().await;
@@ -581,15 +625,25 @@ impl Relay {
         msg: &OutMessage,
     ) -> (Label, Result<Vec<RcptResult>, ClientError>, Option<OwnedSemaphorePermit>, bool) {
         let result = conn.client.send(msg, &msg.recipients).await;
+        conn.sent = conn.sent.saturating_add(1);
+        let used_up = self.settings.max_per_connection.is_some_and(|max| conn.sent >= max);
         let label = Label { relay: conn.client.relay_label().to_string(), tls: conn.client.tls().is_some() };
         let dsn = conn.client.capabilities().dsn;
         let refused_all = matches!(&result, Ok(rs) if rs.iter().any(|r| matches!(r, RcptResult::Refused { .. }))
             && !rs.iter().any(|r| matches!(r, RcptResult::Accepted(_))));
-        if conn.client.is_usable() && !refused_all {
+        if conn.client.is_usable() && !refused_all && !used_up {
             self.pool.put(key, conn);
             (label, result, None, dsn)
         } else {
-            let Conn { client, permit } = conn;
+            if used_up && conn.client.is_usable() {
+                tracing::debug!(
+                    "{}: closing session to {} after {} messages (max_messages_per_connection)",
+                    msg.id,
+                    label.relay,
+                    conn.sent
+                );
+            }
+            let Conn { client, permit, .. } = conn;
             client.quit().await;
             (label, result, Some(permit), dsn)
         }
@@ -625,6 +679,12 @@ impl Relay {
             }
         }
     }
+}
+
+/// `max_messages_per_connection` of the first `[[deliver.shaping]]` entry
+/// for the queue destination `key` (`relay`, `mx:example.org`, ...).
+pub(crate) fn per_connection(config: &Config, key: &str) -> Option<u32> {
+    config.deliver.shaping.iter().find(|s| s.matches(key)).and_then(|s| s.max_per_connection)
 }
 
 /// A session reused from the pool that had died while idle: the error comes
@@ -744,6 +804,9 @@ fn dns_error(noun: &str, name: &str, why: &str) -> Attempt {
 struct Conn {
     client: Client,
     permit: OwnedSemaphorePermit,
+    /// Messages this session has carried (transactions run, whatever
+    /// their answer).
+    sent: u32,
 }
 
 struct Idle {
@@ -890,7 +953,7 @@ fn drain_expired(idle: &mut Vec<Idle>, limit: Duration) -> Vec<Idle> {
 fn quit_later(sessions: Vec<Idle>) {
     for idle in sessions {
         tracing::debug!("closing session to {}", idle.conn.client.relay_label());
-        let Conn { client, permit } = idle.conn;
+        let Conn { client, permit, .. } = idle.conn;
         tokio::spawn(async move {
             client.quit().await;
             drop(permit);

@@ -197,6 +197,7 @@ mod tests {
             max_connections: Some(1),
             max_messages: Some(2),
             per: Duration::from_secs(60),
+            max_per_connection: None,
         };
         let table = Destinations::shaped(5, vec![shaping]);
         let d = table.get("mx:example.org");

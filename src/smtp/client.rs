@@ -515,7 +515,31 @@ impl Client {
         timeouts: Timeouts,
     ) -> Result<Client, ClientError> {
         check_helo(helo)?;
-        let tcp = connect_within(timeouts.connect, tcp_connect(addr, bind)).await?;
+        let tcp = Client::tcp(addr, bind, timeouts.connect).await?;
+        Client::over(tcp, addr, host_label, helo, timeouts).await
+    }
+
+    /// A TCP connection to `addr` (from `bind` when given), bounded by
+    /// `limit`: the first step of [`Client::connect_from`], for callers
+    /// that race several addresses (`deliver::eyeballs`).
+    pub(crate) async fn tcp(
+        addr: SocketAddr,
+        bind: Option<std::net::IpAddr>,
+        limit: Duration,
+    ) -> Result<TcpStream, ClientError> {
+        connect_within(limit, tcp_connect(addr, bind)).await
+    }
+
+    /// The session over `tcp`, already connected to `addr`: greeting and
+    /// EHLO, as [`Client::connect_from`] after its connect.
+    pub(crate) async fn over(
+        tcp: TcpStream,
+        addr: SocketAddr,
+        host_label: &str,
+        helo: &str,
+        timeouts: Timeouts,
+    ) -> Result<Client, ClientError> {
+        check_helo(helo)?;
         // Commands go out whole (a pipelined group is one write), so Nagle
         // would only add a round trip of delay in lock-step mode.
         let _ = tcp.set_nodelay(true);

@@ -301,12 +301,14 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
                 s.v4.iter().map(ToString::to_string).chain(s.v6.iter().map(ToString::to_string)).collect();
             ips.join(", ")
         }),
+        ("deliver.connection_attempt_delay", duration(deliver.connection_attempt_delay)),
         ("deliver.shaping", {
             let one = |s: &crate::config::Shaping| {
                 let mut parts = vec![format!("destination = {:?}", s.destination)];
                 parts.extend(s.max_connections.map(|n| format!("max_connections = {n}")));
                 parts.extend(s.max_messages.map(|n| format!("max_messages_per_minute = {n}")));
                 parts.push(format!("per = {:?}", duration(s.per)));
+                parts.extend(s.max_per_connection.map(|n| format!("max_messages_per_connection = {n}")));
                 format!("{{ {} }}", parts.join(", "))
             };
             deliver.shaping.iter().map(one).collect::<Vec<_>>().join(", ")
