@@ -428,7 +428,7 @@ fn transport_change_applies_to_queued_mail() {
     smtplib_send(hub.smtp_addr(), "app@vm.test", &["db@mail.example.net"], &msg).unwrap();
     let line = status_line(&hub, "db@mail.example.net", "deferred");
     assert!(line.contains(&dead.port().to_string()), "tried the dead hop first: {line}");
-    assert_eq!(hub.queued_count(), 1);
+    assert!(hub.wait_for_queued(1, secs(5)), "{}", hub.log());
 
     let sink = Sink::start();
     fs::write(files.path("transport"), transport_text(sink.addr())).unwrap();
