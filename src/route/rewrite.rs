@@ -19,10 +19,20 @@
 //! expanded either. An address that comes back to one it was expanded
 //! from is a loop: an error, not a silent drop.
 //!
+//! An alias value `:include:/path` stands for the addresses listed in that
+//! file, read (as the daemon's account, at most 1 MiB) each time an
+//! address is expanded, so an edited list applies at once; include files
+//! may name other include files, at most [`INCLUDE_DEPTH_LIMIT`] deep. A
+//! file that cannot be read defers the recipient; a command (`|cmd`) or a
+//! file (`/path`) listed in one bounces it, as Postfix's default
+//! `allow_mail_to_commands` and `allow_mail_to_files` (no `include`) have
+//! it.
+//!
 //! Differences from Postfix, on purpose: a loop is reported as such rather
 //! than running into the nesting limit; results come out depth-first in
 //! table order; address extensions (`user+ext`) are not stripped.
 
+use super::aliases::{Target, parse_include, parse_target};
 use super::table::{Table, fold, split_list, unquote_prefix};
 use std::collections::HashSet;
 use std::fmt;
@@ -32,6 +42,11 @@ use std::sync::Arc;
 pub(crate) const RECURSION_LIMIT: usize = 1000;
 /// Postfix's `virtual_alias_expansion_limit`.
 pub(crate) const EXPANSION_LIMIT: usize = 1000;
+
+/// How deep `:include:` files may name other `:include:` files.
+pub(crate) const INCLUDE_DEPTH_LIMIT: usize = 10;
+/// Largest `:include:` file read.
+const INCLUDE_MAX_BYTES: u64 = 1 << 20;
 
 /// Bounds on one expansion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +76,19 @@ pub(crate) enum RewriteError {
     TooDeep { address: String, limit: usize },
     #[error("unreasonable alias expansion for {address}: more than {limit} addresses")]
     TooMany { address: String, limit: usize },
+    /// An `:include:` file that cannot be read or parsed: deferred, so the
+    /// administrator can fix it without mail being lost.
+    #[error(":include:{path}: {why}")]
+    IncludeFailed { path: String, why: String },
+    /// A command or file listed in an `:include:` file: bounced.
+    #[error(":include:{path} line {line}: {why}")]
+    IncludeRefused { path: String, line: usize, why: String },
 }
 
 impl RewriteError {
     #[cfg(test)]
     pub(crate) fn is_permanent(&self) -> bool {
-        matches!(self, RewriteError::Loop { .. })
+        matches!(self, RewriteError::Loop { .. } | RewriteError::IncludeRefused { .. })
     }
 }
 
@@ -83,7 +105,8 @@ pub(crate) enum Resolution {
     /// A name without a domain got the origin domain.
     Qualified { to: String },
     /// A table entry replaced the address with `to`.
-    Expanded { stage: Stage, table: String, line: usize, key: String, to: Vec<String> },
+    /// `includes`: the `:include:` files the entry named, in order.
+    Expanded { stage: Stage, table: String, line: usize, key: String, to: Vec<String>, includes: Vec<String> },
     /// No table entry: a final recipient.
     Final,
     /// It maps to itself: a final recipient, not expanded again.
@@ -108,12 +131,16 @@ impl fmt::Display for Step {
         write!(f, "{:width$}{}: ", "", self.address, width = self.depth * 2)?;
         match &self.action {
             Resolution::Qualified { to } => write!(f, "qualified as {to}"),
-            Resolution::Expanded { stage, table, line, key, to } => {
+            Resolution::Expanded { stage, table, line, key, to, includes } => {
                 let what = match stage {
                     Stage::Virtual => "virtual alias",
                     Stage::Alias => "alias",
                 };
-                write!(f, "{what} ({table} line {line}, key \"{key}\") -> {}", to.join(", "))
+                write!(f, "{what} ({table} line {line}, key \"{key}\") -> {}", to.join(", "))?;
+                for path in includes {
+                    write!(f, " (listed in :include:{path})")?;
+                }
+                Ok(())
             }
             Resolution::Final => write!(f, "final recipient"),
             Resolution::SelfReference => write!(f, "maps to itself: final recipient"),
@@ -257,7 +284,8 @@ impl Rewriter {
                 finish(&mut out, &mut seen, depth, address, Resolution::Final);
                 continue;
             };
-            let targets = self.targets(&hit, &address);
+            let mut includes = Vec::new();
+            let targets = self.targets(&hit, &address, &mut includes)?;
             if targets.is_empty() {
                 // A value with no addresses in it (`key ,`): deliver as is
                 // rather than lose the recipient.
@@ -276,7 +304,8 @@ impl Rewriter {
                 fixed.insert(folded);
             }
             let to = targets.iter().map(|(t, _)| t.clone()).collect();
-            let action = Resolution::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to };
+            let action =
+                Resolution::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to, includes };
             out.trace.push(Step { depth, address, action });
             for (target, literal) in targets.into_iter().rev() {
                 stack.push(nodes.len());
@@ -318,30 +347,99 @@ impl Rewriter {
     }
 
     /// The addresses an entry expands `address` into, each with whether
-    /// it is final as it stands (`\name`).
-    fn targets(&self, hit: &Hit, address: &str) -> Vec<(String, bool)> {
+    /// it is final as it stands (`\name`); `:include:` files in an alias
+    /// entry are read, and their paths added to `includes`.
+    fn targets(
+        &self,
+        hit: &Hit,
+        address: &str,
+        includes: &mut Vec<String>,
+    ) -> Result<Vec<(String, bool)>, RewriteError> {
+        let mut out = Vec::new();
+        for item in split_list(&hit.value) {
+            if hit.stage == Stage::Alias
+                && let Ok(Target::Include(path)) = parse_target(&item)
+            {
+                self.include(&path, address, 0, includes, &mut out)?;
+            } else {
+                out.push(self.target(hit.stage, &item, address));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One item of an entry as a recipient, and whether it is final.
+    fn target(&self, stage: Stage, item: &str, address: &str) -> (String, bool) {
         let (local, domain) = split_address(address);
         let domain = domain.unwrap_or(&self.origin);
-        split_list(&hit.value)
-            .into_iter()
-            .map(|item| {
-                if hit.stage == Stage::Alias {
-                    if let Some(name) = item.strip_prefix('\\') {
-                        return (format!("{name}@{domain}"), true);
-                    }
-                    // `user: user, other`: the same mailbox, whatever the
-                    // origin domain is.
-                    if split_address(&item).1.is_none() && fold(&item) == fold(local) {
-                        return (address.to_string(), false);
-                    }
-                }
-                match split_address(&item).1 {
-                    Some(_) => (item, false),
-                    None => (self.qualify(&item), false),
-                }
-            })
-            .collect()
+        if stage == Stage::Alias {
+            if let Some(name) = item.strip_prefix('\\') {
+                return (format!("{name}@{domain}"), true);
+            }
+            // `user: user, other`: the same mailbox, whatever the
+            // origin domain is.
+            if split_address(item).1.is_none() && fold(item) == fold(local) {
+                return (address.to_string(), false);
+            }
+        }
+        match split_address(item).1 {
+            Some(_) => (item.to_string(), false),
+            None => (self.qualify(item), false),
+        }
     }
+
+    /// Adds the addresses `path` lists (and those of the files it
+    /// includes) to `out`.
+    fn include(
+        &self,
+        path: &str,
+        address: &str,
+        depth: usize,
+        includes: &mut Vec<String>,
+        out: &mut Vec<(String, bool)>,
+    ) -> Result<(), RewriteError> {
+        let failed = |why: String| RewriteError::IncludeFailed { path: path.to_string(), why };
+        if depth >= INCLUDE_DEPTH_LIMIT {
+            return Err(failed(format!("include files nested more than {INCLUDE_DEPTH_LIMIT} deep")));
+        }
+        includes.push(path.to_string());
+        let text = read_include(path).map_err(failed)?;
+        let items = parse_include(&text).map_err(|(line, why)| failed(format!("line {line}: {why}")))?;
+        let refused = |line, why| RewriteError::IncludeRefused { path: path.to_string(), line, why };
+        for (line, target) in items {
+            match target {
+                Target::Include(inner) => self.include(&inner, address, depth + 1, includes, out)?,
+                Target::Command(command) => {
+                    return Err(refused(
+                        line,
+                        format!("mail to command |{command} is not allowed from an :include: file"),
+                    ));
+                }
+                Target::File(file) => {
+                    return Err(refused(line, format!("mail to file {file} is not allowed from an :include: file")));
+                }
+                Target::Address(a) => out.push(self.target(Stage::Alias, &a, address)),
+                Target::Mailbox(name) => out.push(self.target(Stage::Alias, &format!("\\{name}"), address)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An include file's text: a regular file of at most [`INCLUDE_MAX_BYTES`].
+fn read_include(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(INCLUDE_MAX_BYTES + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > INCLUDE_MAX_BYTES {
+        return Err(format!("larger than {INCLUDE_MAX_BYTES} bytes"));
+    }
+    Ok(text)
 }
 
 /// Tries each key in every table, keys first.
@@ -671,5 +769,58 @@ root@example.org: virtual alias (hash:/etc/postfix/virtual line 1, key \"root@ex
         for (a, want) in cases {
             assert_eq!(split_address(a), *want, "{a}");
         }
+    }
+
+    #[test]
+    fn include_files_fan_out_and_nest() {
+        let dir = tempfile::tempdir().unwrap();
+        let staff = dir.path().join("staff");
+        let more = dir.path().join("more");
+        std::fs::write(&staff, format!("# the staff\nalice, bob@example.net\n\\carol\n:include:{}\n", more.display()))
+            .unwrap();
+        std::fs::write(&more, "dave\n").unwrap();
+        let r = rewriter("", &format!("staff: :include:{}\ncarol: elsewhere@example.net\n", staff.display()));
+        let x = r.expand("staff@example.org").unwrap();
+        assert_eq!(x.recipients, ["alice@example.org", "bob@example.net", "carol@example.org", "dave@example.org"]);
+        let first = x.trace[0].to_string();
+        assert!(first.contains(&format!("(listed in :include:{})", staff.display())), "{first}");
+        assert!(first.contains(&format!("(listed in :include:{})", more.display())), "{first}");
+    }
+
+    #[test]
+    fn include_trouble_defers_and_commands_in_includes_bounce() {
+        let dir = tempfile::tempdir().unwrap();
+        let piped = dir.path().join("piped");
+        std::fs::write(&piped, "alice\n|/usr/bin/procmail\n").unwrap();
+        let filed = dir.path().join("filed");
+        std::fs::write(&filed, "/var/log/archive\n").unwrap();
+        let itself = dir.path().join("itself");
+        std::fs::write(&itself, format!(":include:{}\n", itself.display())).unwrap();
+        let missing = dir.path().join("missing");
+        let r = rewriter(
+            "",
+            &format!(
+                "piped: :include:{}\nfiled: :include:{}\nmissing: :include:{}\nitself: :include:{}\n",
+                piped.display(),
+                filed.display(),
+                missing.display(),
+                itself.display()
+            ),
+        );
+        let e = r.expand("piped@example.org").unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                ":include:{} line 2: mail to command |/usr/bin/procmail is not allowed from an :include: file",
+                piped.display()
+            )
+        );
+        let e = r.expand("filed@example.org").unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("mail to file /var/log/archive is not allowed"), "{e}");
+        let e = r.expand("missing@example.org").unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("No such file"), "{e}");
+        let e = r.expand("itself@example.org").unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("nested more than 10 deep"), "{e}");
     }
 }

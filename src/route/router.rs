@@ -222,6 +222,9 @@ impl Router {
         }
         let expansion = self.expand(address).map_err(|e| match e {
             RewriteError::Loop { .. } => Refusal { code: 550, status: (5, 4, 6), text: format!("<{address}>: {e}") },
+            RewriteError::IncludeRefused { .. } => {
+                Refusal { code: 550, status: (5, 7, 1), text: format!("<{address}>: {e}") }
+            }
             _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },
         })?;
         for rcpt in &expansion.recipients {
