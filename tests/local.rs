@@ -18,6 +18,11 @@
 //!    whole address in `Delivered-To:`; an alias team+x without an entry
 //!    of its own takes team's; `route explain` names the mailbox; without
 //!    the delimiter user+tag is refused.
+//! 6. An alias `staff: :include:/path` fans out to the two local users the
+//!    file lists, and `route explain` names the file; a command listed in
+//!    an include file is refused at RCPT (550 5.7.1) with the file, line
+//!    and reason; `newaliases` names the alias line of a missing include
+//!    file and of one that lists a command.
 
 mod harness;
 
@@ -277,4 +282,54 @@ fn address_extensions_reach_the_user() {
     let plain = hub(&["local.local_transport = \"local\"", &spool_line]);
     let err = smtplib_send(plain.smtp_addr(), "s@example.net", &[&tagged], &message(&[], "v\n")).unwrap_err();
     assert!(err.contains("550 5.1.3") && err.contains("not a local user name"), "{err}");
+}
+
+#[test]
+fn include_lists_fan_out_and_refuse_commands() {
+    let (tree, spool) = mail_tree();
+    let (ann, bob) = (TestUser::new(tree.path()), TestUser::new(tree.path()));
+    let staff = tree.path().join("staff.list");
+    fs::write(&staff, format!("# the staff\n{}@example.org\n\\{}\n", ann.name, bob.name)).unwrap();
+    let piped = tree.path().join("piped.list");
+    fs::write(&piped, format!("{}\n\"|/usr/bin/touch /tmp/never\"\n", ann.name)).unwrap();
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("staff: :include:{}\npiped: :include:{}\n", staff.display(), piped.display())).unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let ph = hub(&["local.local_transport = \"local\"", &spool_line, &alias_line]);
+
+    let msg = message(&[("Subject", "to the staff")], "all hands\n");
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["staff@example.org"], &msg).unwrap();
+    let (ann_box, bob_box) = (spool.join(&ann.name), spool.join(&bob.name));
+    assert!(wait_until(secs(20), || count_messages(&ann_box) == 1 && count_messages(&bob_box) == 1), "{}", ph.log());
+    for (user, mbox) in [(&ann, &ann_box), (&bob, &bob_box)] {
+        let text = fs::read_to_string(mbox).unwrap();
+        assert!(text.contains("X-Original-To: staff@example.org\n") && text.contains("all hands"), "{text}");
+        assert_eq!(fs::metadata(mbox).unwrap().uid(), user.uid);
+    }
+
+    let out = ph.command(&["route", "explain", "staff@example.org"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("(listed in :include:{})", staff.display())), "{text}");
+    assert!(text.contains(&format!("{}: local: -> user {}", ann.address(), ann.name)), "{text}");
+
+    let err = smtplib_send(ph.smtp_addr(), "s@example.net", &["piped@example.org"], &msg).unwrap_err();
+    let want = format!(
+        "550 5.7.1 <piped@example.org>: :include:{} line 2: mail to command |/usr/bin/touch /tmp/never is not allowed",
+        piped.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    // newaliases reads the include files too.
+    fs::write(
+        &aliases,
+        format!("gone: :include:{}/missing\npiped: :include:{}\n", tree.path().display(), piped.display()),
+    )
+    .unwrap();
+    let out = ph.run_as("newaliases", &[], b"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let file = aliases.display();
+    assert!(err.contains(&format!("{file}:1: :include:{}/missing: No such file", tree.path().display())), "{err}");
+    assert!(err.contains(&format!("{file}:2: :include:{} line 2: mail to command", piped.display())), "{err}");
 }

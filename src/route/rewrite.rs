@@ -426,6 +426,37 @@ impl Rewriter {
     }
 }
 
+/// For `newaliases`: what is wrong with the `:include:` file `path` and
+/// those it names (unreadable, bad lines, commands or files listed, too
+/// deep), one text per problem.
+pub(crate) fn check_include(path: &str, depth: usize) -> Vec<String> {
+    if depth >= INCLUDE_DEPTH_LIMIT {
+        return vec![format!(":include:{path}: include files nested more than {INCLUDE_DEPTH_LIMIT} deep")];
+    }
+    let text = match read_include(path) {
+        Ok(text) => text,
+        Err(why) => return vec![format!(":include:{path}: {why}")],
+    };
+    match parse_include(&text) {
+        Err((line, why)) => vec![format!(":include:{path} line {line}: {why}")],
+        Ok(items) => items
+            .into_iter()
+            .flat_map(|(line, target)| match target {
+                Target::Include(inner) => check_include(&inner, depth + 1),
+                Target::Command(c) => {
+                    vec![format!(
+                        ":include:{path} line {line}: mail to command |{c} is not allowed from an :include: file"
+                    )]
+                }
+                Target::File(f) => {
+                    vec![format!(":include:{path} line {line}: mail to file {f} is not allowed from an :include: file")]
+                }
+                Target::Address(_) | Target::Mailbox(_) => Vec::new(),
+            })
+            .collect(),
+    }
+}
+
 /// An include file's text: a regular file of at most [`INCLUDE_MAX_BYTES`].
 fn read_include(path: &str) -> Result<String, String> {
     use std::io::Read;
