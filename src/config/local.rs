@@ -4,10 +4,11 @@
 //! `local_transport = "lmtp:..."`, to an LMTP server such as Dovecot's
 //! (Postfix's `mailbox_transport`/`virtual_transport = lmtp:...`).
 
-use super::{ConfigError, KeyError};
+use super::{ConfigError, Dur, KeyError};
 use crate::message::nexthop::LmtpTarget;
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where the local domains' mail goes when no transport entry says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,6 +47,11 @@ pub(crate) struct Local {
     /// `recipient_delimiter`: the characters that start an address
     /// extension (`user+tag`); empty: none.
     pub(crate) recipient_delimiter: String,
+    /// `default_privs`: the account commands and files of an alias file
+    /// owned by root run as (never root itself).
+    pub(crate) default_privs: String,
+    /// `command_time_limit`: how long a command from an alias may run.
+    pub(crate) command_time_limit: Duration,
 }
 
 impl Default for Local {
@@ -57,6 +63,8 @@ impl Default for Local {
             home_mailbox: None,
             deliver_to_root: false,
             recipient_delimiter: String::new(),
+            default_privs: "nobody".into(),
+            command_time_limit: Duration::from_secs(1000),
         }
     }
 }
@@ -104,6 +112,8 @@ pub(super) struct RawLocal {
     home_mailbox: Option<String>,
     deliver_to_root: Option<bool>,
     recipient_delimiter: Option<String>,
+    default_privs: Option<String>,
+    command_time_limit: Option<Dur>,
 }
 
 pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, ConfigError> {
@@ -112,7 +122,9 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
     let configured = (raw.local_transport.is_some() && !lmtp)
         || raw.mail_spool_directory.is_some()
         || raw.home_mailbox.is_some()
-        || raw.deliver_to_root.is_some();
+        || raw.deliver_to_root.is_some()
+        || raw.default_privs.is_some()
+        || raw.command_time_limit.is_some();
     let local_transport = match raw.local_transport.as_deref().map(str::trim) {
         None | Some("maildir" | "maildir:" | "virtual" | "virtual:") => LocalTransport::Maildir,
         Some(t) if t == "local" || t.starts_with("local:") => LocalTransport::Local,
@@ -135,7 +147,25 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
         home_mailbox: home_mailbox(raw.home_mailbox.as_deref(), err)?,
         deliver_to_root: raw.deliver_to_root.unwrap_or(false),
         recipient_delimiter: delimiter(raw.recipient_delimiter, err)?,
+        default_privs: default_privs(raw.default_privs, err)?,
+        command_time_limit: match raw.command_time_limit.map(|d| d.0) {
+            Some(d) if d.is_zero() => return Err(err("local.command_time_limit", "must be more than zero".into())),
+            d => d.unwrap_or(Duration::from_secs(1000)),
+        },
     })
+}
+
+/// A login name, not root's.
+fn default_privs(written: Option<String>, err: &KeyError) -> Result<String, ConfigError> {
+    let name = written.unwrap_or_else(|| "nobody".into());
+    if name == "root" {
+        return Err(err("local.default_privs", "commands and files are never run or written as root".into()));
+    }
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with(['.', '-']) {
+        return Err(err("local.default_privs", format!("`{}` is not a login name", name.escape_default())));
+    }
+    Ok(name)
 }
 
 /// Characters that cannot be part of an address's local part as a

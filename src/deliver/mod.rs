@@ -26,6 +26,7 @@ pub(crate) mod filter;
 pub(crate) mod lmtp;
 pub(crate) mod local;
 pub(crate) mod local_agent;
+pub(crate) mod local_command;
 pub mod maildir;
 pub(crate) mod mbox;
 pub mod mx;

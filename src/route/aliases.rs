@@ -5,12 +5,12 @@
 //!
 //! Each value is one [`Target`]: a plain local name (`root`), an address
 //! (`ops@example.org`), the `\name` escape (deliver to the mailbox of
-//! `name`, no further aliasing), or `:include:/absolute/path` (the
-//! addresses listed in that file, read when mail is expanded). Deliveries
-//! to a command (`|cmd`) and to a file (`/path`) are recognised but not
-//! built: an alias file with one is refused as a bad line naming the file
-//! and line, and an `:include:` file with one makes the recipient bounce
-//! (`rewrite`). Tables with this syntax are opened with
+//! `name`, no further aliasing), `:include:/absolute/path` (the
+//! addresses listed in that file, read when mail is expanded), a command
+//! (`|cmd`, run by `local:` as the alias file's owner) or a file
+//! (`/path`, appended to as an mbox). An `:include:` file may list only
+//! addresses and other includes: a command or file in one makes the
+//! recipient bounce (`rewrite`). Tables with this syntax are opened with
 //! [`Table::open`](super::table::Table::open) and [`Syntax::Aliases`](super::table::Syntax);
 //! this module only parses one logical line, or one include file's text.
 
@@ -101,18 +101,9 @@ pub(crate) fn parse_target(item: &str) -> Result<Target, String> {
     }
 }
 
-/// Accepts what an alias file may hold; refuses commands and files, which
-/// posthorn does not deliver to.
+/// Accepts what an alias file may hold.
 fn check_value(item: &str) -> Result<(), String> {
-    match parse_target(item)? {
-        Target::Command(_) => Err(format!(
-            "{item}: delivery to a command is not supported (posthorn never runs commands from alias files)"
-        )),
-        Target::File(_) => {
-            Err(format!("{item}: delivery to a file is not supported (posthorn delivers to addresses only)"))
-        }
-        _ => Ok(()),
-    }
+    parse_target(item).map(|_| ())
 }
 
 /// The values of an `:include:` file: addresses separated by commas or
@@ -152,6 +143,9 @@ mod tests {
             ("quoted: \"a b\"@example.org", ("quoted", "\"a b\"@example.org")),
             ("MixedCase: x", ("MixedCase", "x")),
             ("list: :include:/etc/mail/list", ("list", ":include:/etc/mail/list")),
+            ("prog: |/usr/bin/procmail", ("prog", "|/usr/bin/procmail")),
+            ("prog: a@x, \"|/usr/bin/vacation -a x\"", ("prog", "a@x, \"|/usr/bin/vacation -a x\"")),
+            ("log: /var/log/mail.txt", ("log", "/var/log/mail.txt")),
             ("list: a, :INCLUDE:/etc/mail/list", ("list", "a, :INCLUDE:/etc/mail/list")),
         ];
         for (line, (name, value)) in cases {
@@ -162,11 +156,6 @@ mod tests {
     #[test]
     fn refuses_commands_files_includes_and_junk() {
         let cases: &[(&str, &str)] = &[
-            ("prog: |/usr/bin/procmail", "delivery to a command is not supported"),
-            ("prog: \"|/usr/bin/vacation -a x\"", "delivery to a command is not supported"),
-            ("prog: a@x, |cmd", "|cmd: delivery to a command"),
-            ("log: /var/log/mail.txt", "delivery to a file is not supported"),
-            ("nobody: /dev/null", "delivery to a file is not supported"),
             ("prog: |", "|: empty command"),
             ("prog: \"|  \"", "empty command"),
             ("list: :include:", ":include: without a file name"),
@@ -247,13 +236,8 @@ mod tests {
     }
 
     #[test]
-    fn a_pipe_makes_the_file_fail_with_file_and_line() {
-        let e = Table::from_text("/etc/aliases", "postmaster: root\n\nbackup: |/usr/local/bin/save\n", Syntax::Aliases)
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "/etc/aliases:3: |/usr/local/bin/save: delivery to a command is not supported \
-             (posthorn never runs commands from alias files)"
-        );
+    fn an_empty_command_makes_the_file_fail_with_file_and_line() {
+        let e = Table::from_text("/etc/aliases", "postmaster: root\n\nbackup: \"| \"\n", Syntax::Aliases).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/aliases:3: \"| \": empty command");
     }
 }

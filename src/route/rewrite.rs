@@ -115,6 +115,9 @@ pub(crate) enum Resolution {
     Literal,
     /// Already a recipient: dropped.
     Duplicate,
+    /// An alias entry lists commands or files (`what`): the address is a
+    /// final recipient that `local:` delivers to them.
+    Delivers { table: String, line: usize, what: Vec<String> },
 }
 
 /// One step of an expansion; `depth` is the number of lookups that led
@@ -146,6 +149,9 @@ impl fmt::Display for Step {
             Resolution::SelfReference => write!(f, "maps to itself: final recipient"),
             Resolution::Literal => write!(f, "final recipient (\\name in an alias file)"),
             Resolution::Duplicate => write!(f, "duplicate, dropped"),
+            Resolution::Delivers { table, line, what } => {
+                write!(f, "alias ({table} line {line}) ends in {}: final recipient for local:", what.join(", "))
+            }
         }
     }
 }
@@ -285,7 +291,15 @@ impl Rewriter {
                 continue;
             };
             let mut includes = Vec::new();
-            let targets = self.targets(&hit, &address, &mut includes)?;
+            let mut specials = Vec::new();
+            let targets = self.targets(&hit, &address, &mut includes, &mut specials)?;
+            if !specials.is_empty() {
+                let action = Resolution::Delivers { table: hit.table.clone(), line: hit.line, what: specials };
+                finish(&mut out, &mut seen, depth, address.clone(), action);
+                if targets.is_empty() {
+                    continue;
+                }
+            }
             if targets.is_empty() {
                 // A value with no addresses in it (`key ,`): deliver as is
                 // rather than lose the recipient.
@@ -313,6 +327,24 @@ impl Rewriter {
             }
         }
         Ok(out)
+    }
+
+    /// The commands and files the alias entry for `address` lists, with
+    /// the uid of the alias file that lists them and where (`table line
+    /// N`); empty for any other address.
+    pub(crate) fn deliveries(&self, address: &str) -> Vec<(Target, u32, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(hit) = self.lookup(address).filter(|h| h.stage == Stage::Alias) else { return Vec::new() };
+        let table = self.alias_maps.iter().find(|t| t.name() == hit.table);
+        // An alias file whose owner cannot be told runs nothing as anyone
+        // but default_privs: root stands for that.
+        let owner = table.and_then(|t| t.path()).and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.uid());
+        split_list(&hit.value)
+            .iter()
+            .filter_map(|item| parse_target(item).ok())
+            .filter(|t| matches!(t, Target::Command(_) | Target::File(_)))
+            .map(|t| (t, owner, format!("{} line {}", hit.table, hit.line)))
+            .collect()
     }
 
     /// `name@origin` for a name without a domain.
@@ -348,19 +380,24 @@ impl Rewriter {
 
     /// The addresses an entry expands `address` into, each with whether
     /// it is final as it stands (`\name`); `:include:` files in an alias
-    /// entry are read, and their paths added to `includes`.
+    /// entry are read, and their paths added to `includes`; commands and
+    /// files go to `specials`.
     fn targets(
         &self,
         hit: &Hit,
         address: &str,
         includes: &mut Vec<String>,
+        specials: &mut Vec<String>,
     ) -> Result<Vec<(String, bool)>, RewriteError> {
         let mut out = Vec::new();
         for item in split_list(&hit.value) {
-            if hit.stage == Stage::Alias
-                && let Ok(Target::Include(path)) = parse_target(&item)
-            {
-                self.include(&path, address, 0, includes, &mut out)?;
+            let parsed = if hit.stage == Stage::Alias { parse_target(&item).ok() } else { None };
+            if let Some(Target::Include(path)) = &parsed {
+                self.include(path, address, 0, includes, &mut out)?;
+            } else if let Some(Target::Command(c)) = &parsed {
+                specials.push(format!("|{c}"));
+            } else if let Some(Target::File(f)) = &parsed {
+                specials.push(f.clone());
             } else {
                 out.push(self.target(hit.stage, &item, address));
             }

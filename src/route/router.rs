@@ -236,6 +236,16 @@ impl Router {
                     text: format!("<{address}>: Recipient address rejected: User unknown in virtual alias table"),
                 });
             }
+            if !self.rewriter.deliveries(rcpt).is_empty() {
+                // An alias's command or file: known, and local:'s.
+                if hop_of(self.decide(rcpt)) != Hop::Local {
+                    let text = format!(
+                        "<{address}>: Recipient address rejected: its alias ends in a command or file, which only the local: transport delivers to (local.local_transport = \"local\")"
+                    );
+                    return Err(Refusal { code: 550, status: (5, 3, 5), text });
+                }
+                continue;
+            }
             if !self.known_local(rcpt) {
                 return Err(Refusal {
                     code: 550,
@@ -288,6 +298,24 @@ impl Router {
             (base, Some(_)) => listed(rcpt, user) || listed(&format!("{base}@{domain}"), base),
             (_, None) => listed(rcpt, user),
         }
+    }
+
+    /// The commands and files `rcpt`'s alias entry lists, for `local:`.
+    pub(crate) fn alias_deliveries(&self, rcpt: &str) -> Vec<crate::message::AliasDelivery> {
+        use super::aliases::Target;
+        use crate::message::{AliasDelivery, AliasTarget};
+        self.rewriter
+            .deliveries(rcpt)
+            .into_iter()
+            .filter_map(|(target, owner, source)| {
+                let target = match target {
+                    Target::Command(c) => AliasTarget::Command(c),
+                    Target::File(f) => AliasTarget::File(f),
+                    _ => return None,
+                };
+                Some(AliasDelivery { target, owner, source })
+            })
+            .collect()
     }
 
     /// Where a final recipient goes next.

@@ -1461,7 +1461,13 @@ mod tests {
         addresses
             .iter()
             .enumerate()
-            .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+            .map(|(index, a)| OutRecipient {
+                index,
+                address: a.to_string(),
+                notify: None,
+                orcpt: None,
+                alias_deliveries: Vec::new(),
+            })
             .collect()
     }
 
