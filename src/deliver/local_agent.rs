@@ -424,4 +424,40 @@ mod tests {
         assert!(err(req("nobody", "a@b\nX: y")).text.contains("sender"));
         assert!(check(&settings, &req("nobody", "a@b")).is_ok());
     }
+
+    #[test]
+    fn commands_and_files_only_as_an_alias_file_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let aliases = dir.path().join("aliases");
+        std::fs::write(&aliases, "t: \"|/bin/record x\"\na: /var/tmp/archive\n").unwrap();
+        let owner = std::fs::metadata(&aliases).unwrap().uid();
+        let me = account::lookup_uid(owner).unwrap().unwrap();
+        let settings = Settings {
+            spool_dir: "/var/mail".into(),
+            home_maildir: None,
+            home_mbox: None,
+            deliver_to_root: true,
+            hostname: "h".into(),
+            default_privs: "nobody".into(),
+            alias_maps: vec![aliases.display().to_string()],
+        };
+        let command = |c: &str| Target::Command { command: c.into(), time_limit_secs: 1, delimiter: String::new() };
+        let nobody = account::lookup("nobody").unwrap().unwrap();
+        // The account the file is for: the owner, or nobody for root's.
+        let acting = if owner == 0 { &nobody } else { &me };
+        assert!(listed(&settings, acting, &command("/bin/record x")).is_ok());
+        assert!(listed(&settings, acting, &Target::File { path: "/var/tmp/archive".into() }).is_ok());
+        assert!(listed(&settings, acting, &command("/bin/record y")).is_err(), "not the file's text");
+        assert!(listed(&settings, acting, &Target::File { path: "/etc/passwd".into() }).is_err());
+        // Root never runs a command, deliver_to_root or not.
+        let req = Request {
+            user: "root".into(),
+            sender: "s@x".into(),
+            recipient: "t@x".into(),
+            original: "t@x".into(),
+            length: 0,
+            target: Some(command("/bin/record x")),
+        };
+        assert_eq!(check(&settings, &req).unwrap_err().status, (5, 7, 1));
+    }
 }
