@@ -49,12 +49,19 @@ pub(crate) struct Settings {
     /// files these list.
     #[serde(default)]
     pub(crate) alias_maps: Vec<String>,
+    /// `allow_mail_to_commands` and `allow_mail_to_files` name `alias`.
+    #[serde(default)]
+    pub(crate) commands_allowed: bool,
+    #[serde(default)]
+    pub(crate) files_allowed: bool,
 }
 
 impl Settings {
     pub(crate) fn from_config(config: &Config) -> Settings {
         let mut settings = Settings::from_local(&config.local, &config.hostname);
         settings.alias_maps = config.rewrite.alias_maps.clone();
+        settings.commands_allowed = config.local.allow_mail_to_commands.iter().any(|s| s == "alias");
+        settings.files_allowed = config.local.allow_mail_to_files.iter().any(|s| s == "alias");
         settings
     }
 
@@ -72,6 +79,8 @@ impl Settings {
             hostname: hostname.to_string(),
             default_privs: local.default_privs.clone(),
             alias_maps: Vec::new(),
+            commands_allowed: false,
+            files_allowed: false,
         }
     }
 
@@ -440,6 +449,8 @@ mod tests {
             hostname: "h".into(),
             default_privs: "nobody".into(),
             alias_maps: Vec::new(),
+            commands_allowed: false,
+            files_allowed: false,
         };
         assert_eq!(s.mailbox(&entry).to_string(), "mailbox /var/mail/alice");
         s.home_maildir = Some("Maildir".into());

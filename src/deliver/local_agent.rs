@@ -270,6 +270,14 @@ fn check(settings: &Settings, request: &Request) -> Result<(account::Entry, Vec<
 fn listed(settings: &Settings, account: &account::Account, target: &Target) -> Result<(), Failure> {
     use crate::route::aliases::{Target as Item, parse_target};
     use crate::route::table::{Syntax, Table};
+    let allowed = match target {
+        Target::Command { .. } => settings.commands_allowed,
+        Target::File { .. } => settings.files_allowed,
+    };
+    if !allowed {
+        let why = "local.allow_mail_to_commands or allow_mail_to_files has no alias".to_string();
+        return Err(Failure { permanent: true, status: (5, 7, 1), text: why });
+    }
     for spec in &settings.alias_maps {
         let Ok(table) = Table::open_str(spec, Syntax::Aliases) else { continue };
         let Some(owner) = table.path().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.uid()) else { continue };
@@ -408,6 +416,8 @@ mod tests {
             hostname: "h".into(),
             default_privs: "nobody".into(),
             alias_maps: Vec::new(),
+            commands_allowed: false,
+            files_allowed: false,
         };
         let req = |user: &str, sender: &str| Request {
             user: user.into(),
@@ -440,6 +450,8 @@ mod tests {
             hostname: "h".into(),
             default_privs: "nobody".into(),
             alias_maps: vec![aliases.display().to_string()],
+            commands_allowed: true,
+            files_allowed: true,
         };
         let command = |c: &str| Target::Command { command: c.into(), time_limit_secs: 1, delimiter: String::new() };
         let nobody = account::lookup("nobody").unwrap().unwrap();

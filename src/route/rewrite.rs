@@ -83,12 +83,19 @@ pub(crate) enum RewriteError {
     /// A command or file listed in an `:include:` file: bounced.
     #[error(":include:{path} line {line}: {why}")]
     IncludeRefused { path: String, line: usize, why: String },
+    /// A command or file in an alias file that the configuration does not
+    /// allow there: bounced.
+    #[error("{table} line {line}: {why}")]
+    NotAllowed { table: String, line: usize, why: String },
 }
 
 impl RewriteError {
     #[cfg(test)]
     pub(crate) fn is_permanent(&self) -> bool {
-        matches!(self, RewriteError::Loop { .. } | RewriteError::IncludeRefused { .. })
+        matches!(
+            self,
+            RewriteError::Loop { .. } | RewriteError::IncludeRefused { .. } | RewriteError::NotAllowed { .. }
+        )
     }
 }
 
@@ -189,6 +196,9 @@ pub(crate) struct Rewriter {
     origin: String,
     is_local: LocalDomains,
     limits: Limits,
+    /// `allow_mail_to_commands`, `allow_mail_to_files` name `alias`.
+    commands_allowed: bool,
+    files_allowed: bool,
 }
 
 impl fmt::Debug for Rewriter {
@@ -231,6 +241,8 @@ impl Rewriter {
             origin: fold(origin),
             is_local: Arc::new(is_local),
             limits: Limits::default(),
+            commands_allowed: true,
+            files_allowed: true,
         }
     }
 
@@ -250,6 +262,13 @@ impl Rewriter {
     /// entry of its own is looked up as `user`, as local(8) does.
     pub(crate) fn with_recipient_delimiter(mut self, delimiter: &str) -> Rewriter {
         self.delimiter = delimiter.to_string();
+        self
+    }
+
+    /// Whether alias files may deliver to commands and to files.
+    pub(crate) fn with_allowed(mut self, commands: bool, files: bool) -> Rewriter {
+        self.commands_allowed = commands;
+        self.files_allowed = files;
         self
     }
 
@@ -395,8 +414,17 @@ impl Rewriter {
             if let Some(Target::Include(path)) = &parsed {
                 self.include(path, address, 0, includes, &mut out)?;
             } else if let Some(Target::Command(c)) = &parsed {
+                if !self.commands_allowed {
+                    let why =
+                        format!("mail to command |{c} is not allowed (local.allow_mail_to_commands has no alias)");
+                    return Err(RewriteError::NotAllowed { table: hit.table.clone(), line: hit.line, why });
+                }
                 specials.push(format!("|{c}"));
             } else if let Some(Target::File(f)) = &parsed {
+                if !self.files_allowed {
+                    let why = format!("mail to file {f} is not allowed (local.allow_mail_to_files has no alias)");
+                    return Err(RewriteError::NotAllowed { table: hit.table.clone(), line: hit.line, why });
+                }
                 specials.push(f.clone());
             } else {
                 out.push(self.target(hit.stage, &item, address));
@@ -890,5 +918,22 @@ root@example.org: virtual alias (hash:/etc/postfix/virtual line 1, key \"root@ex
         assert!(!e.is_permanent() && e.to_string().contains("No such file"), "{e}");
         let e = r.expand("itself@example.org").unwrap_err();
         assert!(!e.is_permanent() && e.to_string().contains("nested more than 10 deep"), "{e}");
+    }
+
+    #[test]
+    fn commands_and_files_end_an_alias_unless_not_allowed() {
+        let r = rewriter("", "ticket: \"|/bin/intake -q\", ops\narchive: /var/log/archive\n");
+        let x = r.expand("ticket@example.org").unwrap();
+        assert_eq!(x.recipients, ["ticket@example.org", "ops@example.org"]);
+        assert!(x.to_string().contains("ends in |/bin/intake -q: final recipient for local:"), "{x}");
+        assert_eq!(expand(&r, "archive@example.org"), ["archive@example.org"]);
+        assert_eq!(r.deliveries("ticket@example.org").len(), 1);
+        assert!(r.deliveries("ops@example.org").is_empty());
+        let strict = r.clone().with_allowed(false, true);
+        let e = strict.expand("ticket@example.org").unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("local.allow_mail_to_commands has no alias"), "{e}");
+        assert_eq!(expand(&strict, "archive@example.org"), ["archive@example.org"]);
+        let e = r.clone().with_allowed(true, false).expand("archive@example.org").unwrap_err();
+        assert!(e.to_string().starts_with("hash:/etc/aliases line 2: mail to file /var/log/archive"), "{e}");
     }
 }

@@ -157,7 +157,11 @@ impl Router {
         let rewriter = Rewriter::new(&config.myorigin, is_local)
             .with_virtual_maps(open("rewrite.virtual_alias_maps", &config.rewrite.virtual_alias_maps, Syntax::Map)?)
             .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?)
-            .with_recipient_delimiter(&config.local.recipient_delimiter);
+            .with_recipient_delimiter(&config.local.recipient_delimiter)
+            .with_allowed(
+                config.local.allow_mail_to_commands.iter().any(|s| s == "alias"),
+                config.local.allow_mail_to_files.iter().any(|s| s == "alias"),
+            );
         Ok(Router {
             role: config.role,
             relay_tls: config.relay.tls,
@@ -222,7 +226,7 @@ impl Router {
         }
         let expansion = self.expand(address).map_err(|e| match e {
             RewriteError::Loop { .. } => Refusal { code: 550, status: (5, 4, 6), text: format!("<{address}>: {e}") },
-            RewriteError::IncludeRefused { .. } => {
+            RewriteError::IncludeRefused { .. } | RewriteError::NotAllowed { .. } => {
                 Refusal { code: 550, status: (5, 7, 1), text: format!("<{address}>: {e}") }
             }
             _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },
