@@ -29,7 +29,8 @@
 //!    bounces with its output in the DSN; a command past
 //!    `command_time_limit` is killed and deferred; a file alias appends
 //!    an mbox message; an alias named `"a;touch FILE"` runs its command
-//!    without a shell ever seeing the address.
+//!    without a shell ever seeing the address; without `alias` in
+//!    `allow_mail_to_commands` the command alias is refused at RCPT.
 
 mod harness;
 
@@ -452,4 +453,23 @@ fn pipe_and_file_aliases_run_as_default_privs() {
     let dsn = fs::read_to_string(&mbox).unwrap().replace("\n ", " ");
     assert!(dsn.contains("Command died with status 67"), "{dsn}");
     assert!(dsn.contains("no such ticket queue"), "{dsn}");
+
+    // Without `alias` in allow_mail_to_commands the command alias is
+    // refused at RCPT, naming the alias file and line; files still go.
+    let strict = hub(&[
+        "local.local_transport = \"local\"",
+        "local.allow_mail_to_commands = [\"forward\"]",
+        &spool_line,
+        &alias_line,
+        &privs,
+    ]);
+    let msg = message(&[("Subject", "strict")], "x\n");
+    let err = smtplib_send(strict.smtp_addr(), &sender, &["ticket@example.org"], &msg).unwrap_err();
+    let want = format!(
+        "550 5.7.1 <ticket@example.org>: hash:{} line 1: mail to command |{record} ticket two is not allowed",
+        aliases.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    smtplib_send(strict.smtp_addr(), &sender, &["archive@example.org"], &msg).unwrap();
+    assert!(wait_until(secs(20), || count_messages(&archive) == 2), "{}", strict.log());
 }
