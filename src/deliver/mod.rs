@@ -10,7 +10,8 @@
 //!   recipient.
 //! - `local`: as the local user, into an mbox or a home mailbox (`local:`),
 //!   through `local_agent` (the part that keeps root) for other accounts;
-//!   `mbox` appends to an mbox file with its locks.
+//!   `mbox` appends to an mbox file with its locks; `local_command` runs
+//!   an alias's `|command` and appends to its `/file`.
 //! - `dns`: MX and address lookups for them.
 //! - `myself`: whether a next hop's address is this daemon (a mail loop).
 //! - `dkim`: DKIM signing, applied here just before each SMTP transmission
