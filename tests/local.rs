@@ -31,6 +31,7 @@
 //!    an mbox message; an alias named `"a;touch FILE"` runs its command
 //!    without a shell ever seeing the address; without `alias` in
 //!    `allow_mail_to_commands` the command alias is refused at RCPT.
+//! 8. A daemon running as the alias file's owner runs its command itself.
 
 mod harness;
 
@@ -472,4 +473,28 @@ fn pipe_and_file_aliases_run_as_default_privs() {
     assert!(err.contains(&want), "{err}");
     smtplib_send(strict.smtp_addr(), &sender, &["archive@example.org"], &msg).unwrap();
     assert!(wait_until(secs(20), || count_messages(&archive) == 2), "{}", strict.log());
+}
+
+#[test]
+fn a_daemon_runs_its_own_accounts_alias_commands_itself() {
+    let (tree, spool) = mail_tree();
+    let ann = TestUser::new(tree.path());
+    let record = tree.path().join("record.sh");
+    let out = ann.home.join("ran.txt");
+    fs::write(&record, format!("#!/bin/sh\n{{ id -u; cat; }} > {}\n", out.display())).unwrap();
+    fs::set_permissions(&record, fs::Permissions::from_mode(0o755)).unwrap();
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("own: |{}\n", record.display())).unwrap();
+    let chown = Command::new("chown").arg(&ann.name).arg(&aliases).status().unwrap();
+    assert!(chown.success());
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let user = format!("user = {}", toml_str(&ann.name));
+    let ph = hub(&[&user, "local.local_transport = \"local\"", &spool_line, &alias_line]);
+    let msg = message(&[("Subject", "own")], "mine\n");
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["own@example.org"], &msg).unwrap();
+    assert!(wait_until(secs(20), || fs::read_to_string(&out).is_ok_and(|t| t.contains("mine"))), "{}", ph.log());
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with(&format!("{}\n", ann.uid)), "{text}");
+    assert!(ph.wait_for_log("status=sent (delivered to command", secs(10)), "{}", ph.log());
 }
