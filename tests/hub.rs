@@ -560,18 +560,27 @@ fn alias_file_for_local_names() {
 }
 
 #[test]
-fn alias_file_with_a_pipe_is_refused_naming_file_and_line() {
+fn alias_file_with_a_bad_line_is_refused_naming_file_and_line() {
     let files = Files::new();
-    fs::write(files.path("aliases"), "postmaster: root\nbackup: |/usr/local/bin/save\n").unwrap();
+    fs::write(files.path("aliases"), "postmaster: root\nbackup: :include:lists/backup\n").unwrap();
     let path = files.path("aliases").display().to_string();
-    let err = match Posthorn::try_start(&hub_config(
+    let config = hub_config(
         HUB_IP,
         &["access.local_domains = [\"example.org\"]", &format!("rewrite.alias_maps = [{}]", toml_str(&path))],
-    )) {
-        Ok(ph) => panic!("a pipe alias must be refused; log:\n{}", ph.log()),
+    );
+    let err = match Posthorn::try_start(&config) {
+        Ok(ph) => panic!("a relative :include: must be refused; log:\n{}", ph.log()),
         Err(e) => e,
     };
     assert!(err.contains(&format!("{path}:2")) || (err.contains(&path) && err.contains("line 2")), "{err}");
+
+    // A pipe alias is good syntax, but a hub that delivers its local
+    // domains to Maildirs has nothing to run it with: refused at RCPT.
+    fs::write(files.path("aliases"), "postmaster: root\nbackup: |/usr/local/bin/save\n").unwrap();
+    let hub = Posthorn::start(&config);
+    let err =
+        smtplib_send(hub.smtp_addr(), "a@example.net", &["backup@example.org"], "Subject: x\r\n\r\nx\r\n").unwrap_err();
+    assert!(err.contains("550 5.3.5") && err.contains("only the local: transport delivers to"), "{err}");
 }
 
 /// A client that asks for SMTPUTF8 (some do whenever it is offered) for a

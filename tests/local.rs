@@ -18,6 +18,20 @@
 //!    whole address in `Delivered-To:`; an alias team+x without an entry
 //!    of its own takes team's; `route explain` names the mailbox; without
 //!    the delimiter user+tag is refused.
+//! 6. An alias `staff: :include:/path` fans out to the two local users the
+//!    file lists, and `route explain` names the file; a command listed in
+//!    an include file is refused at RCPT (550 5.7.1) with the file, line
+//!    and reason; `newaliases` names the alias line of a missing include
+//!    file and of one that lists a command.
+//! 7. Aliases to commands and files, run and written through the agent as
+//!    `local.default_privs` (the alias file is root's): a script records
+//!    its argv, uid, environment and input; exit 75 defers, exit 67
+//!    bounces with its output in the DSN; a command past
+//!    `command_time_limit` is killed and deferred; a file alias appends
+//!    an mbox message; an alias named `"a;touch FILE"` runs its command
+//!    without a shell ever seeing the address; without `alias` in
+//!    `allow_mail_to_commands` the command alias is refused at RCPT.
+//! 8. A daemon running as the alias file's owner runs its command itself.
 
 mod harness;
 
@@ -277,4 +291,210 @@ fn address_extensions_reach_the_user() {
     let plain = hub(&["local.local_transport = \"local\"", &spool_line]);
     let err = smtplib_send(plain.smtp_addr(), "s@example.net", &[&tagged], &message(&[], "v\n")).unwrap_err();
     assert!(err.contains("550 5.1.3") && err.contains("not a local user name"), "{err}");
+}
+
+#[test]
+fn include_lists_fan_out_and_refuse_commands() {
+    let (tree, spool) = mail_tree();
+    let (ann, bob) = (TestUser::new(tree.path()), TestUser::new(tree.path()));
+    let staff = tree.path().join("staff.list");
+    fs::write(&staff, format!("# the staff\n{}@example.org\n\\{}\n", ann.name, bob.name)).unwrap();
+    let piped = tree.path().join("piped.list");
+    fs::write(&piped, format!("{}\n\"|/usr/bin/touch /tmp/never\"\n", ann.name)).unwrap();
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("staff: :include:{}\npiped: :include:{}\n", staff.display(), piped.display())).unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let ph = hub(&["local.local_transport = \"local\"", &spool_line, &alias_line]);
+
+    let msg = message(&[("Subject", "to the staff")], "all hands\n");
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["staff@example.org"], &msg).unwrap();
+    let (ann_box, bob_box) = (spool.join(&ann.name), spool.join(&bob.name));
+    assert!(wait_until(secs(20), || count_messages(&ann_box) == 1 && count_messages(&bob_box) == 1), "{}", ph.log());
+    for (user, mbox) in [(&ann, &ann_box), (&bob, &bob_box)] {
+        let text = fs::read_to_string(mbox).unwrap();
+        assert!(text.contains("X-Original-To: staff@example.org\n") && text.contains("all hands"), "{text}");
+        assert_eq!(fs::metadata(mbox).unwrap().uid(), user.uid);
+    }
+
+    let out = ph.command(&["route", "explain", "staff@example.org"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("(listed in :include:{})", staff.display())), "{text}");
+    assert!(text.contains(&format!("{}: local: -> user {}", ann.address(), ann.name)), "{text}");
+
+    let err = smtplib_send(ph.smtp_addr(), "s@example.net", &["piped@example.org"], &msg).unwrap_err();
+    let want = format!(
+        "550 5.7.1 <piped@example.org>: :include:{} line 2: mail to command |/usr/bin/touch /tmp/never is not allowed",
+        piped.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    // newaliases reads the include files too.
+    fs::write(
+        &aliases,
+        format!("gone: :include:{}/missing\npiped: :include:{}\n", tree.path().display(), piped.display()),
+    )
+    .unwrap();
+    let out = ph.run_as("newaliases", &[], b"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let file = aliases.display();
+    assert!(err.contains(&format!("{file}:1: :include:{}/missing: No such file", tree.path().display())), "{err}");
+    assert!(err.contains(&format!("{file}:2: :include:{} line 2: mail to command", piped.display())), "{err}");
+}
+
+#[test]
+fn pipe_and_file_aliases_run_as_default_privs() {
+    let (tree, spool) = mail_tree();
+    let ann = TestUser::new(tree.path());
+    let records = ann.home.join("records");
+    fs::create_dir(&records).unwrap();
+    let chown = Command::new("chown").arg(format!("{0}:{0}", ann.name)).arg(&records).status().unwrap();
+    assert!(chown.success());
+    let script = |name: &str, body: &str| {
+        let path = tree.path().join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    };
+    let record = script(
+        "record.sh",
+        &format!(
+            "out={}/$1\n{{ echo \"argv: $*\"; echo \"uid: $(id -u)\"; env | sort; echo stdin:; cat; }} > $out.tmp && mv $out.tmp $out.txt",
+            records.display()
+        ),
+    );
+    let tempfail = script("tempfail.sh", "cat >/dev/null; exit 75");
+    let refuse = script("refuse.sh", "echo 'no such ticket queue'; exit 67");
+    let slow = script("slow.sh", "sleep 60");
+    let pwned = tree.path().join("pwned");
+    let archive = ann.home.join("archive.mbox");
+    let aliases = tree.path().join("aliases");
+    fs::write(
+        &aliases,
+        format!(
+            "ticket: \"|{record} ticket two\"\nlater: |{tempfail}\nrefused: |{refuse}\nslow: |{slow}\narchive: {}\n\"a;touch {}\": \"|{record} weird\"\n",
+            archive.display(),
+            pwned.display()
+        ),
+    )
+    .unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let privs = format!("local.default_privs = {}", toml_str(&ann.name));
+    let ph = hub(&[
+        "local.local_transport = \"local\"",
+        "local.command_time_limit = \"2s\"",
+        &spool_line,
+        &alias_line,
+        &privs,
+    ]);
+    let sender = ann.address();
+    let send = |to: &str, subject: &str| {
+        let msg = message(&[("Subject", subject)], "the body line\n");
+        smtplib_send(ph.smtp_addr(), &sender, &[to], &msg)
+    };
+
+    send("ticket@example.org", "to the ticket queue").unwrap();
+    let out = records.join("ticket.txt");
+    assert!(wait_until(secs(20), || out.exists()), "{}", ph.log());
+    let text = fs::read_to_string(&out).unwrap();
+    for want in [
+        "argv: ticket two\n".to_string(),
+        format!("uid: {}\n", ann.uid),
+        format!("SENDER={sender}\n"),
+        "RECIPIENT=ticket@example.org\n".into(),
+        "ORIGINAL_RECIPIENT=ticket@example.org\n".into(),
+        format!("USER={}\n", ann.name),
+        "LOCAL=ticket\n".into(),
+        "DOMAIN=example.org\n".into(),
+        "EXTENSION=\n".into(),
+        format!("HOME={}\n", ann.home.display()),
+        "SHELL=/bin/sh\n".into(),
+        format!("stdin:\nReturn-Path: <{sender}>\nDelivered-To: ticket@example.org\n"),
+        "Subject: to the ticket queue\n".into(),
+        "\nthe body line\n".into(),
+    ] {
+        assert!(text.contains(&want), "{want:?} in {text}");
+    }
+    assert!(!text.contains('\r'), "{text}");
+
+    // `route explain` says the address ends in a command.
+    let explained = ph.command(&["route", "explain", "ticket@example.org"], b"");
+    let explained = String::from_utf8_lossy(&explained.stdout);
+    assert!(explained.contains(&format!("ends in |{record} ticket two: final recipient for local:")), "{explained}");
+
+    // A file alias: an mbox message, written as default_privs.
+    send("archive@example.org", "archived").unwrap();
+    assert!(wait_until(secs(20), || count_messages(&archive) == 1), "{}", ph.log());
+    assert_eq!(fs::metadata(&archive).unwrap().uid(), ann.uid);
+    assert!(fs::read_to_string(&archive).unwrap().contains("Subject: archived\n"));
+
+    // The address never reaches a shell: only the alias file's command runs.
+    let weird = format!("\"a;touch {}\"@example.org", pwned.display());
+    send(&weird, "weird").unwrap();
+    let out = records.join("weird.txt");
+    assert!(wait_until(secs(20), || out.exists()), "{}", ph.log());
+    assert!(fs::read_to_string(&out).unwrap().contains(&format!("RECIPIENT={weird}\n")));
+    assert!(!pwned.exists(), "a shell saw the address");
+
+    // 75 defers; a command past the time limit is killed and deferred.
+    send("later@example.org", "later").unwrap();
+    send("slow@example.org", "slow").unwrap();
+    assert!(ph.wait_for_log("to=<later@example.org>", secs(20)), "{}", ph.log());
+    assert!(ph.wait_for_log("ran longer than local.command_time_limit (2s): killed", secs(20)), "{}", ph.log());
+    let log = ph.log();
+    let later = log.lines().find(|l| l.contains("to=<later@example.org>") && l.contains("relay=")).unwrap();
+    assert!(later.contains("status=deferred"), "{later}");
+
+    // 67 bounces, the command's output in the DSN (to ann's mailbox).
+    send("refused@example.org", "refused").unwrap();
+    let mbox = spool.join(&ann.name);
+    assert!(wait_until(secs(20), || count_messages(&mbox) == 1), "{}", ph.log());
+    let dsn = fs::read_to_string(&mbox).unwrap().replace("\n ", " ");
+    assert!(dsn.contains("Command died with status 67"), "{dsn}");
+    assert!(dsn.contains("no such ticket queue"), "{dsn}");
+
+    // Without `alias` in allow_mail_to_commands the command alias is
+    // refused at RCPT, naming the alias file and line; files still go.
+    let strict = hub(&[
+        "local.local_transport = \"local\"",
+        "local.allow_mail_to_commands = [\"forward\"]",
+        &spool_line,
+        &alias_line,
+        &privs,
+    ]);
+    let msg = message(&[("Subject", "strict")], "x\n");
+    let err = smtplib_send(strict.smtp_addr(), &sender, &["ticket@example.org"], &msg).unwrap_err();
+    let want = format!(
+        "550 5.7.1 <ticket@example.org>: hash:{} line 1: mail to command |{record} ticket two is not allowed",
+        aliases.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    smtplib_send(strict.smtp_addr(), &sender, &["archive@example.org"], &msg).unwrap();
+    assert!(wait_until(secs(20), || count_messages(&archive) == 2), "{}", strict.log());
+}
+
+#[test]
+fn a_daemon_runs_its_own_accounts_alias_commands_itself() {
+    let (tree, spool) = mail_tree();
+    let ann = TestUser::new(tree.path());
+    let record = tree.path().join("record.sh");
+    let out = ann.home.join("ran.txt");
+    fs::write(&record, format!("#!/bin/sh\n{{ id -u; cat; }} > {}\n", out.display())).unwrap();
+    fs::set_permissions(&record, fs::Permissions::from_mode(0o755)).unwrap();
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("own: |{}\n", record.display())).unwrap();
+    let chown = Command::new("chown").arg(&ann.name).arg(&aliases).status().unwrap();
+    assert!(chown.success());
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let user = format!("user = {}", toml_str(&ann.name));
+    let ph = hub(&[&user, "local.local_transport = \"local\"", &spool_line, &alias_line]);
+    let msg = message(&[("Subject", "own")], "mine\n");
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["own@example.org"], &msg).unwrap();
+    assert!(wait_until(secs(20), || fs::read_to_string(&out).is_ok_and(|t| t.contains("mine"))), "{}", ph.log());
+    let text = fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with(&format!("{}\n", ann.uid)), "{text}");
+    assert!(ph.wait_for_log("status=sent (delivered to command", secs(10)), "{}", ph.log());
 }

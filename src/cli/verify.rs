@@ -181,7 +181,22 @@ pub(crate) fn newaliases(config: &Config, prog: &str) -> u8 {
     let mut code = exit::OK;
     for spec in &config.rewrite.alias_maps {
         match Table::open_str(spec, Syntax::Aliases) {
-            Ok(_) => {}
+            Ok(table) => {
+                // The :include: files are read when mail comes: checked now.
+                let name = table.path().map(|p| p.display().to_string()).unwrap_or_else(|| spec.clone());
+                for entry in table.contents().entries() {
+                    for item in crate::route::table::split_list(&entry.value) {
+                        if let Ok(crate::route::aliases::Target::Include(path)) =
+                            crate::route::aliases::parse_target(&item)
+                        {
+                            for problem in crate::route::rewrite::check_include(&path, 0) {
+                                eprintln!("{prog}: error: {name}:{}: {problem}", entry.line);
+                                code = 1;
+                            }
+                        }
+                    }
+                }
+            }
             Err(TableError::Open { path, source }) if source.kind() == std::io::ErrorKind::NotFound => {
                 eprintln!("{prog}: warning: {}: no such file; no aliases from it", path.display());
             }

@@ -4,10 +4,11 @@
 //! `local_transport = "lmtp:..."`, to an LMTP server such as Dovecot's
 //! (Postfix's `mailbox_transport`/`virtual_transport = lmtp:...`).
 
-use super::{ConfigError, KeyError};
+use super::{ConfigError, Dur, KeyError};
 use crate::message::nexthop::LmtpTarget;
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where the local domains' mail goes when no transport entry says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,6 +47,16 @@ pub(crate) struct Local {
     /// `recipient_delimiter`: the characters that start an address
     /// extension (`user+tag`); empty: none.
     pub(crate) recipient_delimiter: String,
+    /// `default_privs`: the account commands and files of an alias file
+    /// owned by root run as (never root itself).
+    pub(crate) default_privs: String,
+    /// `command_time_limit`: how long a command from an alias may run.
+    pub(crate) command_time_limit: Duration,
+    /// `allow_mail_to_commands`: where commands may come from (`alias`,
+    /// `forward`).
+    pub(crate) allow_mail_to_commands: Vec<String>,
+    /// `allow_mail_to_files`: where files may come from.
+    pub(crate) allow_mail_to_files: Vec<String>,
 }
 
 impl Default for Local {
@@ -57,6 +68,10 @@ impl Default for Local {
             home_mailbox: None,
             deliver_to_root: false,
             recipient_delimiter: String::new(),
+            default_privs: "nobody".into(),
+            command_time_limit: Duration::from_secs(1000),
+            allow_mail_to_commands: vec!["alias".into(), "forward".into()],
+            allow_mail_to_files: vec!["alias".into(), "forward".into()],
         }
     }
 }
@@ -104,6 +119,10 @@ pub(super) struct RawLocal {
     home_mailbox: Option<String>,
     deliver_to_root: Option<bool>,
     recipient_delimiter: Option<String>,
+    default_privs: Option<String>,
+    command_time_limit: Option<Dur>,
+    allow_mail_to_commands: Option<Vec<String>>,
+    allow_mail_to_files: Option<Vec<String>>,
 }
 
 pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, ConfigError> {
@@ -112,7 +131,11 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
     let configured = (raw.local_transport.is_some() && !lmtp)
         || raw.mail_spool_directory.is_some()
         || raw.home_mailbox.is_some()
-        || raw.deliver_to_root.is_some();
+        || raw.deliver_to_root.is_some()
+        || raw.default_privs.is_some()
+        || raw.command_time_limit.is_some()
+        || raw.allow_mail_to_commands.is_some()
+        || raw.allow_mail_to_files.is_some();
     let local_transport = match raw.local_transport.as_deref().map(str::trim) {
         None | Some("maildir" | "maildir:" | "virtual" | "virtual:") => LocalTransport::Maildir,
         Some(t) if t == "local" || t.starts_with("local:") => LocalTransport::Local,
@@ -135,7 +158,44 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
         home_mailbox: home_mailbox(raw.home_mailbox.as_deref(), err)?,
         deliver_to_root: raw.deliver_to_root.unwrap_or(false),
         recipient_delimiter: delimiter(raw.recipient_delimiter, err)?,
+        default_privs: default_privs(raw.default_privs, err)?,
+        command_time_limit: match raw.command_time_limit.map(|d| d.0) {
+            Some(d) if d.is_zero() => return Err(err("local.command_time_limit", "must be more than zero".into())),
+            d => d.unwrap_or(Duration::from_secs(1000)),
+        },
+        allow_mail_to_commands: sources(raw.allow_mail_to_commands, "local.allow_mail_to_commands", err)?,
+        allow_mail_to_files: sources(raw.allow_mail_to_files, "local.allow_mail_to_files", err)?,
     })
+}
+
+/// `alias`, `forward`: where commands or files may come from. Postfix's
+/// `include` is refused: `:include:` files list addresses only here.
+fn sources(written: Option<Vec<String>>, key: &str, err: &KeyError) -> Result<Vec<String>, ConfigError> {
+    let Some(written) = written else { return Ok(vec!["alias".into(), "forward".into()]) };
+    let mut out = Vec::new();
+    for source in written {
+        match source.trim().to_ascii_lowercase().as_str() {
+            s @ ("alias" | "forward") => out.push(s.to_string()),
+            "include" => {
+                return Err(err(key, "`include` is not supported: :include: files may list addresses only".into()));
+            }
+            other => return Err(err(key, format!("`{other}` is neither `alias` nor `forward`"))),
+        }
+    }
+    Ok(out)
+}
+
+/// A login name, not root's.
+fn default_privs(written: Option<String>, err: &KeyError) -> Result<String, ConfigError> {
+    let name = written.unwrap_or_else(|| "nobody".into());
+    if name == "root" {
+        return Err(err("local.default_privs", "commands and files are never run or written as root".into()));
+    }
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if name.is_empty() || name.len() > 64 || !ok_chars || name.starts_with(['.', '-']) {
+        return Err(err("local.default_privs", format!("`{}` is not a login name", name.escape_default())));
+    }
+    Ok(name)
 }
 
 /// Characters that cannot be part of an address's local part as a
@@ -186,6 +246,31 @@ mod tests {
         let target = crate::message::nexthop::LmtpTarget::Unix("/run/dovecot/lmtp".into());
         assert_eq!(c.local.local_transport, super::LocalTransport::Lmtp(target));
         assert_eq!(super::local_transport_name(&c.local), "lmtp:unix:/run/dovecot/lmtp");
+    }
+
+    #[test]
+    fn alias_command_keys() {
+        let c = parse("").unwrap();
+        assert_eq!(c.local.default_privs, "nobody");
+        assert_eq!(c.local.command_time_limit, std::time::Duration::from_secs(1000));
+        assert_eq!(c.local.allow_mail_to_commands, ["alias", "forward"]);
+        let c = parse("[local]\nallow_mail_to_commands = [\"forward\"]\ncommand_time_limit = \"30s\"\n").unwrap();
+        assert!(c.local.configured);
+        assert_eq!(c.local.allow_mail_to_commands, ["forward"]);
+        assert_eq!(c.local.allow_mail_to_files, ["alias", "forward"]);
+        for (text, want) in [
+            ("[local]\ndefault_privs = \"root\"\n", ":2: local.default_privs: commands and files are never run"),
+            ("[local]\n\ndefault_privs = \"a b\"\n", ":3: local.default_privs: `a b` is not a login name"),
+            ("[local]\ncommand_time_limit = \"0s\"\n", ":2: local.command_time_limit: must be more than zero"),
+            (
+                "[local]\nallow_mail_to_files = [\"include\"]\n",
+                ":2: local.allow_mail_to_files: `include` is not supported",
+            ),
+            ("[local]\nallow_mail_to_commands = [\"aliases\"]\n", "local.allow_mail_to_commands: `aliases` is neither"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -12,13 +12,18 @@
 //! (started as an ordinary user) refuses other users with a reply that
 //! says so, and defers their mail. Root's own mailbox is refused unless
 //! `local.deliver_to_root` is set.
+//!
+//! An alias that ends in commands or files (`|cmd`, `/path`; the route
+//! hands them over in [`OutRecipient::alias_deliveries`]) is delivered to
+//! each of them as the alias file's owner, or as `local.default_privs`
+//! when root owns the file (`local_command`); never as root.
 
 use super::Delivery;
 use super::local_agent;
 use crate::account::{self, Entry};
 use crate::config::{Config, HomeMailbox};
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
-use crate::message::{OutMessage, OutRecipient};
+use crate::message::{AliasDelivery, AliasTarget, OutMessage, OutRecipient};
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -37,11 +42,27 @@ pub(crate) struct Settings {
     pub(crate) deliver_to_root: bool,
     /// For Maildir file names.
     pub(crate) hostname: String,
+    /// `local.default_privs`: who runs a root-owned alias file's commands.
+    #[serde(default)]
+    pub(crate) default_privs: String,
+    /// `rewrite.alias_maps`: the agent runs only commands and writes only
+    /// files these list.
+    #[serde(default)]
+    pub(crate) alias_maps: Vec<String>,
+    /// `allow_mail_to_commands` and `allow_mail_to_files` name `alias`.
+    #[serde(default)]
+    pub(crate) commands_allowed: bool,
+    #[serde(default)]
+    pub(crate) files_allowed: bool,
 }
 
 impl Settings {
     pub(crate) fn from_config(config: &Config) -> Settings {
-        Settings::from_local(&config.local, &config.hostname)
+        let mut settings = Settings::from_local(&config.local, &config.hostname);
+        settings.alias_maps = config.rewrite.alias_maps.clone();
+        settings.commands_allowed = config.local.allow_mail_to_commands.iter().any(|s| s == "alias");
+        settings.files_allowed = config.local.allow_mail_to_files.iter().any(|s| s == "alias");
+        settings
     }
 
     fn from_local(local: &crate::config::Local, hostname: &str) -> Settings {
@@ -56,6 +77,10 @@ impl Settings {
             home_mbox,
             deliver_to_root: local.deliver_to_root,
             hostname: hostname.to_string(),
+            default_privs: local.default_privs.clone(),
+            alias_maps: Vec::new(),
+            commands_allowed: false,
+            files_allowed: false,
         }
     }
 
@@ -95,6 +120,19 @@ pub(crate) struct Request {
     pub(crate) recipient: String,
     pub(crate) original: String,
     pub(crate) length: u64,
+    /// A command or file of an alias instead of the user's mailbox.
+    #[serde(default)]
+    pub(crate) target: Option<Target>,
+}
+
+/// What an alias delivers to, besides mailboxes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Target {
+    /// A command line from the alias file, with `local.command_time_limit`
+    /// and `local.recipient_delimiter`.
+    Command { command: String, time_limit_secs: u64, delimiter: String },
+    /// An absolute file path from the alias file.
+    File { path: String },
 }
 
 /// Why a delivery failed; `permanent` bounces, the rest defers.
@@ -170,6 +208,8 @@ pub(crate) struct Local {
     settings: Arc<Settings>,
     /// `local.recipient_delimiter`.
     delimiters: String,
+    /// `local.command_time_limit`.
+    time_limit: std::time::Duration,
 }
 
 impl Local {
@@ -177,6 +217,7 @@ impl Local {
         Local {
             settings: Arc::new(Settings::from_config(config)),
             delimiters: config.local.recipient_delimiter.clone(),
+            time_limit: config.local.command_time_limit,
         }
     }
 
@@ -203,6 +244,13 @@ impl Local {
     }
 
     async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Result<String, Failure> {
+        if !rcpt.alias_deliveries.is_empty() {
+            let mut done = Vec::new();
+            for d in &rcpt.alias_deliveries {
+                done.push(self.deliver_alias(msg, rcpt, d).await?);
+            }
+            return Ok(done.join(", "));
+        }
         let permanent = |status, text| Failure { permanent: true, status, text };
         let user = user_of(&rcpt.address, &self.delimiters).map_err(|why| permanent((5, 1, 3), why))?;
         let entry = match account::lookup_entry(&user) {
@@ -210,7 +258,6 @@ impl Local {
             Ok(None) => return Err(permanent((5, 1, 1), format!("unknown user: \"{user}\""))),
             Err(e) => return Err(Failure::transient(e.to_string())),
         };
-        let me = rustix::process::geteuid().as_raw();
         if entry.account.uid == 0 && !self.settings.deliver_to_root {
             let why = format!(
                 "user {user} is root (uid 0): mail is not delivered as root; alias {user} to a person, or set local.deliver_to_root"
@@ -223,7 +270,48 @@ impl Local {
             recipient: rcpt.address.clone(),
             original: rcpt.original(),
             length: msg.body.len() as u64,
+            target: None,
         };
+        self.hand_over(entry, request, msg).await
+    }
+
+    /// One command or file of an alias, as the alias file's owner (or
+    /// `local.default_privs` for root's files).
+    async fn deliver_alias(&self, msg: &OutMessage, rcpt: &OutRecipient, d: &AliasDelivery) -> Result<String, Failure> {
+        let permanent = |status, text| Failure { permanent: true, status, text };
+        let entry = match account_for(d.owner, &self.settings.default_privs) {
+            Ok(Some(entry)) if entry.account.uid != 0 => entry,
+            Ok(Some(_)) => {
+                return Err(permanent((5, 7, 1), format!("{}: commands and files never run as root", d.source)));
+            }
+            Ok(None) => {
+                return Err(Failure::transient(format!("{}: no account to run as (uid {})", d.source, d.owner)));
+            }
+            Err(e) => return Err(Failure::transient(e)),
+        };
+        let target = match &d.target {
+            AliasTarget::Command(command) => Target::Command {
+                command: command.clone(),
+                time_limit_secs: self.time_limit.as_secs().max(1),
+                delimiter: self.delimiters.clone(),
+            },
+            AliasTarget::File(path) => Target::File { path: path.clone() },
+        };
+        let request = Request {
+            user: entry.account.name.clone(),
+            sender: msg.sender.clone(),
+            recipient: rcpt.address.clone(),
+            original: rcpt.original(),
+            length: msg.body.len() as u64,
+            target: Some(target),
+        };
+        self.hand_over(entry, request, msg).await
+    }
+
+    /// Writes (or runs) `request` here when it is for our own account,
+    /// else through the agent.
+    async fn hand_over(&self, entry: Entry, request: Request, msg: &OutMessage) -> Result<String, Failure> {
+        let me = rustix::process::geteuid().as_raw();
         let body = msg.body.clone();
         let settings = Arc::clone(&self.settings);
         let work = move || {
@@ -245,6 +333,20 @@ impl Local {
             .await
             .unwrap_or_else(|e| Err(Failure::transient(format!("local delivery failed: {e}"))))
     }
+}
+
+/// The account an alias file owned by `owner` runs its commands as.
+fn account_for(owner: u32, default_privs: &str) -> Result<Option<Entry>, String> {
+    let name = if owner == 0 {
+        default_privs.to_string()
+    } else {
+        match account::lookup_uid(owner) {
+            Ok(Some(a)) => a.name,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    account::lookup_entry(&name).map_err(|e| e.to_string())
 }
 
 fn failed(f: Failure) -> Outcome {
@@ -269,6 +371,14 @@ pub(crate) fn deliver_as_self(
     request: &Request,
     message: &[u8],
 ) -> Result<String, Failure> {
+    match &request.target {
+        Some(Target::Command { command, time_limit_secs, delimiter }) => {
+            let limit = std::time::Duration::from_secs(*time_limit_secs);
+            return super::local_command::run(entry, request, command, limit, delimiter, message);
+        }
+        Some(Target::File { path }) => return super::local_command::append_file(entry, request, path, message),
+        None => {}
+    }
     let mailbox = settings.mailbox(entry);
     match &mailbox {
         Mailbox::Mbox(path) => {
@@ -337,6 +447,10 @@ mod tests {
             home_mbox: None,
             deliver_to_root: false,
             hostname: "h".into(),
+            default_privs: "nobody".into(),
+            alias_maps: Vec::new(),
+            commands_allowed: false,
+            files_allowed: false,
         };
         assert_eq!(s.mailbox(&entry).to_string(), "mailbox /var/mail/alice");
         s.home_maildir = Some("Maildir".into());

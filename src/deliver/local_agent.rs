@@ -23,8 +23,15 @@
 //! holds the spool's group. The agent keeps root's uid but only the
 //! `CAP_SETUID` and `CAP_SETGID` capabilities. The agent itself runs one thread and does
 //! one delivery at a time; it ends when the daemon closes the socket.
+//!
+//! A request may name a command or file of an alias instead of the
+//! user's mailbox ([`Target`]). The agent then runs or writes it only if
+//! one of the alias files of root's configuration lists it and the
+//! account is that file's owner (`local.default_privs` for root's files),
+//! never as root: a daemon that was broken into cannot make the agent run
+//! anything an administrator did not write.
 
-use super::local::{self, Failure, Request, Settings};
+use super::local::{self, Failure, Request, Settings, Target};
 use crate::account;
 use anyhow::Context;
 use std::io::{self, Read, Write};
@@ -94,6 +101,12 @@ impl Agent {
         let Some(conn) = guard.as_mut() else {
             return Err(Failure::transient(format!("the local delivery agent (pid {}) is not usable", self.pid)));
         };
+        // A command may run for local.command_time_limit.
+        let limit = match &request.target {
+            Some(Target::Command { time_limit_secs, .. }) => Duration::from_secs(*time_limit_secs + 60),
+            _ => Duration::ZERO,
+        };
+        let _ = conn.set_read_timeout(Some(DELIVERY_DEADLINE.max(limit)));
         match exchange(conn, request, message) {
             Ok(result) => result,
             Err(e) => {
@@ -233,8 +246,13 @@ fn check(settings: &Settings, request: &Request) -> Result<(account::Entry, Vec<
         Ok(None) => return Err(permanent((5, 1, 1), format!("unknown user: \"{}\"", request.user))),
         Err(e) => return Err(Failure::transient(e.to_string())),
     };
-    if entry.account.uid == 0 && !settings.deliver_to_root {
+    if entry.account.uid == 0 && (!settings.deliver_to_root || request.target.is_some()) {
         return Err(permanent((5, 7, 1), format!("user {} is root: not delivered as root", request.user)));
+    }
+    if let Some(target) = &request.target {
+        listed(settings, &entry.account, target)?;
+        let groups = group_list(&entry.account).map_err(|e| Failure::transient(e.to_string()))?;
+        return Ok((entry, groups));
     }
     let mut groups = group_list(&entry.account).map_err(|e| Failure::transient(e.to_string()))?;
     if let local::Mailbox::Mbox(path) = settings.mailbox(&entry)
@@ -245,6 +263,44 @@ fn check(settings: &Settings, request: &Request) -> Result<(account::Entry, Vec<
         groups.push(gid);
     }
     Ok((entry, groups))
+}
+
+/// Whether an alias file of `settings` that `account` may act for lists
+/// `target`: one it owns, or one root owns when it is `default_privs`.
+fn listed(settings: &Settings, account: &account::Account, target: &Target) -> Result<(), Failure> {
+    use crate::route::aliases::{Target as Item, parse_target};
+    use crate::route::table::{Syntax, Table};
+    let allowed = match target {
+        Target::Command { .. } => settings.commands_allowed,
+        Target::File { .. } => settings.files_allowed,
+    };
+    if !allowed {
+        let why = "local.allow_mail_to_commands or allow_mail_to_files has no alias".to_string();
+        return Err(Failure { permanent: true, status: (5, 7, 1), text: why });
+    }
+    for spec in &settings.alias_maps {
+        let Ok(table) = Table::open_str(spec, Syntax::Aliases) else { continue };
+        let Some(owner) = table.path().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.uid()) else { continue };
+        let acts = if owner == 0 { account.name == settings.default_privs } else { account.uid == owner };
+        if !acts {
+            continue;
+        }
+        let found = table.contents().entries().iter().any(|entry| {
+            crate::route::table::split_list(&entry.value).iter().any(|item| match (parse_target(item), target) {
+                (Ok(Item::Command(c)), Target::Command { command, .. }) => &c == command,
+                (Ok(Item::File(f)), Target::File { path }) => &f == path,
+                _ => false,
+            })
+        });
+        if found {
+            return Ok(());
+        }
+    }
+    Err(Failure {
+        permanent: true,
+        status: (5, 7, 1),
+        text: format!("no alias file that user {} acts for lists this command or file", account.name),
+    })
 }
 
 /// The spool directory's group when the directory is group-writable and
@@ -358,6 +414,10 @@ mod tests {
             home_mbox: None,
             deliver_to_root: false,
             hostname: "h".into(),
+            default_privs: "nobody".into(),
+            alias_maps: Vec::new(),
+            commands_allowed: false,
+            files_allowed: false,
         };
         let req = |user: &str, sender: &str| Request {
             user: user.into(),
@@ -365,6 +425,7 @@ mod tests {
             recipient: "r@h".into(),
             original: "r@h".into(),
             length: 0,
+            target: None,
         };
         let err = |r: Request| check(&settings, &r).unwrap_err();
         assert_eq!(err(req("../../etc/passwd", "a@b")).status, (5, 1, 3));
@@ -372,5 +433,43 @@ mod tests {
         assert_eq!(err(req("no-such-user-posthorn", "a@b")).status, (5, 1, 1));
         assert!(err(req("nobody", "a@b\nX: y")).text.contains("sender"));
         assert!(check(&settings, &req("nobody", "a@b")).is_ok());
+    }
+
+    #[test]
+    fn commands_and_files_only_as_an_alias_file_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let aliases = dir.path().join("aliases");
+        std::fs::write(&aliases, "t: \"|/bin/record x\"\na: /var/tmp/archive\n").unwrap();
+        let owner = std::fs::metadata(&aliases).unwrap().uid();
+        let me = account::lookup_uid(owner).unwrap().unwrap();
+        let settings = Settings {
+            spool_dir: "/var/mail".into(),
+            home_maildir: None,
+            home_mbox: None,
+            deliver_to_root: true,
+            hostname: "h".into(),
+            default_privs: "nobody".into(),
+            alias_maps: vec![aliases.display().to_string()],
+            commands_allowed: true,
+            files_allowed: true,
+        };
+        let command = |c: &str| Target::Command { command: c.into(), time_limit_secs: 1, delimiter: String::new() };
+        let nobody = account::lookup("nobody").unwrap().unwrap();
+        // The account the file is for: the owner, or nobody for root's.
+        let acting = if owner == 0 { &nobody } else { &me };
+        assert!(listed(&settings, acting, &command("/bin/record x")).is_ok());
+        assert!(listed(&settings, acting, &Target::File { path: "/var/tmp/archive".into() }).is_ok());
+        assert!(listed(&settings, acting, &command("/bin/record y")).is_err(), "not the file's text");
+        assert!(listed(&settings, acting, &Target::File { path: "/etc/passwd".into() }).is_err());
+        // Root never runs a command, deliver_to_root or not.
+        let req = Request {
+            user: "root".into(),
+            sender: "s@x".into(),
+            recipient: "t@x".into(),
+            original: "t@x".into(),
+            length: 0,
+            target: Some(command("/bin/record x")),
+        };
+        assert_eq!(check(&settings, &req).unwrap_err().status, (5, 7, 1));
     }
 }

@@ -10,7 +10,8 @@
 //!   recipient.
 //! - `local`: as the local user, into an mbox or a home mailbox (`local:`),
 //!   through `local_agent` (the part that keeps root) for other accounts;
-//!   `mbox` appends to an mbox file with its locks.
+//!   `mbox` appends to an mbox file with its locks; `local_command` runs
+//!   an alias's `|command` and appends to its `/file`.
 //! - `dns`: MX and address lookups for them.
 //! - `eyeballs`: Happy Eyeballs (RFC 8305), the race between a host's
 //!   addresses for the TCP connection.
@@ -29,6 +30,7 @@ pub(crate) mod filter;
 pub(crate) mod lmtp;
 pub(crate) mod local;
 pub(crate) mod local_agent;
+pub(crate) mod local_command;
 pub mod maildir;
 pub(crate) mod mbox;
 pub mod mx;

@@ -33,6 +33,28 @@ pub(crate) struct OutRecipient {
     pub(crate) notify: Option<String>,
     /// RFC 3461 ORCPT value as received (`rfc822;user@example.org`).
     pub(crate) orcpt: Option<String>,
+    /// For an alias that ends in commands or files (`|cmd`, `/path`):
+    /// what `local:` delivers it to, as the route found it at this attempt.
+    pub(crate) alias_deliveries: Vec<AliasDelivery>,
+}
+
+/// One command or file a local alias delivers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AliasDelivery {
+    pub(crate) target: AliasTarget,
+    /// The uid owning the alias file: the account it runs as (root's
+    /// files run as `local.default_privs`).
+    pub(crate) owner: u32,
+    /// `hash:/etc/aliases line 3`, for messages.
+    pub(crate) source: String,
+}
+
+/// A command line (run with `/bin/sh -c` only when it has shell
+/// metacharacters) or an absolute file path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AliasTarget {
+    Command(String),
+    File(String),
 }
 
 /// The header a satellite stamps its trace id in. It lives among the
@@ -79,7 +101,13 @@ impl OutMessage {
             recipients: recipients
                 .iter()
                 .enumerate()
-                .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+                .map(|(index, a)| OutRecipient {
+                    index,
+                    address: a.to_string(),
+                    notify: None,
+                    orcpt: None,
+                    alias_deliveries: Vec::new(),
+                })
                 .collect(),
             body: Body::from(body),
             eight_bit: body.iter().any(|b| *b >= 0x80),

@@ -286,7 +286,14 @@ async fn deliver_group(
     };
     let started_us = now_us();
     let clock = std::time::Instant::now();
-    let delivery = ctx.outbound.transports.deliver(hop, &out_message(env, &indexes, data)).await;
+    let mut msg = out_message(env, &indexes, data);
+    if *hop == Hop::Local {
+        // The route says what an alias's commands and files are now.
+        for r in &mut msg.recipients {
+            r.alias_deliveries = ctx.outbound.router.alias_deliveries(&r.address);
+        }
+    }
+    let delivery = ctx.outbound.transports.deliver(hop, &msg).await;
     let took = clock.elapsed();
     let down_until = if delivery.hop_down {
         let reason = delivery.outcomes.first().map(|o| o.attempt().detail.clone()).unwrap_or_default();
@@ -457,7 +464,13 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Body) -> OutMessage {
             .iter()
             .map(|&index| {
                 let r = &env.recipients[index];
-                OutRecipient { index, address: r.address.clone(), notify: r.notify.clone(), orcpt: r.orcpt.clone() }
+                OutRecipient {
+                    index,
+                    address: r.address.clone(),
+                    notify: r.notify.clone(),
+                    orcpt: r.orcpt.clone(),
+                    alias_deliveries: Vec::new(),
+                }
             })
             .collect(),
         body,

@@ -1,15 +1,18 @@
 //! The aliases(5) grammar (`/etc/aliases`): `name: value, value, ...`, with
 //! the same comments and continuation lines as postmap sources, and names
-//! that may be written in double quotes.
+//! that may be written in double quotes; and the grammar of the
+//! `:include:` files an alias may name.
 //!
-//! Only addresses are accepted as values: plain local names (`root`),
-//! addresses (`ops@example.org`) and the `\name` escape (deliver to the
-//! mailbox of `name`, no further aliasing). Deliveries to a command
-//! (`|cmd`), to a file (`/path`) and `:include:` lists are refused as bad
-//! lines naming the file and line: posthorn never runs commands or writes
-//! files on behalf of an alias file. Tables with this syntax are opened with
+//! Each value is one [`Target`]: a plain local name (`root`), an address
+//! (`ops@example.org`), the `\name` escape (deliver to the mailbox of
+//! `name`, no further aliasing), `:include:/absolute/path` (the
+//! addresses listed in that file, read when mail is expanded), a command
+//! (`|cmd`, run by `local:` as the alias file's owner) or a file
+//! (`/path`, appended to as an mbox). An `:include:` file may list only
+//! addresses and other includes: a command or file in one makes the
+//! recipient bounce (`rewrite`). Tables with this syntax are opened with
 //! [`Table::open`](super::table::Table::open) and [`Syntax::Aliases`](super::table::Syntax);
-//! this module only parses one logical line.
+//! this module only parses one logical line, or one include file's text.
 
 use super::table::{split_list, unquote_prefix};
 
@@ -42,8 +45,23 @@ pub(crate) fn parse_line(line: &str) -> Result<(String, String), String> {
     Ok((name, items.join(", ")))
 }
 
-/// Accepts an address or local name; refuses commands, files and includes.
-fn check_value(item: &str) -> Result<(), String> {
+/// One value of an alias entry or line of an `:include:` file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// A local name or an address, as written (quotes kept).
+    Address(String),
+    /// `\name`: the mailbox of `name`, not aliased again.
+    Mailbox(String),
+    /// `|command`: the command text after the bar.
+    Command(String),
+    /// `/path`: a file to append to.
+    File(String),
+    /// `:include:/path`: the addresses in that file.
+    Include(String),
+}
+
+/// Classifies and checks one value. Errors say what is wrong with it.
+pub(crate) fn parse_target(item: &str) -> Result<Target, String> {
     // `"|cmd args"` is the usual way to write a command with spaces.
     let bare = match unquote_prefix(item) {
         Ok((inner, "")) if item.starts_with('"') => inner,
@@ -53,16 +71,24 @@ fn check_value(item: &str) -> Result<(), String> {
         // `root: admin # note` would otherwise send mail to `#` and `note`.
         return Err(format!("{item}: comments must be on a line of their own"));
     }
-    if bare.starts_with('|') {
-        return Err(format!(
-            "{item}: delivery to a command is not supported (posthorn never runs commands from alias files)"
-        ));
+    if let Some(command) = bare.strip_prefix('|') {
+        if command.trim().is_empty() {
+            return Err(format!("{item}: empty command"));
+        }
+        return Ok(Target::Command(command.trim().to_string()));
     }
     if bare.starts_with('/') {
-        return Err(format!("{item}: delivery to a file is not supported (posthorn delivers to addresses only)"));
+        return Ok(Target::File(bare));
     }
     if bare.get(..9).is_some_and(|p| p.eq_ignore_ascii_case(":include:")) {
-        return Err(format!("{item}: :include: files are not supported; list the addresses in the alias"));
+        let path = bare[9..].trim();
+        if path.is_empty() {
+            return Err(format!("{item}: :include: without a file name"));
+        }
+        if !path.starts_with('/') {
+            return Err(format!("{item}: :include: needs an absolute path"));
+        }
+        return Ok(Target::Include(path.to_string()));
     }
     let addr = bare.strip_prefix('\\').unwrap_or(&bare);
     match addr.rsplit_once('@') {
@@ -70,8 +96,31 @@ fn check_value(item: &str) -> Result<(), String> {
         Some(("", _)) => Err(format!("{item}: address without a local part")),
         Some((_, "")) => Err(format!("{item}: address without a domain")),
         Some(_) if item.starts_with('\\') => Err(format!("{item}: \\ applies to local names only")),
-        _ => Ok(()),
+        _ if item.starts_with('\\') => Ok(Target::Mailbox(addr.to_string())),
+        _ => Ok(Target::Address(item.to_string())),
     }
+}
+
+/// Accepts what an alias file may hold.
+fn check_value(item: &str) -> Result<(), String> {
+    parse_target(item).map(|_| ())
+}
+
+/// The values of an `:include:` file: addresses separated by commas or
+/// line ends, `#` comment lines and blank lines skipped. Each comes with
+/// its line number; a value that does not parse is an error naming it.
+pub(crate) fn parse_include(text: &str) -> Result<Vec<(usize, Target)>, (usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        for item in split_list(trimmed) {
+            out.push((i + 1, parse_target(&item).map_err(|e| (i + 1, e))?));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -93,6 +142,11 @@ mod tests {
             ("\"john smith\" : js", ("john smith", "js")),
             ("quoted: \"a b\"@example.org", ("quoted", "\"a b\"@example.org")),
             ("MixedCase: x", ("MixedCase", "x")),
+            ("list: :include:/etc/mail/list", ("list", ":include:/etc/mail/list")),
+            ("prog: |/usr/bin/procmail", ("prog", "|/usr/bin/procmail")),
+            ("prog: a@x, \"|/usr/bin/vacation -a x\"", ("prog", "a@x, \"|/usr/bin/vacation -a x\"")),
+            ("log: /var/log/mail.txt", ("log", "/var/log/mail.txt")),
+            ("list: a, :INCLUDE:/etc/mail/list", ("list", "a, :INCLUDE:/etc/mail/list")),
         ];
         for (line, (name, value)) in cases {
             assert_eq!(parse_line(line), Ok((name.to_string(), value.to_string())), "{line:?}");
@@ -102,13 +156,10 @@ mod tests {
     #[test]
     fn refuses_commands_files_includes_and_junk() {
         let cases: &[(&str, &str)] = &[
-            ("prog: |/usr/bin/procmail", "delivery to a command is not supported"),
-            ("prog: \"|/usr/bin/vacation -a x\"", "delivery to a command is not supported"),
-            ("prog: a@x, |cmd", "|cmd: delivery to a command"),
-            ("log: /var/log/mail.txt", "delivery to a file is not supported"),
-            ("nobody: /dev/null", "delivery to a file is not supported"),
-            ("list: :include:/etc/mail/list", ":include: files are not supported"),
-            ("list: :INCLUDE:/etc/mail/list", ":include: files are not supported"),
+            ("prog: |", "|: empty command"),
+            ("prog: \"|  \"", "empty command"),
+            ("list: :include:", ":include: without a file name"),
+            ("list: :include:lists/staff", ":include: needs an absolute path"),
             ("noname", "need name: value pair"),
             ("\"quoted\" root", "need name: value pair"),
             (": root", "empty alias name"),
@@ -131,6 +182,43 @@ mod tests {
     }
 
     #[test]
+    fn targets_table() {
+        let cases: &[(&str, Target)] = &[
+            ("root", Target::Address("root".into())),
+            ("a@example.org", Target::Address("a@example.org".into())),
+            ("\\root", Target::Mailbox("root".into())),
+            ("|/usr/local/bin/ticket-intake", Target::Command("/usr/local/bin/ticket-intake".into())),
+            ("\"|/usr/bin/vacation -a x\"", Target::Command("/usr/bin/vacation -a x".into())),
+            ("/var/log/mail-archive", Target::File("/var/log/mail-archive".into())),
+            (":include:/etc/mail/staff", Target::Include("/etc/mail/staff".into())),
+            (":Include: /etc/mail/staff", Target::Include("/etc/mail/staff".into())),
+        ];
+        for (item, want) in cases {
+            assert_eq!(parse_target(item).as_ref(), Ok(want), "{item:?}");
+        }
+    }
+
+    #[test]
+    fn include_files() {
+        let text = "# staff\nalice, bob@example.net\n\n  carol\n:include:/etc/mail/more\n|/bin/cat\n";
+        let got = parse_include(text).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (2, Target::Address("alice".into())),
+                (2, Target::Address("bob@example.net".into())),
+                (4, Target::Address("carol".into())),
+                (5, Target::Include("/etc/mail/more".into())),
+                (6, Target::Command("/bin/cat".into())),
+            ]
+        );
+        assert_eq!(
+            parse_include("a\n:include:rel\n"),
+            Err((2, ":include:rel: :include: needs an absolute path".into()))
+        );
+    }
+
+    #[test]
     fn alias_files_with_continuations_and_comments() {
         let text = "# /etc/aliases\n\
                     postmaster:    root\n\
@@ -148,13 +236,8 @@ mod tests {
     }
 
     #[test]
-    fn a_pipe_makes_the_file_fail_with_file_and_line() {
-        let e = Table::from_text("/etc/aliases", "postmaster: root\n\nbackup: |/usr/local/bin/save\n", Syntax::Aliases)
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "/etc/aliases:3: |/usr/local/bin/save: delivery to a command is not supported \
-             (posthorn never runs commands from alias files)"
-        );
+    fn an_empty_command_makes_the_file_fail_with_file_and_line() {
+        let e = Table::from_text("/etc/aliases", "postmaster: root\n\nbackup: \"| \"\n", Syntax::Aliases).unwrap_err();
+        assert_eq!(e.to_string(), "/etc/aliases:3: \"| \": empty command");
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! - [`table`]: Postfix lookup tables read from their text source
 //!   (`hash:`/`texthash:`), picked up again when the file changes.
-//! - `aliases`: the aliases(5) grammar; addresses only, commands and
-//!   files refused.
+//! - `aliases`: the aliases(5) grammar and that of `:include:` files;
+//!   addresses and include lists, commands and files refused.
 //! - `rewrite`: virtual alias expansion (`user@domain`, `user`, catch-all
 //!   `@domain`), local aliases, loops, limits, duplicates, and a trace of
 //!   every step for `posthorn route explain`.

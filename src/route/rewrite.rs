@@ -19,10 +19,20 @@
 //! expanded either. An address that comes back to one it was expanded
 //! from is a loop: an error, not a silent drop.
 //!
+//! An alias value `:include:/path` stands for the addresses listed in that
+//! file, read (as the daemon's account, at most 1 MiB) each time an
+//! address is expanded, so an edited list applies at once; include files
+//! may name other include files, at most [`INCLUDE_DEPTH_LIMIT`] deep. A
+//! file that cannot be read defers the recipient; a command (`|cmd`) or a
+//! file (`/path`) listed in one bounces it, as Postfix's default
+//! `allow_mail_to_commands` and `allow_mail_to_files` (no `include`) have
+//! it.
+//!
 //! Differences from Postfix, on purpose: a loop is reported as such rather
 //! than running into the nesting limit; results come out depth-first in
 //! table order; address extensions (`user+ext`) are not stripped.
 
+use super::aliases::{Target, parse_include, parse_target};
 use super::table::{Table, fold, split_list, unquote_prefix};
 use std::collections::HashSet;
 use std::fmt;
@@ -32,6 +42,11 @@ use std::sync::Arc;
 pub(crate) const RECURSION_LIMIT: usize = 1000;
 /// Postfix's `virtual_alias_expansion_limit`.
 pub(crate) const EXPANSION_LIMIT: usize = 1000;
+
+/// How deep `:include:` files may name other `:include:` files.
+pub(crate) const INCLUDE_DEPTH_LIMIT: usize = 10;
+/// Largest `:include:` file read.
+const INCLUDE_MAX_BYTES: u64 = 1 << 20;
 
 /// Bounds on one expansion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +76,26 @@ pub(crate) enum RewriteError {
     TooDeep { address: String, limit: usize },
     #[error("unreasonable alias expansion for {address}: more than {limit} addresses")]
     TooMany { address: String, limit: usize },
+    /// An `:include:` file that cannot be read or parsed: deferred, so the
+    /// administrator can fix it without mail being lost.
+    #[error(":include:{path}: {why}")]
+    IncludeFailed { path: String, why: String },
+    /// A command or file listed in an `:include:` file: bounced.
+    #[error(":include:{path} line {line}: {why}")]
+    IncludeRefused { path: String, line: usize, why: String },
+    /// A command or file in an alias file that the configuration does not
+    /// allow there: bounced.
+    #[error("{table} line {line}: {why}")]
+    NotAllowed { table: String, line: usize, why: String },
 }
 
 impl RewriteError {
     #[cfg(test)]
     pub(crate) fn is_permanent(&self) -> bool {
-        matches!(self, RewriteError::Loop { .. })
+        matches!(
+            self,
+            RewriteError::Loop { .. } | RewriteError::IncludeRefused { .. } | RewriteError::NotAllowed { .. }
+        )
     }
 }
 
@@ -83,7 +112,8 @@ pub(crate) enum Resolution {
     /// A name without a domain got the origin domain.
     Qualified { to: String },
     /// A table entry replaced the address with `to`.
-    Expanded { stage: Stage, table: String, line: usize, key: String, to: Vec<String> },
+    /// `includes`: the `:include:` files the entry named, in order.
+    Expanded { stage: Stage, table: String, line: usize, key: String, to: Vec<String>, includes: Vec<String> },
     /// No table entry: a final recipient.
     Final,
     /// It maps to itself: a final recipient, not expanded again.
@@ -92,6 +122,9 @@ pub(crate) enum Resolution {
     Literal,
     /// Already a recipient: dropped.
     Duplicate,
+    /// An alias entry lists commands or files (`what`): the address is a
+    /// final recipient that `local:` delivers to them.
+    Delivers { table: String, line: usize, what: Vec<String> },
 }
 
 /// One step of an expansion; `depth` is the number of lookups that led
@@ -108,17 +141,24 @@ impl fmt::Display for Step {
         write!(f, "{:width$}{}: ", "", self.address, width = self.depth * 2)?;
         match &self.action {
             Resolution::Qualified { to } => write!(f, "qualified as {to}"),
-            Resolution::Expanded { stage, table, line, key, to } => {
+            Resolution::Expanded { stage, table, line, key, to, includes } => {
                 let what = match stage {
                     Stage::Virtual => "virtual alias",
                     Stage::Alias => "alias",
                 };
-                write!(f, "{what} ({table} line {line}, key \"{key}\") -> {}", to.join(", "))
+                write!(f, "{what} ({table} line {line}, key \"{key}\") -> {}", to.join(", "))?;
+                for path in includes {
+                    write!(f, " (listed in :include:{path})")?;
+                }
+                Ok(())
             }
             Resolution::Final => write!(f, "final recipient"),
             Resolution::SelfReference => write!(f, "maps to itself: final recipient"),
             Resolution::Literal => write!(f, "final recipient (\\name in an alias file)"),
             Resolution::Duplicate => write!(f, "duplicate, dropped"),
+            Resolution::Delivers { table, line, what } => {
+                write!(f, "alias ({table} line {line}) ends in {}: final recipient for local:", what.join(", "))
+            }
         }
     }
 }
@@ -156,6 +196,9 @@ pub(crate) struct Rewriter {
     origin: String,
     is_local: LocalDomains,
     limits: Limits,
+    /// `allow_mail_to_commands`, `allow_mail_to_files` name `alias`.
+    commands_allowed: bool,
+    files_allowed: bool,
 }
 
 impl fmt::Debug for Rewriter {
@@ -198,6 +241,8 @@ impl Rewriter {
             origin: fold(origin),
             is_local: Arc::new(is_local),
             limits: Limits::default(),
+            commands_allowed: true,
+            files_allowed: true,
         }
     }
 
@@ -217,6 +262,13 @@ impl Rewriter {
     /// entry of its own is looked up as `user`, as local(8) does.
     pub(crate) fn with_recipient_delimiter(mut self, delimiter: &str) -> Rewriter {
         self.delimiter = delimiter.to_string();
+        self
+    }
+
+    /// Whether alias files may deliver to commands and to files.
+    pub(crate) fn with_allowed(mut self, commands: bool, files: bool) -> Rewriter {
+        self.commands_allowed = commands;
+        self.files_allowed = files;
         self
     }
 
@@ -257,7 +309,16 @@ impl Rewriter {
                 finish(&mut out, &mut seen, depth, address, Resolution::Final);
                 continue;
             };
-            let targets = self.targets(&hit, &address);
+            let mut includes = Vec::new();
+            let mut specials = Vec::new();
+            let targets = self.targets(&hit, &address, &mut includes, &mut specials)?;
+            if !specials.is_empty() {
+                let action = Resolution::Delivers { table: hit.table.clone(), line: hit.line, what: specials };
+                finish(&mut out, &mut seen, depth, address.clone(), action);
+                if targets.is_empty() {
+                    continue;
+                }
+            }
             if targets.is_empty() {
                 // A value with no addresses in it (`key ,`): deliver as is
                 // rather than lose the recipient.
@@ -276,7 +337,8 @@ impl Rewriter {
                 fixed.insert(folded);
             }
             let to = targets.iter().map(|(t, _)| t.clone()).collect();
-            let action = Resolution::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to };
+            let action =
+                Resolution::Expanded { stage: hit.stage, table: hit.table, line: hit.line, key: hit.key, to, includes };
             out.trace.push(Step { depth, address, action });
             for (target, literal) in targets.into_iter().rev() {
                 stack.push(nodes.len());
@@ -284,6 +346,24 @@ impl Rewriter {
             }
         }
         Ok(out)
+    }
+
+    /// The commands and files the alias entry for `address` lists, with
+    /// the uid of the alias file that lists them and where (`table line
+    /// N`); empty for any other address.
+    pub(crate) fn deliveries(&self, address: &str) -> Vec<(Target, u32, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(hit) = self.lookup(address).filter(|h| h.stage == Stage::Alias) else { return Vec::new() };
+        let table = self.alias_maps.iter().find(|t| t.name() == hit.table);
+        // An alias file whose owner cannot be told runs nothing as anyone
+        // but default_privs: root stands for that.
+        let owner = table.and_then(|t| t.path()).and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.uid());
+        split_list(&hit.value)
+            .iter()
+            .filter_map(|item| parse_target(item).ok())
+            .filter(|t| matches!(t, Target::Command(_) | Target::File(_)))
+            .map(|t| (t, owner, format!("{} line {}", hit.table, hit.line)))
+            .collect()
     }
 
     /// `name@origin` for a name without a domain.
@@ -318,30 +398,144 @@ impl Rewriter {
     }
 
     /// The addresses an entry expands `address` into, each with whether
-    /// it is final as it stands (`\name`).
-    fn targets(&self, hit: &Hit, address: &str) -> Vec<(String, bool)> {
+    /// it is final as it stands (`\name`); `:include:` files in an alias
+    /// entry are read, and their paths added to `includes`; commands and
+    /// files go to `specials`.
+    fn targets(
+        &self,
+        hit: &Hit,
+        address: &str,
+        includes: &mut Vec<String>,
+        specials: &mut Vec<String>,
+    ) -> Result<Vec<(String, bool)>, RewriteError> {
+        let mut out = Vec::new();
+        for item in split_list(&hit.value) {
+            let parsed = if hit.stage == Stage::Alias { parse_target(&item).ok() } else { None };
+            if let Some(Target::Include(path)) = &parsed {
+                self.include(path, address, 0, includes, &mut out)?;
+            } else if let Some(Target::Command(c)) = &parsed {
+                if !self.commands_allowed {
+                    let why =
+                        format!("mail to command |{c} is not allowed (local.allow_mail_to_commands has no alias)");
+                    return Err(RewriteError::NotAllowed { table: hit.table.clone(), line: hit.line, why });
+                }
+                specials.push(format!("|{c}"));
+            } else if let Some(Target::File(f)) = &parsed {
+                if !self.files_allowed {
+                    let why = format!("mail to file {f} is not allowed (local.allow_mail_to_files has no alias)");
+                    return Err(RewriteError::NotAllowed { table: hit.table.clone(), line: hit.line, why });
+                }
+                specials.push(f.clone());
+            } else {
+                out.push(self.target(hit.stage, &item, address));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One item of an entry as a recipient, and whether it is final.
+    fn target(&self, stage: Stage, item: &str, address: &str) -> (String, bool) {
         let (local, domain) = split_address(address);
         let domain = domain.unwrap_or(&self.origin);
-        split_list(&hit.value)
-            .into_iter()
-            .map(|item| {
-                if hit.stage == Stage::Alias {
-                    if let Some(name) = item.strip_prefix('\\') {
-                        return (format!("{name}@{domain}"), true);
-                    }
-                    // `user: user, other`: the same mailbox, whatever the
-                    // origin domain is.
-                    if split_address(&item).1.is_none() && fold(&item) == fold(local) {
-                        return (address.to_string(), false);
-                    }
-                }
-                match split_address(&item).1 {
-                    Some(_) => (item, false),
-                    None => (self.qualify(&item), false),
-                }
-            })
-            .collect()
+        if stage == Stage::Alias {
+            if let Some(name) = item.strip_prefix('\\') {
+                return (format!("{name}@{domain}"), true);
+            }
+            // `user: user, other`: the same mailbox, whatever the
+            // origin domain is.
+            if split_address(item).1.is_none() && fold(item) == fold(local) {
+                return (address.to_string(), false);
+            }
+        }
+        match split_address(item).1 {
+            Some(_) => (item.to_string(), false),
+            None => (self.qualify(item), false),
+        }
     }
+
+    /// Adds the addresses `path` lists (and those of the files it
+    /// includes) to `out`.
+    fn include(
+        &self,
+        path: &str,
+        address: &str,
+        depth: usize,
+        includes: &mut Vec<String>,
+        out: &mut Vec<(String, bool)>,
+    ) -> Result<(), RewriteError> {
+        let failed = |why: String| RewriteError::IncludeFailed { path: path.to_string(), why };
+        if depth >= INCLUDE_DEPTH_LIMIT {
+            return Err(failed(format!("include files nested more than {INCLUDE_DEPTH_LIMIT} deep")));
+        }
+        includes.push(path.to_string());
+        let text = read_include(path).map_err(failed)?;
+        let items = parse_include(&text).map_err(|(line, why)| failed(format!("line {line}: {why}")))?;
+        let refused = |line, why| RewriteError::IncludeRefused { path: path.to_string(), line, why };
+        for (line, target) in items {
+            match target {
+                Target::Include(inner) => self.include(&inner, address, depth + 1, includes, out)?,
+                Target::Command(command) => {
+                    return Err(refused(
+                        line,
+                        format!("mail to command |{command} is not allowed from an :include: file"),
+                    ));
+                }
+                Target::File(file) => {
+                    return Err(refused(line, format!("mail to file {file} is not allowed from an :include: file")));
+                }
+                Target::Address(a) => out.push(self.target(Stage::Alias, &a, address)),
+                Target::Mailbox(name) => out.push(self.target(Stage::Alias, &format!("\\{name}"), address)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// For `newaliases`: what is wrong with the `:include:` file `path` and
+/// those it names (unreadable, bad lines, commands or files listed, too
+/// deep), one text per problem.
+pub(crate) fn check_include(path: &str, depth: usize) -> Vec<String> {
+    if depth >= INCLUDE_DEPTH_LIMIT {
+        return vec![format!(":include:{path}: include files nested more than {INCLUDE_DEPTH_LIMIT} deep")];
+    }
+    let text = match read_include(path) {
+        Ok(text) => text,
+        Err(why) => return vec![format!(":include:{path}: {why}")],
+    };
+    match parse_include(&text) {
+        Err((line, why)) => vec![format!(":include:{path} line {line}: {why}")],
+        Ok(items) => items
+            .into_iter()
+            .flat_map(|(line, target)| match target {
+                Target::Include(inner) => check_include(&inner, depth + 1),
+                Target::Command(c) => {
+                    vec![format!(
+                        ":include:{path} line {line}: mail to command |{c} is not allowed from an :include: file"
+                    )]
+                }
+                Target::File(f) => {
+                    vec![format!(":include:{path} line {line}: mail to file {f} is not allowed from an :include: file")]
+                }
+                Target::Address(_) | Target::Mailbox(_) => Vec::new(),
+            })
+            .collect(),
+    }
+}
+
+/// An include file's text: a regular file of at most [`INCLUDE_MAX_BYTES`].
+fn read_include(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut text = String::new();
+    file.take(INCLUDE_MAX_BYTES + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > INCLUDE_MAX_BYTES {
+        return Err(format!("larger than {INCLUDE_MAX_BYTES} bytes"));
+    }
+    Ok(text)
 }
 
 /// Tries each key in every table, keys first.
@@ -671,5 +865,75 @@ root@example.org: virtual alias (hash:/etc/postfix/virtual line 1, key \"root@ex
         for (a, want) in cases {
             assert_eq!(split_address(a), *want, "{a}");
         }
+    }
+
+    #[test]
+    fn include_files_fan_out_and_nest() {
+        let dir = tempfile::tempdir().unwrap();
+        let staff = dir.path().join("staff");
+        let more = dir.path().join("more");
+        std::fs::write(&staff, format!("# the staff\nalice, bob@example.net\n\\carol\n:include:{}\n", more.display()))
+            .unwrap();
+        std::fs::write(&more, "dave\n").unwrap();
+        let r = rewriter("", &format!("staff: :include:{}\ncarol: elsewhere@example.net\n", staff.display()));
+        let x = r.expand("staff@example.org").unwrap();
+        assert_eq!(x.recipients, ["alice@example.org", "bob@example.net", "carol@example.org", "dave@example.org"]);
+        let first = x.trace[0].to_string();
+        assert!(first.contains(&format!("(listed in :include:{})", staff.display())), "{first}");
+        assert!(first.contains(&format!("(listed in :include:{})", more.display())), "{first}");
+    }
+
+    #[test]
+    fn include_trouble_defers_and_commands_in_includes_bounce() {
+        let dir = tempfile::tempdir().unwrap();
+        let piped = dir.path().join("piped");
+        std::fs::write(&piped, "alice\n|/usr/bin/procmail\n").unwrap();
+        let filed = dir.path().join("filed");
+        std::fs::write(&filed, "/var/log/archive\n").unwrap();
+        let itself = dir.path().join("itself");
+        std::fs::write(&itself, format!(":include:{}\n", itself.display())).unwrap();
+        let missing = dir.path().join("missing");
+        let r = rewriter(
+            "",
+            &format!(
+                "piped: :include:{}\nfiled: :include:{}\nmissing: :include:{}\nitself: :include:{}\n",
+                piped.display(),
+                filed.display(),
+                missing.display(),
+                itself.display()
+            ),
+        );
+        let e = r.expand("piped@example.org").unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(
+            e.to_string(),
+            format!(
+                ":include:{} line 2: mail to command |/usr/bin/procmail is not allowed from an :include: file",
+                piped.display()
+            )
+        );
+        let e = r.expand("filed@example.org").unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("mail to file /var/log/archive is not allowed"), "{e}");
+        let e = r.expand("missing@example.org").unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("No such file"), "{e}");
+        let e = r.expand("itself@example.org").unwrap_err();
+        assert!(!e.is_permanent() && e.to_string().contains("nested more than 10 deep"), "{e}");
+    }
+
+    #[test]
+    fn commands_and_files_end_an_alias_unless_not_allowed() {
+        let r = rewriter("", "ticket: \"|/bin/intake -q\", ops\narchive: /var/log/archive\n");
+        let x = r.expand("ticket@example.org").unwrap();
+        assert_eq!(x.recipients, ["ticket@example.org", "ops@example.org"]);
+        assert!(x.to_string().contains("ends in |/bin/intake -q: final recipient for local:"), "{x}");
+        assert_eq!(expand(&r, "archive@example.org"), ["archive@example.org"]);
+        assert_eq!(r.deliveries("ticket@example.org").len(), 1);
+        assert!(r.deliveries("ops@example.org").is_empty());
+        let strict = r.clone().with_allowed(false, true);
+        let e = strict.expand("ticket@example.org").unwrap_err();
+        assert!(e.is_permanent() && e.to_string().contains("local.allow_mail_to_commands has no alias"), "{e}");
+        assert_eq!(expand(&strict, "archive@example.org"), ["archive@example.org"]);
+        let e = r.clone().with_allowed(true, false).expand("archive@example.org").unwrap_err();
+        assert!(e.to_string().starts_with("hash:/etc/aliases line 2: mail to file /var/log/archive"), "{e}");
     }
 }

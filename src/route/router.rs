@@ -157,7 +157,11 @@ impl Router {
         let rewriter = Rewriter::new(&config.myorigin, is_local)
             .with_virtual_maps(open("rewrite.virtual_alias_maps", &config.rewrite.virtual_alias_maps, Syntax::Map)?)
             .with_alias_maps(open("rewrite.alias_maps", &config.rewrite.alias_maps, Syntax::Aliases)?)
-            .with_recipient_delimiter(&config.local.recipient_delimiter);
+            .with_recipient_delimiter(&config.local.recipient_delimiter)
+            .with_allowed(
+                config.local.allow_mail_to_commands.iter().any(|s| s == "alias"),
+                config.local.allow_mail_to_files.iter().any(|s| s == "alias"),
+            );
         Ok(Router {
             role: config.role,
             relay_tls: config.relay.tls,
@@ -222,6 +226,9 @@ impl Router {
         }
         let expansion = self.expand(address).map_err(|e| match e {
             RewriteError::Loop { .. } => Refusal { code: 550, status: (5, 4, 6), text: format!("<{address}>: {e}") },
+            RewriteError::IncludeRefused { .. } | RewriteError::NotAllowed { .. } => {
+                Refusal { code: 550, status: (5, 7, 1), text: format!("<{address}>: {e}") }
+            }
             _ => Refusal { code: 451, status: (4, 3, 0), text: format!("<{address}>: {e}") },
         })?;
         for rcpt in &expansion.recipients {
@@ -232,6 +239,16 @@ impl Router {
                     status: (5, 1, 1),
                     text: format!("<{address}>: Recipient address rejected: User unknown in virtual alias table"),
                 });
+            }
+            if !self.rewriter.deliveries(rcpt).is_empty() {
+                // An alias's command or file: known, and local:'s.
+                if hop_of(self.decide(rcpt)) != Hop::Local {
+                    let text = format!(
+                        "<{address}>: Recipient address rejected: its alias ends in a command or file, which only the local: transport delivers to (local.local_transport = \"local\")"
+                    );
+                    return Err(Refusal { code: 550, status: (5, 3, 5), text });
+                }
+                continue;
             }
             if !self.known_local(rcpt) {
                 return Err(Refusal {
@@ -285,6 +302,24 @@ impl Router {
             (base, Some(_)) => listed(rcpt, user) || listed(&format!("{base}@{domain}"), base),
             (_, None) => listed(rcpt, user),
         }
+    }
+
+    /// The commands and files `rcpt`'s alias entry lists, for `local:`.
+    pub(crate) fn alias_deliveries(&self, rcpt: &str) -> Vec<crate::message::AliasDelivery> {
+        use super::aliases::Target;
+        use crate::message::{AliasDelivery, AliasTarget};
+        self.rewriter
+            .deliveries(rcpt)
+            .into_iter()
+            .filter_map(|(target, owner, source)| {
+                let target = match target {
+                    Target::Command(c) => AliasTarget::Command(c),
+                    Target::File(f) => AliasTarget::File(f),
+                    _ => return None,
+                };
+                Some(AliasDelivery { target, owner, source })
+            })
+            .collect()
     }
 
     /// Where a final recipient goes next.

@@ -484,7 +484,6 @@ impl Table {
     }
 
     /// The file read, if any.
-    #[cfg(test)]
     pub(crate) fn path(&self) -> Option<&Path> {
         self.source.as_deref()
     }

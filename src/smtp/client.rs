@@ -1485,7 +1485,13 @@ mod tests {
         addresses
             .iter()
             .enumerate()
-            .map(|(index, a)| OutRecipient { index, address: a.to_string(), notify: None, orcpt: None })
+            .map(|(index, a)| OutRecipient {
+                index,
+                address: a.to_string(),
+                notify: None,
+                orcpt: None,
+                alias_deliveries: Vec::new(),
+            })
             .collect()
     }
 

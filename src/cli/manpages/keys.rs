@@ -234,6 +234,14 @@ pub(super) const KEYS: &[Key] = &[
     k("local.recipient_delimiter", "Characters that start an address extension (user+tag): an alias user+tag without an entry of its own is looked up as user, and local: delivers user+tag to user's mailbox (Delivered-To: keeps the whole address). Empty: no extensions."),
     k("local.deliver_to_root", "Whether local: delivers to an account with uid 0 (root's own mailbox). Off: such mail bounces; alias root to a person.")
         .default("false"),
+    k("local.default_privs", "The account that commands (|cmd) and files (/path) of an alias file owned by root run and are written as; an alias file owned by another account runs them as that account. Never root.")
+        .default("nobody"),
+    k("local.allow_mail_to_commands", "Where aliases to commands (|cmd) are honoured: alias (the alias files), forward (.forward files, not built yet). An alias to a command from a source not listed bounces (550 5.7.1). include is refused: :include: files list addresses only.")
+        .default("alias, forward"),
+    k("local.allow_mail_to_files", "Where aliases to files (/path) are honoured: alias, forward, as allow_mail_to_commands.")
+        .default("alias, forward"),
+    k("local.command_time_limit", "How long a command an alias delivers to may run; then its process group is killed and the mail deferred.")
+        .default("1000s"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),
     k("tls.key", "The key (PEM) of tls.cert.").exim("tls_privatekey"),
     k("tls.received_auth_user", "Name the authenticated user in Received: headers (off: the header would tell every recipient which account sent the message)."),
