@@ -239,7 +239,9 @@ fn native(argv: Vec<OsString>) -> u8 {
         },
         Native::InstallLinks { dir, force } => install::main(&dir, force),
         Native::Manpages { dir } => manpages::main(&dir),
-        Native::LocalAgent { settings } => crate::deliver::local_agent::main(&settings),
+        Native::LocalAgent { settings } => {
+            crate::deliver::local_agent::main(&settings, crate::route::aliases::owners_listing)
+        }
         Native::Route { verb: RouteVerb::Explain { address } } => route_explain(explicit, &address),
         Native::Auth { verb } => auth::main(explicit, verb),
         Native::Dkim { verb } => dkim::main(verb),

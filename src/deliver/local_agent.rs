@@ -143,7 +143,7 @@ fn read_frame(input: &mut impl Read, max: u32) -> io::Result<Vec<u8>> {
 
 /// `posthorn local-agent SETTINGS`: the agent process. Serves requests on
 /// standard input, replies on standard output, until end of input.
-pub fn main(settings: &str) -> u8 {
+pub fn main(settings: &str, owners: Owners) -> u8 {
     let settings: Settings = match serde_json::from_str(settings) {
         Ok(s) => s,
         Err(e) => {
@@ -170,7 +170,7 @@ pub fn main(settings: &str) -> u8 {
                 return 1;
             }
         };
-        let result = match serve_one(&settings, &header, &mut input) {
+        let result = match serve_one(&settings, owners, &header, &mut input) {
             Ok(result) => result,
             Err(e) => {
                 // The conversation is out of step: nothing more can be trusted.
@@ -218,20 +218,26 @@ fn keep_only_setid_capabilities() -> io::Result<()> {
 
 /// One request: checked, then delivered in a child as the user. `Err`:
 /// the stream cannot go on.
-fn serve_one(settings: &Settings, header: &[u8], input: &mut impl Read) -> io::Result<Result<String, Failure>> {
+fn serve_one(
+    settings: &Settings,
+    owners: Owners,
+    header: &[u8],
+    input: &mut impl Read,
+) -> io::Result<Result<String, Failure>> {
     let request: Request = serde_json::from_slice(header).map_err(|e| io::Error::other(format!("bad request: {e}")))?;
     if request.length > MAX_MESSAGE {
         return Err(io::Error::other(format!("a message of {} bytes is over the limit", request.length)));
     }
     let mut message = vec![0u8; request.length as usize];
     input.read_exact(&mut message)?;
-    Ok(check(settings, &request).and_then(|(entry, groups)| in_child(settings, &entry, &groups, &request, &message)))
+    Ok(check(settings, owners, &request)
+        .and_then(|(entry, groups)| in_child(settings, &entry, &groups, &request, &message)))
 }
 
 /// What the daemon may not be trusted with: the user's form and existence,
 /// root, the envelope's length and characters. The user's account and the
 /// groups its child takes.
-fn check(settings: &Settings, request: &Request) -> Result<(account::Entry, Vec<u32>), Failure> {
+fn check(settings: &Settings, owners: Owners, request: &Request) -> Result<(account::Entry, Vec<u32>), Failure> {
     let permanent = |status, text: String| Failure { permanent: true, status, text };
     local::valid_user(&request.user).map_err(|why| permanent((5, 1, 3), why))?;
     for (what, value) in
@@ -250,7 +256,7 @@ fn check(settings: &Settings, request: &Request) -> Result<(account::Entry, Vec<
         return Err(permanent((5, 7, 1), format!("user {} is root: not delivered as root", request.user)));
     }
     if let Some(target) = &request.target {
-        listed(settings, &entry.account, target)?;
+        listed(settings, owners, &entry.account, target)?;
         let groups = group_list(&entry.account).map_err(|e| Failure::transient(e.to_string()))?;
         return Ok((entry, groups));
     }
@@ -265,11 +271,15 @@ fn check(settings: &Settings, request: &Request) -> Result<(account::Entry, Vec<
     Ok((entry, groups))
 }
 
+/// The uids owning the alias files of `alias_maps` that list a command or
+/// file as written. The agent is given `route::aliases::owners_listing`
+/// by its caller: reading alias files is the router's, and `deliver`
+/// never imports `route`.
+pub(crate) type Owners = fn(alias_maps: &[String], target: &Target) -> Vec<u32>;
+
 /// Whether an alias file of `settings` that `account` may act for lists
 /// `target`: one it owns, or one root owns when it is `default_privs`.
-fn listed(settings: &Settings, account: &account::Account, target: &Target) -> Result<(), Failure> {
-    use crate::route::aliases::{Target as Item, parse_target};
-    use crate::route::table::{Syntax, Table};
+fn listed(settings: &Settings, owners: Owners, account: &account::Account, target: &Target) -> Result<(), Failure> {
     let allowed = match target {
         Target::Command { .. } => settings.commands_allowed,
         Target::File { .. } => settings.files_allowed,
@@ -278,23 +288,9 @@ fn listed(settings: &Settings, account: &account::Account, target: &Target) -> R
         let why = "local.allow_mail_to_commands or allow_mail_to_files has no alias".to_string();
         return Err(Failure { permanent: true, status: (5, 7, 1), text: why });
     }
-    for spec in &settings.alias_maps {
-        let Ok(table) = Table::open_str(spec, Syntax::Aliases) else { continue };
-        let Some(owner) = table.path().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.uid()) else { continue };
-        let acts = if owner == 0 { account.name == settings.default_privs } else { account.uid == owner };
-        if !acts {
-            continue;
-        }
-        let found = table.contents().entries().iter().any(|entry| {
-            crate::route::table::split_list(&entry.value).iter().any(|item| match (parse_target(item), target) {
-                (Ok(Item::Command(c)), Target::Command { command, .. }) => &c == command,
-                (Ok(Item::File(f)), Target::File { path }) => &f == path,
-                _ => false,
-            })
-        });
-        if found {
-            return Ok(());
-        }
+    let acts = |owner: u32| if owner == 0 { account.name == settings.default_privs } else { account.uid == owner };
+    if owners(&settings.alias_maps, target).into_iter().any(acts) {
+        return Ok(());
     }
     Err(Failure {
         permanent: true,
@@ -427,40 +423,58 @@ mod tests {
             length: 0,
             target: None,
         };
-        let err = |r: Request| check(&settings, &r).unwrap_err();
+        let err = |r: Request| check(&settings, none, &r).unwrap_err();
         assert_eq!(err(req("../../etc/passwd", "a@b")).status, (5, 1, 3));
         assert_eq!(err(req("root", "a@b")).status, (5, 7, 1));
         assert_eq!(err(req("no-such-user-posthorn", "a@b")).status, (5, 1, 1));
         assert!(err(req("nobody", "a@b\nX: y")).text.contains("sender"));
-        assert!(check(&settings, &req("nobody", "a@b")).is_ok());
+        assert!(check(&settings, none, &req("nobody", "a@b")).is_ok());
+    }
+
+    /// An `Owners` that finds no alias file listing anything.
+    fn none(_: &[String], _: &Target) -> Vec<u32> {
+        Vec::new()
+    }
+
+    /// An `Owners` for which root's alias file and the file of uid 4242
+    /// list `/bin/record x` and `/var/tmp/archive`, and nothing else.
+    fn listing(_: &[String], target: &Target) -> Vec<u32> {
+        match target {
+            Target::Command { command, .. } if command == "/bin/record x" => vec![0, 4242],
+            Target::File { path } if path == "/var/tmp/archive" => vec![0, 4242],
+            _ => Vec::new(),
+        }
     }
 
     #[test]
-    fn commands_and_files_only_as_an_alias_file_lists_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let aliases = dir.path().join("aliases");
-        std::fs::write(&aliases, "t: \"|/bin/record x\"\na: /var/tmp/archive\n").unwrap();
-        let owner = std::fs::metadata(&aliases).unwrap().uid();
-        let me = account::lookup_uid(owner).unwrap().unwrap();
-        let settings = Settings {
+    fn commands_and_files_only_for_an_account_an_alias_file_acts_for() {
+        let mut settings = Settings {
             spool_dir: "/var/mail".into(),
             home_maildir: None,
             home_mbox: None,
             deliver_to_root: true,
             hostname: "h".into(),
             default_privs: "nobody".into(),
-            alias_maps: vec![aliases.display().to_string()],
+            alias_maps: vec!["/etc/aliases".into()],
             commands_allowed: true,
             files_allowed: true,
         };
         let command = |c: &str| Target::Command { command: c.into(), time_limit_secs: 1, delimiter: String::new() };
+        let file = |p: &str| Target::File { path: p.into() };
         let nobody = account::lookup("nobody").unwrap().unwrap();
-        // The account the file is for: the owner, or nobody for root's.
-        let acting = if owner == 0 { &nobody } else { &me };
-        assert!(listed(&settings, acting, &command("/bin/record x")).is_ok());
-        assert!(listed(&settings, acting, &Target::File { path: "/var/tmp/archive".into() }).is_ok());
-        assert!(listed(&settings, acting, &command("/bin/record y")).is_err(), "not the file's text");
-        assert!(listed(&settings, acting, &Target::File { path: "/etc/passwd".into() }).is_err());
+        let owner = account::Account { uid: 4242, ..nobody.clone() };
+        let stranger = account::Account { uid: 4243, name: "stranger".into(), ..nobody.clone() };
+        // default_privs acts for root's file, the owner for its own.
+        for acting in [&nobody, &owner] {
+            assert!(listed(&settings, listing, acting, &command("/bin/record x")).is_ok());
+            assert!(listed(&settings, listing, acting, &file("/var/tmp/archive")).is_ok());
+            assert!(listed(&settings, listing, acting, &command("/bin/record y")).is_err(), "not the file's text");
+            assert!(listed(&settings, listing, acting, &file("/etc/passwd")).is_err());
+        }
+        assert!(listed(&settings, listing, &stranger, &command("/bin/record x")).is_err());
+        settings.commands_allowed = false;
+        assert!(listed(&settings, listing, &nobody, &command("/bin/record x")).is_err());
+        settings.commands_allowed = true;
         // Root never runs a command, deliver_to_root or not.
         let req = Request {
             user: "root".into(),
@@ -470,6 +484,6 @@ mod tests {
             length: 0,
             target: Some(command("/bin/record x")),
         };
-        assert_eq!(check(&settings, &req).unwrap_err().status, (5, 7, 1));
+        assert_eq!(check(&settings, listing, &req).unwrap_err().status, (5, 7, 1));
     }
 }

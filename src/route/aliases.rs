@@ -123,6 +123,33 @@ pub(crate) fn parse_include(text: &str) -> Result<Vec<(usize, Target)>, (usize, 
     Ok(out)
 }
 
+/// The uids owning the alias files of `alias_maps` (table specs) that
+/// list `target`, a command or file exactly as written there: the local
+/// delivery agent runs or writes one only for an account such a file is
+/// owned by (or, for root's, `local.default_privs`). A file that cannot
+/// be read lists nothing.
+pub(crate) fn owners_listing(alias_maps: &[String], target: &crate::deliver::local::Target) -> Vec<u32> {
+    use super::table::{Syntax, Table};
+    use crate::deliver::local::Target as Wanted;
+    use std::os::unix::fs::MetadataExt;
+    let mut owners = Vec::new();
+    for spec in alias_maps {
+        let Ok(table) = Table::open_str(spec, Syntax::Aliases) else { continue };
+        let Some(owner) = table.path().and_then(|p| std::fs::metadata(p).ok()).map(|m| m.uid()) else { continue };
+        let lists = table.contents().entries().iter().any(|entry| {
+            split_list(&entry.value).iter().any(|item| match (parse_target(item), target) {
+                (Ok(Target::Command(c)), Wanted::Command { command, .. }) => &c == command,
+                (Ok(Target::File(f)), Wanted::File { path }) => &f == path,
+                _ => false,
+            })
+        });
+        if lists {
+            owners.push(owner);
+        }
+    }
+    owners
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +266,21 @@ mod tests {
     fn an_empty_command_makes_the_file_fail_with_file_and_line() {
         let e = Table::from_text("/etc/aliases", "postmaster: root\n\nbackup: \"| \"\n", Syntax::Aliases).unwrap_err();
         assert_eq!(e.to_string(), "/etc/aliases:3: \"| \": empty command");
+    }
+
+    #[test]
+    fn owners_listing_names_the_files_that_list_a_command_or_file() {
+        use crate::deliver::local::Target as Wanted;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let aliases = dir.path().join("aliases");
+        std::fs::write(&aliases, "t: \"|/bin/record x\"\na: /var/tmp/archive\n").unwrap();
+        let owner = std::fs::metadata(&aliases).unwrap().uid();
+        let maps = [aliases.display().to_string(), dir.path().join("missing").display().to_string()];
+        let command = |c: &str| Wanted::Command { command: c.into(), time_limit_secs: 1, delimiter: String::new() };
+        assert_eq!(owners_listing(&maps, &command("/bin/record x")), [owner]);
+        assert_eq!(owners_listing(&maps, &Wanted::File { path: "/var/tmp/archive".into() }), [owner]);
+        assert!(owners_listing(&maps, &command("/bin/record y")).is_empty(), "not the file's text");
+        assert!(owners_listing(&maps, &Wanted::File { path: "/etc/passwd".into() }).is_empty());
     }
 }
