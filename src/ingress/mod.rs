@@ -32,7 +32,7 @@ use crate::smtp::proto::command::BodyType;
 use crate::smtp::proto::reply::{Enhanced, Reply};
 use crate::spool::envelope::{self, Envelope, Origin, Recipient};
 use crate::spool::space::{self, NoRoom};
-use crate::spool::{BodyWriter, Spool};
+use crate::spool::{BodyWriter, Spool, State};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -692,18 +692,15 @@ impl MessageWriter {
         match (out, &ingress.inner.sink) {
             (Out::Queue(body), Sink::Queue { spool, scheduler }) => {
                 env.size = body.size();
-                if let Err(e) = spool.commit_new(&env, body).await {
+                // A quarantined message is committed straight into hold/:
+                // never told to the scheduler, it waits for an operator.
+                let state = if hold { State::Hold } else { State::Incoming };
+                if let Err(e) = spool.commit_new(&env, body, state).await {
                     return Err(store_failed(&env.id, e));
                 }
                 ingress.metrics.accepted(ingress.door);
                 log_accepted(&env, ingress.door, sasl.as_ref(), message_id.as_deref());
                 if hold {
-                    // Never told to the scheduler: it waits in hold/.
-                    let (spool, id) = (spool.clone(), env.id.clone());
-                    tokio::task::spawn_blocking(move || spool.hold(&id, false))
-                        .await
-                        .map_err(io::Error::other)?
-                        .map_err(|e| store_failed(&env.id, e))?;
                     return Ok(env.id);
                 }
                 if let Some(tx) = scheduler {

@@ -81,7 +81,7 @@ mod tests {
         let mut ids = Vec::new();
         for _ in 0..3 {
             let env = super::super::tests::envelope(&spool);
-            spool.commit_new(&env, spool.body_writer(&env.id)).await.unwrap();
+            spool.commit_new(&env, spool.body_writer(&env.id), crate::spool::State::Incoming).await.unwrap();
             ids.push(env.id);
         }
         let held = spool.apply(Change::Hold, &ids[..1], Bodies::Now);

@@ -243,9 +243,12 @@ impl Spool {
 
     /// Makes a new message durable: the body's remaining bytes and the
     /// envelope are written and synced, then the envelope is renamed into
-    /// `incoming/` by the group committer. When this returns `Ok` the
-    /// message survives a crash.
-    pub(crate) async fn commit_new(&self, env: &Envelope, mut body: BodyWriter) -> io::Result<()> {
+    /// `state` by the group committer: `incoming/`, or `hold/` for a
+    /// message quarantined before it was accepted (a milter's or DMARC's
+    /// verdict), which is thus never in `incoming/`, not even between a
+    /// crash and a recovery. When this returns `Ok` the message survives a
+    /// crash.
+    pub(crate) async fn commit_new(&self, env: &Envelope, mut body: BodyWriter, state: State) -> io::Result<()> {
         let tmp = self.tmp_path(&env.id);
         let json = env.to_json();
         let (file, buf, path) = (body.file.take(), std::mem::take(&mut body.buf), body.path.clone());
@@ -279,7 +282,7 @@ impl Spool {
             return self.noted(Err(e));
         }
         commit::crash_point("commit-written");
-        let to = self.envelope_path(State::Incoming, &env.id);
+        let to = self.envelope_path(state, &env.id);
         let data_dir = self.inner.root.join("data");
         let renames = vec![commit::Rename { from: tmp.clone(), to }];
         match self.noted(self.committer().commit(renames, Some(data_dir), body.written_at).await) {
@@ -862,7 +865,7 @@ pub(crate) mod tests {
         let env = envelope(&spool);
         let mut body = spool.body_writer(&env.id);
         body.write(b"Subject: x\r\n\r\nhello\r\n").await.unwrap();
-        spool.commit_new(&env, body).await.unwrap();
+        spool.commit_new(&env, body, State::Incoming).await.unwrap();
         assert_eq!(spool.list(State::Incoming).unwrap(), vec![env.id.clone()]);
         assert_eq!(spool.read_body(&env.id).unwrap(), b"Subject: x\r\n\r\nhello\r\n");
 
@@ -879,11 +882,28 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_quarantined_message_is_committed_straight_into_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), None).unwrap();
+        let env = envelope(&spool);
+        let mut body = spool.body_writer(&env.id);
+        body.write(b"Subject: held\r\n\r\nx\r\n").await.unwrap();
+        spool.commit_new(&env, body, State::Hold).await.unwrap();
+        assert!(spool.list(State::Incoming).unwrap().is_empty());
+        assert_eq!(spool.list(State::Hold).unwrap(), vec![env.id.clone()]);
+        // A restart finds it where it was, never due for delivery.
+        let reopened = Spool::open(dir.path(), None).unwrap();
+        reopened.recover().unwrap();
+        assert_eq!(reopened.find(&env.id).unwrap().0, State::Hold);
+        assert_eq!(reopened.read_body(&env.id).unwrap(), b"Subject: held\r\n\r\nx\r\n");
+    }
+
+    #[tokio::test]
     async fn save_updates_and_moves_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), None).unwrap();
         let mut env = envelope(&spool);
-        spool.commit_new(&env, spool.body_writer(&env.id)).await.unwrap();
+        spool.commit_new(&env, spool.body_writer(&env.id), State::Incoming).await.unwrap();
         env.attempts = 3;
         spool.save(&env, State::Incoming, State::Deferred).await.unwrap();
         assert!(spool.list(State::Incoming).unwrap().is_empty());
