@@ -113,3 +113,44 @@ fn sessions_are_closed_after_max_messages_per_connection() {
     assert!(quits >= 2, "full sessions are closed with QUIT: {:?}", server.commands());
     assert!(!hub.log().contains("status=deferred"), "{}", hub.log());
 }
+
+/// A reload (SIGHUP) that lifts a destination's rate limit applies to the
+/// next attempts: mail held back by the old window goes at a flush (under
+/// the old limit it would be held back again), not an hour later.
+#[test]
+fn a_reload_applies_new_limits_to_mail_already_held_back() {
+    let sink = Sink::start();
+    let IpAddr::V4(ip) = sink.addr().ip() else { unreachable!() };
+    let dns = DnsServer::start(vec![
+        DnsRecord::mx("rate.example", 10, "mx.sink.example"),
+        DnsRecord::a("mx.sink.example", ip),
+    ]);
+    let base = "role = \"hub\"\n\n[smtp]\nlisten = [\"127.0.0.3:0\"]\n\n[relay]\ntls = \"none\"\n\n[queue]\nretry_min = \"1s\"\nretry_max = \"2s\"\n";
+    let lines = [dns.config_line(), format!("deliver.mx_port = {}", sink.addr().port())];
+    let shaping = |max: u32| {
+        format!("[[deliver.shaping]]\ndestination = \"rate.example\"\nmax_messages_per_minute = {max}\nper = \"1h\"")
+    };
+    let hub = Posthorn::start(&with_lines(base, &[&lines[0], &lines[1], &shaping(1)]));
+    let mut c = RawSmtp::connect(hub.smtp_addr()).unwrap();
+    c.ehlo("client.test").unwrap();
+    for n in 0..3 {
+        let msg = message(&[("From", "ops@hub.example"), ("Subject", &format!("rated {n}"))], "x\n");
+        assert_eq!(c.send("ops@hub.example", &["user@rate.example"], msg.as_bytes()).unwrap().code, 250);
+    }
+    let _ = c.quit();
+    assert!(hub.wait_for_log("rate limit of 1 messages per 3600s reached", secs(20)), "{}", hub.log());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(sink.parsed().len(), 1, "one an hour: {}", hub.log());
+
+    let text = std::fs::read_to_string(hub.config_path()).unwrap();
+    let raised = text.replace("max_messages_per_minute = 1\n", "max_messages_per_minute = 100\n");
+    assert_ne!(raised, text);
+    std::fs::write(hub.config_path(), raised).unwrap();
+    let pid = rustix::process::Pid::from_raw(hub.pid().expect("running") as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    assert!(hub.wait_for_log("reload: destination limits", secs(10)), "{}", hub.log());
+    let out = hub.command(&["queue", "flush"], b"");
+    assert!(out.status.success(), "queue flush: {out:?}");
+    let all = sink.wait_for_parsed(3, secs(20));
+    assert_eq!(all.len(), 3, "the new limit lets the rest go: {}", hub.log());
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Health {
     failures: u32,
     down_until: Option<u64>,
@@ -127,6 +127,24 @@ impl Destinations {
     /// Destinations with the per-destination limits of `shaping`.
     pub(crate) fn shaped(limit: usize, shaping: Vec<crate::config::Shaping>) -> Destinations {
         Destinations { limit: limit.max(1), shaping, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The table under a reloaded configuration's limits: each known
+    /// destination keeps its health (an outage's backoff), and starts with
+    /// the new connection limit and a fresh rate window. Deliveries under
+    /// way finish under the slots they hold.
+    pub(crate) fn reshaped(&self, limit: usize, shaping: Vec<crate::config::Shaping>) -> Destinations {
+        let fresh = Destinations::shaped(limit, shaping);
+        for (key, old) in self.map.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let health = old.health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            *fresh.get(key).health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+        }
+        fresh
+    }
+
+    /// Whether a configuration with these limits needs a reshaped table.
+    pub(crate) fn shaped_as(&self, limit: usize, shaping: &[crate::config::Shaping]) -> bool {
+        self.limit == limit.max(1) && self.shaping == shaping
     }
 
     pub(crate) fn get(&self, key: &str) -> Arc<Dest> {

@@ -377,6 +377,11 @@ impl Scheduler {
                 if config.queue.bounce_rate_limit != self.config.queue.bounce_rate_limit {
                     self.limiter = Arc::new(notice::BounceLimiter::new(config.queue.bounce_rate_limit));
                 }
+                let (limit, shaping) = (config.deliver.destination_concurrency, &config.deliver.shaping);
+                if !self.dests.shaped_as(limit, shaping) {
+                    self.dests = Arc::new(self.dests.reshaped(limit, shaping.clone()));
+                    tracing::info!("reload: destination limits ([[deliver.shaping]], destination_concurrency) applied");
+                }
                 self.config = config;
                 self.outbound = outbound;
                 self.ingress = ingress;
