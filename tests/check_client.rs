@@ -14,6 +14,7 @@
 //!    exits 2.
 //! 6. `--ask-policy`: the service is asked once at RCPT and its action
 //!    shown; without the flag it is listed and not asked.
+//! 7. Milters and pregreet are listed, the milters not contacted.
 
 mod harness;
 
@@ -185,4 +186,15 @@ fn ask_policy_sends_one_rcpt_request_and_shows_the_action() {
     let (code, out) = check(&[&line], &[&args[..], &["--ask-policy", "--rcpt", "bob@example.org"]].concat());
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("RCPT <bob@example.org>: accept"), "{out}");
+}
+
+#[test]
+fn milters_and_pregreet_are_listed_not_contacted() {
+    // Nothing listens on port 9: listing must not try to connect.
+    let lines = ["milter.servers = [\"inet:127.0.0.1:9\"]", "screen.pregreet = true", "screen.greet_wait = \"3s\""];
+    let (code, out) = check(&lines, &["192.0.2.1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("milters: not contacted") && out.contains("  inet:127.0.0.1:9"), "{out}");
+    assert!(out.contains("pregreet: on, greet_wait 3s"), "{out}");
+    assert!(out.contains("screen: off"), "pregreet alone asks no list: {out}");
 }

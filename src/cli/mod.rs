@@ -113,10 +113,14 @@ enum Native {
         #[arg(long)]
         fix: bool,
     },
-    /// Show what each internet-facing check (trusted networks, DNS lists,
-    /// SPF, policy services, milters, pregreet) would say about a client,
-    /// without a daemon; exit 0 accepted, 1 refused, 2 usage or
-    /// configuration error
+    /// Show what the internet-facing checks would say about a client
+    ///
+    /// Trusted networks, each DNS list (query, answer, weight, score and
+    /// the reply), SPF for FROM and HELO, the policy services (asked only
+    /// with --ask-policy), milters (not contacted) and pregreet, from the
+    /// configuration on disk, without a daemon. Exit status: 0 the client
+    /// would be accepted, 1 a check would refuse it, 2 a usage or
+    /// configuration error.
     CheckClient {
         /// The client's IP address
         addr: String,
