@@ -15,6 +15,7 @@
 
 use crate::config::{Config, DnsblSite, ScreenConfig};
 use crate::deliver::dns::Dns;
+use crate::smtp::proto::reply::{Enhanced, Reply};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
@@ -100,7 +101,23 @@ impl Screen {
         if let Some(rank) = self.ranks.get(ip) {
             return rank;
         }
-        let Some(dns) = &self.dns else { return Rank { complete: true, ..Rank::default() } };
+        let (answers, complete) = self.ask(ip).await;
+        let answers: HashMap<String, Vec<Ipv4Addr>> =
+            answers.into_iter().filter_map(|(d, a)| a.ok().map(|a| (d, a))).collect();
+        let rank = score(&self.config.dnsbl_sites, &answers, complete);
+        if rank.complete {
+            self.ranks.put(ip, rank.clone());
+        }
+        rank
+    }
+
+    /// Every list's answer for `ip` (the A records, or why there is
+    /// none), asked in parallel within `dnsbl_timeout`, and whether all
+    /// answered. Nothing is remembered: `posthorn check-client` shows
+    /// these as they are.
+    pub(crate) async fn ask(&self, ip: IpAddr) -> (HashMap<String, Result<Vec<Ipv4Addr>, String>>, bool) {
+        let mut answers: HashMap<String, Result<Vec<Ipv4Addr>, String>> = HashMap::new();
+        let Some(dns) = &self.dns else { return (answers, true) };
         let ip = canonical(ip);
         let mut domains: Vec<&str> = self.config.dnsbl_sites.iter().map(|s| s.domain.as_str()).collect();
         domains.sort_unstable();
@@ -111,16 +128,16 @@ impl Screen {
             queries.spawn(async move { (domain, dns.ipv4(&name).await) });
         }
         let deadline = Instant::now() + self.config.dnsbl_timeout;
-        let mut answers: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
         let mut complete = true;
         loop {
             match tokio::time::timeout_at(deadline, queries.join_next()).await {
                 Ok(None) => break,
                 Ok(Some(Ok((domain, Ok(addrs))))) => {
-                    answers.insert(domain, addrs);
+                    answers.insert(domain, Ok(addrs));
                 }
                 Ok(Some(Ok((domain, Err(e))))) => {
                     tracing::warn!("DNSBL {domain} for [{ip}]: {e}");
+                    answers.insert(domain, Err(e.to_string()));
                     complete = false;
                 }
                 Ok(Some(Err(_))) => complete = false,
@@ -131,26 +148,35 @@ impl Screen {
                         self.config.dnsbl_timeout,
                         late.join(", ")
                     );
+                    for domain in late {
+                        let why = format!("timeout: no answer within {:?}", self.config.dnsbl_timeout);
+                        answers.insert(domain.to_string(), Err(why));
+                    }
                     complete = false;
                     break;
                 }
             }
         }
-        let rank = score(&self.config.dnsbl_sites, &answers, complete);
-        if rank.complete {
-            self.ranks.put(ip, rank.clone());
-        }
-        rank
+        (answers, complete)
     }
 
     /// The refusal's list when `rank` reaches the threshold.
     pub fn refuses<'r>(&self, rank: &'r Rank) -> Option<&'r str> {
         (rank.score >= self.config.dnsbl_threshold).then(|| rank.worst.as_deref().unwrap_or("a DNS list"))
     }
+
+    /// The reply that refuses the client at `ip` when `rank` reaches the
+    /// threshold (postscreen's `550 5.7.1 Service unavailable; client
+    /// [ADDR] blocked using LIST`).
+    pub(crate) fn refusal(&self, rank: &Rank, ip: impl std::fmt::Display) -> Option<Reply> {
+        self.refuses(rank).map(|list| {
+            Reply::new(550, Enhanced(5, 7, 1), format!("Service unavailable; client [{ip}] blocked using {list}"))
+        })
+    }
 }
 
 /// The score the answers make (`answers`: the A records per list domain).
-fn score(sites: &[DnsblSite], answers: &HashMap<String, Vec<Ipv4Addr>>, complete: bool) -> Rank {
+pub(crate) fn score(sites: &[DnsblSite], answers: &HashMap<String, Vec<Ipv4Addr>>, complete: bool) -> Rank {
     let mut rank = Rank { complete, ..Rank::default() };
     let mut worst = 0;
     for site in sites {
@@ -178,7 +204,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The name asked of a list: the octets reversed (IPv4), the nibbles
 /// reversed (IPv6), then the list's domain.
-fn query_name(ip: IpAddr, domain: &str) -> String {
+pub(crate) fn query_name(ip: IpAddr, domain: &str) -> String {
     match canonical(ip) {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();

@@ -261,7 +261,7 @@ fn no_dkim_placeholder(header: String, unsigned: bool) -> String {
     }
 }
 
-fn spf_name(result: SpfResult) -> &'static str {
+pub(crate) fn spf_name(result: SpfResult) -> &'static str {
     match result {
         SpfResult::Pass => "pass",
         SpfResult::Fail => "fail",

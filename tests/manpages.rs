@@ -100,7 +100,14 @@ fn layout_the_package_installs() {
     assert!(man1.iter().all(|n| n.starts_with("posthorn-")), "a page named like another package's: {man1:?}");
     assert_eq!(names(&dir.join("man5")), ["posthorn.toml.5"]);
     let man8 = names(&dir.join("man8"));
-    for page in ["posthorn.8", "posthorn-serve.8", "posthorn-check.8", "posthorn-queue.8", "posthorn-queue-delete.8"] {
+    for page in [
+        "posthorn.8",
+        "posthorn-serve.8",
+        "posthorn-check.8",
+        "posthorn-check-client.8",
+        "posthorn-queue.8",
+        "posthorn-queue-delete.8",
+    ] {
         assert!(man8.contains(&page.to_string()), "no {page} in {man8:?}");
     }
     assert!(!man8.iter().any(|n| n.contains("manpages")), "the hidden subcommand got a page: {man8:?}");

@@ -14,6 +14,8 @@
 //! - `dkim`: `posthorn dkim keygen DOMAIN SELECTOR`.
 //! - `import`: `posthorn import postfix|exim [DIR]`, a posthorn.toml from
 //!   another MTA's configuration.
+//! - `check_client`: `posthorn check-client ADDR [HELO] [FROM]`, what the
+//!   internet-facing checks would say about a client.
 //! - `check`: `posthorn check`; `postfix`: the daemon's life cycle, and
 //!   `posthorn reload`.
 //! - one file per compatibility name; `install` makes their symlinks
@@ -24,6 +26,7 @@
 pub(crate) mod act;
 pub(crate) mod auth;
 pub(crate) mod check;
+pub(crate) mod check_client;
 pub(crate) mod dkim;
 pub(crate) mod exim;
 pub(crate) mod exiqgrep;
@@ -109,6 +112,30 @@ enum Native {
         /// would at start; without it, check changes nothing
         #[arg(long)]
         fix: bool,
+    },
+    /// Show what the internet-facing checks would say about a client
+    ///
+    /// Trusted networks, each DNS list (query, answer, weight, score and
+    /// the reply), SPF for FROM and HELO, the policy services (asked only
+    /// with --ask-policy), milters (not contacted) and pregreet, from the
+    /// configuration on disk, without a daemon. Exit status: 0 the client
+    /// would be accepted, 1 a check would refuse it, 2 a usage or
+    /// configuration error.
+    CheckClient {
+        /// The client's IP address
+        addr: String,
+        /// The name it gives in HELO/EHLO
+        helo: Option<String>,
+        /// Its MAIL FROM address (empty for the null sender)
+        from: Option<String>,
+        /// Send one RCPT-stage request to the policy services (they may
+        /// record it, e.g. postgrey's triplets)
+        #[arg(long)]
+        ask_policy: bool,
+        /// The recipient of that request (default postmaster@ the first
+        /// local domain)
+        #[arg(long, value_name = "ADDR")]
+        rcpt: Option<String>,
     },
     /// Submit a message the way sendmail(1) does (all sendmail options apply)
     Sendmail {
@@ -220,17 +247,26 @@ fn compat(name: &str, args: &[OsString]) -> Option<u8> {
 }
 
 fn native(argv: Vec<OsString>) -> u8 {
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+            // check-client documents 2 for a usage error (1 is a refusal).
+            let check_client = argv.iter().skip(1).any(|a| a == "check-client");
+            return match (e.use_stderr(), check_client) {
+                (false, _) => exit::OK,
+                (true, true) => check_client::ERROR,
+                (true, false) => exit::USAGE,
+            };
         }
     };
     let explicit = cli.config.as_deref();
     match cli.command {
         Native::Serve { log_format, default_log } => serve(explicit, log_format, default_log.as_deref()),
         Native::Check { fix } => check::main(explicit, fix),
+        Native::CheckClient { addr, helo, from, ask_policy, rcpt } => {
+            check_client::main(explicit, check_client::Options { addr, helo, from, ask_policy, rcpt })
+        }
         Native::Sendmail { args } => sendmail::main(&args, explicit),
         Native::Queue { verb } => queue::main(explicit, verb),
         Native::Reload => match load_config(explicit, "posthorn") {

@@ -156,7 +156,8 @@ fn main_page_sections() -> Roff {
     r.text([roman(
         "0 on success; 1 when posthorn check finds a problem or a command fails; the sysexits(3) codes otherwise: \
          64 usage, 69 unavailable, 73 cannot create, 75 temporary failure, 77 permission denied, \
-         78 configuration error.",
+         78 configuration error. posthorn check-client exits 0 when the client would be accepted, 1 when a \
+         check would refuse it, 2 on a usage or configuration error.",
     )]);
     r.control("SH", ["SEE ALSO"]);
     let mut refs = vec![bold("posthorn.toml"), roman("(5)")];

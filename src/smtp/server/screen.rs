@@ -97,9 +97,7 @@ impl Session<'_> {
             Screening::Done(rank) => rank,
         };
         let screen = self.security.screen.as_ref()?;
-        let refusal = screen.refuses(&rank).zip(self.peer.addr()).map(|(list, ip)| {
-            Reply::new(550, Enhanced(5, 7, 1), format!("Service unavailable; client [{ip}] blocked using {list}"))
-        });
+        let refusal = self.peer.addr().and_then(|ip| screen.refusal(&rank, ip));
         self.screening = Some(Screening::Done(rank));
         refusal
     }
