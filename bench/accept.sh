@@ -50,17 +50,6 @@ bench_init accept-bench
 
 RESULTS=()
 
-posthorn_bin() {
-    local bin=${POSTHORN_BIN:-}
-    if [ -z "$bin" ]; then
-        local target=${CARGO_TARGET_DIR:-$ROOT/target}
-        bin=$target/release/posthorn
-        echo "building $bin ..." >&2
-        (cd "$ROOT" && cargo build --release --quiet) >&2
-    fi
-    echo "$bin"
-}
-
 # A private rsyslogd reading $WORK/rsyslog/log.sock, writing mail.log there.
 start_rsyslog() {
     local d=$WORK/rsyslog

@@ -23,11 +23,7 @@ done
 bench_init bigmsg-bench
 ulimit -n 65536 2>/dev/null || true
 
-bin=${POSTHORN_BIN:-}
-if [ -z "$bin" ]; then
-    bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/posthorn
-    (cd "$ROOT" && cargo build --release --quiet) >&2
-fi
+bin=$(posthorn_bin)
 dir=$WORK/posthorn
 mkdir -p "$dir"
 sink_port=$(free_port 127.0.0.1)

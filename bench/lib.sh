@@ -147,6 +147,18 @@ EOF
 
 # ---- The work directory and what every script cleans up on exit.
 
+# The posthorn binary to measure: $POSTHORN_BIN, or a release build made
+# now (in $CARGO_TARGET_DIR or target/).
+posthorn_bin() {
+    local bin=${POSTHORN_BIN:-}
+    if [ -z "$bin" ]; then
+        bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/posthorn
+        echo "building $bin ..." >&2
+        (cd "$ROOT" && cargo build --release --quiet) >&2
+    fi
+    echo "$bin"
+}
+
 # Makes $WORK (/var/tmp/posthorn-$1.XXXXXX), empties PIDS and PF_DIR, and
 # installs bench_cleanup. Call it at the top level of the script.
 bench_init() {

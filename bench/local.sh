@@ -48,16 +48,6 @@ for i in $(seq 0 "$USERS"); do
     id "$u" >/dev/null 2>&1 || { useradd --no-create-home --shell /usr/sbin/nologin --user-group "$u"; MADE_USERS+=("$u"); }
 done
 
-posthorn_bin() {
-    local bin=${POSTHORN_BIN:-}
-    if [ -z "$bin" ]; then
-        bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/posthorn
-        echo "building $bin ..." >&2
-        (cd "$ROOT" && cargo build --release --quiet) >&2
-    fi
-    echo "$bin"
-}
-
 spool_dir() {
     mkdir -p "$1"
     chgrp mail "$1"

@@ -42,17 +42,6 @@ bench_init milter-bench
 RESULTS=()
 RSPAMD_PID=""
 
-posthorn_bin() {
-    local bin=${POSTHORN_BIN:-}
-    if [ -z "$bin" ]; then
-        local target=${CARGO_TARGET_DIR:-$ROOT/target}
-        bin=$target/release/posthorn
-        echo "building $bin ..." >&2
-        (cd "$ROOT" && cargo build --release --quiet) >&2
-    fi
-    echo "$bin"
-}
-
 # Starts rspamd's proxy in milter mode on 127.0.0.1:$1, config under $WORK/rspamd.
 start_rspamd() {
     local d=$WORK/rspamd port=$1

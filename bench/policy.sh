@@ -35,17 +35,6 @@ bench_init policy-bench
 
 RESULTS=()
 
-posthorn_bin() {
-    local bin=${POSTHORN_BIN:-}
-    if [ -z "$bin" ]; then
-        local target=${CARGO_TARGET_DIR:-$ROOT/target}
-        bin=$target/release/posthorn
-        echo "building $bin ..." >&2
-        (cd "$ROOT" && cargo build --release --quiet) >&2
-    fi
-    echo "$bin"
-}
-
 # A policy service answering DUNNO to everything, on 127.0.0.1:$1.
 start_dunno() {
     python3 - "$1" <<'EOF' &

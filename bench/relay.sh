@@ -79,13 +79,8 @@ measure() {
 RESULTS=()
 
 bench_posthorn() {
-    local bin=${POSTHORN_BIN:-}
-    if [ -z "$bin" ]; then
-        local target=${CARGO_TARGET_DIR:-$ROOT/target}
-        bin=$target/release/posthorn
-        echo "building $bin ..." >&2
-        (cd "$ROOT" && cargo build --release --quiet) >&2
-    fi
+    local bin
+    bin=$(posthorn_bin)
     local dir=$WORK/posthorn sink_port
     mkdir -p "$dir"
     sink_port=$(free_port 127.0.0.1)

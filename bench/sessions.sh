@@ -92,12 +92,8 @@ posthorn_refused() { grep -c 'too many connections' "$PH_LOG" || true; }
 no_refusals() { echo 0; }
 
 bench_posthorn() {
-    local bin=${POSTHORN_BIN:-}
-    if [ -z "$bin" ]; then
-        bin=${CARGO_TARGET_DIR:-$ROOT/target}/release/posthorn
-        echo "building $bin ..." >&2
-        (cd "$ROOT" && cargo build --release --quiet) >&2
-    fi
+    local bin
+    bin=$(posthorn_bin)
     local dir=$WORK/posthorn sink_port
     mkdir -p "$dir"
     sink_port=$(free_port 127.0.0.1)
