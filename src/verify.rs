@@ -22,7 +22,7 @@
 
 use crate::config::{Config, DmarcAction, SpfFailAction, VerifyConfig};
 use crate::smtp::proto::reply::{Enhanced, Reply};
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -89,18 +89,7 @@ impl Verifier {
             MessageAuthenticator::new_system_conf()
                 .context("reading the system resolver configuration (/etc/resolv.conf) for [verify]")?
         } else {
-            let servers = config
-                .deliver
-                .dns_servers
-                .iter()
-                .map(|addr| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = addr.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = addr.port();
-                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                })
-                .collect();
+            let servers = crate::deliver::dns::name_servers(&config.deliver.dns_servers);
             let mut opts = ResolverOpts::default();
             opts.timeout = QUERY_TIMEOUT;
             opts.attempts = 2;
@@ -193,7 +182,7 @@ impl Verifier {
                 action = self.dmarc_action(dmarc.policy(), &from_domain);
             }
         }
-        let mut header = no_dkim_placeholder(results.to_header(), self.config.dkim && dkim.is_empty());
+        let mut header = with_dkim_none(results.to_header(), self.config.dkim && dkim.is_empty());
         if !header.ends_with("\r\n") {
             header.push_str("\r\n");
         }
@@ -248,7 +237,7 @@ fn remove_forged(text: &mut Vec<u8>, authserv_id: &str) -> usize {
 
 /// `dkim=none` when the message has no signature (RFC 8601 2.7.1), which
 /// mail-auth writes nothing for.
-fn no_dkim_placeholder(header: String, unsigned: bool) -> String {
+fn with_dkim_none(header: String, unsigned: bool) -> String {
     if !unsigned {
         return header;
     }
@@ -320,8 +309,8 @@ mod tests {
             ("Authentication-Results: mx.test; none\r\n", "Authentication-Results: mx.test;\r\n\tdkim=none\r\n"),
         ];
         for (from, to) in table {
-            assert_eq!(no_dkim_placeholder(from.into(), true), to);
-            assert_eq!(no_dkim_placeholder(from.into(), false), from);
+            assert_eq!(with_dkim_none(from.into(), true), to);
+            assert_eq!(with_dkim_none(from.into(), false), from);
         }
     }
 

@@ -113,17 +113,7 @@ impl Dns {
     /// A resolver asking exactly `servers` (UDP, and TCP for truncated
     /// answers), nothing else: no search list, no hosts file.
     pub fn with_servers(servers: &[SocketAddr]) -> Dns {
-        let name_servers = servers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers);
+        let config = ResolverConfig::from_parts(None, Vec::new(), name_servers(servers));
         let mut builder = Resolver::builder_with_config(config, TokioRuntimeProvider::default());
         let opts = builder.options_mut();
         opts.timeout = QUERY_TIMEOUT;
@@ -313,6 +303,21 @@ pub(crate) fn mx_answer(records: Vec<(u16, String)>, rng: &mut fastrand::Rng) ->
         rng.shuffle(group);
     }
     MxAnswer::Hosts(hosts)
+}
+
+/// `servers` as the resolver asks them: UDP, and TCP for truncated
+/// answers, on each address's own port (`deliver.dns_servers`).
+pub(crate) fn name_servers(servers: &[SocketAddr]) -> Vec<NameServerConfig> {
+    servers
+        .iter()
+        .map(|addr| {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+        })
+        .collect()
 }
 
 #[cfg(test)]

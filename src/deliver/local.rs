@@ -65,7 +65,7 @@ impl Settings {
         settings
     }
 
-    fn from_local(local: &crate::config::Local, hostname: &str) -> Settings {
+    pub(crate) fn from_local(local: &crate::config::Local, hostname: &str) -> Settings {
         let (home_maildir, home_mbox) = match &local.home_mailbox {
             Some(HomeMailbox::Maildir(p)) => (Some(p.clone()), None),
             Some(HomeMailbox::Mbox(p)) => (None, Some(p.clone())),
@@ -441,17 +441,7 @@ mod tests {
             home: "/home/alice".into(),
             shell: "/bin/sh".into(),
         };
-        let mut s = Settings {
-            spool_dir: "/var/mail".into(),
-            home_maildir: None,
-            home_mbox: None,
-            deliver_to_root: false,
-            hostname: "h".into(),
-            default_privs: "nobody".into(),
-            alias_maps: Vec::new(),
-            commands_allowed: false,
-            files_allowed: false,
-        };
+        let mut s = Settings::from_local(&crate::config::Local::default(), "h");
         assert_eq!(s.mailbox(&entry).to_string(), "mailbox /var/mail/alice");
         s.home_maildir = Some("Maildir".into());
         assert_eq!(s.mailbox(&entry).to_string(), "maildir /home/alice/Maildir/");

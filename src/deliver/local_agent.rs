@@ -404,17 +404,7 @@ mod tests {
 
     #[test]
     fn hostile_requests_are_refused() {
-        let settings = Settings {
-            spool_dir: "/var/mail".into(),
-            home_maildir: None,
-            home_mbox: None,
-            deliver_to_root: false,
-            hostname: "h".into(),
-            default_privs: "nobody".into(),
-            alias_maps: Vec::new(),
-            commands_allowed: false,
-            files_allowed: false,
-        };
+        let settings = Settings::from_local(&crate::config::Local::default(), "h");
         let req = |user: &str, sender: &str| Request {
             user: user.into(),
             sender: sender.into(),

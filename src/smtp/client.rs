@@ -490,6 +490,22 @@ async fn tcp_connect(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> std::i
 }
 
 impl Client {
+    /// A client on a connection just made, before the greeting is read.
+    fn fresh(stream: Stream, label: String, helo: &str, timeouts: Timeouts, lmtp: bool) -> Client {
+        Client {
+            stream,
+            rbuf: Vec::with_capacity(1024),
+            label,
+            greeting: Reply::plain(220, ""),
+            caps: Capabilities::default(),
+            timeouts,
+            usable: true,
+            tls: None,
+            helo: helo.to_string(),
+            lmtp,
+        }
+    }
+
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused
     /// with 5xx). `host_label` is the name the address was found under, for
     /// logs; `helo` is our own host name.
@@ -543,19 +559,7 @@ impl Client {
         // Commands go out whole (a pipelined group is one write), so Nagle
         // would only add a round trip of delay in lock-step mode.
         let _ = tcp.set_nodelay(true);
-        let client = Client {
-            stream: Stream::Plain(tcp),
-            rbuf: Vec::with_capacity(1024),
-            label: relay_label(host_label, addr),
-            greeting: Reply::plain(220, ""),
-            caps: Capabilities::default(),
-            timeouts,
-            usable: true,
-            tls: None,
-            helo: helo.to_string(),
-            lmtp: false,
-        };
-        client.open(helo).await
+        Client::fresh(Stream::Plain(tcp), relay_label(host_label, addr), helo, timeouts, false).open(helo).await
     }
 
     /// An LMTP session (RFC 2033) with the server at `endpoint`, greeted
@@ -578,18 +582,7 @@ impl Client {
                 (Stream::Plain(tcp), relay_label(host, *addr))
             }
         };
-        let client = Client {
-            stream,
-            rbuf: Vec::with_capacity(1024),
-            label,
-            greeting: Reply::plain(220, ""),
-            caps: Capabilities::default(),
-            timeouts,
-            usable: true,
-            tls: None,
-            helo: helo.to_string(),
-            lmtp: true,
-        };
+        let client = Client::fresh(stream, label, helo, timeouts, true);
         client.open(helo).await
     }
 

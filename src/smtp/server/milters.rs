@@ -214,15 +214,6 @@ impl Session<'_> {
 
     /// Postfix's line for a milter's refusal of a command.
     fn log_milter_reject(&self, verb: Verb, reply: &Reply, envelope: Option<(&str, Option<&str>)>) {
-        let mut line =
-            format!("NOQUEUE: milter-reject: {} from {}: {reply};", verb.name().to_ascii_uppercase(), self.peer);
-        if let Some((from, to)) = envelope {
-            line.push_str(&format!(" from=<{from}>"));
-            if let Some(to) = to {
-                line.push_str(&format!(" to=<{to}>"));
-            }
-        }
-        line.push_str(&format!(" proto={} helo=<{}>", self.proto(), self.helo.as_deref().unwrap_or("")));
-        tracing::info!(client_addr = self.peer.addr(), event = "reject", "{line}");
+        self.log_refusal("milter-reject", verb, reply, envelope);
     }
 }

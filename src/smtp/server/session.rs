@@ -412,7 +412,13 @@ impl<'a> Session<'a> {
 
     /// Postfix-style reject line, so existing log tooling finds it.
     pub(super) fn log_reject(&self, verb: Verb, reply: &Reply, envelope: Option<(&str, Option<&str>)>) {
-        let mut line = format!("NOQUEUE: reject: {} from {}: {reply};", verb.name().to_ascii_uppercase(), self.peer);
+        self.log_refusal("reject", verb, reply, envelope);
+    }
+
+    /// `NOQUEUE: KIND: VERB from CLIENT: REPLY; from=<> to=<> proto= helo=<>`,
+    /// KIND `reject` or (a milter's) `milter-reject`, as Postfix writes it.
+    pub(super) fn log_refusal(&self, kind: &str, verb: Verb, reply: &Reply, envelope: Option<(&str, Option<&str>)>) {
+        let mut line = format!("NOQUEUE: {kind}: {} from {}: {reply};", verb.name().to_ascii_uppercase(), self.peer);
         if let Some((from, to)) = envelope {
             line.push_str(&format!(" from=<{from}>"));
             if let Some(to) = to {
