@@ -7,25 +7,35 @@
 #      smtp-sink, and
 #   2. a private Postfix instance (its own config dir and queue, listening on
 #      127.0.0.X:PORT, relayhost = the other smtp-sink; started with
-#      `postfix -c DIR start`, needs root).
+#      `postfix -c DIR start`, needs root), and
+#   3. a private Exim (Debian's exim4-daemon-light unpacked with dpkg-deb,
+#      its own configuration and spool, a manualroute router to a third
+#      smtp-sink; needs root; see ex_setup in bench/lib.sh).
 # For each it prints:
 #   accept msg/s   N / wall time until smtp-source got every 250
 #   done s         wall time until the sink received all N (accept + relay)
 #   CPU ms/msg     user+system CPU of the MTA's processes from the start of
 #                  the load until the sink has all N, per message (Postfix:
-#                  master + all its children, live and exited)
+#                  master + all its children, live and exited; Exim: every
+#                  process of its cgroup, see ex_ticks in bench/lib.sh)
 #   RSS            posthorn: VmRSS one second after `ready` (idle); Postfix:
-#                  the sum over its processes when idle after start
+#                  the sum over its processes when idle after start; Exim: its daemon
 # When rsyslogd is installed, posthorn runs a second time (`ph-syslog`) with
 # `log.to = "syslog"` into a private rsyslogd, so the cost of logging to
 # syslog shows beside logging to stderr (a file) in the same run; the CPU
 # column counts posthorn's process only, not rsyslogd's.
+# Exim 4.96 holds its 221 reply to QUIT for up to 200 ms, waiting for the
+# client to close first (so that the client, not the server, keeps the
+# TIME_WAIT); smtp-source waits for that 221, so each of Exim's sessions
+# costs at least 200 ms and SESSIONS sessions cap it near SESSIONS x 5
+# msg/s. Postfix's own SMTP client does not wait for the reply to QUIT
+# (smtp_skip_quit_response), so mail from a real Postfix does not pay it.
 # Figures are printed, never asserted on. Everything started here is stopped
 # and removed on exit.
 #
 # usage: bench/accept.sh [N]            (default N=2000)
 # env:   SESSIONS=20 SIZE=1024 POSTHORN_BIN=path SKIP_POSTFIX=1 SKIP_POSTHORN=1
-#        SKIP_SYSLOG=1
+#        SKIP_SYSLOG=1 SKIP_EXIM=1 EXIM_ROOT=dir (where Exim is unpacked)
 #        CARGO_TARGET_DIR (where to find or build target/release/posthorn)
 set -euo pipefail
 
@@ -161,6 +171,33 @@ EOF
     pf_stop
 }
 
+bench_exim() {
+    ex_setup || return 0
+    local ip=127.0.0.$((100 + RANDOM % 100))
+    local port sink_port
+    port=$(free_port "$ip")
+    sink_port=$(free_port 127.0.0.1)
+    start_sink 127.0.0.1 "$sink_port" "$N"
+    local sink_pid=$SINK_PID
+    ex_conf "bench/accept.sh: relays everything to an smtp-sink" "$ip" "$port" \
+        "* 127.0.0.1::$sink_port" >"$EX_DIR/exim.conf"
+    ex_start "$ip" "$port"
+    local daemon=$EX_PID
+    sleep 1
+    local rss
+    rss=$(tree_rss "$daemon")
+
+    local c0 t0 secs done_secs c1
+    c0=$(ex_ticks)
+    t0=$(now)
+    secs=$(run_source "$ip" "$port")
+    wait_sink_done "$sink_pid"
+    done_secs=$(calc "$(now) - $t0")
+    c1=$(ex_ticks)
+    RESULTS+=("$(row exim "$secs" "$done_secs" $((c1 - c0)) "$rss")")
+    ex_stop
+}
+
 # One table row: name, accept seconds, done seconds, CPU ticks, RSS kB.
 row() {
     printf '%-9s %7d %8d %6d %10.0f %8.2f %10.3f %9.1f' "$1" "$N" "$SESSIONS" "$SIZE" \
@@ -175,6 +212,7 @@ if [ "${SKIP_POSTHORN:-}" != 1 ]; then
     fi
 fi
 [ "${SKIP_POSTFIX:-}" = 1 ] || bench_postfix
+[ "${SKIP_EXIM:-}" = 1 ] || bench_exim
 
 echo
 echo "accept benchmark: smtp-source -s $SESSIONS -l $SIZE -m $N, one connection per message; $(nproc) cores"

@@ -1,6 +1,6 @@
 # bench/lib.sh -- helpers the benchmark scripts share; sourced, not run.
 # Expects: SINK, SOURCE, POSTFIX, and for run_source SESSIONS, SIZE, N;
-# bench_init makes WORK, PIDS and PF_DIR. Nothing here starts anything by itself.
+# bench_init makes WORK, PIDS, PF_DIR and EX_PID; ex_ticks needs HZ. Nothing here starts anything by itself.
 
 SINK_OPTS=()
 
@@ -67,11 +67,13 @@ tree_ticks() {
     echo "$total"
 }
 
-# Sum of VmRSS (kB) of process $1 and its live descendants.
+# Sum of VmRSS (kB) of process $1 and its live descendants (one that
+# exits meanwhile, or is a zombie without VmRSS, counts 0).
 tree_rss() {
-    local total=0 p
+    local total=0 p kb
     for p in $(tree_pids "$1"); do
-        total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+        kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${kb:-0}))
     done
     echo "$total"
 }
@@ -166,15 +168,17 @@ bench_init() {
     chmod 755 "$WORK"
     PIDS=()
     PF_DIR=""
+    EX_PID=""
     trap bench_cleanup EXIT
     trap 'exit 130' INT TERM
 }
 
-# Stops the private Postfix, then every process in PIDS, and removes $WORK
+# Stops the private Postfix and Exim, then every process in PIDS, and removes $WORK
 # (kept with KEEP=1).
 bench_cleanup() {
     set +e
     pf_stop
+    ex_stop
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
     if [ "${KEEP:-}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -260,5 +264,170 @@ pf_stop() {
         sleep 0.1
     done
     [ -n "$m" ] && [ -d "/proc/$m" ] && kill -9 "$m"
+    return 0
+}
+
+# ---- A private Exim instance (needs root), the third MTA on the bench.
+# Debian's exim4-daemon-light conflicts with the postfix package the
+# benches need, so its .deb is unpacked with `dpkg-deb -x` into
+# $EXIM_ROOT (default /var/tmp/posthorn-exim, kept between runs) and run
+# from there with `-C` (its own configuration), its own spool and logs under
+# $WORK/exim, and `exim_path` pointing back at the unpacked binary so that
+# its delivery re-execs find it. The binary's compiled-in account,
+# Debian-exim, is created when missing, as the package's postinst would.
+
+# Prepares EX_DIR and EX_BIN; false, with a note, when it cannot.
+ex_setup() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "skipping Exim: a private Exim instance needs root" >&2
+        return 1
+    fi
+    local root=${EXIM_ROOT:-/var/tmp/posthorn-exim}
+    EX_BIN=$root/usr/sbin/exim4
+    if [ ! -x "$EX_BIN" ]; then
+        local debs
+        debs=$(mktemp -d /tmp/posthorn-exim-debs.XXXXXX)
+        chmod 755 "$debs"    # apt-get download runs as _apt where it can
+        if ! (cd "$debs" && apt-get download -q exim4-daemon-light >/dev/null 2>&1); then
+            echo "skipping Exim: apt-get download exim4-daemon-light failed" >&2
+            rm -rf "$debs"
+            return 1
+        fi
+        mkdir -p "$root"
+        dpkg-deb -x "$debs"/exim4-daemon-light_*.deb "$root"
+        rm -rf "$debs"
+    fi
+    if ldd "$EX_BIN" | grep -q 'not found'; then
+        echo "skipping Exim: libraries missing for $EX_BIN:" >&2
+        ldd "$EX_BIN" | grep 'not found' >&2
+        return 1
+    fi
+    getent passwd Debian-exim >/dev/null ||
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin Debian-exim
+    EX_DIR=$WORK/exim
+    mkdir -p "$EX_DIR/spool" "$EX_DIR/log"
+    chown Debian-exim:Debian-exim "$EX_DIR/spool" "$EX_DIR/log"
+}
+
+# The configuration every bench's Exim uses ($1: which bench, $2 the
+# listening address, $3 its port, $4 the route_list of its one manualroute
+# router, e.g. "* 127.0.0.1::2525"): relay for 127.0.0.0/8, no TLS, no
+# ident or reverse lookups, delivery at once (Exim's default: a delivery
+# process per message).
+ex_conf() {
+    cat <<CONF
+# Private instance for $1.
+exim_path = $EX_BIN
+keep_environment =
+primary_hostname = bench-exim.test
+spool_directory = $EX_DIR/spool
+log_file_path = $EX_DIR/log/%slog
+pid_file_path = $EX_DIR/exim.pid
+local_interfaces = <; $2
+daemon_smtp_ports = $3
+smtp_accept_max = 1000
+smtp_accept_queue_per_connection = 0
+deliver_drop_privilege = true
+smtp_connect_backlog = 100
+rfc1413_hosts =
+host_lookup =
+tls_advertise_hosts =
+hostlist relay_from = 127.0.0.0/8
+acl_smtp_rcpt = acl_check_rcpt
+
+begin acl
+acl_check_rcpt:
+  accept hosts = +relay_from
+  deny message = relay not permitted
+
+begin routers
+next_hop:
+  driver = manualroute
+  route_list = $4
+  transport = remote_smtp
+  self = send
+
+begin transports
+remote_smtp:
+  driver = smtp
+  hosts_avoid_tls = *
+
+begin retry
+* * F,2h,1m
+CONF
+}
+
+# Exim's delivery processes outlive the receiving process that forked them
+# and are reparented to init, so the CPU of the daemon's process tree misses
+# most of Exim's work. The instance runs in a cgroup of its own instead
+# (cgroup v1 cpuacct or v2), whose CPU counter includes every process that
+# ever ran in it. EX_CG: that cgroup, when one could be made.
+ex_cgroup() {
+    EX_CG=""
+    local name=posthorn-bench-exim-$$
+    if [ -d /sys/fs/cgroup/cpuacct ] && mkdir "/sys/fs/cgroup/cpuacct/$name" 2>/dev/null; then
+        EX_CG=/sys/fs/cgroup/cpuacct/$name
+    elif [ -f /sys/fs/cgroup/cgroup.controllers ] && mkdir "/sys/fs/cgroup/$name" 2>/dev/null; then
+        EX_CG=/sys/fs/cgroup/$name
+    else
+        echo "exim: no cgroup could be made; its CPU column counts only the daemon's process tree" >&2
+    fi
+}
+
+# CPU ticks of the Exim instance so far: its cgroup's counter, else its
+# daemon's process tree.
+ex_ticks() {
+    local usec
+    if [ -f "${EX_CG:-}/cpuacct.usage" ]; then
+        usec=$(($(cat "$EX_CG/cpuacct.usage") / 1000))
+    elif [ -f "${EX_CG:-}/cpu.stat" ]; then
+        usec=$(awk '$1 == "usage_usec" {print $2}' "$EX_CG/cpu.stat")
+    else
+        tree_ticks "$EX_PID"
+        return
+    fi
+    echo $((usec * HZ / 1000000))
+}
+
+# Starts the instance whose configuration is $EX_DIR/exim.conf in its own
+# cgroup, waits until $1:$2 listens, and sets EX_PID (the listening daemon).
+ex_start() {
+    "$EX_BIN" -C "$EX_DIR/exim.conf" -bV >"$WORK/exim-check.log" 2>&1 ||
+        { echo "exim -bV failed:" >&2; cat "$WORK/exim-check.log" >&2; return 1; }
+    ex_cgroup
+    (
+        [ -z "$EX_CG" ] || echo "$BASHPID" >"$EX_CG/cgroup.procs"
+        exec "$EX_BIN" -C "$EX_DIR/exim.conf" -bd -oX "$2" -oP "$EX_DIR/exim.pid"
+    ) &
+    PIDS+=("$!")
+    wait_listening "$1" "$2"
+    EX_PID=""
+    for _ in $(seq 100); do
+        EX_PID=$(head -1 "$EX_DIR/exim.pid" 2>/dev/null | tr -d ' ' || true)
+        [ -n "$EX_PID" ] && break
+        sleep 0.05
+    done
+}
+
+# Stops the instance, if one was started; safe to call twice.
+ex_stop() {
+    [ -n "${EX_PID:-}" ] || return 0
+    kill "$EX_PID" 2>/dev/null
+    for _ in $(seq 50); do
+        [ -d "/proc/$EX_PID" ] || break
+        sleep 0.1
+    done
+    [ -d "/proc/$EX_PID" ] && kill -9 "$EX_PID"
+    EX_PID=""
+    if [ -n "${EX_CG:-}" ]; then
+        # Stray delivery processes go too; then the cgroup can be removed.
+        xargs -r kill -9 <"$EX_CG/cgroup.procs" 2>/dev/null
+        for _ in $(seq 50); do
+            rmdir "$EX_CG" 2>/dev/null && break
+            sleep 0.1
+        done
+        EX_CG=""
+    fi
     return 0
 }

@@ -12,21 +12,33 @@
 #      listening on 127.0.0.X:PORT, mynetworks 127.0.0.0/8, the same
 #      transport entry in a texthash: table, or relayhost for
 #      ROUTE=smarthost; started with `postfix -c DIR start`, needs root),
-#      relaying to another smtp-sink.
+#      relaying to another smtp-sink;
+#   3. a private Exim as hub (Debian's exim4-daemon-light unpacked with
+#      dpkg-deb, its own configuration and spool, a manualroute router
+#      `example.test 127.0.0.1::P`; needs root; see ex_setup in
+#      bench/lib.sh), relaying to a third smtp-sink.
 # For each it prints:
 #   relay msg/s    N / wall time from the start of the load until the sink
 #                  has received all N (smtp-sink -M N exits then)
 #   accept msg/s   N / wall time until smtp-source got every 250
 #   CPU ms/msg     user+system CPU of the MTA's processes over that time,
 #                  per relayed message (Postfix: master and all its
-#                  children, live and exited)
+#                  children, live and exited; Exim: every process of its
+#                  cgroup, see ex_ticks)
 #   conns          connections the sink accepted (reuse shows here)
+# Exim 4.96 holds its 221 reply to QUIT for up to 200 ms, waiting for the
+# client to close first (so that the client, not the server, keeps the
+# TIME_WAIT); smtp-source waits for that 221, so each of Exim's sessions
+# costs at least 200 ms and SESSIONS sessions cap it near SESSIONS x 5
+# msg/s. Postfix's own SMTP client does not wait for the reply to QUIT
+# (smtp_skip_quit_response), so mail from a real Postfix does not pay it.
 # Figures are printed, never asserted on. Everything started here is
 # stopped and removed on exit.
 #
 # usage: bench/relay.sh [N]            (default N=5000)
 # env:   SESSIONS=20 SIZE=1024 ROUTE=transport|smarthost POSTHORN_BIN=path
-#        SKIP_POSTFIX=1 SKIP_POSTHORN=1 KEEP=1 (keep the work directory)
+#        SKIP_POSTFIX=1 SKIP_POSTHORN=1 SKIP_EXIM=1 KEEP=1 (keep the work
+#        directory) EXIM_ROOT=dir (where Exim is unpacked)
 #        CARGO_TARGET_DIR (where to find or build target/release/posthorn)
 set -euo pipefail
 
@@ -63,16 +75,17 @@ sink_connections() {
     grep -c 'smtp-sink: connect (' "$WORK/sink-$1.log" || true
 }
 
-# Measures one MTA: $1 name, $2:$3 its SMTP address, $4 the pid whose
-# process tree is the MTA, $5 the sink's pid, $6 the sink's port.
+# Measures one MTA: $1 name, $2:$3 its SMTP address, $4 the command that
+# prints the MTA's CPU ticks so far ("tree_ticks PID", "ex_ticks"), $5 the
+# sink's pid, $6 the sink's port.
 measure() {
     local c0 t0 accept_secs relay_secs c1
-    c0=$(tree_ticks "$4")
+    c0=$($4)
     t0=$(now)
     accept_secs=$(run_source "$2" "$3")
     wait_sink_done "$5"
     relay_secs=$(calc "$(now) - $t0")
-    c1=$(tree_ticks "$4")
+    c1=$($4)
     RESULTS+=("$(row "$1" "$relay_secs" "$accept_secs" $((c1 - c0)) "$(sink_connections "$6")")")
 }
 
@@ -125,7 +138,7 @@ CONF
     local addr
     addr=$(sed -n 's/.*listening smtp=\([0-9.]*:[0-9]*\).*/\1/p' "$dir/posthorn.log" | head -1)
     sleep 1
-    measure posthorn "${addr%:*}" "${addr##*:}" "$pid" "$sink_pid" "$sink_port"
+    measure posthorn "${addr%:*}" "${addr##*:}" "tree_ticks $pid" "$sink_pid" "$sink_port"
     # smtp-sink -M N exits as soon as it has read message N, before its
     # reply: that one may be deferred, so N - 1 deliveries are expected.
     local sent
@@ -169,8 +182,24 @@ CONF
     pf_start "$ip" "$port"
     local master=$PF_MASTER
     sleep 1
-    measure postfix "$ip" "$port" "$master" "$sink_pid" "$sink_port"
+    measure postfix "$ip" "$port" "tree_ticks $master" "$sink_pid" "$sink_port"
     pf_stop
+}
+
+bench_exim() {
+    ex_setup || return 0
+    local ip=127.0.0.$((100 + RANDOM % 100))
+    local port sink_port
+    port=$(free_port "$ip")
+    sink_port=$(free_port 127.0.0.1)
+    start_sink 127.0.0.1 "$sink_port" "$N"
+    local sink_pid=$SINK_PID
+    ex_conf "bench/relay.sh: a hub relaying for its networks" "$ip" "$port" \
+        "example.test 127.0.0.1::$sink_port" >"$EX_DIR/exim.conf"
+    ex_start "$ip" "$port"
+    sleep 1
+    measure exim "$ip" "$port" ex_ticks "$sink_pid" "$sink_port"
+    ex_stop
 }
 
 # One table row: name, relay seconds, accept seconds, CPU ticks, sink connections.
@@ -181,6 +210,7 @@ row() {
 
 [ "${SKIP_POSTHORN:-}" = 1 ] || bench_posthorn
 [ "${SKIP_POSTFIX:-}" = 1 ] || bench_postfix
+[ "${SKIP_EXIM:-}" = 1 ] || bench_exim
 
 echo
 echo "relay benchmark: smtp-source -s $SESSIONS -l $SIZE -m $N -> hub (next hop by $ROUTE) -> smtp-sink; $(nproc) cores"
