@@ -162,7 +162,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     crate::deliver::local_agent::start_if_needed(&config)?;
     let account = privilege::drop_root(config.user.as_deref(), &root)?;
     privilege::check_layout(&root, &spool_dirs())?;
-    let spool = open_spool(&config)?;
+    let (spool, floor) = open_spool(&config)?;
     if account.is_some() {
         privilege::settle_maildrop(&root).context("setting the maildrop's mode")?;
     }
@@ -184,7 +184,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     })?;
     let mut scheduler =
         Scheduler::new(config.clone(), spool.clone(), outbound.clone(), ingress.clone()).with_metrics(metrics.clone());
-    scheduler.load().context("loading the queue")?;
+    scheduler.index(floor);
     let scheduler = tokio::spawn(scheduler.run(new_rx, cmd_rx, shutdown_rx.clone()));
     let (generation_tx, generation_rx) = watch::channel::<Generation>((config.clone(), ingress));
 
@@ -220,7 +220,7 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(a) = &account {
         tracing::info!("running as user {} (uid {}, gid {})", a.name, a.uid, a.gid);
     }
-    crate::logging::announce(None);
+    crate::logging::announce(crate::logging::Announcement::Ready);
     let notifier = notify::Notifier::from_env();
     notifier.ready();
     // Pinged from this loop, not from a task of its own: a main loop that
@@ -302,12 +302,24 @@ fn with_pid(mut response: Response) -> Response {
     response
 }
 
-/// Opens the spool and runs crash recovery on it.
-fn open_spool(config: &Config) -> anyhow::Result<Spool> {
+/// Opens the spool and runs the part of crash recovery that must come
+/// before any session writes (`Spool::recover_quick`); returns it with the
+/// id floor it opened with, below which the scheduler's background index
+/// finishes recovery. A spool without an id lease (made by a release
+/// before leases) is recovered whole first: only its newest queued id can
+/// floor the generator then.
+fn open_spool(config: &Config) -> anyhow::Result<(Spool, u64)> {
     let root = &config.spool;
-    let spool = Spool::open_with(root, None, config.queue.sync)
+    let opened = Spool::open_with(root, None, config.queue.sync)
         .with_context(|| format!("cannot open the spool {}", root.display()))?;
-    let recovery = spool.recover().with_context(|| format!("recovering the spool {}", root.display()))?;
+    let (recovery, spool) = if opened.has_id_lease() {
+        let recovery = opened.recover_quick().with_context(|| format!("recovering the spool {}", root.display()))?;
+        (recovery, opened)
+    } else {
+        let recovery = opened.recover().with_context(|| format!("recovering the spool {}", root.display()))?;
+        let spool = Spool::open_with(root, recovery.newest_id.as_deref(), config.queue.sync)?;
+        (recovery, spool)
+    };
     if recovery.tmp_removed + recovery.active_requeued > 0 {
         tracing::info!(
             "recovery: {} half-written file(s) removed, {} message(s) in delivery requeued",
@@ -315,24 +327,9 @@ fn open_spool(config: &Config) -> anyhow::Result<Spool> {
             recovery.active_requeued,
         );
     }
-    log_set_aside(&recovery);
-    Ok(Spool::open_with(root, recovery.newest_id.as_deref(), config.queue.sync)?)
-}
-
-/// One log line for each entry recovery quarantined or left alone.
-fn log_set_aside(recovery: &crate::spool::Recovery) {
-    for id in &recovery.missing_body {
-        tracing::error!("{id}: body missing; envelope moved to corrupt/");
-    }
-    for id in &recovery.orphan_bodies {
-        tracing::warn!("{id}: body without an envelope; moved to corrupt/body-{id}");
-    }
-    for (name, inside) in &recovery.misnamed {
-        tracing::error!("{name}: envelope file names another message ({inside}); moved to corrupt/");
-    }
-    for (path, what) in &recovery.skipped {
-        tracing::warn!("recovery: {path} is {what}, not a spool file; left alone");
-    }
+    crate::spool::log_set_aside(&recovery);
+    let floor = spool.id_floor();
+    Ok((spool, floor))
 }
 
 struct Reloader {

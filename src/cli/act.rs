@@ -10,7 +10,9 @@
 //! holding the spool lock, which names the command (`postsuper (pid N)`):
 //! a daemon started meanwhile waits for it, and a command that finds the lock
 //! held by a daemon that does not answer yet (starting up) asks it again for
-//! a few seconds instead of touching files. A bounce and "deliver now" need
+//! a few seconds instead of touching files; a daemon that answers but is
+//! still loading the queue it found at start is asked again until it has.
+//! A bounce and "deliver now" need
 //! the daemon (it writes the notice, it delivers): those still exit 75.
 //!
 //! Each change is appended to `SPOOL/audit.log` (time, user, action, ids;
@@ -45,6 +47,18 @@ const BATCH: usize = 20_000;
 /// does not answer yet: one that is starting (recovery, loading the queue).
 const DAEMON_STARTING: Duration = Duration::from_secs(10);
 
+/// How long a command waits for a daemon that answers but is still loading
+/// the queue it found at start (it refuses actions until then): the
+/// background index of a million messages from a cold disk takes a minute
+/// or two.
+const QUEUE_LOADING: Duration = Duration::from_secs(600);
+
+/// Whether the daemon refused the request because it is still loading its
+/// queue (`queue::STILL_LOADING`, the same for every id).
+fn still_loading(results: &[ActResult]) -> bool {
+    results.first().and_then(|r| r.error.as_deref()) == Some(crate::queue::STILL_LOADING)
+}
+
 /// Applies `action` to `ids`, through the daemon or, with it down, on the
 /// files; one result per id, in order. Errors are already reported on
 /// stderr as `prog: fatal: ...`; the value is the exit code.
@@ -59,6 +73,13 @@ pub(crate) fn act(config: &Config, prog: &str, action: QueueAction, ids: &[Strin
         let chunk = &rest[..rest.len().min(BATCH)];
         let request = Request::Act { action, ids: chunk.to_vec() };
         match control::request_blocking(&config.control_socket(), &request) {
+            Ok(r) if r.ok && still_loading(&r.results) && started.elapsed() < QUEUE_LOADING => {
+                if !std::mem::replace(&mut told, true) {
+                    eprintln!("{prog}: waiting for the daemon to load the queue it found at start");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
             Ok(r) if r.ok => {
                 audit(config, invoker, prog, action, &r.results, false);
                 results.extend(r.results);

@@ -221,7 +221,10 @@ impl Listeners {
     pub(super) fn serve(&mut self, bound: Vec<Bound>) -> anyhow::Result<()> {
         for Bound { service, configured, listener } in bound {
             let addr = listener.local_addr().with_context(|| format!("{}: {configured}", service.key()))?;
-            crate::logging::announce(Some((service.name(), &addr.to_string())));
+            crate::logging::announce(crate::logging::Announcement::Listening {
+                kind: service.name(),
+                addr: &addr.to_string(),
+            });
             let (stop, stopped) = watch::channel(false);
             let c = &self.context;
             let task = match service {

@@ -358,20 +358,29 @@ pub(crate) fn reopen() {
     }
 }
 
-/// The lines that tell whoever started the daemon where it listens and
-/// that it is ready (`listening smtp=ADDR`, `ready`). They are not log
+/// The lines that tell whoever started the daemon where it listens, that
+/// it is ready (it accepts mail) and that it has loaded the queue it found
+/// at start (`listening smtp=ADDR`, `ready`, `loaded`). They are not log
 /// lines: they always go to stderr, as text or, with `format = "json"`, as
-/// JSON objects (`{"event":"listening","listener":"smtp","address":...}`),
-/// so a JSON stream on stderr stays all JSON.
-pub(crate) fn announce(listener: Option<(&str, &str)>) {
+/// JSON objects (`{"event":"listening","listener":"smtp","address":...}`,
+/// `{"event":"ready"}`), so a JSON stream on stderr stays all JSON.
+pub(crate) enum Announcement<'a> {
+    Listening { kind: &'a str, addr: &'a str },
+    Ready,
+    Loaded,
+}
+
+pub(crate) fn announce(what: Announcement<'_>) {
     let json = SINK.get().is_some_and(|s| s.format() == Format::Json);
-    let line = match (listener, json) {
-        (Some((kind, addr)), false) => format!("listening {kind}={addr}\n"),
-        (None, false) => "ready\n".to_string(),
-        (Some((kind, addr)), true) => {
+    let line = match (what, json) {
+        (Announcement::Listening { kind, addr }, false) => format!("listening {kind}={addr}\n"),
+        (Announcement::Listening { kind, addr }, true) => {
             serde_json::json!({"event": "listening", "listener": kind, "address": addr}).to_string() + "\n"
         }
-        (None, true) => "{\"event\":\"ready\"}\n".to_string(),
+        (Announcement::Ready, false) => "ready\n".to_string(),
+        (Announcement::Ready, true) => "{\"event\":\"ready\"}\n".to_string(),
+        (Announcement::Loaded, false) => "loaded\n".to_string(),
+        (Announcement::Loaded, true) => "{\"event\":\"loaded\"}\n".to_string(),
     };
     sink::write_stderr(line.as_bytes());
 }

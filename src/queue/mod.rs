@@ -32,7 +32,7 @@ use crate::route::router::Router;
 use crate::spool::change::{Bodies, Change};
 use crate::spool::envelope::AttemptRecord;
 use crate::spool::envelope::Envelope;
-use crate::spool::{Spool, State};
+use crate::spool::{Indexed, Recovery, Spool, State};
 use dest::Destinations;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -138,6 +138,26 @@ fn id_arrival(id: &str) -> u64 {
     crate::spool::id::decode(id).map_or(now, |us| (us / 1_000_000).min(now))
 }
 
+/// A test hook (tests/startup.rs): with `POSTHORN_INDEX_PAUSE=SECS` the
+/// background index waits that long before it reads anything, so a test
+/// can act on the daemon between `ready` and `loaded`.
+fn index_pause() -> Option<Duration> {
+    std::env::var("POSTHORN_INDEX_PAUSE").ok()?.parse().ok().map(Duration::from_secs_f64)
+}
+
+/// Why an operator action is refused while the queue found at start is
+/// being indexed.
+pub(crate) const STILL_LOADING: &str =
+    "the daemon is still loading the queue it found at start (see `queue loaded` in the log); try again shortly";
+
+/// The next message from the background index; never, once it is done.
+async fn next_loaded(index: &mut Option<mpsc::Receiver<Loaded>>) -> Option<Loaded> {
+    match index {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The wait before trying again a message the spool failed: 1 s, doubling
 /// up to 30 s, so that a freed disk is used within seconds, while a disk
 /// that stays full costs one log line per message per half minute.
@@ -180,6 +200,32 @@ pub(crate) struct Scheduler {
     /// Messages in `hold/`: counted at load, then kept up by `act`.
     held: u64,
     metrics: Arc<Metrics>,
+    /// The queue found at start, while the background index reads it.
+    loading: Option<Loading>,
+    /// A flush came in while `loading`: the old deferred messages are due
+    /// now when the index ends.
+    flush_on_load: bool,
+}
+
+/// What the background index (`Spool::check`) sends the scheduler.
+pub(crate) enum Loaded {
+    Batch(Vec<Indexed>),
+    Done(std::io::Result<Recovery>),
+}
+
+/// The messages queued before the daemon started, gathered from the
+/// background index. None of them is scheduled, moved or acted on until
+/// the index is complete (`Spool::check` relies on it): operator actions
+/// are refused meanwhile, with a reply that says why, and a flush applies
+/// to them when the index ends. Mail accepted since is scheduled as usual.
+struct Loading {
+    rx: Option<mpsc::Receiver<Loaded>>,
+    /// In `incoming/` or `active/`, due now: (id, state, arrival).
+    due: Vec<(String, State, Option<u64>)>,
+    /// In `deferred/`: (id, (next attempt, arrival) from the envelope).
+    deferred: Vec<(String, Option<(u64, u64)>)>,
+    held: u64,
+    started: std::time::Instant,
 }
 
 impl Scheduler {
@@ -203,6 +249,8 @@ impl Scheduler {
             turn: 0,
             held: 0,
             metrics: Arc::default(),
+            loading: None,
+            flush_on_load: false,
         }
     }
 
@@ -211,33 +259,108 @@ impl Scheduler {
         Scheduler { metrics, ..self }
     }
 
-    /// Loads what is on disk: `incoming/` is due now, `deferred/` at the
-    /// time its envelope says. Unreadable envelopes are quarantined. What
+    /// Starts indexing what is on disk, in the background: `incoming/` is
+    /// due now, `deferred/` at the time its envelope says, and what
     /// recovery could not move out of `active/` (a full disk) is due now,
-    /// from there.
-    pub(crate) fn load(&mut self) -> std::io::Result<()> {
-        self.held = self.spool.list(State::Hold)?.len() as u64;
-        for state in [State::Incoming, State::Active] {
-            let mut ids = self.spool.list(state)?;
-            ids.sort_unstable_by(|a, b| crate::spool::id::arrival_key(a).cmp(&crate::spool::id::arrival_key(b)));
-            for id in ids {
-                self.known.insert(id.clone(), id_arrival(&id));
-                self.fresh.push_back(Job::OnDisk(id, state));
+    /// from there. The index is also the rest of crash recovery
+    /// (`Spool::check`) for every message at or below `floor`, the id
+    /// floor the spool opened with; unreadable envelopes are quarantined.
+    /// Until it is done the daemon accepts and delivers new mail, and holds
+    /// back the old and the operator's actions on the queue.
+    pub(crate) fn index(&mut self, floor: u64) {
+        let (tx, rx) = mpsc::channel(4);
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(pause) = index_pause() {
+                std::thread::sleep(pause);
             }
-        }
-        for id in self.spool.list(State::Deferred)? {
-            match self.spool.read_envelope(State::Deferred, &id) {
-                Ok(env) => {
-                    self.known.insert(id.clone(), env.arrival);
-                    self.waiting.insert((env.next_attempt, id.clone()), Job::OnDisk(id, State::Deferred));
+            let result = spool.check(Some(floor), |batch| {
+                let _ = tx.blocking_send(Loaded::Batch(batch));
+            });
+            let _ = tx.blocking_send(Loaded::Done(result));
+        });
+        self.loading = Some(Loading {
+            rx: Some(rx),
+            due: Vec::new(),
+            deferred: Vec::new(),
+            held: 0,
+            started: std::time::Instant::now(),
+        });
+    }
+
+    /// Takes in what the background index sends; at its end, schedules
+    /// the old queue.
+    fn loaded(&mut self, loaded: Loaded) {
+        let Some(loading) = self.loading.as_mut() else { return };
+        let result = match loaded {
+            Loaded::Batch(batch) => {
+                for found in batch {
+                    match found.state {
+                        State::Hold => loading.held += 1,
+                        State::Incoming | State::Active => {
+                            loading.due.push((found.id, found.state, found.times.map(|(_, arrival)| arrival)))
+                        }
+                        State::Deferred => loading.deferred.push((found.id, found.times)),
+                        State::Corrupt => {}
+                    }
                 }
-                Err(e) => {
-                    tracing::error!("{id}: unreadable envelope ({e}); moved to corrupt/");
-                    let _ = self.spool.quarantine(State::Deferred, &id);
-                }
+                return;
             }
+            Loaded::Done(result) => result,
+        };
+        let Some(mut loading) = self.loading.take() else { return };
+        match result {
+            Ok(report) => crate::spool::log_set_aside(&report),
+            Err(e) => tracing::error!(
+                "queue: indexing the spool failed ({e}); what it did not reach is scheduled at the next start"
+            ),
         }
-        Ok(())
+        let (due, deferred, held) = (loading.due.len(), loading.deferred.len(), loading.held);
+        loading
+            .due
+            .sort_unstable_by(|a, b| crate::spool::id::arrival_key(&a.0).cmp(&crate::spool::id::arrival_key(&b.0)));
+        for (id, state, arrival) in loading.due {
+            if self.known.contains_key(&id) {
+                continue;
+            }
+            self.known.insert(id.clone(), arrival.unwrap_or_else(|| id_arrival(&id)));
+            self.fresh.push_back(Job::OnDisk(id, state));
+        }
+        for (id, times) in loading.deferred {
+            if self.known.contains_key(&id) {
+                continue;
+            }
+            let (next, arrival) = match times {
+                Some(times) => times,
+                None => match self.spool.read_envelope(State::Deferred, &id) {
+                    Ok(env) => (env.next_attempt, env.arrival),
+                    // Delivered or acted on since it was listed: mail
+                    // accepted after the start.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        tracing::error!("{id}: unreadable envelope ({e}); moved to corrupt/");
+                        let _ = self.spool.quarantine(State::Deferred, &id);
+                        continue;
+                    }
+                },
+            };
+            self.known.insert(id.clone(), arrival);
+            self.waiting.insert((next, id.clone()), Job::OnDisk(id, State::Deferred));
+        }
+        self.held += held;
+        // Postfix's qmgr logs no such line; under master, log readers that
+        // know qmgr's lines are not confused by it.
+        tracing::info!(
+            service = "master",
+            "queue loaded: {} messages ({due} due, {deferred} deferred, {held} held) in {:.2} s",
+            due + deferred + held as usize,
+            loading.started.elapsed().as_secs_f64()
+        );
+        if std::mem::take(&mut self.flush_on_load) {
+            let n = self.flush_waiting();
+            tracing::info!("flush: {n} deferred message(s) scheduled now");
+        }
+        crate::logging::announce(crate::logging::Announcement::Loaded);
     }
 
     pub(crate) async fn run(
@@ -247,6 +370,7 @@ impl Scheduler {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut index = self.loading.as_mut().and_then(|l| l.rx.take());
         loop {
             self.promote_due();
             self.dispatch(&done_tx);
@@ -254,6 +378,7 @@ impl Scheduler {
             tokio::select! {
                 Some(env) = new_mail.recv() => self.add_fresh(env),
                 Some(done) = done_rx.recv() => self.finished(done),
+                Some(loaded) = next_loaded(&mut index) => self.loaded(loaded),
                 Some(cmd) = commands.recv() => self.command(cmd).await,
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => break,
@@ -369,6 +494,10 @@ impl Scheduler {
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::Act { ids, reply, .. } if self.loading.is_some() => {
+                let busy = |id| ActResult { id, found_in: None, error: Some(STILL_LOADING.into()) };
+                let _ = reply.send(ids.into_iter().map(busy).collect());
+            }
             Command::Act { action, ids, reply } => {
                 let results = self.act(action, ids).await;
                 let _ = reply.send(results);
@@ -393,6 +522,7 @@ impl Scheduler {
                 self.dests.reset_all();
                 let n = self.flush_waiting();
                 tracing::info!("flush: {n} deferred message(s) scheduled now");
+                self.flush_on_load |= self.loading.is_some();
                 let _ = reply.send(n);
             }
         }

@@ -55,6 +55,8 @@ const LEASE_AHEAD_US: u64 = 3600 * 1_000_000;
 #[derive(Debug)]
 pub(crate) struct IdGen {
     last: AtomicU64,
+    /// The floor it started from: every id it hands out is above it.
+    start: u64,
     lease: Option<Lease>,
 }
 
@@ -72,7 +74,8 @@ impl IdGen {
     /// none), with no lease: for tests and tools that never keep ids.
     #[cfg(test)]
     pub(crate) fn new(floor: Option<&str>) -> IdGen {
-        IdGen { last: AtomicU64::new(floor.and_then(decode).unwrap_or(0)), lease: None }
+        let floor = floor.and_then(decode).unwrap_or(0);
+        IdGen { last: AtomicU64::new(floor), start: floor, lease: None }
     }
 
     /// A generator floored at `floor` and at the lease stored at `path`,
@@ -88,7 +91,21 @@ impl IdGen {
         };
         let floor = floor.and_then(decode).unwrap_or(0).max(stored);
         let lease = Lease { path, until: AtomicU64::new(0), writing: Mutex::new(()) };
-        Ok(IdGen { last: AtomicU64::new(floor), lease: Some(lease) })
+        Ok(IdGen { last: AtomicU64::new(floor), start: floor, lease: Some(lease) })
+    }
+
+    /// The floor it started from: every id it has handed out, or will,
+    /// decodes above it.
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Hands out only ids above `id` from now on (an id found in the spool
+    /// after start-up). An id that does not decode changes nothing.
+    pub(crate) fn raise_floor(&self, id: &str) {
+        if let Some(value) = decode(id) {
+            self.last.fetch_max(value, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn next(&self) -> String {

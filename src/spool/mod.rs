@@ -574,20 +574,35 @@ impl Spool {
         commit::sync_dir(&self.inner.root.join("data"))
     }
 
-    /// Start-up recovery, run before anything else touches the spool:
-    /// sweeps half-written files, returns messages that were in delivery to
-    /// `incoming/`, and quarantines envelopes whose body is missing or whose
-    /// content names another id, and bodies no envelope refers to. What it
-    /// does not understand (a directory in `tmp/` or `data/`) it leaves
-    /// alone and reports: one odd entry never stops the start.
-    ///
-    /// Nor does a full or failing disk: a move that fails (a directory that
-    /// would need a new block on a full filesystem) is logged with its errno
-    /// and the entry left where it is. A message left in `active/` is
-    /// loaded from there by the scheduler, and the rest is retried at the
-    /// next start: starting, and delivering what is queued, is what frees
-    /// the space.
+    /// Start-up recovery, whole, before anything else touches the spool:
+    /// [`recover_quick`](Spool::recover_quick), then
+    /// [`check`](Spool::check) of every queued message. The daemon runs
+    /// the two halves apart (the check in the background, on what was
+    /// queued before it started; see `docs/spool.md`); tests and a spool
+    /// without an id lease run them together.
     pub(crate) fn recover(&self) -> io::Result<Recovery> {
+        let mut report = self.recover_quick()?;
+        let checked = self.check(None, |_| {})?;
+        report.orphan_bodies = checked.orphan_bodies;
+        report.missing_body = checked.missing_body;
+        report.misnamed = checked.misnamed;
+        report.skipped.extend(checked.skipped);
+        report.newest_id = checked.newest_id;
+        Ok(report)
+    }
+
+    /// The part of recovery that must be done before a session may write:
+    /// sweeps half-written files out of `tmp/` and returns messages that
+    /// were in delivery to `incoming/`. Its cost grows with what was in
+    /// flight, never with the size of the queue.
+    ///
+    /// A full or failing disk does not stop it: a move that fails (a
+    /// directory that would need a new block on a full filesystem) is
+    /// logged with its errno and the entry left where it is. A message left
+    /// in `active/` is loaded from there by the scheduler, and the rest is
+    /// retried at the next start: starting, and delivering what is queued,
+    /// is what frees the space.
+    pub(crate) fn recover_quick(&self) -> io::Result<Recovery> {
         let mut report = Recovery::default();
         self.sweep_tmp(&mut report)?;
         for id in self.list(State::Active)? {
@@ -596,37 +611,92 @@ impl Spool {
                 Err(e) => recovery_failed(&format!("{id}: cannot move from active/ to incoming/"), &e),
             }
         }
-        let mut known = HashSet::new();
-        for state in State::QUEUED {
-            let ids = self.list(state)?;
-            for (id, inside) in ids.iter().zip(self.inner_ids(state, &ids)) {
-                let (why, list) = match inside {
-                    Some(inside) if inside != *id => ("misnamed", Some(inside)),
-                    _ if !self.body_path(id).exists() => ("body missing", None),
-                    _ => continue,
-                };
-                if let Err(e) = self.quarantine(state, id) {
-                    recovery_failed(&format!("{id}: {why}, cannot move it to corrupt/"), &e);
-                    continue;
-                }
-                match list {
-                    Some(inside) => report.misnamed.push((id.clone(), inside)),
-                    None => report.missing_body.push(id.clone()),
-                }
-            }
-            known.extend(ids);
+        if report.active_requeued > 0
+            && let Err(e) = commit::sync_dir(&self.inner.root.join("incoming"))
+        {
+            recovery_failed("cannot sync incoming/", &e);
         }
-        known.extend(self.list(State::Corrupt)?);
-        self.set_aside_orphans(&known, &mut report)?;
-        // By value, not by string: an old ten-character id (`HO…`) sorts
-        // after every new one (`2…`) as a string.
-        report.newest_id = known.into_iter().max_by_key(|id| id::decode(id));
-        for dir in ["incoming", "data", State::Corrupt.dir_name()] {
+        Ok(report)
+    }
+
+    /// The rest of recovery, and the index of the queue: reads every
+    /// queued envelope whose id is at most `floor` (every one, for `None`),
+    /// quarantines envelopes whose body is missing or whose content names
+    /// another id, sets aside bodies that no envelope refers to, and hands
+    /// each sound message to `found`, a batch at a time, with its next
+    /// attempt and arrival. Messages above `floor` (mail accepted since
+    /// the daemon started, whose files may be half written) are neither
+    /// read nor judged: they are handed over without times. What it does
+    /// not understand (a directory in `data/`) it leaves alone and reports.
+    ///
+    /// Nothing queued at or below `floor` may move while it runs: the
+    /// daemon holds their deliveries and the operator's actions on the
+    /// queue until it has finished (`queue::Scheduler`).
+    pub(crate) fn check(&self, floor: Option<u64>, mut found: impl FnMut(Vec<Indexed>)) -> io::Result<Recovery> {
+        let old = |id: &str| floor.is_none_or(|f| id::decode(id).is_some_and(|v| v <= f));
+        let mut report = Recovery::default();
+        let mut names = self.names_at_once();
+        names.extend(self.list(State::Corrupt)?.into_iter().map(|id| (id, State::Corrupt)));
+        report.newest_id = names.iter().map(|(id, _)| id).max_by_key(|id| id::decode(id)).cloned();
+        if let Some(newest) = &report.newest_id {
+            self.raise_id_floor(newest);
+        }
+        for state in State::QUEUED {
+            let ids: Vec<String> = names.iter().filter(|(_, s)| *s == state).map(|(id, _)| id.clone()).collect();
+            let (judged, newer): (Vec<String>, Vec<String>) = ids.into_iter().partition(|id| old(id));
+            found(newer.into_iter().map(|id| Indexed { id, state, times: None }).collect());
+            for part in judged.chunks(INDEX_BATCH) {
+                let mut batch = Vec::with_capacity(part.len());
+                for (id, head) in part.iter().zip(self.heads(state, part)) {
+                    let (why, inside) = match head {
+                        Some(head) if head.id != *id => ("misnamed", Some(head.id)),
+                        _ if !self.body_path(id).exists() => ("body missing", None),
+                        head => {
+                            let times = head.map(|h| (h.next_attempt, h.arrival));
+                            batch.push(Indexed { id: id.clone(), state, times });
+                            continue;
+                        }
+                    };
+                    if let Err(e) = self.quarantine(state, id) {
+                        recovery_failed(&format!("{id}: {why}, cannot move it to corrupt/"), &e);
+                        continue;
+                    }
+                    match inside {
+                        Some(inside) => report.misnamed.push((id.clone(), inside)),
+                        None => report.missing_body.push(id.clone()),
+                    }
+                }
+                found(batch);
+            }
+        }
+        let known: HashSet<String> = names.into_iter().map(|(id, _)| id).collect();
+        self.set_aside_orphans(&known, &old, &mut report)?;
+        for dir in ["data", State::Corrupt.dir_name()] {
             if let Err(e) = commit::sync_dir(&self.inner.root.join(dir)) {
                 recovery_failed(&format!("cannot sync {dir}/"), &e);
             }
         }
         Ok(report)
+    }
+
+    /// Raises the id generator's floor to `id`: the newest id found in the
+    /// spool once `check` has read it (a queue copied in from another
+    /// spool may hold ids above this one's lease).
+    pub(crate) fn raise_id_floor(&self, id: &str) {
+        self.inner.ids.raise_floor(id);
+    }
+
+    /// The value every id handed out by this spool handle is above: what
+    /// was queued before it was opened is at or below it.
+    pub(crate) fn id_floor(&self) -> u64 {
+        self.inner.ids.start()
+    }
+
+    /// Whether the spool keeps an id lease: without one (a spool from a
+    /// release before leases, or a new one) the newest queued id is the
+    /// only floor, and recovery must read the names before any id is given.
+    pub(crate) fn has_id_lease(&self) -> bool {
+        self.inner.root.join("id-lease").exists()
     }
 
     /// Removes the files and symlinks (never their targets) in `tmp/`: all
@@ -649,11 +719,18 @@ impl Spool {
     /// Moves every body in `data/` that no envelope in `known` refers to
     /// into `corrupt/body-NAME`: an envelope renamed by hand or lost leaves
     /// its body there for inspection instead of destroying it.
-    fn set_aside_orphans(&self, known: &HashSet<String>, report: &mut Recovery) -> io::Result<()> {
+    /// Only bodies `old` accepts are judged: a newer one may belong to a
+    /// message whose envelope is being committed right now.
+    fn set_aside_orphans(
+        &self,
+        known: &HashSet<String>,
+        old: &dyn Fn(&str) -> bool,
+        report: &mut Recovery,
+    ) -> io::Result<()> {
         for entry in std::fs::read_dir(self.inner.root.join("data"))? {
             let entry = entry?;
             let name = entry.file_name();
-            if name.to_str().is_some_and(|n| known.contains(n)) {
+            if name.to_str().is_some_and(|n| known.contains(n) || (id::is_valid(n) && !old(n))) {
                 continue;
             }
             let name = name.to_string_lossy().into_owned();
@@ -672,10 +749,10 @@ impl Spool {
         Ok(())
     }
 
-    /// The id written inside each envelope of `ids` in `state`, in order;
+    /// What `check` needs of each envelope of `ids` in `state`, in order;
     /// `None` where the envelope cannot be read (the scheduler quarantines
     /// those when it loads them). Read on several threads, as `collect` does.
-    fn inner_ids(&self, state: State, ids: &[String]) -> Vec<Option<String>> {
+    fn heads(&self, state: State, ids: &[String]) -> Vec<Option<Head>> {
         let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
         let Ok(dir) = rustix::fs::open(self.dir(state), flags, rustix::fs::Mode::empty()) else {
             return vec![None; ids.len()];
@@ -683,8 +760,51 @@ impl Spool {
         on_threads(ids, |id| {
             let mut buf = Vec::new();
             read_small(&dir, id, &mut buf).ok()?;
-            Envelope::from_json(&buf).ok().map(|env| env.id)
+            Envelope::from_json(&buf).ok().map(|env| Head {
+                id: env.id,
+                next_attempt: env.next_attempt,
+                arrival: env.arrival,
+            })
         })
+    }
+}
+
+/// The fields of an envelope that the index keeps.
+#[derive(Clone, Debug)]
+struct Head {
+    id: String,
+    next_attempt: u64,
+    arrival: u64,
+}
+
+/// One queued message `Spool::check` found sound (or, above its floor,
+/// did not judge).
+#[derive(Debug)]
+pub(crate) struct Indexed {
+    pub(crate) id: String,
+    pub(crate) state: State,
+    /// From its envelope: (next attempt, arrival); `None` when it was not
+    /// read (above the floor) or could not be.
+    pub(crate) times: Option<(u64, u64)>,
+}
+
+/// Envelopes `check` reads and hands over at a time: its memory stays
+/// bounded, whatever the size of the queue.
+const INDEX_BATCH: usize = 16 * 1024;
+
+/// One log line for each entry recovery quarantined or left alone.
+pub(crate) fn log_set_aside(recovery: &crate::spool::Recovery) {
+    for id in &recovery.missing_body {
+        tracing::error!("{id}: body missing; envelope moved to corrupt/");
+    }
+    for id in &recovery.orphan_bodies {
+        tracing::warn!("{id}: body without an envelope; moved to corrupt/body-{id}");
+    }
+    for (name, inside) in &recovery.misnamed {
+        tracing::error!("{name}: envelope file names another message ({inside}); moved to corrupt/");
+    }
+    for (path, what) in &recovery.skipped {
+        tracing::warn!("recovery: {path} is {what}, not a spool file; left alone");
     }
 }
 

@@ -258,6 +258,13 @@ struct LogInner {
     submissions: Vec<SocketAddr>,
     /// `listening reinject=` addresses (`filter.reinject_listen`).
     reinject: Vec<SocketAddr>,
+    /// `ready` was printed: the daemon accepts mail.
+    announced: bool,
+    /// `loaded` was printed.
+    loaded: bool,
+    /// Both `ready` and `loaded`: the daemon accepts mail, and the queue
+    /// it found at start is indexed and checked, so a test sees the
+    /// daemon as tests did before the queue was loaded in the background.
     ready: bool,
     eof: bool,
 }
@@ -331,8 +338,12 @@ fn drain_stderr(stderr: ChildStderr, shared: Arc<LogShared>, mut file: fs::File,
                 inner.reinject.push(addr);
             }
             if trimmed == "ready" || event == Some("ready") {
-                inner.ready = true;
+                inner.announced = true;
             }
+            if trimmed == "loaded" || event == Some("loaded") {
+                inner.loaded = true;
+            }
+            inner.ready = inner.announced && inner.loaded;
         }
         inner.text.push_str(&line);
         if !line.ends_with('\n') {
@@ -403,8 +414,15 @@ impl Posthorn {
         Ok(ph)
     }
 
-    /// Starts the daemon on the existing config and waits for `ready`.
+    /// Starts the daemon on the existing config and waits for `ready` and
+    /// `loaded`.
     fn spawn(&mut self) -> Result<(), String> {
+        self.spawn_waiting(true)
+    }
+
+    /// Starts the daemon on the existing config and waits for `ready`, and
+    /// with `loaded` also for the queue found at start to be loaded.
+    fn spawn_waiting(&mut self, loaded: bool) -> Result<(), String> {
         assert!(self.child.is_none(), "posthorn is already running");
         self.run += 1;
         let run = self.run;
@@ -415,6 +433,8 @@ impl Posthorn {
             inner.submission.clear();
             inner.submissions.clear();
             inner.reinject.clear();
+            inner.announced = false;
+            inner.loaded = false;
             inner.ready = false;
             inner.eof = false;
             if run > 1 {
@@ -446,10 +466,11 @@ impl Posthorn {
         thread::spawn(move || drain_stderr(stderr, shared, file, run));
         self.child = Some(child);
 
-        let ok = self.log.wait(READY_TIMEOUT, |i| i.ready || i.eof);
+        let done = |i: &LogInner| if loaded { i.ready } else { i.announced };
+        let ok = self.log.wait(READY_TIMEOUT, |i| done(i) || i.eof);
         let (ready, text) = {
             let inner = self.log.inner.lock().unwrap();
-            (inner.ready, inner.text.clone())
+            (done(&inner), inner.text.clone())
         };
         if ready {
             return Ok(());
@@ -597,6 +618,21 @@ impl Posthorn {
         self.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// [`Posthorn::restart`] that returns at `ready`, before the daemon
+    /// has loaded the queue it found (`loaded`).
+    pub fn restart_until_ready(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(status.success(), "posthorn exited with {status} on SIGTERM; log:\n{}", self.log());
+        }
+        self.spawn_waiting(false).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Whether the daemon has printed `loaded` in its current run.
+    pub fn loaded(&self) -> bool {
+        self.log.inner.lock().unwrap().loaded
+    }
+
     /// `posthorn sendmail ARGS` with `POSTHORN_CONFIG` pointing here.
     pub fn sendmail(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut all = vec!["sendmail"];
@@ -630,6 +666,15 @@ impl Posthorn {
         let mut cmd = Command::new(self.link(name));
         cmd.args(args).env("POSTHORN_CONFIG", &self.config).current_dir(self.dir.path());
         run_with_timeout(cmd, stdin, COMMAND_TIMEOUT)
+    }
+
+    /// [`Posthorn::run_as`] started in the background (no stdin, output
+    /// piped): for a command that waits for the daemon.
+    pub fn spawn_as(&self, name: &str, args: &[&str]) -> Child {
+        let mut cmd = Command::new(self.link(name));
+        cmd.args(args).env("POSTHORN_CONFIG", &self.config).current_dir(self.dir.path());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"))
     }
 
     /// Regular files under `spool/<state>` (recursively), e.g. `"deferred"`.
