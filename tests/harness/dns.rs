@@ -12,6 +12,10 @@
 //! name answer SERVFAIL to everything; [`DnsRecord::silent`] makes it never
 //! answer (a DNS list that is down).
 //!
+//! [`DnsServer::start_signed`] signs every zone (DNSSEC, ECDSA P-256, NSEC
+//! for denials) with a key made for the server, and gives the zones'
+//! DNSKEY records as a trust anchor file's text (DANE tests).
+//!
 //! ```ignore
 //! let dns = DnsServer::start(vec![
 //!     DnsRecord::mx("example.test", 10, "mx1.example.test"),
@@ -29,9 +33,14 @@ use std::thread;
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::Time;
+use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_server::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
+use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record as Rr};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
@@ -54,6 +63,7 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Tlsa(u8, u8, u8, Vec<u8>),
     ServFail,
     Silent,
 }
@@ -83,6 +93,11 @@ impl DnsRecord {
         DnsRecord { name: name.into(), data: Data::Txt(text.into()) }
     }
 
+    /// `name TLSA usage selector matching data` (RFC 6698).
+    pub fn tlsa(name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::Tlsa(usage, selector, matching, data.to_vec()) }
+    }
+
     /// Every query for `name`, whatever the type, gets SERVFAIL.
     pub fn servfail(name: &str) -> DnsRecord {
         DnsRecord { name: name.into(), data: Data::ServFail }
@@ -97,6 +112,8 @@ impl DnsRecord {
 /// A DNS server on `127.0.0.1:<port>`, UDP and TCP. Dropping it stops it.
 pub struct DnsServer {
     addr: SocketAddr,
+    /// The DNSKEY records of the signed zones, in zone-file syntax.
+    anchor: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -104,7 +121,23 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `records`; returns once the sockets are bound.
     pub fn start(records: Vec<DnsRecord>) -> DnsServer {
-        let catalog = catalog(&records);
+        DnsServer::serve(records, false)
+    }
+
+    /// Serves `records` in DNSSEC-signed zones; [`DnsServer::trust_anchor`]
+    /// gives their keys.
+    pub fn start_signed(records: Vec<DnsRecord>) -> DnsServer {
+        DnsServer::serve(records, true)
+    }
+
+    /// The DNSKEY records of the signed zones (`test. 300 IN DNSKEY 257 3
+    /// 13 ...`), for `deliver.dnssec_trust_anchor`; empty when unsigned.
+    pub fn trust_anchor(&self) -> &str {
+        &self.anchor
+    }
+
+    fn serve(records: Vec<DnsRecord>, signed: bool) -> DnsServer {
+        let (catalog, anchor) = catalog(&records, signed);
         let servfail: HashSet<String> =
             records.iter().filter(|r| matches!(r.data, Data::ServFail)).map(|r| normalize(&r.name)).collect();
         let silent: HashSet<String> =
@@ -128,7 +161,7 @@ impl DnsServer {
                 })
             })
             .expect("spawn the DNS server thread");
-        DnsServer { addr, stop: Some(stop), thread: Some(thread) }
+        DnsServer { addr, anchor, stop: Some(stop), thread: Some(thread) }
     }
 
     /// The address for `deliver.dns_servers`.
@@ -183,14 +216,17 @@ fn zone_of(name: &str) -> String {
     format!("{}.", labels[labels.len() - 1])
 }
 
-/// One in-memory zone per top-level label, with an SOA, holding `records`.
-fn catalog(records: &[DnsRecord]) -> Catalog {
+/// One in-memory zone per top-level label, with an SOA, holding `records`;
+/// signed when `signed`, with the zones' DNSKEY records as text.
+fn catalog(records: &[DnsRecord], signed: bool) -> (Catalog, String) {
     let mut zones: BTreeMap<String, InMemoryZoneHandler> = BTreeMap::new();
+    let proof = signed.then_some(NxProofKind::Nsec);
     for record in records {
         let zone = zone_of(&record.name);
         let handler = zones.entry(zone.clone()).or_insert_with(|| {
             let origin = name(&zone);
-            let mut handler = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+            let mut handler =
+                InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, proof.clone());
             let soa = SOA::new(name(&format!("ns.{zone}")), name(&format!("hostmaster.{zone}")), 1, 60, 60, 600, TTL);
             assert!(handler.upsert_mut(Rr::from_rdata(origin, TTL, RData::SOA(soa)), 1));
             handler
@@ -206,17 +242,40 @@ fn catalog(records: &[DnsRecord]) -> Catalog {
                 let chunks = text.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
                 RData::TXT(TXT::new(chunks))
             }
+            Data::Tlsa(usage, selector, matching, data) => RData::TLSA(TLSA::new(
+                CertUsage::from(*usage),
+                Selector::from(*selector),
+                Matching::from(*matching),
+                data.clone(),
+            )),
             // Answered by `Handler`; the name still exists in the zone.
             Data::ServFail | Data::Silent => continue,
         };
         assert!(handler.upsert_mut(Rr::from_rdata(name(&record.name), TTL, rdata), 1), "{record:?}");
     }
     let mut catalog = Catalog::new();
-    for (zone, handler) in zones {
+    let mut anchor = String::new();
+    for (zone, mut handler) in zones {
+        if signed {
+            anchor.push_str(&sign(&mut handler, &zone));
+        }
         let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
         catalog.upsert(LowerName::new(&name(&zone)), vec![handler]);
     }
-    catalog
+    (catalog, anchor)
+}
+
+/// Signs `zone` with a new key (one key, both KSK and ZSK); its DNSKEY
+/// record as a zone-file line.
+fn sign(handler: &mut InMemoryZoneHandler, zone: &str) -> String {
+    let pkcs8 = EcdsaSigningKey::generate_pkcs8(Algorithm::ECDSAP256SHA256).expect("generate a zone key");
+    let key = EcdsaSigningKey::from_pkcs8(&pkcs8, Algorithm::ECDSAP256SHA256).expect("load the zone key");
+    let dnskey = DNSKEY::with_flags(257, key.to_public_key().expect("the zone key's public half"));
+    let line = Rr::from_rdata(name(zone), 300, RData::DNSSEC(DNSSECRData::DNSKEY(dnskey.clone())));
+    let signer = DnssecSigner::new(dnskey, Box::new(key), name(zone), Duration::from_secs(86400));
+    handler.add_zone_signing_key_mut(signer).expect("add the zone key");
+    handler.secure_zone_mut().expect("sign the zone");
+    format!("{line}\n")
 }
 
 /// The catalog, except for the names that must answer SERVFAIL and those
