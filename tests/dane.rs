@@ -14,7 +14,9 @@
 //!    defers.
 //! 6. A zone whose signatures do not validate (another key as the trust
 //!    anchor): deferred, even under `dane`.
-//! 7. `route explain` names the level; `dane` refused for `relay.tls`.
+//!
+//! `route explain` names the level and, per MX host, whether DANE applies
+//! (1, 5).
 
 mod harness;
 
@@ -107,6 +109,11 @@ fn dane_ee_record_matching_the_key_delivers_verified() {
         tx.log()
     );
     assert!(tx.log_lines(&["Verified TLS connection"]).remove(0).ends_with("(DANE)"), "{}", tx.log());
+    // `route explain`: the level, then what DNS says of each MX host.
+    let out = tx.command(&["route", "explain", "user@example.test"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tls=dane (outbound_tls.level)"), "{text}");
+    assert!(text.contains("example.test: MX host mx.example.test: DANE applies: secure TLSA records 3 1 1 "), "{text}");
 }
 
 #[test]
@@ -182,6 +189,9 @@ fn without_tlsa_records_dane_is_may_and_dane_only_defers() {
     delivered(mail.path(), "first");
     // Opportunistic TLS, the certificate unchecked.
     assert!(tx.wait_for_log("Untrusted TLS connection established to mx.example.test", secs(5)), "{}", tx.log());
+    let out = tx.command(&["route", "explain", "user@example.test"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("DANE does not apply: no TLSA records at _{port}._tcp.mx.example.test")), "{text}");
 
     let (tx, _dir) = sender(&dns, dns.trust_anchor(), port, "dane-only");
     smtplib_send(tx.smtp_addr(), "cron@hub.test", &["user@example.test"], MESSAGE).unwrap();

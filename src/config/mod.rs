@@ -1135,8 +1135,13 @@ fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigErr
             .collect::<Result<Vec<_>, _>>()?,
         dnssec_trust_anchor: match raw.dnssec_trust_anchor {
             Some(path) => {
-                hickory_resolver::proto::dnssec::TrustAnchors::from_file(&path)
-                    .map_err(|e| err("deliver.dnssec_trust_anchor", format!("{}: {e}", path.display())))?;
+                let bad = |m: String| err("deliver.dnssec_trust_anchor", format!("{}: {m}", path.display()));
+                let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+                text.parse::<hickory_resolver::proto::dnssec::TrustAnchors>().map_err(|e| bad(e.to_string()))?;
+                // An empty file would make every signed answer bogus.
+                if !text.lines().any(|l| l.split_whitespace().any(|w| w.eq_ignore_ascii_case("DNSKEY"))) {
+                    return Err(bad("holds no DNSKEY record".into()));
+                }
                 Some(path)
             }
             None => None,
@@ -1416,6 +1421,12 @@ mod tests {
             ("[tls]\ncert = 5\n", ":2: tls.cert: "),
             ("[auth]\nallow_plaintext = \"yes\"\n", ":2: auth.allow_plaintext: "),
             ("[relay]\ntls = \"always\"\n", ":2: relay.tls: unknown variant `always`"),
+            ("[relay]\ntls = \"dane\"\n", ":2: relay.tls: `dane` applies to MX delivery (outbound_tls.level)"),
+            ("[deliver]\ndnssec_trust_anchor = \"/nonexistent\"\n", ":2: deliver.dnssec_trust_anchor: /nonexistent: "),
+            (
+                "[deliver]\ndnssec_trust_anchor = \"/dev/null\"\n",
+                ":2: deliver.dnssec_trust_anchor: /dev/null: holds no DNSKEY",
+            ),
             ("[filter]\ncontent = \"x\"\n", ":2: filter.content: unknown field `content`"),
             ("[filter]\ncontent_filter = \"lmtp:x\"\n", "posthorn.toml:2: filter.content_filter: `lmtp:x` is neither"),
             (
@@ -1446,6 +1457,15 @@ mod tests {
             assert!(err.starts_with("/etc/posthorn/posthorn.toml"), "{err}");
             assert!(err.contains(expected), "{text:?}: got {err}");
         }
+    }
+
+    #[test]
+    fn dane_levels() {
+        let c = parse("[outbound_tls]\nlevel = \"dane-only\"\n").unwrap();
+        assert_eq!(c.outbound_tls.level, TlsPolicy::DaneOnly);
+        assert!(c.outbound_tls.level.requires_tls() && !TlsPolicy::Dane.requires_tls());
+        assert_eq!(parse("outbound_tls.level = \"dane\"\n").unwrap().outbound_tls.level, TlsPolicy::Dane);
+        assert_eq!(c.deliver.dnssec_trust_anchor, None);
     }
 
     #[test]

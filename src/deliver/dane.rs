@@ -191,6 +191,42 @@ impl Dane {
     }
 }
 
+/// `posthorn route explain`: for each of `domains` (MX delivery under
+/// `dane` or `dane-only`), each MX host and what DANE says about it.
+pub(crate) async fn explain(config: &Config, domains: &[String]) -> String {
+    use super::dns::{Dns, MxAnswer};
+    use std::fmt::Write;
+    let mut out = String::new();
+    let dns = match Dns::from_config(config) {
+        Ok(d) => d,
+        Err(e) => return format!("DANE: no resolver: {e:#}\n"),
+    };
+    let dane = Dane::new(config);
+    for domain in domains {
+        let hosts = match dns.mx(domain).await {
+            Ok(MxAnswer::Hosts(hosts)) => hosts.into_iter().map(|h| h.host).collect(),
+            Ok(MxAnswer::NoRecords) => vec![domain.clone()],
+            Ok(MxAnswer::Null) => Vec::new(),
+            Err(e) => {
+                let _ = writeln!(out, "{domain}: DANE: MX lookup failed: {e}");
+                continue;
+            }
+        };
+        for host in hosts {
+            let said = match dane.check(domain, &host, config.deliver.mx_port).await {
+                Verdict::Usable(records) => {
+                    let list: Vec<String> = records.iter().map(ToString::to_string).collect();
+                    format!("applies: secure TLSA records {}", list.join(", "))
+                }
+                Verdict::NotDane(why) => format!("does not apply: {why}"),
+                Verdict::Defer(why) => format!("lookup failed, delivery waits: {why}"),
+            };
+            let _ = writeln!(out, "{domain}: MX host {host}: DANE {said}");
+        }
+    }
+    out
+}
+
 /// A TLSA record's fields.
 fn tlsa(data: &RData) -> Option<Tlsa> {
     let RData::TLSA(t) = data else { return None };
