@@ -10,13 +10,14 @@
 //!    delivered to; one for another name is not.
 //! 4. Usable TLSA records, but the server offers no STARTTLS: deferred.
 //! 5. No TLSA records (secure denial): `dane` delivers as `may` would;
-//!    `dane-only` defers. An unsigned zone: `dane` delivers, `dane-only`
-//!    defers.
-//! 6. A zone whose signatures do not validate (another key as the trust
+//!    `dane-only` defers.
+//! 6. The same for a zone left unsigned below the signed `test.` (an
+//!    insecure delegation), even with TLSA records that would match.
+//! 7. A zone whose signatures do not validate (another key as the trust
 //!    anchor): deferred, even under `dane`.
 //!
 //! `route explain` names the level and, per MX host, whether DANE applies
-//! (1, 5).
+//! (1, 5, 6).
 
 mod harness;
 
@@ -214,4 +215,32 @@ fn a_zone_that_fails_validation_defers_even_under_dane() {
     let (tx, _dir) = sender(&dns, stranger.trust_anchor(), port, "dane");
     smtplib_send(tx.smtp_addr(), "cron@hub.test", &["user@example.test"], MESSAGE).unwrap();
     deferred(&tx, &rx, mail.path(), "DANE (outbound_tls.level): MX lookup of example.test");
+}
+
+#[test]
+fn an_unsigned_zone_is_not_dane() {
+    let ca = TestCa::new("posthorn test CA");
+    let cert = ca.issue("mx", &["mx.example.test"]);
+    let mail = tempfile::tempdir().unwrap();
+    let rx = receiver(mail.path(), &cert.tls_section());
+    let port = rx.smtp_addr().port();
+    // TLSA records that would match, in a zone that is not signed (its
+    // parent, `test.`, is, and proves the delegation insecure).
+    let mut zone = records(port, &[(3, 1, 1, sha256(&cert.spki))]);
+    zone.push(DnsRecord::unsigned_zone("example.test"));
+    let dns = DnsServer::start_signed(zone);
+    let (tx, _dir) = sender(&dns, dns.trust_anchor(), port, "dane");
+    smtplib_send(tx.smtp_addr(), "cron@hub.test", &["first@example.test"], MESSAGE).unwrap();
+    delivered(mail.path(), "first");
+    assert!(tx.wait_for_log("Untrusted TLS connection established to mx.example.test", secs(5)), "{}", tx.log());
+    let out = tx.command(&["route", "explain", "user@example.test"], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DANE does not apply: the MX records of example.test are not DNSSEC-signed"), "{text}");
+
+    let (tx, _dir) = sender(&dns, dns.trust_anchor(), port, "dane-only");
+    smtplib_send(tx.smtp_addr(), "cron@hub.test", &["user@example.test"], MESSAGE).unwrap();
+    assert!(tx.wait_for_log("status=deferred", secs(30)), "{}", tx.log());
+    let line = tx.log_lines(&["status=deferred"]).remove(0);
+    assert!(line.contains("dane-only (outbound_tls.level), but the MX records of example.test are not"), "{line}");
+    assert!(maildir(mail.path(), "user").is_empty());
 }

@@ -15,6 +15,10 @@
 //! [`DnsServer::start_signed`] signs every zone (DNSSEC, ECDSA P-256, NSEC
 //! for denials) with a key made for the server, and gives the zones'
 //! DNSKEY records as a trust anchor file's text (DANE tests).
+//! [`DnsRecord::unsigned_zone`] makes a zone below a top-level one that is
+//! left unsigned, delegated from its signed parent without a DS record
+//! (an insecure delegation, as most of the internet is): the parent proves
+//! the DS absent, so a validator sees the child as insecure, not bogus.
 //!
 //! ```ignore
 //! let dns = DnsServer::start(vec![
@@ -40,8 +44,8 @@ use hickory_server::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
 use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TLSA, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record as Rr};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA, TXT};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record as Rr, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType};
@@ -63,7 +67,10 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Ns(String),
     Tlsa(u8, u8, u8, Vec<u8>),
+    /// The apex of an unsigned zone delegated from the top-level one.
+    UnsignedZone,
     ServFail,
     Silent,
 }
@@ -96,6 +103,12 @@ impl DnsRecord {
     /// `name TLSA usage selector matching data` (RFC 6698).
     pub fn tlsa(name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> DnsRecord {
         DnsRecord { name: name.into(), data: Data::Tlsa(usage, selector, matching, data.to_vec()) }
+    }
+
+    /// `name` is the apex of its own zone, never signed, delegated (NS,
+    /// no DS) from the zone above; records below it go there.
+    pub fn unsigned_zone(name: &str) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::UnsignedZone }
     }
 
     /// Every query for `name`, whatever the type, gets SERVFAIL.
@@ -137,7 +150,9 @@ impl DnsServer {
     }
 
     fn serve(records: Vec<DnsRecord>, signed: bool) -> DnsServer {
-        let (catalog, anchor) = catalog(&records, signed);
+        let (catalog, parents, anchor) = catalog(&records, signed);
+        let delegated: HashSet<String> =
+            records.iter().filter(|r| matches!(r.data, Data::UnsignedZone)).map(|r| normalize(&r.name)).collect();
         let servfail: HashSet<String> =
             records.iter().filter(|r| matches!(r.data, Data::ServFail)).map(|r| normalize(&r.name)).collect();
         let silent: HashSet<String> =
@@ -151,7 +166,7 @@ impl DnsServer {
             .spawn(move || {
                 runtime.block_on(async move {
                     let (quit, quitting) = tokio::sync::watch::channel(false);
-                    let mut server = Server::new(Handler { catalog, servfail, silent, quitting });
+                    let mut server = Server::new(Handler { catalog, parents, delegated, servfail, silent, quitting });
                     server.register_socket(tokio::net::UdpSocket::from_std(udp).expect("udp socket"));
                     let tcp = tokio::net::TcpListener::from_std(tcp).expect("tcp listener");
                     server.register_listener(tcp, Duration::from_secs(5), 64);
@@ -209,26 +224,44 @@ fn name(s: &str) -> Name {
     Name::from_utf8(normalize(s)).unwrap_or_else(|e| panic!("bad DNS name {s:?}: {e}"))
 }
 
-/// The zone a name belongs to: its last label.
-fn zone_of(name: &str) -> String {
+/// The zone a name belongs to: the unsigned zone it is in, else its last
+/// label.
+fn zone_of(name: &str, unsigned: &[String]) -> String {
     let n = normalize(name);
+    if let Some(zone) = unsigned.iter().find(|z| n == **z || n.ends_with(&format!(".{z}"))) {
+        return zone.clone();
+    }
     let labels: Vec<&str> = n.trim_end_matches('.').split('.').collect();
     format!("{}.", labels[labels.len() - 1])
 }
 
 /// One in-memory zone per top-level label, with an SOA, holding `records`;
-/// signed when `signed`, with the zones' DNSKEY records as text.
-fn catalog(records: &[DnsRecord], signed: bool) -> (Catalog, String) {
+/// signed when `signed` (the unsigned zones aside), with the zones' DNSKEY
+/// records as text; and a catalog of the top-level zones alone, which
+/// answer the DS queries for the unsigned zones' apexes.
+fn catalog(records: &[DnsRecord], signed: bool) -> (Catalog, Catalog, String) {
     let mut zones: BTreeMap<String, InMemoryZoneHandler> = BTreeMap::new();
-    let proof = signed.then_some(NxProofKind::Nsec);
-    for record in records {
-        let zone = zone_of(&record.name);
+    let unsigned: Vec<String> =
+        records.iter().filter(|r| matches!(r.data, Data::UnsignedZone)).map(|r| normalize(&r.name)).collect();
+    // Each unsigned zone's delegation: NS in the zone above, no DS.
+    let mut records = records.to_vec();
+    for zone in &unsigned {
+        records.push(DnsRecord { name: zone.clone(), data: Data::Ns(format!("ns.{zone}")) });
+    }
+    for record in &records {
+        let delegation = matches!(record.data, Data::Ns(_));
+        let zone = if delegation { zone_of(&record.name, &[]) } else { zone_of(&record.name, &unsigned) };
         let handler = zones.entry(zone.clone()).or_insert_with(|| {
             let origin = name(&zone);
-            let mut handler =
-                InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, proof.clone());
+            let proof = (signed && !unsigned.contains(&zone)).then_some(NxProofKind::Nsec);
+            let mut handler = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, proof);
             let soa = SOA::new(name(&format!("ns.{zone}")), name(&format!("hostmaster.{zone}")), 1, 60, 60, 600, TTL);
-            assert!(handler.upsert_mut(Rr::from_rdata(origin, TTL, RData::SOA(soa)), 1));
+            assert!(handler.upsert_mut(Rr::from_rdata(origin.clone(), TTL, RData::SOA(soa)), 1));
+            if signed {
+                // Validators find zone cuts by the apex NS records.
+                let ns = RData::NS(NS(name(&format!("ns.{zone}"))));
+                assert!(handler.upsert_mut(Rr::from_rdata(origin, TTL, ns), 1));
+            }
             handler
         });
         let rdata = match &record.data {
@@ -248,21 +281,27 @@ fn catalog(records: &[DnsRecord], signed: bool) -> (Catalog, String) {
                 Matching::from(*matching),
                 data.clone(),
             )),
+            Data::Ns(target) => RData::NS(NS(name(target))),
             // Answered by `Handler`; the name still exists in the zone.
-            Data::ServFail | Data::Silent => continue,
+            Data::ServFail | Data::Silent | Data::UnsignedZone => continue,
         };
         assert!(handler.upsert_mut(Rr::from_rdata(name(&record.name), TTL, rdata), 1), "{record:?}");
     }
     let mut catalog = Catalog::new();
+    let mut parents = Catalog::new();
     let mut anchor = String::new();
     for (zone, mut handler) in zones {
-        if signed {
+        let child = unsigned.contains(&zone);
+        if signed && !child {
             anchor.push_str(&sign(&mut handler, &zone));
         }
         let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
+        if !child {
+            parents.upsert(LowerName::new(&name(&zone)), vec![handler.clone()]);
+        }
         catalog.upsert(LowerName::new(&name(&zone)), vec![handler]);
     }
-    (catalog, anchor)
+    (catalog, parents, anchor)
 }
 
 /// Signs `zone` with a new key (one key, both KSK and ZSK); its DNSKEY
@@ -282,6 +321,9 @@ fn sign(handler: &mut InMemoryZoneHandler, zone: &str) -> String {
 /// that must not answer.
 struct Handler {
     catalog: Catalog,
+    /// The top-level zones: a DS query for a `delegated` apex is theirs.
+    parents: Catalog,
+    delegated: HashSet<String>,
     servfail: HashSet<String>,
     silent: HashSet<String>,
     /// Becomes true when the server stops: the silent queries end then.
@@ -316,6 +358,10 @@ impl RequestHandler for Handler {
     {
         Box::pin(async move {
             if !self.fails(request) {
+                let ds = request.request_info().is_ok_and(|i| i.query.query_type() == RecordType::DS);
+                if ds && self.asked_in(request, &self.delegated) {
+                    return self.parents.handle_request::<R, T>(request, response_handle).await;
+                }
                 return self.catalog.handle_request::<R, T>(request, response_handle).await;
             }
             if self.asked_in(request, &self.silent) {
