@@ -333,6 +333,21 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn dane_without_a_resolver_is_may_or_an_error() {
+        // Policies without `with_dane` (the smarthosts'): no TLSA lookups.
+        let p = Policies::new(Some(Arc::new(Fixed("[relay.test]", "dane"))), TlsPolicy::DaneOnly, "x", None, None);
+        let hop = p.for_hop(&hop_keys("relay.test", None, false), "relay.test").unwrap();
+        let hop = p.apply_dane(hop, "relay.test", "relay.test", 25).await.unwrap();
+        assert_eq!((hop.level, hop.dane), (TlsPolicy::May, None));
+        let hop = p.for_hop(&hop_keys("other.test", None, false), "other.test").unwrap();
+        let e = p.apply_dane(hop, "other.test", "other.test", 25).await.unwrap_err();
+        assert_eq!(e, "dane-only (x), but DANE applies to MX delivery only");
+        let hop = p.for_hop(&hop_keys("relay.test", None, false), "relay.test").unwrap();
+        let verify = HopTls { level: TlsPolicy::Verify, ..hop };
+        assert_eq!(p.apply_dane(verify.clone(), "a", "b", 25).await.unwrap(), verify, "other levels untouched");
+    }
+
     struct Fixed(&'static str, &'static str);
     impl PolicyTable for Fixed {
         fn find(&self, keys: &[String]) -> Option<(String, String)> {
