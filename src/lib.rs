@@ -54,8 +54,9 @@
 //!   TLS policy tables, and each recipient's next hop at delivery time; `route::srs`
 //!   rewrites the sender of forwarded mail (SRS) and reverses bounces to it.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files;
-//!   `tls_policy`: each SMTP next hop's TLS level and certificate names; `eyeballs`:
-//!   the Happy Eyeballs race between a host's addresses.
+//!   `tls_policy`: each SMTP next hop's TLS level and certificate names; `dane`:
+//!   the DNSSEC-validated lookups that decide whether DANE applies to an MX host;
+//!   `eyeballs`: the Happy Eyeballs race between a host's addresses.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;
 //!   `control::showq` is the public queue listing.
@@ -77,7 +78,8 @@
 //!   mail-auth, and the Authentication-Results header; the session runs
 //!   SPF at MAIL and the rest at the end of DATA.
 //! - [`tls`]: rustls configurations for both sides, certificate loading;
-//!   `matching`: a next hop's certificate checked against a list of names.
+//!   `matching`: a next hop's certificate checked against a list of names;
+//!   `dane`: a server certificate checked against TLSA records.
 //! - [`auth`]: SMTP AUTH credentials files, password hashes, failure limits.
 //! - [`account`]: user accounts by name and by uid, through NSS.
 //! - [`clock`]: the Unix clock; RFC 5322 and `mailq` dates in local time (jiff).

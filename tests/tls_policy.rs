@@ -154,13 +154,13 @@ fn none_does_not_use_starttls_even_when_offered() {
 fn a_bad_policy_line_refuses_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("tls_policy");
-    fs::write(&table, "example.com secure\n[mx.example.org]:25 dane-only\n").unwrap();
+    fs::write(&table, "example.com secure\n[mx.example.org]:25 fingerprint\n").unwrap();
     let config = format!(
         "role = \"hub\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n[outbound_tls]\npolicy_maps = [{}]\n",
         toml_str(&table.display().to_string())
     );
     let err = Posthorn::try_start(&config).err().expect("the start is refused");
-    assert!(err.contains("tls_policy") && err.contains('2') && err.contains("`dane-only` is not supported"), "{err}");
+    assert!(err.contains("tls_policy") && err.contains('2') && err.contains("`fingerprint` is not supported"), "{err}");
 }
 
 #[test]

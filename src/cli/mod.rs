@@ -294,6 +294,15 @@ fn route_explain(explicit: Option<&Path>, address: &str) -> u8 {
     match crate::route::router::Router::from_config(&config) {
         Ok(router) => {
             print!("{}", router.explain(address));
+            let dane = router.dane_domains(address);
+            if !dane.is_empty() {
+                // TLSA records are looked up (DNSSEC-validated) as a
+                // delivery would; DNS answers are not the tables' business.
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => print!("{}", rt.block_on(crate::deliver::dane::explain(&config, &dane))),
+                    Err(e) => eprintln!("posthorn route: DANE lookups: {e}"),
+                }
+            }
             exit::OK
         }
         Err(e) => {

@@ -54,12 +54,24 @@ pub(crate) enum TlsPolicy {
     /// DNS (the policy table's `match=`; by default the next hop and its
     /// subdomains), as Postfix's `secure`.
     Secure,
+    /// DANE (RFC 7672) when the MX host has secure, usable TLSA records,
+    /// else `may`.
+    Dane,
+    /// DANE required: without secure, usable TLSA records mail waits.
+    #[serde(rename = "dane-only")]
+    DaneOnly,
 }
 
 impl TlsPolicy {
-    /// TLS is required: never in clear.
+    /// TLS is required: never in clear. (`dane` requires it only once
+    /// usable TLSA records are found; `deliver::dane` decides.)
     pub(crate) fn requires_tls(self) -> bool {
-        matches!(self, TlsPolicy::Encrypt | TlsPolicy::Verify | TlsPolicy::Secure)
+        matches!(self, TlsPolicy::Encrypt | TlsPolicy::Verify | TlsPolicy::Secure | TlsPolicy::DaneOnly)
+    }
+
+    /// The level looks up TLSA records.
+    pub(crate) fn is_dane(self) -> bool {
+        matches!(self, TlsPolicy::Dane | TlsPolicy::DaneOnly)
     }
 
     /// The certificate is checked against trusted CAs and names.
@@ -75,6 +87,8 @@ impl TlsPolicy {
             TlsPolicy::Encrypt => "encrypt",
             TlsPolicy::Verify => "verify",
             TlsPolicy::Secure => "secure",
+            TlsPolicy::Dane => "dane",
+            TlsPolicy::DaneOnly => "dane-only",
         }
     }
 }
@@ -255,6 +269,9 @@ pub(crate) struct Deliver {
     /// DNS servers (`ip:port`) for MX and address lookups; empty means
     /// the system's /etc/resolv.conf.
     pub(crate) dns_servers: Vec<SocketAddr>,
+    /// DNSKEY or DS records (zone-file syntax) that DNSSEC validation for
+    /// DANE starts from; unset: the root zone's keys built into hickory.
+    pub(crate) dnssec_trust_anchor: Option<PathBuf>,
     /// The port MX hosts are contacted on (25; tests change it).
     pub(crate) mx_port: u16,
     /// Connections open at once to one destination (domain or relay host).
@@ -1000,7 +1017,15 @@ fn resolve_relay(raw: RawRelay, err: &KeyError) -> Result<RelayConfig, ConfigErr
     }
     Ok(RelayConfig {
         smarthosts: raw.smarthosts.unwrap_or_default(),
-        tls: raw.tls.unwrap_or(TlsPolicy::May),
+        tls: match raw.tls {
+            // A smarthost is not found through MX records, so DANE's chain
+            // of trust does not reach it; the policy table may still name
+            // one per host.
+            Some(l) if l.is_dane() => {
+                return Err(err("relay.tls", format!("`{}` applies to MX delivery (outbound_tls.level)", l.name())));
+            }
+            l => l.unwrap_or(TlsPolicy::May),
+        },
         tls_ca: raw.tls_ca,
         tls_client_cert: raw.tls_client_cert,
         tls_client_key: raw.tls_client_key,
@@ -1085,6 +1110,7 @@ struct RawDeliver {
     transport_maps: Option<Vec<String>>,
     maildir_root: Option<String>,
     dns_servers: Option<Vec<String>>,
+    dnssec_trust_anchor: Option<PathBuf>,
     mx_port: Option<u16>,
     destination_concurrency: Option<usize>,
     source_addresses: Option<Vec<String>>,
@@ -1107,6 +1133,19 @@ fn resolve_deliver(raw: RawDeliver, err: &KeyError) -> Result<Deliver, ConfigErr
                     .map_err(|_| err("deliver.dns_servers", format!("`{s}` is not an address or address:port")))
             })
             .collect::<Result<Vec<_>, _>>()?,
+        dnssec_trust_anchor: match raw.dnssec_trust_anchor {
+            Some(path) => {
+                let bad = |m: String| err("deliver.dnssec_trust_anchor", format!("{}: {m}", path.display()));
+                let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+                text.parse::<hickory_resolver::proto::dnssec::TrustAnchors>().map_err(|e| bad(e.to_string()))?;
+                // An empty file would make every signed answer bogus.
+                if !text.lines().any(|l| l.split_whitespace().any(|w| w.eq_ignore_ascii_case("DNSKEY"))) {
+                    return Err(bad("holds no DNSKEY record".into()));
+                }
+                Some(path)
+            }
+            None => None,
+        },
         mx_port: raw.mx_port.unwrap_or(25),
         destination_concurrency: raw.destination_concurrency.unwrap_or(20).max(1),
         source: source::resolve_source(raw.source_addresses, raw.inet_protocols, err)?,
@@ -1382,6 +1421,12 @@ mod tests {
             ("[tls]\ncert = 5\n", ":2: tls.cert: "),
             ("[auth]\nallow_plaintext = \"yes\"\n", ":2: auth.allow_plaintext: "),
             ("[relay]\ntls = \"always\"\n", ":2: relay.tls: unknown variant `always`"),
+            ("[relay]\ntls = \"dane\"\n", ":2: relay.tls: `dane` applies to MX delivery (outbound_tls.level)"),
+            ("[deliver]\ndnssec_trust_anchor = \"/nonexistent\"\n", ":2: deliver.dnssec_trust_anchor: /nonexistent: "),
+            (
+                "[deliver]\ndnssec_trust_anchor = \"/dev/null\"\n",
+                ":2: deliver.dnssec_trust_anchor: /dev/null: holds no DNSKEY",
+            ),
             ("[filter]\ncontent = \"x\"\n", ":2: filter.content: unknown field `content`"),
             ("[filter]\ncontent_filter = \"lmtp:x\"\n", "posthorn.toml:2: filter.content_filter: `lmtp:x` is neither"),
             (
@@ -1412,6 +1457,15 @@ mod tests {
             assert!(err.starts_with("/etc/posthorn/posthorn.toml"), "{err}");
             assert!(err.contains(expected), "{text:?}: got {err}");
         }
+    }
+
+    #[test]
+    fn dane_levels() {
+        let c = parse("[outbound_tls]\nlevel = \"dane-only\"\n").unwrap();
+        assert_eq!(c.outbound_tls.level, TlsPolicy::DaneOnly);
+        assert!(c.outbound_tls.level.requires_tls() && !TlsPolicy::Dane.requires_tls());
+        assert_eq!(parse("outbound_tls.level = \"dane\"\n").unwrap().outbound_tls.level, TlsPolicy::Dane);
+        assert_eq!(c.deliver.dnssec_trust_anchor, None);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! - `tls_policy`: the TLS level and certificate names of each SMTP next
 //!   hop (the policy table's values; `route::tls_policy` reads the table).
 
+pub(crate) mod dane;
 pub(crate) mod dkim;
 pub mod dns;
 pub(crate) mod eyeballs;

@@ -13,7 +13,8 @@
 //! `deliver.destination_concurrency` connections.
 //!
 //! TLS follows `outbound_tls.level`, or the policy table's entry for the
-//! domain (or its parents) or the explicit next hop (`deliver::tls_policy`).
+//! domain (or its parents) or the explicit next hop (`deliver::tls_policy`);
+//! `dane` and `dane-only` look up TLSA records per host (`deliver::dane`).
 //!
 //! Failures found here, before any server is reached, carry a reply made up
 //! locally (no `relay`): its enhanced status code (5.1.10 null MX, 5.1.2 no
@@ -76,7 +77,10 @@ impl Mx {
             // `relay.tls` is the smarthosts' policy; MX hosts and next hops
             // have their own default (opportunistic unless configured:
             // requiring TLS of every MX would defer mail to half the world).
-            tls: Arc::new(Policies::new(table, out.level, "outbound_tls.level", out.ca.clone(), None)),
+            tls: Arc::new(
+                Policies::new(table, out.level, "outbound_tls.level", out.ca.clone(), None)
+                    .with_dane(crate::deliver::dane::Dane::new(config)),
+            ),
             tls_dest: None,
             auth: None,
             auth_plaintext: false,

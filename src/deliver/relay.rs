@@ -503,6 +503,8 @@ impl Relay {
         msg: &OutMessage,
     ) -> Result<Client, ClientError> {
         let tls = self.hop_tls(host).map_err(|e| ClientError::Tls(format!("TLS policy: {e}")))?;
+        let nexthop = self.settings.tls_dest.as_ref().map_or(host.name.as_str(), |(_, n)| n.as_str());
+        let tls = self.settings.tls.apply_dane(tls, nexthop, &host.name, host.port).await.map_err(ClientError::Tls)?;
         let bind = self.settings.source.bind_for(addr);
         let connect = || Client::connect_from(addr, bind, &host.name, &self.settings.helo, self.settings.timeouts);
         let mut client = Client::over(tcp, addr, &host.name, &self.settings.helo, self.settings.timeouts).await?;
@@ -542,7 +544,8 @@ impl Relay {
         msg: &OutMessage,
     ) -> Result<(), ClientError> {
         let policy = tls.level;
-        let required = policy.requires_tls();
+        // Usable TLSA records: no downgrade, whatever the level says.
+        let required = policy.requires_tls() || tls.dane.is_some();
         if policy == TlsPolicy::None {
             return Ok(());
         }
@@ -559,13 +562,15 @@ impl Relay {
         let name = crate::tls::server_name(&host.name).map_err(|e| ClientError::Tls(e.to_string()))?;
         match client.starttls(config, name).await {
             Ok(()) => {
-                let trust = if policy.verifies() { "Verified" } else { "Untrusted" };
+                let verified = policy.verifies() || tls.dane.is_some();
+                let trust = if verified { "Verified" } else { "Untrusted" };
+                let dane = if tls.dane.is_some() { " (DANE)" } else { "" };
                 // Postfix's words and shape: no queue id in front (the
                 // session may carry several messages).
                 tracing::info!(
                     queue_id = msg.id.as_str(),
                     event = "tls",
-                    "{trust} TLS connection established to {}: {}",
+                    "{trust} TLS connection established to {}: {}{dane}",
                     client.relay_label(),
                     client.tls().unwrap_or("TLS")
                 );
@@ -591,7 +596,7 @@ impl Relay {
         let encrypted = client.tls().is_some();
         // Under `verify` and `secure` a session exists only once the
         // certificate passed.
-        let verified = encrypted && tls.level.verifies();
+        let verified = encrypted && (tls.level.verifies() || tls.dane.is_some());
         if !encrypted && !self.settings.auth_plaintext {
             return Err(ClientError::Tls(
                 "not sending AUTH credentials without TLS (relay.auth_plaintext is off)".into(),

@@ -11,15 +11,19 @@
 //!   `relay.example.org`), and with or without `:25` when the port is 25;
 //! - a smarthost: `[host]:port`, and `[host]` for port 25.
 //!
-//! Values: a level (`none`, `may`, `encrypt`, `verify`, `secure`), then
-//! `match=` patterns separated by `:` for `verify` and `secure`: a name,
-//! `.domain` (any name below it), `hostname` (the MX host's own name, as
-//! DNS gave it), `nexthop` and `dot-nexthop` (the destination and names
-//! below it). Defaults as in Postfix: `verify` matches `hostname`, `secure`
-//! matches `nexthop:dot-nexthop`, so an attacker who forges MX records
-//! cannot name a host of its own. `dane` and `dane-only` are refused until
-//! posthorn validates DNSSEC; any other attribute is refused too, rather
-//! than ignored, so a policy never reads weaker than it was written.
+//! Values: a level (`none`, `may`, `encrypt`, `verify`, `secure`, `dane`,
+//! `dane-only`), then `match=` patterns separated by `:` for `verify` and
+//! `secure`: a name, `.domain` (any name below it), `hostname` (the MX
+//! host's own name, as DNS gave it), `nexthop` and `dot-nexthop` (the
+//! destination and names below it). Defaults as in Postfix: `verify`
+//! matches `hostname`, `secure` matches `nexthop:dot-nexthop`, so an
+//! attacker who forges MX records cannot name a host of its own. `dane`
+//! and `dane-only` ask `deliver::dane` per host, once the MX transport gave
+//! these policies its validating resolver ([`Policies::with_dane`]): secure,
+//! usable TLSA records make TLS required and checked against them (never
+//! in clear, no fallback); without them `dane` is `may` and `dane-only`
+//! defers. `fingerprint` and any other attribute are refused, rather than
+//! ignored, so a policy never reads weaker than it was written.
 
 use crate::config::TlsPolicy;
 use crate::tls::matching::CertName;
@@ -51,11 +55,15 @@ pub(crate) fn parse_value(value: &str) -> Result<Entry, String> {
         Some("encrypt") => TlsPolicy::Encrypt,
         Some("verify") => TlsPolicy::Verify,
         Some("secure") => TlsPolicy::Secure,
-        Some(l @ ("dane" | "dane-only" | "fingerprint")) => {
-            return Err(format!("level `{l}` is not supported (posthorn knows none, may, encrypt, verify, secure)"));
+        Some("dane") => TlsPolicy::Dane,
+        Some("dane-only") => TlsPolicy::DaneOnly,
+        Some(l @ "fingerprint") => {
+            return Err(format!(
+                "level `{l}` is not supported (posthorn knows none, may, encrypt, verify, secure, dane, dane-only)"
+            ));
         }
         Some(other) => {
-            return Err(format!("unknown TLS level `{other}` (none, may, encrypt, verify or secure)"));
+            return Err(format!("unknown TLS level `{other}` (none, may, encrypt, verify, secure, dane or dane-only)"));
         }
         None => return Err("no TLS level".into()),
     };
@@ -86,6 +94,17 @@ pub(crate) struct HopTls {
     pub(crate) names: Vec<CertName>,
     /// `texthash:/etc/posthorn/tls_policy:3`, or the default's key.
     pub(crate) source: String,
+    /// Secure, usable TLSA records found for the host (`dane`,
+    /// `dane-only`): the certificate is checked against them alone.
+    pub(crate) dane: Option<DaneHop>,
+}
+
+/// What a DANE-authenticated session checks: the TLSA records, and the
+/// names a DANE-TA certificate may carry (the MX host, the next hop).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DaneHop {
+    pub(crate) records: Vec<crate::tls::dane::Tlsa>,
+    pub(crate) names: Vec<String>,
 }
 
 /// The names a `verify`/`secure` certificate must carry for `nexthop`.
@@ -154,6 +173,8 @@ pub(crate) struct Policies {
     ca: Option<PathBuf>,
     client_cert: Option<(PathBuf, PathBuf)>,
     configs: Mutex<HashMap<ConfigKey, Result<Arc<rustls::ClientConfig>, String>>>,
+    /// The validating resolver for `dane` and `dane-only` (MX delivery).
+    dane: Option<Arc<crate::deliver::dane::Dane>>,
 }
 
 impl std::fmt::Debug for Policies {
@@ -170,7 +191,44 @@ impl Policies {
         ca: Option<PathBuf>,
         client_cert: Option<(PathBuf, PathBuf)>,
     ) -> Policies {
-        Policies { table, default, default_key, ca, client_cert, configs: Mutex::new(HashMap::new()) }
+        Policies { table, default, default_key, ca, client_cert, configs: Mutex::new(HashMap::new()), dane: None }
+    }
+
+    /// These policies, with the resolver that `dane` and `dane-only` ask.
+    pub(crate) fn with_dane(mut self, dane: Arc<crate::deliver::dane::Dane>) -> Policies {
+        self.dane = Some(dane);
+        self
+    }
+
+    /// `hop` for `host` (reached for `nexthop`) once DANE has had its say:
+    /// unchanged for other levels; with usable TLSA records, `dane` set;
+    /// without, `dane` becomes `may` and `dane-only` an error (the mail
+    /// waits), as does a bogus or failed lookup for either.
+    pub(crate) async fn apply_dane(&self, hop: HopTls, nexthop: &str, host: &str, port: u16) -> Result<HopTls, String> {
+        use crate::deliver::dane::Verdict;
+        if !hop.level.is_dane() {
+            return Ok(hop);
+        }
+        let verdict = match &self.dane {
+            Some(dane) => dane.check(nexthop, host, port).await,
+            None => Verdict::NotDane("DANE applies to MX delivery only".into()),
+        };
+        match verdict {
+            Verdict::Usable(records) => {
+                let mut names = vec![host.trim_end_matches('.').to_ascii_lowercase()];
+                let nexthop = nexthop.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+                if !names.iter().any(|n| n.eq_ignore_ascii_case(nexthop)) {
+                    names.push(nexthop.to_ascii_lowercase());
+                }
+                Ok(HopTls { dane: Some(DaneHop { records, names }), ..hop })
+            }
+            Verdict::NotDane(why) if hop.level == TlsPolicy::Dane => {
+                tracing::debug!("no DANE for {host}: {why}; TLS as with may");
+                Ok(HopTls { level: TlsPolicy::May, ..hop })
+            }
+            Verdict::NotDane(why) => Err(format!("dane-only ({}), but {why}", hop.source)),
+            Verdict::Defer(why) => Err(format!("DANE ({}): {why}", hop.source)),
+        }
     }
 
     /// The policy for a next hop looked up under `keys`, whose names are
@@ -188,11 +246,16 @@ impl Policies {
         } else {
             Vec::new()
         };
-        Ok(HopTls { level: entry.level, names, source })
+        Ok(HopTls { level: entry.level, names, source, dane: None })
     }
 
     /// The rustls configuration for `hop`, built on first use.
     pub(crate) fn client_config(&self, hop: &HopTls) -> Result<Arc<rustls::ClientConfig>, String> {
+        if let Some(dane) = &hop.dane {
+            // Per host and TLSA set: not worth a cache.
+            return crate::tls::dane::client_config(dane.records.clone(), dane.names.clone())
+                .map_err(|e| e.to_string());
+        }
         let key = (hop.level.verifies(), hop.names.clone());
         let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
         configs
@@ -235,7 +298,10 @@ mod tests {
         };
         bad("", "no TLS level");
         bad("maybe", "unknown TLS level `maybe`");
-        bad("dane", "`dane` is not supported");
+        ok("dane", TlsPolicy::Dane, None);
+        ok("DANE-only", TlsPolicy::DaneOnly, None);
+        bad("fingerprint", "`fingerprint` is not supported");
+        bad("dane match=x", "applies to verify and secure");
         bad("may match=x", "applies to verify and secure");
         bad("secure ciphers=high", "attribute `ciphers`");
         bad("secure match=", "names nothing");
@@ -265,6 +331,21 @@ mod tests {
                 CertName::Below(".example.org".into())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn dane_without_a_resolver_is_may_or_an_error() {
+        // Policies without `with_dane` (the smarthosts'): no TLSA lookups.
+        let p = Policies::new(Some(Arc::new(Fixed("[relay.test]", "dane"))), TlsPolicy::DaneOnly, "x", None, None);
+        let hop = p.for_hop(&hop_keys("relay.test", None, false), "relay.test").unwrap();
+        let hop = p.apply_dane(hop, "relay.test", "relay.test", 25).await.unwrap();
+        assert_eq!((hop.level, hop.dane), (TlsPolicy::May, None));
+        let hop = p.for_hop(&hop_keys("other.test", None, false), "other.test").unwrap();
+        let e = p.apply_dane(hop, "other.test", "other.test", 25).await.unwrap_err();
+        assert_eq!(e, "dane-only (x), but DANE applies to MX delivery only");
+        let hop = p.for_hop(&hop_keys("relay.test", None, false), "relay.test").unwrap();
+        let verify = HopTls { level: TlsPolicy::Verify, ..hop };
+        assert_eq!(p.apply_dane(verify.clone(), "a", "b", 25).await.unwrap(), verify, "other levels untouched");
     }
 
     struct Fixed(&'static str, &'static str);

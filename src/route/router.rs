@@ -379,6 +379,23 @@ impl Router {
             .collect())
     }
 
+    /// The domains among `address`'s routes that go by MX under `dane` or
+    /// `dane-only`: `route explain` looks their TLSA records up
+    /// (`deliver::dane::explain`).
+    pub(crate) fn dane_domains(&self, address: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, decision) in self.routes(address).unwrap_or_default() {
+            if let Hop::Mx(domain) = hop_of(decision) {
+                let keys = crate::deliver::tls_policy::domain_keys(&domain);
+                if self.outbound_tls.for_hop(&keys, &domain).is_ok_and(|t| t.level.is_dane()) && !out.contains(&domain)
+                {
+                    out.push(domain);
+                }
+            }
+        }
+        out
+    }
+
     /// `address` as the door hands it to the tables: qualified with
     /// `myorigin`, then through the recipient canonical maps.
     fn as_the_door_takes(&self, address: &str) -> String {

@@ -10,6 +10,7 @@
 //! `matching` verifies a next hop against a list of names (`secure`, and
 //! `verify` with the policy table's `match=`).
 
+pub(crate) mod dane;
 pub(crate) mod matching;
 pub mod subject;
 

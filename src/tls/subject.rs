@@ -93,6 +93,27 @@ fn subject(der: &[u8]) -> Option<&[u8]> {
     tbs.expect(SEQUENCE)
 }
 
+/// The whole subjectPublicKeyInfo element (tag and length included) of
+/// the certificate `der`, as a TLSA record with selector 1 hashes it
+/// (RFC 6698 2.1.2); `None` when the certificate cannot be read.
+pub(crate) fn public_key_info(der: &[u8]) -> Option<&[u8]> {
+    let certificate = Reader::new(der).expect(SEQUENCE)?;
+    let mut tbs = Reader::new(Reader::new(certificate).expect(SEQUENCE)?);
+    let mut field = tbs.next()?;
+    if field.tag == VERSION {
+        field = tbs.next()?;
+    }
+    if field.tag != INTEGER {
+        return None;
+    }
+    for _ in 0..4 {
+        tbs.expect(SEQUENCE)?; // signature algorithm, issuer, validity, subject
+    }
+    let before = tbs.rest;
+    tbs.expect(SEQUENCE)?;
+    Some(&before[..before.len() - tbs.rest.len()])
+}
+
 /// The CN values in an RDNSequence; an unreadable sequence yields none.
 fn names_in(rdns: &[u8]) -> Vec<String> {
     let mut names = Vec::new();

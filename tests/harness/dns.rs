@@ -12,6 +12,14 @@
 //! name answer SERVFAIL to everything; [`DnsRecord::silent`] makes it never
 //! answer (a DNS list that is down).
 //!
+//! [`DnsServer::start_signed`] signs every zone (DNSSEC, ECDSA P-256, NSEC
+//! for denials) with a key made for the server, and gives the zones'
+//! DNSKEY records as a trust anchor file's text (DANE tests).
+//! [`DnsRecord::unsigned_zone`] makes a zone below a top-level one that is
+//! left unsigned, delegated from its signed parent without a DS record
+//! (an insecure delegation, as most of the internet is): the parent proves
+//! the DS absent, so a validator sees the child as insecure, not bogus.
+//!
 //! ```ignore
 //! let dns = DnsServer::start(vec![
 //!     DnsRecord::mx("example.test", 10, "mx1.example.test"),
@@ -29,10 +37,15 @@ use std::thread;
 use std::time::Duration;
 
 use hickory_server::Server;
+use hickory_server::dnssec::NxProofKind;
 use hickory_server::net::runtime::Time;
+use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_server::proto::dnssec::rdata::{DNSKEY, DNSSECRData};
+use hickory_server::proto::dnssec::{Algorithm, DnssecSigner, SigningKey};
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record as Rr};
+use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, NS, SOA, TLSA, TXT};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record as Rr, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneHandler, ZoneType};
@@ -54,6 +67,10 @@ enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Txt(String),
+    Ns(String),
+    Tlsa(u8, u8, u8, Vec<u8>),
+    /// The apex of an unsigned zone delegated from the top-level one.
+    UnsignedZone,
     ServFail,
     Silent,
 }
@@ -83,6 +100,17 @@ impl DnsRecord {
         DnsRecord { name: name.into(), data: Data::Txt(text.into()) }
     }
 
+    /// `name TLSA usage selector matching data` (RFC 6698).
+    pub fn tlsa(name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::Tlsa(usage, selector, matching, data.to_vec()) }
+    }
+
+    /// `name` is the apex of its own zone, never signed, delegated (NS,
+    /// no DS) from the zone above; records below it go there.
+    pub fn unsigned_zone(name: &str) -> DnsRecord {
+        DnsRecord { name: name.into(), data: Data::UnsignedZone }
+    }
+
     /// Every query for `name`, whatever the type, gets SERVFAIL.
     pub fn servfail(name: &str) -> DnsRecord {
         DnsRecord { name: name.into(), data: Data::ServFail }
@@ -97,6 +125,8 @@ impl DnsRecord {
 /// A DNS server on `127.0.0.1:<port>`, UDP and TCP. Dropping it stops it.
 pub struct DnsServer {
     addr: SocketAddr,
+    /// The DNSKEY records of the signed zones, in zone-file syntax.
+    anchor: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -104,7 +134,25 @@ pub struct DnsServer {
 impl DnsServer {
     /// Serves `records`; returns once the sockets are bound.
     pub fn start(records: Vec<DnsRecord>) -> DnsServer {
-        let catalog = catalog(&records);
+        DnsServer::serve(records, false)
+    }
+
+    /// Serves `records` in DNSSEC-signed zones; [`DnsServer::trust_anchor`]
+    /// gives their keys.
+    pub fn start_signed(records: Vec<DnsRecord>) -> DnsServer {
+        DnsServer::serve(records, true)
+    }
+
+    /// The DNSKEY records of the signed zones (`test. 300 IN DNSKEY 257 3
+    /// 13 ...`), for `deliver.dnssec_trust_anchor`; empty when unsigned.
+    pub fn trust_anchor(&self) -> &str {
+        &self.anchor
+    }
+
+    fn serve(records: Vec<DnsRecord>, signed: bool) -> DnsServer {
+        let (catalog, parents, anchor) = catalog(&records, signed);
+        let delegated: HashSet<String> =
+            records.iter().filter(|r| matches!(r.data, Data::UnsignedZone)).map(|r| normalize(&r.name)).collect();
         let servfail: HashSet<String> =
             records.iter().filter(|r| matches!(r.data, Data::ServFail)).map(|r| normalize(&r.name)).collect();
         let silent: HashSet<String> =
@@ -118,7 +166,7 @@ impl DnsServer {
             .spawn(move || {
                 runtime.block_on(async move {
                     let (quit, quitting) = tokio::sync::watch::channel(false);
-                    let mut server = Server::new(Handler { catalog, servfail, silent, quitting });
+                    let mut server = Server::new(Handler { catalog, parents, delegated, servfail, silent, quitting });
                     server.register_socket(tokio::net::UdpSocket::from_std(udp).expect("udp socket"));
                     let tcp = tokio::net::TcpListener::from_std(tcp).expect("tcp listener");
                     server.register_listener(tcp, Duration::from_secs(5), 64);
@@ -128,7 +176,7 @@ impl DnsServer {
                 })
             })
             .expect("spawn the DNS server thread");
-        DnsServer { addr, stop: Some(stop), thread: Some(thread) }
+        DnsServer { addr, anchor, stop: Some(stop), thread: Some(thread) }
     }
 
     /// The address for `deliver.dns_servers`.
@@ -176,23 +224,44 @@ fn name(s: &str) -> Name {
     Name::from_utf8(normalize(s)).unwrap_or_else(|e| panic!("bad DNS name {s:?}: {e}"))
 }
 
-/// The zone a name belongs to: its last label.
-fn zone_of(name: &str) -> String {
+/// The zone a name belongs to: the unsigned zone it is in, else its last
+/// label.
+fn zone_of(name: &str, unsigned: &[String]) -> String {
     let n = normalize(name);
+    if let Some(zone) = unsigned.iter().find(|z| n == **z || n.ends_with(&format!(".{z}"))) {
+        return zone.clone();
+    }
     let labels: Vec<&str> = n.trim_end_matches('.').split('.').collect();
     format!("{}.", labels[labels.len() - 1])
 }
 
-/// One in-memory zone per top-level label, with an SOA, holding `records`.
-fn catalog(records: &[DnsRecord]) -> Catalog {
+/// One in-memory zone per top-level label, with an SOA, holding `records`;
+/// signed when `signed` (the unsigned zones aside), with the zones' DNSKEY
+/// records as text; and a catalog of the top-level zones alone, which
+/// answer the DS queries for the unsigned zones' apexes.
+fn catalog(records: &[DnsRecord], signed: bool) -> (Catalog, Catalog, String) {
     let mut zones: BTreeMap<String, InMemoryZoneHandler> = BTreeMap::new();
-    for record in records {
-        let zone = zone_of(&record.name);
+    let unsigned: Vec<String> =
+        records.iter().filter(|r| matches!(r.data, Data::UnsignedZone)).map(|r| normalize(&r.name)).collect();
+    // Each unsigned zone's delegation: NS in the zone above, no DS.
+    let mut records = records.to_vec();
+    for zone in &unsigned {
+        records.push(DnsRecord { name: zone.clone(), data: Data::Ns(format!("ns.{zone}")) });
+    }
+    for record in &records {
+        let delegation = matches!(record.data, Data::Ns(_));
+        let zone = if delegation { zone_of(&record.name, &[]) } else { zone_of(&record.name, &unsigned) };
         let handler = zones.entry(zone.clone()).or_insert_with(|| {
             let origin = name(&zone);
-            let mut handler = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny);
+            let proof = (signed && !unsigned.contains(&zone)).then_some(NxProofKind::Nsec);
+            let mut handler = InMemoryZoneHandler::empty(origin.clone(), ZoneType::Primary, AxfrPolicy::Deny, proof);
             let soa = SOA::new(name(&format!("ns.{zone}")), name(&format!("hostmaster.{zone}")), 1, 60, 60, 600, TTL);
-            assert!(handler.upsert_mut(Rr::from_rdata(origin, TTL, RData::SOA(soa)), 1));
+            assert!(handler.upsert_mut(Rr::from_rdata(origin.clone(), TTL, RData::SOA(soa)), 1));
+            if signed {
+                // Validators find zone cuts by the apex NS records.
+                let ns = RData::NS(NS(name(&format!("ns.{zone}"))));
+                assert!(handler.upsert_mut(Rr::from_rdata(origin, TTL, ns), 1));
+            }
             handler
         });
         let rdata = match &record.data {
@@ -206,23 +275,55 @@ fn catalog(records: &[DnsRecord]) -> Catalog {
                 let chunks = text.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
                 RData::TXT(TXT::new(chunks))
             }
+            Data::Tlsa(usage, selector, matching, data) => RData::TLSA(TLSA::new(
+                CertUsage::from(*usage),
+                Selector::from(*selector),
+                Matching::from(*matching),
+                data.clone(),
+            )),
+            Data::Ns(target) => RData::NS(NS(name(target))),
             // Answered by `Handler`; the name still exists in the zone.
-            Data::ServFail | Data::Silent => continue,
+            Data::ServFail | Data::Silent | Data::UnsignedZone => continue,
         };
         assert!(handler.upsert_mut(Rr::from_rdata(name(&record.name), TTL, rdata), 1), "{record:?}");
     }
     let mut catalog = Catalog::new();
-    for (zone, handler) in zones {
+    let mut parents = Catalog::new();
+    let mut anchor = String::new();
+    for (zone, mut handler) in zones {
+        let child = unsigned.contains(&zone);
+        if signed && !child {
+            anchor.push_str(&sign(&mut handler, &zone));
+        }
         let handler: Arc<dyn ZoneHandler> = Arc::new(handler);
+        if !child {
+            parents.upsert(LowerName::new(&name(&zone)), vec![handler.clone()]);
+        }
         catalog.upsert(LowerName::new(&name(&zone)), vec![handler]);
     }
-    catalog
+    (catalog, parents, anchor)
+}
+
+/// Signs `zone` with a new key (one key, both KSK and ZSK); its DNSKEY
+/// record as a zone-file line.
+fn sign(handler: &mut InMemoryZoneHandler, zone: &str) -> String {
+    let pkcs8 = EcdsaSigningKey::generate_pkcs8(Algorithm::ECDSAP256SHA256).expect("generate a zone key");
+    let key = EcdsaSigningKey::from_pkcs8(&pkcs8, Algorithm::ECDSAP256SHA256).expect("load the zone key");
+    let dnskey = DNSKEY::with_flags(257, key.to_public_key().expect("the zone key's public half"));
+    let line = Rr::from_rdata(name(zone), 300, RData::DNSSEC(DNSSECRData::DNSKEY(dnskey.clone())));
+    let signer = DnssecSigner::new(dnskey, Box::new(key), name(zone), Duration::from_secs(86400));
+    handler.add_zone_signing_key_mut(signer).expect("add the zone key");
+    handler.secure_zone_mut().expect("sign the zone");
+    format!("{line}\n")
 }
 
 /// The catalog, except for the names that must answer SERVFAIL and those
 /// that must not answer.
 struct Handler {
     catalog: Catalog,
+    /// The top-level zones: a DS query for a `delegated` apex is theirs.
+    parents: Catalog,
+    delegated: HashSet<String>,
     servfail: HashSet<String>,
     silent: HashSet<String>,
     /// Becomes true when the server stops: the silent queries end then.
@@ -257,6 +358,10 @@ impl RequestHandler for Handler {
     {
         Box::pin(async move {
             if !self.fails(request) {
+                let ds = request.request_info().is_ok_and(|i| i.query.query_type() == RecordType::DS);
+                if ds && self.asked_in(request, &self.delegated) {
+                    return self.parents.handle_request::<R, T>(request, response_handle).await;
+                }
                 return self.catalog.handle_request::<R, T>(request, response_handle).await;
             }
             if self.asked_in(request, &self.silent) {

@@ -21,6 +21,10 @@ pub struct TestCa {
 pub struct Issued {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The certificate (DER) and its subjectPublicKeyInfo (DER), for
+    /// TLSA records.
+    pub der: Vec<u8>,
+    pub spki: Vec<u8>,
 }
 
 impl Issued {
@@ -70,10 +74,22 @@ impl TestCa {
         let issued = Issued {
             cert: self.dir.path().join(format!("{file}.pem")),
             key: self.dir.path().join(format!("{file}.key")),
+            der: cert.der().to_vec(),
+            spki: rcgen::PublicKeyData::subject_public_key_info(&key),
         };
         std::fs::write(&issued.cert, cert.pem()).unwrap();
         std::fs::write(&issued.key, key.serialize_pem()).unwrap();
         issued
+    }
+
+    /// The CA certificate (DER).
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
+    /// The CA certificate (PEM), to append to a server's chain.
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
     }
 
     pub fn dir(&self) -> &Path {

@@ -210,6 +210,8 @@ pub(super) const KEYS: &[Key] = &[
         .exim("the maildir_home transport's directory")
         .compare("virtual_mailbox_base (a directory; this is a template)"),
     k("deliver.dns_servers", "DNS servers (address or address:port) for MX and address lookups; empty: the system's /etc/resolv.conf."),
+    k("deliver.dnssec_trust_anchor", "A file of DNSKEY records (zone-file syntax) that DNSSEC validation for DANE starts from, for a private root or a test zone; unset: the root zone's keys built in. A file without a DNSKEY record refuses the start.")
+        .compare("Postfix trusts the AD bit of its resolver (smtp_dns_support_level = dnssec); posthorn validates itself, so this is closer to unbound's trust-anchor-file."),
     k("deliver.mx_port", "The port MX hosts are contacted on."),
     k("deliver.destination_concurrency", "Connections open at once to one destination (a domain or a relay host)."),
     k("deliver.source_addresses", "The local addresses outbound SMTP connects from, at most one IPv4 and one IPv6 address; each is used for peers of its family. Empty: the kernel chooses.")
@@ -222,8 +224,9 @@ pub(super) const KEYS: &[Key] = &[
     k("deliver.connection_attempt_delay", "Happy Eyeballs (RFC 8305) for outbound SMTP: a host's addresses are tried IPv6 first, the families alternating, and the next address is tried alongside when the previous has not connected within this delay (at once when it failed); the first connection wins and the others are dropped. At least 10ms.")
         .default("250ms")
         .compare("Postfix tries a host's addresses one after the other (smtp_address_preference); Exim has no race either."),
-    k("outbound_tls.policy_maps", "TLS policy tables, searched in order: a domain (or .domain for its subdomains), or a next hop as [host]:port, to none, may, encrypt, verify or secure, with match=name:.domain:hostname:nexthop:dot-nexthop for verify and secure. A smarthost's entry overrides relay.tls. A bad line refuses the start."),
-    k("outbound_tls.level", "The TLS level for a destination no policy table names: none, may (STARTTLS when offered), encrypt (TLS required), verify (certificate checked against the MX host name) or secure (checked against the next hop's names). Under encrypt, verify and secure mail never goes in clear."),
+    k("outbound_tls.policy_maps", "TLS policy tables, searched in order: a domain (or .domain for its subdomains), or a next hop as [host]:port, to none, may, encrypt, verify, secure, dane or dane-only, with match=name:.domain:hostname:nexthop:dot-nexthop for verify and secure. A smarthost's entry overrides relay.tls. A bad line refuses the start."),
+    k("outbound_tls.level", "The TLS level for a destination no policy table names: none, may (STARTTLS when offered), encrypt (TLS required), verify (certificate checked against the MX host name), secure (checked against the next hop's names), dane (the MX host's DNSSEC-signed TLSA records, when it has usable ones; otherwise may) or dane-only (TLSA records required). Under encrypt, verify, secure, dane-only, and dane with usable TLSA records, mail never goes in clear; a bogus DNSSEC answer defers.")
+        .compare("smtp_tls_security_level = dane (Postfix's one default for every delivery; posthorn's relay.tls is the smarthosts' own and refuses dane)"),
     k("outbound_tls.ca", "CA certificates (PEM) that verify and secure check MX hosts and next hops against; unset: the system's roots.")
         .compare("smtp_tls_CAfile (posthorn's relay.tls_ca is the smarthosts' own)"),
     k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account), local (the user's mailbox, written as the user, as Postfix's local(8)), or lmtp:unix:/path or lmtp:[host]:port (an LMTP server such as Dovecot's, as Postfix's mailbox_transport = lmtp:...).")

@@ -27,8 +27,12 @@
 //! `smtp.max_errors` counts every 4xx and 5xx reply), `masquerade_domains`
 //! (Postfix strips subdomains; posthorn's names the domains whose senders
 //! become `rewrite.masquerade_as`), `smtp_sasl_password_maps` (a table by
-//! next hop; `relay.auth_file` is one `user:password`), and
-//! `virtual_mailbox_base` (`deliver.maildir_root` is a template).
+//! next hop; `relay.auth_file` is one `user:password`),
+//! `virtual_mailbox_base` (`deliver.maildir_root` is a template), and
+//! `smtp_dns_support_level` (Postfix trusts its resolver's AD bit; posthorn
+//! validates DNSSEC itself whenever a TLS level says `dane`, from
+//! `deliver.dnssec_trust_anchor`). `smtp_tls_security_level` is
+//! `relay.tls`, which refuses `dane`: DANE is `outbound_tls.level`'s.
 
 mod edit;
 
@@ -297,6 +301,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("deliver.transport_maps", list(&deliver.transport_maps)),
         ("deliver.maildir_root", deliver.maildir_root.clone()),
         ("deliver.dns_servers", addrs(&deliver.dns_servers)),
+        ("deliver.dnssec_trust_anchor", path(&deliver.dnssec_trust_anchor)),
         ("deliver.mx_port", deliver.mx_port.to_string()),
         ("deliver.destination_concurrency", deliver.destination_concurrency.to_string()),
         ("deliver.source_addresses", {
