@@ -147,9 +147,13 @@ pub(crate) fn session_of(domain: &str, applied: Option<&Applied>, delivery: &Del
             }
             _ => (None, None),
         }
+    } else if relay.is_none() {
+        // Nothing reached (DNS, connections, or a policy that left no MX
+        // host, which `refused` records): not a TLS session.
+        return None;
     } else if attempt.class == Some(ErrorClass::Tls) {
         (Some(classify(&attempt.detail)), Some(attempt.detail.clone()))
-    } else if relay.is_some() && matches!(delivery.outcomes[0], Outcome::Delivered(_)) {
+    } else if matches!(delivery.outcomes[0], Outcome::Delivered(_)) {
         (Some(ResultType::StarttlsNotSupported), Some("delivered without TLS".to_string()))
     } else {
         return None;
