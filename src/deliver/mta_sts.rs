@@ -90,7 +90,7 @@ pub(crate) fn parse_policy(text: &str) -> Result<Policy, String> {
             }
             "mx" => {
                 let p = value.trim_end_matches('.').to_ascii_lowercase();
-                if p.is_empty() || p[p.starts_with("*.").then_some(2).unwrap_or(0)..].contains('*') {
+                if p.is_empty() || p.strip_prefix("*.").unwrap_or(&p).contains('*') {
                     return Err(format!("mx pattern `{value}` is not a host name or *.domain"));
                 }
                 mx.push(p);

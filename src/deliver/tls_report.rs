@@ -220,12 +220,15 @@ pub(crate) fn report(
     contact: &str,
     domain: Option<&str>,
 ) -> serde_json::Value {
+    /// Policy type, domain, policy id.
     type Key = (PolicyType, String, Option<String>);
+    /// Result type, receiving IP, MX host, reason.
+    type Detail = (ResultType, Option<String>, Option<String>, Option<String>);
     #[derive(Default)]
     struct Tally {
         ok: u64,
         failed: u64,
-        details: BTreeMap<(ResultType, Option<String>, Option<String>, Option<String>), u64>,
+        details: BTreeMap<Detail, u64>,
     }
     let mut policies: BTreeMap<(String, String), (Vec<String>, Vec<String>)> = BTreeMap::new();
     let mut tallies: BTreeMap<Key, Tally> = BTreeMap::new();
