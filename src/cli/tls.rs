@@ -46,13 +46,8 @@ pub(crate) fn main(explicit: Option<&Path>, verb: Verb) -> u8 {
         eprintln!("posthorn tls: warning: tls_report.enabled is off; nothing is recorded");
     }
     let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
-    let report = crate::deliver::tls_report::report(
-        &text,
-        &day,
-        &config.hostname,
-        &config.tls_report.contact,
-        domain.as_deref(),
-    );
+    let contact = config.tls_report.contact.clone().unwrap_or_else(|| format!("postmaster@{}", config.hostname));
+    let report = crate::deliver::tls_report::report(&text, &day, &config.hostname, &contact, domain.as_deref());
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     exit::OK
 }

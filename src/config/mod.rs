@@ -539,7 +539,7 @@ impl Config {
             deliver: resolve_deliver(raw.deliver, &err)?,
             outbound_tls: outbound_tls::resolve(raw.outbound_tls, &err)?,
             mta_sts: mta_sts::resolve_mta_sts(raw.mta_sts, &err)?,
-            tls_report: mta_sts::resolve_tls_report(raw.tls_report, &hostname, &err)?,
+            tls_report: mta_sts::resolve_tls_report(raw.tls_report, &err)?,
             local: local::resolve_local(raw.local, &err)?,
             rewrite,
             tls: resolve_tls(raw.tls, &err)?,

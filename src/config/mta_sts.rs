@@ -24,8 +24,8 @@ pub(crate) struct MtaSts {
 pub(crate) struct TlsReport {
     /// Record each MX delivery's TLS result in `<spool>/tls-report/`.
     pub(crate) enabled: bool,
-    /// The report's `contact-info`; default `postmaster@HOSTNAME`.
-    pub(crate) contact: String,
+    /// The report's `contact-info`; `None`: `postmaster@HOSTNAME`.
+    pub(crate) contact: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -50,13 +50,12 @@ pub(super) fn resolve_mta_sts(raw: RawMtaSts, err: &KeyError) -> Result<MtaSts, 
     Ok(MtaSts { enabled: raw.enabled.unwrap_or(false), fetch_timeout })
 }
 
-pub(super) fn resolve_tls_report(raw: RawTlsReport, hostname: &str, err: &KeyError) -> Result<TlsReport, ConfigError> {
+pub(super) fn resolve_tls_report(raw: RawTlsReport, err: &KeyError) -> Result<TlsReport, ConfigError> {
     let contact = match raw.contact.map(|c| c.trim().to_string()) {
         Some(c) if c.is_empty() || c.contains(['\n', '"']) => {
             return Err(err("tls_report.contact", format!("`{c}` is not an address or URI")));
         }
-        Some(c) => c,
-        None => format!("postmaster@{}", hostname.trim_end_matches('.')),
+        other => other,
     };
     Ok(TlsReport { enabled: raw.enabled.unwrap_or(false), contact })
 }

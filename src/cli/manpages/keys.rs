@@ -240,8 +240,7 @@ pub(super) const KEYS: &[Key] = &[
         .default("10s"),
     k("tls_report.enabled", "Record each MX delivery's TLS result (success, or the RFC 8460 result type of the failure) in SPOOL/tls-report/, one file per UTC day, for posthorn tls report.")
         .default("false"),
-    k("tls_report.contact", "The contact-info of the reports posthorn tls report prints.")
-        .default("postmaster@HOSTNAME"),
+    k("tls_report.contact", "The contact-info of the reports posthorn tls report prints; unset: postmaster@ and the hostname."),
     k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account), local (the user's mailbox, written as the user, as Postfix's local(8)), or lmtp:unix:/path or lmtp:[host]:port (an LMTP server such as Dovecot's, as Postfix's mailbox_transport = lmtp:...).")
         .default("maildir"),
     k("local.mail_spool_directory", "The directory of mbox files named after their users, for local: delivery without home_mailbox.")

@@ -332,7 +332,7 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("mta_sts.enabled", c.mta_sts.enabled.to_string()),
         ("mta_sts.fetch_timeout", duration(c.mta_sts.fetch_timeout)),
         ("tls_report.enabled", c.tls_report.enabled.to_string()),
-        ("tls_report.contact", c.tls_report.contact.clone()),
+        ("tls_report.contact", c.tls_report.contact.clone().unwrap_or_default()),
         ("local.local_transport", crate::config::local_transport_name(&c.local)),
         ("local.mail_spool_directory", c.local.mail_spool_directory.display().to_string()),
         ("local.home_mailbox", crate::config::home_mailbox_text(&c.local)),
