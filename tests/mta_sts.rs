@@ -15,6 +15,8 @@
 //!    cached policy still refuses the MX outside it.
 //! 5. A changed TXT id makes posthorn fetch again; a fetch that then fails
 //!    falls back to the cached policy and is reported.
+//! 6. A policy server whose certificate is not trusted, or that redirects,
+//!    gives no policy (delivered as without MTA-STS), and is reported.
 
 mod harness;
 
@@ -49,6 +51,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         body = open(path, "rb").read()
+        if body.startswith(b"REDIRECT "):
+            self.send_response(301)
+            self.send_header("Location", body[9:].decode().strip())
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -65,6 +72,8 @@ server.serve_forever()
 "#;
 
 impl PolicyServer {
+    /// Serves with a certificate from `ca` for `mta-sts.DOMAIN` of each of
+    /// `domains`.
     fn start(ip: Ipv4Addr, ca: &TestCa, domains: &[&str]) -> PolicyServer {
         let names: Vec<String> = domains.iter().map(|d| format!("mta-sts.{d}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -352,4 +361,53 @@ fn a_new_id_is_fetched_and_a_failed_fetch_falls_back_to_the_cache() {
             && p["failure-details"].as_array().unwrap().iter().any(|d| d["result-type"] == "sts-policy-fetch-error")
     });
     assert!(fetch_failed, "{f:#}");
+}
+
+#[test]
+fn an_untrusted_or_redirecting_policy_server_gives_no_policy() {
+    let https = Ipv4Addr::new(127, 0, 0, 166);
+    let ca = TestCa::new("posthorn test CA");
+    let other_ca = TestCa::new("someone else's CA");
+    let web = PolicyServer::start(https, &other_ca, &["g.test"]);
+    web.set("g.test", &policy("enforce", &["mx.good.test"]));
+    let https2 = Ipv4Addr::new(127, 0, 0, 167);
+    let web2 = PolicyServer::start(https2, &ca, &["h.test"]);
+    web2.set("h.test", "REDIRECT https://mta-sts.h.test/elsewhere.txt");
+    let mail = tempfile::tempdir().unwrap();
+    let rx = receiver(mail.path(), &ca, &["mx.evil.test"], &["g.test", "h.test"]);
+    let mut records = zone("g.test", &["mx.evil.test"], "1", https);
+    records.extend([
+        DnsRecord::txt("_mta-sts.h.test", "v=STSv1; id=1"),
+        DnsRecord::a("mta-sts.h.test", https2),
+        DnsRecord::mx("h.test", 10, "mx.evil.test"),
+    ]);
+    let dns = DnsServer::start(records);
+    let tx = sender(&dns, rx.smtp_addr().port(), &ca);
+    smtplib_send(tx.smtp_addr(), "cron@hub.test", &["user@g.test", "user@h.test"], MESSAGE).unwrap();
+    // Without a policy, both go to mx.evil.test as outbound_tls.level says.
+    assert!(
+        wait_until(secs(20), || !maildir(mail.path(), "g.test", "user").is_empty()
+            && !maildir(mail.path(), "h.test", "user").is_empty()),
+        "{}",
+        tx.log()
+    );
+    assert_eq!(web2.fetches("h.test"), 1, "the redirect was not followed");
+    assert!(!tx.spool_dir().join("mta-sts").join("g.test").exists(), "nothing cached");
+    let kinds = |domain: &str| -> Vec<String> {
+        let r = report(&tx, domain);
+        r["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["failure-details"].as_array().unwrap().clone())
+            .map(|d| d["result-type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kinds("g.test"), ["sts-webpki-invalid"]);
+    assert_eq!(kinds("h.test"), ["sts-policy-fetch-error"]);
+    let g = report(&tx, "g.test");
+    let found = g["policies"].as_array().unwrap().iter().any(|p| {
+        p["policy"]["policy-type"] == "no-policy-found" && p["summary"]["total-successful-session-count"] == 1
+    });
+    assert!(found, "the delivery counts under no-policy-found: {g:#}");
 }

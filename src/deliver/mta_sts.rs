@@ -251,6 +251,9 @@ pub(crate) struct MtaSts {
     /// (no roots) makes every fetch fail, which is reported.
     tls: Result<Arc<rustls::ClientConfig>, String>,
     port: u16,
+    /// One fetch per domain at a time: the deliveries that wait for it
+    /// then find its result in the cache.
+    fetching: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl MtaSts {
@@ -261,7 +264,14 @@ impl MtaSts {
         }
         let tls = crate::tls::client_config_with_cert(true, config.outbound_tls.ca.as_deref(), None)
             .map_err(|e| e.to_string());
-        Some(MtaSts { dns, dir: cache_dir(&config.spool), timeout: config.mta_sts.fetch_timeout, tls, port: 443 })
+        Some(MtaSts {
+            dns,
+            dir: cache_dir(&config.spool),
+            timeout: config.mta_sts.fetch_timeout,
+            tls,
+            port: 443,
+            fetching: Default::default(),
+        })
     }
 
     /// The policy of `domain` now: the cached one while its id is the
@@ -279,6 +289,17 @@ impl MtaSts {
                 return Lookup { applied: cached.map(from_cache), failure: None };
             }
         };
+        if let Some(c) = cached.as_ref().filter(|c| c.id == id) {
+            return Lookup { applied: Some(from_cache(c.clone())), failure: None };
+        }
+        let gate = {
+            let mut map = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(domain.to_string()).or_default().clone()
+        };
+        let _turn = gate.lock().await;
+        // Another delivery may have fetched it while this one waited.
+        let cached = read_cache(&self.dir, domain).filter(|c| c.expires() > now);
         if let Some(c) = cached.as_ref().filter(|c| c.id == id) {
             return Lookup { applied: Some(from_cache(c.clone())), failure: None };
         }
