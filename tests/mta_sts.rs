@@ -261,6 +261,7 @@ fn enforce_defers_a_certificate_for_another_name() {
     assert_eq!(c["failure-details"][0]["result-type"], "certificate-host-mismatch", "{c:#}");
     assert_eq!(c["failure-details"][0]["receiving-mx-hostname"], "mx.c.test", "{c:#}");
     assert_eq!(c["failure-details"][0]["receiving-ip"], "127.0.0.1", "{c:#}");
+    assert_eq!(c["failure-details"][0]["sending-mta-ip"], "127.0.0.1", "{c:#}");
 }
 
 #[test]

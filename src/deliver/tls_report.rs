@@ -69,6 +69,9 @@ pub(crate) struct Session {
     pub(crate) mx: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ip: Option<String>,
+    /// `sending-mta-ip`: ours towards `ip`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) src: Option<String>,
     /// `failure-reason-code`: what went wrong, in posthorn's words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
@@ -82,6 +85,8 @@ pub(crate) fn report_dir(spool: &Path) -> PathBuf {
 /// The MX transport's recorder; one per daemon.
 pub(crate) struct Recorder {
     dir: PathBuf,
+    /// `deliver.source_addresses`, for `sending-mta-ip`.
+    source: crate::config::Source,
     /// (day, domain, id) whose policy line is written.
     seen: Mutex<HashSet<(String, String, String)>>,
 }
@@ -89,13 +94,20 @@ pub(crate) struct Recorder {
 impl Recorder {
     /// `None` unless `tls_report.enabled`.
     pub(crate) fn from_config(config: &crate::config::Config) -> Option<Recorder> {
-        config.tls_report.enabled.then(|| Recorder { dir: report_dir(&config.spool), seen: Mutex::default() })
+        config.tls_report.enabled.then(|| Recorder {
+            dir: report_dir(&config.spool),
+            source: config.deliver.source.clone(),
+            seen: Mutex::default(),
+        })
     }
 
     /// Records one session's result, and the policy's text the first time
     /// it is seen that day.
-    pub(crate) fn record(&self, session: Session, applied: Option<&Applied>) {
+    pub(crate) fn record(&self, mut session: Session, applied: Option<&Applied>) {
         let day = day_of(crate::clock::now_secs());
+        if let Some(ip) = session.ip.as_deref().and_then(|ip| ip.parse().ok()) {
+            session.src = sending_ip(&self.source, ip).map(|ip| ip.to_string());
+        }
         let mut out = String::new();
         if let Some(a) = applied {
             let key = (day.clone(), session.domain.clone(), a.id.clone());
@@ -121,6 +133,23 @@ impl Recorder {
             tracing::warn!("TLS report: cannot write {}: {e}", self.dir.join(&day).display());
         }
     }
+}
+
+/// The address we send to `peer` from: the configured source address of
+/// its family, else the one the kernel's routes pick (a UDP socket
+/// "connected" to it sends nothing).
+fn sending_ip(source: &crate::config::Source, peer: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    use std::net::IpAddr;
+    let configured = match peer {
+        IpAddr::V4(_) => source.v4.map(IpAddr::V4),
+        IpAddr::V6(_) => source.v6.map(IpAddr::V6),
+    };
+    configured.or_else(|| {
+        let any: IpAddr = if peer.is_ipv4() { [0, 0, 0, 0].into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+        let socket = std::net::UdpSocket::bind((any, 0)).ok()?;
+        socket.connect((peer, 25)).ok()?;
+        socket.local_addr().ok().map(|a| a.ip())
+    })
 }
 
 /// `YYYY-MM-DD` (UTC) of `secs`.
@@ -165,6 +194,7 @@ pub(crate) fn session_of(domain: &str, applied: Option<&Applied>, delivery: &Del
         result,
         mx,
         ip,
+        src: None,
         reason,
     })
 }
@@ -177,8 +207,8 @@ pub(crate) fn refused(domain: &str, applied: &Applied, mx: &str) -> Session {
         id: Some(applied.id.clone()),
         result: Some(ResultType::ValidationFailure),
         mx: Some(mx.to_string()),
-        ip: None,
         reason: Some("mx-not-in-policy".into()),
+        ..Session::default()
     }
 }
 
@@ -222,8 +252,8 @@ pub(crate) fn report(
 ) -> serde_json::Value {
     /// Policy type, domain, policy id.
     type Key = (PolicyType, String, Option<String>);
-    /// Result type, receiving IP, MX host, reason.
-    type Detail = (ResultType, Option<String>, Option<String>, Option<String>);
+    /// Result type, receiving IP, MX host, reason, sending IP.
+    type Detail = (ResultType, Option<String>, Option<String>, Option<String>, Option<String>);
     #[derive(Default)]
     struct Tally {
         ok: u64,
@@ -249,7 +279,7 @@ pub(crate) fn report(
                     None => tally.ok += 1,
                     Some(r) => {
                         tally.failed += 1;
-                        *tally.details.entry((r, s.ip, s.mx, s.reason)).or_default() += 1;
+                        *tally.details.entry((r, s.ip, s.mx, s.reason, s.src)).or_default() += 1;
                     }
                 }
             }
@@ -266,8 +296,11 @@ pub(crate) fn report(
             let details: Vec<serde_json::Value> = tally
                 .details
                 .into_iter()
-                .map(|((result, ip, mx, reason), n)| {
+                .map(|((result, ip, mx, reason, src), n)| {
                     let mut d = serde_json::json!({ "result-type": result, "failed-session-count": n });
+                    if let Some(src) = src {
+                        d["sending-mta-ip"] = src.into();
+                    }
                     if let Some(ip) = ip {
                         d["receiving-ip"] = ip.into();
                     }
@@ -329,6 +362,7 @@ mod tests {
             result,
             mx: Some("mx.a.test".into()),
             ip: Some("192.0.2.1".into()),
+            src: None,
             reason: None,
         };
         let mut text = serde_json::to_string(&Line::Policy {
