@@ -54,7 +54,9 @@
 //!   TLS policy tables, and each recipient's next hop at delivery time; `route::srs`
 //!   rewrites the sender of forwarded mail (SRS) and reverses bounces to it.
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files;
-//!   `tls_policy`: each SMTP next hop's TLS level and certificate names; `eyeballs`:
+//!   `tls_policy`: each SMTP next hop's TLS level and certificate names; `mta_sts`:
+//!   MTA-STS policies fetched, cached in the spool and applied to MX delivery;
+//!   `tls_report`: TLS results per domain for RFC 8460 reports; `eyeballs`:
 //!   the Happy Eyeballs race between a host's addresses.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;
