@@ -59,3 +59,21 @@ pub(super) fn resolve_tls_report(raw: RawTlsReport, err: &KeyError) -> Result<Tl
     };
     Ok(TlsReport { enabled: raw.enabled.unwrap_or(false), contact })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    #[test]
+    fn defaults_and_bad_values() {
+        let c = Config::parse("role = \"hub\"\n", Path::new("t.toml")).unwrap();
+        assert!(!c.mta_sts.enabled && !c.tls_report.enabled);
+        assert_eq!(c.mta_sts.fetch_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.tls_report.contact, None);
+        let e = Config::parse("[mta_sts]\nenabled = true\nfetch_timeout = \"5m\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("t.toml:3: mta_sts.fetch_timeout: must be between 1s and 2m"), "{e}");
+        let e = Config::parse("[tls_report]\ncontact = \"\"\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("t.toml:2: tls_report.contact"), "{e}");
+    }
+}

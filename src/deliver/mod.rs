@@ -37,7 +37,7 @@ pub(crate) mod local_agent;
 pub(crate) mod local_command;
 pub mod maildir;
 pub(crate) mod mbox;
-pub(crate) mod mta_sts;
+pub mod mta_sts;
 pub mod mx;
 pub(crate) mod myself;
 pub mod relay;

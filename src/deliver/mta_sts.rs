@@ -31,14 +31,14 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// A policy's mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub enum Mode {
     Enforce,
     Testing,
     None,
 }
 
 impl Mode {
-    pub(crate) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
             Mode::Testing => "testing",
@@ -50,17 +50,17 @@ impl Mode {
 /// A parsed policy, with the text it came from (the report's
 /// `policy-string`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Policy {
-    pub(crate) mode: Mode,
+pub struct Policy {
+    pub mode: Mode,
     /// `mx` patterns, lowercase: `mx.example.com` or `*.example.com`.
-    pub(crate) mx: Vec<String>,
-    pub(crate) max_age: u64,
+    pub mx: Vec<String>,
+    pub max_age: u64,
     /// The policy's lines, as fetched.
-    pub(crate) lines: Vec<String>,
+    pub lines: Vec<String>,
 }
 
 /// Parses a policy body (RFC 8461 3.2): `key: value` lines, CRLF or LF.
-pub(crate) fn parse_policy(text: &str) -> Result<Policy, String> {
+pub fn parse_policy(text: &str) -> Result<Policy, String> {
     let (mut version, mut mode, mut max_age) = (None, None, None);
     let mut mx = Vec::new();
     let mut lines = Vec::new();
@@ -112,7 +112,7 @@ pub(crate) fn parse_policy(text: &str) -> Result<Policy, String> {
 
 /// The `id` of a `_mta-sts` TXT answer; `Ok(None)` when no record starts
 /// with `v=STSv1`. More than one such record is an error (RFC 8461 3.1).
-pub(crate) fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
+pub fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
     let ours: Vec<&String> = records.iter().filter(|r| r.trim_start().starts_with("v=STSv1")).collect();
     let record = match ours.as_slice() {
         [] => return Ok(None),
@@ -130,7 +130,7 @@ pub(crate) fn parse_txt(records: &[String]) -> Result<Option<String>, String> {
 
 /// Whether MX host `host` matches pattern `pattern` (RFC 8461 4.1): exact,
 /// or `*.example.com` for exactly one label in front of `example.com`.
-pub(crate) fn mx_matches(pattern: &str, host: &str) -> bool {
+pub fn mx_matches(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     match pattern.strip_prefix("*.") {
         Some(parent) => host.split_once('.').is_some_and(|(first, rest)| !first.is_empty() && rest == parent),
@@ -140,7 +140,7 @@ pub(crate) fn mx_matches(pattern: &str, host: &str) -> bool {
 
 impl Policy {
     /// Whether `host` may be used under this policy.
-    pub(crate) fn allows(&self, host: &str) -> bool {
+    pub fn allows(&self, host: &str) -> bool {
         self.mx.iter().any(|p| mx_matches(p, host))
     }
 }
