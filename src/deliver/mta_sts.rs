@@ -19,7 +19,6 @@
 
 use crate::config::Config;
 use crate::deliver::dns::Dns;
-use crate::deliver::tls_report::ResultType;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,6 +207,15 @@ pub(crate) fn cache_dir(spool: &Path) -> PathBuf {
     spool.join("mta-sts")
 }
 
+/// Why a policy could not be had (RFC 8460's `sts-policy-fetch-error`,
+/// `sts-policy-invalid`, `sts-webpki-invalid`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Fetch,
+    Invalid,
+    Webpki,
+}
+
 /// Where the policy in force came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -239,7 +247,7 @@ impl Applied {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Lookup {
     pub(crate) applied: Option<Applied>,
-    pub(crate) failure: Option<(ResultType, String)>,
+    pub(crate) failure: Option<(Failure, String)>,
 }
 
 /// The policy lookups of the MX transport; one per daemon.
@@ -303,9 +311,11 @@ impl MtaSts {
         if let Some(c) = cached.as_ref().filter(|c| c.id == id) {
             return Lookup { applied: Some(from_cache(c.clone())), failure: None };
         }
-        match self.fetch(domain).await.and_then(|text| {
-            parse_policy(&text).map_err(|e| (ResultType::StsPolicyInvalid, format!("policy of {domain}: {e}")))
-        }) {
+        match self
+            .fetch(domain)
+            .await
+            .and_then(|text| parse_policy(&text).map_err(|e| (Failure::Invalid, format!("policy of {domain}: {e}"))))
+        {
             Ok(policy) => {
                 let fresh = Cached { id: id.clone(), fetched: now, policy: policy.clone() };
                 if let Err(e) = write_cache(&self.dir, domain, &fresh) {
@@ -322,22 +332,22 @@ impl MtaSts {
     }
 
     /// The policy text of `domain` over HTTPS, or why not.
-    async fn fetch(&self, domain: &str) -> Result<String, (ResultType, String)> {
+    async fn fetch(&self, domain: &str) -> Result<String, (Failure, String)> {
         let host = format!("mta-sts.{domain}");
         match tokio::time::timeout(self.timeout, self.fetch_from(&host)).await {
             Ok(result) => {
                 result.map_err(|(kind, e)| (kind, format!("fetching https://{host}/.well-known/mta-sts.txt: {e}")))
             }
             Err(_) => Err((
-                ResultType::StsPolicyFetchError,
+                Failure::Fetch,
                 format!("fetching https://{host}/.well-known/mta-sts.txt: timed out after {:?}", self.timeout),
             )),
         }
     }
 
-    async fn fetch_from(&self, host: &str) -> Result<String, (ResultType, String)> {
+    async fn fetch_from(&self, host: &str) -> Result<String, (Failure, String)> {
         use http_body_util::BodyExt;
-        let fetch_error = |e: String| (ResultType::StsPolicyFetchError, e);
+        let fetch_error = |e: String| (Failure::Fetch, e);
         let config = self.tls.clone().map_err(fetch_error)?;
         let addrs = self.dns.addresses(host).await.map_err(|e| fetch_error(e.to_string()))?;
         let mut last = format!("{host} has no address");
@@ -356,7 +366,7 @@ impl MtaSts {
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| (ResultType::StsWebpkiInvalid, format!("TLS: {e}")))?;
+            .map_err(|e| (Failure::Webpki, format!("TLS: {e}")))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
             .map_err(|e| fetch_error(e.to_string()))?;
@@ -382,7 +392,7 @@ impl MtaSts {
                 .await
                 .map_err(|e| fetch_error(format!("body: {e} (at most {MAX_BODY} bytes)")))?
                 .to_bytes();
-            String::from_utf8(body.to_vec()).map_err(|_| (ResultType::StsPolicyInvalid, "body is not UTF-8".into()))
+            String::from_utf8(body.to_vec()).map_err(|_| (Failure::Invalid, "body is not UTF-8".into()))
         }
         .await;
         driver.abort();

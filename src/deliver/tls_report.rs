@@ -9,7 +9,7 @@
 //! day and process (a `policy` line); each session is a `session` line.
 
 use crate::deliver::Delivery;
-use crate::deliver::mta_sts::Applied;
+use crate::deliver::mta_sts::{Applied, Failure};
 use crate::message::outcome::{ErrorClass, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -213,7 +213,12 @@ pub(crate) fn refused(domain: &str, applied: &Applied, mx: &str) -> Session {
 }
 
 /// A policy fetch that failed.
-pub(crate) fn fetch_failed(domain: &str, applied: Option<&Applied>, kind: ResultType, detail: &str) -> Session {
+pub(crate) fn fetch_failed(domain: &str, applied: Option<&Applied>, kind: Failure, detail: &str) -> Session {
+    let kind = match kind {
+        Failure::Fetch => ResultType::StsPolicyFetchError,
+        Failure::Invalid => ResultType::StsPolicyInvalid,
+        Failure::Webpki => ResultType::StsWebpkiInvalid,
+    };
     Session {
         domain: domain.to_string(),
         policy: Some(PolicyType::Sts),
