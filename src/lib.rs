@@ -56,6 +56,8 @@
 //! - [`deliver`]: transports; an `Outcome` per recipient, never touching queue files;
 //!   `tls_policy`: each SMTP next hop's TLS level and certificate names; `dane`:
 //!   the DNSSEC-validated lookups that decide whether DANE applies to an MX host;
+//!   `mta_sts`: MTA-STS policies fetched, cached in the spool and applied to MX
+//!   delivery; `tls_report`: TLS results per domain for RFC 8460 reports;
 //!   `eyeballs`: the Happy Eyeballs race between a host's addresses.
 //! - [`dsn`]: RFC 3464 bounces, delay warnings and success notices.
 //! - [`control`]: the Unix sockets in the spool the commands use to reach the daemon;

@@ -43,6 +43,7 @@ pub(crate) mod postsuper;
 pub(crate) mod queue;
 pub(crate) mod select;
 pub(crate) mod sendmail;
+pub(crate) mod tls;
 pub(crate) mod verify;
 
 use crate::config::Config;
@@ -153,6 +154,11 @@ enum Native {
     Route {
         #[command(subcommand)]
         verb: RouteVerb,
+    },
+    /// Outbound TLS: the RFC 8460 report of MX deliveries' TLS results
+    Tls {
+        #[command(subcommand)]
+        verb: tls::Verb,
     },
     /// Manage the SMTP AUTH users file
     Auth {
@@ -279,6 +285,7 @@ fn native(argv: Vec<OsString>) -> u8 {
             crate::deliver::local_agent::main(&settings, crate::route::aliases::owners_listing)
         }
         Native::Route { verb: RouteVerb::Explain { address } } => route_explain(explicit, &address),
+        Native::Tls { verb } => tls::main(explicit, verb),
         Native::Auth { verb } => auth::main(explicit, verb),
         Native::Dkim { verb } => dkim::main(verb),
         Native::Import(opts) => import::main(explicit, opts),

@@ -7,6 +7,7 @@
 
 mod local;
 mod milter;
+mod mta_sts;
 mod outbound_tls;
 mod policy;
 mod screen;
@@ -16,6 +17,7 @@ mod srs;
 mod verify;
 
 pub(crate) use local::{HomeMailbox, Local, LocalTransport, home_mailbox_text, local_transport_name, split_extension};
+pub(crate) use mta_sts::{MtaSts, TlsReport};
 pub(crate) use outbound_tls::OutboundTls;
 
 use crate::message::nexthop::{FilterSpec, Target};
@@ -126,6 +128,10 @@ pub struct Config {
     pub(crate) queue: Queue,
     pub(crate) deliver: Deliver,
     pub(crate) outbound_tls: OutboundTls,
+    /// `[mta_sts]`: MTA-STS policies for MX delivery (`config/mta_sts.rs`).
+    pub(crate) mta_sts: MtaSts,
+    /// `[tls_report]`: the record of outbound TLS results (RFC 8460).
+    pub(crate) tls_report: TlsReport,
     /// `[local]`: mbox and home mailbox delivery as the user.
     pub(crate) local: Local,
     pub(crate) rewrite: Rewrite,
@@ -549,6 +555,8 @@ impl Config {
             queue: resolve_queue(raw.queue, &err)?,
             deliver: resolve_deliver(raw.deliver, &err)?,
             outbound_tls: outbound_tls::resolve(raw.outbound_tls, &err)?,
+            mta_sts: mta_sts::resolve_mta_sts(raw.mta_sts, &err)?,
+            tls_report: mta_sts::resolve_tls_report(raw.tls_report, &err)?,
             local: local::resolve_local(raw.local, &err)?,
             rewrite,
             tls: resolve_tls(raw.tls, &err)?,
@@ -743,6 +751,10 @@ struct Raw {
     deliver: RawDeliver,
     #[serde(default)]
     outbound_tls: outbound_tls::RawOutboundTls,
+    #[serde(default)]
+    mta_sts: mta_sts::RawMtaSts,
+    #[serde(default)]
+    tls_report: mta_sts::RawTlsReport,
     #[serde(default)]
     local: local::RawLocal,
     #[serde(default)]

@@ -197,6 +197,26 @@ impl Dns {
         }
     }
 
+    /// The TXT records of `name`, each one's strings joined; empty for
+    /// NXDOMAIN and NODATA (MTA-STS's `_mta-sts` records).
+    pub(crate) async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let fqdn = fqdn(name)?;
+        match self.lookup(name, fqdn, RecordType::TXT).await {
+            Ok(Some(lookup)) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => {
+                        Some(txt.txt_data.iter().map(|s| String::from_utf8_lossy(s)).collect::<String>())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Ok(None) | Err(DnsError::NotFound(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One query. `Ok(None)` is NODATA (the name exists, not this type).
     async fn lookup(
         &self,

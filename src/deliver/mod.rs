@@ -22,6 +22,10 @@
 //!   variant is an explicit next hop through `mx`).
 //! - `tls_policy`: the TLS level and certificate names of each SMTP next
 //!   hop (the policy table's values; `route::tls_policy` reads the table).
+//! - `mta_sts`: MTA-STS policies (RFC 8461) of MX-delivered domains,
+//!   fetched over HTTPS and cached in the spool; `mx` applies them.
+//! - `tls_report`: each MX delivery's TLS result per domain, recorded in
+//!   the spool, and the RFC 8460 report made of a day's record.
 
 pub(crate) mod dane;
 pub(crate) mod dkim;
@@ -34,10 +38,12 @@ pub(crate) mod local_agent;
 pub(crate) mod local_command;
 pub mod maildir;
 pub(crate) mod mbox;
+pub mod mta_sts;
 pub mod mx;
 pub(crate) mod myself;
 pub mod relay;
 pub(crate) mod tls_policy;
+pub(crate) mod tls_report;
 
 use crate::message::OutMessage;
 use crate::message::nexthop::{FilterSpec, Hop};

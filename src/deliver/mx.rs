@@ -15,6 +15,10 @@
 //! TLS follows `outbound_tls.level`, or the policy table's entry for the
 //! domain (or its parents) or the explicit next hop (`deliver::tls_policy`);
 //! `dane` and `dane-only` look up TLSA records per host (`deliver::dane`).
+//! A domain no table names may have an MTA-STS policy (`deliver::mta_sts`,
+//! `[mta_sts]`): under `enforce` only the MX hosts it lists are tried, over
+//! their own transport whose TLS is `verify` (the MX host's name); each
+//! delivery's TLS result goes to `deliver::tls_report` when recorded.
 //!
 //! Failures found here, before any server is reached, carry a reply made up
 //! locally (no `relay`): its enhanced status code (5.1.10 null MX, 5.1.2 no
@@ -24,8 +28,10 @@
 use crate::config::Config;
 use crate::deliver::Delivery;
 use crate::deliver::dns::{Dns, DnsError, MxAnswer, MxHost};
+use crate::deliver::mta_sts::{Applied, Lookup, Mode, MtaSts};
 use crate::deliver::relay::{Host, Relay, Settings};
 use crate::deliver::tls_policy::{Policies, PolicyTable, domain_keys, hop_keys};
+use crate::deliver::tls_report::{self, Recorder};
 use crate::message::OutMessage;
 use crate::message::nexthop::Target;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
@@ -49,6 +55,13 @@ pub struct Mx {
     /// `[[deliver.shaping]]`: each destination's messages per connection.
     shaping: Vec<crate::config::Shaping>,
     dests: Mutex<Dests>,
+    /// `[mta_sts]`; `None` when off.
+    sts: Option<MtaSts>,
+    /// The TLS of MX hosts under an `enforce` policy: `verify`, the name
+    /// being the MX host's, against `outbound_tls.ca` or the system roots.
+    sts_tls: Arc<Policies>,
+    /// `[tls_report]`; `None` when off.
+    report: Option<Recorder>,
 }
 
 /// The transport per destination, made on first use and dropped once it
@@ -98,6 +111,7 @@ impl Mx {
             source: config.deliver.source.clone(),
             attempt_delay: config.deliver.connection_attempt_delay,
         };
+        let dns_for_sts = dns.clone();
         Mx {
             dns,
             port: config.deliver.mx_port,
@@ -105,6 +119,15 @@ impl Mx {
             settings,
             shaping: config.deliver.shaping.clone(),
             dests: Mutex::new(Dests::default()),
+            sts: MtaSts::from_config(config, dns_for_sts),
+            sts_tls: Arc::new(Policies::new(
+                None,
+                crate::config::TlsPolicy::Verify,
+                "MTA-STS enforce",
+                out.ca.clone(),
+                None,
+            )),
+            report: Recorder::from_config(config),
         }
     }
 
@@ -113,12 +136,69 @@ impl Mx {
     /// directly.
     pub async fn deliver(&self, domain: &str, msg: &OutMessage) -> Delivery {
         let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let lookup = match (&self.sts, literal(&domain)) {
+            // An explicit policy table entry wins over MTA-STS.
+            (Some(sts), None) if !self.settings.tls.in_table(&domain_keys(&domain)) => sts.policy(&domain).await,
+            _ => Lookup::default(),
+        };
         let route = match literal(&domain) {
             Some(ip) => Route::Hosts(vec![Host { name: domain.clone(), port: self.port, addrs: Some(vec![ip]) }]),
             None => self.by_mx(&domain, self.port, msg).await,
         };
+        let applied = lookup.applied.as_ref().filter(|a| a.policy.mode != Mode::None);
+        if let (Some(report), Some((kind, detail))) = (&self.report, &lookup.failure) {
+            report.record(tls_report::fetch_failed(&domain, applied, *kind, detail), applied);
+        }
         let key = format!("mx:{domain}");
-        self.send(&domain, &key, (domain_keys(&domain), domain.clone()), route, msg).await
+        let tls = (domain_keys(&domain), domain.clone());
+        let delivery = match applied.filter(|a| a.policy.mode == Mode::Enforce) {
+            Some(enforce) => {
+                let route = self.sts_hosts(&domain, enforce, route, msg);
+                self.send(&format!("{domain} (MTA-STS)"), &key, tls, Some(&self.sts_tls), route, msg).await
+            }
+            None => self.send(&domain, &key, tls, None, route, msg).await,
+        };
+        if let Some(report) = &self.report
+            && let Some(session) = tls_report::session_of(&domain, applied, &delivery)
+        {
+            report.record(session, applied);
+        }
+        delivery
+    }
+
+    /// The MX hosts an `enforce` policy allows; none: the mail waits, with
+    /// a reason naming MTA-STS (RFC 8461 5: never another host).
+    fn sts_hosts(&self, domain: &str, applied: &Applied, route: Route, msg: &OutMessage) -> Route {
+        let Route::Hosts(hosts) = route else { return route };
+        let (kept, refused): (Vec<Host>, Vec<Host>) = hosts.into_iter().partition(|h| applied.policy.allows(&h.name));
+        for host in &refused {
+            tracing::info!(
+                "{}: MX host {} of {domain} is not in its MTA-STS policy ({}); not used",
+                msg.id,
+                host.name,
+                applied.describe()
+            );
+        }
+        if !kept.is_empty() {
+            return Route::Hosts(kept);
+        }
+        if let (Some(report), Some(first)) = (&self.report, refused.first()) {
+            report.record(tls_report::refused(domain, applied, &first.name), Some(applied));
+        }
+        let names: Vec<&str> = refused.iter().map(|h| h.name.as_str()).collect();
+        let text = format!(
+            "MTA-STS policy of {domain} ({}) allows none of its MX hosts ({})",
+            applied.describe(),
+            names.join(", ")
+        );
+        let attempt = Attempt { class: Some(ErrorClass::Tls), ..local_reply(Reply::new(451, Enhanced(4, 7, 5), text)) };
+        let n = msg.recipients.len();
+        Route::Fail(Delivery {
+            outcomes: vec![Outcome::Transient(attempt); n],
+            hop_down: false,
+            remote_dsn: false,
+            setup: None,
+        })
     }
 
     /// Delivers `msg` to an explicit next hop. Address lookups of a `[host]`
@@ -132,7 +212,7 @@ impl Mx {
             Route::Hosts(vec![Host::named(&target.host, port)])
         };
         let tls = (hop_keys(&target.host, target.port, target.mx), target.host.clone());
-        self.send(&target.to_string(), &format!("smtp:{target}"), tls, route, msg).await
+        self.send(&target.to_string(), &format!("smtp:{target}"), tls, None, route, msg).await
     }
 
     /// QUITs every idle session (daemon shutdown).
@@ -145,18 +225,19 @@ impl Mx {
 
     /// Delivers over the transport of `dest` (the queue destination `key`,
     /// whose shaping applies), whose TLS policy is looked up under `tls`
-    /// (keys, and the next hop's name).
+    /// (keys, and the next hop's name), or given by `policies` (MTA-STS).
     async fn send(
         &self,
         dest: &str,
         key: &str,
         tls: (Vec<String>, String),
+        policies: Option<&Arc<Policies>>,
         route: Route,
         msg: &OutMessage,
     ) -> Delivery {
         match route {
             Route::Fail(delivery) => delivery,
-            Route::Hosts(hosts) => self.relay_for(dest, key, tls).deliver_via(&hosts, msg).await,
+            Route::Hosts(hosts) => self.relay_for(dest, key, tls, policies).deliver_via(&hosts, msg).await,
         }
     }
 
@@ -214,7 +295,13 @@ impl Mx {
     }
 
     /// The transport for one destination, made on first use.
-    fn relay_for(&self, dest: &str, key: &str, tls: (Vec<String>, String)) -> Arc<Relay> {
+    fn relay_for(
+        &self,
+        dest: &str,
+        key: &str,
+        tls: (Vec<String>, String),
+        policies: Option<&Arc<Policies>>,
+    ) -> Arc<Relay> {
         let mut dests = self.lock();
         let now = Instant::now();
         if dests.swept.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
@@ -228,7 +315,10 @@ impl Mx {
         }
         let entry = dests.map.entry(dest.to_string()).or_insert_with(|| {
             let max_per_connection = self.shaping.iter().find(|s| s.matches(key)).and_then(|s| s.max_per_connection);
-            let settings = Settings { tls_dest: Some(tls), max_per_connection, ..self.settings.clone() };
+            let mut settings = Settings { tls_dest: Some(tls), max_per_connection, ..self.settings.clone() };
+            if let Some(policies) = policies {
+                settings.tls = policies.clone();
+            }
             (Arc::new(Relay::for_hosts(Vec::new(), settings)), now)
         });
         entry.1 = now;

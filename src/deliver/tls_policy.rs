@@ -249,6 +249,12 @@ impl Policies {
         Ok(HopTls { level: entry.level, names, source, dane: None })
     }
 
+    /// Whether a policy table names one of `keys` (such an entry wins over
+    /// MTA-STS).
+    pub(crate) fn in_table(&self, keys: &[String]) -> bool {
+        self.table.as_ref().is_some_and(|t| t.find(keys).is_some())
+    }
+
     /// The rustls configuration for `hop`, built on first use.
     pub(crate) fn client_config(&self, hop: &HopTls) -> Result<Arc<rustls::ClientConfig>, String> {
         if let Some(dane) = &hop.dane {

@@ -80,6 +80,9 @@ pub(crate) struct Router {
     relay_tls: crate::config::TlsPolicy,
     /// The outbound TLS policies (table and default level), for `explain`.
     outbound_tls: crate::deliver::tls_policy::Policies,
+    /// The MTA-STS cache (`<spool>/mta-sts`) when `mta_sts.enabled`, for
+    /// `explain`.
+    mta_sts_cache: Option<std::path::PathBuf>,
     local_domains: Vec<String>,
     /// `rewrite.virtual_alias_domains`: every address comes from the
     /// virtual alias maps; one without an entry is unknown.
@@ -128,6 +131,27 @@ pub(crate) fn hop_of(decision: Decision) -> Hop {
     }
 }
 
+/// The MTA-STS policy cached for `domain` (`explain` asks no DNS and
+/// fetches nothing: the daemon does that at delivery time).
+fn explain_mta_sts(dir: &std::path::Path, domain: &str) -> String {
+    use crate::deliver::mta_sts::{Applied, Source, read_cache};
+    let Some(cached) = read_cache(dir, domain) else {
+        return "none cached (looked up at delivery)".into();
+    };
+    let now = crate::clock::now_secs();
+    let expires = cached.expires();
+    let state = if expires > now { "expires" } else { "expired" };
+    let applied = Applied { id: cached.id.clone(), policy: cached.policy.clone(), source: Source::Cache };
+    let when = crate::clock::timestamp(expires).strftime("%Y-%m-%dT%H:%M:%SZ");
+    let verify = if cached.policy.mode == crate::deliver::mta_sts::Mode::Enforce { ", tls=verify" } else { "" };
+    format!(
+        "{} mx={}{verify}, {state} {when} ({})",
+        applied.describe(),
+        cached.policy.mx.join(","),
+        dir.join(domain).display()
+    )
+}
+
 impl Router {
     /// The TLS level a next hop gets, and where that comes from.
     fn explain_tls(&self, hop: &NextHop, domain: &str) -> String {
@@ -137,9 +161,15 @@ impl Router {
             (None, None) => domain_keys(dest),
             _ => hop_keys(dest, hop.port, hop.mx_lookup),
         };
-        match self.outbound_tls.for_hop(&keys, dest) {
+        let tls = match self.outbound_tls.for_hop(&keys, dest) {
             Ok(tls) => format!("{} ({})", tls.level.name(), tls.source),
             Err(e) => format!("unusable policy: {e}"),
+        };
+        match &self.mta_sts_cache {
+            Some(dir) if hop.host.is_none() && hop.port.is_none() && !self.outbound_tls.in_table(&keys) => {
+                format!("{tls}; mta-sts={}", explain_mta_sts(dir, dest))
+            }
+            _ => tls,
         }
     }
 
@@ -172,6 +202,7 @@ impl Router {
                 None,
                 None,
             ),
+            mta_sts_cache: config.mta_sts.enabled.then(|| crate::deliver::mta_sts::cache_dir(&config.spool)),
             local_domains: local,
             virtual_alias_domains: config.rewrite.virtual_alias_domains.clone(),
             myorigin: config.myorigin.clone(),

@@ -63,6 +63,14 @@ pub(super) const SECTIONS: &[(&str, &str)] = &[
         "TLS of outbound SMTP per destination: a default level for MX delivery, transport-table next hops and the content filter, and policy tables in Postfix's smtp_tls_policy_maps format that override it (and relay.tls) per domain or [host]:port.",
     ),
     (
+        "mta_sts",
+        "MTA-STS (RFC 8461) for MX delivery: a recipient domain that publishes a policy (TXT _mta-sts.DOMAIN, and the policy at https://mta-sts.DOMAIN/.well-known/mta-sts.txt) gets it applied unless the outbound_tls.policy_maps tables name the domain (an explicit entry wins). In enforce mode only MX hosts matching the policy are used, over TLS verified against the MX host name; testing delivers as before and records what would have failed (tls_report). Policies are cached in SPOOL/mta-sts/, one file per domain, and survive restarts. Off by default on both roles.",
+    ),
+    (
+        "tls_report",
+        "The record of outbound TLS results per recipient domain (RFC 8460 TLS reporting): each MX delivery's TLS outcome is appended to SPOOL/tls-report/YYYY-MM-DD, one line each, without fsync (a crash may lose the last few counts). posthorn tls report prints a day's aggregate report as JSON. Off by default on both roles.",
+    ),
+    (
         "local",
         "Local delivery as the user (the local: transport), as Postfix's local(8): an mbox in mail_spool_directory or a mailbox in the home. Setting any key here makes a daemon started as root keep a small local delivery agent as root, which writes as each user (docs/security.md).",
     ),
@@ -229,6 +237,13 @@ pub(super) const KEYS: &[Key] = &[
         .compare("smtp_tls_security_level = dane (Postfix's one default for every delivery; posthorn's relay.tls is the smarthosts' own and refuses dane)"),
     k("outbound_tls.ca", "CA certificates (PEM) that verify and secure check MX hosts and next hops against; unset: the system's roots.")
         .compare("smtp_tls_CAfile (posthorn's relay.tls_ca is the smarthosts' own)"),
+    k("mta_sts.enabled", "Look up, fetch, cache and apply MTA-STS policies (RFC 8461) for domains delivered by MX that no policy table names. enforce: MX hosts outside the policy's mx patterns are not used (none left: the mail is deferred, naming MTA-STS), and TLS must verify against the MX host name (outbound_tls.ca or the system roots), never falling back to clear text; testing: delivered as outbound_tls.level says, failures recorded for tls_report. A policy that cannot be fetched falls back to the cached one until its max_age.")
+        .default("false"),
+    k("mta_sts.fetch_timeout", "The time one policy fetch may take (connection, TLS, request and body, at most 64 KiB); between 1s and 2m. Redirects are not followed.")
+        .default("10s"),
+    k("tls_report.enabled", "Record each MX delivery's TLS result (success, or the RFC 8460 result type of the failure) in SPOOL/tls-report/, one file per UTC day, for posthorn tls report.")
+        .default("false"),
+    k("tls_report.contact", "The contact-info of the reports posthorn tls report prints; unset: postmaster@ and the hostname."),
     k("local.local_transport", "Where a hub's local domains go when no transport entry says: maildir (deliver.maildir_root, as the daemon's account), local (the user's mailbox, written as the user, as Postfix's local(8)), or lmtp:unix:/path or lmtp:[host]:port (an LMTP server such as Dovecot's, as Postfix's mailbox_transport = lmtp:...).")
         .default("maildir"),
     k("local.mail_spool_directory", "The directory of mbox files named after their users, for local: delivery without home_mailbox.")
