@@ -8,11 +8,13 @@
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
 //! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
 //! - `body`: a message's bytes, in memory or mapped from the spool;
+//! - `alias_items`: the items of an alias's value, `:include:` and `.forward` files;
 //! - `addrlist`: the addresses in an address-list field, changed one by one, byte-exact;
 //! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532);
 //! - `seal`: whether we vouch for a message, carried through the content filter.
 
 pub(crate) mod addrlist;
+pub(crate) mod alias_items;
 pub(crate) mod body;
 pub(crate) mod downconvert;
 pub(crate) mod header;
