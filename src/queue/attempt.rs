@@ -293,7 +293,10 @@ async fn deliver_group(
             r.alias_deliveries = ctx.outbound.router.alias_deliveries(&r.address);
         }
     }
-    let delivery = ctx.outbound.transports.deliver(hop, &msg).await;
+    let mut delivery = ctx.outbound.transports.deliver(hop, &msg).await;
+    for forward in std::mem::take(&mut delivery.forwards) {
+        forward_copy(ctx, env, &msg, &forward, &mut delivery.outcomes).await;
+    }
     let took = clock.elapsed();
     let down_until = if delivery.hop_down {
         let reason = delivery.outcomes.first().map(|o| o.attempt().detail.clone()).unwrap_or_default();
@@ -303,6 +306,67 @@ async fn deliver_group(
         None
     };
     Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true, started_us, took })
+}
+
+/// Commits the new message a recipient's `.forward` asks for (the same
+/// message, `Delivered-To:` the recipient prepended, the same envelope
+/// sender, the `.forward`'s addresses as recipients) through the one door
+/// into the queue, where it is routed like any other. Only once it is
+/// durable is the recipient delivered; if it cannot be committed, the
+/// recipient is deferred.
+async fn forward_copy(
+    ctx: &Context,
+    env: &Envelope,
+    msg: &OutMessage,
+    forward: &crate::deliver::Forward,
+    outcomes: &mut [Outcome],
+) {
+    let Some(Outcome::Delivered(done)) = outcomes.get(forward.outcome) else { return };
+    let notify = msg.recipients.get(forward.outcome).and_then(|r| r.notify.clone());
+    let user = forward.from.rsplit_once('@').map_or(forward.from.as_str(), |(l, _)| l);
+    let mut origin = crate::ingress::Arrival::local(user);
+    origin.trusted = env.trusted.unwrap_or(false);
+    let tx = crate::ingress::Transaction {
+        sender: env.sender.clone(),
+        recipients: forward
+            .to
+            .iter()
+            .map(|a| crate::ingress::RcptIn { address: a.clone(), notify: notify.clone(), orcpt: None })
+            .collect(),
+        body: if env.eight_bit {
+            crate::smtp::proto::command::BodyType::EightBitMime
+        } else {
+            crate::smtp::proto::command::BodyType::SevenBit
+        },
+        smtputf8: env.smtputf8,
+        ret: env.ret.clone(),
+        envid: env.envid.clone(),
+        trace_id: env.trace_id.clone(),
+        forwarded_by: Some(forward.from.clone()),
+        origin,
+    };
+    let delivered_to: String = forward.from.chars().filter(|c| !c.is_control()).collect();
+    let committed = async {
+        let mut writer = ctx.ingress.open(tx).await?;
+        writer.write(format!("Delivered-To: {delivered_to}\r\n").as_bytes()).await?;
+        writer.write(&msg.body).await?;
+        writer.commit().await
+    };
+    let detail = match committed.await {
+        Ok(id) => match done.detail.is_empty() {
+            true => format!("forwarded as {id}"),
+            false => format!("{}, forwarded as {id}", done.detail),
+        },
+        Err(e) => {
+            let why = format!("cannot queue the forwarded copy ({}'s .forward): {e}", forward.from);
+            tracing::error!("{}: {why}", env.id);
+            outcomes[forward.outcome] = Outcome::Transient(Attempt::failed(ErrorClass::Local, why));
+            return;
+        }
+    };
+    if let Outcome::Delivered(a) = &mut outcomes[forward.outcome] {
+        a.detail = detail;
+    }
 }
 
 /// Applies a group's outcomes to the envelope and logs each.
@@ -486,7 +550,13 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Body) -> OutMessage {
 
 fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
     let attempt = Attempt::failed(class, detail);
-    Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false, setup: None }
+    Delivery {
+        outcomes: vec![Outcome::Transient(attempt); n],
+        hop_down,
+        remote_dsn: false,
+        setup: None,
+        forwards: Vec::new(),
+    }
 }
 
 /// Postfix's delivery line, word for word in its order, under the service
