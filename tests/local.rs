@@ -38,7 +38,7 @@ mod harness;
 use harness::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn hub(lines: &[&str]) -> Posthorn {
