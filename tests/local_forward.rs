@@ -13,7 +13,8 @@
 //!    the mail goes to the user's own mailbox.
 //! 4. ann forwards to bob and bob to ann: the copy that comes back to
 //!    ann bounces with 5.4.6 "mail forwarding loop", to the sender's
-//!    mailbox, and nothing goes round again.
+//!    mailbox, and nothing goes round again. A `.forward` to a local user
+//!    who does not exist bounces with 5.1.1.
 //! 5. A `.forward`'s `|command` runs as the user (it records `id -u`);
 //!    its `/file` is written as the user; an address whose extension
 //!    holds shell metacharacters reaches the command's environment and
@@ -164,6 +165,14 @@ fn an_unsafe_forward_is_ignored_and_a_loop_bounces() {
     assert!(!bob_box.exists());
     assert_eq!(mbox_messages(&dan_box).len(), 1, "one bounce");
     assert!(ph.wait_for_queued(0, secs(10)), "nothing left going round");
+
+    // A .forward to a local user who does not exist: a bounce, 5.1.1.
+    write_forward(&ann, "nobody-here-posthorn\n", 0o644);
+    send(&ph, &dan.address(), &ann.address(), "to no one");
+    assert!(wait_until(secs(20), || mbox_messages(&dan_box).len() == 2), "{}", ph.log());
+    let dsn = mbox_messages(&dan_box)[1].replace("\n ", " ");
+    assert!(dsn.contains("Status: 5.1.1") && dsn.contains("<nobody-here-posthorn@example.org>"), "{dsn}");
+    assert!(ph.log().contains(&format!("status=bounced (forwarding as {}'s .forward asks: 550 5.1.1", ann.address())));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::clock::now_secs;
 use crate::config::{Config, Role};
 use crate::deliver::Delivery;
 use crate::dsn;
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, IngressError};
 use crate::message::nexthop::Hop;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
 use crate::message::{Body, OutMessage, OutRecipient};
@@ -357,6 +357,15 @@ async fn forward_copy(
             true => format!("forwarded as {id}"),
             false => format!("{}, forwarded as {id}", done.detail),
         },
+        // A refused address, a message too big or gone round too often
+        // bounce (as the same message sent to those addresses would); the
+        // spool's trouble defers.
+        Err(e @ (IngressError::Rejected(_) | IngressError::TooBig(_) | IngressError::TooManyHops(_))) => {
+            let detail = format!("forwarding as {}'s .forward asks: {e}", forward.from);
+            let attempt = Attempt { reply: Some(e.reply()), ..Attempt::failed(ErrorClass::Local, detail) };
+            outcomes[forward.outcome] = Outcome::Permanent(attempt);
+            return;
+        }
         Err(e) => {
             let why = format!("cannot queue the forwarded copy ({}'s .forward): {e}", forward.from);
             tracing::error!("{}: {why}", env.id);
