@@ -29,13 +29,15 @@ const INCLUDE_DEPTH: usize = 5;
 
 /// One item of a `.forward` file, as delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Item {
+pub enum Item {
     /// The user's own mailbox (`\user`, or the user's own address).
     Mailbox,
     /// An address to forward to, qualified.
     Address(String),
     Command(String),
     File(String),
+    /// `:include:/path`, replaced by what that file lists once read.
+    Include(String),
 }
 
 /// What the `.forward` of a recipient says.
@@ -107,7 +109,7 @@ pub(crate) fn find(paths: &[PathBuf], uid: u32, user: &str, recipient: &str) -> 
                 continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Ok(Found::Ignored(format!("{}: not readable by user {user}: {e}", path.display())));
+                return Ok(Found::Ignored(format!("{} ignored: cannot be read: {e}", path.display())));
             }
             Err(e) => return Err(Failure::transient(format!("{}: {e}", path.display()))),
         };
@@ -115,7 +117,8 @@ pub(crate) fn find(paths: &[PathBuf], uid: u32, user: &str, recipient: &str) -> 
             Ok(text) => text,
             Err(why) => return Ok(Found::Ignored(format!("{} ignored: {why}", path.display()))),
         };
-        return match parse(&text, &entry_domain(recipient), user, recipient, 0) {
+        let items = parse(&text, user, recipient).and_then(|items| with_includes(items, user, recipient, 0));
+        return match items {
             Ok(items) if items.is_empty() => {
                 Ok(Found::Ignored(format!("{} ignored: it lists nothing", path.display())))
             }
@@ -124,10 +127,6 @@ pub(crate) fn find(paths: &[PathBuf], uid: u32, user: &str, recipient: &str) -> 
         };
     }
     Ok(Found::Absent)
-}
-
-fn entry_domain(recipient: &str) -> String {
-    recipient.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default()
 }
 
 /// The text of an open `.forward`: a regular file, owned by `uid` or root,
@@ -156,11 +155,13 @@ fn read_bounded(file: &std::fs::File) -> Result<String, String> {
     Ok(text)
 }
 
-/// The items of a `.forward` (or, at `depth` > 0, an `:include:` file
-/// it names): lines of comma-separated items, `#` lines skipped. Bare
-/// names get `domain`; the user's own name or address is the mailbox.
-pub(crate) fn parse(text: &str, domain: &str, user: &str, recipient: &str, depth: usize) -> Result<Vec<Item>, String> {
-    let mut out = Vec::new();
+/// The items of a `.forward` or of an `:include:` file it names, without
+/// I/O: lines of comma-separated items, `#` lines skipped, duplicates
+/// dropped. Bare names get `recipient`'s domain; `user`'s own name or
+/// address is the mailbox. Each item comes with its line number.
+pub fn parse(text: &str, user: &str, recipient: &str) -> Result<Vec<(usize, Item)>, String> {
+    let domain = recipient.rsplit_once('@').map_or("", |(_, d)| d);
+    let mut out: Vec<(usize, Item)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -179,31 +180,48 @@ pub(crate) fn parse(text: &str, domain: &str, user: &str, recipient: &str, depth
                             .is_some_and(|(l, d)| l.eq_ignore_ascii_case(user) && d.eq_ignore_ascii_case(domain));
                     if own { Item::Mailbox } else { Item::Address(qualified) }
                 }
-                Target::Command(c) if depth == 0 => Item::Command(c),
-                Target::File(f) if depth == 0 => Item::File(f),
-                Target::Command(_) | Target::File(_) => {
-                    return Err(at(format!("{raw}: commands and files are not allowed from an :include: file")));
-                }
-                Target::Include(path) if depth < INCLUDE_DEPTH => {
-                    let inner = std::fs::File::open(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|f| {
-                            if f.metadata().map_err(|e| e.to_string())?.is_file() {
-                                read_bounded(&f)
-                            } else {
-                                Err("not a regular file".into())
-                            }
-                        })
-                        .map_err(|why| at(format!(":include:{path}: {why}")))?;
-                    let items = parse(&inner, domain, user, recipient, depth + 1)
-                        .map_err(|why| at(format!(":include:{path} {why}")))?;
-                    out.extend(items);
-                    continue;
-                }
-                Target::Include(path) => {
-                    return Err(at(format!(":include:{path}: include files nested more than {INCLUDE_DEPTH} deep")));
-                }
+                Target::Command(c) => Item::Command(c),
+                Target::File(f) => Item::File(f),
+                Target::Include(path) => Item::Include(path),
             };
+            if !out.iter().any(|(_, seen)| *seen == item) {
+                out.push((i + 1, item));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `items` with the `:include:` files they name read (as this process's
+/// account) in their place, at most [`INCLUDE_DEPTH`] deep. An include
+/// file lists addresses only: a command or file in one is an error.
+fn with_includes(items: Vec<(usize, Item)>, user: &str, recipient: &str, depth: usize) -> Result<Vec<Item>, String> {
+    let mut out = Vec::new();
+    for (line, item) in items {
+        let at = |why: String| format!("line {line}: {why}");
+        let found = match item {
+            Item::Include(path) if depth < INCLUDE_DEPTH => {
+                let text = std::fs::File::open(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| match f.metadata().map_err(|e| e.to_string())?.is_file() {
+                        true => read_bounded(&f),
+                        false => Err("not a regular file".into()),
+                    })
+                    .map_err(|why| at(format!(":include:{path}: {why}")))?;
+                let inner = parse(&text, user, recipient).map_err(|why| at(format!(":include:{path} {why}")))?;
+                if let Some((l, bad)) = inner.iter().find(|(_, i)| matches!(i, Item::Command(_) | Item::File(_))) {
+                    return Err(at(format!(
+                        ":include:{path} line {l}: {bad:?}: commands and files are not allowed from an :include: file"
+                    )));
+                }
+                with_includes(inner, user, recipient, depth + 1).map_err(|why| at(format!(":include:{path} {why}")))?
+            }
+            Item::Include(path) => {
+                return Err(at(format!(":include:{path}: include files nested more than {INCLUDE_DEPTH} deep")));
+            }
+            item => vec![item],
+        };
+        for item in found {
             if !out.contains(&item) {
                 out.push(item);
             }
@@ -280,6 +298,7 @@ pub(crate) fn apply(
                 let done = super::local_command::run(entry, request, &c, limit, &settings.delimiter, message)?;
                 applied.places.push(done);
             }
+            Item::Include(_) => unreachable!("find reads the include files"),
             Item::File(f) => {
                 if !settings.forward_files {
                     return Err(refused(&format!("file {f}"), "local.allow_mail_to_files has no forward"));
@@ -310,6 +329,7 @@ pub(crate) fn describe(forward_path: &[String], entry: &Entry, recipient: &str, 
                     Item::Address(a) => format!("forward to {a}"),
                     Item::Command(c) => format!("command |{c} as {user}"),
                     Item::File(f) => format!("file {f} as {user}"),
+                    Item::Include(path) => format!(":include:{path}"),
                 })
                 .collect();
             Some(format!("{} (.forward, read as {user} at delivery): {}", path.display(), shown.join(", ")))
@@ -347,7 +367,9 @@ mod tests {
 
     #[test]
     fn items_table() {
-        let p = |text: &str| parse(text, "example.org", "alice", "alice@example.org", 0);
+        let p = |text: &str| {
+            parse(text, "alice", "alice@example.org").map(|v| v.into_iter().map(|(_, i)| i).collect::<Vec<_>>())
+        };
         assert_eq!(
             p("# mine\n\\alice, bob\n\"|/usr/bin/vacation alice\"\n/home/alice/archive, carol@example.net\n"),
             Ok(vec![
@@ -363,7 +385,32 @@ mod tests {
         assert_eq!(p("\"a b\"@example.net\n"), Ok(vec![Item::Address("\"a b\"@example.net".into())]));
         assert!(p("\\bob\n").unwrap_err().contains("only \\alice"));
         assert!(p("bob\n|\n").unwrap_err().starts_with("line 2: "));
-        assert!(parse("|/bin/x\n", "d", "alice", "alice@d", 1).unwrap_err().contains("not allowed from an :include:"));
+        assert_eq!(parse("a\n:include:/etc/l\n", "alice", "alice@d").unwrap()[1], (2, Item::Include("/etc/l".into())));
+    }
+
+    #[test]
+    fn include_files_list_addresses_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list");
+        std::fs::write(&list, "bob, carol@example.net\n").unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "bob\n|/bin/x\n").unwrap();
+        let items = |text: String| {
+            parse(&text, "alice", "alice@d")
+                .map_err(|e| e.to_string())
+                .and_then(|i| with_includes(i, "alice", "alice@d", 0))
+        };
+        assert_eq!(
+            items(format!("\\alice, :include:{}\n", list.display())),
+            Ok(vec![Item::Mailbox, Item::Address("bob@d".into()), Item::Address("carol@example.net".into())])
+        );
+        let e = items(format!("bob\n:include:{}\n", bad.display())).unwrap_err();
+        assert!(
+            e.starts_with("line 2: :include:") && e.contains("line 2: Command") && e.contains("not allowed"),
+            "{e}"
+        );
+        let e = items(format!(":include:{}\n", dir.path().join("none").display())).unwrap_err();
+        assert!(e.contains("No such file"), "{e}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub(crate) mod dkim;
 pub mod dns;
 pub(crate) mod eyeballs;
 pub(crate) mod filter;
-pub(crate) mod forward;
+pub mod forward;
 pub(crate) mod lmtp;
 pub(crate) mod local;
 pub(crate) mod local_agent;
