@@ -8,7 +8,8 @@
 //!    `forwarded as ID`; `\ann, bob` keeps a copy and forwards one;
 //!    `route explain` shows the chain, read as ann at delivery.
 //! 2. A `.forward` to a remote address: the copy reaches the sink (MX
-//!    through the harness DNS) with the original envelope sender.
+//!    through the harness DNS) with the original envelope sender, or an
+//!    SRS0 sender at the hub's domain when SRS is set up.
 //! 3. A group-writable `.forward` is ignored with a log line naming it;
 //!    the mail goes to the user's own mailbox.
 //! 4. ann forwards to bob and bob to ann: the copy that comes back to
@@ -131,6 +132,24 @@ fn forwards_to_local_and_remote_addresses() {
     assert_eq!(all[0].header("Delivered-To").as_deref(), Some(ann.address().as_str()));
     assert_eq!(all[0].header("Subject").as_deref(), Some("far away"));
     assert_eq!(mbox_messages(&ann_box).len(), 1, "no copy kept");
+
+    // With SRS, the copy that leaves the hub's domains gets an SRS sender.
+    let secret = tree.path().join("srs.secret");
+    fs::write(&secret, "a secret of the forward test\n").unwrap();
+    let srs_lines = [
+        "srs.domain = \"example.org\"".to_string(),
+        format!("srs.secret = {}", toml_str(&secret.display().to_string())),
+    ];
+    let srs = hub(&spool, &dns, &sink, &[&srs_lines[0], &srs_lines[1]]);
+    send(&srs, "sender@example.net", &ann.address(), "far away, SRS");
+    let all = sink.wait_for_parsed(2, secs(20));
+    assert_eq!(all.len(), 2, "{}", srs.log());
+    assert!(
+        all[1].mail_from.starts_with("SRS0=") && all[1].mail_from.ends_with("=example.net=sender@example.org"),
+        "{:?}",
+        all[1]
+    );
+    assert_eq!(all[1].rcpt_to, ["carol@remote.example"]);
 }
 
 #[test]
