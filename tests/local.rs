@@ -32,6 +32,8 @@
 //!    without a shell ever seeing the address; without `alias` in
 //!    `allow_mail_to_commands` the command alias is refused at RCPT.
 //! 8. A daemon running as the alias file's owner runs its command itself.
+//! 9. An alias to two commands, the second deferring once: the retry runs
+//!    only the second; the first ran once.
 
 mod harness;
 
@@ -432,4 +434,34 @@ fn a_daemon_runs_its_own_accounts_alias_commands_itself() {
     let text = fs::read_to_string(&out).unwrap();
     assert!(text.starts_with(&format!("{}\n", ann.uid)), "{text}");
     assert!(ph.wait_for_log("status=sent (delivered to command", secs(10)), "{}", ph.log());
+}
+
+#[test]
+fn a_retry_runs_only_the_alias_commands_that_did_not_take_the_message() {
+    let (tree, spool) = mail_tree();
+    let ann = TestUser::new(tree.path());
+    let script = |name: &str, body: &str| {
+        let path = tree.path().join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    };
+    let runs = ann.home.join("runs");
+    let marker = ann.home.join("tried");
+    let count = script("count.sh", &format!("cat >/dev/null; echo ran >> {}", runs.display()));
+    let flaky =
+        script("flaky.sh", &format!("cat >/dev/null; [ -e {0} ] && exit 0; touch {0}; exit 75", marker.display()));
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("pair: |{count}, |{flaky}\n")).unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let privs = format!("local.default_privs = {}", toml_str(&ann.name));
+    let ph = hub(&["local.local_transport = \"local\"", &spool_line, &alias_line, &privs]);
+    let msg = message(&[("Subject", "pair")], "x\n");
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["pair@example.org"], &msg).unwrap();
+    assert!(ph.wait_for_log("status=deferred", secs(20)), "{}", ph.log());
+    assert!(ph.wait_for_log("status=sent", secs(20)), "{}", ph.log());
+    let sent = ph.log_lines(&["to=<pair@example.org>", "status=sent"]);
+    assert!(sent[0].contains(&format!("|{count} (at an earlier attempt), command {flaky}")), "{sent:?}");
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "ran\n", "the first command ran once");
 }

@@ -89,7 +89,7 @@ pub(crate) async fn run_pipe(template: &[String], timeout: Duration, msg: &OutMe
             None => ran_outcomes.next().expect("one outcome per recipient run"),
         })
         .collect();
-    Delivery { outcomes, hop_down, remote_dsn: false, setup: None, forwards: Vec::new() }
+    Delivery { outcomes, hop_down, remote_dsn: false, setup: None, followups: Vec::new() }
 }
 
 /// Runs the command once for `msg` and all its recipients.
@@ -103,7 +103,7 @@ async fn run_command(template: &[String], timeout: Duration, msg: &OutMessage) -
             hop_down,
             remote_dsn: false,
             setup: None,
-            forwards: Vec::new(),
+            followups: Vec::new(),
         }
     };
     let mut cmd = Command::new(&argv[0]);

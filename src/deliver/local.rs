@@ -19,7 +19,7 @@
 //! when root owns the file (`local_command`); never as root.
 
 use super::local_agent;
-use super::{Delivery, Forward};
+use super::{Delivery, Followup, Forward};
 use crate::account::{self, Entry};
 use crate::config::{Config, HomeMailbox};
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
@@ -275,16 +275,29 @@ impl Local {
     /// Delivers `msg` to every recipient's mailbox; one outcome each.
     pub(crate) async fn deliver(&self, msg: &OutMessage) -> Delivery {
         let mut outcomes = Vec::with_capacity(msg.recipients.len());
-        let mut forwards = Vec::new();
+        let mut followups = Vec::new();
         for rcpt in &msg.recipients {
-            let outcome = match self.deliver_one(msg, rcpt).await {
+            let result = if rcpt.alias_deliveries.is_empty() {
+                self.deliver_one(msg, rcpt).await
+            } else {
+                let (result, parts) = self.deliver_aliases(msg, rcpt).await;
+                if result.is_err() && !parts.is_empty() {
+                    followups.push(Followup::Done { outcome: outcomes.len(), parts });
+                }
+                result
+            };
+            let outcome = match result {
                 Ok(done) => {
                     for note in &done.notes {
                         tracing::warn!("{}: to=<{}>: {note}", msg.id, rcpt.address);
                     }
                     if !done.forward_to.is_empty() {
                         let from = rcpt.address.clone();
-                        forwards.push(Forward { outcome: outcomes.len(), from, to: done.forward_to });
+                        followups.push(Followup::Forward(Forward {
+                            outcome: outcomes.len(),
+                            from,
+                            to: done.forward_to,
+                        }));
                     }
                     let detail = match done.places.is_empty() {
                         true => String::new(),
@@ -305,17 +318,33 @@ impl Local {
             };
             outcomes.push(outcome);
         }
-        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None, forwards }
+        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None, followups }
+    }
+
+    /// An alias's commands and files, in order, up to the first that
+    /// fails; those done at an earlier attempt are skipped. Also returns
+    /// the keys of those done now.
+    async fn deliver_aliases(&self, msg: &OutMessage, rcpt: &OutRecipient) -> (Result<Done, Failure>, Vec<String>) {
+        let mut done = Done::default();
+        let mut parts = Vec::new();
+        for d in &rcpt.alias_deliveries {
+            let key = d.target.key();
+            if rcpt.done.contains(&key) {
+                done.places.push(format!("{key} (at an earlier attempt)"));
+                continue;
+            }
+            match self.deliver_alias(msg, rcpt, d).await {
+                Ok(one) => {
+                    done.places.extend(one.places);
+                    parts.push(key);
+                }
+                Err(failure) => return (Err(failure), parts),
+            }
+        }
+        (Ok(done), parts)
     }
 
     async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Result<Done, Failure> {
-        if !rcpt.alias_deliveries.is_empty() {
-            let mut done = Done::default();
-            for d in &rcpt.alias_deliveries {
-                done.places.extend(self.deliver_alias(msg, rcpt, d).await?.places);
-            }
-            return Ok(done);
-        }
         let permanent = |status, text| Failure { permanent: true, status, text };
         let user = user_of(&rcpt.address, &self.delimiters).map_err(|why| permanent((5, 1, 3), why))?;
         let entry = match account::lookup_entry(&user) {

@@ -63,10 +63,20 @@ pub struct Delivery {
     /// greeting, EHLO, TLS, AUTH): `delays=` c in the log. Zero on a
     /// reused connection; `None` where there is no session to set up.
     pub(crate) setup: Option<std::time::Duration>,
-    /// Recipients whose `.forward` sends the message on (`local`): the
-    /// queue commits each new copy before it counts the recipient
-    /// delivered.
-    pub(crate) forwards: Vec<Forward>,
+    /// What `local` leaves to the queue besides the outcomes.
+    pub(crate) followups: Vec<Followup>,
+}
+
+/// Work for the queue after a `local` delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Followup {
+    /// A recipient's `.forward` sends the message on: the queue commits
+    /// the new copy before it counts the recipient delivered.
+    Forward(Forward),
+    /// The commands and files of an alias (`|cmd`, `/path`) that took the
+    /// message before another one failed: the recipient's next attempt
+    /// skips them (`OutRecipient::done`).
+    Done { outcome: usize, parts: Vec<String> },
 }
 
 /// Addresses a recipient's `.forward` names, for a new message.

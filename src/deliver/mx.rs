@@ -270,7 +270,7 @@ fn dns_failure(n: usize, e: &DnsError, what: &str) -> Delivery {
                 hop_down: true,
                 remote_dsn: false,
                 setup: None,
-                forwards: Vec::new(),
+                followups: Vec::new(),
             }
         }
         DnsError::NotFound(name) => {
@@ -290,7 +290,13 @@ fn local_reply(reply: Reply) -> Attempt {
 }
 
 fn every(n: usize, kind: fn(Attempt) -> Outcome, attempt: Attempt) -> Delivery {
-    Delivery { outcomes: vec![kind(attempt); n], hop_down: false, remote_dsn: false, setup: None, forwards: Vec::new() }
+    Delivery {
+        outcomes: vec![kind(attempt); n],
+        hop_down: false,
+        remote_dsn: false,
+        setup: None,
+        followups: Vec::new(),
+    }
 }
 
 #[cfg(test)]

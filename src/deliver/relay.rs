@@ -244,7 +244,7 @@ impl Relay {
                 hop_down: true,
                 remote_dsn: false,
                 setup: None,
-                forwards: Vec::new(),
+                followups: Vec::new(),
             };
         }
         self.deliver_list(self.hosts.iter().map(|h| h.as_ref().map_err(String::as_str)), msg).await
@@ -268,7 +268,7 @@ impl Relay {
                 hop_down: false,
                 remote_dsn: false,
                 setup: None,
-                forwards: Vec::new(),
+                followups: Vec::new(),
             };
         }
         let local_trouble = match &self.settings.auth {
@@ -281,7 +281,7 @@ impl Relay {
                 hop_down: true,
                 remote_dsn: false,
                 setup: None,
-                forwards: Vec::new(),
+                followups: Vec::new(),
             };
         }
         let mut last = None;
@@ -296,7 +296,7 @@ impl Relay {
                             hop_down: false,
                             remote_dsn,
                             setup: Some(setup),
-                            forwards: Vec::new(),
+                            followups: Vec::new(),
                         };
                     }
                     Ok(HostTry::Deferred(attempt)) => {
@@ -332,7 +332,7 @@ impl Relay {
                         hop_down: false,
                         remote_dsn,
                         setup: Some(setup),
-                        forwards: Vec::new(),
+                        followups: Vec::new(),
                     };
                 }
                 HostTry::Unreachable(attempt) => last = Some(attempt),
@@ -351,7 +351,7 @@ impl Relay {
                 hop_down: false,
                 remote_dsn: false,
                 setup: None,
-                forwards: Vec::new(),
+                followups: Vec::new(),
             };
         }
         let why = if any { "could be tried" } else { "to try" };
@@ -362,7 +362,7 @@ impl Relay {
             hop_down,
             remote_dsn: false,
             setup: None,
-            forwards: Vec::new(),
+            followups: Vec::new(),
         }
     }
 

@@ -38,6 +38,9 @@ pub(crate) struct OutRecipient {
     /// For an alias that ends in commands or files (`|cmd`, `/path`):
     /// what `local:` delivers it to, as the route found it at this attempt.
     pub(crate) alias_deliveries: Vec<AliasDelivery>,
+    /// Those of `alias_deliveries` that took the message at an earlier
+    /// attempt ([`AliasTarget::key`]): not run again.
+    pub(crate) done: Vec<String>,
 }
 
 /// One command or file a local alias delivers to.
@@ -57,6 +60,16 @@ pub(crate) struct AliasDelivery {
 pub(crate) enum AliasTarget {
     Command(String),
     File(String),
+}
+
+impl AliasTarget {
+    /// `|command` or the path: how the envelope remembers it was done.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            AliasTarget::Command(c) => format!("|{c}"),
+            AliasTarget::File(f) => f.clone(),
+        }
+    }
 }
 
 /// The header a satellite stamps its trace id in. It lives among the
@@ -109,6 +122,7 @@ impl OutMessage {
                     notify: None,
                     orcpt: None,
                     alias_deliveries: Vec::new(),
+                    done: Vec::new(),
                 })
                 .collect(),
             body: Body::from(body),

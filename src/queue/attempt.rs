@@ -12,7 +12,7 @@ use super::notice::{self, BounceLimiter};
 use super::{Done, Job, Next, backoff};
 use crate::clock::now_secs;
 use crate::config::{Config, Role};
-use crate::deliver::Delivery;
+use crate::deliver::{Delivery, Followup, Forward};
 use crate::dsn;
 use crate::ingress::{Ingress, IngressError};
 use crate::message::nexthop::Hop;
@@ -294,8 +294,16 @@ async fn deliver_group(
         }
     }
     let mut delivery = ctx.outbound.transports.deliver(hop, &msg).await;
-    for forward in std::mem::take(&mut delivery.forwards) {
-        forward_copy(ctx, env, &msg, &forward, &mut delivery.outcomes).await;
+    let forwards: Vec<Forward> = delivery
+        .followups
+        .iter()
+        .filter_map(|f| match f {
+            Followup::Forward(forward) => Some(forward.clone()),
+            Followup::Done { .. } => None,
+        })
+        .collect();
+    for forward in &forwards {
+        forward_copy(ctx, env, &msg, forward, &mut delivery.outcomes).await;
     }
     let took = clock.elapsed();
     let down_until = if delivery.hop_down {
@@ -314,13 +322,7 @@ async fn deliver_group(
 /// into the queue, where it is routed like any other. Only once it is
 /// durable is the recipient delivered; if it cannot be committed, the
 /// recipient is deferred.
-async fn forward_copy(
-    ctx: &Context,
-    env: &Envelope,
-    msg: &OutMessage,
-    forward: &crate::deliver::Forward,
-    outcomes: &mut [Outcome],
-) {
+async fn forward_copy(ctx: &Context, env: &Envelope, msg: &OutMessage, forward: &Forward, outcomes: &mut [Outcome]) {
     let Some(Outcome::Delivered(done)) = outcomes.get(forward.outcome) else { return };
     let notify = msg.recipients.get(forward.outcome).and_then(|r| r.notify.clone());
     let user = forward.from.rsplit_once('@').map_or(forward.from.as_str(), |(l, _)| l);
@@ -395,6 +397,19 @@ fn record(env: &mut Envelope, group: &GroupResult, now: u64, first: bool, metric
         log_outcome(&env.id, env.trace_id.as_deref(), rcpt, group, arrival, a, status);
         rcpt.state = state;
         rcpt.record(AttemptRecord::of(now, status, a));
+    }
+    // An alias's commands and files that took the message are not run
+    // again at the next attempt.
+    for followup in &group.delivery.followups {
+        if let Followup::Done { outcome, parts } = followup
+            && let Some(rcpt) = group.indexes.get(*outcome).and_then(|&i| env.recipients.get_mut(i))
+        {
+            for part in parts {
+                if !rcpt.done.contains(part) {
+                    rcpt.done.push(part.clone());
+                }
+            }
+        }
     }
 }
 
@@ -543,6 +558,7 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Body) -> OutMessage {
                     notify: r.notify.clone(),
                     orcpt: r.orcpt.clone(),
                     alias_deliveries: Vec::new(),
+                    done: r.done.clone(),
                 }
             })
             .collect(),
@@ -564,7 +580,7 @@ fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) ->
         hop_down,
         remote_dsn: false,
         setup: None,
-        forwards: Vec::new(),
+        followups: Vec::new(),
     }
 }
 
