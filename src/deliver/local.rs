@@ -16,7 +16,14 @@
 //! An alias that ends in commands or files (`|cmd`, `/path`; the route
 //! hands them over in [`OutRecipient::alias_deliveries`]) is delivered to
 //! each of them as the alias file's owner, or as `local.default_privs`
-//! when root owns the file (`local_command`); never as root.
+//! when root owns the file (`local_command`); never as root. Those that
+//! took the message before another failed are reported back
+//! ([`Followup::Done`]) and skipped at the next attempt.
+//!
+//! Mail for a user's mailbox first goes through the user's `.forward`
+//! (`forward`), read and carried out as the user; the addresses it names
+//! are handed back ([`Followup::Forward`]) for the queue to commit as a
+//! new message before the recipient counts as delivered.
 
 use super::local_agent;
 use super::{Delivery, Followup, Forward};

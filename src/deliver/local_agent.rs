@@ -30,6 +30,13 @@
 //! account is that file's owner (`local.default_privs` for root's files),
 //! never as root: a daemon that was broken into cannot make the agent run
 //! anything an administrator did not write.
+//!
+//! A request for a user's mailbox first has the user's `.forward` read
+//! and carried out (`forward`) in a child that takes the user's own groups
+//! only, never the spool directory's, since the `.forward` may run
+//! commands; then, when it keeps a copy (or there is none), the mailbox
+//! is written in a second child as above. The addresses it names go back
+//! to the daemon in the reply ([`Done`]), for the queue to commit.
 
 use super::local::{self, Done, Failure, Request, Settings, Target};
 use crate::account;
