@@ -9,7 +9,7 @@
 //! `\user` or the user's own address (the mailbox, not forwarded again),
 //! `|command` and `/file` (run and written here, as the user, when
 //! `local.allow_mail_to_commands`/`allow_mail_to_files` name `forward`;
-//! never as root), and `:include:/path` (addresses only, read as the
+//! never as root; the commands of one file share `command_time_limit`), and `:include:/path` (addresses only, read as the
 //! user). What this returns to forward is the queue's to reinject: a new
 //! message, never one delivered from here. A message that already shows
 //! `Delivered-To:` with this recipient has been here: it bounces with
@@ -283,6 +283,8 @@ pub(crate) fn apply(
         text: format!("{}: mail to {what} is not allowed ({key})", path.display()),
     };
     let mut applied = Applied::default();
+    let limit = std::time::Duration::from_secs(settings.command_time_limit_secs.max(1));
+    let started = std::time::Instant::now();
     for item in items {
         match item {
             Item::Mailbox => applied.mailbox = true,
@@ -294,7 +296,11 @@ pub(crate) fn apply(
                 if entry.account.uid == 0 {
                     return Err(refused(&format!("command |{c}"), "never as root"));
                 }
-                let limit = std::time::Duration::from_secs(settings.command_time_limit_secs.max(1));
+                // The commands of one .forward share the time limit.
+                let Some(limit) = limit.checked_sub(started.elapsed()).filter(|left| !left.is_zero()) else {
+                    let why = "its commands ran longer than local.command_time_limit together";
+                    return Err(Failure::transient(format!("{}: {why}", path.display())));
+                };
                 let done = super::local_command::run(entry, request, &c, limit, &settings.delimiter, message)?;
                 applied.places.push(done);
             }

@@ -67,6 +67,9 @@ pub(crate) struct Agent {
     /// read): later ones are deferred rather than misread.
     conn: Mutex<Option<UnixStream>>,
     pid: u32,
+    /// How long a `.forward`'s commands may run: `local.command_time_limit`
+    /// when `.forward` files are read.
+    forward_limit: Duration,
 }
 
 /// The running agent, if this daemon started one.
@@ -97,7 +100,11 @@ pub(crate) fn start_if_needed(config: &crate::config::Config) -> anyhow::Result<
     ours.set_read_timeout(Some(DELIVERY_DEADLINE))?;
     ours.set_write_timeout(Some(DELIVERY_DEADLINE))?;
     tracing::info!("local delivery agent started (pid {})", child.id());
-    let _ = AGENT.set(Agent { conn: Mutex::new(Some(ours)), pid: child.id() });
+    let forward_limit = match config.local.forward_path.is_empty() {
+        true => Duration::ZERO,
+        false => config.local.command_time_limit,
+    };
+    let _ = AGENT.set(Agent { conn: Mutex::new(Some(ours)), pid: child.id(), forward_limit });
     Ok(())
 }
 
@@ -111,6 +118,9 @@ impl Agent {
         // A command may run for local.command_time_limit.
         let limit = match &request.target {
             Some(Target::Command { time_limit_secs, .. }) => Duration::from_secs(*time_limit_secs + 60),
+            // A mailbox: the user's `.forward` may run commands first.
+            // (together at most local.command_time_limit), then the mailbox.
+            None if !self.forward_limit.is_zero() => self.forward_limit + DELIVERY_DEADLINE,
             _ => Duration::ZERO,
         };
         let _ = conn.set_read_timeout(Some(DELIVERY_DEADLINE.max(limit)));
