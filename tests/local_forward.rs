@@ -6,7 +6,8 @@
 //! 1. ann's `.forward` names bob: the mail lands in bob's mbox with
 //!    `Delivered-To:` ann, ann's mbox stays empty, and the log says
 //!    `forwarded as ID`; `\ann, bob` keeps a copy and forwards one;
-//!    `route explain` shows the chain, read as ann at delivery.
+//!    `route explain` shows the chain, read as ann at delivery; a
+//!    `.forward` naming only ann's own address keeps the mail.
 //! 2. A `.forward` to a remote address: the copy reaches the sink (MX
 //!    through the harness DNS) with the original envelope sender, or an
 //!    SRS0 sender at the hub's domain when SRS is set up.
@@ -122,6 +123,13 @@ fn forwards_to_local_and_remote_addresses() {
     assert!(mbox_messages(&ann_box)[0].contains("Subject: both"));
     assert_eq!(fs::metadata(&ann_box).unwrap().uid(), ann.uid);
 
+    // A .forward naming only ann's own address: her mailbox, no loop.
+    write_forward(&ann, &format!("{}\n", ann.address().to_uppercase()), 0o644);
+    send(&ph, "sender@example.net", &ann.address(), "just me");
+    assert!(wait_until(secs(20), || mbox_messages(&ann_box).len() == 2), "{}", ph.log());
+    assert!(mbox_messages(&ann_box)[1].contains("Subject: just me"));
+    assert_eq!(mbox_messages(&bob_box).len(), 2);
+
     // 2. To a remote address: the sink gets it from the original sender.
     write_forward(&ann, "carol@remote.example\n", 0o644);
     send(&ph, "sender@example.net", &ann.address(), "far away");
@@ -131,7 +139,7 @@ fn forwards_to_local_and_remote_addresses() {
     assert_eq!(all[0].rcpt_to, ["carol@remote.example"]);
     assert_eq!(all[0].header("Delivered-To").as_deref(), Some(ann.address().as_str()));
     assert_eq!(all[0].header("Subject").as_deref(), Some("far away"));
-    assert_eq!(mbox_messages(&ann_box).len(), 1, "no copy kept");
+    assert_eq!(mbox_messages(&ann_box).len(), 2, "no copy kept");
 
     // With SRS, the copy that leaves the hub's domains gets an SRS sender.
     let secret = tree.path().join("srs.secret");
