@@ -22,6 +22,8 @@
 //!    holds shell metacharacters reaches the command's environment and
 //!    no shell; a `.forward` naming a file the user cannot write (root's)
 //!    defers with the reason, and the file stays untouched.
+//! 6. A daemon running as the user (its own account) reads and carries
+//!    out that user's `.forward` itself: a command and a mailbox copy.
 
 mod harness;
 
@@ -257,4 +259,28 @@ fn commands_and_files_run_as_the_user() {
     assert_eq!(fs::read_to_string(&roots).unwrap(), "root's\n");
     assert_eq!(fs::metadata(&roots).unwrap().uid(), 0);
     assert!(!spool.join(&eve.name).exists());
+}
+
+#[test]
+fn the_daemons_own_account_reads_its_forward_itself() {
+    let (tree, spool) = mail_tree();
+    let ann = TestUser::new(tree.path());
+    let sink = Sink::start();
+    let dns = dns_for(&sink);
+    let out = ann.home.join("ran");
+    let record = tree.path().join("record.sh");
+    fs::write(&record, format!("#!/bin/sh\n{{ id -u; cat; }} > {}\n", out.display())).unwrap();
+    fs::set_permissions(&record, fs::Permissions::from_mode(0o755)).unwrap();
+    write_forward(&ann, &format!("\\{}\n|{}\n", ann.name, record.display()), 0o644);
+    let user = format!("user = {}", toml_str(&ann.name));
+    // A mailbox in the home: the daemon's account is not in the spool's group.
+    let ph = hub(&spool, &dns, &sink, &[&user, "local.home_mailbox = \"Mailbox\""]);
+    send(&ph, "sender@example.net", &ann.address(), "in-process");
+    let ann_box = ann.home.join("Mailbox");
+    assert!(wait_until(secs(20), || mbox_messages(&ann_box).len() == 1), "{}", ph.log());
+    assert!(wait_until(secs(20), || fs::read_to_string(&out).is_ok_and(|t| t.contains("in-process"))));
+    assert!(fs::read_to_string(&out).unwrap().starts_with(&format!("{}\n", ann.uid)));
+    let sent = ph.log_lines(&[&format!("to=<{}>", ann.address()), "status=sent"]);
+    let want = format!("(delivered to command {}, mailbox {})", record.display(), ann_box.display());
+    assert!(sent.iter().any(|l| l.contains(&want)), "{sent:?}");
 }
