@@ -32,79 +32,16 @@
 //!    without a shell ever seeing the address; without `alias` in
 //!    `allow_mail_to_commands` the command alias is refused at RCPT.
 //! 8. A daemon running as the alias file's owner runs its command itself.
+//! 9. An alias to two commands, the second deferring once: the retry runs
+//!    only the second; the first ran once.
 
 mod harness;
 
 use harness::*;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-
-/// A login account made for one test, removed (with its home) when dropped.
-struct TestUser {
-    name: String,
-    uid: u32,
-    home: PathBuf,
-}
-
-impl TestUser {
-    fn new(base: &Path) -> TestUser {
-        // Short and unique: login names are at most 32 characters.
-        let name = format!("phl{}x{}", std::process::id(), fastrand::u32(..100_000));
-        let home = base.join(&name);
-        let mut made = false;
-        for _ in 0..20 {
-            // useradd fails while another test holds /etc/passwd's lock.
-            let status = Command::new("useradd")
-                .args(["--create-home", "--home-dir"])
-                .arg(&home)
-                .args(["--shell", "/bin/sh", "--user-group", &name])
-                .stderr(Stdio::null())
-                .status()
-                .expect("run useradd");
-            if status.success() {
-                made = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-        assert!(made, "useradd {name} failed");
-        let out = Command::new("id").args(["-u", &name]).output().expect("id -u");
-        let uid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a uid");
-        TestUser { name, uid, home }
-    }
-
-    fn address(&self) -> String {
-        format!("{}@example.org", self.name)
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        for _ in 0..20 {
-            let ok = Command::new("userdel").args(["--remove", &self.name]).stderr(Stdio::null()).status();
-            if ok.is_ok_and(|s| s.success()) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-    }
-}
-
-/// A temporary tree others may walk into (a user's child needs to reach
-/// its spool directory and home), with `mail/` as Debian makes /var/mail:
-/// root:mail, mode 2775.
-fn mail_tree() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("posthorn-local-").tempdir().expect("tempdir");
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let spool = dir.path().join("mail");
-    fs::create_dir(&spool).unwrap();
-    let status = Command::new("chgrp").arg("mail").arg(&spool).status().expect("chgrp");
-    assert!(status.success());
-    fs::set_permissions(&spool, fs::Permissions::from_mode(0o2775)).unwrap();
-    (dir, spool)
-}
 
 fn hub(lines: &[&str]) -> Posthorn {
     let base =
@@ -497,4 +434,34 @@ fn a_daemon_runs_its_own_accounts_alias_commands_itself() {
     let text = fs::read_to_string(&out).unwrap();
     assert!(text.starts_with(&format!("{}\n", ann.uid)), "{text}");
     assert!(ph.wait_for_log("status=sent (delivered to command", secs(10)), "{}", ph.log());
+}
+
+#[test]
+fn a_retry_runs_only_the_alias_commands_that_did_not_take_the_message() {
+    let (tree, spool) = mail_tree();
+    let ann = TestUser::new(tree.path());
+    let script = |name: &str, body: &str| {
+        let path = tree.path().join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.display().to_string()
+    };
+    let runs = ann.home.join("runs");
+    let marker = ann.home.join("tried");
+    let count = script("count.sh", &format!("cat >/dev/null; echo ran >> {}", runs.display()));
+    let flaky =
+        script("flaky.sh", &format!("cat >/dev/null; [ -e {0} ] && exit 0; touch {0}; exit 75", marker.display()));
+    let aliases = tree.path().join("aliases");
+    fs::write(&aliases, format!("pair: |{count}, |{flaky}\n")).unwrap();
+    let spool_line = format!("local.mail_spool_directory = {}", toml_str(&spool.display().to_string()));
+    let alias_line = format!("rewrite.alias_maps = [{}]", toml_str(&format!("hash:{}", aliases.display())));
+    let privs = format!("local.default_privs = {}", toml_str(&ann.name));
+    let ph = hub(&["local.local_transport = \"local\"", &spool_line, &alias_line, &privs]);
+    let msg = message(&[("Subject", "pair")], "x\n");
+    smtplib_send(ph.smtp_addr(), "s@example.net", &["pair@example.org"], &msg).unwrap();
+    assert!(ph.wait_for_log("status=deferred", secs(20)), "{}", ph.log());
+    assert!(ph.wait_for_log("status=sent", secs(20)), "{}", ph.log());
+    let sent = ph.log_lines(&["to=<pair@example.org>", "status=sent"]);
+    assert!(sent[0].contains(&format!("|{count} (at an earlier attempt), command {flaky}")), "{sent:?}");
+    assert_eq!(fs::read_to_string(&runs).unwrap(), "ran\n", "the first command ran once");
 }

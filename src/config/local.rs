@@ -57,7 +57,17 @@ pub(crate) struct Local {
     pub(crate) allow_mail_to_commands: Vec<String>,
     /// `allow_mail_to_files`: where files may come from.
     pub(crate) allow_mail_to_files: Vec<String>,
+    /// `forward_path`: where a user's `.forward` file may be, tried in
+    /// order (`$home`, `$user`, `$local`, `$extension`, `$domain`,
+    /// `$recipient`, also as `${name}`); empty: no `.forward` is read.
+    pub(crate) forward_path: Vec<String>,
 }
+
+/// Postfix's default `forward_path` (without its `$extension` forms).
+pub(crate) const DEFAULT_FORWARD_PATH: &str = "$home/.forward";
+
+/// The names a `forward_path` entry may expand.
+pub(crate) const FORWARD_PATH_NAMES: [&str; 6] = ["home", "user", "local", "extension", "domain", "recipient"];
 
 impl Default for Local {
     fn default() -> Local {
@@ -72,6 +82,7 @@ impl Default for Local {
             command_time_limit: Duration::from_secs(1000),
             allow_mail_to_commands: vec!["alias".into(), "forward".into()],
             allow_mail_to_files: vec!["alias".into(), "forward".into()],
+            forward_path: vec![DEFAULT_FORWARD_PATH.into()],
         }
     }
 }
@@ -123,6 +134,7 @@ pub(super) struct RawLocal {
     command_time_limit: Option<Dur>,
     allow_mail_to_commands: Option<Vec<String>>,
     allow_mail_to_files: Option<Vec<String>>,
+    forward_path: Option<Vec<String>>,
 }
 
 pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, ConfigError> {
@@ -135,7 +147,8 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
         || raw.default_privs.is_some()
         || raw.command_time_limit.is_some()
         || raw.allow_mail_to_commands.is_some()
-        || raw.allow_mail_to_files.is_some();
+        || raw.allow_mail_to_files.is_some()
+        || raw.forward_path.is_some();
     let local_transport = match raw.local_transport.as_deref().map(str::trim) {
         None | Some("maildir" | "maildir:" | "virtual" | "virtual:") => LocalTransport::Maildir,
         Some(t) if t == "local" || t.starts_with("local:") => LocalTransport::Local,
@@ -165,7 +178,51 @@ pub(super) fn resolve_local(raw: RawLocal, err: &KeyError) -> Result<Local, Conf
         },
         allow_mail_to_commands: sources(raw.allow_mail_to_commands, "local.allow_mail_to_commands", err)?,
         allow_mail_to_files: sources(raw.allow_mail_to_files, "local.allow_mail_to_files", err)?,
+        forward_path: forward_path(raw.forward_path, err)?,
     })
+}
+
+/// Each entry an absolute path once expanded, naming only
+/// [`FORWARD_PATH_NAMES`].
+fn forward_path(written: Option<Vec<String>>, err: &KeyError) -> Result<Vec<String>, ConfigError> {
+    let Some(written) = written else { return Ok(vec![DEFAULT_FORWARD_PATH.into()]) };
+    let mut out = Vec::new();
+    for entry in written.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let bad = |why: String| err("local.forward_path", format!("`{}`: {why}", entry.escape_default()));
+        let names = expansion_names(entry).map_err(bad)?;
+        if let Some(name) = names.iter().find(|n| !FORWARD_PATH_NAMES.contains(&n.as_str())) {
+            return Err(bad(format!("${name} is not one of ${}", FORWARD_PATH_NAMES.join(", $"))));
+        }
+        if !entry.starts_with('/') && !entry.starts_with("$home") && !entry.starts_with("${home}") {
+            return Err(bad("must be an absolute path or start with $home".into()));
+        }
+        out.push(entry.to_string());
+    }
+    Ok(out)
+}
+
+/// The `$name` and `${name}` references in `text`.
+pub(crate) fn expansion_names(text: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        rest = &rest[at + 1..];
+        let name = if let Some(braced) = rest.strip_prefix('{') {
+            let end = braced.find('}').ok_or("a ${ without its }")?;
+            rest = &braced[end + 1..];
+            &braced[..end]
+        } else {
+            let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '_').unwrap_or(rest.len());
+            let name = &rest[..end];
+            rest = &rest[end..];
+            name
+        };
+        if name.is_empty() {
+            return Err("a $ without a name".into());
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 /// `alias`, `forward`: where commands or files may come from. Postfix's
@@ -246,6 +303,26 @@ mod tests {
         let target = crate::message::nexthop::LmtpTarget::Unix("/run/dovecot/lmtp".into());
         assert_eq!(c.local.local_transport, super::LocalTransport::Lmtp(target));
         assert_eq!(super::local_transport_name(&c.local), "lmtp:unix:/run/dovecot/lmtp");
+    }
+
+    #[test]
+    fn forward_path_values_and_errors() {
+        assert_eq!(parse("").unwrap().local.forward_path, ["$home/.forward"]);
+        let c = parse("[local]\nforward_path = [\"$home/.forward${extension}\", \"/var/forward/$user\"]\n").unwrap();
+        assert_eq!(c.local.forward_path, ["$home/.forward${extension}", "/var/forward/$user"]);
+        assert!(c.local.configured);
+        assert!(parse("[local]\nforward_path = []\n").unwrap().local.forward_path.is_empty());
+        for (text, want) in [
+            (
+                "[local]\nforward_path = [\"$home/.forward$shell\"]\n",
+                ":2: local.forward_path: `$home/.forward$shell`: $shell is not one of",
+            ),
+            ("[local]\nforward_path = [\".forward\"]\n", "must be an absolute path or start with $home"),
+            ("[local]\nforward_path = [\"/x/${user\"]\n", "a ${ without its }"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

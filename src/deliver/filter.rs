@@ -89,7 +89,7 @@ pub(crate) async fn run_pipe(template: &[String], timeout: Duration, msg: &OutMe
             None => ran_outcomes.next().expect("one outcome per recipient run"),
         })
         .collect();
-    Delivery { outcomes, hop_down, remote_dsn: false, setup: None }
+    Delivery { outcomes, hop_down, remote_dsn: false, setup: None, followups: Vec::new() }
 }
 
 /// Runs the command once for `msg` and all its recipients.
@@ -98,7 +98,13 @@ async fn run_command(template: &[String], timeout: Duration, msg: &OutMessage) -
     let relay = Some(format!("pipe:{}", argv[0]));
     let result = |outcome: fn(Attempt) -> Outcome, class, detail: String, hop_down| {
         let attempt = Attempt { relay: relay.clone(), tls: false, reply: None, class, detail };
-        Delivery { outcomes: vec![outcome(attempt); msg.recipients.len()], hop_down, remote_dsn: false, setup: None }
+        Delivery {
+            outcomes: vec![outcome(attempt); msg.recipients.len()],
+            hop_down,
+            remote_dsn: false,
+            setup: None,
+            followups: Vec::new(),
+        }
     };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])

@@ -56,6 +56,7 @@ impl Lmtp {
                     hop_down: true,
                     remote_dsn: false,
                     setup: None,
+                    followups: Vec::new(),
                 };
             }
         };
@@ -69,7 +70,7 @@ impl Lmtp {
             Err(e) => vec![Outcome::Transient(session_error(&label, &e)); n],
         };
         client.quit().await;
-        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: Some(setup) }
+        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: Some(setup), followups: Vec::new() }
     }
 
     /// A session with the server: the socket, or the first address of the

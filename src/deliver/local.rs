@@ -16,10 +16,17 @@
 //! An alias that ends in commands or files (`|cmd`, `/path`; the route
 //! hands them over in [`OutRecipient::alias_deliveries`]) is delivered to
 //! each of them as the alias file's owner, or as `local.default_privs`
-//! when root owns the file (`local_command`); never as root.
+//! when root owns the file (`local_command`); never as root. Those that
+//! took the message before another failed are reported back
+//! ([`Followup::Done`]) and skipped at the next attempt.
+//!
+//! Mail for a user's mailbox first goes through the user's `.forward`
+//! (`forward`), read and carried out as the user; the addresses it names
+//! are handed back ([`Followup::Forward`]) for the queue to commit as a
+//! new message before the recipient counts as delivered.
 
-use super::Delivery;
 use super::local_agent;
+use super::{Delivery, Followup, Forward};
 use crate::account::{self, Entry};
 use crate::config::{Config, HomeMailbox};
 use crate::message::outcome::{Attempt, ErrorClass, Outcome};
@@ -54,6 +61,22 @@ pub(crate) struct Settings {
     pub(crate) commands_allowed: bool,
     #[serde(default)]
     pub(crate) files_allowed: bool,
+    /// `local.forward_path`: where a user's `.forward` may be; empty:
+    /// none is read.
+    #[serde(default)]
+    pub(crate) forward_path: Vec<String>,
+    /// `allow_mail_to_commands` and `allow_mail_to_files` name `forward`.
+    #[serde(default)]
+    pub(crate) forward_commands: bool,
+    #[serde(default)]
+    pub(crate) forward_files: bool,
+    /// `local.recipient_delimiter`, for `$extension` and a command's
+    /// `EXTENSION`.
+    #[serde(default)]
+    pub(crate) delimiter: String,
+    /// `local.command_time_limit` for a `.forward`'s commands.
+    #[serde(default)]
+    pub(crate) command_time_limit_secs: u64,
 }
 
 impl Settings {
@@ -62,6 +85,8 @@ impl Settings {
         settings.alias_maps = config.rewrite.alias_maps.clone();
         settings.commands_allowed = config.local.allow_mail_to_commands.iter().any(|s| s == "alias");
         settings.files_allowed = config.local.allow_mail_to_files.iter().any(|s| s == "alias");
+        settings.forward_commands = config.local.allow_mail_to_commands.iter().any(|s| s == "forward");
+        settings.forward_files = config.local.allow_mail_to_files.iter().any(|s| s == "forward");
         settings
     }
 
@@ -81,6 +106,11 @@ impl Settings {
             alias_maps: Vec::new(),
             commands_allowed: false,
             files_allowed: false,
+            forward_path: local.forward_path.clone(),
+            forward_commands: false,
+            forward_files: false,
+            delimiter: local.recipient_delimiter.clone(),
+            command_time_limit_secs: local.command_time_limit.as_secs().max(1),
         }
     }
 
@@ -133,6 +163,30 @@ pub(crate) enum Target {
     Command { command: String, time_limit_secs: u64, delimiter: String },
     /// An absolute file path from the alias file.
     File { path: String },
+}
+
+/// What one delivery did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Done {
+    /// Where the message went here: the mailbox, a command, a file.
+    pub(crate) places: Vec<String>,
+    /// Addresses a `.forward` sends a new copy to (the queue's to commit).
+    pub(crate) forward_to: Vec<String>,
+    /// For the daemon's log: a `.forward` not honoured, and why.
+    pub(crate) notes: Vec<String>,
+}
+
+impl Done {
+    pub(crate) fn at(place: String) -> Done {
+        Done { places: vec![place], ..Done::default() }
+    }
+
+    /// A `.forward`'s result, the mailbox's place added when it got a copy.
+    pub(crate) fn forwarded(applied: super::forward::Applied, mailbox: Option<String>) -> Done {
+        let mut places = applied.places;
+        places.extend(mailbox);
+        Done { places, forward_to: applied.forward_to, notes: applied.notes }
+    }
 }
 
 /// Why a delivery failed; `permanent` bounces, the rest defers.
@@ -196,7 +250,11 @@ pub(crate) fn describe(local: &crate::config::Local, address: &str) -> String {
         }
         Ok(Some(entry)) => {
             let mailbox = Settings::from_local(local, "").mailbox(&entry);
-            format!("user {user} (uid {}): {mailbox}", entry.account.uid)
+            let delimiter = &local.recipient_delimiter;
+            match super::forward::describe(&local.forward_path, &entry, address, delimiter) {
+                Some(forward) => format!("user {user} (uid {}): {forward}; mailbox: {mailbox}", entry.account.uid),
+                None => format!("user {user} (uid {}): {mailbox}", entry.account.uid),
+            }
         }
         Ok(None) => format!("unknown user {user}"),
         Err(e) => e.to_string(),
@@ -224,15 +282,42 @@ impl Local {
     /// Delivers `msg` to every recipient's mailbox; one outcome each.
     pub(crate) async fn deliver(&self, msg: &OutMessage) -> Delivery {
         let mut outcomes = Vec::with_capacity(msg.recipients.len());
+        let mut followups = Vec::new();
         for rcpt in &msg.recipients {
-            let outcome = match self.deliver_one(msg, rcpt).await {
-                Ok(place) => Outcome::Delivered(Attempt {
-                    relay: Some("local".into()),
-                    tls: false,
-                    reply: None,
-                    class: None,
-                    detail: format!("delivered to {place}"),
-                }),
+            let result = if rcpt.alias_deliveries.is_empty() {
+                self.deliver_one(msg, rcpt).await
+            } else {
+                let (result, parts) = self.deliver_aliases(msg, rcpt).await;
+                if result.is_err() && !parts.is_empty() {
+                    followups.push(Followup::Done { outcome: outcomes.len(), parts });
+                }
+                result
+            };
+            let outcome = match result {
+                Ok(done) => {
+                    for note in &done.notes {
+                        tracing::warn!("{}: to=<{}>: {note}", msg.id, rcpt.address);
+                    }
+                    if !done.forward_to.is_empty() {
+                        let from = rcpt.address.clone();
+                        followups.push(Followup::Forward(Forward {
+                            outcome: outcomes.len(),
+                            from,
+                            to: done.forward_to,
+                        }));
+                    }
+                    let detail = match done.places.is_empty() {
+                        true => String::new(),
+                        false => format!("delivered to {}", done.places.join(", ")),
+                    };
+                    Outcome::Delivered(Attempt {
+                        relay: Some("local".into()),
+                        tls: false,
+                        reply: None,
+                        class: None,
+                        detail,
+                    })
+                }
                 Err(failure) => {
                     tracing::warn!("{}: to=<{}>: {}", msg.id, rcpt.address, failure.text);
                     failed(failure)
@@ -240,17 +325,33 @@ impl Local {
             };
             outcomes.push(outcome);
         }
-        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None }
+        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None, followups }
     }
 
-    async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Result<String, Failure> {
-        if !rcpt.alias_deliveries.is_empty() {
-            let mut done = Vec::new();
-            for d in &rcpt.alias_deliveries {
-                done.push(self.deliver_alias(msg, rcpt, d).await?);
+    /// An alias's commands and files, in order, up to the first that
+    /// fails; those done at an earlier attempt are skipped. Also returns
+    /// the keys of those done now.
+    async fn deliver_aliases(&self, msg: &OutMessage, rcpt: &OutRecipient) -> (Result<Done, Failure>, Vec<String>) {
+        let mut done = Done::default();
+        let mut parts = Vec::new();
+        for d in &rcpt.alias_deliveries {
+            let key = d.target.key();
+            if rcpt.done.contains(&key) {
+                done.places.push(format!("{key} (at an earlier attempt)"));
+                continue;
             }
-            return Ok(done.join(", "));
+            match self.deliver_alias(msg, rcpt, d).await {
+                Ok(one) => {
+                    done.places.extend(one.places);
+                    parts.push(key);
+                }
+                Err(failure) => return (Err(failure), parts),
+            }
         }
+        (Ok(done), parts)
+    }
+
+    async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Result<Done, Failure> {
         let permanent = |status, text| Failure { permanent: true, status, text };
         let user = user_of(&rcpt.address, &self.delimiters).map_err(|why| permanent((5, 1, 3), why))?;
         let entry = match account::lookup_entry(&user) {
@@ -277,7 +378,7 @@ impl Local {
 
     /// One command or file of an alias, as the alias file's owner (or
     /// `local.default_privs` for root's files).
-    async fn deliver_alias(&self, msg: &OutMessage, rcpt: &OutRecipient, d: &AliasDelivery) -> Result<String, Failure> {
+    async fn deliver_alias(&self, msg: &OutMessage, rcpt: &OutRecipient, d: &AliasDelivery) -> Result<Done, Failure> {
         let permanent = |status, text| Failure { permanent: true, status, text };
         let entry = match account_for(d.owner, &self.settings.default_privs) {
             Ok(Some(entry)) if entry.account.uid != 0 => entry,
@@ -310,7 +411,7 @@ impl Local {
 
     /// Writes (or runs) `request` here when it is for our own account,
     /// else through the agent.
-    async fn hand_over(&self, entry: Entry, request: Request, msg: &OutMessage) -> Result<String, Failure> {
+    async fn hand_over(&self, entry: Entry, request: Request, msg: &OutMessage) -> Result<Done, Failure> {
         let me = rustix::process::geteuid().as_raw();
         let body = msg.body.clone();
         let settings = Arc::clone(&self.settings);
@@ -362,23 +463,44 @@ fn failed(f: Failure) -> Outcome {
     if f.permanent { Outcome::Permanent(attempt) } else { Outcome::Transient(attempt) }
 }
 
-/// Writes one message into `entry`'s mailbox, with the rights this process
-/// has: the daemon for its own account, or the agent's child that has
-/// become the user. Returns where it went.
+/// Delivers one message as this process's account, which is `entry`'s:
+/// the daemon for its own account. An alias's command or file, or the
+/// user's `.forward` and mailbox. (The agent runs the same steps, each in
+/// a child of its own: `local_agent`.)
 pub(crate) fn deliver_as_self(
     settings: &Settings,
     entry: &Entry,
     request: &Request,
     message: &[u8],
-) -> Result<String, Failure> {
+) -> Result<Done, Failure> {
+    if request.target.is_some() {
+        return alias_target(entry, request, message).map(Done::at);
+    }
+    let applied = super::forward::apply(settings, entry, request, message)?;
+    let mailbox = if applied.mailbox { Some(write_mailbox(settings, entry, request, message)?) } else { None };
+    Ok(Done::forwarded(applied, mailbox))
+}
+
+/// Runs or writes the command or file of an alias that `request` names.
+pub(crate) fn alias_target(entry: &Entry, request: &Request, message: &[u8]) -> Result<String, Failure> {
     match &request.target {
         Some(Target::Command { command, time_limit_secs, delimiter }) => {
             let limit = std::time::Duration::from_secs(*time_limit_secs);
-            return super::local_command::run(entry, request, command, limit, delimiter, message);
+            super::local_command::run(entry, request, command, limit, delimiter, message)
         }
-        Some(Target::File { path }) => return super::local_command::append_file(entry, request, path, message),
-        None => {}
+        Some(Target::File { path }) => super::local_command::append_file(entry, request, path, message),
+        None => Err(Failure { permanent: true, status: (5, 3, 5), text: "no command or file to deliver to".into() }),
     }
+}
+
+/// Writes one message into `entry`'s mailbox, with the rights this process
+/// has. Returns where it went.
+pub(crate) fn write_mailbox(
+    settings: &Settings,
+    entry: &Entry,
+    request: &Request,
+    message: &[u8],
+) -> Result<String, Failure> {
     let mailbox = settings.mailbox(entry);
     match &mailbox {
         Mailbox::Mbox(path) => {

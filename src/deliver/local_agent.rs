@@ -30,8 +30,15 @@
 //! account is that file's owner (`local.default_privs` for root's files),
 //! never as root: a daemon that was broken into cannot make the agent run
 //! anything an administrator did not write.
+//!
+//! A request for a user's mailbox first has the user's `.forward` read
+//! and carried out (`forward`) in a child that takes the user's own groups
+//! only, never the spool directory's, since the `.forward` may run
+//! commands; then, when it keeps a copy (or there is none), the mailbox
+//! is written in a second child as above. The addresses it names go back
+//! to the daemon in the reply ([`Done`]), for the queue to commit.
 
-use super::local::{self, Failure, Request, Settings, Target};
+use super::local::{self, Done, Failure, Request, Settings, Target};
 use crate::account;
 use anyhow::Context;
 use std::io::{self, Read, Write};
@@ -60,6 +67,9 @@ pub(crate) struct Agent {
     /// read): later ones are deferred rather than misread.
     conn: Mutex<Option<UnixStream>>,
     pid: u32,
+    /// How long a `.forward`'s commands may run: `local.command_time_limit`
+    /// when `.forward` files are read.
+    forward_limit: Duration,
 }
 
 /// The running agent, if this daemon started one.
@@ -90,13 +100,17 @@ pub(crate) fn start_if_needed(config: &crate::config::Config) -> anyhow::Result<
     ours.set_read_timeout(Some(DELIVERY_DEADLINE))?;
     ours.set_write_timeout(Some(DELIVERY_DEADLINE))?;
     tracing::info!("local delivery agent started (pid {})", child.id());
-    let _ = AGENT.set(Agent { conn: Mutex::new(Some(ours)), pid: child.id() });
+    let forward_limit = match config.local.forward_path.is_empty() {
+        true => Duration::ZERO,
+        false => config.local.command_time_limit,
+    };
+    let _ = AGENT.set(Agent { conn: Mutex::new(Some(ours)), pid: child.id(), forward_limit });
     Ok(())
 }
 
 impl Agent {
     /// Has the agent deliver one message; blocking.
-    pub(crate) fn deliver(&self, request: &Request, message: &[u8]) -> Result<String, Failure> {
+    pub(crate) fn deliver(&self, request: &Request, message: &[u8]) -> Result<Done, Failure> {
         let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conn) = guard.as_mut() else {
             return Err(Failure::transient(format!("the local delivery agent (pid {}) is not usable", self.pid)));
@@ -104,6 +118,9 @@ impl Agent {
         // A command may run for local.command_time_limit.
         let limit = match &request.target {
             Some(Target::Command { time_limit_secs, .. }) => Duration::from_secs(*time_limit_secs + 60),
+            // A mailbox: the user's `.forward` may run commands first.
+            // (together at most local.command_time_limit), then the mailbox.
+            None if !self.forward_limit.is_zero() => self.forward_limit + DELIVERY_DEADLINE,
             _ => Duration::ZERO,
         };
         let _ = conn.set_read_timeout(Some(DELIVERY_DEADLINE.max(limit)));
@@ -117,7 +134,7 @@ impl Agent {
     }
 }
 
-fn exchange(conn: &mut UnixStream, request: &Request, message: &[u8]) -> io::Result<Result<String, Failure>> {
+fn exchange(conn: &mut UnixStream, request: &Request, message: &[u8]) -> io::Result<Result<Done, Failure>> {
     write_frame(conn, &serde_json::to_vec(request)?)?;
     conn.write_all(message)?;
     let reply = read_frame(conn, MAX_HEADER)?;
@@ -223,7 +240,7 @@ fn serve_one(
     owners: Owners,
     header: &[u8],
     input: &mut impl Read,
-) -> io::Result<Result<String, Failure>> {
+) -> io::Result<Result<Done, Failure>> {
     let request: Request = serde_json::from_slice(header).map_err(|e| io::Error::other(format!("bad request: {e}")))?;
     if request.length > MAX_MESSAGE {
         return Err(io::Error::other(format!("a message of {} bytes is over the limit", request.length)));
@@ -231,7 +248,34 @@ fn serve_one(
     let mut message = vec![0u8; request.length as usize];
     input.read_exact(&mut message)?;
     Ok(check(settings, owners, &request)
-        .and_then(|(entry, groups)| in_child(settings, &entry, &groups, &request, &message)))
+        .and_then(|(entry, groups)| deliver(settings, &entry, &groups, &request, &message)))
+}
+
+/// A checked request, in children that are the user: an alias's command
+/// or file in one; else the user's `.forward` in one with the user's own
+/// groups (its commands must not get the spool's group), then, when it
+/// wants a copy there, the mailbox in one with `groups`.
+fn deliver(
+    settings: &Settings,
+    entry: &account::Entry,
+    groups: &[u32],
+    request: &Request,
+    message: &[u8],
+) -> Result<Done, Failure> {
+    if request.target.is_some() {
+        return in_child(entry, groups, || local::alias_target(entry, request, message)).map(Done::at);
+    }
+    let applied = if settings.forward_path.is_empty() {
+        super::forward::Applied { mailbox: true, ..Default::default() }
+    } else {
+        let own = group_list(&entry.account).map_err(|e| Failure::transient(e.to_string()))?;
+        in_child(entry, &own, || super::forward::apply(settings, entry, request, message))?
+    };
+    let mailbox = match applied.mailbox {
+        true => Some(in_child(entry, groups, || local::write_mailbox(settings, entry, request, message))?),
+        false => None,
+    };
+    Ok(Done::forwarded(applied, mailbox))
 }
 
 /// What the daemon may not be trusted with: the user's form and existence,
@@ -329,16 +373,14 @@ fn group_list(account: &account::Account) -> io::Result<Vec<u32>> {
     }
 }
 
-/// Forks a child that becomes the user and writes the mailbox; its result
-/// comes back over a socket pair. The agent has one thread, so the child
+/// Forks a child that becomes the user and does `work`; its result comes
+/// back over a socket pair. The agent has one thread, so the child
 /// inherits no lock another thread held.
-fn in_child(
-    settings: &Settings,
+fn in_child<T: serde::Serialize + serde::de::DeserializeOwned>(
     entry: &account::Entry,
     groups: &[u32],
-    request: &Request,
-    message: &[u8],
-) -> Result<String, Failure> {
+    work: impl FnOnce() -> Result<T, Failure>,
+) -> Result<T, Failure> {
     let (mut parent, mut child) = UnixStream::pair().map_err(|e| Failure::transient(e.to_string()))?;
     // SAFETY: one thread (the agent never starts another); the child
     // leaves through `_exit` without returning into the caller.
@@ -348,7 +390,7 @@ fn in_child(
             drop(parent);
             let result = become_user(&entry.account, groups)
                 .map_err(|e| Failure::transient(format!("cannot become user {}: {e}", entry.account.name)))
-                .and_then(|()| local::deliver_as_self(settings, entry, request, message));
+                .and_then(|()| work());
             let _ = child.write_all(&serde_json::to_vec(&result).unwrap_or_default());
             drop(child);
             // SAFETY: ends the child at once.
@@ -361,7 +403,7 @@ fn in_child(
             let mut status = 0;
             // SAFETY: waits for the child forked above.
             unsafe { libc::waitpid(pid, &mut status, 0) };
-            match (read, serde_json::from_slice::<Result<String, Failure>>(&out)) {
+            match (read, serde_json::from_slice::<Result<T, Failure>>(&out)) {
                 (Ok(_), Ok(result)) => result,
                 _ => Err(Failure::transient(format!(
                     "the delivery as user {} ended without a result (wait status {status:#x})",
@@ -448,6 +490,7 @@ mod tests {
             alias_maps: vec!["/etc/aliases".into()],
             commands_allowed: true,
             files_allowed: true,
+            ..Settings::from_local(&crate::config::Local::default(), "h")
         };
         let command = |c: &str| Target::Command { command: c.into(), time_limit_secs: 1, delimiter: String::new() };
         let file = |p: &str| Target::File { path: p.into() };

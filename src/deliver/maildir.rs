@@ -49,7 +49,7 @@ impl Maildir {
         for rcpt in &msg.recipients {
             outcomes.push(self.deliver_one(msg, rcpt).await);
         }
-        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None }
+        Delivery { outcomes, hop_down: false, remote_dsn: false, setup: None, followups: Vec::new() }
     }
 
     async fn deliver_one(&self, msg: &OutMessage, rcpt: &OutRecipient) -> Outcome {

@@ -11,7 +11,8 @@
 //! - `local`: as the local user, into an mbox or a home mailbox (`local:`),
 //!   through `local_agent` (the part that keeps root) for other accounts;
 //!   `mbox` appends to an mbox file with its locks; `local_command` runs
-//!   an alias's `|command` and appends to its `/file`.
+//!   an alias's `|command` and appends to its `/file`; `forward` reads
+//!   and carries out a user's `.forward`.
 //! - `dns`: MX and address lookups for them.
 //! - `eyeballs`: Happy Eyeballs (RFC 8305), the race between a host's
 //!   addresses for the TCP connection.
@@ -32,6 +33,7 @@ pub(crate) mod dkim;
 pub mod dns;
 pub(crate) mod eyeballs;
 pub(crate) mod filter;
+pub mod forward;
 pub(crate) mod lmtp;
 pub(crate) mod local;
 pub(crate) mod local_agent;
@@ -68,6 +70,30 @@ pub struct Delivery {
     /// greeting, EHLO, TLS, AUTH): `delays=` c in the log. Zero on a
     /// reused connection; `None` where there is no session to set up.
     pub(crate) setup: Option<std::time::Duration>,
+    /// What `local` leaves to the queue besides the outcomes.
+    pub(crate) followups: Vec<Followup>,
+}
+
+/// Work for the queue after a `local` delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Followup {
+    /// A recipient's `.forward` sends the message on: the queue commits
+    /// the new copy before it counts the recipient delivered.
+    Forward(Forward),
+    /// The commands and files of an alias (`|cmd`, `/path`) that took the
+    /// message before another one failed: the recipient's next attempt
+    /// skips them (`OutRecipient::done`).
+    Done { outcome: usize, parts: Vec<String> },
+}
+
+/// Addresses a recipient's `.forward` names, for a new message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Forward {
+    /// The recipient's position in `outcomes`.
+    pub(crate) outcome: usize,
+    /// The recipient whose `.forward` it is: the copy's `Delivered-To:`.
+    pub(crate) from: String,
+    pub(crate) to: Vec<String>,
 }
 
 /// Every transport the daemon has, built once per configuration. Which

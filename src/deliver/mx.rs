@@ -198,6 +198,7 @@ impl Mx {
             hop_down: false,
             remote_dsn: false,
             setup: None,
+            followups: Vec::new(),
         })
     }
 
@@ -359,7 +360,13 @@ fn dns_failure(n: usize, e: &DnsError, what: &str) -> Delivery {
         DnsError::Temporary { name, detail } => {
             let text = format!("Host or domain name lookup failed for {name}: {detail}");
             let attempt = local_reply(Reply::new(451, Enhanced(4, 4, 3), text));
-            Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down: true, remote_dsn: false, setup: None }
+            Delivery {
+                outcomes: vec![Outcome::Transient(attempt); n],
+                hop_down: true,
+                remote_dsn: false,
+                setup: None,
+                followups: Vec::new(),
+            }
         }
         DnsError::NotFound(name) => {
             let text = format!("Host or domain name not found: {name} (NXDOMAIN for {what})");
@@ -378,7 +385,13 @@ fn local_reply(reply: Reply) -> Attempt {
 }
 
 fn every(n: usize, kind: fn(Attempt) -> Outcome, attempt: Attempt) -> Delivery {
-    Delivery { outcomes: vec![kind(attempt); n], hop_down: false, remote_dsn: false, setup: None }
+    Delivery {
+        outcomes: vec![kind(attempt); n],
+        hop_down: false,
+        remote_dsn: false,
+        setup: None,
+        followups: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -244,6 +244,7 @@ impl Relay {
                 hop_down: true,
                 remote_dsn: false,
                 setup: None,
+                followups: Vec::new(),
             };
         }
         self.deliver_list(self.hosts.iter().map(|h| h.as_ref().map_err(String::as_str)), msg).await
@@ -262,7 +263,13 @@ impl Relay {
     ) -> Delivery {
         let n = msg.recipients.len();
         if n == 0 {
-            return Delivery { outcomes: Vec::new(), hop_down: false, remote_dsn: false, setup: None };
+            return Delivery {
+                outcomes: Vec::new(),
+                hop_down: false,
+                remote_dsn: false,
+                setup: None,
+                followups: Vec::new(),
+            };
         }
         let local_trouble = match &self.settings.auth {
             Some(Err(e)) => Some(Attempt::failed(ErrorClass::Local, e.clone())),
@@ -274,6 +281,7 @@ impl Relay {
                 hop_down: true,
                 remote_dsn: false,
                 setup: None,
+                followups: Vec::new(),
             };
         }
         let mut last = None;
@@ -283,7 +291,13 @@ impl Relay {
             if let Some((key, conn)) = self.pool.take_any(&keys) {
                 match self.try_pooled(&key, conn, msg).await {
                     Ok(HostTry::Done(outcomes, remote_dsn, setup)) => {
-                        return Delivery { outcomes, hop_down: false, remote_dsn, setup: Some(setup) };
+                        return Delivery {
+                            outcomes,
+                            hop_down: false,
+                            remote_dsn,
+                            setup: Some(setup),
+                            followups: Vec::new(),
+                        };
                     }
                     Ok(HostTry::Deferred(attempt)) => {
                         last = Some(attempt);
@@ -313,7 +327,13 @@ impl Relay {
             };
             match self.try_host(host, msg, &mut budget).await {
                 HostTry::Done(outcomes, remote_dsn, setup) => {
-                    return Delivery { outcomes, hop_down: false, remote_dsn, setup: Some(setup) };
+                    return Delivery {
+                        outcomes,
+                        hop_down: false,
+                        remote_dsn,
+                        setup: Some(setup),
+                        followups: Vec::new(),
+                    };
                 }
                 HostTry::Unreachable(attempt) => last = Some(attempt),
                 HostTry::Deferred(attempt) => {
@@ -331,12 +351,19 @@ impl Relay {
                 hop_down: false,
                 remote_dsn: false,
                 setup: None,
+                followups: Vec::new(),
             };
         }
         let why = if any { "could be tried" } else { "to try" };
         let attempt =
             last.unwrap_or_else(|| Attempt::failed(ErrorClass::Local, format!("no {} {why}", self.settings.noun)));
-        Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false, setup: None }
+        Delivery {
+            outcomes: vec![Outcome::Transient(attempt); n],
+            hop_down,
+            remote_dsn: false,
+            setup: None,
+            followups: Vec::new(),
+        }
     }
 
     /// QUITs every idle session (daemon shutdown).

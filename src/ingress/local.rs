@@ -77,6 +77,7 @@ pub(crate) async fn submit(
         ret: drop.ret.clone(),
         envid: drop.envid.clone(),
         trace_id: None,
+        forwarded_by: None,
         origin: Arrival::local(user),
     };
     let mut writer = ingress.open(tx).await?;

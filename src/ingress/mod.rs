@@ -101,6 +101,9 @@ pub(crate) struct Transaction {
     pub(crate) envid: Option<String>,
     /// The trace id the previous hop passed with `TRACE=`.
     pub(crate) trace_id: Option<String>,
+    /// The local recipient whose `.forward` names these recipients: a
+    /// copy that leaves the hub's domains is forwarded (SRS applies).
+    pub(crate) forwarded_by: Option<String>,
     pub(crate) origin: Arrival,
 }
 
@@ -131,6 +134,7 @@ impl Transaction {
             ret: None,
             envid: None,
             trace_id: None,
+            forwarded_by: None,
             origin: Arrival::local("MAILER-DAEMON"),
         }
     }
@@ -289,7 +293,7 @@ impl Ingress {
     /// drops duplicates. This is the one place aliases are applied.
     /// The flag says whether an alias forwards the message out of the
     /// hub's domains (what SRS is for).
-    fn expand(&self, recipients: Vec<RcptIn>) -> Result<(Vec<RcptIn>, bool), IngressError> {
+    fn expand(&self, recipients: Vec<RcptIn>, forwarded_by: Option<&str>) -> Result<(Vec<RcptIn>, bool), IngressError> {
         let Some(router) = &self.inner.router else { return Ok((recipients, false)) };
         let mut forwarded = false;
         let mut out: Vec<RcptIn> = Vec::with_capacity(recipients.len());
@@ -306,7 +310,8 @@ impl Ingress {
                 if !seen.insert(address.to_ascii_lowercase()) {
                     continue;
                 }
-                forwarded |= router.srs().is_some_and(|srs| srs.forwards(&r.address, &address));
+                let original = forwarded_by.unwrap_or(&r.address);
+                forwarded |= router.srs().is_some_and(|srs| srs.forwards(original, &address));
                 let orcpt = r.orcpt.clone().or_else(|| (address != r.address).then(|| format!("rfc822;{}", r.address)));
                 out.push(RcptIn { address, notify: r.notify.clone(), orcpt });
             }
@@ -382,7 +387,7 @@ impl Ingress {
             qualify,
         });
         let forwarded;
-        (tx.recipients, forwarded) = self.expand(std::mem::take(&mut tx.recipients))?;
+        (tx.recipients, forwarded) = self.expand(std::mem::take(&mut tx.recipients), tx.forwarded_by.as_deref())?;
         if tx.recipients.is_empty() {
             return Err(IngressError::NoRecipients);
         }
@@ -883,6 +888,7 @@ mod tests {
             ret: None,
             envid: None,
             trace_id: trace_id.map(str::to_string),
+            forwarded_by: None,
             origin: Arrival {
                 protocol: Protocol::Local,
                 helo: None,

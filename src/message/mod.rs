@@ -8,11 +8,13 @@
 //! - [`nexthop`]: next-hop syntax (`[host]:port`), targets, hops, filter specs;
 //! - `header`: the header block, byte-exact: split, fields, find, remove, rewrite;
 //! - `body`: a message's bytes, in memory or mapped from the spool;
+//! - `alias_items`: the items of an alias's value, `:include:` and `.forward` files;
 //! - `addrlist`: the addresses in an address-list field, changed one by one, byte-exact;
 //! - `downconvert`: 8-bit MIME to 7 bit (RFC 6152, 6532);
 //! - `seal`: whether we vouch for a message, carried through the content filter.
 
 pub(crate) mod addrlist;
+pub(crate) mod alias_items;
 pub(crate) mod body;
 pub(crate) mod downconvert;
 pub(crate) mod header;
@@ -36,6 +38,9 @@ pub(crate) struct OutRecipient {
     /// For an alias that ends in commands or files (`|cmd`, `/path`):
     /// what `local:` delivers it to, as the route found it at this attempt.
     pub(crate) alias_deliveries: Vec<AliasDelivery>,
+    /// Those of `alias_deliveries` that took the message at an earlier
+    /// attempt ([`AliasTarget::key`]): not run again.
+    pub(crate) done: Vec<String>,
 }
 
 /// One command or file a local alias delivers to.
@@ -55,6 +60,16 @@ pub(crate) struct AliasDelivery {
 pub(crate) enum AliasTarget {
     Command(String),
     File(String),
+}
+
+impl AliasTarget {
+    /// `|command` or the path: how the envelope remembers it was done.
+    pub(crate) fn key(&self) -> String {
+        match self {
+            AliasTarget::Command(c) => format!("|{c}"),
+            AliasTarget::File(f) => f.clone(),
+        }
+    }
 }
 
 /// The header a satellite stamps its trace id in. It lives among the
@@ -107,6 +122,7 @@ impl OutMessage {
                     notify: None,
                     orcpt: None,
                     alias_deliveries: Vec::new(),
+                    done: Vec::new(),
                 })
                 .collect(),
             body: Body::from(body),

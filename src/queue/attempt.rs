@@ -12,9 +12,9 @@ use super::notice::{self, BounceLimiter};
 use super::{Done, Job, Next, backoff};
 use crate::clock::now_secs;
 use crate::config::{Config, Role};
-use crate::deliver::Delivery;
+use crate::deliver::{Delivery, Followup, Forward};
 use crate::dsn;
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, IngressError};
 use crate::message::nexthop::Hop;
 use crate::message::outcome::{Attempt, ErrorClass, Outcome, RcptState, Status};
 use crate::message::{Body, OutMessage, OutRecipient};
@@ -293,7 +293,18 @@ async fn deliver_group(
             r.alias_deliveries = ctx.outbound.router.alias_deliveries(&r.address);
         }
     }
-    let delivery = ctx.outbound.transports.deliver(hop, &msg).await;
+    let mut delivery = ctx.outbound.transports.deliver(hop, &msg).await;
+    let forwards: Vec<Forward> = delivery
+        .followups
+        .iter()
+        .filter_map(|f| match f {
+            Followup::Forward(forward) => Some(forward.clone()),
+            Followup::Done { .. } => None,
+        })
+        .collect();
+    for forward in &forwards {
+        forward_copy(ctx, env, &msg, forward, &mut delivery.outcomes).await;
+    }
     let took = clock.elapsed();
     let down_until = if delivery.hop_down {
         let reason = delivery.outcomes.first().map(|o| o.attempt().detail.clone()).unwrap_or_default();
@@ -303,6 +314,70 @@ async fn deliver_group(
         None
     };
     Ok(GroupResult { hop: hop.clone(), indexes, delivery, down_until, attempted: true, started_us, took })
+}
+
+/// Commits the new message a recipient's `.forward` asks for (the same
+/// message, `Delivered-To:` the recipient prepended, the same envelope
+/// sender, the `.forward`'s addresses as recipients) through the one door
+/// into the queue, where it is routed like any other. Only once it is
+/// durable is the recipient delivered; if it cannot be committed, the
+/// recipient is deferred.
+async fn forward_copy(ctx: &Context, env: &Envelope, msg: &OutMessage, forward: &Forward, outcomes: &mut [Outcome]) {
+    let Some(Outcome::Delivered(done)) = outcomes.get(forward.outcome) else { return };
+    let notify = msg.recipients.get(forward.outcome).and_then(|r| r.notify.clone());
+    let user = forward.from.rsplit_once('@').map_or(forward.from.as_str(), |(l, _)| l);
+    let mut origin = crate::ingress::Arrival::local(user);
+    origin.trusted = env.trusted.unwrap_or(false);
+    let tx = crate::ingress::Transaction {
+        sender: env.sender.clone(),
+        recipients: forward
+            .to
+            .iter()
+            .map(|a| crate::ingress::RcptIn { address: a.clone(), notify: notify.clone(), orcpt: None })
+            .collect(),
+        body: if env.eight_bit {
+            crate::smtp::proto::command::BodyType::EightBitMime
+        } else {
+            crate::smtp::proto::command::BodyType::SevenBit
+        },
+        smtputf8: env.smtputf8,
+        ret: env.ret.clone(),
+        envid: env.envid.clone(),
+        trace_id: env.trace_id.clone(),
+        forwarded_by: Some(forward.from.clone()),
+        origin,
+    };
+    let delivered_to: String = forward.from.chars().filter(|c| !c.is_control()).collect();
+    let committed = async {
+        let mut writer = ctx.ingress.open(tx).await?;
+        writer.write(format!("Delivered-To: {delivered_to}\r\n").as_bytes()).await?;
+        writer.write(&msg.body).await?;
+        writer.commit().await
+    };
+    let detail = match committed.await {
+        Ok(id) => match done.detail.is_empty() {
+            true => format!("forwarded as {id}"),
+            false => format!("{}, forwarded as {id}", done.detail),
+        },
+        // A refused address, a message too big or gone round too often
+        // bounce (as the same message sent to those addresses would); the
+        // spool's trouble defers.
+        Err(e @ (IngressError::Rejected(_) | IngressError::TooBig(_) | IngressError::TooManyHops(_))) => {
+            let detail = format!("forwarding as {}'s .forward asks: {e}", forward.from);
+            let attempt = Attempt { reply: Some(e.reply()), ..Attempt::failed(ErrorClass::Local, detail) };
+            outcomes[forward.outcome] = Outcome::Permanent(attempt);
+            return;
+        }
+        Err(e) => {
+            let why = format!("cannot queue the forwarded copy ({}'s .forward): {e}", forward.from);
+            tracing::error!("{}: {why}", env.id);
+            outcomes[forward.outcome] = Outcome::Transient(Attempt::failed(ErrorClass::Local, why));
+            return;
+        }
+    };
+    if let Outcome::Delivered(a) = &mut outcomes[forward.outcome] {
+        a.detail = detail;
+    }
 }
 
 /// Applies a group's outcomes to the envelope and logs each.
@@ -322,6 +397,19 @@ fn record(env: &mut Envelope, group: &GroupResult, now: u64, first: bool, metric
         log_outcome(&env.id, env.trace_id.as_deref(), rcpt, group, arrival, a, status);
         rcpt.state = state;
         rcpt.record(AttemptRecord::of(now, status, a));
+    }
+    // An alias's commands and files that took the message are not run
+    // again at the next attempt.
+    for followup in &group.delivery.followups {
+        if let Followup::Done { outcome, parts } = followup
+            && let Some(rcpt) = group.indexes.get(*outcome).and_then(|&i| env.recipients.get_mut(i))
+        {
+            for part in parts {
+                if !rcpt.done.contains(part) {
+                    rcpt.done.push(part.clone());
+                }
+            }
+        }
     }
 }
 
@@ -470,6 +558,7 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Body) -> OutMessage {
                     notify: r.notify.clone(),
                     orcpt: r.orcpt.clone(),
                     alias_deliveries: Vec::new(),
+                    done: r.done.clone(),
                 }
             })
             .collect(),
@@ -486,7 +575,13 @@ fn out_message(env: &Envelope, indexes: &[usize], body: Body) -> OutMessage {
 
 fn all_transient(n: usize, class: ErrorClass, detail: String, hop_down: bool) -> Delivery {
     let attempt = Attempt::failed(class, detail);
-    Delivery { outcomes: vec![Outcome::Transient(attempt); n], hop_down, remote_dsn: false, setup: None }
+    Delivery {
+        outcomes: vec![Outcome::Transient(attempt); n],
+        hop_down,
+        remote_dsn: false,
+        setup: None,
+        followups: Vec::new(),
+    }
 }
 
 /// Postfix's delivery line, word for word in its order, under the service

@@ -15,6 +15,7 @@
 //! this module only parses one logical line, or one include file's text.
 
 use super::table::{split_list, unquote_prefix};
+pub(crate) use crate::message::alias_items::{Target, parse_target};
 
 /// Parses one logical line of an alias file into (name, value), the value
 /// being the checked list joined with `", "` (split it again with
@@ -43,62 +44,6 @@ pub(crate) fn parse_line(line: &str) -> Result<(String, String), String> {
         check_value(item)?;
     }
     Ok((name, items.join(", ")))
-}
-
-/// One value of an alias entry or line of an `:include:` file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Target {
-    /// A local name or an address, as written (quotes kept).
-    Address(String),
-    /// `\name`: the mailbox of `name`, not aliased again.
-    Mailbox(String),
-    /// `|command`: the command text after the bar.
-    Command(String),
-    /// `/path`: a file to append to.
-    File(String),
-    /// `:include:/path`: the addresses in that file.
-    Include(String),
-}
-
-/// Classifies and checks one value. Errors say what is wrong with it.
-pub(crate) fn parse_target(item: &str) -> Result<Target, String> {
-    // `"|cmd args"` is the usual way to write a command with spaces.
-    let bare = match unquote_prefix(item) {
-        Ok((inner, "")) if item.starts_with('"') => inner,
-        _ => item.to_string(),
-    };
-    if bare.starts_with('#') {
-        // `root: admin # note` would otherwise send mail to `#` and `note`.
-        return Err(format!("{item}: comments must be on a line of their own"));
-    }
-    if let Some(command) = bare.strip_prefix('|') {
-        if command.trim().is_empty() {
-            return Err(format!("{item}: empty command"));
-        }
-        return Ok(Target::Command(command.trim().to_string()));
-    }
-    if bare.starts_with('/') {
-        return Ok(Target::File(bare));
-    }
-    if bare.get(..9).is_some_and(|p| p.eq_ignore_ascii_case(":include:")) {
-        let path = bare[9..].trim();
-        if path.is_empty() {
-            return Err(format!("{item}: :include: without a file name"));
-        }
-        if !path.starts_with('/') {
-            return Err(format!("{item}: :include: needs an absolute path"));
-        }
-        return Ok(Target::Include(path.to_string()));
-    }
-    let addr = bare.strip_prefix('\\').unwrap_or(&bare);
-    match addr.rsplit_once('@') {
-        _ if addr.is_empty() => Err(format!("{item}: empty address")),
-        Some(("", _)) => Err(format!("{item}: address without a local part")),
-        Some((_, "")) => Err(format!("{item}: address without a domain")),
-        Some(_) if item.starts_with('\\') => Err(format!("{item}: \\ applies to local names only")),
-        _ if item.starts_with('\\') => Ok(Target::Mailbox(addr.to_string())),
-        _ => Ok(Target::Address(item.to_string())),
-    }
 }
 
 /// Accepts what an alias file may hold.

@@ -306,63 +306,7 @@ fn parse_map_line(line: &str) -> Result<(String, String), String> {
     Ok((key, value.to_string()))
 }
 
-/// Reads a `"..."` string at the start of `s` (`\"` and `\\` escape);
-/// returns its contents and what follows the closing quote.
-pub(crate) fn unquote_prefix(s: &str) -> Result<(String, &str), String> {
-    let mut out = String::new();
-    let mut chars = s.char_indices().skip(1);
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '"' => return Ok((out, &s[i + 1..])),
-            '\\' => match chars.next() {
-                Some((_, c)) => out.push(c),
-                None => break,
-            },
-            c => out.push(c),
-        }
-    }
-    Err("missing closing double quote".into())
-}
-
-/// Splits a list value (virtual(5), aliases(5)) at commas and whitespace,
-/// keeping double-quoted parts whole (`"a, b"@example.org` is one item) and
-/// taking the address out of `<...>`. Items are returned as written.
-pub(crate) fn split_list(value: &str) -> Vec<String> {
-    let mut items = Vec::new();
-    let mut item = String::new();
-    let mut quoted = false;
-    let mut escaped = false;
-    for c in value.chars() {
-        if quoted {
-            item.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                quoted = false;
-            }
-        } else if c == ',' || c.is_whitespace() {
-            push_item(&mut items, &mut item);
-        } else {
-            quoted = c == '"';
-            item.push(c);
-        }
-    }
-    push_item(&mut items, &mut item);
-    items
-}
-
-fn push_item(items: &mut Vec<String>, item: &mut String) {
-    let s = std::mem::take(item);
-    let s = match s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
-        Some(inner) => inner.to_string(),
-        None => s,
-    };
-    if !s.is_empty() {
-        items.push(s);
-    }
-}
+pub(crate) use crate::message::alias_items::{split_list, unquote_prefix};
 
 /// Reads a table source, bounded by [`MAX_FILE_SIZE`], and parses it.
 /// Bad lines are in the result's `errors`, not an `Err`.

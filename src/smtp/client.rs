@@ -1484,6 +1484,7 @@ mod tests {
                 notify: None,
                 orcpt: None,
                 alias_deliveries: Vec::new(),
+                done: Vec::new(),
             })
             .collect()
     }

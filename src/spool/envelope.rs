@@ -86,6 +86,11 @@ pub(crate) struct Recipient {
     pub(crate) state: RcptState,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) history: Vec<AttemptRecord>,
+    /// An alias's commands and files (`|cmd`, `/path`) that took the
+    /// message at an attempt where another failed: later attempts skip
+    /// them, so a deferral does not run them twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) done: Vec<String>,
 }
 
 /// One delivery attempt for one recipient.
@@ -185,7 +190,7 @@ impl AttemptRecord {
 
 impl Recipient {
     pub(crate) fn new(address: String, notify: Option<String>, orcpt: Option<String>) -> Recipient {
-        Recipient { address, notify, orcpt, state: RcptState::Pending, history: Vec::new() }
+        Recipient { address, notify, orcpt, state: RcptState::Pending, history: Vec::new(), done: Vec::new() }
     }
 
     pub(crate) fn record(&mut self, attempt: AttemptRecord) {

@@ -15,6 +15,7 @@
 //! directory and the tail of the daemon's log into the test's output.
 #![allow(dead_code, unused_imports)]
 
+pub mod accounts;
 pub mod client;
 pub mod dns;
 pub mod dovecot;
@@ -28,6 +29,7 @@ pub mod sevenbit;
 pub mod sink;
 pub mod tls;
 
+pub use accounts::*;
 pub use client::*;
 pub use dns::*;
 pub use filter::*;

@@ -254,10 +254,12 @@ pub(super) const KEYS: &[Key] = &[
         .default("false"),
     k("local.default_privs", "The account that commands (|cmd) and files (/path) of an alias file owned by root run and are written as; an alias file owned by another account runs them as that account. Never root.")
         .default("nobody"),
-    k("local.allow_mail_to_commands", "Where aliases to commands (|cmd) are honoured: alias (the alias files), forward (.forward files, not built yet). An alias to a command from a source not listed bounces (550 5.7.1). include is refused: :include: files list addresses only.")
+    k("local.allow_mail_to_commands", "Where aliases to commands (|cmd) are honoured: alias (the alias files), forward (.forward files, run as the user). An alias to a command from a source not listed bounces (550 5.7.1). include is refused: :include: files list addresses only.")
         .default("alias, forward"),
     k("local.allow_mail_to_files", "Where aliases to files (/path) are honoured: alias, forward, as allow_mail_to_commands.")
         .default("alias, forward"),
+    k("local.forward_path", "Where local: looks for a user's .forward file, first found wins: absolute paths or paths under $home, with $home, $user, $local, $extension, $domain, $recipient (also ${name}). The file is read as the user and honoured only when it is a regular file owned by the user or root and not group- or world-writable. An empty list reads no .forward files.")
+        .default("$home/.forward"),
     k("local.command_time_limit", "How long a command an alias delivers to may run; then its process group is killed and the mail deferred.")
         .default("1000s"),
     k("tls.cert", "The server's certificate chain (PEM); STARTTLS is offered only when set. TLS 1.2 and 1.3.").exim("tls_certificate"),

@@ -172,6 +172,7 @@ impl Session<'_> {
             ret: mail.ret.clone(),
             envid: mail.envid.clone(),
             trace_id: mail.trace.clone(),
+            forwarded_by: None,
             origin: Arrival {
                 protocol,
                 helo: self.helo.clone(),
