@@ -1,6 +1,6 @@
-//! `[verify]`: SPF, DKIM and DMARC checks of incoming mail (issue 16,
-//! `crate::verify` does them). Off on both roles unless `spf`, `dkim` or
-//! `dmarc` is set; never applied to clients the hub vouches for.
+//! `[verify]`: SPF, DKIM, DMARC and ARC checks of incoming mail (issue 16,
+//! `crate::verify` does them). Off on both roles unless `spf`, `dkim`,
+//! `dmarc` or `arc` is set; never applied to clients the hub vouches for.
 
 use super::{ConfigError, KeyError};
 use serde::Deserialize;
@@ -32,6 +32,8 @@ pub(crate) struct VerifyConfig {
     pub(crate) spf: bool,
     pub(crate) dkim: bool,
     pub(crate) dmarc: bool,
+    /// ARC chain validation (RFC 8617), recorded as `arc=`.
+    pub(crate) arc: bool,
     /// The authserv-id of the Authentication-Results header (RFC 8601).
     pub(crate) authserv_id: String,
     pub(crate) spf_fail_action: SpfFailAction,
@@ -41,7 +43,7 @@ pub(crate) struct VerifyConfig {
 impl VerifyConfig {
     /// Whether any check runs.
     pub(crate) fn is_on(&self) -> bool {
-        self.spf || self.dkim || self.dmarc
+        self.spf || self.dkim || self.dmarc || self.arc
     }
 }
 
@@ -70,6 +72,7 @@ pub(super) struct RawVerify {
     spf: Option<bool>,
     dkim: Option<bool>,
     dmarc: Option<bool>,
+    arc: Option<bool>,
     authserv_id: Option<String>,
     spf_fail_action: Option<String>,
     dmarc_reject_action: Option<String>,
@@ -102,5 +105,13 @@ pub(super) fn resolve_verify(raw: RawVerify, hostname: &str, err: &KeyError) -> 
         // DMARC is the alignment of the SPF and DKIM results.
         return Err(err("verify.dmarc", "needs verify.spf and verify.dkim on".into()));
     }
-    Ok(VerifyConfig { spf, dkim, dmarc, authserv_id, spf_fail_action, dmarc_reject_action })
+    Ok(VerifyConfig {
+        spf,
+        dkim,
+        dmarc,
+        arc: raw.arc.unwrap_or(false),
+        authserv_id,
+        spf_fail_action,
+        dmarc_reject_action,
+    })
 }
