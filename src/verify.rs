@@ -18,9 +18,13 @@
 //! - DMARC `fail` for a domain with `p=reject` or `p=quarantine`: as
 //!   `dmarc_reject_action` says (refused with 550 5.7.1, put on hold, or
 //!   only recorded).
-//! - ARC (RFC 8617) is only recorded: `arc=pass`, `arc=fail` (with
+//! - ARC (RFC 8617) is recorded as `arc=pass`, `arc=fail` (with
 //!   mail-auth's reason) or `arc=none` (the message carries no ARC set),
 //!   the three results RFC 8617 4.4 defines. Nothing is refused for it.
+//!   A chain that passes and was last sealed by a domain in
+//!   `arc_trusted_sealers` (empty by default) lets a DMARC failure be
+//!   accepted instead of refused or held (RFC 8617 7.2, local policy):
+//!   the log says `dmarc.override=arc (domain)`, the header is unchanged.
 
 use crate::config::{Config, DmarcAction, SpfFailAction, VerifyConfig};
 use crate::smtp::proto::reply::{Enhanced, Reply};
@@ -158,6 +162,7 @@ impl Verifier {
             }
             _ => None,
         };
+        let arc = if self.config.arc { Some(arc_result(&self.auth.verify_arc(&message).await)) } else { None };
         let mut results = AuthenticationResults::new(&self.config.authserv_id);
         let mut log = Vec::new();
         if let Some(spf) = spf {
@@ -185,13 +190,18 @@ impl Verifier {
                 action = self.dmarc_action(dmarc.policy(), &from_domain);
             }
         }
-        if self.config.arc {
-            let arc = self.auth.verify_arc(&message).await;
-            let (result, sealer) = arc_result(&arc);
-            log.push(match sealer {
+        if let Some((result, sealer)) = arc {
+            log.push(match &sealer {
                 Some(d) => format!("arc={} ({d})", arc_name(&result)),
                 None => format!("arc={}", arc_name(&result)),
             });
+            // RFC 8617 7.2: the list that broke the alignment vouches,
+            // through a chain that holds, for what it saw.
+            let trusted = sealer.filter(|d| self.config.arc_trusted_sealers.contains(d));
+            if let (false, DkimResult::Pass, Some(d)) = (action == Action::Accept, &result, trusted) {
+                log.push(format!("dmarc.override=arc ({d})"));
+                action = Action::Accept;
+            }
             results = results.with_arc_result(&ArcOutput::default().with_result(result), ip);
         }
         let mut header = with_dkim_none(results.to_header(), self.config.dkim && dkim.is_empty());

@@ -32,6 +32,10 @@
 //!     the seal `arc=fail`; a message without ARC headers `arc=none`.
 //! 12. `queue show` of a message put on hold by DMARC prints the results
 //!     (and `--json` carries them as `auth_results`).
+//! 13. `verify.arc_trusted_sealers = ["list.test"]`: a forged `p=reject`
+//!     From: sealed by list.test with a passing chain is accepted
+//!     (`dmarc.override=arc` in the log); its tampered copy is refused; on
+//!     a hub without the key the sealed one is refused too.
 
 mod harness;
 
@@ -363,7 +367,7 @@ fn sealed(key: Ed25519Key, text: &str) -> String {
 
 /// The hub with every check on, ARC too; the zone also holds the seal key
 /// of list.test.
-fn arc_hub() -> (Posthorn, tempfile::TempDir, DnsServer, Ed25519Key) {
+fn arc_hub(extra: &[&str]) -> (Posthorn, tempfile::TempDir, DnsServer, Ed25519Key) {
     let (_key, public) = dkim_key();
     let (seal_key, seal_public) = dkim_key();
     let mut zone = records(&public);
@@ -371,13 +375,14 @@ fn arc_hub() -> (Posthorn, tempfile::TempDir, DnsServer, Ed25519Key) {
     let dns = DnsServer::start(zone);
     let mut lines = VERIFY.to_vec();
     lines.push("verify.arc = true");
+    lines.extend(extra);
     let (ph, mail) = hub(&dns, &lines);
     (ph, mail, dns, seal_key)
 }
 
 #[test]
 fn arc_pass_fail_and_none() {
-    let (ph, mail, _dns, seal_key) = arc_hub();
+    let (ph, mail, _dns, seal_key) = arc_hub(&[]);
     let addr = ph.smtp_addr();
     let text = sealed(seal_key, &message("a@good.test", "listed"));
     let base =
@@ -407,9 +412,49 @@ fn arc_pass_fail_and_none() {
     assert_eq!(auth_results(&delivered(&ph, &mail, "plain")), format!("{base}; arc=none smtp.remote-ip=127.0.0.3"));
 }
 
+/// `verify.arc_trusted_sealers`: a list's passing chain lets a DMARC
+/// `p=reject` failure in (the list rewrote nothing here, but the author's
+/// domain is not the envelope's: not aligned, as after a list's changes);
+/// a broken chain does not, nor does a hub without the key.
+#[test]
+fn trusted_sealers_override_a_dmarc_reject() {
+    let forged = message("ceo@bank.test", "listed");
+    for (trusted, user) in [(None, "untrusted"), (Some("\"list.test\""), "trusted")] {
+        let extra = trusted.map(|t| format!("verify.arc_trusted_sealers = [{t}]"));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (ph, mail, _dns, seal_key) = arc_hub(&extra);
+        let addr = ph.smtp_addr();
+        let text = sealed(seal_key, &forged);
+
+        let got = dialogue(addr, "127.0.0.3", "a@good.test", &format!("{user}@example.org"), &text);
+        if trusted.is_none() {
+            assert_eq!(got[3], "550 5.7.1 Message rejected: DMARC policy of bank.test is reject", "{got:?}");
+            continue;
+        }
+        assert!(got[3].starts_with("250 "), "{got:?}\n{}", ph.log());
+        assert_eq!(
+            auth_results(&delivered(&ph, &mail, user)),
+            format!(
+                "mx.test; {}; dkim=none; dmarc=fail (policy not aligned) header.from=bank.test policy.dmarc=reject; \
+                 arc=pass smtp.remote-ip=127.0.0.3",
+                spf_pass("a@good.test")
+            )
+        );
+        assert!(
+            ph.wait_for_log("dmarc=fail (bank.test) arc=pass (list.test) dmarc.override=arc (list.test)", secs(5)),
+            "{}",
+            ph.log()
+        );
+
+        let tampered = text.replace("hello", "hullo");
+        let got = dialogue(addr, "127.0.0.3", "a@good.test", "tampered@example.org", &tampered);
+        assert_eq!(got[3], "550 5.7.1 Message rejected: DMARC policy of bank.test is reject", "{got:?}");
+    }
+}
+
 #[test]
 fn queue_show_prints_the_results_of_a_held_message() {
-    let (ph, _mail, _dns, _seal_key) = arc_hub();
+    let (ph, _mail, _dns, _seal_key) = arc_hub(&[]);
     let held =
         dialogue(ph.smtp_addr(), "127.0.0.3", "a@good.test", "held@example.org", &message("sales@shop.test", "held"));
     assert!(held[3].starts_with("250 2.0.0 Ok: queued as "), "{held:?}\n{}", ph.log());
