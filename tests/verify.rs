@@ -31,7 +31,9 @@
 //!     DNS) gets `arc=pass`; its body or a signed header changed after
 //!     the seal `arc=fail`; a message without ARC headers `arc=none`.
 //! 12. `queue show` of a message put on hold by DMARC prints the results
-//!     (and `--json` carries them as `auth_results`).
+//!     (and `--json` carries them as `auth_results`, `postcat -e -q` as
+//!     `named_attribute: posthorn_auth_results=`, `exim -Mvh` as
+//!     `-posthorn_auth_results`).
 //! 13. `verify.arc_trusted_sealers = ["list.test"]`: a forged `p=reject`
 //!     From: sealed by list.test with a passing chain is accepted
 //!     (`dmarc.override=arc` in the log); its tampered copy is refused; on
@@ -471,4 +473,12 @@ fn queue_show_prints_the_results_of_a_held_message() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("queue show --json");
     assert_eq!(v["auth_results"], results, "{v}");
     assert_eq!(v["state"], "hold");
+
+    let postcat = ph.run_as("postcat", &["-e", "-q", &id], b"");
+    let text = String::from_utf8_lossy(&postcat.stdout);
+    assert!(text.contains(&format!("\nnamed_attribute: posthorn_auth_results={results}\n")), "{text}");
+
+    let exim = ph.run_as("exim", &["-Mvh", &id], b"");
+    let text = String::from_utf8_lossy(&exim.stdout);
+    assert!(text.contains(&format!("\n-posthorn_auth_results {results}\n")), "{text}");
 }
