@@ -204,6 +204,7 @@ mod tests {
             filtered: false,
             trace_id: None,
             trusted: None,
+            auth_results: None,
         }
     }
 

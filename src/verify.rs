@@ -1,10 +1,11 @@
-//! SPF, DKIM and DMARC checks of incoming mail (`[verify]`, issue 16),
-//! through `mail-auth`, and the Authentication-Results header (RFC 8601)
-//! that records them.
+//! SPF, DKIM, DMARC and ARC checks of incoming mail (`[verify]`, issue
+//! 16), through `mail-auth`, and the Authentication-Results header (RFC
+//! 8601) that records them.
 //!
 //! The SMTP session calls `spf` at MAIL FROM (both the MAIL FROM and the
 //! HELO identity, RFC 7208 2.3 and 2.4) and `message` at the end of DATA
-//! (DKIM on the whole message, then DMARC from the SPF and DKIM results).
+//! (DKIM on the whole message, then DMARC from the SPF and DKIM results,
+//! then the ARC chain when `arc` is on).
 //! Lookups go to `deliver.dns_servers` when set, else to the system's
 //! resolvers, as every other lookup of posthorn does.
 //!
@@ -17,8 +18,13 @@
 //! - DMARC `fail` for a domain with `p=reject` or `p=quarantine`: as
 //!   `dmarc_reject_action` says (refused with 550 5.7.1, put on hold, or
 //!   only recorded).
-//!
-//! ARC is not checked.
+//! - ARC (RFC 8617) is recorded as `arc=pass`, `arc=fail` (with
+//!   mail-auth's reason) or `arc=none` (the message carries no ARC set),
+//!   the three results RFC 8617 4.4 defines. Nothing is refused for it.
+//!   A chain that passes and was last sealed by a domain in
+//!   `arc_trusted_sealers` (empty by default) lets a DMARC failure be
+//!   accepted instead of refused or held (RFC 8617 7.2, local policy):
+//!   the log says `dmarc.override=arc (domain)`, the header is unchanged.
 
 use crate::config::{Config, DmarcAction, SpfFailAction, VerifyConfig};
 use crate::smtp::proto::reply::{Enhanced, Reply};
@@ -28,8 +34,8 @@ use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput,
-    SpfResult,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, MessageAuthenticator,
+    SpfOutput, SpfResult,
 };
 use std::net::IpAddr;
 use std::time::Duration;
@@ -67,7 +73,8 @@ pub(crate) enum Action {
 pub(crate) struct Verdict {
     /// `Authentication-Results: ...\r\n`, to prepend.
     pub(crate) header: String,
-    /// `spf=pass (example.org) dkim=pass (example.org) dmarc=pass (example.org)`.
+    /// `spf=pass (example.org) dkim=pass (example.org) dmarc=pass (example.org)`,
+    /// logged and kept on the envelope for `queue show`.
     pub(crate) log: String,
     pub(crate) action: Action,
 }
@@ -139,9 +146,9 @@ impl Verifier {
         (checks, refusal)
     }
 
-    /// DKIM and DMARC of the message `text`, with the SPF results of
-    /// MAIL (when SPF is on).
-    pub(crate) async fn message(&self, text: &[u8], spf: Option<&SpfChecks>) -> Verdict {
+    /// DKIM, DMARC and ARC of the message `text` from a client at `ip`,
+    /// with the SPF results of MAIL (when SPF is on).
+    pub(crate) async fn message(&self, text: &[u8], spf: Option<&SpfChecks>, ip: IpAddr) -> Verdict {
         let Some(message) = AuthenticatedMessage::parse(text) else {
             let header = AuthenticationResults::new(&self.config.authserv_id).to_header();
             return Verdict { header, log: "unparsable message".into(), action: Action::Accept };
@@ -155,6 +162,7 @@ impl Verifier {
             }
             _ => None,
         };
+        let arc = if self.config.arc { Some(arc_result(&self.auth.verify_arc(&message).await)) } else { None };
         let mut results = AuthenticationResults::new(&self.config.authserv_id);
         let mut log = Vec::new();
         if let Some(spf) = spf {
@@ -181,6 +189,20 @@ impl Verifier {
             if result == "fail" {
                 action = self.dmarc_action(dmarc.policy(), &from_domain);
             }
+        }
+        if let Some((result, sealer)) = arc {
+            log.push(match &sealer {
+                Some(d) => format!("arc={} ({d})", arc_name(&result)),
+                None => format!("arc={}", arc_name(&result)),
+            });
+            // RFC 8617 7.2: the list that broke the alignment vouches,
+            // through a chain that holds, for what it saw.
+            let trusted = sealer.filter(|d| self.config.arc_trusted_sealers.contains(d));
+            if let (false, DkimResult::Pass, Some(d)) = (action == Action::Accept, &result, trusted) {
+                log.push(format!("dmarc.override=arc ({d})"));
+                action = Action::Accept;
+            }
+            results = results.with_arc_result(&ArcOutput::default().with_result(result), ip);
         }
         let mut header = with_dkim_none(results.to_header(), self.config.dkim && dkim.is_empty());
         if !header.ends_with("\r\n") {
@@ -247,6 +269,28 @@ fn with_dkim_none(header: String, unsigned: bool) -> String {
             Some(head) if !head.ends_with("; none") => format!("{head};\r\n\tdkim=none\r\n"),
             _ => header.replace("; none\r\n", ";\r\n\tdkim=none\r\n"),
         },
+    }
+}
+
+/// The chain's result in RFC 8617's three words (a DNS or syntax error
+/// is a `fail` with its reason), and the domain of the newest seal.
+fn arc_result(arc: &ArcOutput<'_>) -> (DkimResult, Option<String>) {
+    let sealer = arc.sets().last().map(|set| set.seal.header.d.to_ascii_lowercase());
+    let result = match arc.result() {
+        DkimResult::Pass => DkimResult::Pass,
+        DkimResult::None => DkimResult::None,
+        DkimResult::Neutral(e) | DkimResult::Fail(e) | DkimResult::PermError(e) | DkimResult::TempError(e) => {
+            DkimResult::Fail(e.clone())
+        }
+    };
+    (result, sealer)
+}
+
+fn arc_name(result: &DkimResult) -> &'static str {
+    match result {
+        DkimResult::Pass => "pass",
+        DkimResult::None => "none",
+        _ => "fail",
     }
 }
 

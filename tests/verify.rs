@@ -26,14 +26,28 @@
 //! 9. Off by default: no header on a hub without `[verify]`.
 //! 10. With both actions `tag`: SPF fail, SPF temperror and a forged
 //!     `p=reject` From: are all accepted, and the header says so.
+//! 11. ARC (`verify.arc`): a message sealed in the test with mail-auth's
+//!     `ArcSealer` as a mailing list at `list.test` would (Ed25519, key in
+//!     DNS) gets `arc=pass`; its body or a signed header changed after
+//!     the seal `arc=fail`; a message without ARC headers `arc=none`.
+//! 12. `queue show` of a message put on hold by DMARC prints the results
+//!     (and `--json` carries them as `auth_results`, `postcat -e -q` as
+//!     `named_attribute: posthorn_auth_results=`, `exim -Mvh` as
+//!     `-posthorn_auth_results`).
+//! 13. `verify.arc_trusted_sealers = ["list.test"]`: a forged `p=reject`
+//!     From: sealed by list.test with a passing chain is accepted
+//!     (`dmarc.override=arc` in the log); its tampered copy is refused; on
+//!     a hub without the key the sealed one is refused too.
 
 mod harness;
 
 use harness::dns::{DnsRecord, DnsServer};
 use harness::*;
+use mail_auth::arc::ArcSealer;
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
+use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults};
 use std::net::SocketAddr;
 use std::process::Command;
 
@@ -78,7 +92,11 @@ fn dialogue(addr: SocketAddr, source: &str, sender: &str, rcpt: &str, message: &
 /// 127.0.0.0/24), DMARC for bank.test (reject) and shop.test
 /// (quarantine), the DKIM key of good.test, and slow.test never answered.
 fn zone(dkim_key: &str) -> DnsServer {
-    DnsServer::start(vec![
+    DnsServer::start(records(dkim_key))
+}
+
+fn records(dkim_key: &str) -> Vec<DnsRecord> {
+    vec![
         DnsRecord::txt("good.test", "v=spf1 ip4:127.0.0.3 -all"),
         DnsRecord::txt("soft.test", "v=spf1 ip4:127.0.0.3 ~all"),
         DnsRecord::txt("bank.test", "v=spf1 ip4:127.0.0.3 -all"),
@@ -90,7 +108,7 @@ fn zone(dkim_key: &str) -> DnsServer {
         DnsRecord::txt("s1._domainkey.good.test", &format!("v=DKIM1; k=ed25519; p={dkim_key}")),
         DnsRecord::silent("slow.test"),
         DnsRecord::silent("_dmarc.slow.test"),
-    ])
+    ]
 }
 
 /// A hub on 127.0.0.1 trusting 127.0.0.5, delivering example.org to
@@ -331,4 +349,136 @@ fn tag_actions_only_record() {
         )
     );
     assert!(ph.spool_files("hold").is_empty());
+}
+
+/// `text` with the ARC set (RFC 8617) of a mailing list at `list.test`
+/// (selector `arc`) on top, as the first hop of its chain: the list's own
+/// Authentication-Results, its message signature and its seal.
+fn sealed(key: Ed25519Key, text: &str) -> String {
+    let message = AuthenticatedMessage::parse(text.as_bytes()).unwrap();
+    let results = AuthenticationResults::new("lists.list.test").with_spf_mailfrom_result(
+        &mail_auth::SpfOutput::default(),
+        "127.0.0.9".parse().unwrap(),
+        "a@good.test",
+        "client.test",
+    );
+    let sealer = ArcSealer::from_key(key).domain("list.test").selector("arc").headers(["From", "To", "Subject"]);
+    let set = sealer.seal(&message, &results, &ArcOutput::default()).unwrap();
+    format!("{}{text}", set.to_header())
+}
+
+/// The hub with every check on, ARC too; the zone also holds the seal key
+/// of list.test.
+fn arc_hub(extra: &[&str]) -> (Posthorn, tempfile::TempDir, DnsServer, Ed25519Key) {
+    let (_key, public) = dkim_key();
+    let (seal_key, seal_public) = dkim_key();
+    let mut zone = records(&public);
+    zone.push(DnsRecord::txt("arc._domainkey.list.test", &format!("v=DKIM1; k=ed25519; p={seal_public}")));
+    let dns = DnsServer::start(zone);
+    let mut lines = VERIFY.to_vec();
+    lines.push("verify.arc = true");
+    lines.extend(extra);
+    let (ph, mail) = hub(&dns, &lines);
+    (ph, mail, dns, seal_key)
+}
+
+#[test]
+fn arc_pass_fail_and_none() {
+    let (ph, mail, _dns, seal_key) = arc_hub(&[]);
+    let addr = ph.smtp_addr();
+    let text = sealed(seal_key, &message("a@good.test", "listed"));
+    let base =
+        format!("mx.test; {}; dkim=none; dmarc=pass header.from=good.test policy.dmarc=none", spf_pass("a@good.test"));
+
+    let got = dialogue(addr, "127.0.0.3", "a@good.test", "sealed@example.org", &text);
+    assert!(got[3].starts_with("250 "), "{got:?}\n{}", ph.log());
+    assert_eq!(auth_results(&delivered(&ph, &mail, "sealed")), format!("{base}; arc=pass smtp.remote-ip=127.0.0.3"));
+    assert!(ph.wait_for_log("dkim=none dmarc=pass (good.test) arc=pass (list.test) client=", secs(5)), "{}", ph.log());
+
+    // The body changed after the seal, or a header the list signed.
+    for (user, tampered, reason) in [
+        ("body", text.replace("hello", "hullo"), "body hash did not verify"),
+        ("header", text.replace("Subject: listed", "Subject: changed"), "verification failed"),
+    ] {
+        let got = dialogue(addr, "127.0.0.3", "a@good.test", &format!("{user}@example.org"), &tampered);
+        assert!(got[3].starts_with("250 "), "{got:?}");
+        assert_eq!(
+            auth_results(&delivered(&ph, &mail, user)),
+            format!("{base}; arc=fail ({reason}) smtp.remote-ip=127.0.0.3")
+        );
+    }
+    assert!(ph.wait_for_log("arc=fail (list.test)", secs(5)), "{}", ph.log());
+
+    let got = dialogue(addr, "127.0.0.3", "a@good.test", "plain@example.org", &message("a@good.test", "plain"));
+    assert!(got[3].starts_with("250 "), "{got:?}");
+    assert_eq!(auth_results(&delivered(&ph, &mail, "plain")), format!("{base}; arc=none smtp.remote-ip=127.0.0.3"));
+}
+
+/// `verify.arc_trusted_sealers`: a list's passing chain lets a DMARC
+/// `p=reject` failure in (the list rewrote nothing here, but the author's
+/// domain is not the envelope's: not aligned, as after a list's changes);
+/// a broken chain does not, nor does a hub without the key.
+#[test]
+fn trusted_sealers_override_a_dmarc_reject() {
+    let forged = message("ceo@bank.test", "listed");
+    for (trusted, user) in [(None, "untrusted"), (Some("\"list.test\""), "trusted")] {
+        let extra = trusted.map(|t| format!("verify.arc_trusted_sealers = [{t}]"));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (ph, mail, _dns, seal_key) = arc_hub(&extra);
+        let addr = ph.smtp_addr();
+        let text = sealed(seal_key, &forged);
+
+        let got = dialogue(addr, "127.0.0.3", "a@good.test", &format!("{user}@example.org"), &text);
+        if trusted.is_none() {
+            assert_eq!(got[3], "550 5.7.1 Message rejected: DMARC policy of bank.test is reject", "{got:?}");
+            continue;
+        }
+        assert!(got[3].starts_with("250 "), "{got:?}\n{}", ph.log());
+        assert_eq!(
+            auth_results(&delivered(&ph, &mail, user)),
+            format!(
+                "mx.test; {}; dkim=none; dmarc=fail (policy not aligned) header.from=bank.test policy.dmarc=reject; \
+                 arc=pass smtp.remote-ip=127.0.0.3",
+                spf_pass("a@good.test")
+            )
+        );
+        assert!(
+            ph.wait_for_log("dmarc=fail (bank.test) arc=pass (list.test) dmarc.override=arc (list.test)", secs(5)),
+            "{}",
+            ph.log()
+        );
+
+        let tampered = text.replace("hello", "hullo");
+        let got = dialogue(addr, "127.0.0.3", "a@good.test", "tampered@example.org", &tampered);
+        assert_eq!(got[3], "550 5.7.1 Message rejected: DMARC policy of bank.test is reject", "{got:?}");
+    }
+}
+
+#[test]
+fn queue_show_prints_the_results_of_a_held_message() {
+    let (ph, _mail, _dns, _seal_key) = arc_hub(&[]);
+    let held =
+        dialogue(ph.smtp_addr(), "127.0.0.3", "a@good.test", "held@example.org", &message("sales@shop.test", "held"));
+    assert!(held[3].starts_with("250 2.0.0 Ok: queued as "), "{held:?}\n{}", ph.log());
+    let id = held[3].rsplit(' ').next().unwrap().to_string();
+    assert!(wait_until(secs(10), || ph.spool_files("hold").len() == 1), "{}", ph.log());
+    let results = "spf=pass (good.test) spf.helo=pass (client.test) dkim=none dmarc=fail (shop.test) arc=none";
+
+    let show = ph.command(&["queue", "show", &id], b"");
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(show.status.success(), "{text}{}", String::from_utf8_lossy(&show.stderr));
+    assert!(text.contains(&format!("\n  verify: {results}\n")), "{text}");
+
+    let json = ph.command(&["queue", "show", "--json", &id], b"");
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("queue show --json");
+    assert_eq!(v["auth_results"], results, "{v}");
+    assert_eq!(v["state"], "hold");
+
+    let postcat = ph.run_as("postcat", &["-e", "-q", &id], b"");
+    let text = String::from_utf8_lossy(&postcat.stdout);
+    assert!(text.contains(&format!("\nnamed_attribute: posthorn_auth_results={results}\n")), "{text}");
+
+    let exim = ph.run_as("exim", &["-Mvh", &id], b"");
+    let text = String::from_utf8_lossy(&exim.stdout);
+    assert!(text.contains(&format!("\n-posthorn_auth_results {results}\n")), "{text}");
 }

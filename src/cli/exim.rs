@@ -300,6 +300,9 @@ fn header_file(env: &Envelope, head: &[u8]) -> String {
         s.push_str("-frozen 0\n");
     }
     s.push_str(&format!("-posthorn_attempts {}\n", env.attempts));
+    if let Some(results) = &env.auth_results {
+        s.push_str(&format!("-posthorn_auth_results {results}\n"));
+    }
     s.push_str("XX\n");
     s.push_str(&format!("{}\n", env.recipients.len()));
     for r in &env.recipients {

@@ -5,6 +5,8 @@
 //! `-e` envelope only, `-h` headers only, `-b` body only; as in Postfix, the
 //! markers are printed only when the envelope is. Operands without `-q` are
 //! paths to envelope files (`SPOOL/deferred/ID`). Reads the spool only.
+//! posthorn's own envelope fields (attempts, frozen, the `[verify]`
+//! results) are `named_attribute: posthorn_*` records.
 
 use super::exit;
 use crate::message::header;
@@ -144,6 +146,10 @@ fn envelope_records(env: &Envelope) -> String {
     }
     if env.frozen {
         s.push_str("named_attribute: posthorn_frozen=yes\n");
+    }
+    if let Some(results) = &env.auth_results {
+        // The `[verify]` results; Postfix keeps none in its queue file.
+        s.push_str(&format!("named_attribute: posthorn_auth_results={results}\n"));
     }
     s.push_str(&format!("sender: {}\n", env.sender));
     for r in &env.recipients {

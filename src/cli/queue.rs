@@ -359,6 +359,9 @@ fn show(config: &Config, queue_id: &str, json: bool) -> u8 {
     for r in &env.recipients {
         s.push_str(&format!("  to <{}>: {}\n", r.address, rcpt_state(r.state)));
     }
+    if let Some(results) = &env.auth_results {
+        s.push_str(&format!("  verify: {results}\n"));
+    }
     s.push('\n');
     s.push_str(&text);
     let _ = std::io::stdout().lock().write_all(s.as_bytes());

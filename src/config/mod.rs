@@ -1463,6 +1463,14 @@ mod tests {
             ),
             ("[verify]\nauthserv_id = \"mx test\"\n", ":2: verify.authserv_id: `mx test` is not a host name"),
             ("[verify]\nspf = true\ndmarc = true\n", ":3: verify.dmarc: needs verify.spf and verify.dkim on"),
+            (
+                "[verify]\narc = true\narc_trusted_sealers = [\"lists.example.org\"]\n",
+                ":3: verify.arc_trusted_sealers: needs verify.arc and verify.dmarc on",
+            ),
+            (
+                "[verify]\narc = true\n\narc_trusted_sealers = [\"lists example\"]\n",
+                ":4: verify.arc_trusted_sealers: `lists example` is not a domain",
+            ),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
@@ -1495,6 +1503,13 @@ mod tests {
         assert_eq!(c.verify.authserv_id, "auth.example.org");
         assert_eq!(c.verify.spf_fail_action, SpfFailAction::Tag);
         assert_eq!(c.verify.dmarc_reject_action, DmarcAction::Quarantine);
+        assert!(!c.verify.arc && c.verify.arc_trusted_sealers.is_empty());
+        let c = parse(
+            "[verify]\nspf = true\ndkim = true\ndmarc = true\narc = true\narc_trusted_sealers = [\"Lists.Example.org.\"]\n",
+        )
+        .unwrap();
+        assert!(c.verify.arc);
+        assert_eq!(c.verify.arc_trusted_sealers, ["lists.example.org"]);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! `[verify]`: SPF, DKIM and DMARC checks of incoming mail (issue 16,
-//! `crate::verify` does them). Off on both roles unless `spf`, `dkim` or
-//! `dmarc` is set; never applied to clients the hub vouches for.
+//! `[verify]`: SPF, DKIM, DMARC and ARC checks of incoming mail (issue 16,
+//! `crate::verify` does them). Off on both roles unless `spf`, `dkim`,
+//! `dmarc` or `arc` is set; never applied to clients the hub vouches for.
 
 use super::{ConfigError, KeyError};
 use serde::Deserialize;
@@ -32,6 +32,13 @@ pub(crate) struct VerifyConfig {
     pub(crate) spf: bool,
     pub(crate) dkim: bool,
     pub(crate) dmarc: bool,
+    /// ARC chain validation (RFC 8617), recorded as `arc=`.
+    pub(crate) arc: bool,
+    /// Domains whose seal, on a chain that passes, lets a DMARC failure
+    /// through (RFC 8617 7.2, a local policy override): mailing lists and
+    /// forwarders that break the author's alignment. Lower case; empty by
+    /// default.
+    pub(crate) arc_trusted_sealers: Vec<String>,
     /// The authserv-id of the Authentication-Results header (RFC 8601).
     pub(crate) authserv_id: String,
     pub(crate) spf_fail_action: SpfFailAction,
@@ -41,7 +48,7 @@ pub(crate) struct VerifyConfig {
 impl VerifyConfig {
     /// Whether any check runs.
     pub(crate) fn is_on(&self) -> bool {
-        self.spf || self.dkim || self.dmarc
+        self.spf || self.dkim || self.dmarc || self.arc
     }
 }
 
@@ -70,6 +77,8 @@ pub(super) struct RawVerify {
     spf: Option<bool>,
     dkim: Option<bool>,
     dmarc: Option<bool>,
+    arc: Option<bool>,
+    arc_trusted_sealers: Option<Vec<String>>,
     authserv_id: Option<String>,
     spf_fail_action: Option<String>,
     dmarc_reject_action: Option<String>,
@@ -102,5 +111,18 @@ pub(super) fn resolve_verify(raw: RawVerify, hostname: &str, err: &KeyError) -> 
         // DMARC is the alignment of the SPF and DKIM results.
         return Err(err("verify.dmarc", "needs verify.spf and verify.dkim on".into()));
     }
-    Ok(VerifyConfig { spf, dkim, dmarc, authserv_id, spf_fail_action, dmarc_reject_action })
+    let arc = raw.arc.unwrap_or(false);
+    let mut arc_trusted_sealers = Vec::new();
+    for d in raw.arc_trusted_sealers.unwrap_or_default() {
+        let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !d.contains('.') || d.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.')) {
+            return Err(err("verify.arc_trusted_sealers", format!("`{d}` is not a domain")));
+        }
+        arc_trusted_sealers.push(d);
+    }
+    if !(arc_trusted_sealers.is_empty() || arc && dmarc) {
+        // The override is of a DMARC result, vouched for by an ARC chain.
+        return Err(err("verify.arc_trusted_sealers", "needs verify.arc and verify.dmarc on".into()));
+    }
+    Ok(VerifyConfig { spf, dkim, dmarc, arc, arc_trusted_sealers, authserv_id, spf_fail_action, dmarc_reject_action })
 }

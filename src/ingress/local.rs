@@ -208,6 +208,7 @@ async fn notify_sender(ingress: &Ingress, sender: &str, items: Vec<Item>, header
         filtered: false,
         trace_id: None,
         trusted: None,
+        auth_results: None,
     };
     let message = dsn::build(ingress.hostname(), &about, &items, Returned::Headers(headers), now);
     let tx = Transaction::notice_to(sender, false);

@@ -482,6 +482,7 @@ impl Ingress {
             delay_warned: false,
             filtered: self.filtered,
             trusted: Some(tx.origin.trusted),
+            auth_results: None,
         }
     }
 
@@ -582,6 +583,12 @@ impl MessageWriter {
     /// A milter's SMFIR_DELRCPT.
     pub(crate) fn remove_recipient(&mut self, address: &str) {
         self.env.recipients.retain(|r| !r.address.eq_ignore_ascii_case(address));
+    }
+
+    /// The `[verify]` results in short, kept on the envelope for
+    /// `queue show`.
+    pub(crate) fn set_auth_results(&mut self, results: String) {
+        self.env.auth_results = Some(results);
     }
 
     /// A milter's SMFIR_QUARANTINE: the message goes to the hold queue

@@ -61,6 +61,11 @@ pub struct Envelope {
     /// envelopes written before this was recorded: see `may_sign`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) trusted: Option<bool>,
+    /// The `[verify]` results of the hop that accepted it, in short
+    /// (`spf=pass (example.org) dkim=none dmarc=pass (example.org) arc=none`),
+    /// for `queue show`; `None` when nothing was checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_results: Option<String>,
 }
 
 /// How the message reached us, for the `Received:` header and logs.
@@ -158,6 +163,8 @@ impl Envelope {
     pub(crate) fn redacted(&self) -> Envelope {
         let mut env = self.clone();
         env.origin = Origin::default();
+        // They name the client's HELO and the domains it spoke for.
+        env.auth_results = None;
         for r in &mut env.recipients {
             if let Some(last) = r.history.pop() {
                 r.history = vec![AttemptRecord { relay: None, reply: None, ..last }];
@@ -231,6 +238,18 @@ mod tests {
             r#"{{"v":1,"id":"0KAB12CD34","arrival":1,"sender":"a@example.org","size":3,"origin":{origin},"recipients":[]}}"#
         );
         Envelope::from_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn auth_results_are_optional_and_left_out_when_unset() {
+        let mut env = old_envelope(r#"{"protocol":"ESMTP"}"#);
+        assert_eq!(env.auth_results, None);
+        assert!(!String::from_utf8(env.to_json()).unwrap().contains("auth_results"));
+        env.auth_results = Some("spf=pass (example.org) arc=none".into());
+        let back = Envelope::from_json(&env.to_json()).unwrap();
+        assert_eq!(back.auth_results.as_deref(), Some("spf=pass (example.org) arc=none"));
+        assert_eq!(back.v, VERSION);
+        assert_eq!(env.redacted().auth_results, None);
     }
 
     #[test]

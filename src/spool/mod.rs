@@ -969,6 +969,7 @@ pub(crate) mod tests {
             filtered: false,
             trace_id: None,
             trusted: None,
+            auth_results: None,
         }
     }
 

@@ -303,6 +303,8 @@ pub(super) const KEYS: &[Key] = &[
     k("verify.spf", "true: SPF (RFC 7208) of the MAIL FROM and HELO identities of clients that are not trusted, checked at MAIL."),
     k("verify.dkim", "true: the DKIM signatures (RFC 6376) of messages from clients that are not trusted, checked at the end of DATA."),
     k("verify.dmarc", "true: DMARC (RFC 7489) of the From: domain from the SPF and DKIM results; needs spf and dkim on."),
+    k("verify.arc", "true: the ARC chain (RFC 8617) of messages from clients that are not trusted, validated at the end of DATA and recorded as arc=pass, fail or none."),
+    k("verify.arc_trusted_sealers", "Domains whose ARC seal, on a chain that passes, lets a DMARC fail be accepted (RFC 8617 7.2 local policy override; for mailing lists); needs arc and dmarc on; default: none."),
     k("verify.authserv_id", "The authserv-id of the Authentication-Results header (RFC 8601); default: the hostname."),
     k("verify.spf_fail_action", "reject: an SPF fail is refused at MAIL with 550 5.7.23 and a temperror deferred with 451 4.7.24 (RFC 7372); tag: only recorded in Authentication-Results."),
     k("verify.dmarc_reject_action", "reject: a DMARC fail of a domain with p=reject is refused with 550 5.7.1 at the end of DATA and one with p=quarantine put on hold; quarantine: both put on hold; tag: only recorded in Authentication-Results."),

@@ -385,6 +385,8 @@ pub(crate) fn settings(c: &Config) -> Vec<(String, String)> {
         ("verify.spf", c.verify.spf.to_string()),
         ("verify.dkim", c.verify.dkim.to_string()),
         ("verify.dmarc", c.verify.dmarc.to_string()),
+        ("verify.arc", c.verify.arc.to_string()),
+        ("verify.arc_trusted_sealers", list(&c.verify.arc_trusted_sealers)),
         ("verify.authserv_id", c.verify.authserv_id.clone()),
         ("verify.spf_fail_action", c.verify.spf_fail_action.name().into()),
         ("verify.dmarc_reject_action", c.verify.dmarc_reject_action.name().into()),

@@ -1,7 +1,8 @@
-//! The session's side of `[verify]` (`crate::verify`): SPF at MAIL, DKIM
-//! and DMARC on the whole message at the end of DATA, and the
+//! The session's side of `[verify]` (`crate::verify`): SPF at MAIL, DKIM,
+//! DMARC and ARC on the whole message at the end of DATA, and the
 //! Authentication-Results header put on top of it (below this hop's
-//! `Received:`, as Postfix places a milter's header).
+//! `Received:`, as Postfix places a milter's header). The results in
+//! short go to the log and onto the envelope, for `queue show`.
 //!
 //! Clients the hub vouches for (trusted networks, authenticated, a
 //! trusted client certificate), local submissions (`sendmail -bs`) and
@@ -44,10 +45,12 @@ impl Session<'_> {
     /// hold marks `writer`). Logs one line of results.
     pub(super) async fn verify_message(&mut self, writer: &mut MessageWriter, text: &mut Vec<u8>) -> Result<(), Reply> {
         let Some(verifier) = self.verifier() else { return Ok(()) };
+        let Peer::Tcp(addr) = self.peer else { return Ok(()) };
         let spf = self.defence.spf.take();
-        let verdict = verifier.message(text, spf.as_ref()).await;
+        let verdict = verifier.message(text, spf.as_ref(), addr.ip()).await;
         let id = writer.id().to_string();
         tracing::info!("{id}: verify: {} client={}", verdict.log, self.peer);
+        writer.set_auth_results(verdict.log.clone());
         match verdict.action {
             Action::Accept => {}
             Action::Refuse(reply) => return Err(reply),
