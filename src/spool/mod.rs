@@ -453,6 +453,12 @@ impl Spool {
     /// queued message appears exactly once.
     fn names_at_once(&self) -> Vec<(String, State)> {
         let _listing = self.inner.moves.listing();
+        self.names()
+    }
+
+    /// The names in every queue state, one directory after another, while
+    /// messages may move: for `check`, whose messages do not move.
+    fn names(&self) -> Vec<(String, State)> {
         let mut files = Vec::new();
         for state in State::QUEUED {
             let Ok(ids) = self.list(state) else { continue };
@@ -635,7 +641,11 @@ impl Spool {
     pub(crate) fn check(&self, floor: Option<u64>, mut found: impl FnMut(Vec<Indexed>)) -> io::Result<Recovery> {
         let old = |id: &str| floor.is_none_or(|f| id::decode(id).is_some_and(|v| v <= f));
         let mut report = Recovery::default();
-        let mut names = self.names_at_once();
+        // Without the move lock: nothing at or below the floor moves while
+        // this runs, and what is above it is not judged. Holding the lock
+        // would stall every commit for as long as a big queue takes to list
+        // (seconds for a million names on a cold cache).
+        let mut names = self.names();
         names.extend(self.list(State::Corrupt)?.into_iter().map(|id| (id, State::Corrupt)));
         report.newest_id = names.iter().map(|(id, _)| id).max_by_key(|id| id::decode(id)).cloned();
         if let Some(newest) = &report.newest_id {
