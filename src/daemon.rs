@@ -26,6 +26,7 @@ pub(crate) mod listeners;
 mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod privilege;
+mod trim;
 
 use crate::config::Config;
 use crate::control::{self, Request, Response};
@@ -223,6 +224,8 @@ pub(crate) async fn serve(config: Config) -> anyhow::Result<()> {
     crate::logging::announce(crate::logging::Announcement::Ready);
     let notifier = notify::Notifier::from_env();
     notifier.ready();
+    // Start-up ran once; its code need not stay resident (`trim`).
+    trim::start_up_pages();
     // Pinged from this loop, not from a task of its own: a main loop that
     // hangs stops the pings, and systemd restarts the daemon.
     let mut watchdog = notifier.watchdog_interval().map(tokio::time::interval);

@@ -135,7 +135,7 @@ impl Transports {
         // hop without 8BITMIME (or fails with 5.6.3), never sent raw, and
         // signed in that converted form.
         let labelled;
-        let msg = if !msg.eight_bit && crate::message::downconvert::has_8bit(&msg.body) {
+        let msg = if !msg.eight_bit && msg.body.has_8bit() {
             labelled = OutMessage { eight_bit: true, ..msg.clone() };
             &labelled
         } else {

@@ -80,6 +80,28 @@ impl Body {
         Ok(Body::Mapped(Arc::new(Mapping { ptr: ptr.cast(), len })))
     }
 
+    /// Whether any octet has the high bit set. A mapped body is read a
+    /// slice at a time and each slice's pages given back once read, so
+    /// that scanning a large message does not make it all resident: before
+    /// this, the scan ahead of each delivery held every page of every body
+    /// in flight until the SMTP client had sent it (200 concurrent 20 MB
+    /// messages: 374 MiB of file-backed RSS).
+    pub(crate) fn has_8bit(&self) -> bool {
+        const SLICE: usize = 1 << 20;
+        let bytes: &[u8] = self;
+        let mut start = 0;
+        while start < bytes.len() {
+            let end = (start + SLICE).min(bytes.len());
+            let found = crate::message::downconvert::has_8bit(&bytes[start..end]);
+            self.release(end);
+            if found {
+                return true;
+            }
+            start = end;
+        }
+        false
+    }
+
     /// Tells the kernel the bytes before `upto` will not be read again
     /// soon: a mapped body gives back their pages (they are read again
     /// from the page cache should they be); a body in memory is left as
@@ -131,6 +153,33 @@ impl Drop for Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resident KiB of the mapping that starts at `ptr`, from smaps.
+    fn resident_kib(ptr: *const u8) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", ptr as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        lines.find_map(|l| l.strip_prefix("Rss:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+    }
+
+    #[test]
+    fn scanning_a_mapped_body_for_8bit_leaves_it_unresident() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body");
+        let mut bytes = vec![b'a'; 8 << 20];
+        std::fs::write(&path, &bytes).unwrap();
+        let body = Body::map(&std::fs::File::open(&path).unwrap(), bytes.len() as u64).unwrap();
+        let Body::Mapped(m) = &body else { panic!("not mapped") };
+        assert!(!body.has_8bit());
+        assert!(resident_kib(m.ptr) < 2048, "{} KiB resident after the scan", resident_kib(m.ptr));
+        // Found wherever it is, also in the last slice.
+        *bytes.last_mut().unwrap() = 0xe9;
+        std::fs::write(&path, &bytes).unwrap();
+        let body = Body::map(&std::fs::File::open(&path).unwrap(), bytes.len() as u64).unwrap();
+        assert!(body.has_8bit());
+        assert!(Body::from(&b"caf\xc3\xa9"[..]).has_8bit());
+        assert!(!Body::from(&b"plain"[..]).has_8bit());
+    }
 
     #[test]
     fn a_mapped_body_reads_as_its_file_and_after_release_too() {
